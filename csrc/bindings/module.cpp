@@ -1,0 +1,338 @@
+// embedcluster._core: the thin boundary between Python and the native engine. It checks shape,
+// dtype and contiguity, releases the GIL, calls the core, and returns numpy arrays.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <cstring>
+#include <string>
+
+#include "../core/dbscan.hpp"
+#include "../core/kernels.hpp"
+#include "../core/kmeans.hpp"
+#include "../core/knn.hpp"
+
+namespace py = pybind11;
+using ec::idx_t;
+
+#ifndef EMBEDCLUSTER_VERSION
+#define EMBEDCLUSTER_VERSION "0.0.0"
+#endif
+
+namespace {
+
+ec::Metric parse_metric(const std::string& m) {
+  if (m == "l2" || m == "sqeuclidean" || m == "euclidean") return ec::Metric::L2;
+  if (m == "ip" || m == "inner_product") return ec::Metric::IP;
+  if (m == "cosine") return ec::Metric::Cosine;
+  throw std::invalid_argument("unknown metric '" + m + "'; use 'l2', 'ip' or 'cosine'");
+}
+
+/// A validated read-only view of a float32 C-contiguous 2-D array.
+struct Mat {
+  const float* data;
+  idx_t rows, cols;
+};
+
+Mat as_matrix(const py::array& a, const char* name, bool check_finite = true) {
+  if (a.ndim() != 2)
+    throw std::invalid_argument(std::string(name) + " must be 2-D (n_samples, n_features); got " +
+                                std::to_string(a.ndim()) + "-D, try reshape(-1, n_features)");
+  if (!a.dtype().is(py::dtype::of<float>()))
+    throw std::invalid_argument(std::string(name) + " must have dtype float32; got " +
+                                std::string(py::str(a.dtype())) + ", try x.astype(numpy.float32)");
+  if (!(a.flags() & py::array::c_style))
+    throw std::invalid_argument(std::string(name) +
+                                " rows must be C-contiguous, try numpy.ascontiguousarray(x)");
+  Mat m{static_cast<const float*>(a.data()), static_cast<idx_t>(a.shape(0)), static_cast<idx_t>(a.shape(1))};
+  if (m.cols == 0) throw std::invalid_argument(std::string(name) + " has zero features (columns)");
+  if (check_finite) {
+    const idx_t total = m.rows * m.cols;
+    idx_t bad = -1;
+    {
+      py::gil_scoped_release rel;
+      for (idx_t i = 0; i < total; ++i)
+        if (!std::isfinite(m.data[i])) {
+          bad = i;
+          break;
+        }
+    }
+    if (bad >= 0)
+      throw std::invalid_argument(std::string(name) + " contains NaN or infinity (first at row " +
+                                  std::to_string(bad / m.cols) + ", column " +
+                                  std::to_string(bad % m.cols) + "); remove or impute those values");
+  }
+  return m;
+}
+
+/// Runs native work with the GIL released; Ctrl-C stops it and raises KeyboardInterrupt.
+template <class F>
+void run_native(F&& f) {
+  ec::Cancel cancel([] {
+    py::gil_scoped_acquire gil;
+    return PyErr_CheckSignals() != 0;
+  });
+  try {
+    py::gil_scoped_release release;
+    f(cancel);
+  } catch (const ec::Interrupted&) {
+    if (PyErr_Occurred()) throw py::error_already_set();
+    PyErr_SetNone(PyExc_KeyboardInterrupt);
+    throw py::error_already_set();
+  }
+}
+
+template <class T>
+py::array_t<T> to_array(std::vector<T>&& v) {
+  auto* heap = new std::vector<T>(std::move(v));
+  py::capsule owner(heap, [](void* p) { delete static_cast<std::vector<T>*>(p); });
+  return py::array_t<T>({static_cast<py::ssize_t>(heap->size())}, {sizeof(T)}, heap->data(), owner);
+}
+
+py::tuple knn_search(const py::array& db, const py::array& q, int k, const std::string& metric,
+                     bool exclude_self, int n_threads) {
+  const Mat D = as_matrix(db, "database"), Q = as_matrix(q, "queries");
+  if (D.cols != Q.cols)
+    throw std::invalid_argument("queries have " + std::to_string(Q.cols) + " features but the database has " +
+                                std::to_string(D.cols));
+  ec::KnnParams p;
+  p.metric = parse_metric(metric);
+  p.k = k;
+  p.exclude_self = exclude_self;
+  p.n_threads = n_threads;
+  if (k <= 0) throw std::invalid_argument("k=" + std::to_string(k) + " should be >= 1");
+  py::array_t<float> dist({static_cast<py::ssize_t>(Q.rows), static_cast<py::ssize_t>(k)});
+  py::array_t<idx_t> idx({static_cast<py::ssize_t>(Q.rows), static_cast<py::ssize_t>(k)});
+  float* dp = dist.mutable_data();
+  idx_t* ip = idx.mutable_data();
+  run_native([&](ec::Cancel& c) { ec::knn_search(p, D.data, D.rows, Q.data, Q.rows, D.cols, dp, ip, c); });
+  return py::make_tuple(dist, idx);
+}
+
+ec::RadiusParams radius_params(double radius, const std::string& metric, bool exclude_self, int n_threads) {
+  ec::RadiusParams p;
+  p.metric = parse_metric(metric);
+  p.radius = radius;
+  p.exclude_self = exclude_self;
+  p.n_threads = n_threads;
+  return p;
+}
+
+py::tuple radius_search(const py::array& db, const py::array& q, double radius, const std::string& metric,
+                        bool exclude_self, int n_threads) {
+  const Mat D = as_matrix(db, "database"), Q = as_matrix(q, "queries");
+  if (D.cols != Q.cols)
+    throw std::invalid_argument("queries have " + std::to_string(Q.cols) + " features but the database has " +
+                                std::to_string(D.cols));
+  const auto p = radius_params(radius, metric, exclude_self, n_threads);
+  ec::RadiusResult r;
+  run_native([&](ec::Cancel& c) { ec::radius_search(p, D.data, D.rows, Q.data, Q.rows, D.cols, r, c); });
+  return py::make_tuple(to_array(std::move(r.indptr)), to_array(std::move(r.indices)), to_array(std::move(r.dist)));
+}
+
+py::array_t<idx_t> radius_count(const py::array& db, const py::array& q, double radius, const std::string& metric,
+                                bool exclude_self, int n_threads) {
+  const Mat D = as_matrix(db, "database"), Q = as_matrix(q, "queries");
+  if (D.cols != Q.cols)
+    throw std::invalid_argument("queries have " + std::to_string(Q.cols) + " features but the database has " +
+                                std::to_string(D.cols));
+  const auto p = radius_params(radius, metric, exclude_self, n_threads);
+  py::array_t<idx_t> out({static_cast<py::ssize_t>(Q.rows)});
+  idx_t* op = out.mutable_data();
+  run_native([&](ec::Cancel& c) { ec::radius_count(p, D.data, D.rows, Q.data, Q.rows, D.cols, op, c); });
+  return out;
+}
+
+ec::KMeansParams kmeans_params(const Mat& X, int k, int max_iter, double tol, int n_init, const std::string& metric,
+                               const py::object& init, std::uint64_t seed, int n_local_trials, int n_threads,
+                               std::vector<float>& given) {
+  ec::KMeansParams p;
+  p.k = k;
+  p.max_iter = max_iter;
+  p.tol = tol;
+  p.n_init = n_init;
+  p.metric = parse_metric(metric);
+  p.seed = seed;
+  p.n_local_trials = n_local_trials;
+  p.n_threads = n_threads;
+  if (py::isinstance<py::str>(init)) {
+    const auto s = init.cast<std::string>();
+    if (s == "k-means++")
+      p.init = ec::KMeansInit::KMeansPP;
+    else if (s == "random")
+      p.init = ec::KMeansInit::Random;
+    else
+      throw std::invalid_argument("init='" + s + "' is unknown; use 'k-means++', 'random' or an array of centres");
+  } else {
+    const Mat C = as_matrix(init.cast<py::array>(), "init");
+    if (C.rows != k || C.cols != X.cols)
+      throw std::invalid_argument("init has shape (" + std::to_string(C.rows) + ", " + std::to_string(C.cols) +
+                                  ") but should be (n_clusters, n_features) = (" + std::to_string(k) + ", " +
+                                  std::to_string(X.cols) + ")");
+    given.assign(C.data, C.data + C.rows * C.cols);
+    p.init = ec::KMeansInit::Given;
+  }
+  return p;
+}
+
+const float* weights_of(const py::object& sw, idx_t n) {
+  if (sw.is_none()) return nullptr;
+  auto a = sw.cast<py::array>();
+  if (a.ndim() != 1 || static_cast<idx_t>(a.shape(0)) != n)
+    throw std::invalid_argument("sample_weight must be 1-D with one weight per row (" + std::to_string(n) + ")");
+  if (!a.dtype().is(py::dtype::of<float>()) || !(a.flags() & py::array::c_style))
+    throw std::invalid_argument("sample_weight must be a contiguous float32 array, try numpy.ascontiguousarray(w, numpy.float32)");
+  return static_cast<const float*>(a.data());
+}
+
+py::dict kmeans_fit(const py::array& x, int k, int max_iter, double tol, int n_init, const std::string& metric,
+                    const py::object& init, std::uint64_t seed, const py::object& sample_weight, int n_local_trials,
+                    int n_threads) {
+  const Mat X = as_matrix(x, "X");
+  std::vector<float> given;
+  const auto p = kmeans_params(X, k, max_iter, tol, n_init, metric, init, seed, n_local_trials, n_threads, given);
+  const float* w = weights_of(sample_weight, X.rows);
+  ec::KMeansResult r;
+  run_native([&](ec::Cancel& c) {
+    ec::kmeans_fit(p, X.data, X.rows, X.cols, w, given.empty() ? nullptr : given.data(), r, c);
+  });
+  py::dict out;
+  auto centers = to_array(std::move(r.centers));
+  out["centers"] = centers.reshape({static_cast<py::ssize_t>(k), static_cast<py::ssize_t>(X.cols)});
+  out["labels"] = to_array(std::move(r.labels));
+  out["inertia"] = r.inertia;
+  out["n_iter"] = r.n_iter;
+  out["n_empty_repaired"] = r.n_empty_repaired;
+  return out;
+}
+
+py::array_t<float> kmeans_init(const py::array& x, int k, const std::string& metric, const std::string& init,
+                               std::uint64_t seed, const py::object& sample_weight, int n_local_trials, int n_threads) {
+  const Mat X = as_matrix(x, "X");
+  std::vector<float> given;
+  const auto p = kmeans_params(X, k, 1, 0.0, 1, metric, py::str(init), seed, n_local_trials, n_threads, given);
+  const float* w = weights_of(sample_weight, X.rows);
+  py::array_t<float> out({static_cast<py::ssize_t>(k), static_cast<py::ssize_t>(X.cols)});
+  float* op = out.mutable_data();
+  run_native([&](ec::Cancel& c) { ec::kmeans_init(p, X.data, X.rows, X.cols, w, seed, op, c); });
+  return out;
+}
+
+py::tuple kmeans_assign(const py::array& centers, const py::array& x, const std::string& metric, int n_threads) {
+  const Mat C = as_matrix(centers, "centers"), X = as_matrix(x, "X");
+  if (C.cols != X.cols)
+    throw std::invalid_argument("X has " + std::to_string(X.cols) + " features but the centres have " +
+                                std::to_string(C.cols));
+  const ec::Metric m = parse_metric(metric);
+  py::array_t<idx_t> labels({static_cast<py::ssize_t>(X.rows)});
+  py::array_t<float> dist({static_cast<py::ssize_t>(X.rows)});
+  idx_t* lp = labels.mutable_data();
+  float* dp = dist.mutable_data();
+  run_native([&](ec::Cancel& c) { ec::kmeans_assign(m, C.data, C.rows, X.data, X.rows, X.cols, lp, dp, n_threads, c); });
+  return py::make_tuple(labels, dist);
+}
+
+py::dict dbscan_fit(const py::array& x, double eps, int min_samples, const std::string& metric, bool prune,
+                    int n_threads) {
+  const Mat X = as_matrix(x, "X");
+  ec::DbscanParams p;
+  p.eps = eps;
+  p.min_samples = min_samples;
+  p.metric = parse_metric(metric);
+  p.prune = prune;
+  p.n_threads = n_threads;
+  ec::DbscanResult r;
+  run_native([&](ec::Cancel& c) { ec::dbscan_fit(p, X.data, X.rows, X.cols, r, c); });
+  py::dict out;
+  out["labels"] = to_array(std::move(r.labels));
+  out["is_core"] = to_array(std::move(r.is_core));
+  out["counts"] = to_array(std::move(r.counts));
+  out["n_clusters"] = r.n_clusters;
+  out["tile_pairs"] = r.tile_pairs;
+  out["pairs_computed_pass1"] = r.pairs_computed_pass1;
+  out["pairs_computed_pass2"] = r.pairs_computed_pass2;
+  return out;
+}
+
+py::dict build_info() {
+  py::dict d;
+  d["version"] = EMBEDCLUSTER_VERSION;
+#ifdef _OPENMP
+  d["openmp"] = true;
+  d["openmp_version"] = _OPENMP;
+  d["max_threads"] = omp_get_max_threads();
+#else
+  d["openmp"] = false;
+  d["max_threads"] = 1;
+#endif
+#ifdef EMBEDCLUSTER_WITH_CUDA
+  d["cuda_compiled"] = true;
+#else
+  d["cuda_compiled"] = false;
+#endif
+#ifdef EMBEDCLUSTER_BUILD_FLAGS
+  d["build_flags"] = EMBEDCLUSTER_BUILD_FLAGS;
+#endif
+#ifdef EMBEDCLUSTER_NATIVE_ARCH
+  d["march_native"] = true;
+#else
+  d["march_native"] = false;
+#endif
+#if defined(__clang__)
+  d["compiler"] = std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+  d["compiler"] = std::string("gcc ") + __VERSION__;
+#endif
+  d["kernels_available"] = ec::available_kernels();
+  d["kernels_active"] = std::string(ec::kernels().name);
+  py::list feats;
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("sse4.2")) feats.append("sse4.2");
+  if (__builtin_cpu_supports("avx")) feats.append("avx");
+  if (__builtin_cpu_supports("avx2")) feats.append("avx2");
+  if (__builtin_cpu_supports("fma")) feats.append("fma");
+  if (__builtin_cpu_supports("avx512f")) feats.append("avx512f");
+  if (__builtin_cpu_supports("avx512bw")) feats.append("avx512bw");
+  if (__builtin_cpu_supports("avx512vl")) feats.append("avx512vl");
+  if (__builtin_cpu_supports("avx512bf16")) feats.append("avx512bf16");
+  if (__builtin_cpu_supports("amx-tile")) feats.append("amx-tile");
+  if (__builtin_cpu_supports("amx-bf16")) feats.append("amx-bf16");
+#endif
+  d["cpu_features"] = feats;
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "embedcluster native engine (float32, C-contiguous arrays in, numpy arrays out)";
+  m.def("knn_search", &knn_search, py::arg("database"), py::arg("queries"), py::arg("k"), py::arg("metric") = "l2",
+        py::arg("exclude_self") = false, py::arg("n_threads") = 0,
+        "Exact k nearest neighbours: (distances float32 (nq, k), indices int64 (nq, k)). "
+        "l2 gives squared distances, ip dot products, cosine 1 - cos.");
+  m.def("radius_search", &radius_search, py::arg("database"), py::arg("queries"), py::arg("radius"),
+        py::arg("metric") = "l2", py::arg("exclude_self") = false, py::arg("n_threads") = 0,
+        "Neighbours within radius (inclusive) as CSR (indptr, indices, distances); l2 radius is on squared distance.");
+  m.def("radius_count", &radius_count, py::arg("database"), py::arg("queries"), py::arg("radius"),
+        py::arg("metric") = "l2", py::arg("exclude_self") = false, py::arg("n_threads") = 0,
+        "Number of database rows within radius of each query (inclusive).");
+  m.def("kmeans_fit", &kmeans_fit, py::arg("X"), py::arg("n_clusters"), py::arg("max_iter") = 300,
+        py::arg("tol") = 1e-4, py::arg("n_init") = 1, py::arg("metric") = "l2", py::arg("init") = "k-means++",
+        py::arg("seed") = 0, py::arg("sample_weight") = py::none(), py::arg("n_local_trials") = 0,
+        py::arg("n_threads") = 0, "k-means; returns dict(centers, labels, inertia, n_iter, n_empty_repaired).");
+  m.def("kmeans_init", &kmeans_init, py::arg("X"), py::arg("n_clusters"), py::arg("metric") = "l2",
+        py::arg("init") = "k-means++", py::arg("seed") = 0, py::arg("sample_weight") = py::none(),
+        py::arg("n_local_trials") = 0, py::arg("n_threads") = 0, "Initial centres only (k-means++ or random).");
+  m.def("kmeans_assign", &kmeans_assign, py::arg("centers"), py::arg("X"), py::arg("metric") = "l2",
+        py::arg("n_threads") = 0, "Nearest centre (exact) and its distance (l2: squared; cosine: 1 - cos).");
+  m.def("dbscan_fit", &dbscan_fit, py::arg("X"), py::arg("eps"), py::arg("min_samples") = 5,
+        py::arg("metric") = "l2", py::arg("prune") = true, py::arg("n_threads") = 0,
+        "DBSCAN; returns dict(labels, is_core, counts, n_clusters, tile statistics). l2 eps is a Euclidean distance.");
+  m.def("build_info", &build_info, "Version, compiler, OpenMP, CUDA and kernel sets of this build.");
+  m.def("select_kernels", [](const std::string& name) { ec::select_kernels(name); }, py::arg("name"),
+        "Force a kernel set for this process: 'generic', 'avx2', 'avx512' or 'auto'.");
+  m.def("active_kernels", [] { return std::string(ec::kernels().name); }, "Name of the kernel set in use.");
+  m.attr("__version__") = EMBEDCLUSTER_VERSION;
+}

@@ -1,0 +1,150 @@
+// Shared types of the native engine: sizes, metrics, errors, threading and cancellation helpers.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace ec {
+
+using idx_t = std::int64_t;  // every size and index is 64-bit: n*n and n*d overflow int32 early
+
+/// Distance or similarity used by an operation.
+enum class Metric : int {
+  L2 = 0,      ///< squared Euclidean distance ||x - y||^2
+  IP = 1,      ///< inner product x.y (a similarity: larger is closer)
+  Cosine = 2,  ///< cosine distance 1 - x.y / (||x|| ||y||)
+};
+
+/// Raised when the caller asked to stop (Ctrl-C); the bindings turn it back into KeyboardInterrupt.
+struct Interrupted : std::exception {
+  const char* what() const noexcept override { return "interrupted"; }
+};
+
+/// Polled by long loops so that Ctrl-C stops native work within a fraction of a second.
+/// Only the thread that entered the engine calls `poll`; workers read `stopped`.
+class Cancel {
+ public:
+  explicit Cancel(std::function<bool()> check = {}) : check_(std::move(check)) {}
+  /// Returns true when work should stop. Cheap: calls the callback at most every 50 ms.
+  bool poll() {
+    if (stop_.load(std::memory_order_relaxed)) return true;
+    if (!check_) return false;
+#ifdef _OPENMP
+    if (omp_get_thread_num() != 0) return false;
+#endif
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_ < std::chrono::milliseconds(50)) return false;
+    last_ = now;
+    if (check_()) stop_.store(true);
+    return stop_.load();
+  }
+  bool stopped() const { return stop_.load(std::memory_order_relaxed); }
+  void throw_if_stopped() const {
+    if (stopped()) throw Interrupted();
+  }
+
+ private:
+  std::function<bool()> check_;
+  std::atomic<bool> stop_{false};
+  std::chrono::steady_clock::time_point last_{};
+};
+
+/// Number of threads an operation will use: `requested` if > 0, else the OpenMP default.
+inline int resolve_threads(int requested) {
+#ifdef _OPENMP
+  return requested > 0 ? requested : omp_get_max_threads();
+#else
+  (void)requested;
+  return 1;
+#endif
+}
+
+/// Collects the first exception thrown inside an OpenMP region so it can be rethrown after the
+/// join (an exception must never cross the region's boundary).
+class ExceptionSlot {
+ public:
+  template <class F>
+  void run(F&& f) noexcept {
+    if (failed_.load(std::memory_order_relaxed)) return;
+    try {
+      f();
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!ptr_) ptr_ = std::current_exception();
+      failed_.store(true);
+    }
+  }
+  bool failed() const { return failed_.load(std::memory_order_relaxed); }
+  void rethrow() {
+    if (ptr_) std::rethrow_exception(ptr_);
+  }
+
+ private:
+  std::mutex mu_;
+  std::exception_ptr ptr_;
+  std::atomic<bool> failed_{false};
+};
+
+/// 64-byte aligned float buffer (RAII); the tile kernels rely on the alignment.
+template <class T>
+class AlignedBuffer {
+ public:
+  AlignedBuffer() = default;
+  explicit AlignedBuffer(std::size_t n) { resize(n); }
+  void resize(std::size_t n) {
+    if (n <= size_) return;
+    const std::size_t bytes = ((n * sizeof(T) + 63) / 64) * 64;
+    void* p = std::aligned_alloc(64, bytes);
+    if (!p) throw std::bad_alloc();
+    ptr_.reset(static_cast<T*>(p));
+    size_ = n;
+  }
+  T* data() { return ptr_.get(); }
+  const T* data() const { return ptr_.get(); }
+  std::size_t size() const { return size_; }
+
+ private:
+  struct Free {
+    void operator()(T* p) const { std::free(p); }
+  };
+  std::unique_ptr<T, Free> ptr_;
+  std::size_t size_ = 0;
+};
+
+/// Small, fast, seedable generator (SplitMix64) so results do not depend on the C++ library.
+class Rng {
+ public:
+  explicit Rng(std::uint64_t seed) : s_(seed) {}
+  std::uint64_t next() {
+    std::uint64_t z = (s_ += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+  /// Uniform double in [0, 1).
+  double uniform() { return static_cast<double>(next() >> 11) * (1.0 / 9007199254740992.0); }
+  /// Uniform integer in [0, n).
+  idx_t below(idx_t n) { return static_cast<idx_t>(uniform() * static_cast<double>(n)) % n; }
+
+ private:
+  std::uint64_t s_;
+};
+
+/// Throws std::invalid_argument with a message (mapped to ValueError by the bindings).
+[[noreturn]] inline void fail(const std::string& msg) { throw std::invalid_argument(msg); }
+
+}  // namespace ec

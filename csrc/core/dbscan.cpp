@@ -1,0 +1,337 @@
+// DBSCAN on the tile engine. Points are ordered by a coarse k-means partition and cut into
+// tiles of kTile rows; each tile keeps a bounding ball, and a tile pair whose balls are more
+// than eps apart is never computed. Pass 1 counts neighbours (each unordered tile pair once),
+// pass 2 unions core-core pairs and records each border point's nearest core point; it also
+// skips pairs whose core points are already known to be in one component. Every decision
+// within the kernel's error band is re-checked in fp64 (see engine.hpp), so the result is that
+// of an exact brute force.
+#include "dbscan.hpp"
+
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <string>
+
+#include "engine.hpp"
+#include "kmeans.hpp"
+#include "union_find.hpp"
+
+namespace ec {
+namespace {
+
+constexpr idx_t kTile = 192;  // rows per tile: a multiple of every kernel's mr and nr
+
+struct Layout {
+  idx_t ntiles = 0;
+  std::vector<idx_t> slot_rows;  // ntiles * kTile: original row of each slot (padding: tile's first row)
+  std::vector<idx_t> count;      // rows in each tile
+  std::vector<double> center;    // ntiles * d, ball centres (unit-sphere space for cosine)
+  std::vector<double> radius;    // ball radii
+};
+
+/// Coarse partition used only to order the points; it never changes the result.
+std::vector<idx_t> coarse_labels(const DbscanParams& p, const float* x, idx_t n, idx_t d,
+                                 int threads, Cancel& cancel) {
+  std::vector<idx_t> lab(static_cast<std::size_t>(n), 0);
+  const idx_t kc = std::min<idx_t>(4096, n / (8 * kTile));
+  if (!p.prune || kc < 2) return lab;
+  const idx_t m = std::min<idx_t>(n, std::max<idx_t>(40 * kc, 20000));
+  std::vector<float> sub(static_cast<std::size_t>(m * d));
+  for (idx_t i = 0; i < m; ++i)
+    std::memcpy(sub.data() + i * d, x + (i * n / m) * d, sizeof(float) * d);
+  KMeansParams kp;
+  kp.k = static_cast<int>(kc);
+  kp.max_iter = 8;
+  kp.tol = 0.0;
+  kp.metric = p.metric == Metric::Cosine ? Metric::Cosine : Metric::L2;
+  kp.init = KMeansInit::Random;
+  kp.n_threads = threads;
+  KMeansResult kr;
+  kmeans_fit(kp, sub.data(), m, d, nullptr, nullptr, kr, cancel);
+  std::vector<float> dist(static_cast<std::size_t>(n));
+  kmeans_assign(kp.metric, kr.centers.data(), kc, x, n, d, lab.data(), dist.data(), threads, cancel);
+  return lab;
+}
+
+Layout make_layout(const DbscanParams& p, const float* x, idx_t n, idx_t d,
+                   const std::vector<idx_t>& lab, const std::vector<double>& xnorm, int threads) {
+  Layout L;
+  const idx_t kc = *std::max_element(lab.begin(), lab.end()) + 1;
+  std::vector<std::vector<idx_t>> members(static_cast<std::size_t>(kc));
+  for (idx_t i = 0; i < n; ++i) members[lab[i]].push_back(i);
+  for (const auto& mem : members) {
+    for (idx_t s = 0; s < static_cast<idx_t>(mem.size()); s += kTile) {
+      const idx_t cnt = std::min<idx_t>(kTile, static_cast<idx_t>(mem.size()) - s);
+      for (idx_t t = 0; t < kTile; ++t) L.slot_rows.push_back(mem[s + std::min(t, cnt - 1)]);
+      L.count.push_back(cnt);
+    }
+  }
+  L.ntiles = static_cast<idx_t>(L.count.size());
+  L.center.assign(static_cast<std::size_t>(L.ntiles * d), 0.0);
+  L.radius.assign(static_cast<std::size_t>(L.ntiles), 0.0);
+  const bool cos = p.metric == Metric::Cosine;
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 4)
+  for (idx_t t = 0; t < L.ntiles; ++t) {
+    double* c = L.center.data() + t * d;
+    for (idx_t s = 0; s < L.count[t]; ++s) {
+      const idx_t r = L.slot_rows[t * kTile + s];
+      const double sc = cos ? 1.0 / xnorm[r] : 1.0;
+      for (idx_t f = 0; f < d; ++f) c[f] += sc * x[r * d + f];
+    }
+    for (idx_t f = 0; f < d; ++f) c[f] /= static_cast<double>(L.count[t]);
+    double rad = 0.0;
+    for (idx_t s = 0; s < L.count[t]; ++s) {
+      const idx_t r = L.slot_rows[t * kTile + s];
+      const double sc = cos ? 1.0 / xnorm[r] : 1.0;
+      double dd = 0.0;
+      for (idx_t f = 0; f < d; ++f) {
+        const double u = sc * x[r * d + f] - c[f];
+        dd += u * u;
+      }
+      rad = std::max(rad, std::sqrt(dd));
+    }
+    L.radius[t] = rad;
+  }
+  return L;
+}
+
+/// Packs border-candidate (distance, core row) into one word so that an atomic minimum picks
+/// the nearest core point, ties to the lower row.
+inline std::uint64_t border_key(float dist, idx_t core) {
+  std::uint32_t bits;
+  std::memcpy(&bits, &dist, sizeof(bits));
+  return (static_cast<std::uint64_t>(bits) << 32) | static_cast<std::uint64_t>(core);
+}
+
+inline void atomic_min(std::atomic<std::uint64_t>& a, std::uint64_t v) {
+  std::uint64_t cur = a.load(std::memory_order_relaxed);
+  while (v < cur && !a.compare_exchange_weak(cur, v, std::memory_order_relaxed)) {
+  }
+}
+
+}  // namespace
+
+void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanResult& out,
+                Cancel& cancel) {
+  if (n <= 0) fail("DBSCAN needs at least one row (got an empty array)");
+  if (d <= 0) fail("DBSCAN needs at least one feature");
+  if (!(p.eps > 0.0) || !std::isfinite(p.eps))
+    fail("eps=" + std::to_string(p.eps) + " should be a finite number > 0");
+  if (p.min_samples < 1) fail("min_samples=" + std::to_string(p.min_samples) + " should be >= 1");
+  if (p.metric == Metric::IP) fail("DBSCAN supports metric 'l2' or 'cosine'");
+  if (p.metric == Metric::Cosine && p.eps >= 2.0)
+    fail("eps=" + std::to_string(p.eps) + " is >= 2, the largest cosine distance: every pair would be neighbours");
+  if (n >= (idx_t{1} << 31)) fail("DBSCAN supports up to 2^31 - 1 rows per call");
+  const int threads = resolve_threads(p.n_threads);
+  const KernelSet& ks = kernels();
+  const bool cos = p.metric == Metric::Cosine;
+
+  std::vector<double> xsq(static_cast<std::size_t>(n)), xnorm(static_cast<std::size_t>(n));
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (idx_t i = 0; i < n; ++i) {
+    xsq[i] = sqnorm(x + i * d, d);
+    xnorm[i] = std::sqrt(xsq[i]);
+  }
+  if (cos)
+    for (idx_t i = 0; i < n; ++i)
+      if (xsq[i] == 0.0)
+        fail("row " + std::to_string(i) + " has zero norm; the cosine metric is undefined for it");
+
+  const auto lab = coarse_labels(p, x, n, d, threads, cancel);
+  const Layout L = make_layout(p, x, n, d, lab, xnorm, threads);
+  const idx_t T = L.ntiles;
+  PackedSet set;
+  pack_set(set, x, T * kTile, d, p.metric, L.slot_rows.data(), threads);
+  for (idx_t t = 0; t < T; ++t)
+    for (idx_t s = L.count[t]; s < kTile; ++s)
+      set.add.data()[t * kTile + s] = std::numeric_limits<float>::infinity();
+
+  // Tile pairs that can hold a neighbour pair: balls closer than eps (with a little slack for
+  // rounding in the ball computation). Cosine balls live on the unit sphere, where
+  // 1 - cos <= eps  <=>  ||u - v|| <= sqrt(2 eps).
+  const double reach = (cos ? std::sqrt(2.0 * p.eps) : p.eps) * (1.0 + 1e-9) + 1e-12;
+  std::vector<std::vector<idx_t>> partners(static_cast<std::size_t>(T));
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 4)
+  for (idx_t a = 0; a < T; ++a) {
+    for (idx_t b = a; b < T; ++b) {
+      if (a != b && p.prune) {
+        double dd = 0.0;
+        const double* ca = L.center.data() + a * d;
+        const double* cb = L.center.data() + b * d;
+        for (idx_t f = 0; f < d; ++f) dd += (ca[f] - cb[f]) * (ca[f] - cb[f]);
+        const double gap = std::sqrt(dd) - L.radius[a] - L.radius[b];
+        if (gap > reach * (1.0 + 1e-7) + 1e-7 * (L.radius[a] + L.radius[b])) continue;
+      }
+      partners[a].push_back(b);
+    }
+  }
+
+  // Per (i, j) neighbour test from a tile value; returns 0 (no), 1 (yes); `exact` receives the
+  // fp64 metric value when it was computed.
+  const double r_metric = cos ? p.eps : p.eps * p.eps;
+  auto visit_pairs = [&](idx_t a, idx_t b, TileScratch& s, auto&& on_pair) {
+    const idx_t na = L.count[a];
+    ks.gemm(s.a.data(), set.panels.data() + b * kTile * d, round_up(na, ks.mr), kTile, d,
+            s.c.data(), kTile);
+    for (idx_t i = 0; i < na; ++i) {
+      const idx_t ri = L.slot_rows[a * kTile + i];
+      const double thr = cos ? -(1.0 - p.eps) * xnorm[ri] : r_metric - xsq[ri];
+      const float bnd = row_bound(set, xsq[ri]);
+      const idx_t cnt = ks.row_filter(s.c.data() + i * kTile, set.add.data() + b * kTile, set.mul,
+                                      kTile, static_cast<float>(thr) + bnd, s.idx.data(), s.val.data());
+      for (idx_t t = 0; t < cnt; ++t) {
+        const idx_t jj = s.idx[t];
+        if (a == b && jj <= i) continue;  // each unordered pair once; self counted apart
+        const idx_t rj = L.slot_rows[b * kTile + jj];
+        double ex = -1.0;
+        if (!(s.val[t] < static_cast<float>(thr) - bnd)) {
+          ex = exact_value(p.metric, x + ri * d, x + rj * d, d, xnorm[ri], xnorm[rj]);
+          if (!(ex <= r_metric)) continue;
+        }
+        on_pair(ri, rj, ex);
+      }
+    }
+  };
+  auto pack_tile = [&](idx_t a, TileScratch& s) {
+    pack_panels(x, d, L.slot_rows.data() + a * kTile, nullptr, L.count[a], d, ks.mr, s.a.data());
+  };
+
+  // Pass 1: neighbour counts.
+  std::unique_ptr<std::atomic<idx_t>[]> counts(new std::atomic<idx_t>[static_cast<std::size_t>(n)]);
+  for (idx_t i = 0; i < n; ++i) counts[i].store(1, std::memory_order_relaxed);
+  std::atomic<idx_t> computed1{0}, computed2{0};
+  ExceptionSlot err;
+#pragma omp parallel num_threads(threads)
+  {
+    TileScratch s;
+    err.run([&] {
+      s.a.resize(static_cast<std::size_t>(kTile * d));
+      s.c.resize(static_cast<std::size_t>(kTile * kTile));
+      s.idx.resize(kTile);
+      s.val.resize(kTile);
+    });
+#pragma omp for schedule(dynamic, 1)
+    for (idx_t a = 0; a < T; ++a) {
+      if (err.failed() || cancel.poll()) continue;
+      err.run([&] {
+        pack_tile(a, s);
+        for (idx_t b : partners[a]) {
+          visit_pairs(a, b, s, [&](idx_t ri, idx_t rj, double) {
+            counts[ri].fetch_add(1, std::memory_order_relaxed);
+            counts[rj].fetch_add(1, std::memory_order_relaxed);
+          });
+        }
+        computed1.fetch_add(static_cast<idx_t>(partners[a].size()), std::memory_order_relaxed);
+      });
+    }
+  }
+  err.rethrow();
+  cancel.throw_if_stopped();
+
+  out.counts.resize(static_cast<std::size_t>(n));
+  out.is_core.assign(static_cast<std::size_t>(n), 0);
+  for (idx_t i = 0; i < n; ++i) {
+    out.counts[i] = counts[i].load(std::memory_order_relaxed);
+    out.is_core[i] = out.counts[i] >= p.min_samples ? 1 : 0;
+  }
+  counts.reset();
+
+  // Tile facts for pass 2: which tiles have cores, and non-core points that have neighbours
+  // (possible border points).
+  std::vector<std::uint8_t> has_core(static_cast<std::size_t>(T), 0), has_border(static_cast<std::size_t>(T), 0);
+  std::vector<idx_t> first_core(static_cast<std::size_t>(T), -1);
+  for (idx_t t = 0; t < T; ++t)
+    for (idx_t s = 0; s < L.count[t]; ++s) {
+      const idx_t r = L.slot_rows[t * kTile + s];
+      if (out.is_core[r]) {
+        has_core[t] = 1;
+        if (first_core[t] < 0) first_core[t] = r;
+      } else if (out.counts[r] > 1) {
+        has_border[t] = 1;
+      }
+    }
+
+  // Pass 2: union core-core pairs; nearest core point of each border point. Diagonal tiles go
+  // first so that most tiles are internally merged before the off-diagonal pairs are tested.
+  ConcurrentUnionFind uf(n);
+  std::unique_ptr<std::atomic<std::uint64_t>[]> border(new std::atomic<std::uint64_t>[static_cast<std::size_t>(n)]);
+  for (idx_t i = 0; i < n; ++i) border[i].store(~std::uint64_t{0}, std::memory_order_relaxed);
+  std::vector<std::atomic<std::uint8_t>> merged(static_cast<std::size_t>(T));
+  for (auto& m : merged) m.store(0);
+  auto tile_merged = [&](idx_t t) -> bool {
+    if (merged[t].load(std::memory_order_relaxed)) return true;
+    const idx_t root = uf.find(first_core[t]);
+    for (idx_t s = 0; s < L.count[t]; ++s) {
+      const idx_t r = L.slot_rows[t * kTile + s];
+      if (out.is_core[r] && uf.find(r) != root) return false;
+    }
+    merged[t].store(1, std::memory_order_relaxed);  // components only grow: stays true
+    return true;
+  };
+  for (int phase = 0; phase < 2; ++phase) {
+#pragma omp parallel num_threads(threads)
+    {
+      TileScratch s;
+      err.run([&] {
+        s.a.resize(static_cast<std::size_t>(kTile * d));
+        s.c.resize(static_cast<std::size_t>(kTile * kTile));
+        s.idx.resize(kTile);
+        s.val.resize(kTile);
+      });
+#pragma omp for schedule(dynamic, 1)
+      for (idx_t a = 0; a < T; ++a) {
+        if (err.failed() || cancel.poll()) continue;
+        err.run([&] {
+          bool packed = false;
+          for (idx_t b : partners[a]) {
+            if ((phase == 0) != (a == b)) continue;
+            if (!has_core[a] && !has_core[b]) continue;
+            if (!has_border[a] && !has_border[b] && (!has_core[a] || !has_core[b])) continue;
+            if (!has_border[a] && !has_border[b] && tile_merged(a) && tile_merged(b) &&
+                uf.same(first_core[a], first_core[b]))
+              continue;
+            if (!packed) {
+              pack_tile(a, s);
+              packed = true;
+            }
+            computed2.fetch_add(1, std::memory_order_relaxed);
+            visit_pairs(a, b, s, [&](idx_t ri, idx_t rj, double ex) {
+              const bool ci = out.is_core[ri], cj = out.is_core[rj];
+              if (ci && cj) {
+                uf.unite(ri, rj);
+              } else if (ci != cj) {
+                const idx_t core = ci ? ri : rj, bp = ci ? rj : ri;
+                if (ex < 0.0) ex = exact_value(p.metric, x + bp * d, x + core * d, d, xnorm[bp], xnorm[core]);
+                atomic_min(border[bp], border_key(static_cast<float>(std::max(0.0, ex)), core));
+              }
+            });
+          }
+        });
+      }
+    }
+    err.rethrow();
+    cancel.throw_if_stopped();
+  }
+
+  // Labels: clusters numbered in the order of their lowest core row.
+  out.labels.assign(static_cast<std::size_t>(n), -1);
+  std::vector<idx_t> root_label(static_cast<std::size_t>(n), -1);
+  idx_t next = 0;
+  for (idx_t i = 0; i < n; ++i) {
+    if (!out.is_core[i]) continue;
+    const idx_t r = uf.find(i);
+    if (root_label[r] < 0) root_label[r] = next++;
+    out.labels[i] = root_label[r];
+  }
+  for (idx_t i = 0; i < n; ++i) {
+    if (out.is_core[i]) continue;
+    const std::uint64_t key = border[i].load(std::memory_order_relaxed);
+    if (key != ~std::uint64_t{0}) out.labels[i] = out.labels[static_cast<idx_t>(key & 0xFFFFFFFFull)];
+  }
+  out.n_clusters = next;
+  out.tile_pairs = T * (T + 1) / 2;
+  out.pairs_computed_pass1 = computed1.load();
+  out.pairs_computed_pass2 = computed2.load();
+}
+
+}  // namespace ec

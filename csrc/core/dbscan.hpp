@@ -1,0 +1,34 @@
+// DBSCAN over the tile engine: neighbour counts, core points, a concurrent union-find over
+// core-core pairs and border points joined to their nearest core point. Memory is O(n) plus a
+// permuted, packed copy of the data and tile buffers; the neighbourhood graph is never stored.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "common.hpp"
+
+namespace ec {
+
+struct DbscanParams {
+  double eps = 0.5;          ///< radius: L2 Euclidean distance, or Cosine distance 1 - cos
+  int min_samples = 5;       ///< neighbours within eps, the point itself included, of a core point
+  Metric metric = Metric::L2;  ///< L2 or Cosine
+  int n_threads = 0;         ///< worker threads; 0 = OpenMP default
+  bool prune = true;         ///< order points by a coarse partition and skip far tile pairs
+};
+
+struct DbscanResult {
+  std::vector<idx_t> labels;         ///< cluster per row, -1 for noise; clusters numbered by their lowest core row
+  std::vector<std::uint8_t> is_core; ///< 1 for core points
+  std::vector<idx_t> counts;         ///< neighbours within eps, the point itself included
+  idx_t n_clusters = 0;
+  idx_t tile_pairs = 0;              ///< tile pairs (i <= j) in one pass
+  idx_t pairs_computed_pass1 = 0;    ///< tile pairs whose products were computed in pass 1
+  idx_t pairs_computed_pass2 = 0;    ///< ... and in pass 2
+};
+
+void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanResult& out,
+                Cancel& cancel);
+
+}  // namespace ec

@@ -1,0 +1,78 @@
+// Run-time choice of the tile kernels: one portable build, the best instruction set at run time.
+#include <cstdlib>
+#include <mutex>
+#include <string>
+
+#include "kernels.hpp"
+
+namespace ec {
+namespace {
+
+bool cpu_has(const std::string& name) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (name == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (name == "avx512")
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
+#endif
+  return name == "generic";
+}
+
+const KernelSet* find(const std::string& name) {
+  if (name == "generic") return &generic_kernels();
+#if defined(EC_HAVE_AVX2_KERNELS)
+  if (name == "avx2" && cpu_has("avx2")) return &avx2_kernels();
+#endif
+#if defined(EC_HAVE_AVX512_KERNELS)
+  if (name == "avx512" && cpu_has("avx512")) return &avx512_kernels();
+#endif
+  return nullptr;
+}
+
+const KernelSet* best() {
+  const auto names = available_kernels();
+  return find(names.back());
+}
+
+std::mutex g_mu;
+const KernelSet* g_active = nullptr;
+
+}  // namespace
+
+std::vector<std::string> available_kernels() {
+  std::vector<std::string> out{"generic"};
+  for (const char* n : {"avx2", "avx512"})
+    if (find(n)) out.emplace_back(n);
+  return out;
+}
+
+void select_kernels(const std::string& name) {
+  const KernelSet* ks = name == "auto" ? best() : find(name);
+  if (!ks) {
+    std::string avail;
+    for (const auto& n : available_kernels()) avail += (avail.empty() ? "" : ", ") + n;
+    fail("kernel set '" + name + "' is not available on this CPU or build; available: " + avail +
+         " (or 'auto')");
+  }
+  std::lock_guard<std::mutex> lock(g_mu);
+  g_active = ks;
+}
+
+const KernelSet& kernels() {
+  std::lock_guard<std::mutex> lock(g_mu);
+  if (!g_active) {
+    const char* env = std::getenv("EMBEDCLUSTER_ISA");
+    if (env && *env) {
+      g_active = env == std::string("auto") ? best() : find(env);
+      if (!g_active)
+        fail(std::string("EMBEDCLUSTER_ISA=") + env +
+             " names a kernel set this CPU or build cannot run; unset it or use generic");
+    } else {
+      g_active = best();
+    }
+  }
+  return *g_active;
+}
+
+}  // namespace ec

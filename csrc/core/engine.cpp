@@ -1,0 +1,73 @@
+// Packing of point sets and the exact final selection shared by kNN, k-means and DBSCAN.
+#include "engine.hpp"
+
+#include <string>
+
+namespace ec {
+
+void pack_set(PackedSet& out, const float* y, idx_t n, idx_t d, Metric m, const idx_t* rows,
+              int threads) {
+  const KernelSet& ks = kernels();
+  out.metric = m;
+  out.n = n;
+  out.d = d;
+  out.n_pad = round_up(n, ks.nr);
+  out.src = y;
+  out.rows = rows;
+  out.mul = m == Metric::L2 ? -2.0f : -1.0f;
+  out.panels.resize(static_cast<std::size_t>(out.n_pad * d));
+  out.add.resize(static_cast<std::size_t>(out.n_pad));
+  out.norm.assign(static_cast<std::size_t>(n), 0.0);
+  std::vector<float> scale(static_cast<std::size_t>(m == Metric::Cosine ? n : 0));
+  double max_sq = 0.0;
+  idx_t zero_row = -1;
+#pragma omp parallel for num_threads(threads) reduction(max : max_sq) schedule(static)
+  for (idx_t i = 0; i < n; ++i) {
+    const double sq = sqnorm(out.row(i), d);
+    out.norm[i] = std::sqrt(sq);
+    max_sq = std::max(max_sq, sq);
+    if (m == Metric::Cosine) {
+      if (sq == 0.0) {
+#pragma omp critical
+        zero_row = zero_row < 0 ? i : std::min(zero_row, i);
+      } else {
+        scale[i] = static_cast<float>(1.0 / std::sqrt(sq));
+      }
+    }
+    out.add.data()[i] = m == Metric::L2 ? static_cast<float>(sq) : 0.0f;
+  }
+  if (zero_row >= 0)
+    fail("row " + std::to_string(rows ? rows[zero_row] : zero_row) +
+         " has zero norm; the cosine metric is undefined for it (drop zero rows or use metric='l2')");
+  for (idx_t i = n; i < out.n_pad; ++i) out.add.data()[i] = std::numeric_limits<float>::infinity();
+  out.max_sqnorm = m == Metric::Cosine ? 1.0 : max_sq;
+  const idx_t panels = out.n_pad / ks.nr;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (idx_t p = 0; p < panels; ++p) {
+    const idx_t r0 = p * ks.nr;
+    const idx_t cnt = std::min<idx_t>(ks.nr, n - r0);
+    pack_panels(rows ? y : y + r0 * d, d, rows ? rows + r0 : nullptr,
+                m == Metric::Cosine ? scale.data() + r0 : nullptr, cnt, d, ks.nr,
+                out.panels.data() + r0 * d);
+  }
+}
+
+void select_exact(RowCands& rc, int k, const float* x, double xnorm, const PackedSet& set,
+                  std::vector<std::pair<double, idx_t>>& scratch, double* out_val, idx_t* out_idx) {
+  rc.compact();
+  scratch.clear();
+  for (const auto& c : rc.cands())
+    scratch.emplace_back(exact_value(set.metric, x, set.row(c.j), set.d, xnorm, set.norm[c.j]), c.j);
+  const std::size_t kk = std::min<std::size_t>(static_cast<std::size_t>(k), scratch.size());
+  std::partial_sort(scratch.begin(), scratch.begin() + kk, scratch.end());
+  for (std::size_t t = 0; t < kk; ++t) {
+    out_val[t] = scratch[t].first;
+    out_idx[t] = scratch[t].second;
+  }
+  for (std::size_t t = kk; t < static_cast<std::size_t>(k); ++t) {
+    out_val[t] = std::numeric_limits<double>::infinity();
+    out_idx[t] = -1;
+  }
+}
+
+}  // namespace ec

@@ -1,0 +1,147 @@
+// The tile engine: packed point sets, error bounds of the fast products, exact fp64 re-checks,
+// and the parallel driver that streams query blocks against a packed set.
+//
+// Exactness. A tile value is v = add[j] + mul * dot_f(x, y_j) where dot_f is the kernel's
+// fp32 dot product. For the L2 metric add[j] = ||y_j||^2 (fp32, from an fp64 sum) and mul = -2,
+// so v + ||x||^2 approximates ||x - y_j||^2. Classic floating-point analysis (Higham, "Accuracy
+// and Stability of Numerical Algorithms", eq. 3.5) bounds an fp32 dot product of length d,
+// accumulated in any order with or without FMA, by |dot_f - dot| <= gamma_{2d} sum|x_k y_k|
+// <= gamma_{2d} ||x|| ||y||, gamma_m = m u / (1 - m u), u = 2^-24. Since 2||x|| ||y|| <=
+// ||x||^2 + ||y||^2 and the norms and the final multiply-add each add at most a few units of
+// roundoff relative to ||x||^2 + ||y||^2:
+//     |v - v_exact| <= B(x) = eps_rel(d) * (||x||^2 + max_j ||y_j||^2),
+//     eps_rel(d) = (4 d + 32) u       (a safe over-estimate of gamma_{2d} + 8u).
+// For the inner product (mul = -1, add = 0) |v - v_exact| <= eps_rel ||x|| max_j ||y_j||, and
+// for cosine the packed rows are unit vectors, so the bound is eps_rel ||x|| (1 + 4u).
+// Hence a decision can differ from the exact one only for candidates whose approximate values
+// lie within 2B of the decision threshold (the best value for argmin, the k-th best for top-k,
+// the radius for eps); exactly those candidates are re-evaluated in fp64 from the original
+// float32 inputs. Results are therefore those of an fp64 brute force on the fp32 data (ties
+// broken by the lower index), whatever kernel computed the tiles. A kernel with a larger error
+// (bf16) only changes eps_rel.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "common.hpp"
+#include "kernels.hpp"
+
+namespace ec {
+
+/// Relative error bound of a tile value for vectors of dimension d (see the file comment).
+inline double eps_rel(idx_t d) { return (4.0 * static_cast<double>(d) + 32.0) * 0x1p-24; }
+
+/// Squared norm of a float32 row, summed in fp64.
+inline double sqnorm(const float* x, idx_t d) {
+  double s = 0.0;
+  for (idx_t k = 0; k < d; ++k) s += static_cast<double>(x[k]) * x[k];
+  return s;
+}
+
+/// The exact (fp64) ranking value of a pair in the metric's "smaller is closer" form:
+/// L2: ||x - y||^2; IP: -x.y; Cosine: 1 - x.y / (||x|| ||y||).
+inline double exact_value(Metric m, const float* x, const float* y, idx_t d, double xnorm,
+                          double ynorm) {
+  if (m == Metric::L2) {
+    double s = 0.0;
+    for (idx_t k = 0; k < d; ++k) {
+      const double t = static_cast<double>(x[k]) - y[k];
+      s += t * t;
+    }
+    return s;
+  }
+  double s = 0.0;
+  for (idx_t k = 0; k < d; ++k) s += static_cast<double>(x[k]) * y[k];
+  if (m == Metric::IP) return -s;
+  return 1.0 - s / (xnorm * ynorm);
+}
+
+/// A set of rows packed into kernel panels, with what the epilogues and re-checks need.
+struct PackedSet {
+  Metric metric = Metric::L2;
+  idx_t n = 0, d = 0, n_pad = 0;
+  AlignedBuffer<float> panels;  ///< n_pad * d, panels of kernels().nr rows
+  AlignedBuffer<float> add;     ///< per row: ||y||^2 (L2) or 0; +inf for padding rows
+  float mul = -2.0f;            ///< multiplier of the dot product in a tile value
+  double max_sqnorm = 0.0;      ///< max ||y||^2 over packed rows (1 for cosine)
+  std::vector<double> norm;     ///< ||y|| of the original rows, fp64 (for exact re-checks)
+  const float* src = nullptr;   ///< the original rows (row-major, stride d), for re-checks
+  const idx_t* rows = nullptr;  ///< optional gather map: packed row i is src row rows[i]
+
+  const float* row(idx_t i) const { return src + (rows ? rows[i] : i) * d; }
+};
+
+/// Packs n rows of y (optionally gathered through `rows`) for metric m. For cosine the packed
+/// rows are normalised to unit length; zero rows are rejected there.
+void pack_set(PackedSet& out, const float* y, idx_t n, idx_t d, Metric m, const idx_t* rows,
+              int threads);
+
+/// Re-usable per-row candidate list for top-k selection with exact re-check.
+/// Keeps every candidate whose tile value is within `window` (= 2B) of the current k-th best.
+class RowCands {
+ public:
+  struct Cand {
+    float v;
+    idx_t j;
+  };
+  void reset(int k, float window) {
+    k_ = k;
+    window_ = window;
+    thr_ = std::numeric_limits<float>::infinity();
+    c_.clear();
+  }
+  float threshold() const { return thr_; }
+  void add(float v, idx_t j) {
+    c_.push_back({v, j});
+    if (static_cast<int>(c_.size()) >= 2 * k_ + 64) compact();
+  }
+  /// Sets the threshold to the k-th best value + window and drops what lies beyond it.
+  void compact() {
+    if (static_cast<int>(c_.size()) < k_) return;
+    std::nth_element(c_.begin(), c_.begin() + (k_ - 1), c_.end(),
+                     [](const Cand& a, const Cand& b) { return a.v < b.v; });
+    const float kth = c_[k_ - 1].v;
+    thr_ = kth + window_;
+    c_.erase(std::remove_if(c_.begin(), c_.end(), [&](const Cand& c) { return c.v > thr_; }),
+             c_.end());
+  }
+  std::vector<Cand>& cands() { return c_; }
+
+ private:
+  int k_ = 1;
+  float window_ = 0.0f;
+  float thr_ = std::numeric_limits<float>::infinity();
+  std::vector<Cand> c_;
+};
+
+/// Final exact selection: evaluates every kept candidate in fp64 and writes the k best
+/// (exact value, index) pairs in ascending order.
+void select_exact(RowCands& rc, int k, const float* x, double xnorm, const PackedSet& set,
+                  std::vector<std::pair<double, idx_t>>& scratch, double* out_val, idx_t* out_idx);
+
+/// Window half-width B(x) for a query row with squared norm xsq against `set`.
+inline float row_bound(const PackedSet& set, double xsq) {
+  const double e = eps_rel(set.d);
+  double b;
+  if (set.metric == Metric::L2)
+    b = e * (xsq + set.max_sqnorm);
+  else if (set.metric == Metric::IP)
+    b = e * std::sqrt(xsq * set.max_sqnorm);
+  else
+    b = e * std::sqrt(xsq) * (1.0 + 1e-6);
+  // Rounding B itself to float must not shrink it; a tiny floor keeps all-zero data exact too.
+  return static_cast<float>(b * (1.0 + 1e-6)) + std::numeric_limits<float>::min();
+}
+
+/// Per-thread buffers for one query block: packed rows and the tile of products.
+struct TileScratch {
+  AlignedBuffer<float> a;
+  AlignedBuffer<float> c;
+  std::vector<std::int32_t> idx;
+  std::vector<float> val;
+};
+
+}  // namespace ec

@@ -1,0 +1,62 @@
+// Tile kernels: the instruction-set-specific inner loops, picked once at run time.
+//
+// Every distance in the engine is a product of two packed blocks, C = A . B^T, followed by an
+// epilogue on the tile. A kernel set provides the product for one instruction set plus the two
+// vectorised epilogue primitives (row minimum, row filter). A faster kernel (bf16 on AVX-512
+// BF16, AMX or a GPU) drops in as another KernelSet whose products carry a larger error bound;
+// the exact re-check in fp64 (see bounds.hpp) keeps results identical.
+#pragma once
+
+#include <cstdint>
+
+#include "common.hpp"
+
+namespace ec {
+
+struct KernelSet {
+  const char* name;  ///< "generic", "avx2", "avx512"
+  int mr;            ///< rows of A per micro-tile (A is packed in panels of mr rows)
+  int nr;            ///< rows of B per micro-tile (B is packed in panels of nr rows)
+
+  /// C[i, j] = sum_k A[i, k] * B[j, k] for i < m_pad, j < n_pad (multiples of mr and nr).
+  /// `a` and `b` are packed with pack_panels(); C has row stride ldc.
+  void (*gemm)(const float* a, const float* b, idx_t m_pad, idx_t n_pad, idx_t d, float* c,
+               idx_t ldc);
+
+  /// min_j (add[j] + mul * c[j]) over j < n.
+  float (*row_min)(const float* c, const float* add, float mul, idx_t n);
+
+  /// Writes every j < n with add[j] + mul * c[j] <= thr to idx/val; returns how many.
+  idx_t (*row_filter)(const float* c, const float* add, float mul, idx_t n, float thr,
+                      std::int32_t* idx, float* val);
+};
+
+/// Packs rows of a row-major matrix into panels of `width` rows stored k-major:
+/// out[p*d*width + k*width + r] = scale_r * src[row(p*width + r)][k], zero for padding rows.
+/// `rows` (optional) gathers rows by index; `scale` (optional) multiplies each row.
+void pack_panels(const float* src, idx_t ld, const idx_t* rows, const float* scale, idx_t m,
+                 idx_t d, int width, float* out);
+
+inline idx_t round_up(idx_t v, idx_t m) { return (v + m - 1) / m * m; }
+
+/// The kernel set in use: the best one this CPU supports, or the one named by the environment
+/// variable EMBEDCLUSTER_ISA (generic | avx2 | avx512) when it is set and supported.
+const KernelSet& kernels();
+
+/// Selects a kernel set by name for this process (tests use it to exercise every path).
+/// Throws std::invalid_argument when the name is unknown or this CPU lacks the instructions.
+void select_kernels(const std::string& name);
+
+/// Names of the kernel sets this CPU can run, best last.
+std::vector<std::string> available_kernels();
+
+// Kernel sets, defined in files compiled with their instruction-set flags.
+const KernelSet& generic_kernels();
+#if defined(EC_HAVE_AVX2_KERNELS)
+const KernelSet& avx2_kernels();
+#endif
+#if defined(EC_HAVE_AVX512_KERNELS)
+const KernelSet& avx512_kernels();
+#endif
+
+}  // namespace ec

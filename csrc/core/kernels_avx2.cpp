@@ -1,0 +1,122 @@
+// AVX2 + FMA tile kernels: a 6x16 register-blocked fp32 micro-kernel (12 ymm accumulators).
+// Compiled with -mavx2 -mfma; only called after the CPU check.
+#include <immintrin.h>
+
+#include <limits>
+
+#include "kernels.hpp"
+
+namespace ec {
+namespace {
+
+constexpr int kMR = 6;
+constexpr int kNR = 16;
+constexpr idx_t kKC = 256;
+
+template <bool Accumulate>
+inline void micro_6x16(const float* a, const float* b, idx_t kc, float* c, idx_t ldc) {
+  __m256 acc0[kMR], acc1[kMR];
+#pragma GCC unroll 6
+  for (int r = 0; r < kMR; ++r) {
+    if (Accumulate) {
+      acc0[r] = _mm256_loadu_ps(c + r * ldc);
+      acc1[r] = _mm256_loadu_ps(c + r * ldc + 8);
+    } else {
+      acc0[r] = _mm256_setzero_ps();
+      acc1[r] = _mm256_setzero_ps();
+    }
+  }
+  for (idx_t k = 0; k < kc; ++k) {
+    const __m256 b0 = _mm256_load_ps(b);
+    const __m256 b1 = _mm256_load_ps(b + 8);
+#pragma GCC unroll 6
+    for (int r = 0; r < kMR; ++r) {
+      const __m256 av = _mm256_broadcast_ss(a + r);
+      acc0[r] = _mm256_fmadd_ps(av, b0, acc0[r]);
+      acc1[r] = _mm256_fmadd_ps(av, b1, acc1[r]);
+    }
+    a += kMR;
+    b += kNR;
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < kMR; ++r) {
+    _mm256_storeu_ps(c + r * ldc, acc0[r]);
+    _mm256_storeu_ps(c + r * ldc + 8, acc1[r]);
+  }
+}
+
+void gemm_avx2(const float* a, const float* b, idx_t m_pad, idx_t n_pad, idx_t d, float* c,
+               idx_t ldc) {
+  for (idx_t jp = 0; jp < n_pad; jp += kNR) {
+    const float* bp = b + jp * d;
+    for (idx_t k0 = 0; k0 < d; k0 += kKC) {
+      const idx_t kc = d - k0 < kKC ? d - k0 : kKC;
+      for (idx_t ip = 0; ip < m_pad; ip += kMR) {
+        const float* ap = a + ip * d + k0 * kMR;
+        float* cp = c + ip * ldc + jp;
+        if (k0 == 0)
+          micro_6x16<false>(ap, bp + k0 * kNR, kc, cp, ldc);
+        else
+          micro_6x16<true>(ap, bp + k0 * kNR, kc, cp, ldc);
+      }
+    }
+  }
+}
+
+float row_min_avx2(const float* c, const float* add, float mul, idx_t n) {
+  const __m256 vm = _mm256_set1_ps(mul);
+  __m256 best = _mm256_set1_ps(std::numeric_limits<float>::infinity());
+  idx_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    best = _mm256_min_ps(best, _mm256_fmadd_ps(vm, _mm256_loadu_ps(c + j), _mm256_loadu_ps(add + j)));
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, best);
+  float out = lanes[0];
+  for (int l = 1; l < 8; ++l) out = lanes[l] < out ? lanes[l] : out;
+  for (; j < n; ++j) {
+    const float v = add[j] + mul * c[j];
+    out = v < out ? v : out;
+  }
+  return out;
+}
+
+idx_t row_filter_avx2(const float* c, const float* add, float mul, idx_t n, float thr,
+                      std::int32_t* idx, float* val) {
+  const __m256 vm = _mm256_set1_ps(mul);
+  const __m256 vt = _mm256_set1_ps(thr);
+  idx_t cnt = 0;
+  idx_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256 v = _mm256_fmadd_ps(vm, _mm256_loadu_ps(c + j), _mm256_loadu_ps(add + j));
+    int hit = _mm256_movemask_ps(_mm256_cmp_ps(v, vt, _CMP_LE_OQ));
+    if (hit) {
+      alignas(32) float lanes[8];
+      _mm256_store_ps(lanes, v);
+      while (hit) {
+        const int l = __builtin_ctz(static_cast<unsigned>(hit));
+        idx[cnt] = static_cast<std::int32_t>(j + l);
+        val[cnt] = lanes[l];
+        ++cnt;
+        hit &= hit - 1;
+      }
+    }
+  }
+  for (; j < n; ++j) {
+    const float v = add[j] + mul * c[j];
+    if (v <= thr) {
+      idx[cnt] = static_cast<std::int32_t>(j);
+      val[cnt] = v;
+      ++cnt;
+    }
+  }
+  return cnt;
+}
+
+}  // namespace
+
+const KernelSet& avx2_kernels() {
+  static const KernelSet ks{"avx2", kMR, kNR, gemm_avx2, row_min_avx2, row_filter_avx2};
+  return ks;
+}
+
+}  // namespace ec

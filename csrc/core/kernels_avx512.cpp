@@ -1,0 +1,111 @@
+// AVX-512F tile kernels: a 12x32 register-blocked fp32 micro-kernel (24 zmm accumulators).
+// Compiled with -mavx512f -mavx512dq -mavx512vl -mavx512bw -mfma; only called after the CPU check.
+#include <immintrin.h>
+
+#include <limits>
+
+#include "kernels.hpp"
+
+namespace ec {
+namespace {
+
+constexpr int kMR = 12;
+constexpr int kNR = 32;
+constexpr idx_t kKC = 256;  // depth block: a 256x32 slice of B (32 KiB) stays in L1
+
+template <bool Accumulate>
+inline void micro_12x32(const float* a, const float* b, idx_t kc, float* c, idx_t ldc) {
+  __m512 acc0[kMR], acc1[kMR];
+#pragma GCC unroll 12
+  for (int r = 0; r < kMR; ++r) {
+    if (Accumulate) {
+      acc0[r] = _mm512_loadu_ps(c + r * ldc);
+      acc1[r] = _mm512_loadu_ps(c + r * ldc + 16);
+    } else {
+      acc0[r] = _mm512_setzero_ps();
+      acc1[r] = _mm512_setzero_ps();
+    }
+  }
+  for (idx_t k = 0; k < kc; ++k) {
+    const __m512 b0 = _mm512_load_ps(b);
+    const __m512 b1 = _mm512_load_ps(b + 16);
+#pragma GCC unroll 12
+    for (int r = 0; r < kMR; ++r) {
+      const __m512 av = _mm512_set1_ps(a[r]);
+      acc0[r] = _mm512_fmadd_ps(av, b0, acc0[r]);
+      acc1[r] = _mm512_fmadd_ps(av, b1, acc1[r]);
+    }
+    a += kMR;
+    b += kNR;
+  }
+#pragma GCC unroll 12
+  for (int r = 0; r < kMR; ++r) {
+    _mm512_storeu_ps(c + r * ldc, acc0[r]);
+    _mm512_storeu_ps(c + r * ldc + 16, acc1[r]);
+  }
+}
+
+void gemm_avx512(const float* a, const float* b, idx_t m_pad, idx_t n_pad, idx_t d, float* c,
+                 idx_t ldc) {
+  for (idx_t jp = 0; jp < n_pad; jp += kNR) {
+    const float* bp = b + jp * d;
+    for (idx_t k0 = 0; k0 < d; k0 += kKC) {
+      const idx_t kc = d - k0 < kKC ? d - k0 : kKC;
+      for (idx_t ip = 0; ip < m_pad; ip += kMR) {
+        const float* ap = a + ip * d + k0 * kMR;
+        float* cp = c + ip * ldc + jp;
+        if (k0 == 0)
+          micro_12x32<false>(ap, bp + k0 * kNR, kc, cp, ldc);
+        else
+          micro_12x32<true>(ap, bp + k0 * kNR, kc, cp, ldc);
+      }
+    }
+  }
+}
+
+float row_min_avx512(const float* c, const float* add, float mul, idx_t n) {
+  const __m512 vm = _mm512_set1_ps(mul);
+  __m512 best = _mm512_set1_ps(std::numeric_limits<float>::infinity());
+  idx_t j = 0;
+  for (; j + 16 <= n; j += 16)
+    best = _mm512_min_ps(best, _mm512_fmadd_ps(vm, _mm512_loadu_ps(c + j), _mm512_loadu_ps(add + j)));
+  if (j < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - j)) - 1u);
+    const __m512 v = _mm512_fmadd_ps(vm, _mm512_maskz_loadu_ps(m, c + j), _mm512_maskz_loadu_ps(m, add + j));
+    best = _mm512_mask_min_ps(best, m, best, v);
+  }
+  return _mm512_reduce_min_ps(best);
+}
+
+idx_t row_filter_avx512(const float* c, const float* add, float mul, idx_t n, float thr,
+                        std::int32_t* idx, float* val) {
+  const __m512 vm = _mm512_set1_ps(mul);
+  const __m512 vt = _mm512_set1_ps(thr);
+  const __m512i step = _mm512_set1_epi32(16);
+  __m512i ids = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  idx_t cnt = 0;
+  idx_t j = 0;
+  for (; j < n; j += 16) {
+    const __mmask16 valid =
+        n - j >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (n - j)) - 1u);
+    const __m512 v = _mm512_fmadd_ps(vm, _mm512_maskz_loadu_ps(valid, c + j),
+                                     _mm512_maskz_loadu_ps(valid, add + j));
+    const __mmask16 hit = _mm512_mask_cmp_ps_mask(valid, v, vt, _CMP_LE_OQ);
+    if (hit) {
+      _mm512_mask_compressstoreu_epi32(idx + cnt, hit, ids);
+      _mm512_mask_compressstoreu_ps(val + cnt, hit, v);
+      cnt += __builtin_popcount(static_cast<unsigned>(hit));
+    }
+    ids = _mm512_add_epi32(ids, step);
+  }
+  return cnt;
+}
+
+}  // namespace
+
+const KernelSet& avx512_kernels() {
+  static const KernelSet ks{"avx512", kMR, kNR, gemm_avx512, row_min_avx512, row_filter_avx512};
+  return ks;
+}
+
+}  // namespace ec

@@ -1,0 +1,85 @@
+// Portable tile kernels (no instruction-set flags): the fallback and the reference path.
+#include <cstring>
+#include <limits>
+
+#include "kernels.hpp"
+
+namespace ec {
+
+void pack_panels(const float* src, idx_t ld, const idx_t* rows, const float* scale, idx_t m,
+                 idx_t d, int width, float* out) {
+  const idx_t panels = (m + width - 1) / width;
+  for (idx_t p = 0; p < panels; ++p) {
+    float* dst = out + p * d * width;
+    for (int r = 0; r < width; ++r) {
+      const idx_t i = p * width + r;
+      if (i >= m) {
+        for (idx_t k = 0; k < d; ++k) dst[k * width + r] = 0.0f;
+        continue;
+      }
+      const float* row = src + (rows ? rows[i] : i) * ld;
+      const float s = scale ? scale[i] : 1.0f;
+      if (scale) {
+        for (idx_t k = 0; k < d; ++k) dst[k * width + r] = row[k] * s;
+      } else {
+        for (idx_t k = 0; k < d; ++k) dst[k * width + r] = row[k];
+      }
+    }
+  }
+}
+
+namespace {
+
+constexpr int kMR = 4;
+constexpr int kNR = 16;
+
+void gemm_generic(const float* a, const float* b, idx_t m_pad, idx_t n_pad, idx_t d, float* c,
+                  idx_t ldc) {
+  for (idx_t jp = 0; jp < n_pad; jp += kNR) {
+    const float* bp = b + jp * d;
+    for (idx_t ip = 0; ip < m_pad; ip += kMR) {
+      const float* ap = a + ip * d;
+      float acc[kMR][kNR] = {};
+      for (idx_t k = 0; k < d; ++k) {
+        const float* bk = bp + k * kNR;
+        const float* ak = ap + k * kMR;
+        for (int r = 0; r < kMR; ++r)
+          for (int j = 0; j < kNR; ++j) acc[r][j] += ak[r] * bk[j];
+      }
+      for (int r = 0; r < kMR; ++r) std::memcpy(c + (ip + r) * ldc + jp, acc[r], sizeof(acc[r]));
+    }
+  }
+}
+
+float row_min_generic(const float* c, const float* add, float mul, idx_t n) {
+  float best = std::numeric_limits<float>::infinity();
+  for (idx_t j = 0; j < n; ++j) {
+    const float v = add[j] + mul * c[j];
+    best = v < best ? v : best;
+  }
+  return best;
+}
+
+idx_t row_filter_generic(const float* c, const float* add, float mul, idx_t n, float thr,
+                         std::int32_t* idx, float* val) {
+  idx_t cnt = 0;
+  for (idx_t j = 0; j < n; ++j) {
+    const float v = add[j] + mul * c[j];
+    if (v <= thr) {
+      idx[cnt] = static_cast<std::int32_t>(j);
+      val[cnt] = v;
+      ++cnt;
+    }
+  }
+  return cnt;
+}
+
+}  // namespace
+
+const KernelSet& generic_kernels() {
+  static const KernelSet ks{"generic", kMR, kNR, gemm_generic, row_min_generic,
+                            row_filter_generic};
+  return ks;
+}
+
+}  // namespace ec

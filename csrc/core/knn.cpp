@@ -1,0 +1,212 @@
+// Exact kNN and radius queries: query blocks streamed in parallel against the packed database.
+#include "knn.hpp"
+
+#include <string>
+
+#include "engine.hpp"
+
+namespace ec {
+namespace {
+
+constexpr idx_t kQueryBlock = 144;  // rows of queries per tile (a multiple of every mr)
+constexpr idx_t kDbBlock = 256;     // database rows per tile (a multiple of every nr)
+
+/// Streams query blocks in parallel; for each block packs the queries and calls
+/// on_tile(q0, qm, c, ldc, b0, bm) for every database block, then on_done(q0, qm).
+template <class OnTile, class OnDone>
+void stream_tiles(const PackedSet& set, const float* q, idx_t nq, int threads, Cancel& cancel,
+                  OnTile on_tile, OnDone on_done) {
+  const KernelSet& ks = kernels();
+  const idx_t d = set.d;
+  const idx_t nblocks = (nq + kQueryBlock - 1) / kQueryBlock;
+  ExceptionSlot err;
+#pragma omp parallel num_threads(threads)
+  {
+    TileScratch s;
+    err.run([&] {
+      s.a.resize(static_cast<std::size_t>(kQueryBlock * d));
+      s.c.resize(static_cast<std::size_t>(kQueryBlock * kDbBlock));
+    });
+#pragma omp for schedule(dynamic, 1)
+    for (idx_t blk = 0; blk < nblocks; ++blk) {
+      if (err.failed() || cancel.poll()) continue;
+      err.run([&] {
+        const idx_t q0 = blk * kQueryBlock;
+        const idx_t qm = std::min(kQueryBlock, nq - q0);
+        const idx_t qm_pad = round_up(qm, ks.mr);
+        pack_panels(q + q0 * d, d, nullptr, nullptr, qm, d, ks.mr, s.a.data());
+        for (idx_t b0 = 0; b0 < set.n; b0 += kDbBlock) {
+          const idx_t bm = std::min(kDbBlock, set.n - b0);
+          ks.gemm(s.a.data(), set.panels.data() + b0 * d, qm_pad, round_up(bm, ks.nr), d,
+                  s.c.data(), kDbBlock);
+          on_tile(q0, qm, s.c.data(), kDbBlock, b0, bm, s);
+        }
+        on_done(q0, qm);
+      });
+    }
+  }
+  err.rethrow();
+  cancel.throw_if_stopped();
+}
+
+void check_common(idx_t n, idx_t nq, idx_t d) {
+  if (n <= 0) fail("the database is empty; fit on at least one row");
+  if (nq < 0) fail("negative number of queries");
+  if (d <= 0) fail("zero features; rows need at least one column");
+  if (n > static_cast<idx_t>(std::numeric_limits<std::int32_t>::max()) * 64)
+    fail("database too large for one call; split it into shards");
+}
+
+/// Converts an exact ranking value to what the caller sees (IP is reported as the dot product).
+inline float reported(Metric m, double v) { return static_cast<float>(m == Metric::IP ? -v : v); }
+
+}  // namespace
+
+void knn_search(const KnnParams& p, const float* db, idx_t n, const float* q, idx_t nq, idx_t d,
+                float* out_dist, idx_t* out_idx, Cancel& cancel) {
+  check_common(n, nq, d);
+  const idx_t avail = p.exclude_self ? n - 1 : n;
+  if (p.k <= 0) fail("k=" + std::to_string(p.k) + " should be >= 1");
+  if (p.k > avail)
+    fail("k=" + std::to_string(p.k) + " should be <= the number of database rows (" +
+         std::to_string(avail) + (p.exclude_self ? " excluding the query itself)" : ")"));
+  if (p.exclude_self && nq != n) fail("exclude_self needs the queries to be the database rows");
+  const int threads = resolve_threads(p.n_threads);
+  PackedSet set;
+  pack_set(set, db, n, d, p.metric, nullptr, threads);
+  std::vector<double> qsq(static_cast<std::size_t>(nq));
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (idx_t i = 0; i < nq; ++i) qsq[i] = sqnorm(q + i * d, d);
+  if (p.metric == Metric::Cosine)
+    for (idx_t i = 0; i < nq; ++i)
+      if (qsq[i] == 0.0)
+        fail("query row " + std::to_string(i) + " has zero norm; the cosine metric is undefined for it");
+
+  const int nthreads = threads;
+  std::vector<std::vector<RowCands>> cands(static_cast<std::size_t>(nthreads));
+  std::vector<std::vector<std::pair<double, idx_t>>> scratch(static_cast<std::size_t>(nthreads));
+  auto tid = [] {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+  };
+  stream_tiles(
+      set, q, nq, threads, cancel,
+      [&](idx_t q0, idx_t qm, const float* c, idx_t ldc, idx_t b0, idx_t bm, TileScratch& s) {
+        auto& rcs = cands[tid()];
+        if (b0 == 0) {
+          rcs.resize(static_cast<std::size_t>(qm));
+          for (idx_t i = 0; i < qm; ++i) rcs[i].reset(p.k, 2.0f * row_bound(set, qsq[q0 + i]));
+        }
+        s.idx.resize(static_cast<std::size_t>(bm));
+        s.val.resize(static_cast<std::size_t>(bm));
+        const KernelSet& ks = kernels();
+        for (idx_t i = 0; i < qm; ++i) {
+          RowCands& rc = rcs[i];
+          const idx_t cnt = ks.row_filter(c + i * ldc, set.add.data() + b0, set.mul, bm,
+                                          rc.threshold(), s.idx.data(), s.val.data());
+          for (idx_t t = 0; t < cnt; ++t) {
+            const idx_t j = b0 + s.idx[t];
+            if (p.exclude_self && j == q0 + i) continue;
+            rc.add(s.val[t], j);
+          }
+        }
+      },
+      [&](idx_t q0, idx_t qm) {
+        auto& rcs = cands[tid()];
+        auto& scr = scratch[tid()];
+        std::vector<double> vals(static_cast<std::size_t>(p.k));
+        for (idx_t i = 0; i < qm; ++i) {
+          const idx_t qi = q0 + i;
+          select_exact(rcs[i], p.k, q + qi * d, std::sqrt(qsq[qi]), set, scr, vals.data(),
+                       out_idx + qi * p.k);
+          for (int t = 0; t < p.k; ++t) out_dist[qi * p.k + t] = reported(p.metric, vals[t]);
+        }
+      });
+}
+
+namespace {
+
+/// Shared body of radius search and radius count: calls emit(query, j, exact_value) for every
+/// database row within the radius, in ascending j per query.
+template <class Emit>
+void radius_scan(const RadiusParams& p, const float* db, idx_t n, const float* q, idx_t nq,
+                 idx_t d, bool need_value, Cancel& cancel, Emit emit) {
+  check_common(n, nq, d);
+  if (p.metric == Metric::IP)
+    fail("radius queries need metric 'l2' or 'cosine' (inner product is a similarity)");
+  if (!(p.radius >= 0.0) || !std::isfinite(p.radius))
+    fail("radius=" + std::to_string(p.radius) + " should be a finite number >= 0");
+  if (p.exclude_self && nq != n) fail("exclude_self needs the queries to be the database rows");
+  const int threads = resolve_threads(p.n_threads);
+  PackedSet set;
+  pack_set(set, db, n, d, p.metric, nullptr, threads);
+  std::vector<double> qsq(static_cast<std::size_t>(nq));
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (idx_t i = 0; i < nq; ++i) qsq[i] = sqnorm(q + i * d, d);
+  if (p.metric == Metric::Cosine)
+    for (idx_t i = 0; i < nq; ++i)
+      if (qsq[i] == 0.0)
+        fail("query row " + std::to_string(i) + " has zero norm; the cosine metric is undefined for it");
+  stream_tiles(
+      set, q, nq, threads, cancel,
+      [&](idx_t q0, idx_t qm, const float* c, idx_t ldc, idx_t b0, idx_t bm, TileScratch& s) {
+        s.idx.resize(static_cast<std::size_t>(bm));
+        s.val.resize(static_cast<std::size_t>(bm));
+        const KernelSet& ks = kernels();
+        for (idx_t i = 0; i < qm; ++i) {
+          const idx_t qi = q0 + i;
+          const double xn = std::sqrt(qsq[qi]);
+          // The radius in tile-value units, and the band where a decision needs fp64.
+          const double thr = p.metric == Metric::L2 ? p.radius - qsq[qi] : -(1.0 - p.radius) * xn;
+          const float bnd = row_bound(set, qsq[qi]);
+          const idx_t cnt = ks.row_filter(c + i * ldc, set.add.data() + b0, set.mul, bm,
+                                          static_cast<float>(thr) + bnd, s.idx.data(), s.val.data());
+          for (idx_t t = 0; t < cnt; ++t) {
+            const idx_t j = b0 + s.idx[t];
+            if (p.exclude_self && j == qi) continue;
+            const bool sure = s.val[t] < static_cast<float>(thr) - bnd;
+            if (sure && !need_value) {
+              emit(qi, j, 0.0);
+              continue;
+            }
+            const double v = exact_value(p.metric, q + qi * d, set.row(j), d, xn, set.norm[j]);
+            if (v <= p.radius) emit(qi, j, v);
+          }
+        }
+      },
+      [](idx_t, idx_t) {});
+}
+
+}  // namespace
+
+void radius_search(const RadiusParams& p, const float* db, idx_t n, const float* q, idx_t nq,
+                   idx_t d, RadiusResult& out, Cancel& cancel) {
+  std::vector<std::vector<std::pair<idx_t, float>>> per(static_cast<std::size_t>(nq > 0 ? nq : 0));
+  radius_scan(p, db, n, q, nq, d, true, cancel, [&](idx_t qi, idx_t j, double v) {
+    per[qi].emplace_back(j, static_cast<float>(v));
+  });
+  out.indptr.assign(static_cast<std::size_t>(nq + 1), 0);
+  for (idx_t i = 0; i < nq; ++i) out.indptr[i + 1] = out.indptr[i] + static_cast<idx_t>(per[i].size());
+  out.indices.resize(static_cast<std::size_t>(out.indptr[nq]));
+  out.dist.resize(static_cast<std::size_t>(out.indptr[nq]));
+  for (idx_t i = 0; i < nq; ++i) {
+    idx_t o = out.indptr[i];
+    for (const auto& e : per[i]) {
+      out.indices[o] = e.first;
+      out.dist[o] = e.second;
+      ++o;
+    }
+  }
+}
+
+void radius_count(const RadiusParams& p, const float* db, idx_t n, const float* q, idx_t nq,
+                  idx_t d, idx_t* out_count, Cancel& cancel) {
+  for (idx_t i = 0; i < nq; ++i) out_count[i] = 0;
+  radius_scan(p, db, n, q, nq, d, false, cancel,
+              [&](idx_t qi, idx_t, double) { ++out_count[qi]; });
+}
+
+}  // namespace ec

@@ -1,0 +1,44 @@
+// Exact nearest-neighbour search: top-k, radius search and radius counts, tile by tile.
+#pragma once
+
+#include <vector>
+
+#include "common.hpp"
+
+namespace ec {
+
+struct KnnParams {
+  Metric metric = Metric::L2;  ///< L2 returns squared distances, IP dot products, Cosine 1 - cos
+  int k = 10;                  ///< neighbours per query (<= database size)
+  bool exclude_self = false;   ///< queries are the database rows: query i never returns row i
+  int n_threads = 0;           ///< worker threads; 0 = OpenMP default
+};
+
+/// For each of nq queries, the k nearest database rows, nearest first; ties go to the lower
+/// index. Distances are exact fp64 evaluations of the float32 inputs, rounded to float32.
+void knn_search(const KnnParams& p, const float* db, idx_t n, const float* q, idx_t nq, idx_t d,
+                float* out_dist, idx_t* out_idx, Cancel& cancel);
+
+struct RadiusParams {
+  Metric metric = Metric::L2;  ///< L2 or Cosine
+  double radius = 1.0;         ///< L2: on the squared distance; Cosine: on 1 - cos
+  bool exclude_self = false;   ///< queries are the database rows: query i never returns row i
+  int n_threads = 0;           ///< worker threads; 0 = OpenMP default
+};
+
+/// Neighbours within the radius (inclusive), as CSR: query i owns indices[indptr[i]:indptr[i+1]],
+/// in ascending index order, with exact distances in the same units as the radius.
+struct RadiusResult {
+  std::vector<idx_t> indptr;
+  std::vector<idx_t> indices;
+  std::vector<float> dist;
+};
+
+void radius_search(const RadiusParams& p, const float* db, idx_t n, const float* q, idx_t nq,
+                   idx_t d, RadiusResult& out, Cancel& cancel);
+
+/// Number of database rows within the radius of each query (inclusive).
+void radius_count(const RadiusParams& p, const float* db, idx_t n, const float* q, idx_t nq,
+                  idx_t d, idx_t* out_count, Cancel& cancel);
+
+}  // namespace ec

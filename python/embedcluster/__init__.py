@@ -1,0 +1,11 @@
+"""embedcluster: find the classes hidden in unlabeled data with pretrained embeddings and a
+fast native clustering engine (exact k-means, DBSCAN and nearest-neighbour search)."""
+
+from __future__ import annotations
+
+from ._version import __version__
+from .cluster import DBSCAN, KMeans
+from .info import build_info
+from .neighbors import NearestNeighbors
+
+__all__ = ["KMeans", "DBSCAN", "NearestNeighbors", "build_info", "__version__"]

@@ -1,0 +1,178 @@
+"""Input conversion and backend selection shared by the estimators.
+
+The native engine takes float32, C-contiguous 2-D arrays. Everything else is converted here,
+once and visibly (logged at INFO level), or rejected with a message that says what to do.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Optional
+
+import numpy as np
+
+logger = logging.getLogger("embedcluster")
+
+try:  # the compiled engine; a source tree without a build falls back to FAISS
+    from . import _core  # type: ignore[attr-defined]
+
+    _CORE_ERROR: Optional[str] = None
+except ImportError as exc:  # pragma: no cover - only without a build
+    _core = None
+    _CORE_ERROR = str(exc)
+
+BACKENDS = ("auto", "native", "faiss")
+
+
+def faiss_available() -> bool:
+    """True when the ``faiss`` module (faiss-cpu) can be imported."""
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def native_available() -> bool:
+    """True when the compiled engine ``embedcluster._core`` is importable."""
+    return _core is not None
+
+
+def resolve_backend(backend: str, capability: str) -> str:
+    """Returns ``"native"`` or ``"faiss"`` for the requested backend.
+
+    ``auto`` uses the native engine and falls back to FAISS, logging the reason, when the
+    native build is missing (``capability`` names what was needed, for the message).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not one of {BACKENDS}")
+    if backend == "native":
+        if _core is None:
+            raise ImportError(
+                f"the native engine is not built ({_CORE_ERROR}); reinstall with "
+                "`pip install .` from a source checkout, or use backend='faiss'"
+            )
+        return "native"
+    if backend == "faiss":
+        if not faiss_available():
+            raise ImportError("backend='faiss' needs faiss-cpu: pip install faiss-cpu")
+        return "faiss"
+    if _core is not None:
+        return "native"
+    if faiss_available():
+        logger.warning("native engine unavailable (%s); using FAISS for %s", _CORE_ERROR, capability)
+        return "faiss"
+    raise ImportError(
+        f"neither the native engine ({_CORE_ERROR}) nor faiss-cpu is available for {capability}; "
+        "reinstall embedcluster or pip install faiss-cpu"
+    )
+
+
+def threads_arg(n_threads: Optional[int]) -> int:
+    """Maps the estimators' ``n_threads`` (None or -1: all cores) to the core's convention (0)."""
+    if n_threads is None or n_threads == -1:
+        return 0
+    if not isinstance(n_threads, (int, np.integer)) or n_threads < 1:
+        raise ValueError(f"n_threads={n_threads!r} should be None, -1 or a positive integer")
+    return int(n_threads)
+
+
+def _from_torch(x: Any) -> Any:
+    mod = type(x).__module__
+    if mod.startswith("torch") and hasattr(x, "detach"):
+        if getattr(x, "device", None) is not None and str(x.device) != "cpu":
+            raise ValueError(
+                f"got a torch tensor on {x.device}; move it to the CPU first (tensor.cpu())"
+            )
+        return x.detach().numpy()
+    return x
+
+
+def as_matrix(X: Any, name: str = "X", *, estimator: str = "", allow_empty: bool = False) -> np.ndarray:
+    """Validates ``X`` and returns it as a float32, C-contiguous 2-D array.
+
+    Accepts numpy arrays, array-likes and CPU torch tensors. float32 C-contiguous input is
+    used as it is, without a copy (read-only arrays included); float64, integer and Fortran
+    -ordered input are converted once, with an INFO log line. Raises TypeError for object,
+    complex, bool and string data and ValueError for NaN / infinity, values that overflow
+    float32, empty input and anything that is not 2-D.
+    """
+    X = _from_torch(X)
+    if hasattr(X, "toarray") and hasattr(X, "nnz"):
+        raise TypeError(f"{name} is a sparse matrix; embedcluster needs dense data (X.toarray())")
+    arr = np.asarray(X) if not isinstance(X, np.ndarray) else X
+    where = f" for {estimator}" if estimator else ""
+    if arr.dtype == object or arr.dtype.kind in "USV":
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"{name}{where} has dtype {arr.dtype}; pass numbers (float32 preferred)"
+            ) from None
+    if arr.dtype.kind == "c":
+        raise TypeError(f"{name}{where} is complex; pass real numbers (e.g. np.abs(X) or X.real)")
+    if arr.dtype.kind == "b":
+        raise TypeError(f"{name}{where} is boolean; convert it explicitly, e.g. X.astype(np.float32)")
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(f"{name}{where} has unsupported dtype {arr.dtype}")
+    if arr.ndim != 2:
+        hint = " (reshape(-1, 1) for one feature, reshape(1, -1) for one sample)" if arr.ndim == 1 else ""
+        raise ValueError(f"Expected 2D array, got {arr.ndim}D array instead: {name}{where} must be "
+                         f"(n_samples, n_features){hint}")
+    if arr.shape[1] == 0:
+        raise ValueError(f"{name}{where} has 0 feature(s) (shape={arr.shape}) while a minimum of 1 is required.")
+    if arr.shape[0] == 0 and not allow_empty:
+        raise ValueError(f"{name}{where} has 0 sample(s) (shape={arr.shape}) while a minimum of 1 is required.")
+    if arr.dtype != np.float32:
+        if arr.dtype.kind == "f":
+            big = np.abs(arr[np.isfinite(arr)]).max(initial=0.0)
+            if big > np.finfo(np.float32).max:
+                raise ValueError(
+                    f"{name}{where} has values up to {big:.3g}, beyond float32's range (3.4e38); rescale it"
+                )
+        logger.info("%s: converting %s to float32 (the engine computes in float32)", name, arr.dtype)
+        arr = arr.astype(np.float32, order="C")
+    elif not arr.flags.c_contiguous:
+        logger.info("%s: copying a non-C-contiguous array to C order", name)
+        arr = np.ascontiguousarray(arr)
+    if not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        raise ValueError(
+            f"Input {name}{where} contains NaN or infinity (first at row {bad[0]}, column {bad[1]}); "
+            "remove or impute those values"
+        )
+    return arr
+
+
+def as_weights(sample_weight: Any, n: int) -> Optional[np.ndarray]:
+    """Validates sample weights: None, a scalar, or n finite non-negative numbers; float32 out."""
+    if sample_weight is None:
+        return None
+    w = _from_torch(sample_weight)
+    w = np.asarray(w)
+    if w.ndim == 0:
+        w = np.full(n, float(w), dtype=np.float64)
+    if w.ndim != 1 or w.shape[0] != n:
+        raise ValueError(f"sample_weight.shape == {w.shape}, expected ({n},)!")
+    if w.dtype.kind not in "fiu":
+        raise TypeError(f"sample_weight has dtype {w.dtype}; pass numbers")
+    w = w.astype(np.float32)
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError("sample_weight must be finite and non-negative")
+    if w.sum() <= 0:
+        raise ValueError("sample_weight sums to zero; at least one weight must be positive")
+    return np.ascontiguousarray(w)
+
+
+def seed_of(random_state: Any) -> int:
+    """A 64-bit seed from ``random_state`` (None, int or numpy RandomState/Generator)."""
+    if random_state is None:
+        return int.from_bytes(os.urandom(8), "little")
+    if isinstance(random_state, (int, np.integer)):
+        return int(random_state) & 0xFFFFFFFFFFFFFFFF
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(0, 2**31 - 1))
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(0, 2**63 - 1))
+    raise ValueError(f"random_state={random_state!r} should be None, an int, a RandomState or a Generator")

@@ -1,0 +1,293 @@
+"""Clustering estimators with scikit-learn conventions: :class:`KMeans` and :class:`DBSCAN`.
+
+Both run on the native engine by default (``backend="native"`` or ``"auto"``) and on FAISS
+when asked (``backend="faiss"``). Input is converted to float32 once (see ``as_matrix``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Optional
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils.validation import check_is_fitted
+
+from . import _faiss
+from ._backend import _core, as_matrix, as_weights, resolve_backend, seed_of, threads_arg
+
+_KMEANS_METRICS = {"l2": "l2", "euclidean": "l2", "cosine": "cosine"}
+_DBSCAN_METRICS = {"l2": "l2", "euclidean": "l2", "cosine": "cosine"}
+
+
+def _check_features(est: BaseEstimator, X: np.ndarray) -> None:
+    if X.shape[1] != est.n_features_in_:
+        raise ValueError(
+            f"X has {X.shape[1]} features, but {type(est).__name__} is expecting "
+            f"{est.n_features_in_} features as input."
+        )
+
+
+def _metric(name: str, table: dict, what: str) -> str:
+    if name not in table:
+        raise ValueError(f"metric={name!r} is not supported by {what}; use one of {sorted(table)}")
+    return table[name]
+
+
+class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
+    """k-means clustering on the native engine (Lloyd iterations with exact assignment).
+
+    Parameters
+    ----------
+    n_clusters : int, default=8
+        Number of clusters.
+    init : {"k-means++", "random"} or array of shape (n_clusters, n_features), default="k-means++"
+        Greedy k-means++ (seeded), k distinct random rows, or given centres.
+    n_init : int, default=1
+        Runs from different seeds; the one with the lowest inertia is kept.
+    max_iter : int, default=300
+        Maximum Lloyd iterations per run.
+    tol : float, default=1e-4
+        Stop when the summed squared centre shift is at most ``tol`` times the mean feature
+        variance of X (scikit-learn's rule); ``tol=0`` stops only when labels stop changing.
+    metric : {"l2", "euclidean", "cosine"}, default="l2"
+        "cosine" runs spherical k-means: rows are compared by cosine and centres are unit-norm.
+    random_state : int, RandomState, Generator or None, default=None
+        Seed for the initialisation. The same seed gives bit-identical results for any
+        number of threads.
+    backend : {"auto", "native", "faiss"}, default="auto"
+        Engine. "faiss" uses faiss.Kmeans on all points (no sample weights beyond FAISS's
+        support, no tol).
+    n_threads : int or None, default=None
+        Worker threads; None or -1 uses all cores.
+
+    Attributes
+    ----------
+    cluster_centers_ : ndarray of shape (n_clusters, n_features), float32
+    labels_ : ndarray of shape (n_samples,), int64
+        Consistent with ``cluster_centers_`` (a final assignment follows the last update).
+    inertia_ : float
+        Sum of (weighted) squared distances to the nearest centre; for "cosine", the sum of
+        cosine distances 1 - cos.
+    n_iter_ : int
+    n_features_in_ : int
+
+    Notes
+    -----
+    Input is converted to float32 once (logged at INFO). Assignments are exact: the fast
+    float32 tiles are re-checked in float64 wherever a near-tie could flip the nearest centre.
+    """
+
+    def __init__(self, n_clusters: int = 8, *, init: Any = "k-means++", n_init: int = 1,
+                 max_iter: int = 300, tol: float = 1e-4, metric: str = "l2",
+                 random_state: Any = None, backend: str = "auto", n_threads: Optional[int] = None):
+        self.n_clusters = n_clusters
+        self.init = init
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.metric = metric
+        self.random_state = random_state
+        self.backend = backend
+        self.n_threads = n_threads
+
+    def _validate_params(self) -> None:
+        for name in ("n_clusters", "n_init", "max_iter"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name}={v!r} should be an integer >= 1")
+        if not isinstance(self.tol, (int, float, np.floating)) or not np.isfinite(self.tol) or self.tol < 0:
+            raise ValueError(f"tol={self.tol!r} should be a finite number >= 0")
+
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> "KMeans":
+        """Computes the clustering. ``y`` is ignored; ``sample_weight`` weights each row."""
+        self._validate_params()
+        metric = _metric(self.metric, _KMEANS_METRICS, "KMeans")
+        X = as_matrix(X, estimator="KMeans")
+        n, d = X.shape
+        if n < self.n_clusters:
+            raise ValueError(f"n_samples={n} should be >= n_clusters={self.n_clusters}.")
+        w = as_weights(sample_weight, n)
+        init: Any = self.init
+        if isinstance(init, str):
+            if init not in ("k-means++", "random"):
+                raise ValueError(f"init={init!r} should be 'k-means++', 'random' or an array of centres")
+        else:
+            init = as_matrix(init, "init", estimator="KMeans")
+            if init.shape != (self.n_clusters, d):
+                raise ValueError(
+                    f"init has shape {init.shape} but should be (n_clusters, n_features) = ({self.n_clusters}, {d})"
+                )
+        seed = seed_of(self.random_state)
+        backend = resolve_backend(self.backend, "k-means")
+        if backend == "native":
+            r = _core.kmeans_fit(X, int(self.n_clusters), max_iter=int(self.max_iter), tol=float(self.tol),
+                                 n_init=int(self.n_init), metric=metric, init=init, seed=seed,
+                                 sample_weight=w, n_threads=threads_arg(self.n_threads))
+            centers, labels, inertia, n_iter = r["centers"], r["labels"], r["inertia"], r["n_iter"]
+        else:
+            init_arr = None if isinstance(init, str) else init
+            centers, labels, inertia, n_iter = _faiss.kmeans(X, int(self.n_clusters), int(self.max_iter),
+                                                             metric, init_arr, seed, w)
+        distinct = len(np.unique(labels))
+        if distinct < self.n_clusters:
+            warnings.warn(
+                f"Number of distinct clusters ({distinct}) found smaller than n_clusters "
+                f"({self.n_clusters}). Possibly due to duplicate points in X.",
+                ConvergenceWarning, stacklevel=2,
+            )
+        self.cluster_centers_ = np.asarray(centers, dtype=np.float32)
+        self.labels_ = np.asarray(labels, dtype=np.int64)
+        self.inertia_ = float(inertia)
+        self.n_iter_ = int(n_iter)
+        self.n_features_in_ = d
+        self.backend_ = backend
+        return self
+
+    def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None) -> np.ndarray:
+        """Fits and returns ``labels_``."""
+        return self.fit(X, sample_weight=sample_weight).labels_
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Index of the nearest centre of each row (exact, ties to the lower index)."""
+        labels, _ = self._assign(X)
+        return labels
+
+    def _assign(self, X: Any):
+        check_is_fitted(self)
+        X = as_matrix(X, estimator="KMeans")
+        _check_features(self, X)
+        metric = _KMEANS_METRICS[self.metric]
+        if self.backend_ == "native":
+            return _core.kmeans_assign(self.cluster_centers_, X, metric, n_threads=threads_arg(self.n_threads))
+        d, i = _faiss.knn(self.cluster_centers_, X, 1, metric, exclude_self=False)
+        return i[:, 0], d[:, 0]
+
+    def score(self, X: Any, y: Any = None, sample_weight: Any = None) -> float:
+        """Opposite of the inertia of X against the fitted centres (higher is better)."""
+        _, dist = self._assign(X)
+        w = as_weights(sample_weight, len(dist))
+        return -float(np.dot(dist.astype(np.float64), w if w is not None else np.ones(len(dist))))
+
+    def transform(self, X: Any) -> np.ndarray:
+        """Distances of each row to every centre, shape (n_samples, n_clusters), float32.
+
+        Euclidean distances for "l2", cosine distances (1 - cos) for "cosine". This is the
+        one place that materialises an n x k matrix, because it is the requested output.
+        """
+        check_is_fitted(self)
+        X = as_matrix(X, estimator="KMeans")
+        _check_features(self, X)
+        C = self.cluster_centers_.astype(np.float64)
+        out = np.empty((X.shape[0], C.shape[0]), dtype=np.float32)
+        step = max(1, (1 << 22) // max(1, C.shape[0]))
+        for s in range(0, X.shape[0], step):
+            x = X[s:s + step].astype(np.float64)
+            if _KMEANS_METRICS[self.metric] == "l2":
+                d2 = (x * x).sum(1)[:, None] + (C * C).sum(1)[None, :] - 2.0 * x @ C.T
+                out[s:s + step] = np.sqrt(np.maximum(d2, 0.0))
+            else:
+                xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+                cn = C / np.linalg.norm(C, axis=1, keepdims=True)
+                out[s:s + step] = 1.0 - xn @ cn.T
+        return out
+
+    def fit_transform(self, X: Any, y: Any = None, sample_weight: Any = None) -> np.ndarray:
+        """Fits, then returns ``transform(X)``."""
+        return self.fit(X, sample_weight=sample_weight).transform(X)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        return tags
+
+
+class DBSCAN(ClusterMixin, BaseEstimator):
+    """DBSCAN on the native engine, in O(n) memory beyond the data.
+
+    Parameters
+    ----------
+    eps : float, default=0.5
+        Neighbourhood radius (inclusive): a Euclidean distance for "euclidean", a cosine
+        distance 1 - cos for "cosine".
+    min_samples : int, default=5
+        Neighbours within eps, the point itself included, that make a core point (as
+        scikit-learn).
+    metric : {"euclidean", "l2", "cosine"}, default="euclidean"
+    backend : {"auto", "native", "faiss"}, default="auto"
+        "faiss" builds the neighbourhood graph with a FAISS range search (more memory).
+    n_threads : int or None, default=None
+
+    Attributes
+    ----------
+    labels_ : ndarray (n_samples,), int64
+        Cluster of each row, -1 for noise. Clusters are numbered in the order of their
+        lowest-index core point.
+    core_sample_indices_ : ndarray of core-point indices (ascending)
+    components_ : ndarray (n_core, n_features), float32, the core points
+    n_clusters_ : int
+    n_features_in_ : int
+
+    Notes
+    -----
+    Core points and the partition of core points are those of the DBSCAN definition and
+    equal scikit-learn's. A border point (not core, within eps of a core point) joins the
+    cluster of its nearest core point (ties: lower index), which makes the result independent
+    of visiting order; scikit-learn instead gives it the first cluster that reaches it.
+    Every eps decision is exact: fast float32 tiles are re-checked in float64 near eps.
+    """
+
+    def __init__(self, eps: float = 0.5, *, min_samples: int = 5, metric: str = "euclidean",
+                 backend: str = "auto", n_threads: Optional[int] = None):
+        self.eps = eps
+        self.min_samples = min_samples
+        self.metric = metric
+        self.backend = backend
+        self.n_threads = n_threads
+
+    def fit(self, X: Any, y: Any = None) -> "DBSCAN":
+        """Finds clusters and noise. ``y`` is ignored."""
+        if not isinstance(self.eps, (int, float, np.number)) or not np.isfinite(self.eps) or self.eps <= 0:
+            raise ValueError(f"eps={self.eps!r} should be a finite number > 0")
+        if not isinstance(self.min_samples, (int, np.integer)) or isinstance(self.min_samples, bool) \
+                or self.min_samples < 1:
+            raise ValueError(f"min_samples={self.min_samples!r} should be an integer >= 1")
+        metric = _metric(self.metric, _DBSCAN_METRICS, "DBSCAN")
+        X = as_matrix(X, estimator="DBSCAN")
+        backend = resolve_backend(self.backend, "DBSCAN")
+        if backend == "native":
+            r = _core.dbscan_fit(X, float(self.eps), int(self.min_samples), metric,
+                                 n_threads=threads_arg(self.n_threads))
+            labels, is_core = r["labels"], r["is_core"]
+            self.stats_ = {k: int(r[k]) for k in ("tile_pairs", "pairs_computed_pass1", "pairs_computed_pass2")}
+        else:
+            labels, is_core, _ = _faiss.dbscan(X, float(self.eps), int(self.min_samples), metric)
+            self.stats_ = {}
+        self.labels_ = np.asarray(labels, dtype=np.int64)
+        self.core_sample_indices_ = np.flatnonzero(np.asarray(is_core, dtype=bool))
+        self.components_ = X[self.core_sample_indices_].copy()
+        self.n_clusters_ = int(self.labels_.max() + 1) if len(self.labels_) else 0
+        self.n_features_in_ = X.shape[1]
+        self.backend_ = backend
+        return self
+
+    def fit_predict(self, X: Any, y: Any = None) -> np.ndarray:
+        """Fits and returns ``labels_``."""
+        return self.fit(X).labels_
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Cluster of each new row: that of its nearest core point when within eps, else -1."""
+        check_is_fitted(self)
+        X = as_matrix(X, estimator="DBSCAN")
+        _check_features(self, X)
+        if len(self.core_sample_indices_) == 0:
+            return np.full(X.shape[0], -1, dtype=np.int64)
+        metric = _DBSCAN_METRICS[self.metric]
+        if self.backend_ == "native":
+            dist, idx = _core.knn_search(self.components_, X, 1, metric, n_threads=threads_arg(self.n_threads))
+        else:
+            dist, idx = _faiss.knn(self.components_, X, 1, metric, exclude_self=False)
+        limit = self.eps * self.eps if metric == "l2" else self.eps
+        core_labels = self.labels_[self.core_sample_indices_]
+        return np.where(dist[:, 0] <= limit, core_labels[idx[:, 0]], -1).astype(np.int64)

@@ -1,0 +1,153 @@
+"""Exact nearest-neighbour search with scikit-learn conventions: :class:`NearestNeighbors`."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+
+from . import _faiss
+from ._backend import _core, as_matrix, resolve_backend, threads_arg
+
+# public name -> (engine metric, how engine values become reported distances)
+_METRICS = {
+    "euclidean": "l2",
+    "l2": "l2",
+    "sqeuclidean": "l2",
+    "cosine": "cosine",
+    "inner_product": "ip",
+}
+
+
+class NearestNeighbors(BaseEstimator):
+    """Exact k-nearest-neighbour and radius search (brute force on fast tiles, exact results).
+
+    Parameters
+    ----------
+    n_neighbors : int, default=5
+        Neighbours returned by :meth:`kneighbors` when none is given.
+    radius : float, default=1.0
+        Radius of :meth:`radius_neighbors` when none is given, in the metric's units.
+    metric : {"euclidean", "l2", "sqeuclidean", "cosine", "inner_product"}, default="euclidean"
+        "inner_product" ranks by the dot product, largest first, and reports the dot products.
+    backend : {"auto", "native", "faiss"}, default="auto"
+    n_threads : int or None, default=None
+
+    Notes
+    -----
+    Results are those of a float64 brute force on the float32 data: neighbours within the
+    float32 tiles' error bound of the k-th are re-checked in float64; ties go to the lower
+    index. ``kneighbors()`` with no X is the self-join that leaves each point out, as in
+    scikit-learn.
+    """
+
+    def __init__(self, n_neighbors: int = 5, *, radius: float = 1.0, metric: str = "euclidean",
+                 backend: str = "auto", n_threads: Optional[int] = None):
+        self.n_neighbors = n_neighbors
+        self.radius = radius
+        self.metric = metric
+        self.backend = backend
+        self.n_threads = n_threads
+
+    def fit(self, X: Any, y: Any = None) -> "NearestNeighbors":
+        """Stores the database rows (float32; no copy when X already is float32 C-contiguous)."""
+        if self.metric not in _METRICS:
+            raise ValueError(f"metric={self.metric!r} is not supported; use one of {sorted(_METRICS)}")
+        X = as_matrix(X, estimator="NearestNeighbors")
+        if self.metric == "cosine" and (np.einsum("ij,ij->i", X, X) == 0).any():
+            raise ValueError("X has zero-norm rows; the cosine metric is undefined for them")
+        self._fit_X = X
+        self.n_samples_fit_ = X.shape[0]
+        self.n_features_in_ = X.shape[1]
+        self.backend_ = resolve_backend(self.backend, "nearest neighbours")
+        return self
+
+    def _queries(self, X: Any):
+        check_is_fitted(self, "_fit_X")
+        if X is None:
+            return self._fit_X, True
+        Q = as_matrix(X, "X", estimator="NearestNeighbors", allow_empty=True)
+        if Q.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {Q.shape[1]} features, but NearestNeighbors is expecting {self.n_features_in_} features as input."
+            )
+        return Q, False
+
+    def _report(self, values: np.ndarray) -> np.ndarray:
+        if self.metric in ("euclidean", "l2"):
+            return np.sqrt(np.maximum(values, 0.0))
+        return values
+
+    def kneighbors(self, X: Any = None, n_neighbors: Optional[int] = None, return_distance: bool = True):
+        """The k nearest fitted rows of each query, nearest first.
+
+        Returns ``(distances, indices)`` of shape (n_queries, k), or only indices when
+        ``return_distance=False``. X=None queries the fitted rows, each leaving itself out.
+        """
+        k = self.n_neighbors if n_neighbors is None else n_neighbors
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"Expected n_neighbors > 0. Got {k!r}")
+        Q, self_join = self._queries(X)
+        avail = self.n_samples_fit_ - (1 if self_join else 0)
+        if k > avail:
+            raise ValueError(
+                f"Expected n_neighbors <= n_samples_fit, but n_neighbors = {k}, n_samples_fit = "
+                f"{self.n_samples_fit_}, n_samples = {Q.shape[0]}"
+            )
+        metric = _METRICS[self.metric]
+        if Q.shape[0] == 0:
+            dist, idx = np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+        elif self.backend_ == "native":
+            dist, idx = _core.knn_search(self._fit_X, Q, int(k), metric, self_join, threads_arg(self.n_threads))
+        else:
+            dist, idx = _faiss.knn(self._fit_X, Q, int(k), metric, self_join)
+        return (self._report(dist), idx) if return_distance else idx
+
+    def radius_neighbors(self, X: Any = None, radius: Optional[float] = None, return_distance: bool = True,
+                         sort_results: bool = False):
+        """Fitted rows within ``radius`` (inclusive) of each query.
+
+        Returns object arrays of per-query arrays, like scikit-learn: ``(distances, indices)``
+        or only indices. Indices are ascending unless ``sort_results=True`` (nearest first).
+        """
+        r = self.radius if radius is None else radius
+        if not np.isfinite(r) or r < 0:
+            raise ValueError(f"radius={r!r} should be a finite number >= 0")
+        if self.metric == "inner_product":
+            raise ValueError("radius queries need a distance metric, not 'inner_product'")
+        Q, self_join = self._queries(X)
+        metric = _METRICS[self.metric]
+        r_engine = r * r if self.metric in ("euclidean", "l2") else r
+        if Q.shape[0] == 0:
+            ptr, ind, dist = np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+        elif self.backend_ == "native":
+            ptr, ind, dist = _core.radius_search(self._fit_X, Q, float(r_engine), metric, self_join,
+                                                 threads_arg(self.n_threads))
+        else:
+            ptr, ind, dist = _faiss.radius(self._fit_X, Q, float(r_engine), metric, self_join)
+        dist = self._report(dist)
+        out_i = np.empty(Q.shape[0], dtype=object)
+        out_d = np.empty(Q.shape[0], dtype=object)
+        for q in range(Q.shape[0]):
+            ii, dd = ind[ptr[q]:ptr[q + 1]], dist[ptr[q]:ptr[q + 1]]
+            if sort_results:
+                o = np.lexsort((ii, dd))
+                ii, dd = ii[o], dd[o]
+            out_i[q], out_d[q] = ii, dd
+        return (out_d, out_i) if return_distance else out_i
+
+    def kneighbors_graph(self, X: Any = None, n_neighbors: Optional[int] = None, mode: str = "connectivity"):
+        """Sparse CSR graph (n_queries, n_samples_fit) of the k nearest neighbours.
+
+        ``mode="connectivity"`` stores ones, ``mode="distance"`` the distances.
+        """
+        from scipy.sparse import csr_matrix
+
+        if mode not in ("connectivity", "distance"):
+            raise ValueError(f"mode={mode!r} should be 'connectivity' or 'distance'")
+        dist, idx = self.kneighbors(X, n_neighbors)
+        nq, k = idx.shape
+        data = np.ones(nq * k) if mode == "connectivity" else dist.ravel().astype(np.float64)
+        return csr_matrix((data, idx.ravel(), np.arange(0, nq * k + 1, k)), shape=(nq, self.n_samples_fit_))

@@ -30,10 +30,12 @@ struct Layout {
 };
 
 /// Coarse partition used only to order the points; it never changes the result.
+/// Labels of the coarse partition and each row's distance to its coarse centre.
 std::vector<idx_t> coarse_labels(const DbscanParams& p, const float* x, idx_t n, idx_t d,
-                                 int threads, Cancel& cancel) {
+                                 int threads, std::vector<float>& dist, Cancel& cancel) {
   std::vector<idx_t> lab(static_cast<std::size_t>(n), 0);
-  const idx_t kc = std::min<idx_t>(4096, n / (8 * kTile));
+  dist.assign(static_cast<std::size_t>(n), 0.0f);
+  const idx_t kc = std::min<idx_t>(4096, n / (2 * kTile));
   if (!p.prune || kc < 2) return lab;
   const idx_t m = std::min<idx_t>(n, std::max<idx_t>(40 * kc, 20000));
   std::vector<float> sub(static_cast<std::size_t>(m * d));
@@ -48,18 +50,23 @@ std::vector<idx_t> coarse_labels(const DbscanParams& p, const float* x, idx_t n,
   kp.n_threads = threads;
   KMeansResult kr;
   kmeans_fit(kp, sub.data(), m, d, nullptr, nullptr, kr, cancel);
-  std::vector<float> dist(static_cast<std::size_t>(n));
   kmeans_assign(kp.metric, kr.centers.data(), kc, x, n, d, lab.data(), dist.data(), threads, cancel);
   return lab;
 }
 
 Layout make_layout(const DbscanParams& p, const float* x, idx_t n, idx_t d,
-                   const std::vector<idx_t>& lab, const std::vector<double>& xnorm, int threads) {
+                   const std::vector<idx_t>& lab, const std::vector<float>& cdist,
+                   const std::vector<double>& xnorm, int threads) {
   Layout L;
   const idx_t kc = *std::max_element(lab.begin(), lab.end()) + 1;
   std::vector<std::vector<idx_t>> members(static_cast<std::size_t>(kc));
   for (idx_t i = 0; i < n; ++i) members[lab[i]].push_back(i);
-  for (const auto& mem : members) {
+  for (auto& mem : members) {
+    // Inner rows first, outliers last: outliers then share a few wide tiles instead of
+    // widening every tile's ball.
+    std::sort(mem.begin(), mem.end(), [&](idx_t a, idx_t b) {
+      return cdist[a] != cdist[b] ? cdist[a] < cdist[b] : a < b;
+    });
     for (idx_t s = 0; s < static_cast<idx_t>(mem.size()); s += kTile) {
       const idx_t cnt = std::min<idx_t>(kTile, static_cast<idx_t>(mem.size()) - s);
       for (idx_t t = 0; t < kTile; ++t) L.slot_rows.push_back(mem[s + std::min(t, cnt - 1)]);
@@ -137,8 +144,9 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
       if (xsq[i] == 0.0)
         fail("row " + std::to_string(i) + " has zero norm; the cosine metric is undefined for it");
 
-  const auto lab = coarse_labels(p, x, n, d, threads, cancel);
-  const Layout L = make_layout(p, x, n, d, lab, xnorm, threads);
+  std::vector<float> cdist;
+  const auto lab = coarse_labels(p, x, n, d, threads, cdist, cancel);
+  const Layout L = make_layout(p, x, n, d, lab, cdist, xnorm, threads);
   const idx_t T = L.ntiles;
   PackedSet set;
   pack_set(set, x, T * kTile, d, p.metric, L.slot_rows.data(), threads);
@@ -166,22 +174,46 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
     }
   }
 
-  // Per (i, j) neighbour test from a tile value; returns 0 (no), 1 (yes); `exact` receives the
-  // fp64 metric value when it was computed.
+  // Row-level pruning: a row whose distance to tile b's ball centre exceeds radius_b + eps has
+  // no neighbour in b (triangle inequality). The distances of a tile's rows to every ball
+  // centre come from one product per tile; the slack covers that product's rounding.
+  PackedSet centres;
+  std::vector<float> centre_f(static_cast<std::size_t>(T * d));
+  for (idx_t i = 0; i < T * d; ++i) centre_f[i] = static_cast<float>(L.center[i]);
+  pack_set(centres, centre_f.data(), T, d, Metric::L2, nullptr, threads);
+  const double slack_rel = 4.0 * eps_rel(d) + 1e-6;
+  auto active_rows = [&](idx_t a, idx_t b, const float* cdots, std::vector<idx_t>& act) {
+    act.clear();
+    const double lim = L.radius[b] + reach;
+    for (idx_t i = 0; i < L.count[a]; ++i) {
+      const idx_t r = L.slot_rows[a * kTile + i];
+      const double dot = cdots[i * centres.n_pad + b];
+      const double csq = centres.add.data()[b];
+      const double d2 = cos ? 1.0 + csq - 2.0 * dot / xnorm[r] : xsq[r] + csq - 2.0 * dot;
+      const double scale = cos ? 1.0 + csq : xsq[r] + csq;
+      if (d2 <= lim * lim + slack_rel * scale) act.push_back(i);
+    }
+  };
+
+  // Neighbour pairs between the active rows of tile a and all rows of tile b: calls
+  // on_pair(row_i, row_j, exact) once per unordered pair within eps; `exact` is the fp64
+  // metric value when it was computed (inside the error band), else -1.
   const double r_metric = cos ? p.eps : p.eps * p.eps;
-  auto visit_pairs = [&](idx_t a, idx_t b, TileScratch& s, auto&& on_pair) {
-    const idx_t na = L.count[a];
+  auto visit_pairs = [&](idx_t a, idx_t b, const std::vector<idx_t>& act, TileScratch& s, auto&& on_pair) {
+    const idx_t na = static_cast<idx_t>(act.size());
+    for (idx_t i = 0; i < na; ++i) s.rows[i] = L.slot_rows[a * kTile + act[i]];
+    pack_panels(x, d, s.rows.data(), nullptr, na, d, ks.mr, s.a.data());
     ks.gemm(s.a.data(), set.panels.data() + b * kTile * d, round_up(na, ks.mr), kTile, d,
             s.c.data(), kTile);
     for (idx_t i = 0; i < na; ++i) {
-      const idx_t ri = L.slot_rows[a * kTile + i];
+      const idx_t ri = s.rows[i];
       const double thr = cos ? -(1.0 - p.eps) * xnorm[ri] : r_metric - xsq[ri];
       const float bnd = row_bound(set, xsq[ri]);
       const idx_t cnt = ks.row_filter(s.c.data() + i * kTile, set.add.data() + b * kTile, set.mul,
                                       kTile, static_cast<float>(thr) + bnd, s.idx.data(), s.val.data());
       for (idx_t t = 0; t < cnt; ++t) {
         const idx_t jj = s.idx[t];
-        if (a == b && jj <= i) continue;  // each unordered pair once; self counted apart
+        if (a == b && jj <= act[i]) continue;  // each unordered pair once; self counted apart
         const idx_t rj = L.slot_rows[b * kTile + jj];
         double ex = -1.0;
         if (!(s.val[t] < static_cast<float>(thr) - bnd)) {
@@ -192,8 +224,20 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
       }
     }
   };
-  auto pack_tile = [&](idx_t a, TileScratch& s) {
-    pack_panels(x, d, L.slot_rows.data() + a * kTile, nullptr, L.count[a], d, ks.mr, s.a.data());
+  // Products of tile a's rows with every ball centre (for active_rows).
+  auto centre_products = [&](idx_t a, TileScratch& s) {
+    for (idx_t i = 0; i < L.count[a]; ++i) s.rows[i] = L.slot_rows[a * kTile + i];
+    pack_panels(x, d, s.rows.data(), nullptr, L.count[a], d, ks.mr, s.a.data());
+    ks.gemm(s.a.data(), centres.panels.data(), round_up(L.count[a], ks.mr), centres.n_pad, d,
+            s.p.data(), centres.n_pad);
+  };
+  auto init_scratch = [&](TileScratch& s) {
+    s.a.resize(static_cast<std::size_t>(kTile * d));
+    s.c.resize(static_cast<std::size_t>(kTile * kTile));
+    s.p.resize(static_cast<std::size_t>(kTile * centres.n_pad));
+    s.idx.resize(kTile);
+    s.val.resize(kTile);
+    s.rows.resize(kTile);
   };
 
   // Pass 1: neighbour counts.
@@ -204,24 +248,23 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
 #pragma omp parallel num_threads(threads)
   {
     TileScratch s;
-    err.run([&] {
-      s.a.resize(static_cast<std::size_t>(kTile * d));
-      s.c.resize(static_cast<std::size_t>(kTile * kTile));
-      s.idx.resize(kTile);
-      s.val.resize(kTile);
-    });
+    std::vector<idx_t> act;
+    err.run([&] { init_scratch(s); });
 #pragma omp for schedule(dynamic, 1)
     for (idx_t a = 0; a < T; ++a) {
       if (err.failed() || cancel.poll()) continue;
       err.run([&] {
-        pack_tile(a, s);
+        centre_products(a, s);
+        std::vector<float> cdots(s.p.data(), s.p.data() + L.count[a] * centres.n_pad);
         for (idx_t b : partners[a]) {
-          visit_pairs(a, b, s, [&](idx_t ri, idx_t rj, double) {
+          active_rows(a, b, cdots.data(), act);
+          if (act.empty()) continue;
+          computed1.fetch_add(1, std::memory_order_relaxed);
+          visit_pairs(a, b, act, s, [&](idx_t ri, idx_t rj, double) {
             counts[ri].fetch_add(1, std::memory_order_relaxed);
             counts[rj].fetch_add(1, std::memory_order_relaxed);
           });
         }
-        computed1.fetch_add(static_cast<idx_t>(partners[a].size()), std::memory_order_relaxed);
       });
     }
   }
@@ -272,17 +315,14 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
 #pragma omp parallel num_threads(threads)
     {
       TileScratch s;
-      err.run([&] {
-        s.a.resize(static_cast<std::size_t>(kTile * d));
-        s.c.resize(static_cast<std::size_t>(kTile * kTile));
-        s.idx.resize(kTile);
-        s.val.resize(kTile);
-      });
+      std::vector<idx_t> act;
+      std::vector<float> cdots;
+      err.run([&] { init_scratch(s); });
 #pragma omp for schedule(dynamic, 1)
       for (idx_t a = 0; a < T; ++a) {
         if (err.failed() || cancel.poll()) continue;
         err.run([&] {
-          bool packed = false;
+          bool have_products = false;
           for (idx_t b : partners[a]) {
             if ((phase == 0) != (a == b)) continue;
             if (!has_core[a] && !has_core[b]) continue;
@@ -290,12 +330,15 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
             if (!has_border[a] && !has_border[b] && tile_merged(a) && tile_merged(b) &&
                 uf.same(first_core[a], first_core[b]))
               continue;
-            if (!packed) {
-              pack_tile(a, s);
-              packed = true;
+            if (!have_products) {
+              centre_products(a, s);
+              cdots.assign(s.p.data(), s.p.data() + L.count[a] * centres.n_pad);
+              have_products = true;
             }
+            active_rows(a, b, cdots.data(), act);
+            if (act.empty()) continue;
             computed2.fetch_add(1, std::memory_order_relaxed);
-            visit_pairs(a, b, s, [&](idx_t ri, idx_t rj, double ex) {
+            visit_pairs(a, b, act, s, [&](idx_t ri, idx_t rj, double ex) {
               const bool ci = out.is_core[ri], cj = out.is_core[rj];
               if (ci && cj) {
                 uf.unite(ri, rj);

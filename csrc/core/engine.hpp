@@ -140,6 +140,8 @@ inline float row_bound(const PackedSet& set, double xsq) {
 struct TileScratch {
   AlignedBuffer<float> a;
   AlignedBuffer<float> c;
+  AlignedBuffer<float> p;           ///< extra products (DBSCAN: rows x ball centres)
+  std::vector<idx_t> rows;          ///< gathered row indices
   std::vector<std::int32_t> idx;
   std::vector<float> val;
 };

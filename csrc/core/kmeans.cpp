@@ -376,7 +376,8 @@ void lloyd(const KMeansParams& p, const Data& D, std::vector<float>& centers, KM
       }
     }
     // Empty clusters take the rows farthest from their centres (ties: lower index), which are
-    // moved out of their old clusters, as scikit-learn does.
+    // moved out of their old clusters' sums, as scikit-learn does; labels follow at the next
+    // assignment.
     std::vector<idx_t> empty;
     for (idx_t c = 0; c < k; ++c)
       if (wsum[c] <= 0.0) empty.push_back(c);
@@ -399,7 +400,6 @@ void lloyd(const KMeansParams& p, const Data& D, std::vector<float>& centers, KM
         }
         wsum[from] -= wi;
         wsum[to] = wi;
-        labels[row] = to;
         ++repaired;
       }
     }

@@ -1,0 +1,117 @@
+"""DBSCAN against scikit-learn (core points, partition of core points) and a brute-force
+border rule, in L2 and cosine."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.cluster import DBSCAN as SkDBSCAN
+
+import embedcluster as ec
+from embedcluster import _core
+
+from conftest import brute_values, gaussian_mixture
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when two labelings induce the same partition (a bijection between labels)."""
+    pairs = set(zip(a.tolist(), b.tolist()))
+    return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
+
+
+def check_against_oracles(X, eps, min_samples, metric, est):
+    sk_metric = "euclidean" if metric in ("euclidean", "l2") else "cosine"
+    sk = SkDBSCAN(eps=eps, min_samples=min_samples, metric=sk_metric, algorithm="brute").fit(X.astype(np.float64))
+    np.testing.assert_array_equal(est.core_sample_indices_, sk.core_sample_indices_)
+    core = est.core_sample_indices_
+    assert same_partition(est.labels_[core], sk.labels_[core])
+    # Noise is the same set: non-core points with no core point within eps.
+    np.testing.assert_array_equal(est.labels_ == -1, sk.labels_ == -1)
+    # Border rule: the cluster of the nearest core point (fp64 brute force, ties to lower index).
+    v = brute_values(X, X, "l2" if sk_metric == "euclidean" else "cosine")
+    limit = eps * eps if sk_metric == "euclidean" else eps
+    is_core = np.zeros(len(X), bool)
+    is_core[core] = True
+    for i in np.flatnonzero(~is_core & (est.labels_ >= 0)):
+        cand = np.flatnonzero(is_core & (v[i] <= limit))
+        nearest = cand[np.argmin(v[i, cand])]
+        assert est.labels_[i] == est.labels_[nearest]
+    return sk
+
+
+@pytest.mark.parametrize("d,eps,min_samples", [(2, 0.35, 5), (16, 4.0, 8), (97, 12.0, 10)])
+def test_l2_matches_sklearn(kernel_set, d, eps, min_samples):
+    X, _ = gaussian_mixture(1500, d, 5, 0.5 if d == 2 else 1.0, seed=d, noise_frac=0.08)
+    est = ec.DBSCAN(eps=eps, min_samples=min_samples).fit(X)
+    sk = check_against_oracles(X, eps, min_samples, "euclidean", est)
+    assert est.n_clusters_ >= 2 and (est.labels_ == -1).sum() > 0  # the data really has both
+    assert est.n_clusters_ == len(set(sk.labels_)) - 1
+
+
+@pytest.mark.parametrize("d,eps", [(8, 0.02), (64, 0.05)])
+def test_cosine_matches_sklearn(kernel_set, d, eps):
+    X, _ = gaussian_mixture(1500, d, 6, 0.03 if d == 64 else 0.05, seed=d, noise_frac=0.05, unit=True)
+    X *= np.random.default_rng(1).uniform(0.5, 3.0, (len(X), 1)).astype(np.float32)
+    est = ec.DBSCAN(eps=eps, min_samples=6, metric="cosine").fit(X)
+    check_against_oracles(X, eps, 6, "cosine", est)
+    assert est.n_clusters_ >= 2 and (est.labels_ == -1).sum() > 0
+
+
+def test_pruning_does_not_change_the_result():
+    X, _ = gaussian_mixture(6000, 24, 20, 0.6, seed=3, noise_frac=0.05)
+    a = _core.dbscan_fit(X, 4.0, 6, "l2", prune=True)
+    b = _core.dbscan_fit(X, 4.0, 6, "l2", prune=False)
+    np.testing.assert_array_equal(a["labels"], b["labels"])
+    np.testing.assert_array_equal(a["counts"], b["counts"])
+    assert a["pairs_computed_pass1"] < a["tile_pairs"]  # pruning skipped work on clustered data
+
+
+def test_counts_equal_brute_force():
+    X, _ = gaussian_mixture(800, 5, 4, 1.0, seed=9, noise_frac=0.1)
+    r = _core.dbscan_fit(X, 1.5, 5, "l2")
+    ref = (brute_values(X, X, "l2") <= 1.5 ** 2).sum(1)
+    np.testing.assert_array_equal(r["counts"], ref)
+
+
+def test_points_exactly_at_eps_are_neighbours():
+    X = np.array([[0, 0], [1, 0], [2, 0], [3, 0], [10, 10]], dtype=np.float32)
+    est = ec.DBSCAN(eps=1.0, min_samples=3).fit(X)
+    np.testing.assert_array_equal(est.core_sample_indices_, [1, 2])
+    np.testing.assert_array_equal(est.labels_, [0, 0, 0, 0, -1])
+
+
+def test_duplicates_and_min_samples_one():
+    X = np.repeat(np.array([[0.0, 0.0], [5.0, 5.0]], np.float32), 4, axis=0)
+    est = ec.DBSCAN(eps=0.1, min_samples=1).fit(X)
+    np.testing.assert_array_equal(est.labels_, [0, 0, 0, 0, 1, 1, 1, 1])
+    assert len(est.core_sample_indices_) == 8
+
+
+def test_thread_count_does_not_change_results():
+    X, _ = gaussian_mixture(8000, 16, 10, 0.8, seed=4, noise_frac=0.05)
+    a = ec.DBSCAN(eps=3.0, min_samples=8, n_threads=1).fit(X)
+    b = ec.DBSCAN(eps=3.0, min_samples=8, n_threads=2).fit(X)
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+    np.testing.assert_array_equal(a.core_sample_indices_, b.core_sample_indices_)
+
+
+def test_predict_nearest_core_within_eps():
+    X, _ = gaussian_mixture(1000, 3, 4, 0.4, seed=2, noise_frac=0.05)
+    est = ec.DBSCAN(eps=0.6, min_samples=5).fit(X)
+    Q = np.random.default_rng(0).uniform(X.min(), X.max(), (200, 3)).astype(np.float32)
+    pred = est.predict(Q)
+    comp = est.components_.astype(np.float64)
+    d2 = ((Q[:, None, :].astype(np.float64) - comp[None]) ** 2).sum(-1)
+    nearest = np.argmin(d2, axis=1)
+    expected = np.where(d2.min(1) <= 0.36, est.labels_[est.core_sample_indices_][nearest], -1)
+    np.testing.assert_array_equal(pred, expected)
+    assert (pred == -1).any() and (pred >= 0).any()
+
+
+def test_faiss_backend_agrees_on_core_points():
+    pytest.importorskip("faiss", reason="faiss-cpu not installed")
+    X, _ = gaussian_mixture(1500, 8, 5, 0.6, seed=5, noise_frac=0.05)
+    a = ec.DBSCAN(eps=2.0, min_samples=6).fit(X)
+    b = ec.DBSCAN(eps=2.0, min_samples=6, backend="faiss").fit(X)
+    np.testing.assert_array_equal(a.core_sample_indices_, b.core_sample_indices_)
+    np.testing.assert_array_equal(a.labels_, b.labels_)

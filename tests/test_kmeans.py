@@ -1,0 +1,184 @@
+"""k-means against a plain numpy Lloyd reference, a spherical reference and scikit-learn."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.cluster import KMeans as SkKMeans
+from sklearn.datasets import make_blobs
+
+import embedcluster as ec
+from embedcluster import _core
+
+from conftest import gaussian_mixture
+
+
+def numpy_lloyd(X, C0, n_iter, weights=None, spherical=False):
+    """Plain Lloyd in float64: assign by brute force (ties to the lower index), mean update,
+    empty clusters keep their centre. Spherical: cosine assignment, normalised mean."""
+    X = X.astype(np.float64)
+    w = np.ones(len(X)) if weights is None else weights.astype(np.float64)
+    C = C0.astype(np.float64)
+    if spherical:
+        Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+        C = C / np.linalg.norm(C, axis=1, keepdims=True)
+    for _ in range(n_iter):
+        if spherical:
+            lab = np.argmin(1.0 - Xn @ C.T, axis=1)
+        else:
+            lab = np.argmin(((X[:, None, :] - C[None]) ** 2).sum(-1), axis=1)
+        for c in range(len(C)):
+            m = lab == c
+            if w[m].sum() > 0:
+                if spherical:
+                    s = (w[m, None] * Xn[m]).sum(0)
+                    C[c] = s / np.linalg.norm(s)
+                else:
+                    C[c] = (w[m, None] * X[m]).sum(0) / w[m].sum()
+    if spherical:
+        lab = np.argmin(1.0 - Xn @ C.T, axis=1)
+    else:
+        lab = np.argmin(((X[:, None, :] - C[None]) ** 2).sum(-1), axis=1)
+    return C, lab
+
+
+@pytest.mark.parametrize("d", [1, 3, 97])
+def test_lloyd_equals_numpy_reference(kernel_set, d):
+    X, _ = gaussian_mixture(1500, d, 6, 1.0, seed=d)
+    C0 = X[:6].copy()
+    km = ec.KMeans(6, init=C0, max_iter=10, tol=0).fit(X)
+    C_ref, lab_ref = numpy_lloyd(X, C0, km.n_iter_)
+    np.testing.assert_array_equal(km.labels_, lab_ref)
+    np.testing.assert_allclose(km.cluster_centers_, C_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_weighted_lloyd_equals_numpy_reference():
+    X, _ = gaussian_mixture(1200, 8, 5, 1.5, seed=1)
+    w = np.random.default_rng(0).uniform(0.1, 3.0, len(X)).astype(np.float32)
+    C0 = X[10:15].copy()
+    km = ec.KMeans(5, init=C0, max_iter=8, tol=0).fit(X, sample_weight=w)
+    C_ref, lab_ref = numpy_lloyd(X, C0, km.n_iter_, weights=w)
+    np.testing.assert_array_equal(km.labels_, lab_ref)
+    np.testing.assert_allclose(km.cluster_centers_, C_ref, rtol=1e-5, atol=1e-5)
+    ref_inertia = (w * ((X.astype(np.float64) - C_ref[lab_ref]) ** 2).sum(1)).sum()
+    assert km.inertia_ == pytest.approx(ref_inertia, rel=1e-6)
+
+
+def test_integer_weights_equal_repeated_rows():
+    X, _ = gaussian_mixture(300, 4, 3, 1.0, seed=2)
+    reps = np.random.default_rng(1).integers(1, 4, len(X))
+    C0 = X[:3].copy()
+    a = ec.KMeans(3, init=C0, tol=0, max_iter=50).fit(X, sample_weight=reps)
+    b = ec.KMeans(3, init=C0, tol=0, max_iter=50).fit(np.repeat(X, reps, axis=0))
+    np.testing.assert_allclose(a.cluster_centers_, b.cluster_centers_, rtol=1e-5, atol=1e-5)
+    assert a.inertia_ == pytest.approx(b.inertia_, rel=1e-6)
+
+
+def test_spherical_equals_reference(kernel_set):
+    X, _ = gaussian_mixture(1000, 32, 5, 0.3, seed=3, unit=True)
+    X *= np.random.default_rng(0).uniform(0.5, 2.0, (len(X), 1)).astype(np.float32)  # norms must not matter
+    C0 = X[:5].copy()
+    km = ec.KMeans(5, init=C0, max_iter=6, tol=0, metric="cosine").fit(X)
+    C_ref, lab_ref = numpy_lloyd(X, C0, km.n_iter_, spherical=True)
+    np.testing.assert_array_equal(km.labels_, lab_ref)
+    np.testing.assert_allclose(km.cluster_centers_, C_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(km.cluster_centers_, axis=1), 1.0, rtol=1e-6)
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    ref_inertia = (1.0 - (Xn.astype(np.float64) * C_ref[lab_ref]).sum(1)).sum()
+    assert km.inertia_ == pytest.approx(ref_inertia, rel=1e-5)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_inertia_close_to_sklearn_on_blobs(seed):
+    X, _ = make_blobs(5000, n_features=20, centers=10, cluster_std=1.0, random_state=seed)
+    X = X.astype(np.float32)
+    ours = ec.KMeans(10, n_init=4, random_state=seed).fit(X)
+    sk = SkKMeans(10, n_init=4, random_state=seed).fit(X)
+    assert ours.inertia_ == pytest.approx(sk.inertia_, rel=0.01)
+
+
+def test_same_init_same_result_as_sklearn():
+    X, _ = make_blobs(3000, n_features=16, centers=8, random_state=0)
+    X = X.astype(np.float32)
+    C0 = _core.kmeans_init(X, 8, seed=0)
+    ours = ec.KMeans(8, init=C0).fit(X)
+    sk = SkKMeans(8, init=C0, n_init=1).fit(X)
+    np.testing.assert_array_equal(ours.labels_, sk.labels_)
+    np.testing.assert_allclose(ours.cluster_centers_, sk.cluster_centers_, rtol=1e-4, atol=1e-4)
+    assert ours.n_iter_ == sk.n_iter_
+    assert ours.inertia_ == pytest.approx(sk.inertia_, rel=1e-5)
+
+
+def test_kmeanspp_quality_matches_sklearn_on_average():
+    from sklearn.cluster import kmeans_plusplus
+
+    X, _ = make_blobs(2000, n_features=10, centers=8, random_state=0)
+    X = X.astype(np.float32)
+
+    def potential(C):
+        return ((X[:, None, :].astype(np.float64) - C[None]) ** 2).sum(-1).min(1).sum()
+
+    ours = np.median([potential(_core.kmeans_init(X, 8, seed=s)) for s in range(20)])
+    theirs = np.median([potential(kmeans_plusplus(X, 8, random_state=s)[0]) for s in range(20)])
+    assert ours < 1.2 * theirs
+
+
+def test_empty_cluster_is_repaired():
+    X, _ = gaussian_mixture(400, 2, 3, 0.5, seed=4)
+    C0 = np.vstack([X[:2], [[1e4, 1e4]]]).astype(np.float32)  # the far centre gets no points
+    km = ec.KMeans(3, init=C0, max_iter=20).fit(X)
+    assert len(np.unique(km.labels_)) == 3
+    assert np.abs(km.cluster_centers_).max() < 1e3
+
+
+def test_predict_transform_score_match_numpy():
+    X, _ = gaussian_mixture(800, 12, 4, 1.0, seed=5)
+    km = ec.KMeans(4, random_state=0).fit(X)
+    Q = np.random.default_rng(1).standard_normal((50, 12)).astype(np.float32)
+    D = np.sqrt(((Q[:, None, :].astype(np.float64) - km.cluster_centers_[None]) ** 2).sum(-1))
+    np.testing.assert_array_equal(km.predict(Q), np.argmin(D, axis=1))
+    np.testing.assert_allclose(km.transform(Q), D, rtol=1e-4, atol=1e-4)
+    assert km.score(Q) == pytest.approx(-(D.min(1) ** 2).sum(), rel=1e-5)
+    np.testing.assert_array_equal(km.predict(X), km.labels_)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_same_seed_identical_for_any_thread_count(metric):
+    X, _ = gaussian_mixture(20000, 24, 12, 1.0, seed=6)  # > several accumulation ranges
+    a = ec.KMeans(12, random_state=7, n_threads=1, metric=metric, n_init=2).fit(X)
+    b = ec.KMeans(12, random_state=7, n_threads=2, metric=metric, n_init=2).fit(X)
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+    np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
+    assert a.inertia_ == b.inertia_ and a.n_iter_ == b.n_iter_
+
+
+def test_n_init_keeps_the_best_run():
+    X, _ = make_blobs(2000, n_features=8, centers=12, random_state=3)
+    X = X.astype(np.float32)
+    best = ec.KMeans(12, n_init=5, random_state=0).fit(X).inertia_
+    singles = [ec.KMeans(12, n_init=1, random_state=0).fit(X).inertia_]
+    assert best <= singles[0] + 1e-6
+
+
+def test_fewer_distinct_points_than_clusters_warns():
+    from sklearn.exceptions import ConvergenceWarning
+
+    X = np.repeat(np.eye(3, dtype=np.float32), 10, axis=0)
+    with pytest.warns(ConvergenceWarning, match="distinct clusters"):
+        km = ec.KMeans(5, random_state=0).fit(X)
+    assert km.inertia_ == pytest.approx(0.0, abs=1e-6)
+
+
+def test_faiss_backend_agrees():
+    pytest.importorskip("faiss", reason="faiss-cpu not installed")
+    X, _ = make_blobs(3000, n_features=16, centers=6, random_state=1)
+    X = X.astype(np.float32)
+    C0 = X[:6].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        f = ec.KMeans(6, init=C0, max_iter=30, backend="faiss").fit(X)
+    n = ec.KMeans(6, init=C0, max_iter=30, tol=0).fit(X)
+    assert f.backend_ == "faiss" and n.backend_ == "native"
+    assert f.inertia_ == pytest.approx(n.inertia_, rel=1e-3)

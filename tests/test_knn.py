@@ -1,0 +1,142 @@
+"""Exact kNN and radius search against a float64 numpy brute force."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import embedcluster as ec
+from embedcluster import _core
+
+from conftest import brute_knn, brute_values
+
+DIMS = [1, 3, 97, 384]
+
+
+@pytest.mark.parametrize("d", DIMS)
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+@pytest.mark.parametrize("n,nq,k", [(1, 1, 1), (50, 7, 5), (700, 300, 10), (1000, 150, 33)])
+def test_knn_equals_brute_force(kernel_set, n, nq, k, d, metric):
+    rng = np.random.default_rng(n * 1000 + d)
+    db = rng.standard_normal((n, d)).astype(np.float32)
+    q = rng.standard_normal((nq, d)).astype(np.float32)
+    k = min(k, n)
+    dist, idx = _core.knn_search(db, q, k, metric)
+    ref_v, ref_i = brute_knn(db, q, k, metric)
+    np.testing.assert_array_equal(idx, ref_i)
+    ref_d = -ref_v if metric == "ip" else ref_v
+    np.testing.assert_allclose(dist, ref_d, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+def test_knn_ties_go_to_lower_index(kernel_set, metric):
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((40, 16)).astype(np.float32)
+    db = np.vstack([base, base, base])  # every row three times
+    q = base[:10] + np.float32(1e-3) * rng.standard_normal((10, 16)).astype(np.float32)
+    _, idx = _core.knn_search(db, q, 6, metric)
+    _, ref = brute_knn(db, q, 6, metric)
+    np.testing.assert_array_equal(idx, ref)
+
+
+def test_knn_near_ties_resolved_exactly():
+    # Points on a sphere around the query at distances differing by one float32 ulp: the fast
+    # tiles cannot tell them apart, the fp64 re-check must.
+    rng = np.random.default_rng(5)
+    d = 64
+    q = rng.standard_normal((1, d)).astype(np.float32)
+    dirs = rng.standard_normal((200, d))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    db = (q.astype(np.float64) + dirs * (1.0 + 1e-6 * rng.random((200, 1)))).astype(np.float32)
+    for metric in ("l2", "cosine"):
+        dist, idx = _core.knn_search(db, q, 20, metric)
+        _, ref = brute_knn(db, q, 20, metric)
+        np.testing.assert_array_equal(idx, ref)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+def test_estimator_self_join_matches_sklearn(metric):
+    from sklearn.neighbors import NearestNeighbors as SkNN
+
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((600, 24)).astype(np.float32)
+    d, i = ec.NearestNeighbors(n_neighbors=7, metric=metric).fit(X).kneighbors()
+    sd, si = SkNN(n_neighbors=7, metric=metric, algorithm="brute").fit(X.astype(np.float64)).kneighbors()
+    np.testing.assert_array_equal(i, si)
+    np.testing.assert_allclose(d, sd, rtol=1e-4, atol=1e-5)
+
+
+def test_inner_product_returns_largest_dot_products():
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((300, 12)).astype(np.float32)
+    Q = rng.standard_normal((20, 12)).astype(np.float32)
+    d, i = ec.NearestNeighbors(n_neighbors=4, metric="inner_product").fit(X).kneighbors(Q)
+    dots = Q.astype(np.float64) @ X.T.astype(np.float64)
+    ref = np.argsort(-dots, axis=1, kind="stable")[:, :4]
+    np.testing.assert_array_equal(i, ref)
+    np.testing.assert_allclose(d, np.take_along_axis(dots, ref, 1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("d", [1, 3, 97, 384])
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_radius_search_equals_brute_force(kernel_set, d, metric):
+    rng = np.random.default_rng(d)
+    db = rng.standard_normal((500, d)).astype(np.float32)
+    q = rng.standard_normal((60, d)).astype(np.float32)
+    v = brute_values(db, q, metric)
+    r = float(np.quantile(v, 0.05))  # about 25 neighbours per query
+    ptr, ind, dist = _core.radius_search(db, q, r, metric)
+    counts = _core.radius_count(db, q, r, metric)
+    np.testing.assert_array_equal(np.diff(ptr), counts)
+    for i in range(len(q)):
+        ref = np.flatnonzero(v[i] <= r)
+        np.testing.assert_array_equal(ind[ptr[i]:ptr[i + 1]], ref)
+        np.testing.assert_allclose(dist[ptr[i]:ptr[i + 1]], v[i, ref], rtol=1e-5, atol=1e-6)
+
+
+def test_radius_boundary_is_inclusive_and_exact():
+    # Points at exactly representable distances: r = 1.0 includes distance 1.0. (0.6, 0.8) in
+    # float32 lies at 1.00000002 in exact arithmetic, so it is outside, as fp64 says.
+    db = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [0.0, -1.0], [0.6, 0.8]], dtype=np.float32)
+    q = np.zeros((1, 2), np.float32)
+    nn = ec.NearestNeighbors(radius=1.0).fit(db)
+    dist, ind = nn.radius_neighbors(q)
+    np.testing.assert_array_equal(ind[0], [0, 1, 3])
+    np.testing.assert_allclose(dist[0], [0.0, 1.0, 1.0], atol=1e-7)
+
+
+def test_radius_neighbors_matches_sklearn_self_join():
+    from sklearn.neighbors import NearestNeighbors as SkNN
+
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((400, 8)).astype(np.float32)
+    dist, ind = ec.NearestNeighbors(radius=2.5).fit(X).radius_neighbors(sort_results=True)
+    sd, si = SkNN(radius=2.5, algorithm="brute").fit(X.astype(np.float64)).radius_neighbors(sort_results=True)
+    for a, b, c, e in zip(ind, si, dist, sd):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(c, e, rtol=1e-4, atol=1e-5)
+
+
+def test_kneighbors_graph_matches_sklearn():
+    from sklearn.neighbors import NearestNeighbors as SkNN
+
+    X = np.random.default_rng(8).standard_normal((120, 5)).astype(np.float32)
+    g = ec.NearestNeighbors(n_neighbors=3).fit(X).kneighbors_graph(mode="distance")
+    s = SkNN(n_neighbors=3).fit(X.astype(np.float64)).kneighbors_graph(mode="distance")
+    np.testing.assert_allclose(g.toarray(), s.toarray(), rtol=1e-4, atol=1e-5)
+
+
+def test_thread_count_does_not_change_results():
+    X = np.random.default_rng(9).standard_normal((2000, 40)).astype(np.float32)
+    a = ec.NearestNeighbors(n_neighbors=9, n_threads=1).fit(X).kneighbors()
+    b = ec.NearestNeighbors(n_neighbors=9, n_threads=2).fit(X).kneighbors()
+    np.testing.assert_array_equal(a[1], b[1])
+    np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_torch_tensor_input():
+    torch = pytest.importorskip("torch", reason="torch not installed")
+    X = torch.randn(100, 6)
+    d, i = ec.NearestNeighbors(n_neighbors=3).fit(X).kneighbors(X[:5])
+    _, ref = brute_knn(X.numpy(), X.numpy()[:5], 3, "l2")
+    np.testing.assert_array_equal(i, ref)

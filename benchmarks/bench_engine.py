@@ -71,6 +71,7 @@ class KMeansCase:
     n: int
     d: int
     k: int
+    n_centers: int = 256  # mixture components of the data
     iters: int = 20
     intra_dist: float = 1.0  # typical distance between two points of one mixture component
 
@@ -103,7 +104,8 @@ FULL_SIZES: Dict[str, Any] = {
                          intra_dist=(0.5, 0.7), eps=0.9, min_samples=10),
 }
 QUICK_SIZES: Dict[str, Any] = {
-    "kmeans": KMeansCase(n=20_000, d=384, k=64),
+    # more components than clusters and looser ones, so Lloyd does not converge in 20 iterations
+    "kmeans": KMeansCase(n=20_000, d=384, k=64, intra_dist=1.2),
     "knn": KnnCase(n=10_000, d=384, k=10, n_centers=64, recall_queries=200),
     "dbscan": DbscanCase(n=5_000, d=384, n_clusters=10, noise_frac=0.05,
                          intra_dist=(0.5, 0.7), eps=0.9, min_samples=10),
@@ -389,27 +391,31 @@ def blas_warnings(cpu: Dict[str, Any], libs: Sequence[Dict[str, Any]]) -> List[s
     if set_vars:
         cores = ", ".join(f"{lib['owner']} BLAS core {lib['architecture']}" for lib in libs
                           if lib.get("user_api") == "blas")
-        out.append(
-            "OpenBLAS environment variables are set: "
-            + ", ".join(f"{k}={v}" for k, v in set_vars.items())
-            + f". OpenBLAS read them when numpy/faiss were loaded, so they apply to this run ({cores})."
-            " They can slow numpy/faiss; for the reference setting run "
-            "`env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_engine.py`"
-            " (or pass --openblas-coretype unset)."
-        )
+        what = ", ".join(f"{k}={v}" for k, v in set_vars.items())
+        if os.environ.get(REEXEC_MARK):
+            out.append(f"{what} was set by --openblas-coretype for this run ({cores}).")
+        else:
+            out.append(
+                f"OpenBLAS environment variables are set: {what}. OpenBLAS read them when numpy/faiss"
+                f" were loaded, so they apply to this run ({cores}). They can slow numpy/faiss; for the"
+                " reference setting run `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python"
+                " benchmarks/bench_engine.py` (or pass --openblas-coretype unset)."
+            )
+    slow = []
     for lib in libs:
         core = str(lib.get("architecture") or "")
-        if lib.get("user_api") != "blas" or not core:
-            continue
         level = _OPENBLAS_CORE_SIMD.get(core.lower(), "sse")
-        if _SIMD_LEVEL[level] < _SIMD_LEVEL[cpu["simd"]]:
-            suggest = "SkylakeX" if cpu["simd"] == "avx512" else "Haswell"
-            out.append(
-                f"{lib['owner']}'s OpenBLAS {lib.get('version')} runs the '{core}' kernels ({level}) on a "
-                f"{cpu['simd']} CPU: it is NOT at its fastest setting (an OpenBLAS older than the CPU "
-                f"falls back to generic kernels). Re-run with --openblas-coretype {suggest} "
-                f"(sets OPENBLAS_CORETYPE={suggest} before the libraries load) and compare."
-            )
+        if lib.get("user_api") == "blas" and core and _SIMD_LEVEL[level] < _SIMD_LEVEL[cpu["simd"]]:
+            slow.append(f"{lib['owner']} (OpenBLAS {lib.get('version')}, core '{core}': {level})")
+    if slow:
+        why = ("OPENBLAS_CORETYPE forces it" if "OPENBLAS_CORETYPE" in os.environ else
+               "an OpenBLAS older than the CPU falls back to older kernels")
+        suggest = "SkylakeX" if cpu["simd"] == "avx512" else "Haswell"
+        out.append(
+            f"BLAS kernels narrower than this {cpu['simd']} CPU allows ({why}): " + "; ".join(slow)
+            + f". Those libraries are NOT at their fastest setting; re-run with --openblas-coretype "
+            f"{suggest} (sets OPENBLAS_CORETYPE={suggest} before they load) and compare."
+        )
     return out
 
 
@@ -519,7 +525,7 @@ def environment_report(engines: Engines) -> Tuple[Dict[str, Any], List[str]]:
 # Case 1: k-means
 # --------------------------------------------------------------------------------------------
 def bench_kmeans(cfg: KMeansCase, eng: Engines, args: argparse.Namespace) -> CaseResult:
-    X, _ = make_sphere_mixture(cfg.n, cfg.d, cfg.k, cfg.intra_dist, seed=args.seed)
+    X, _ = make_sphere_mixture(cfg.n, cfg.d, cfg.n_centers, cfg.intra_dist, seed=args.seed)
     rng = np.random.default_rng(args.seed + 1)
     C0 = X[np.sort(rng.choice(cfg.n, cfg.k, replace=False))].copy()
     result = CaseResult(

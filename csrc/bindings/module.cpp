@@ -39,7 +39,7 @@ Mat as_matrix(const py::array& a, const char* name, bool check_finite = true) {
   if (a.ndim() != 2)
     throw std::invalid_argument(std::string(name) + " must be 2-D (n_samples, n_features); got " +
                                 std::to_string(a.ndim()) + "-D, try reshape(-1, n_features)");
-  if (!a.dtype().is(py::dtype::of<float>()))
+  if (a.dtype().kind() != 'f' || a.itemsize() != 4 || !a.dtype().attr("isnative").cast<bool>())
     throw std::invalid_argument(std::string(name) + " must have dtype float32; got " +
                                 std::string(py::str(a.dtype())) + ", try x.astype(numpy.float32)");
   if (!(a.flags() & py::array::c_style))
@@ -181,7 +181,7 @@ const float* weights_of(const py::object& sw, idx_t n) {
   auto a = sw.cast<py::array>();
   if (a.ndim() != 1 || static_cast<idx_t>(a.shape(0)) != n)
     throw std::invalid_argument("sample_weight must be 1-D with one weight per row (" + std::to_string(n) + ")");
-  if (!a.dtype().is(py::dtype::of<float>()) || !(a.flags() & py::array::c_style))
+  if (a.dtype().kind() != 'f' || a.itemsize() != 4 || !(a.flags() & py::array::c_style))
     throw std::invalid_argument("sample_weight must be a contiguous float32 array, try numpy.ascontiguousarray(w, numpy.float32)");
   return static_cast<const float*>(a.data());
 }

@@ -93,10 +93,10 @@ def as_matrix(X: Any, name: str = "X", *, estimator: str = "", allow_empty: bool
     """Validates ``X`` and returns it as a float32, C-contiguous 2-D array.
 
     Accepts numpy arrays, array-likes and CPU torch tensors. float32 C-contiguous input is
-    used as it is, without a copy (read-only arrays included); float64, integer and Fortran
-    -ordered input are converted once, with an INFO log line. Raises TypeError for object,
-    complex, bool and string data and ValueError for NaN / infinity, values that overflow
-    float32, empty input and anything that is not 2-D.
+    used as it is, without a copy (read-only arrays included); float64, integer, numeric
+    object and Fortran-ordered input are converted once, with an INFO log line. Raises
+    TypeError for bool and non-numeric data and ValueError for complex data, NaN / infinity,
+    values that overflow float32, empty input and anything that is not 2-D.
     """
     X = _from_torch(X)
     if hasattr(X, "toarray") and hasattr(X, "nnz"):
@@ -106,20 +106,21 @@ def as_matrix(X: Any, name: str = "X", *, estimator: str = "", allow_empty: bool
     if arr.dtype == object or arr.dtype.kind in "USV":
         try:
             arr = arr.astype(np.float64)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError) as exc:
             raise TypeError(
-                f"{name}{where} has dtype {arr.dtype}; pass numbers (float32 preferred)"
+                f"{name}{where} has dtype {arr.dtype} with non-numeric entries ({exc}); pass numbers"
             ) from None
     if arr.dtype.kind == "c":
-        raise TypeError(f"{name}{where} is complex; pass real numbers (e.g. np.abs(X) or X.real)")
+        raise ValueError(f"Complex data not supported: {name}{where} is complex; pass real numbers (X.real or np.abs(X))")
     if arr.dtype.kind == "b":
         raise TypeError(f"{name}{where} is boolean; convert it explicitly, e.g. X.astype(np.float32)")
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"{name}{where} has unsupported dtype {arr.dtype}")
     if arr.ndim != 2:
-        hint = " (reshape(-1, 1) for one feature, reshape(1, -1) for one sample)" if arr.ndim == 1 else ""
+        hint = (" Reshape your data either using array.reshape(-1, 1) if your data has a single feature "
+                "or array.reshape(1, -1) if it contains a single sample.") if arr.ndim == 1 else ""
         raise ValueError(f"Expected 2D array, got {arr.ndim}D array instead: {name}{where} must be "
-                         f"(n_samples, n_features){hint}")
+                         f"(n_samples, n_features).{hint}")
     if arr.shape[1] == 0:
         raise ValueError(f"{name}{where} has 0 feature(s) (shape={arr.shape}) while a minimum of 1 is required.")
     if arr.shape[0] == 0 and not allow_empty:

@@ -44,7 +44,7 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar, Union
 
@@ -195,15 +195,21 @@ def time_repeats(fn: Callable[[], T], repeats: int) -> Tuple[List[float], T]:
     return times, out
 
 
-def run_engines(result: CaseResult, runners: Dict[str, Optional[Callable[[], Timed]]]) -> Dict[str, Any]:
-    """Runs each available engine, records an :class:`EngineRun` per engine, returns outputs.
+def timed(fit: Callable[[], Any], repeats: int) -> Callable[[], Timed]:
+    """A runner that times ``repeats`` in-process calls of ``fit``."""
+    return lambda: time_repeats(fit, repeats)
 
-    A runner returns ``(times, output)``; ``None`` means skipped (the reason is already in
-    ``result.skipped``).
+
+def run_engines(result: CaseResult, eng: "Engines", runners: Dict[str, Callable[[], Timed]]) -> Dict[str, Any]:
+    """Runs each engine's runner, records an :class:`EngineRun` per engine, returns the outputs.
+
+    A runner returns ``(times, output)``. Engines that are not installed, or whose runner
+    raises, are recorded in ``result.skipped`` with the reason.
     """
     outputs: Dict[str, Any] = {}
     for engine, runner in runners.items():
-        if runner is None:
+        if not eng.available(engine):
+            result.skipped[engine] = eng.missing[engine]
             continue
         log(f"{result.case}: {engine} ...")
         try:
@@ -446,17 +452,19 @@ def apply_openblas_choice(choice: str) -> None:
 
 @dataclass
 class Engines:
-    """The imported libraries; peers that could not be imported are None with a reason."""
+    """The imported libraries; a peer that cannot be imported is in ``missing``, with the reason."""
 
     ec: Any
-    faiss: Any
-    sklearn_ok: bool
+    faiss: Any  # None when missing
     missing: Dict[str, str]
     threads: int
 
     @classmethod
     def load(cls, threads: int) -> "Engines":
-        import embedcluster
+        try:
+            import embedcluster
+        except ImportError as exc:
+            raise SystemExit(f"embedcluster is not importable ({exc}); run `pip install .` in the repo first")
 
         missing: Dict[str, str] = {}
         try:
@@ -468,12 +476,9 @@ class Engines:
             missing[FAISS] = f"not installed ({exc})"
         try:
             import sklearn  # noqa: F401
-
-            sklearn_ok = True
         except ImportError as exc:
-            sklearn_ok = False
             missing[SKLEARN] = f"not installed ({exc})"
-        return cls(embedcluster, faiss, sklearn_ok, missing, threads)
+        return cls(embedcluster, faiss, missing, threads)
 
     def available(self, engine: str) -> bool:
         return engine not in self.missing
@@ -555,8 +560,8 @@ def bench_kmeans(cfg: KMeansCase, eng: Engines, args: argparse.Namespace) -> Cas
                        random_state=args.seed).fit(X)
         return m.cluster_centers_, m.n_iter_
 
-    fits = {EC: fit_ec, FAISS: fit_faiss, SKLEARN: fit_sklearn}
-    outputs = run_engines(result, runners_for(result, eng, fits, args.repeats))
+    outputs = run_engines(result, eng, {EC: timed(fit_ec, args.repeats), FAISS: timed(fit_faiss, args.repeats),
+                                        SKLEARN: timed(fit_sklearn, args.repeats)})
 
     for engine, (centers, n_iter) in outputs.items():
         run = result.runs[engine]
@@ -570,7 +575,7 @@ def bench_kmeans(cfg: KMeansCase, eng: Engines, args: argparse.Namespace) -> Cas
         if ref and run is not ref:
             rel = run.quality["inertia"] / ref.quality["inertia"] - 1.0
             run.quality["inertia_rel_diff_vs_faiss"] = rel
-            text += f" ({rel:+.3%} vs faiss)"
+            text += f" (rel. diff vs faiss {rel:+.1e})"
         run.summary = text
 
     if args.kmeanspp:
@@ -602,20 +607,6 @@ def time_kmeanspp_init(eng: Engines, X: np.ndarray, C0: np.ndarray, cfg: KMeansC
     }
 
 
-def runners_for(result: CaseResult, eng: Engines, fits: Dict[str, Callable[[], Any]],
-                repeats: Union[int, Dict[str, int]]) -> Dict[str, Optional[Callable[[], Timed]]]:
-    """Wraps in-process fit functions into timed runners; unavailable engines are skipped."""
-    runners: Dict[str, Optional[Callable[[], Timed]]] = {}
-    for engine, fit in fits.items():
-        if not eng.available(engine):
-            result.skipped[engine] = eng.missing[engine]
-            runners[engine] = None
-            continue
-        reps = repeats[engine] if isinstance(repeats, dict) else repeats
-        runners[engine] = (lambda f=fit, r=reps: time_repeats(f, r))
-    return runners
-
-
 # --------------------------------------------------------------------------------------------
 # Case 2: exact kNN self-join
 # --------------------------------------------------------------------------------------------
@@ -641,13 +632,12 @@ def bench_knn(cfg: KnnCase, eng: Engines, args: argparse.Namespace) -> CaseResul
 
         return NearestNeighbors(n_neighbors=cfg.k, algorithm="brute").fit(X).kneighbors()
 
-    fits: Dict[str, Callable[[], Any]] = {EC: fit_ec, FAISS: fit_faiss}
+    runners = {EC: timed(fit_ec, args.repeats), FAISS: timed(fit_faiss, args.repeats)}
     if args.quick or args.sklearn_knn:
-        fits[SKLEARN] = fit_sklearn
+        runners[SKLEARN] = timed(fit_sklearn, args.sklearn_repeats)
     else:
         result.skipped[SKLEARN] = "not run (about a minute at full size); pass --sklearn-knn"
-    reps = {EC: args.repeats, FAISS: args.repeats, SKLEARN: args.sklearn_repeats}
-    outputs = run_engines(result, runners_for(result, eng, fits, reps))
+    outputs = run_engines(result, eng, runners)
 
     rng = np.random.default_rng(args.seed + 3)
     sample = np.sort(rng.choice(cfg.n, min(cfg.recall_queries, cfg.n), replace=False))
@@ -670,6 +660,8 @@ def bench_knn(cfg: KnnCase, eng: Engines, args: argparse.Namespace) -> CaseResul
 # Case 3: DBSCAN (each engine in a fresh worker process, for its peak memory)
 # --------------------------------------------------------------------------------------------
 def bench_dbscan(cfg: DbscanCase, eng: Engines, args: argparse.Namespace) -> CaseResult:
+    if args.dbscan_eps is not None:
+        cfg = replace(cfg, eps=args.dbscan_eps)
     X, truth = make_sphere_mixture(cfg.n, cfg.d, cfg.n_clusters, cfg.intra_dist,
                                    noise_frac=cfg.noise_frac, seed=args.seed + 4)
     result = CaseResult(
@@ -685,18 +677,14 @@ def bench_dbscan(cfg: DbscanCase, eng: Engines, args: argparse.Namespace) -> Cas
         data = Path(tmp) / "X.npy"
         np.save(data, X)
 
-        def worker(engine: str, repeats: int) -> Optional[Callable[[], Timed]]:
-            if not eng.available(engine):
-                result.skipped[engine] = eng.missing[engine]
-                return None
+        def worker(engine: str, repeats: int) -> Callable[[], Timed]:
             spec = {"task": "dbscan", "engine": engine, "data": str(data), "eps": cfg.eps,
                     "min_samples": cfg.min_samples, "repeats": repeats, "out": str(Path(tmp) / engine)}
             return lambda: run_worker(spec)
 
-        outputs = run_engines(result, {EC: worker(EC, args.repeats),
-                                       SKLEARN: worker(SKLEARN, args.sklearn_repeats)})
+        outputs = run_engines(result, eng, {EC: worker(EC, args.repeats),
+                                            SKLEARN: worker(SKLEARN, args.sklearn_repeats)})
 
-    labels = {engine: out["labels"] for engine, out in outputs.items()}
     for engine, out in outputs.items():
         run = result.runs[engine]
         run.mem_extra_mib = out["report"]["extra_peak_mib"]
@@ -709,12 +697,16 @@ def bench_dbscan(cfg: DbscanCase, eng: Engines, args: argparse.Namespace) -> Cas
             "memory": out["report"],
         }
         run.summary = (f"{run.quality['n_clusters']} clusters, {run.quality['n_noise']:,} noise, "
-                       f"ARI vs truth {run.quality['ari_vs_truth']:.4f}")
+                       f"ARI vs truth {_cell(run.quality['ari_vs_truth'], '.4f')}")
+        stats = out["report"]["engine_stats"]
+        if stats.get("tile_pairs"):  # embedcluster: share of tile pairs not pruned by the partition
+            run.summary += f", {stats['pairs_computed_pass1'] / stats['tile_pairs']:.0%} of tile pairs computed"
     if EC in outputs and SKLEARN in outputs:
         same_core = bool(np.array_equal(np.sort(outputs[EC]["core"]), np.sort(outputs[SKLEARN]["core"])))
-        ari = adjusted_rand(labels[EC], labels[SKLEARN])
+        ari = adjusted_rand(outputs[EC]["labels"], outputs[SKLEARN]["labels"])
         result.extra["agreement"] = {"ari_embedcluster_vs_sklearn": ari, "core_samples_identical": same_core}
-        result.runs[EC].summary += f"; ARI vs sklearn {ari:.4f}, core sets {'identical' if same_core else 'DIFFER'}"
+        result.runs[EC].summary += (f"; ARI vs sklearn {_cell(ari, '.4f')}, "
+                                    f"core sets {'identical' if same_core else 'DIFFER'}")
     return result
 
 
@@ -753,22 +745,25 @@ def _peak_rss_kib() -> int:
     return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def dbscan_fitter(engine: str, eps: float, min_samples: int) -> Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray]]:
-    """Imports the engine and returns fit(X) -> (labels, core sample indices)."""
+DbscanFit = Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray, Dict[str, Any]]]
+
+
+def dbscan_fitter(engine: str, eps: float, min_samples: int) -> DbscanFit:
+    """Imports the engine and returns fit(X) -> (labels, core sample indices, engine stats)."""
     if engine == EC:
         import embedcluster
 
-        def fit(X: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        def fit(X: np.ndarray) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
             m = embedcluster.DBSCAN(eps=eps, min_samples=min_samples, metric="euclidean",
                                     backend="native").fit(X)
-            return m.labels_, m.core_sample_indices_
+            return m.labels_, m.core_sample_indices_, dict(getattr(m, "stats_", {}))
     elif engine == SKLEARN:
         from sklearn.cluster import DBSCAN
 
-        def fit(X: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        def fit(X: np.ndarray) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
             m = DBSCAN(eps=eps, min_samples=min_samples, metric="euclidean", algorithm="brute",
                        n_jobs=None).fit(X)
-            return m.labels_, m.core_sample_indices_
+            return m.labels_, m.core_sample_indices_, {}
     else:
         raise ValueError(f"unknown engine {engine!r}")
     return fit
@@ -792,12 +787,12 @@ def worker_main(spec: Dict[str, Any]) -> int:
         hwm_reset = False
     if baseline is None:  # no /proc: fall back to getrusage (peak includes imports/loading)
         baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    times, (labels, core) = time_repeats(lambda: fit(X), int(spec["repeats"]))
+    times, (labels, core, stats) = time_repeats(lambda: fit(X), int(spec["repeats"]))
     peak = _peak_rss_kib()
     np.savez(spec["out"] + ".npz", labels=np.asarray(labels), core=np.asarray(core))
     report = {"times": times, "baseline_rss_mib": baseline / 1024, "peak_rss_mib": peak / 1024,
               "extra_peak_mib": (peak - baseline) / 1024, "peak_reset_after_load": hwm_reset,
-              "threadpoolctl": blas_libraries()}
+              "engine_stats": stats, "threadpoolctl": blas_libraries()}
     print(json.dumps(report, default=json_default), flush=True)
     return 0
 
@@ -935,6 +930,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                    help="also run scikit-learn's brute kNN at full size (about a minute)")
     p.add_argument("--no-kmeanspp", dest="kmeanspp", action="store_false",
                    help="skip timing embedcluster's k-means++ init")
+    p.add_argument("--dbscan-eps", type=float, default=None,
+                   help="override the DBSCAN eps (default 0.9; eps in about 0.7-1.2 finds the generated "
+                        "clusters exactly, and embedcluster's pruning, unlike scikit-learn, "
+                        "is faster the smaller eps is)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data and initial centres")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for engine.json / engine.md")
     p.add_argument("--openblas-coretype", default="inherit", metavar="{inherit,unset,NAME}",

@@ -244,6 +244,9 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   std::unique_ptr<std::atomic<idx_t>[]> counts(new std::atomic<idx_t>[static_cast<std::size_t>(n)]);
   for (idx_t i = 0; i < n; ++i) counts[i].store(1, std::memory_order_relaxed);
   std::atomic<idx_t> computed1{0}, computed2{0};
+  // Which tile pairs held at least one neighbour pair: pass 2 visits only those.
+  std::vector<std::vector<std::uint8_t>> linked(static_cast<std::size_t>(T));
+  for (idx_t a = 0; a < T; ++a) linked[a].assign(partners[a].size(), 0);
   ExceptionSlot err;
 #pragma omp parallel num_threads(threads)
   {
@@ -256,13 +259,15 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
       err.run([&] {
         centre_products(a, s);
         std::vector<float> cdots(s.p.data(), s.p.data() + L.count[a] * centres.n_pad);
-        for (idx_t b : partners[a]) {
+        for (std::size_t pi = 0; pi < partners[a].size(); ++pi) {
+          const idx_t b = partners[a][pi];
           active_rows(a, b, cdots.data(), act);
           if (act.empty()) continue;
           computed1.fetch_add(1, std::memory_order_relaxed);
           visit_pairs(a, b, act, s, [&](idx_t ri, idx_t rj, double) {
             counts[ri].fetch_add(1, std::memory_order_relaxed);
             counts[rj].fetch_add(1, std::memory_order_relaxed);
+            linked[a][pi] = 1;
           });
         }
       });
@@ -323,7 +328,9 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
         if (err.failed() || cancel.poll()) continue;
         err.run([&] {
           bool have_products = false;
-          for (idx_t b : partners[a]) {
+          for (std::size_t pi = 0; pi < partners[a].size(); ++pi) {
+            const idx_t b = partners[a][pi];
+            if (!linked[a][pi]) continue;  // no neighbour pair at all between a and b
             if ((phase == 0) != (a == b)) continue;
             if (!has_core[a] && !has_core[b]) continue;
             if (!has_border[a] && !has_border[b] && (!has_core[a] || !has_core[b])) continue;

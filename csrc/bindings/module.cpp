@@ -66,6 +66,12 @@ Mat as_matrix(const py::array& a, const char* name, bool check_finite = true) {
   return m;
 }
 
+void same_features(const Mat& D, const Mat& Q) {
+  if (D.cols != Q.cols)
+    throw std::invalid_argument("queries have " + std::to_string(Q.cols) + " features but the database has " +
+                                std::to_string(D.cols));
+}
+
 /// Runs native work with the GIL released; Ctrl-C stops it and raises KeyboardInterrupt.
 template <class F>
 void run_native(F&& f) {
@@ -93,9 +99,7 @@ py::array_t<T> to_array(std::vector<T>&& v) {
 py::tuple knn_search(const py::array& db, const py::array& q, int k, const std::string& metric,
                      bool exclude_self, int n_threads) {
   const Mat D = as_matrix(db, "database"), Q = as_matrix(q, "queries");
-  if (D.cols != Q.cols)
-    throw std::invalid_argument("queries have " + std::to_string(Q.cols) + " features but the database has " +
-                                std::to_string(D.cols));
+  same_features(D, Q);
   ec::KnnParams p;
   p.metric = parse_metric(metric);
   p.k = k;
@@ -122,9 +126,7 @@ ec::RadiusParams radius_params(double radius, const std::string& metric, bool ex
 py::tuple radius_search(const py::array& db, const py::array& q, double radius, const std::string& metric,
                         bool exclude_self, int n_threads) {
   const Mat D = as_matrix(db, "database"), Q = as_matrix(q, "queries");
-  if (D.cols != Q.cols)
-    throw std::invalid_argument("queries have " + std::to_string(Q.cols) + " features but the database has " +
-                                std::to_string(D.cols));
+  same_features(D, Q);
   const auto p = radius_params(radius, metric, exclude_self, n_threads);
   ec::RadiusResult r;
   run_native([&](ec::Cancel& c) { ec::radius_search(p, D.data, D.rows, Q.data, Q.rows, D.cols, r, c); });
@@ -134,9 +136,7 @@ py::tuple radius_search(const py::array& db, const py::array& q, double radius, 
 py::array_t<idx_t> radius_count(const py::array& db, const py::array& q, double radius, const std::string& metric,
                                 bool exclude_self, int n_threads) {
   const Mat D = as_matrix(db, "database"), Q = as_matrix(q, "queries");
-  if (D.cols != Q.cols)
-    throw std::invalid_argument("queries have " + std::to_string(Q.cols) + " features but the database has " +
-                                std::to_string(D.cols));
+  same_features(D, Q);
   const auto p = radius_params(radius, metric, exclude_self, n_threads);
   py::array_t<idx_t> out({static_cast<py::ssize_t>(Q.rows)});
   idx_t* op = out.mutable_data();

@@ -57,6 +57,18 @@ void check_common(idx_t n, idx_t nq, idx_t d) {
     fail("database too large for one call; split it into shards");
 }
 
+/// Squared norms of the queries (fp64); cosine rejects zero rows.
+std::vector<double> query_sqnorms(const float* q, idx_t nq, idx_t d, Metric m, int threads) {
+  std::vector<double> qsq(static_cast<std::size_t>(nq));
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (idx_t i = 0; i < nq; ++i) qsq[i] = sqnorm(q + i * d, d);
+  if (m == Metric::Cosine)
+    for (idx_t i = 0; i < nq; ++i)
+      if (qsq[i] == 0.0)
+        fail("query row " + std::to_string(i) + " has zero norm; the cosine metric is undefined for it");
+  return qsq;
+}
+
 /// Converts an exact ranking value to what the caller sees (IP is reported as the dot product).
 inline float reported(Metric m, double v) { return static_cast<float>(m == Metric::IP ? -v : v); }
 
@@ -74,13 +86,7 @@ void knn_search(const KnnParams& p, const float* db, idx_t n, const float* q, id
   const int threads = resolve_threads(p.n_threads);
   PackedSet set;
   pack_set(set, db, n, d, p.metric, nullptr, threads);
-  std::vector<double> qsq(static_cast<std::size_t>(nq));
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (idx_t i = 0; i < nq; ++i) qsq[i] = sqnorm(q + i * d, d);
-  if (p.metric == Metric::Cosine)
-    for (idx_t i = 0; i < nq; ++i)
-      if (qsq[i] == 0.0)
-        fail("query row " + std::to_string(i) + " has zero norm; the cosine metric is undefined for it");
+  const std::vector<double> qsq = query_sqnorms(q, nq, d, p.metric, threads);
 
   const int nthreads = threads;
   std::vector<std::vector<RowCands>> cands(static_cast<std::size_t>(nthreads));
@@ -143,13 +149,7 @@ void radius_scan(const RadiusParams& p, const float* db, idx_t n, const float* q
   const int threads = resolve_threads(p.n_threads);
   PackedSet set;
   pack_set(set, db, n, d, p.metric, nullptr, threads);
-  std::vector<double> qsq(static_cast<std::size_t>(nq));
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (idx_t i = 0; i < nq; ++i) qsq[i] = sqnorm(q + i * d, d);
-  if (p.metric == Metric::Cosine)
-    for (idx_t i = 0; i < nq; ++i)
-      if (qsq[i] == 0.0)
-        fail("query row " + std::to_string(i) + " has zero norm; the cosine metric is undefined for it");
+  const std::vector<double> qsq = query_sqnorms(q, nq, d, p.metric, threads);
   stream_tiles(
       set, q, nq, threads, cancel,
       [&](idx_t q0, idx_t qm, const float* c, idx_t ldc, idx_t b0, idx_t bm, TileScratch& s) {

@@ -1,5 +1,6 @@
 // C++ tests of the core without Python: kNN, radius counts, k-means assignment and DBSCAN counts
 // against brute force. Built with -DEMBEDCLUSTER_BUILD_TESTS=ON (also under the sanitizers).
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <random>

@@ -252,6 +252,8 @@ py::dict dbscan_fit(const py::array& x, double eps, int min_samples, const std::
   out["tile_pairs"] = r.tile_pairs;
   out["pairs_computed_pass1"] = r.pairs_computed_pass1;
   out["pairs_computed_pass2"] = r.pairs_computed_pass2;
+  out["rows_computed_pass1"] = r.rows_computed_pass1;
+  out["pairs_after_bounds"] = r.pairs_after_bounds;
   return out;
 }
 

@@ -29,8 +29,8 @@ struct Layout {
   std::vector<double> radius;    // ball radii
 };
 
-/// Coarse partition used only to order the points; it never changes the result.
-/// Labels of the coarse partition and each row's distance to its coarse centre.
+/// Labels of a coarse k-means partition and each row's distance to its coarse centre. The
+/// partition only orders the points into tiles; it never changes the result.
 std::vector<idx_t> coarse_labels(const DbscanParams& p, const float* x, idx_t n, idx_t d,
                                  int threads, std::vector<float>& dist, Cancel& cancel) {
   std::vector<idx_t> lab(static_cast<std::size_t>(n), 0);
@@ -61,18 +61,30 @@ Layout make_layout(const DbscanParams& p, const float* x, idx_t n, idx_t d,
   const idx_t kc = *std::max_element(lab.begin(), lab.end()) + 1;
   std::vector<std::vector<idx_t>> members(static_cast<std::size_t>(kc));
   for (idx_t i = 0; i < n; ++i) members[lab[i]].push_back(i);
-  for (auto& mem : members) {
-    // Inner rows first, outliers last: outliers then share a few wide tiles instead of
-    // widening every tile's ball.
+  // Inner rows first, then outliers. A row much farther from its coarse centre than the
+  // cluster's median row (noise, mostly) goes to a separate pool, tiled first: a tile holding
+  // even one such row has a wide ball and could never be skipped as the second tile of a pair,
+  // while as the first tile its rows are pruned one by one.
+  std::vector<idx_t> pool;
+  std::vector<std::vector<idx_t>> clean(members.size());
+  for (std::size_t c = 0; c < members.size(); ++c) {
+    auto& mem = members[c];
     std::sort(mem.begin(), mem.end(), [&](idx_t a, idx_t b) {
       return cdist[a] != cdist[b] ? cdist[a] < cdist[b] : a < b;
     });
+    if (mem.empty()) continue;
+    const float cut = 2.25f * cdist[mem[mem.size() / 2]];  // squared-distance units
+    for (idx_t r : mem) (cdist[r] > cut && cut > 0.0f ? pool : clean[c]).push_back(r);
+  }
+  auto emit = [&](const std::vector<idx_t>& mem) {
     for (idx_t s = 0; s < static_cast<idx_t>(mem.size()); s += kTile) {
       const idx_t cnt = std::min<idx_t>(kTile, static_cast<idx_t>(mem.size()) - s);
       for (idx_t t = 0; t < kTile; ++t) L.slot_rows.push_back(mem[s + std::min(t, cnt - 1)]);
       L.count.push_back(cnt);
     }
-  }
+  };
+  emit(pool);
+  for (const auto& mem : clean) emit(mem);
   L.ntiles = static_cast<idx_t>(L.count.size());
   L.center.assign(static_cast<std::size_t>(L.ntiles * d), 0.0);
   L.radius.assign(static_cast<std::size_t>(L.ntiles), 0.0);
@@ -154,10 +166,88 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
     for (idx_t s = L.count[t]; s < kTile; ++s)
       set.add.data()[t * kTile + s] = std::numeric_limits<float>::infinity();
 
-  // Tile pairs that can hold a neighbour pair: balls closer than eps (with a little slack for
-  // rounding in the ball computation). Cosine balls live on the unit sphere, where
-  // 1 - cos <= eps  <=>  ||u - v|| <= sqrt(2 eps).
+  // Pruning. Distances are taken in the metric's geometry: the data itself for L2, the unit
+  // sphere for cosine, where 1 - cos <= eps  <=>  ||u - v|| <= sqrt(2 eps) =: reach. Two lower
+  // bounds on ||x - y|| for x in tile a, y in tile b decide which products can be skipped:
+  //  - balls: ||x - y|| >= ||x - c_b|| - r_b (and, per tile pair, >= ||c_a - c_b|| - r_a - r_b);
+  //  - projections on the line of centres: |(x - y) . (c_a - c_b)| <= ||x - y|| ||c_a - c_b||,
+  //    so with s(z) = z . (c_a - c_b) a neighbour pair needs |s(x) - s(y)| <= reach ||c_a - c_b||.
+  //    In high dimension points concentrate near their tile's centre along that line, so this
+  //    bound is much tighter than the balls when clusters are wide.
+  // The products x . c_J of every row with every ball centre come from one tile product per
+  // tile; each bound gets a slack that covers that product's rounding (see engine.hpp).
   const double reach = (cos ? std::sqrt(2.0 * p.eps) : p.eps) * (1.0 + 1e-9) + 1e-12;
+  PackedSet centres;
+  std::vector<float> centre_f(static_cast<std::size_t>(T * d));
+  for (idx_t i = 0; i < T * d; ++i) centre_f[i] = static_cast<float>(L.center[i]);
+  pack_set(centres, centre_f.data(), T, d, Metric::L2, nullptr, threads);
+  const double slack_rel = 4.0 * eps_rel(d) + 1e-6;
+  double xmax = 1.0;
+  if (!cos) xmax = *std::max_element(xnorm.begin(), xnorm.end());
+  const double slack_s = 8.0 * eps_rel(d) * xmax * std::sqrt(centres.max_sqnorm) + 1e-30;
+  auto init_scratch = [&](TileScratch& s) {
+    s.a.resize(static_cast<std::size_t>(kTile * d));
+    s.c.resize(static_cast<std::size_t>(kTile * kTile));
+    s.p.resize(static_cast<std::size_t>(kTile * centres.n_pad));
+    s.idx.resize(kTile);
+    s.val.resize(kTile);
+    s.rows.resize(kTile);
+  };
+  // Products of tile a's rows with every ball centre, in s.p (row i at i * centres.n_pad);
+  // for cosine they are divided by ||x|| (products of the unit vectors).
+  auto centre_products = [&](idx_t a, TileScratch& s) {
+    for (idx_t i = 0; i < L.count[a]; ++i) s.rows[i] = L.slot_rows[a * kTile + i];
+    pack_panels(x, d, s.rows.data(), nullptr, L.count[a], d, ks.mr, s.a.data());
+    ks.gemm(s.a.data(), centres.panels.data(), round_up(L.count[a], ks.mr), centres.n_pad, d,
+            s.p.data(), centres.n_pad);
+    if (cos)
+      for (idx_t i = 0; i < L.count[a]; ++i) {
+        const float inv = static_cast<float>(1.0 / xnorm[s.rows[i]]);
+        for (idx_t j = 0; j < T; ++j) s.p.data()[i * centres.n_pad + j] *= inv;
+      }
+  };
+  // lo/hi[t * T + J]: range of x . c_J over the rows x of tile t (skipped if too large).
+  const bool project = p.prune && static_cast<double>(T) * T * 8.0 <= 512.0e6;
+  std::vector<float> lo(project ? static_cast<std::size_t>(T * T) : 0), hi(lo.size());
+  std::vector<double> sep(project ? static_cast<std::size_t>(T * T) : 0);  // ||c_a - c_b||
+  ExceptionSlot err;
+  if (project) {
+#pragma omp parallel num_threads(threads)
+    {
+      TileScratch s;
+      err.run([&] { init_scratch(s); });
+#pragma omp for schedule(dynamic, 1)
+      for (idx_t t = 0; t < T; ++t) {
+        if (err.failed() || cancel.poll()) continue;
+        err.run([&] {
+          centre_products(t, s);
+          for (idx_t j = 0; j < T; ++j) {
+            float mn = std::numeric_limits<float>::infinity(), mx = -mn;
+            for (idx_t i = 0; i < L.count[t]; ++i) {
+              const float v = s.p.data()[i * centres.n_pad + j];
+              mn = std::min(mn, v);
+              mx = std::max(mx, v);
+            }
+            lo[t * T + j] = mn;
+            hi[t * T + j] = mx;
+            double dd = 0.0;
+            const double* ct = L.center.data() + t * d;
+            const double* cj = L.center.data() + j * d;
+            for (idx_t f = 0; f < d; ++f) dd += (ct[f] - cj[f]) * (ct[f] - cj[f]);
+            sep[t * T + j] = std::sqrt(dd);
+          }
+        });
+      }
+    }
+    err.rethrow();
+    cancel.throw_if_stopped();
+  }
+  // Range of s(y) = y . (c_a - c_b) over the rows of tile t.
+  auto s_range = [&](idx_t t, idx_t a, idx_t b) {
+    return std::make_pair(static_cast<double>(lo[t * T + a]) - hi[t * T + b],
+                          static_cast<double>(hi[t * T + a]) - lo[t * T + b]);
+  };
+
   std::vector<std::vector<idx_t>> partners(static_cast<std::size_t>(T));
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 4)
   for (idx_t a = 0; a < T; ++a) {
@@ -169,29 +259,39 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
         for (idx_t f = 0; f < d; ++f) dd += (ca[f] - cb[f]) * (ca[f] - cb[f]);
         const double gap = std::sqrt(dd) - L.radius[a] - L.radius[b];
         if (gap > reach * (1.0 + 1e-7) + 1e-7 * (L.radius[a] + L.radius[b])) continue;
+        if (project) {
+          const auto ra = s_range(a, a, b), rb = s_range(b, a, b);
+          const double w = reach * sep[a * T + b] * (1.0 + 1e-7) + 4.0 * slack_s;
+          if (ra.first > rb.second + w || rb.first > ra.second + w) continue;
+        }
       }
       partners[a].push_back(b);
     }
   }
 
-  // Row-level pruning: a row whose distance to tile b's ball centre exceeds radius_b + eps has
-  // no neighbour in b (triangle inequality). The distances of a tile's rows to every ball
-  // centre come from one product per tile; the slack covers that product's rounding.
-  PackedSet centres;
-  std::vector<float> centre_f(static_cast<std::size_t>(T * d));
-  for (idx_t i = 0; i < T * d; ++i) centre_f[i] = static_cast<float>(L.center[i]);
-  pack_set(centres, centre_f.data(), T, d, Metric::L2, nullptr, threads);
-  const double slack_rel = 4.0 * eps_rel(d) + 1e-6;
+  // Rows of tile a that may have a neighbour in tile b (both bounds above, per row).
   auto active_rows = [&](idx_t a, idx_t b, const float* cdots, std::vector<idx_t>& act) {
     act.clear();
     const double lim = L.radius[b] + reach;
+    const double csq = centres.add.data()[b];
+    std::pair<double, double> rb{0.0, 0.0};
+    double w = 0.0;
+    const bool proj = project && a != b;
+    if (proj) {
+      rb = s_range(b, a, b);
+      w = reach * sep[a * T + b] * (1.0 + 1e-7) + 4.0 * slack_s;
+    }
     for (idx_t i = 0; i < L.count[a]; ++i) {
       const idx_t r = L.slot_rows[a * kTile + i];
       const double dot = cdots[i * centres.n_pad + b];
-      const double csq = centres.add.data()[b];
-      const double d2 = cos ? 1.0 + csq - 2.0 * dot / xnorm[r] : xsq[r] + csq - 2.0 * dot;
+      const double d2 = cos ? 1.0 + csq - 2.0 * dot : xsq[r] + csq - 2.0 * dot;
       const double scale = cos ? 1.0 + csq : xsq[r] + csq;
-      if (d2 <= lim * lim + slack_rel * scale) act.push_back(i);
+      if (!(d2 <= lim * lim + slack_rel * scale)) continue;
+      if (proj) {
+        const double sx = static_cast<double>(cdots[i * centres.n_pad + a]) - dot;
+        if (sx < rb.first - w || sx > rb.second + w) continue;
+      }
+      act.push_back(i);
     }
   };
 
@@ -224,30 +324,13 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
       }
     }
   };
-  // Products of tile a's rows with every ball centre (for active_rows).
-  auto centre_products = [&](idx_t a, TileScratch& s) {
-    for (idx_t i = 0; i < L.count[a]; ++i) s.rows[i] = L.slot_rows[a * kTile + i];
-    pack_panels(x, d, s.rows.data(), nullptr, L.count[a], d, ks.mr, s.a.data());
-    ks.gemm(s.a.data(), centres.panels.data(), round_up(L.count[a], ks.mr), centres.n_pad, d,
-            s.p.data(), centres.n_pad);
-  };
-  auto init_scratch = [&](TileScratch& s) {
-    s.a.resize(static_cast<std::size_t>(kTile * d));
-    s.c.resize(static_cast<std::size_t>(kTile * kTile));
-    s.p.resize(static_cast<std::size_t>(kTile * centres.n_pad));
-    s.idx.resize(kTile);
-    s.val.resize(kTile);
-    s.rows.resize(kTile);
-  };
-
   // Pass 1: neighbour counts.
   std::unique_ptr<std::atomic<idx_t>[]> counts(new std::atomic<idx_t>[static_cast<std::size_t>(n)]);
   for (idx_t i = 0; i < n; ++i) counts[i].store(1, std::memory_order_relaxed);
-  std::atomic<idx_t> computed1{0}, computed2{0};
+  std::atomic<idx_t> computed1{0}, computed2{0}, rows1{0};
   // Which tile pairs held at least one neighbour pair: pass 2 visits only those.
   std::vector<std::vector<std::uint8_t>> linked(static_cast<std::size_t>(T));
   for (idx_t a = 0; a < T; ++a) linked[a].assign(partners[a].size(), 0);
-  ExceptionSlot err;
 #pragma omp parallel num_threads(threads)
   {
     TileScratch s;
@@ -257,13 +340,13 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
     for (idx_t a = 0; a < T; ++a) {
       if (err.failed() || cancel.poll()) continue;
       err.run([&] {
-        centre_products(a, s);
-        std::vector<float> cdots(s.p.data(), s.p.data() + L.count[a] * centres.n_pad);
+        centre_products(a, s);  // s.p holds them; visit_pairs does not touch s.p
         for (std::size_t pi = 0; pi < partners[a].size(); ++pi) {
           const idx_t b = partners[a][pi];
-          active_rows(a, b, cdots.data(), act);
+          active_rows(a, b, s.p.data(), act);
           if (act.empty()) continue;
           computed1.fetch_add(1, std::memory_order_relaxed);
+          rows1.fetch_add(static_cast<idx_t>(act.size()), std::memory_order_relaxed);
           visit_pairs(a, b, act, s, [&](idx_t ri, idx_t rj, double) {
             counts[ri].fetch_add(1, std::memory_order_relaxed);
             counts[rj].fetch_add(1, std::memory_order_relaxed);
@@ -321,7 +404,6 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
     {
       TileScratch s;
       std::vector<idx_t> act;
-      std::vector<float> cdots;
       err.run([&] { init_scratch(s); });
 #pragma omp for schedule(dynamic, 1)
       for (idx_t a = 0; a < T; ++a) {
@@ -339,10 +421,9 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
               continue;
             if (!have_products) {
               centre_products(a, s);
-              cdots.assign(s.p.data(), s.p.data() + L.count[a] * centres.n_pad);
               have_products = true;
             }
-            active_rows(a, b, cdots.data(), act);
+            active_rows(a, b, s.p.data(), act);
             if (act.empty()) continue;
             computed2.fetch_add(1, std::memory_order_relaxed);
             visit_pairs(a, b, act, s, [&](idx_t ri, idx_t rj, double ex) {
@@ -382,6 +463,8 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   out.tile_pairs = T * (T + 1) / 2;
   out.pairs_computed_pass1 = computed1.load();
   out.pairs_computed_pass2 = computed2.load();
+  out.rows_computed_pass1 = rows1.load();
+  for (const auto& v : partners) out.pairs_after_bounds += static_cast<idx_t>(v.size());
 }
 
 }  // namespace ec

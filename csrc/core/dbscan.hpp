@@ -26,6 +26,8 @@ struct DbscanResult {
   idx_t tile_pairs = 0;              ///< tile pairs (i <= j) in one pass
   idx_t pairs_computed_pass1 = 0;    ///< tile pairs whose products were computed in pass 1
   idx_t pairs_computed_pass2 = 0;    ///< ... and in pass 2
+  idx_t pairs_after_bounds = 0;      ///< tile pairs left by the tile-level bounds (balls, projections)
+  idx_t rows_computed_pass1 = 0;     ///< query rows in pass 1's products (tile rows: 192)
 };
 
 void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanResult& out,

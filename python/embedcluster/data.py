@@ -947,7 +947,7 @@ def _table_rows(p: Path) -> tuple[list[dict], list[str]]:
 
 
 def load_table(path: PathLike, text_column: str = "text",
-               label_column: str | None = None) -> Dataset:
+               label_column: str | None = "auto") -> Dataset:
     """Load texts (and optional labels) from a CSV, TSV, JSON-lines or JSON file.
 
     The format follows the extension: ``.csv`` / ``.tsv`` (read with :mod:`csv`, header row
@@ -959,9 +959,10 @@ def load_table(path: PathLike, text_column: str = "text",
     path : str or Path
     text_column : str, default "text"
         Column holding the texts (required in every row).
-    label_column : str, optional
+    label_column : str, "auto" or None, default "auto"
         Column holding class labels; they map to ints in the order of
         ``class_names`` = the sorted unique labels (numeric order when all are integers).
+        "auto" uses a column named ``label`` when there is one; None reads no labels.
 
     Returns
     -------
@@ -970,6 +971,8 @@ def load_table(path: PathLike, text_column: str = "text",
     """
     p = _existing(path, "table file")
     rows, columns = _table_rows(p)
+    if label_column == "auto":
+        label_column = "label" if "label" in columns else None
     for col, what in ((text_column, "text_column"), (label_column, "label_column")):
         if col is not None and col not in columns:
             raise ValueError(f"{what}={col!r} is not a column of {p}; available columns: "

@@ -1,0 +1,412 @@
+"""Linear probes on embeddings: self-labeling from confident cluster pseudo-labels (the
+deployable predictor of the pipeline) and linear evaluation on true labels.
+
+Training uses torch (imported when ``fit`` runs); prediction is numpy only, so a probe rebuilt
+with :meth:`LinearProbe.from_arrays` predicts without torch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
+
+PROBE_KIND = "linear_probe"
+PROBE_VERSION = 1
+
+
+def _as_2d_float32(Z: Any, name: str = "Z") -> np.ndarray:
+    Z = np.asarray(Z)
+    if Z.ndim != 2:
+        raise ValueError(f"{name} should be 2-D (n_samples, n_features), got shape {Z.shape}")
+    if Z.dtype != np.float32:
+        Z = Z.astype(np.float32)
+    if not np.isfinite(Z).all():
+        raise ValueError(f"{name} contains NaN or infinity; clean or impute the embeddings first")
+    return np.ascontiguousarray(Z)
+
+
+class LinearProbe(ClassifierMixin, BaseEstimator):
+    """Multinomial logistic regression on embeddings, trained with torch (Adam, mini-batches).
+
+    Parameters
+    ----------
+    n_classes : int, optional
+        With a number, labels must be integers in ``[0, n_classes)`` and the probe has one
+        output per class even when some are absent from the training rows (pseudo-labels of a
+        clusterer with ``k`` clusters). With None the classes are ``np.unique(y)`` (any labels).
+    epochs : int
+        Passes over the training rows.
+    lr : float
+        Peak Adam learning rate; it decays to zero on a cosine schedule, which lets this
+        convex problem settle near its optimum.
+    weight_decay : float
+        L2 penalty ``weight_decay / 2 * ||W||²`` on the weights (not the bias), on standardised
+        features.
+    batch_size : int
+        Rows per step.
+    seed : int
+        Seeds the shuffling (weights start at zero), so ``fit`` is reproducible.
+    standardize : {"global", "feature", "none"}
+        How features are scaled for training (the scaling is folded into ``coef_`` /
+        ``intercept_`` afterwards, so the probe stays one linear layer on raw inputs).
+        ``"global"`` (default) centres and divides every feature by one common scale (the RMS
+        distance to the mean per feature): the Euclidean geometry the clusterer saw is kept, and
+        the L2 penalty treats every direction alike. ``"feature"`` scales each feature to unit
+        variance, which inflates near-constant features: on raw digit pixels it cost 1-2 points
+        of self-labeling accuracy. ``"none"`` trains on ``Z`` as is.
+    num_threads : int, optional
+        torch threads for ``fit`` (restored afterwards).
+
+    Attributes
+    ----------
+    classes_ : ndarray (n_classes,)
+    coef_ : ndarray float32 (n_classes, n_features)
+    intercept_ : ndarray float32 (n_classes,)
+    n_features_in_ : int
+    loss_curve_ : list of float, mean training loss per epoch
+    n_iter_ : int, epochs run
+    """
+
+    def __init__(self, n_classes: Optional[int] = None, *, epochs: int = 100, lr: float = 0.01,
+                 weight_decay: float = 1e-4, batch_size: int = 256, seed: int = 0,
+                 standardize: str = "global", num_threads: Optional[int] = None) -> None:
+        self.n_classes = n_classes
+        self.epochs = epochs
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.seed = seed
+        self.standardize = standardize
+        self.num_threads = num_threads
+
+    # ------------------------------------------------------------------ fitting
+    def _encode_labels(self, y: Any, n: int) -> np.ndarray:
+        y = np.asarray(y)
+        if y.ndim != 1 or len(y) != n:
+            raise ValueError(f"y should be 1-D with one label per row (n={n}), got shape {y.shape}")
+        if self.n_classes is None:
+            self.classes_, idx = np.unique(y, return_inverse=True)
+            return idx.astype(np.int64)
+        k = int(self.n_classes)
+        if k < 1:
+            raise ValueError(f"n_classes={self.n_classes} should be >= 1")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"with n_classes={k}, y should hold integers in [0, {k}); got dtype "
+                             f"{y.dtype} (pass n_classes=None for arbitrary labels)")
+        if n and (y.min() < 0 or y.max() >= k):
+            raise ValueError(f"y has labels in [{y.min()}, {y.max()}] but n_classes={k}; labels "
+                             f"should be in [0, {k}) (drop noise points labelled -1 first)")
+        self.classes_ = np.arange(k)
+        return y.astype(np.int64)
+
+    def fit(self, Z: Any, y: Any, sample_weight: Any = None) -> "LinearProbe":
+        """Trains on embeddings ``Z`` (n, d) and labels ``y``; ``sample_weight`` (n,) weighs
+        each row's loss. Returns self."""
+        import torch
+        from torch.nn import functional as F
+
+        Z = _as_2d_float32(Z)
+        n, d = Z.shape
+        if n < 1:
+            raise ValueError("n_samples=0; the probe needs at least one training row")
+        yi = self._encode_labels(y, n)
+        for name, v, lo in (("epochs", self.epochs, 1), ("batch_size", self.batch_size, 1)):
+            if int(v) < lo:
+                raise ValueError(f"{name}={v} should be >= {lo}")
+        if not self.lr > 0 or self.weight_decay < 0:
+            raise ValueError(f"lr={self.lr} should be > 0 and weight_decay={self.weight_decay} >= 0")
+        if sample_weight is None:
+            w = np.ones(n, np.float32)
+        else:
+            w = np.asarray(sample_weight, dtype=np.float32)
+            if w.shape != (n,) or (w < 0).any() or not np.isfinite(w).all() or w.sum() <= 0:
+                raise ValueError("sample_weight should be (n_samples,), finite, >= 0, not all zero")
+        if self.standardize not in ("global", "feature", "none"):
+            raise ValueError(f"standardize={self.standardize!r} should be 'global', 'feature' or 'none'")
+        if self.standardize == "global":
+            mean = Z.mean(0, dtype=np.float64)
+            std = np.full(d, max(float(np.sqrt(((Z - mean) ** 2).sum(1).mean() / d)), 1e-12))
+        elif self.standardize == "feature":
+            mean = Z.mean(0, dtype=np.float64)
+            std = Z.std(0, dtype=np.float64)
+            std[std < 1e-12] = 1.0
+        else:
+            mean, std = np.zeros(d), np.ones(d)
+        k = len(self.classes_)
+        prev_threads = torch.get_num_threads()
+        if self.num_threads is not None:
+            torch.set_num_threads(int(self.num_threads))
+        try:
+            g = torch.Generator().manual_seed(int(self.seed))
+            Zt = torch.from_numpy(((Z - mean) / std).astype(np.float32))
+            yt, wt = torch.from_numpy(yi), torch.from_numpy(w)
+            W = torch.zeros(k, d, requires_grad=True)
+            b = torch.zeros(k, requires_grad=True)
+            opt = torch.optim.Adam([{"params": [W], "weight_decay": float(self.weight_decay)},
+                                    {"params": [b], "weight_decay": 0.0}], lr=float(self.lr))
+            bs = int(self.batch_size)
+            steps = int(self.epochs) * math.ceil(n / bs)
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+            self.loss_curve_: List[float] = []
+            for _ in range(int(self.epochs)):
+                perm = torch.randperm(n, generator=g)
+                total = 0.0
+                for idx in torch.split(perm, bs):
+                    logits = Zt[idx] @ W.T + b
+                    wb = wt[idx]
+                    ce = F.cross_entropy(logits, yt[idx], reduction="none")
+                    loss = (ce * wb).sum() / wb.sum().clamp_min(1e-12)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    sched.step()
+                    total += float(loss.detach()) * len(idx)
+                self.loss_curve_.append(total / n)
+        finally:
+            torch.set_num_threads(prev_threads)
+        Wn = W.detach().numpy().astype(np.float64) / std[None, :]
+        self.coef_ = Wn.astype(np.float32)
+        self.intercept_ = (b.detach().numpy().astype(np.float64) - Wn @ mean).astype(np.float32)
+        self.n_features_in_ = d
+        self.n_iter_ = int(self.epochs)
+        return self
+
+    # ------------------------------------------------------------------ prediction (numpy)
+    def decision_function(self, Z: Any) -> np.ndarray:
+        """Logits ``Z @ coef_.T + intercept_`` as float32 (n, n_classes)."""
+        check_is_fitted(self, "coef_")
+        Z = _as_2d_float32(Z)
+        if Z.shape[1] != self.n_features_in_:
+            raise ValueError(f"Z has {Z.shape[1]} features, but LinearProbe is expecting "
+                             f"{self.n_features_in_} features as input.")
+        return Z @ self.coef_.T + self.intercept_
+
+    def predict_proba(self, Z: Any) -> np.ndarray:
+        """Softmax of the logits, (n, n_classes)."""
+        s = self.decision_function(Z)
+        s = s - s.max(1, keepdims=True)
+        e = np.exp(s)
+        return e / e.sum(1, keepdims=True)
+
+    def predict(self, Z: Any) -> np.ndarray:
+        """The class with the largest logit (ties: the first)."""
+        return self.classes_[np.argmax(self.decision_function(Z), axis=1)]
+
+    # ------------------------------------------------------------------ export
+    def to_arrays(self) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+        """Export as ``({"weight": (C, d) float32, "bias": (C,) float32}, config)``.
+
+        The arrays are ready for ``safetensors.numpy.save_file``; ``config`` is JSON-safe and
+        holds the kind, version, classes, feature count and the constructor parameters.
+        """
+        check_is_fitted(self, "coef_")
+        classes = self.classes_.tolist()
+        config = {"kind": PROBE_KIND, "version": PROBE_VERSION, "classes": classes,
+                  "n_features": int(self.n_features_in_), "params": self.get_params()}
+        return {"weight": self.coef_.copy(), "bias": self.intercept_.copy()}, config
+
+    @classmethod
+    def from_arrays(cls, arrays: Dict[str, np.ndarray], config: Dict[str, Any]) -> "LinearProbe":
+        """Rebuilds a fitted probe from :meth:`to_arrays` output (no training, no torch)."""
+        if config.get("kind") != PROBE_KIND or config.get("version") != PROBE_VERSION:
+            raise ValueError(f"config is not a {PROBE_KIND!r} version {PROBE_VERSION} export "
+                             f"(kind={config.get('kind')!r}, version={config.get('version')!r})")
+        probe = cls(**config.get("params", {}))
+        W = np.ascontiguousarray(arrays["weight"], dtype=np.float32)
+        b = np.ascontiguousarray(arrays["bias"], dtype=np.float32)
+        classes = np.asarray(config["classes"])
+        d = int(config["n_features"])
+        if W.shape != (len(classes), d) or b.shape != (len(classes),):
+            raise ValueError(f"weight {W.shape} / bias {b.shape} do not match {len(classes)} "
+                             f"classes and {d} features")
+        probe.coef_, probe.intercept_, probe.classes_ = W, b, classes
+        probe.n_features_in_ = d
+        probe.n_iter_ = 0
+        probe.loss_curve_ = []
+        return probe
+
+
+# ----------------------------------------------------------------------------- self-labeling
+def center_margins(Z: Any, labels: Any, centers: Any, *, chunk: int = 65536) -> Tuple[np.ndarray, np.ndarray]:
+    """Per point: the Euclidean distance to its own centre and the margin to the nearest other.
+
+    ``margin = min_{j != labels[i]} ||z_i - c_j|| - ||z_i - c_{labels[i]}||`` (float64). For a
+    point labelled with its nearest centre (k-means) that is second-nearest minus nearest
+    distance; it is negative when another centre is nearer, and +inf with a single centre.
+    Noise points (label -1) get NaN for both.
+    """
+    Z = np.asarray(Z, dtype=np.float64)
+    C = np.asarray(centers, dtype=np.float64)
+    labels = np.asarray(labels)
+    if Z.ndim != 2 or C.ndim != 2 or Z.shape[1] != C.shape[1]:
+        raise ValueError(f"Z {Z.shape} and centers {C.shape} should be 2-D with the same "
+                         "number of features")
+    if labels.shape != (len(Z),) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels should be integers of shape ({len(Z)},), got {labels.dtype} "
+                         f"{labels.shape}")
+    k = len(C)
+    if len(labels) and (labels.min() < -1 or labels.max() >= k):
+        raise ValueError(f"labels should be in [0, {k}) (or -1 for noise) for {k} centers; got "
+                         f"[{labels.min()}, {labels.max()}]")
+    own = np.full(len(Z), np.nan)
+    margin = np.full(len(Z), np.nan)
+    c2 = (C * C).sum(1)
+    for s in range(0, len(Z), chunk):
+        z = Z[s:s + chunk]
+        lab = labels[s:s + chunk]
+        dist = np.sqrt(np.maximum((z * z).sum(1)[:, None] + c2[None, :] - 2 * z @ C.T, 0.0))
+        ok = lab >= 0
+        rows = np.nonzero(ok)[0]
+        d_own = dist[rows, lab[ok]]
+        dist[rows, lab[ok]] = np.inf
+        own[s + rows] = d_own
+        margin[s + rows] = dist[rows].min(1) - d_own if k > 1 else np.inf
+    return own, margin
+
+
+def _top_fraction_per_group(groups: np.ndarray, keys: Tuple[np.ndarray, ...], fraction: float) -> np.ndarray:
+    """Mask of the first ``ceil(fraction * size)`` rows of each group (label >= 0) when sorted by
+    ``keys`` (np.lexsort order: the last key is primary; ties fall to the row index)."""
+    mask = np.zeros(len(groups), bool)
+    order = np.lexsort((np.arange(len(groups)), *keys))
+    g_sorted = groups[order]
+    for g in np.unique(groups[groups >= 0]):
+        rows = order[g_sorted == g]
+        mask[rows[: max(1, math.ceil(fraction * len(rows)))]] = True
+    return mask
+
+
+def select_confident(Z: Any, labels: Any, centers: Any, *, fraction: Optional[float] = 0.5,
+                     margin: Optional[float] = None) -> np.ndarray:
+    """Boolean mask of the points whose cluster assignment is most certain.
+
+    Rule: a point's confidence is its distance margin (:func:`center_margins`: distance to the
+    nearest other centre minus distance to its own). With ``fraction``, each cluster keeps its
+    ``ceil(fraction × size)`` points of largest margin (at least one; ties go to the point
+    nearer its centre, then the lower index), so every cluster is represented in proportion to
+    its size. With ``margin``, only points with margin ≥ ``margin`` are kept. With both, a
+    point must pass both. Noise points (label -1) are never selected.
+    """
+    if fraction is None and margin is None:
+        raise ValueError("give fraction, margin, or both")
+    if fraction is not None and not 0 < fraction <= 1:
+        raise ValueError(f"fraction={fraction} should be in (0, 1]")
+    labels = np.asarray(labels)
+    own, marg = center_margins(Z, labels, centers)
+    mask = labels >= 0
+    if fraction is not None:
+        mask &= _top_fraction_per_group(labels, (own, -np.nan_to_num(marg, nan=-np.inf)), fraction)
+    if margin is not None:
+        mask &= np.nan_to_num(marg, nan=-np.inf) >= margin
+    return mask
+
+
+def _soft_weights(groups: np.ndarray, score: np.ndarray, fraction: float) -> np.ndarray:
+    """Per row ``clip(score / q, 0, 1)``, with ``q`` the ``1 - fraction`` quantile of the score in
+    the row's group: the top ``fraction`` of each group weighs 1, the rest in proportion to
+    their score. Rows with a negative group (noise) weigh 0."""
+    w = np.zeros(len(groups))
+    for g in np.unique(groups[groups >= 0]):
+        rows = groups == g
+        q = np.quantile(score[rows], 1.0 - fraction)
+        w[rows] = np.clip(score[rows] / q, 0.0, 1.0) if q > 0 else (score[rows] > 0)
+    return w
+
+
+def self_label(Z: Any, cluster_labels: Any, centers: Any, *, n_rounds: int = 1,
+               fraction: float = 0.5, weighting: str = "select",
+               **probe_kw: Any) -> Tuple[LinearProbe, List[np.ndarray]]:
+    """Trains a linear probe on confident pseudo-labels from a clustering.
+
+    Round 1 fits ``LinearProbe(n_classes=len(centers), **probe_kw)`` on the cluster labels,
+    with the confidence of each point given by its distance margin (:func:`center_margins`).
+    Each further round (``n_rounds`` in all) relabels every point with the previous probe's
+    prediction, takes the maximum softmax probability as confidence, and fits a fresh probe.
+
+    Parameters
+    ----------
+    Z : array (n, d)
+        Embeddings the clustering was computed on.
+    cluster_labels : int array (n,)
+        Cluster ids in ``[0, len(centers))``; -1 (noise) is never trained on.
+    centers : array (k, d)
+        Cluster centres.
+    n_rounds : int
+        Probe trainings in all (1 = no relabeling).
+    fraction : float in (0, 1]
+        The share of each cluster (round 1) or predicted class (later rounds) counted as
+        confident.
+    weighting : {"select", "margin"}
+        ``"select"``: train only on the confident points (:func:`select_confident`'s rule).
+        ``"margin"``: train on every labelled point, weighted ``clip(confidence / q, 0, 1)``
+        where ``q`` is the confidence at the ``fraction`` cut of its group, so confident points
+        weigh 1 and the others in proportion (negative margins weigh 0).
+    **probe_kw
+        :class:`LinearProbe` parameters (``n_classes`` defaults to ``len(centers)``).
+
+    Returns
+    -------
+    probe : LinearProbe
+        The last round's probe; its classes are the cluster ids ``0..k-1``.
+    labels_history : list of ndarray
+        ``[cluster_labels, predictions after round 1, ..., after round n_rounds]``.
+
+    Notes
+    -----
+    On scikit-learn's digits (raw pixels, scikit-learn k-means, 8 seeds, 50 epochs) round 1
+    changed Hungarian accuracy vs the k-means labels by -0.3 points on average (-0.7 to +0.2)
+    with ``"select"`` and +0.6 (+0.1 to +1.2) with ``"margin"``: k-means is itself a linear
+    classifier there, and the most confident half of each cluster is a biased sample of it.
+    Rounds 2 and 3 lowered it further with ``"select"`` (-1.0, -1.5 points: the probe
+    reinforces its own errors) and kept the gain with ``"margin"`` (+0.65).
+    """
+    if int(n_rounds) < 1:
+        raise ValueError(f"n_rounds={n_rounds} should be >= 1")
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction={fraction} should be in (0, 1]")
+    if weighting not in ("select", "margin"):
+        raise ValueError(f"weighting={weighting!r} should be 'select' or 'margin'")
+    Z = _as_2d_float32(Z)
+    labels = np.asarray(cluster_labels)
+    k = len(np.asarray(centers))
+    probe_kw.setdefault("n_classes", k)
+
+    def fit(groups: np.ndarray, confidence: np.ndarray, tiebreak: np.ndarray) -> LinearProbe:
+        if weighting == "select":
+            keep = (groups >= 0) & _top_fraction_per_group(groups, (tiebreak, -confidence), fraction)
+            weight = None
+        else:
+            w = _soft_weights(groups, confidence, fraction)
+            keep = w > 0
+            weight = w[keep]
+        if not keep.any():
+            raise ValueError("no point was selected: every label is -1 (noise) or no point has "
+                             "a positive margin")
+        return LinearProbe(**probe_kw).fit(Z[keep], groups[keep], sample_weight=weight)
+
+    own, margin = center_margins(Z, labels, centers)
+    margin = np.nan_to_num(margin, nan=-np.inf, posinf=np.finfo(np.float64).max)
+    probe = fit(labels, margin, np.nan_to_num(own, nan=np.inf))
+    history = [labels.copy(), probe.predict(Z)]
+    for _ in range(int(n_rounds) - 1):
+        pseudo = history[-1]
+        conf = probe.predict_proba(Z).max(1).astype(np.float64)
+        probe = fit(pseudo, conf, np.zeros(len(Z)))
+        history.append(probe.predict(Z))
+    return probe, history
+
+
+def linear_evaluation(Z_train: Any, y_train: Any, Z_test: Any, y_test: Any, **probe_kw: Any) -> float:
+    """Accuracy on ``(Z_test, y_test)`` of a :class:`LinearProbe` fitted on the training split
+    (the standard linear evaluation of an encoder's embeddings)."""
+    probe = LinearProbe(**probe_kw).fit(Z_train, y_train)
+    return float(probe.score(Z_test, y_test))
+
+
+__all__ = ["LinearProbe", "center_margins", "select_confident", "self_label", "linear_evaluation",
+           "PROBE_KIND", "PROBE_VERSION"]

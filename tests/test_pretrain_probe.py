@@ -1,0 +1,360 @@
+"""Encoders built from configs, pretraining, checkpoints and linear probes (layer 5).
+
+Oracles: scikit-learn (LogisticRegression, KMeans, digits), numpy brute force for margins, and
+the safetensors file layout read byte by byte. Everything is seeded and small (CPU, seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="pretraining and probes need torch")
+pytest.importorskip("safetensors", reason="checkpoints need safetensors")
+
+from safetensors.numpy import load_file as np_load_file  # noqa: E402
+from safetensors.numpy import save_file as np_save_file  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+from scipy.optimize import linear_sum_assignment  # noqa: E402
+from sklearn.cluster import KMeans as SkKMeans  # noqa: E402
+from sklearn.datasets import load_digits, make_blobs  # noqa: E402
+from sklearn.linear_model import LogisticRegression  # noqa: E402
+
+from embedcluster.models import model_from_config, normalize_config, with_layer  # noqa: E402
+from embedcluster.encoders import load_encoder, save_checkpoint  # noqa: E402
+from embedcluster.pretrain import encode, pretrain_self_supervised, pretrain_supervised  # noqa: E402
+from embedcluster.probe import (  # noqa: E402
+    LinearProbe,
+    center_margins,
+    linear_evaluation,
+    select_confident,
+    self_label,
+)
+
+MLP = {"arch": "mlp", "in_shape": [64], "hidden": [128, 64], "embed_dim": 32}
+CNN_DIGITS = {"arch": "cnn", "in_shape": [1, 8, 8], "channels": [8, 16], "embed_dim": 16}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """These models are tiny: one intra-op thread is ~10x faster than two on a busy 2-core
+    machine (thread hand-offs dominate), and it keeps runs comparable."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    return (X / 16.0).astype(np.float32), y
+
+
+@pytest.fixture(scope="module")
+def supervised_0_4(digits):
+    X, y = digits
+    keep = y < 5
+    enc, hist = pretrain_supervised(X[keep], y[keep], MLP, epochs=8, batch_size=64, seed=0,
+                                    progress=False)
+    return enc, hist, X[keep], y[keep]
+
+
+def hungarian_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
+    k = int(max(y.max(), pred.max())) + 1
+    m = np.zeros((k, k))
+    np.add.at(m, (pred, y), 1)
+    r, c = linear_sum_assignment(-m)
+    return float(m[r, c].sum() / len(y))
+
+
+# ----------------------------------------------------------------------------- models
+@pytest.mark.parametrize("config, x_shape", [
+    ({"arch": "mlp", "in_shape": [64], "hidden": [256, 128], "embed_dim": 64}, (5, 64)),
+    ({"arch": "mlp", "in_shape": [64], "hidden": [256, 128], "embed_dim": 64}, (5, 8, 8)),
+    ({"arch": "cnn", "in_shape": [1, 28, 28], "channels": [32, 64], "embed_dim": 128}, (5, 1, 28, 28)),
+    ({"arch": "cnn", "in_shape": [1, 28, 28], "channels": [32, 64], "embed_dim": 128}, (5, 28, 28)),
+    ({"arch": "cnn", "in_shape": [3, 9, 7], "channels": [4, 4, 4], "hidden": [10], "embed_dim": 6},
+     (5, 3, 9, 7)),
+])
+def test_model_shapes_and_layers(config, x_shape):
+    torch.manual_seed(0)
+    model = model_from_config(config).eval()
+    x = torch.rand(x_shape)
+    z = model(x)
+    assert z.shape == (5, config["embed_dim"]) and z.dtype == torch.float32
+    assert model.layer_names[-1] == "embedding"
+    # every named layer, 'penultimate' and 'concat' report the width they return
+    for layer in [*model.layer_names, "penultimate", "concat"]:
+        f = model.features(x, layer)
+        assert f.shape == (5, model.layer_dim(layer)), layer
+    assert torch.equal(model.features(x, "embedding"), z)
+    assert torch.equal(model.features(x, "penultimate"), model.features(x, model.layer_names[-2]))
+    # concat: each part L2-normalised and scaled by 1/sqrt(parts) -> rows of unit norm
+    norms = model.features(x, "concat").norm(dim=1)
+    assert torch.allclose(norms, torch.ones(5), atol=1e-5)
+    assert torch.equal(with_layer(model, "penultimate")(x), model.features(x, "penultimate"))
+
+
+def test_model_config_errors():
+    with pytest.raises(ValueError, match="arch='resnet'"):
+        model_from_config({"arch": "resnet", "in_shape": [3, 32, 32]})
+    with pytest.raises(ValueError, match="in_shape"):
+        model_from_config({"arch": "mlp", "hidden": [8]})
+    with pytest.raises(ValueError, match="unknown field"):
+        model_from_config({"arch": "mlp", "in_shape": [4], "channels": [8]})
+    model = model_from_config({"arch": "mlp", "in_shape": [64], "hidden": [], "embed_dim": 8})
+    with pytest.raises(ValueError, match="does not match in_shape"):
+        model(torch.zeros(2, 63))
+    with pytest.raises(ValueError, match="float tensor"):
+        model(torch.zeros(2, 64, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="penultimate"):
+        model.features(torch.zeros(2, 64), "penultimate")
+    with pytest.raises(ValueError, match="unknown layer"):
+        model.features(torch.zeros(2, 64), "conv0")
+    # the complete config fills defaults, so checkpoints do not depend on later defaults
+    full = normalize_config({"arch": "cnn", "in_shape": [28, 28]})
+    assert full["in_shape"] == [1, 28, 28] and full["channels"] and full["norm"] == "batch"
+
+
+# ----------------------------------------------------------------------------- pretraining
+def test_supervised_pretraining_gives_separable_embeddings(supervised_0_4):
+    enc, hist, X, y = supervised_0_4
+    assert not enc.training and hist["epochs_run"] == 8 and not hist["stopped_early"]
+    assert hist["loss"][-1] < hist["loss"][0]
+    assert list(hist["classes"]) == [0, 1, 2, 3, 4]
+    Z = encode(enc, X)
+    assert Z.shape == (len(X), MLP["embed_dim"]) and Z.dtype == np.float32
+    assert LinearProbe(epochs=30).fit(Z, y).score(Z, y) > 0.9
+    # an earlier layer is exposed too, for transfer beyond the source classes
+    assert encode(enc, X, layer="penultimate").shape == (len(X), MLP["hidden"][-1])
+
+
+def test_supervised_pretraining_is_reproducible(digits):
+    X, y = digits
+    X, y = X[:300], y[:300]
+    rng_before = torch.random.get_rng_state()
+    kw = dict(epochs=2, batch_size=32, progress=False)
+    a, _ = pretrain_supervised(X, y, MLP, seed=3, **kw)
+    b, _ = pretrain_supervised(X, y, MLP, seed=3, **kw)
+    c, _ = pretrain_supervised(X, y, MLP, seed=4, **kw)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+    # the caller's global RNG is left as it was
+    assert torch.equal(torch.random.get_rng_state(), rng_before)
+
+
+@pytest.mark.parametrize("method, config, image", [
+    ("autoencoder", MLP, False),
+    ("contrastive", MLP, False),
+    ("contrastive", CNN_DIGITS, True),
+    ("autoencoder", CNN_DIGITS, True),
+])
+def test_self_supervised_loss_decreases(digits, method, config, image):
+    X, _ = digits
+    X = X[:600]
+    if image:  # uint8 (n, H, W) images: scaled to [0, 1], one channel added
+        X = np.round(X * 255).astype(np.uint8).reshape(-1, 8, 8)
+    enc, hist = pretrain_self_supervised(X, config, method, epochs=4, batch_size=128, seed=0,
+                                         progress=False)
+    assert hist["epochs_run"] == 4 and len(hist["loss"]) == 4
+    assert all(math.isfinite(v) for v in hist["loss"])
+    assert hist["loss"][-1] < hist["loss"][0]
+    assert encode(enc, X).shape == (600, config["embed_dim"])
+
+
+def test_contrastive_image_augmentation_on_flat_input_and_time_budget(digits):
+    X, _ = digits
+    enc, hist = pretrain_self_supervised(X[:200], MLP, "contrastive", image_shape=(8, 8), epochs=50,
+                                         time_budget_s=1e-9, progress=False)
+    # the budget is checked after each batch: one batch ran, then training stopped
+    assert hist["stopped_early"] and hist["epochs_run"] == 1 and len(hist["loss"]) == 1
+    with pytest.raises(ValueError, match="image_shape"):
+        pretrain_self_supervised(X[:20], MLP, "contrastive", image_shape=(7, 7), progress=False)
+    with pytest.raises(ValueError, match="method"):
+        pretrain_self_supervised(X[:20], MLP, "byol", progress=False)
+    with pytest.raises(ValueError, match="augment"):
+        pretrain_self_supervised(X[:20], MLP, "contrastive", augment={"blur": 1}, progress=False)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def _safetensors_layout_is_complete(path: str) -> bool:
+    """True when the file is exactly an 8-byte header length, a JSON header and the tensor
+    bytes it declares: nothing else (no pickle) can hide in it."""
+    with open(path, "rb") as f:
+        blob = f.read()
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + n])
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    return len(blob) == 8 + n + max(ends)
+
+
+def test_checkpoint_roundtrip(tmp_path, digits):
+    """A pretrained encoder saved with embedcluster.encoders.save_checkpoint comes back from
+    model_from_config + the safetensors file (strict) with identical outputs."""
+    X, y = digits
+    config = {"arch": "cnn", "in_shape": [1, 8, 8], "channels": [4, 8], "hidden": [12], "embed_dim": 6}
+    enc, _ = pretrain_supervised(X[:200], y[:200], config, epochs=1, batch_size=50, progress=False)
+    assert enc.config == normalize_config(config)  # the complete config travels with the model
+    target = tmp_path / "ckpt"
+    save_checkpoint(enc, target, enc.config, embedding_layer="penultimate")
+    assert sorted(os.listdir(target)) == ["config.json", "model.safetensors"]
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]  # no temporary directory left behind
+    meta = json.loads((target / "config.json").read_text())
+    assert meta["format"] == "embedcluster-checkpoint" and meta["version"] == 1
+    assert meta["model"] == normalize_config(config) and meta["embedding_layer"] == "penultimate"
+    assert _safetensors_layout_is_complete(str(target / "model.safetensors"))
+
+    rebuilt = model_from_config(meta["model"])
+    rebuilt.load_state_dict(load_file(str(target / "model.safetensors")), strict=True)
+    rebuilt.eval()
+    x = torch.from_numpy(X[:64].reshape(-1, 8, 8))
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), enc(x))  # batch-norm running statistics came back too
+        assert torch.equal(rebuilt.features(x, meta["embedding_layer"]), enc.features(x, "penultimate"))
+    # the library's loader applies the checkpoint's embedding_layer (flat rows are reshaped)
+    loaded = load_encoder(str(target), device="cpu")
+    assert np.array_equal(loaded.encode(X[:64], progress=False),
+                          encode(enc, X[:64], layer="penultimate"))
+
+
+# ----------------------------------------------------------------------------- linear probe
+def test_probe_matches_logistic_regression_on_blobs():
+    X, y = make_blobs(n_samples=800, n_features=10, centers=5, cluster_std=4.0, random_state=0)
+    Xtr, ytr, Xte, yte = X[:500], y[:500], X[500:], y[500:]
+    ref = LogisticRegression(max_iter=2000).fit(Xtr, ytr).score(Xte, yte)
+    probe = LinearProbe(epochs=60, seed=0).fit(Xtr, ytr)
+    got = probe.score(Xte, yte)
+    assert 0.6 < ref < 0.99  # a problem where the probe's quality shows
+    assert abs(got - ref) <= 0.05
+    assert probe.predict_proba(Xte).shape == (300, 5)
+    assert np.allclose(probe.predict_proba(Xte).sum(1), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="expecting 10 features"):
+        probe.predict(Xte[:, :9])
+
+
+@pytest.mark.parametrize("labels", ["int", "str"])
+def test_probe_export_roundtrip(tmp_path, labels):
+    X, y = make_blobs(n_samples=300, n_features=6, centers=3, random_state=1)
+    if labels == "str":
+        y = np.array(["cat", "dog", "emu"])[y]
+    probe = LinearProbe(epochs=20).fit(X, y)
+    arrays, config = probe.to_arrays()
+    # the pipeline's storage: safetensors for arrays, JSON for the rest
+    np_save_file(arrays, str(tmp_path / "probe.safetensors"))
+    config = json.loads(json.dumps(config))
+    back = LinearProbe.from_arrays(np_load_file(str(tmp_path / "probe.safetensors")), config)
+    assert np.array_equal(back.predict(X), probe.predict(X))
+    assert np.array_equal(back.predict_proba(X), probe.predict_proba(X))
+    assert back.get_params() == probe.get_params()
+    assert set(back.predict(X)) <= set(y)
+    with pytest.raises(ValueError, match="linear_probe"):
+        LinearProbe.from_arrays(arrays, {**config, "kind": "mlp"})
+
+
+def test_probe_is_reproducible_and_honours_sample_weight():
+    X, y = make_blobs(n_samples=200, n_features=4, centers=2, random_state=2)
+    a = LinearProbe(epochs=10, seed=5).fit(X, y)
+    b = LinearProbe(epochs=10, seed=5).fit(X, y)
+    assert np.array_equal(a.coef_, b.coef_) and np.array_equal(a.intercept_, b.intercept_)
+    # rows of weight zero change nothing: one full batch, no standardisation, so the weighted
+    # loss is exactly the loss on the kept rows
+    flipped = 1 - y[:50]
+    Xw, yw = np.vstack([X, X[:50]]), np.r_[y, flipped]
+    w = np.r_[np.ones(len(X)), np.zeros(50)]
+    kw = dict(epochs=30, batch_size=1000, standardize="none")
+    ref = LinearProbe(**kw).fit(X, y)
+    got = LinearProbe(**kw).fit(Xw, yw, sample_weight=w)
+    # up to float rounding, which Adam's normalised steps amplify (~1e-3 here), while the same
+    # rows with weight one move the probabilities by ~0.08
+    unweighted = LinearProbe(**kw).fit(Xw, yw)
+    assert np.abs(got.predict_proba(X) - ref.predict_proba(X)).max() < 5e-3
+    assert np.abs(unweighted.predict_proba(X) - ref.predict_proba(X)).max() > 5e-2
+    with pytest.raises(ValueError, match="n_classes=2"):
+        LinearProbe(2).fit(X, y + 1)
+
+
+def test_linear_evaluation_on_digits(digits):
+    X, y = digits
+    acc = linear_evaluation(X[:1000], y[:1000], X[1000:], y[1000:], epochs=40)
+    ref = LogisticRegression(max_iter=3000).fit(X[:1000], y[:1000]).score(X[1000:], y[1000:])
+    assert acc > 0.9 and abs(acc - ref) <= 0.03
+
+
+# ----------------------------------------------------------------------------- self-labeling
+def _brute_margins(Z, labels, centers):
+    own, margin = [], []
+    for z, lab in zip(Z, labels):
+        d = [math.dist(z, c) for c in centers]
+        if lab < 0:
+            own.append(np.nan), margin.append(np.nan)
+            continue
+        own.append(d[lab])
+        margin.append(min(d[j] for j in range(len(d)) if j != lab) - d[lab])
+    return np.array(own), np.array(margin)
+
+
+def test_select_confident_hand_example():
+    centers = np.array([[0.0, 0.0], [4.0, 0.0], [0.0, 10.0]])
+    Z = np.array([[0, 0], [-2, 0], [1, 0], [1.5, 1],   # cluster 0: margins 4, 4, 2, 0.89
+                  [3, 0], [6, 0], [2.5, 0], [1, 0],    # cluster 1: margins 2, 4, 1, -2
+                  [0, 9],                              # cluster 2: margin 8
+                  [5, 5]], dtype=np.float64)           # noise
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, -1])
+    own, margin = center_margins(Z, labels, centers)
+    b_own, b_margin = _brute_margins(Z, labels, centers)
+    assert np.allclose(own, b_own, equal_nan=True) and np.allclose(margin, b_margin, equal_nan=True)
+    assert np.allclose(margin[:9], [4, 4, 2, math.sqrt(7.25) - math.sqrt(3.25), 2, 4, 1, -2, 8])
+
+    # top half of each cluster by margin (at least one point per cluster), noise never
+    expected = np.array([1, 1, 0, 0, 1, 1, 0, 0, 1, 0], bool)
+    assert np.array_equal(select_confident(Z, labels, centers, fraction=0.5), expected)
+    # a tie in margin (points 0 and 1, both 4) goes to the point nearer its centre
+    m = select_confident(Z, labels, centers, fraction=0.25)
+    assert np.array_equal(np.nonzero(m)[0], [0, 5, 8])
+    # an absolute margin threshold, alone and with a fraction
+    assert np.array_equal(np.nonzero(select_confident(Z, labels, centers, fraction=None, margin=1.5))[0],
+                          [0, 1, 2, 4, 5, 8])
+    assert np.array_equal(np.nonzero(select_confident(Z, labels, centers, fraction=0.5, margin=4.5))[0], [8])
+    with pytest.raises(ValueError, match="fraction"):
+        select_confident(Z, labels, centers, fraction=0.0)
+    with pytest.raises(ValueError, match="labels should be in"):
+        select_confident(Z, labels + 5, centers)
+
+
+def test_select_confident_matches_brute_force_on_random_data():
+    rng = np.random.default_rng(0)
+    Z = rng.standard_normal((97, 5))
+    centers = rng.standard_normal((4, 5))
+    labels = np.argmin(((Z[:, None] - centers[None]) ** 2).sum(-1), axis=1)
+    _, b_margin = _brute_margins(Z, labels, centers)
+    mask = select_confident(Z, labels, centers, fraction=0.3)
+    for c in range(4):
+        rows = np.nonzero(labels == c)[0]
+        top = rows[np.argsort(-b_margin[rows], kind="stable")[: math.ceil(0.3 * len(rows))]]
+        assert set(np.nonzero(mask & (labels == c))[0]) == set(top)
+
+
+@pytest.mark.parametrize("weighting, tolerance", [("margin", 0.0), ("select", 0.015)])
+def test_self_label_on_digits_keeps_or_improves_kmeans(digits, weighting, tolerance):
+    """Raw pixels + scikit-learn k-means. Soft margin weighting improves on the k-means labels;
+    hard selection of the top half stays within 1.5 points (k-means is itself a linear
+    classifier on these features, see self_label's Notes)."""
+    X, y = digits
+    km = SkKMeans(10, n_init=3, random_state=0).fit(X)
+    base = hungarian_accuracy(y, km.labels_)
+    probe, history = self_label(X, km.labels_, km.cluster_centers_, n_rounds=2, fraction=0.5,
+                                weighting=weighting, epochs=30)
+    assert len(history) == 3 and np.array_equal(history[0], km.labels_)
+    assert np.array_equal(history[-1], probe.predict(X))
+    assert list(probe.classes_) == list(range(10))
+    assert hungarian_accuracy(y, history[1]) >= base - tolerance
+    if weighting == "margin":
+        assert hungarian_accuracy(y, history[2]) >= base

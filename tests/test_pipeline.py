@@ -170,3 +170,28 @@ def test_text_example_through_the_cli(tmp_path):
     assert res["clusters"]["accuracy"] >= 0.9  # three clearly separated topics
     doc = (tmp_path / "out" / "report" / "report.html").read_text()
     assert "Texts per cluster" in doc
+
+
+def test_int8_encoder_export_and_reload(tmp_path, digits):
+    torch = pytest.importorskip("torch")
+    from embedcluster.encoders import load_encoder, save_checkpoint
+    from embedcluster.pipeline import load_int8_encoder
+    from embedcluster.pretrain import pretrain_supervised
+
+    enc, _ = pretrain_supervised(digits.X, digits.y, {"arch": "mlp", "in_shape": [8, 8], "hidden": [128],
+                                 "embed_dim": 32}, epochs=5, progress=False)
+    ckpt = save_checkpoint(enc, tmp_path / "enc", enc.config, embedding_layer="concat")
+    tc = TransferClustering(encoder=str(ckpt), n_clusters=10, progress=False).fit(digits)
+    rep = tc.export_quantized(tmp_path / "q", digits)
+    e = rep["encoder"]
+    assert e["quantized_linear_layers"] >= 2 and e["int8_bytes"] < e["fp32_bytes"] / 2.5
+    assert e["embedding_cosine_mean"] > 0.98
+    assert abs(rep["accuracy_int8_encoder_and_probe"] - rep["accuracy_fp32"]) < 0.05
+    # The saved int8 encoder rebuilds to the same quantised arithmetic as the in-memory one.
+    q = load_int8_encoder(tmp_path / "q" / "encoder_int8.safetensors")
+    x = torch.from_numpy(digits.X[:50].astype(np.float32) / 16.0)
+    from embedcluster.pipeline import _quantize_dynamic
+
+    ref = _quantize_dynamic(load_encoder(str(ckpt)).model.cpu().eval())
+    with torch.inference_mode():
+        torch.testing.assert_close(q(x), ref(x))

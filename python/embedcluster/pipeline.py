@@ -365,6 +365,7 @@ def _quantize_dynamic(model: Any) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
+        warnings.filterwarnings("ignore", message=".*deprecated.*", category=UserWarning)
         return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
@@ -435,7 +436,18 @@ def load_int8_encoder(path: PathLike):
     model.eval()
     qmodel = _quantize_dynamic(model)
     mods = dict(qmodel.named_modules())
-    for name in meta["linear"]:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*deprecated.*", category=UserWarning)
+        _set_int8_weights(mods, meta["linear"], tensors, path)
+    return qmodel
+
+
+def _set_int8_weights(mods: Dict[str, Any], names: Any, tensors: Dict[str, np.ndarray], path: Any) -> None:
+    import torch
+
+    for name in names:
         mod = mods.get(name)
         if mod is None:
             raise ValueError(f"{path}: layer {name!r} is not in the rebuilt model")
@@ -444,7 +456,6 @@ def load_int8_encoder(path: PathLike):
             int(tensors[f"{name}.weight_zero_point"][0]))
         bias = tensors.get(f"{name}.bias")
         mod.set_weight_bias(q, None if bias is None else torch.from_numpy(np.array(bias)))
-    return qmodel
 
 
 def int8_logits(Z: np.ndarray, Wq: np.ndarray, wscale: np.ndarray, bias: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ def fitted(digits):
 
 def test_fit_matches_kmeans_on_the_same_features(digits, fitted):
     X = digits.X.reshape(len(digits), -1).astype(np.float32)
-    km = ec.KMeans(10, n_init=4, random_state=0).fit(X)
+    km = ec.KMeans(10, n_init=10, random_state=0).fit(X)
     np.testing.assert_array_equal(fitted.labels_, km.labels_)
     ev = fitted.evaluate(y=digits.y)
     assert ev["clusters"]["accuracy"] == pytest.approx(metrics.cluster_accuracy(digits.y, km.labels_))
@@ -195,3 +195,12 @@ def test_int8_encoder_export_and_reload(tmp_path, digits):
     ref = _quantize_dynamic(load_encoder(str(ckpt)).model.cpu().eval())
     with torch.inference_mode():
         torch.testing.assert_close(q(x), ref(x))
+
+
+def test_precomputed_embeddings_are_normalised_like_embedded_ones(digits):
+    tc = TransferClustering(n_clusters=10, normalize=True, progress=False, seed=0)
+    raw = digits.X.reshape(len(digits), -1).astype(np.float32)
+    a = tc.fit(digits).predict(digits)
+    b = TransferClustering(n_clusters=10, normalize=True, progress=False, seed=0).fit(digits, Z=raw * 3.0)
+    np.testing.assert_array_equal(b.labels_, tc.labels_)
+    np.testing.assert_array_equal(b.predict(digits), a)

@@ -205,7 +205,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     k = int(cfg.get("n_clusters") or (len(ds.class_names) if ds.class_names else 8))
     seed = int(cfg.get("seed", 0))
     clusterer = (DBSCAN(eps=float(cfg.get("eps", 0.5)), min_samples=int(cfg.get("min_samples", 5)))
-                 if cfg.get("algorithm", "kmeans") == "dbscan" else KMeans(k, n_init=4, random_state=seed))
+                 if cfg.get("algorithm", "kmeans") == "dbscan" else KMeans(k, n_init=10, random_state=seed))
     tc = TransferClustering(encoder=cfg.get("encoder"), clusterer=clusterer, probe=cfg.get("probe", True),
                             normalize=cfg.get("normalize", True), probe_rounds=int(cfg.get("probe_rounds", 1)),
                             cache_dir=cfg.get("cache_dir"), batch_size=int(cfg.get("batch_size", 256)),
@@ -371,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("embeddings", help="embeddings (.npy, n x d)")
     pc.add_argument("--algorithm", choices=["kmeans", "dbscan"], default="kmeans", help="default kmeans")
     pc.add_argument("--n-clusters", type=int, default=8, help="k for k-means (default 8)")
-    pc.add_argument("--n-init", type=int, default=4, help="k-means restarts (default 4)")
+    pc.add_argument("--n-init", type=int, default=10, help="k-means restarts, the lowest inertia wins (default 10)")
     pc.add_argument("--eps", type=float, default=0.5, help="DBSCAN radius (default 0.5)")
     pc.add_argument("--min-samples", type=int, default=5, help="DBSCAN core threshold (default 5)")
     pc.add_argument("--metric", choices=["l2", "cosine"], default="l2", help="default l2")

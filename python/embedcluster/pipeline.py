@@ -62,7 +62,7 @@ class TransferClustering:
         callable, or None for raw features (flattened pixels / vectors); see
         :func:`embedcluster.encoders.load_encoder`.
     clusterer : an embedcluster estimator with ``fit`` and ``labels_`` (default:
-        ``KMeans(n_clusters, n_init=4)``). DBSCAN works too: its noise is left out of the probe.
+        ``KMeans(n_clusters, n_init=10)``). DBSCAN works too: its noise is left out of the probe.
     probe : train the linear probe (True) or predict by the nearest centre only (False).
     n_clusters : clusters of the default k-means.
     normalize : L2-normalise embeddings before clustering (cosine geometry).
@@ -124,24 +124,29 @@ class TransferClustering:
             ds = _dataset(data)
             if ds.kind == "texts":
                 raise ValueError("text data needs an encoder (e.g. encoder='all-MiniLM-L6-v2')")
-            Z = as_feature_matrix(ds)
-            if self.normalize:
-                n = np.linalg.norm(Z, axis=1, keepdims=True)
-                Z = Z / np.where(n > 0, n, 1.0)
-            return np.ascontiguousarray(Z, np.float32)
+            return self._given(as_feature_matrix(ds))
         src = data if isinstance(data, (list, np.ndarray)) else _dataset(data)
         return enc.encode(src, batch_size=self.batch_size, normalize=self.normalize, progress=self.progress,
                           cache_dir=self.cache_dir)
 
+    def _given(self, Z: np.ndarray) -> np.ndarray:
+        """Precomputed embeddings, treated exactly like embed()'s output (normalised when asked)."""
+        Z = np.ascontiguousarray(Z, np.float32)
+        if self.normalize:
+            n = np.linalg.norm(Z, axis=1, keepdims=True)
+            Z = np.ascontiguousarray(Z / np.where(n > 0, n, 1.0), np.float32)
+        return Z
+
     # ------------------------------------------------------------------ fit / predict
     def fit(self, data: Any, Z: Optional[np.ndarray] = None) -> "TransferClustering":
-        """Embeds ``data`` (or takes precomputed embeddings ``Z``), clusters, trains the probe."""
+        """Embeds ``data`` (or takes precomputed embeddings ``Z``, normalised like embed()'s output
+        when ``normalize`` is set), clusters, trains the probe."""
         from .cluster import KMeans
         from .probe import self_label
 
-        Z = self.embed(data) if Z is None else np.ascontiguousarray(Z, np.float32)
+        Z = self.embed(data) if Z is None else self._given(Z)
         clusterer = self.clusterer if self.clusterer is not None else KMeans(
-            self.n_clusters, n_init=4, random_state=self.seed)
+            self.n_clusters, n_init=10, random_state=self.seed)
         labels = np.asarray(clusterer.fit(Z).labels_)
         ids = np.unique(labels[labels >= 0])
         if len(ids) == 0:
@@ -175,7 +180,7 @@ class TransferClustering:
         (the ``unknown_quantile`` of the training points' distances) get -1.
         """
         self._check_fitted()
-        Z = self.embed(data) if Z is None else np.ascontiguousarray(Z, np.float32)
+        Z = self.embed(data) if Z is None else self._given(Z)
         if Z.shape[1] != self.n_features_in_:
             raise ValueError(f"embeddings have {Z.shape[1]} features but the pipeline was fitted on "
                              f"{self.n_features_in_}")
@@ -196,7 +201,7 @@ class TransferClustering:
         else:
             if y is None:
                 y = getattr(_dataset(data), "y", None) if data is not None else None
-            Z = self.embed(data) if Z is None else np.ascontiguousarray(Z, np.float32)
+            Z = self.embed(data) if Z is None else self._given(Z)
             clusters, _ = _nearest(Z, self.centers_)
         if y is None:
             raise ValueError("evaluate needs true labels: pass y= or a dataset that has labels")
@@ -325,7 +330,7 @@ class TransferClustering:
         report: Dict[str, Any] = {"fp32_bytes": int(W.nbytes + b.nbytes),
                                   "int8_bytes": int(Wq.nbytes + wscale.nbytes + b.nbytes)}
         if data is not None or Z is not None:
-            Zq = self.embed(data) if Z is None else np.ascontiguousarray(Z, np.float32)
+            Zq = self.embed(data) if Z is None else self._given(Z)
             before = self.probe_.predict(Zq)
             after = self.probe_.classes_[np.argmax(int8_logits(Zq, Wq, wscale, b), axis=1)]
             report["agreement"] = float((before == after).mean())

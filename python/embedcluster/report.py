@@ -25,6 +25,8 @@ from ._io import atomic_write_bytes
 logger = logging.getLogger("embedcluster")
 
 _STOP = set("""a an and are as at be but by for from has have he her his i in is it its of on or
+about after again also across over under very more most some such only own same other each
+
 our she that the their them they this to was we were will with you your not no so if than then
 there these those what when which who why how all any can do does did just into out up down
 """.split())
@@ -103,15 +105,21 @@ def _map_png(Z: np.ndarray, labels_pred: np.ndarray) -> bytes:
     xy, rows = project_2d(Z)
     lab = labels_pred[rows]
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.0, 5.0))
+    fig, ax = plt.subplots(figsize=(6.5, 5.0))
     noise = lab == -1
-    ax.scatter(xy[noise, 0], xy[noise, 1], s=3, c="#cccccc", label="noise" if noise.any() else None)
-    sc = ax.scatter(xy[~noise, 0], xy[~noise, 1], s=3, c=lab[~noise], cmap="tab20")
+    if noise.any():
+        ax.scatter(xy[noise, 0], xy[noise, 1], s=3, c="#cccccc", label="noise")
+    ids = np.unique(lab[~noise])
+    cmap = plt.get_cmap("tab10" if len(ids) <= 10 else "tab20")  # tab20 pairs neighbours by shade
+    size = 3 if len(rows) > 2000 else 12
+    for i, c in enumerate(ids):
+        m = lab == c
+        ax.scatter(xy[m, 0], xy[m, 1], s=size, color=cmap(i % cmap.N), label=f"cluster {c}")
     ax.set_title(f"Embeddings, first two principal components ({len(rows)} points)")
     ax.set_xticks([])
     ax.set_yticks([])
-    if len(np.unique(lab[~noise])) <= 20:
-        fig.colorbar(sc, ax=ax, fraction=0.04, label="cluster")
+    if len(ids) <= 20:  # a discrete legend; beyond 20 colours repeat and a legend would mislead
+        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, markerscale=2, frameon=False)
     return _png(fig)
 
 
@@ -155,7 +163,9 @@ def top_terms(texts: Sequence[str], labels_pred: np.ndarray, n_terms: int = 8) -
         idx = np.flatnonzero(labels_pred == c)
         cnt = Counter(w for i in idx for w in set(tok[i]))
         score = {w: (k / len(idx)) * np.log((n + 1) / (total[w] + 1)) for w, k in cnt.items()}
-        out[int(c)] = [w for w, _ in sorted(score.items(), key=lambda kv: (-kv[1], kv[0]))[:n_terms]]
+        # Words seen in several of the cluster's texts first, then by over-representation.
+        ranked = sorted(score, key=lambda w: (-(cnt[w] >= 2), -score[w], w))
+        out[int(c)] = ranked[:n_terms]
     return out
 
 

@@ -182,3 +182,27 @@ def test_faiss_backend_agrees():
     n = ec.KMeans(6, init=C0, max_iter=30, tol=0).fit(X)
     assert f.backend_ == "faiss" and n.backend_ == "native"
     assert f.inertia_ == pytest.approx(n.inertia_, rel=1e-3)
+
+
+def test_kmeans_parallel_init_quality_and_determinism():
+    from sklearn.cluster import kmeans_plusplus
+
+    X, _ = make_blobs(20000, n_features=16, centers=40, cluster_std=1.0, random_state=5)
+    X = X.astype(np.float32)
+
+    def potential(C):
+        return ec.KMeans(40, init=C.astype(np.float32), max_iter=1, tol=0).fit(X).inertia_
+
+    ours = [potential(_core.kmeans_init(X, 40, init="k-means||", seed=s)) for s in range(5)]
+    ref = [potential(kmeans_plusplus(X, 40, random_state=s)[0]) for s in range(5)]
+    assert np.median(ours) < 1.1 * np.median(ref)  # as good as k-means++ (here usually better)
+    a = ec.KMeans(40, init="k-means||", random_state=3, n_threads=1).fit(X)
+    b = ec.KMeans(40, init="k-means||", random_state=3, n_threads=2).fit(X)
+    np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
+
+
+def test_auto_init_picks_by_size():
+    X, _ = make_blobs(2000, n_features=4, centers=5, random_state=0)
+    X = X.astype(np.float32)
+    np.testing.assert_array_equal(ec.KMeans(5, random_state=1).fit(X).cluster_centers_,
+                                  ec.KMeans(5, init="k-means++", random_state=1).fit(X).cluster_centers_)

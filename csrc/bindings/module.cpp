@@ -162,8 +162,10 @@ ec::KMeansParams kmeans_params(const Mat& X, int k, int max_iter, double tol, in
       p.init = ec::KMeansInit::KMeansPP;
     else if (s == "random")
       p.init = ec::KMeansInit::Random;
+    else if (s == "k-means||")
+      p.init = ec::KMeansInit::Parallel;
     else
-      throw std::invalid_argument("init='" + s + "' is unknown; use 'k-means++', 'random' or an array of centres");
+      throw std::invalid_argument("init='" + s + "' is unknown; use 'k-means++', 'k-means||', 'random' or an array of centres");
   } else {
     const Mat C = as_matrix(init.cast<py::array>(), "init");
     if (C.rows != k || C.cols != X.cols)

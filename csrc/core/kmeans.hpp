@@ -13,6 +13,7 @@ enum class KMeansInit : int {
   KMeansPP = 0,  ///< greedy k-means++ (seeded)
   Random = 1,    ///< k distinct rows chosen uniformly (seeded)
   Given = 2,     ///< the caller's centres
+  Parallel = 3,  ///< k-means|| (Bahmani et al. 2012): a few sampling rounds, then k-means++ on the weighted candidates
 };
 
 struct KMeansParams {

@@ -206,3 +206,24 @@ def test_auto_init_picks_by_size():
     X = X.astype(np.float32)
     np.testing.assert_array_equal(ec.KMeans(5, random_state=1).fit(X).cluster_centers_,
                                   ec.KMeans(5, init="k-means++", random_state=1).fit(X).cluster_centers_)
+
+
+def test_every_kernel_set_gives_bit_identical_results():
+    # fp32 kernels and the bf16 kernel (inputs rounded to bf16) must agree exactly: every
+    # decision within the kernel's error bound is re-checked in fp64.
+    X, _ = gaussian_mixture(6000, 64, 16, 0.05, seed=9, unit=True)
+    X = np.vstack([X, X[:50]])  # exact duplicates: ties everywhere
+    out = {}
+    try:
+        for name in _core.build_info()["kernels_available"]:
+            _core.select_kernels(name)
+            km = ec.KMeans(16, init="k-means||", random_state=0).fit(X)
+            db = ec.DBSCAN(eps=0.2, min_samples=8).fit(X)
+            d, i = ec.NearestNeighbors(n_neighbors=10).fit(X).kneighbors()
+            out[name] = (km.cluster_centers_, km.labels_, km.inertia_, db.labels_, i, d)
+    finally:
+        _core.select_kernels("auto")
+    ref = out.pop("generic")
+    for name, res in out.items():
+        for a, b in zip(ref, res):
+            np.testing.assert_array_equal(a, b, err_msg=name)

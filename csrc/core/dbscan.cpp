@@ -181,12 +181,12 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   std::vector<float> centre_f(static_cast<std::size_t>(T * d));
   for (idx_t i = 0; i < T * d; ++i) centre_f[i] = static_cast<float>(L.center[i]);
   pack_set(centres, centre_f.data(), T, d, Metric::L2, nullptr, threads);
-  const double slack_rel = 4.0 * eps_rel(d) + 1e-6;
+  const double slack_rel = 4.0 * centres.eps + 1e-6;
   double xmax = 1.0;
   if (!cos) xmax = *std::max_element(xnorm.begin(), xnorm.end());
-  const double slack_s = 8.0 * eps_rel(d) * xmax * std::sqrt(centres.max_sqnorm) + 1e-30;
+  const double slack_s = 8.0 * centres.eps * xmax * std::sqrt(centres.max_sqnorm) + 1e-30;
   auto init_scratch = [&](TileScratch& s) {
-    s.a.resize(static_cast<std::size_t>(kTile * d));
+    s.a.resize(static_cast<std::size_t>(kTile * ks.depth(d)));
     s.c.resize(static_cast<std::size_t>(kTile * kTile));
     s.p.resize(static_cast<std::size_t>(kTile * centres.n_pad));
     s.idx.resize(kTile);
@@ -197,8 +197,8 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   // for cosine they are divided by ||x|| (products of the unit vectors).
   auto centre_products = [&](idx_t a, TileScratch& s) {
     for (idx_t i = 0; i < L.count[a]; ++i) s.rows[i] = L.slot_rows[a * kTile + i];
-    pack_panels(x, d, s.rows.data(), nullptr, L.count[a], d, ks.mr, s.a.data());
-    ks.gemm(s.a.data(), centres.panels.data(), round_up(L.count[a], ks.mr), centres.n_pad, d,
+    ks.pack(x, d, s.rows.data(), nullptr, L.count[a], d, ks.mr, s.a.data());
+    ks.gemm(s.a.data(), centres.panels.data(), round_up(L.count[a], ks.mr), centres.n_pad, ks.depth(d),
             s.p.data(), centres.n_pad);
     if (cos)
       for (idx_t i = 0; i < L.count[a]; ++i) {
@@ -302,8 +302,8 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   auto visit_pairs = [&](idx_t a, idx_t b, const std::vector<idx_t>& act, TileScratch& s, auto&& on_pair) {
     const idx_t na = static_cast<idx_t>(act.size());
     for (idx_t i = 0; i < na; ++i) s.rows[i] = L.slot_rows[a * kTile + act[i]];
-    pack_panels(x, d, s.rows.data(), nullptr, na, d, ks.mr, s.a.data());
-    ks.gemm(s.a.data(), set.panels.data() + b * kTile * d, round_up(na, ks.mr), kTile, d,
+    ks.pack(x, d, s.rows.data(), nullptr, na, d, ks.mr, s.a.data());
+    ks.gemm(s.a.data(), set.panels.data() + b * kTile * ks.depth(d), round_up(na, ks.mr), kTile, ks.depth(d),
             s.c.data(), kTile);
     for (idx_t i = 0; i < na; ++i) {
       const idx_t ri = s.rows[i];

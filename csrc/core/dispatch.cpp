@@ -12,9 +12,11 @@ bool cpu_has(const std::string& name) {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
   if (name == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (name == "avx512")
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
+  if (name == "avx512" || name == "avx512bf16") {
+    const bool base = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
+    return name == "avx512" ? base : base && __builtin_cpu_supports("avx512bf16");
+  }
 #endif
   return name == "generic";
 }
@@ -26,6 +28,9 @@ const KernelSet* find(const std::string& name) {
 #endif
 #if defined(EC_HAVE_AVX512_KERNELS)
   if (name == "avx512" && cpu_has("avx512")) return &avx512_kernels();
+#endif
+#if defined(EC_HAVE_AVX512BF16_KERNELS)
+  if (name == "avx512bf16" && cpu_has("avx512bf16")) return &avx512bf16_kernels();
 #endif
   return nullptr;
 }
@@ -42,7 +47,7 @@ const KernelSet* g_active = nullptr;
 
 std::vector<std::string> available_kernels() {
   std::vector<std::string> out{"generic"};
-  for (const char* n : {"avx2", "avx512"})
+  for (const char* n : {"avx2", "avx512", "avx512bf16"})
     if (find(n)) out.emplace_back(n);
   return out;
 }

@@ -15,7 +15,8 @@ void pack_set(PackedSet& out, const float* y, idx_t n, idx_t d, Metric m, const 
   out.src = y;
   out.rows = rows;
   out.mul = m == Metric::L2 ? -2.0f : -1.0f;
-  out.panels.resize(static_cast<std::size_t>(out.n_pad * d));
+  out.panels.resize(static_cast<std::size_t>(out.n_pad * ks.depth(d)));
+  out.eps = eps_rel(d, ks);
   out.add.resize(static_cast<std::size_t>(out.n_pad));
   out.norm.assign(static_cast<std::size_t>(n), 0.0);
   std::vector<float> scale(static_cast<std::size_t>(m == Metric::Cosine ? n : 0));
@@ -46,9 +47,9 @@ void pack_set(PackedSet& out, const float* y, idx_t n, idx_t d, Metric m, const 
   for (idx_t p = 0; p < panels; ++p) {
     const idx_t r0 = p * ks.nr;
     const idx_t cnt = std::min<idx_t>(ks.nr, n - r0);
-    pack_panels(rows ? y : y + r0 * d, d, rows ? rows + r0 : nullptr,
-                m == Metric::Cosine ? scale.data() + r0 : nullptr, cnt, d, ks.nr,
-                out.panels.data() + r0 * d);
+    ks.pack(rows ? y : y + r0 * d, d, rows ? rows + r0 : nullptr,
+            m == Metric::Cosine ? scale.data() + r0 : nullptr, cnt, d, ks.nr,
+            out.panels.data() + r0 * ks.depth(d));
   }
 }
 

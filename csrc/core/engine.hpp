@@ -13,6 +13,8 @@
 //     eps_rel(d) = (4 d + 32) u       (a safe over-estimate of gamma_{2d} + 8u).
 // For the inner product (mul = -1, add = 0) |v - v_exact| <= eps_rel ||x|| max_j ||y_j||, and
 // for cosine the packed rows are unit vectors, so the bound is eps_rel ||x|| (1 + 4u).
+// A kernel that rounds its inputs (bf16) adds 2 * input_rel * ||x|| ||y|| to the dot product's
+// error, which eps_rel(d, kernels) includes.
 // Hence a decision can differ from the exact one only for candidates whose approximate values
 // lie within 2B of the decision threshold (the best value for argmin, the k-th best for top-k,
 // the radius for eps); exactly those candidates are re-evaluated in fp64 from the original
@@ -32,7 +34,12 @@
 namespace ec {
 
 /// Relative error bound of a tile value for vectors of dimension d (see the file comment).
-inline double eps_rel(idx_t d) { return (4.0 * static_cast<double>(d) + 32.0) * 0x1p-24; }
+inline double eps_rel(idx_t d, const KernelSet& ks) {
+  // fp32 accumulation of d products, plus the rounding of both inputs when the kernel packs
+  // them in a narrower type (bf16: each value within a relative 2^-9, so each product within
+  // 2 * 2^-9 + 2^-18 of the exact one).
+  return (4.0 * static_cast<double>(d) + 32.0) * 0x1p-24 + 2.02 * ks.input_rel;
+}
 
 /// Squared norm of a float32 row, summed in fp64.
 inline double sqnorm(const float* x, idx_t d) {
@@ -63,9 +70,10 @@ inline double exact_value(Metric m, const float* x, const float* y, idx_t d, dou
 struct PackedSet {
   Metric metric = Metric::L2;
   idx_t n = 0, d = 0, n_pad = 0;
-  AlignedBuffer<float> panels;  ///< n_pad * d, panels of kernels().nr rows
+  AlignedBuffer<float> panels;  ///< n_pad * depth(d) words, panels of kernels().nr rows
   AlignedBuffer<float> add;     ///< per row: ||y||^2 (L2) or 0; +inf for padding rows
   float mul = -2.0f;            ///< multiplier of the dot product in a tile value
+  double eps = 0.0;             ///< eps_rel of the kernel set that packed it
   double max_sqnorm = 0.0;      ///< max ||y||^2 over packed rows (1 for cosine)
   std::vector<double> norm;     ///< ||y|| of the original rows, fp64 (for exact re-checks)
   const float* src = nullptr;   ///< the original rows (row-major, stride d), for re-checks
@@ -124,7 +132,7 @@ void select_exact(RowCands& rc, int k, const float* x, double xnorm, const Packe
 
 /// Window half-width B(x) for a query row with squared norm xsq against `set`.
 inline float row_bound(const PackedSet& set, double xsq) {
-  const double e = eps_rel(set.d);
+  const double e = set.eps;
   double b;
   if (set.metric == Metric::L2)
     b = e * (xsq + set.max_sqnorm);

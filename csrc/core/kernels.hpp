@@ -14,14 +14,25 @@
 namespace ec {
 
 struct KernelSet {
-  const char* name;  ///< "generic", "avx2", "avx512"
+  const char* name;  ///< "generic", "avx2", "avx512", "avx512bf16"
   int mr;            ///< rows of A per micro-tile (A is packed in panels of mr rows)
   int nr;            ///< rows of B per micro-tile (B is packed in panels of nr rows)
+  int per_word;      ///< values per packed 32-bit word: 1 (fp32) or 2 (a bf16 pair k, k+1)
+  double input_rel;  ///< relative rounding of each input value when packed: 0 (fp32), 2^-9 (bf16)
 
-  /// C[i, j] = sum_k A[i, k] * B[j, k] for i < m_pad, j < n_pad (multiples of mr and nr).
-  /// `a` and `b` are packed with pack_panels(); C has row stride ldc.
-  void (*gemm)(const float* a, const float* b, idx_t m_pad, idx_t n_pad, idx_t d, float* c,
+  /// Packs rows into panels of `width` rows, k-major, one 32-bit word per `per_word` values
+  /// (see pack_panels for the fp32 layout). `out` holds round_up(m, width) * depth(d) words.
+  void (*pack)(const float* src, idx_t ld, const idx_t* rows, const float* scale, idx_t m,
+               idx_t d, int width, float* out);
+
+  /// C[i, j] = sum_k A[i, k] * B[j, k] for i < m_pad, j < n_pad (multiples of mr and nr),
+  /// products accumulated in fp32. `a` and `b` are packed with `pack`; `depth` = depth(d) words
+  /// per row; C has row stride ldc.
+  void (*gemm)(const float* a, const float* b, idx_t m_pad, idx_t n_pad, idx_t depth, float* c,
                idx_t ldc);
+
+  /// Packed 32-bit words per row of d values.
+  idx_t depth(idx_t d) const { return (d + per_word - 1) / per_word; }
 
   /// min_j (add[j] + mul * c[j]) over j < n.
   float (*row_min)(const float* c, const float* add, float mul, idx_t n);
@@ -40,7 +51,7 @@ void pack_panels(const float* src, idx_t ld, const idx_t* rows, const float* sca
 inline idx_t round_up(idx_t v, idx_t m) { return (v + m - 1) / m * m; }
 
 /// The kernel set in use: the best one this CPU supports, or the one named by the environment
-/// variable EMBEDCLUSTER_ISA (generic | avx2 | avx512) when it is set and supported.
+/// variable EMBEDCLUSTER_ISA (generic | avx2 | avx512 | avx512bf16) when it is set and supported.
 const KernelSet& kernels();
 
 /// Selects a kernel set by name for this process (tests use it to exercise every path).
@@ -57,6 +68,9 @@ const KernelSet& avx2_kernels();
 #endif
 #if defined(EC_HAVE_AVX512_KERNELS)
 const KernelSet& avx512_kernels();
+#endif
+#if defined(EC_HAVE_AVX512BF16_KERNELS)
+const KernelSet& avx512bf16_kernels();
 #endif
 
 }  // namespace ec

@@ -115,7 +115,7 @@ idx_t row_filter_avx2(const float* c, const float* add, float mul, idx_t n, floa
 }  // namespace
 
 const KernelSet& avx2_kernels() {
-  static const KernelSet ks{"avx2", kMR, kNR, gemm_avx2, row_min_avx2, row_filter_avx2};
+  static const KernelSet ks{"avx2", kMR, kNR, 1, 0.0, pack_panels, gemm_avx2, row_min_avx2, row_filter_avx2};
   return ks;
 }
 

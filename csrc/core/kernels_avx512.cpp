@@ -104,7 +104,7 @@ idx_t row_filter_avx512(const float* c, const float* add, float mul, idx_t n, fl
 }  // namespace
 
 const KernelSet& avx512_kernels() {
-  static const KernelSet ks{"avx512", kMR, kNR, gemm_avx512, row_min_avx512, row_filter_avx512};
+  static const KernelSet ks{"avx512", kMR, kNR, 1, 0.0, pack_panels, gemm_avx512, row_min_avx512, row_filter_avx512};
   return ks;
 }
 

@@ -77,7 +77,7 @@ idx_t row_filter_generic(const float* c, const float* add, float mul, idx_t n, f
 }  // namespace
 
 const KernelSet& generic_kernels() {
-  static const KernelSet ks{"generic", kMR, kNR, gemm_generic, row_min_generic,
+  static const KernelSet ks{"generic", kMR, kNR, 1, 0.0, pack_panels, gemm_generic, row_min_generic,
                             row_filter_generic};
   return ks;
 }

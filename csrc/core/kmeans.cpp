@@ -29,7 +29,6 @@ struct Range {
   idx_t r0, r1;
   std::vector<double> sums;  // k * d
   std::vector<double> w;     // k
-  double inertia = 0.0;
 };
 
 struct Data {
@@ -55,7 +54,8 @@ std::vector<Range> make_ranges(idx_t n, idx_t k, idx_t d) {
   return rs;
 }
 
-/// One assignment pass. For every row: exact nearest centre and its distance; with `acc`,
+/// One assignment pass. For every row: exact nearest centre and (when `mind` is given) its
+/// exact fp64 distance; with `acc`,
 /// also adds w_i * x_i (cosine: w_i * x_i / ||x_i||) to its range's sums (fused: the row is
 /// still in cache).
 void assign_pass(const PackedSet& cs, const Data& D, idx_t* labels, float* mind,
@@ -71,7 +71,7 @@ void assign_pass(const PackedSet& cs, const Data& D, idx_t* labels, float* mind,
     TileScratch s;
     std::vector<std::pair<double, idx_t>> ex;
     err.run([&] {
-      s.a.resize(static_cast<std::size_t>(mc * d));
+      s.a.resize(static_cast<std::size_t>(mc * ks.depth(d)));
       s.c.resize(static_cast<std::size_t>(mc * k_pad));
       s.idx.resize(static_cast<std::size_t>(k_pad));
       s.val.resize(static_cast<std::size_t>(k_pad));
@@ -83,13 +83,12 @@ void assign_pass(const PackedSet& cs, const Data& D, idx_t* labels, float* mind,
         if (ra) {
           std::fill(ra->sums.begin(), ra->sums.end(), 0.0);
           std::fill(ra->w.begin(), ra->w.end(), 0.0);
-          ra->inertia = 0.0;
         }
         for (idx_t q0 = ranges[r].r0; q0 < ranges[r].r1; q0 += mc) {
           if (err.failed() || cancel.poll()) return;
           const idx_t qm = std::min(mc, ranges[r].r1 - q0);
-          pack_panels(D.x + q0 * d, d, nullptr, nullptr, qm, d, ks.mr, s.a.data());
-          ks.gemm(s.a.data(), cs.panels.data(), round_up(qm, ks.mr), k_pad, d, s.c.data(), k_pad);
+          ks.pack(D.x + q0 * d, d, nullptr, nullptr, qm, d, ks.mr, s.a.data());
+          ks.gemm(s.a.data(), cs.panels.data(), round_up(qm, ks.mr), k_pad, ks.depth(d), s.c.data(), k_pad);
           for (idx_t i = 0; i < qm; ++i) {
             const idx_t row = q0 + i;
             const float* crow = s.c.data() + i * k_pad;
@@ -98,12 +97,10 @@ void assign_pass(const PackedSet& cs, const Data& D, idx_t* labels, float* mind,
             const idx_t cnt =
                 ks.row_filter(crow, cs.add.data(), cs.mul, k, m + 2.0f * b, s.idx.data(), s.val.data());
             idx_t lab;
-            double dist;
+            double dist = -1.0;
             const double xn = D.metric == Metric::Cosine ? D.xnorm[row] : 0.0;
             if (cnt == 1) {
               lab = s.idx[0];
-              dist = D.metric == Metric::L2 ? std::max(0.0, D.xsq[row] + static_cast<double>(m))
-                                            : std::max(0.0, 1.0 + static_cast<double>(m) / xn);
             } else {
               ex.clear();
               for (idx_t t = 0; t < cnt; ++t)
@@ -115,7 +112,11 @@ void assign_pass(const PackedSet& cs, const Data& D, idx_t* labels, float* mind,
               dist = std::max(0.0, best.first);
             }
             labels[row] = lab;
-            mind[row] = static_cast<float>(dist);
+            if (mind) {  // exact, so that it is the same whichever kernel made the tile
+              if (dist < 0.0)
+                dist = std::max(0.0, exact_value(D.metric, D.x + row * d, cs.row(lab), d, xn, cs.norm[lab]));
+              mind[row] = static_cast<float>(dist);
+            }
             if (ra) {
               const double wi = D.weight(row);
               const double sc = D.metric == Metric::Cosine ? wi / xn : wi;
@@ -123,7 +124,6 @@ void assign_pass(const PackedSet& cs, const Data& D, idx_t* labels, float* mind,
               const float* src = D.x + row * d;
               for (idx_t f = 0; f < d; ++f) dst[f] += sc * src[f];
               ra->w[lab] += wi;
-              ra->inertia += wi * dist;
             }
           }
         }
@@ -174,7 +174,7 @@ void distances_to(const Data& D, const float* cand, idx_t t, std::vector<float>&
   {
     TileScratch s;
     err.run([&] {
-      s.a.resize(static_cast<std::size_t>(mc * d));
+      s.a.resize(static_cast<std::size_t>(mc * ks.depth(d)));
       s.c.resize(static_cast<std::size_t>(mc * t_pad));
     });
 #pragma omp for schedule(dynamic, 4)
@@ -182,8 +182,8 @@ void distances_to(const Data& D, const float* cand, idx_t t, std::vector<float>&
       if (err.failed() || cancel.poll()) continue;
       err.run([&] {
         const idx_t q0 = blk * mc, qm = std::min(mc, D.n - q0);
-        pack_panels(D.x + q0 * d, d, nullptr, nullptr, qm, d, ks.mr, s.a.data());
-        ks.gemm(s.a.data(), cs.panels.data(), round_up(qm, ks.mr), t_pad, d, s.c.data(), t_pad);
+        ks.pack(D.x + q0 * d, d, nullptr, nullptr, qm, d, ks.mr, s.a.data());
+        ks.gemm(s.a.data(), cs.panels.data(), round_up(qm, ks.mr), t_pad, ks.depth(d), s.c.data(), t_pad);
         for (idx_t i = 0; i < qm; ++i)
           for (idx_t j = 0; j < t; ++j) {
             const double v = cs.add.data()[j] + cs.mul * static_cast<double>(s.c.data()[i * t_pad + j]);
@@ -370,7 +370,7 @@ void lloyd(const KMeansParams& p, const Data& D, std::vector<float>& centers, KM
   }
   for (it = 0; it < p.max_iter; ++it) {
     pack_set(cs, centers.data(), k, d, D.metric, nullptr, D.threads);
-    assign_pass(cs, D, labels.data(), mind.data(), &ranges, ranges, cancel);
+    assign_pass(cs, D, labels.data(), nullptr, &ranges, ranges, cancel);
     // Reduce ranges in a fixed order.
 #pragma omp parallel for num_threads(D.threads) schedule(static)
     for (idx_t c = 0; c < k; ++c) {
@@ -390,6 +390,12 @@ void lloyd(const KMeansParams& p, const Data& D, std::vector<float>& centers, KM
     for (idx_t c = 0; c < k; ++c)
       if (wsum[c] <= 0.0) empty.push_back(c);
     if (!empty.empty()) {
+      // Exact distances of every row to the centre it was assigned to (rare: only here).
+#pragma omp parallel for num_threads(D.threads) schedule(static)
+      for (idx_t i = 0; i < n; ++i)
+        mind[i] = static_cast<float>(std::max(0.0, exact_value(D.metric, D.x + i * d, cs.row(labels[i]), d,
+                                                               D.metric == Metric::Cosine ? D.xnorm[i] : 0.0,
+                                                               cs.norm[labels[i]])));
       std::vector<idx_t> order(static_cast<std::size_t>(n));
       std::iota(order.begin(), order.end(), idx_t{0});
       const std::size_t ne = std::min<std::size_t>(empty.size(), order.size());
@@ -447,7 +453,7 @@ void lloyd(const KMeansParams& p, const Data& D, std::vector<float>& centers, KM
   if (!strict) {
     // Labels must match the final centres: one more assignment without an update.
     pack_set(cs, centers.data(), k, d, D.metric, nullptr, D.threads);
-    assign_pass(cs, D, labels.data(), mind.data(), nullptr, ranges, cancel);
+    assign_pass(cs, D, labels.data(), nullptr, nullptr, ranges, cancel);
   }
   res.centers = centers;
   res.labels = std::move(labels);

@@ -24,7 +24,7 @@ void stream_tiles(const PackedSet& set, const float* q, idx_t nq, int threads, C
   {
     TileScratch s;
     err.run([&] {
-      s.a.resize(static_cast<std::size_t>(kQueryBlock * d));
+      s.a.resize(static_cast<std::size_t>(kQueryBlock * ks.depth(d)));
       s.c.resize(static_cast<std::size_t>(kQueryBlock * kDbBlock));
     });
 #pragma omp for schedule(dynamic, 1)
@@ -34,10 +34,10 @@ void stream_tiles(const PackedSet& set, const float* q, idx_t nq, int threads, C
         const idx_t q0 = blk * kQueryBlock;
         const idx_t qm = std::min(kQueryBlock, nq - q0);
         const idx_t qm_pad = round_up(qm, ks.mr);
-        pack_panels(q + q0 * d, d, nullptr, nullptr, qm, d, ks.mr, s.a.data());
+        ks.pack(q + q0 * d, d, nullptr, nullptr, qm, d, ks.mr, s.a.data());
         for (idx_t b0 = 0; b0 < set.n; b0 += kDbBlock) {
           const idx_t bm = std::min(kDbBlock, set.n - b0);
-          ks.gemm(s.a.data(), set.panels.data() + b0 * d, qm_pad, round_up(bm, ks.nr), d,
+          ks.gemm(s.a.data(), set.panels.data() + b0 * ks.depth(d), qm_pad, round_up(bm, ks.nr), ks.depth(d),
                   s.c.data(), kDbBlock);
           on_tile(q0, qm, s.c.data(), kDbBlock, b0, bm, s);
         }

@@ -1,0 +1,114 @@
+// AVX-512 BF16 tile kernels: inputs rounded to bf16 when packed, products summed in fp32 by
+// vdpbf16ps (two bf16 products per fp32 lane per instruction: twice the fp32 FMA rate).
+// The rounding of the inputs (relative 2^-9 each) is covered by KernelSet::input_rel in the
+// error bound of engine.hpp, so every decision that the rounding could flip is re-checked in
+// fp64 and results stay exact. Compiled with -mavx512bf16 (+ AVX-512F/BW/VL/DQ).
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "kernels.hpp"
+
+namespace ec {
+namespace {
+
+constexpr int kMR = 12;
+constexpr int kNR = 32;
+constexpr idx_t kKC = 256;  // pairs per depth block: a 256x32 block of B words (32 KiB) in L1
+
+/// Round to nearest even; inputs are finite (validated by the callers).
+inline std::uint32_t bf16_bits(float f) {
+  std::uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  return u >> 16;
+}
+
+/// Layout: out[p * depth * width + q * width + r] = bf16(v[r][2q]) | bf16(v[r][2q + 1]) << 16,
+/// depth = ceil(d / 2); missing values (odd d, padding rows) are zero.
+void pack_bf16(const float* src, idx_t ld, const idx_t* rows, const float* scale, idx_t m, idx_t d,
+               int width, float* out) {
+  const idx_t depth = (d + 1) / 2;
+  const idx_t panels = (m + width - 1) / width;
+  std::uint32_t* o = reinterpret_cast<std::uint32_t*>(out);
+  for (idx_t p = 0; p < panels; ++p) {
+    std::uint32_t* dst = o + p * depth * width;
+    for (int r = 0; r < width; ++r) {
+      const idx_t i = p * width + r;
+      if (i >= m) {
+        for (idx_t q = 0; q < depth; ++q) dst[q * width + r] = 0;
+        continue;
+      }
+      const float* row = src + (rows ? rows[i] : i) * ld;
+      const float s = scale ? scale[i] : 1.0f;
+      for (idx_t q = 0; q < depth; ++q) {
+        const float lo = row[2 * q] * s;
+        const float hi = 2 * q + 1 < d ? row[2 * q + 1] * s : 0.0f;
+        dst[q * width + r] = bf16_bits(lo) | (bf16_bits(hi) << 16);
+      }
+    }
+  }
+}
+
+template <bool Accumulate>
+inline void micro_12x32(const std::uint32_t* a, const std::uint32_t* b, idx_t kc, float* c, idx_t ldc) {
+  __m512 acc0[kMR], acc1[kMR];
+#pragma GCC unroll 12
+  for (int r = 0; r < kMR; ++r) {
+    if (Accumulate) {
+      acc0[r] = _mm512_loadu_ps(c + r * ldc);
+      acc1[r] = _mm512_loadu_ps(c + r * ldc + 16);
+    } else {
+      acc0[r] = _mm512_setzero_ps();
+      acc1[r] = _mm512_setzero_ps();
+    }
+  }
+  for (idx_t k = 0; k < kc; ++k) {
+    const __m512bh b0 = (__m512bh)_mm512_load_si512(b);
+    const __m512bh b1 = (__m512bh)_mm512_load_si512(b + 16);
+#pragma GCC unroll 12
+    for (int r = 0; r < kMR; ++r) {
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[r]));
+      acc0[r] = _mm512_dpbf16_ps(acc0[r], av, b0);
+      acc1[r] = _mm512_dpbf16_ps(acc1[r], av, b1);
+    }
+    a += kMR;
+    b += kNR;
+  }
+#pragma GCC unroll 12
+  for (int r = 0; r < kMR; ++r) {
+    _mm512_storeu_ps(c + r * ldc, acc0[r]);
+    _mm512_storeu_ps(c + r * ldc + 16, acc1[r]);
+  }
+}
+
+void gemm_bf16(const float* af, const float* bf, idx_t m_pad, idx_t n_pad, idx_t depth, float* c,
+               idx_t ldc) {
+  const std::uint32_t* a = reinterpret_cast<const std::uint32_t*>(af);
+  const std::uint32_t* b = reinterpret_cast<const std::uint32_t*>(bf);
+  for (idx_t jp = 0; jp < n_pad; jp += kNR) {
+    const std::uint32_t* bp = b + jp * depth;
+    for (idx_t k0 = 0; k0 < depth; k0 += kKC) {
+      const idx_t kc = depth - k0 < kKC ? depth - k0 : kKC;
+      for (idx_t ip = 0; ip < m_pad; ip += kMR) {
+        const std::uint32_t* ap = a + ip * depth + k0 * kMR;
+        float* cp = c + ip * ldc + jp;
+        if (k0 == 0)
+          micro_12x32<false>(ap, bp + k0 * kNR, kc, cp, ldc);
+        else
+          micro_12x32<true>(ap, bp + k0 * kNR, kc, cp, ldc);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+const KernelSet& avx512bf16_kernels() {
+  static const KernelSet ks{"avx512bf16",       kMR,       kNR, 2, 0x1p-9, pack_bf16, gemm_bf16,
+                            avx512_kernels().row_min, avx512_kernels().row_filter};
+  return ks;
+}
+
+}  // namespace ec

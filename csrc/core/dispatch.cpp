@@ -40,6 +40,13 @@ const KernelSet* best() {
   return find(names.back());
 }
 
+const KernelSet* best_fp32() {
+  const KernelSet* out = &generic_kernels();
+  for (const auto& n : available_kernels())
+    if (find(n)->per_word == 1) out = find(n);
+  return out;
+}
+
 std::mutex g_mu;
 const KernelSet* g_active = nullptr;
 
@@ -50,6 +57,14 @@ std::vector<std::string> available_kernels() {
   for (const char* n : {"avx2", "avx512", "avx512bf16"})
     if (find(n)) out.emplace_back(n);
   return out;
+}
+
+const KernelSet& fp32_variant(const KernelSet& ks) {
+  if (ks.per_word == 1) return ks;
+#if defined(EC_HAVE_AVX512_KERNELS)
+  if (cpu_has("avx512")) return avx512_kernels();
+#endif
+  return *best_fp32();
 }
 
 void select_kernels(const std::string& name) {

@@ -6,8 +6,8 @@
 namespace ec {
 
 void pack_set(PackedSet& out, const float* y, idx_t n, idx_t d, Metric m, const idx_t* rows,
-              int threads) {
-  const KernelSet& ks = kernels();
+              int threads, const KernelSet* kernel_set) {
+  const KernelSet& ks = kernel_set ? *kernel_set : kernels();
   out.metric = m;
   out.n = n;
   out.d = d;

@@ -85,7 +85,7 @@ struct PackedSet {
 /// Packs n rows of y (optionally gathered through `rows`) for metric m. For cosine the packed
 /// rows are normalised to unit length; zero rows are rejected there.
 void pack_set(PackedSet& out, const float* y, idx_t n, idx_t d, Metric m, const idx_t* rows,
-              int threads);
+              int threads, const KernelSet* ks = nullptr);
 
 /// Re-usable per-row candidate list for top-k selection with exact re-check.
 /// Keeps every candidate whose tile value is within `window` (= 2B) of the current k-th best.

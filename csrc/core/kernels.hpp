@@ -54,6 +54,10 @@ inline idx_t round_up(idx_t v, idx_t m) { return (v + m - 1) / m * m; }
 /// variable EMBEDCLUSTER_ISA (generic | avx2 | avx512 | avx512bf16) when it is set and supported.
 const KernelSet& kernels();
 
+/// The fp32 kernel set of the same instruction family (itself when it already is fp32): for
+/// work where a wider error band costs more than the faster product saves.
+const KernelSet& fp32_variant(const KernelSet& ks);
+
 /// Selects a kernel set by name for this process (tests use it to exercise every path).
 /// Throws std::invalid_argument when the name is unknown or this CPU lacks the instructions.
 void select_kernels(const std::string& name);

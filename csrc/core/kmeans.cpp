@@ -39,6 +39,7 @@ struct Data {
   std::vector<double> xnorm;  // ||x_i|| (cosine)
   Metric metric;
   int threads;
+  const KernelSet* ks;        // the tile kernels for this fit
   double weight(idx_t i) const { return w ? static_cast<double>(w[i]) : 1.0; }
 };
 
@@ -60,7 +61,7 @@ std::vector<Range> make_ranges(idx_t n, idx_t k, idx_t d) {
 /// still in cache).
 void assign_pass(const PackedSet& cs, const Data& D, idx_t* labels, float* mind,
                  std::vector<Range>* acc, const std::vector<Range>& ranges, Cancel& cancel) {
-  const KernelSet& ks = kernels();
+  const KernelSet& ks = *D.ks;
   const idx_t d = D.d, k = cs.n;
   const idx_t k_pad = cs.n_pad;
   const idx_t mc = rows_per_tile(k_pad);
@@ -134,7 +135,9 @@ void assign_pass(const PackedSet& cs, const Data& D, idx_t* labels, float* mind,
   cancel.throw_if_stopped();
 }
 
-void prepare(Data& D, const float* x, idx_t n, idx_t d, const float* w, Metric m, int threads) {
+void prepare(Data& D, const float* x, idx_t n, idx_t d, const float* w, Metric m, int threads,
+             const KernelSet* ks = nullptr) {
+  D.ks = ks ? ks : &kernels();
   D.x = x;
   D.n = n;
   D.d = d;
@@ -164,8 +167,8 @@ void prepare(Data& D, const float* x, idx_t n, idx_t d, const float* w, Metric m
 /// the tile engine; used by k-means++. out is n * t.
 void distances_to(const Data& D, const float* cand, idx_t t, std::vector<float>& out, Cancel& cancel) {
   PackedSet cs;
-  pack_set(cs, cand, t, D.d, D.metric, nullptr, 1);
-  const KernelSet& ks = kernels();
+  pack_set(cs, cand, t, D.d, D.metric, nullptr, 1, D.ks);
+  const KernelSet& ks = *D.ks;
   const idx_t d = D.d, t_pad = cs.n_pad, mc = 144;
   const idx_t nblocks = (D.n + mc - 1) / mc;
   out.resize(static_cast<std::size_t>(D.n * t));
@@ -369,7 +372,7 @@ void lloyd(const KMeansParams& p, const Data& D, std::vector<float>& centers, KM
     }
   }
   for (it = 0; it < p.max_iter; ++it) {
-    pack_set(cs, centers.data(), k, d, D.metric, nullptr, D.threads);
+    pack_set(cs, centers.data(), k, d, D.metric, nullptr, D.threads, D.ks);
     assign_pass(cs, D, labels.data(), nullptr, &ranges, ranges, cancel);
     // Reduce ranges in a fixed order.
 #pragma omp parallel for num_threads(D.threads) schedule(static)
@@ -452,7 +455,7 @@ void lloyd(const KMeansParams& p, const Data& D, std::vector<float>& centers, KM
   }
   if (!strict) {
     // Labels must match the final centres: one more assignment without an update.
-    pack_set(cs, centers.data(), k, d, D.metric, nullptr, D.threads);
+    pack_set(cs, centers.data(), k, d, D.metric, nullptr, D.threads, D.ks);
     assign_pass(cs, D, labels.data(), nullptr, nullptr, ranges, cancel);
   }
   res.centers = centers;
@@ -485,7 +488,7 @@ void seed_parallel(const KMeansParams& p, const Data& D, std::uint64_t seed, flo
   std::vector<float> md(static_cast<std::size_t>(n));
   auto nearer = [&](const float* batch, idx_t t) {  // closest = min(closest, distance to batch)
     PackedSet cs;
-    pack_set(cs, batch, t, d, D.metric, nullptr, D.threads);
+    pack_set(cs, batch, t, d, D.metric, nullptr, D.threads, D.ks);
     assign_pass(cs, D, lab.data(), md.data(), nullptr, make_ranges(n, t, d), cancel);
     for (idx_t i = 0; i < n; ++i) closest[i] = std::min<double>(closest[i], md[i]);
   };
@@ -515,13 +518,13 @@ void seed_parallel(const KMeansParams& p, const Data& D, std::uint64_t seed, flo
   }
   // Weight of a candidate: the weight of the rows nearest to it.
   PackedSet cs;
-  pack_set(cs, cand.data(), m, d, D.metric, nullptr, D.threads);
+  pack_set(cs, cand.data(), m, d, D.metric, nullptr, D.threads, D.ks);
   assign_pass(cs, D, lab.data(), md.data(), nullptr, make_ranges(n, m, d), cancel);
   std::vector<double> wc(static_cast<std::size_t>(m), 0.0);
   for (idx_t i = 0; i < n; ++i) wc[lab[i]] += wv[i];
   std::vector<float> wcf(wc.begin(), wc.end());
   Data Dc;
-  prepare(Dc, cand.data(), m, d, wcf.data(), D.metric, D.threads);
+  prepare(Dc, cand.data(), m, d, wcf.data(), D.metric, D.threads, D.ks);
   KMeansParams pc = p;
   pc.init = KMeansInit::KMeansPP;
   pc.max_iter = 5;
@@ -560,7 +563,7 @@ void kmeans_init(const KMeansParams& p, const float* x, idx_t n, idx_t d, const 
   validate(p, n, d, weights);
   if (p.init == KMeansInit::Given) fail("kmeans_init needs init 'k-means++' or 'random'");
   Data D;
-  prepare(D, x, n, d, weights, p.metric, resolve_threads(p.n_threads));
+  prepare(D, x, n, d, weights, p.metric, resolve_threads(p.n_threads), p.kernel_set);
   seed_centers(p, D, seed, out_centers, cancel);
 }
 
@@ -569,7 +572,7 @@ void kmeans_fit(const KMeansParams& p, const float* x, idx_t n, idx_t d, const f
   validate(p, n, d, weights);
   if (p.init == KMeansInit::Given && !init_centers) fail("init='given' needs initial centres");
   Data D;
-  prepare(D, x, n, d, weights, p.metric, resolve_threads(p.n_threads));
+  prepare(D, x, n, d, weights, p.metric, resolve_threads(p.n_threads), p.kernel_set);
   const int runs = p.init == KMeansInit::Given ? 1 : p.n_init;
   bool have = false;
   for (int r = 0; r < runs; ++r) {
@@ -589,15 +592,15 @@ void kmeans_fit(const KMeansParams& p, const float* x, idx_t n, idx_t d, const f
 }
 
 void kmeans_assign(Metric m, const float* centers, idx_t k, const float* x, idx_t n, idx_t d,
-                   idx_t* labels, float* dist, int n_threads, Cancel& cancel) {
+                   idx_t* labels, float* dist, int n_threads, Cancel& cancel, const KernelSet* kernel_set) {
   if (k <= 0) fail("no centres to assign to");
   if (d <= 0) fail("zero features");
   if (n == 0) return;
   if (m == Metric::IP) fail("assignment supports metric 'l2' or 'cosine'");
   Data D;
-  prepare(D, x, n, d, nullptr, m, resolve_threads(n_threads));
+  prepare(D, x, n, d, nullptr, m, resolve_threads(n_threads), kernel_set);
   PackedSet cs;
-  pack_set(cs, centers, k, d, m, nullptr, D.threads);
+  pack_set(cs, centers, k, d, m, nullptr, D.threads, D.ks);
   const auto ranges = make_ranges(n, k, d);
   assign_pass(cs, D, labels, dist, nullptr, ranges, cancel);
 }

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "common.hpp"
+#include "kernels.hpp"
 
 namespace ec {
 
@@ -26,6 +27,7 @@ struct KMeansParams {
   std::uint64_t seed = 0;             ///< random seed; results are identical for any thread count
   int n_local_trials = 0;             ///< k-means++ candidates per step; 0 = 2 + floor(ln k)
   int n_threads = 0;                  ///< worker threads; 0 = OpenMP default
+  const KernelSet* kernel_set = nullptr;  ///< tile kernels; null = the process's choice (kernels())
 };
 
 struct KMeansResult {
@@ -48,6 +50,7 @@ void kmeans_init(const KMeansParams& p, const float* x, idx_t n, idx_t d, const 
 /// Nearest centre of each row (exact: ties and near-ties resolved in fp64, lower index wins)
 /// and its distance (L2: squared; Cosine: 1 - cos).
 void kmeans_assign(Metric m, const float* centers, idx_t k, const float* x, idx_t n, idx_t d,
-                   idx_t* labels, float* dist, int n_threads, Cancel& cancel);
+                   idx_t* labels, float* dist, int n_threads, Cancel& cancel,
+                   const KernelSet* kernel_set = nullptr);
 
 }  // namespace ec

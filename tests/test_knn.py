@@ -140,3 +140,16 @@ def test_torch_tensor_input():
     d, i = ec.NearestNeighbors(n_neighbors=3).fit(X).kneighbors(X[:5])
     _, ref = brute_knn(X.numpy(), X.numpy()[:5], 3, "l2")
     np.testing.assert_array_equal(i, ref)
+
+
+def test_precision_fp32_and_auto_agree_exactly():
+    X = np.random.default_rng(12).standard_normal((3000, 96)).astype(np.float32)
+    a = ec.NearestNeighbors(n_neighbors=12, precision="fp32").fit(X).kneighbors()
+    b = ec.NearestNeighbors(n_neighbors=12, precision="auto").fit(X).kneighbors()
+    np.testing.assert_array_equal(a[1], b[1])
+    np.testing.assert_array_equal(a[0], b[0])
+    km_a = ec.KMeans(20, random_state=0, precision="fp32").fit(X)
+    km_b = ec.KMeans(20, random_state=0, precision="auto").fit(X)
+    np.testing.assert_array_equal(km_a.cluster_centers_, km_b.cluster_centers_)
+    with pytest.raises(ValueError, match="precision"):
+        ec.KMeans(2, precision="fp8").fit(X)

@@ -29,6 +29,14 @@ ec::Metric parse_metric(const std::string& m) {
   throw std::invalid_argument("unknown metric '" + m + "'; use 'l2', 'ip' or 'cosine'");
 }
 
+/// Tile kernels for a call: "auto" = the process's choice (bf16 where the CPU has it), "fp32" =
+/// the fp32 kernels of the same family. Results are the same; only speed differs.
+const ec::KernelSet* parse_precision(const std::string& precision) {
+  if (precision == "auto") return nullptr;
+  if (precision == "fp32") return &ec::fp32_variant(ec::kernels());
+  throw std::invalid_argument("precision='" + precision + "' is unknown; use 'auto' or 'fp32'");
+}
+
 /// A validated read-only view of a float32 C-contiguous 2-D array.
 struct Mat {
   const float* data;
@@ -97,7 +105,7 @@ py::array_t<T> to_array(std::vector<T>&& v) {
 }
 
 py::tuple knn_search(const py::array& db, const py::array& q, int k, const std::string& metric,
-                     bool exclude_self, int n_threads) {
+                     bool exclude_self, int n_threads, const std::string& precision) {
   const Mat D = as_matrix(db, "database"), Q = as_matrix(q, "queries");
   same_features(D, Q);
   ec::KnnParams p;
@@ -105,6 +113,7 @@ py::tuple knn_search(const py::array& db, const py::array& q, int k, const std::
   p.k = k;
   p.exclude_self = exclude_self;
   p.n_threads = n_threads;
+  p.kernel_set = parse_precision(precision);
   if (k <= 0) throw std::invalid_argument("k=" + std::to_string(k) + " should be >= 1");
   py::array_t<float> dist({static_cast<py::ssize_t>(Q.rows), static_cast<py::ssize_t>(k)});
   py::array_t<idx_t> idx({static_cast<py::ssize_t>(Q.rows), static_cast<py::ssize_t>(k)});
@@ -114,30 +123,32 @@ py::tuple knn_search(const py::array& db, const py::array& q, int k, const std::
   return py::make_tuple(dist, idx);
 }
 
-ec::RadiusParams radius_params(double radius, const std::string& metric, bool exclude_self, int n_threads) {
+ec::RadiusParams radius_params(double radius, const std::string& metric, bool exclude_self, int n_threads,
+                               const std::string& precision) {
   ec::RadiusParams p;
   p.metric = parse_metric(metric);
   p.radius = radius;
   p.exclude_self = exclude_self;
   p.n_threads = n_threads;
+  p.kernel_set = parse_precision(precision);
   return p;
 }
 
 py::tuple radius_search(const py::array& db, const py::array& q, double radius, const std::string& metric,
-                        bool exclude_self, int n_threads) {
+                        bool exclude_self, int n_threads, const std::string& precision) {
   const Mat D = as_matrix(db, "database"), Q = as_matrix(q, "queries");
   same_features(D, Q);
-  const auto p = radius_params(radius, metric, exclude_self, n_threads);
+  const auto p = radius_params(radius, metric, exclude_self, n_threads, precision);
   ec::RadiusResult r;
   run_native([&](ec::Cancel& c) { ec::radius_search(p, D.data, D.rows, Q.data, Q.rows, D.cols, r, c); });
   return py::make_tuple(to_array(std::move(r.indptr)), to_array(std::move(r.indices)), to_array(std::move(r.dist)));
 }
 
 py::array_t<idx_t> radius_count(const py::array& db, const py::array& q, double radius, const std::string& metric,
-                                bool exclude_self, int n_threads) {
+                                bool exclude_self, int n_threads, const std::string& precision) {
   const Mat D = as_matrix(db, "database"), Q = as_matrix(q, "queries");
   same_features(D, Q);
-  const auto p = radius_params(radius, metric, exclude_self, n_threads);
+  const auto p = radius_params(radius, metric, exclude_self, n_threads, precision);
   py::array_t<idx_t> out({static_cast<py::ssize_t>(Q.rows)});
   idx_t* op = out.mutable_data();
   run_native([&](ec::Cancel& c) { ec::radius_count(p, D.data, D.rows, Q.data, Q.rows, D.cols, op, c); });
@@ -190,10 +201,11 @@ const float* weights_of(const py::object& sw, idx_t n) {
 
 py::dict kmeans_fit(const py::array& x, int k, int max_iter, double tol, int n_init, const std::string& metric,
                     const py::object& init, std::uint64_t seed, const py::object& sample_weight, int n_local_trials,
-                    int n_threads) {
+                    int n_threads, const std::string& precision) {
   const Mat X = as_matrix(x, "X");
   std::vector<float> given;
-  const auto p = kmeans_params(X, k, max_iter, tol, n_init, metric, init, seed, n_local_trials, n_threads, given);
+  auto p = kmeans_params(X, k, max_iter, tol, n_init, metric, init, seed, n_local_trials, n_threads, given);
+  p.kernel_set = parse_precision(precision);
   const float* w = weights_of(sample_weight, X.rows);
   ec::KMeansResult r;
   run_native([&](ec::Cancel& c) {
@@ -221,7 +233,8 @@ py::array_t<float> kmeans_init(const py::array& x, int k, const std::string& met
   return out;
 }
 
-py::tuple kmeans_assign(const py::array& centers, const py::array& x, const std::string& metric, int n_threads) {
+py::tuple kmeans_assign(const py::array& centers, const py::array& x, const std::string& metric, int n_threads,
+                        const std::string& precision) {
   const Mat C = as_matrix(centers, "centers"), X = as_matrix(x, "X");
   if (C.cols != X.cols)
     throw std::invalid_argument("X has " + std::to_string(X.cols) + " features but the centres have " +
@@ -231,7 +244,8 @@ py::tuple kmeans_assign(const py::array& centers, const py::array& x, const std:
   py::array_t<float> dist({static_cast<py::ssize_t>(X.rows)});
   idx_t* lp = labels.mutable_data();
   float* dp = dist.mutable_data();
-  run_native([&](ec::Cancel& c) { ec::kmeans_assign(m, C.data, C.rows, X.data, X.rows, X.cols, lp, dp, n_threads, c); });
+  const ec::KernelSet* ks = parse_precision(precision);
+  run_native([&](ec::Cancel& c) { ec::kmeans_assign(m, C.data, C.rows, X.data, X.rows, X.cols, lp, dp, n_threads, c, ks); });
   return py::make_tuple(labels, dist);
 }
 
@@ -313,24 +327,26 @@ py::dict build_info() {
 PYBIND11_MODULE(_core, m) {
   m.doc() = "embedcluster native engine (float32, C-contiguous arrays in, numpy arrays out)";
   m.def("knn_search", &knn_search, py::arg("database"), py::arg("queries"), py::arg("k"), py::arg("metric") = "l2",
-        py::arg("exclude_self") = false, py::arg("n_threads") = 0,
+        py::arg("exclude_self") = false, py::arg("n_threads") = 0, py::arg("precision") = "auto",
         "Exact k nearest neighbours: (distances float32 (nq, k), indices int64 (nq, k)). "
         "l2 gives squared distances, ip dot products, cosine 1 - cos.");
   m.def("radius_search", &radius_search, py::arg("database"), py::arg("queries"), py::arg("radius"),
         py::arg("metric") = "l2", py::arg("exclude_self") = false, py::arg("n_threads") = 0,
+        py::arg("precision") = "auto",
         "Neighbours within radius (inclusive) as CSR (indptr, indices, distances); l2 radius is on squared distance.");
   m.def("radius_count", &radius_count, py::arg("database"), py::arg("queries"), py::arg("radius"),
         py::arg("metric") = "l2", py::arg("exclude_self") = false, py::arg("n_threads") = 0,
+        py::arg("precision") = "auto",
         "Number of database rows within radius of each query (inclusive).");
   m.def("kmeans_fit", &kmeans_fit, py::arg("X"), py::arg("n_clusters"), py::arg("max_iter") = 300,
         py::arg("tol") = 1e-4, py::arg("n_init") = 1, py::arg("metric") = "l2", py::arg("init") = "k-means++",
         py::arg("seed") = 0, py::arg("sample_weight") = py::none(), py::arg("n_local_trials") = 0,
-        py::arg("n_threads") = 0, "k-means; returns dict(centers, labels, inertia, n_iter, n_empty_repaired).");
+        py::arg("n_threads") = 0, py::arg("precision") = "auto", "k-means; returns dict(centers, labels, inertia, n_iter, n_empty_repaired).");
   m.def("kmeans_init", &kmeans_init, py::arg("X"), py::arg("n_clusters"), py::arg("metric") = "l2",
         py::arg("init") = "k-means++", py::arg("seed") = 0, py::arg("sample_weight") = py::none(),
         py::arg("n_local_trials") = 0, py::arg("n_threads") = 0, "Initial centres only (k-means++ or random).");
   m.def("kmeans_assign", &kmeans_assign, py::arg("centers"), py::arg("X"), py::arg("metric") = "l2",
-        py::arg("n_threads") = 0, "Nearest centre (exact) and its distance (l2: squared; cosine: 1 - cos).");
+        py::arg("n_threads") = 0, py::arg("precision") = "auto", "Nearest centre (exact) and its distance (l2: squared; cosine: 1 - cos).");
   m.def("dbscan_fit", &dbscan_fit, py::arg("X"), py::arg("eps"), py::arg("min_samples") = 5,
         py::arg("metric") = "l2", py::arg("prune") = true, py::arg("n_threads") = 0,
         "DBSCAN; returns dict(labels, is_core, counts, n_clusters, tile statistics). l2 eps is a Euclidean distance.");

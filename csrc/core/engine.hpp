@@ -74,6 +74,7 @@ struct PackedSet {
   AlignedBuffer<float> add;     ///< per row: ||y||^2 (L2) or 0; +inf for padding rows
   float mul = -2.0f;            ///< multiplier of the dot product in a tile value
   double eps = 0.0;             ///< eps_rel of the kernel set that packed it
+  const KernelSet* ks = nullptr;  ///< the kernel set that packed it (products must use the same)
   double max_sqnorm = 0.0;      ///< max ||y||^2 over packed rows (1 for cosine)
   std::vector<double> norm;     ///< ||y|| of the original rows, fp64 (for exact re-checks)
   const float* src = nullptr;   ///< the original rows (row-major, stride d), for re-checks

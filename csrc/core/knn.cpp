@@ -16,7 +16,7 @@ constexpr idx_t kDbBlock = 256;     // database rows per tile (a multiple of eve
 template <class OnTile, class OnDone>
 void stream_tiles(const PackedSet& set, const float* q, idx_t nq, int threads, Cancel& cancel,
                   OnTile on_tile, OnDone on_done) {
-  const KernelSet& ks = kernels();
+  const KernelSet& ks = *set.ks;
   const idx_t d = set.d;
   const idx_t nblocks = (nq + kQueryBlock - 1) / kQueryBlock;
   ExceptionSlot err;
@@ -85,7 +85,7 @@ void knn_search(const KnnParams& p, const float* db, idx_t n, const float* q, id
   if (p.exclude_self && nq != n) fail("exclude_self needs the queries to be the database rows");
   const int threads = resolve_threads(p.n_threads);
   PackedSet set;
-  pack_set(set, db, n, d, p.metric, nullptr, threads);
+  pack_set(set, db, n, d, p.metric, nullptr, threads, p.kernel_set);
   const std::vector<double> qsq = query_sqnorms(q, nq, d, p.metric, threads);
 
   const int nthreads = threads;
@@ -108,7 +108,7 @@ void knn_search(const KnnParams& p, const float* db, idx_t n, const float* q, id
         }
         s.idx.resize(static_cast<std::size_t>(bm));
         s.val.resize(static_cast<std::size_t>(bm));
-        const KernelSet& ks = kernels();
+        const KernelSet& ks = *set.ks;
         for (idx_t i = 0; i < qm; ++i) {
           RowCands& rc = rcs[i];
           const idx_t cnt = ks.row_filter(c + i * ldc, set.add.data() + b0, set.mul, bm,
@@ -148,14 +148,14 @@ void radius_scan(const RadiusParams& p, const float* db, idx_t n, const float* q
   if (p.exclude_self && nq != n) fail("exclude_self needs the queries to be the database rows");
   const int threads = resolve_threads(p.n_threads);
   PackedSet set;
-  pack_set(set, db, n, d, p.metric, nullptr, threads);
+  pack_set(set, db, n, d, p.metric, nullptr, threads, p.kernel_set);
   const std::vector<double> qsq = query_sqnorms(q, nq, d, p.metric, threads);
   stream_tiles(
       set, q, nq, threads, cancel,
       [&](idx_t q0, idx_t qm, const float* c, idx_t ldc, idx_t b0, idx_t bm, TileScratch& s) {
         s.idx.resize(static_cast<std::size_t>(bm));
         s.val.resize(static_cast<std::size_t>(bm));
-        const KernelSet& ks = kernels();
+        const KernelSet& ks = *set.ks;
         for (idx_t i = 0; i < qm; ++i) {
           const idx_t qi = q0 + i;
           const double xn = std::sqrt(qsq[qi]);

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "common.hpp"
+#include "kernels.hpp"
 
 namespace ec {
 
@@ -12,6 +13,7 @@ struct KnnParams {
   int k = 10;                  ///< neighbours per query (<= database size)
   bool exclude_self = false;   ///< queries are the database rows: query i never returns row i
   int n_threads = 0;           ///< worker threads; 0 = OpenMP default
+  const KernelSet* kernel_set = nullptr;  ///< tile kernels; null = the process's choice
 };
 
 /// For each of nq queries, the k nearest database rows, nearest first; ties go to the lower
@@ -24,6 +26,7 @@ struct RadiusParams {
   double radius = 1.0;         ///< L2: on the squared distance; Cosine: on 1 - cos
   bool exclude_self = false;   ///< queries are the database rows: query i never returns row i
   int n_threads = 0;           ///< worker threads; 0 = OpenMP default
+  const KernelSet* kernel_set = nullptr;  ///< tile kernels; null = the process's choice
 };
 
 /// Neighbours within the radius (inclusive), as CSR: query i owns indices[indptr[i]:indptr[i+1]],

@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "kernels.hpp"
+#include "kernels_blocking.hpp"
 
 namespace ec {
 namespace {
@@ -45,22 +46,14 @@ inline void micro_12x32(const float* a, const float* b, idx_t kc, float* c, idx_
   }
 }
 
-void gemm_avx512(const float* a, const float* b, idx_t m_pad, idx_t n_pad, idx_t d, float* c,
-                 idx_t ldc) {
-  for (idx_t jp = 0; jp < n_pad; jp += kNR) {
-    const float* bp = b + jp * d;
-    for (idx_t k0 = 0; k0 < d; k0 += kKC) {
-      const idx_t kc = d - k0 < kKC ? d - k0 : kKC;
-      for (idx_t ip = 0; ip < m_pad; ip += kMR) {
-        const float* ap = a + ip * d + k0 * kMR;
-        float* cp = c + ip * ldc + jp;
-        if (k0 == 0)
-          micro_12x32<false>(ap, bp + k0 * kNR, kc, cp, ldc);
-        else
-          micro_12x32<true>(ap, bp + k0 * kNR, kc, cp, ldc);
-      }
-    }
-  }
+void gemm_avx512(const float* a, const float* b, idx_t m_pad, idx_t n_pad, idx_t depth, float* c, idx_t ldc) {
+  blocked_gemm<kMR, kNR, kKC>(a, b, m_pad, n_pad, depth, c, ldc,
+                              [](const float* ap, const float* bp, idx_t kc, float* cp, idx_t ld, bool acc) {
+                                if (acc)
+                                  micro_12x32<true>(ap, bp, kc, cp, ld);
+                                else
+                                  micro_12x32<false>(ap, bp, kc, cp, ld);
+                              });
 }
 
 float row_min_avx512(const float* c, const float* add, float mul, idx_t n) {

@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "kernels.hpp"
+#include "kernels_blocking.hpp"
 
 namespace ec {
 namespace {
@@ -83,24 +84,16 @@ inline void micro_12x32(const std::uint32_t* a, const std::uint32_t* b, idx_t kc
   }
 }
 
-void gemm_bf16(const float* af, const float* bf, idx_t m_pad, idx_t n_pad, idx_t depth, float* c,
-               idx_t ldc) {
-  const std::uint32_t* a = reinterpret_cast<const std::uint32_t*>(af);
-  const std::uint32_t* b = reinterpret_cast<const std::uint32_t*>(bf);
-  for (idx_t jp = 0; jp < n_pad; jp += kNR) {
-    const std::uint32_t* bp = b + jp * depth;
-    for (idx_t k0 = 0; k0 < depth; k0 += kKC) {
-      const idx_t kc = depth - k0 < kKC ? depth - k0 : kKC;
-      for (idx_t ip = 0; ip < m_pad; ip += kMR) {
-        const std::uint32_t* ap = a + ip * depth + k0 * kMR;
-        float* cp = c + ip * ldc + jp;
-        if (k0 == 0)
-          micro_12x32<false>(ap, bp + k0 * kNR, kc, cp, ldc);
-        else
-          micro_12x32<true>(ap, bp + k0 * kNR, kc, cp, ldc);
-      }
-    }
-  }
+void gemm_bf16(const float* af, const float* bf, idx_t m_pad, idx_t n_pad, idx_t depth, float* c, idx_t ldc) {
+  blocked_gemm<kMR, kNR, kKC>(reinterpret_cast<const std::uint32_t*>(af), reinterpret_cast<const std::uint32_t*>(bf),
+                              m_pad, n_pad, depth, c, ldc,
+                              [](const std::uint32_t* ap, const std::uint32_t* bp, idx_t kc, float* cp, idx_t ld,
+                                 bool acc) {
+                                if (acc)
+                                  micro_12x32<true>(ap, bp, kc, cp, ld);
+                                else
+                                  micro_12x32<false>(ap, bp, kc, cp, ld);
+                              });
 }
 
 }  // namespace

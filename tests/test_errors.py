@@ -146,3 +146,13 @@ def test_degenerate_data_all_identical_points():
 def test_unknown_backend():
     with pytest.raises(ValueError, match="backend"):
         ec.KMeans(2, backend="gpu").fit(X_OK)
+
+
+@pytest.mark.parametrize("make", ESTIMATORS)
+def test_values_too_large_for_float_tiles_are_rejected(make):
+    X = X_OK.copy()
+    X[3, 1] = 3e38  # a valid float32, but its square overflows float32 arithmetic
+    with pytest.raises(ValueError, match="too large for float32"):
+        est = make().fit(X)
+        if isinstance(est, ec.NearestNeighbors):
+            est.kneighbors()

@@ -156,6 +156,7 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
     xsq[i] = sqnorm(x + i * d, d);
     xnorm[i] = std::sqrt(xsq[i]);
   }
+  check_sqnorms(xsq, "data");
   if (cos)
     for (idx_t i = 0; i < n; ++i)
       if (xsq[i] == 0.0)

@@ -38,6 +38,11 @@ void pack_set(PackedSet& out, const float* y, idx_t n, idx_t d, Metric m, const 
     }
     out.add.data()[i] = m == Metric::L2 ? static_cast<float>(sq) : 0.0f;
   }
+  if (!(max_sq <= kMaxSqNorm)) {
+    std::vector<double> sq(out.norm.size());
+    for (std::size_t i = 0; i < sq.size(); ++i) sq[i] = out.norm[i] * out.norm[i];
+    check_sqnorms(sq, "data", rows);
+  }
   if (zero_row >= 0)
     fail("row " + std::to_string(rows ? rows[zero_row] : zero_row) +
          " has zero norm; the cosine metric is undefined for it (drop zero rows or use metric='l2')");

@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "common.hpp"
@@ -46,6 +47,23 @@ inline double sqnorm(const float* x, idx_t d) {
   double s = 0.0;
   for (idx_t k = 0; k < d; ++k) s += static_cast<double>(x[k]) * x[k];
   return s;
+}
+
+/// Largest squared row norm the tiles accept: products of two such rows stay far below
+/// FLT_MAX (3.4e38) in fp32 and bf16, so no tile value overflows to inf or NaN.
+constexpr double kMaxSqNorm = 1e36;
+
+/// Fails with a clear message when a squared norm is too large for the float tiles.
+inline void check_sqnorm(double sq, idx_t row, const char* what) {
+  if (!(sq <= kMaxSqNorm))
+    fail(std::string(what) + " row " + std::to_string(row) + " has norm " + std::to_string(std::sqrt(sq)) +
+         ", too large for float32 arithmetic (limit 1e18); rescale the data, e.g. divide by its largest value");
+}
+
+/// Checks every squared norm (first offending row reported).
+inline void check_sqnorms(const std::vector<double>& sq, const char* what, const idx_t* rows = nullptr) {
+  for (std::size_t i = 0; i < sq.size(); ++i)
+    if (!(sq[i] <= kMaxSqNorm)) check_sqnorm(sq[i], rows ? rows[i] : static_cast<idx_t>(i), what);
 }
 
 /// The exact (fp64) ranking value of a pair in the metric's "smaller is closer" form:

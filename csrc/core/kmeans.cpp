@@ -100,11 +100,16 @@ void assign_pass(const PackedSet& cs, const Data& D, idx_t* labels, float* mind,
             idx_t lab;
             double dist = -1.0;
             const double xn = D.metric == Metric::Cosine ? D.xnorm[row] : 0.0;
-            if (cnt == 1) {
+            idx_t ncand = cnt;
+            if (cnt == 0) {  // cannot happen with checked norms; never index an empty list
+              for (idx_t j = 0; j < k; ++j) s.idx[j] = static_cast<std::int32_t>(j);
+              ncand = k;
+            }
+            if (ncand == 1) {
               lab = s.idx[0];
             } else {
               ex.clear();
-              for (idx_t t = 0; t < cnt; ++t)
+              for (idx_t t = 0; t < ncand; ++t)
                 ex.emplace_back(exact_value(D.metric, D.x + row * d, cs.row(s.idx[t]), d, xn,
                                             cs.norm[s.idx[t]]),
                                 s.idx[t]);
@@ -158,6 +163,7 @@ void prepare(Data& D, const float* x, idx_t n, idx_t d, const float* w, Metric m
       }
     }
   }
+  check_sqnorms(D.xsq, "data");
   if (zero_row >= 0)
     fail("row " + std::to_string(zero_row) +
          " has zero norm; spherical (cosine) k-means needs non-zero rows (drop them or use metric='l2')");

@@ -62,6 +62,7 @@ std::vector<double> query_sqnorms(const float* q, idx_t nq, idx_t d, Metric m, i
   std::vector<double> qsq(static_cast<std::size_t>(nq));
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (idx_t i = 0; i < nq; ++i) qsq[i] = sqnorm(q + i * d, d);
+  check_sqnorms(qsq, "query");
   if (m == Metric::Cosine)
     for (idx_t i = 0; i < nq; ++i)
       if (qsq[i] == 0.0)

@@ -278,6 +278,10 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   // Rows of tile a that may have a neighbour in tile b (both bounds above, per row).
   auto active_rows = [&](idx_t a, idx_t b, const float* cdots, std::vector<idx_t>& act) {
     act.clear();
+    if (!p.prune) {  // every row of every pair: the reference the pruned runs are tested against
+      for (idx_t i = 0; i < L.count[a]; ++i) act.push_back(i);
+      return;
+    }
     const double lim = L.radius[b] + reach;
     const double csq = centres.add.data()[b];
     std::pair<double, double> rb{0.0, 0.0};

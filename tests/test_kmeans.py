@@ -227,3 +227,74 @@ def test_every_kernel_set_gives_bit_identical_results():
     for name, res in out.items():
         for a, b in zip(ref, res):
             np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def _fit_both(X, k, C0, **kw):
+    out = {}
+    for prune in (False, True):
+        out[prune] = _core.kmeans_fit(X, k, init=C0, tol=0.0, prune=prune, **kw)
+    return out[False], out[True]
+
+
+def _grid_with_ties(rng, n, d):
+    """Small integers: many exact distance ties between rows and centres, and duplicate rows."""
+    X = rng.integers(-3, 4, size=(n, d)).astype(np.float32)
+    return np.vstack([X, X[: n // 4]])
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+@pytest.mark.parametrize("data", ["loose", "ties", "weighted", "empty"])
+def test_pruning_is_bit_identical_to_plain_lloyd(kernel_set, metric, data):
+    """The bound-based pruning skips distance rows but must return exactly plain Lloyd's result
+    (labels, centres, inertia, iterations), on loose clusters, exact ties and duplicates,
+    weights, and empty-cluster repairs."""
+    rng = np.random.default_rng(7)
+    w = None
+    if data == "ties":
+        X = _grid_with_ties(rng, 1500, 5)
+    else:
+        X, _ = gaussian_mixture(3000, 24, 40, spread=3.0, seed=3)
+    k = 32
+    C0 = X[rng.choice(len(X), k, replace=False)].copy()
+    if data == "weighted":
+        w = rng.uniform(0.0, 3.0, len(X)).astype(np.float32)
+    if data == "empty":
+        C0[1] = C0[0]  # identical centres: one of them loses every row and is repaired
+        C0[2] = C0[0]
+    a, b = _fit_both(X, k, C0, max_iter=40, metric=metric, sample_weight=w)
+    np.testing.assert_array_equal(a["labels"], b["labels"])
+    np.testing.assert_array_equal(a["centers"], b["centers"])
+    assert a["inertia"] == b["inertia"] and a["n_iter"] == b["n_iter"]
+    assert a["computed_fraction"] == 1.0
+    assert b["computed_fraction"] < 0.9, b["computed_fraction"]  # the bounds did skip rows
+    if data == "empty":
+        assert a["n_empty_repaired"] >= 1 and a["n_empty_repaired"] == b["n_empty_repaired"]
+
+
+def test_pruned_lloyd_equals_numpy_reference():
+    X, _ = gaussian_mixture(2000, 16, 30, spread=2.5, seed=11)
+    C0 = X[np.random.default_rng(0).choice(len(X), 24, replace=False)].copy()
+    r = _core.kmeans_fit(X, 24, init=C0, max_iter=15, tol=0.0, prune=True)
+    C_ref, lab_ref = numpy_lloyd(X, C0, 15)
+    np.testing.assert_allclose(r["centers"], C_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(r["labels"], lab_ref)
+    assert r["computed_fraction"] < 1.0
+
+
+def test_prune_argument_is_checked():
+    X = np.zeros((40, 2), np.float32) + np.arange(40, dtype=np.float32)[:, None]
+    with pytest.raises(ValueError, match="prune"):
+        _core.kmeans_fit(X, 2, prune="yes")
+    with pytest.raises(ValueError, match="prune"):
+        _core.kmeans_fit(X, 2, prune=1)
+
+
+def test_estimator_prune_parameter():
+    X, _ = gaussian_mixture(2000, 8, 20, spread=2.0, seed=5)
+    on = ec.KMeans(20, prune=True, random_state=0, tol=0).fit(X)
+    off = ec.KMeans(20, prune=False, random_state=0, tol=0).fit(X)
+    np.testing.assert_array_equal(on.labels_, off.labels_)
+    np.testing.assert_array_equal(on.cluster_centers_, off.cluster_centers_)
+    assert off.computed_fraction_ == 1.0 and on.computed_fraction_ < 1.0
+    with pytest.raises(ValueError, match="prune"):
+        ec.KMeans(4, prune="sometimes").fit(X)

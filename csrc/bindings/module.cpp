@@ -201,11 +201,20 @@ const float* weights_of(const py::object& sw, idx_t n) {
 
 py::dict kmeans_fit(const py::array& x, int k, int max_iter, double tol, int n_init, const std::string& metric,
                     const py::object& init, std::uint64_t seed, const py::object& sample_weight, int n_local_trials,
-                    int n_threads, const std::string& precision) {
+                    int n_threads, const std::string& precision, const py::object& prune) {
   const Mat X = as_matrix(x, "X");
   std::vector<float> given;
   auto p = kmeans_params(X, k, max_iter, tol, n_init, metric, init, seed, n_local_trials, n_threads, given);
   p.kernel_set = parse_precision(precision);
+  if (py::isinstance<py::str>(prune)) {
+    if (prune.cast<std::string>() != "auto")
+      throw std::invalid_argument("prune='" + prune.cast<std::string>() + "' is unknown; use 'auto', True or False");
+    p.prune = -1;
+  } else if (py::isinstance<py::bool_>(prune)) {
+    p.prune = prune.cast<bool>() ? 1 : 0;
+  } else {
+    throw std::invalid_argument("prune must be 'auto', True or False");
+  }
   const float* w = weights_of(sample_weight, X.rows);
   ec::KMeansResult r;
   run_native([&](ec::Cancel& c) {
@@ -218,6 +227,7 @@ py::dict kmeans_fit(const py::array& x, int k, int max_iter, double tol, int n_i
   out["inertia"] = r.inertia;
   out["n_iter"] = r.n_iter;
   out["n_empty_repaired"] = r.n_empty_repaired;
+  out["computed_fraction"] = r.computed_fraction;
   return out;
 }
 
@@ -341,7 +351,11 @@ PYBIND11_MODULE(_core, m) {
   m.def("kmeans_fit", &kmeans_fit, py::arg("X"), py::arg("n_clusters"), py::arg("max_iter") = 300,
         py::arg("tol") = 1e-4, py::arg("n_init") = 1, py::arg("metric") = "l2", py::arg("init") = "k-means++",
         py::arg("seed") = 0, py::arg("sample_weight") = py::none(), py::arg("n_local_trials") = 0,
-        py::arg("n_threads") = 0, py::arg("precision") = "auto", "k-means; returns dict(centers, labels, inertia, n_iter, n_empty_repaired).");
+        py::arg("n_threads") = 0, py::arg("precision") = "auto", py::arg("prune") = "auto",
+        "k-means; returns dict(centers, labels, inertia, n_iter, n_empty_repaired, computed_fraction). "
+        "prune ('auto', True, False) switches the exact bound-based pruning of the assignment "
+        "(identical results either way; auto: on for n_clusters >= 16). computed_fraction is the "
+        "share of (row, pass) pairs whose distances to all centres were computed.");
   m.def("kmeans_init", &kmeans_init, py::arg("X"), py::arg("n_clusters"), py::arg("metric") = "l2",
         py::arg("init") = "k-means++", py::arg("seed") = 0, py::arg("sample_weight") = py::none(),
         py::arg("n_local_trials") = 0, py::arg("n_threads") = 0, "Initial centres only (k-means++ or random).");

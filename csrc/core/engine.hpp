@@ -68,18 +68,30 @@ inline void check_sqnorms(const std::vector<double>& sq, const char* what, const
 
 /// The exact (fp64) ranking value of a pair in the metric's "smaller is closer" form:
 /// L2: ||x - y||^2; IP: -x.y; Cosine: 1 - x.y / (||x|| ||y||).
+/// Sums are taken in a fixed order (eight interleaved partial sums, then a fixed tree) that does
+/// not depend on the instruction set, so every build path gets the same bits; the independent
+/// partial sums let the compiler vectorise.
 inline double exact_value(Metric m, const float* x, const float* y, idx_t d, double xnorm,
                           double ynorm) {
-  if (m == Metric::L2) {
-    double s = 0.0;
-    for (idx_t k = 0; k < d; ++k) {
-      const double t = static_cast<double>(x[k]) - y[k];
-      s += t * t;
-    }
-    return s;
-  }
+  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  idx_t k = 0;
   double s = 0.0;
-  for (idx_t k = 0; k < d; ++k) s += static_cast<double>(x[k]) * y[k];
+  if (m == Metric::L2) {
+    for (; k + 8 <= d; k += 8)
+      for (int t = 0; t < 8; ++t) {
+        const double v = static_cast<double>(x[k + t]) - y[k + t];
+        acc[t] += v * v;
+      }
+    for (; k < d; ++k) {
+      const double v = static_cast<double>(x[k]) - y[k];
+      s += v * v;
+    }
+    return s + (((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])));
+  }
+  for (; k + 8 <= d; k += 8)
+    for (int t = 0; t < 8; ++t) acc[t] += static_cast<double>(x[k + t]) * y[k + t];
+  for (; k < d; ++k) s += static_cast<double>(x[k]) * y[k];
+  s += ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
   if (m == Metric::IP) return -s;
   return 1.0 - s / (xnorm * ynorm);
 }
@@ -149,9 +161,9 @@ class RowCands {
 void select_exact(RowCands& rc, int k, const float* x, double xnorm, const PackedSet& set,
                   std::vector<std::pair<double, idx_t>>& scratch, double* out_val, idx_t* out_idx);
 
-/// Window half-width B(x) for a query row with squared norm xsq against `set`.
-inline float row_bound(const PackedSet& set, double xsq) {
-  const double e = set.eps;
+/// Window half-width B(x) for a query row with squared norm xsq against `set`, for products
+/// with relative error bound e (set.eps for the set's tiles).
+inline float row_bound_eps(const PackedSet& set, double xsq, double e) {
   double b;
   if (set.metric == Metric::L2)
     b = e * (xsq + set.max_sqnorm);
@@ -163,6 +175,40 @@ inline float row_bound(const PackedSet& set, double xsq) {
   return static_cast<float>(b * (1.0 + 1e-6)) + std::numeric_limits<float>::min();
 }
 
+/// Window half-width B(x) of the set's tile values.
+inline float row_bound(const PackedSet& set, double xsq) { return row_bound_eps(set, xsq, set.eps); }
+
+/// The relative error bound of an fp32 product of length d (KernelSet::dot or fp32 tiles).
+inline double eps_rel_fp32(idx_t d) { return (4.0 * static_cast<double>(d) + 32.0) * 0x1p-24; }
+
+/// The tile-form value (add[j] + mul * x.y_j) of row j of `set` from an fp32 product
+/// (KernelSet::dot) instead of the packed tile; its error is within row_bound_eps(.., eps_rel_fp32).
+inline double fp32_value(const PackedSet& set, const float* x, idx_t j) {
+  const double dt = set.ks->dot(x, set.row(j), set.d);
+  return set.metric == Metric::L2       ? static_cast<double>(set.add.data()[j]) - 2.0 * dt
+         : set.metric == Metric::Cosine ? -dt / set.norm[j]
+                                        : -dt;
+}
+
+/// Narrows a candidate list (indices into `set`, all within 2B of the best tile value) with
+/// fp32 products, which are far tighter than bf16 tiles: keeps only the candidates whose fp32
+/// value lies within 2 B32 of the best fp32 value. Every candidate that could be the exact
+/// best survives (same argument as for the tiles). Returns the new count.
+inline idx_t narrow_fp32(const PackedSet& set, const float* x, double xsq, std::int32_t* idx, idx_t cnt,
+                         double* scratch) {
+  const double b32 = row_bound_eps(set, xsq, eps_rel_fp32(set.d));
+  double best = std::numeric_limits<double>::infinity();
+  for (idx_t t = 0; t < cnt; ++t) {
+    const double v = fp32_value(set, x, idx[t]);
+    scratch[t] = v;
+    best = std::min(best, v);
+  }
+  idx_t kept = 0;
+  for (idx_t t = 0; t < cnt; ++t)
+    if (scratch[t] <= best + 2.0 * b32) idx[kept++] = idx[t];
+  return kept;
+}
+
 /// Per-thread buffers for one query block: packed rows and the tile of products.
 struct TileScratch {
   AlignedBuffer<float> a;
@@ -171,6 +217,7 @@ struct TileScratch {
   std::vector<idx_t> rows;          ///< gathered row indices
   std::vector<std::int32_t> idx;
   std::vector<float> val;
+  std::vector<double> dval;         ///< fp32 re-check values (narrow_fp32)
 };
 
 }  // namespace ec

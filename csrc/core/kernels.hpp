@@ -40,7 +40,21 @@ struct KernelSet {
   /// Writes every j < n with add[j] + mul * c[j] <= thr to idx/val; returns how many.
   idx_t (*row_filter)(const float* c, const float* add, float mul, idx_t n, float thr,
                       std::int32_t* idx, float* val);
+
+  /// fp32 dot product of two float32 rows of length d (always fp32, also in bf16 sets), summed
+  /// in any order: its error obeys the same bound as an fp32 tile value. Used to narrow a wide
+  /// (bf16) candidate window before the fp64 re-check.
+  float (*dot)(const float* a, const float* b, idx_t d);
+
+  /// Fixed-point accumulation for k-means: dst[f] += q_f (or -= with `subtract`), modulo 2^64,
+  /// q_f = the nearest integer (ties to even) to (x[f] * sc) * qscale[f], computed in fp64
+  /// without fused operations. Every kernel set gives the same integers, and integer sums do
+  /// not depend on their order.
+  void (*accum)(const float* x, idx_t d, double sc, const double* qscale, bool subtract, std::uint64_t* dst);
 };
+
+/// The portable fixed-point accumulation (see KernelSet::accum).
+void accum_generic(const float* x, idx_t d, double sc, const double* qscale, bool subtract, std::uint64_t* dst);
 
 /// Packs rows of a row-major matrix into panels of `width` rows stored k-major:
 /// out[p*d*width + k*width + r] = scale_r * src[row(p*width + r)][k], zero for padding rows.
@@ -72,6 +86,8 @@ const KernelSet& avx2_kernels();
 #endif
 #if defined(EC_HAVE_AVX512_KERNELS)
 const KernelSet& avx512_kernels();
+float dot_avx512(const float* a, const float* b, idx_t d);
+void accum_avx512(const float* x, idx_t d, double sc, const double* qscale, bool subtract, std::uint64_t* dst);
 #endif
 #if defined(EC_HAVE_AVX512BF16_KERNELS)
 const KernelSet& avx512bf16_kernels();

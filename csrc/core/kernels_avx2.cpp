@@ -107,8 +107,26 @@ idx_t row_filter_avx2(const float* c, const float* add, float mul, idx_t n, floa
 
 }  // namespace
 
+static float dot_avx2(const float* a, const float* b, idx_t d) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+  idx_t k = 0;
+  for (; k + 16 <= d; k += 16) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k + 8), _mm256_loadu_ps(b + k + 8), s1);
+  }
+  for (; k + 8 <= d; k += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), s0);
+  s0 = _mm256_add_ps(s0, s1);
+  const __m128 h = _mm_add_ps(_mm256_castps256_ps128(s0), _mm256_extractf128_ps(s0, 1));
+  float t[4];
+  _mm_storeu_ps(t, h);
+  float s = (t[0] + t[1]) + (t[2] + t[3]);
+  for (; k < d; ++k) s += a[k] * b[k];
+  return s;
+}
+
 const KernelSet& avx2_kernels() {
-  static const KernelSet ks{"avx2", kMR, kNR, 1, 0.0, pack_panels, gemm_avx2, row_min_avx2, row_filter_avx2};
+  static const KernelSet ks{"avx2", kMR, kNR, 1, 0.0, pack_panels, gemm_avx2, row_min_avx2, row_filter_avx2,
+                            dot_avx2, accum_generic};
   return ks;
 }
 

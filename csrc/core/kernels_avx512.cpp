@@ -96,8 +96,38 @@ idx_t row_filter_avx512(const float* c, const float* add, float mul, idx_t n, fl
 
 }  // namespace
 
+float dot_avx512(const float* a, const float* b, idx_t d) {
+  __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+  idx_t k = 0;
+  for (; k + 32 <= d; k += 32) {
+    s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + k), _mm512_loadu_ps(b + k), s0);
+    s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + k + 16), _mm512_loadu_ps(b + k + 16), s1);
+  }
+  for (; k < d; k += 16) {
+    const __mmask16 m = d - k >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (d - k)) - 1u);
+    s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + k), _mm512_maskz_loadu_ps(m, b + k), s0);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+
+void accum_avx512(const float* x, idx_t d, double sc, const double* qscale, bool subtract, std::uint64_t* dst) {
+  const __m512d vs = _mm512_set1_pd(sc);
+  idx_t f = 0;
+  for (; f + 8 <= d; f += 8) {
+    // Two separate roundings, (x * sc) then * qscale, as in accum_generic; the conversion
+    // rounds to nearest even (the default MXCSR mode), like llrint.
+    const __m512d v = _mm512_mul_pd(_mm512_mul_pd(_mm512_cvtps_pd(_mm256_loadu_ps(x + f)), vs),
+                                    _mm512_loadu_pd(qscale + f));
+    const __m512i q = _mm512_cvtpd_epi64(v);
+    const __m512i o = _mm512_loadu_si512(dst + f);
+    _mm512_storeu_si512(dst + f, subtract ? _mm512_sub_epi64(o, q) : _mm512_add_epi64(o, q));
+  }
+  if (f < d) accum_generic(x + f, d - f, sc, qscale + f, subtract, dst + f);
+}
+
 const KernelSet& avx512_kernels() {
-  static const KernelSet ks{"avx512", kMR, kNR, 1, 0.0, pack_panels, gemm_avx512, row_min_avx512, row_filter_avx512};
+  static const KernelSet ks{"avx512", kMR, kNR, 1, 0.0, pack_panels, gemm_avx512, row_min_avx512, row_filter_avx512,
+                            dot_avx512, accum_avx512};
   return ks;
 }
 

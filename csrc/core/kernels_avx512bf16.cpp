@@ -100,7 +100,7 @@ void gemm_bf16(const float* af, const float* bf, idx_t m_pad, idx_t n_pad, idx_t
 
 const KernelSet& avx512bf16_kernels() {
   static const KernelSet ks{"avx512bf16",       kMR,       kNR, 2, 0x1p-9, pack_bf16, gemm_bf16,
-                            avx512_kernels().row_min, avx512_kernels().row_filter};
+                            avx512_kernels().row_min, avx512_kernels().row_filter, dot_avx512, accum_avx512};
   return ks;
 }
 

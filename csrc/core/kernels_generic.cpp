@@ -1,4 +1,5 @@
 // Portable tile kernels (no instruction-set flags): the fallback and the reference path.
+#include <cmath>
 #include <cstring>
 #include <limits>
 
@@ -74,11 +75,29 @@ idx_t row_filter_generic(const float* c, const float* add, float mul, idx_t n, f
   return cnt;
 }
 
+float dot_generic(const float* a, const float* b, idx_t d) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // independent partial sums (the compiler vectorises them)
+  idx_t k = 0;
+  for (; k + 8 <= d; k += 8)
+    for (int t = 0; t < 8; ++t) acc[t] += a[k + t] * b[k + t];
+  float s = 0.0f;
+  for (; k < d; ++k) s += a[k] * b[k];
+  return s + ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
 }  // namespace
+
+void accum_generic(const float* x, idx_t d, double sc, const double* qscale, bool subtract, std::uint64_t* dst) {
+  for (idx_t f = 0; f < d; ++f) {
+    const double v = (static_cast<double>(x[f]) * sc) * qscale[f];
+    const auto q = static_cast<std::uint64_t>(std::llrint(v));
+    dst[f] = subtract ? dst[f] - q : dst[f] + q;
+  }
+}
 
 const KernelSet& generic_kernels() {
   static const KernelSet ks{"generic", kMR, kNR, 1, 0.0, pack_panels, gemm_generic, row_min_generic,
-                            row_filter_generic};
+                            row_filter_generic, dot_generic, accum_generic};
   return ks;
 }
 

@@ -1,7 +1,7 @@
-// k-means on the tile engine. Determinism: rows are split into ranges whose boundaries depend
-// only on n (never on the thread count); each range accumulates its sums in fp64 in row order,
-// and ranges are reduced in a fixed order, so the same seed gives bit-identical results on any
-// number of threads.
+// k-means on the tile engine. Determinism: centre sums are accumulated in fixed point (64-bit
+// integers, see Accum), whose sums do not depend on their order, so the same seed gives
+// bit-identical results on any number of threads, with or without pruning, and the pruned
+// passes only update the sums of rows that changed cluster.
 #include "kmeans.hpp"
 
 #include <cmath>
@@ -14,9 +14,8 @@
 namespace ec {
 namespace {
 
-constexpr idx_t kRangeUnit = 4096;          // rows per accumulation range (at least)
+constexpr idx_t kRangeUnit = 4096;          // rows per work range (at least)
 constexpr int kMaxRanges = 64;              // ranges at most (load balance for many threads)
-constexpr double kAccumBudget = 256.0e6;    // bytes of fp64 accumulators at most
 
 /// Query rows per tile for k centres: the tile of products (rows x k) stays within ~256 KiB.
 idx_t rows_per_tile(idx_t k_pad) {
@@ -27,8 +26,6 @@ idx_t rows_per_tile(idx_t k_pad) {
 
 struct Range {
   idx_t r0, r1;
-  std::vector<double> sums;  // k * d
-  std::vector<double> w;     // k
 };
 
 struct Data {
@@ -43,10 +40,8 @@ struct Data {
   double weight(idx_t i) const { return w ? static_cast<double>(w[i]) : 1.0; }
 };
 
-std::vector<Range> make_ranges(idx_t n, idx_t k, idx_t d) {
-  idx_t nr = std::max<idx_t>(1, std::min<idx_t>(kMaxRanges, n / kRangeUnit));
-  const double per = static_cast<double>(k) * static_cast<double>(d) * 8.0;
-  nr = std::max<idx_t>(1, std::min<idx_t>(nr, static_cast<idx_t>(kAccumBudget / per)));
+std::vector<Range> make_ranges(idx_t n) {
+  const idx_t nr = std::max<idx_t>(1, std::min<idx_t>(kMaxRanges, n / kRangeUnit));
   std::vector<Range> rs(static_cast<std::size_t>(nr));
   for (idx_t r = 0; r < nr; ++r) {
     rs[r].r0 = n * r / nr;
@@ -55,19 +50,141 @@ std::vector<Range> make_ranges(idx_t n, idx_t k, idx_t d) {
   return rs;
 }
 
+/// Centre sums in fixed point. Row i adds q_if = round(w_i' x_if * qscale_f) to its cluster's
+/// sum (w_i' = w_i, or w_i / ||x_i|| for cosine), qscale_f = 2^e_f chosen so that
+/// n * max_i |w_i' x_if| * qscale_f < 2^61: every partial sum, in any order, fits in an int64,
+/// and the rounding error of a sum is at most n * 2^-62 * max |w' x_f| (far below the float32
+/// rounding of the final centres). Weights are accumulated the same way (counts when
+/// unweighted). Each thread owns its accumulators (mod 2^64); their sum is exact.
+struct Accum {
+  idx_t k = 0, d = 0;
+  std::vector<double> qscale;   // d
+  double wscale = 1.0;
+  std::vector<std::vector<std::uint64_t>> t;  // per thread: k * d sums, then k weights
+
+  void init(const Data& D, idx_t kk) {
+    k = kk;
+    d = D.d;
+    std::vector<double> mx(static_cast<std::size_t>(d), 0.0);
+    double wmax = 0.0;
+#pragma omp parallel num_threads(D.threads)
+    {
+      std::vector<double> m(static_cast<std::size_t>(d), 0.0);  // maxima do not depend on the order
+      double wm = 0.0;
+#pragma omp for schedule(static)
+      for (idx_t i = 0; i < D.n; ++i) {
+        const double sc = row_scale(D, i);
+        wm = std::max(wm, D.weight(i));
+        for (idx_t f = 0; f < d; ++f) m[f] = std::max(m[f], std::abs(static_cast<double>(D.x[i * d + f]) * sc));
+      }
+#pragma omp critical
+      {
+        wmax = std::max(wmax, wm);
+        for (idx_t f = 0; f < d; ++f) mx[f] = std::max(mx[f], m[f]);
+      }
+    }
+    auto pow2_below = [&](double m) {  // 2^e with static_cast<double>(n) * m * 2^e < 2^61
+      if (!(m > 0.0)) return 1.0;
+      int e = 0;
+      std::frexp(static_cast<double>(D.n) * m, &e);  // n * m < 2^e
+      return std::ldexp(1.0, std::max(-1000, std::min(1000, 61 - e)));
+    };
+    qscale.resize(static_cast<std::size_t>(d));
+    for (idx_t f = 0; f < d; ++f) qscale[f] = pow2_below(mx[f]);
+    wscale = D.w ? pow2_below(wmax) : 1.0;
+    t.assign(static_cast<std::size_t>(D.threads), std::vector<std::uint64_t>(static_cast<std::size_t>(k * d + k)));
+  }
+  static double row_scale(const Data& D, idx_t i) {
+    const double w = D.weight(i);
+    return D.metric == Metric::Cosine ? w / D.xnorm[i] : w;
+  }
+  void clear() {
+    for (auto& v : t) std::fill(v.begin(), v.end(), 0);
+  }
+  /// Adds (or removes) row i to (from) cluster c in thread tid's accumulators.
+  void add(const Data& D, const KernelSet& ks, int tid, idx_t i, idx_t c, bool subtract) {
+    std::uint64_t* a = t[static_cast<std::size_t>(tid)].data();
+    ks.accum(D.x + i * d, d, row_scale(D, i), qscale.data(), subtract, a + c * d);
+    const auto wq = static_cast<std::uint64_t>(D.w ? std::llrint(D.weight(i) * wscale) : 1);
+    a[k * d + c] = subtract ? a[k * d + c] - wq : a[k * d + c] + wq;
+  }
+  /// The exact totals, converted to fp64 (one rounding each).
+  void totals(std::vector<double>& sums, std::vector<double>& wsum, int threads) const {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (idx_t c = 0; c < k; ++c) {
+      for (idx_t f = 0; f < d; ++f) {
+        std::uint64_t s = 0;
+        for (const auto& v : t) s += v[c * d + f];
+        sums[c * d + f] = static_cast<double>(static_cast<std::int64_t>(s)) / qscale[f];
+      }
+      std::uint64_t w = 0;
+      for (const auto& v : t) w += v[k * d + c];
+      wsum[c] = static_cast<double>(static_cast<std::int64_t>(w)) / wscale;
+    }
+  }
+};
+
+/// Bounds for exact pruning of the assignment (Hamerly 2010, "Making k-means even faster"),
+/// kept in Euclidean distance: L2 uses ||x - c||, cosine the distance between the unit vectors
+/// x/||x|| and c/||c|| (so 1 - cos = D^2 / 2). Per row, u >= D(x, own centre) and l <= D(x, c_j)
+/// for every other centre j. When centres move by shift_j, u grows by the row's own centre's
+/// shift and l shrinks by the largest other shift (triangle inequality). A row whose
+/// u < max(l, half_gap[own]) keeps its centre: every other centre is strictly farther
+/// (half_gap[a] = half the distance from centre a to its nearest other centre). Every bound
+/// carries a relative margin of 1e-9 (far above the fp64 rounding of the exact values, which
+/// is below d * 2^-53), so a row is skipped only when the exact fp64 argmin of the full pass
+/// would return the same centre: pruned and unpruned fits are bit-identical.
+struct Prune {
+  std::vector<double> u, l;      ///< per row
+  std::vector<double> shift;     ///< per centre: distance moved by the last update (upper bound)
+  std::vector<double> half_gap;  ///< per centre: lower bound of half the gap to its nearest other centre
+  double max1 = 0.0, max2 = 0.0; ///< largest and second largest shift
+  idx_t arg1 = -1;               ///< the centre with the largest shift
+  bool valid = false;            ///< u and l hold bounds (false before the first full pass)
+  idx_t rows_computed = 0;       ///< rows whose full distance row was computed (all passes)
+};
+
+constexpr double kBoundRel = 1e-9;
+
+/// fp64 rounding of a cosine value 1 - s / (||x|| ||c||) is absolute (cancellation near 1):
+/// at most about d * 2^-53; this is a generous allowance for it.
+inline double cos_abs_err(idx_t d) { return 4e-16 * static_cast<double>(d) + 1e-15; }
+
+/// Upper and lower bounds of the Euclidean distance behind a metric value f (exact fp64 value
+/// or a lower bound of it).
+inline double dist_hi(Metric m, double f, idx_t d) {
+  if (m == Metric::L2) return std::sqrt(std::max(0.0, f) * (1.0 + kBoundRel));
+  return std::sqrt(2.0 * (std::max(0.0, f) + cos_abs_err(d)) * (1.0 + kBoundRel));
+}
+inline double dist_lo(Metric m, double f, idx_t d) {
+  if (m == Metric::L2) return std::sqrt(std::max(0.0, f * (1.0 - kBoundRel)));
+  return std::sqrt(std::max(0.0, 2.0 * (f - cos_abs_err(d)) * (1.0 - kBoundRel)));
+}
+
+/// Metric value f implied by a tile value v of a row (squared norm xsq, norm xn) and the
+/// bound of its error: L2 f = v + ||x||^2; cosine f = 1 + v / ||x|| (packed centres are unit).
+inline double f_of_tile(Metric m, double v, double xsq, double xn) {
+  return m == Metric::L2 ? v + xsq : 1.0 + v / xn;
+}
+inline double f_err_of_tile(Metric m, double b, double xn) { return m == Metric::L2 ? b : b / xn; }
+
 /// One assignment pass. For every row: exact nearest centre and (when `mind` is given) its
-/// exact fp64 distance; with `acc`,
-/// also adds w_i * x_i (cosine: w_i * x_i / ||x_i||) to its range's sums (fused: the row is
-/// still in cache).
-void assign_pass(const PackedSet& cs, const Data& D, idx_t* labels, float* mind,
-                 std::vector<Range>* acc, const std::vector<Range>& ranges, Cancel& cancel) {
+/// exact fp64 distance. With `acc`, keeps the centre sums current: a full pass (`acc_full`)
+/// adds every row to the (cleared) sums, otherwise only rows whose label changed move from
+/// their old cluster's sums to the new one's. With `pr` holding valid bounds, rows whose bounds
+/// prove their centre unchanged skip the distance products.
+void assign_pass(const PackedSet& cs, const Data& D, idx_t* labels, float* mind, Accum* acc, bool acc_full,
+                 const std::vector<Range>& ranges, Cancel& cancel, Prune* pr = nullptr) {
   const KernelSet& ks = *D.ks;
   const idx_t d = D.d, k = cs.n;
   const idx_t k_pad = cs.n_pad;
   const idx_t mc = rows_per_tile(k_pad);
   const idx_t nranges = static_cast<idx_t>(ranges.size());
+  const Metric metric = D.metric;
+  const bool test = pr && pr->valid;
   ExceptionSlot err;
-#pragma omp parallel num_threads(D.threads)
+  idx_t computed = 0;
+#pragma omp parallel num_threads(D.threads) reduction(+ : computed)
   {
     TileScratch s;
     std::vector<std::pair<double, idx_t>> ex;
@@ -80,18 +197,42 @@ void assign_pass(const PackedSet& cs, const Data& D, idx_t* labels, float* mind,
 #pragma omp for schedule(dynamic, 1)
     for (idx_t r = 0; r < nranges; ++r) {
       err.run([&] {
-        Range* ra = acc ? &(*acc)[r] : nullptr;
-        if (ra) {
-          std::fill(ra->sums.begin(), ra->sums.end(), 0.0);
-          std::fill(ra->w.begin(), ra->w.end(), 0.0);
+        if (err.failed() || cancel.poll()) return;
+        const int tid = omp_get_thread_num();
+        const idx_t r0 = ranges[r].r0, r1 = ranges[r].r1;
+        // Rows whose centre the bounds cannot prove.
+        s.rows.clear();
+        for (idx_t row = r0; row < r1; ++row) {
+          if (test) {
+            const idx_t a = labels[row];
+            const double u = pr->u[row] + pr->shift[a];
+            const double l = pr->l[row] - (a == pr->arg1 ? pr->max2 : pr->max1);
+            const double thr = std::max(l, pr->half_gap[a]);
+            pr->l[row] = l;
+            if (u < thr) {
+              pr->u[row] = u;
+              continue;
+            }
+            // Tighten u to (an fp32 upper bound of) the distance to the own centre, test again.
+            const double xn = metric == Metric::Cosine ? D.xnorm[row] : 0.0;
+            const double f_hi = f_of_tile(metric, fp32_value(cs, D.x + row * d, a), D.xsq[row], xn) +
+                                f_err_of_tile(metric, row_bound_eps(cs, D.xsq[row], eps_rel_fp32(d)), xn);
+            const double ut = dist_hi(metric, f_hi, d);
+            pr->u[row] = ut;
+            if (ut < thr) continue;
+          }
+          s.rows.push_back(row);
         }
-        for (idx_t q0 = ranges[r].r0; q0 < ranges[r].r1; q0 += mc) {
+        const idx_t na = static_cast<idx_t>(s.rows.size());
+        computed += na;
+        for (idx_t t0 = 0; t0 < na; t0 += mc) {
           if (err.failed() || cancel.poll()) return;
-          const idx_t qm = std::min(mc, ranges[r].r1 - q0);
-          ks.pack(D.x + q0 * d, d, nullptr, nullptr, qm, d, ks.mr, s.a.data());
+          const idx_t qm = std::min(mc, na - t0);
+          const idx_t* rows = s.rows.data() + t0;
+          ks.pack(D.x, d, rows, nullptr, qm, d, ks.mr, s.a.data());
           ks.gemm(s.a.data(), cs.panels.data(), round_up(qm, ks.mr), k_pad, ks.depth(d), s.c.data(), k_pad);
           for (idx_t i = 0; i < qm; ++i) {
-            const idx_t row = q0 + i;
+            const idx_t row = rows[i];
             const float* crow = s.c.data() + i * k_pad;
             const float m = ks.row_min(crow, cs.add.data(), cs.mul, k);
             const float b = row_bound(cs, D.xsq[row]);
@@ -99,45 +240,129 @@ void assign_pass(const PackedSet& cs, const Data& D, idx_t* labels, float* mind,
                 ks.row_filter(crow, cs.add.data(), cs.mul, k, m + 2.0f * b, s.idx.data(), s.val.data());
             idx_t lab;
             double dist = -1.0;
-            const double xn = D.metric == Metric::Cosine ? D.xnorm[row] : 0.0;
+            const double xn = metric == Metric::Cosine ? D.xnorm[row] : 0.0;
             idx_t ncand = cnt;
             if (cnt == 0) {  // cannot happen with checked norms; never index an empty list
               for (idx_t j = 0; j < k; ++j) s.idx[j] = static_cast<std::int32_t>(j);
               ncand = k;
+            }
+            if (ncand > 1 && ks.input_rel > 0.0) {
+              s.dval.resize(static_cast<std::size_t>(ncand));
+              ncand = narrow_fp32(cs, D.x + row * d, D.xsq[row], s.idx.data(), ncand, s.dval.data());
             }
             if (ncand == 1) {
               lab = s.idx[0];
             } else {
               ex.clear();
               for (idx_t t = 0; t < ncand; ++t)
-                ex.emplace_back(exact_value(D.metric, D.x + row * d, cs.row(s.idx[t]), d, xn,
-                                            cs.norm[s.idx[t]]),
+                ex.emplace_back(exact_value(metric, D.x + row * d, cs.row(s.idx[t]), d, xn, cs.norm[s.idx[t]]),
                                 s.idx[t]);
               const auto best = *std::min_element(ex.begin(), ex.end());
               lab = best.second;
               dist = std::max(0.0, best.first);
             }
-            labels[row] = lab;
-            if (mind) {  // exact, so that it is the same whichever kernel made the tile
-              if (dist < 0.0)
-                dist = std::max(0.0, exact_value(D.metric, D.x + row * d, cs.row(lab), d, xn, cs.norm[lab]));
-              mind[row] = static_cast<float>(dist);
+            if (acc && !acc_full && labels[row] != lab) {
+              acc->add(D, ks, tid, row, labels[row], true);
+              acc->add(D, ks, tid, row, lab, false);
             }
-            if (ra) {
-              const double wi = D.weight(row);
-              const double sc = D.metric == Metric::Cosine ? wi / xn : wi;
-              double* dst = ra->sums.data() + lab * d;
-              const float* src = D.x + row * d;
-              for (idx_t f = 0; f < d; ++f) dst[f] += sc * src[f];
-              ra->w[lab] += wi;
+            labels[row] = lab;
+            if ((mind || pr) && dist < 0.0)  // exact, whichever kernel made the tile
+              dist = std::max(0.0, exact_value(metric, D.x + row * d, cs.row(lab), d, xn, cs.norm[lab]));
+            if (mind) mind[row] = static_cast<float>(dist);
+            if (pr) {
+              // Second best tile value (any centre but the chosen one), lowered by its error bound.
+              const float* add = cs.add.data();
+              const float v2 = std::min(lab > 0 ? ks.row_min(crow, add, cs.mul, lab) : std::numeric_limits<float>::infinity(),
+                                        lab + 1 < k ? ks.row_min(crow + lab + 1, add + lab + 1, cs.mul, k - lab - 1)
+                                                    : std::numeric_limits<float>::infinity());
+              pr->u[row] = dist_hi(metric, dist, d);
+              pr->l[row] = k > 1 ? dist_lo(metric, f_of_tile(metric, v2, D.xsq[row], xn) - f_err_of_tile(metric, b, xn), d)
+                                 : std::numeric_limits<double>::infinity();
             }
           }
         }
+        if (acc && acc_full)
+          for (idx_t row = r0; row < r1; ++row) acc->add(D, ks, tid, row, labels[row], false);
       });
     }
   }
   err.rethrow();
   cancel.throw_if_stopped();
+  if (pr) {
+    pr->rows_computed += computed;
+    pr->valid = true;
+  }
+}
+
+/// Half the distance from each centre to its nearest other centre, a lower bound (from the
+/// tile engine with its error bound).
+void centre_half_gaps(const PackedSet& cs, const Data& D, std::vector<double>& out) {
+  const KernelSet& ks = *D.ks;
+  const idx_t k = cs.n, d = D.d, k_pad = cs.n_pad;
+  out.assign(static_cast<std::size_t>(k), std::numeric_limits<double>::infinity());
+  if (k < 2) return;
+  const idx_t mc = rows_per_tile(k_pad);
+  const idx_t nb = (k + mc - 1) / mc;
+#pragma omp parallel num_threads(D.threads)
+  {
+    AlignedBuffer<float> a, c;
+    a.resize(static_cast<std::size_t>(mc * ks.depth(d)));
+    c.resize(static_cast<std::size_t>(mc * k_pad));
+#pragma omp for schedule(dynamic, 1)
+    for (idx_t bi = 0; bi < nb; ++bi) {
+      const idx_t q0 = bi * mc, qm = std::min(mc, k - q0);
+      ks.pack(cs.src + q0 * d, d, nullptr, nullptr, qm, d, ks.mr, a.data());
+      ks.gemm(a.data(), cs.panels.data(), round_up(qm, ks.mr), k_pad, ks.depth(d), c.data(), k_pad);
+      for (idx_t i = 0; i < qm; ++i) {
+        const idx_t ca = q0 + i;
+        const double xn = cs.norm[ca], xsq = xn * xn;
+        const double b = f_err_of_tile(D.metric, row_bound(cs, xsq), xn);
+        double best = std::numeric_limits<double>::infinity();
+        for (idx_t j = 0; j < k; ++j) {
+          if (j == ca) continue;
+          const float v = cs.add.data()[j] + cs.mul * c.data()[i * k_pad + j];
+          best = std::min(best, f_of_tile(D.metric, v, xsq, xn) - b);
+        }
+        out[ca] = 0.5 * dist_lo(D.metric, best, d);
+      }
+    }
+  }
+}
+
+/// Distance each centre moved (upper bound), and the two largest.
+void centre_shifts(const Data& D, const std::vector<float>& oldc, const std::vector<float>& newc, idx_t k,
+                   Prune& pr) {
+  const idx_t d = D.d;
+  pr.shift.assign(static_cast<std::size_t>(k), 0.0);
+  for (idx_t c = 0; c < k; ++c) {
+    const float* a = oldc.data() + c * d;
+    const float* b = newc.data() + c * d;
+    double s = 0.0;
+    if (D.metric == Metric::L2) {
+      for (idx_t f = 0; f < d; ++f) {
+        const double t = static_cast<double>(a[f]) - b[f];
+        s += t * t;
+      }
+    } else {  // between the unit vectors a / ||a|| and b / ||b||
+      const double na = std::sqrt(sqnorm(a, d)), nb = std::sqrt(sqnorm(b, d));
+      for (idx_t f = 0; f < d; ++f) {
+        const double t = a[f] / na - b[f] / nb;
+        s += t * t;
+      }
+    }
+    pr.shift[c] = s == 0.0 ? 0.0 : std::sqrt(s) * (1.0 + kBoundRel) + 1e-300;
+  }
+  pr.max1 = pr.max2 = 0.0;
+  pr.arg1 = -1;
+  for (idx_t c = 0; c < k; ++c) {
+    if (pr.shift[c] > pr.max1) {
+      pr.max2 = pr.max1;
+      pr.max1 = pr.shift[c];
+      pr.arg1 = c;
+    } else if (pr.shift[c] > pr.max2) {
+      pr.max2 = pr.shift[c];
+    }
+  }
 }
 
 void prepare(Data& D, const float* x, idx_t n, idx_t d, const float* w, Metric m, int threads,
@@ -356,11 +581,9 @@ double objective(const Data& D, const float* centers, const std::vector<idx_t>& 
 void lloyd(const KMeansParams& p, const Data& D, std::vector<float>& centers, KMeansResult& res,
            Cancel& cancel) {
   const idx_t n = D.n, d = D.d, k = p.k;
-  auto ranges = make_ranges(n, k, d);
-  for (auto& r : ranges) {
-    r.sums.assign(static_cast<std::size_t>(k * d), 0.0);
-    r.w.assign(static_cast<std::size_t>(k), 0.0);
-  }
+  const auto ranges = make_ranges(n);
+  Accum acc;
+  acc.init(D, k);
   const double tol_abs = p.tol > 0.0 ? p.tol * mean_variance(D) : 0.0;
   std::vector<idx_t> labels(static_cast<std::size_t>(n), -1), old(static_cast<std::size_t>(n), -1);
   std::vector<float> mind(static_cast<std::size_t>(n));
@@ -370,6 +593,23 @@ void lloyd(const KMeansParams& p, const Data& D, std::vector<float>& centers, KM
   bool strict = false;
   int it = 0;
   int repaired = 0;
+  int passes = 0;
+  const bool use_prune = p.prune == 1 || (p.prune < 0 && k >= kPruneMinK);
+  Prune pr;
+  if (use_prune) {
+    pr.u.resize(static_cast<std::size_t>(n));
+    pr.l.resize(static_cast<std::size_t>(n));
+  }
+  auto pass = [&](bool accumulate) {
+    pack_set(cs, centers.data(), k, d, D.metric, nullptr, D.threads, D.ks);
+    if (use_prune && pr.valid) centre_half_gaps(cs, D, pr.half_gap);
+    const bool full = !use_prune || !pr.valid;  // pruned passes update the sums of moved rows only
+    if (accumulate && full) acc.clear();
+    // A final pass without accumulation may change labels; its sums are not used afterwards.
+    assign_pass(cs, D, labels.data(), nullptr, accumulate ? &acc : nullptr, full, ranges, cancel,
+                use_prune ? &pr : nullptr);
+    ++passes;
+  };
   if (D.metric == Metric::Cosine) {
     for (idx_t c = 0; c < k; ++c) {
       const double nn = std::sqrt(sqnorm(centers.data() + c * d, d));
@@ -378,20 +618,8 @@ void lloyd(const KMeansParams& p, const Data& D, std::vector<float>& centers, KM
     }
   }
   for (it = 0; it < p.max_iter; ++it) {
-    pack_set(cs, centers.data(), k, d, D.metric, nullptr, D.threads, D.ks);
-    assign_pass(cs, D, labels.data(), nullptr, &ranges, ranges, cancel);
-    // Reduce ranges in a fixed order.
-#pragma omp parallel for num_threads(D.threads) schedule(static)
-    for (idx_t c = 0; c < k; ++c) {
-      double w = 0.0;
-      for (const auto& r : ranges) w += r.w[c];
-      wsum[c] = w;
-      for (idx_t f = 0; f < d; ++f) {
-        double s = 0.0;
-        for (const auto& r : ranges) s += r.sums[c * d + f];
-        sums[c * d + f] = s;
-      }
-    }
+    pass(true);
+    acc.totals(sums, wsum, D.threads);
     // Empty clusters take the rows farthest from their centres (ties: lower index), which are
     // moved out of their old clusters' sums, as scikit-learn does; labels follow at the next
     // assignment.
@@ -447,6 +675,7 @@ void lloyd(const KMeansParams& p, const Data& D, std::vector<float>& centers, KM
         shift += t * t;
       }
     }
+    if (use_prune) centre_shifts(D, centers, next, k, pr);
     centers.swap(next);
     if (labels == old) {
       strict = true;
@@ -461,14 +690,15 @@ void lloyd(const KMeansParams& p, const Data& D, std::vector<float>& centers, KM
   }
   if (!strict) {
     // Labels must match the final centres: one more assignment without an update.
-    pack_set(cs, centers.data(), k, d, D.metric, nullptr, D.threads, D.ks);
-    assign_pass(cs, D, labels.data(), nullptr, nullptr, ranges, cancel);
+    pass(false);
   }
   res.centers = centers;
   res.labels = std::move(labels);
   res.inertia = objective(D, res.centers.data(), res.labels);
   res.n_iter = std::min(it, p.max_iter);
   res.n_empty_repaired = repaired;
+  res.computed_fraction =
+      use_prune ? static_cast<double>(pr.rows_computed) / (static_cast<double>(n) * std::max(1, passes)) : 1.0;
 }
 
 /// k-means|| (Bahmani, Moseley, Vattani, Kumar, Vassilvitskii 2012). Each of `kRounds` rounds
@@ -495,7 +725,7 @@ void seed_parallel(const KMeansParams& p, const Data& D, std::uint64_t seed, flo
   auto nearer = [&](const float* batch, idx_t t) {  // closest = min(closest, distance to batch)
     PackedSet cs;
     pack_set(cs, batch, t, d, D.metric, nullptr, D.threads, D.ks);
-    assign_pass(cs, D, lab.data(), md.data(), nullptr, make_ranges(n, t, d), cancel);
+    assign_pass(cs, D, lab.data(), md.data(), nullptr, false, make_ranges(n), cancel);
     for (idx_t i = 0; i < n; ++i) closest[i] = std::min<double>(closest[i], md[i]);
   };
   nearer(cand.data(), 1);
@@ -525,7 +755,7 @@ void seed_parallel(const KMeansParams& p, const Data& D, std::uint64_t seed, flo
   // Weight of a candidate: the weight of the rows nearest to it.
   PackedSet cs;
   pack_set(cs, cand.data(), m, d, D.metric, nullptr, D.threads, D.ks);
-  assign_pass(cs, D, lab.data(), md.data(), nullptr, make_ranges(n, m, d), cancel);
+  assign_pass(cs, D, lab.data(), md.data(), nullptr, false, make_ranges(n), cancel);
   std::vector<double> wc(static_cast<std::size_t>(m), 0.0);
   for (idx_t i = 0; i < n; ++i) wc[lab[i]] += wv[i];
   std::vector<float> wcf(wc.begin(), wc.end());
@@ -607,8 +837,8 @@ void kmeans_assign(Metric m, const float* centers, idx_t k, const float* x, idx_
   prepare(D, x, n, d, nullptr, m, resolve_threads(n_threads), kernel_set);
   PackedSet cs;
   pack_set(cs, centers, k, d, m, nullptr, D.threads, D.ks);
-  const auto ranges = make_ranges(n, k, d);
-  assign_pass(cs, D, labels, dist, nullptr, ranges, cancel);
+  const auto ranges = make_ranges(n);
+  assign_pass(cs, D, labels, dist, nullptr, false, ranges, cancel);
 }
 
 }  // namespace ec

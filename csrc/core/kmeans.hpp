@@ -28,7 +28,13 @@ struct KMeansParams {
   int n_local_trials = 0;             ///< k-means++ candidates per step; 0 = 2 + floor(ln k)
   int n_threads = 0;                  ///< worker threads; 0 = OpenMP default
   const KernelSet* kernel_set = nullptr;  ///< tile kernels; null = the process's choice (kernels())
+  /// Bound-based pruning of the assignment (exact: identical results either way):
+  /// -1 = auto (on when k >= kPruneMinK), 0 = off, 1 = on.
+  int prune = -1;
 };
+
+/// Smallest k for which `prune = -1` turns pruning on.
+constexpr int kPruneMinK = 16;
 
 struct KMeansResult {
   std::vector<float> centers;   ///< k * d, row-major
@@ -36,6 +42,9 @@ struct KMeansResult {
   double inertia = 0.0;         ///< sum of w_i * dist(x_i, centre); L2: squared distance; Cosine: 1 - cos
   int n_iter = 0;               ///< Lloyd iterations run (of the best init)
   int n_empty_repaired = 0;     ///< empty clusters re-seeded during the best run
+  /// Fraction of (row, pass) pairs whose full distance row was computed, over the assignment
+  /// passes of the best run (1 without pruning).
+  double computed_fraction = 1.0;
 };
 
 /// Fits k-means. `weights` (n, may be null) are non-negative sample weights; `init_centers`

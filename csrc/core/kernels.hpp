@@ -37,6 +37,11 @@ struct KernelSet {
   /// min_j (add[j] + mul * c[j]) over j < n.
   float (*row_min)(const float* c, const float* add, float mul, idx_t n);
 
+  /// min_j v_j (v_j = add[j] + mul * c[j], j < n), with an index where it is reached in *arg
+  /// and the second smallest value of the multiset {v_j} in *second (equal to the minimum
+  /// when it is reached twice; +inf when n == 1).
+  float (*row_min2)(const float* c, const float* add, float mul, idx_t n, idx_t* arg, float* second);
+
   /// Writes every j < n with add[j] + mul * c[j] <= thr to idx/val; returns how many.
   idx_t (*row_filter)(const float* c, const float* add, float mul, idx_t n, float thr,
                       std::int32_t* idx, float* val);
@@ -52,6 +57,9 @@ struct KernelSet {
   /// not depend on their order.
   void (*accum)(const float* x, idx_t d, double sc, const double* qscale, bool subtract, std::uint64_t* dst);
 };
+
+/// The portable row_min2 (see KernelSet::row_min2).
+float row_min2_generic(const float* c, const float* add, float mul, idx_t n, idx_t* arg, float* second);
 
 /// The portable fixed-point accumulation (see KernelSet::accum).
 void accum_generic(const float* x, idx_t d, double sc, const double* qscale, bool subtract, std::uint64_t* dst);
@@ -87,6 +95,7 @@ const KernelSet& avx2_kernels();
 #if defined(EC_HAVE_AVX512_KERNELS)
 const KernelSet& avx512_kernels();
 float dot_avx512(const float* a, const float* b, idx_t d);
+float row_min2_avx512(const float* c, const float* add, float mul, idx_t n, idx_t* arg, float* second);
 void accum_avx512(const float* x, idx_t d, double sc, const double* qscale, bool subtract, std::uint64_t* dst);
 #endif
 #if defined(EC_HAVE_AVX512BF16_KERNELS)

@@ -87,6 +87,24 @@ float dot_generic(const float* a, const float* b, idx_t d) {
 
 }  // namespace
 
+float row_min2_generic(const float* c, const float* add, float mul, idx_t n, idx_t* arg, float* second) {
+  float m1 = std::numeric_limits<float>::infinity(), m2 = m1;
+  idx_t a = 0;
+  for (idx_t j = 0; j < n; ++j) {
+    const float v = add[j] + mul * c[j];
+    if (v < m1) {
+      m2 = m1;
+      m1 = v;
+      a = j;
+    } else if (v < m2) {
+      m2 = v;
+    }
+  }
+  *arg = a;
+  *second = m2;
+  return m1;
+}
+
 void accum_generic(const float* x, idx_t d, double sc, const double* qscale, bool subtract, std::uint64_t* dst) {
   for (idx_t f = 0; f < d; ++f) {
     const double v = (static_cast<double>(x[f]) * sc) * qscale[f];
@@ -97,7 +115,7 @@ void accum_generic(const float* x, idx_t d, double sc, const double* qscale, boo
 
 const KernelSet& generic_kernels() {
   static const KernelSet ks{"generic", kMR, kNR, 1, 0.0, pack_panels, gemm_generic, row_min_generic,
-                            row_filter_generic, dot_generic, accum_generic};
+                            row_min2_generic, row_filter_generic, dot_generic, accum_generic};
   return ks;
 }
 

@@ -234,10 +234,15 @@ void assign_pass(const PackedSet& cs, const Data& D, idx_t* labels, float* mind,
           for (idx_t i = 0; i < qm; ++i) {
             const idx_t row = rows[i];
             const float* crow = s.c.data() + i * k_pad;
-            const float m = ks.row_min(crow, cs.add.data(), cs.mul, k);
+            idx_t arg = 0;
+            float second = 0.0f;
+            const float m = ks.row_min2(crow, cs.add.data(), cs.mul, k, &arg, &second);
             const float b = row_bound(cs, D.xsq[row]);
-            const idx_t cnt =
-                ks.row_filter(crow, cs.add.data(), cs.mul, k, m + 2.0f * b, s.idx.data(), s.val.data());
+            idx_t cnt = 1;
+            if (second > m + 2.0f * b)  // no near-tie: the tile's best is the exact best
+              s.idx[0] = static_cast<std::int32_t>(arg);
+            else
+              cnt = ks.row_filter(crow, cs.add.data(), cs.mul, k, m + 2.0f * b, s.idx.data(), s.val.data());
             idx_t lab;
             double dist = -1.0;
             const double xn = metric == Metric::Cosine ? D.xnorm[row] : 0.0;
@@ -271,10 +276,7 @@ void assign_pass(const PackedSet& cs, const Data& D, idx_t* labels, float* mind,
             if (mind) mind[row] = static_cast<float>(dist);
             if (pr) {
               // Second best tile value (any centre but the chosen one), lowered by its error bound.
-              const float* add = cs.add.data();
-              const float v2 = std::min(lab > 0 ? ks.row_min(crow, add, cs.mul, lab) : std::numeric_limits<float>::infinity(),
-                                        lab + 1 < k ? ks.row_min(crow + lab + 1, add + lab + 1, cs.mul, k - lab - 1)
-                                                    : std::numeric_limits<float>::infinity());
+              const float v2 = lab == arg ? second : m;  // best tile value over centres other than lab
               pr->u[row] = dist_hi(metric, dist, d);
               pr->l[row] = k > 1 ? dist_lo(metric, f_of_tile(metric, v2, D.xsq[row], xn) - f_err_of_tile(metric, b, xn), d)
                                  : std::numeric_limits<double>::infinity();

@@ -2,11 +2,14 @@
 // against brute force. Built with -DEMBEDCLUSTER_BUILD_TESTS=ON (also under the sanitizers).
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
+#include <limits>
 #include <random>
 #include <vector>
 
 #include "core/dbscan.hpp"
+#include "core/kernels.hpp"
 #include "core/kmeans.hpp"
 #include "core/knn.hpp"
 
@@ -75,6 +78,44 @@ int main() {
       idx_t c = 0;
       for (idx_t j = 0; j < n; ++j) c += l2(db.data() + i * d, db.data() + j * d, d) <= dp.eps * dp.eps;
       CHECK(dr.counts[i] == c);
+    }
+  }
+  // Tile epilogue primitives of the kernel set in use (EMBEDCLUSTER_ISA picks it), against
+  // plain loops: row_min2 (minimum, an index of it, second smallest with repeats) and the
+  // fixed-point accumulation, on rows with repeated values and every tail length.
+  {
+    const ec::KernelSet& ks = ec::kernels();
+    std::uniform_int_distribution<int> small(-4, 4);
+    for (idx_t n = 1; n <= 140; ++n) {
+      std::vector<float> c(n), add(n);
+      for (idx_t j = 0; j < n; ++j) {
+        c[j] = float(small(gen));
+        add[j] = float(small(gen));
+      }
+      idx_t arg = -1;
+      float second = 0.0f;
+      const float m = ks.row_min2(c.data(), add.data(), -2.0f, n, &arg, &second);
+      std::vector<float> v(n);
+      for (idx_t j = 0; j < n; ++j) v[j] = add[j] - 2.0f * c[j];
+      std::vector<float> sorted = v;
+      std::sort(sorted.begin(), sorted.end());
+      CHECK(m == sorted[0]);
+      CHECK(arg >= 0 && arg < n && v[arg] == m);
+      CHECK(second == (n > 1 ? sorted[1] : std::numeric_limits<float>::infinity()));
+    }
+    for (idx_t d : {1, 7, 8, 9, 33}) {
+      std::vector<float> x(d);
+      std::vector<double> qs(d);
+      for (idx_t f = 0; f < d; ++f) {
+        x[f] = N(gen);
+        qs[f] = std::ldexp(1.0, 40 + int(f % 5));
+      }
+      std::vector<std::uint64_t> a(d, 5), b(d, 5);
+      ks.accum(x.data(), d, 0.75, qs.data(), false, a.data());
+      ec::accum_generic(x.data(), d, 0.75, qs.data(), false, b.data());
+      CHECK(a == b);
+      ks.accum(x.data(), d, 0.75, qs.data(), true, a.data());
+      for (idx_t f = 0; f < d; ++f) CHECK(a[f] == 5);
     }
   }
   std::printf("%s\n", failures ? "core tests FAILED" : "core tests passed");

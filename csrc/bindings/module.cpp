@@ -97,6 +97,17 @@ void run_native(F&& f) {
   }
 }
 
+/// memory_limit argument: None = the default (3/4 of available memory), 0 = no limit, else bytes.
+double memory_limit_of(const py::object& v) {
+  if (v.is_none()) return ec::default_memory_limit();
+  if (py::isinstance<py::bool_>(v) || !(py::isinstance<py::int_>(v) || py::isinstance<py::float_>(v)))
+    throw std::invalid_argument("memory_limit must be None, 0 (no limit) or a number of bytes");
+  const double b = v.cast<double>();
+  if (!(b >= 0.0) || !std::isfinite(b))
+    throw std::invalid_argument("memory_limit=" + std::to_string(b) + " should be a number of bytes >= 0 (0: no limit)");
+  return b;
+}
+
 template <class T>
 py::array_t<T> to_array(std::vector<T>&& v) {
   auto* heap = new std::vector<T>(std::move(v));
@@ -105,7 +116,7 @@ py::array_t<T> to_array(std::vector<T>&& v) {
 }
 
 py::tuple knn_search(const py::array& db, const py::array& q, int k, const std::string& metric,
-                     bool exclude_self, int n_threads, const std::string& precision) {
+                     bool exclude_self, int n_threads, const std::string& precision, const py::object& memory_limit) {
   const Mat D = as_matrix(db, "database"), Q = as_matrix(q, "queries");
   same_features(D, Q);
   ec::KnnParams p;
@@ -115,6 +126,8 @@ py::tuple knn_search(const py::array& db, const py::array& q, int k, const std::
   p.n_threads = n_threads;
   p.kernel_set = parse_precision(precision);
   if (k <= 0) throw std::invalid_argument("k=" + std::to_string(k) + " should be >= 1");
+  p.memory_limit = memory_limit_of(memory_limit);
+  ec::knn_check_memory(p, D.rows, Q.rows, D.cols);  // before the outputs are allocated
   py::array_t<float> dist({static_cast<py::ssize_t>(Q.rows), static_cast<py::ssize_t>(k)});
   py::array_t<idx_t> idx({static_cast<py::ssize_t>(Q.rows), static_cast<py::ssize_t>(k)});
   float* dp = dist.mutable_data();
@@ -124,8 +137,9 @@ py::tuple knn_search(const py::array& db, const py::array& q, int k, const std::
 }
 
 ec::RadiusParams radius_params(double radius, const std::string& metric, bool exclude_self, int n_threads,
-                               const std::string& precision) {
+                               const std::string& precision, const py::object& memory_limit) {
   ec::RadiusParams p;
+  p.memory_limit = memory_limit_of(memory_limit);
   p.metric = parse_metric(metric);
   p.radius = radius;
   p.exclude_self = exclude_self;
@@ -135,20 +149,22 @@ ec::RadiusParams radius_params(double radius, const std::string& metric, bool ex
 }
 
 py::tuple radius_search(const py::array& db, const py::array& q, double radius, const std::string& metric,
-                        bool exclude_self, int n_threads, const std::string& precision) {
+                        bool exclude_self, int n_threads, const std::string& precision,
+                        const py::object& memory_limit) {
   const Mat D = as_matrix(db, "database"), Q = as_matrix(q, "queries");
   same_features(D, Q);
-  const auto p = radius_params(radius, metric, exclude_self, n_threads, precision);
+  const auto p = radius_params(radius, metric, exclude_self, n_threads, precision, memory_limit);
   ec::RadiusResult r;
   run_native([&](ec::Cancel& c) { ec::radius_search(p, D.data, D.rows, Q.data, Q.rows, D.cols, r, c); });
   return py::make_tuple(to_array(std::move(r.indptr)), to_array(std::move(r.indices)), to_array(std::move(r.dist)));
 }
 
 py::array_t<idx_t> radius_count(const py::array& db, const py::array& q, double radius, const std::string& metric,
-                                bool exclude_self, int n_threads, const std::string& precision) {
+                                bool exclude_self, int n_threads, const std::string& precision,
+                        const py::object& memory_limit) {
   const Mat D = as_matrix(db, "database"), Q = as_matrix(q, "queries");
   same_features(D, Q);
-  const auto p = radius_params(radius, metric, exclude_self, n_threads, precision);
+  const auto p = radius_params(radius, metric, exclude_self, n_threads, precision, memory_limit);
   py::array_t<idx_t> out({static_cast<py::ssize_t>(Q.rows)});
   idx_t* op = out.mutable_data();
   run_native([&](ec::Cancel& c) { ec::radius_count(p, D.data, D.rows, Q.data, Q.rows, D.cols, op, c); });
@@ -201,11 +217,13 @@ const float* weights_of(const py::object& sw, idx_t n) {
 
 py::dict kmeans_fit(const py::array& x, int k, int max_iter, double tol, int n_init, const std::string& metric,
                     const py::object& init, std::uint64_t seed, const py::object& sample_weight, int n_local_trials,
-                    int n_threads, const std::string& precision, const py::object& prune) {
+                    int n_threads, const std::string& precision, const py::object& prune,
+                    const py::object& memory_limit) {
   const Mat X = as_matrix(x, "X");
   std::vector<float> given;
   auto p = kmeans_params(X, k, max_iter, tol, n_init, metric, init, seed, n_local_trials, n_threads, given);
   p.kernel_set = parse_precision(precision);
+  p.memory_limit = memory_limit_of(memory_limit);
   if (py::isinstance<py::str>(prune)) {
     if (prune.cast<std::string>() != "auto")
       throw std::invalid_argument("prune='" + prune.cast<std::string>() + "' is unknown; use 'auto', True or False");
@@ -260,7 +278,7 @@ py::tuple kmeans_assign(const py::array& centers, const py::array& x, const std:
 }
 
 py::dict dbscan_fit(const py::array& x, double eps, int min_samples, const std::string& metric, bool prune,
-                    int n_threads) {
+                    int n_threads, const py::object& memory_limit) {
   const Mat X = as_matrix(x, "X");
   ec::DbscanParams p;
   p.eps = eps;
@@ -268,6 +286,7 @@ py::dict dbscan_fit(const py::array& x, double eps, int min_samples, const std::
   p.metric = parse_metric(metric);
   p.prune = prune;
   p.n_threads = n_threads;
+  p.memory_limit = memory_limit_of(memory_limit);
   ec::DbscanResult r;
   run_native([&](ec::Cancel& c) { ec::dbscan_fit(p, X.data, X.rows, X.cols, r, c); });
   py::dict out;
@@ -280,6 +299,7 @@ py::dict dbscan_fit(const py::array& x, double eps, int min_samples, const std::
   out["pairs_computed_pass2"] = r.pairs_computed_pass2;
   out["rows_computed_pass1"] = r.rows_computed_pass1;
   out["pairs_after_bounds"] = r.pairs_after_bounds;
+  out["projection_bounds"] = r.projection_bounds;
   return out;
 }
 
@@ -335,23 +355,28 @@ py::dict build_info() {
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
-  m.doc() = "embedcluster native engine (float32, C-contiguous arrays in, numpy arrays out)";
+  m.doc() = "embedcluster native engine (float32, C-contiguous arrays in, numpy arrays out). "
+            "memory_limit (bytes; None: 3/4 of the memory available now; 0: no limit) bounds each call's "
+            "working memory: a call that would need more raises MemoryLimitError (a MemoryError) naming the size.";
+  py::register_exception<ec::MemoryLimitError>(m, "MemoryLimitError", PyExc_MemoryError);
   m.def("knn_search", &knn_search, py::arg("database"), py::arg("queries"), py::arg("k"), py::arg("metric") = "l2",
         py::arg("exclude_self") = false, py::arg("n_threads") = 0, py::arg("precision") = "auto",
+        py::arg("memory_limit") = py::none(),
         "Exact k nearest neighbours: (distances float32 (nq, k), indices int64 (nq, k)). "
         "l2 gives squared distances, ip dot products, cosine 1 - cos.");
   m.def("radius_search", &radius_search, py::arg("database"), py::arg("queries"), py::arg("radius"),
         py::arg("metric") = "l2", py::arg("exclude_self") = false, py::arg("n_threads") = 0,
-        py::arg("precision") = "auto",
+        py::arg("precision") = "auto", py::arg("memory_limit") = py::none(),
         "Neighbours within radius (inclusive) as CSR (indptr, indices, distances); l2 radius is on squared distance.");
   m.def("radius_count", &radius_count, py::arg("database"), py::arg("queries"), py::arg("radius"),
         py::arg("metric") = "l2", py::arg("exclude_self") = false, py::arg("n_threads") = 0,
-        py::arg("precision") = "auto",
+        py::arg("precision") = "auto", py::arg("memory_limit") = py::none(),
         "Number of database rows within radius of each query (inclusive).");
   m.def("kmeans_fit", &kmeans_fit, py::arg("X"), py::arg("n_clusters"), py::arg("max_iter") = 300,
         py::arg("tol") = 1e-4, py::arg("n_init") = 1, py::arg("metric") = "l2", py::arg("init") = "k-means++",
         py::arg("seed") = 0, py::arg("sample_weight") = py::none(), py::arg("n_local_trials") = 0,
         py::arg("n_threads") = 0, py::arg("precision") = "auto", py::arg("prune") = "auto",
+        py::arg("memory_limit") = py::none(),
         "k-means; returns dict(centers, labels, inertia, n_iter, n_empty_repaired, computed_fraction). "
         "prune ('auto', True, False) switches the exact bound-based pruning of the assignment "
         "(identical results either way; auto: on for n_clusters >= 16). computed_fraction is the "
@@ -362,7 +387,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("kmeans_assign", &kmeans_assign, py::arg("centers"), py::arg("X"), py::arg("metric") = "l2",
         py::arg("n_threads") = 0, py::arg("precision") = "auto", "Nearest centre (exact) and its distance (l2: squared; cosine: 1 - cos).");
   m.def("dbscan_fit", &dbscan_fit, py::arg("X"), py::arg("eps"), py::arg("min_samples") = 5,
-        py::arg("metric") = "l2", py::arg("prune") = true, py::arg("n_threads") = 0,
+        py::arg("metric") = "l2", py::arg("prune") = true, py::arg("n_threads") = 0, py::arg("memory_limit") = py::none(),
         "DBSCAN; returns dict(labels, is_core, counts, n_clusters, tile statistics). l2 eps is a Euclidean distance.");
   m.def("build_info", &build_info, "Version, compiler, OpenMP, CUDA and kernel sets of this build.");
   m.def("select_kernels", [](const std::string& name) { ec::select_kernels(name); }, py::arg("name"),

@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <exception>
@@ -33,6 +34,27 @@ enum class Metric : int {
 struct Interrupted : std::exception {
   const char* what() const noexcept override { return "interrupted"; }
 };
+
+/// A call would need more memory than its memory_limit allows (the bindings raise MemoryError).
+struct MemoryLimitError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+/// Fails with MemoryLimitError, naming the size needed, when an up-front estimate of a call's
+/// peak extra memory (`needed` bytes) exceeds `limit` bytes (0: no limit).
+inline void check_memory(double needed, double limit, const std::string& what) {
+  if (limit > 0.0 && needed > limit) {
+    auto mib = [](double b) { return std::to_string(static_cast<long long>(b / 1048576.0 + 0.5)) + " MiB"; };
+    throw MemoryLimitError(what + " needs about " + mib(needed) + " (" +
+                           std::to_string(static_cast<long long>(std::ceil(needed))) +
+                           " bytes) of working memory, more than memory_limit = " + mib(limit) +
+                           "; raise memory_limit, free memory, or process the data in batches");
+  }
+}
+
+/// The default memory_limit: 3/4 of the memory available now (Linux: MemAvailable), or 0
+/// (no limit) where that cannot be read.
+double default_memory_limit();
 
 /// Polled by long loops so that Ctrl-C stops native work within a fraction of a second.
 /// Only the thread that entered the engine calls `poll`; workers read `stopped`.

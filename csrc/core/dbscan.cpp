@@ -149,6 +149,15 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   // eps=1.1 on 50k x 384 computed 65% of tile pairs with bf16, 16% with fp32).
   const KernelSet& ks = fp32_variant(kernels());
   const bool cos = p.metric == Metric::Cosine;
+  // Working memory without the optional projection table: per row (norms, partition, layout,
+  // counts, flags, union-find, labels), the packed copy, the tiles' balls and partner lists,
+  // and per-thread tiles. Tiles are estimated as 1.25 n / kTile plus one per coarse cluster.
+  const double t_est = 1.25 * static_cast<double>(n) / kTile + std::min(4096.0, static_cast<double>(n) / (2 * kTile)) + 1.0;
+  const double base = 96.0 * static_cast<double>(n) +
+                      t_est * kTile * (static_cast<double>(ks.depth(d)) * 4.0 + 12.0) +
+                      t_est * (static_cast<double>(d) * 8.0 + 8.0 + 64.0 * 9.0) +
+                      threads * static_cast<double>(kTile) * (static_cast<double>(ks.depth(d)) + kTile + t_est) * 4.0;
+  check_memory(base, p.memory_limit, "DBSCAN on " + std::to_string(n) + " x " + std::to_string(d));
 
   std::vector<double> xsq(static_cast<std::size_t>(n)), xnorm(static_cast<std::size_t>(n));
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -213,7 +222,8 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
       }
   };
   // lo/hi[t * T + J]: range of x . c_J over the rows x of tile t (skipped if too large).
-  const bool project = p.prune && static_cast<double>(T) * T * 8.0 <= 512.0e6;
+  const double table = static_cast<double>(T) * T * 16.0;
+  const bool project = p.prune && table <= 1024.0e6 && (p.memory_limit <= 0.0 || base + table <= p.memory_limit);
   std::vector<float> lo(project ? static_cast<std::size_t>(T * T) : 0), hi(lo.size());
   std::vector<double> sep(project ? static_cast<std::size_t>(T * T) : 0);  // ||c_a - c_b||
   ExceptionSlot err;
@@ -475,6 +485,7 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   out.pairs_computed_pass2 = computed2.load();
   out.rows_computed_pass1 = rows1.load();
   for (const auto& v : partners) out.pairs_after_bounds += static_cast<idx_t>(v.size());
+  out.projection_bounds = project;
 }
 
 }  // namespace ec

@@ -16,6 +16,9 @@ struct DbscanParams {
   Metric metric = Metric::L2;  ///< L2 or Cosine
   int n_threads = 0;         ///< worker threads; 0 = OpenMP default
   bool prune = true;         ///< order points by a coarse partition and skip far tile pairs
+  /// Bytes of working memory (labels included) at most; 0 = no limit. The optional projection
+  /// bounds (16 bytes per pair of tiles) are dropped when they would not fit.
+  double memory_limit = 0.0;
 };
 
 struct DbscanResult {
@@ -27,6 +30,7 @@ struct DbscanResult {
   idx_t pairs_computed_pass1 = 0;    ///< tile pairs whose products were computed in pass 1
   idx_t pairs_computed_pass2 = 0;    ///< ... and in pass 2
   idx_t pairs_after_bounds = 0;      ///< tile pairs left by the tile-level bounds (balls, projections)
+  bool projection_bounds = false;    ///< the projection table was used (memory_limit allowing)
   idx_t rows_computed_pass1 = 0;     ///< query rows in pass 1's products (tile rows: 192)
 };
 

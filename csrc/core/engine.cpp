@@ -1,9 +1,33 @@
 // Packing of point sets and the exact final selection shared by kNN, k-means and DBSCAN.
 #include "engine.hpp"
 
+#include <fstream>
+#include <sstream>
 #include <string>
 
+#include <unistd.h>
+
 namespace ec {
+
+double default_memory_limit() {
+  double avail = 0.0;
+  std::ifstream f("/proc/meminfo");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("MemAvailable:", 0) == 0) {
+      std::istringstream in(line.substr(13));
+      double kib = 0.0;
+      in >> kib;
+      avail = kib * 1024.0;
+      break;
+    }
+  }
+  if (!(avail > 0.0)) {
+    const long pages = sysconf(_SC_AVPHYS_PAGES), size = sysconf(_SC_PAGESIZE);
+    if (pages > 0 && size > 0) avail = static_cast<double>(pages) * static_cast<double>(size);
+  }
+  return avail > 0.0 ? 0.75 * avail : 0.0;
+}
 
 void pack_set(PackedSet& out, const float* y, idx_t n, idx_t d, Metric m, const idx_t* rows,
               int threads, const KernelSet* kernel_set) {

@@ -805,9 +805,27 @@ void kmeans_init(const KMeansParams& p, const float* x, idx_t n, idx_t d, const 
   seed_centers(p, D, seed, out_centers, cancel);
 }
 
+/// Working memory of kmeans_fit, bytes (an over-estimate: per-row state, initialisation,
+/// centres, per-thread accumulators and tiles, result).
+double kmeans_bytes(const KMeansParams& p, idx_t n, idx_t d) {
+  const KernelSet& ks = p.kernel_set ? *p.kernel_set : kernels();
+  const double threads = resolve_threads(p.n_threads);
+  const double k = p.k, dn = static_cast<double>(n), dd = static_cast<double>(d);
+  const double k_pad = static_cast<double>(round_up(p.k, ks.nr)), depth = static_cast<double>(ks.depth(d));
+  double per_row = 8.0 + 8.0 + 8.0 + 4.0 + 16.0 + 16.0;  // norms, labels (2), distance, bounds, result labels
+  per_row += p.init == KMeansInit::Parallel ? 40.0 : 8.0 + 4.0 * (2.0 + std::log(k + 1.0));  // init state
+  double centres = k * dd * (4.0 * 4.0 + 8.0 * 2.0) + k_pad * (depth * 4.0 + 12.0);
+  if (p.init == KMeansInit::Parallel) centres += (1.0 + 5.0 * 2.0 * k) * dd * 4.0 * 2.0;  // candidates
+  const double per_thread = (k * dd + k) * 8.0 + static_cast<double>(rows_per_tile(round_up(p.k, ks.nr))) *
+                                                      (depth + k_pad) * 4.0 + k_pad * 16.0;
+  return dn * per_row + centres + threads * per_thread;
+}
+
 void kmeans_fit(const KMeansParams& p, const float* x, idx_t n, idx_t d, const float* weights,
                 const float* init_centers, KMeansResult& out, Cancel& cancel) {
   validate(p, n, d, weights);
+  check_memory(kmeans_bytes(p, n, d), p.memory_limit,
+               "k-means with " + std::to_string(p.k) + " clusters on " + std::to_string(n) + " x " + std::to_string(d));
   if (p.init == KMeansInit::Given && !init_centers) fail("init='given' needs initial centres");
   Data D;
   prepare(D, x, n, d, weights, p.metric, resolve_threads(p.n_threads), p.kernel_set);

@@ -31,6 +31,7 @@ struct KMeansParams {
   /// Bound-based pruning of the assignment (exact: identical results either way):
   /// -1 = auto (on when k >= kPruneMinK), 0 = off, 1 = on.
   int prune = -1;
+  double memory_limit = 0.0;  ///< bytes of working memory (labels and centres included) at most; 0 = no limit
 };
 
 /// Smallest k for which `prune = -1` turns pruning on.

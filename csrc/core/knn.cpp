@@ -75,9 +75,35 @@ inline float reported(Metric m, double v) { return static_cast<float>(m == Metri
 
 }  // namespace
 
+namespace {
+/// Packed database copy, query norms and per-thread tiles, in bytes.
+double scan_bytes(const KernelSet* kset, idx_t n, idx_t nq, idx_t d, int threads) {
+  const KernelSet& ks = kset ? *kset : kernels();
+  const double n_pad = static_cast<double>(round_up(n, ks.nr));
+  return n_pad * (static_cast<double>(ks.depth(d)) * 4.0 + 4.0) + 8.0 * static_cast<double>(n) +
+         8.0 * static_cast<double>(nq) +
+         threads * (static_cast<double>(kQueryBlock) * (static_cast<double>(ks.depth(d)) + kDbBlock) * 4.0 +
+                    static_cast<double>(kDbBlock) * 8.0);
+}
+}  // namespace
+
+void knn_check_memory(const KnnParams& p, idx_t n, idx_t nq, idx_t d) {
+  const int threads = resolve_threads(p.n_threads);
+  const double per_query_cands = (2.0 * p.k + 64.0) * 16.0;  // candidate lists of a query block
+  check_memory(scan_bytes(p.kernel_set, n, nq, d, threads) + threads * kQueryBlock * per_query_cands +
+                   static_cast<double>(nq) * p.k * 12.0,
+               p.memory_limit, "k-NN search of " + std::to_string(nq) + " queries against " + std::to_string(n) + " rows");
+}
+
+void radius_check_memory(const RadiusParams& p, idx_t n, idx_t nq, idx_t d) {
+  check_memory(scan_bytes(p.kernel_set, n, nq, d, resolve_threads(p.n_threads)) + 8.0 * static_cast<double>(nq),
+               p.memory_limit, "radius query of " + std::to_string(nq) + " queries against " + std::to_string(n) + " rows");
+}
+
 void knn_search(const KnnParams& p, const float* db, idx_t n, const float* q, idx_t nq, idx_t d,
                 float* out_dist, idx_t* out_idx, Cancel& cancel) {
   check_common(n, nq, d);
+  knn_check_memory(p, n, nq, d);
   const idx_t avail = p.exclude_self ? n - 1 : n;
   if (p.k <= 0) fail("k=" + std::to_string(p.k) + " should be >= 1");
   if (p.k > avail)
@@ -185,6 +211,7 @@ void radius_scan(const RadiusParams& p, const float* db, idx_t n, const float* q
 
 void radius_search(const RadiusParams& p, const float* db, idx_t n, const float* q, idx_t nq,
                    idx_t d, RadiusResult& out, Cancel& cancel) {
+  radius_check_memory(p, n, nq, d);
   std::vector<std::vector<std::pair<idx_t, float>>> per(static_cast<std::size_t>(nq > 0 ? nq : 0));
   radius_scan(p, db, n, q, nq, d, true, cancel, [&](idx_t qi, idx_t j, double v) {
     per[qi].emplace_back(j, static_cast<float>(v));
@@ -205,6 +232,7 @@ void radius_search(const RadiusParams& p, const float* db, idx_t n, const float*
 
 void radius_count(const RadiusParams& p, const float* db, idx_t n, const float* q, idx_t nq,
                   idx_t d, idx_t* out_count, Cancel& cancel) {
+  radius_check_memory(p, n, nq, d);
   for (idx_t i = 0; i < nq; ++i) out_count[i] = 0;
   radius_scan(p, db, n, q, nq, d, false, cancel,
               [&](idx_t qi, idx_t, double) { ++out_count[qi]; });

@@ -14,7 +14,12 @@ struct KnnParams {
   bool exclude_self = false;   ///< queries are the database rows: query i never returns row i
   int n_threads = 0;           ///< worker threads; 0 = OpenMP default
   const KernelSet* kernel_set = nullptr;  ///< tile kernels; null = the process's choice
+  double memory_limit = 0.0;   ///< bytes of working memory (outputs included) at most; 0 = no limit
 };
+
+/// Throws MemoryLimitError when knn_search(p, n rows, nq queries, d) would need more than
+/// p.memory_limit (its estimate includes the nq x k outputs).
+void knn_check_memory(const KnnParams& p, idx_t n, idx_t nq, idx_t d);
 
 /// For each of nq queries, the k nearest database rows, nearest first; ties go to the lower
 /// index. Distances are exact fp64 evaluations of the float32 inputs, rounded to float32.
@@ -27,7 +32,12 @@ struct RadiusParams {
   bool exclude_self = false;   ///< queries are the database rows: query i never returns row i
   int n_threads = 0;           ///< worker threads; 0 = OpenMP default
   const KernelSet* kernel_set = nullptr;  ///< tile kernels; null = the process's choice
+  double memory_limit = 0.0;   ///< bytes of working memory at most (radius_search: before its
+                               ///< result lists, whose size is not known in advance); 0 = no limit
 };
+
+/// Throws MemoryLimitError when a radius query would need more than p.memory_limit.
+void radius_check_memory(const RadiusParams& p, idx_t n, idx_t nq, idx_t d);
 
 /// Neighbours within the radius (inclusive), as CSR: query i owns indices[indptr[i]:indptr[i+1]],
 /// in ascending index order, with exact distances in the same units as the radius.

@@ -78,6 +78,16 @@ def threads_arg(n_threads: Optional[int]) -> int:
     return int(n_threads)
 
 
+def memory_limit_arg(memory_limit: Any) -> Any:
+    """Validates an estimator's ``memory_limit`` (None, 0 or a positive number of bytes)."""
+    if memory_limit is None:
+        return None
+    if isinstance(memory_limit, (bool, np.bool_)) or not isinstance(memory_limit, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(memory_limit) or memory_limit < 0:
+        raise ValueError(f"memory_limit={memory_limit!r} should be None, 0 (no limit) or a number of bytes > 0")
+    return int(memory_limit)
+
+
 def _from_torch(x: Any) -> Any:
     mod = type(x).__module__
     if mod.startswith("torch") and hasattr(x, "detach"):

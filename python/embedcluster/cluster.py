@@ -15,7 +15,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 
 from . import _faiss
-from ._backend import _core, as_matrix, as_weights, resolve_backend, seed_of, threads_arg
+from ._backend import _core, as_matrix, as_weights, memory_limit_arg, resolve_backend, seed_of, threads_arg
 
 _KMEANS_METRICS = {"l2": "l2", "euclidean": "l2", "cosine": "cosine"}
 _DBSCAN_METRICS = {"l2": "l2", "euclidean": "l2", "cosine": "cosine"}
@@ -80,6 +80,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         other centre, and rows whose bounds prove the centre unchanged skip the distance
         products. Results are bit-identical either way; "auto" turns it on for
         ``n_clusters >= 16``. ``computed_fraction_`` reports how much work remained.
+    memory_limit : int or None, default=None
+        Bytes of working memory a fit may use (see ``embedcluster.NearestNeighbors``).
 
     Attributes
     ----------
@@ -108,7 +110,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     def __init__(self, n_clusters: int = 8, *, init: Any = "auto", n_init: int = 1,
                  max_iter: int = 300, tol: float = 1e-4, metric: str = "l2",
                  random_state: Any = None, backend: str = "auto", n_threads: Optional[int] = None,
-                 precision: str = "auto", prune: Any = "auto"):
+                 precision: str = "auto", prune: Any = "auto", memory_limit: Optional[int] = None):
         self.n_clusters = n_clusters
         self.init = init
         self.n_init = n_init
@@ -120,6 +122,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.n_threads = n_threads
         self.precision = precision
         self.prune = prune
+        self.memory_limit = memory_limit
 
     def _validate_params(self) -> None:
         _check_precision(self.precision)
@@ -160,7 +163,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             r = _core.kmeans_fit(X, int(self.n_clusters), max_iter=int(self.max_iter), tol=float(self.tol),
                                  n_init=int(self.n_init), metric=metric, init=init, seed=seed,
                                  sample_weight=w, n_threads=threads_arg(self.n_threads), precision=self.precision,
-                                 prune=self.prune if isinstance(self.prune, str) else bool(self.prune))
+                                 prune=self.prune if isinstance(self.prune, str) else bool(self.prune),
+                                 memory_limit=memory_limit_arg(self.memory_limit))
             centers, labels, inertia, n_iter = r["centers"], r["labels"], r["inertia"], r["n_iter"]
             computed = float(r["computed_fraction"])
         else:
@@ -258,6 +262,10 @@ class DBSCAN(ClusterMixin, BaseEstimator):
     backend : {"auto", "native", "faiss"}, default="auto"
         "faiss" builds the neighbourhood graph with a FAISS range search (more memory).
     n_threads : int or None, default=None
+    memory_limit : int or None, default=None
+        Bytes of working memory the fit may use (see ``embedcluster.NearestNeighbors``).
+        When the optional projection bounds (16 bytes per pair of 192-row tiles) do not fit,
+        they are left out: the same result, with less pruning.
 
     Attributes
     ----------
@@ -279,12 +287,13 @@ class DBSCAN(ClusterMixin, BaseEstimator):
     """
 
     def __init__(self, eps: float = 0.5, *, min_samples: int = 5, metric: str = "euclidean",
-                 backend: str = "auto", n_threads: Optional[int] = None):
+                 backend: str = "auto", n_threads: Optional[int] = None, memory_limit: Optional[int] = None):
         self.eps = eps
         self.min_samples = min_samples
         self.metric = metric
         self.backend = backend
         self.n_threads = n_threads
+        self.memory_limit = memory_limit
 
     def fit(self, X: Any, y: Any = None) -> "DBSCAN":
         """Finds clusters and noise. ``y`` is ignored."""
@@ -294,11 +303,12 @@ class DBSCAN(ClusterMixin, BaseEstimator):
                 or self.min_samples < 1:
             raise ValueError(f"min_samples={self.min_samples!r} should be an integer >= 1")
         metric = _metric(self.metric, _DBSCAN_METRICS, "DBSCAN")
+        memory_limit = memory_limit_arg(self.memory_limit)
         X = as_matrix(X, estimator="DBSCAN")
         backend = resolve_backend(self.backend, "DBSCAN")
         if backend == "native":
             r = _core.dbscan_fit(X, float(self.eps), int(self.min_samples), metric,
-                                 n_threads=threads_arg(self.n_threads))
+                                 n_threads=threads_arg(self.n_threads), memory_limit=memory_limit)
             labels, is_core = r["labels"], r["is_core"]
             self.stats_ = {k: int(r[k]) for k in ("tile_pairs", "pairs_computed_pass1", "pairs_computed_pass2")}
         else:
@@ -325,7 +335,8 @@ class DBSCAN(ClusterMixin, BaseEstimator):
             return np.full(X.shape[0], -1, dtype=np.int64)
         metric = _DBSCAN_METRICS[self.metric]
         if self.backend_ == "native":
-            dist, idx = _core.knn_search(self.components_, X, 1, metric, n_threads=threads_arg(self.n_threads))
+            dist, idx = _core.knn_search(self.components_, X, 1, metric, n_threads=threads_arg(self.n_threads),
+                                         memory_limit=memory_limit_arg(self.memory_limit))
         else:
             dist, idx = _faiss.knn(self.components_, X, 1, metric, exclude_self=False)
         limit = self.eps * self.eps if metric == "l2" else self.eps

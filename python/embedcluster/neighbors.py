@@ -9,7 +9,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from . import _faiss
-from ._backend import _core, as_matrix, resolve_backend, threads_arg
+from ._backend import _core, as_matrix, memory_limit_arg, resolve_backend, threads_arg
 
 # public name -> (engine metric, how engine values become reported distances)
 _METRICS = {
@@ -37,6 +37,11 @@ class NearestNeighbors(BaseEstimator):
     precision : {"auto", "fp32"}, default="auto"
         "auto" uses bf16 tile products where the CPU has AVX-512 BF16, "fp32" the fp32 ones;
         results are identical (float64 re-check within the error bound).
+    memory_limit : int or None, default=None
+        Bytes of working memory one native call may use (its outputs included, the input data
+        not). None: three quarters of the memory available when the call starts; 0: no limit.
+        A call that would need more raises ``MemoryError`` (``_core.MemoryLimitError``) naming
+        the size it needed, before allocating it. The faiss backend ignores it.
 
     Notes
     -----
@@ -47,13 +52,15 @@ class NearestNeighbors(BaseEstimator):
     """
 
     def __init__(self, n_neighbors: int = 5, *, radius: float = 1.0, metric: str = "euclidean",
-                 backend: str = "auto", n_threads: Optional[int] = None, precision: str = "auto"):
+                 backend: str = "auto", n_threads: Optional[int] = None, precision: str = "auto",
+                 memory_limit: Optional[int] = None):
         self.n_neighbors = n_neighbors
         self.radius = radius
         self.metric = metric
         self.backend = backend
         self.n_threads = n_threads
         self.precision = precision
+        self.memory_limit = memory_limit
 
     def fit(self, X: Any, y: Any = None) -> "NearestNeighbors":
         """Stores the database rows (float32; no copy when X already is float32 C-contiguous)."""
@@ -61,6 +68,7 @@ class NearestNeighbors(BaseEstimator):
             raise ValueError(f"metric={self.metric!r} is not supported; use one of {sorted(_METRICS)}")
         if self.precision not in ("auto", "fp32"):
             raise ValueError(f"precision={self.precision!r} should be 'auto' or 'fp32'")
+        memory_limit_arg(self.memory_limit)
         X = as_matrix(X, estimator="NearestNeighbors")
         if self.metric == "cosine" and (np.einsum("ij,ij->i", X, X) == 0).any():
             raise ValueError("X has zero-norm rows; the cosine metric is undefined for them")
@@ -107,7 +115,7 @@ class NearestNeighbors(BaseEstimator):
             dist, idx = np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
         elif self.backend_ == "native":
             dist, idx = _core.knn_search(self._fit_X, Q, int(k), metric, self_join, threads_arg(self.n_threads),
-                                         self.precision)
+                                         self.precision, memory_limit_arg(self.memory_limit))
         else:
             dist, idx = _faiss.knn(self._fit_X, Q, int(k), metric, self_join)
         return (self._report(dist), idx) if return_distance else idx
@@ -131,7 +139,8 @@ class NearestNeighbors(BaseEstimator):
             ptr, ind, dist = np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
         elif self.backend_ == "native":
             ptr, ind, dist = _core.radius_search(self._fit_X, Q, float(r_engine), metric, self_join,
-                                                 threads_arg(self.n_threads), self.precision)
+                                                 threads_arg(self.n_threads), self.precision,
+                                                 memory_limit_arg(self.memory_limit))
         else:
             ptr, ind, dist = _faiss.radius(self._fit_X, Q, float(r_engine), metric, self_join)
         dist = self._report(dist)

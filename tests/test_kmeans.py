@@ -242,19 +242,19 @@ def _grid_with_ties(rng, n, d):
     return np.vstack([X, X[: n // 4]])
 
 
+@pytest.mark.parametrize("k", [17, 48])
 @pytest.mark.parametrize("metric", ["l2", "cosine"])
 @pytest.mark.parametrize("data", ["loose", "ties", "weighted", "empty"])
-def test_pruning_is_bit_identical_to_plain_lloyd(kernel_set, metric, data):
+def test_pruning_is_bit_identical_to_plain_lloyd(kernel_set, metric, data, k):
     """The bound-based pruning skips distance rows but must return exactly plain Lloyd's result
     (labels, centres, inertia, iterations), on loose clusters, exact ties and duplicates,
-    weights, and empty-cluster repairs."""
+    weights, and empty-cluster repairs, for two k."""
     rng = np.random.default_rng(7)
     w = None
     if data == "ties":
         X = _grid_with_ties(rng, 1500, 5)
     else:
         X, _ = gaussian_mixture(3000, 24, 40, spread=3.0, seed=3)
-    k = 32
     C0 = X[rng.choice(len(X), k, replace=False)].copy()
     if data == "weighted":
         w = rng.uniform(0.0, 3.0, len(X)).astype(np.float32)

@@ -116,7 +116,8 @@ py::array_t<T> to_array(std::vector<T>&& v) {
 }
 
 py::tuple knn_search(const py::array& db, const py::array& q, int k, const std::string& metric,
-                     bool exclude_self, int n_threads, const std::string& precision, const py::object& memory_limit) {
+                     bool exclude_self, int n_threads, const std::string& precision, const py::object& memory_limit,
+                     bool self_join) {
   const Mat D = as_matrix(db, "database"), Q = as_matrix(q, "queries");
   same_features(D, Q);
   ec::KnnParams p;
@@ -127,6 +128,7 @@ py::tuple knn_search(const py::array& db, const py::array& q, int k, const std::
   p.kernel_set = parse_precision(precision);
   if (k <= 0) throw std::invalid_argument("k=" + std::to_string(k) + " should be >= 1");
   p.memory_limit = memory_limit_of(memory_limit);
+  p.self_join = self_join ? 1 : 0;
   ec::knn_check_memory(p, D.rows, Q.rows, D.cols);  // before the outputs are allocated
   py::array_t<float> dist({static_cast<py::ssize_t>(Q.rows), static_cast<py::ssize_t>(k)});
   py::array_t<idx_t> idx({static_cast<py::ssize_t>(Q.rows), static_cast<py::ssize_t>(k)});
@@ -361,9 +363,10 @@ PYBIND11_MODULE(_core, m) {
   py::register_exception<ec::MemoryLimitError>(m, "MemoryLimitError", PyExc_MemoryError);
   m.def("knn_search", &knn_search, py::arg("database"), py::arg("queries"), py::arg("k"), py::arg("metric") = "l2",
         py::arg("exclude_self") = false, py::arg("n_threads") = 0, py::arg("precision") = "auto",
-        py::arg("memory_limit") = py::none(),
+        py::arg("memory_limit") = py::none(), py::arg("self_join") = true,
         "Exact k nearest neighbours: (distances float32 (nq, k), indices int64 (nq, k)). "
-        "l2 gives squared distances, ip dot products, cosine 1 - cos.");
+        "l2 gives squared distances, ip dot products, cosine 1 - cos. When queries is database (the same "
+        "array), each pair is computed once (self_join=False forces the one-sided scan; results are identical).");
   m.def("radius_search", &radius_search, py::arg("database"), py::arg("queries"), py::arg("radius"),
         py::arg("metric") = "l2", py::arg("exclude_self") = false, py::arg("n_threads") = 0,
         py::arg("precision") = "auto", py::arg("memory_limit") = py::none(),

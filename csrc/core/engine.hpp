@@ -126,8 +126,10 @@ class RowCands {
     float v;
     idx_t j;
   };
-  void reset(int k, float window) {
+  /// `slack`: candidates kept beyond 2k before a compaction (memory vs compaction work).
+  void reset(int k, float window, int slack = 64) {
     k_ = k;
+    slack_ = slack;
     window_ = window;
     thr_ = std::numeric_limits<float>::infinity();
     c_.clear();
@@ -135,7 +137,7 @@ class RowCands {
   float threshold() const { return thr_; }
   void add(float v, idx_t j) {
     c_.push_back({v, j});
-    if (static_cast<int>(c_.size()) >= 2 * k_ + 64) compact();
+    if (static_cast<int>(c_.size()) >= 2 * k_ + slack_) compact();
   }
   /// Sets the threshold to the k-th best value + window and drops what lies beyond it.
   void compact() {
@@ -151,6 +153,7 @@ class RowCands {
 
  private:
   int k_ = 1;
+  int slack_ = 64;
   float window_ = 0.0f;
   float thr_ = std::numeric_limits<float>::infinity();
   std::vector<Cand> c_;

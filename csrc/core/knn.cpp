@@ -1,6 +1,8 @@
 // Exact kNN and radius queries: query blocks streamed in parallel against the packed database.
 #include "knn.hpp"
 
+#include <memory>
+#include <mutex>
 #include <string>
 
 #include "engine.hpp"
@@ -87,18 +89,122 @@ double scan_bytes(const KernelSet* kset, idx_t n, idx_t nq, idx_t d, int threads
 }
 }  // namespace
 
-void knn_check_memory(const KnnParams& p, idx_t n, idx_t nq, idx_t d) {
+namespace {
+double knn_bytes(const KnnParams& p, idx_t n, idx_t nq, idx_t d) {
   const int threads = resolve_threads(p.n_threads);
   const double per_query_cands = (2.0 * p.k + 64.0) * 16.0;  // candidate lists of a query block
-  check_memory(scan_bytes(p.kernel_set, n, nq, d, threads) + threads * kQueryBlock * per_query_cands +
-                   static_cast<double>(nq) * p.k * 12.0,
-               p.memory_limit, "k-NN search of " + std::to_string(nq) + " queries against " + std::to_string(n) + " rows");
+  return scan_bytes(p.kernel_set, n, nq, d, threads) + threads * kQueryBlock * per_query_cands +
+         static_cast<double>(nq) * p.k * 12.0;
+}
+}  // namespace
+
+void knn_check_memory(const KnnParams& p, idx_t n, idx_t nq, idx_t d) {
+  check_memory(knn_bytes(p, n, nq, d), p.memory_limit, "k-NN search of " + std::to_string(nq) + " queries against " + std::to_string(n) + " rows");
 }
 
 void radius_check_memory(const RadiusParams& p, idx_t n, idx_t nq, idx_t d) {
   check_memory(scan_bytes(p.kernel_set, n, nq, d, resolve_threads(p.n_threads)) + 8.0 * static_cast<double>(nq),
                p.memory_limit, "radius query of " + std::to_string(nq) + " queries against " + std::to_string(n) + " rows");
 }
+
+namespace {
+
+constexpr idx_t kSelfBlock = 192;  // square blocks of the self-join (a multiple of every mr and nr)
+constexpr int kSelfSlack = 16;     // candidates kept beyond 2k per row between compactions
+
+/// Bytes of the per-row candidate lists of the symmetric self-join.
+double self_join_bytes(idx_t n, int k) {
+  return static_cast<double>(n) * ((2.0 * k + kSelfSlack) * sizeof(RowCands::Cand) + sizeof(RowCands));
+}
+
+/// The self-join (queries = database) computing each pair of blocks once: the tile of block I
+/// against block J >= I feeds the rows of I (row by row) and the rows of J (its transpose). A
+/// product x_i . x_j is the same number in both roles and the error bound of a tile value is
+/// symmetric, so every row keeps exactly the candidates the one-sided scan would keep, and the
+/// fp64 selection gives the same result with half the products. Per-row candidate lists live
+/// for the whole call (guarded per block; a thread never holds two locks).
+void knn_self_join(const KnnParams& p, const PackedSet& set, const float* x, const std::vector<double>& xsq,
+                   int threads, float* out_dist, idx_t* out_idx, Cancel& cancel) {
+  const KernelSet& ks = *set.ks;
+  const idx_t n = set.n, d = set.d, depth = ks.depth(d);
+  const idx_t nb = (n + kSelfBlock - 1) / kSelfBlock;
+  const bool cos = p.metric == Metric::Cosine;
+  // Cosine: the blocks are packed as unit rows, exactly as the database panels are (same float
+  // scale), so the products are symmetric and every row's bound is that of a unit vector.
+  std::vector<float> scale(cos ? static_cast<std::size_t>(n) : 0);
+  for (idx_t i = 0; i < static_cast<idx_t>(scale.size()); ++i) scale[i] = static_cast<float>(1.0 / std::sqrt(xsq[i]));
+  std::vector<RowCands> rc(static_cast<std::size_t>(n));
+  for (idx_t i = 0; i < n; ++i) rc[i].reset(p.k, 2.0f * row_bound(set, cos ? 1.0 : xsq[i]), kSelfSlack);
+  std::unique_ptr<std::mutex[]> lock(new std::mutex[static_cast<std::size_t>(nb)]);
+  ExceptionSlot err;
+#pragma omp parallel num_threads(threads)
+  {
+    AlignedBuffer<float> a, c, t;
+    std::vector<std::int32_t> idx;
+    std::vector<float> val;
+    err.run([&] {
+      a.resize(static_cast<std::size_t>(kSelfBlock * depth));
+      c.resize(static_cast<std::size_t>(kSelfBlock * kSelfBlock));
+      t.resize(static_cast<std::size_t>(kSelfBlock * kSelfBlock));
+      idx.resize(kSelfBlock);
+      val.resize(kSelfBlock);
+    });
+    // Rows r0.. of a tile (values at c + i * ld) against candidates j0..j0+cm: add to rc.
+    auto feed = [&](const float* tile, idx_t r0, idx_t rm, idx_t j0, idx_t cm, bool diag) {
+      for (idx_t i = 0; i < rm; ++i) {
+        RowCands& r = rc[r0 + i];
+        const idx_t cnt = ks.row_filter(tile + i * kSelfBlock, set.add.data() + j0, set.mul, cm, r.threshold(),
+                                        idx.data(), val.data());
+        for (idx_t u = 0; u < cnt; ++u) {
+          const idx_t j = j0 + idx[u];
+          if (diag && p.exclude_self && j == r0 + i) continue;
+          r.add(val[u], j);
+        }
+      }
+    };
+#pragma omp for schedule(dynamic, 1)
+    for (idx_t bi = 0; bi < nb; ++bi) {
+      if (err.failed() || cancel.poll()) continue;
+      err.run([&] {
+        const idx_t i0 = bi * kSelfBlock, im = std::min(kSelfBlock, n - i0);
+        ks.pack(x + i0 * d, d, nullptr, cos ? scale.data() + i0 : nullptr, im, d, ks.mr, a.data());
+        for (idx_t bj = bi; bj < nb; ++bj) {
+          if (err.failed() || cancel.poll()) return;
+          const idx_t j0 = bj * kSelfBlock, jm = std::min(kSelfBlock, n - j0);
+          ks.gemm(a.data(), set.panels.data() + j0 * depth, round_up(im, ks.mr), round_up(jm, ks.nr), depth,
+                  c.data(), kSelfBlock);
+          {
+            std::lock_guard<std::mutex> g(lock[bi]);
+            feed(c.data(), i0, im, j0, jm, bj == bi);
+          }
+          if (bj != bi) {
+            for (idx_t i = 0; i < im; ++i)
+              for (idx_t j = 0; j < jm; ++j) t.data()[j * kSelfBlock + i] = c.data()[i * kSelfBlock + j];
+            std::lock_guard<std::mutex> g(lock[bj]);
+            feed(t.data(), j0, jm, i0, im, false);
+          }
+        }
+      });
+    }
+    std::vector<std::pair<double, idx_t>> scr;
+    std::vector<double> vals(static_cast<std::size_t>(p.k));
+#pragma omp barrier
+    if (!err.failed() && !cancel.stopped()) {
+#pragma omp for schedule(dynamic, 256)
+      for (idx_t i = 0; i < n; ++i) {
+        err.run([&] {
+          select_exact(rc[i], p.k, x + i * d, std::sqrt(xsq[i]), set, scr, vals.data(), out_idx + i * p.k);
+          for (int u = 0; u < p.k; ++u) out_dist[i * p.k + u] = reported(p.metric, vals[u]);
+          std::vector<RowCands::Cand>().swap(rc[i].cands());  // free as we go
+        });
+      }
+    }
+  }
+  err.rethrow();
+  cancel.throw_if_stopped();
+}
+
+}  // namespace
 
 void knn_search(const KnnParams& p, const float* db, idx_t n, const float* q, idx_t nq, idx_t d,
                 float* out_dist, idx_t* out_idx, Cancel& cancel) {
@@ -114,6 +220,14 @@ void knn_search(const KnnParams& p, const float* db, idx_t n, const float* q, id
   PackedSet set;
   pack_set(set, db, n, d, p.metric, nullptr, threads, p.kernel_set);
   const std::vector<double> qsq = query_sqnorms(q, nq, d, p.metric, threads);
+  // Queries that are the database: the symmetric self-join (half the products) when its
+  // per-row candidate lists fit in a quarter of the memory limit and 1 GiB.
+  const double sj = self_join_bytes(n, p.k);
+  if (q == db && nq == n && p.self_join != 0 && sj <= 1024.0 * 1048576.0 &&
+      (p.memory_limit <= 0.0 || knn_bytes(p, n, nq, d) + sj <= p.memory_limit)) {
+    knn_self_join(p, set, db, qsq, threads, out_dist, out_idx, cancel);
+    return;
+  }
 
   const int nthreads = threads;
   std::vector<std::vector<RowCands>> cands(static_cast<std::size_t>(nthreads));

@@ -15,6 +15,9 @@ struct KnnParams {
   int n_threads = 0;           ///< worker threads; 0 = OpenMP default
   const KernelSet* kernel_set = nullptr;  ///< tile kernels; null = the process's choice
   double memory_limit = 0.0;   ///< bytes of working memory (outputs included) at most; 0 = no limit
+  /// When the queries are the database (same pointer), compute each pair once (half the
+  /// products; same results): 1 = allowed (when its candidate lists fit), 0 = never.
+  int self_join = 1;
 };
 
 /// Throws MemoryLimitError when knn_search(p, n rows, nq queries, d) would need more than

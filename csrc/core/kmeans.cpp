@@ -168,6 +168,14 @@ inline double f_of_tile(Metric m, double v, double xsq, double xn) {
 }
 inline double f_err_of_tile(Metric m, double b, double xn) { return m == Metric::L2 ? b : b / xn; }
 
+/// Upper bound of the distance from a row to centre j, from an fp32 product and its error bound.
+inline double dist_hi_fp32(const PackedSet& cs, const Data& D, idx_t row, idx_t j) {
+  const double xn = D.metric == Metric::Cosine ? D.xnorm[row] : 0.0;
+  const double f_hi = f_of_tile(D.metric, fp32_value(cs, D.x + row * D.d, j), D.xsq[row], xn) +
+                      f_err_of_tile(D.metric, row_bound_eps(cs, D.xsq[row], eps_rel_fp32(D.d)), xn);
+  return dist_hi(D.metric, f_hi, D.d);
+}
+
 /// One assignment pass. For every row: exact nearest centre and (when `mind` is given) its
 /// exact fp64 distance. With `acc`, keeps the centre sums current: a full pass (`acc_full`)
 /// adds every row to the (cleared) sums, otherwise only rows whose label changed move from
@@ -214,10 +222,7 @@ void assign_pass(const PackedSet& cs, const Data& D, idx_t* labels, float* mind,
               continue;
             }
             // Tighten u to (an fp32 upper bound of) the distance to the own centre, test again.
-            const double xn = metric == Metric::Cosine ? D.xnorm[row] : 0.0;
-            const double f_hi = f_of_tile(metric, fp32_value(cs, D.x + row * d, a), D.xsq[row], xn) +
-                                f_err_of_tile(metric, row_bound_eps(cs, D.xsq[row], eps_rel_fp32(d)), xn);
-            const double ut = dist_hi(metric, f_hi, d);
+            const double ut = dist_hi_fp32(cs, D, row, a);
             pr->u[row] = ut;
             if (ut < thr) continue;
           }
@@ -271,13 +276,14 @@ void assign_pass(const PackedSet& cs, const Data& D, idx_t* labels, float* mind,
               acc->add(D, ks, tid, row, lab, false);
             }
             labels[row] = lab;
-            if ((mind || pr) && dist < 0.0)  // exact, whichever kernel made the tile
+            if (mind && dist < 0.0)  // exact, whichever kernel made the tile
               dist = std::max(0.0, exact_value(metric, D.x + row * d, cs.row(lab), d, xn, cs.norm[lab]));
             if (mind) mind[row] = static_cast<float>(dist);
             if (pr) {
+              // u: the exact distance when known, else an fp32 product plus its error bound.
+              pr->u[row] = dist >= 0.0 ? dist_hi(metric, dist, d) : dist_hi_fp32(cs, D, row, lab);
               // Second best tile value (any centre but the chosen one), lowered by its error bound.
               const float v2 = lab == arg ? second : m;  // best tile value over centres other than lab
-              pr->u[row] = dist_hi(metric, dist, d);
               pr->l[row] = k > 1 ? dist_lo(metric, f_of_tile(metric, v2, D.xsq[row], xn) - f_err_of_tile(metric, b, xn), d)
                                  : std::numeric_limits<double>::infinity();
             }

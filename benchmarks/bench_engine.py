@@ -104,7 +104,7 @@ FULL_SIZES: Dict[str, Any] = {
     "kmeans": KMeansCase(n=200_000, d=384, k=256),
     "kmeans1m": KMeansCase(n=1_000_000, d=128, k=1000, n_centers=1000, name="kmeans1m", faiss_subsample=True),
     "knn": KnnCase(n=100_000, d=384, k=10, n_centers=256),
-    "dbscan": DbscanCase(n=50_000, d=384, n_clusters=40, noise_frac=0.05,
+    "dbscan": DbscanCase(n=100_000, d=384, n_clusters=40, noise_frac=0.05,
                          intra_dist=(0.5, 0.7), eps=0.9, min_samples=10),
 }
 QUICK_SIZES: Dict[str, Any] = {

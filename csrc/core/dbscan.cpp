@@ -246,11 +246,11 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
             }
             lo[t * T + j] = mn;
             hi[t * T + j] = mx;
-            double dd = 0.0;
-            const double* ct = L.center.data() + t * d;
-            const double* cj = L.center.data() + j * d;
-            for (idx_t f = 0; f < d; ++f) dd += (ct[f] - cj[f]) * (ct[f] - cj[f]);
-            sep[t * T + j] = std::sqrt(dd);
+            if (j >= t) {  // symmetric: computed once
+              const double s = std::sqrt(sqdist64(L.center.data() + t * d, L.center.data() + j * d, d));
+              sep[t * T + j] = s;
+              sep[j * T + t] = s;
+            }
           }
         });
       }
@@ -269,11 +269,9 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   for (idx_t a = 0; a < T; ++a) {
     for (idx_t b = a; b < T; ++b) {
       if (a != b && p.prune) {
-        double dd = 0.0;
-        const double* ca = L.center.data() + a * d;
-        const double* cb = L.center.data() + b * d;
-        for (idx_t f = 0; f < d; ++f) dd += (ca[f] - cb[f]) * (ca[f] - cb[f]);
-        const double gap = std::sqrt(dd) - L.radius[a] - L.radius[b];
+        const double dist_ab =
+            project ? sep[a * T + b] : std::sqrt(sqdist64(L.center.data() + a * d, L.center.data() + b * d, d));
+        const double gap = dist_ab - L.radius[a] - L.radius[b];
         if (gap > reach * (1.0 + 1e-7) + 1e-7 * (L.radius[a] + L.radius[b])) continue;
         if (project) {
           const auto ra = s_range(a, a, b), rb = s_range(b, a, b);
@@ -316,8 +314,9 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   };
 
   // Neighbour pairs between the active rows of tile a and all rows of tile b: calls
-  // on_pair(row_i, row_j, exact) once per unordered pair within eps; `exact` is the fp64
-  // metric value when it was computed (inside the error band), else -1.
+  // on_pair(row_i, row_j, exact, slot_i, slot_j) once per unordered pair within eps; `exact` is
+  // the fp64 metric value when it was computed (inside the error band), else -1; the slots are
+  // the rows' positions in tiles a and b.
   const double r_metric = cos ? p.eps : p.eps * p.eps;
   auto visit_pairs = [&](idx_t a, idx_t b, const std::vector<idx_t>& act, TileScratch& s, auto&& on_pair) {
     const idx_t na = static_cast<idx_t>(act.size());
@@ -340,7 +339,7 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
           ex = exact_value(p.metric, x + ri * d, x + rj * d, d, xnorm[ri], xnorm[rj]);
           if (!(ex <= r_metric)) continue;
         }
-        on_pair(ri, rj, ex);
+        on_pair(ri, rj, ex, act[i], jj);
       }
     }
   };
@@ -355,6 +354,7 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   {
     TileScratch s;
     std::vector<idx_t> act;
+    idx_t local[2 * kTile];
     err.run([&] { init_scratch(s); });
 #pragma omp for schedule(dynamic, 1)
     for (idx_t a = 0; a < T; ++a) {
@@ -367,11 +367,22 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
           if (act.empty()) continue;
           computed1.fetch_add(1, std::memory_order_relaxed);
           rows1.fetch_add(static_cast<idx_t>(act.size()), std::memory_order_relaxed);
-          visit_pairs(a, b, act, s, [&](idx_t ri, idx_t rj, double) {
-            counts[ri].fetch_add(1, std::memory_order_relaxed);
-            counts[rj].fetch_add(1, std::memory_order_relaxed);
-            linked[a][pi] = 1;
+          // Counted per slot first: one atomic add per row and tile pair, not per neighbour pair.
+          std::fill(local, local + 2 * kTile, 0);
+          idx_t* lb = a == b ? local : local + kTile;
+          bool any = false;
+          visit_pairs(a, b, act, s, [&](idx_t, idx_t, double, idx_t si, idx_t sj) {
+            ++local[si];
+            ++lb[sj];
+            any = true;
           });
+          if (!any) continue;
+          linked[a][pi] = 1;
+          for (idx_t t = 0; t < L.count[a]; ++t)
+            if (local[t]) counts[L.slot_rows[a * kTile + t]].fetch_add(local[t], std::memory_order_relaxed);
+          if (a != b)
+            for (idx_t t = 0; t < L.count[b]; ++t)
+              if (lb[t]) counts[L.slot_rows[b * kTile + t]].fetch_add(lb[t], std::memory_order_relaxed);
         }
       });
     }
@@ -446,7 +457,7 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
             active_rows(a, b, s.p.data(), act);
             if (act.empty()) continue;
             computed2.fetch_add(1, std::memory_order_relaxed);
-            visit_pairs(a, b, act, s, [&](idx_t ri, idx_t rj, double ex) {
+            visit_pairs(a, b, act, s, [&](idx_t ri, idx_t rj, double ex, idx_t, idx_t) {
               const bool ci = out.is_core[ri], cj = out.is_core[rj];
               if (ci && cj) {
                 uf.unite(ri, rj);

@@ -42,11 +42,27 @@ inline double eps_rel(idx_t d, const KernelSet& ks) {
   return (4.0 * static_cast<double>(d) + 32.0) * 0x1p-24 + 2.02 * ks.input_rel;
 }
 
+/// Sum of f(k) over k < d in fp64, in a fixed order that does not depend on the instruction
+/// set: eight interleaved partial sums, then a fixed tree (the compiler can vectorise it).
+template <class F>
+inline double sum8(idx_t d, F f) {
+  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  idx_t k = 0;
+  for (; k + 8 <= d; k += 8)
+    for (int t = 0; t < 8; ++t) acc[t] += f(k + t);
+  double s = 0.0;
+  for (; k < d; ++k) s += f(k);
+  return s + (((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])));
+}
+
 /// Squared norm of a float32 row, summed in fp64.
 inline double sqnorm(const float* x, idx_t d) {
-  double s = 0.0;
-  for (idx_t k = 0; k < d; ++k) s += static_cast<double>(x[k]) * x[k];
-  return s;
+  return sum8(d, [x](idx_t k) { return static_cast<double>(x[k]) * x[k]; });
+}
+
+/// Squared distance of two fp64 rows.
+inline double sqdist64(const double* a, const double* b, idx_t d) {
+  return sum8(d, [a, b](idx_t k) { return (a[k] - b[k]) * (a[k] - b[k]); });
 }
 
 /// Largest squared row norm the tiles accept: products of two such rows stay far below
@@ -73,25 +89,12 @@ inline void check_sqnorms(const std::vector<double>& sq, const char* what, const
 /// partial sums let the compiler vectorise.
 inline double exact_value(Metric m, const float* x, const float* y, idx_t d, double xnorm,
                           double ynorm) {
-  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  idx_t k = 0;
-  double s = 0.0;
-  if (m == Metric::L2) {
-    for (; k + 8 <= d; k += 8)
-      for (int t = 0; t < 8; ++t) {
-        const double v = static_cast<double>(x[k + t]) - y[k + t];
-        acc[t] += v * v;
-      }
-    for (; k < d; ++k) {
+  if (m == Metric::L2)
+    return sum8(d, [x, y](idx_t k) {
       const double v = static_cast<double>(x[k]) - y[k];
-      s += v * v;
-    }
-    return s + (((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])));
-  }
-  for (; k + 8 <= d; k += 8)
-    for (int t = 0; t < 8; ++t) acc[t] += static_cast<double>(x[k + t]) * y[k + t];
-  for (; k < d; ++k) s += static_cast<double>(x[k]) * y[k];
-  s += ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+      return v * v;
+    });
+  const double s = sum8(d, [x, y](idx_t k) { return static_cast<double>(x[k]) * y[k]; });
   if (m == Metric::IP) return -s;
   return 1.0 - s / (xnorm * ynorm);
 }

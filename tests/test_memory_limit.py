@@ -87,3 +87,14 @@ def test_dbscan_without_projection_table_gives_the_same_result():
     np.testing.assert_array_equal(full["counts"], tight["counts"])
     ref = ec.DBSCAN(1.5, min_samples=5).fit(X)
     np.testing.assert_array_equal(ref.labels_, full["labels"])
+
+
+def test_knn_self_join_under_a_tight_limit_gives_the_same_result():
+    """With room for the one-sided scan only, the self-join still runs (without its per-row
+    candidate lists) and returns the same neighbours."""
+    with pytest.raises(MemoryError) as info:
+        _core.knn_search(X, X, 5, "l2", True, memory_limit=TINY)
+    tight = _core.knn_search(X, X, 5, "l2", True, memory_limit=_needed_bytes(info.value))
+    free = _core.knn_search(X, X, 5, "l2", True, memory_limit=0)
+    np.testing.assert_array_equal(tight[1], free[1])
+    np.testing.assert_array_equal(tight[0], free[0])

@@ -208,32 +208,10 @@ void assign_pass(const PackedSet& cs, const Data& D, idx_t* labels, float* mind,
         if (err.failed() || cancel.poll()) return;
         const int tid = omp_get_thread_num();
         const idx_t r0 = ranges[r].r0, r1 = ranges[r].r1;
-        // Rows whose centre the bounds cannot prove.
-        s.rows.clear();
-        for (idx_t row = r0; row < r1; ++row) {
-          if (test) {
-            const idx_t a = labels[row];
-            const double u = pr->u[row] + pr->shift[a];
-            const double l = pr->l[row] - (a == pr->arg1 ? pr->max2 : pr->max1);
-            const double thr = std::max(l, pr->half_gap[a]);
-            pr->l[row] = l;
-            if (u < thr) {
-              pr->u[row] = u;
-              continue;
-            }
-            // Tighten u to (an fp32 upper bound of) the distance to the own centre, test again.
-            const double ut = dist_hi_fp32(cs, D, row, a);
-            pr->u[row] = ut;
-            if (ut < thr) continue;
-          }
-          s.rows.push_back(row);
-        }
-        const idx_t na = static_cast<idx_t>(s.rows.size());
-        computed += na;
-        for (idx_t t0 = 0; t0 < na; t0 += mc) {
-          if (err.failed() || cancel.poll()) return;
-          const idx_t qm = std::min(mc, na - t0);
-          const idx_t* rows = s.rows.data() + t0;
+        // Resolves rows[0..qm): their products against every centre, exact nearest centre,
+        // bounds and moved sums. Called as soon as a tile's worth of rows is collected, while
+        // the rows read by the bound test are still in cache.
+        auto process = [&](const idx_t* rows, idx_t qm) {
           ks.pack(D.x, d, rows, nullptr, qm, d, ks.mr, s.a.data());
           ks.gemm(s.a.data(), cs.panels.data(), round_up(qm, ks.mr), k_pad, ks.depth(d), s.c.data(), k_pad);
           for (idx_t i = 0; i < qm; ++i) {
@@ -288,6 +266,36 @@ void assign_pass(const PackedSet& cs, const Data& D, idx_t* labels, float* mind,
                                  : std::numeric_limits<double>::infinity();
             }
           }
+                };
+        // Rows whose centre the bounds cannot prove.
+        s.rows.clear();
+        for (idx_t row = r0; row < r1; ++row) {
+          if (test) {
+            const idx_t a = labels[row];
+            const double u = pr->u[row] + pr->shift[a];
+            const double l = pr->l[row] - (a == pr->arg1 ? pr->max2 : pr->max1);
+            const double thr = std::max(l, pr->half_gap[a]);
+            pr->l[row] = l;
+            if (u < thr) {
+              pr->u[row] = u;
+              continue;
+            }
+            // Tighten u to (an fp32 upper bound of) the distance to the own centre, test again.
+            const double ut = dist_hi_fp32(cs, D, row, a);
+            pr->u[row] = ut;
+            if (ut < thr) continue;
+          }
+          s.rows.push_back(row);
+          if (static_cast<idx_t>(s.rows.size()) == mc) {
+            if (err.failed() || cancel.poll()) return;
+            process(s.rows.data(), mc);
+            computed += mc;
+            s.rows.clear();
+          }
+        }
+        if (!s.rows.empty()) {
+          process(s.rows.data(), static_cast<idx_t>(s.rows.size()));
+          computed += static_cast<idx_t>(s.rows.size());
         }
         if (acc && acc_full)
           for (idx_t row = r0; row < r1; ++row) acc->add(D, ks, tid, row, labels[row], false);

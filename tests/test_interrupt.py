@@ -23,6 +23,15 @@ def _interrupt_after(seconds: float) -> threading.Timer:
     return t
 
 
+@pytest.fixture(autouse=True)
+def sigint_raises_keyboard_interrupt():
+    """Python's own Ctrl-C handler, whatever the test runner inherited: a shell that starts a
+    job in the background (`cmd &`) sets SIGINT to ignored, and Python keeps that."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture(scope="module")
 def big():
     # Large enough that every operation below runs for several seconds on two cores.

@@ -79,6 +79,34 @@ def test_counts_equal_brute_force():
     np.testing.assert_array_equal(r["counts"], ref)
 
 
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_counts_near_eps_equal_brute_force(kernel_set, metric):
+    """Hundreds of pairs within 1e-6 relative of eps: inside the bf16 tiles' error band, so
+    the fp32 narrowing and the fp64 re-check decide them; counts must equal the float64 brute
+    force on every kernel set."""
+    rng = np.random.default_rng(13)
+    d, eps = 48, 0.3
+    anchors = rng.standard_normal((6, d)) * 3.0 + 5.0
+    dirs = rng.standard_normal((600, d))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    rel = rng.choice([-1e-6, -1e-7, 0.0, 1e-7, 1e-6], 600)
+    if metric == "l2":
+        pts = anchors[np.arange(600) % 6] + dirs * (eps * (1.0 + rel))[:, None]
+    else:  # rows at cosine distance ~eps from their anchor
+        a = anchors[np.arange(600) % 6]
+        a_unit = a / np.linalg.norm(a, axis=1, keepdims=True)
+        ortho = dirs - (dirs * a_unit).sum(1, keepdims=True) * a_unit
+        ortho /= np.linalg.norm(ortho, axis=1, keepdims=True)
+        theta = np.arccos(1.0 - eps * (1.0 + rel))
+        pts = np.cos(theta)[:, None] * a_unit + np.sin(theta)[:, None] * ortho
+    X = np.vstack([anchors, pts]).astype(np.float32)
+    r = _core.dbscan_fit(X, eps, 3, metric)
+    limit = eps ** 2 if metric == "l2" else eps
+    ref = (brute_values(X, X, metric) <= limit).sum(1)
+    np.testing.assert_array_equal(r["counts"], ref)
+    assert (np.abs(brute_values(X[:6], X, metric) - limit) < 1e-5 * limit).sum() > 100  # really near eps
+
+
 def test_points_exactly_at_eps_are_neighbours():
     X = np.array([[0, 0], [1, 0], [2, 0], [3, 0], [10, 10]], dtype=np.float32)
     est = ec.DBSCAN(eps=1.0, min_samples=3).fit(X)

@@ -144,17 +144,19 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
     fail("eps=" + std::to_string(p.eps) + " is >= 2, the largest cosine distance: every pair would be neighbours");
   if (n >= (idx_t{1} << 31)) fail("DBSCAN supports up to 2^31 - 1 rows per call");
   const int threads = resolve_threads(p.n_threads);
-  // fp32 tiles even when bf16 ones are active: DBSCAN's bounds and eps band would widen with
-  // bf16's error and cost more pruning and re-checks than the faster product saves (measured:
-  // eps=1.1 on 50k x 384 computed 65% of tile pairs with bf16, 16% with fp32).
-  const KernelSet& ks = fp32_variant(kernels());
+  // The pruning bounds (coarse partition, ball centres, projections) use fp32 products: with
+  // bf16's wider error they pruned far less (eps=1.1 on 50k x 384: 65% of tile pairs computed
+  // instead of 16%). The pair tiles use the process's kernels (bf16 where available); their
+  // wider eps band is narrowed with fp32 products before the fp64 re-check.
+  const KernelSet& ks = fp32_variant(kernels());  // bounds
+  const KernelSet& kt = kernels();                // pair tiles
   const bool cos = p.metric == Metric::Cosine;
   // Working memory without the optional projection table: per row (norms, partition, layout,
   // counts, flags, union-find, labels), the packed copy, the tiles' balls and partner lists,
   // and per-thread tiles. Tiles are estimated as 1.25 n / kTile plus one per coarse cluster.
   const double t_est = 1.25 * static_cast<double>(n) / kTile + std::min(4096.0, static_cast<double>(n) / (2 * kTile)) + 1.0;
   const double base = 96.0 * static_cast<double>(n) +
-                      t_est * kTile * (static_cast<double>(ks.depth(d)) * 4.0 + 12.0) +
+                      t_est * kTile * (static_cast<double>(kt.depth(d)) * 4.0 + 12.0) +
                       t_est * (static_cast<double>(d) * 8.0 + 8.0 + 64.0 * 9.0) +
                       threads * static_cast<double>(kTile) * (static_cast<double>(ks.depth(d)) + kTile + t_est) * 4.0;
   check_memory(base, p.memory_limit, "DBSCAN on " + std::to_string(n) + " x " + std::to_string(d));
@@ -176,7 +178,7 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   const Layout L = make_layout(p, x, n, d, lab, cdist, xnorm, threads);
   const idx_t T = L.ntiles;
   PackedSet set;
-  pack_set(set, x, T * kTile, d, p.metric, L.slot_rows.data(), threads, &ks);
+  pack_set(set, x, T * kTile, d, p.metric, L.slot_rows.data(), threads, &kt);
   for (idx_t t = 0; t < T; ++t)
     for (idx_t s = L.count[t]; s < kTile; ++s)
       set.add.data()[t * kTile + s] = std::numeric_limits<float>::infinity();
@@ -201,7 +203,7 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   if (!cos) xmax = *std::max_element(xnorm.begin(), xnorm.end());
   const double slack_s = 8.0 * centres.eps * xmax * std::sqrt(centres.max_sqnorm) + 1e-30;
   auto init_scratch = [&](TileScratch& s) {
-    s.a.resize(static_cast<std::size_t>(kTile * ks.depth(d)));
+    s.a.resize(static_cast<std::size_t>(kTile * std::max(ks.depth(d), kt.depth(d))));
     s.c.resize(static_cast<std::size_t>(kTile * kTile));
     s.p.resize(static_cast<std::size_t>(kTile * centres.n_pad));
     s.idx.resize(kTile);
@@ -321,14 +323,16 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   auto visit_pairs = [&](idx_t a, idx_t b, const std::vector<idx_t>& act, TileScratch& s, auto&& on_pair) {
     const idx_t na = static_cast<idx_t>(act.size());
     for (idx_t i = 0; i < na; ++i) s.rows[i] = L.slot_rows[a * kTile + act[i]];
-    ks.pack(x, d, s.rows.data(), nullptr, na, d, ks.mr, s.a.data());
-    ks.gemm(s.a.data(), set.panels.data() + b * kTile * ks.depth(d), round_up(na, ks.mr), kTile, ks.depth(d),
+    kt.pack(x, d, s.rows.data(), nullptr, na, d, kt.mr, s.a.data());
+    kt.gemm(s.a.data(), set.panels.data() + b * kTile * kt.depth(d), round_up(na, kt.mr), kTile, kt.depth(d),
             s.c.data(), kTile);
+    const bool narrow = kt.input_rel > 0.0;
     for (idx_t i = 0; i < na; ++i) {
       const idx_t ri = s.rows[i];
       const double thr = cos ? -(1.0 - p.eps) * xnorm[ri] : r_metric - xsq[ri];
       const float bnd = row_bound(set, xsq[ri]);
-      const idx_t cnt = ks.row_filter(s.c.data() + i * kTile, set.add.data() + b * kTile, set.mul,
+      const double bnd32 = narrow ? row_bound_eps(set, xsq[ri], eps_rel_fp32(d)) : 0.0;
+      const idx_t cnt = kt.row_filter(s.c.data() + i * kTile, set.add.data() + b * kTile, set.mul,
                                       kTile, static_cast<float>(thr) + bnd, s.idx.data(), s.val.data());
       for (idx_t t = 0; t < cnt; ++t) {
         const idx_t jj = s.idx[t];
@@ -336,8 +340,18 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
         const idx_t rj = L.slot_rows[b * kTile + jj];
         double ex = -1.0;
         if (!(s.val[t] < static_cast<float>(thr) - bnd)) {
-          ex = exact_value(p.metric, x + ri * d, x + rj * d, d, xnorm[ri], xnorm[rj]);
-          if (!(ex <= r_metric)) continue;
+          // Inside the tile's error band: an fp32 product decides unless it is within its own
+          // (much narrower) band, where the fp64 value does.
+          bool decided = false;
+          if (narrow) {
+            const double v32 = fp32_value(set, x + ri * d, b * kTile + jj);
+            if (v32 > thr + bnd32) continue;
+            decided = v32 < thr - bnd32;
+          }
+          if (!decided) {
+            ex = exact_value(p.metric, x + ri * d, x + rj * d, d, xnorm[ri], xnorm[rj]);
+            if (!(ex <= r_metric)) continue;
+          }
         }
         on_pair(ri, rj, ex, act[i], jj);
       }

@@ -316,7 +316,7 @@ class DBSCAN(ClusterMixin, BaseEstimator):
             self.stats_ = {}
         self.labels_ = np.asarray(labels, dtype=np.int64)
         self.core_sample_indices_ = np.flatnonzero(np.asarray(is_core, dtype=bool))
-        self.components_ = X[self.core_sample_indices_].copy()
+        self.components_ = X[self.core_sample_indices_]  # fancy indexing copies already
         self.n_clusters_ = int(self.labels_.max() + 1) if len(self.labels_) else 0
         self.n_features_in_ = X.shape[1]
         self.backend_ = backend

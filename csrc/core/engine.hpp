@@ -136,6 +136,7 @@ class RowCands {
     window_ = window;
     thr_ = std::numeric_limits<float>::infinity();
     c_.clear();
+    c_.reserve(static_cast<std::size_t>(2 * k + slack));  // exactly what a list can hold: no doubling
   }
   float threshold() const { return thr_; }
   void add(float v, idx_t j) {

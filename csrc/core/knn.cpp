@@ -114,7 +114,8 @@ constexpr int kSelfSlack = 16;     // candidates kept beyond 2k per row between 
 
 /// Bytes of the per-row candidate lists of the symmetric self-join.
 double self_join_bytes(idx_t n, int k) {
-  return static_cast<double>(n) * ((2.0 * k + kSelfSlack) * sizeof(RowCands::Cand) + sizeof(RowCands));
+  // The list's storage, the object, and the allocator's per-block overhead.
+  return static_cast<double>(n) * ((2.0 * k + kSelfSlack) * sizeof(RowCands::Cand) + sizeof(RowCands) + 32.0);
 }
 
 /// The self-join (queries = database) computing each pair of blocks once: the tile of block I

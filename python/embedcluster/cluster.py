@@ -283,7 +283,8 @@ class DBSCAN(ClusterMixin, BaseEstimator):
     equal scikit-learn's. A border point (not core, within eps of a core point) joins the
     cluster of its nearest core point (ties: lower index), which makes the result independent
     of visiting order; scikit-learn instead gives it the first cluster that reaches it.
-    Every eps decision is exact: fast float32 tiles are re-checked in float64 near eps.
+    Every eps decision is exact: the fast tiles (bf16 where the CPU has AVX-512 BF16, else
+    float32) are narrowed with float32 products and re-checked in float64 near eps.
     """
 
     def __init__(self, eps: float = 0.5, *, min_samples: int = 5, metric: str = "euclidean",

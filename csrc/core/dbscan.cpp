@@ -210,17 +210,18 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
     s.val.resize(kTile);
     s.rows.resize(kTile);
   };
-  // Products of tile a's rows with every ball centre, in s.p (row i at i * centres.n_pad);
-  // for cosine they are divided by ||x|| (products of the unit vectors).
-  auto centre_products = [&](idx_t a, TileScratch& s) {
+  // Products of tile a's rows with the ball centres packed in `cs` (all of them, or a tile's
+  // partners), in s.p (row i at i * cs.n_pad); for cosine they are divided by ||x|| (products
+  // of the unit vectors).
+  auto centre_products = [&](idx_t a, const PackedSet& cs, TileScratch& s) {
     for (idx_t i = 0; i < L.count[a]; ++i) s.rows[i] = L.slot_rows[a * kTile + i];
     ks.pack(x, d, s.rows.data(), nullptr, L.count[a], d, ks.mr, s.a.data());
-    ks.gemm(s.a.data(), centres.panels.data(), round_up(L.count[a], ks.mr), centres.n_pad, ks.depth(d),
-            s.p.data(), centres.n_pad);
+    ks.gemm(s.a.data(), cs.panels.data(), round_up(L.count[a], ks.mr), cs.n_pad, ks.depth(d), s.p.data(),
+            cs.n_pad);
     if (cos)
       for (idx_t i = 0; i < L.count[a]; ++i) {
         const float inv = static_cast<float>(1.0 / xnorm[s.rows[i]]);
-        for (idx_t j = 0; j < T; ++j) s.p.data()[i * centres.n_pad + j] *= inv;
+        for (idx_t j = 0; j < cs.n; ++j) s.p.data()[i * cs.n_pad + j] *= inv;
       }
   };
   // lo/hi[t * T + J]: range of x . c_J over the rows x of tile t (skipped if too large).
@@ -238,7 +239,7 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
       for (idx_t t = 0; t < T; ++t) {
         if (err.failed() || cancel.poll()) continue;
         err.run([&] {
-          centre_products(t, s);
+          centre_products(t, centres, s);
           for (idx_t j = 0; j < T; ++j) {
             float mn = std::numeric_limits<float>::infinity(), mx = -mn;
             for (idx_t i = 0; i < L.count[t]; ++i) {
@@ -285,8 +286,17 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
     }
   }
 
-  // Rows of tile a that may have a neighbour in tile b (both bounds above, per row).
-  auto active_rows = [&](idx_t a, idx_t b, const float* cdots, std::vector<idx_t>& act) {
+  // The centres of tile a's partners (partners[a][0] is a itself), packed: the passes need
+  // only these columns of the products, not all T.
+  auto partner_products = [&](idx_t a, PackedSet& cs, TileScratch& s) {
+    pack_set(cs, centre_f.data(), static_cast<idx_t>(partners[a].size()), d, Metric::L2, partners[a].data(), 1, &ks);
+    centre_products(a, cs, s);
+  };
+
+  // Rows of tile a that may have a neighbour in tile b (both bounds above, per row). cdots:
+  // products of the rows with tile a's partner centres (row i at i * ld), b in column pi.
+  auto active_rows = [&](idx_t a, idx_t b, std::size_t pi, const float* cdots, idx_t ld,
+                         std::vector<idx_t>& act) {
     act.clear();
     if (!p.prune) {  // every row of every pair: the reference the pruned runs are tested against
       for (idx_t i = 0; i < L.count[a]; ++i) act.push_back(i);
@@ -303,12 +313,12 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
     }
     for (idx_t i = 0; i < L.count[a]; ++i) {
       const idx_t r = L.slot_rows[a * kTile + i];
-      const double dot = cdots[i * centres.n_pad + b];
+      const double dot = cdots[i * ld + static_cast<idx_t>(pi)];
       const double d2 = cos ? 1.0 + csq - 2.0 * dot : xsq[r] + csq - 2.0 * dot;
       const double scale = cos ? 1.0 + csq : xsq[r] + csq;
       if (!(d2 <= lim * lim + slack_rel * scale)) continue;
       if (proj) {
-        const double sx = static_cast<double>(cdots[i * centres.n_pad + a]) - dot;
+        const double sx = static_cast<double>(cdots[i * ld]) - dot;  // column 0: a itself
         if (sx < rb.first - w || sx > rb.second + w) continue;
       }
       act.push_back(i);
@@ -367,6 +377,7 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
 #pragma omp parallel num_threads(threads)
   {
     TileScratch s;
+    PackedSet pc;  // tile a's partner centres
     std::vector<idx_t> act;
     idx_t local[2 * kTile];
     err.run([&] { init_scratch(s); });
@@ -374,10 +385,10 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
     for (idx_t a = 0; a < T; ++a) {
       if (err.failed() || cancel.poll()) continue;
       err.run([&] {
-        centre_products(a, s);  // s.p holds them; visit_pairs does not touch s.p
+        if (p.prune) partner_products(a, pc, s);  // s.p holds them; visit_pairs does not touch s.p
         for (std::size_t pi = 0; pi < partners[a].size(); ++pi) {
           const idx_t b = partners[a][pi];
-          active_rows(a, b, s.p.data(), act);
+          active_rows(a, b, pi, s.p.data(), pc.n_pad, act);
           if (act.empty()) continue;
           computed1.fetch_add(1, std::memory_order_relaxed);
           rows1.fetch_add(static_cast<idx_t>(act.size()), std::memory_order_relaxed);
@@ -448,6 +459,7 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
 #pragma omp parallel num_threads(threads)
     {
       TileScratch s;
+      PackedSet pc;  // tile a's partner centres
       std::vector<idx_t> act;
       err.run([&] { init_scratch(s); });
 #pragma omp for schedule(dynamic, 1)
@@ -464,11 +476,11 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
             if (!has_border[a] && !has_border[b] && tile_merged(a) && tile_merged(b) &&
                 uf.same(first_core[a], first_core[b]))
               continue;
-            if (!have_products) {
-              centre_products(a, s);
+            if (!have_products && p.prune) {
+              partner_products(a, pc, s);
               have_products = true;
             }
-            active_rows(a, b, s.p.data(), act);
+            active_rows(a, b, pi, s.p.data(), pc.n_pad, act);
             if (act.empty()) continue;
             computed2.fetch_add(1, std::memory_order_relaxed);
             visit_pairs(a, b, act, s, [&](idx_t ri, idx_t rj, double ex, idx_t, idx_t) {

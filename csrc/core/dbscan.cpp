@@ -174,7 +174,7 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
         fail("row " + std::to_string(i) + " has zero norm; the cosine metric is undefined for it");
 
   std::vector<float> cdist;
-  const auto lab = coarse_labels(p, x, n, d, threads, cdist, ks, cancel);
+  const auto lab = coarse_labels(p, x, n, d, threads, cdist, kt, cancel);  // exact on any kernels
   const Layout L = make_layout(p, x, n, d, lab, cdist, xnorm, threads);
   const idx_t T = L.ntiles;
   PackedSet set;

@@ -149,3 +149,19 @@ def test_faiss_backend_agrees_on_core_points():
     b = ec.DBSCAN(eps=2.0, min_samples=6, backend="faiss").fit(X)
     np.testing.assert_array_equal(a.core_sample_indices_, b.core_sample_indices_)
     np.testing.assert_array_equal(a.labels_, b.labels_)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_rows_counted_without_products_equal_brute_force(kernel_set, metric):
+    """Tight clusters spanning several tiles: rows whose distance bound to another tile's whole
+    ball is within eps are counted without products; counts and labels must still equal the
+    brute force and scikit-learn."""
+    X, _ = gaussian_mixture(3000, 16, 2, spread=0.05, seed=17, noise_frac=0.02, unit=True)
+    eps = 0.6 if metric == "l2" else 0.2
+    r = _core.dbscan_fit(X, eps, 5, metric)
+    assert r["rows_all_neighbours_pass1"] > 0  # the shortcut ran
+    limit = eps ** 2 if metric == "l2" else eps
+    ref = (brute_values(X, X, metric) <= limit).sum(1)
+    np.testing.assert_array_equal(r["counts"], ref)
+    sk = SkDBSCAN(eps=eps, min_samples=5, metric="euclidean" if metric == "l2" else "cosine").fit(X)
+    np.testing.assert_array_equal(np.sort(np.flatnonzero(r["is_core"])), np.sort(sk.core_sample_indices_))

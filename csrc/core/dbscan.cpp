@@ -370,7 +370,10 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   // Pass 1: neighbour counts.
   std::unique_ptr<std::atomic<idx_t>[]> counts(new std::atomic<idx_t>[static_cast<std::size_t>(n)]);
   for (idx_t i = 0; i < n; ++i) counts[i].store(1, std::memory_order_relaxed);
-  std::atomic<idx_t> computed1{0}, computed2{0}, rows1{0};
+  std::atomic<idx_t> computed1{0}, computed2{0}, rows1{0}, full1{0};
+  // reach shrunk by a margin far above the rounding of the bounds: distances proven below it
+  // are within eps exactly.
+  const double reach_in = (cos ? std::sqrt(2.0 * p.eps) : p.eps) * (1.0 - 1e-7);
   // Which tile pairs held at least one neighbour pair: pass 2 visits only those.
   std::vector<std::vector<std::uint8_t>> linked(static_cast<std::size_t>(T));
   for (idx_t a = 0; a < T; ++a) linked[a].assign(partners[a].size(), 0);
@@ -378,7 +381,7 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   {
     TileScratch s;
     PackedSet pc;  // tile a's partner centres
-    std::vector<idx_t> act;
+    std::vector<idx_t> act, part;
     idx_t local[2 * kTile];
     err.run([&] { init_scratch(s); });
 #pragma omp for schedule(dynamic, 1)
@@ -390,17 +393,45 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
           const idx_t b = partners[a][pi];
           active_rows(a, b, pi, s.p.data(), pc.n_pad, act);
           if (act.empty()) continue;
-          computed1.fetch_add(1, std::memory_order_relaxed);
-          rows1.fetch_add(static_cast<idx_t>(act.size()), std::memory_order_relaxed);
           // Counted per slot first: one atomic add per row and tile pair, not per neighbour pair.
           std::fill(local, local + 2 * kTile, 0);
           idx_t* lb = a == b ? local : local + kTile;
           bool any = false;
-          visit_pairs(a, b, act, s, [&](idx_t, idx_t, double, idx_t si, idx_t sj) {
-            ++local[si];
-            ++lb[sj];
-            any = true;
-          });
+          if (a != b && p.prune) {
+            // Rows whose whole ball around tile b's centre lies within eps have every row of b
+            // as a neighbour: ||x - y|| <= ||x - c_b|| + r_b <= reach_in. They are counted
+            // without products.
+            part.clear();
+            idx_t full = 0;
+            const double csq = centres.add.data()[b];
+            for (const idx_t i : act) {
+              const idx_t r = L.slot_rows[a * kTile + i];
+              const double dot = s.p.data()[i * pc.n_pad + static_cast<idx_t>(pi)];
+              const double scale = cos ? 1.0 + csq : xsq[r] + csq;
+              const double d2_hi = (cos ? 1.0 + csq - 2.0 * dot : xsq[r] + csq - 2.0 * dot) + slack_rel * scale;
+              if (std::sqrt(std::max(0.0, d2_hi)) + L.radius[b] <= reach_in) {
+                local[i] += L.count[b];
+                ++full;
+              } else {
+                part.push_back(i);
+              }
+            }
+            if (full > 0) {
+              for (idx_t t = 0; t < L.count[b]; ++t) lb[t] += full;
+              any = true;
+              full1.fetch_add(full, std::memory_order_relaxed);
+            }
+            act.swap(part);
+          }
+          if (!act.empty()) {
+            computed1.fetch_add(1, std::memory_order_relaxed);
+            rows1.fetch_add(static_cast<idx_t>(act.size()), std::memory_order_relaxed);
+            visit_pairs(a, b, act, s, [&](idx_t, idx_t, double, idx_t si, idx_t sj) {
+              ++local[si];
+              ++lb[sj];
+              any = true;
+            });
+          }
           if (!any) continue;
           linked[a][pi] = 1;
           for (idx_t t = 0; t < L.count[a]; ++t)
@@ -521,6 +552,7 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   out.pairs_computed_pass1 = computed1.load();
   out.pairs_computed_pass2 = computed2.load();
   out.rows_computed_pass1 = rows1.load();
+  out.rows_all_neighbours_pass1 = full1.load();
   for (const auto& v : partners) out.pairs_after_bounds += static_cast<idx_t>(v.size());
   out.projection_bounds = project;
 }

@@ -32,6 +32,7 @@ struct DbscanResult {
   idx_t pairs_after_bounds = 0;      ///< tile pairs left by the tile-level bounds (balls, projections)
   bool projection_bounds = false;    ///< the projection table was used (memory_limit allowing)
   idx_t rows_computed_pass1 = 0;     ///< query rows in pass 1's products (tile rows: 192)
+  idx_t rows_all_neighbours_pass1 = 0;  ///< (row, tile) pairs counted without products: the tile's ball lies within eps
 };
 
 void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanResult& out,

@@ -194,6 +194,9 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   // The products x . c_J of every row with every ball centre come from one tile product per
   // tile; each bound gets a slack that covers that product's rounding (see engine.hpp).
   const double reach = (cos ? std::sqrt(2.0 * p.eps) : p.eps) * (1.0 + 1e-9) + 1e-12;
+  // reach shrunk by a margin far above the rounding of the bounds: distances proven below it
+  // are within eps exactly.
+  const double reach_in = (cos ? std::sqrt(2.0 * p.eps) : p.eps) * (1.0 - 1e-7);
   PackedSet centres;
   std::vector<float> centre_f(static_cast<std::size_t>(T * d));
   for (idx_t i = 0; i < T * d; ++i) centre_f[i] = static_cast<float>(L.center[i]);
@@ -295,8 +298,10 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
 
   // Rows of tile a that may have a neighbour in tile b (both bounds above, per row). cdots:
   // products of the rows with tile a's partner centres (row i at i * ld), b in column pi.
+  // With `full` (a != b), rows whose whole ball around b's centre lies within eps go there
+  // instead: ||x - y|| <= ||x - c_b|| + r_b <= reach_in for every row y of b.
   auto active_rows = [&](idx_t a, idx_t b, std::size_t pi, const float* cdots, idx_t ld,
-                         std::vector<idx_t>& act) {
+                         std::vector<idx_t>& act, std::vector<idx_t>* full) {
     act.clear();
     if (!p.prune) {  // every row of every pair: the reference the pruned runs are tested against
       for (idx_t i = 0; i < L.count[a]; ++i) act.push_back(i);
@@ -317,6 +322,10 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
       const double d2 = cos ? 1.0 + csq - 2.0 * dot : xsq[r] + csq - 2.0 * dot;
       const double scale = cos ? 1.0 + csq : xsq[r] + csq;
       if (!(d2 <= lim * lim + slack_rel * scale)) continue;
+      if (full && std::sqrt(std::max(0.0, d2 + slack_rel * scale)) + L.radius[b] <= reach_in) {
+        full->push_back(i);
+        continue;
+      }
       if (proj) {
         const double sx = static_cast<double>(cdots[i * ld]) - dot;  // column 0: a itself
         if (sx < rb.first - w || sx > rb.second + w) continue;
@@ -371,9 +380,6 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   std::unique_ptr<std::atomic<idx_t>[]> counts(new std::atomic<idx_t>[static_cast<std::size_t>(n)]);
   for (idx_t i = 0; i < n; ++i) counts[i].store(1, std::memory_order_relaxed);
   std::atomic<idx_t> computed1{0}, computed2{0}, rows1{0}, full1{0};
-  // reach shrunk by a margin far above the rounding of the bounds: distances proven below it
-  // are within eps exactly.
-  const double reach_in = (cos ? std::sqrt(2.0 * p.eps) : p.eps) * (1.0 - 1e-7);
   // Which tile pairs held at least one neighbour pair: pass 2 visits only those.
   std::vector<std::vector<std::uint8_t>> linked(static_cast<std::size_t>(T));
   for (idx_t a = 0; a < T; ++a) linked[a].assign(partners[a].size(), 0);
@@ -381,7 +387,7 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   {
     TileScratch s;
     PackedSet pc;  // tile a's partner centres
-    std::vector<idx_t> act, part;
+    std::vector<idx_t> act, full;
     idx_t local[2 * kTile];
     err.run([&] { init_scratch(s); });
 #pragma omp for schedule(dynamic, 1)
@@ -391,37 +397,19 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
         if (p.prune) partner_products(a, pc, s);  // s.p holds them; visit_pairs does not touch s.p
         for (std::size_t pi = 0; pi < partners[a].size(); ++pi) {
           const idx_t b = partners[a][pi];
-          active_rows(a, b, pi, s.p.data(), pc.n_pad, act);
-          if (act.empty()) continue;
+          full.clear();
+          active_rows(a, b, pi, s.p.data(), pc.n_pad, act, a != b && p.prune ? &full : nullptr);
+          if (act.empty() && full.empty()) continue;
           // Counted per slot first: one atomic add per row and tile pair, not per neighbour pair.
           std::fill(local, local + 2 * kTile, 0);
           idx_t* lb = a == b ? local : local + kTile;
           bool any = false;
-          if (a != b && p.prune) {
-            // Rows whose whole ball around tile b's centre lies within eps have every row of b
-            // as a neighbour: ||x - y|| <= ||x - c_b|| + r_b <= reach_in. They are counted
-            // without products.
-            part.clear();
-            idx_t full = 0;
-            const double csq = centres.add.data()[b];
-            for (const idx_t i : act) {
-              const idx_t r = L.slot_rows[a * kTile + i];
-              const double dot = s.p.data()[i * pc.n_pad + static_cast<idx_t>(pi)];
-              const double scale = cos ? 1.0 + csq : xsq[r] + csq;
-              const double d2_hi = (cos ? 1.0 + csq - 2.0 * dot : xsq[r] + csq - 2.0 * dot) + slack_rel * scale;
-              if (std::sqrt(std::max(0.0, d2_hi)) + L.radius[b] <= reach_in) {
-                local[i] += L.count[b];
-                ++full;
-              } else {
-                part.push_back(i);
-              }
-            }
-            if (full > 0) {
-              for (idx_t t = 0; t < L.count[b]; ++t) lb[t] += full;
-              any = true;
-              full1.fetch_add(full, std::memory_order_relaxed);
-            }
-            act.swap(part);
+          if (!full.empty()) {  // every row of b is a neighbour of these rows: no products
+            for (const idx_t i : full) local[i] += L.count[b];
+            const idx_t nf = static_cast<idx_t>(full.size());
+            for (idx_t t = 0; t < L.count[b]; ++t) lb[t] += nf;
+            any = true;
+            full1.fetch_add(nf, std::memory_order_relaxed);
           }
           if (!act.empty()) {
             computed1.fetch_add(1, std::memory_order_relaxed);
@@ -511,7 +499,7 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
               partner_products(a, pc, s);
               have_products = true;
             }
-            active_rows(a, b, pi, s.p.data(), pc.n_pad, act);
+            active_rows(a, b, pi, s.p.data(), pc.n_pad, act, nullptr);
             if (act.empty()) continue;
             computed2.fetch_add(1, std::memory_order_relaxed);
             visit_pairs(a, b, act, s, [&](idx_t ri, idx_t rj, double ex, idx_t, idx_t) {

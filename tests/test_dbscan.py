@@ -165,3 +165,61 @@ def test_rows_counted_without_products_equal_brute_force(kernel_set, metric):
     np.testing.assert_array_equal(r["counts"], ref)
     sk = SkDBSCAN(eps=eps, min_samples=5, metric="euclidean" if metric == "l2" else "cosine").fit(X)
     np.testing.assert_array_equal(np.sort(np.flatnonzero(r["is_core"])), np.sort(sk.core_sample_indices_))
+
+
+@pytest.mark.parametrize("min_samples", [4, 9])
+def test_chains_spanning_many_tiles_match_sklearn(kernel_set, min_samples):
+    """Long thin chains: each cluster spans many tiles and is joined only through core pairs
+    between tiles, in many steps; points set off the chains are border points or noise.
+    Labels, core points and the border rule must match scikit-learn and the brute force."""
+    rng = np.random.default_rng(23)
+    chains = []
+    for _ in range(3):
+        steps = rng.standard_normal((1400, 8)) * 0.06
+        chains.append(np.cumsum(steps, axis=0) + rng.uniform(-6, 6, 8))
+    X = np.concatenate(chains)
+    off = X[rng.choice(len(X), 250, replace=False)] + rng.standard_normal((250, 8)) * 0.12
+    noise = rng.uniform(-8, 8, (100, 8))
+    X = np.concatenate([X, off, noise]).astype(np.float32)[rng.permutation(len(X) + 350)]
+    est = ec.DBSCAN(eps=0.3, min_samples=min_samples).fit(X)
+    sk = check_against_oracles(X, 0.3, min_samples, "euclidean", est)
+    assert est.n_clusters_ == len(set(sk.labels_)) - 1
+    border = np.setdiff1d(np.flatnonzero(est.labels_ >= 0), est.core_sample_indices_)
+    assert len(border) > 10 and (est.labels_ == -1).sum() > 10  # the data has both
+
+
+def sphere_mixture(n: int, d: int, k: int, sigma: float, noise_frac: float, seed: int) -> np.ndarray:
+    """Rows on the unit sphere: k clusters (centre + Gaussian noise, renormalised) and a share
+    of uniform rows, which lie about sqrt(2) from everything, like unrelated embeddings."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((k, d))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    n_noise = int(n * noise_frac)
+    X = np.vstack([centres[rng.integers(0, k, n - n_noise)] + rng.standard_normal((n - n_noise, d)) * sigma,
+                   rng.standard_normal((n_noise, d))])
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    return X[rng.permutation(n)].astype(np.float32)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+@pytest.mark.parametrize("eps_l2", [0.75, 1.1, 1.15])
+def test_inner_product_bounds_on_the_sphere_equal_brute_force(kernel_set, metric, eps_l2):
+    """Normalised rows, as embeddings usually are: the bounds that use the rows' norms prove
+    uniform rows and other clusters' tiles apart. With eps near the distance between unrelated
+    rows (sqrt(2)) many pairs lie close to eps on both sides; every count must equal the brute
+    force, and the result the unpruned run."""
+    X = sphere_mixture(4000, 48, 8, 0.09, 0.25, seed=31)
+    eps = eps_l2 if metric == "l2" else eps_l2 ** 2 / 2  # the same neighbourhoods on the sphere
+    r = _core.dbscan_fit(X, eps, 12, metric)
+    assert r["rows_pruned_inner_product_pass1"] > 0  # the bounds ran
+    X64 = X.astype(np.float64)
+    if metric == "l2":
+        sq = (X64 ** 2).sum(1)
+        v, limit = sq[:, None] + sq[None, :] - 2.0 * X64 @ X64.T, eps ** 2
+    else:
+        u = X64 / np.linalg.norm(X64, axis=1, keepdims=True)
+        v, limit = 1.0 - u @ u.T, eps
+    np.testing.assert_array_equal(r["counts"], (v <= limit).sum(1))
+    plain = _core.dbscan_fit(X, eps, 12, metric, prune=False)
+    np.testing.assert_array_equal(r["labels"], plain["labels"])
+    np.testing.assert_array_equal(r["is_core"], plain["is_core"])

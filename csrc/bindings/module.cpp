@@ -301,6 +301,7 @@ py::dict dbscan_fit(const py::array& x, double eps, int min_samples, const std::
   out["pairs_computed_pass2"] = r.pairs_computed_pass2;
   out["rows_computed_pass1"] = r.rows_computed_pass1;
   out["rows_all_neighbours_pass1"] = r.rows_all_neighbours_pass1;
+  out["rows_pruned_inner_product_pass1"] = r.rows_pruned_inner_product_pass1;
   out["pairs_after_bounds"] = r.pairs_after_bounds;
   out["projection_bounds"] = r.projection_bounds;
   return out;

@@ -1,8 +1,9 @@
 // DBSCAN on the tile engine. Points are ordered by a coarse k-means partition and cut into
 // tiles of kTile rows; each tile keeps a bounding ball, and a tile pair whose balls are more
 // than eps apart is never computed. Pass 1 counts neighbours (each unordered tile pair once),
-// pass 2 unions core-core pairs and records each border point's nearest core point; it also
-// skips pairs whose core points are already known to be in one component. Every decision
+// pass 2 unions core-core pairs and records each border point's nearest core point; it skips
+// pairs whose core points are already known to be in one component, and a union-find over each
+// pair's slots stops a pair as soon as its core points are joined. Every decision
 // within the kernel's error band is re-checked in fp64 (see engine.hpp), so the result is that
 // of an exact brute force.
 #include "dbscan.hpp"
@@ -12,6 +13,7 @@
 #include <numeric>
 #include <string>
 
+#include "dbscan_bounds.hpp"
 #include "engine.hpp"
 #include "kmeans.hpp"
 #include "union_find.hpp"
@@ -38,7 +40,7 @@ std::vector<idx_t> coarse_labels(const DbscanParams& p, const float* x, idx_t n,
   dist.assign(static_cast<std::size_t>(n), 0.0f);
   const idx_t kc = std::min<idx_t>(4096, n / (2 * kTile));
   if (!p.prune || kc < 2) return lab;
-  const idx_t m = std::min<idx_t>(n, std::max<idx_t>(40 * kc, 20000));
+  const idx_t m = std::min<idx_t>(n, std::max<idx_t>(20 * kc, 5000));
   std::vector<float> sub(static_cast<std::size_t>(m * d));
   for (idx_t i = 0; i < m; ++i)
     std::memcpy(sub.data() + i * d, x + (i * n / m) * d, sizeof(float) * d);
@@ -130,6 +132,70 @@ inline void atomic_min(std::atomic<std::uint64_t>& a, std::uint64_t v) {
   }
 }
 
+/// Union-find over the slots of one tile pair (tile a's slots, then tile b's at kTile + slot),
+/// for pass 2's core-core links: seeded with the clusters the shared union-find already knows,
+/// it passes on only the links that join two of its groups, so a tile pair costs at most one
+/// shared union per group instead of one per neighbour pair. `groups` counts the groups of core
+/// slots: at 1, no further core-core pair between the two tiles can change anything.
+class SlotUnion {
+ public:
+  SlotUnion(const Layout& L, const std::vector<std::uint8_t>& is_core, ConcurrentUnionFind& uf)
+      : L_(L), is_core_(is_core), uf_(uf) {}
+
+  void seed(idx_t a, idx_t b) {
+    roots_.clear();
+    auto add = [&](idx_t t, int base) {
+      for (idx_t s = 0; s < L_.count[t]; ++s) {
+        const idx_t r = L_.slot_rows[t * kTile + s];
+        if (is_core_[r]) roots_.emplace_back(uf_.find(r), base + static_cast<int>(s));
+      }
+    };
+    add(a, 0);
+    if (b != a) add(b, static_cast<int>(kTile));
+    for (int v = 0; v < 2 * kTile; ++v) parent_[v] = static_cast<std::int16_t>(v);
+    std::sort(roots_.begin(), roots_.end());
+    groups = 0;
+    for (std::size_t i = 0; i < roots_.size(); ++i) {
+      if (i == 0 || roots_[i].first != roots_[i - 1].first) {
+        ++groups;
+        rep_ = roots_[i].second;
+      } else {
+        parent_[roots_[i].second] = static_cast<std::int16_t>(rep_);
+      }
+    }
+  }
+
+  /// Joins the groups of slots u and v; true when they were apart.
+  bool unite(int u, int v) {
+    u = find(u);
+    v = find(v);
+    if (u == v) return false;
+    parent_[std::max(u, v)] = static_cast<std::int16_t>(std::min(u, v));
+    --groups;
+    return true;
+  }
+
+  idx_t groups = 0;
+
+ private:
+  int find(int v) {
+    while (parent_[v] != v) {
+      parent_[v] = parent_[parent_[v]];
+      v = parent_[v];
+    }
+    return v;
+  }
+  const Layout& L_;
+  const std::vector<std::uint8_t>& is_core_;
+  ConcurrentUnionFind& uf_;
+  std::vector<std::pair<idx_t, int>> roots_;
+  std::int16_t parent_[2 * kTile];
+  int rep_ = 0;
+};
+
+/// Rows per product in pass 2, which can stop between them.
+constexpr idx_t kPass2Chunk = 48;
+
 }  // namespace
 
 void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanResult& out,
@@ -152,12 +218,14 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   const KernelSet& kt = kernels();                // pair tiles
   const bool cos = p.metric == Metric::Cosine;
   // Working memory without the optional projection table: per row (norms, partition, layout,
-  // counts, flags, union-find, labels), the packed copy, the tiles' balls and partner lists,
+  // counts, flags, union-find, labels), the packed copies, the tiles' balls and partner lists,
   // and per-thread tiles. Tiles are estimated as 1.25 n / kTile plus one per coarse cluster.
   const double t_est = 1.25 * static_cast<double>(n) / kTile + std::min(4096.0, static_cast<double>(n) / (2 * kTile)) + 1.0;
-  const double base = 96.0 * static_cast<double>(n) +
+  // A row-major copy in the kernels' words when they are not fp32 (bf16: half the input).
+  const double words_copy = kt.gemm_rows && kt.per_word != 1 ? static_cast<double>(n) * kt.depth(d) * 4.0 : 0.0;
+  const double base = 96.0 * static_cast<double>(n) + words_copy +
                       t_est * kTile * (static_cast<double>(kt.depth(d)) * 4.0 + 12.0) +
-                      t_est * (static_cast<double>(d) * 8.0 + 8.0 + 64.0 * 9.0) +
+                      t_est * (static_cast<double>(d) * 16.0 + 24.0 + 64.0 * 9.0) +
                       threads * static_cast<double>(kTile) * (static_cast<double>(ks.depth(d)) + kTile + t_est) * 4.0;
   check_memory(base, p.memory_limit, "DBSCAN on " + std::to_string(n) + " x " + std::to_string(d));
 
@@ -190,25 +258,62 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   //  - projections on the line of centres: |(x - y) . (c_a - c_b)| <= ||x - y|| ||c_a - c_b||,
   //    so with s(z) = z . (c_a - c_b) a neighbour pair needs |s(x) - s(y)| <= reach ||c_a - c_b||.
   //    In high dimension points concentrate near their tile's centre along that line, so this
-  //    bound is much tighter than the balls when clusters are wide.
+  //    bound is much tighter than the balls when clusters are wide;
+  //  - inner products and norms (dbscan_bounds.hpp): x . y <= x . c_b + ||x|| r_b, and
+  //    x . y <= ||x - c_a|| ||y|| + max_{y in b} y . c_a. On the sphere they prove rows far from
+  //    every cluster and other clusters' tiles apart where balls and projections cannot
+  //    (100k x 384 embeddings-like data: (row, tile) products computed fell from 2.97M to 1.20M).
   // The products x . c_J of every row with every ball centre come from one tile product per
   // tile; each bound gets a slack that covers that product's rounding (see engine.hpp).
   const double reach = (cos ? std::sqrt(2.0 * p.eps) : p.eps) * (1.0 + 1e-9) + 1e-12;
   // reach shrunk by a margin far above the rounding of the bounds: distances proven below it
   // are within eps exactly.
   const double reach_in = (cos ? std::sqrt(2.0 * p.eps) : p.eps) * (1.0 - 1e-7);
-  PackedSet centres;
+  // Ball centres packed twice: for the fp32 products of a tile's rows with its partners'
+  // centres (row-level bounds), and for the kernels' own (bf16 where available) products of
+  // every row with every centre (the projection table: twice as fast; its wider rounding
+  // costs little pruning).
+  PackedSet centres, tcentres;
   std::vector<float> centre_f(static_cast<std::size_t>(T * d));
   for (idx_t i = 0; i < T * d; ++i) centre_f[i] = static_cast<float>(L.center[i]);
   pack_set(centres, centre_f.data(), T, d, Metric::L2, nullptr, threads, &ks);
+  pack_set(tcentres, centre_f.data(), T, d, Metric::L2, nullptr, threads, &kt);
   const double slack_rel = 4.0 * centres.eps + 1e-6;
   double xmax = 1.0;
   if (!cos) xmax = *std::max_element(xnorm.begin(), xnorm.end());
-  const double slack_s = 8.0 * centres.eps * xmax * std::sqrt(centres.max_sqnorm) + 1e-30;
+  // Rounding of one product x . c_J: at most eps ||x|| ||c_J|| (engine.hpp; for cosine the
+  // product of unit x, whose extra rounding the eps margin covers), taken twice as a margin.
+  const double cmax = std::sqrt(centres.max_sqnorm);
+  const double slack_s = 2.0 * centres.eps * xmax * cmax + 1e-30;   // fp32 partner products
+  const double slack_t = 2.0 * tcentres.eps * xmax * cmax + 1e-30;  // table products
+  // A-side rows of the products in the kernels' own word format, row-major, so that gathered
+  // rows need no packing (KernelSet::gemm_rows): x itself for fp32 sets, a bf16 copy otherwise.
+  std::vector<float> xw_bf;
+  if (kt.gemm_rows && kt.per_word != 1) {
+    xw_bf.resize(static_cast<std::size_t>(n * kt.depth(d)));
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (idx_t i0 = 0; i0 < n; i0 += 256)
+      kt.pack_rows(x + i0 * d, std::min<idx_t>(256, n - i0), d, xw_bf.data() + i0 * kt.depth(d));
+  }
+  // The product of rows `rows[0..m)` with the packed panels `b` (n_pad columns) into c.
+  auto gather_gemm = [&](const KernelSet& k, const idx_t* rows, idx_t m, const float* b, idx_t n_pad,
+                         TileScratch& s, float* c, idx_t ldc) {
+    const idx_t m_pad = round_up(m, k.mr);
+    if (k.gemm_rows && (k.per_word == 1 || &k == &kt)) {
+      const float* base = k.per_word == 1 ? x : xw_bf.data();
+      const idx_t stride = k.depth(d);
+      for (idx_t i = 0; i < m_pad; ++i) s.ptrs[i] = base + rows[std::min(i, m - 1)] * stride;
+      k.gemm_rows(s.ptrs.data(), b, m_pad, n_pad, k.depth(d), c, ldc);
+    } else {
+      k.pack(x, d, rows, nullptr, m, d, k.mr, s.a.data());
+      k.gemm(s.a.data(), b, m_pad, n_pad, k.depth(d), c, ldc);
+    }
+  };
   auto init_scratch = [&](TileScratch& s) {
+    s.ptrs.resize(kTile);
     s.a.resize(static_cast<std::size_t>(kTile * std::max(ks.depth(d), kt.depth(d))));
     s.c.resize(static_cast<std::size_t>(kTile * kTile));
-    s.p.resize(static_cast<std::size_t>(kTile * centres.n_pad));
+    s.p.resize(static_cast<std::size_t>(kTile * std::max(centres.n_pad, tcentres.n_pad)));
     s.idx.resize(kTile);
     s.val.resize(kTile);
     s.rows.resize(kTile);
@@ -216,11 +321,9 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   // Products of tile a's rows with the ball centres packed in `cs` (all of them, or a tile's
   // partners), in s.p (row i at i * cs.n_pad); for cosine they are divided by ||x|| (products
   // of the unit vectors).
-  auto centre_products = [&](idx_t a, const PackedSet& cs, TileScratch& s) {
+  auto centre_products = [&](idx_t a, const PackedSet& cs, TileScratch& s, const KernelSet& k) {
     for (idx_t i = 0; i < L.count[a]; ++i) s.rows[i] = L.slot_rows[a * kTile + i];
-    ks.pack(x, d, s.rows.data(), nullptr, L.count[a], d, ks.mr, s.a.data());
-    ks.gemm(s.a.data(), cs.panels.data(), round_up(L.count[a], ks.mr), cs.n_pad, ks.depth(d), s.p.data(),
-            cs.n_pad);
+    gather_gemm(k, s.rows.data(), L.count[a], cs.panels.data(), cs.n_pad, s, s.p.data(), cs.n_pad);
     if (cos)
       for (idx_t i = 0; i < L.count[a]; ++i) {
         const float inv = static_cast<float>(1.0 / xnorm[s.rows[i]]);
@@ -242,21 +345,22 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
       for (idx_t t = 0; t < T; ++t) {
         if (err.failed() || cancel.poll()) continue;
         err.run([&] {
-          centre_products(t, centres, s);
-          for (idx_t j = 0; j < T; ++j) {
-            float mn = std::numeric_limits<float>::infinity(), mx = -mn;
-            for (idx_t i = 0; i < L.count[t]; ++i) {
-              const float v = s.p.data()[i * centres.n_pad + j];
-              mn = std::min(mn, v);
-              mx = std::max(mx, v);
+          centre_products(t, tcentres, s, kt);
+          float* lo_t = lo.data() + t * T;
+          float* hi_t = hi.data() + t * T;
+          std::fill(lo_t, lo_t + T, std::numeric_limits<float>::infinity());
+          std::fill(hi_t, hi_t + T, -std::numeric_limits<float>::infinity());
+          for (idx_t i = 0; i < L.count[t]; ++i) {  // row by row: contiguous, vectorised
+            const float* v = s.p.data() + i * tcentres.n_pad;
+            for (idx_t j = 0; j < T; ++j) {
+              lo_t[j] = std::min(lo_t[j], v[j]);
+              hi_t[j] = std::max(hi_t[j], v[j]);
             }
-            lo[t * T + j] = mn;
-            hi[t * T + j] = mx;
-            if (j >= t) {  // symmetric: computed once
-              const double s = std::sqrt(sqdist64(L.center.data() + t * d, L.center.data() + j * d, d));
-              sep[t * T + j] = s;
-              sep[j * T + t] = s;
-            }
+          }
+          for (idx_t j = t; j < T; ++j) {  // symmetric: computed once
+            const double s = std::sqrt(sqdist64(L.center.data() + t * d, L.center.data() + j * d, d));
+            sep[t * T + j] = s;
+            sep[j * T + t] = s;
           }
         });
       }
@@ -270,6 +374,23 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
                           static_cast<double>(hi[t * T + a]) - lo[t * T + b]);
   };
 
+  // Inner-product bounds (dbscan_bounds.hpp) need each tile's smallest and largest row norm
+  // (1 for cosine: unit-sphere geometry). With c = c_a the maximum of y . c_a over tile b is a
+  // table entry (hi[b * T + a]); with c = c_b, x . c_b is a partner product.
+  std::vector<double> nmin(static_cast<std::size_t>(T), 1.0), nmax(static_cast<std::size_t>(T), 1.0);
+  if (!cos)
+    for (idx_t t = 0; t < T; ++t) {
+      nmin[t] = std::numeric_limits<double>::infinity();
+      nmax[t] = 0.0;
+      for (idx_t i = 0; i < L.count[t]; ++i) {
+        nmin[t] = std::min(nmin[t], xnorm[L.slot_rows[t * kTile + i]]);
+        nmax[t] = std::max(nmax[t], xnorm[L.slot_rows[t * kTile + i]]);
+      }
+    }
+  // True when lb2, a lower bound on a squared distance whose terms are of magnitude `mag`, is
+  // beyond reach^2 by a margin far above the fp64 rounding of the few operations behind it.
+  auto beyond = [&](double lb2, double mag) { return lb2 > reach * reach * (1.0 + 1e-7) + 1e-7 * mag; };
+
   std::vector<std::vector<idx_t>> partners(static_cast<std::size_t>(T));
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 4)
   for (idx_t a = 0; a < T; ++a) {
@@ -281,8 +402,13 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
         if (gap > reach * (1.0 + 1e-7) + 1e-7 * (L.radius[a] + L.radius[b])) continue;
         if (project) {
           const auto ra = s_range(a, a, b), rb = s_range(b, a, b);
-          const double w = reach * sep[a * T + b] * (1.0 + 1e-7) + 4.0 * slack_s;
+          const double w = reach * sep[a * T + b] * (1.0 + 1e-7) + 4.0 * slack_t;
           if (ra.first > rb.second + w || rb.first > ra.second + w) continue;
+          // Every x of a has ||x||^2 >= nmin[a]^2 and ||x - c_a|| <= r_a, and the bound falls as
+          // ||x - c_a|| grows: the row-level bound at its weakest holds for the whole tile.
+          const double lb_a = sq_lower_by_own_centre(nmin[a] * nmin[a], L.radius[a], nmin[b], nmax[b], hi[b * T + a] + slack_t);
+          const double lb_b = sq_lower_by_own_centre(nmin[b] * nmin[b], L.radius[b], nmin[a], nmax[a], hi[a * T + b] + slack_t);
+          if (beyond(std::max(lb_a, lb_b), nmax[a] * nmax[a] + nmax[b] * nmax[b])) continue;
         }
       }
       partners[a].push_back(b);
@@ -293,28 +419,29 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   // only these columns of the products, not all T.
   auto partner_products = [&](idx_t a, PackedSet& cs, TileScratch& s) {
     pack_set(cs, centre_f.data(), static_cast<idx_t>(partners[a].size()), d, Metric::L2, partners[a].data(), 1, &ks);
-    centre_products(a, cs, s);
+    centre_products(a, cs, s, ks);
   };
 
-  // Rows of tile a that may have a neighbour in tile b (both bounds above, per row). cdots:
+  // Rows of tile a that may have a neighbour in tile b (the bounds above, per row). cdots:
   // products of the rows with tile a's partner centres (row i at i * ld), b in column pi.
   // With `full` (a != b), rows whose whole ball around b's centre lies within eps go there
   // instead: ||x - y|| <= ||x - c_b|| + r_b <= reach_in for every row y of b.
   auto active_rows = [&](idx_t a, idx_t b, std::size_t pi, const float* cdots, idx_t ld,
-                         std::vector<idx_t>& act, std::vector<idx_t>* full) {
+                         std::vector<idx_t>& act, std::vector<idx_t>* full, idx_t* ip_pruned = nullptr) {
     act.clear();
+    idx_t ipr = 0;
     if (!p.prune) {  // every row of every pair: the reference the pruned runs are tested against
       for (idx_t i = 0; i < L.count[a]; ++i) act.push_back(i);
       return;
     }
     const double lim = L.radius[b] + reach;
-    const double csq = centres.add.data()[b];
+    const double csq = centres.add.data()[b], csq_a = centres.add.data()[a];
     std::pair<double, double> rb{0.0, 0.0};
     double w = 0.0;
     const bool proj = project && a != b;
     if (proj) {
       rb = s_range(b, a, b);
-      w = reach * sep[a * T + b] * (1.0 + 1e-7) + 4.0 * slack_s;
+      w = reach * sep[a * T + b] * (1.0 + 1e-7) + 2.0 * (slack_s + slack_t);
     }
     for (idx_t i = 0; i < L.count[a]; ++i) {
       const idx_t r = L.slot_rows[a * kTile + i];
@@ -326,60 +453,83 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
         full->push_back(i);
         continue;
       }
-      if (proj) {
-        const double sx = static_cast<double>(cdots[i * ld]) - dot;  // column 0: a itself
-        if (sx < rb.first - w || sx > rb.second + w) continue;
+      if (a != b) {
+        const double xs = cos ? 1.0 : xsq[r], xn = cos ? 1.0 : xnorm[r];
+        const double mag = xs + nmax[b] * nmax[b];
+        if (beyond(sq_lower_by_tile_centre(xs, xn, dot + slack_s, L.radius[b], nmin[b]), mag)) {
+          ++ipr;
+          continue;
+        }
+        if (proj) {
+          const double dot_a = cdots[i * ld];  // column 0: a itself
+          const double d2a = xs + csq_a - 2.0 * dot_a;
+          const double rx = std::sqrt(std::max(0.0, d2a + slack_rel * (xs + csq_a)));  // >= ||x - c_a||
+          if (beyond(sq_lower_by_own_centre(xs, rx, nmin[b], nmax[b], hi[b * T + a] + slack_t), mag)) {
+            ++ipr;
+            continue;
+          }
+          const double sx = dot_a - dot;
+          if (sx < rb.first - w || sx > rb.second + w) continue;
+        }
       }
       act.push_back(i);
     }
+    if (ip_pruned) *ip_pruned += ipr;
   };
 
   // Neighbour pairs between the active rows of tile a and all rows of tile b: calls
   // on_pair(row_i, row_j, exact, slot_i, slot_j) once per unordered pair within eps; `exact` is
   // the fp64 metric value when it was computed (inside the error band), else -1; the slots are
-  // the rows' positions in tiles a and b.
+  // the rows' positions in tiles a and b. With `chunk` > 0 the rows go through the product
+  // `chunk` at a time, and the visit ends early once stop() is true.
   const double r_metric = cos ? p.eps : p.eps * p.eps;
-  auto visit_pairs = [&](idx_t a, idx_t b, const std::vector<idx_t>& act, TileScratch& s, auto&& on_pair) {
+  auto visit_pairs = [&](idx_t a, idx_t b, const std::vector<idx_t>& act, TileScratch& s, idx_t chunk,
+                         auto&& on_pair, auto&& stop) {
     const idx_t na = static_cast<idx_t>(act.size());
     for (idx_t i = 0; i < na; ++i) s.rows[i] = L.slot_rows[a * kTile + act[i]];
-    kt.pack(x, d, s.rows.data(), nullptr, na, d, kt.mr, s.a.data());
-    kt.gemm(s.a.data(), set.panels.data() + b * kTile * kt.depth(d), round_up(na, kt.mr), kTile, kt.depth(d),
-            s.c.data(), kTile);
     const bool narrow = kt.input_rel > 0.0;
-    for (idx_t i = 0; i < na; ++i) {
-      const idx_t ri = s.rows[i];
-      const double thr = cos ? -(1.0 - p.eps) * xnorm[ri] : r_metric - xsq[ri];
-      const float bnd = row_bound(set, xsq[ri]);
-      const double bnd32 = narrow ? row_bound_eps(set, xsq[ri], eps_rel_fp32(d)) : 0.0;
-      const idx_t cnt = kt.row_filter(s.c.data() + i * kTile, set.add.data() + b * kTile, set.mul,
-                                      kTile, static_cast<float>(thr) + bnd, s.idx.data(), s.val.data());
-      for (idx_t t = 0; t < cnt; ++t) {
-        const idx_t jj = s.idx[t];
-        if (a == b && jj <= act[i]) continue;  // each unordered pair once; self counted apart
-        const idx_t rj = L.slot_rows[b * kTile + jj];
-        double ex = -1.0;
-        if (!(s.val[t] < static_cast<float>(thr) - bnd)) {
-          // Inside the tile's error band: an fp32 product decides unless it is within its own
-          // (much narrower) band, where the fp64 value does.
-          bool decided = false;
-          if (narrow) {
-            const double v32 = fp32_value(set, x + ri * d, b * kTile + jj);
-            if (v32 > thr + bnd32) continue;
-            decided = v32 < thr - bnd32;
+    const idx_t step = chunk > 0 ? chunk : na;
+    for (idx_t i0 = 0; i0 < na; i0 += step) {
+      if (i0 > 0 && stop()) return;
+      const idx_t m = std::min(step, na - i0);
+      gather_gemm(kt, s.rows.data() + i0, m, set.panels.data() + b * kTile * kt.depth(d), kTile, s, s.c.data(),
+                  kTile);
+      for (idx_t i = i0; i < i0 + m; ++i) {
+        const idx_t ri = s.rows[i];
+        const double thr = cos ? -(1.0 - p.eps) * xnorm[ri] : r_metric - xsq[ri];
+        const float bnd = row_bound(set, xsq[ri]);
+        const double bnd32 = narrow ? row_bound_eps(set, xsq[ri], eps_rel_fp32(d)) : 0.0;
+        const idx_t cnt = kt.row_filter(s.c.data() + (i - i0) * kTile, set.add.data() + b * kTile, set.mul,
+                                        kTile, static_cast<float>(thr) + bnd, s.idx.data(), s.val.data());
+        for (idx_t t = 0; t < cnt; ++t) {
+          const idx_t jj = s.idx[t];
+          if (a == b && jj <= act[i]) continue;  // each unordered pair once; self counted apart
+          const idx_t rj = L.slot_rows[b * kTile + jj];
+          double ex = -1.0;
+          if (!(s.val[t] < static_cast<float>(thr) - bnd)) {
+            // Inside the tile's error band: an fp32 product decides unless it is within its own
+            // (much narrower) band, where the fp64 value does.
+            bool decided = false;
+            if (narrow) {
+              const double v32 = fp32_value(set, x + ri * d, b * kTile + jj);
+              if (v32 > thr + bnd32) continue;
+              decided = v32 < thr - bnd32;
+            }
+            if (!decided) {
+              ex = exact_value(p.metric, x + ri * d, x + rj * d, d, xnorm[ri], xnorm[rj]);
+              if (!(ex <= r_metric)) continue;
+            }
           }
-          if (!decided) {
-            ex = exact_value(p.metric, x + ri * d, x + rj * d, d, xnorm[ri], xnorm[rj]);
-            if (!(ex <= r_metric)) continue;
-          }
+          on_pair(ri, rj, ex, act[i], jj);
         }
-        on_pair(ri, rj, ex, act[i], jj);
       }
     }
   };
+  const auto never = [] { return false; };
   // Pass 1: neighbour counts.
   std::unique_ptr<std::atomic<idx_t>[]> counts(new std::atomic<idx_t>[static_cast<std::size_t>(n)]);
   for (idx_t i = 0; i < n; ++i) counts[i].store(1, std::memory_order_relaxed);
-  std::atomic<idx_t> computed1{0}, computed2{0}, rows1{0}, full1{0};
+  std::atomic<idx_t> computed1{0}, computed2{0}, rows1{0}, full1{0}, ipruned1{0};
   // Which tile pairs held at least one neighbour pair: pass 2 visits only those.
   std::vector<std::vector<std::uint8_t>> linked(static_cast<std::size_t>(T));
   for (idx_t a = 0; a < T; ++a) linked[a].assign(partners[a].size(), 0);
@@ -398,7 +548,9 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
         for (std::size_t pi = 0; pi < partners[a].size(); ++pi) {
           const idx_t b = partners[a][pi];
           full.clear();
-          active_rows(a, b, pi, s.p.data(), pc.n_pad, act, a != b && p.prune ? &full : nullptr);
+          idx_t ipr = 0;
+          active_rows(a, b, pi, s.p.data(), pc.n_pad, act, a != b && p.prune ? &full : nullptr, &ipr);
+          if (ipr) ipruned1.fetch_add(ipr, std::memory_order_relaxed);
           if (act.empty() && full.empty()) continue;
           // Counted per slot first: one atomic add per row and tile pair, not per neighbour pair.
           std::fill(local, local + 2 * kTile, 0);
@@ -414,11 +566,11 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
           if (!act.empty()) {
             computed1.fetch_add(1, std::memory_order_relaxed);
             rows1.fetch_add(static_cast<idx_t>(act.size()), std::memory_order_relaxed);
-            visit_pairs(a, b, act, s, [&](idx_t, idx_t, double, idx_t si, idx_t sj) {
+            visit_pairs(a, b, act, s, 0, [&](idx_t, idx_t, double, idx_t si, idx_t sj) {
               ++local[si];
               ++lb[sj];
               any = true;
-            });
+            }, never);
           }
           if (!any) continue;
           linked[a][pi] = 1;
@@ -480,6 +632,7 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
       TileScratch s;
       PackedSet pc;  // tile a's partner centres
       std::vector<idx_t> act;
+      SlotUnion su(L, out.is_core, uf);
       err.run([&] { init_scratch(s); });
 #pragma omp for schedule(dynamic, 1)
       for (idx_t a = 0; a < T; ++a) {
@@ -501,17 +654,21 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
             }
             active_rows(a, b, pi, s.p.data(), pc.n_pad, act, nullptr);
             if (act.empty()) continue;
+            su.seed(a, b);
+            const bool borders = has_border[a] || has_border[b];
+            const auto done = [&] { return su.groups <= 1 && !borders; };
+            if (done()) continue;  // every core point of both tiles already in one cluster
             computed2.fetch_add(1, std::memory_order_relaxed);
-            visit_pairs(a, b, act, s, [&](idx_t ri, idx_t rj, double ex, idx_t, idx_t) {
+            visit_pairs(a, b, act, s, kPass2Chunk, [&](idx_t ri, idx_t rj, double ex, idx_t si, idx_t sj) {
               const bool ci = out.is_core[ri], cj = out.is_core[rj];
               if (ci && cj) {
-                uf.unite(ri, rj);
+                if (su.unite(si, a == b ? sj : kTile + sj)) uf.unite(ri, rj);
               } else if (ci != cj) {
                 const idx_t core = ci ? ri : rj, bp = ci ? rj : ri;
                 if (ex < 0.0) ex = exact_value(p.metric, x + bp * d, x + core * d, d, xnorm[bp], xnorm[core]);
                 atomic_min(border[bp], border_key(static_cast<float>(std::max(0.0, ex)), core));
               }
-            });
+            }, done);
           }
         });
       }
@@ -541,6 +698,7 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   out.pairs_computed_pass2 = computed2.load();
   out.rows_computed_pass1 = rows1.load();
   out.rows_all_neighbours_pass1 = full1.load();
+  out.rows_pruned_inner_product_pass1 = ipruned1.load();
   for (const auto& v : partners) out.pairs_after_bounds += static_cast<idx_t>(v.size());
   out.projection_bounds = project;
 }

@@ -33,6 +33,7 @@ struct DbscanResult {
   bool projection_bounds = false;    ///< the projection table was used (memory_limit allowing)
   idx_t rows_computed_pass1 = 0;     ///< query rows in pass 1's products (tile rows: 192)
   idx_t rows_all_neighbours_pass1 = 0;  ///< (row, tile) pairs counted without products: the tile's ball lies within eps
+  idx_t rows_pruned_inner_product_pass1 = 0;  ///< (row, tile) pairs left out by the inner-product bounds
 };
 
 void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanResult& out,

@@ -225,6 +225,7 @@ struct TileScratch {
   std::vector<std::int32_t> idx;
   std::vector<float> val;
   std::vector<double> dval;         ///< fp32 re-check values (narrow_fp32)
+  std::vector<const float*> ptrs;   ///< row pointers for KernelSet::gemm_rows
 };
 
 }  // namespace ec

@@ -56,6 +56,18 @@ struct KernelSet {
   /// without fused operations. Every kernel set gives the same integers, and integer sums do
   /// not depend on their order.
   void (*accum)(const float* x, idx_t d, double sc, const double* qscale, bool subtract, std::uint64_t* dst);
+
+  /// Optional (nullptr where a set lacks it): the product of `gemm` with A given as m_pad row
+  /// pointers instead of packed panels, each row holding depth(d) words in the set's format
+  /// (fp32 sets: the float rows themselves; bf16 sets: rows written by `pack_rows`). The
+  /// products are bit-identical to packing the same rows and calling `gemm`; gathering rows
+  /// costs no copy.
+  void (*gemm_rows)(const float* const* a_rows, const float* b, idx_t m_pad, idx_t n_pad, idx_t depth,
+                    float* c, idx_t ldc);
+
+  /// Optional (sets whose words are not fp32): writes rows [0, n) of src as depth(d) words
+  /// each, row-major, rounded as `pack` rounds them.
+  void (*pack_rows)(const float* src, idx_t n, idx_t d, float* out);
 };
 
 /// The portable row_min2 (see KernelSet::row_min2).

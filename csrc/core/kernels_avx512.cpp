@@ -56,6 +56,53 @@ void gemm_avx512(const float* a, const float* b, idx_t m_pad, idx_t n_pad, idx_t
                               });
 }
 
+/// micro_12x32 with A read from 12 row pointers (words k0 .. k0 + kc of each row): the same
+/// products in the same order, so the same results.
+template <bool Accumulate>
+inline void micro_rows_12x32(const float* const* rows, idx_t k0, const float* b, idx_t kc, float* c, idx_t ldc) {
+  __m512 acc0[kMR], acc1[kMR];
+  const float* a[kMR];
+#pragma GCC unroll 12
+  for (int r = 0; r < kMR; ++r) {
+    a[r] = rows[r] + k0;
+    if (Accumulate) {
+      acc0[r] = _mm512_loadu_ps(c + r * ldc);
+      acc1[r] = _mm512_loadu_ps(c + r * ldc + 16);
+    } else {
+      acc0[r] = _mm512_setzero_ps();
+      acc1[r] = _mm512_setzero_ps();
+    }
+  }
+  for (idx_t k = 0; k < kc; ++k) {
+    const __m512 b0 = _mm512_load_ps(b);
+    const __m512 b1 = _mm512_load_ps(b + 16);
+#pragma GCC unroll 12
+    for (int r = 0; r < kMR; ++r) {
+      const __m512 av = _mm512_set1_ps(a[r][k]);
+      acc0[r] = _mm512_fmadd_ps(av, b0, acc0[r]);
+      acc1[r] = _mm512_fmadd_ps(av, b1, acc1[r]);
+    }
+    b += kNR;
+  }
+#pragma GCC unroll 12
+  for (int r = 0; r < kMR; ++r) {
+    _mm512_storeu_ps(c + r * ldc, acc0[r]);
+    _mm512_storeu_ps(c + r * ldc + 16, acc1[r]);
+  }
+}
+
+void gemm_rows_avx512(const float* const* a, const float* b, idx_t m_pad, idx_t n_pad, idx_t depth, float* c,
+                      idx_t ldc) {
+  blocked_gemm_rows<kMR, kNR, kKC>(a, b, m_pad, n_pad, depth, c, ldc,
+                                   [](const float* const* ap, idx_t k0, const float* bp, idx_t kc, float* cp,
+                                      idx_t ld, bool acc) {
+                                     if (acc)
+                                       micro_rows_12x32<true>(ap, k0, bp, kc, cp, ld);
+                                     else
+                                       micro_rows_12x32<false>(ap, k0, bp, kc, cp, ld);
+                                   });
+}
+
 float row_min_avx512(const float* c, const float* add, float mul, idx_t n) {
   const __m512 vm = _mm512_set1_ps(mul);
   __m512 best = _mm512_set1_ps(std::numeric_limits<float>::infinity());
@@ -197,7 +244,7 @@ void accum_avx512(const float* x, idx_t d, double sc, const double* qscale, bool
 
 const KernelSet& avx512_kernels() {
   static const KernelSet ks{"avx512", kMR, kNR, 1, 0.0, pack_panels, gemm_avx512, row_min_avx512, row_min2_avx512,
-                            row_filter_avx512, dot_avx512, accum_avx512};
+                            row_filter_avx512, dot_avx512, accum_avx512, gemm_rows_avx512, nullptr};
   return ks;
 }
 

@@ -97,6 +97,78 @@ inline void micro_12x32(const std::uint32_t* a, const std::uint32_t* b, idx_t kc
   }
 }
 
+/// micro_12x32 with A read from 12 row pointers (bf16 word pairs k0 .. k0 + kc of each row):
+/// the same products in the same order, so the same results.
+template <bool Accumulate>
+inline void micro_rows_12x32(const std::uint32_t* const* rows, idx_t k0, const std::uint32_t* b, idx_t kc, float* c,
+                             idx_t ldc) {
+  __m512 acc0[kMR], acc1[kMR];
+  const std::uint32_t* a[kMR];
+#pragma GCC unroll 12
+  for (int r = 0; r < kMR; ++r) {
+    a[r] = rows[r] + k0;
+    if (Accumulate) {
+      acc0[r] = _mm512_loadu_ps(c + r * ldc);
+      acc1[r] = _mm512_loadu_ps(c + r * ldc + 16);
+    } else {
+      acc0[r] = _mm512_setzero_ps();
+      acc1[r] = _mm512_setzero_ps();
+    }
+  }
+  for (idx_t k = 0; k < kc; ++k) {
+    const __m512bh b0 = (__m512bh)_mm512_load_si512(b);
+    const __m512bh b1 = (__m512bh)_mm512_load_si512(b + 16);
+#pragma GCC unroll 12
+    for (int r = 0; r < kMR; ++r) {
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[r][k]));
+      acc0[r] = _mm512_dpbf16_ps(acc0[r], av, b0);
+      acc1[r] = _mm512_dpbf16_ps(acc1[r], av, b1);
+    }
+    b += kNR;
+  }
+#pragma GCC unroll 12
+  for (int r = 0; r < kMR; ++r) {
+    _mm512_storeu_ps(c + r * ldc, acc0[r]);
+    _mm512_storeu_ps(c + r * ldc + 16, acc1[r]);
+  }
+}
+
+void gemm_rows_bf16(const float* const* af, const float* bf, idx_t m_pad, idx_t n_pad, idx_t depth, float* c,
+                    idx_t ldc) {
+  blocked_gemm_rows<kMR, kNR, kKC>(reinterpret_cast<const std::uint32_t* const*>(af),
+                                   reinterpret_cast<const std::uint32_t*>(bf), m_pad, n_pad, depth, c, ldc,
+                                   [](const std::uint32_t* const* ap, idx_t k0, const std::uint32_t* bp, idx_t kc,
+                                      float* cp, idx_t ld, bool acc) {
+                                     if (acc)
+                                       micro_rows_12x32<true>(ap, k0, bp, kc, cp, ld);
+                                     else
+                                       micro_rows_12x32<false>(ap, k0, bp, kc, cp, ld);
+                                   });
+}
+
+/// Row-major bf16 words: out[i * depth + q] = the word pack_bf16 writes for row i, pair q.
+void pack_rows_bf16(const float* src, idx_t n, idx_t d, float* out) {
+  const idx_t depth = (d + 1) / 2;
+  std::uint32_t* o = reinterpret_cast<std::uint32_t*>(out);
+  const __m512i bias = _mm512_set1_epi32(0x7FFF), one = _mm512_set1_epi32(1);
+  for (idx_t i = 0; i < n; ++i) {
+    const float* row = src + i * d;
+    std::uint32_t* dst = o + i * depth;
+    idx_t q = 0;
+    for (; 2 * q + 16 <= d; q += 8) {
+      const __m512i u = _mm512_castps_si512(_mm512_loadu_ps(row + 2 * q));
+      const __m512i r16 = _mm512_srli_epi32(
+          _mm512_add_epi32(_mm512_add_epi32(u, bias), _mm512_and_si512(_mm512_srli_epi32(u, 16), one)), 16);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + q), _mm512_cvtepi32_epi16(r16));
+    }
+    for (; q < depth; ++q) {
+      const float lo = row[2 * q];
+      const float hi = 2 * q + 1 < d ? row[2 * q + 1] : 0.0f;
+      dst[q] = bf16_bits(lo) | (bf16_bits(hi) << 16);
+    }
+  }
+}
+
 void gemm_bf16(const float* af, const float* bf, idx_t m_pad, idx_t n_pad, idx_t depth, float* c, idx_t ldc) {
   blocked_gemm<kMR, kNR, kKC>(reinterpret_cast<const std::uint32_t*>(af), reinterpret_cast<const std::uint32_t*>(bf),
                               m_pad, n_pad, depth, c, ldc,
@@ -114,7 +186,7 @@ void gemm_bf16(const float* af, const float* bf, idx_t m_pad, idx_t n_pad, idx_t
 const KernelSet& avx512bf16_kernels() {
   static const KernelSet ks{"avx512bf16",       kMR,       kNR, 2, 0x1p-9, pack_bf16, gemm_bf16,
                             avx512_kernels().row_min, row_min2_avx512, avx512_kernels().row_filter, dot_avx512,
-                            accum_avx512};
+                            accum_avx512,       gemm_rows_bf16, pack_rows_bf16};
   return ks;
 }
 

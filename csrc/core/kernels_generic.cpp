@@ -115,7 +115,8 @@ void accum_generic(const float* x, idx_t d, double sc, const double* qscale, boo
 
 const KernelSet& generic_kernels() {
   static const KernelSet ks{"generic", kMR, kNR, 1, 0.0, pack_panels, gemm_generic, row_min_generic,
-                            row_min2_generic, row_filter_generic, dot_generic, accum_generic};
+                            row_min2_generic, row_filter_generic, dot_generic, accum_generic, nullptr,
+                            nullptr};
   return ks;
 }
 

@@ -4,11 +4,13 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <vector>
 
 #include "core/dbscan.hpp"
+#include "core/dbscan_bounds.hpp"
 #include "core/kernels.hpp"
 #include "core/kmeans.hpp"
 #include "core/knn.hpp"
@@ -116,6 +118,109 @@ int main() {
       CHECK(a == b);
       ks.accum(x.data(), d, 0.75, qs.data(), true, a.data());
       for (idx_t f = 0; f < d; ++f) CHECK(a[f] == 5);
+    }
+  }
+  // DBSCAN's inner-product bounds never exceed the true smallest squared distance to a tile,
+  // and equal it where Cauchy-Schwarz is tight (so a bound too strong by any factor fails):
+  //  - tile-centre bound: the tile holds y0 = c - r c/||c||, its shortest row, and x = -s c/||c||
+  //    points along y0 - c;
+  //  - own-centre bound: x = c_a + y_top, where y_top has the largest y . c_a in the tile, so
+  //    x - c_a is parallel to y_top and as long as it.
+  {
+    std::uniform_real_distribution<double> U(0.2, 2.0);
+    auto dot = [](const std::vector<double>& a, const std::vector<double>& b) {
+      double s = 0;
+      for (std::size_t k = 0; k < a.size(); ++k) s += a[k] * b[k];
+      return s;
+    };
+    auto sqdist = [](const std::vector<double>& a, const std::vector<double>& b) {
+      double s = 0;
+      for (std::size_t k = 0; k < a.size(); ++k) s += (a[k] - b[k]) * (a[k] - b[k]);
+      return s;
+    };
+    for (int trial = 0; trial < 300; ++trial) {
+      const idx_t d = trial % 3 == 0 ? 2 : (trial % 3 == 1 ? 8 : 64);
+      const bool tight = trial % 2 == 0;
+      std::vector<double> c(d), ca(d);
+      for (auto& v : c) v = N(gen);
+      for (auto& v : ca) v = N(gen) * 0.5;
+      const double cn = std::sqrt(dot(c, c)), r = cn * U(gen) / 2.5;  // r < ||c||
+      std::vector<std::vector<double>> ys;
+      for (int j = 0; j < 20; ++j) {
+        std::vector<double> v(d);
+        for (auto& e : v) e = N(gen);
+        const double vn = std::sqrt(dot(v, v));
+        std::vector<double> y(d);
+        for (idx_t k = 0; k < d; ++k) y[k] = c[k] + r * v[k] / vn * (j % 2 ? 1.0 : U(gen) / 2.0);
+        ys.push_back(y);
+      }
+      std::vector<double> y0(d), x(d);
+      for (idx_t k = 0; k < d; ++k) y0[k] = c[k] - r * c[k] / cn;
+      ys.push_back(y0);
+      double r_tile = 0, y_min = 1e300, y_max = 0, hi = -1e300;
+      std::size_t top = 0;
+      for (std::size_t j = 0; j < ys.size(); ++j) {
+        r_tile = std::max(r_tile, std::sqrt(sqdist(ys[j], c)));
+        y_min = std::min(y_min, std::sqrt(dot(ys[j], ys[j])));
+        y_max = std::max(y_max, std::sqrt(dot(ys[j], ys[j])));
+        if (dot(ys[j], ca) > hi) hi = dot(ys[j], ca), top = j;
+      }
+      auto true_min = [&](const std::vector<double>& xv) {
+        double best = 1e300;
+        for (const auto& y : ys) best = std::min(best, sqdist(xv, y));
+        return best;
+      };
+      const double s = U(gen);
+      for (idx_t k = 0; k < d; ++k) x[k] = tight ? -s * c[k] / cn : c[k] + N(gen);
+      const double lb1 = ec::sq_lower_by_tile_centre(dot(x, x), std::sqrt(dot(x, x)), dot(x, c), r_tile, y_min);
+      const double t1 = true_min(x);
+      CHECK(lb1 <= t1 + 1e-9 * (1 + dot(x, x)));
+      if (tight) CHECK(std::fabs(lb1 - t1) <= 1e-9 * (1 + dot(x, x)));
+      for (idx_t k = 0; k < d; ++k) x[k] = tight ? ca[k] + ys[top][k] : ca[k] + N(gen) * 0.4;
+      const double lb2 = ec::sq_lower_by_own_centre(dot(x, x), std::sqrt(sqdist(x, ca)), y_min, y_max, hi);
+      const double t2 = true_min(x);
+      CHECK(lb2 <= t2 + 1e-9 * (1 + dot(x, x)));
+      if (tight) CHECK(std::fabs(lb2 - t2) <= 1e-9 * (1 + dot(x, x)));
+    }
+  }
+  // gemm_rows (A from row pointers, no packing) against pack + gemm: bit-identical products,
+  // with gathered and repeated rows, partial micro-tiles and depths past one cache block; and
+  // pack_rows against a one-row-wide pack.
+  {
+    const ec::KernelSet& ks = ec::kernels();
+    if (ks.gemm_rows) {
+      std::uniform_int_distribution<idx_t> pick(0, 59);
+      for (idx_t d : {1, 7, 33, 384, 1100}) {
+        const idx_t depth = ks.depth(d);
+        std::vector<float> src(60 * d);
+        for (auto& v : src) v = N(gen);
+        std::vector<float> words(ks.per_word == 1 ? 0 : 60 * depth);
+        if (ks.per_word != 1) {
+          ks.pack_rows(src.data(), 60, d, words.data());
+          ec::AlignedBuffer<float> one(static_cast<std::size_t>(60 * depth));
+          ks.pack(src.data(), d, nullptr, nullptr, 60, d, 1, one.data());
+          for (idx_t i = 0; i < 60 * depth; ++i) CHECK(std::memcmp(&words[i], one.data() + i, 4) == 0);
+        }
+        const float* base = ks.per_word == 1 ? src.data() : words.data();
+        for (idx_t m : {1, 5, 12, 13, 40}) {
+          for (idx_t nb : {3, 32, 70}) {
+            const idx_t n_pad = ec::round_up(nb, ks.nr), m_pad = ec::round_up(m, ks.mr);
+            std::vector<idx_t> rows(m), brows(nb);
+            for (auto& r : rows) r = pick(gen);
+            for (auto& r : brows) r = pick(gen);
+            ec::AlignedBuffer<float> a(static_cast<std::size_t>(m_pad * depth)), b(static_cast<std::size_t>(n_pad * depth));
+            ks.pack(src.data(), d, rows.data(), nullptr, m, d, ks.mr, a.data());
+            ks.pack(src.data(), d, brows.data(), nullptr, nb, d, ks.nr, b.data());
+            std::vector<float> c1(m_pad * n_pad), c2(m_pad * n_pad);
+            ks.gemm(a.data(), b.data(), m_pad, n_pad, depth, c1.data(), n_pad);
+            std::vector<const float*> ptrs(m_pad);
+            for (idx_t i = 0; i < m_pad; ++i) ptrs[i] = base + rows[std::min(i, m - 1)] * depth;
+            ks.gemm_rows(ptrs.data(), b.data(), m_pad, n_pad, depth, c2.data(), n_pad);
+            for (idx_t i = 0; i < m; ++i)
+              for (idx_t j = 0; j < n_pad; ++j) CHECK(std::memcmp(&c1[i * n_pad + j], &c2[i * n_pad + j], 4) == 0);
+          }
+        }
+      }
     }
   }
   std::printf("%s\n", failures ? "core tests FAILED" : "core tests passed");

@@ -76,13 +76,16 @@ def test_bad_memory_limit_is_rejected(bad):
 
 
 def test_dbscan_without_projection_table_gives_the_same_result():
-    """A limit that leaves out the optional projection bounds changes the work, not the labels."""
+    """A limit that leaves out the optional projection bounds and row copy changes the work, not
+    the labels."""
     full = _core.dbscan_fit(X, 1.5, min_samples=5, memory_limit=0)
     with pytest.raises(MemoryError) as info:
         _core.dbscan_fit(X, 1.5, memory_limit=TINY)
     base = _needed_bytes(info.value)
     tight = _core.dbscan_fit(X, 1.5, min_samples=5, memory_limit=base)  # room for the base only
     assert full["projection_bounds"] and not tight["projection_bounds"]
+    # the bf16 copy of the rows, where the kernels use bf16 words, is optional too
+    assert full["rows_copy"] == (_core.active_kernels() == "avx512bf16") and not tight["rows_copy"]
     np.testing.assert_array_equal(full["labels"], tight["labels"])
     np.testing.assert_array_equal(full["counts"], tight["counts"])
     ref = ec.DBSCAN(1.5, min_samples=5).fit(X)

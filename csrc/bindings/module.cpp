@@ -304,6 +304,7 @@ py::dict dbscan_fit(const py::array& x, double eps, int min_samples, const std::
   out["rows_pruned_inner_product_pass1"] = r.rows_pruned_inner_product_pass1;
   out["pairs_after_bounds"] = r.pairs_after_bounds;
   out["projection_bounds"] = r.projection_bounds;
+  out["rows_copy"] = r.rows_copy;
   return out;
 }
 

@@ -221,9 +221,7 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   // counts, flags, union-find, labels), the packed copies, the tiles' balls and partner lists,
   // and per-thread tiles. Tiles are estimated as 1.25 n / kTile plus one per coarse cluster.
   const double t_est = 1.25 * static_cast<double>(n) / kTile + std::min(4096.0, static_cast<double>(n) / (2 * kTile)) + 1.0;
-  // A row-major copy in the kernels' words when they are not fp32 (bf16: half the input).
-  const double words_copy = kt.gemm_rows && kt.per_word != 1 ? static_cast<double>(n) * kt.depth(d) * 4.0 : 0.0;
-  const double base = 96.0 * static_cast<double>(n) + words_copy +
+  const double base = 96.0 * static_cast<double>(n) +
                       t_est * kTile * (static_cast<double>(kt.depth(d)) * 4.0 + 12.0) +
                       t_est * (static_cast<double>(d) * 16.0 + 24.0 + 64.0 * 9.0) +
                       threads * static_cast<double>(kTile) * (static_cast<double>(ks.depth(d)) + kTile + t_est) * 4.0;
@@ -286,10 +284,18 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   const double cmax = std::sqrt(centres.max_sqnorm);
   const double slack_s = 2.0 * centres.eps * xmax * cmax + 1e-30;   // fp32 partner products
   const double slack_t = 2.0 * tcentres.eps * xmax * cmax + 1e-30;  // table products
+  // The projection table (lo, hi, sep below: 16 bytes per pair of tiles), skipped if too large.
+  const double table = static_cast<double>(T) * T * 16.0;
+  const bool project = p.prune && table <= 1024.0e6 && (p.memory_limit <= 0.0 || base + table <= p.memory_limit);
   // A-side rows of the products in the kernels' own word format, row-major, so that gathered
   // rows need no packing (KernelSet::gemm_rows): x itself for fp32 sets, a bf16 copy otherwise.
+  // Optional, like the projection table: dropped (rows packed per product instead) when it
+  // would not fit the memory limit.
   std::vector<float> xw_bf;
-  if (kt.gemm_rows && kt.per_word != 1) {
+  const double words_copy = static_cast<double>(n) * kt.depth(d) * 4.0;  // bf16: half the input
+  const bool rows_copy = kt.gemm_rows && kt.per_word != 1 &&
+                         (p.memory_limit <= 0.0 || base + (project ? table : 0.0) + words_copy <= p.memory_limit);
+  if (rows_copy) {
     xw_bf.resize(static_cast<std::size_t>(n * kt.depth(d)));
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (idx_t i0 = 0; i0 < n; i0 += 256)
@@ -299,7 +305,7 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   auto gather_gemm = [&](const KernelSet& k, const idx_t* rows, idx_t m, const float* b, idx_t n_pad,
                          TileScratch& s, float* c, idx_t ldc) {
     const idx_t m_pad = round_up(m, k.mr);
-    if (k.gemm_rows && (k.per_word == 1 || &k == &kt)) {
+    if (k.gemm_rows && (k.per_word == 1 || (&k == &kt && rows_copy))) {
       const float* base = k.per_word == 1 ? x : xw_bf.data();
       const idx_t stride = k.depth(d);
       for (idx_t i = 0; i < m_pad; ++i) s.ptrs[i] = base + rows[std::min(i, m - 1)] * stride;
@@ -330,9 +336,7 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
         for (idx_t j = 0; j < cs.n; ++j) s.p.data()[i * cs.n_pad + j] *= inv;
       }
   };
-  // lo/hi[t * T + J]: range of x . c_J over the rows x of tile t (skipped if too large).
-  const double table = static_cast<double>(T) * T * 16.0;
-  const bool project = p.prune && table <= 1024.0e6 && (p.memory_limit <= 0.0 || base + table <= p.memory_limit);
+  // lo/hi[t * T + J]: range of x . c_J over the rows x of tile t (see above).
   std::vector<float> lo(project ? static_cast<std::size_t>(T * T) : 0), hi(lo.size());
   std::vector<double> sep(project ? static_cast<std::size_t>(T * T) : 0);  // ||c_a - c_b||
   ExceptionSlot err;
@@ -701,6 +705,7 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   out.rows_pruned_inner_product_pass1 = ipruned1.load();
   for (const auto& v : partners) out.pairs_after_bounds += static_cast<idx_t>(v.size());
   out.projection_bounds = project;
+  out.rows_copy = rows_copy;
 }
 
 }  // namespace ec

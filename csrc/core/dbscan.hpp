@@ -31,6 +31,7 @@ struct DbscanResult {
   idx_t pairs_computed_pass2 = 0;    ///< ... and in pass 2
   idx_t pairs_after_bounds = 0;      ///< tile pairs left by the tile-level bounds (balls, projections)
   bool projection_bounds = false;    ///< the projection table was used (memory_limit allowing)
+  bool rows_copy = false;            ///< rows read from a copy in the kernels' bf16 words (memory_limit allowing)
   idx_t rows_computed_pass1 = 0;     ///< query rows in pass 1's products (tile rows: 192)
   idx_t rows_all_neighbours_pass1 = 0;  ///< (row, tile) pairs counted without products: the tile's ball lies within eps
   idx_t rows_pruned_inner_product_pass1 = 0;  ///< (row, tile) pairs left out by the inner-product bounds

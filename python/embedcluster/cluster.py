@@ -265,7 +265,9 @@ class DBSCAN(ClusterMixin, BaseEstimator):
     memory_limit : int or None, default=None
         Bytes of working memory the fit may use (see ``embedcluster.NearestNeighbors``).
         When the optional projection bounds (16 bytes per pair of 192-row tiles) do not fit,
-        they are left out: the same result, with less pruning.
+        they are left out: the same result, with less pruning. So is the bf16 copy of the
+        rows (half the input) that bf16 kernels read gathered rows from: the same result,
+        with rows packed per product instead.
 
     Attributes
     ----------

@@ -223,3 +223,25 @@ def test_inner_product_bounds_on_the_sphere_equal_brute_force(kernel_set, metric
     plain = _core.dbscan_fit(X, eps, 12, metric, prune=False)
     np.testing.assert_array_equal(r["labels"], plain["labels"])
     np.testing.assert_array_equal(r["is_core"], plain["is_core"])
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_values_rounded_the_most_by_bf16_equal_brute_force(kernel_set, metric):
+    """Every coordinate just below a bf16 rounding midpoint (1 + 2^-8 - 2^-20 rounds to 1, a
+    relative error of 2^-8, the most bf16 can make), so the rounding errors of a pair add up
+    instead of cancelling: duplicates at distance 0 get the largest tile error there is. A bound
+    that assumed half of bf16's real rounding dropped these pairs; counts must equal the brute
+    force."""
+    rng = np.random.default_rng(41)
+    a = np.float32(1 + 2 ** -8 - 2 ** -20)
+    signs = rng.choice([-1.0, 1.0], (30, 16)).astype(np.float32)
+    X = np.repeat(signs * a, 2, axis=0)  # each row twice
+    X[::7] *= np.float32(1 + 2 ** -7)  # some rows off the midpoint, exactly representable
+    eps = 0.1 if metric == "l2" else 1e-4
+    r = _core.dbscan_fit(X, eps, 2, metric)
+    limit = eps ** 2 if metric == "l2" else eps
+    ref = (brute_values(X, X, metric) <= limit).sum(1)
+    assert (ref >= 2).sum() > 20  # the duplicates are neighbours
+    np.testing.assert_array_equal(r["counts"], ref)
+    sk = SkDBSCAN(eps=eps, min_samples=2, metric="euclidean" if metric == "l2" else "cosine").fit(X)
+    np.testing.assert_array_equal(np.sort(np.flatnonzero(r["is_core"])), np.sort(sk.core_sample_indices_))

@@ -181,3 +181,24 @@ def test_precision_fp32_and_auto_agree_exactly():
     np.testing.assert_array_equal(km_a.cluster_centers_, km_b.cluster_centers_)
     with pytest.raises(ValueError, match="precision"):
         ec.KMeans(2, precision="fp8").fit(X)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine", "ip"])
+def test_values_rounded_the_most_by_bf16_equal_brute_force(kernel_set, metric):
+    """Coordinates just below and above bf16 rounding midpoints, so that a row's rounding
+    errors add up (the most bf16 can err) in some pairs and cancel in others; near-duplicates
+    make the exact order depend on it. Neighbours must equal the float64 brute force, for the
+    self-join and for separate queries."""
+    rng = np.random.default_rng(43)
+    down = np.float32(1 + 2 ** -8 - 2 ** -20)  # rounds down by ~2^-8
+    up = np.float32(1 + 2 ** -7 + 2 ** -8 + 2 ** -20)  # rounds up by ~2^-8
+    base = rng.choice([down, up], (40, 24)) * rng.choice([-1.0, 1.0], (40, 24))
+    nudge = (rng.random((40, 24)) < 0.2) * 2.0 ** -12  # near-duplicates, not parallel to the rows
+    X = np.concatenate([base, base + nudge, base[::-1]]).astype(np.float32)
+    _, ref = brute_knn(X, X, 4, metric)
+    _, got = _core.knn_search(X, X, 4, metric)
+    np.testing.assert_array_equal(got, ref)
+    Q = X[::3].copy()  # a separate array: the one-sided scan
+    _, ref_q = brute_knn(X, Q, 4, metric)
+    _, got_q = _core.knn_search(X, Q, 4, metric)
+    np.testing.assert_array_equal(got_q, ref_q)

@@ -221,7 +221,7 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   // counts, flags, union-find, labels), the packed copies, the tiles' balls and partner lists,
   // and per-thread tiles. Tiles are estimated as 1.25 n / kTile plus one per coarse cluster.
   const double t_est = 1.25 * static_cast<double>(n) / kTile + std::min(4096.0, static_cast<double>(n) / (2 * kTile)) + 1.0;
-  const double base = 96.0 * static_cast<double>(n) +
+  const double base = 100.0 * static_cast<double>(n) +
                       t_est * kTile * (static_cast<double>(kt.depth(d)) * 4.0 + 12.0) +
                       t_est * (static_cast<double>(d) * 16.0 + 24.0 + 64.0 * 9.0) +
                       threads * static_cast<double>(kTile) * (static_cast<double>(ks.depth(d)) + kTile + t_est) * 4.0;
@@ -267,11 +267,21 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   // reach shrunk by a margin far above the rounding of the bounds: distances proven below it
   // are within eps exactly.
   const double reach_in = (cos ? std::sqrt(2.0 * p.eps) : p.eps) * (1.0 - 1e-7);
-  // Ball centres packed twice: for the fp32 products of a tile's rows with its partners'
-  // centres (row-level bounds), and for the products of every row with every centre (the
-  // projection table), which use the kernels' own bf16 words where their wider rounding is
-  // small next to eps (twice as fast; 100k x 384: table 0.16 s -> 0.075 s for ~5% more rows
-  // computed), else fp32 (data far from the origin, where the rounding of x . c grows).
+  // Each row's bf16 rounding error, for the per-row bounds of bf16 products (row_bound_in):
+  // the packed set's own for L2 (its slots are the rows, unscaled), recomputed for cosine
+  // (the set holds unit rows, the products take the rows as they are).
+  std::vector<float> xerr(kt.input_rel > 0.0 ? static_cast<std::size_t>(n) : 0);
+  if (!xerr.empty()) {
+    if (!cos) {
+      for (idx_t t = 0; t < T; ++t)
+        for (idx_t i = 0; i < L.count[t]; ++i) xerr[L.slot_rows[t * kTile + i]] = set.in_err[t * kTile + i];
+    } else {
+#pragma omp parallel for num_threads(threads) schedule(static)
+      for (idx_t i = 0; i < n; ++i) xerr[i] = static_cast<float>(input_error(kt, x + i * d, d) * (1.0 + 1e-6));
+    }
+  }
+  // Ball centres packed for fp32 products (a tile's rows with its partners' centres: the
+  // row-level bounds) and, with bf16 kernels, for bf16 products (the projection table below).
   PackedSet centres, tcentres;
   std::vector<float> centre_f(static_cast<std::size_t>(T * d));
   for (idx_t i = 0; i < T * d; ++i) centre_f[i] = static_cast<float>(L.center[i]);
@@ -279,13 +289,29 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   const double slack_rel = 4.0 * centres.eps + 1e-6;
   double xmax = 1.0;
   if (!cos) xmax = *std::max_element(xnorm.begin(), xnorm.end());
-  // Rounding of one product x . c_J: at most eps ||x|| ||c_J|| (engine.hpp; for cosine the
-  // product of unit x, whose extra rounding the eps margin covers), taken twice as a margin.
+  // Rounding of one product x . c_J, taken twice as a margin: fp32, at most eps ||x|| ||c_J||
+  // (engine.hpp; for cosine the product of unit x, whose extra rounding the eps margin
+  // covers); bf16, from the actual rounding errors as in row_bound_in (for cosine relative to
+  // ||x||, as the products are divided by it).
   const double cmax = std::sqrt(centres.max_sqnorm);
-  const KernelSet& tk = 8.0 * eps_rel(d, kt) * xmax * cmax <= 0.05 * reach * reach ? kt : ks;
-  pack_set(tcentres, centre_f.data(), T, d, Metric::L2, nullptr, threads, &tk);
-  const double slack_s = 2.0 * centres.eps * xmax * cmax + 1e-30;   // fp32 partner products
-  const double slack_t = 2.0 * tcentres.eps * xmax * cmax + 1e-30;  // table products
+  const double slack_s = 2.0 * centres.eps * xmax * cmax + 1e-30;  // fp32 products
+  double slack_t = slack_s;                                           // table products
+  bool table_bf16 = false;
+  if (kt.input_rel > 0.0) {
+    pack_set(tcentres, centre_f.data(), T, d, Metric::L2, nullptr, threads, &kt);
+    double rmax = 0.0;
+    for (idx_t i = 0; i < n; ++i) rmax = std::max(rmax, cos ? xerr[i] / xnorm[i] : static_cast<double>(xerr[i]));
+    const double grow = 1.0 + 0x1p-8;
+    const double slack_bf = 2.0 * ((rmax * cmax + xmax * tcentres.in_err_max) * grow * (1.0 + 1e-6) +
+                                   eps_rel_fp32(d) * xmax * cmax) + 1e-30;
+    // The table takes the kernels' own (bf16) products where their rounding is small next to
+    // eps (twice as fast; 100k x 384: table 0.12 s -> 0.05 s), else fp32 (data far from the
+    // origin, where the rounding of x . c grows).
+    table_bf16 = 4.0 * slack_bf <= 0.05 * reach * reach;
+    if (table_bf16) slack_t = slack_bf;
+  }
+  const PackedSet& tc = table_bf16 ? tcentres : centres;
+  const KernelSet& tk = table_bf16 ? kt : ks;
   // The projection table (lo, hi, sep below: 16 bytes per pair of tiles), skipped if too large.
   const double table = static_cast<double>(T) * T * 16.0;
   const bool project = p.prune && table <= 1024.0e6 && (p.memory_limit <= 0.0 || base + table <= p.memory_limit);
@@ -351,13 +377,13 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
       for (idx_t t = 0; t < T; ++t) {
         if (err.failed() || cancel.poll()) continue;
         err.run([&] {
-          centre_products(t, tcentres, s, tk);
+          centre_products(t, tc, s, tk);
           float* lo_t = lo.data() + t * T;
           float* hi_t = hi.data() + t * T;
           std::fill(lo_t, lo_t + T, std::numeric_limits<float>::infinity());
           std::fill(hi_t, hi_t + T, -std::numeric_limits<float>::infinity());
           for (idx_t i = 0; i < L.count[t]; ++i) {  // row by row: contiguous, vectorised
-            const float* v = s.p.data() + i * tcentres.n_pad;
+            const float* v = s.p.data() + i * tc.n_pad;
             for (idx_t j = 0; j < T; ++j) {
               lo_t[j] = std::min(lo_t[j], v[j]);
               hi_t[j] = std::max(hi_t[j], v[j]);
@@ -503,7 +529,7 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
       for (idx_t i = i0; i < i0 + m; ++i) {
         const idx_t ri = s.rows[i];
         const double thr = cos ? -(1.0 - p.eps) * xnorm[ri] : r_metric - xsq[ri];
-        const float bnd = row_bound(set, xsq[ri]);
+        const float bnd = row_bound_in(set, xsq[ri], xerr.empty() ? 0.0 : xerr[ri]);
         const double bnd32 = narrow ? row_bound_eps(set, xsq[ri], eps_rel_fp32(d)) : 0.0;
         const idx_t cnt = kt.row_filter(s.c.data() + (i - i0) * kTile, set.add.data() + b * kTile, set.mul,
                                         kTile, static_cast<float>(thr) + bnd, s.idx.data(), s.val.data());

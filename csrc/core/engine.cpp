@@ -72,6 +72,19 @@ void pack_set(PackedSet& out, const float* y, idx_t n, idx_t d, Metric m, const 
          " has zero norm; the cosine metric is undefined for it (drop zero rows or use metric='l2')");
   for (idx_t i = n; i < out.n_pad; ++i) out.add.data()[i] = std::numeric_limits<float>::infinity();
   out.max_sqnorm = m == Metric::Cosine ? 1.0 : max_sq;
+  out.in_err.clear();
+  out.in_err_max = 0.0;
+  if (ks.input_rel > 0.0) {
+    out.in_err.resize(static_cast<std::size_t>(n));
+    double emax = 0.0;
+#pragma omp parallel for num_threads(threads) reduction(max : emax) schedule(static)
+    for (idx_t i = 0; i < n; ++i) {
+      const double e = input_error(ks, out.row(i), d, m == Metric::Cosine ? scale[i] : 1.0f);
+      out.in_err[i] = static_cast<float>(e * (1.0 + 1e-6));  // rounding to float must not shrink it
+      emax = std::max(emax, static_cast<double>(out.in_err[i]));
+    }
+    out.in_err_max = emax;
+  }
   const idx_t panels = out.n_pad / ks.nr;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (idx_t p = 0; p < panels; ++p) {

@@ -27,6 +27,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <cstring>
 #include <vector>
 
 #include "common.hpp"
@@ -37,8 +38,8 @@ namespace ec {
 /// Relative error bound of a tile value for vectors of dimension d (see the file comment).
 inline double eps_rel(idx_t d, const KernelSet& ks) {
   // fp32 accumulation of d products, plus the rounding of both inputs when the kernel packs
-  // them in a narrower type (bf16: each value within a relative 2^-9, so each product within
-  // 2 * 2^-9 + 2^-18 of the exact one).
+  // them in a narrower type (bf16 keeps 8 significant bits: each value within a relative
+  // 2^-8, so each product within 2 * 2^-8 + 2^-16 of the exact one).
   return (4.0 * static_cast<double>(d) + 32.0) * 0x1p-24 + 2.02 * ks.input_rel;
 }
 
@@ -112,6 +113,11 @@ struct PackedSet {
   std::vector<double> norm;     ///< ||y|| of the original rows, fp64 (for exact re-checks)
   const float* src = nullptr;   ///< the original rows (row-major, stride d), for re-checks
   const idx_t* rows = nullptr;  ///< optional gather map: packed row i is src row rows[i]
+  /// Kernels that round their inputs (bf16): each packed row's rounding error ||y' - y^||
+  /// (y' the float row as packed, scaled for cosine; y^ its rounded words), rounded up, and
+  /// the largest of them. Empty / 0 for fp32 kernels.
+  std::vector<float> in_err;
+  double in_err_max = 0.0;
 
   const float* row(idx_t i) const { return src + (rows ? rows[i] : i) * d; }
 };
@@ -187,6 +193,32 @@ inline float row_bound(const PackedSet& set, double xsq) { return row_bound_eps(
 
 /// The relative error bound of an fp32 product of length d (KernelSet::dot or fp32 tiles).
 inline double eps_rel_fp32(idx_t d) { return (4.0 * static_cast<double>(d) + 32.0) * 0x1p-24; }
+
+/// ||x' - round(x')|| for x' = x * scale (float products, as the packers compute them) and
+/// round the rounding of the kernel set `ks` (bf16), in fp64 and rounded up: the rounding error
+/// of a row when ks packs it. 0 for kernels that keep fp32.
+inline double input_error(const KernelSet& ks, const float* x, idx_t d, float scale = 1.0f) {
+  if (ks.input_rel == 0.0) return 0.0;
+  const double sq = ks.input_error_sq ? ks.input_error_sq(x, d, scale) : input_error_sq_generic(x, d, scale);
+  return std::sqrt(sq) * (1.0 + 1e-12);
+}
+
+/// B(x) for a row x (squared norm xsq, rounding error e_x from input_error) against `set`:
+/// with kernels that round their inputs, the rounding part of the bound from the rows' actual
+/// errors instead of the worst case. For the exact dot product and the rounded one,
+///   |x . y - x^ . y^| <= ||x - x^|| ||y^|| + ||x|| ||y - y^|| <= e_x M + ||x|| e_max,
+/// M >= every ||y^|| and ||x||. The form is symmetric (e_x <= e_max, ||x^|| <= (1 + 2^-8) ||x||),
+/// so a product used for both of its rows (the kNN self-join) is within both rows' bounds. The
+/// fp32 accumulation of the rounded products keeps the fp32 bound (with its margin), and L2
+/// values carry the dot product twice. Typical rows err by half the worst case or less.
+inline float row_bound_in(const PackedSet& set, double xsq, double e_x) {
+  if (set.in_err.empty()) return row_bound(set, xsq);
+  const double grow = 1.0 + 0x1p-8;
+  const double m = std::sqrt(set.max_sqnorm) * grow;
+  const double in = e_x * m + std::sqrt(xsq) * grow * set.in_err_max;
+  const double c = set.metric == Metric::L2 ? 2.0 : 1.0;
+  return row_bound_eps(set, xsq, eps_rel_fp32(set.d)) + static_cast<float>(c * in * (1.0 + 1e-6));
+}
 
 /// The tile-form value (add[j] + mul * x.y_j) of row j of `set` from an fp32 product
 /// (KernelSet::dot) instead of the packed tile; its error is within row_bound_eps(.., eps_rel_fp32).

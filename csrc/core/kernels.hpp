@@ -18,7 +18,7 @@ struct KernelSet {
   int mr;            ///< rows of A per micro-tile (A is packed in panels of mr rows)
   int nr;            ///< rows of B per micro-tile (B is packed in panels of nr rows)
   int per_word;      ///< values per packed 32-bit word: 1 (fp32) or 2 (a bf16 pair k, k+1)
-  double input_rel;  ///< relative rounding of each input value when packed: 0 (fp32), 2^-9 (bf16)
+  double input_rel;  ///< relative rounding of each input value when packed: 0 (fp32), 2^-8 (bf16)
 
   /// Packs rows into panels of `width` rows, k-major, one 32-bit word per `per_word` values
   /// (see pack_panels for the fp32 layout). `out` holds round_up(m, width) * depth(d) words.
@@ -68,6 +68,11 @@ struct KernelSet {
   /// Optional (sets whose words are not fp32): writes rows [0, n) of src as depth(d) words
   /// each, row-major, rounded as `pack` rounds them.
   void (*pack_rows)(const float* src, idx_t n, idx_t d, float* out);
+
+  /// Optional (sets that round their inputs): sum over k < d of (x_k s - round(x_k s))^2 in
+  /// fp64, the squares exact (the fp32 difference of a value and its rounding is exact);
+  /// only the order of the sum may differ from input_error_generic.
+  double (*input_error_sq)(const float* x, idx_t d, float scale);
 };
 
 /// The portable row_min2 (see KernelSet::row_min2).
@@ -75,6 +80,9 @@ float row_min2_generic(const float* c, const float* add, float mul, idx_t n, idx
 
 /// The portable fixed-point accumulation (see KernelSet::accum).
 void accum_generic(const float* x, idx_t d, double sc, const double* qscale, bool subtract, std::uint64_t* dst);
+
+/// The portable input_error_sq of bf16 sets (see KernelSet::input_error_sq).
+double input_error_sq_generic(const float* x, idx_t d, float scale);
 
 /// Packs rows of a row-major matrix into panels of `width` rows stored k-major:
 /// out[p*d*width + k*width + r] = scale_r * src[row(p*width + r)][k], zero for padding rows.

@@ -244,7 +244,7 @@ void accum_avx512(const float* x, idx_t d, double sc, const double* qscale, bool
 
 const KernelSet& avx512_kernels() {
   static const KernelSet ks{"avx512", kMR, kNR, 1, 0.0, pack_panels, gemm_avx512, row_min_avx512, row_min2_avx512,
-                            row_filter_avx512, dot_avx512, accum_avx512, gemm_rows_avx512, nullptr};
+                            row_filter_avx512, dot_avx512, accum_avx512, gemm_rows_avx512, nullptr, nullptr};
   return ks;
 }
 

@@ -1,6 +1,7 @@
 // AVX-512 BF16 tile kernels: inputs rounded to bf16 when packed, products summed in fp32 by
 // vdpbf16ps (two bf16 products per fp32 lane per instruction: twice the fp32 FMA rate).
-// The rounding of the inputs (relative 2^-9 each) is covered by KernelSet::input_rel in the
+// The rounding of the inputs (relative 2^-8 each: bf16 keeps 8 significant bits, so a value
+// just under a midpoint such as 1 + 2^-8 moves by 2^-8) is covered by KernelSet::input_rel in the
 // error bound of engine.hpp, so every decision that the rounding could flip is re-checked in
 // fp64 and results stay exact. Compiled with -mavx512bf16 (+ AVX-512F/BW/VL/DQ).
 #include <immintrin.h>
@@ -169,6 +170,28 @@ void pack_rows_bf16(const float* src, idx_t n, idx_t d, float* out) {
   }
 }
 
+/// KernelSet::input_error_sq: 16 values at a time, the rounding as pack_bf16's.
+double input_error_sq_bf16(const float* x, idx_t d, float scale) {
+  const __m512i bias = _mm512_set1_epi32(0x7FFF), one = _mm512_set1_epi32(1), keep = _mm512_set1_epi32(-65536);
+  const __m512 vs = _mm512_set1_ps(scale);
+  __m512d acc0 = _mm512_setzero_pd(), acc1 = _mm512_setzero_pd();
+  idx_t k = 0;
+  for (; k < d; k += 16) {
+    const __mmask16 m = d - k >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (d - k)) - 1u);
+    __m512 v = _mm512_maskz_loadu_ps(m, x + k);
+    if (scale != 1.0f) v = _mm512_mul_ps(v, vs);
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i r = _mm512_and_si512(
+        _mm512_add_epi32(_mm512_add_epi32(u, bias), _mm512_and_si512(_mm512_srli_epi32(u, 16), one)), keep);
+    const __m512 diff = _mm512_sub_ps(v, _mm512_castsi512_ps(r));  // exact
+    const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(diff));
+    const __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(diff), 1)));
+    acc0 = _mm512_fmadd_pd(lo, lo, acc0);
+    acc1 = _mm512_fmadd_pd(hi, hi, acc1);
+  }
+  return _mm512_reduce_add_pd(_mm512_add_pd(acc0, acc1));
+}
+
 void gemm_bf16(const float* af, const float* bf, idx_t m_pad, idx_t n_pad, idx_t depth, float* c, idx_t ldc) {
   blocked_gemm<kMR, kNR, kKC>(reinterpret_cast<const std::uint32_t*>(af), reinterpret_cast<const std::uint32_t*>(bf),
                               m_pad, n_pad, depth, c, ldc,
@@ -184,9 +207,9 @@ void gemm_bf16(const float* af, const float* bf, idx_t m_pad, idx_t n_pad, idx_t
 }  // namespace
 
 const KernelSet& avx512bf16_kernels() {
-  static const KernelSet ks{"avx512bf16",       kMR,       kNR, 2, 0x1p-9, pack_bf16, gemm_bf16,
+  static const KernelSet ks{"avx512bf16",       kMR,       kNR, 2, 0x1p-8, pack_bf16, gemm_bf16,
                             avx512_kernels().row_min, row_min2_avx512, avx512_kernels().row_filter, dot_avx512,
-                            accum_avx512,       gemm_rows_bf16, pack_rows_bf16};
+                            accum_avx512,       gemm_rows_bf16, pack_rows_bf16, input_error_sq_bf16};
   return ks;
 }
 

@@ -113,10 +113,25 @@ void accum_generic(const float* x, idx_t d, double sc, const double* qscale, boo
   }
 }
 
+double input_error_sq_generic(const float* x, idx_t d, float scale) {
+  double e = 0.0;
+  for (idx_t k = 0; k < d; ++k) {
+    const float v = scale == 1.0f ? x[k] : x[k] * scale;
+    std::uint32_t u;
+    std::memcpy(&u, &v, sizeof(u));
+    u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;  // bf16 rounding, nearest even
+    float r;
+    std::memcpy(&r, &u, sizeof(r));
+    const double diff = static_cast<double>(v) - r;
+    e += diff * diff;
+  }
+  return e;
+}
+
 const KernelSet& generic_kernels() {
   static const KernelSet ks{"generic", kMR, kNR, 1, 0.0, pack_panels, gemm_generic, row_min_generic,
                             row_min2_generic, row_filter_generic, dot_generic, accum_generic, nullptr,
-                            nullptr};
+                            nullptr, nullptr};
   return ks;
 }
 

@@ -34,6 +34,7 @@ struct Data {
   const float* w;             // may be null
   std::vector<double> xsq;    // ||x_i||^2
   std::vector<double> xnorm;  // ||x_i|| (cosine)
+  std::vector<float> xerr;    // bf16 kernels: each row's rounding error (input_error), else empty
   Metric metric;
   int threads;
   const KernelSet* ks;        // the tile kernels for this fit
@@ -220,7 +221,7 @@ void assign_pass(const PackedSet& cs, const Data& D, idx_t* labels, float* mind,
             idx_t arg = 0;
             float second = 0.0f;
             const float m = ks.row_min2(crow, cs.add.data(), cs.mul, k, &arg, &second);
-            const float b = row_bound(cs, D.xsq[row]);
+            const float b = row_bound_in(cs, D.xsq[row], D.xerr.empty() ? 0.0 : D.xerr[row]);
             idx_t cnt = 1;
             if (second > m + 2.0f * b)  // no near-tie: the tile's best is the exact best
               s.idx[0] = static_cast<std::int32_t>(arg);
@@ -332,7 +333,8 @@ void centre_half_gaps(const PackedSet& cs, const Data& D, std::vector<double>& o
       for (idx_t i = 0; i < qm; ++i) {
         const idx_t ca = q0 + i;
         const double xn = cs.norm[ca], xsq = xn * xn;
-        const double b = f_err_of_tile(D.metric, row_bound(cs, xsq), xn);
+        const double b = f_err_of_tile(
+            D.metric, row_bound_in(cs, xsq, cs.in_err.empty() ? 0.0 : input_error(ks, cs.src + ca * d, d)), xn);
         double best = std::numeric_limits<double>::infinity();
         for (idx_t j = 0; j < k; ++j) {
           if (j == ca) continue;
@@ -405,6 +407,12 @@ void prepare(Data& D, const float* x, idx_t n, idx_t d, const float* w, Metric m
     }
   }
   check_sqnorms(D.xsq, "data");
+  D.xerr.clear();
+  if (D.ks->input_rel > 0.0) {
+    D.xerr.resize(static_cast<std::size_t>(n));
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (idx_t i = 0; i < n; ++i) D.xerr[i] = static_cast<float>(input_error(*D.ks, x + i * d, d) * (1.0 + 1e-6));
+  }
   if (zero_row >= 0)
     fail("row " + std::to_string(zero_row) +
          " has zero norm; spherical (cosine) k-means needs non-zero rows (drop them or use metric='l2')");
@@ -826,7 +834,7 @@ double kmeans_bytes(const KMeansParams& p, idx_t n, idx_t d) {
   const double threads = resolve_threads(p.n_threads);
   const double k = p.k, dn = static_cast<double>(n), dd = static_cast<double>(d);
   const double k_pad = static_cast<double>(round_up(p.k, ks.nr)), depth = static_cast<double>(ks.depth(d));
-  double per_row = 8.0 + 8.0 + 8.0 + 4.0 + 16.0 + 16.0;  // norms, labels (2), distance, bounds, result labels
+  double per_row = 8.0 + 8.0 + 8.0 + 4.0 + 16.0 + 16.0 + 4.0;  // norms, labels (2), distance, bounds, result labels, rounding errors
   per_row += p.init == KMeansInit::Parallel ? 40.0 : 8.0 + 4.0 * (2.0 + std::log(k + 1.0));  // init state
   double centres = k * dd * (4.0 * 4.0 + 8.0 * 2.0) + k_pad * (depth * 4.0 + 12.0);
   if (p.init == KMeansInit::Parallel) centres += (1.0 + 5.0 * 2.0 * k) * dd * 4.0 * 2.0;  // candidates

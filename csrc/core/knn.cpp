@@ -82,7 +82,7 @@ namespace {
 double scan_bytes(const KernelSet* kset, idx_t n, idx_t nq, idx_t d, int threads) {
   const KernelSet& ks = kset ? *kset : kernels();
   const double n_pad = static_cast<double>(round_up(n, ks.nr));
-  return n_pad * (static_cast<double>(ks.depth(d)) * 4.0 + 4.0) + 8.0 * static_cast<double>(n) +
+  return n_pad * (static_cast<double>(ks.depth(d)) * 4.0 + 4.0) + (ks.input_rel > 0.0 ? 12.0 : 8.0) * static_cast<double>(n) +
          8.0 * static_cast<double>(nq) +
          threads * (static_cast<double>(kQueryBlock) * (static_cast<double>(ks.depth(d)) + kDbBlock) * 4.0 +
                     static_cast<double>(kDbBlock) * 8.0);
@@ -135,7 +135,10 @@ void knn_self_join(const KnnParams& p, const PackedSet& set, const float* x, con
   std::vector<float> scale(cos ? static_cast<std::size_t>(n) : 0);
   for (idx_t i = 0; i < static_cast<idx_t>(scale.size()); ++i) scale[i] = static_cast<float>(1.0 / std::sqrt(xsq[i]));
   std::vector<RowCands> rc(static_cast<std::size_t>(n));
-  for (idx_t i = 0; i < n; ++i) rc[i].reset(p.k, 2.0f * row_bound(set, cos ? 1.0 : xsq[i]), kSelfSlack);
+  // Both sides are the set's own packed rows: their rounding errors are the set's.
+  for (idx_t i = 0; i < n; ++i)
+    rc[i].reset(p.k, 2.0f * row_bound_in(set, cos ? 1.0 : xsq[i], set.in_err.empty() ? 0.0 : set.in_err[i]),
+                kSelfSlack);
   std::unique_ptr<std::mutex[]> lock(new std::mutex[static_cast<std::size_t>(nb)]);
   ExceptionSlot err;
 #pragma omp parallel num_threads(threads)
@@ -246,7 +249,10 @@ void knn_search(const KnnParams& p, const float* db, idx_t n, const float* q, id
         auto& rcs = cands[tid()];
         if (b0 == 0) {
           rcs.resize(static_cast<std::size_t>(qm));
-          for (idx_t i = 0; i < qm; ++i) rcs[i].reset(p.k, 2.0f * row_bound(set, qsq[q0 + i]));
+          for (idx_t i = 0; i < qm; ++i) {
+            const double e = set.in_err.empty() ? 0.0 : input_error(*set.ks, q + (q0 + i) * set.d, set.d);
+            rcs[i].reset(p.k, 2.0f * row_bound_in(set, qsq[q0 + i], e));
+          }
         }
         s.idx.resize(static_cast<std::size_t>(bm));
         s.val.resize(static_cast<std::size_t>(bm));
@@ -303,7 +309,7 @@ void radius_scan(const RadiusParams& p, const float* db, idx_t n, const float* q
           const double xn = std::sqrt(qsq[qi]);
           // The radius in tile-value units, and the band where a decision needs fp64.
           const double thr = p.metric == Metric::L2 ? p.radius - qsq[qi] : -(1.0 - p.radius) * xn;
-          const float bnd = row_bound(set, qsq[qi]);
+          const float bnd = row_bound_in(set, qsq[qi], set.in_err.empty() ? 0.0 : input_error(ks, q + qi * d, d));
           const idx_t cnt = ks.row_filter(c + i * ldc, set.add.data() + b0, set.mul, bm,
                                           static_cast<float>(thr) + bnd, s.idx.data(), s.val.data());
           for (idx_t t = 0; t < cnt; ++t) {

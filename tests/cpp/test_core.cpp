@@ -183,6 +183,25 @@ int main() {
       if (tight) CHECK(std::fabs(lb2 - t2) <= 1e-9 * (1 + dot(x, x)));
     }
   }
+  // input_error_sq of a set that rounds its inputs against the portable loop (same squares,
+  // sums in another order), with and without a scale, on every tail length; and zero for
+  // values bf16 holds exactly.
+  {
+    const ec::KernelSet& ks = ec::kernels();
+    if (ks.input_error_sq) {
+      for (idx_t d : {1, 7, 15, 16, 17, 33, 384}) {
+        std::vector<float> x(d);
+        for (auto& v : x) v = N(gen);
+        for (float sc : {1.0f, 0.37f}) {
+          const double a = ks.input_error_sq(x.data(), d, sc), b = ec::input_error_sq_generic(x.data(), d, sc);
+          CHECK(std::fabs(a - b) <= 1e-12 * b);
+          CHECK(b > 0.0);
+        }
+        std::vector<float> exact(d, 1.5f);
+        CHECK(ks.input_error_sq(exact.data(), d, 1.0f) == 0.0);
+      }
+    }
+  }
   // gemm_rows (A from row pointers, no packing) against pack + gemm: bit-identical products,
   // with gathered and repeated rows, partial micro-tiles and depths past one cache block; and
   // pack_rows against a one-row-wide pack.

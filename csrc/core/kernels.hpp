@@ -81,6 +81,10 @@ float row_min2_generic(const float* c, const float* add, float mul, idx_t n, idx
 /// The portable fixed-point accumulation (see KernelSet::accum).
 void accum_generic(const float* x, idx_t d, double sc, const double* qscale, bool subtract, std::uint64_t* dst);
 
+/// bf16 rounding of a finite float given as its bits: nearest, ties to even; the result's low
+/// 16 bits are zero (its high half is the bf16 word). The one rounding every bf16 path uses.
+inline std::uint32_t bf16_round_bits(std::uint32_t u) { return (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u; }
+
 /// The portable input_error_sq of bf16 sets (see KernelSet::input_error_sq).
 double input_error_sq_generic(const float* x, idx_t d, float scale);
 

@@ -23,8 +23,14 @@ constexpr idx_t kKC = 256;  // pairs per depth block: a 256x32 block of B words 
 inline std::uint32_t bf16_bits(float f) {
   std::uint32_t u;
   std::memcpy(&u, &f, sizeof(u));
-  u += 0x7FFFu + ((u >> 16) & 1u);
-  return u >> 16;
+  return bf16_round_bits(u) >> 16;
+}
+
+/// bf16_round_bits on 16 floats' bits at once: the bf16 word of each in its high half.
+inline __m512i bf16_round_vec(__m512i u) {
+  const __m512i bias = _mm512_set1_epi32(0x7FFF), one = _mm512_set1_epi32(1), keep = _mm512_set1_epi32(-65536);
+  return _mm512_and_si512(_mm512_add_epi32(_mm512_add_epi32(u, bias), _mm512_and_si512(_mm512_srli_epi32(u, 16), one)),
+                          keep);
 }
 
 /// Layout: out[p * depth * width + q * width + r] = bf16(v[r][2q]) | bf16(v[r][2q + 1]) << 16,
@@ -47,12 +53,10 @@ void pack_bf16(const float* src, idx_t ld, const idx_t* rows, const float* scale
       idx_t q = 0;
       if (!scale) {
         // 16 values (8 words) at a time; the same integer rounding as bf16_bits.
-        const __m512i bias = _mm512_set1_epi32(0x7FFF), one = _mm512_set1_epi32(1);
         alignas(32) std::uint32_t w8[8];
         for (; 2 * q + 16 <= d; q += 8) {
           const __m512i u = _mm512_castps_si512(_mm512_loadu_ps(row + 2 * q));
-          const __m512i r16 = _mm512_srli_epi32(
-              _mm512_add_epi32(_mm512_add_epi32(u, bias), _mm512_and_si512(_mm512_srli_epi32(u, 16), one)), 16);
+          const __m512i r16 = _mm512_srli_epi32(bf16_round_vec(u), 16);
           _mm256_store_si256(reinterpret_cast<__m256i*>(w8), _mm512_cvtepi32_epi16(r16));
           for (int t = 0; t < 8; ++t) dst[(q + t) * width + r] = w8[t];
         }
@@ -151,15 +155,13 @@ void gemm_rows_bf16(const float* const* af, const float* bf, idx_t m_pad, idx_t 
 void pack_rows_bf16(const float* src, idx_t n, idx_t d, float* out) {
   const idx_t depth = (d + 1) / 2;
   std::uint32_t* o = reinterpret_cast<std::uint32_t*>(out);
-  const __m512i bias = _mm512_set1_epi32(0x7FFF), one = _mm512_set1_epi32(1);
   for (idx_t i = 0; i < n; ++i) {
     const float* row = src + i * d;
     std::uint32_t* dst = o + i * depth;
     idx_t q = 0;
     for (; 2 * q + 16 <= d; q += 8) {
       const __m512i u = _mm512_castps_si512(_mm512_loadu_ps(row + 2 * q));
-      const __m512i r16 = _mm512_srli_epi32(
-          _mm512_add_epi32(_mm512_add_epi32(u, bias), _mm512_and_si512(_mm512_srli_epi32(u, 16), one)), 16);
+      const __m512i r16 = _mm512_srli_epi32(bf16_round_vec(u), 16);
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + q), _mm512_cvtepi32_epi16(r16));
     }
     for (; q < depth; ++q) {
@@ -172,7 +174,6 @@ void pack_rows_bf16(const float* src, idx_t n, idx_t d, float* out) {
 
 /// KernelSet::input_error_sq: 16 values at a time, the rounding as pack_bf16's.
 double input_error_sq_bf16(const float* x, idx_t d, float scale) {
-  const __m512i bias = _mm512_set1_epi32(0x7FFF), one = _mm512_set1_epi32(1), keep = _mm512_set1_epi32(-65536);
   const __m512 vs = _mm512_set1_ps(scale);
   __m512d acc0 = _mm512_setzero_pd(), acc1 = _mm512_setzero_pd();
   idx_t k = 0;
@@ -181,8 +182,7 @@ double input_error_sq_bf16(const float* x, idx_t d, float scale) {
     __m512 v = _mm512_maskz_loadu_ps(m, x + k);
     if (scale != 1.0f) v = _mm512_mul_ps(v, vs);
     const __m512i u = _mm512_castps_si512(v);
-    const __m512i r = _mm512_and_si512(
-        _mm512_add_epi32(_mm512_add_epi32(u, bias), _mm512_and_si512(_mm512_srli_epi32(u, 16), one)), keep);
+    const __m512i r = bf16_round_vec(u);
     const __m512 diff = _mm512_sub_ps(v, _mm512_castsi512_ps(r));  // exact
     const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(diff));
     const __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(diff), 1)));

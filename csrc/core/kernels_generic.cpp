@@ -119,7 +119,7 @@ double input_error_sq_generic(const float* x, idx_t d, float scale) {
     const float v = scale == 1.0f ? x[k] : x[k] * scale;
     std::uint32_t u;
     std::memcpy(&u, &v, sizeof(u));
-    u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;  // bf16 rounding, nearest even
+    u = bf16_round_bits(u);
     float r;
     std::memcpy(&r, &u, sizeof(r));
     const double diff = static_cast<double>(v) - r;

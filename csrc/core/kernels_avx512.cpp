@@ -14,8 +14,9 @@ constexpr int kMR = 12;
 constexpr int kNR = 32;
 constexpr idx_t kKC = 256;  // depth block: a 256x32 slice of B (32 KiB) stays in L1
 
-template <bool Accumulate>
-inline void micro_12x32(const float* a, const float* b, idx_t kc, float* c, idx_t ldc) {
+/// One 12x32 tile over kc depth words; a(k, r) is word k (of this depth block) of row r of A.
+template <bool Accumulate, class ASource>
+inline void micro_12x32(ASource a, const float* b, idx_t kc, float* c, idx_t ldc) {
   __m512 acc0[kMR], acc1[kMR];
 #pragma GCC unroll 12
   for (int r = 0; r < kMR; ++r) {
@@ -32,11 +33,10 @@ inline void micro_12x32(const float* a, const float* b, idx_t kc, float* c, idx_
     const __m512 b1 = _mm512_load_ps(b + 16);
 #pragma GCC unroll 12
     for (int r = 0; r < kMR; ++r) {
-      const __m512 av = _mm512_set1_ps(a[r]);
+      const __m512 av = _mm512_set1_ps(a(k, r));
       acc0[r] = _mm512_fmadd_ps(av, b0, acc0[r]);
       acc1[r] = _mm512_fmadd_ps(av, b1, acc1[r]);
     }
-    a += kMR;
     b += kNR;
   }
 #pragma GCC unroll 12
@@ -44,62 +44,33 @@ inline void micro_12x32(const float* a, const float* b, idx_t kc, float* c, idx_
     _mm512_storeu_ps(c + r * ldc, acc0[r]);
     _mm512_storeu_ps(c + r * ldc + 16, acc1[r]);
   }
+}
+
+template <class ASource>
+inline void micro(ASource a, const float* b, idx_t kc, float* c, idx_t ldc, bool acc) {
+  if (acc)
+    micro_12x32<true>(a, b, kc, c, ldc);
+  else
+    micro_12x32<false>(a, b, kc, c, ldc);
 }
 
 void gemm_avx512(const float* a, const float* b, idx_t m_pad, idx_t n_pad, idx_t depth, float* c, idx_t ldc) {
   blocked_gemm<kMR, kNR, kKC>(a, b, m_pad, n_pad, depth, c, ldc,
                               [](const float* ap, const float* bp, idx_t kc, float* cp, idx_t ld, bool acc) {
-                                if (acc)
-                                  micro_12x32<true>(ap, bp, kc, cp, ld);
-                                else
-                                  micro_12x32<false>(ap, bp, kc, cp, ld);
+                                micro([ap](idx_t k, int r) { return ap[k * kMR + r]; }, bp, kc, cp, ld, acc);
                               });
 }
 
-/// micro_12x32 with A read from 12 row pointers (words k0 .. k0 + kc of each row): the same
-/// products in the same order, so the same results.
-template <bool Accumulate>
-inline void micro_rows_12x32(const float* const* rows, idx_t k0, const float* b, idx_t kc, float* c, idx_t ldc) {
-  __m512 acc0[kMR], acc1[kMR];
-  const float* a[kMR];
-#pragma GCC unroll 12
-  for (int r = 0; r < kMR; ++r) {
-    a[r] = rows[r] + k0;
-    if (Accumulate) {
-      acc0[r] = _mm512_loadu_ps(c + r * ldc);
-      acc1[r] = _mm512_loadu_ps(c + r * ldc + 16);
-    } else {
-      acc0[r] = _mm512_setzero_ps();
-      acc1[r] = _mm512_setzero_ps();
-    }
-  }
-  for (idx_t k = 0; k < kc; ++k) {
-    const __m512 b0 = _mm512_load_ps(b);
-    const __m512 b1 = _mm512_load_ps(b + 16);
-#pragma GCC unroll 12
-    for (int r = 0; r < kMR; ++r) {
-      const __m512 av = _mm512_set1_ps(a[r][k]);
-      acc0[r] = _mm512_fmadd_ps(av, b0, acc0[r]);
-      acc1[r] = _mm512_fmadd_ps(av, b1, acc1[r]);
-    }
-    b += kNR;
-  }
-#pragma GCC unroll 12
-  for (int r = 0; r < kMR; ++r) {
-    _mm512_storeu_ps(c + r * ldc, acc0[r]);
-    _mm512_storeu_ps(c + r * ldc + 16, acc1[r]);
-  }
-}
-
+/// gemm with A read from row pointers (words k0 .. k0 + kc of 12 rows): the same products in
+/// the same order as packing those rows, so the same results.
 void gemm_rows_avx512(const float* const* a, const float* b, idx_t m_pad, idx_t n_pad, idx_t depth, float* c,
                       idx_t ldc) {
   blocked_gemm_rows<kMR, kNR, kKC>(a, b, m_pad, n_pad, depth, c, ldc,
-                                   [](const float* const* ap, idx_t k0, const float* bp, idx_t kc, float* cp,
+                                   [](const float* const* rows, idx_t k0, const float* bp, idx_t kc, float* cp,
                                       idx_t ld, bool acc) {
-                                     if (acc)
-                                       micro_rows_12x32<true>(ap, k0, bp, kc, cp, ld);
-                                     else
-                                       micro_rows_12x32<false>(ap, k0, bp, kc, cp, ld);
+                                     const float* p[kMR];
+                                     for (int r = 0; r < kMR; ++r) p[r] = rows[r] + k0;
+                                     micro([&p](idx_t k, int r) { return p[r][k]; }, bp, kc, cp, ld, acc);
                                    });
 }
 

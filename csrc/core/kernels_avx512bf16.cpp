@@ -70,8 +70,10 @@ void pack_bf16(const float* src, idx_t ld, const idx_t* rows, const float* scale
   }
 }
 
-template <bool Accumulate>
-inline void micro_12x32(const std::uint32_t* a, const std::uint32_t* b, idx_t kc, float* c, idx_t ldc) {
+/// One 12x32 tile over kc depth words (bf16 pairs); a(k, r) is word k (of this depth block) of
+/// row r of A.
+template <bool Accumulate, class ASource>
+inline void micro_12x32(ASource a, const std::uint32_t* b, idx_t kc, float* c, idx_t ldc) {
   __m512 acc0[kMR], acc1[kMR];
 #pragma GCC unroll 12
   for (int r = 0; r < kMR; ++r) {
@@ -88,11 +90,10 @@ inline void micro_12x32(const std::uint32_t* a, const std::uint32_t* b, idx_t kc
     const __m512bh b1 = (__m512bh)_mm512_load_si512(b + 16);
 #pragma GCC unroll 12
     for (int r = 0; r < kMR; ++r) {
-      const __m512bh av = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[r]));
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(static_cast<int>(a(k, r)));
       acc0[r] = _mm512_dpbf16_ps(acc0[r], av, b0);
       acc1[r] = _mm512_dpbf16_ps(acc1[r], av, b1);
     }
-    a += kMR;
     b += kNR;
   }
 #pragma GCC unroll 12
@@ -102,52 +103,23 @@ inline void micro_12x32(const std::uint32_t* a, const std::uint32_t* b, idx_t kc
   }
 }
 
-/// micro_12x32 with A read from 12 row pointers (bf16 word pairs k0 .. k0 + kc of each row):
-/// the same products in the same order, so the same results.
-template <bool Accumulate>
-inline void micro_rows_12x32(const std::uint32_t* const* rows, idx_t k0, const std::uint32_t* b, idx_t kc, float* c,
-                             idx_t ldc) {
-  __m512 acc0[kMR], acc1[kMR];
-  const std::uint32_t* a[kMR];
-#pragma GCC unroll 12
-  for (int r = 0; r < kMR; ++r) {
-    a[r] = rows[r] + k0;
-    if (Accumulate) {
-      acc0[r] = _mm512_loadu_ps(c + r * ldc);
-      acc1[r] = _mm512_loadu_ps(c + r * ldc + 16);
-    } else {
-      acc0[r] = _mm512_setzero_ps();
-      acc1[r] = _mm512_setzero_ps();
-    }
-  }
-  for (idx_t k = 0; k < kc; ++k) {
-    const __m512bh b0 = (__m512bh)_mm512_load_si512(b);
-    const __m512bh b1 = (__m512bh)_mm512_load_si512(b + 16);
-#pragma GCC unroll 12
-    for (int r = 0; r < kMR; ++r) {
-      const __m512bh av = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[r][k]));
-      acc0[r] = _mm512_dpbf16_ps(acc0[r], av, b0);
-      acc1[r] = _mm512_dpbf16_ps(acc1[r], av, b1);
-    }
-    b += kNR;
-  }
-#pragma GCC unroll 12
-  for (int r = 0; r < kMR; ++r) {
-    _mm512_storeu_ps(c + r * ldc, acc0[r]);
-    _mm512_storeu_ps(c + r * ldc + 16, acc1[r]);
-  }
+template <class ASource>
+inline void micro(ASource a, const std::uint32_t* b, idx_t kc, float* c, idx_t ldc, bool acc) {
+  if (acc)
+    micro_12x32<true>(a, b, kc, c, ldc);
+  else
+    micro_12x32<false>(a, b, kc, c, ldc);
 }
 
 void gemm_rows_bf16(const float* const* af, const float* bf, idx_t m_pad, idx_t n_pad, idx_t depth, float* c,
                     idx_t ldc) {
   blocked_gemm_rows<kMR, kNR, kKC>(reinterpret_cast<const std::uint32_t* const*>(af),
                                    reinterpret_cast<const std::uint32_t*>(bf), m_pad, n_pad, depth, c, ldc,
-                                   [](const std::uint32_t* const* ap, idx_t k0, const std::uint32_t* bp, idx_t kc,
+                                   [](const std::uint32_t* const* rows, idx_t k0, const std::uint32_t* bp, idx_t kc,
                                       float* cp, idx_t ld, bool acc) {
-                                     if (acc)
-                                       micro_rows_12x32<true>(ap, k0, bp, kc, cp, ld);
-                                     else
-                                       micro_rows_12x32<false>(ap, k0, bp, kc, cp, ld);
+                                     const std::uint32_t* p[kMR];
+                                     for (int r = 0; r < kMR; ++r) p[r] = rows[r] + k0;
+                                     micro([&p](idx_t k, int r) { return p[r][k]; }, bp, kc, cp, ld, acc);
                                    });
 }
 
@@ -197,10 +169,7 @@ void gemm_bf16(const float* af, const float* bf, idx_t m_pad, idx_t n_pad, idx_t
                               m_pad, n_pad, depth, c, ldc,
                               [](const std::uint32_t* ap, const std::uint32_t* bp, idx_t kc, float* cp, idx_t ld,
                                  bool acc) {
-                                if (acc)
-                                  micro_12x32<true>(ap, bp, kc, cp, ld);
-                                else
-                                  micro_12x32<false>(ap, bp, kc, cp, ld);
+                                micro([ap](idx_t k, int r) { return ap[k * kMR + r]; }, bp, kc, cp, ld, acc);
                               });
 }
 

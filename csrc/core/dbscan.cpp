@@ -222,7 +222,7 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   // and per-thread tiles. Tiles are estimated as 1.25 n / kTile plus one per coarse cluster.
   const double t_est = 1.25 * static_cast<double>(n) / kTile + std::min(4096.0, static_cast<double>(n) / (2 * kTile)) + 1.0;
   const double base = 100.0 * static_cast<double>(n) +
-                      t_est * kTile * (static_cast<double>(kt.depth(d)) * 4.0 + 12.0) +
+                      t_est * kTile * (static_cast<double>(kt.depth(d)) * 4.0 + 16.0) +
                       t_est * (static_cast<double>(d) * 16.0 + 24.0 + 64.0 * 9.0) +
                       threads * static_cast<double>(kTile) * (static_cast<double>(ks.depth(d)) + kTile + t_est) * 4.0;
   check_memory(base, p.memory_limit, "DBSCAN on " + std::to_string(n) + " x " + std::to_string(d));

@@ -5,74 +5,21 @@
 #include <limits>
 
 #include "kernels.hpp"
-#include "kernels_blocking.hpp"
+#include "kernels_avx512_tile.hpp"
 
 namespace ec {
 namespace {
 
-constexpr int kMR = 12;
-constexpr int kNR = 32;
-constexpr idx_t kKC = 256;  // depth block: a 256x32 slice of B (32 KiB) stays in L1
-
-/// One 12x32 tile over kc depth words; a(k, r) is word k (of this depth block) of row r of A.
-template <bool Accumulate, class ASource>
-inline void micro_12x32(ASource a, const float* b, idx_t kc, float* c, idx_t ldc) {
-  __m512 acc0[kMR], acc1[kMR];
-#pragma GCC unroll 12
-  for (int r = 0; r < kMR; ++r) {
-    if (Accumulate) {
-      acc0[r] = _mm512_loadu_ps(c + r * ldc);
-      acc1[r] = _mm512_loadu_ps(c + r * ldc + 16);
-    } else {
-      acc0[r] = _mm512_setzero_ps();
-      acc1[r] = _mm512_setzero_ps();
-    }
-  }
-  for (idx_t k = 0; k < kc; ++k) {
-    const __m512 b0 = _mm512_load_ps(b);
-    const __m512 b1 = _mm512_load_ps(b + 16);
-#pragma GCC unroll 12
-    for (int r = 0; r < kMR; ++r) {
-      const __m512 av = _mm512_set1_ps(a(k, r));
-      acc0[r] = _mm512_fmadd_ps(av, b0, acc0[r]);
-      acc1[r] = _mm512_fmadd_ps(av, b1, acc1[r]);
-    }
-    b += kNR;
-  }
-#pragma GCC unroll 12
-  for (int r = 0; r < kMR; ++r) {
-    _mm512_storeu_ps(c + r * ldc, acc0[r]);
-    _mm512_storeu_ps(c + r * ldc + 16, acc1[r]);
-  }
-}
-
-template <class ASource>
-inline void micro(ASource a, const float* b, idx_t kc, float* c, idx_t ldc, bool acc) {
-  if (acc)
-    micro_12x32<true>(a, b, kc, c, ldc);
-  else
-    micro_12x32<false>(a, b, kc, c, ldc);
-}
-
-void gemm_avx512(const float* a, const float* b, idx_t m_pad, idx_t n_pad, idx_t depth, float* c, idx_t ldc) {
-  blocked_gemm<kMR, kNR, kKC>(a, b, m_pad, n_pad, depth, c, ldc,
-                              [](const float* ap, const float* bp, idx_t kc, float* cp, idx_t ld, bool acc) {
-                                micro([ap](idx_t k, int r) { return ap[k * kMR + r]; }, bp, kc, cp, ld, acc);
-                              });
-}
-
-/// gemm with A read from row pointers (words k0 .. k0 + kc of 12 rows): the same products in
-/// the same order as packing those rows, so the same results.
-void gemm_rows_avx512(const float* const* a, const float* b, idx_t m_pad, idx_t n_pad, idx_t depth, float* c,
-                      idx_t ldc) {
-  blocked_gemm_rows<kMR, kNR, kKC>(a, b, m_pad, n_pad, depth, c, ldc,
-                                   [](const float* const* rows, idx_t k0, const float* bp, idx_t kc, float* cp,
-                                      idx_t ld, bool acc) {
-                                     const float* p[kMR];
-                                     for (int r = 0; r < kMR; ++r) p[r] = rows[r] + k0;
-                                     micro([&p](idx_t k, int r) { return p[r][k]; }, bp, kc, cp, ld, acc);
-                                   });
-}
+/// fp32 words: vfmadd231ps on broadcast A values.
+struct Fp32Op {
+  using Word = float;
+  static __m512 load(const float* b) { return _mm512_load_ps(b); }
+  static __m512 broadcast(float a) { return _mm512_set1_ps(a); }
+  static __m512 madd(__m512 acc, __m512 a, __m512 b) { return _mm512_fmadd_ps(a, b, acc); }
+};
+using Tile = Avx512Tile<Fp32Op>;
+constexpr int kMR = Tile::kMR;
+constexpr int kNR = Tile::kNR;
 
 float row_min_avx512(const float* c, const float* add, float mul, idx_t n) {
   const __m512 vm = _mm512_set1_ps(mul);
@@ -214,8 +161,8 @@ void accum_avx512(const float* x, idx_t d, double sc, const double* qscale, bool
 }
 
 const KernelSet& avx512_kernels() {
-  static const KernelSet ks{"avx512", kMR, kNR, 1, 0.0, pack_panels, gemm_avx512, row_min_avx512, row_min2_avx512,
-                            row_filter_avx512, dot_avx512, accum_avx512, gemm_rows_avx512, nullptr, nullptr};
+  static const KernelSet ks{"avx512", kMR, kNR, 1, 0.0, pack_panels, Tile::gemm, row_min_avx512, row_min2_avx512,
+                            row_filter_avx512, dot_avx512, accum_avx512, Tile::gemm_rows, nullptr, nullptr};
   return ks;
 }
 

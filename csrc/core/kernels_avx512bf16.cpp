@@ -10,14 +10,21 @@
 #include <cstring>
 
 #include "kernels.hpp"
-#include "kernels_blocking.hpp"
+#include "kernels_avx512_tile.hpp"
 
 namespace ec {
 namespace {
 
-constexpr int kMR = 12;
-constexpr int kNR = 32;
-constexpr idx_t kKC = 256;  // pairs per depth block: a 256x32 block of B words (32 KiB) in L1
+/// bf16 pair words: vdpbf16ps (two products per fp32 lane) on a broadcast pair of A.
+struct Bf16Op {
+  using Word = std::uint32_t;
+  static __m512bh load(const std::uint32_t* b) { return (__m512bh)_mm512_load_si512(b); }
+  static __m512bh broadcast(std::uint32_t a) { return (__m512bh)_mm512_set1_epi32(static_cast<int>(a)); }
+  static __m512 madd(__m512 acc, __m512bh a, __m512bh b) { return _mm512_dpbf16_ps(acc, a, b); }
+};
+using Tile = Avx512Tile<Bf16Op>;
+constexpr int kMR = Tile::kMR;
+constexpr int kNR = Tile::kNR;
 
 /// Round to nearest even; inputs are finite (validated by the callers).
 inline std::uint32_t bf16_bits(float f) {
@@ -70,59 +77,6 @@ void pack_bf16(const float* src, idx_t ld, const idx_t* rows, const float* scale
   }
 }
 
-/// One 12x32 tile over kc depth words (bf16 pairs); a(k, r) is word k (of this depth block) of
-/// row r of A.
-template <bool Accumulate, class ASource>
-inline void micro_12x32(ASource a, const std::uint32_t* b, idx_t kc, float* c, idx_t ldc) {
-  __m512 acc0[kMR], acc1[kMR];
-#pragma GCC unroll 12
-  for (int r = 0; r < kMR; ++r) {
-    if (Accumulate) {
-      acc0[r] = _mm512_loadu_ps(c + r * ldc);
-      acc1[r] = _mm512_loadu_ps(c + r * ldc + 16);
-    } else {
-      acc0[r] = _mm512_setzero_ps();
-      acc1[r] = _mm512_setzero_ps();
-    }
-  }
-  for (idx_t k = 0; k < kc; ++k) {
-    const __m512bh b0 = (__m512bh)_mm512_load_si512(b);
-    const __m512bh b1 = (__m512bh)_mm512_load_si512(b + 16);
-#pragma GCC unroll 12
-    for (int r = 0; r < kMR; ++r) {
-      const __m512bh av = (__m512bh)_mm512_set1_epi32(static_cast<int>(a(k, r)));
-      acc0[r] = _mm512_dpbf16_ps(acc0[r], av, b0);
-      acc1[r] = _mm512_dpbf16_ps(acc1[r], av, b1);
-    }
-    b += kNR;
-  }
-#pragma GCC unroll 12
-  for (int r = 0; r < kMR; ++r) {
-    _mm512_storeu_ps(c + r * ldc, acc0[r]);
-    _mm512_storeu_ps(c + r * ldc + 16, acc1[r]);
-  }
-}
-
-template <class ASource>
-inline void micro(ASource a, const std::uint32_t* b, idx_t kc, float* c, idx_t ldc, bool acc) {
-  if (acc)
-    micro_12x32<true>(a, b, kc, c, ldc);
-  else
-    micro_12x32<false>(a, b, kc, c, ldc);
-}
-
-void gemm_rows_bf16(const float* const* af, const float* bf, idx_t m_pad, idx_t n_pad, idx_t depth, float* c,
-                    idx_t ldc) {
-  blocked_gemm_rows<kMR, kNR, kKC>(reinterpret_cast<const std::uint32_t* const*>(af),
-                                   reinterpret_cast<const std::uint32_t*>(bf), m_pad, n_pad, depth, c, ldc,
-                                   [](const std::uint32_t* const* rows, idx_t k0, const std::uint32_t* bp, idx_t kc,
-                                      float* cp, idx_t ld, bool acc) {
-                                     const std::uint32_t* p[kMR];
-                                     for (int r = 0; r < kMR; ++r) p[r] = rows[r] + k0;
-                                     micro([&p](idx_t k, int r) { return p[r][k]; }, bp, kc, cp, ld, acc);
-                                   });
-}
-
 /// Row-major bf16 words: out[i * depth + q] = the word pack_bf16 writes for row i, pair q.
 void pack_rows_bf16(const float* src, idx_t n, idx_t d, float* out) {
   const idx_t depth = (d + 1) / 2;
@@ -164,21 +118,12 @@ double input_error_sq_bf16(const float* x, idx_t d, float scale) {
   return _mm512_reduce_add_pd(_mm512_add_pd(acc0, acc1));
 }
 
-void gemm_bf16(const float* af, const float* bf, idx_t m_pad, idx_t n_pad, idx_t depth, float* c, idx_t ldc) {
-  blocked_gemm<kMR, kNR, kKC>(reinterpret_cast<const std::uint32_t*>(af), reinterpret_cast<const std::uint32_t*>(bf),
-                              m_pad, n_pad, depth, c, ldc,
-                              [](const std::uint32_t* ap, const std::uint32_t* bp, idx_t kc, float* cp, idx_t ld,
-                                 bool acc) {
-                                micro([ap](idx_t k, int r) { return ap[k * kMR + r]; }, bp, kc, cp, ld, acc);
-                              });
-}
-
 }  // namespace
 
 const KernelSet& avx512bf16_kernels() {
-  static const KernelSet ks{"avx512bf16",       kMR,       kNR, 2, 0x1p-8, pack_bf16, gemm_bf16,
+  static const KernelSet ks{"avx512bf16",       kMR,       kNR, 2, 0x1p-8, pack_bf16, Tile::gemm,
                             avx512_kernels().row_min, row_min2_avx512, avx512_kernels().row_filter, dot_avx512,
-                            accum_avx512,       gemm_rows_bf16, pack_rows_bf16, input_error_sq_bf16};
+                            accum_avx512,       Tile::gemm_rows, pack_rows_bf16, input_error_sq_bf16};
   return ks;
 }
 

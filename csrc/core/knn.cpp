@@ -72,6 +72,15 @@ std::vector<double> query_sqnorms(const float* q, idx_t nq, idx_t d, Metric m, i
   return qsq;
 }
 
+/// Each query row's rounding error when `set`'s kernels round their inputs (input_error), once
+/// per query; empty for fp32 kernels.
+std::vector<double> query_errors(const PackedSet& set, const float* q, idx_t nq, int threads) {
+  std::vector<double> e(set.in_err.empty() ? 0 : static_cast<std::size_t>(nq));
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (idx_t i = 0; i < static_cast<idx_t>(e.size()); ++i) e[i] = input_error(*set.ks, q + i * set.d, set.d);
+  return e;
+}
+
 /// Converts an exact ranking value to what the caller sees (IP is reported as the dot product).
 inline float reported(Metric m, double v) { return static_cast<float>(m == Metric::IP ? -v : v); }
 
@@ -83,7 +92,7 @@ double scan_bytes(const KernelSet* kset, idx_t n, idx_t nq, idx_t d, int threads
   const KernelSet& ks = kset ? *kset : kernels();
   const double n_pad = static_cast<double>(round_up(n, ks.nr));
   return n_pad * (static_cast<double>(ks.depth(d)) * 4.0 + 4.0) + (ks.input_rel > 0.0 ? 12.0 : 8.0) * static_cast<double>(n) +
-         8.0 * static_cast<double>(nq) +
+         (ks.input_rel > 0.0 ? 16.0 : 8.0) * static_cast<double>(nq) +
          threads * (static_cast<double>(kQueryBlock) * (static_cast<double>(ks.depth(d)) + kDbBlock) * 4.0 +
                     static_cast<double>(kDbBlock) * 8.0);
 }
@@ -243,6 +252,7 @@ void knn_search(const KnnParams& p, const float* db, idx_t n, const float* q, id
     return 0;
 #endif
   };
+  const std::vector<double> qerr = query_errors(set, q, nq, threads);
   stream_tiles(
       set, q, nq, threads, cancel,
       [&](idx_t q0, idx_t qm, const float* c, idx_t ldc, idx_t b0, idx_t bm, TileScratch& s) {
@@ -250,8 +260,7 @@ void knn_search(const KnnParams& p, const float* db, idx_t n, const float* q, id
         if (b0 == 0) {
           rcs.resize(static_cast<std::size_t>(qm));
           for (idx_t i = 0; i < qm; ++i) {
-            const double e = set.in_err.empty() ? 0.0 : input_error(*set.ks, q + (q0 + i) * set.d, set.d);
-            rcs[i].reset(p.k, 2.0f * row_bound_in(set, qsq[q0 + i], e));
+            rcs[i].reset(p.k, 2.0f * row_bound_in(set, qsq[q0 + i], qerr.empty() ? 0.0 : qerr[q0 + i]));
           }
         }
         s.idx.resize(static_cast<std::size_t>(bm));
@@ -298,6 +307,7 @@ void radius_scan(const RadiusParams& p, const float* db, idx_t n, const float* q
   PackedSet set;
   pack_set(set, db, n, d, p.metric, nullptr, threads, p.kernel_set);
   const std::vector<double> qsq = query_sqnorms(q, nq, d, p.metric, threads);
+  const std::vector<double> qerr = query_errors(set, q, nq, threads);
   stream_tiles(
       set, q, nq, threads, cancel,
       [&](idx_t q0, idx_t qm, const float* c, idx_t ldc, idx_t b0, idx_t bm, TileScratch& s) {
@@ -309,7 +319,7 @@ void radius_scan(const RadiusParams& p, const float* db, idx_t n, const float* q
           const double xn = std::sqrt(qsq[qi]);
           // The radius in tile-value units, and the band where a decision needs fp64.
           const double thr = p.metric == Metric::L2 ? p.radius - qsq[qi] : -(1.0 - p.radius) * xn;
-          const float bnd = row_bound_in(set, qsq[qi], set.in_err.empty() ? 0.0 : input_error(ks, q + qi * d, d));
+          const float bnd = row_bound_in(set, qsq[qi], qerr.empty() ? 0.0 : qerr[qi]);
           const idx_t cnt = ks.row_filter(c + i * ldc, set.add.data() + b0, set.mul, bm,
                                           static_cast<float>(thr) + bnd, s.idx.data(), s.val.data());
           for (idx_t t = 0; t < cnt; ++t) {

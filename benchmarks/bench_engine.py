@@ -600,7 +600,9 @@ def bench_kmeans(cfg: KMeansCase, eng: Engines, args: argparse.Namespace) -> Cas
     ec_model = getattr(fit_ec, "last_model", None)
     if ec_model is not None and ec_model.computed_fraction_ is not None:
         result.extra["embedcluster_computed_fraction"] = ec_model.computed_fraction_
-        result.runs[EC].summary += f"; {ec_model.computed_fraction_:.0%} of distance rows computed (pruning)"
+        result.extra["embedcluster_mover_fraction"] = ec_model.mover_fraction_
+        result.runs[EC].summary += (f"; {ec_model.computed_fraction_:.0%} of distance rows computed in full, "
+                                    f"{ec_model.mover_fraction_:.0%} against the mobile centres only (pruning)")
 
     if args.kmeanspp and cfg.name == "kmeans":
         result.extra["embedcluster_kmeanspp_init"] = time_kmeanspp_init(eng, X, C0, cfg, args)

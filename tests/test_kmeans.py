@@ -229,10 +229,10 @@ def test_every_kernel_set_gives_bit_identical_results():
             np.testing.assert_array_equal(a, b, err_msg=name)
 
 
-def _fit_both(X, k, C0, **kw):
+def _fit_both(X, k, C0, movers=-1, **kw):
     out = {}
     for prune in (False, True):
-        out[prune] = _core.kmeans_fit(X, k, init=C0, tol=0.0, prune=prune, **kw)
+        out[prune] = _core.kmeans_fit(X, k, init=C0, tol=0.0, prune=prune, movers=movers, **kw)
     return out[False], out[True]
 
 
@@ -242,13 +242,16 @@ def _grid_with_ties(rng, n, d):
     return np.vstack([X, X[: n // 4]])
 
 
+@pytest.mark.parametrize("movers", [-1, 0, 3])
 @pytest.mark.parametrize("k", [17, 48])
 @pytest.mark.parametrize("metric", ["l2", "cosine"])
 @pytest.mark.parametrize("data", ["loose", "ties", "weighted", "empty"])
-def test_pruning_is_bit_identical_to_plain_lloyd(kernel_set, metric, data, k):
+def test_pruning_is_bit_identical_to_plain_lloyd(kernel_set, metric, data, k, movers):
     """The bound-based pruning skips distance rows but must return exactly plain Lloyd's result
     (labels, centres, inertia, iterations), on loose clusters, exact ties and duplicates,
-    weights, and empty-cluster repairs, for two k."""
+    weights, and empty-cluster repairs, for two k; with the mobile group chosen by the cost
+    model, off, or forced to the 3 centres that moved most in every pass (group changes each
+    pass: bounds merged both ways)."""
     rng = np.random.default_rng(7)
     w = None
     if data == "ties":
@@ -261,7 +264,7 @@ def test_pruning_is_bit_identical_to_plain_lloyd(kernel_set, metric, data, k):
     if data == "empty":
         C0[1] = C0[0]  # identical centres: one of them loses every row and is repaired
         C0[2] = C0[0]
-    a, b = _fit_both(X, k, C0, max_iter=40, metric=metric, sample_weight=w)
+    a, b = _fit_both(X, k, C0, movers=movers, max_iter=40, metric=metric, sample_weight=w)
     np.testing.assert_array_equal(a["labels"], b["labels"])
     np.testing.assert_array_equal(a["centers"], b["centers"])
     assert a["inertia"] == b["inertia"] and a["n_iter"] == b["n_iter"]
@@ -269,6 +272,44 @@ def test_pruning_is_bit_identical_to_plain_lloyd(kernel_set, metric, data, k):
     assert b["computed_fraction"] < 0.9, b["computed_fraction"]  # the bounds did skip rows
     if data == "empty":
         assert a["n_empty_repaired"] >= 1 and a["n_empty_repaired"] == b["n_empty_repaired"]
+    if movers == 0:
+        assert b["mover_fraction"] == 0.0
+    if movers == 3 and data != "ties":
+        assert b["mover_fraction"] > 0.0  # the mover stage ran
+
+
+def _sphere_mixture(n, d, k, noise, seed):
+    rng = np.random.default_rng(seed)
+    C = rng.standard_normal((k, d))
+    C /= np.linalg.norm(C, axis=1, keepdims=True)
+    X = C[rng.integers(0, k, n)] + noise * rng.standard_normal((n, d))
+    return (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_mobile_group_is_exact_where_the_cost_model_picks_it(kernel_set, metric):
+    """Many overlapping clusters on the sphere started from random rows: some centres keep
+    jumping while most settle, so the cost model turns the mover stage on. The fit must equal
+    plain Lloyd bit for bit and a float64 numpy Lloyd (independent oracle)."""
+    X = _sphere_mixture(6000, 16, 100, 0.25, seed=1)
+    k = 100
+    C0 = X[np.random.default_rng(0).choice(len(X), k, replace=False)].copy()
+    plain, pruned = _fit_both(X, k, C0, max_iter=20, metric=metric)
+    assert pruned["mover_fraction"] > 0.05, pruned["mover_fraction"]
+    off = _core.kmeans_fit(X, k, init=C0, tol=0.0, max_iter=20, metric=metric, movers=0)
+    for other in (pruned, off):
+        np.testing.assert_array_equal(plain["labels"], other["labels"])
+        np.testing.assert_array_equal(plain["centers"], other["centers"])
+    assert pruned["computed_fraction"] < off["computed_fraction"]
+    C_ref, lab_ref = numpy_lloyd(X, C0, 20, spherical=metric == "cosine")
+    np.testing.assert_array_equal(pruned["labels"], lab_ref)
+    np.testing.assert_allclose(pruned["centers"], C_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_movers_argument_is_checked():
+    X = np.arange(80, dtype=np.float32).reshape(40, 2)
+    with pytest.raises(ValueError, match="movers"):
+        _core.kmeans_fit(X, 2, movers=-2)
 
 
 def test_pruned_lloyd_equals_numpy_reference():
@@ -296,5 +337,6 @@ def test_estimator_prune_parameter():
     np.testing.assert_array_equal(on.labels_, off.labels_)
     np.testing.assert_array_equal(on.cluster_centers_, off.cluster_centers_)
     assert off.computed_fraction_ == 1.0 and on.computed_fraction_ < 1.0
+    assert off.mover_fraction_ == 0.0 and 0.0 <= on.mover_fraction_ < 1.0
     with pytest.raises(ValueError, match="prune"):
         ec.KMeans(4, prune="sometimes").fit(X)

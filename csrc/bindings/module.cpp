@@ -220,9 +220,10 @@ const float* weights_of(const py::object& sw, idx_t n) {
 py::dict kmeans_fit(const py::array& x, int k, int max_iter, double tol, int n_init, const std::string& metric,
                     const py::object& init, std::uint64_t seed, const py::object& sample_weight, int n_local_trials,
                     int n_threads, const std::string& precision, const py::object& prune,
-                    const py::object& memory_limit) {
+                    const py::object& memory_limit, int movers) {
   const Mat X = as_matrix(x, "X");
   std::vector<float> given;
+  if (movers < -1) throw std::invalid_argument("movers=" + std::to_string(movers) + " should be -1 (auto), 0 or > 0");
   auto p = kmeans_params(X, k, max_iter, tol, n_init, metric, init, seed, n_local_trials, n_threads, given);
   p.kernel_set = parse_precision(precision);
   p.memory_limit = memory_limit_of(memory_limit);
@@ -235,6 +236,7 @@ py::dict kmeans_fit(const py::array& x, int k, int max_iter, double tol, int n_i
   } else {
     throw std::invalid_argument("prune must be 'auto', True or False");
   }
+  p.movers = movers;
   const float* w = weights_of(sample_weight, X.rows);
   ec::KMeansResult r;
   run_native([&](ec::Cancel& c) {
@@ -248,6 +250,7 @@ py::dict kmeans_fit(const py::array& x, int k, int max_iter, double tol, int n_i
   out["n_iter"] = r.n_iter;
   out["n_empty_repaired"] = r.n_empty_repaired;
   out["computed_fraction"] = r.computed_fraction;
+  out["mover_fraction"] = r.mover_fraction;
   return out;
 }
 
@@ -382,11 +385,13 @@ PYBIND11_MODULE(_core, m) {
         py::arg("tol") = 1e-4, py::arg("n_init") = 1, py::arg("metric") = "l2", py::arg("init") = "k-means++",
         py::arg("seed") = 0, py::arg("sample_weight") = py::none(), py::arg("n_local_trials") = 0,
         py::arg("n_threads") = 0, py::arg("precision") = "auto", py::arg("prune") = "auto",
-        py::arg("memory_limit") = py::none(),
-        "k-means; returns dict(centers, labels, inertia, n_iter, n_empty_repaired, computed_fraction). "
-        "prune ('auto', True, False) switches the exact bound-based pruning of the assignment "
-        "(identical results either way; auto: on for n_clusters >= 16). computed_fraction is the "
-        "share of (row, pass) pairs whose distances to all centres were computed.");
+        py::arg("memory_limit") = py::none(), py::arg("movers") = -1,
+        "k-means; returns dict(centers, labels, inertia, n_iter, n_empty_repaired, computed_fraction, "
+        "mover_fraction). prune ('auto', True, False) switches the exact bound-based pruning of the "
+        "assignment (identical results either way; auto: on for n_clusters >= 16). computed_fraction is "
+        "the share of (row, pass) pairs whose distances to all centres were computed, mover_fraction the "
+        "share whose distances to the few centres that moved most were. movers: -1 chooses them per "
+        "pass, 0 turns that stage off, m > 0 always takes the m centres that moved most (for tests).");
   m.def("kmeans_init", &kmeans_init, py::arg("X"), py::arg("n_clusters"), py::arg("metric") = "l2",
         py::arg("init") = "k-means++", py::arg("seed") = 0, py::arg("sample_weight") = py::none(),
         py::arg("n_local_trials") = 0, py::arg("n_threads") = 0, "Initial centres only (k-means++ or random).");

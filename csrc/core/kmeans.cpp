@@ -4,6 +4,7 @@
 // passes only update the sums of rows that changed cluster.
 #include "kmeans.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <numeric>
@@ -132,9 +133,10 @@ struct Accum {
 /// Bounds for exact pruning of the assignment (Hamerly 2010, "Making k-means even faster"),
 /// kept in Euclidean distance: L2 uses ||x - c||, cosine the distance between the unit vectors
 /// x/||x|| and c/||c|| (so 1 - cos = D^2 / 2). Per row, u >= D(x, own centre) and l <= D(x, c_j)
-/// for every other centre j. When centres move by shift_j, u grows by the row's own centre's
-/// shift and l shrinks by the largest other shift (triangle inequality). A row whose
-/// u < max(l, half_gap[own]) keeps its centre: every other centre is strictly farther
+/// for every other centre j (with a mobile group: l for the stable centres, lm for the mobile
+/// ones, see below). When centres move by shift_j, u grows by the row's own centre's shift and
+/// l shrinks by the largest other shift (triangle inequality). A row whose
+/// u < max(min(l, lm), half_gap[own]) keeps its centre: every other centre is strictly farther
 /// (half_gap[a] = half the distance from centre a to its nearest other centre). Every bound
 /// carries a relative margin of 1e-9 (far above the fp64 rounding of the exact values, which
 /// is below d * 2^-53), so a row is skipped only when the exact fp64 argmin of the full pass
@@ -147,6 +149,25 @@ struct Prune {
   idx_t arg1 = -1;               ///< the centre with the largest shift
   bool valid = false;            ///< u and l hold bounds (false before the first full pass)
   idx_t rows_computed = 0;       ///< rows whose full distance row was computed (all passes)
+  // Mobile group (Yinyang with two groups, Ding et al. 2015, chosen per pass): the centres
+  // that keep moving far (a cluster split, or a centre drifting between two groups), while most
+  // have settled. l bounds the distances to the other stable centres, lm those to the other
+  // mobile ones; each shrinks by its own group's largest shift, so one centre's jump no longer
+  // defeats the test of every row. A row that fails only on lm gets its products against the
+  // mobile centres (the mover stage), which renews lm. See choose_movers.
+  std::vector<double> lm;             ///< per row: lower bound over the mobile centres (+inf: none)
+  std::vector<char> tight;            ///< per row: u comes from a product with the own centre as it is now
+  std::vector<idx_t> movers;          ///< the mobile centres this pass, ascending; empty: none
+  std::vector<std::int32_t> slot;     ///< per centre: its index in movers, or -1
+  PackedSet mv;                       ///< the mobile centres, packed (same kernel set as the centres)
+  double rest1 = 0.0, rest2 = 0.0;    ///< largest and second largest shift of a stable centre
+  idx_t rest_arg1 = -1;
+  double mob1 = 0.0, mob2 = 0.0;      ///< the same among the mobile centres
+  idx_t mob_arg1 = -1;
+  bool merge_l = false;               ///< centres left the mobile group: l = min(l, lm) first
+  bool merge_lm = false;              ///< centres joined it: lm = min(lm, l) (after merge_l)
+  int force_movers = -1;              ///< KMeansParams::movers
+  idx_t rows_movers = 0;              ///< rows whose mover products were computed (all passes)
 };
 
 constexpr double kBoundRel = 1e-9;
@@ -195,18 +216,25 @@ void assign_pass(const PackedSet& cs, const Data& D, idx_t* labels, float* mind,
   const idx_t nranges = static_cast<idx_t>(ranges.size());
   const Metric metric = D.metric;
   const bool test = pr && pr->valid;
+  const bool movers = test && !pr->movers.empty();
+  const idx_t nm = movers ? pr->mv.n : 0, nm_pad = movers ? pr->mv.n_pad : 0;
   ExceptionSlot err;
-  idx_t computed = 0;
-#pragma omp parallel num_threads(D.threads) reduction(+ : computed)
+  idx_t computed = 0, mover_rows = 0;
+#pragma omp parallel num_threads(D.threads) reduction(+ : computed, mover_rows)
   {
     TileScratch s;
     std::vector<std::pair<double, idx_t>> ex;
+    std::vector<idx_t> queue;  // rows waiting for the mover products
     err.run([&] {
       s.a.resize(static_cast<std::size_t>(mc * ks.depth(d)));
       s.c.resize(static_cast<std::size_t>(mc * k_pad));
       s.ptrs.resize(static_cast<std::size_t>(round_up(mc, ks.mr)));
       s.idx.resize(static_cast<std::size_t>(k_pad));
       s.val.resize(static_cast<std::size_t>(k_pad));
+      if (movers) {
+        s.p.resize(static_cast<std::size_t>(round_up(mc, ks.mr) * nm_pad));
+        queue.reserve(static_cast<std::size_t>(mc));
+      }
     });
 #pragma omp for schedule(dynamic, 1)
     for (idx_t r = 0; r < nranges; ++r) {
@@ -214,18 +242,22 @@ void assign_pass(const PackedSet& cs, const Data& D, idx_t* labels, float* mind,
         if (err.failed() || cancel.poll()) return;
         const int tid = omp_get_thread_num();
         const idx_t r0 = ranges[r].r0, r1 = ranges[r].r1;
+        // Products of rows[0..qm) (qm <= mc) against every row of `set`, into out (stride set.n_pad).
+        auto products = [&](const idx_t* rows, idx_t qm, const PackedSet& set, float* out) {
+          const idx_t depth = ks.depth(d), m_pad = round_up(qm, ks.mr);
+          if (D.words) {
+            for (idx_t i = 0; i < m_pad; ++i) s.ptrs[i] = D.words + rows[std::min(i, qm - 1)] * depth;
+            ks.gemm_rows(s.ptrs.data(), set.panels.data(), m_pad, set.n_pad, depth, out, set.n_pad);
+          } else {
+            ks.pack(D.x, d, rows, nullptr, qm, d, ks.mr, s.a.data());
+            ks.gemm(s.a.data(), set.panels.data(), m_pad, set.n_pad, depth, out, set.n_pad);
+          }
+        };
         // Resolves rows[0..qm): their products against every centre, exact nearest centre,
         // bounds and moved sums. Called as soon as a tile's worth of rows is collected, while
         // the rows read by the bound test are still in cache.
         auto process = [&](const idx_t* rows, idx_t qm) {
-          if (D.words) {
-            const idx_t depth = ks.depth(d), m_pad = round_up(qm, ks.mr);
-            for (idx_t i = 0; i < m_pad; ++i) s.ptrs[i] = D.words + rows[std::min(i, qm - 1)] * depth;
-            ks.gemm_rows(s.ptrs.data(), cs.panels.data(), m_pad, k_pad, depth, s.c.data(), k_pad);
-          } else {
-            ks.pack(D.x, d, rows, nullptr, qm, d, ks.mr, s.a.data());
-            ks.gemm(s.a.data(), cs.panels.data(), round_up(qm, ks.mr), k_pad, ks.depth(d), s.c.data(), k_pad);
-          }
+          products(rows, qm, cs, s.c.data());
           for (idx_t i = 0; i < qm; ++i) {
             const idx_t row = rows[i];
             const float* crow = s.c.data() + i * k_pad;
@@ -284,35 +316,106 @@ void assign_pass(const PackedSet& cs, const Data& D, idx_t* labels, float* mind,
               const float v2 = lab == arg ? second : m;  // best tile value over centres other than lab
               pr->l[row] = k > 1 ? dist_lo(metric, f_of_tile(metric, v2, D.xsq[row], xn) - f_err_of_tile(metric, b, xn), d)
                                  : std::numeric_limits<double>::infinity();
+              pr->lm[row] = pr->l[row];  // a bound for every other centre, mobile or not
+              pr->tight[row] = 1;
             }
           }
-                };
+        };
         // Rows whose centre the bounds cannot prove.
         s.rows.clear();
-        for (idx_t row = r0; row < r1; ++row) {
-          if (test) {
-            const idx_t a = labels[row];
-            const double u = pr->u[row] + pr->shift[a];
-            const double l = pr->l[row] - (a == pr->arg1 ? pr->max2 : pr->max1);
-            const double thr = std::max(l, pr->half_gap[a]);
-            pr->l[row] = l;
-            if (u < thr) {
-              pr->u[row] = u;
-              continue;
-            }
-            // Tighten u to (an fp32 upper bound of) the distance to the own centre, test again.
-            const double ut = dist_hi_fp32(cs, D, row, a);
-            pr->u[row] = ut;
-            if (ut < thr) continue;
-          }
+        bool stopped = false;  // another thread failed or the fit was cancelled: leave the range
+        auto compute = [&](idx_t row) {
+          if (stopped) return;
           s.rows.push_back(row);
           if (static_cast<idx_t>(s.rows.size()) == mc) {
-            if (err.failed() || cancel.poll()) return;
+            if (err.failed() || cancel.poll()) {
+              stopped = true;
+              return;
+            }
             process(s.rows.data(), mc);
             computed += mc;
             s.rows.clear();
           }
+        };
+        // Mover stage for the queued rows (u tightened and stored, l and lm updated and
+        // stored): their products against the mobile centres renew lm: the best product over
+        // mobile centres other than the own one, less its error bound (and u, when the own
+        // centre is mobile, from its product plus the bound).
+        auto mover_stage = [&]() {
+          const idx_t qm = static_cast<idx_t>(queue.size());
+          if (qm == 0) return;
+          products(queue.data(), qm, pr->mv, s.p.data());
+          mover_rows += qm;
+          for (idx_t i = 0; i < qm; ++i) {
+            const idx_t row = queue[i], a = labels[row];
+            const double xn = metric == Metric::Cosine ? D.xnorm[row] : 0.0;
+            const float* prow = s.p.data() + i * nm_pad;
+            const double fe =
+                f_err_of_tile(metric, row_bound_in(pr->mv, D.xsq[row], D.xerr.empty() ? 0.0 : D.xerr[row]), xn);
+            idx_t arg = 0;
+            float second = 0.0f;
+            const float m = ks.row_min2(prow, pr->mv.add.data(), pr->mv.mul, nm, &arg, &second);
+            const std::int32_t sa = pr->slot[a];
+            const float other = sa == arg ? second : m;  // best value over mobile centres other than a
+            double lm = std::numeric_limits<double>::infinity();
+            if (other < std::numeric_limits<float>::infinity())
+              lm = dist_lo(metric, f_of_tile(metric, other, D.xsq[row], xn) - fe, d);
+            double u = pr->u[row];
+            if (sa >= 0) {
+              const float va = pr->mv.add.data()[sa] + pr->mv.mul * prow[sa];
+              u = std::min(u, dist_hi(metric, f_of_tile(metric, va, D.xsq[row], xn) + fe, d));
+            }
+            pr->lm[row] = lm;
+            pr->u[row] = u;
+            if (!(u < std::max(std::min(pr->l[row], lm), pr->half_gap[a]))) compute(row);
+          }
+          queue.clear();
+        };
+        const double inf = std::numeric_limits<double>::infinity();
+        for (idx_t row = r0; row < r1 && !stopped; ++row) {
+          if (!test) {
+            compute(row);
+            continue;
+          }
+          const idx_t a = labels[row];
+          const double u = pr->u[row] + pr->shift[a];
+          if (pr->shift[a] > 0.0) pr->tight[row] = 0;
+          double l = pr->l[row], lm = pr->lm[row];
+          if (movers) {  // group changes, then each group's largest shift
+            if (pr->merge_l) l = std::min(l, lm);
+            if (pr->merge_lm) lm = std::min(lm, l);
+            l -= a == pr->rest_arg1 ? pr->rest2 : pr->rest1;
+            lm -= a == pr->mob_arg1 ? pr->mob2 : pr->mob1;
+          } else {
+            l = std::min(l, lm) - (a == pr->arg1 ? pr->max2 : pr->max1);
+            lm = inf;
+          }
+          pr->l[row] = l;
+          pr->lm[row] = lm;
+          const double hg = pr->half_gap[a];
+          const double thr = std::max(std::min(l, lm), hg);
+          if (u < thr) {
+            pr->u[row] = u;
+            continue;
+          }
+          // Tighten u to (an fp32 upper bound of) the distance to the own centre, test again,
+          // unless u already came from a product with this centre.
+          double ut = u;
+          if (!pr->tight[row]) {
+            ut = std::min(u, dist_hi_fp32(cs, D, row, a));
+            pr->u[row] = ut;
+            pr->tight[row] = 1;
+            if (ut < thr) continue;
+          }
+          if (movers && ut < std::max(l, hg)) {  // only lm fails: the mover stage may renew it
+            queue.push_back(row);
+            if (static_cast<idx_t>(queue.size()) == mc) mover_stage();
+            continue;
+          }
+          compute(row);
         }
+        if (!stopped) mover_stage();
+        if (stopped) return;
         if (!s.rows.empty()) {
           process(s.rows.data(), static_cast<idx_t>(s.rows.size()));
           computed += static_cast<idx_t>(s.rows.size());
@@ -326,6 +429,7 @@ void assign_pass(const PackedSet& cs, const Data& D, idx_t* labels, float* mind,
   cancel.throw_if_stopped();
   if (pr) {
     pr->rows_computed += computed;
+    pr->rows_movers += mover_rows;
     pr->valid = true;
   }
 }
@@ -400,6 +504,139 @@ void centre_shifts(const Data& D, const std::vector<float>& oldc, const std::vec
       pr.max2 = pr.shift[c];
     }
   }
+}
+
+/// Per-row cost of the mover stage besides its products, in centre columns (gather, packing,
+/// the row's minimum over the mobile centres, its bounds).
+constexpr double kMoverRowCost = 16.0;
+
+/// Chooses the mobile group for the next pass (see Prune): either the current group extended
+/// by the c stable centres that moved farthest, or (a reset) the c centres that moved farthest,
+/// c a multiple of the kernels' panel width (products cost the same up to it), the group at most
+/// k / 2. The choice minimises the estimated work on a sample of rows: a row costs nothing when
+/// its bounds (u tightened as in the pass) prove it, (|group| + kMoverRowCost) / k_pad of a full
+/// row when only lm fails (its mobile products are assumed to prove it), and a full row when l
+/// fails. `force_movers` > 0 always resets to the min(force_movers, k - 1) farthest (tests).
+/// Sets movers, slot, the groups' largest shifts and the merge flags.
+void choose_movers(const PackedSet& cs, const Data& D, const idx_t* labels, idx_t k, Prune& pr) {
+  const std::vector<idx_t> old = pr.movers;
+  std::vector<char> was(static_cast<std::size_t>(k), 0);
+  for (idx_t c : old) was[c] = 1;
+  const idx_t n = D.n, nr = D.ks->nr;
+  const idx_t cap = pr.force_movers > 0 ? std::min<idx_t>(pr.force_movers, k - 1) : k / 2;
+  auto farther = [&](idx_t a, idx_t b) { return pr.shift[a] != pr.shift[b] ? pr.shift[a] > pr.shift[b] : a < b; };
+  std::vector<idx_t> all(static_cast<std::size_t>(k));  // every centre, farthest first
+  std::iota(all.begin(), all.end(), idx_t{0});
+  std::sort(all.begin(), all.end(), farther);
+  std::vector<idx_t> stable;  // the stable centres, farthest first
+  for (idx_t c : all)
+    if (!was[c]) stable.push_back(c);
+  // Candidate groups: (reset, c). A group is the first c of `all` (reset) or old + the first c of `stable`.
+  struct Cand {
+    bool reset;
+    idx_t c;
+  };
+  std::vector<Cand> cands;
+  if (pr.force_movers > 0) {
+    cands.push_back({true, cap});
+  } else if (pr.force_movers < 0 && pr.valid && k >= 2) {
+    cands.push_back({true, 0});
+    for (idx_t c = nr; c <= cap; c += nr) cands.push_back({true, c});
+    if (!old.empty())
+      for (idx_t c = 0; static_cast<idx_t>(old.size()) + c <= cap && c <= static_cast<idx_t>(stable.size()); c += nr)
+        cands.push_back({false, c});
+  }
+  std::vector<char> in(static_cast<std::size_t>(k));
+  auto group_of = [&](const Cand& g) {
+    std::fill(in.begin(), in.end(), 0);
+    if (!g.reset)
+      for (idx_t c : old) in[c] = 1;
+    const std::vector<idx_t>& src = g.reset ? all : stable;
+    for (idx_t t = 0; t < g.c; ++t) in[src[t]] = 1;
+  };
+  // Largest two shifts (and the argmax) of the centres with in[c] == want.
+  auto top2 = [&](char want, double& s1, double& s2, idx_t& a1) {
+    s1 = s2 = 0.0;
+    a1 = -1;
+    for (idx_t c = 0; c < k; ++c) {
+      if (in[c] != want) continue;
+      if (pr.shift[c] > s1) {
+        s2 = s1;
+        s1 = pr.shift[c];
+        a1 = c;
+      } else if (pr.shift[c] > s2) {
+        s2 = pr.shift[c];
+      }
+    }
+  };
+  Cand pick{true, 0};
+  if (cands.size() == 1) {
+    pick = cands[0];
+  } else if (cands.size() > 1) {
+    // The sample: u tightened as the pass would, l and lm as stored.
+    const idx_t stride = std::max<idx_t>(1, n / 8192);
+    struct Row {
+      double u, l, lm, hg;
+    };
+    std::vector<Row> rows;
+    for (idx_t i = 0; i < n; i += stride) {
+      const idx_t a = labels[i];
+      double u = pr.u[i] + pr.shift[a];
+      const double hg = pr.half_gap[a];
+      if (!(u < std::max(std::min(pr.l[i], pr.lm[i]) - pr.max1, hg)) && (pr.shift[a] > 0.0 || !pr.tight[i]))
+        u = std::min(u, dist_hi_fp32(cs, D, i, a));
+      rows.push_back({u, pr.l[i], pr.lm[i], hg});
+    }
+    const double k_pad = static_cast<double>(round_up(k, nr));
+    double best = std::numeric_limits<double>::infinity();
+    for (const Cand& g : cands) {
+      group_of(g);
+      bool removed = false, added = false;
+      idx_t size = 0;
+      for (idx_t c = 0; c < k; ++c) {
+        removed |= was[c] && !in[c];
+        added |= !was[c] && in[c];
+        size += in[c];
+      }
+      double r1, r2, m1, m2;
+      idx_t ra, ma;
+      top2(0, r1, r2, ra);
+      top2(1, m1, m2, ma);
+      const double mover_cost = (static_cast<double>(size) + kMoverRowCost) / k_pad;
+      double cost = 0.0;
+      for (const Row& r : rows) {
+        double l = r.l, lm = r.lm;
+        if (size == 0) {
+          l = std::min(l, lm) - pr.max1;
+          lm = std::numeric_limits<double>::infinity();
+        } else {
+          if (removed) l = std::min(l, lm);
+          if (added) lm = std::min(lm, l);
+          l -= r1;
+          lm -= m1;
+        }
+        if (r.u < std::max(std::min(l, lm), r.hg)) continue;
+        cost += r.u < std::max(l, r.hg) ? mover_cost : 1.0;
+      }
+      if (cost < best * 0.97) {  // a larger group only for a clear gain
+        best = cost;
+        pick = g;
+      }
+    }
+  }
+  group_of(pick);
+  pr.merge_l = pr.merge_lm = false;
+  for (idx_t c = 0; c < k; ++c) {
+    pr.merge_l |= was[c] && !in[c];
+    pr.merge_lm |= !was[c] && in[c];
+  }
+  top2(0, pr.rest1, pr.rest2, pr.rest_arg1);
+  top2(1, pr.mob1, pr.mob2, pr.mob_arg1);
+  pr.movers.clear();
+  for (idx_t c = 0; c < k; ++c)
+    if (in[c]) pr.movers.push_back(c);
+  pr.slot.assign(static_cast<std::size_t>(k), -1);
+  for (std::size_t t = 0; t < pr.movers.size(); ++t) pr.slot[pr.movers[t]] = static_cast<std::int32_t>(t);
 }
 
 void prepare(Data& D, const float* x, idx_t n, idx_t d, const float* w, Metric m, int threads,
@@ -641,12 +878,21 @@ void lloyd(const KMeansParams& p, const Data& D, std::vector<float>& centers, KM
   const bool use_prune = p.prune == 1 || (p.prune < 0 && k >= kPruneMinK);
   Prune pr;
   if (use_prune) {
+    pr.force_movers = p.movers;
     pr.u.resize(static_cast<std::size_t>(n));
     pr.l.resize(static_cast<std::size_t>(n));
+    pr.lm.resize(static_cast<std::size_t>(n));
+    pr.tight.assign(static_cast<std::size_t>(n), 0);
   }
   auto pass = [&](bool accumulate) {
     pack_set(cs, centers.data(), k, d, D.metric, nullptr, D.threads, D.ks);
-    if (use_prune && pr.valid) centre_half_gaps(cs, D, pr.half_gap);
+    if (use_prune && pr.valid) {
+      centre_half_gaps(cs, D, pr.half_gap);
+      choose_movers(cs, D, labels.data(), k, pr);
+      if (!pr.movers.empty())
+        pack_set(pr.mv, centers.data(), static_cast<idx_t>(pr.movers.size()), d, D.metric, pr.movers.data(),
+                 D.threads, D.ks);
+    }
     const bool full = !use_prune || !pr.valid;  // pruned passes update the sums of moved rows only
     if (accumulate && full) acc.clear();
     // A final pass without accumulation may change labels; its sums are not used afterwards.
@@ -743,6 +989,8 @@ void lloyd(const KMeansParams& p, const Data& D, std::vector<float>& centers, KM
   res.n_empty_repaired = repaired;
   res.computed_fraction =
       use_prune ? static_cast<double>(pr.rows_computed) / (static_cast<double>(n) * std::max(1, passes)) : 1.0;
+  res.mover_fraction =
+      use_prune ? static_cast<double>(pr.rows_movers) / (static_cast<double>(n) * std::max(1, passes)) : 0.0;
 }
 
 /// k-means|| (Bahmani, Moseley, Vattani, Kumar, Vassilvitskii 2012). Each of `kRounds` rounds
@@ -854,12 +1102,13 @@ double kmeans_bytes(const KMeansParams& p, idx_t n, idx_t d) {
   const double threads = resolve_threads(p.n_threads);
   const double k = p.k, dn = static_cast<double>(n), dd = static_cast<double>(d);
   const double k_pad = static_cast<double>(round_up(p.k, ks.nr)), depth = static_cast<double>(ks.depth(d));
-  double per_row = 8.0 + 8.0 + 8.0 + 4.0 + 16.0 + 16.0 + 4.0;  // norms, labels (2), distance, bounds, result labels, rounding errors
+  double per_row = 8.0 + 8.0 + 8.0 + 4.0 + 25.0 + 16.0 + 4.0;  // norms, labels (2), distance, bounds, result labels, rounding errors
   per_row += p.init == KMeansInit::Parallel ? 40.0 : 8.0 + 4.0 * (2.0 + std::log(k + 1.0));  // init state
   double centres = k * dd * (4.0 * 4.0 + 8.0 * 2.0) + k_pad * (depth * 4.0 + 12.0);
   if (p.init == KMeansInit::Parallel) centres += (1.0 + 5.0 * 2.0 * k) * dd * 4.0 * 2.0;  // candidates
+  centres += 0.5 * k_pad * (depth * 4.0 + 12.0 + 16.0);  // movers (at most k / 2), packed
   const double per_thread = (k * dd + k) * 8.0 + static_cast<double>(rows_per_tile(round_up(p.k, ks.nr))) *
-                                                      (depth + k_pad) * 4.0 + k_pad * 16.0;
+                                                      (depth + 1.5 * k_pad) * 4.0 + k_pad * 16.0;
   return dn * per_row + centres + threads * per_thread;
 }
 

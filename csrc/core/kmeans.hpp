@@ -31,6 +31,9 @@ struct KMeansParams {
   /// Bound-based pruning of the assignment (exact: identical results either way):
   /// -1 = auto (on when k >= kPruneMinK), 0 = off, 1 = on.
   int prune = -1;
+  /// Pruning's mover stage (see choose_movers in kmeans.cpp): -1 = chosen per pass by a cost
+  /// model, 0 = off, m > 0 = always the m centres that moved most (tests). Same results either way.
+  int movers = -1;
   double memory_limit = 0.0;  ///< bytes of working memory (labels and centres included) at most; 0 = no limit
 };
 
@@ -46,6 +49,8 @@ struct KMeansResult {
   /// Fraction of (row, pass) pairs whose full distance row was computed, over the assignment
   /// passes of the best run (1 without pruning).
   double computed_fraction = 1.0;
+  /// Fraction of (row, pass) pairs whose products against the movers only were computed.
+  double mover_fraction = 0.0;
 };
 
 /// Fits k-means. `weights` (n, may be null) are non-negative sample weights; `init_centers`

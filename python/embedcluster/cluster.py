@@ -78,8 +78,11 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         Bound-based pruning of the assignment (Hamerly's bounds with the centre-gap test):
         each row keeps an upper bound on its distance to its centre and a lower bound to every
         other centre, and rows whose bounds prove the centre unchanged skip the distance
-        products. Results are bit-identical either way; "auto" turns it on for
-        ``n_clusters >= 16``. ``computed_fraction_`` reports how much work remained.
+        products. Centres that keep jumping while the others settle form a mobile group with
+        its own lower bound (Yinyang with two groups, chosen per pass by a cost model); rows
+        that fail only that bound get products against the group alone. Results are
+        bit-identical either way; "auto" turns it on for ``n_clusters >= 16``.
+        ``computed_fraction_`` and ``mover_fraction_`` report how much work remained.
     memory_limit : int or None, default=None
         Bytes of working memory a fit may use (see ``embedcluster.NearestNeighbors``).
 
@@ -96,6 +99,9 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     computed_fraction_ : float
         Share of (row, assignment pass) pairs whose distances to all centres were computed
         (1.0 without pruning; native backend only, else None).
+    mover_fraction_ : float
+        Share of (row, assignment pass) pairs whose distances to the mobile group only were
+        computed (0.0 without pruning; native backend only, else None).
 
     Notes
     -----
@@ -167,11 +173,12 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                                  memory_limit=memory_limit_arg(self.memory_limit))
             centers, labels, inertia, n_iter = r["centers"], r["labels"], r["inertia"], r["n_iter"]
             computed = float(r["computed_fraction"])
+            movers = float(r["mover_fraction"])
         else:
             init_arr = None if isinstance(init, str) else init
             centers, labels, inertia, n_iter = _faiss.kmeans(X, int(self.n_clusters), int(self.max_iter),
                                                              metric, init_arr, seed, w)
-            computed = None
+            computed = movers = None
         distinct = len(np.unique(labels))
         if distinct < self.n_clusters:
             warnings.warn(
@@ -184,6 +191,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.inertia_ = float(inertia)
         self.n_iter_ = int(n_iter)
         self.computed_fraction_ = computed
+        self.mover_fraction_ = movers
         self.n_features_in_ = d
         self.backend_ = backend
         return self

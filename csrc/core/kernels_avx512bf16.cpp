@@ -40,6 +40,52 @@ inline __m512i bf16_round_vec(__m512i u) {
                           keep);
 }
 
+/// 8 words (16 values) of a row: bf16 pair words, as bf16_bits.
+inline __m256i words8(const float* v) {
+  const __m512i u = _mm512_castps_si512(_mm512_loadu_ps(v));
+  return _mm512_cvtepi32_epi16(_mm512_srli_epi32(bf16_round_vec(u), 16));
+}
+
+/// Words q0 .. q0 + 7 of 8 rows (x[r]: row r's 16 values from pair q0) into the panel layout:
+/// a transpose of 8 x 8 words, then word q0 + j of rows r0 .. r0 + 7 with one store.
+inline void put8x8(const float* const* x, std::uint32_t* dst, int width) {
+  __m256i w[8], t[8];
+  for (int r = 0; r < 8; ++r) w[r] = words8(x[r]);
+  for (int r = 0; r < 8; r += 2) {
+    t[r] = _mm256_unpacklo_epi32(w[r], w[r + 1]);      // pairs of rows r, r+1: words 0 1 | 4 5
+    t[r + 1] = _mm256_unpackhi_epi32(w[r], w[r + 1]);  // words 2 3 | 6 7
+  }
+  for (int h = 0; h < 8; h += 4) {  // rows h .. h+3: words j | j + 4 in w[h + j]
+    w[h + 0] = _mm256_unpacklo_epi64(t[h], t[h + 2]);
+    w[h + 1] = _mm256_unpackhi_epi64(t[h], t[h + 2]);
+    w[h + 2] = _mm256_unpacklo_epi64(t[h + 1], t[h + 3]);
+    w[h + 3] = _mm256_unpackhi_epi64(t[h + 1], t[h + 3]);
+  }
+  for (int j = 0; j < 4; ++j) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + j * width), _mm256_permute2x128_si256(w[j], w[4 + j], 0x20));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + (j + 4) * width),
+                        _mm256_permute2x128_si256(w[j], w[4 + j], 0x31));
+  }
+}
+
+/// The same for 4 rows (4 words per store).
+inline void put4x8(const float* const* x, std::uint32_t* dst, int width) {
+  __m256i w[4], t[4];
+  for (int r = 0; r < 4; ++r) w[r] = words8(x[r]);
+  t[0] = _mm256_unpacklo_epi32(w[0], w[1]);
+  t[1] = _mm256_unpackhi_epi32(w[0], w[1]);
+  t[2] = _mm256_unpacklo_epi32(w[2], w[3]);
+  t[3] = _mm256_unpackhi_epi32(w[2], w[3]);
+  w[0] = _mm256_unpacklo_epi64(t[0], t[2]);  // words 0 | 4
+  w[1] = _mm256_unpackhi_epi64(t[0], t[2]);  // 1 | 5
+  w[2] = _mm256_unpacklo_epi64(t[1], t[3]);  // 2 | 6
+  w[3] = _mm256_unpackhi_epi64(t[1], t[3]);  // 3 | 7
+  for (int j = 0; j < 4; ++j) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + j * width), _mm256_castsi256_si128(w[j]));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (j + 4) * width), _mm256_extracti128_si256(w[j], 1));
+  }
+}
+
 /// Layout: out[p * depth * width + q * width + r] = bf16(v[r][2q]) | bf16(v[r][2q + 1]) << 16,
 /// depth = ceil(d / 2); missing values (odd d, padding rows) are zero.
 void pack_bf16(const float* src, idx_t ld, const idx_t* rows, const float* scale, idx_t m, idx_t d,
@@ -49,6 +95,27 @@ void pack_bf16(const float* src, idx_t ld, const idx_t* rows, const float* scale
   std::uint32_t* o = reinterpret_cast<std::uint32_t*>(out);
   for (idx_t p = 0; p < panels; ++p) {
     std::uint32_t* dst = o + p * depth * width;
+    if (!scale && width % 4 == 0 && width <= 64 && (p + 1) * width <= m) {
+      // A full panel: 8 (or 4) rows at a time, their words transposed in registers, so each
+      // store writes consecutive words of the panel; the rest of each row as below.
+      const float* x[64];
+      for (int r = 0; r < width; ++r) x[r] = src + (rows ? rows[p * width + r] : p * width + r) * ld;
+      idx_t q = 0;
+      for (; 2 * q + 16 <= d; q += 8) {
+        int r = 0;
+        for (; r + 8 <= width; r += 8) put8x8(x + r, dst + q * width + r, width);
+        if (r < width) put4x8(x + r, dst + q * width + r, width);
+        for (int t = 0; t < width; ++t) x[t] += 16;
+      }
+      for (int r = 0; r < width; ++r)
+        for (idx_t qq = q; qq < depth; ++qq) {
+          const float* row = x[r] - 2 * q;
+          const float lo = row[2 * qq];
+          const float hi = 2 * qq + 1 < d ? row[2 * qq + 1] : 0.0f;
+          dst[qq * width + r] = bf16_bits(lo) | (bf16_bits(hi) << 16);
+        }
+      continue;
+    }
     for (int r = 0; r < width; ++r) {
       const idx_t i = p * width + r;
       if (i >= m) {

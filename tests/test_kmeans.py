@@ -340,3 +340,19 @@ def test_estimator_prune_parameter():
     assert off.mover_fraction_ == 0.0 and 0.0 <= on.mover_fraction_ < 1.0
     with pytest.raises(ValueError, match="prune"):
         ec.KMeans(4, prune="sometimes").fit(X)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_non_finite_values_are_reported_with_their_place(bad, metric):
+    """The native fit checks finiteness in its own pass over the data (the estimator leaves
+    it to it): the first bad value's row and column are named, whichever thread saw it."""
+    X = np.random.default_rng(0).standard_normal((5000, 8)).astype(np.float32)
+    X[4321, 5] = bad
+    X[4400, 1] = bad
+    for fit in (lambda: ec.KMeans(20, random_state=0).fit(X),
+                lambda: _core.kmeans_fit(X, 20, metric=metric),
+                lambda: _core.kmeans_init(X, 20),
+                lambda: _core.kmeans_assign(X[:3].copy() * 0 + 1, X)):
+        with pytest.raises(ValueError, match=r"NaN or infinity \(first at row 4321, column 5\)"):
+            fit()

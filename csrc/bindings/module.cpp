@@ -221,7 +221,7 @@ py::dict kmeans_fit(const py::array& x, int k, int max_iter, double tol, int n_i
                     const py::object& init, std::uint64_t seed, const py::object& sample_weight, int n_local_trials,
                     int n_threads, const std::string& precision, const py::object& prune,
                     const py::object& memory_limit, int movers) {
-  const Mat X = as_matrix(x, "X");
+  const Mat X = as_matrix(x, "X", false);  // finiteness: checked by the k-means pass over the data
   std::vector<float> given;
   if (movers < -1) throw std::invalid_argument("movers=" + std::to_string(movers) + " should be -1 (auto), 0 or > 0");
   auto p = kmeans_params(X, k, max_iter, tol, n_init, metric, init, seed, n_local_trials, n_threads, given);
@@ -256,7 +256,7 @@ py::dict kmeans_fit(const py::array& x, int k, int max_iter, double tol, int n_i
 
 py::array_t<float> kmeans_init(const py::array& x, int k, const std::string& metric, const std::string& init,
                                std::uint64_t seed, const py::object& sample_weight, int n_local_trials, int n_threads) {
-  const Mat X = as_matrix(x, "X");
+  const Mat X = as_matrix(x, "X", false);  // finiteness: checked by the k-means pass over the data
   std::vector<float> given;
   const auto p = kmeans_params(X, k, 1, 0.0, 1, metric, py::str(init), seed, n_local_trials, n_threads, given);
   const float* w = weights_of(sample_weight, X.rows);
@@ -268,7 +268,7 @@ py::array_t<float> kmeans_init(const py::array& x, int k, const std::string& met
 
 py::tuple kmeans_assign(const py::array& centers, const py::array& x, const std::string& metric, int n_threads,
                         const std::string& precision) {
-  const Mat C = as_matrix(centers, "centers"), X = as_matrix(x, "X");
+  const Mat C = as_matrix(centers, "centers"), X = as_matrix(x, "X", false);  // finiteness: checked as in kmeans_fit
   if (C.cols != X.cols)
     throw std::invalid_argument("X has " + std::to_string(X.cols) + " features but the centres have " +
                                 std::to_string(C.cols));

@@ -40,6 +40,8 @@ struct Data {
   // pack them. (A bf16 copy for bf16 sets cost more to write than the packing it saved:
   // 200k x 384 k=256, 0.68 s -> 0.76 s.)
   const float* words = nullptr;
+  std::vector<double> colmax;  // per feature: max_i |x_if| * row scale (Accum's fixed-point scales)
+  double wmax = 0.0;           // max_i w_i
   Metric metric;
   int threads;
   const KernelSet* ks;        // the tile kernels for this fit
@@ -71,24 +73,8 @@ struct Accum {
   void init(const Data& D, idx_t kk) {
     k = kk;
     d = D.d;
-    std::vector<double> mx(static_cast<std::size_t>(d), 0.0);
-    double wmax = 0.0;
-#pragma omp parallel num_threads(D.threads)
-    {
-      std::vector<double> m(static_cast<std::size_t>(d), 0.0);  // maxima do not depend on the order
-      double wm = 0.0;
-#pragma omp for schedule(static)
-      for (idx_t i = 0; i < D.n; ++i) {
-        const double sc = row_scale(D, i);
-        wm = std::max(wm, D.weight(i));
-        for (idx_t f = 0; f < d; ++f) m[f] = std::max(m[f], std::abs(static_cast<double>(D.x[i * d + f]) * sc));
-      }
-#pragma omp critical
-      {
-        wmax = std::max(wmax, wm);
-        for (idx_t f = 0; f < d; ++f) mx[f] = std::max(mx[f], m[f]);
-      }
-    }
+    const std::vector<double>& mx = D.colmax;  // maxima do not depend on the order
+    const double wmax = D.wmax;
     auto pow2_below = [&](double m) {  // 2^e with static_cast<double>(n) * m * 2^e < 2^61
       if (!(m > 0.0)) return 1.0;
       int e = 0;
@@ -650,26 +636,56 @@ void prepare(Data& D, const float* x, idx_t n, idx_t d, const float* w, Metric m
   D.threads = threads;
   D.xsq.resize(static_cast<std::size_t>(n));
   if (m == Metric::Cosine) D.xnorm.resize(static_cast<std::size_t>(n));
-  idx_t zero_row = -1;
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (idx_t i = 0; i < n; ++i) {
-    D.xsq[i] = sqnorm(x + i * d, d);
-    if (m == Metric::Cosine) {
-      D.xnorm[i] = std::sqrt(D.xsq[i]);
-      if (D.xsq[i] == 0.0) {
-#pragma omp critical
-        zero_row = zero_row < 0 ? i : std::min(zero_row, i);
+  const bool rounds = D.ks->input_rel > 0.0;
+  D.xerr.assign(rounds ? static_cast<std::size_t>(n) : 0, 0.0f);
+  D.colmax.assign(static_cast<std::size_t>(d), 0.0);
+  D.wmax = 0.0;
+  idx_t zero_row = -1, bad_row = -1;
+  // One pass over the data: norms, rounding errors, the fixed-point maxima, and the finiteness
+  // check (a float32 row has a finite squared norm in fp64 exactly when all its values are finite).
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<double> mx(static_cast<std::size_t>(d), 0.0);
+    double wm = 0.0;
+    idx_t zr = -1, br = -1;
+#pragma omp for schedule(static)
+    for (idx_t i = 0; i < n; ++i) {
+      const float* row = x + i * d;
+      const double sq = sqnorm(row, d);
+      D.xsq[i] = sq;
+      if (!std::isfinite(sq)) {
+        if (br < 0) br = i;
+        continue;
       }
+      if (m == Metric::Cosine) {
+        D.xnorm[i] = std::sqrt(sq);
+        if (sq == 0.0) {
+          if (zr < 0) zr = i;
+          continue;
+        }
+      }
+      if (rounds) D.xerr[i] = static_cast<float>(input_error(*D.ks, row, d) * (1.0 + 1e-6));
+      const double wi = D.weight(i);
+      wm = std::max(wm, wi);
+      const double sc = m == Metric::Cosine ? wi / D.xnorm[i] : wi;
+      for (idx_t f = 0; f < d; ++f) mx[f] = std::max(mx[f], std::abs(static_cast<double>(row[f]) * sc));
     }
+#pragma omp critical
+    {
+      D.wmax = std::max(D.wmax, wm);
+      for (idx_t f = 0; f < d; ++f) D.colmax[f] = std::max(D.colmax[f], mx[f]);
+      if (zr >= 0) zero_row = zero_row < 0 ? zr : std::min(zero_row, zr);
+      if (br >= 0) bad_row = bad_row < 0 ? br : std::min(bad_row, br);
+    }
+  }
+  if (bad_row >= 0) {
+    idx_t f = 0;
+    while (f < d && std::isfinite(x[bad_row * d + f])) ++f;
+    fail("X contains NaN or infinity (first at row " + std::to_string(bad_row) + ", column " + std::to_string(f) +
+         "); remove or impute those values");
   }
   check_sqnorms(D.xsq, "data");
   D.words = D.ks->gemm_rows && D.ks->per_word == 1 ? x : nullptr;
-  D.xerr.clear();
-  if (D.ks->input_rel > 0.0) {
-    D.xerr.resize(static_cast<std::size_t>(n));
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (idx_t i = 0; i < n; ++i) D.xerr[i] = static_cast<float>(input_error(*D.ks, x + i * d, d) * (1.0 + 1e-6));
-  }
   if (zero_row >= 0)
     fail("row " + std::to_string(zero_row) +
          " has zero norm; spherical (cosine) k-means needs non-zero rows (drop them or use metric='l2')");

@@ -145,7 +145,9 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         """Computes the clustering. ``y`` is ignored; ``sample_weight`` weights each row."""
         self._validate_params()
         metric = _metric(self.metric, _KMEANS_METRICS, "KMeans")
-        X = as_matrix(X, estimator="KMeans")
+        backend = resolve_backend(self.backend, "k-means")
+        # The native fit checks NaN / infinity in its first pass over the data.
+        X = as_matrix(X, estimator="KMeans", check_finite=backend != "native")
         n, d = X.shape
         if n < self.n_clusters:
             raise ValueError(f"n_samples={n} should be >= n_clusters={self.n_clusters}.")
@@ -164,7 +166,6 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                     f"init has shape {init.shape} but should be (n_clusters, n_features) = ({self.n_clusters}, {d})"
                 )
         seed = seed_of(self.random_state)
-        backend = resolve_backend(self.backend, "k-means")
         if backend == "native":
             r = _core.kmeans_fit(X, int(self.n_clusters), max_iter=int(self.max_iter), tol=float(self.tol),
                                  n_init=int(self.n_init), metric=metric, init=init, seed=seed,

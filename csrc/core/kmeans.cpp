@@ -192,8 +192,8 @@ inline double dist_hi_fp32(const PackedSet& cs, const Data& D, idx_t row, idx_t 
 /// exact fp64 distance. With `acc`, keeps the centre sums current: a full pass (`acc_full`)
 /// adds every row to the (cleared) sums, otherwise only rows whose label changed move from
 /// their old cluster's sums to the new one's. With `pr` holding valid bounds, rows whose bounds
-/// prove their centre unchanged skip the distance products.
-void assign_pass(const PackedSet& cs, const Data& D, idx_t* labels, float* mind, Accum* acc, bool acc_full,
+/// prove their centre unchanged skip the distance products. Returns how many labels changed.
+idx_t assign_pass(const PackedSet& cs, const Data& D, idx_t* labels, float* mind, Accum* acc, bool acc_full,
                  const std::vector<Range>& ranges, Cancel& cancel, Prune* pr = nullptr) {
   const KernelSet& ks = *D.ks;
   const idx_t d = D.d, k = cs.n;
@@ -205,8 +205,8 @@ void assign_pass(const PackedSet& cs, const Data& D, idx_t* labels, float* mind,
   const bool movers = test && !pr->movers.empty();
   const idx_t nm = movers ? pr->mv.n : 0, nm_pad = movers ? pr->mv.n_pad : 0;
   ExceptionSlot err;
-  idx_t computed = 0, mover_rows = 0;
-#pragma omp parallel num_threads(D.threads) reduction(+ : computed, mover_rows)
+  idx_t computed = 0, mover_rows = 0, changed = 0;
+#pragma omp parallel num_threads(D.threads) reduction(+ : computed, mover_rows, changed)
   {
     TileScratch s;
     std::vector<std::pair<double, idx_t>> ex;
@@ -283,6 +283,7 @@ void assign_pass(const PackedSet& cs, const Data& D, idx_t* labels, float* mind,
               acc->add(D, ks, tid, row, labels[row], true);
               acc->add(D, ks, tid, row, lab, false);
             }
+            changed += labels[row] != lab;
             labels[row] = lab;
             if (mind && dist < 0.0)  // exact, whichever kernel made the tile
               dist = std::max(0.0, exact_value(metric, D.x + row * d, cs.row(lab), d, xn, cs.norm[lab]));
@@ -418,6 +419,7 @@ void assign_pass(const PackedSet& cs, const Data& D, idx_t* labels, float* mind,
     pr->rows_movers += mover_rows;
     pr->valid = true;
   }
+  return changed;
 }
 
 /// Half the distance from each centre to its nearest other centre, a lower bound (from the
@@ -564,14 +566,16 @@ void choose_movers(const PackedSet& cs, const Data& D, const idx_t* labels, idx_
     struct Row {
       double u, l, lm, hg;
     };
-    std::vector<Row> rows;
-    for (idx_t i = 0; i < n; i += stride) {
-      const idx_t a = labels[i];
+    const idx_t ns = (n + stride - 1) / stride;
+    std::vector<Row> rows(static_cast<std::size_t>(ns));
+#pragma omp parallel for num_threads(D.threads) schedule(static)
+    for (idx_t t = 0; t < ns; ++t) {
+      const idx_t i = t * stride, a = labels[i];
       double u = pr.u[i] + pr.shift[a];
       const double hg = pr.half_gap[a];
       if (!(u < std::max(std::min(pr.l[i], pr.lm[i]) - pr.max1, hg)) && (pr.shift[a] > 0.0 || !pr.tight[i]))
         u = std::min(u, dist_hi_fp32(cs, D, i, a));
-      rows.push_back({u, pr.l[i], pr.lm[i], hg});
+      rows[t] = {u, pr.l[i], pr.lm[i], hg};
     }
     const double k_pad = static_cast<double>(round_up(k, nr));
     double best = std::numeric_limits<double>::infinity();
@@ -882,7 +886,8 @@ void lloyd(const KMeansParams& p, const Data& D, std::vector<float>& centers, KM
   Accum acc;
   acc.init(D, k);
   const double tol_abs = p.tol > 0.0 ? p.tol * mean_variance(D) : 0.0;
-  std::vector<idx_t> labels(static_cast<std::size_t>(n), -1), old(static_cast<std::size_t>(n), -1);
+  std::vector<idx_t> labels(static_cast<std::size_t>(n), -1);
+  idx_t changed = n;  // labels changed by the last pass
   std::vector<float> mind(static_cast<std::size_t>(n));
   std::vector<double> sums(static_cast<std::size_t>(k * d)), wsum(static_cast<std::size_t>(k));
   std::vector<float> next(static_cast<std::size_t>(k * d));
@@ -912,7 +917,7 @@ void lloyd(const KMeansParams& p, const Data& D, std::vector<float>& centers, KM
     const bool full = !use_prune || !pr.valid;  // pruned passes update the sums of moved rows only
     if (accumulate && full) acc.clear();
     // A final pass without accumulation may change labels; its sums are not used afterwards.
-    assign_pass(cs, D, labels.data(), nullptr, accumulate ? &acc : nullptr, full, ranges, cancel,
+    changed = assign_pass(cs, D, labels.data(), nullptr, accumulate ? &acc : nullptr, full, ranges, cancel,
                 use_prune ? &pr : nullptr);
     ++passes;
   };
@@ -983,7 +988,7 @@ void lloyd(const KMeansParams& p, const Data& D, std::vector<float>& centers, KM
     }
     if (use_prune) centre_shifts(D, centers, next, k, pr);
     centers.swap(next);
-    if (labels == old) {
+    if (changed == 0) {
       strict = true;
       ++it;
       break;
@@ -992,7 +997,6 @@ void lloyd(const KMeansParams& p, const Data& D, std::vector<float>& centers, KM
       ++it;
       break;
     }
-    old = labels;
   }
   if (!strict) {
     // Labels must match the final centres: one more assignment without an update.
@@ -1118,7 +1122,7 @@ double kmeans_bytes(const KMeansParams& p, idx_t n, idx_t d) {
   const double threads = resolve_threads(p.n_threads);
   const double k = p.k, dn = static_cast<double>(n), dd = static_cast<double>(d);
   const double k_pad = static_cast<double>(round_up(p.k, ks.nr)), depth = static_cast<double>(ks.depth(d));
-  double per_row = 8.0 + 8.0 + 8.0 + 4.0 + 25.0 + 16.0 + 4.0;  // norms, labels (2), distance, bounds, result labels, rounding errors
+  double per_row = 8.0 + 8.0 + 4.0 + 25.0 + 16.0 + 4.0;  // norms, labels, distance, bounds (u, l, lm, tight), result labels, rounding errors
   per_row += p.init == KMeansInit::Parallel ? 40.0 : 8.0 + 4.0 * (2.0 + std::log(k + 1.0));  // init state
   double centres = k * dd * (4.0 * 4.0 + 8.0 * 2.0) + k_pad * (depth * 4.0 + 12.0);
   if (p.init == KMeansInit::Parallel) centres += (1.0 + 5.0 * 2.0 * k) * dd * 4.0 * 2.0;  // candidates

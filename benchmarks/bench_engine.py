@@ -897,6 +897,51 @@ def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
 
 
 # --------------------------------------------------------------------------------------------
+# Rates against the machine's peaks
+# --------------------------------------------------------------------------------------------
+def _torch_matmul_gflops(threads: int) -> Dict[str, Optional[float]]:
+    """PyTorch's fp32 and bf16 4096^3 matrix products (best of 3 after a warm-up), the peaks
+    the issue quotes; None where torch is not importable."""
+    try:
+        import torch
+    except ImportError:
+        return {"fp32": None, "bf16": None}
+    torch.set_num_threads(threads)
+    out: Dict[str, Optional[float]] = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(4096, 4096).to(dtype)
+        a @ a
+        best = min(_seconds(lambda: a @ a) for _ in range(3))
+        out[name] = 2.0 * 4096 ** 3 / best / 1e9
+    return out
+
+
+def _seconds(fn: Callable[[], Any]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def measure_peaks(results: Dict[str, CaseResult], eng: Engines) -> Dict[str, Any]:
+    """The tile products alone (``_core.tile_rate``: pack + multiply, no epilogue, fastest of 3)
+    at each case's shape, bf16 and fp32, and PyTorch's matrix-product peaks: what the
+    effective rates of the cases compare with. k-means: rows x k; kNN and DBSCAN: 100,000 rows
+    x 1,024 columns (a block of the database)."""
+    core = eng.ec._core
+    peaks: Dict[str, Any] = {"torch_matmul_4096": _torch_matmul_gflops(eng.threads), "cases": {}}
+    for name, res in results.items():
+        p = res.params
+        rows, cols = (p["n"], p["k"]) if name.startswith("kmeans") else (min(p["n"], 100_000), 1024)
+        rates = {prec: core.tile_rate(rows, cols, p["d"], precision=prec, n_threads=eng.threads)
+                 for prec in ("auto", "fp32")}
+        peaks["cases"][name] = {"rows": rows, "cols": cols, "d": p["d"],
+                                "tiles_bf16_or_auto": rates["auto"], "tiles_fp32": rates["fp32"]}
+        log(f"{name}: tile products {rates['auto']['gflops']:.0f} GFLOP/s ({rates['auto']['kernels']}), "
+            f"{rates['fp32']['gflops']:.0f} (fp32)")
+    return peaks
+
+
+# --------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------
 def _cell(value: Optional[float], fmt: str) -> str:
@@ -937,6 +982,24 @@ def render_markdown(report: Dict[str, Any], results: Dict[str, CaseResult],
     if init:
         lines.append(f"embedcluster default k-means++ init (k={results['kmeans'].params['k']}): "
                      f"{init['init_s']:.3f} s ({init['method']}).")
+    peaks = report.get("peaks")
+    if peaks:
+        tm = peaks["torch_matmul_4096"]
+        lines += ["", "## Rates against the peaks", "",
+                  "Effective rate = the case's nominal flops / time (pruning and symmetry skip work, so it "
+                  "can exceed what the kernels do). Tile products = `_core.tile_rate` at the case's shape: "
+                  "packing and the product kernel alone, no epilogue, fastest of 3. PyTorch 4096^3 matrix "
+                  f"products on the same threads: fp32 {_cell(tm['fp32'], '.0f')} GFLOP/s, "
+                  f"bf16 {_cell(tm['bf16'], '.0f')} GFLOP/s.", "",
+                  "| case | effective GFLOP/s | tile shape (rows x cols x d) | tile products, default kernels "
+                  "| tile products, fp32 |",
+                  "|---|---:|---|---:|---:|"]
+        for name, c in peaks["cases"].items():
+            run = results[name].runs.get(EC)
+            a, f = c["tiles_bf16_or_auto"], c["tiles_fp32"]
+            lines.append(f"| {results[name].title} | {_cell(run.gflops if run else None, '.0f')} | "
+                         f"{c['rows']:,} x {c['cols']:,} x {c['d']} | {a['gflops']:.0f} ({a['kernels']}) | "
+                         f"{f['gflops']:.0f} |")
     lines += ["", "## Bars", ""]
     for b in bars:
         status = {True: "**met**", False: "**NOT met**", None: "n/a (not measured)"}[b["met"]]
@@ -965,6 +1028,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per engine (median reported)")
+    p.add_argument("--no-peaks", action="store_true",
+                   help="skip the tile-product and PyTorch matrix-product rates (about 10 s)")
     p.add_argument("--sklearn-repeats", type=int, default=1,
                    help="timed runs of the slow scikit-learn kNN and DBSCAN (default 1)")
     p.add_argument("--sklearn-knn", action="store_true",
@@ -1010,6 +1075,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         result.finalize()
         results[case] = result
     bars = evaluate_bars(results)
+    peaks = None if args.no_peaks else measure_peaks(results, engines)
 
     report = {
         "quick": args.quick,
@@ -1018,6 +1084,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "warnings": warns,
         "cases": {name: res.to_json() for name, res in results.items()},
         "bars": bars,
+        "peaks": peaks,
     }
     markdown = render_markdown(report, results, bars, warns)
     args.out.mkdir(parents=True, exist_ok=True)

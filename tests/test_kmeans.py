@@ -356,3 +356,17 @@ def test_non_finite_values_are_reported_with_their_place(bad, metric):
                 lambda: _core.kmeans_assign(X[:3].copy() * 0 + 1, X)):
         with pytest.raises(ValueError, match=r"NaN or infinity \(first at row 4321, column 5\)"):
             fit()
+
+
+def test_tile_rate_helper_reports_a_rate_for_each_precision():
+    """The benchmark helper behind "Rates against the peaks": positive times and rates, the
+    kernel set named, flops = 2 rows cols d, and bad shapes rejected."""
+    for prec in ("auto", "fp32"):
+        r = _core.tile_rate(300, 70, 33, precision=prec)
+        assert r["seconds"] > 0 and r["kernels"] in _core.build_info()["kernels_available"]
+        assert r["gflops"] == pytest.approx(2 * 300 * 70 * 33 / r["seconds"] / 1e9)
+    assert _core.tile_rate(300, 70, 33, precision="fp32")["kernels"] != "avx512bf16"
+    with pytest.raises(ValueError, match="rows, cols and d"):
+        _core.tile_rate(0, 70, 33)
+    with pytest.raises(ValueError, match="precision"):
+        _core.tile_rate(10, 10, 10, precision="fp16")

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "../core/dbscan.hpp"
+#include "../core/engine.hpp"
 #include "../core/kernels.hpp"
 #include "../core/kmeans.hpp"
 #include "../core/knn.hpp"
@@ -401,6 +402,23 @@ PYBIND11_MODULE(_core, m) {
         py::arg("metric") = "l2", py::arg("prune") = true, py::arg("n_threads") = 0, py::arg("memory_limit") = py::none(),
         "DBSCAN; returns dict(labels, is_core, counts, n_clusters, tile statistics). l2 eps is a Euclidean distance.");
   m.def("build_info", &build_info, "Version, compiler, OpenMP, CUDA and kernel sets of this build.");
+  m.def(
+      "tile_rate",
+      [](long long rows, long long cols, long long d, const std::string& precision, int n_threads) {
+        const ec::KernelSet* ks = parse_precision(precision);
+        ec::TileRate r;
+        run_native([&](ec::Cancel&) {
+          r = ec::tile_product_rate(rows, cols, d, ks, ec::resolve_threads(n_threads));
+        });
+        py::dict out;
+        out["seconds"] = r.seconds;
+        out["gflops"] = r.gflops;
+        out["kernels"] = r.kernels;
+        return out;
+      },
+      py::arg("rows"), py::arg("cols"), py::arg("d"), py::arg("precision") = "auto", py::arg("n_threads") = 0,
+      "Benchmark helper: GFLOP/s of the tile products alone (pack + multiply, no epilogue) for rows x cols "
+      "products of dimension d on random data; returns dict(seconds, gflops, kernels).");
   m.def("select_kernels", [](const std::string& name) { ec::select_kernels(name); }, py::arg("name"),
         "Force a kernel set for this process: 'generic', 'avx2', 'avx512' or 'auto'.");
   m.def("active_kernels", [] { return std::string(ec::kernels().name); }, "Name of the kernel set in use.");

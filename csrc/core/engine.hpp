@@ -248,6 +248,16 @@ inline idx_t narrow_fp32(const PackedSet& set, const float* x, double xsq, std::
   return kept;
 }
 
+/// Rate of the tile products alone (a benchmark helper): `rows` random rows, packed 144 at a
+/// time (the k-means query tile) and multiplied by `cols` packed rows of dimension d, on
+/// `threads` threads, without any epilogue; the fastest of three runs after a warm-up.
+/// gflops = 2 * rows * cols * d / seconds.
+struct TileRate {
+  double seconds = 0.0, gflops = 0.0;
+  std::string kernels;
+};
+TileRate tile_product_rate(idx_t rows, idx_t cols, idx_t d, const KernelSet* kernel_set, int threads);
+
 /// Per-thread buffers for one query block: packed rows and the tile of products.
 struct TileScratch {
   AlignedBuffer<float> a;

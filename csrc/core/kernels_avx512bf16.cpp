@@ -11,6 +11,7 @@
 
 #include "kernels.hpp"
 #include "kernels_avx512_tile.hpp"
+#include "kernels_transpose8.hpp"
 
 namespace ec {
 namespace {
@@ -49,23 +50,10 @@ inline __m256i words8(const float* v) {
 /// Words q0 .. q0 + 7 of 8 rows (x[r]: row r's 16 values from pair q0) into the panel layout:
 /// a transpose of 8 x 8 words, then word q0 + j of rows r0 .. r0 + 7 with one store.
 inline void put8x8(const float* const* x, std::uint32_t* dst, int width) {
-  __m256i w[8], t[8];
+  __m256i w[8];
   for (int r = 0; r < 8; ++r) w[r] = words8(x[r]);
-  for (int r = 0; r < 8; r += 2) {
-    t[r] = _mm256_unpacklo_epi32(w[r], w[r + 1]);      // pairs of rows r, r+1: words 0 1 | 4 5
-    t[r + 1] = _mm256_unpackhi_epi32(w[r], w[r + 1]);  // words 2 3 | 6 7
-  }
-  for (int h = 0; h < 8; h += 4) {  // rows h .. h+3: words j | j + 4 in w[h + j]
-    w[h + 0] = _mm256_unpacklo_epi64(t[h], t[h + 2]);
-    w[h + 1] = _mm256_unpackhi_epi64(t[h], t[h + 2]);
-    w[h + 2] = _mm256_unpacklo_epi64(t[h + 1], t[h + 3]);
-    w[h + 3] = _mm256_unpackhi_epi64(t[h + 1], t[h + 3]);
-  }
-  for (int j = 0; j < 4; ++j) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + j * width), _mm256_permute2x128_si256(w[j], w[4 + j], 0x20));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + (j + 4) * width),
-                        _mm256_permute2x128_si256(w[j], w[4 + j], 0x31));
-  }
+  transpose8x8(w);
+  for (int j = 0; j < 8; ++j) _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + j * width), w[j]);
 }
 
 /// The same for 4 rows (4 words per store).
@@ -190,7 +178,8 @@ double input_error_sq_bf16(const float* x, idx_t d, float scale) {
 const KernelSet& avx512bf16_kernels() {
   static const KernelSet ks{"avx512bf16",       kMR,       kNR, 2, 0x1p-8, pack_bf16, Tile::gemm,
                             avx512_kernels().row_min, row_min2_avx512, avx512_kernels().row_filter, dot_avx512,
-                            accum_avx512,       Tile::gemm_rows, pack_rows_bf16, input_error_sq_bf16};
+                            accum_avx512,       avx512_kernels().transpose, Tile::gemm_rows, pack_rows_bf16,
+                            input_error_sq_bf16};
   return ks;
 }
 

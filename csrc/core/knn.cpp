@@ -191,8 +191,7 @@ void knn_self_join(const KnnParams& p, const PackedSet& set, const float* x, con
             feed(c.data(), i0, im, j0, jm, bj == bi);
           }
           if (bj != bi) {
-            for (idx_t i = 0; i < im; ++i)
-              for (idx_t j = 0; j < jm; ++j) t.data()[j * kSelfBlock + i] = c.data()[i * kSelfBlock + j];
+            ks.transpose(c.data(), kSelfBlock, im, jm, t.data(), kSelfBlock);
             std::lock_guard<std::mutex> g(lock[bj]);
             feed(t.data(), j0, jm, i0, im, false);
           }

@@ -500,8 +500,8 @@ constexpr double kMoverRowCost = 16.0;
 
 /// Chooses the mobile group for the next pass (see Prune): either the current group extended
 /// by the c stable centres that moved farthest, or (a reset) the c centres that moved farthest,
-/// c a multiple of the kernels' panel width (products cost the same up to it), the group at most
-/// k / 2. The choice minimises the estimated work on a sample of rows: a row costs nothing when
+/// c a multiple of the kernels' panel width (products cost the same up to it) on a grid about
+/// 25% apart beyond 8 widths, the group at most k / 2. The choice minimises the estimated work on a sample of rows: a row costs nothing when
 /// its bounds (u tightened as in the pass) prove it, (|group| + kMoverRowCost) / k_pad of a full
 /// row when only lm fails (its mobile products are assumed to prove it), and a full row when l
 /// fails. `force_movers` > 0 always resets to the min(force_movers, k - 1) farthest (tests).
@@ -528,10 +528,13 @@ void choose_movers(const PackedSet& cs, const Data& D, const idx_t* labels, idx_
   if (pr.force_movers > 0) {
     cands.push_back({true, cap});
   } else if (pr.force_movers < 0 && pr.valid && k >= 2) {
+    // Sizes: multiples of nr, about 25% apart beyond 8 nr (a few dozen candidates for any k).
+    auto next = [nr](idx_t c) { return c + std::max(nr, c / 4 / nr * nr); };
     cands.push_back({true, 0});
-    for (idx_t c = nr; c <= cap; c += nr) cands.push_back({true, c});
+    for (idx_t c = nr; c <= cap; c = next(c)) cands.push_back({true, c});
     if (!old.empty())
-      for (idx_t c = 0; static_cast<idx_t>(old.size()) + c <= cap && c <= static_cast<idx_t>(stable.size()); c += nr)
+      for (idx_t c = 0; static_cast<idx_t>(old.size()) + c <= cap && c <= static_cast<idx_t>(stable.size());
+           c = c == 0 ? nr : next(c))
         cands.push_back({false, c});
   }
   std::vector<char> in(static_cast<std::size_t>(k));

@@ -57,9 +57,6 @@ struct KernelSet {
   /// not depend on their order.
   void (*accum)(const float* x, idx_t d, double sc, const double* qscale, bool subtract, std::uint64_t* dst);
 
-  /// dst[j * ldd + i] = src[i * lds + j] for i < rows, j < cols (a tile of products, transposed).
-  void (*transpose)(const float* src, idx_t lds, idx_t rows, idx_t cols, float* dst, idx_t ldd);
-
   /// Optional (nullptr where a set lacks it): the product of `gemm` with A given as m_pad row
   /// pointers instead of packed panels, each row holding depth(d) words in the set's format
   /// (fp32 sets: the float rows themselves; bf16 sets: rows written by `pack_rows`). The

@@ -6,7 +6,6 @@
 
 #include "kernels.hpp"
 #include "kernels_blocking.hpp"
-#include "kernels_transpose8.hpp"
 
 namespace ec {
 namespace {
@@ -127,7 +126,7 @@ static float dot_avx2(const float* a, const float* b, idx_t d) {
 
 const KernelSet& avx2_kernels() {
   static const KernelSet ks{"avx2", kMR, kNR, 1, 0.0, pack_panels, gemm_avx2, row_min_avx2, row_min2_generic, row_filter_avx2,
-                            dot_avx2, accum_generic, transpose_avx2, nullptr, nullptr, nullptr};
+                            dot_avx2, accum_generic, nullptr, nullptr, nullptr};
   return ks;
 }
 

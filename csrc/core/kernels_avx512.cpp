@@ -6,7 +6,6 @@
 
 #include "kernels.hpp"
 #include "kernels_avx512_tile.hpp"
-#include "kernels_transpose8.hpp"
 
 namespace ec {
 namespace {
@@ -163,8 +162,7 @@ void accum_avx512(const float* x, idx_t d, double sc, const double* qscale, bool
 
 const KernelSet& avx512_kernels() {
   static const KernelSet ks{"avx512", kMR, kNR, 1, 0.0, pack_panels, Tile::gemm, row_min_avx512, row_min2_avx512,
-                            row_filter_avx512, dot_avx512, accum_avx512, transpose_avx2, Tile::gemm_rows, nullptr,
-                            nullptr};
+                            row_filter_avx512, dot_avx512, accum_avx512, Tile::gemm_rows, nullptr, nullptr};
   return ks;
 }
 

@@ -11,7 +11,6 @@
 
 #include "kernels.hpp"
 #include "kernels_avx512_tile.hpp"
-#include "kernels_transpose8.hpp"
 
 namespace ec {
 namespace {
@@ -45,6 +44,25 @@ inline __m512i bf16_round_vec(__m512i u) {
 inline __m256i words8(const float* v) {
   const __m512i u = _mm512_castps_si512(_mm512_loadu_ps(v));
   return _mm512_cvtepi32_epi16(_mm512_srli_epi32(bf16_round_vec(u), 16));
+}
+
+/// w[r] holds words (r, 0..7) of an 8 x 8 block; afterwards w[j] holds words (0..7, j).
+inline void transpose8x8(__m256i w[8]) {
+  __m256i t[8], u[8];
+  for (int r = 0; r < 8; r += 2) {
+    t[r] = _mm256_unpacklo_epi32(w[r], w[r + 1]);      // rows r, r+1: words 0 1 | 4 5
+    t[r + 1] = _mm256_unpackhi_epi32(w[r], w[r + 1]);  // words 2 3 | 6 7
+  }
+  for (int h = 0; h < 8; h += 4) {  // rows h .. h+3: words j | j + 4 in u[h + j]
+    u[h + 0] = _mm256_unpacklo_epi64(t[h], t[h + 2]);
+    u[h + 1] = _mm256_unpackhi_epi64(t[h], t[h + 2]);
+    u[h + 2] = _mm256_unpacklo_epi64(t[h + 1], t[h + 3]);
+    u[h + 3] = _mm256_unpackhi_epi64(t[h + 1], t[h + 3]);
+  }
+  for (int j = 0; j < 4; ++j) {
+    w[j] = _mm256_permute2x128_si256(u[j], u[4 + j], 0x20);
+    w[j + 4] = _mm256_permute2x128_si256(u[j], u[4 + j], 0x31);
+  }
 }
 
 /// Words q0 .. q0 + 7 of 8 rows (x[r]: row r's 16 values from pair q0) into the panel layout:
@@ -178,8 +196,7 @@ double input_error_sq_bf16(const float* x, idx_t d, float scale) {
 const KernelSet& avx512bf16_kernels() {
   static const KernelSet ks{"avx512bf16",       kMR,       kNR, 2, 0x1p-8, pack_bf16, Tile::gemm,
                             avx512_kernels().row_min, row_min2_avx512, avx512_kernels().row_filter, dot_avx512,
-                            accum_avx512,       avx512_kernels().transpose, Tile::gemm_rows, pack_rows_bf16,
-                            input_error_sq_bf16};
+                            accum_avx512,       Tile::gemm_rows, pack_rows_bf16, input_error_sq_bf16};
   return ks;
 }
 

@@ -75,11 +75,6 @@ idx_t row_filter_generic(const float* c, const float* add, float mul, idx_t n, f
   return cnt;
 }
 
-void transpose_generic(const float* src, idx_t lds, idx_t rows, idx_t cols, float* dst, idx_t ldd) {
-  for (idx_t i = 0; i < rows; ++i)
-    for (idx_t j = 0; j < cols; ++j) dst[j * ldd + i] = src[i * lds + j];
-}
-
 float dot_generic(const float* a, const float* b, idx_t d) {
   float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // independent partial sums (the compiler vectorises them)
   idx_t k = 0;
@@ -135,8 +130,8 @@ double input_error_sq_generic(const float* x, idx_t d, float scale) {
 
 const KernelSet& generic_kernels() {
   static const KernelSet ks{"generic", kMR, kNR, 1, 0.0, pack_panels, gemm_generic, row_min_generic,
-                            row_min2_generic, row_filter_generic, dot_generic, accum_generic,
-                            transpose_generic, nullptr, nullptr, nullptr};
+                            row_min2_generic, row_filter_generic, dot_generic, accum_generic, nullptr,
+                            nullptr, nullptr};
   return ks;
 }
 

@@ -191,7 +191,8 @@ void knn_self_join(const KnnParams& p, const PackedSet& set, const float* x, con
             feed(c.data(), i0, im, j0, jm, bj == bi);
           }
           if (bj != bi) {
-            ks.transpose(c.data(), kSelfBlock, im, jm, t.data(), kSelfBlock);
+            for (idx_t i = 0; i < im; ++i)
+              for (idx_t j = 0; j < jm; ++j) t.data()[j * kSelfBlock + i] = c.data()[i * kSelfBlock + j];
             std::lock_guard<std::mutex> g(lock[bj]);
             feed(t.data(), j0, jm, i0, im, false);
           }

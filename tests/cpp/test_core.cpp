@@ -242,21 +242,6 @@ int main() {
       }
     }
   }
-  // transpose against its definition, with full 8 x 8 blocks, edges and strides wider than the
-  // tile; values outside the written block stay untouched.
-  {
-    const ec::KernelSet& ks = ec::kernels();
-    for (idx_t rows : {1, 7, 8, 9, 16, 37, 192})
-      for (idx_t cols : {1, 8, 13, 24, 70, 192}) {
-        const idx_t lds = cols + 5, ldd = rows + 3;
-        std::vector<float> src(rows * lds), dst(cols * ldd, -7.0f);
-        for (auto& v : src) v = N(gen);
-        ks.transpose(src.data(), lds, rows, cols, dst.data(), ldd);
-        for (idx_t j = 0; j < cols; ++j)
-          for (idx_t i = 0; i < ldd; ++i)
-            CHECK(dst[j * ldd + i] == (i < rows ? src[i * lds + j] : -7.0f));
-      }
-  }
   // pack against its definition (a one-row-wide pack gives each row's words in order): panel
   // widths of the A and B sides and others, gathered rows, full and partial panels, depths with
   // and without a tail.

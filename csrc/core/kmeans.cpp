@@ -545,6 +545,16 @@ void choose_movers(const PackedSet& cs, const Data& D, const idx_t* labels, idx_
     const std::vector<idx_t>& src = g.reset ? all : stable;
     for (idx_t t = 0; t < g.c; ++t) in[src[t]] = 1;
   };
+  // Whether the group in `in` drops centres of the old one, adds centres to it, and its size.
+  auto changes = [&](bool& removed, bool& added, idx_t& size) {
+    removed = added = false;
+    size = 0;
+    for (idx_t c = 0; c < k; ++c) {
+      removed |= was[c] && !in[c];
+      added |= !was[c] && in[c];
+      size += in[c];
+    }
+  };
   // Largest two shifts (and the argmax) of the centres with in[c] == want.
   auto top2 = [&](char want, double& s1, double& s2, idx_t& a1) {
     s1 = s2 = 0.0;
@@ -584,13 +594,9 @@ void choose_movers(const PackedSet& cs, const Data& D, const idx_t* labels, idx_
     double best = std::numeric_limits<double>::infinity();
     for (const Cand& g : cands) {
       group_of(g);
-      bool removed = false, added = false;
-      idx_t size = 0;
-      for (idx_t c = 0; c < k; ++c) {
-        removed |= was[c] && !in[c];
-        added |= !was[c] && in[c];
-        size += in[c];
-      }
+      bool removed, added;
+      idx_t size;
+      changes(removed, added, size);
       double r1, r2, m1, m2;
       idx_t ra, ma;
       top2(0, r1, r2, ra);
@@ -618,11 +624,8 @@ void choose_movers(const PackedSet& cs, const Data& D, const idx_t* labels, idx_
     }
   }
   group_of(pick);
-  pr.merge_l = pr.merge_lm = false;
-  for (idx_t c = 0; c < k; ++c) {
-    pr.merge_l |= was[c] && !in[c];
-    pr.merge_lm |= !was[c] && in[c];
-  }
+  idx_t size;
+  changes(pr.merge_l, pr.merge_lm, size);
   top2(0, pr.rest1, pr.rest2, pr.rest_arg1);
   top2(1, pr.mob1, pr.mob2, pr.mob_arg1);
   pr.movers.clear();

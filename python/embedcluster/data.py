@@ -17,15 +17,19 @@ disk: ``.npy`` files are memory-mapped and folders of ``.npy`` shards are expose
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import hashlib
 import io
 import json
 import logging
+import math
 import os
 import re
+import stat
 import struct
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence, Union
@@ -436,11 +440,81 @@ def _as_index(key: Any, n: int) -> np.ndarray:
 # Helpers
 # --------------------------------------------------------------------------------------------
 
-def _existing(path: PathLike, what: str, hint: str = "") -> Path:
+def _existing(path: PathLike, what: str, hint: str = "", folder: bool = False) -> Path:
+    """``path`` as a Path after checking, without opening it, that it is a regular file (or a
+    folder when ``folder``): a FIFO, socket or device would block or stream forever."""
     p = Path(path).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(f"{what} not found: {p}" + (f"; {hint}" if hint else ""))
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} not found: {p}" + (f"; {hint}" if hint else "")) from None
+    except OSError as e:
+        raise ValueError(f"cannot read {what} {p}: {e.strerror or e}") from e
+    if folder and stat.S_ISDIR(st.st_mode):
+        return p
+    if not stat.S_ISREG(st.st_mode):
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(f"{what} {p} is a folder; pass a file")
+        raise ValueError(f"{what} {p} is {_file_type(st.st_mode)}, not a regular "
+                         f"{'folder or file' if folder else 'file'}; embedcluster reads only "
+                         "regular files (copy the data into a file first)")
     return p
+
+
+def _file_type(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _memory_budget(memory_limit: int | None = None) -> int:
+    """Bytes a loader may allocate: ``memory_limit`` when given, else the memory the system
+    reports as available, capped by the process's address-space limit (RLIMIT_AS)."""
+    if memory_limit is not None:
+        if isinstance(memory_limit, bool) or not isinstance(memory_limit, (int, np.integer)) \
+                or memory_limit <= 0:
+            raise ValueError(f"memory_limit={memory_limit!r} should be a positive number of bytes "
+                             "or None (the available memory)")
+        return int(memory_limit)
+    budget = None
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                if line.startswith(b"MemAvailable:"):
+                    budget = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if budget is None:
+        try:
+            budget = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            budget = 1 << 62
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY and soft > 0:
+            budget = min(budget, soft)
+    except (ImportError, OSError, ValueError):
+        pass
+    return int(budget)
+
+
+def _check_allocation(nbytes: int, what: str, memory_limit: int | None = None,
+                      hint: str = "") -> None:
+    """MemoryError before allocating ``nbytes`` (computed from a file's header) when they exceed
+    the budget of :func:`_memory_budget`."""
+    budget = _memory_budget(memory_limit)
+    if nbytes > budget:
+        limit = "memory_limit" if memory_limit is not None else "the available memory"
+        raise MemoryError(f"{what} needs about {nbytes >> 20} MiB ({nbytes} bytes), more than "
+                          f"{limit} ({budget >> 20} MiB); "
+                          + (hint or "free memory, pass a larger memory_limit=, or check that "
+                                     "the file is not damaged"))
 
 
 def _to_numpy(a: Any, name: str) -> Any:
@@ -544,21 +618,107 @@ def load_array(X: Any, y: Any = None, *, kind: str | None = None,
     return Dataset(X=X, y=yy, kind=kind, class_names=names, source=source)
 
 
-def _load_npy_file(path: Path, mmap: bool) -> np.ndarray:
+_NPY_MAGIC = b"\x93NUMPY"
+# First bytes of files that are often renamed .npy by mistake, for a message that says what
+# the file is instead of blaming pickle.
+_SIGNATURES = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
+               (b"GIF8", "a GIF image"), (b"PK\x03\x04", "a zip archive (.npz?)"),
+               (b"\x1f\x8b", "a gzip file"), (b"\x80", "a Python pickle"),
+               (b"BM", "a BMP image"), (b"RIFF", "a RIFF (WebP / WAV) file"),
+               (b"%PDF", "a PDF document"), (b"\x00\x00\x08", "an IDX file"))
+
+
+def _describe_bytes(head: bytes) -> str:
+    for sig, name in _SIGNATURES:
+        if head.startswith(sig):
+            return name
+    if head[:1] in (b"{", b"["):
+        return "JSON text"
+    return f"a file starting with bytes {head[:8].hex()}"
+
+
+def _npy_header(f: Any, version: tuple) -> tuple:
+    """(shape, fortran_order, dtype) from numpy's own header parser (which evaluates the
+    header with ast.literal_eval only, never pickle)."""
+    fmt = np.lib.format
+    if version == (1, 0):
+        return fmt.read_array_header_1_0(f)
+    if version == (2, 0):
+        return fmt.read_array_header_2_0(f)
+    impl = getattr(fmt, "_read_array_header", None)
+    if impl is None:  # numpy >= 2 keeps it in the private module
+        from numpy.lib import _format_impl
+
+        impl = _format_impl._read_array_header
+    return impl(f, version)
+
+
+def _load_npy_file(path: Path, mmap: bool, memory_limit: int | None = None,
+                   labels: bool = False) -> np.ndarray:
+    """Reads (or memory-maps) one .npy file after checking its header against the file: the
+    magic string, a numeric dtype (object arrays need pickle and are refused), and a data size
+    that matches the file's size, all before anything is allocated."""
+    what = "labels file" if labels else ".npy file"
+    p = _existing(path, what)
+    size = os.stat(p).st_size
     try:
-        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except ValueError as e:  # object arrays, or a pickle file
-        raise ValueError(f"cannot read {path} without pickle ({e}); embedcluster never loads "
-                         "pickled data: save a numeric array with np.save") from e
-    except (OSError, EOFError) as e:
-        raise ValueError(f"{path} is not a valid .npy file: {e}") from e
-    if not isinstance(arr, np.ndarray):  # .npz archive
-        arr.close()
-        raise ValueError(f"{path} is an .npz archive; pass one of its arrays saved as .npy")
+        with open(p, "rb") as f:
+            head = f.read(len(_NPY_MAGIC))
+            if head != _NPY_MAGIC:
+                if head.startswith(b"PK\x03\x04"):
+                    raise ValueError(f"{p} is an .npz archive, not a .npy file; save one of its "
+                                     "arrays with np.save and pass that")
+                raise ValueError(f"{p} is not a .npy file: it looks like {_describe_bytes(head)} "
+                                 "(a .npy file starts with \\x93NUMPY); pass an array written "
+                                 "by np.save")
+            f.seek(0)
+            version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0), (3, 0)):
+                raise ValueError(f"{p} has .npy format version {version}; numpy writes 1.0 to "
+                                 "3.0")
+            shape, fortran, dtype = _npy_header(f, version)
+            offset = f.tell()
+    except (ValueError, SyntaxError, TypeError, OverflowError, struct.error, OSError, EOFError,
+            RecursionError, MemoryError) as e:
+        if isinstance(e, ValueError) and str(e).startswith(str(p)):
+            raise
+        raise ValueError(f"{p} is not a valid .npy file: its header is damaged ({e}); write it "
+                         "again with np.save") from e
+    if dtype.hasobject:
+        raise ValueError(f"{p} holds an array of Python objects (dtype {dtype}); embedcluster "
+                         "reads only numeric arrays (and string labels), because object arrays "
+                         "are stored with pickle, which can run code: save a numeric array "
+                         "(e.g. X.astype(np.float32)) with np.save")
+    kinds = "biufUS" if labels else "biuf"
+    if dtype.kind not in kinds or dtype.fields is not None or dtype.subdtype is not None:
+        raise ValueError(f"{p} holds dtype {dtype}; {'labels' if labels else 'data'} must be "
+                         f"{'integers or strings' if labels else 'numbers (bool, int or float)'}")
+    if dtype.itemsize == 0:
+        raise ValueError(f"{p} holds dtype {dtype} of size 0; save a non-empty dtype")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if size - offset != nbytes:
+        if size - offset < nbytes:
+            raise ValueError(f"{p} is truncated: its header declares shape {shape} {dtype} "
+                             f"({nbytes} bytes of data) but only {size - offset} bytes follow; "
+                             "write it again")
+        raise ValueError(f"{p} has {size - offset - nbytes} bytes after the data its header "
+                         f"declares (shape {shape}, {dtype}); the file is damaged")
+    if not mmap:
+        _check_allocation(nbytes, f"{p} (shape {shape}, {dtype})", memory_limit,
+                          "pass mmap=True to read it from disk on demand, free memory, or "
+                          "pass a larger memory_limit=")
+    try:
+        arr = np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"{p} could not be read as a .npy file ({e}); write it again with "
+                         "np.save") from e
+    if not isinstance(arr, np.ndarray):  # pragma: no cover - the magic check rules it out
+        raise ValueError(f"{p} is not a .npy file")
     return arr
 
 
-def load_npy(path: PathLike, labels: PathLike | None = None, mmap: bool = True) -> Dataset:
+def load_npy(path: PathLike, labels: PathLike | None = None, mmap: bool = True, *,
+             memory_limit: int | None = None) -> Dataset:
     """Load a ``.npy`` array, memory-mapped by default so it is read from disk on demand.
 
     Parameters
@@ -569,18 +729,26 @@ def load_npy(path: PathLike, labels: PathLike | None = None, mmap: bool = True) 
         A ``.npy`` file with one integer (or string) label per row; read into memory.
     mmap : bool, default True
         Memory-map ``X`` (``np.load(mmap_mode="r")``) instead of reading it.
+    memory_limit : int, optional
+        Most bytes an array read into memory may take (``mmap=False``, and labels); default
+        the memory the system reports as available.
+
+    The header is checked against the file before anything is read: a file that is not a
+    .npy file, an object (pickled) array, or a size that differs from what the header declares
+    raises ValueError naming the file.
 
     Returns
     -------
     Dataset
     """
     p = _existing(path, ".npy file")
-    X = _load_npy_file(p, mmap)
+    X = _load_npy_file(p, mmap, memory_limit)
     y = names = None
     if labels is not None:
         lp = _existing(labels, "labels file")
-        y, names = _encode_labels(_load_npy_file(lp, mmap=False), int(X.shape[0]) if X.ndim else 0,
-                                  name=f"labels in {lp.name}")
+        y, names = _encode_labels(_load_npy_file(lp, mmap=False, memory_limit=memory_limit,
+                                                 labels=True),
+                                  int(X.shape[0]) if X.ndim else 0, name=f"labels in {lp.name}")
     ds = Dataset(X=X, y=y, kind=_kind_of(X), class_names=names, source=str(p))
     logger.info("loaded %s %s from %s%s", X.shape, X.dtype, p, " (memory-mapped)" if mmap else "")
     return ds
@@ -608,14 +776,15 @@ def load_npy_shards(folder: PathLike, pattern: str = "*.npy",
     -------
     Dataset
     """
-    root = _existing(folder, "shard folder")
+    root = _existing(folder, "shard folder", folder=True)
     if not root.is_dir():
         raise NotADirectoryError(f"{root} is not a folder; use load_npy for a single file")
-    label_files = sorted(f for f in root.glob(labels_pattern) if f.is_file()) \
+    label_files = sorted(f for f in root.glob(labels_pattern) if not f.is_dir()) \
         if labels_pattern else []
     if labels_pattern and not label_files:
         raise FileNotFoundError(f"no label files matching {labels_pattern!r} in {root}")
-    files = sorted(f for f in root.glob(pattern) if f.is_file() and f not in set(label_files))
+    # Not is_file(): a FIFO named like a shard must be refused (by _load_npy_file), not skipped.
+    files = sorted(f for f in root.glob(pattern) if not f.is_dir() and f not in set(label_files))
     if not files:
         raise FileNotFoundError(f"no files matching {pattern!r} in {root}")
     shards = [_load_npy_file(f, mmap=True) for f in files]
@@ -628,7 +797,7 @@ def load_npy_shards(folder: PathLike, pattern: str = "*.npy",
     if labels_pattern:
         parts = []
         for f in label_files:
-            part = _load_npy_file(f, mmap=False)
+            part = _load_npy_file(f, mmap=False, labels=True)
             if part.ndim != 1:
                 raise ValueError(f"label shard {f} has shape {part.shape}; it must be 1-D")
             parts.append(part)
@@ -697,7 +866,7 @@ def load_image_folder(path: PathLike, size: int | tuple[int, int] | None = None,
     """
     from PIL import Image
 
-    root = _existing(path, "image folder")
+    root = _existing(path, "image folder", folder=True)
     if not root.is_dir():
         raise NotADirectoryError(f"{root} is not a folder of images")
     subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -764,47 +933,145 @@ def load_image_folder(path: PathLike, size: int | tuple[int, int] | None = None,
 
 _IDX_TYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
               0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+# A Dataset holds 1-D labels and 2-D to 4-D samples, so an IDX header declaring more dims is
+# either damaged or not for us.
+_IDX_MAX_DIMS = 4
+# Deflate cannot expand data by more than about 1032:1, so a gzip'd file whose header declares
+# more than this many times its compressed size is damaged: refuse it before allocating.
+_DEFLATE_MAX_RATIO = 1040
+_READ_CHUNK = 1 << 20
+_GZIP_ERRORS = (zlib.error, EOFError, gzip.BadGzipFile, OSError)
 
 
-def _read_idx(path: PathLike) -> np.ndarray:
-    """Parse one IDX file (gzip-compressed or not, detected from its first bytes)."""
-    p = _existing(path, "IDX file")
-    raw = p.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, gzip.BadGzipFile) as e:
-            raise ValueError(f"{p} is a damaged or truncated gzip file: {e}") from e
-    if len(raw) < 4:
-        raise ValueError(f"{p} is too short ({len(raw)} bytes) to be an IDX file")
-    zero, code, ndim = struct.unpack(">HBB", raw[:4])
-    if zero != 0 or code not in _IDX_TYPES or ndim == 0:
-        raise ValueError(f"{p} is not an IDX file: bad magic number 0x{raw[:4].hex()} (expected "
-                         "0x0000 then a type code 08/09/0B/0C/0D/0E and the number of dims)")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(f"{p} is truncated: its header declares {ndim} dims but the file has "
-                         f"only {len(raw)} bytes")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
+@dataclass(frozen=True)
+class _IdxHeader:
+    path: Path
+    gz: bool
+    dtype: np.dtype
+    dims: tuple
+    offset: int      # bytes of header in the (decompressed) stream
+    nbytes: int      # bytes of data the header declares
+
+
+@contextlib.contextmanager
+def _idx_stream(p: Path) -> Iterator[tuple[Any, bool]]:
+    """The decompressed byte stream of an IDX file (gzip detected from the first bytes)."""
+    with open(p, "rb") as f:
+        gz = f.read(2) == b"\x1f\x8b"
+        f.seek(0)
+        if not gz:
+            yield f, False
+            return
+        with gzip.GzipFile(fileobj=f, mode="rb") as g:
+            yield g, True
+
+
+def _read_exact(stream: Any, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        chunk = stream.read(n - len(out))
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def _gzip_damaged(p: Path, e: BaseException) -> ValueError:
+    return ValueError(f"{p} is a damaged or truncated gzip file ({type(e).__name__}: {e}); "
+                      "get a fresh copy of the file")
+
+
+def _idx_header(path: PathLike, what: str = "IDX file") -> _IdxHeader:
+    """Reads and checks only the header of an IDX file: magic, type code, dims, and the size
+    the dims imply against the file's size. Nothing is allocated from the header's values."""
+    p = _existing(path, what)
+    size = os.stat(p).st_size
+    try:
+        with _idx_stream(p) as (stream, gz):
+            head = _read_exact(stream, 4)
+            if len(head) < 4:
+                raise ValueError(f"{p} is too short ({len(head)} bytes) to be an IDX file")
+            zero, code, ndim = struct.unpack(">HBB", head)
+            if zero != 0 or code not in _IDX_TYPES:
+                raise ValueError(f"{p} is not an IDX file: bad magic number 0x{head.hex()} "
+                                 "(expected 0x0000, then a type code 08/09/0B/0C/0D/0E and the "
+                                 "number of dims)")
+            if not 1 <= ndim <= _IDX_MAX_DIMS:
+                raise ValueError(f"{p}: its IDX header declares {ndim} dims; embedcluster reads "
+                                 f"IDX files of 1 to {_IDX_MAX_DIMS} dims (labels, vectors or "
+                                 "images); the file is damaged or not a data set")
+            raw = _read_exact(stream, 4 * ndim)
+    except _GZIP_ERRORS as e:
+        raise _gzip_damaged(p, e) from e
+    if len(raw) < 4 * ndim:
+        raise ValueError(f"{p} is truncated: its header declares {ndim} dims but ends after "
+                         f"{4 + len(raw)} bytes")
+    dims = struct.unpack(f">{ndim}I", raw)
     dtype = _IDX_TYPES[code]
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    got = len(raw) - header
-    if got < expected:
-        raise ValueError(f"{p} is truncated: dims {dims} need {expected} bytes of data, found "
-                         f"{got}")
-    if got > expected:
-        raise ValueError(f"{p} has {got - expected} bytes after the data declared by its dims "
-                         f"{dims}; the file is damaged or not an IDX file")
-    arr = np.frombuffer(raw, dtype=dtype, count=expected // dtype.itemsize, offset=header)
-    return arr.reshape(dims).astype(dtype.newbyteorder("="), copy=True)
+    offset = 4 + 4 * ndim
+    nbytes = math.prod(dims) * dtype.itemsize  # Python ints: no overflow
+    if not gz and size != offset + nbytes:
+        if size < offset + nbytes:
+            raise ValueError(f"{p} is truncated: dims {dims} need {nbytes} bytes of data, found "
+                             f"{size - offset}")
+        raise ValueError(f"{p} has {size - offset - nbytes} bytes after the data declared by its "
+                         f"dims {dims}; the file is damaged or not an IDX file")
+    if gz and offset + nbytes > _DEFLATE_MAX_RATIO * size + (1 << 16):
+        raise ValueError(f"{p} is truncated or damaged: its header declares dims {dims} "
+                         f"({nbytes} bytes), more than a {size}-byte gzip file can hold")
+    return _IdxHeader(p, gz, dtype, tuple(int(d) for d in dims), offset, nbytes)
+
+
+def _read_idx_data(h: _IdxHeader) -> np.ndarray:
+    """The data of an IDX file whose header was checked by :func:`_idx_header`, read in bounded
+    chunks; the stream must hold exactly the declared bytes."""
+    p = h.path
+    buf = np.empty(h.nbytes, dtype=np.uint8)
+    view = memoryview(buf)
+    pos = 0
+    try:
+        with _idx_stream(p) as (stream, _):
+            if len(_read_exact(stream, h.offset)) != h.offset:
+                raise ValueError(f"{p} changed while it was read; try again")
+            while pos < h.nbytes:
+                got = stream.readinto(view[pos:pos + _READ_CHUNK])
+                if not got:
+                    break
+                pos += got
+            extra = stream.read(1) if pos == h.nbytes else b""
+    except _GZIP_ERRORS as e:
+        raise _gzip_damaged(p, e) from e
+    finally:
+        view.release()
+    if pos < h.nbytes:
+        raise ValueError(f"{p} is truncated: dims {h.dims} need {h.nbytes} bytes of data, found "
+                         f"{pos}")
+    if extra:
+        raise ValueError(f"{p} holds more data than its dims {h.dims} declare; the file is "
+                         "damaged or not an IDX file")
+    arr = buf.view(h.dtype).reshape(h.dims)
+    if not h.dtype.isnative:  # big-endian on disk: swap in place, no second copy
+        arr = arr.byteswap(inplace=True).view(h.dtype.newbyteorder("="))
+    return arr
+
+
+def _read_idx(path: PathLike, memory_limit: int | None = None) -> np.ndarray:
+    """Parse one IDX file (gzip-compressed or not, detected from its first bytes)."""
+    h = _idx_header(path)
+    _check_allocation(h.nbytes, f"{h.path} (IDX dims {h.dims})", memory_limit)
+    return _read_idx_data(h)
 
 
 def load_idx(images_path: PathLike, labels_path: PathLike | None = None, *,
-             class_names: Sequence[str] | None = None) -> Dataset:
+             class_names: Sequence[str] | None = None,
+             memory_limit: int | None = None) -> Dataset:
     """Load IDX files (the MNIST / Fashion-MNIST format), gzip-compressed or not.
 
-    Compression is detected from the file's first bytes, not its name. The magic number,
-    the dimensions and the data size are all checked.
+    Compression is detected from the file's first bytes, not its name. The headers are read
+    and checked first (magic number, type code, 1 to 4 dims, sample / label counts, and the
+    size the dims imply against the file), and the memory they need against ``memory_limit``
+    (default: the available memory) before anything is allocated; the data are then read in
+    bounded chunks and must end exactly where the header says.
 
     Parameters
     ----------
@@ -814,6 +1081,8 @@ def load_idx(images_path: PathLike, labels_path: PathLike | None = None, *,
         1-D IDX file with one label per sample.
     class_names : sequence of str, optional
         Names of the label values.
+    memory_limit : int, optional
+        Most bytes the arrays may take; default the memory the system reports as available.
 
     Returns
     -------
@@ -822,27 +1091,38 @@ def load_idx(images_path: PathLike, labels_path: PathLike | None = None, *,
     Raises
     ------
     ValueError
-        For a bad magic number, truncated or over-long data, or mismatched sample / label counts.
+        For a bad magic number, damaged gzip data, truncated or over-long data, or mismatched
+        sample / label counts; the message names the file.
+    MemoryError
+        When the arrays the headers declare would not fit in memory (or ``memory_limit``).
     """
-    X = _read_idx(images_path)
-    if X.ndim == 1:
-        raise ValueError(f"{images_path} is a 1-D IDX file (labels?); pass it as labels_path")
-    y = None
+    hx = _idx_header(images_path)
+    if len(hx.dims) == 1:
+        raise ValueError(f"{hx.path} is a 1-D IDX file (labels?); pass it as labels_path")
+    hy = None
+    need = hx.nbytes
     if labels_path is not None:
-        lab = _read_idx(labels_path)
-        if lab.ndim != 1:
-            raise ValueError(f"{labels_path} has shape {lab.shape}; a labels IDX file is 1-D")
-        if lab.shape[0] != X.shape[0]:
-            raise ValueError(f"{labels_path} has {lab.shape[0]} labels but {images_path} has "
-                             f"{X.shape[0]} samples")
-        y = lab.astype(np.int64)
-    logger.info("loaded IDX %s %s from %s", X.shape, X.dtype, images_path)
+        hy = _idx_header(labels_path, "IDX labels file")
+        if len(hy.dims) != 1:
+            raise ValueError(f"{hy.path} has shape {hy.dims}; a labels IDX file is 1-D")
+        if hy.dims[0] != hx.dims[0]:
+            raise ValueError(f"{hy.path} has {hy.dims[0]} labels but {hx.path} has "
+                             f"{hx.dims[0]} samples; pass the labels file that belongs to the "
+                             "images")
+        need += hy.nbytes + 8 * hy.dims[0]
+    _check_allocation(need, f"{hx.path} (IDX dims {hx.dims})", memory_limit)
+    X = _read_idx_data(hx)
+    y = None
+    if hy is not None:
+        y, _ = _encode_labels(_read_idx_data(hy), hx.dims[0], name=f"labels in {hy.path}")
+    logger.info("loaded IDX %s %s from %s", X.shape, X.dtype, hx.path)
     return Dataset(X=X, y=y, kind=_kind_of(X),
                    class_names=list(class_names) if class_names is not None else None,
-                   source=str(images_path))
+                   source=str(hx.path))
 
 
-def load_fashion_mnist(split: str = "test", root: PathLike | None = None) -> Dataset:
+def load_fashion_mnist(split: str = "test", root: PathLike | None = None, *,
+                       memory_limit: int | None = None) -> Dataset:
     """Load Fashion-MNIST (28x28 uint8 grey images, 10 clothing classes) from IDX files.
 
     Parameters
@@ -854,6 +1134,8 @@ def load_fashion_mnist(split: str = "test", root: PathLike | None = None) -> Dat
         ``t10k-images-idx3-ubyte.gz`` and ``t10k-labels-idx1-ubyte.gz`` (uncompressed copies
         without ``.gz`` also work). Defaults to :data:`FASHION_MNIST_ROOT`, where Debian's
         ``dataset-fashion-mnist`` package installs them.
+    memory_limit : int, optional
+        Passed to :func:`load_idx`.
 
     Returns
     -------
@@ -865,8 +1147,9 @@ def load_fashion_mnist(split: str = "test", root: PathLike | None = None) -> Dat
     folder = Path(root if root is not None else FASHION_MNIST_ROOT).expanduser()
     paths = []
     for stem in _FASHION_FILES[split]:
+        # exists(), not is_file(): a FIFO or folder in its place is reported as such below.
         found = next((folder / (stem + ext) for ext in (".gz", "")
-                      if (folder / (stem + ext)).is_file()), None)
+                      if os.path.lexists(folder / (stem + ext))), None)
         if found is None:
             raise FileNotFoundError(
                 f"Fashion-MNIST file {stem}.gz not found in {folder}; install it with "
@@ -875,7 +1158,8 @@ def load_fashion_mnist(split: str = "test", root: PathLike | None = None) -> Dat
                 "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
                 "t10k-labels-idx1-ubyte.gz)")
         paths.append(found)
-    ds = load_idx(paths[0], paths[1], class_names=FASHION_MNIST_CLASSES)
+    ds = load_idx(paths[0], paths[1], class_names=FASHION_MNIST_CLASSES,
+                  memory_limit=memory_limit)
     ds.source = f"Fashion-MNIST {split} ({folder})"
     return ds
 

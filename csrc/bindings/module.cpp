@@ -4,9 +4,18 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstring>
+#include <exception>
+#include <mutex>
 #include <string>
+#include <thread>
+#if defined(__GLIBCXX__)
+#include <cxxabi.h>
+#endif
 
 #include "../core/dbscan.hpp"
 #include "../core/engine.hpp"
@@ -38,6 +47,98 @@ const ec::KernelSet* parse_precision(const std::string& precision) {
   throw std::invalid_argument("precision='" + precision + "' is unknown; use 'auto' or 'fp32'");
 }
 
+// ---- Interpreter exit with native work in flight.
+// When the interpreter finalizes, CPython ends any other thread that asks for the GIL with
+// pthread_exit, whose forced unwind aborts the process ("FATAL: exception not rethrown",
+// "terminate called without an active exception") when it meets a catch (...) or a noexcept
+// frame: the Ctrl-C poll inside an OpenMP region, or gil_scoped_release's destructor. So:
+// (1) an atexit hook (registered at import; atexit runs before finalization) sets g_exiting,
+// which makes every native call on a thread other than the main thread stop at its next poll
+// and return SystemExit (which threading ignores), and waits a bounded time for those calls to
+// return; (2) threads other than the main thread never take the GIL inside native work (their
+// poll only reads g_exiting: Python handles signals on the main thread alone); (3) a thread
+// that comes back from native work after finalization has begun parks instead of asking for
+// the GIL, and the GIL is re-acquired outside any destructor or catch (...), so that a forced
+// unwind (the race between the check and the acquire) passes through cleanly.
+
+std::atomic<bool> g_exiting{false};  // set by the atexit hook
+std::atomic<int> g_in_flight{0};     // native calls that released the GIL and have not re-taken it
+std::mutex g_flight_mu;
+std::condition_variable g_flight_cv;
+double g_exit_wait_s = 5.0;          // how long the atexit hook waits for calls in flight
+unsigned long g_main_ident = 0;      // threading.main_thread().ident, read at import
+
+bool on_main_thread() { return PyThread_get_thread_ident() == g_main_ident; }
+
+bool interpreter_finalizing() {
+#if PY_VERSION_HEX >= 0x030D0000
+  return Py_IsFinalizing() != 0;
+#else
+  return _Py_IsFinalizing() != 0;
+#endif
+}
+
+[[noreturn]] void raise_exiting() {
+  PyErr_SetString(PyExc_SystemExit,
+                  "embedcluster: native work stopped because the interpreter is exiting");
+  throw py::error_already_set();
+}
+
+/// Counts a native call in flight from before the GIL is released until after it is taken back.
+class InFlight {
+ public:
+  InFlight() {
+    if (g_exiting.load() && !on_main_thread()) raise_exiting();
+    g_in_flight.fetch_add(1);
+  }
+  ~InFlight() {
+    if (g_in_flight.fetch_sub(1) == 1) {
+      std::lock_guard<std::mutex> lock(g_flight_mu);
+      g_flight_cv.notify_all();
+    }
+  }
+  InFlight(const InFlight&) = delete;
+  InFlight& operator=(const InFlight&) = delete;
+};
+
+/// Takes the GIL back after native work; a thread other than the finalizing one parks for good
+/// once finalization has begun (CPython would end it with pthread_exit).
+void reacquire_gil(PyThreadState* ts, bool main) {
+  if (!main && interpreter_finalizing())
+    for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
+  PyEval_RestoreThread(ts);
+}
+
+/// Runs f with the GIL released (f must not touch Python objects).
+template <class F>
+void without_gil(F&& f) {
+  const bool main = on_main_thread();
+  InFlight flight;
+  PyThreadState* ts = PyEval_SaveThread();
+  std::exception_ptr err;
+  try {
+    f();
+#if defined(__GLIBCXX__)
+  } catch (abi::__forced_unwind&) {
+    throw;  // the thread is being ended: let the unwind pass
+#endif
+  } catch (...) {
+    err = std::current_exception();
+  }
+  reacquire_gil(ts, main);
+  if (err) std::rethrow_exception(err);
+}
+
+/// The atexit hook: native calls on other threads stop at their next poll; waits up to
+/// g_exit_wait_s for them to return. Returns how many are still in flight.
+int stop_native_work_at_exit() {
+  g_exiting.store(true);
+  py::gil_scoped_release release;  // the calls need the GIL to return
+  std::unique_lock<std::mutex> lock(g_flight_mu);
+  g_flight_cv.wait_for(lock, std::chrono::duration<double>(g_exit_wait_s), [] { return g_in_flight.load() == 0; });
+  return g_in_flight.load();
+}
+
 /// A validated read-only view of a float32 C-contiguous 2-D array.
 struct Mat {
   const float* data;
@@ -59,14 +160,13 @@ Mat as_matrix(const py::array& a, const char* name, bool check_finite = true) {
   if (check_finite) {
     const idx_t total = m.rows * m.cols;
     idx_t bad = -1;
-    {
-      py::gil_scoped_release rel;
+    without_gil([&] {
       for (idx_t i = 0; i < total; ++i)
         if (!std::isfinite(m.data[i])) {
           bad = i;
           break;
         }
-    }
+    });
     if (bad >= 0)
       throw std::invalid_argument(std::string(name) + " contains NaN or infinity (first at row " +
                                   std::to_string(bad / m.cols) + ", column " +
@@ -81,17 +181,20 @@ void same_features(const Mat& D, const Mat& Q) {
                                 std::to_string(D.cols));
 }
 
-/// Runs native work with the GIL released; Ctrl-C stops it and raises KeyboardInterrupt.
+/// Runs native work with the GIL released; Ctrl-C stops it and raises KeyboardInterrupt; on a
+/// thread other than the main thread, interpreter exit stops it and raises SystemExit.
 template <class F>
 void run_native(F&& f) {
-  ec::Cancel cancel([] {
+  const bool main = on_main_thread();
+  ec::Cancel cancel([main] {
+    if (!main) return g_exiting.load();  // signals are handled on the main thread only
     py::gil_scoped_acquire gil;
     return PyErr_CheckSignals() != 0;
   });
   try {
-    py::gil_scoped_release release;
-    f(cancel);
+    without_gil([&] { f(cancel); });
   } catch (const ec::Interrupted&) {
+    if (!main && g_exiting.load()) raise_exiting();
     if (PyErr_Occurred()) throw py::error_already_set();
     PyErr_SetNone(PyExc_KeyboardInterrupt);
     throw py::error_already_set();
@@ -423,4 +526,11 @@ PYBIND11_MODULE(_core, m) {
         "Force a kernel set for this process: 'generic', 'avx2', 'avx512' or 'auto'.");
   m.def("active_kernels", [] { return std::string(ec::kernels().name); }, "Name of the kernel set in use.");
   m.attr("__version__") = EMBEDCLUSTER_VERSION;
+  m.def("_stop_native_work_at_exit", &stop_native_work_at_exit,
+        "atexit hook (registered at import): native calls on other threads stop and raise SystemExit; "
+        "waits a few seconds for them. Returns the number still running.");
+  m.def("_set_exit_wait", [](double s) { g_exit_wait_s = s; }, py::arg("seconds"),
+        "For tests: how long the atexit hook waits for native calls in flight (default 5 s).");
+  g_main_ident = py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
+  py::module_::import("atexit").attr("register")(m.attr("_stop_native_work_at_exit"));
 }

@@ -6,17 +6,27 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import secrets
+import stat
 import struct
 import sys
+import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Union
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Union
 
 import numpy as np
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 __all__ = [
+    "UnsafePathError",
+    "check_output_path",
+    "check_input_file",
+    "read_bytes_bounded",
+    "sha256_array",
+    "save_snapshot",
+    "read_snapshot",
     "atomic_path",
     "atomic_write_bytes",
     "save_safetensors",
@@ -32,6 +42,67 @@ METADATA_KEY = "embedcluster"
 # A real header is a few KiB per thousand tensors; anything near this is a damaged length field.
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
 _CHUNK = 1 << 20
+# JSON files here are configs and small results; a larger one is damaged or not ours.
+_MAX_JSON_BYTES = 64 * 1024 * 1024
+
+
+# --------------------------------------------------------------------------- path checks
+class UnsafePathError(ValueError):
+    """An output path that embedcluster refuses to replace, or an input that is not a file."""
+
+
+def _kind_of_mode(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def check_output_path(path: PathLike) -> Path:
+    """Checks that ``path`` may receive a new file: absent, or an existing regular file.
+
+    A directory, a symbolic link, a device node, a FIFO or a socket is never replaced (an atomic
+    rename would swap the entry itself, e.g. turn ``/dev/null`` into a regular file): raises
+    :class:`UnsafePathError` naming what is there.
+    """
+    p = Path(os.fspath(path))
+    try:
+        st = os.lstat(p)
+    except FileNotFoundError:
+        return p
+    if not stat.S_ISREG(st.st_mode):
+        raise UnsafePathError(f"refusing to write {p}: it is {_kind_of_mode(st.st_mode)}, not a "
+                              "regular file; give a path that is a regular file or does not exist")
+    return p
+
+
+def check_input_file(path: PathLike, what: str = "input") -> Path:
+    """Checks that ``path`` is an existing regular file (symbolic links to one are followed).
+
+    Reading a FIFO blocks forever and reading a device never ends, so anything else is refused
+    before it is opened: FileNotFoundError when absent, :class:`UnsafePathError` otherwise.
+    """
+    p = Path(os.fspath(path))
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {p} does not exist") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UnsafePathError(f"{what} {p} is {_kind_of_mode(st.st_mode)}, not a regular file")
+    return p
+
+
+def read_bytes_bounded(path: PathLike, max_bytes: int, what: str = "file") -> bytes:
+    """The bytes of a regular file, refused (ValueError) when it holds more than ``max_bytes``."""
+    p = check_input_file(path, what)
+    with open(p, "rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError(f"{what} {p} is larger than {max_bytes} bytes; it is damaged or not "
+                         f"the kind of file expected here")
+    return data
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -89,9 +160,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     >>> with atomic_path("table.csv") as tmp:          # doctest: +SKIP
     ...     df.to_csv(tmp)
     """
-    target = Path(os.fspath(path))
-    if target.is_dir():
-        raise IsADirectoryError(f"cannot write a file at {target}: it is a directory")
+    target = check_output_path(path)
     tmp = _new_temp_file(target)
     mode = tmp.stat().st_mode & 0o777
     try:
@@ -102,6 +171,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         if tmp.stat().st_mode & 0o777 != mode:
             os.chmod(tmp, mode)
         _fsync_file(tmp)
+        check_output_path(target)  # nothing else appeared there while writing
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -121,10 +191,242 @@ def atomic_write_bytes(path: PathLike, data: Union[bytes, bytearray, memoryview]
 def sha256_file(path: PathLike) -> str:
     """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(check_input_file(path, "file"), "rb") as f:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def sha256_array(a: np.ndarray) -> str:
+    """Hex SHA-256 of an array's dtype, shape and C-order bytes: equal arrays, equal digests,
+    whatever their memory layout."""
+    a = np.ascontiguousarray(a)
+    h = hashlib.sha256(f"{a.dtype.str}|{tuple(int(s) for s in a.shape)}|".encode())
+    h.update(memoryview(a.reshape(-1).view(np.uint8)) if a.size else b"")
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- snapshot directories
+# A saved directory (a pipeline) is a marker, a pointer and immutable snapshots:
+#   root/.embedcluster      {"format": FMT}: says embedcluster owns root (checked before a save)
+#   root/CURRENT            {"format", "snapshot", "previous", "files": {relpath: sha256}}
+#   root/v-<time>-<token>/  the files of one save, never modified after the pointer names them
+# A save writes a new snapshot, then replaces CURRENT with one rename: readers see the old or
+# the new snapshot whole, and a crash at any point leaves the previous one loadable. The
+# snapshot before the current one is kept for readers still reading it; older ones and the
+# leftovers of interrupted saves are removed by the next save.
+MARKER_NAME = ".embedcluster"
+POINTER_NAME = "CURRENT"
+_SNAPSHOT_RE = re.compile(r"^v-[0-9]{8}T[0-9]{6}-[0-9a-f]{12}$")
+_POINTER_TMP_RE = re.compile(r"^\.CURRENT\.[0-9a-f]{12}\.tmp$")
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _what(fmt: str) -> str:
+    return fmt.replace("-", " ")  # "embedcluster-pipeline" -> "embedcluster pipeline"
+
+
+def _has_marker(root: Path, fmt: str) -> bool:
+    marker = root / MARKER_NAME
+    try:
+        if not stat.S_ISREG(os.lstat(marker).st_mode):
+            return False
+        m = load_json(marker, max_bytes=4096)
+    except (OSError, ValueError):
+        return False
+    return isinstance(m, dict) and m.get("format") == fmt
+
+
+def _prepare_root(root: Path, fmt: str) -> None:
+    """Creates ``root`` (or adopts an empty directory) with a marker, or checks an existing
+    marker; anything else is refused, so a save never replaces what embedcluster did not write."""
+    try:
+        st = os.lstat(root)
+    except FileNotFoundError:
+        root.mkdir(parents=True, exist_ok=True)
+        st = os.lstat(root)
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafePathError(f"refusing to save to {root}: it is {_kind_of_mode(st.st_mode)}; "
+                              f"give a new path or a directory written by embedcluster")
+    if _has_marker(root, fmt):
+        return
+    if any(os.scandir(root)):
+        raise UnsafePathError(
+            f"refusing to save to {root}: the directory exists and is not an {_what(fmt)} written by "
+            f"this version of embedcluster (no {MARKER_NAME} marker); nothing in it was touched. "
+            "Give a new path or an empty directory")
+    save_json(root / MARKER_NAME, {"format": fmt})
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (POSIX); concurrent saves to one root take turns."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; saves are still atomic for readers
+        yield
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _check_relpath(rel: Any, where: str) -> str:
+    if not isinstance(rel, str) or not rel or rel.startswith("/") or "\\" in rel or "\x00" in rel \
+            or any(part in ("", ".", "..") for part in rel.split("/")):
+        raise ValueError(f"{where}: {rel!r} is not a plain relative path inside the directory")
+    return rel
+
+
+def _walk_files(snap: Path) -> Dict[str, Path]:
+    """Every file below ``snap`` by relative path; refuses symbolic links and special files, so
+    nothing read from a snapshot can lie outside it."""
+    out: Dict[str, Path] = {}
+    stack = [(snap, "")]
+    while stack:
+        d, prefix = stack.pop()
+        with os.scandir(d) as it:
+            for e in it:
+                rel = prefix + e.name
+                mode = os.lstat(e.path).st_mode
+                if stat.S_ISDIR(mode):
+                    stack.append((Path(e.path), rel + "/"))
+                elif stat.S_ISREG(mode):
+                    out[rel] = Path(e.path)
+                else:
+                    raise ValueError(f"{snap}: {rel} is {_kind_of_mode(mode)}; a saved directory "
+                                     "holds only regular files and folders")
+    return out
+
+
+def _manifest(snap: Path) -> Dict[str, str]:
+    files = _walk_files(snap)
+    out = {}
+    for rel, path in sorted(files.items()):
+        _fsync_file(path)
+        out[rel] = sha256_file(path)
+    dirs = {snap} | {p.parent for p in files.values()}
+    for d in dirs:
+        _fsync_dir(d)
+    return out
+
+
+def _read_pointer(root: Path, fmt: str) -> Optional[dict]:
+    p = root / POINTER_NAME
+    try:
+        os.lstat(p)
+    except FileNotFoundError:
+        return None
+    ptr = load_json(p, max_bytes=16 * 1024 * 1024)
+    where = f"{p}"
+    if not isinstance(ptr, dict) or ptr.get("format") != fmt:
+        raise ValueError(f"{where} is not the pointer of an {fmt} directory (format field)")
+    snap = ptr.get("snapshot")
+    if not isinstance(snap, str) or not _SNAPSHOT_RE.match(snap):
+        raise ValueError(f"{where}: field 'snapshot' should name a v-<time>-<token> folder, got {snap!r}")
+    prev = ptr.get("previous")
+    if prev is not None and (not isinstance(prev, str) or not _SNAPSHOT_RE.match(prev)):
+        raise ValueError(f"{where}: field 'previous' should name a snapshot folder or be null, got {prev!r}")
+    files = ptr.get("files")
+    if not isinstance(files, dict) or not files:
+        raise ValueError(f"{where}: field 'files' should map file names to sha256 digests")
+    for rel, digest in files.items():
+        _check_relpath(rel, f"{where} field 'files'")
+        if not isinstance(digest, str) or not _SHA_RE.match(digest):
+            raise ValueError(f"{where}: field 'files' holds {digest!r} for {rel!r}, not a sha256 digest")
+    return ptr
+
+
+def _clean(root: Path, keep: set) -> None:
+    """Removes snapshots not in ``keep`` and pointer temporaries: only names embedcluster makes."""
+    import shutil
+
+    for e in os.scandir(root):
+        if _SNAPSHOT_RE.match(e.name) and e.name not in keep and not e.is_symlink():
+            shutil.rmtree(e.path, ignore_errors=True)
+        elif _POINTER_TMP_RE.match(e.name):
+            with contextlib.suppress(OSError):
+                os.unlink(e.path)
+
+
+def save_snapshot(target: PathLike, fmt: str, write: Callable[[Path], None]) -> Path:
+    """Saves a directory of files atomically; returns the new snapshot folder.
+
+    ``write(folder)`` writes the files into a fresh, empty folder. ``target`` must be absent, an
+    empty directory or a directory an earlier ``save_snapshot`` with the same ``fmt`` wrote (it
+    holds the marker); anything else raises :class:`UnsafePathError` and is left untouched.
+    Every file gets a sha256 in the pointer, which :func:`read_snapshot` verifies.
+    """
+    root = Path(os.fspath(target))
+    _prepare_root(root, fmt)
+    with _locked(root / MARKER_NAME):
+        try:
+            current = _read_pointer(root, fmt)
+        except ValueError:
+            current = None  # a damaged pointer names nothing worth keeping; this save replaces it
+        cur = current["snapshot"] if current else None
+        _clean(root, keep={cur, current.get("previous") if current else None})
+        name = f"v-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(6)}"
+        snap = root / name
+        snap.mkdir()
+        try:
+            write(snap)
+            files = _manifest(snap)
+        except BaseException:
+            import shutil
+
+            shutil.rmtree(snap, ignore_errors=True)
+            raise
+        save_json(root / POINTER_NAME, {"format": fmt, "snapshot": name, "previous": cur, "files": files})
+        _clean(root, keep={name, cur})
+    return snap
+
+
+def read_snapshot(target: PathLike, fmt: str) -> Path:
+    """The current snapshot folder of a directory written by :func:`save_snapshot`, after
+    checking that it holds exactly the files the pointer lists, each with its sha256, and no
+    symbolic link or special file. A save running meanwhile is waited out (a few retries).
+
+    Raises FileNotFoundError when ``target`` holds no such directory, ValueError when a file
+    is missing, added, altered or the pointer is damaged.
+    """
+    root = Path(os.fspath(target))
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a saved {_what(fmt)} (no such directory)")
+    last: Optional[Exception] = None
+    for _ in range(8):
+        ptr = _read_pointer(root, fmt)
+        if ptr is None:
+            raise FileNotFoundError(f"{root} is not a saved {_what(fmt)} (no {POINTER_NAME} file)")
+        snap = root / ptr["snapshot"]
+        try:
+            if not stat.S_ISDIR(os.lstat(snap).st_mode):
+                raise ValueError(f"{snap} is not a folder")
+            found = _walk_files(snap)
+            if set(found) != set(ptr["files"]):
+                missing = sorted(set(ptr["files"]) - set(found))
+                extra = sorted(set(found) - set(ptr["files"]))
+                raise ValueError(f"{snap} does not hold the files its pointer lists (missing "
+                                 f"{missing[:3]}, unexpected {extra[:3]})")
+            for rel, digest in ptr["files"].items():
+                if sha256_file(found[rel]) != digest:
+                    raise ValueError(f"{found[rel]} does not match its sha256 checksum: the file "
+                                     "was altered or damaged after it was saved; save it again")
+            return snap
+        except (OSError, ValueError) as e:
+            # A concurrent save may have moved the pointer on and removed this snapshot.
+            last = e
+            again = _read_pointer(root, fmt)
+            if again is not None and again["snapshot"] != ptr["snapshot"]:
+                continue
+            if isinstance(e, FileNotFoundError):
+                raise ValueError(f"{root}: the snapshot {ptr['snapshot']} named by {POINTER_NAME} is "
+                                 "missing; the directory is damaged") from e
+            raise
+    raise ValueError(f"{root} kept changing while it was read ({last}); try again")
 
 
 # --------------------------------------------------------------------------- JSON
@@ -162,10 +464,14 @@ def save_json(path: PathLike, obj: Any, *, allow_nan: bool = False, indent: int 
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def load_json(path: PathLike) -> Any:
-    """Reads a JSON file; ValueError names the file and the position when it is damaged."""
+def load_json(path: PathLike, *, max_bytes: int = _MAX_JSON_BYTES) -> Any:
+    """Reads a JSON file; ValueError names the file and the position when it is damaged.
+
+    Only a regular file of at most ``max_bytes`` is read; nesting too deep for Python's parser
+    is a ValueError too.
+    """
     p = Path(os.fspath(path))
-    raw = p.read_bytes()
+    raw = read_bytes_bounded(p, max_bytes, "JSON file")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -179,6 +485,9 @@ def load_json(path: PathLike) -> Any:
             f"{p} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}; "
             "the file may be truncated or corrupt"
         ) from e
+    except RecursionError:
+        raise ValueError(f"{p} is nested too deeply to be a JSON file written by embedcluster; "
+                         "it is corrupt") from None
 
 
 # --------------------------------------------------------------------------- safetensors
@@ -236,8 +545,17 @@ def save_safetensors(path: PathLike, tensors: Mapping[str, Any],
                       metadata=header)
 
 
+# safetensors dtype codes numpy can hold, and their item sizes.
+_NUMPY_DTYPES = {"BOOL": 1, "U8": 1, "I8": 1, "U16": 2, "I16": 2, "F16": 2, "U32": 4, "I32": 4,
+                 "F32": 4, "U64": 8, "I64": 8, "F64": 8}
+_TORCH_ONLY_DTYPES = {"BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
 def _read_header(p: Path) -> dict:
-    """Parses and checks a safetensors header so that damage gives a message, not a panic."""
+    """Parses and checks a safetensors header so that damage gives a message, not a panic:
+    every entry's dtype is known and its offsets span exactly its shape's bytes, the entries
+    tile the data without gaps or overlaps."""
+    p = check_input_file(p, "safetensors file")
     size = p.stat().st_size
     what = f"{p} is not a valid safetensors file"
     with open(p, "rb") as f:
@@ -251,24 +569,44 @@ def _read_header(p: Path) -> dict:
         raw = f.read(n)
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{what}: its header is not valid JSON ({e}); the file is corrupt") from e
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ValueError(f"{what}: its header is not valid JSON ({type(e).__name__}); the file "
+                         "is corrupt") from e
     if not isinstance(header, dict):
         raise ValueError(f"{what}: its header is not a JSON object")
     data_len = size - 8 - n
     end = 0
+    spans = []
     for name, info in header.items():
         if name == "__metadata__":
             continue
         try:
             lo, hi = (int(v) for v in info["data_offsets"])
             shape = [int(s) for s in info["shape"]]
-            str(info["dtype"])
+            dtype = info["dtype"]
+            if not isinstance(dtype, str) or isinstance(info["data_offsets"], (str, dict)) \
+                    or any(isinstance(v, (bool, float)) for v in [*info["data_offsets"], *info["shape"]]):
+                raise TypeError("bad field types")
         except (TypeError, KeyError, ValueError) as e:
             raise ValueError(f"{what}: entry {name!r} of its header is malformed") from e
         if not 0 <= lo <= hi or any(s < 0 for s in shape):
             raise ValueError(f"{what}: entry {name!r} has impossible offsets or shape")
+        itemsize = _NUMPY_DTYPES.get(dtype, _TORCH_ONLY_DTYPES.get(dtype))
+        if itemsize is None:
+            raise ValueError(f"{what}: entry {name!r} has dtype {dtype!r}, which embedcluster "
+                             "does not know; the file is corrupt or from a newer writer")
+        count = 1
+        for s_ in shape:
+            count *= s_
+        if count * itemsize != hi - lo:
+            raise ValueError(f"{what}: entry {name!r} declares shape {shape} of {dtype} "
+                             f"({count * itemsize} bytes) but spans {hi - lo} bytes; the file is corrupt")
+        spans.append((lo, hi, name))
         end = max(end, hi)
+    spans.sort()
+    for (lo0, hi0, a), (lo1, hi1, b) in zip(spans, spans[1:]):
+        if lo1 < hi0:
+            raise ValueError(f"{what}: entries {a!r} and {b!r} overlap; the file is corrupt")
     if end > data_len:
         raise ValueError(f"{p} is truncated: its header describes {end} bytes of tensor data but "
                          f"only {data_len} follow; write the file again")
@@ -304,9 +642,16 @@ def load_safetensors(path: PathLike, *, framework: str = "numpy",
         raise ValueError(f"framework={framework!r} should be 'numpy' or 'pt'")
     fw = "numpy" if framework in ("numpy", "np") else "pt"
     p = Path(os.fspath(path))
-    if not p.is_file():
+    if not p.exists():
         raise FileNotFoundError(f"no safetensors file at {p}")
     header = _read_header(p)
+    if fw == "numpy":
+        torch_only = sorted(k for k, v in header.items()
+                            if k != "__metadata__" and v["dtype"] in _TORCH_ONLY_DTYPES)
+        if torch_only:
+            dt = header[torch_only[0]]["dtype"]
+            raise ValueError(f"{p} holds {dt} tensors ({', '.join(torch_only[:3])}), which numpy "
+                             "cannot represent; load it with framework='pt'")
     raw_meta = header.get("__metadata__") or {}
     if not isinstance(raw_meta, dict):
         raise ValueError(f"{p} is not a valid safetensors file: __metadata__ is not an object")
@@ -328,8 +673,5 @@ def load_safetensors(path: PathLike, *, framework: str = "numpy",
             for name in f.keys():
                 tensors[name] = f.get_tensor(name)
     except Exception as e:  # SafetensorError is not a ValueError subclass; name the file
-        if fw == "numpy" and ("bf16" in str(e).lower() or "bfloat16" in str(e).lower()):
-            raise ValueError(f"{p} holds bfloat16 tensors, which numpy cannot represent; "
-                             "load it with framework='pt'") from e
         raise ValueError(f"{p} could not be read as safetensors: {e}") from e
     return tensors, metadata

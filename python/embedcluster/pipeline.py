@@ -9,21 +9,23 @@ reports size and accuracy before and after.
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 import numpy as np
 
 from . import metrics
-from ._io import load_json, load_safetensors, save_json, save_safetensors
+from ._io import (POINTER_NAME, load_json, load_safetensors, read_snapshot, save_json, save_safetensors,
+                  save_snapshot, sha256_array)
 
 logger = logging.getLogger("embedcluster")
 
 FORMAT = "embedcluster-pipeline"
-VERSION = 1
+VERSION = 2
 PathLike = Union[str, os.PathLike]
 
 
@@ -42,15 +44,105 @@ def _nearest(Z: np.ndarray, centers: np.ndarray):
     return labels, np.sqrt(np.maximum(d2, 0.0))
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Moves a finished temporary directory into place; the old one is removed only after."""
-    old = None
-    if final.exists():
-        old = final.with_name(final.name + f".old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def _field(cfg: Dict[str, Any], name: str, where: str, check, rule: str) -> Any:
+    if name not in cfg:
+        raise ValueError(f"{where}: field {name!r} is missing")
+    v = cfg[name]
+    try:
+        ok = check(v)
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{where}: field {name!r} is {v!r:.80}; it should be {rule}")
+    return v
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_config(cfg: Any, where: str) -> Dict[str, Any]:
+    """Type- and range-checks a pipeline.json; every message names the field."""
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(cfg).__name__}")
+    _field(cfg, "format", where, lambda v: v == FORMAT, repr(FORMAT))
+    _field(cfg, "version", where, lambda v: _is_int(v) and v == VERSION, f"{VERSION} (this version of embedcluster)")
+    known = {"format", "version", "encoder", "normalize", "unknown_threshold", "unknown_quantile", "n_features",
+             "probe", "seed", "arrays"}
+    if set(cfg) - known:
+        raise ValueError(f"{where}: unknown fields {sorted(set(cfg) - known)}")
+    _field(cfg, "normalize", where, lambda v: isinstance(v, bool), "true or false")
+    _field(cfg, "unknown_threshold", where, lambda v: _is_real(v) and v >= 0, "a finite number >= 0")
+    _field(cfg, "unknown_quantile", where, lambda v: _is_real(v) and 0 < v <= 1, "a number in (0, 1]")
+    _field(cfg, "n_features", where, lambda v: _is_int(v) and 1 <= v <= 1 << 24, "an integer in [1, 2^24]")
+    _field(cfg, "seed", where, lambda v: _is_int(v) and -(1 << 63) <= v < 1 << 63, "a 64-bit integer")
+    _field(cfg, "arrays", where, lambda v: isinstance(v, dict) and all(
+        isinstance(k, str) and isinstance(d, str) and len(d) == 64 for k, d in v.items()),
+        "an object of array name -> sha256")
+    rec = _field(cfg, "encoder", where, lambda v: isinstance(v, dict), "an object")
+    ew = where + " encoder"
+    kind = _field(rec, "kind", ew, lambda v: v in ("raw", "local", "spec", "external"),
+                  "'raw', 'local', 'spec' or 'external'")
+    allowed = {"raw": {"kind"}, "local": {"kind", "path", "fingerprint", "name"},
+               "spec": {"kind", "spec", "fingerprint", "name"}, "external": {"kind", "fingerprint", "name"}}[kind]
+    if set(rec) - allowed:
+        raise ValueError(f"{ew}: unknown fields {sorted(set(rec) - allowed)} for kind {kind!r}")
+    if kind != "raw":
+        _field(rec, "fingerprint", ew, lambda v: isinstance(v, str) and 0 < len(v) <= 256, "a fingerprint string")
+        _field(rec, "name", ew, lambda v: isinstance(v, str) and len(v) <= 4096, "a string")
+    if kind == "local":
+        # Only the names save() writes: a single entry of the snapshot, never a path out of it.
+        _field(rec, "path", ew, lambda v: isinstance(v, str) and re.fullmatch(r"encoder(\.[A-Za-z0-9]{1,15})?", v),
+               "'encoder' or 'encoder.<suffix>' (a file or folder inside the pipeline)")
+    if kind == "spec":
+        _field(rec, "spec", ew, lambda v: isinstance(v, str) and 0 < len(v) <= 4096 and "\x00" not in v,
+               "an encoder name")
+    probe = cfg.get("probe", "missing")
+    if probe == "missing":
+        raise ValueError(f"{where}: field 'probe' is missing")
+    if probe is not None:
+        pw = where + " probe"
+        if not isinstance(probe, dict):
+            raise ValueError(f"{pw}: expected an object or null, got {type(probe).__name__}")
+        _field(probe, "classes", pw, lambda v: isinstance(v, list) and 1 <= len(v) <= 1 << 24
+               and all(_is_int(c) for c in v) and len(set(v)) == len(v), "a list of distinct integers")
+        _field(probe, "n_features", pw, lambda v: v == cfg["n_features"], f"{cfg['n_features']} (the pipeline's)")
+        _field(probe, "params", pw, lambda v: isinstance(v, dict) and all(
+            x is None or isinstance(x, (bool, int, float, str)) for x in v.values()), "an object of plain values")
+        from .probe import LinearProbe
+
+        unknown = set(probe["params"]) - set(LinearProbe().get_params())
+        if unknown:
+            raise ValueError(f"{pw}: unknown parameters {sorted(unknown)}")
+    return cfg
+
+
+def _check_arrays(arrays: Dict[str, np.ndarray], cfg: Dict[str, Any], where: str) -> None:
+    """Names, checksums, dtypes, shapes and finiteness of a loaded pipeline's arrays."""
+    expected = {"centers"} | ({"probe.weight", "probe.bias"} if cfg["probe"] is not None else set())
+    if set(arrays) != expected or set(cfg["arrays"]) != expected:
+        raise ValueError(f"{where}: holds arrays {sorted(arrays)}, its config lists {sorted(cfg['arrays'])}; "
+                         f"expected {sorted(expected)}")
+    for name, a in arrays.items():
+        if sha256_array(a) != cfg["arrays"][name]:
+            raise ValueError(f"{where}: array {name!r} does not match its sha256 checksum; the file was "
+                             "altered or damaged")
+        if a.dtype != np.float32 or not np.isfinite(a).all():
+            raise ValueError(f"{where}: array {name!r} should be finite float32, got {a.dtype}"
+                             + ("" if a.dtype != np.float32 else " with NaN or infinity"))
+    d = cfg["n_features"]
+    c = arrays["centers"]
+    if c.ndim != 2 or c.shape[0] < 1 or c.shape[1] != d:
+        raise ValueError(f"{where}: centers have shape {c.shape}, expected (n_clusters >= 1, {d})")
+    if cfg["probe"] is not None:
+        k = len(cfg["probe"]["classes"])
+        if arrays["probe.weight"].shape != (k, d) or arrays["probe.bias"].shape != (k,):
+            raise ValueError(f"{where}: probe weight {arrays['probe.weight'].shape} / bias "
+                             f"{arrays['probe.bias'].shape} do not match {k} classes and {d} features")
 
 
 class TransferClustering:
@@ -212,6 +304,8 @@ class TransferClustering:
 
     # ------------------------------------------------------------------ save / load
     def _encoder_record(self, root: Path) -> Dict[str, Any]:
+        """Describes the encoder and, when it lives in files, copies it into the snapshot
+        ``root`` so that the saved pipeline is self-contained and covered by its checksums."""
         from .encoders import save_checkpoint
 
         enc = self._get_encoder()
@@ -219,83 +313,99 @@ class TransferClustering:
             return {"kind": "raw"}
         rec: Dict[str, Any] = {"fingerprint": enc.fingerprint, "name": enc.name}
         model = getattr(enc, "model", None)
-        if model is not None and hasattr(model, "config") and type(model).__module__.startswith("embedcluster.models"):
+        spec = self.encoder if isinstance(self.encoder, (str, os.PathLike)) else None
+        if spec is not None and Path(spec).expanduser().exists():
+            src = Path(spec).expanduser()
+            if src.is_dir():
+                shutil.copytree(src, root / "encoder", symlinks=False)
+                rec.update(kind="local", path="encoder")
+            else:
+                name = "encoder" + "".join(c for c in src.suffix if c.isalnum() or c == ".")[:16]
+                shutil.copyfile(src, root / name)
+                rec.update(kind="local", path=name)
+        elif model is not None and hasattr(model, "config") and type(model).__module__.startswith("embedcluster.models"):
             save_checkpoint(model, root / "encoder", model.config)
-            rec.update(kind="checkpoint", path="encoder")
-        elif isinstance(self.encoder, (str, os.PathLike)) and (Path(self.encoder) / "config.json").is_file() \
-                and (Path(self.encoder) / "model.safetensors").is_file():
-            shutil.copytree(Path(self.encoder), root / "encoder")  # the pipeline carries its encoder
-            rec.update(kind="checkpoint", path="encoder")
-        elif isinstance(self.encoder, (str, os.PathLike)):
-            spec = str(self.encoder)
-            rec.update(kind="spec", spec=str(Path(spec).resolve()) if Path(spec).exists() else spec)
+            rec.update(kind="local", path="encoder")
+        elif spec is not None:
+            rec.update(kind="spec", spec=str(spec))
         else:
             rec.update(kind="external")
         return rec
 
     def save(self, directory: PathLike) -> Path:
-        """Saves to ``directory`` (safetensors + JSON), atomically replacing an older save."""
+        """Saves to ``directory`` (safetensors + JSON with sha256 checksums), atomically.
+
+        ``directory`` must not exist, be empty, or hold a pipeline saved earlier by
+        embedcluster (it carries a marker file); anything else is refused with
+        :class:`embedcluster._io.UnsafePathError` and left untouched. Readers see the previous
+        save or this one whole, and a crash at any point leaves the previous one loadable; see
+        :func:`embedcluster._io.save_snapshot` for the layout.
+        """
         self._check_fitted()
         final = Path(directory)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-        try:
+
+        def write(snap: Path) -> None:
             arrays = {"centers": self.centers_}
             probe_cfg = None
             if self.probe_ is not None:
                 pa, probe_cfg = self.probe_.to_arrays()
                 arrays.update({f"probe.{k}": v for k, v in pa.items()})
-            save_safetensors(tmp / "arrays.safetensors", arrays, {"format": FORMAT})
-            cfg = {"format": FORMAT, "version": VERSION, "encoder": self._encoder_record(tmp),
-                   "normalize": self.normalize, "unknown_threshold": self.unknown_threshold_,
-                   "unknown_quantile": self.unknown_quantile, "n_features": int(self.n_features_in_),
-                   "probe": probe_cfg, "seed": self.seed}
-            save_json(tmp / "pipeline.json", cfg)
-            _replace_dir(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            arrays = {k: np.ascontiguousarray(v, np.float32) for k, v in arrays.items()}
+            save_safetensors(snap / "arrays.safetensors", arrays, {"format": FORMAT})
+            cfg = {"format": FORMAT, "version": VERSION, "encoder": self._encoder_record(snap),
+                   "normalize": bool(self.normalize), "unknown_threshold": float(self.unknown_threshold_),
+                   "unknown_quantile": float(self.unknown_quantile), "n_features": int(self.n_features_in_),
+                   "probe": probe_cfg, "seed": int(self.seed),
+                   "arrays": {k: sha256_array(v) for k, v in arrays.items()}}
+            save_json(snap / "pipeline.json", cfg)
+
+        save_snapshot(final, FORMAT, write)
         return final
 
     @classmethod
     def load(cls, directory: PathLike, encoder: Any = None) -> "TransferClustering":
-        """Loads a saved pipeline. ``encoder`` is needed only when it was an in-memory model or
-        callable (kind "external"); its fingerprint must match the saved one."""
+        """Loads a saved pipeline, verifying it first.
+
+        Every file's sha256, every array's sha256, every config field (type and range) and the
+        encoder's fingerprint are checked; a damaged or altered pipeline raises ValueError
+        naming the file or field. ``encoder`` is needed only when it was an in-memory model or
+        callable (kind "external"); its fingerprint must match the saved one.
+        """
         from .encoders import load_encoder
         from .probe import LinearProbe
 
         root = Path(directory)
-        if not (root / "pipeline.json").exists():
-            raise FileNotFoundError(f"{root} is not a saved embedcluster pipeline (no pipeline.json)")
-        cfg = load_json(root / "pipeline.json")
-        if cfg.get("format") != FORMAT or cfg.get("version") != VERSION:
-            raise ValueError(f"{root}/pipeline.json is not a {FORMAT} version {VERSION} file")
-        arrays, _ = load_safetensors(root / "arrays.safetensors")
+        if root.is_dir() and not (root / POINTER_NAME).exists() and (root / "pipeline.json").is_file():
+            raise ValueError(f"{root} was saved by an older embedcluster (pipeline format 1, without "
+                             "checksums); fit it again and save it with this version")
+        snap = read_snapshot(root, FORMAT)
+        where = f"{snap / 'pipeline.json'}"
+        cfg = _check_config(load_json(snap / "pipeline.json"), where)
+        arrays, _ = load_safetensors(snap / "arrays.safetensors")
+        _check_arrays(arrays, cfg, f"{snap / 'arrays.safetensors'}")
         rec = cfg["encoder"]
-        kind = rec.get("kind")
+        kind = rec["kind"]
         if kind == "raw":
             enc = None
-        elif kind == "checkpoint":
-            enc = load_encoder(root / rec["path"])
+        elif kind == "local":
+            enc = load_encoder(snap / rec["path"])
         elif kind == "spec":
             enc = load_encoder(encoder if encoder is not None else rec["spec"])
-        elif kind == "external":
-            if encoder is None:
-                raise ValueError(f"the pipeline in {root} used an in-memory encoder ({rec.get('name')}); "
-                                 "pass it again: TransferClustering.load(path, encoder=...)")
-            enc = load_encoder(encoder)
-            if enc.fingerprint != rec["fingerprint"]:
-                raise ValueError("the encoder passed differs from the one the pipeline was fitted with "
-                                 "(fingerprints do not match)")
+        elif encoder is None:  # external
+            raise ValueError(f"the pipeline in {root} used an in-memory encoder ({rec['name']}); "
+                             "pass it again: TransferClustering.load(path, encoder=...)")
         else:
-            raise ValueError(f"unknown encoder kind {kind!r} in {root}/pipeline.json")
+            enc = load_encoder(encoder)
+        if kind in ("spec", "external") and enc.fingerprint != rec["fingerprint"]:
+            raise ValueError(f"the encoder {rec.get('spec', rec['name'])!r} differs from the one the pipeline "
+                             f"in {root} was fitted with (fingerprints do not match); pass the same encoder")
         self = cls(encoder=enc, normalize=cfg["normalize"], unknown_quantile=cfg["unknown_quantile"], seed=cfg["seed"])
         self._encoder_obj = enc
         self.centers_ = np.ascontiguousarray(arrays["centers"], np.float32)
-        self.n_features_in_ = int(cfg["n_features"])
-        self.unknown_threshold_ = float(cfg["unknown_threshold"])
+        self.n_features_in_ = cfg["n_features"]
+        self.unknown_threshold_ = cfg["unknown_threshold"]
         self.probe_ = None
-        if cfg.get("probe") is not None:
+        if cfg["probe"] is not None:
             self.probe_ = LinearProbe.from_arrays({"weight": arrays["probe.weight"], "bias": arrays["probe.bias"]},
                                                   cfg["probe"])
         return self

@@ -813,7 +813,8 @@ def load_npy_shards(folder: PathLike, pattern: str = "*.npy",
 # --------------------------------------------------------------------------------------------
 
 def _is_image(p: Path) -> bool:
-    return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    # Not is_file(): a FIFO named .png must be refused when it is read, not skipped silently.
+    return p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and not p.is_dir()
 
 
 def _image_files(folder: Path, recursive: bool) -> list[Path]:
@@ -835,8 +836,56 @@ def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
     return h, w
 
 
+# Modes with more than 8 bits per sample, and the value that maps to 1.0 (PNG stores 16-bit
+# grey; Pillow opens it as I;16 / I;16B, or I). 8-bit modes map 255 to 1.0.
+_HIGH_BIT_MODES = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0,
+                   "I": 65535.0, "F": 1.0}
+
+
+def _open_image(f: Path) -> Any:
+    from PIL import Image
+
+    return Image.open(f)
+
+
+def _decode_image(im: Any, f: Path, target: tuple[int, int], grayscale: bool,
+                  as_float: bool) -> np.ndarray:
+    """One image as (H, W, C): uint8, or float32 in [0, 1] when ``as_float``.
+
+    16-bit grey (I;16, I;16B, I) is scaled by 65535, so it lands in the same [0, 1] range as
+    8-bit images instead of saturating at 255; palette and alpha modes are composed to RGB
+    (alpha dropped), and any other mode is converted by Pillow.
+    """
+    from PIL import Image
+
+    resample = getattr(getattr(Image, "Resampling", Image), "BILINEAR")
+    size = (target[1], target[0])
+    channels = 1 if grayscale else 3
+    if im.mode in _HIGH_BIT_MODES:
+        top = _HIGH_BIT_MODES[im.mode]
+        g = im.convert("F")
+        if g.size != size:
+            g = g.resize(size, resample)
+        a = np.asarray(g, dtype=np.float32) / np.float32(top)
+        np.clip(a, 0.0, 1.0, out=a)
+        a = a.reshape(target[0], target[1], 1)
+        if channels == 3:
+            a = np.repeat(a, 3, axis=2)
+        if not as_float:  # pragma: no cover - callers pass as_float for high-bit images
+            raise AssertionError("high-bit image without as_float")
+        return a
+    mode = "L" if grayscale else "RGB"
+    if im.mode in ("P", "PA", "LA", "La", "RGBA", "RGBa") or "transparency" in im.info:
+        im = im.convert("RGBA")
+    im = im.convert(mode)
+    if im.size != size:
+        im = im.resize(size, resample)
+    a = np.asarray(im, dtype=np.uint8).reshape(target[0], target[1], channels)
+    return a.astype(np.float32) / np.float32(255.0) if as_float else a
+
+
 def load_image_folder(path: PathLike, size: int | tuple[int, int] | None = None,
-                      grayscale: bool = False) -> Dataset:
+                      grayscale: bool = False, *, memory_limit: int | None = None) -> Dataset:
     """Load a folder of images with PIL.
 
     Two layouts are understood: one sub-folder per class (``root/cat/001.png``; labels follow
@@ -852,20 +901,25 @@ def load_image_folder(path: PathLike, size: int | tuple[int, int] | None = None,
         Resize every image to this size (bilinear). Required when the images differ in size.
     grayscale : bool, default False
         Convert to one channel (``C=1``) instead of RGB (``C=3``).
+    memory_limit : int, optional
+        Most bytes the image array (and one decoded image) may take; default the memory the
+        system reports as available. Checked from the image headers before decoding.
 
     Returns
     -------
     Dataset
-        ``kind="images"``, ``X`` uint8 of shape ``(n, H, W, C)``.
+        ``kind="images"``, ``X`` of shape ``(n, H, W, C)``: uint8 when every image has 8 bits
+        per sample; float32 in [0, 1] when any image has 16 bits (PNG ``I;16``), with 8-bit
+        images divided by 255 and 16-bit ones by 65535, so both share one scale.
 
     Raises
     ------
     ValueError
         For an unreadable image (the message names the file), or for images of different
         sizes when ``size`` is not given.
+    MemoryError
+        When the images would not fit in memory (or ``memory_limit``).
     """
-    from PIL import Image
-
     root = _existing(path, "image folder", folder=True)
     if not root.is_dir():
         raise NotADirectoryError(f"{root} is not a folder of images")
@@ -889,40 +943,49 @@ def load_image_folder(path: PathLike, size: int | tuple[int, int] | None = None,
                                 f"found in {root} or its sub-folders")
 
     target = _hw(size) if size is not None else None
+    # Read only the headers first: a size mismatch, a bit depth, a damaged file or a size that
+    # cannot fit in memory is reported before anything is decoded.
+    sizes: dict = {}
+    high_bit = False
+    largest = 0
+    for f in files:
+        _existing(f, "image")  # a FIFO named .png would block Image.open
+        try:
+            with _open_image(f) as im:
+                sizes.setdefault(im.size, f)
+                high_bit |= im.mode in _HIGH_BIT_MODES
+                largest = max(largest, im.size[0] * im.size[1] * 4 * max(1, len(im.getbands())))
+        except Exception as e:  # PIL raises many types for broken files
+            raise ValueError(f"cannot read image {f}: {e}; the file is damaged or not an "
+                             "image (remove or replace it)") from e
+        if target is None and len(sizes) > 1:
+            (w0, h0), f0 = next(iter(sizes.items()))
+            (w1, h1), f1 = list(sizes.items())[1]
+            raise ValueError(f"images differ in size ({f0.name} is {h0}x{w0}, {f1.name} is "
+                             f"{h1}x{w1} height x width); pass size= (an int or "
+                             "(height, width)) to resize them all")
     if target is None:
-        # Read only the headers first so a size mismatch is reported before decoding anything.
-        sizes = {}
-        for f in files:
-            try:
-                with Image.open(f) as im:
-                    sizes.setdefault(im.size, f)
-            except Exception as e:  # PIL raises many types for broken files
-                raise ValueError(f"cannot read image {f}: {e}") from e
-            if len(sizes) > 1:
-                (w0, h0), f0 = next(iter(sizes.items()))
-                (w1, h1), f1 = list(sizes.items())[1]
-                raise ValueError(f"images differ in size ({f0.name} is {h0}x{w0}, {f1.name} is "
-                                 f"{h1}x{w1} height x width); pass size= (an int or "
-                                 "(height, width)) to resize them all")
         (w, h), _ = next(iter(sizes.items()))
         target = (h, w)
     channels = 1 if grayscale else 3
-    mode = "L" if grayscale else "RGB"
-    resample = getattr(getattr(Image, "Resampling", Image), "BILINEAR")
-    X = np.empty((len(files), target[0], target[1], channels), dtype=np.uint8)
+    dtype = np.dtype(np.float32 if high_bit else np.uint8)
+    need = len(files) * target[0] * target[1] * channels * dtype.itemsize
+    _check_allocation(need + largest, f"{len(files)} images of {target[0]}x{target[1]}x"
+                      f"{channels} ({dtype}) in {root}", memory_limit,
+                      "pass a smaller size=, load fewer images, or pass a larger memory_limit=")
+    X = np.empty((len(files), target[0], target[1], channels), dtype=dtype)
     for i, f in enumerate(files):
+        _existing(f, "image")
         try:
-            with Image.open(f) as im:
+            with _open_image(f) as im:
                 im.load()
-                if im.mode in ("P", "PA", "LA", "RGBA") and not grayscale:
-                    im = im.convert("RGBA").convert("RGB")
-                im = im.convert(mode)
-                if im.size != (target[1], target[0]):
-                    im = im.resize((target[1], target[0]), resample)
-                X[i] = np.asarray(im, dtype=np.uint8).reshape(target[0], target[1], channels)
+                X[i] = _decode_image(im, f, target, grayscale, high_bit)
+        except MemoryError:
+            raise
         except Exception as e:
-            raise ValueError(f"cannot read image {f}: {e}") from e
-    logger.info("loaded %d images %s from %s%s", len(files), X.shape[1:], root,
+            raise ValueError(f"cannot read image {f}: {e}; the file is damaged or not an "
+                             "image (remove or replace it)") from e
+    logger.info("loaded %d images %s %s from %s%s", len(files), X.shape[1:], X.dtype, root,
                 f" in {len(class_names)} classes" if class_names else "")
     return Dataset(X=X, y=y, kind="images", class_names=class_names, source=str(root))
 
@@ -1168,12 +1231,29 @@ def load_fashion_mnist(split: str = "test", root: PathLike | None = None, *,
 # Texts and tables
 # --------------------------------------------------------------------------------------------
 
-def _read_text(p: Path) -> str:
+def _read_text(p: Path, memory_limit: int | None = None) -> str:
+    # A str takes up to 4 bytes per character, plus the bytes read: bound both up front.
+    _check_allocation(5 * os.stat(p).st_size, f"text file {p}", memory_limit)
+    raw = p.read_bytes()
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        line = raw[:nul].count(b"\n") + 1
+        raise ValueError(f"{p} holds a NUL byte (byte {nul}, line {line}): "
+                         "it is binary, or UTF-16 / UTF-32 text; save it as UTF-8 text")
     try:
-        return p.read_text(encoding="utf-8-sig")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{p} is not valid UTF-8 ({e}); re-encode it, e.g. "
-                         f"`iconv -f latin1 -t utf-8 {p.name}`") from e
+        line = raw[:e.start].count(b"\n") + 1
+        raise ValueError(f"{p} is not valid UTF-8 (byte {e.start}, line {line}: {e.reason}); "
+                         f"re-encode it, e.g. `iconv -f latin1 -t utf-8 {p.name}`") from e
+
+
+def _empty_records(p: Path, empty: list[int], column: str | None, word: str) -> ValueError:
+    first = ", ".join(str(i) for i in empty[:5]) + (" ..." if len(empty) > 5 else "")
+    where = f" in column {column!r}" if column else ""
+    return ValueError(f"{p}: {len(empty)} {word}{'s' if len(empty) > 1 else ''} ({first}) "
+                      f"{'have' if len(empty) > 1 else 'has'} an empty text{where}; an empty "
+                      "text has no meaning to embed: fill them in or remove those rows")
 
 
 def load_texts(path: PathLike) -> Dataset:
@@ -1187,45 +1267,78 @@ def load_texts(path: PathLike) -> Dataset:
     -------
     Dataset
         ``kind="texts"``, ``y=None``.
+
+    Raises
+    ------
+    ValueError
+        For a file that is not UTF-8 (naming the line) or that holds no text at all.
     """
     p = _existing(path, "text file")
     texts = [line.strip() for line in _read_text(p).splitlines()]
     texts = [t for t in texts if t]
+    if not texts:
+        raise ValueError(f"{p} holds no text (every line is empty); write one text per line")
     logger.info("loaded %d texts from %s", len(texts), p)
     return Dataset(X=None, kind="texts", texts=texts, source=str(p))
 
 
-def _table_rows(p: Path) -> tuple[list[dict], list[str]]:
-    """Rows (dicts) and column names of a CSV/TSV or JSON-lines / JSON-array file."""
+def _json_value(p: Path, text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p} {where} is not valid JSON: {e}") from e
+    except (ValueError, RecursionError) as e:  # integers too long, nesting too deep
+        raise ValueError(f"{p} {where} is not usable JSON ({type(e).__name__}: "
+                         f"{str(e)[:200]})") from e
+
+
+def _table_rows(p: Path) -> tuple[list[tuple[str, dict]], list[str]]:
+    """Rows (``(where, dict)``, where names the line or record) and column names of a CSV/TSV
+    or JSON-lines / JSON-array file."""
     ext = p.suffix.lower()
     if ext in (".csv", ".tsv"):
         text = _read_text(p)
         # newline="" keeps line breaks inside quoted fields, as the csv module expects.
         reader = csv.DictReader(io.StringIO(text, newline=""),
-                                delimiter="\t" if ext == ".tsv" else ",")
-        columns = list(reader.fieldnames or [])
-        return list(reader), columns
+                                delimiter="\t" if ext == ".tsv" else ",", strict=True)
+        rows: list = []
+        try:
+            columns = list(reader.fieldnames or [])
+            for r in reader:
+                rows.append((f"line {reader.line_num}", r))
+        except csv.Error as e:
+            hint = (f"split the text or store the table as JSON lines (.jsonl)"
+                    if "field limit" in str(e) or "larger than" in str(e) else
+                    "check the quoting (a field with commas, quotes or line breaks must be "
+                    "quoted, and quotes inside it doubled)")
+            raise ValueError(f"{p} line {reader.line_num} is not valid "
+                             f"{'TSV' if ext == '.tsv' else 'CSV'}: {e}; {hint}") from e
+        if len(set(columns)) != len(columns):
+            dup = sorted({c for c in columns if columns.count(c) > 1})
+            raise ValueError(f"{p}: the header row names column(s) {dup} more than once; give "
+                             "every column its own name")
+        for where, r in rows:
+            if None in r:  # more fields than header columns
+                raise ValueError(f"{p} {where} has {len(columns) + len(r[None])} fields but the "
+                                 f"header has {len(columns)}; quote fields that hold the "
+                                 "delimiter")
+        return rows, columns
     if ext in (".jsonl", ".json"):
         text = _read_text(p)
-        rows: list = []
+        rows = []
         if ext == ".json" and text.lstrip().startswith("["):
-            try:
-                rows = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{p} is not valid JSON: {e}") from e
+            values = _json_value(p, text, "")
+            rows = [(f"record {i}", r) for i, r in enumerate(values, 1)]
         else:
             for lineno, line in enumerate(text.splitlines(), 1):
                 if not line.strip():
                     continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{p} line {lineno} is not valid JSON: {e}") from e
-        for i, r in enumerate(rows, 1):
+                rows.append((f"line {lineno}", _json_value(p, line, f"line {lineno}")))
+        for where, r in rows:
             if not isinstance(r, dict):
-                raise ValueError(f"{p} record {i} is a {type(r).__name__}; each record must be "
+                raise ValueError(f"{p} {where} is a JSON {type(r).__name__}; each record must be "
                                  "a JSON object such as {\"text\": ..., \"label\": ...}")
-        columns = list(dict.fromkeys(k for r in rows for k in r))
+        columns = list(dict.fromkeys(k for _, r in rows for k in r))
         return rows, columns
     raise ValueError(f"{p}: unknown table extension {ext!r}; use .csv, .tsv, .jsonl or .json")
 
@@ -1263,18 +1376,31 @@ def load_table(path: PathLike, text_column: str = "text",
                              f"{columns}")
     texts: list[str] = []
     raw_labels: list = []
-    for i, r in enumerate(rows, 1):
+    empty: list[int] = []
+    for i, (where, r) in enumerate(rows, 1):
         t = r.get(text_column)
         if t is None:
-            raise ValueError(f"{p} record {i} has no value in column {text_column!r}")
-        texts.append(str(t))
+            raise ValueError(f"{p} record {i} ({where}) has no value in column {text_column!r}")
+        if isinstance(t, (list, dict, bool)):
+            raise ValueError(f"{p} record {i} ({where}): the text in column {text_column!r} is "
+                             f"a JSON {type(t).__name__}; it must be a string")
+        t = str(t)
+        if not t.strip():
+            empty.append(i)
+        texts.append(t)
         if label_column is not None:
             lab = r.get(label_column)
             if lab is None or (isinstance(lab, str) and not lab.strip()):
-                raise ValueError(f"{p} record {i} has no label in column {label_column!r}")
+                raise ValueError(f"{p} record {i} ({where}) has no label in column "
+                                 f"{label_column!r}")
             if isinstance(lab, (list, dict)):
-                raise ValueError(f"{p} record {i}: label {lab!r} must be a string or number")
+                raise ValueError(f"{p} record {i} ({where}): label {str(lab)[:80]!r} must be a "
+                                 "string or number")
             raw_labels.append(lab.strip() if isinstance(lab, str) else lab)
+    if empty:
+        raise _empty_records(p, empty, text_column, "record")
+    if not texts:
+        raise ValueError(f"{p} holds no records; a table needs a header row and one row per text")
     y = names = None
     if label_column is not None:
         order = _sorted_unique(raw_labels)

@@ -7,7 +7,10 @@ import functools
 import hashlib
 import importlib.util
 import io
+import itertools
 import json
+import math
+import struct
 import logging
 import os
 import re
@@ -23,6 +26,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 
 from . import _io
+from .data import _check_allocation, _existing
 
 logger = logging.getLogger(__name__)
 
@@ -554,6 +558,13 @@ class Encoder:
                 raise ValueError(f"encoder {self.name!r} embeds texts, but the data is a "
                                  f"{type(data).__name__} without texts; pass a list of strings "
                                  "or a Dataset with .texts")
+            empty = [i for i, t in enumerate(texts) if not t.strip()]
+            if empty:
+                first = ", ".join(str(i) for i in empty[:5]) + (" ..." if len(empty) > 5 else "")
+                raise ValueError(f"{len(empty)} of the {len(texts)} texts are empty or only "
+                                 f"whitespace (indices {first}); an empty text has no meaning to "
+                                 "embed (its embedding would be the model's bias alone): remove "
+                                 "or fill in those texts")
             return texts
         X = _array_of(data)
         if X is None:
@@ -688,10 +699,28 @@ class Encoder:
 # --------------------------------------------------------------------------- checkpoints
 def _is_checkpoint_dir(directory: Path) -> bool:
     try:
-        cfg = json.loads((directory / CONFIG_NAME).read_text("utf-8"))
-    except (OSError, ValueError):
+        cfg = _read_config(directory / CONFIG_NAME)
+    except (OSError, ValueError, MemoryError):
         return False
     return isinstance(cfg, dict) and cfg.get("format") == CHECKPOINT_FORMAT
+
+
+# A config.json is a few KiB; one larger than this is damaged or not a config.
+_MAX_CONFIG_BYTES = 1 << 20
+
+
+def _read_config(path: Path, what: str = "config file") -> Any:
+    """A small JSON file (config.json and friends): regular file, bounded size, parsed by
+    _io.load_json, with deep nesting reported as damage instead of a RecursionError."""
+    p = _existing(path, what)
+    size = os.stat(p).st_size
+    if size > _MAX_CONFIG_BYTES:
+        raise ValueError(f"{p} holds {size} bytes; a {what} is at most {_MAX_CONFIG_BYTES} "
+                         "bytes, so this one is damaged or not a config")
+    try:
+        return _io.load_json(p)
+    except RecursionError as e:
+        raise ValueError(f"{p} is not usable JSON (nested too deeply); the file is damaged") from e
 
 
 def save_checkpoint(module: Any, directory: Union[str, os.PathLike], model_config: dict,
@@ -761,46 +790,155 @@ def save_checkpoint(module: Any, directory: Union[str, os.PathLike], model_confi
     return target
 
 
-def _load_state_strict(module: Any, state: dict, source: Any) -> None:
-    """load_state_dict(strict=True) with a message that lists what differs."""
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+# safetensors dtype names and their sizes in bytes.
+_ST_DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2,
+                   "F16": 2, "BF16": 2, "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8}
+_MAX_ST_HEADER = 100 << 20
+
+
+def _torch_dtype_name(dtype: Any) -> str:
+    name = str(dtype).replace("torch.", "")
+    return {"float32": "F32", "float64": "F64", "float16": "F16", "bfloat16": "BF16",
+            "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8",
+            "bool": "BOOL", "uint16": "U16", "uint32": "U32", "uint64": "U64",
+            "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2"}.get(name, name)
+
+
+def _safetensors_spec(path: Path) -> dict:
+    """name -> (shape, dtype name) from a safetensors header, read without touching the data.
+
+    Checks what an allocation would be computed from: entry types, non-negative integer
+    shapes, known dtypes, and data offsets that hold exactly shape x dtype bytes inside the
+    file. The file's content is read (and checked again) by _io.load_safetensors later."""
+    p = _existing(path, "safetensors file")
+    size = os.stat(p).st_size
+    what = f"{p} is not a valid safetensors file"
+    with open(p, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{what}: it holds only {size} bytes (truncated or empty)")
+        (n,) = struct.unpack("<Q", head)
+        if n == 0 or n > _MAX_ST_HEADER or n > size - 8:
+            raise ValueError(f"{what}: its header length field says {n} bytes but the file holds "
+                             f"{size} bytes (truncated, or not a safetensors file)")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ValueError(f"{what}: its header is not valid JSON ({str(e)[:200]})") from e
+    if not isinstance(header, dict):
+        raise ValueError(f"{what}: its header is not a JSON object")
+    data_len = size - 8 - n
+    spec = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        ok = isinstance(info, dict) and isinstance(info.get("dtype"), str) \
+            and isinstance(info.get("shape"), list) and isinstance(info.get("data_offsets"), list) \
+            and len(info["data_offsets"]) == 2 \
+            and all(type(v) is int and v >= 0 for v in info["shape"] + info["data_offsets"])
+        if not ok:
+            raise ValueError(f"{what}: header entry {name!r} is malformed (it needs a dtype, a "
+                             "shape of non-negative integers and two data offsets)")
+        if info["dtype"] not in _ST_DTYPE_SIZES:
+            raise ValueError(f"{what}: header entry {name!r} has unknown dtype {info['dtype']!r}")
+        lo, hi = info["data_offsets"]
+        nbytes = math.prod(info["shape"]) * _ST_DTYPE_SIZES[info["dtype"]]
+        if hi < lo or hi - lo != nbytes or hi > data_len:
+            raise ValueError(f"{what}: header entry {name!r} declares shape {info['shape']} "
+                             f"{info['dtype']} ({nbytes} bytes) but data offsets [{lo}, {hi}) "
+                             f"in {data_len} bytes of data (truncated or damaged)")
+        spec[name] = (tuple(info["shape"]), info["dtype"])
+    return spec
+
+
+def _spec_nbytes(spec: dict) -> int:
+    return sum(math.prod(shape) * _ST_DTYPE_SIZES.get(dt, 8) for shape, dt in spec.values())
+
+
+def _state_spec(state: dict) -> dict:
+    """name -> (shape, dtype name) of a state dict (real or meta tensors)."""
+    return {k: (tuple(v.shape), _torch_dtype_name(v.dtype)) for k, v in state.items()}
+
+
+def _compare_spec(expected: dict, found: dict, source: Any, model_name: str,
+                  dtypes: bool = True) -> None:
+    """ValueError naming the first key where the weights in ``source`` differ from the model
+    (names, then shapes, then dtypes), with the full list of differences."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
     if missing or unexpected:
+        first = (missing or unexpected)[0]
         raise ValueError(
-            f"the weights in {source} do not fit {type(module).__name__}: missing tensors "
-            f"{missing[:10]}{' ...' if len(missing) > 10 else ''}, unexpected tensors "
-            f"{unexpected[:10]}{' ...' if len(unexpected) > 10 else ''} (were they saved from "
-            "another architecture or model config?)")
-    bad = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in expected.items()
-           if tuple(state[k].shape) != tuple(v.shape)]
+            f"the weights in {source} do not fit {model_name}: first differing key {first!r}; "
+            f"missing tensors {missing[:10]}{' ...' if len(missing) > 10 else ''}, unexpected "
+            f"tensors {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''} (were they saved "
+            "from another architecture or model config?)")
+    bad = [(k, found[k][0], v[0]) for k, v in expected.items() if tuple(found[k][0]) != v[0]]
     if bad:
         desc = ", ".join(f"{k}: file {a} vs model {b}" for k, a, b in bad[:10])
-        raise ValueError(f"the weights in {source} have the wrong shapes for "
-                         f"{type(module).__name__}: {desc}")
+        raise ValueError(f"the weights in {source} have the wrong shapes for {model_name} "
+                         f"(first differing key {bad[0][0]!r}): {desc}; the config and the "
+                         "weights do not belong together")
+    if dtypes:
+        bad = [(k, found[k][1], v[1]) for k, v in expected.items() if found[k][1] != v[1]]
+        if bad:
+            desc = ", ".join(f"{k}: file {a} vs model {b}" for k, a, b in bad[:10])
+            raise ValueError(f"the weights in {source} have the wrong dtypes for {model_name} "
+                             f"(first differing key {bad[0][0]!r}): {desc}; save the checkpoint "
+                             "again from the model")
+
+
+def _load_state_strict(module: Any, state: dict, source: Any) -> None:
+    """load_state_dict(strict=True) with a message that lists what differs."""
+    _compare_spec(_state_spec(module.state_dict()), _state_spec(state), source,
+                  type(module).__name__, dtypes=False)
     module.load_state_dict(state, strict=True)
 
 
-def _load_checkpoint(directory: Path, **kw: Any) -> Encoder:
-    config = _io.load_json(directory / CONFIG_NAME)
+def _has_meta(module: Any) -> bool:
+    return any(t.is_meta for t in itertools.chain(module.parameters(), module.buffers()))
+
+
+def _checkpoint_config(directory: Path) -> dict:
+    """config.json of a checkpoint, every top-level field checked (type and value)."""
+    path = directory / CONFIG_NAME
+    config = _read_config(path, "checkpoint config")
     if not isinstance(config, dict) or config.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{directory / CONFIG_NAME} is not an embedcluster checkpoint config "
+        raise ValueError(f"{path} is not an embedcluster checkpoint config "
                          f"(format should be {CHECKPOINT_FORMAT!r})")
     version = config.get("version")
-    if version != CHECKPOINT_VERSION:
+    if version != CHECKPOINT_VERSION or isinstance(version, bool):
         raise ValueError(f"{directory} is checkpoint format version {version!r}; this embedcluster "
                          f"reads version {CHECKPOINT_VERSION} (upgrade embedcluster to read newer "
                          "checkpoints)")
     if not isinstance(config.get("model"), dict):
-        raise ValueError(f"{directory / CONFIG_NAME} has no 'model' config object")
+        raise ValueError(f"{path} has no 'model' config object (field 'model' is "
+                         f"{type(config.get('model')).__name__}); save the checkpoint again")
+    sha = config.get("weights_sha256")
+    if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+        raise ValueError(f"{path}: field 'weights_sha256' should be 64 hexadecimal digits, got "
+                         f"{str(sha)[:80]!r}; the file is damaged")
+    layer = config.get("embedding_layer")
+    if layer is not None and not (isinstance(layer, str) or (
+            isinstance(layer, list) and 0 < len(layer) <= 64
+            and all(isinstance(x, str) for x in layer))):
+        raise ValueError(f"{path}: field 'embedding_layer' should be null, a layer name or a list "
+                         f"of up to 64 names, got {str(layer)[:80]}")
+    return config
+
+
+def _load_checkpoint(directory: Path, **kw: Any) -> Encoder:
+    torch = _torch()
+    config = _checkpoint_config(directory)
     weights = directory / WEIGHTS_NAME
-    if not weights.is_file():
+    if not os.path.lexists(weights):
         raise FileNotFoundError(f"checkpoint {directory} has no {WEIGHTS_NAME}")
+    weights = _existing(weights, "checkpoint weights")
     weights_sha = _io.sha256_file(weights)
     if config.get("weights_sha256") not in (None, weights_sha):
         raise ValueError(f"{weights} does not match the checksum recorded in config.json: the "
                          "file was changed or damaged; save the checkpoint again")
-    state, _ = _io.load_safetensors(weights, framework="pt")
     try:
         # import_module consults sys.modules first (a package attribute would not be).
         models = importlib.import_module(".models", __package__)
@@ -811,11 +949,28 @@ def _load_checkpoint(directory: Path, **kw: Any) -> Encoder:
         raise ImportError("loading an embedcluster checkpoint needs "
                           "embedcluster.models.model_from_config, which this installation "
                           "lacks") from e
-    module = model_from_config(config["model"])
+    # The model the config describes is built on the meta device (shapes only, no memory) and
+    # compared with the weights' header before anything real is allocated.
+    try:
+        with torch.device("meta"):
+            module = model_from_config(config["model"])
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"{directory / CONFIG_NAME}: field 'model' is not a valid model config: "
+                         f"{e}") from e
     if not _is_module(module):
         raise TypeError(f"model_from_config returned a {type(module).__name__}, not a "
                         "torch.nn.Module")
-    _load_state_strict(module, state, weights)
+    spec = _safetensors_spec(weights)
+    _compare_spec(_state_spec(module.state_dict()), spec, weights, type(module).__name__)
+    _check_allocation(2 * _spec_nbytes(spec), f"checkpoint {directory}",
+                      hint="free memory, or check that the checkpoint is the one you meant")
+    state, _ = _io.load_safetensors(weights, framework="pt")
+    _compare_spec(_state_spec(module.state_dict()), _state_spec(state), weights,
+                  type(module).__name__)
+    module.load_state_dict(state, strict=True, assign=True)
+    if _has_meta(module):  # a tensor outside the state dict: build it for real (size checked)
+        module = model_from_config(config["model"])
+        _load_state_strict(module, state, weights)
     layer = kw.pop("embedding_layer", config.get("embedding_layer"))
     fp = _sha("checkpoint", _io.sha256_file(directory / CONFIG_NAME), weights_sha)
     if layer is not None and not _names_submodules(module, layer):
@@ -839,15 +994,22 @@ def _names_submodules(module: Any, layer: Union[str, Sequence[str]]) -> bool:
 
 # --------------------------------------------------------------------------- other loaders
 def _looks_like_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
+    try:
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
         return False
-    with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
     return any("/code/" in n or n.endswith("constants.pkl") for n in names)
 
 
 def _load_torchscript(path: Path, **kw: Any) -> Encoder:
     torch = _torch()
+    path = _existing(path, "TorchScript file")
+    # The archive's tensors are read into memory: the file, its copy and the module's tensors
+    # (at most as large as the records the file holds) must fit.
+    _check_allocation(3 * os.stat(path).st_size, f"TorchScript file {path}")
     data = path.read_bytes()
     with warnings.catch_warnings():
         # PyTorch deprecates TorchScript in favour of torch.export; the files still load.
@@ -855,11 +1017,163 @@ def _load_torchscript(path: Path, **kw: Any) -> Encoder:
                                 category=DeprecationWarning)
         try:
             module = torch.jit.load(io.BytesIO(data), map_location="cpu")
-        except RuntimeError as e:
-            raise ValueError(f"{path} could not be loaded as TorchScript: {e}") from e
+        except MemoryError:
+            raise
+        except Exception as e:  # damaged archives raise RuntimeError, IndexError, ...
+            raise ValueError(f"{path} could not be loaded as TorchScript ({type(e).__name__}: "
+                             f"{str(e)[:300]}); the file is damaged or not TorchScript") from e
     kw.setdefault("name", path.name)
     fp = _sha("torchscript", hashlib.sha256(data).hexdigest())
     return Encoder(module, fingerprint=fp, **kw)
+
+
+_MAX_MODEL_DIR_ENTRIES = 10_000
+
+
+def _check_model_tree(directory: Path) -> None:
+    """Every entry of a model directory (three levels deep) must be a regular file or a
+    folder: libraries that read the directory would block on a FIFO or a device."""
+    seen = 0
+    for root, dirs, files in os.walk(directory):
+        depth = len(Path(root).relative_to(directory).parts)
+        if depth >= 3:
+            dirs[:] = []
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            seen += 1
+            if seen > _MAX_MODEL_DIR_ENTRIES:
+                raise ValueError(f"{directory} holds more than {_MAX_MODEL_DIR_ENTRIES} files; "
+                                 "it is not a model directory")
+            _existing(Path(root) / name, f"file of model directory {directory}", folder=True)
+
+
+# Fields of a Hugging Face config that size a model; checked before the model is even built
+# on the meta device (building a million meta layers would itself take forever).
+_HF_SIZE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "max_position_embeddings",
+                   "num_hidden_layers", "num_attention_heads", "type_vocab_size", "n_embd",
+                   "n_layer", "n_positions", "d_model", "num_layers", "ffn_dim", "dim",
+                   "hidden_dim", "n_layers")
+_HF_MAX_LAYERS = 1024
+
+
+def _hf_estimate(cfg: dict, path: Path) -> int:
+    """A rough upper estimate of a transformer's parameter bytes from its config's fields."""
+    vals = {}
+    for key in _HF_SIZE_FIELDS:
+        if key in cfg and cfg[key] is not None:
+            v = cfg[key]
+            if not (type(v) is int and 0 <= v <= 1 << 40):
+                raise ValueError(f"{path}: field {key!r} is {str(v)[:40]!r}; it should be a "
+                                 "non-negative integer; the config is damaged")
+            vals[key] = v
+    layers = max([vals.get(k, 0) for k in ("num_hidden_layers", "n_layer", "num_layers",
+                                            "n_layers")] + [0])
+    if layers > _HF_MAX_LAYERS:
+        raise ValueError(f"{path} declares {layers} layers; at most {_HF_MAX_LAYERS} are "
+                         "accepted; the config is damaged")
+    width = max([vals.get(k, 0) for k in ("hidden_size", "n_embd", "d_model", "dim")] + [1])
+    ffn = max([vals.get(k, 0) for k in ("intermediate_size", "ffn_dim", "hidden_dim")] + [4 * width])
+    vocab = vals.get("vocab_size", 0) + vals.get("max_position_embeddings", 0) \
+        + vals.get("n_positions", 0) + vals.get("type_vocab_size", 0)
+    return 4 * (vocab * width + layers * (4 * width * width + 2 * width * ffn))
+
+
+def _match_weight_names(expected: dict, found: dict, prefix: str) -> dict:
+    """The model's keys renamed as the file names them (with or without the base prefix)."""
+    out = {}
+    for k, v in expected.items():
+        for cand in (k, f"{prefix}.{k}" if prefix else k,
+                     k[len(prefix) + 1:] if prefix and k.startswith(prefix + ".") else k):
+            if cand in found:
+                out[cand] = v
+                break
+    return out
+
+
+def _check_transformers_dir(directory: Path) -> None:
+    """For a Hugging Face config.json: its size fields, then the model it describes built on
+    the meta device (no memory), bounded against memory and compared with the safetensors
+    header of its weights, before transformers allocates anything."""
+    cfg_path = directory / CONFIG_NAME
+    if not cfg_path.is_file():
+        return
+    cfg = _read_config(cfg_path, "model config")
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{cfg_path} is a JSON {type(cfg).__name__}; a model config is an object")
+    if "model_type" not in cfg:
+        return
+    _check_allocation(_hf_estimate(cfg, cfg_path), f"the model {cfg_path} describes",
+                      hint="check that config.json belongs to the weights, or free memory")
+    if importlib.util.find_spec("transformers") is None:
+        return
+    _set_offline()
+    torch = _torch()
+    try:
+        from transformers import AutoConfig, AutoModel
+
+        conf = AutoConfig.from_pretrained(os.fspath(directory), local_files_only=True)
+        with torch.device("meta"):
+            model = AutoModel.from_config(conf)
+    except (ValueError, TypeError, KeyError, OverflowError, AttributeError) as e:
+        raise ValueError(f"{cfg_path} does not describe a model transformers can build "
+                         f"({type(e).__name__}: {str(e)[:300]})") from e
+    except Exception as e:  # an architecture that cannot be built on meta: checked by size only
+        logger.info("could not build %s on the meta device (%s); its size was checked from "
+                    "the config fields only", cfg_path, e)
+        return
+    expected = _state_spec(model.state_dict())
+    _check_allocation(_spec_nbytes(expected), f"the model {cfg_path} describes",
+                      hint="check that config.json belongs to the weights, or free memory")
+    weights = directory / "model.safetensors"
+    if weights.is_file():
+        found = _safetensors_spec(weights)
+        prefix = getattr(model, "base_model_prefix", "") or ""
+        renamed = _match_weight_names(expected, found, prefix)
+        bad = [(k, found[k][0], v[0]) for k, v in renamed.items() if found[k][0] != v[0]]
+        if bad:
+            desc = ", ".join(f"{k}: file {a} vs config {b}" for k, a, b in bad[:5])
+            raise ValueError(f"the weights in {weights} do not fit the model {cfg_path} describes "
+                             f"(first differing key {bad[0][0]!r}): {desc}; the config and the "
+                             "weights do not belong together")
+
+
+def _check_sentence_transformers_dir(directory: Path) -> None:
+    """modules.json and every module folder it names: paths inside the directory, the
+    transformer's config (see _check_transformers_dir), Dense layers' sizes against their
+    weights."""
+    _check_model_tree(directory)
+    modules_path = directory / "modules.json"
+    mods = _read_config(modules_path, "modules.json") if modules_path.is_file() else \
+        [{"path": "", "type": "sentence_transformers.models.Transformer"}]
+    if not isinstance(mods, list) or not all(isinstance(m, dict) for m in mods):
+        raise ValueError(f"{modules_path} should be a JSON list of module objects")
+    root = directory.resolve()
+    for m in mods:
+        rel = m.get("path", "")
+        if not isinstance(rel, str):
+            raise ValueError(f"{modules_path}: a module 'path' is {str(rel)[:40]!r}; it should be "
+                             "a folder name")
+        sub = (directory / rel).resolve()
+        if sub != root and root not in sub.parents:
+            raise ValueError(f"{modules_path}: module path {rel!r} points outside {directory}")
+        kind = str(m.get("type", ""))
+        if kind.endswith(".Transformer") or rel == "":
+            _check_transformers_dir(sub)
+        elif kind.endswith(".Dense") and (sub / CONFIG_NAME).is_file():
+            cfg = _read_config(sub / CONFIG_NAME, "Dense config")
+            dims = [cfg.get(k) for k in ("in_features", "out_features")] \
+                if isinstance(cfg, dict) else [None]
+            if not all(type(v) is int and 1 <= v <= 1 << 20 for v in dims):
+                raise ValueError(f"{sub / CONFIG_NAME}: in_features / out_features should be "
+                                 f"integers from 1 to {1 << 20}, got {str(dims)[:80]}")
+            _check_allocation(4 * dims[0] * dims[1], f"the Dense layer {sub}")
+            w = sub / "model.safetensors"
+            if w.is_file():
+                spec = _safetensors_spec(w)
+                shape = spec.get("linear.weight", ((dims[1], dims[0]), ""))[0]
+                if tuple(shape) != (dims[1], dims[0]):
+                    raise ValueError(f"the weights in {w} do not fit {sub / CONFIG_NAME}: first "
+                                     f"differing key 'linear.weight': file {shape} vs config "
+                                     f"{(dims[1], dims[0])}")
 
 
 def _load_sentence_transformers(path: Path, *, name: Optional[str] = None,
@@ -870,6 +1184,7 @@ def _load_sentence_transformers(path: Path, *, name: Optional[str] = None,
     except ImportError as e:
         raise ImportError("sentence-transformers models need the sentence-transformers package: "
                           "pip install sentence-transformers") from e
+    _check_sentence_transformers_dir(path)
     device = device or best_device()
     model = SentenceTransformer(os.fspath(path), device=device, local_files_only=True)
     fp = _sha("sentence-transformers", _dir_digest(path))
@@ -891,17 +1206,26 @@ def _minilm_dir() -> Path:
     return directory
 
 
-def _load_state_file(path: Union[str, os.PathLike]) -> dict:
-    """A state dict from .safetensors, or from a PyTorch file read with weights_only=True."""
-    p = Path(os.fspath(path)).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(f"weights file {p} does not exist")
+def _load_state_file(path: Union[str, os.PathLike], model: Any = None) -> dict:
+    """A state dict from .safetensors, or from a PyTorch file read with weights_only=True.
+
+    For safetensors the header is compared with ``model``'s state dict (names, shapes) before
+    any tensor is read; the bytes read are bounded by the file size, checked against memory."""
+    p = _existing(Path(os.fspath(path)).expanduser(), "weights file")
+    _check_allocation(2 * os.stat(p).st_size, f"weights file {p}")
     if p.suffix == ".safetensors":
+        if model is not None:
+            _compare_spec(_state_spec(model.state_dict()), _safetensors_spec(p), p,
+                          type(model).__name__, dtypes=False)
         state, _ = _io.load_safetensors(p, framework="pt")
         return state
     torch = _torch()
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        # mmap: tensors stay in the file until load_state_dict copies them (zip format only).
+        obj = torch.load(p, map_location="cpu", weights_only=True,
+                         mmap=zipfile.is_zipfile(p))
+    except MemoryError:
+        raise
     except Exception as e:
         raise ValueError(f"{p} could not be read as a weights-only PyTorch state dict ({e}); "
                          "files that hold pickled Python objects are refused; convert the "
@@ -939,10 +1263,7 @@ def _need_weights(kind: str, name: str, weights: Any) -> Path:
             f"{kind}:{name} needs local weights, and nothing is downloaded at run time: pass "
             f"load_encoder('{kind}:{name}', weights='/path/to/weights.safetensors' or '.pth'); "
             "fetch the file on a machine with internet access and copy it here")
-    p = Path(os.fspath(weights)).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(f"weights file {p} for {kind}:{name} does not exist")
-    return p
+    return _existing(Path(os.fspath(weights)).expanduser(), f"weights file for {kind}:{name}")
 
 
 def _load_torchvision(name: str, *, weights: Any = None, image_size: Any = None,
@@ -954,7 +1275,7 @@ def _load_torchvision(name: str, *, weights: Any = None, image_size: Any = None,
     import torchvision
 
     model = torchvision.models.get_model(name, weights=None)
-    _load_state_strict(model, _load_state_file(path), path)
+    _load_state_strict(model, _load_state_file(path, model), path)
     if not kw.get("embedding_layer"):
         _strip_head(model)
     kw.setdefault("preprocess", ImagePreprocess(size=image_size))
@@ -970,7 +1291,7 @@ def _load_timm(name: str, *, weights: Any = None, image_size: Any = None, **kw: 
     import timm
 
     model = timm.create_model(name, pretrained=False)
-    _load_state_strict(model, _load_state_file(path), path)
+    _load_state_strict(model, _load_state_file(path, model), path)
     if not kw.get("embedding_layer"):
         model.reset_classifier(0)
     cfg = dict(getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", {}) or {})
@@ -1029,6 +1350,8 @@ def _load_hf(target: str, *, weights: Any = None, max_length: int = 512,
             f"weights), and {directory} is not one; nothing is downloaded at run time: fetch the "
             "model on a machine with internet access (huggingface-cli download NAME --local-dir "
             "DIR) and pass 'hf:DIR'")
+    _check_model_tree(directory)
+    _check_transformers_dir(directory)
     _set_offline()
     from transformers import AutoModel, AutoTokenizer
 
@@ -1044,7 +1367,9 @@ def _load_hf(target: str, *, weights: Any = None, max_length: int = 512,
         module, modality = array_embedder(model), "array"
         pre = directory / "preprocessor_config.json"
         if "preprocess" not in kw:
-            pcfg = _io.load_json(pre) if pre.is_file() else {}
+            pcfg = _read_config(pre, "preprocessor config") if pre.is_file() else {}
+            if not isinstance(pcfg, dict):
+                raise ValueError(f"{pre} should hold a JSON object")
             size = image_size
             if size is None and isinstance(pcfg.get("size"), dict):
                 s = pcfg["size"]
@@ -1099,12 +1424,15 @@ def load_encoder(spec: Any, **kw: Any) -> Encoder:
                 raise ValueError(f"{s!r} names no model; write {prefix}<name>")
             return loader(s[len(prefix):], **kw)
     path = Path(s).expanduser()
+    if os.path.lexists(path) and not path.is_dir():
+        path = _existing(path, "model file")  # a FIFO or device would block every reader
     if path.is_dir():
+        _check_model_tree(path)
         if (path / CONFIG_NAME).is_file() and _is_checkpoint_dir(path):
             return _load_checkpoint(path, **kw)
         if (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file() \
                 and not (path / "modules.json").is_file():
-            cfg = _io.load_json(path / CONFIG_NAME)
+            cfg = _read_config(path / CONFIG_NAME)
             if isinstance(cfg, dict) and "format" in cfg:
                 raise ValueError(f"{path / CONFIG_NAME} has format {cfg['format']!r}; an "
                                  f"embedcluster checkpoint has {CHECKPOINT_FORMAT!r}")

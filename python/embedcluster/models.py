@@ -49,22 +49,45 @@ _CNN_DEFAULTS: Dict[str, Any] = {"channels": [32, 64], "hidden": [], "embed_dim"
 _NORMS = ("batch", "layer", "none")
 
 
+# Bounds on a config's fields, so that nothing read from a file can ask for an absurd model
+# before its total size is even computed (that total is then checked against memory).
+_MAX_WIDTH = 1 << 20          # units of a layer, channels, embedding or input dimension
+_MAX_LAYERS = 64              # entries of hidden / channels
+_MAX_IN_FEATURES = 1 << 31    # product of in_shape
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) or (
+        hasattr(v, "dtype") and getattr(v, "shape", None) == () and str(v.dtype).startswith(("int", "uint")))
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if not _is_int(value):
+        raise ValueError(f"{name}={value!r} should be an integer (got a {type(value).__name__})")
+    v = int(value)
+    if not 1 <= v <= _MAX_WIDTH:
+        raise ValueError(f"{name}={v} should be between 1 and {_MAX_WIDTH}")
+    return v
+
+
 def _positive_ints(value: Any, name: str, allow_empty: bool) -> List[int]:
-    try:
-        out = [int(v) for v in value]
-    except TypeError:
-        raise ValueError(f"{name}={value!r} should be a list of positive integers") from None
-    if any(v < 1 for v in out) or (not out and not allow_empty):
-        raise ValueError(f"{name}={value!r} should be a {'' if allow_empty else 'non-empty '}"
-                         "list of positive integers")
-    return out
+    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"{name}={value!r} should be a list of positive integers")
+    items = list(value)
+    if len(items) > _MAX_LAYERS:
+        raise ValueError(f"{name} has {len(items)} entries; at most {_MAX_LAYERS} are allowed")
+    if not items and not allow_empty:
+        raise ValueError(f"{name}={items!r} should be a non-empty list of positive integers")
+    return [_positive_int(v, f"{name}[{i}]") for i, v in enumerate(items)]
 
 
 def normalize_config(config: Dict[str, Any]) -> Dict[str, Any]:
     """Returns the complete config (defaults filled in, values checked) for ``model_from_config``.
 
     Checkpoints store this complete form, so a later change of a default cannot change what a
-    saved checkpoint builds.
+    saved checkpoint builds. Every field is checked for type and range (integers only, widths
+    1 to 2**20, at most 64 layers, an input of at most 2**31 values) so that a config read from
+    a file cannot describe an absurd model.
 
     Raises
     ------
@@ -74,17 +97,20 @@ def normalize_config(config: Dict[str, Any]) -> Dict[str, Any]:
     if not isinstance(config, dict):
         raise ValueError(f"model config should be a dict, got {type(config).__name__}")
     arch = config.get("arch")
-    if arch not in ARCHS:
+    if not isinstance(arch, str) or arch not in ARCHS:
         raise ValueError(f"arch={arch!r} is not a known encoder architecture; use one of {ARCHS}")
     defaults = _MLP_DEFAULTS if arch == "mlp" else _CNN_DEFAULTS
     allowed = {"arch", "in_shape", *defaults}
-    unknown = sorted(set(config) - allowed)
+    unknown = sorted(str(k) for k in set(config) - allowed)
     if unknown:
         raise ValueError(f"unknown field(s) {unknown} in a {arch!r} config; allowed: {sorted(allowed)}")
     if "in_shape" not in config:
         raise ValueError(f"a {arch!r} config needs 'in_shape', e.g. [64] or [1, 28, 28]")
     out: Dict[str, Any] = {"arch": arch}
     out["in_shape"] = _positive_ints(config["in_shape"], "in_shape", allow_empty=False)
+    if math.prod(out["in_shape"]) > _MAX_IN_FEATURES:
+        raise ValueError(f"in_shape={out['in_shape']} describes {math.prod(out['in_shape'])} "
+                         f"input values; at most {_MAX_IN_FEATURES} are allowed")
     if arch == "cnn":
         shape = out["in_shape"]
         if len(shape) == 2:  # (H, W): one channel
@@ -93,14 +119,24 @@ def normalize_config(config: Dict[str, Any]) -> Dict[str, Any]:
             raise ValueError(f"in_shape={shape} for arch='cnn' should be [C, H, W] or [H, W]")
         out["channels"] = _positive_ints(config.get("channels", defaults["channels"]), "channels",
                                          allow_empty=False)
+    elif len(out["in_shape"]) > 4:
+        raise ValueError(f"in_shape={out['in_shape']} has {len(out['in_shape'])} dims; an "
+                         "'mlp' takes vectors or images (1 to 4 dims)")
     out["hidden"] = _positive_ints(config.get("hidden", defaults["hidden"]), "hidden", allow_empty=True)
-    out["embed_dim"] = int(config.get("embed_dim", defaults["embed_dim"]))
-    if out["embed_dim"] < 1:
-        raise ValueError(f"embed_dim={out['embed_dim']} should be >= 1")
+    out["embed_dim"] = _positive_int(config.get("embed_dim", defaults["embed_dim"]), "embed_dim")
     out["norm"] = config.get("norm", defaults["norm"])
-    if out["norm"] not in _NORMS:
+    if not isinstance(out["norm"], str) or out["norm"] not in _NORMS:
         raise ValueError(f"norm={out['norm']!r} should be one of {_NORMS}")
     return out
+
+
+def config_nbytes(config: Dict[str, Any]) -> int:
+    """Bytes of the parameters and buffers the config's model holds, computed by building it
+    on torch's ``meta`` device (no memory is allocated)."""
+    full = normalize_config(copy.deepcopy(config))
+    with torch.device("meta"):
+        module = MLPEncoder(full) if full["arch"] == "mlp" else CNNEncoder(full)
+    return sum(t.numel() * t.element_size() for t in module.state_dict().values())
 
 
 def _norm1d(kind: str, width: int) -> nn.Module:
@@ -318,20 +354,31 @@ def with_layer(encoder: nn.Module, layer: LayerSpec | None) -> nn.Module:
     return LayerSelect(encoder, layer)
 
 
-def model_from_config(config: Dict[str, Any]) -> nn.Module:
+def model_from_config(config: Dict[str, Any], *, memory_limit: int | None = None) -> nn.Module:
     """Builds an untrained encoder from a config dict (see the module docstring).
 
     Weights come from torch's global RNG; seed it (``torch.manual_seed``) for reproducible
-    initialisation, or load a state dict.
+    initialisation, or load a state dict. The model's size is computed on torch's ``meta``
+    device first and checked against ``memory_limit`` (default: the available memory) before
+    anything real is allocated; inside ``with torch.device("meta")`` nothing is allocated and
+    the check is skipped.
 
     Raises
     ------
     ValueError
         For an unknown ``arch`` (``"mlp"`` and ``"cnn"`` are known) or a malformed field.
+    MemoryError
+        When the model would not fit in memory (or ``memory_limit``).
     """
     full = normalize_config(copy.deepcopy(config))
+    if torch.get_default_device().type != "meta":
+        from .data import _check_allocation
+
+        _check_allocation(config_nbytes(full), f"an {full['arch']!r} encoder with config {full}",
+                          memory_limit, "choose smaller layers, free memory, or pass a larger "
+                          "memory_limit=")
     return MLPEncoder(full) if full["arch"] == "mlp" else CNNEncoder(full)
 
 
-__all__ = ["ARCHS", "MLPEncoder", "CNNEncoder", "LayerSelect", "model_from_config",
-           "normalize_config", "with_layer"]
+__all__ = ["ARCHS", "MLPEncoder", "CNNEncoder", "LayerSelect", "config_nbytes",
+           "model_from_config", "normalize_config", "with_layer"]

@@ -3,7 +3,11 @@ naming the size, before allocating; under the limit, results do not change."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -11,7 +15,7 @@ import pytest
 import embedcluster as ec
 from embedcluster import _core
 
-from conftest import gaussian_mixture
+from conftest import brute_within, gaussian_mixture, pair_values
 
 X, _ = gaussian_mixture(6000, 16, 12, spread=0.5, seed=4)
 TINY = 100_000  # bytes
@@ -67,12 +71,42 @@ def test_impossible_request_fails_before_allocating():
         _core.knn_search(db, db, 150_000)
 
 
-@pytest.mark.parametrize("bad", [-1, "1GB", True, float("nan")])
+BAD_LIMITS = [0.5, 1e-9, 0.999, -1, -0.5, -2**40, float("nan"), float("inf"), -float("inf"), True, False,
+              np.bool_(True), "1GB", "0", [1 << 30], np.float64("nan"), 10 ** 400]
+
+
+@pytest.mark.parametrize("bad", BAD_LIMITS, ids=lambda v: repr(v)[:20])
 def test_bad_memory_limit_is_rejected(bad):
-    with pytest.raises((ValueError, TypeError), match="memory_limit"):
-        _core.knn_search(X, X, 2, memory_limit=bad)
-    with pytest.raises(ValueError, match="memory_limit"):
-        ec.KMeans(3, memory_limit=bad).fit(X)
+    """Only exactly 0 means no limit: a fraction of a byte is an error, not 'no limit'."""
+    shown = re.escape(f"memory_limit={bad!r}")
+    for call in (lambda: _core.knn_search(X, X, 2, memory_limit=bad),
+                 lambda: _core.radius_search(X, X, 1.0, memory_limit=bad),
+                 lambda: _core.radius_count(X, X, 1.0, memory_limit=bad),
+                 lambda: _core.kmeans_fit(X, 3, memory_limit=bad),
+                 lambda: _core.dbscan_fit(X, 1.5, memory_limit=bad)):
+        with pytest.raises(ValueError, match=shown):
+            call()
+    for est in (ec.KMeans(3, memory_limit=bad), ec.DBSCAN(1.5, memory_limit=bad),
+                ec.NearestNeighbors(n_neighbors=2, memory_limit=bad)):
+        with pytest.raises(ValueError, match=shown):
+            est.fit(X)
+
+
+@pytest.mark.parametrize("good", [0, 0.0, 1 << 40, float(1 << 40), np.int64(1 << 40), np.float32(2.0 ** 40),
+                                  np.uint64(1 << 40)])
+def test_memory_limit_accepts_numbers_of_bytes(good):
+    ref = _core.knn_search(X, X, 3, memory_limit=0)
+    got = _core.knn_search(X, X, 3, memory_limit=good)
+    np.testing.assert_array_equal(got[1], ref[1])
+    nn = ec.NearestNeighbors(n_neighbors=3, memory_limit=good).fit(X)
+    np.testing.assert_array_equal(nn.kneighbors(X)[1], ref[1])
+
+
+def test_one_byte_is_a_limit_not_no_limit():
+    with pytest.raises(MemoryError, match="needs about"):
+        _core.knn_search(X, X, 2, memory_limit=1)
+    with pytest.raises(MemoryError, match="needs about"):
+        ec.KMeans(3, memory_limit=1.0).fit(X)
 
 
 def test_dbscan_without_projection_table_gives_the_same_result():
@@ -101,3 +135,114 @@ def test_knn_self_join_under_a_tight_limit_gives_the_same_result():
     free = _core.knn_search(X, X, 5, "l2", True, memory_limit=0)
     np.testing.assert_array_equal(tight[1], free[1])
     np.testing.assert_array_equal(tight[0], free[0])
+
+
+# ---------------------------------------------------------------- radius results within the limit
+def test_radius_results_are_charged_against_the_limit():
+    """Radius results are data-dependent: a limit with room for the scan but not for the results
+    fails with MemoryLimitError naming the radius; with room for them, the results equal an
+    exact brute force and those without a limit."""
+    rng = np.random.default_rng(7)
+    db = rng.standard_normal((700, 12)).astype(np.float32)
+    q = rng.standard_normal((300, 12)).astype(np.float32)
+    radius = 22.0  # squared distance: about half of all pairs
+    within = brute_within(db, q, radius, "l2")
+    pairs = int(within.sum())
+    assert 0.2 * within.size < pairs < 0.8 * within.size
+    with pytest.raises(MemoryError) as info:
+        _core.radius_search(db, q, radius, memory_limit=TINY // 10)
+    base = _needed_bytes(info.value)  # the scan alone (results are not known in advance)
+    with pytest.raises(_core.MemoryLimitError, match=r"radius=22 .*smaller radius.*radius_count.*memory_limit"):
+        _core.radius_search(db, q, radius, memory_limit=base + 4 * pairs)
+    free = _core.radius_search(db, q, radius, memory_limit=0)
+    roomy = _core.radius_search(db, q, radius, memory_limit=base + 64 * pairs + 64 * len(q))
+    for a, b in zip(free, roomy):
+        np.testing.assert_array_equal(a, b)
+    ptr, ind, dist = free
+    rows = np.repeat(np.arange(len(q)), np.diff(ptr))
+    expect_rows, expect_cols = np.nonzero(within)  # row-major: ascending index per query
+    np.testing.assert_array_equal(rows, expect_rows)
+    np.testing.assert_array_equal(ind, expect_cols)
+    np.testing.assert_allclose(dist, pair_values(db, q, rows, ind, "l2"), rtol=1e-6)
+    # radius_count needs no result lists: it runs within the base
+    np.testing.assert_array_equal(_core.radius_count(db, q, radius, memory_limit=base), within.sum(1))
+
+
+def _run_limited(script: str) -> subprocess.CompletedProcess:
+    """Runs `script` in a fresh interpreter (bounded); the script sets its own RLIMIT_AS."""
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+LIMITED_PRELUDE = """
+    import resource
+    import numpy as np
+    import embedcluster as ec
+    from embedcluster import _core
+
+    def vsize():
+        return int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+
+    def limit_address_space(room):
+        _core.knn_search(np.ones((500, 8), np.float32), np.ones((50, 8), np.float32), 3)  # threads, arenas
+        resource.setrlimit(resource.RLIMIT_AS, (vsize() + room, resource.getrlimit(resource.RLIMIT_AS)[1]))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc/self/statm")
+def test_radius_search_stays_within_the_limit_under_rlimit_as():
+    """The address space ends 96 MiB above the 200 MiB limit, so results that grew past the
+    limit would fail to allocate (or crash): instead the search raises MemoryLimitError, and
+    the process goes on working with the same results as before."""
+    r = _run_limited(LIMITED_PRELUDE + """
+    X = np.random.default_rng(0).standard_normal((20000, 16)).astype(np.float32)
+    small = _core.radius_search(X[:2000], X[:300], 20.0)
+    limit = 200 << 20
+    limit_address_space(limit + (96 << 20))
+    for call in (lambda: _core.radius_search(X, X, 1e9, memory_limit=limit),  # 4e8 pairs: 4.8 GB as CSR
+                 lambda: ec.NearestNeighbors(radius=1e4, memory_limit=limit).fit(X).radius_neighbors()):
+        try:
+            call()
+        except _core.MemoryLimitError as exc:
+            print("limit:", exc)
+        else:
+            print("no error")
+    again = _core.radius_search(X[:2000], X[:300], 20.0, memory_limit=limit)
+    print("same:", all(np.array_equal(a, b) for a, b in zip(small, again)))
+    """)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert r.stdout.count("limit: radius search with radius=") == 2, out
+    assert "memory_limit = 200 MiB" in r.stdout, out
+    assert "same: True" in r.stdout, out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc/self/statm")
+def test_default_limit_honours_rlimit_as():
+    """With 1 GiB of address space left, the default limit falls below it, and a request
+    larger than the default fails with MemoryLimitError (up front where its size is known in
+    advance), not in an allocation."""
+    r = _run_limited(LIMITED_PRELUDE + """
+    before = _core.default_memory_limit()
+    limit_address_space(1 << 30)
+    room = resource.getrlimit(resource.RLIMIT_AS)[0] - vsize()
+    default = _core.default_memory_limit()
+    print("default below room:", 0 < default < room, default < before, default, room)
+    X = np.random.default_rng(0).standard_normal((20000, 8)).astype(np.float32)
+    for call in (lambda: _core.knn_search(X, X, 5000),  # outputs alone: 1.2 GB
+                 lambda: ec.NearestNeighbors(n_neighbors=5000).fit(X).kneighbors(),
+                 lambda: _core.radius_search(X, X, 1e9)):  # 4e8 pairs: fails as its results grow
+        try:
+            call()
+        except _core.MemoryLimitError as exc:
+            print("limit:", exc)
+        else:
+            print("no error")
+    print("works:", _core.knn_search(X[:1000], X[:1000], 3)[1].shape)
+    """)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "default below room: True True" in r.stdout, out
+    assert r.stdout.count("limit: ") == 3 and "needs about" in r.stdout, out
+    assert "works: (1000, 3)" in r.stdout, out

@@ -10,6 +10,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <exception>
+#include <limits>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -201,14 +202,24 @@ void run_native(F&& f) {
   }
 }
 
-/// memory_limit argument: None = the default (3/4 of available memory), 0 = no limit, else bytes.
+/// memory_limit argument: None = the default (ec::default_memory_limit), exactly 0 = no limit,
+/// else a number of bytes >= 1 (ints, floats and numpy numbers; not bools, strings, NaN or
+/// infinity). A fraction of a byte would otherwise truncate to 0, which means no limit at all.
 double memory_limit_of(const py::object& v) {
   if (v.is_none()) return ec::default_memory_limit();
-  if (py::isinstance<py::bool_>(v) || !(py::isinstance<py::int_>(v) || py::isinstance<py::float_>(v)))
-    throw std::invalid_argument("memory_limit must be None, 0 (no limit) or a number of bytes");
-  const double b = v.cast<double>();
-  if (!(b >= 0.0) || !std::isfinite(b))
-    throw std::invalid_argument("memory_limit=" + std::to_string(b) + " should be a number of bytes >= 0 (0: no limit)");
+  static const py::object real = py::module_::import("numbers").attr("Real");
+  static const py::object np_bool = py::module_::import("numpy").attr("bool_");
+  const std::string shown = py::repr(v);
+  if (py::isinstance<py::bool_>(v) || py::isinstance(v, np_bool) || !py::isinstance(v, real))
+    throw std::invalid_argument("memory_limit=" + shown + " should be None, 0 (no limit) or a number of bytes >= 1");
+  double b = std::numeric_limits<double>::infinity();
+  try {
+    b = py::float_(v).cast<double>();
+  } catch (const py::error_already_set& e) {
+    if (!e.matches(PyExc_OverflowError)) throw;  // an int beyond float range: rejected below
+  }
+  if (!std::isfinite(b) || !(b == 0.0 || b >= 1.0))
+    throw std::invalid_argument("memory_limit=" + shown + " should be None, 0 (no limit) or a number of bytes >= 1");
   return b;
 }
 
@@ -468,7 +479,7 @@ py::dict build_info() {
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "embedcluster native engine (float32, C-contiguous arrays in, numpy arrays out). "
-            "memory_limit (bytes; None: 3/4 of the memory available now; 0: no limit) bounds each call's "
+            "memory_limit (bytes; None: default_memory_limit() at the call; 0: no limit) bounds each call's "
             "working memory: a call that would need more raises MemoryLimitError (a MemoryError) naming the size.";
   py::register_exception<ec::MemoryLimitError>(m, "MemoryLimitError", PyExc_MemoryError);
   m.def("knn_search", &knn_search, py::arg("database"), py::arg("queries"), py::arg("k"), py::arg("metric") = "l2",
@@ -504,6 +515,10 @@ PYBIND11_MODULE(_core, m) {
   m.def("dbscan_fit", &dbscan_fit, py::arg("X"), py::arg("eps"), py::arg("min_samples") = 5,
         py::arg("metric") = "l2", py::arg("prune") = true, py::arg("n_threads") = 0, py::arg("memory_limit") = py::none(),
         "DBSCAN; returns dict(labels, is_core, counts, n_clusters, tile statistics). l2 eps is a Euclidean distance.");
+  m.def("default_memory_limit", &ec::default_memory_limit,
+        "The memory_limit that None stands for, in bytes, now: 3/4 of the least of the memory available "
+        "(MemAvailable), the address space RLIMIT_AS still allows and what the memory cgroup still allows; "
+        "0 (no limit) when none of them can be read.");
   m.def("build_info", &build_info, "Version, compiler, OpenMP, CUDA and kernel sets of this build.");
   m.def(
       "tile_rate",

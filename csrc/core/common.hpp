@@ -52,8 +52,10 @@ inline void check_memory(double needed, double limit, const std::string& what) {
   }
 }
 
-/// The default memory_limit: 3/4 of the memory available now (Linux: MemAvailable), or 0
-/// (no limit) where that cannot be read.
+/// The default memory_limit: 3/4 of the least of the memory available now (Linux:
+/// MemAvailable), the address space RLIMIT_AS still allows (limit - current virtual size) and
+/// what the process's memory cgroup still allows (limit - usage, v1 or v2); 0 (no limit) where
+/// none can be read. At least 1 byte when something was read (a full machine is not "no limit").
 double default_memory_limit();
 
 /// Polled by long loops so that Ctrl-C stops native work within a fraction of a second.

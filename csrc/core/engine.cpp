@@ -1,14 +1,74 @@
 // Packing of point sets and the exact final selection shared by kNN, k-means and DBSCAN.
 #include "engine.hpp"
 
+#include <algorithm>
 #include <chrono>
+#include <limits>
 #include <fstream>
 #include <sstream>
 #include <string>
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 namespace ec {
+
+namespace {
+
+/// First number in a file (0 when absent or unreadable; "max" reads as 0 too).
+double read_number(const std::string& path) {
+  std::ifstream f(path);
+  double v = 0.0;
+  if (!(f >> v)) return 0.0;
+  return v;
+}
+
+/// Bytes the process's memory cgroups still allow (the least over the cgroup and its ancestors;
+/// v2: memory.max - memory.current, v1: memory.limit_in_bytes - memory.usage_in_bytes), or
+/// infinity when no limit is set or none can be read.
+double cgroup_room() {
+  double room = std::numeric_limits<double>::infinity();
+  std::ifstream f("/proc/self/cgroup");
+  std::string line;
+  while (std::getline(f, line)) {
+    // "0::/path" (v2) or "N:memory:/path" (v1; also "N:cpu,memory:/path").
+    const auto a = line.find(':'), b = line.find(':', a + 1);
+    if (a == std::string::npos || b == std::string::npos) continue;
+    const std::string ctrl = line.substr(a + 1, b - a - 1);
+    std::string path = line.substr(b + 1);
+    const bool v2 = ctrl.empty();
+    if (!v2 && ("," + ctrl + ",").find(",memory,") == std::string::npos) continue;
+    const std::string base = v2 ? "/sys/fs/cgroup" : "/sys/fs/cgroup/memory";
+    const char* lim_file = v2 ? "/memory.max" : "/memory.limit_in_bytes";
+    const char* use_file = v2 ? "/memory.current" : "/memory.usage_in_bytes";
+    // Walk from the process's cgroup up to the root; inside a cgroup namespace the mount is the
+    // process's own cgroup, so the path may not exist below it: then the mount's files count.
+    for (;;) {
+      const std::string dir = base + (path == "/" ? "" : path);
+      const double lim = read_number(dir + lim_file);
+      if (lim > 0.0 && lim < 1e18) {  // v1 reports "no limit" as ~2^63, v2 as "max"
+        const double used = read_number(dir + use_file);
+        room = std::min(room, std::max(0.0, lim - used));
+      }
+      if (path.empty() || path == "/") break;
+      const auto slash = path.find_last_of('/');
+      path = slash == 0 || slash == std::string::npos ? "/" : path.substr(0, slash);
+    }
+  }
+  return room;
+}
+
+/// Bytes of address space RLIMIT_AS still allows (the limit minus the current virtual size),
+/// or infinity when there is no such limit.
+double address_space_room() {
+  rlimit rl{};
+  if (getrlimit(RLIMIT_AS, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return std::numeric_limits<double>::infinity();
+  const double page = static_cast<double>(sysconf(_SC_PAGESIZE));
+  const double vsize = read_number("/proc/self/statm") * page;  // first field: total pages
+  return std::max(0.0, static_cast<double>(rl.rlim_cur) - vsize);
+}
+
+}  // namespace
 
 double default_memory_limit() {
   double avail = 0.0;
@@ -27,7 +87,11 @@ double default_memory_limit() {
     const long pages = sysconf(_SC_AVPHYS_PAGES), size = sysconf(_SC_PAGESIZE);
     if (pages > 0 && size > 0) avail = static_cast<double>(pages) * static_cast<double>(size);
   }
-  return avail > 0.0 ? 0.75 * avail : 0.0;
+  double room = avail > 0.0 ? avail : std::numeric_limits<double>::infinity();
+  room = std::min({room, address_space_room(), cgroup_room()});
+  if (!std::isfinite(room)) return 0.0;  // nothing could be read: no limit
+  // A quarter is kept back for what the estimates leave out (allocator slack, thread stacks).
+  return std::max(1.0, 0.75 * room);
 }
 
 void pack_set(PackedSet& out, const float* y, idx_t n, idx_t d, Metric m, const idx_t* rows,

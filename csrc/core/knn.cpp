@@ -1,8 +1,11 @@
 // Exact kNN and radius queries: query blocks streamed in parallel against the packed database.
 #include "knn.hpp"
 
+#include <algorithm>
+#include <atomic>
 #include <memory>
 #include <mutex>
+#include <sstream>
 #include <string>
 
 #include "engine.hpp"
@@ -111,9 +114,18 @@ void knn_check_memory(const KnnParams& p, idx_t n, idx_t nq, idx_t d) {
   check_memory(knn_bytes(p, n, nq, d), p.memory_limit, "k-NN search of " + std::to_string(nq) + " queries against " + std::to_string(n) + " rows");
 }
 
+namespace {
+/// Working memory of a radius query before its result lists: the scan, and per query a count
+/// (radius_count) or an empty list and an offset (radius_search: both counted, the larger).
+double radius_bytes(const RadiusParams& p, idx_t n, idx_t nq, idx_t d) {
+  return scan_bytes(p.kernel_set, n, nq, d, resolve_threads(p.n_threads)) +
+         (sizeof(std::vector<std::pair<idx_t, float>>) + 2.0 * sizeof(idx_t)) * static_cast<double>(nq);
+}
+}  // namespace
+
 void radius_check_memory(const RadiusParams& p, idx_t n, idx_t nq, idx_t d) {
-  check_memory(scan_bytes(p.kernel_set, n, nq, d, resolve_threads(p.n_threads)) + 8.0 * static_cast<double>(nq),
-               p.memory_limit, "radius query of " + std::to_string(nq) + " queries against " + std::to_string(n) + " rows");
+  check_memory(radius_bytes(p, n, nq, d), p.memory_limit,
+               "radius query of " + std::to_string(nq) + " queries against " + std::to_string(n) + " rows");
 }
 
 namespace {
@@ -340,13 +352,66 @@ void radius_scan(const RadiusParams& p, const float* db, idx_t n, const float* q
 
 }  // namespace
 
+namespace {
+
+/// The result lists' share of memory_limit, charged as they grow (from every thread): a search
+/// whose results would not fit fails with MemoryLimitError before it allocates beyond the limit.
+class ResultBudget {
+ public:
+  ResultBudget(const RadiusParams& p, double base) : p_(p), base_(base) {}
+  /// Reserves `bytes` more (or fails, naming the limit, the radius and what to do).
+  void charge(double bytes) {
+    if (!(p_.memory_limit > 0.0)) return;
+    const auto b = static_cast<std::int64_t>(std::ceil(bytes));
+    const std::int64_t now = used_.fetch_add(b, std::memory_order_relaxed) + b;
+    if (base_ + static_cast<double>(now) > p_.memory_limit) {
+      used_.fetch_sub(b, std::memory_order_relaxed);
+      fail_now(base_ + static_cast<double>(now));
+    }
+  }
+  std::int64_t used() const { return used_.load(); }
+
+ private:
+  [[noreturn]] void fail_now(double needed) const {
+    auto mib = [](double v) { return std::to_string(static_cast<long long>(v / 1048576.0 + 0.5)) + " MiB"; };
+    std::ostringstream r;
+    r << p_.radius;
+    throw MemoryLimitError(
+        "radius search with radius=" + r.str() + (p_.metric == Metric::L2 ? " (a squared distance)" : "") +
+        " finds more neighbours than memory_limit = " + mib(p_.memory_limit) + " holds (it needed more than " +
+        mib(needed) + " before finishing); use a smaller radius, count the neighbours first with radius_count, "
+        "query fewer rows at a time, or raise memory_limit");
+  }
+  const RadiusParams& p_;
+  const double base_;
+  std::atomic<std::int64_t> used_{0};
+};
+
+using RadiusList = std::vector<std::pair<idx_t, float>>;
+constexpr double kListEntry = sizeof(RadiusList::value_type);  // bytes per listed neighbour
+constexpr double kCsrEntry = sizeof(idx_t) + sizeof(float);     // bytes per neighbour in the CSR
+
+}  // namespace
+
 void radius_search(const RadiusParams& p, const float* db, idx_t n, const float* q, idx_t nq,
                    idx_t d, RadiusResult& out, Cancel& cancel) {
   radius_check_memory(p, n, nq, d);
-  std::vector<std::vector<std::pair<idx_t, float>>> per(static_cast<std::size_t>(nq > 0 ? nq : 0));
+  // Per-query lists during the scan (their capacity charged as it grows, doubling), then the
+  // CSR arrays while the lists still exist: both are charged, so the peak stays within the limit.
+  ResultBudget budget(p, radius_bytes(p, n, nq, d));
+  std::vector<RadiusList> per(static_cast<std::size_t>(nq > 0 ? nq : 0));
   radius_scan(p, db, n, q, nq, d, true, cancel, [&](idx_t qi, idx_t j, double v) {
-    per[qi].emplace_back(j, static_cast<float>(v));
+    RadiusList& l = per[qi];
+    if (l.size() == l.capacity()) {
+      const std::size_t cap = std::max<std::size_t>(8, 2 * l.capacity());
+      budget.charge(static_cast<double>(cap - l.capacity()) * kListEntry);
+      l.reserve(cap);
+    }
+    l.emplace_back(j, static_cast<float>(v));
   });
+  double total = 0.0;
+  for (const auto& l : per) total += static_cast<double>(l.size());
+  budget.charge(total * kCsrEntry);
   out.indptr.assign(static_cast<std::size_t>(nq + 1), 0);
   for (idx_t i = 0; i < nq; ++i) out.indptr[i + 1] = out.indptr[i] + static_cast<idx_t>(per[i].size());
   out.indices.resize(static_cast<std::size_t>(out.indptr[nq]));
@@ -358,6 +423,7 @@ void radius_search(const RadiusParams& p, const float* db, idx_t n, const float*
       out.dist[o] = e.second;
       ++o;
     }
+    RadiusList().swap(per[i]);  // free as we go
   }
 }
 

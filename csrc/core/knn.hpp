@@ -35,11 +35,12 @@ struct RadiusParams {
   bool exclude_self = false;   ///< queries are the database rows: query i never returns row i
   int n_threads = 0;           ///< worker threads; 0 = OpenMP default
   const KernelSet* kernel_set = nullptr;  ///< tile kernels; null = the process's choice
-  double memory_limit = 0.0;   ///< bytes of working memory at most (radius_search: before its
-                               ///< result lists, whose size is not known in advance); 0 = no limit
+  double memory_limit = 0.0;   ///< bytes of working memory at most, results included (radius_search
+                               ///< charges its result lists as they grow); 0 = no limit
 };
 
-/// Throws MemoryLimitError when a radius query would need more than p.memory_limit.
+/// Throws MemoryLimitError when a radius query would need more than p.memory_limit before its
+/// results (radius_search also fails, during the scan, as soon as its results would exceed it).
 void radius_check_memory(const RadiusParams& p, idx_t n, idx_t nq, idx_t d);
 
 /// Neighbours within the radius (inclusive), as CSR: query i owns indices[indptr[i]:indptr[i+1]],

@@ -7,6 +7,8 @@ once and visibly (logged at INFO level), or rejected with a message that says wh
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import os
 from typing import Any, Optional
 
@@ -79,12 +81,23 @@ def threads_arg(n_threads: Optional[int]) -> int:
 
 
 def memory_limit_arg(memory_limit: Any) -> Any:
-    """Validates an estimator's ``memory_limit`` (None, 0 or a positive number of bytes)."""
+    """Validates an estimator's ``memory_limit``: None (the default limit), exactly 0 (no
+    limit) or a number of bytes >= 1; returns None, or the bytes as an int.
+
+    Anything else raises ValueError naming the value: a fraction of a byte (it would truncate
+    to 0, i.e. no limit), negatives, NaN, infinity, bools and non-numbers.
+    """
     if memory_limit is None:
         return None
-    if isinstance(memory_limit, (bool, np.bool_)) or not isinstance(memory_limit, (int, float, np.integer, np.floating)) \
-            or not np.isfinite(memory_limit) or memory_limit < 0:
-        raise ValueError(f"memory_limit={memory_limit!r} should be None, 0 (no limit) or a number of bytes > 0")
+    bad = ValueError(f"memory_limit={memory_limit!r} should be None, 0 (no limit) or a number of bytes >= 1")
+    if isinstance(memory_limit, (bool, np.bool_)) or not isinstance(memory_limit, numbers.Real):
+        raise bad
+    try:
+        value = float(memory_limit)
+    except OverflowError:  # an int beyond float range: more bytes than any machine has
+        value = math.inf
+    if not math.isfinite(value) or not (value == 0 or value >= 1):
+        raise bad
     return int(memory_limit)
 
 

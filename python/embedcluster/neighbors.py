@@ -39,7 +39,9 @@ class NearestNeighbors(BaseEstimator):
         results are identical (float64 re-check within the error bound).
     memory_limit : int or None, default=None
         Bytes of working memory one native call may use (its outputs included, the input data
-        not). None: three quarters of the memory available when the call starts; 0: no limit.
+        not). None: ``embedcluster._core.default_memory_limit()`` when the call starts (3/4 of
+        the least of the available memory, the room RLIMIT_AS leaves and the room the memory
+        cgroup leaves); 0: no limit; a value between 0 and 1 is an error.
         A call that would need more raises ``MemoryError`` (``_core.MemoryLimitError``) naming
         the size it needed, before allocating it. The faiss backend ignores it.
 

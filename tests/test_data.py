@@ -562,3 +562,479 @@ def test_dataset_validation():
         Dataset(X=np.zeros((2, 2, 2)), kind="vectors")
     ds = Dataset(X=np.zeros((2, 2)), y=[0, 1])
     assert ds.y.dtype == np.int64 and "vectors" in repr(ds)
+
+
+# --------------------------------------------------------------------------------- trust (issue 11)
+# Every class of damaged or hostile input gives ValueError / MemoryError / FileNotFoundError
+# naming the file, before anything is allocated from the file's own numbers, and never hangs.
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import zlib  # noqa: E402
+
+from PIL import Image  # noqa: E402
+
+VALID_IDX_CODES = {0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E}
+
+
+def _idx_header(code: int, dims) -> bytes:
+    return struct.pack(">HBB", 0, code, len(dims)) + struct.pack(f">{len(dims)}I", *dims)
+
+
+def test_idx_every_invalid_type_code_and_ndim_is_refused(tmp_path):
+    p = tmp_path / "x-ubyte"
+    for code in range(256):
+        if code in VALID_IDX_CODES:
+            continue
+        p.write_bytes(_idx_header(code, (1, 1)) + b"\0")
+        with pytest.raises(ValueError, match="x-ubyte.*magic"):
+            load_idx(p)
+    for ndim in (0, 5, 17, 255):
+        p.write_bytes(struct.pack(">HBB", 0, 8, ndim) + b"\0" * (4 * ndim + 8))
+        with pytest.raises(ValueError, match=f"x-ubyte.*{ndim} dims"):
+            load_idx(p)
+    for first in (1, 0x100, 0xFFFF):  # the two leading bytes must be zero
+        p.write_bytes(struct.pack(">HBB", first, 8, 1) + struct.pack(">I", 1) + b"\0")
+        with pytest.raises(ValueError, match="magic"):
+            load_idx(p)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("dims", [(0xFFFFFFFF,) * 4, (2 ** 31, 2 ** 31, 2), (100_000, 10_000, 10_000),
+                                  (60_000, 28, 28)])
+def test_idx_huge_dims_refused_before_allocating(tmp_path, gz, dims):
+    """A header declaring far more data than the file holds (products overflowing 64 bits
+    included) is refused from the header alone: the file is a few bytes."""
+    raw = _idx_header(0x0E, dims) + b"\0" * 64
+    p = tmp_path / ("h.gz" if gz else "h-ubyte")
+    p.write_bytes(gzip.compress(raw) if gz else raw)
+    with pytest.raises(ValueError, match=r"h(\.gz|-ubyte).*(truncated|damaged)"):
+        load_idx(p)
+
+
+def test_idx_allocation_is_bounded_by_memory_limit(tmp_path):
+    X = np.zeros((50, 28, 28), np.uint8)
+    for gz in (False, True):
+        p = write_idx(tmp_path / f"m{gz}-ubyte", X, gz)
+        with pytest.raises(MemoryError, match=rf"m{gz}-ubyte.*39200 bytes.*memory_limit"):
+            load_idx(p, memory_limit=39_199)
+        assert load_idx(p, memory_limit=39_200).X.shape == (50, 28, 28)
+    y = write_idx(tmp_path / "y-ubyte", np.zeros(50, np.uint8), gz=False)
+    with pytest.raises(MemoryError):  # images + labels (+ their int64 copy) are counted together
+        load_idx(tmp_path / "mFalse-ubyte", y, memory_limit=39_200 + 50)
+    with pytest.raises(ValueError, match="memory_limit"):
+        load_idx(tmp_path / "mFalse-ubyte", memory_limit=-1)
+
+
+def test_idx_gzip_header_lies_checked_in_a_subprocess_under_a_memory_cap(tmp_path):
+    """A 1 KB gzip file whose header declares 8 GB must be refused without trying: under an
+    address-space limit of 1 GB any such allocation would show as MemoryError instead."""
+    raw = _idx_header(0x08, (8, 1 << 15, 1 << 15)) + b"\0" * 1000
+    p = tmp_path / "lie.gz"
+    p.write_bytes(gzip.compress(raw))
+    code = (
+        "import resource, sys\n"
+        "from embedcluster.data import load_idx\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
+        "try:\n"
+        f"    load_idx({str(p)!r})\n"
+        "except ValueError as e:\n"
+        "    print('VALUE', e)\n"
+        "except MemoryError as e:\n"
+        "    print('MEMORY', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.startswith("VALUE") and "lie.gz" in out.stdout, out.stdout + out.stderr
+
+
+def test_idx_damaged_gzip_anywhere_is_a_value_error(tmp_path):
+    """Every byte of the deflate stream and trailer flipped in turn: zlib.error, EOFError,
+    BadGzipFile and CRC errors all come back as ValueError naming the file (bytes 4..9, the
+    gzip header's time and flags, may change without damage)."""
+    rng = np.random.default_rng(3)
+    raw = idx_bytes(rng.integers(0, 256, (6, 7, 5)).astype(np.uint8))
+    good = gzip.compress(raw, mtime=0)
+    p = tmp_path / "d.gz"
+    for i in range(10, len(good)):
+        bad = bytearray(good)
+        bad[i] ^= 0x5A
+        p.write_bytes(bytes(bad))
+        try:
+            ds = load_idx(p)
+        except ValueError as e:
+            assert "d.gz" in str(e)
+        else:  # only a flip that leaves the data intact may load, and then it must be exact
+            np.testing.assert_array_equal(ds.X.reshape(-1), np.frombuffer(raw[16:], np.uint8))
+    for cut in range(1, len(good)):
+        p.write_bytes(good[:cut])
+        with pytest.raises(ValueError, match="d.gz"):
+            load_idx(p)
+
+
+def test_idx_gzip_stream_longer_or_shorter_than_header(tmp_path):
+    raw = idx_bytes(np.zeros((4, 3, 3), np.uint8))
+    p = tmp_path / "s.gz"
+    p.write_bytes(gzip.compress(raw + b"\1"))
+    with pytest.raises(ValueError, match="s.gz.*more data"):
+        load_idx(p)
+    p.write_bytes(gzip.compress(raw) + gzip.compress(b"\0\0\0"))  # a second gzip member
+    with pytest.raises(ValueError, match="s.gz.*more data"):
+        load_idx(p)
+    p.write_bytes(gzip.compress(raw[:-1]))
+    with pytest.raises(ValueError, match="s.gz.*truncated"):
+        load_idx(p)
+    p.write_bytes(gzip.compress(raw) + b"trailing garbage")
+    with pytest.raises(ValueError, match="s.gz"):
+        load_idx(p)
+    # A raw deflate stream with a gzip magic but a broken header.
+    p.write_bytes(b"\x1f\x8b" + zlib.compress(raw)[2:])
+    with pytest.raises(ValueError, match="s.gz"):
+        load_idx(p)
+
+
+def test_idx_labels_must_match_images(tmp_path):
+    X = write_idx(tmp_path / "x-ubyte", np.zeros((3, 2, 2), np.uint8), gz=False)
+    y2d = write_idx(tmp_path / "y2-ubyte", np.zeros((3, 2), np.uint8), gz=False)
+    with pytest.raises(ValueError, match="y2-ubyte.*1-D"):
+        load_idx(X, y2d)
+    yf = write_idx(tmp_path / "yf-ubyte", np.array([0.5, 1, 2], np.float32), gz=False)
+    with pytest.raises(ValueError, match="yf-ubyte.*non-integer"):
+        load_idx(X, yf)
+    y2 = write_idx(tmp_path / "y-ubyte", np.zeros(2, np.uint8), gz=True)
+    with pytest.raises(ValueError, match="2 labels but .*x-ubyte has 3 samples"):
+        load_idx(X, y2)
+
+
+NOT_NPY = {
+    "png": lambda p: Image.new("L", (3, 3)).save(p, format="PNG"),
+    "jpeg": lambda p: Image.new("RGB", (3, 3)).save(p, format="JPEG"),
+    "gzip": lambda p: p.write_bytes(gzip.compress(b"hello")),
+    "npz": lambda p: np.savez(open(p, "wb"), a=np.zeros(3)),
+    "pickle": lambda p: p.write_bytes(__import__("pickle").dumps([1, 2])),
+    "text": lambda p: p.write_text("1,2,3\n"),
+    "empty": lambda p: p.write_bytes(b""),
+    "idx": lambda p: p.write_bytes(idx_bytes(np.zeros((2, 2), np.uint8))),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(NOT_NPY))
+def test_non_npy_files_named_npy_are_called_what_they_are(tmp_path, kind):
+    p = tmp_path / "x.npy"
+    NOT_NPY[kind](p)
+    for call in (lambda: load_npy(p), lambda: load_npy(p, mmap=False), lambda: load(p)):
+        with pytest.raises(ValueError, match="x.npy.*not a .npy file|x.npy is an .npz") as e:
+            call()
+        assert "allow_pickle" not in str(e.value) and "pickled" not in str(e.value)
+
+
+def test_object_and_structured_npy_refused_without_suggesting_pickle(tmp_path):
+    p = tmp_path / "o.npy"
+    np.save(p, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="o.npy.*objects") as e:
+        load_npy(p)
+    assert "allow_pickle" not in str(e.value)
+    np.save(p, np.zeros(3, dtype=[("a", "f4"), ("b", "i4")]))
+    with pytest.raises(ValueError, match="o.npy.*dtype"):
+        load_npy(p)
+    np.save(tmp_path / "x.npy", np.zeros((3, 2), np.float32))
+    np.save(p, np.array(["a", None, "b"], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="o.npy.*objects"):
+        load_npy(tmp_path / "x.npy", labels=p)
+    np.save(p, np.array(["a", "b", "a"]))  # string labels are fine
+    assert load_npy(tmp_path / "x.npy", labels=p).class_names == ["a", "b"]
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_npy_size_must_match_header(tmp_path, mmap):
+    good = tmp_path / "g.npy"
+    np.save(good, np.arange(60, dtype=np.float64).reshape(10, 6))
+    raw = good.read_bytes()
+    p = tmp_path / "t.npy"
+    for cut in (1, 7, 8, 479, 480):
+        p.write_bytes(raw[:-cut])
+        with pytest.raises(ValueError, match="t.npy.*(truncated|damaged)"):
+            load_npy(p, mmap=mmap)
+    p.write_bytes(raw + b"\0" * 8)
+    with pytest.raises(ValueError, match="t.npy.*8 bytes after"):
+        load_npy(p, mmap=mmap)
+    # A header declaring an enormous shape over a tiny file: refused from the header.
+    hdr = b"{'descr': '<f8', 'fortran_order': False, 'shape': (99999999999, 100000), }"
+    hdr = hdr + b" " * (64 * 2 - 10 - len(hdr) - 1) + b"\n"
+    p.write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(hdr)) + hdr + b"\0" * 32)
+    with pytest.raises(ValueError, match="t.npy is truncated"):
+        load_npy(p, mmap=mmap)
+    with pytest.raises(MemoryError, match="g.npy.*memory_limit"):
+        load_npy(good, mmap=False, memory_limit=100)
+    assert load_npy(good, mmap=mmap, memory_limit=480).X.shape == (10, 6)
+
+
+def _bounded(fn, fifo: Path, timeout: float = 20.0):
+    """Runs fn in a thread; if it blocks (on a FIFO), a writer is opened to release it and the
+    test fails instead of hanging."""
+    result: dict = {}
+
+    def run():
+        try:
+            result["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            result["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        os.close(fd)
+        t.join(5)
+        pytest.fail(f"the loader blocked on the FIFO {fifo}")
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
+
+
+def _fifo_cases(tmp_path: Path) -> list:
+    cases = []
+    for name, call in (("x.npy", load_npy), ("x-ubyte", load_idx), ("x.gz", load_idx),
+                       ("x.txt", load_texts), ("x.csv", load_table), ("x.jsonl", load_table),
+                       ("y.npy", load), ("y.txt", load), ("y.csv", load), ("y.idx", load)):
+        f = tmp_path / name
+        if not f.exists():
+            os.mkfifo(f)
+        cases.append((name, f, lambda f=f, call=call: call(f)))
+    # labels given as a FIFO
+    np.save(tmp_path / "X.npy", np.zeros((3, 2), np.float32))
+    cases.append(("labels npy", tmp_path / "x.npy",
+                  lambda: load_npy(tmp_path / "X.npy", labels=tmp_path / "x.npy")))
+    xi = write_idx(tmp_path / "X-ubyte", np.zeros((3, 2, 2), np.uint8), gz=False)
+    cases.append(("labels idx", tmp_path / "x-ubyte", lambda: load_idx(xi, tmp_path / "x-ubyte")))
+    # a FIFO inside folders: an image folder, a shard folder, Fashion-MNIST's root
+    imgs = tmp_path / "imgs"
+    _png(imgs / "a.png", (1, 2, 3))
+    os.mkfifo(imgs / "b.png")
+    cases.append(("image folder", imgs / "b.png", lambda: load_image_folder(imgs)))
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    np.save(shards / "a.npy", np.zeros((2, 2), np.float32))
+    os.mkfifo(shards / "b.npy")
+    cases.append(("shards", shards / "b.npy", lambda: load_npy_shards(shards)))
+    fm = tmp_path / "fm"
+    fm.mkdir()
+    os.mkfifo(fm / "t10k-images-idx3-ubyte.gz")
+    write_idx(fm / "t10k-labels-idx1-ubyte.gz", np.zeros(2, np.uint8), gz=True)
+    cases.append(("fashion root", fm / "t10k-images-idx3-ubyte.gz",
+                  lambda: load_fashion_mnist("test", root=fm)))
+    return cases
+
+
+def test_fifos_are_refused_before_opening(tmp_path):
+    for name, fifo, call in _fifo_cases(tmp_path):
+        with pytest.raises(ValueError, match="FIFO") as e:
+            _bounded(call, fifo)
+        assert fifo.name in str(e.value), name
+
+
+def test_fifo_refusal_holds_in_a_fresh_process(tmp_path):
+    """The same refusal with a hard wall-clock bound: a regression hangs a child, not the run."""
+    f = tmp_path / "p.npy"
+    os.mkfifo(f)
+    code = ("from embedcluster.data import load\n"
+            "try:\n"
+            f"    load({str(f)!r})\n"
+            "except ValueError as e:\n"
+            "    print('refused:', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "refused:" in out.stdout and "FIFO" in out.stdout, out.stdout + out.stderr
+
+
+def test_devices_and_sockets_are_refused(tmp_path):
+    import socket
+
+    with pytest.raises(ValueError, match="character device"):
+        load_texts("/dev/zero")
+    with pytest.raises(ValueError, match="character device"):
+        load_npy("/dev/zero")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    path = tmp_path / "s.csv"
+    try:
+        s.bind(os.fspath(path))
+        with pytest.raises(ValueError, match="socket"):
+            load_table(path)
+    finally:
+        s.close()
+    with pytest.raises(IsADirectoryError, match="folder"):
+        load_texts(tmp_path)
+
+
+def _png16(path: Path, arr: np.ndarray, mode: str = "I;16") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im = Image.frombytes(mode, (arr.shape[1], arr.shape[0]),
+                         arr.astype(">u2" if mode == "I;16B" else "<u2").tobytes())
+    im.save(path, format="PNG")
+
+
+def test_16_bit_png_scaled_like_8_bit(tmp_path):
+    """16-bit grey PNGs (Pillow: I;16 / I;16B / I) land in [0, 1] by /65535 beside 8-bit /255,
+    instead of saturating at 255; the oracle is the array that was written."""
+    v16 = np.array([[0, 257, 32768], [65535, 1000, 50000]], np.uint16)
+    v8 = np.array([[0, 1, 128], [255, 10, 200]], np.uint8)
+    _png16(tmp_path / "a" / "x16.png", v16)
+    _png16(tmp_path / "a" / "x16b.png", v16, mode="I;16B")
+    (tmp_path / "b").mkdir()
+    Image.fromarray(v8).save(tmp_path / "b" / "x8.png")
+    for p in (tmp_path / "a" / "x16.png", tmp_path / "a" / "x16b.png"):
+        assert Image.open(p).mode in ("I;16", "I;16B", "I")
+    ds = load_image_folder(tmp_path, grayscale=True)
+    assert ds.X.dtype == np.float32 and ds.X.shape == (3, 2, 3, 1)
+    np.testing.assert_allclose(ds.X[0, ..., 0], v16 / 65535.0, rtol=1e-6)
+    np.testing.assert_allclose(ds.X[1, ..., 0], v16 / 65535.0, rtol=1e-6)
+    np.testing.assert_allclose(ds.X[2, ..., 0], v8 / 255.0, rtol=1e-6)
+    assert ds.X.max() <= 1.0 and ds.X.min() >= 0.0
+    rgb = load_image_folder(tmp_path)  # grey repeated into three channels
+    assert rgb.X.shape == (3, 2, 3, 3)
+    for c in range(3):
+        np.testing.assert_allclose(rgb.X[0, ..., c], v16 / 65535.0, rtol=1e-6)
+    # Resized 16-bit images keep the scale (a constant image stays constant).
+    _png16(tmp_path / "c" / "k.png", np.full((8, 8), 30000, np.uint16))
+    small = load_image_folder(tmp_path / "c", size=4, grayscale=True)
+    np.testing.assert_allclose(small.X, 30000 / 65535.0, rtol=1e-5)
+    # as_feature_matrix keeps float images as they are: both scales agree there too.
+    np.testing.assert_allclose(as_feature_matrix(ds)[2], (v8 / 255.0).reshape(-1), rtol=1e-6)
+    # 8-bit folders stay uint8.
+    assert load_image_folder(tmp_path / "b").X.dtype == np.uint8
+
+
+def test_palette_alpha_and_grey_modes(tmp_path):
+    rgb = np.array([[[255, 0, 0], [0, 255, 0]], [[0, 0, 255], [10, 20, 30]]], np.uint8)
+    alpha = np.array([[255, 0], [128, 7]], np.uint8)
+    Image.fromarray(np.dstack([rgb, alpha]), mode="RGBA").save(tmp_path / "rgba.png")
+    pal = Image.fromarray(rgb, mode="RGB").quantize(4)
+    pal.save(tmp_path / "p.png")
+    grey = np.array([[0, 50], [100, 255]], np.uint8)
+    Image.fromarray(np.dstack([grey, alpha]), mode="LA").save(tmp_path / "la.png")
+    Image.fromarray(grey, mode="L").save(tmp_path / "l.png")
+    Image.fromarray(grey > 60).save(tmp_path / "one.png")  # mode "1"
+    ds = load_image_folder(tmp_path)
+    # sorted names: l.png, la.png, one.png, p.png, rgba.png
+    assert ds.X.dtype == np.uint8 and ds.X.shape == (5, 2, 2, 3)
+    np.testing.assert_array_equal(ds.X[0], np.repeat(grey[..., None], 3, 2))
+    np.testing.assert_array_equal(ds.X[1], np.repeat(grey[..., None], 3, 2))  # alpha dropped
+    np.testing.assert_array_equal(ds.X[2], np.repeat(np.where(grey > 60, 255, 0)[..., None], 3, 2))
+    palette = np.array(pal.getpalette()[:12], np.uint8).reshape(-1, 3)
+    np.testing.assert_array_equal(ds.X[3], palette[np.asarray(pal)])
+    np.testing.assert_array_equal(ds.X[4], rgb)  # colour kept, alpha dropped
+    g = load_image_folder(tmp_path, grayscale=True)
+    np.testing.assert_array_equal(g.X[0, ..., 0], grey)
+    np.testing.assert_array_equal(g.X[1, ..., 0], grey)
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, not an image", b"\x89PNG\r\n\x1a\n",
+                                     b"GIF89a\x01\x00", b"\xff\xd8\xff\xe0"])
+def test_non_images_named_png_are_value_errors(tmp_path, content):
+    _png(tmp_path / "ok.png", (1, 2, 3))
+    (tmp_path / "bad.png").write_bytes(content)
+    for size in (None, 4):
+        with pytest.raises(ValueError, match="bad.png"):
+            load_image_folder(tmp_path, size=size)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_image_allocation_bounded(tmp_path):
+    for i in range(3):
+        _png(tmp_path / f"{i}.png", (1, 2, 3), size=(100, 100))
+    with pytest.raises(MemoryError, match="3 images of 100x100x3"):
+        load_image_folder(tmp_path, memory_limit=90_000)
+    # A header declaring a 60000 x 60000 image over a few hundred bytes: refused before decoding.
+    big = Image.new("L", (1, 1))
+    big.save(tmp_path / "3.png")
+    raw = bytearray((tmp_path / "3.png").read_bytes())
+    raw[16:24] = struct.pack(">II", 60000, 60000)  # IHDR width, height (CRC now wrong)
+    (tmp_path / "3.png").write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"3\.png"):
+        load_image_folder(tmp_path, size=10, memory_limit=10_000_000)
+    # With a correct CRC, Pillow's own bomb limit refuses 60000 x 60000 ...
+    raw[29:33] = struct.pack(">I", zlib.crc32(bytes(raw[12:29])))
+    (tmp_path / "3.png").write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"3\.png.*decompression bomb"):
+        load_image_folder(tmp_path, size=10, memory_limit=10_000_000)
+    # ... and below it (10000 x 10000, 400 MB as float) the header is checked against memory
+    # before the pixels are decoded.
+    raw[16:24] = struct.pack(">II", 10000, 10000)
+    raw[29:33] = struct.pack(">I", zlib.crc32(bytes(raw[12:29])))
+    (tmp_path / "3.png").write_bytes(bytes(raw))
+    with pytest.raises(MemoryError, match="needs about"):
+        load_image_folder(tmp_path, size=10, memory_limit=10_000_000)
+
+
+def _write(p: Path, text: str) -> Path:
+    p.write_text(text, "utf-8")
+    return p
+
+
+@pytest.mark.parametrize("ext", [".csv", ".tsv", ".jsonl", ".json"])
+@pytest.mark.parametrize("blank", ["", " ", "\t \n "])
+def test_empty_texts_are_refused_with_record_numbers(tmp_path, ext, blank):
+    texts = ["fine", blank, "also fine", blank, blank]
+    p = tmp_path / f"t{ext}"
+    if ext in (".csv", ".tsv"):
+        with open(p, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f, delimiter="\t" if ext == ".tsv" else ",")
+            w.writerow(["text"])
+            w.writerows([[t] for t in texts])
+    elif ext == ".jsonl":
+        _write(p, "\n".join(json.dumps({"text": t}) for t in texts))
+    else:
+        _write(p, json.dumps([{"text": t} for t in texts]))
+    with pytest.raises(ValueError, match=r"t\.\w+: 3 records \(2, 4, 5\) have an empty text"):
+        load_table(p)
+
+
+@pytest.mark.parametrize("body,where,what", [
+    ('text\n"unterminated\n', "line", "CSV"),
+    ('text\n"a"b\n', "line 2", "CSV"),
+    ("text\n" + "x" * 200_000 + "\n", "line", "CSV"),
+    ("text,label\na,1,extra\n", "line 2", "fields"),
+    ("text,text\na,b\n", "", "more than once"),
+])
+def test_malformed_csv_names_file_and_line(tmp_path, body, where, what):
+    p = _write(tmp_path / "bad.csv", body)
+    with pytest.raises(ValueError, match=f"bad.csv.*{where}.*{what}|bad.csv.*{what}"):
+        load_table(p)
+
+
+@pytest.mark.parametrize("raw,match", [
+    (b"text\nab\x00c\n", r"NUL byte \(byte 7, line 2\)"),
+    ("text\nx\n".encode("utf-16"), "NUL byte"),
+    (b"text\ncaf\xe9\n", r"not valid UTF-8 \(byte 8, line 2"),
+])
+def test_binary_and_undecodable_text_files(tmp_path, raw, match):
+    for name in ("b.csv", "b.txt", "b.jsonl"):
+        p = tmp_path / name
+        p.write_bytes(raw)
+        with pytest.raises(ValueError, match=f"{name}.*{match}"):
+            load(p)
+
+
+@pytest.mark.parametrize("line", ["[1, 2]", "3", '"text"', "null", "true"])
+def test_jsonl_records_that_are_not_objects(tmp_path, line):
+    p = _write(tmp_path / "r.jsonl", '{"text": "a"}\n\n' + line + "\n")
+    with pytest.raises(ValueError, match=r"r.jsonl line 3 is a JSON \w+; each record must be"):
+        load_table(p)
+    arr = _write(tmp_path / "r.json", f'[{{"text": "a"}}, {line}]')
+    with pytest.raises(ValueError, match=r"r.json record 2 is a JSON"):
+        load_table(arr)
+
+
+@pytest.mark.parametrize("line", ["[" * 100_000, '{"text": ' + "9" * 5000 + "}",
+                                  '{"text": ["a"]}', '{"text": {"a": 1}}'])
+def test_hostile_json_values(tmp_path, line):
+    p = _write(tmp_path / "h.jsonl", line + "\n")
+    with pytest.raises(ValueError, match="h.jsonl.*(line 1|record 1)"):
+        load_table(p)
+
+
+def test_texts_without_any_text(tmp_path):
+    with pytest.raises(ValueError, match="e.txt holds no text"):
+        load_texts(_write(tmp_path / "e.txt", "\n  \n\t\n"))
+    with pytest.raises(ValueError, match="e.csv holds no records"):
+        load_table(_write(tmp_path / "e.csv", "text\n"))

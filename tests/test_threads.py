@@ -3,9 +3,14 @@ the GIL is released during native work."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 
 import numpy as np
+import pytest
 
 import embedcluster as ec
 from embedcluster import _core
@@ -58,3 +63,43 @@ def test_gil_is_released_during_native_work():
         done.wait(0.001)
     t.join()
     assert ticks > 20
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc/self/statm")
+def test_too_many_threads_raise_instead_of_ending_the_process():
+    """Under an address-space limit, 1000 threads (8 MiB of stack each) cannot start: libgomp
+    would print 'Thread creation failed' and end the process. Each call raises MemoryError
+    naming n_threads instead, and the process goes on with the same results on 2 threads."""
+    script = textwrap.dedent("""
+        import resource
+        import numpy as np
+        import embedcluster as ec
+        from embedcluster import _core
+
+        X = np.random.default_rng(0).standard_normal((3000, 16)).astype(np.float32)
+        jobs = {
+            "kmeans": lambda t: ec.KMeans(8, random_state=0, n_threads=t).fit(X).labels_,
+            "knn": lambda t: ec.NearestNeighbors(n_neighbors=4, n_threads=t).fit(X).kneighbors()[1],
+            "dbscan": lambda t: ec.DBSCAN(eps=4.0, n_threads=t).fit(X).labels_,
+            "radius": lambda t: _core.radius_count(X, X, 20.0, n_threads=t),
+        }
+        ref = {name: job(2) for name, job in jobs.items()}
+        vsize = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+        resource.setrlimit(resource.RLIMIT_AS, (vsize + (1 << 30), resource.getrlimit(resource.RLIMIT_AS)[1]))
+        for name, job in jobs.items():
+            try:
+                job(1000)
+                print(name, "no error")
+            except MemoryError as exc:
+                print(name, "raised:", type(exc).__name__, exc)
+            print(name, "same after:", np.array_equal(job(2), ref[name]))
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, OMP_NUM_THREADS="2"))
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "Thread creation failed" not in r.stderr, out
+    for name in ("kmeans", "knn", "dbscan", "radius"):
+        assert f"{name} raised: ThreadStartError n_threads=1000: only" in r.stdout, out
+        assert "use a smaller n_threads" in r.stdout, out
+        assert f"{name} same after: True" in r.stdout, out

@@ -482,6 +482,7 @@ PYBIND11_MODULE(_core, m) {
             "memory_limit (bytes; None: default_memory_limit() at the call; 0: no limit) bounds each call's "
             "working memory: a call that would need more raises MemoryLimitError (a MemoryError) naming the size.";
   py::register_exception<ec::MemoryLimitError>(m, "MemoryLimitError", PyExc_MemoryError);
+  py::register_exception<ec::ThreadStartError>(m, "ThreadStartError", PyExc_MemoryError);
   m.def("knn_search", &knn_search, py::arg("database"), py::arg("queries"), py::arg("k"), py::arg("metric") = "l2",
         py::arg("exclude_self") = false, py::arg("n_threads") = 0, py::arg("precision") = "auto",
         py::arg("memory_limit") = py::none(), py::arg("self_join") = true,

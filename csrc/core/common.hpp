@@ -87,10 +87,25 @@ class Cancel {
   std::chrono::steady_clock::time_point last_{};
 };
 
-/// Number of threads an operation will use: `requested` if > 0, else the OpenMP default.
+/// The threads an operation asked for cannot be started (the bindings raise MemoryError).
+struct ThreadStartError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+/// Makes sure `n` threads can run at once before a parallel region asks OpenMP for them:
+/// libgomp ends the process ("Thread creation failed") when it cannot create a thread. Starts
+/// n - 1 threads with libgomp's attributes (its stack size: OMP_STACKSIZE / GOMP_STACKSIZE,
+/// else the default) and joins them; remembers the largest count known to work, so a call
+/// probes only when it asks for more. Throws ThreadStartError naming n and what to do.
+void ensure_threads(int n);
+
+/// Number of threads an operation will use: `requested` if > 0, else the OpenMP default;
+/// checked with ensure_threads, so call it before the parallel regions (it may throw).
 inline int resolve_threads(int requested) {
 #ifdef _OPENMP
-  return requested > 0 ? requested : omp_get_max_threads();
+  const int n = requested > 0 ? requested : omp_get_max_threads();
+  ensure_threads(n);
+  return n;
 #else
   (void)requested;
   return 1;

@@ -2,12 +2,20 @@
 #include "engine.hpp"
 
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
 #include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
+#include <vector>
 
+#include <pthread.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -68,7 +76,87 @@ double address_space_room() {
   return std::max(0.0, static_cast<double>(rl.rlim_cur) - vsize);
 }
 
+/// libgomp's thread stack size: OMP_STACKSIZE (a size with an optional B/K/M/G suffix, K by
+/// default), else GOMP_STACKSIZE (KiB); 0: not set (the default attributes).
+std::size_t omp_stack_size() {
+  for (const char* name : {"OMP_STACKSIZE", "GOMP_STACKSIZE"}) {
+    const char* v = std::getenv(name);
+    if (!v || !*v) continue;
+    char* end = nullptr;
+    const double x = std::strtod(v, &end);
+    if (!(x > 0.0)) continue;
+    while (end && *end == ' ') ++end;
+    double unit = 1024.0;
+    if (name[0] == 'O' && end && *end) {
+      switch (*end) {
+        case 'b': case 'B': unit = 1.0; break;
+        case 'k': case 'K': unit = 1024.0; break;
+        case 'm': case 'M': unit = 1048576.0; break;
+        case 'g': case 'G': unit = 1073741824.0; break;
+        default: break;
+      }
+    }
+    return static_cast<std::size_t>(x * unit);
+  }
+  return 0;
+}
+
+std::atomic<int> g_threads_ok{1};  // the largest thread count known to start
+std::mutex g_threads_probe;
+
+struct Gate {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool open = false;
+};
+
+void* wait_at_gate(void* arg) {
+  Gate& g = *static_cast<Gate*>(arg);
+  std::unique_lock<std::mutex> lock(g.mu);
+  g.cv.wait(lock, [&] { return g.open; });
+  return nullptr;
+}
+
 }  // namespace
+
+void ensure_threads(int n) {
+  if (n <= g_threads_ok.load(std::memory_order_acquire)) return;
+  std::lock_guard<std::mutex> probe(g_threads_probe);
+  if (n <= g_threads_ok.load()) return;
+  pthread_attr_t attr;
+  if (pthread_attr_init(&attr) != 0) throw ThreadStartError("pthread_attr_init failed");
+  const std::size_t stack = omp_stack_size();
+  if (stack > 0) pthread_attr_setstacksize(&attr, stack);
+  Gate gate;
+  std::vector<pthread_t> started;
+  int rc = 0;
+  try {
+    started.reserve(static_cast<std::size_t>(n - 1));
+    for (int i = 0; i < n - 1 && rc == 0; ++i) {
+      pthread_t t;
+      rc = pthread_create(&t, &attr, wait_at_gate, &gate);
+      if (rc == 0) started.push_back(t);
+    }
+  } catch (const std::bad_alloc&) {
+    rc = ENOMEM;
+  }
+  {
+    std::lock_guard<std::mutex> lock(gate.mu);
+    gate.open = true;
+  }
+  gate.cv.notify_all();
+  for (pthread_t t : started) pthread_join(t, nullptr);
+  pthread_attr_destroy(&attr);
+  if (rc != 0) {
+    const int can = static_cast<int>(started.size()) + 1;  // the calling thread is one of them
+    throw ThreadStartError("n_threads=" + std::to_string(n) + ": only " + std::to_string(can) +
+                           " threads could be started at once here (pthread_create: " + std::strerror(rc) +
+                           "); use a smaller n_threads (the machine has " +
+                           std::to_string(std::thread::hardware_concurrency()) +
+                           " cores), or give the process more memory / a larger thread limit");
+  }
+  g_threads_ok.store(n, std::memory_order_release);
+}
 
 double default_memory_limit() {
   double avail = 0.0;

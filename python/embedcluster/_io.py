@@ -209,7 +209,7 @@ def sha256_array(a: np.ndarray) -> str:
 # --------------------------------------------------------------------------- snapshot directories
 # A saved directory (a pipeline) is a marker, a pointer and immutable snapshots:
 #   root/.embedcluster      {"format": FMT}: says embedcluster owns root (checked before a save)
-#   root/CURRENT            {"format", "snapshot", "previous", "files": {relpath: sha256}}
+#   root/CURRENT            {"format", "snapshot", "previous", "files": {relpath: sha256}, "sha256"}
 #   root/v-<time>-<token>/  the files of one save, never modified after the pointer names them
 # A save writes a new snapshot, then replaces CURRENT with one rename: readers see the old or
 # the new snapshot whole, and a crash at any point leaves the previous one loadable. The
@@ -323,7 +323,9 @@ def _read_pointer(root: Path, fmt: str) -> Optional[dict]:
     ptr = load_json(p, max_bytes=16 * 1024 * 1024)
     where = f"{p}"
     if not isinstance(ptr, dict) or ptr.get("format") != fmt:
-        raise ValueError(f"{where} is not the pointer of an {fmt} directory (format field)")
+        raise ValueError(f"{where} is not the pointer of an {_what(fmt)} directory (format field)")
+    if ptr.get("sha256") != _pointer_digest(ptr):
+        raise ValueError(f"{where} does not match its own sha256 checksum: it was altered or damaged")
     snap = ptr.get("snapshot")
     if not isinstance(snap, str) or not _SNAPSHOT_RE.match(snap):
         raise ValueError(f"{where}: field 'snapshot' should name a v-<time>-<token> folder, got {snap!r}")
@@ -338,6 +340,11 @@ def _read_pointer(root: Path, fmt: str) -> Optional[dict]:
         if not isinstance(digest, str) or not _SHA_RE.match(digest):
             raise ValueError(f"{where}: field 'files' holds {digest!r} for {rel!r}, not a sha256 digest")
     return ptr
+
+
+def _pointer_digest(ptr: dict) -> str:
+    body = {k: v for k, v in ptr.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=True).encode()).hexdigest()
 
 
 def _clean(root: Path, keep: set) -> None:
@@ -380,7 +387,8 @@ def save_snapshot(target: PathLike, fmt: str, write: Callable[[Path], None]) -> 
 
             shutil.rmtree(snap, ignore_errors=True)
             raise
-        save_json(root / POINTER_NAME, {"format": fmt, "snapshot": name, "previous": cur, "files": files})
+        ptr = {"format": fmt, "snapshot": name, "previous": cur, "files": files}
+        save_json(root / POINTER_NAME, {**ptr, "sha256": _pointer_digest(ptr)})
         _clean(root, keep={name, cur})
     return snap
 

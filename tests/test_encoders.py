@@ -1010,3 +1010,44 @@ def test_sentence_transformers_config_tampering(minilm_copy):
     (d / "modules.json").write_text(json.dumps(mods))
     enc = load_encoder(d, device="cpu")  # untampered: loads and embeds
     assert enc.encode(["a shoe"], progress=False).shape == (1, 384)
+
+
+def test_torch_load_messages_name_the_real_cause(tmp_path, fake_torchvision):
+    good = tmp_path / "w.pth"
+    torch.save(fake_torchvision().state_dict(), good)
+    raw = good.read_bytes()
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(raw[: len(raw) // 2])  # truncated: damaged, not "pickled objects"
+    with pytest.raises(ValueError, match="bad.pth could not be read.*damaged") as e:
+        load_encoder("torchvision:tiny", weights=bad)
+    assert "pickled" not in str(e.value)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("unpickled!",))
+
+    torch.save({"fc.weight": torch.zeros(10, 4), "x": Evil()}, tmp_path / "evil.pth")
+    with pytest.raises(ValueError, match="evil.pth holds pickled Python objects"):
+        load_encoder("torchvision:tiny", weights=tmp_path / "evil.pth")
+
+
+def test_checkpoint_config_without_format_is_called_damaged(tmp_path):
+    d = _real_checkpoint(tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    del cfg["format"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="checkpoint config without its 'format' field"):
+        load_encoder(d)
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"size": 10 ** 9}, "size="), ({"size": (224, 0)}, "size="), ({"size": (1.5, 2)}, "size="),
+    ({"size": "224"}, "size="), ({"size": (1, 2, 3)}, "size="), ({"size": True}, "size="),
+    ({"mean": [float("nan")] * 3}, "mean="), ({"std": [0, 1, 1]}, "std="),
+    ({"mean": list(range(100))}, "mean="), ({"std": "abc"}, "std="),
+])
+def test_image_preprocess_values_are_checked(kw, match):
+    from embedcluster.encoders import ImagePreprocess
+
+    with pytest.raises(ValueError, match=match):
+        ImagePreprocess(**kw)

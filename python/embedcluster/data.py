@@ -1544,7 +1544,10 @@ def as_feature_matrix(ds: Dataset) -> np.ndarray:
         raise ValueError("texts have no raw feature matrix; embed them with an encoder first")
     X = ds.X
     n = int(X.shape[0])
-    d = int(np.prod(X.shape[1:], dtype=np.int64))
+    d = math.prod(int(s) for s in X.shape[1:])
+    # X may be a memory map far larger than RAM; the float32 copy is not.
+    _check_allocation(4 * n * d, f"the float32 feature matrix of {ds.source or 'the data'} "
+                      f"({n} x {d})", hint="use a subset of the data, or free memory")
     out = np.empty((n, d), dtype=np.float32)
     scale = X.dtype == np.uint8
     step = max(1, _HASH_CHUNK_BYTES // max(1, d * 4))

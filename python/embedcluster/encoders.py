@@ -327,6 +327,21 @@ def _default_preprocess(batch: Any) -> Any:
     return batch.astype(np.float32, copy=False)
 
 
+_MAX_IMAGE_SIDE = 8192
+
+
+def _floats(values: Any, name: str, positive: bool) -> tuple:
+    """1 to 4 finite floats (per-channel mean or std)."""
+    try:
+        out = tuple(float(v) for v in values) if not isinstance(values, (str, bytes)) else ()
+    except (TypeError, ValueError):
+        out = ()
+    if not 1 <= len(out) <= 4 or not all(np.isfinite(out)) or (positive and min(out) <= 0):
+        raise ValueError(f"image {name}={str(values)[:80]} should be 1 to 4 finite numbers"
+                         + (" > 0" if positive else "") + " (one per channel)")
+    return out
+
+
 class ImagePreprocess:
     """Images -> normalised float NCHW tensors for torchvision / timm / Hugging Face vision models.
 
@@ -337,10 +352,20 @@ class ImagePreprocess:
 
     def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  size: Optional[Union[int, Sequence[int]]] = None) -> None:
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
-        self.size = None if size is None else ((int(size), int(size)) if np.isscalar(size)
-                                               else tuple(int(s) for s in size))
+        # These often come from a model's preprocessor_config.json: checked, since the size
+        # decides how large every resized batch is.
+        self.mean = _floats(mean, "mean", positive=False)
+        self.std = _floats(std, "std", positive=True)
+        if size is not None:
+            sizes = [size, size] if np.isscalar(size) else list(size) \
+                if isinstance(size, (list, tuple)) else None
+            if sizes is None or len(sizes) != 2 or not all(
+                    isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                    and 1 <= v <= _MAX_IMAGE_SIDE for v in sizes):
+                raise ValueError(f"image size={str(size)[:80]} should be an integer or a "
+                                 f"(height, width) pair of integers from 1 to {_MAX_IMAGE_SIDE}")
+            size = tuple(int(v) for v in sizes)
+        self.size = size
         self.fingerprint = f"ImagePreprocess(mean={self.mean}, std={self.std}, size={self.size})"
 
     def __repr__(self) -> str:
@@ -1229,9 +1254,15 @@ def _load_state_file(path: Union[str, os.PathLike], model: Any = None) -> dict:
     except MemoryError:
         raise
     except Exception as e:
-        raise ValueError(f"{p} could not be read as a weights-only PyTorch state dict ({e}); "
-                         "files that hold pickled Python objects are refused; convert the "
-                         "weights to .safetensors") from e
+        text = str(e)
+        if "weights_only" in text.lower() or "Unsupported global" in text:
+            raise ValueError(f"{p} holds pickled Python objects besides tensors ({text[:300]}), "
+                             "which embedcluster refuses to load because unpickling can run "
+                             "code; save only the state dict, or convert the weights to "
+                             ".safetensors") from e
+        raise ValueError(f"{p} could not be read as a PyTorch weights file ({type(e).__name__}: "
+                         f"{text[:300]}); the file is damaged, truncated or not a torch.save "
+                         "file: get a fresh copy, or convert the weights to .safetensors") from e
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -1375,9 +1406,12 @@ def _load_hf(target: str, *, weights: Any = None, max_length: int = 512,
             size = image_size
             if size is None and isinstance(pcfg.get("size"), dict):
                 s = pcfg["size"]
-                size = (s["height"], s["width"]) if "height" in s else s.get("shortest_edge")
-            kw["preprocess"] = ImagePreprocess(pcfg.get("image_mean", IMAGENET_MEAN),
-                                               pcfg.get("image_std", IMAGENET_STD), size)
+                size = (s.get("height"), s.get("width")) if "height" in s else s.get("shortest_edge")
+            try:
+                kw["preprocess"] = ImagePreprocess(pcfg.get("image_mean", IMAGENET_MEAN),
+                                                   pcfg.get("image_std", IMAGENET_STD), size)
+            except ValueError as e:
+                raise ValueError(f"{pre}: {e}") from e
     kw.setdefault("name", f"hf:{directory.name}")
     fp = _sha("hf", modality, str(max_length), _dir_digest(directory))
     return Encoder(module, fingerprint=fp, modality=modality, **kw)
@@ -1436,8 +1470,12 @@ def load_encoder(spec: Any, **kw: Any) -> Encoder:
                 and not (path / "modules.json").is_file():
             cfg = _read_config(path / CONFIG_NAME)
             if isinstance(cfg, dict) and "format" in cfg:
-                raise ValueError(f"{path / CONFIG_NAME} has format {cfg['format']!r}; an "
-                                 f"embedcluster checkpoint has {CHECKPOINT_FORMAT!r}")
+                raise ValueError(f"{path / CONFIG_NAME} has format {str(cfg['format'])[:80]!r}; "
+                                 f"an embedcluster checkpoint has {CHECKPOINT_FORMAT!r}")
+            if isinstance(cfg, dict) and "model" in cfg and "model_type" not in cfg:
+                raise ValueError(f"{path / CONFIG_NAME} looks like an embedcluster checkpoint "
+                                 "config without its 'format' field: the file is damaged; save "
+                                 "the checkpoint again")
         if (path / "modules.json").is_file() or (path / "config_sentence_transformers.json").is_file():
             return _load_sentence_transformers(path, **kw)
         if (path / CONFIG_NAME).is_file():

@@ -492,3 +492,164 @@ def test_bad_label_free_inputs_raise():
         davies_bouldin(np.array([["a", "b"], ["c", "d"], ["e", "f"]]), [0, 1, 1])
     with pytest.raises(ValueError, match="labels contains NaN"):
         davies_bouldin(X, np.where(np.arange(20) == 4, np.nan, y))
+
+
+# --------------------------------------------------------------------------- #
+# Bounded allocations: classes of label input (issue 11)
+# --------------------------------------------------------------------------- #
+def _peak_mib(fn):
+    """Result of fn() and the peak of traced allocations (numpy's included) in MiB."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        out = fn()
+        return out, tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+
+
+def _many_labels(n_classes=30_000, per=3, moved=0.2, seed=0):
+    """n_classes classes of `per` samples; clusters: a random relabelling of the classes, with a
+    share of samples moved to fresh singleton clusters. The optimal matching pairs each class
+    with its own cluster, or with a singleton of it when all its samples moved: the best
+    accuracy is sum_c max(stayed_c, [moved_c > 0]) / n."""
+    rng = np.random.default_rng(seed)
+    yt = np.repeat(np.arange(n_classes), per)
+    yp = rng.permutation(n_classes)[yt]
+    mv = rng.random(len(yt)) < moved
+    yp[mv] = n_classes + np.arange(mv.sum())
+    stayed = np.bincount(yt[~mv], minlength=n_classes)
+    any_moved = np.bincount(yt[mv], minlength=n_classes) > 0
+    best = np.maximum(stayed, any_moved).sum() / len(yt)
+    return yt, yp, best
+
+
+def test_many_distinct_labels_report_is_exact_and_small():
+    """30,000 classes x ~48,000 clusters: a dense table would take 11 GiB; the report works on
+    the sparse one and matches scikit-learn (NMI, ARI, V-measure, purity via its contingency)
+    and the known optimum of the matching, with a peak of traced memory under 64 MiB."""
+    skm = pytest.importorskip("sklearn.metrics")
+    yt, yp, best = _many_labels()
+    rep, peak = _peak_mib(lambda: clustering_report(yt, yp))
+    assert peak < 64, peak
+    assert rep["accuracy"] == pytest.approx(best, abs=1e-12)
+    assert rep["nmi"] == pytest.approx(skm.normalized_mutual_info_score(yt, yp), abs=1e-10)
+    assert rep["ari"] == pytest.approx(skm.adjusted_rand_score(yt, yp), abs=1e-10)
+    assert rep["v_measure"] == pytest.approx(skm.v_measure_score(yt, yp), abs=1e-10)
+    c = skm.cluster.contingency_matrix(yt, yp, sparse=True)
+    assert rep["purity"] == pytest.approx(c.max(axis=0).sum() / len(yt), abs=1e-12)
+    assert rep["n_classes"] == 30_000 and len(rep["per_class"]) == 30_000
+    per = rep["per_class"]
+    assert sum(v["recall"] * v["support"] for v in per.values()) == pytest.approx(best * len(yt))
+
+
+def test_many_distinct_labels_dense_confusion_matrix_raises_before_allocating():
+    yt, yp, _ = _many_labels(n_classes=30_000, per=1, moved=0.0)
+    with pytest.raises(MemoryError, match=r"30000 x 30000 int64 table.*sparse=True"):
+        _peak_mib(lambda: confusion_matrix(yt, yp, memory_limit=1 << 30))
+    (m, t, p), peak = _peak_mib(lambda: confusion_matrix(yt, yp, sparse=True))
+    assert peak < 16 and m.shape == (30_000, 30_000) and m.nnz == 30_000
+    skc = pytest.importorskip("sklearn.metrics.cluster")
+    ref = skc.contingency_matrix(yt, yp, sparse=True)
+    assert (m != ref).nnz == 0
+    with pytest.raises(ValueError, match="memory_limit"):
+        confusion_matrix([0, 1], [0, 1], memory_limit=-5)
+
+
+@pytest.mark.parametrize("k_true,k_pred", [(40, 40), (25, 60), (60, 25), (1, 30), (30, 1)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sparse_matching_finds_the_dense_optimum(monkeypatch, k_true, k_pred, seed):
+    """The sparse matching (used for large tables) reaches the accuracy of the dense
+    Hungarian on every shape, with noise and string labels, and its per-class counts agree."""
+    rng = np.random.default_rng(seed)
+    yt = rng.integers(0, k_true, 700).astype(str)
+    yp = np.where(rng.random(700) < 0.7, rng.integers(0, k_pred, 700), rng.integers(-1, 3, 700))
+    dense_acc = cluster_accuracy(yt, yp)
+    dense_rep = per_class_report(yt, yp)
+    monkeypatch.setattr(metrics, "_DENSE_MATCH_CELLS", 0)
+    assert cluster_accuracy(yt, yp) == dense_acc
+    rep = per_class_report(yt, yp)
+    assert sum(r["recall"] * r["support"] for r in rep.values()) == \
+        pytest.approx(sum(r["recall"] * r["support"] for r in dense_rep.values()))
+    mapping = match_clusters(yt, yp)
+    assert len({v for v in mapping.values() if v != -1}) == sum(v != -1 for v in mapping.values())
+
+
+@pytest.mark.parametrize("kind", ["huge", "negative", "int64_extremes", "float_integral", "strings"])
+def test_label_values_never_size_an_allocation(kind):
+    """Labels are encoded by their distinct values: values like 4e9, negatives, the int64
+    extremes, integral floats and strings give scikit-learn's results with small memory."""
+    skm = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(3)
+    base_t, base_p = rng.integers(0, 5, 400), rng.integers(0, 7, 400)
+    vt = {"huge": np.array([4e9, 4e9 + 1, 7e12, 1 << 40, 2**62], np.int64),
+          "negative": np.array([-5, -4_000_000_000, -1, -2**40, -7]),
+          "int64_extremes": np.array([np.iinfo(np.int64).min, -1, 0, 1, np.iinfo(np.int64).max]),
+          "float_integral": np.array([-3.0, 4e9, 1e15, 0.0, 2.0]),
+          "strings": np.array(["cat", "dog", "ant", "", "zebra"])}[kind]
+    vp = np.array([2**62, -2**62, 5_000_000_000, -1, 0, 123456789012, 7])
+    if kind == "float_integral":
+        vp = np.array([-1e15, -1.0, 0.0, 3e9, 8.0, 1e12, 2.0])
+    yt, yp = vt[base_t], vp[base_p]
+    rep, peak = _peak_mib(lambda: clustering_report(yt, yp))
+    assert peak < 8, peak
+    assert rep["nmi"] == pytest.approx(skm.normalized_mutual_info_score(yt, yp), abs=1e-12)
+    assert rep["ari"] == pytest.approx(skm.adjusted_rand_score(yt, yp), abs=1e-12)
+    assert rep["v_measure"] == pytest.approx(skm.v_measure_score(yt, yp), abs=1e-12)
+    assert rep["accuracy"] == cluster_accuracy(base_t, base_p)  # only the partition matters
+    m, t, p = confusion_matrix(yt, yp)
+    np.testing.assert_array_equal(m, skm.cluster.contingency_matrix(yt, yp))
+    assert m.shape == (5, 7)
+    assert rep["n_noise"] == int((yp == -1).sum())
+
+
+def test_davies_bouldin_with_many_clusters_keeps_memory_bounded():
+    """k close to n: the k x k centroid distances (800 MB here) are never stored."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20_000, 2))
+    labels = np.repeat(np.arange(10_000), 2)
+    value, peak = _peak_mib(lambda: davies_bouldin(X, labels))
+    assert peak < 100, peak
+    # the same value as the unblocked definition on a subset that fits (scikit-learn)
+    skm = pytest.importorskip("sklearn.metrics")
+    assert davies_bouldin(X[:2000], labels[:2000]) == pytest.approx(
+        skm.davies_bouldin_score(X[:2000], labels[:2000]), rel=1e-10)
+    assert value > 0
+    with pytest.raises(MemoryError, match="davies_bouldin.*memory_limit"):
+        davies_bouldin(X, labels, memory_limit=1000)
+    with pytest.raises(MemoryError, match="sample_size"):
+        silhouette_sampled(X, labels, sample_size=None, memory_limit=1000)
+
+
+def test_clustering_report_under_an_address_space_limit(tmp_path):
+    """The 30,000-label report in a subprocess whose address space allows only ~1.5 GiB more
+    than it holds after the imports: a dense table (11 GiB) would fail with MemoryError."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import os, resource, sys
+        import numpy as np
+        import scipy.sparse.csgraph, scipy.optimize
+        from embedcluster import metrics
+        sys.path.insert(0, sys.argv[1])
+        from test_metrics import _many_labels
+        yt, yp, best = _many_labels()
+        used = int(open("/proc/self/statm").read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        resource.setrlimit(resource.RLIMIT_AS, (used + (3 << 29), resource.getrlimit(resource.RLIMIT_AS)[1]))
+        rep = metrics.clustering_report(yt, yp)
+        assert abs(rep["accuracy"] - best) < 1e-12, (rep["accuracy"], best)
+        try:
+            metrics.confusion_matrix(yt, yp)
+        except MemoryError as e:
+            assert "sparse=True" in str(e), e
+        else:
+            raise SystemExit("no MemoryError")
+        print("ok")
+    """)
+    tests_dir = str(__import__("pathlib").Path(__file__).parent)
+    r = subprocess.run([sys.executable, "-c", script, tests_dir], capture_output=True, text=True, timeout=300,
+                       env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]

@@ -31,6 +31,21 @@ Input conventions
   scikit-learn).  To ignore noise points instead, filter them out beforehand,
   e.g. ``keep = labels_pred != -1``.
 
+Memory
+------
+Nothing here allocates by the number of distinct labels squared unless asked to: NMI, ARI,
+V-measure and purity work on the sparse contingency table (its non-zero cells, at most
+``n_samples``), as scikit-learn does. The Hungarian matching (accuracy, :func:`match_clusters`,
+:func:`per_class_report`) runs on the dense ``n_classes x n_clusters`` table while it is small
+(at most ``2**22`` cells and within the memory budget) and otherwise on the sparse table with
+:func:`scipy.sparse.csgraph.min_weight_full_bipartite_matching` (the same optimum; classes
+whose best remaining cluster shares no sample with them are left unmatched instead of being
+paired with an arbitrary empty cell). :func:`confusion_matrix` returns a dense matrix only
+within the budget (``sparse=True`` gives a scipy.sparse matrix of any size). The budget is
+``memory_limit`` bytes when given (0: no limit), else
+:func:`embedcluster._core.default_memory_limit` (3/4 of the available memory); a dense result
+over it raises ``MemoryError`` that says what to do.
+
 Errors
 ------
 ``ValueError`` is raised for wrong shapes, empty or mismatched inputs, NaN/None,
@@ -187,6 +202,34 @@ def _py(v: Any) -> Any:
     return v.item() if isinstance(v, np.generic) else v
 
 
+def _budget(memory_limit: Any) -> float:
+    """Bytes a dense result may take: ``memory_limit`` (0: no limit), else the default limit."""
+    from ._backend import memory_limit_arg
+
+    limit = memory_limit_arg(memory_limit)
+    if limit is None:
+        from . import _core
+
+        limit = _core.default_memory_limit()
+    return math.inf if limit == 0 else float(limit)
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.3g} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.3g} MiB"
+
+
+def _check_dense(nbytes: float, what: str, memory_limit: Any, hint: str) -> None:
+    """MemoryError before allocating ``nbytes`` when they exceed the budget."""
+    budget = _budget(memory_limit)
+    if nbytes > budget:
+        source = "memory_limit" if memory_limit is not None else "the default memory limit (3/4 of the available memory)"
+        raise MemoryError(f"{what} needs {_gib(nbytes)}, more than {source} ({_gib(budget)}); {hint}")
+
+
+#: Largest dense table (cells) the Hungarian matching uses; larger tables are matched sparsely.
+_DENSE_MATCH_CELLS = 2**22
+
+
 # --------------------------------------------------------------------------- #
 # Contingency tables
 # --------------------------------------------------------------------------- #
@@ -209,8 +252,13 @@ def _contingency(lt: np.ndarray, lp: np.ndarray) -> Dict[str, np.ndarray]:
     }
 
 
-def _dense(ct: Dict[str, np.ndarray]) -> np.ndarray:
-    mat = np.zeros((ct["classes"].shape[0], ct["clusters"].shape[0]), dtype=np.int64)
+def _dense(ct: Dict[str, np.ndarray], memory_limit: Any = None, what: str = "confusion_matrix",
+           hint: str = "") -> np.ndarray:
+    kt, kp = ct["classes"].shape[0], ct["clusters"].shape[0]
+    _check_dense(8.0 * kt * kp, f"{what}: a dense {kt} x {kp} int64 table ({kt} classes x {kp} clusters)",
+                 memory_limit, hint or "pass sparse=True for a scipy.sparse matrix of the non-zero cells, or "
+                 "memory_limit= in bytes (0: no limit)")
+    mat = np.zeros((kt, kp), dtype=np.int64)
     mat[ct["rows"], ct["cols"]] = ct["counts"]
     return mat
 
@@ -251,12 +299,42 @@ def _hungarian(mat: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return rows, cols
 
 
+def _sparse_matching(ct: Dict[str, np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
+    """Maximum-weight matching on the non-zero cells only (LAPJVsp), O(cells + classes +
+    clusters) memory. Each vertex of the smaller side also gets a private dummy partner of
+    weight 1 while real cells weigh count * (K + 1) (K: the smaller side's size), so a full
+    matching always exists and the real weight is maximised first: the optimum of the dense
+    problem, whose zero cells add nothing. Vertices matched to their dummy stay unmatched."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import min_weight_full_bipartite_matching
+
+    kt, kp = ct["classes"].shape[0], ct["clusters"].shape[0]
+    r, c = ct["rows"], ct["cols"]
+    if kt > kp:  # rows: the smaller side
+        r, c, kt_, kp_ = c, r, kp, kt
+    else:
+        kt_, kp_ = kt, kp
+    w = ct["counts"].astype(np.float64) * (kt_ + 1)
+    dummy = np.arange(kt_, dtype=np.int64)
+    g = coo_matrix((np.concatenate([w, np.ones(kt_)]),
+                    (np.concatenate([r, dummy]), np.concatenate([c, kp_ + dummy]))),
+                   shape=(kt_, kp_ + kt_)).tocsr()
+    rows, cols = min_weight_full_bipartite_matching(g, maximize=True)
+    real = cols < kp_
+    rows, cols = rows[real], cols[real]
+    if kt > kp:
+        rows, cols = cols, rows
+        o = np.argsort(rows, kind="stable")
+        rows, cols = rows[o], cols[o]
+    return rows.astype(np.int64), cols.astype(np.int64)
+
+
 # --------------------------------------------------------------------------- #
 # External metrics
 # --------------------------------------------------------------------------- #
 def confusion_matrix(
-    labels_true: ArrayLike, labels_pred: ArrayLike
-) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    labels_true: ArrayLike, labels_pred: ArrayLike, *, sparse: bool = False, memory_limit: Any = None
+) -> Tuple[Any, np.ndarray, np.ndarray]:
     """Contingency table between true classes and predicted clusters.
 
     Parameters
@@ -267,10 +345,15 @@ def confusion_matrix(
         Predicted cluster ids (integer-like).  The noise label ``-1`` is treated as
         its own cluster and therefore gets its own column (the first one, since the
         columns are sorted).
+    sparse : bool, default False
+        Return a ``scipy.sparse.csr_matrix`` of the non-zero cells (any number of labels)
+        instead of a dense array.
+    memory_limit : int, optional
+        Bytes the dense matrix may take (0: no limit); None: the default memory limit.
 
     Returns
     -------
-    matrix : ndarray of int64, shape (n_true_classes, n_pred_clusters)
+    matrix : ndarray of int64 (or csr_matrix), shape (n_true_classes, n_pred_clusters)
         ``matrix[i, j]`` is the number of samples of class ``true_classes[i]``
         assigned to cluster ``pred_clusters[j]``.
     true_classes : ndarray of shape (n_true_classes,)
@@ -285,6 +368,8 @@ def confusion_matrix(
         infinite or fractional values.
     TypeError
         If a label dtype is unsupported (e.g. strings in ``labels_pred``).
+    MemoryError
+        If the dense matrix would exceed the memory budget (before allocating it).
 
     Examples
     --------
@@ -294,14 +379,31 @@ def confusion_matrix(
     """
     lt, lp = _check_pair(labels_true, labels_pred)
     ct = _contingency(lt, lp)
-    return _dense(ct), ct["classes"], ct["clusters"]
+    if sparse:
+        from scipy.sparse import csr_matrix
+
+        mat = csr_matrix((ct["counts"], (ct["rows"], ct["cols"])),
+                         shape=(ct["classes"].shape[0], ct["clusters"].shape[0]), dtype=np.int64)
+        return mat, ct["classes"], ct["clusters"]
+    return _dense(ct, memory_limit), ct["classes"], ct["clusters"]
 
 
-def _match(ct: Dict[str, np.ndarray]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return (dense matrix, matched row indices, matched col indices)."""
-    mat = _dense(ct)
-    rows, cols = _hungarian(mat)
-    return mat, rows, cols
+def _match(ct: Dict[str, np.ndarray], memory_limit: Any = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (matched row indices, matched col indices, their counts).
+
+    Dense Hungarian for small tables (the int64 table and scipy's float64 copy within the
+    budget), else the sparse matching, which finds the same optimum."""
+    kt, kp = ct["classes"].shape[0], ct["clusters"].shape[0]
+    if kt * kp <= _DENSE_MATCH_CELLS and 16.0 * kt * kp <= _budget(memory_limit):
+        mat = _dense(ct, None, "matching")
+        rows, cols = _hungarian(mat)
+        return rows, cols, mat[rows, cols]
+    rows, cols = _sparse_matching(ct)
+    cells = ct["rows"] * kp + ct["cols"]  # sorted (np.unique in _contingency)
+    pos = np.searchsorted(cells, rows * kp + cols)
+    pos = np.minimum(pos, len(cells) - 1)
+    tp = np.where(cells[pos] == rows * kp + cols, ct["counts"][pos], 0)
+    return rows, cols, tp
 
 
 def match_clusters(labels_true: ArrayLike, labels_pred: ArrayLike) -> Dict[Label, Label]:
@@ -342,7 +444,7 @@ def match_clusters(labels_true: ArrayLike, labels_pred: ArrayLike) -> Dict[Label
     """
     lt, lp = _check_pair(labels_true, labels_pred)
     ct = _contingency(lt, lp)
-    _, rows, cols = _match(ct)
+    rows, cols, _ = _match(ct)
     mapping: Dict[Label, Label] = {_py(c): -1 for c in ct["clusters"]}
     for r, c in zip(rows, cols):
         mapping[_py(ct["clusters"][c])] = _py(ct["classes"][r])
@@ -380,9 +482,9 @@ def cluster_accuracy(labels_true: ArrayLike, labels_pred: ArrayLike) -> float:
     return _accuracy(_contingency(lt, lp))
 
 
-def _accuracy(ct: Dict[str, np.ndarray]) -> float:
-    mat, rows, cols = _match(ct)
-    return float(mat[rows, cols].sum() / mat.sum())
+def _accuracy(ct: Dict[str, np.ndarray], match: Optional[Tuple[np.ndarray, ...]] = None) -> float:
+    _, _, tp = match if match is not None else _match(ct)
+    return float(tp.sum() / ct["row_sums"].sum())
 
 
 def nmi(
@@ -605,9 +707,11 @@ def per_class_report(
     return _per_class(_contingency(lt, lp))
 
 
-def _per_class(ct: Dict[str, np.ndarray]) -> Dict[Label, Dict[str, Any]]:
-    mat, rows, cols = _match(ct)
+def _per_class(ct: Dict[str, np.ndarray], match: Optional[Tuple[np.ndarray, ...]] = None
+               ) -> Dict[Label, Dict[str, Any]]:
+    rows, cols, tps = match if match is not None else _match(ct)
     col_of_row = {int(r): int(c) for r, c in zip(rows, cols)}
+    tp_of_row = {int(r): int(t) for r, t in zip(rows, tps)}
     report: Dict[Label, Dict[str, Any]] = {}
     for i, cls in enumerate(ct["classes"]):
         support = int(ct["row_sums"][i])
@@ -616,7 +720,7 @@ def _per_class(ct: Dict[str, np.ndarray]) -> Dict[Label, Dict[str, Any]]:
             precision = recall = f1 = 0.0
             matched: Optional[Label] = None
         else:
-            tp = int(mat[i, j])
+            tp = tp_of_row[i]
             predicted = int(ct["col_sums"][j])
             precision = tp / predicted if predicted else 0.0
             recall = tp / support if support else 0.0
@@ -663,8 +767,9 @@ def clustering_report(labels_true: ArrayLike, labels_pred: ArrayLike) -> Dict[st
     clusters = ct["clusters"]
     has_noise = bool(np.any(clusters == -1))
     n_noise = int(ct["col_sums"][np.flatnonzero(clusters == -1)[0]]) if has_noise else 0
+    match = _match(ct)
     return {
-        "accuracy": _accuracy(ct),
+        "accuracy": _accuracy(ct, match),
         "nmi": _nmi(ct, "arithmetic"),
         "ari": _ari(ct),
         "v_measure": _v_measure(ct, 1.0),
@@ -673,7 +778,7 @@ def clustering_report(labels_true: ArrayLike, labels_pred: ArrayLike) -> Dict[st
         "n_noise": n_noise,
         "n_classes": int(ct["classes"].shape[0]),
         "n_samples": int(lt.shape[0]),
-        "per_class": _per_class(ct),
+        "per_class": _per_class(ct, match),
     }
 
 
@@ -715,6 +820,8 @@ def silhouette_sampled(
     sample_size: Optional[int] = 10000,
     random_state: Any = 0,
     metric: str = "euclidean",
+    *,
+    memory_limit: Any = None,
 ) -> float:
     """Mean silhouette coefficient, computed on a seeded random sample.
 
@@ -745,6 +852,8 @@ def silhouette_sampled(
         Seed for the sample (ignored when no subsampling happens).
     metric : {"euclidean", "sqeuclidean", "cosine", "manhattan"}, default "euclidean"
         Distance metric.
+    memory_limit : int, optional
+        Bytes the float64 copy of the sampled rows may take (0: no limit); None: the default.
 
     Returns
     -------
@@ -772,6 +881,10 @@ def silhouette_sampled(
     Xa, lab = _check_X_labels(X, labels)
     n = Xa.shape[0]
 
+    s_rows = n if sample_size is None else min(n, int(sample_size))
+    _check_dense(8.0 * s_rows * Xa.shape[1] * 2, f"silhouette_sampled: a float64 copy of {s_rows} rows x "
+                 f"{Xa.shape[1]} features (and its reordering)", memory_limit,
+                 "pass a smaller sample_size= or memory_limit= in bytes (0: no limit)")
     if sample_size is not None and n > sample_size:
         rng = np.random.default_rng(random_state)
         idx = np.sort(rng.choice(n, size=int(sample_size), replace=False))
@@ -828,7 +941,7 @@ def silhouette_sampled(
     return float(sil_sum / s)
 
 
-def davies_bouldin(X: ArrayLike, labels: ArrayLike) -> float:
+def davies_bouldin(X: ArrayLike, labels: ArrayLike, *, memory_limit: Any = None) -> float:
     """Davies-Bouldin index (lower is better).
 
     For clusters ``i`` with centroid ``c_i`` and mean distance ``s_i`` of their
@@ -844,6 +957,8 @@ def davies_bouldin(X: ArrayLike, labels: ArrayLike) -> float:
         Data (e.g. embeddings).
     labels : array-like of shape (n_samples,)
         Cluster labels (integers or strings).
+    memory_limit : int, optional
+        Bytes the per-cluster sums and centroids may take (0: no limit); None: the default.
 
     Returns
     -------
@@ -870,6 +985,9 @@ def davies_bouldin(X: ArrayLike, labels: ArrayLike) -> float:
             f"davies_bouldin needs between 2 and n_samples - 1 = {n - 1} distinct labels, got {k}"
         )
     step = max(1, _CHUNK_BYTES // (8 * d))
+    _check_dense(2 * 8.0 * k * d, f"davies_bouldin: the sums and centroids of {k} clusters x {d} features",
+                 memory_limit, "pass fewer distinct labels (e.g. drop singleton clusters) or memory_limit= "
+                 "in bytes (0: no limit)")
 
     sums = np.zeros((k, d), dtype=np.float64)
     for i0 in range(0, n, step):
@@ -887,15 +1005,20 @@ def davies_bouldin(X: ArrayLike, labels: ArrayLike) -> float:
         intra += np.bincount(cc, weights=dist, minlength=k)
     intra /= counts
 
-    cdist = np.empty((k, k), dtype=np.float64)
-    rows_per_block = max(1, _CHUNK_BYTES // (8 * k * d))
+    # Centroid distances block by block (the k x k matrix is never stored: k may be close to
+    # n); each row's worst ratio is kept, and whether every distance is ~0 (sklearn's rule).
+    scores = np.empty(k, dtype=np.float64)
+    max_cdist = 0.0
+    rows_per_block = max(1, _CHUNK_BYTES // (8 * k * (d + 4)))  # diff, then ~4 row x k temporaries
     for i0 in range(0, k, rows_per_block):
         blk = centroids[i0 : i0 + rows_per_block]
         diff = blk[:, None, :] - centroids[None, :, :]
-        cdist[i0 : i0 + blk.shape[0]] = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
+        cd = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
+        del diff
+        max_cdist = max(max_cdist, float(np.abs(cd).max()))
+        cd[cd == 0] = np.inf
+        scores[i0 : i0 + blk.shape[0]] = np.max((intra[i0 : i0 + blk.shape[0], None] + intra[None, :]) / cd, axis=1)
 
-    if np.allclose(intra, 0) or np.allclose(cdist, 0):
+    if np.allclose(intra, 0) or max_cdist <= 1e-8:  # np.allclose(cdist, 0)
         return 0.0
-    cdist[cdist == 0] = np.inf
-    scores = np.max((intra[:, None] + intra[None, :]) / cdist, axis=1)
     return float(np.mean(scores))

@@ -80,7 +80,7 @@ def test_demo_transfer_story(tmp_path):
     # k-means on raw pixels of digits 5-9 is known to reach about 0.9 accuracy; chance is 0.2.
     assert 0.8 < raw["accuracy"] <= 1.0 and raw["nmi"] > 0.6
     assert transferred["accuracy"] > 0.4  # far above chance, even though raw pixels win here
-    for name in ("report/report.html", "report/metrics.json", "pipeline/pipeline.json", "encoder/model.safetensors"):
+    for name in ("report/report.html", "report/metrics.json", "pipeline/CURRENT", "encoder/model.safetensors"):
         assert (tmp_path / name).is_file(), name
     assert res["total_seconds"] < 600  # sanity only; the 2-minute target is checked by hand
 
@@ -122,7 +122,7 @@ def test_cli_run_from_config_file(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (("cluster", "missing.npy", "--out", "x.npy"), "does not exist"),
+    (("cluster", "missing.npy", "--out", "x.npy"), "not found"),
     (("predict", "no-such-pipeline", "digits"), "not a saved embedcluster pipeline"),
     (("run", "--out", "x"), "run needs data"),
 ])
@@ -135,3 +135,130 @@ def test_cli_errors_are_one_line_and_nonzero(args, message):
 def test_every_command_has_help(cmd):
     r = run(cmd, "--help")
     assert r.returncode == 0 and r.stdout.startswith("usage: embedcluster " + cmd) and len(r.stdout) > 200
+
+
+# --------------------------------------------------------------------------- the error contract
+def _one_line_error(code, err, *words):
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith("embedcluster"), err
+    assert "Traceback" not in err
+    for w in words:
+        assert w in err, err
+
+
+@pytest.fixture
+def files(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    Z = rng.standard_normal((60, 5)).astype(np.float32)
+    np.save(tmp_path / "z.npy", Z)
+    np.save(tmp_path / "labels.npy", rng.integers(0, 3, 60))
+    np.save(tmp_path / "short.npy", rng.integers(0, 3, 59))
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "image.npy").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    np.save(tmp_path / "vector.npy", np.zeros(7, np.float32))
+    import gzip
+
+    raw = gzip.compress(b"\x00\x00\x08\x03" + (3).to_bytes(4, "big") + (2).to_bytes(4, "big") * 2 + bytes(12))
+    (tmp_path / "broken-idx-ubyte.gz").write_bytes(raw[:20] + bytes(b ^ 0xFF for b in raw[20:30]) + raw[30:])
+    (tmp_path / "nul.csv").write_bytes(b"text,label\nabc\x00def,1\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize("case", ["out-is-dir", "out-folder-missing", "out-is-device", "missing-input",
+                                  "png-named-npy", "object-array", "1-D-embeddings", "evaluate-length",
+                                  "probe-length", "corrupt-gzip", "nul-csv", "labels-not-integers"])
+def test_cli_errors_are_one_line_exit_2(files, capsys, case):
+    t = files
+    args = {
+        "out-is-dir": ["cluster", str(t / "z.npy"), "--out", str(t / "folder")],
+        "out-folder-missing": ["cluster", str(t / "z.npy"), "--out", str(t / "nope" / "l.npy")],
+        "out-is-device": ["cluster", str(t / "z.npy"), "--out", "/dev/null"],
+        "missing-input": ["cluster", str(t / "missing.npy"), "--out", str(t / "l.npy")],
+        "png-named-npy": ["cluster", str(t / "image.npy"), "--out", str(t / "l.npy")],
+        "object-array": ["cluster", str(t / "objects.npy"), "--out", str(t / "l.npy")],
+        "1-D-embeddings": ["cluster", str(t / "vector.npy"), "--out", str(t / "l.npy")],
+        "evaluate-length": ["evaluate", "--labels", str(t / "short.npy"), "--truth", str(t / "labels.npy")],
+        "probe-length": ["probe", str(t / "z.npy"), "--labels", str(t / "short.npy"), "--out", str(t / "p")],
+        "corrupt-gzip": ["embed", str(t / "broken-idx-ubyte.gz"), "--out", str(t / "e.npy")],
+        "nul-csv": ["embed", str(t / "nul.csv"), "--out", str(t / "e.npy"), "--encoder", "all-MiniLM-L6-v2"],
+        "labels-not-integers": ["evaluate", "--labels", str(t / "z.npy"), "--truth", str(t / "labels.npy")],
+    }[case]
+    if case == "out-is-device" and not __import__("os").path.exists("/dev/null"):
+        pytest.skip("no /dev/null")
+    before = sorted(p.name for p in t.iterdir())
+    code = main(args)
+    _one_line_error(code, capsys.readouterr().err)
+    assert sorted(p.name for p in t.iterdir()) == before  # nothing written on failure
+
+
+@pytest.mark.parametrize("argv", [["cluster"], ["cluster", "z.npy", "--out", "l.npy", "--n-clusters", "2.9"],
+                                  ["cluster", "z.npy", "--out", "l.npy", "--n-clusters", "0"],
+                                  ["cluster", "z.npy", "--out", "l.npy", "--eps", "nan"],
+                                  ["probe", "z.npy", "--labels", "l.npy", "--out", "o", "--fraction", "1.5"],
+                                  ["cluster", "z.npy", "--out", "l.npy", "--colour", "blue"], ["nope"], []])
+def test_usage_errors_are_one_line_exit_2(capsys, argv):
+    code = main(argv)
+    _one_line_error(code, capsys.readouterr().err, "error")
+
+
+BAD_CONFIGS = [({"algorithm": "hdbscan"}, "algorithm"), ({"probe": "no"}, "probe"), ({"n_clusters": 2.9}, "n_clusters"),
+               ({"n_clusters": True}, "n_clusters"), ({"normalize": "false"}, "normalize"),
+               ({"algorithm": "dbscan", "eps": -1}, "eps"), ({"algorithm": "dbscan", "eps": "0.5"}, "eps"),
+               ({"seed": "1"}, "seed"), ({"batch_size": 0}, "batch_size"), ({"report": None}, "report"),
+               ({"eps": 0.5}, "eps"), ({"colour": "blue"}, "unknown keys"), ([], "JSON object"),
+               ("not json", "not valid JSON")]
+
+
+@pytest.mark.parametrize("cfg,word", BAD_CONFIGS, ids=[str(c) for c, _ in BAD_CONFIGS])
+def test_config_files_are_validated_before_any_work(tmp_path, capsys, cfg, word):
+    path = tmp_path / "run.json"
+    if isinstance(cfg, dict):
+        cfg = {"data": "digits", "out": str(tmp_path / "o"), **cfg}
+    path.write_text(cfg if isinstance(cfg, str) else json.dumps(cfg))
+    code = main(["run", "--config", str(path), "--no-progress"])
+    _one_line_error(code, capsys.readouterr().err, word)
+    assert not (tmp_path / "o").exists()  # failed before the work, not after it
+
+
+@pytest.mark.parametrize("argv,module", [(["run", "digits", "--out", "OUT", "--no-probe"], "matplotlib"),
+                                         (["demo", "--out", "OUT"], "matplotlib"),
+                                         (["demo", "--out", "OUT"], "torch"),
+                                         (["run", "digits", "--out", "OUT", "--no-report"], "torch")])
+def test_missing_optional_dependencies_are_reported_before_the_work(tmp_path, argv, module):
+    argv = [a.replace("OUT", str(tmp_path / "o")) for a in argv]
+    code = ("import sys, importlib.abc\n"  # a finder that makes `import module` fail, as if not installed
+            "class Block(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path, target=None):\n"
+            "        if name.split('.')[0] == %r: raise ImportError('No module named ' + name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "from embedcluster.cli import main; sys.exit(main(%r))" % (module, argv))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    _one_line_error(r.returncode, r.stderr, module, "pip install")
+    assert not (tmp_path / "o").exists()
+
+
+def test_unexpected_exceptions_are_one_line_exit_2(monkeypatch, capsys, tmp_path):
+    import embedcluster.cli as cli
+
+    def boom(args):
+        raise RuntimeError("something broke\non two lines")
+
+    monkeypatch.setattr(cli, "_cmd_evaluate", boom)
+    code = cli.main(["evaluate", "--labels", "a.npy", "--truth", "b.npy"])
+    _one_line_error(code, capsys.readouterr().err, "RuntimeError: something broke on two lines")
+
+
+def test_probe_with_huge_label_values_allocates_by_distinct_labels(files, capsys):
+    import numpy as np
+
+    labels = np.where(np.load(files / "labels.npy") == 0, 4_000_000_000, np.load(files / "labels.npy"))
+    np.save(files / "big.npy", labels.astype(np.int64))
+    assert main(["probe", str(files / "z.npy"), "--labels", str(files / "big.npy"), "--out", str(files / "p"),
+                 "--epochs", "5", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert 0.0 <= res["agreement_with_clusters"] <= 1.0
+    cfg = json.loads((files / "p" / "probe.json").read_text())
+    assert sorted(cfg["cluster_ids"]) == [1, 2, 4_000_000_000]

@@ -13,6 +13,14 @@ Every loader returns a :class:`Dataset`:
 with optional integer labels ``y`` (int64) and their ``class_names``. Large arrays stay on
 disk: ``.npy`` files are memory-mapped and folders of ``.npy`` shards are exposed through
 :class:`ShardedArray`, a read-only view that concatenates them lazily.
+
+Files are not trusted. Every loader checks, before opening a path, that it is a regular file
+(or a folder where one is expected): a FIFO, socket or device would block or stream forever.
+Headers (IDX dims, .npy shape and dtype, image sizes) are checked against the file's size and
+against the memory available (or ``memory_limit=``) before anything is allocated from them, and
+the data must end where the header says. Damage gives ``ValueError`` naming the file (and the
+line or record for texts), a size that cannot fit gives ``MemoryError``, a missing file
+``FileNotFoundError``; no ``zlib``, ``struct``, ``csv`` or PIL exception escapes.
 """
 
 from __future__ import annotations

@@ -49,6 +49,7 @@ KINDS = {
     "jsonl": (150, "loaders"),
     "checkpoint_config": (200, "loaders"),
     "checkpoint_weights": (200, "loaders"),
+    "torchscript": (150, "loaders"),
     "safetensors": (300, "_io"),
     "json": (200, "_io"),
     "pipeline_json": (200, "pipeline"),
@@ -243,6 +244,15 @@ def _setup(kind: str, root: Path):
         conf["weights_sha256"] = None
         (d / "config.json").write_text(json.dumps(conf))
         return d / "model.safetensors", mutate_bytes, lambda p: load_encoder(p.parent, device="cpu")
+    if kind == "torchscript":
+        import torch
+
+        from embedcluster.encoders import load_encoder
+
+        torch.manual_seed(0)
+        target = root / "m.pt"
+        torch.jit.save(torch.jit.script(torch.nn.Sequential(torch.nn.Linear(4, 3))), target)
+        return target, mutate_bytes, lambda p: load_encoder(p, device="cpu")
     if kind in ("pipeline_json", "pipeline_arrays", "pipeline_pointer"):
         import hashlib
 

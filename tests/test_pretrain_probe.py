@@ -358,3 +358,147 @@ def test_self_label_on_digits_keeps_or_improves_kmeans(digits, weighting, tolera
     assert hungarian_accuracy(y, history[1]) >= base - tolerance
     if weighting == "margin":
         assert hungarian_accuracy(y, history[2]) >= base
+
+
+# ----------------------------------------------------------------------------- bounded allocations
+def _traced_peak_mib(fn):
+    """fn()'s result (or exception) and the peak of traced allocations (numpy's) in MiB."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        try:
+            out = fn()
+        except Exception as e:  # noqa: BLE001 - returned for the caller to check
+            out = e
+        return out, tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("values", [
+    [4_000_000_000, 4_000_000_007, 2**62],        # huge
+    [-3, -4_000_000_000, 5],                        # negative
+    [0.5, -2.25, 1e12],                             # non-integer
+    ["cat", "dog", "emu"],                          # strings
+])
+def test_probe_labels_are_encoded_by_distinct_values(values):
+    """n_classes=None: any label values; the probe has one output per distinct value, predicts
+    the values themselves and agrees with scikit-learn's LogisticRegression on the same task."""
+    X, y = make_blobs(n_samples=600, n_features=6, centers=3, cluster_std=2.0, random_state=4)
+    yv = np.array(values)[y]
+    probe = LinearProbe(epochs=30, seed=0).fit(X[:400], yv[:400])
+    assert list(probe.classes_) == sorted(values) and probe.coef_.shape == (3, 6)
+    # scikit-learn on the same task (it takes no continuous labels, so on the class codes)
+    ref = LogisticRegression(max_iter=2000).fit(X[:400], y[:400]).score(X[400:], y[400:])
+    assert set(probe.predict(X[400:])) <= set(values)
+    assert abs(probe.score(X[400:], yv[400:]) - ref) <= 0.05
+
+
+def test_probe_n_classes_is_checked_before_anything_is_allocated():
+    X, y = make_blobs(n_samples=100, n_features=4, centers=2, random_state=2)
+    big = np.where(y == 0, 0, 4_000_000_000)
+    err, peak = _traced_peak_mib(lambda: LinearProbe(10, epochs=1).fit(X, big))
+    assert isinstance(err, ValueError) and "n_classes=10" in str(err) and peak < 1
+    err, peak = _traced_peak_mib(lambda: LinearProbe(10, epochs=1).fit(X, y - 1))  # noise label -1
+    assert isinstance(err, ValueError) and "drop noise points" in str(err) and peak < 1
+    # n_classes itself sizes the weights: 4e9 x 4 x 16 bytes is refused with a way out
+    err, peak = _traced_peak_mib(lambda: LinearProbe(4_000_000_000, epochs=1).fit(X, y))
+    assert isinstance(err, MemoryError) and "n_classes=None" in str(err) and peak < 1, err
+    for bad in (2.5, True, "3"):
+        with pytest.raises(ValueError, match="n_classes"):
+            LinearProbe(bad, epochs=1).fit(X, y)
+    with pytest.raises(ValueError, match="y should hold integers"):
+        LinearProbe(2, epochs=1).fit(X, y.astype(np.float64))
+    with pytest.raises(ValueError, match="NaN"):
+        LinearProbe(epochs=1).fit(X, np.where(y == 0, np.nan, 1.0))
+
+
+def test_probe_many_distinct_labels_bounded_by_memory_limit():
+    """50,000 distinct labels x 384 features: 16 bytes x k x d (1.2 GiB) is checked against the
+    budget before torch allocates anything."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((50_000, 384)).astype(np.float32)
+    y = rng.permutation(50_000) * 7 + 3
+    err, peak = _traced_peak_mib(lambda: LinearProbe(epochs=1, memory_limit=512 << 20).fit(X, y))
+    assert isinstance(err, MemoryError) and "50000 classes x 384 features" in str(err), err
+    assert peak < 64  # O(n d) input checks and np.unique's O(n) work only
+
+
+def test_probe_prediction_in_blocks_equals_one_block(monkeypatch):
+    from embedcluster import probe as probe_mod
+
+    X, y = make_blobs(n_samples=500, n_features=8, centers=4, random_state=3)
+    p = LinearProbe(epochs=5, seed=0).fit(X, y)
+    whole, proba = p.predict(X), p.predict_proba(X)
+    monkeypatch.setattr(probe_mod, "_BLOCK_BYTES", 4 * 16 * 7)  # 7 rows per block
+    assert len(p._blocks(len(X))) > 50
+    np.testing.assert_array_equal(p.predict(X), whole)
+    np.testing.assert_allclose(p._max_proba(X), proba.max(1), rtol=1e-6)
+    own, margin = center_margins(X, y, np.stack([X[y == c].mean(0) for c in range(4)]))
+    monkeypatch.setattr(probe_mod, "_BLOCK_BYTES", 10**9)
+    own2, margin2 = center_margins(X, y, np.stack([X[y == c].mean(0) for c in range(4)]))
+    np.testing.assert_allclose(own, own2, rtol=1e-12)
+    np.testing.assert_allclose(margin, margin2, rtol=1e-9, atol=1e-12)
+
+
+def test_grouped_selection_and_weights_equal_a_pass_per_group():
+    """The sorted implementations of the per-group top fraction and soft weights equal the
+    plain definition (one pass per group), with noise rows and thousands of groups."""
+    from embedcluster.probe import _soft_weights, _top_fraction_per_group
+
+    rng = np.random.default_rng(1)
+    groups = rng.integers(-1, 3000, 20_000)
+    score = rng.standard_normal(20_000).round(2)  # ties in score
+    tiebreak = rng.random(20_000)
+    for fraction in (0.01, 0.3, 1.0):
+        got = _top_fraction_per_group(groups, (tiebreak, -score), fraction)
+        want = np.zeros(len(groups), bool)
+        order = np.lexsort((np.arange(len(groups)), tiebreak, -score))
+        for g in np.unique(groups[groups >= 0]):
+            rows = order[groups[order] == g]
+            want[rows[: max(1, math.ceil(fraction * len(rows)))]] = True
+        np.testing.assert_array_equal(got, want)
+        w = _soft_weights(groups, score, fraction)
+        ref = np.zeros(len(groups))
+        for g in np.unique(groups[groups >= 0]):
+            rows = groups == g
+            q = np.quantile(score[rows], 1.0 - fraction)
+            ref[rows] = np.clip(score[rows] / q, 0.0, 1.0) if q > 0 else (score[rows] > 0)
+        np.testing.assert_array_equal(w, ref)
+
+
+def test_probe_under_an_address_space_limit():
+    """In a subprocess whose address space allows ~1 GiB more than the imports took: label
+    values of 4e9 train normally (classes are the distinct values), and n_classes=3e9 raises
+    the probe's MemoryError instead of an allocation failure."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import os, resource
+        import numpy as np
+        import torch
+        from embedcluster.probe import LinearProbe
+        rng = np.random.default_rng(0)
+        X = rng.standard_normal((300, 8)).astype(np.float32)
+        y = (X[:, 0] > 0).astype(np.int64)
+        torch.set_num_threads(1)
+        LinearProbe(epochs=1).fit(X[:10], y[:10])  # torch's lazy set-up before the limit
+        used = int(open("/proc/self/statm").read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        resource.setrlimit(resource.RLIMIT_AS, (used + (1 << 30), resource.getrlimit(resource.RLIMIT_AS)[1]))
+        p = LinearProbe(epochs=100).fit(X, y * 4_000_000_000 + 5)
+        assert list(p.classes_) == [5, 4_000_000_005], p.classes_
+        assert (p.predict(X) == y * 4_000_000_000 + 5).mean() > 0.9
+        try:
+            LinearProbe(3_000_000_000, epochs=1).fit(X, y)
+        except MemoryError as e:
+            assert "n_classes=None" in str(e), e
+        else:
+            raise SystemExit("no MemoryError")
+        print("ok")
+    """)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]

@@ -8,6 +8,7 @@ with :meth:`LinearProbe.from_arrays` predicts without torch.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -16,6 +17,15 @@ from sklearn.utils.validation import check_is_fitted
 
 PROBE_KIND = "linear_probe"
 PROBE_VERSION = 1
+
+#: Target size in bytes of the row blocks that prediction and margins work in (n x k values).
+_BLOCK_BYTES = 256 * 2**20
+
+
+def _check_memory(nbytes: float, what: str, memory_limit: Any, hint: str) -> None:
+    from .metrics import _check_dense  # one budget rule for the package's Python layer
+
+    _check_dense(nbytes, what, memory_limit, hint)
 
 
 def _as_2d_float32(Z: Any, name: str = "Z") -> np.ndarray:
@@ -60,6 +70,12 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         of self-labeling accuracy. ``"none"`` trains on ``Z`` as is.
     num_threads : int, optional
         torch threads for ``fit`` (restored afterwards).
+    memory_limit : int, optional
+        Bytes that training may allocate for the weights, their gradients and Adam's state
+        (16 n_classes n_features), the logits of a batch and the standardised copy of ``Z``;
+        0: no limit; None: the default memory limit (3/4 of the available memory). Checked
+        before anything is allocated, so a label range or ``n_classes`` that would need more
+        raises MemoryError instead of exhausting memory.
 
     Attributes
     ----------
@@ -73,7 +89,8 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
 
     def __init__(self, n_classes: Optional[int] = None, *, epochs: int = 100, lr: float = 0.01,
                  weight_decay: float = 1e-4, batch_size: int = 256, seed: int = 0,
-                 standardize: str = "global", num_threads: Optional[int] = None) -> None:
+                 standardize: str = "global", num_threads: Optional[int] = None,
+                 memory_limit: Optional[int] = None) -> None:
         self.n_classes = n_classes
         self.epochs = epochs
         self.lr = lr
@@ -82,15 +99,26 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         self.seed = seed
         self.standardize = standardize
         self.num_threads = num_threads
+        self.memory_limit = memory_limit
 
     # ------------------------------------------------------------------ fitting
-    def _encode_labels(self, y: Any, n: int) -> np.ndarray:
+    def _encode_labels(self, y: Any, n: int, d: int) -> np.ndarray:
+        """Class index per row; sets ``classes_``. Nothing is sized by a label's value: with
+        ``n_classes=None`` the classes are the distinct values (any labels: huge, negative,
+        strings); with ``n_classes`` the range is checked first, and the training memory of
+        ``k`` classes is checked before ``classes_`` or any weight exists."""
         y = np.asarray(y)
         if y.ndim != 1 or len(y) != n:
             raise ValueError(f"y should be 1-D with one label per row (n={n}), got shape {y.shape}")
         if self.n_classes is None:
-            self.classes_, idx = np.unique(y, return_inverse=True)
-            return idx.astype(np.int64)
+            if y.dtype.kind == "f" and not np.isfinite(y).all():
+                raise ValueError("y contains NaN or infinity; labels should be finite values")
+            classes, idx = np.unique(y, return_inverse=True)
+            self._check_training_memory(len(classes), n, d)
+            self.classes_ = classes
+            return idx.reshape(-1).astype(np.int64)
+        if isinstance(self.n_classes, (bool, np.bool_)) or not isinstance(self.n_classes, numbers.Integral):
+            raise ValueError(f"n_classes={self.n_classes!r} should be an integer >= 1 or None")
         k = int(self.n_classes)
         if k < 1:
             raise ValueError(f"n_classes={self.n_classes} should be >= 1")
@@ -100,8 +128,17 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         if n and (y.min() < 0 or y.max() >= k):
             raise ValueError(f"y has labels in [{y.min()}, {y.max()}] but n_classes={k}; labels "
                              f"should be in [0, {k}) (drop noise points labelled -1 first)")
+        self._check_training_memory(k, n, d)
         self.classes_ = np.arange(k)
         return y.astype(np.int64)
+
+    def _check_training_memory(self, k: int, n: int, d: int) -> None:
+        bs = max(1, min(int(self.batch_size), n))
+        need = 16.0 * k * d + 16.0 * bs * k + 8.0 * k + 4.0 * n * d
+        _check_memory(need, f"LinearProbe.fit: {k} classes x {d} features (weights, gradients and Adam "
+                      f"state, 16 bytes each) and {n} rows", self.memory_limit,
+                      "pass n_classes=None so that classes are the distinct labels, encode the labels "
+                      "as 0..k-1, or pass memory_limit= in bytes (0: no limit)")
 
     def fit(self, Z: Any, y: Any, sample_weight: Any = None) -> "LinearProbe":
         """Trains on embeddings ``Z`` (n, d) and labels ``y``; ``sample_weight`` (n,) weighs
@@ -113,10 +150,10 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         n, d = Z.shape
         if n < 1:
             raise ValueError("n_samples=0; the probe needs at least one training row")
-        yi = self._encode_labels(y, n)
         for name, v, lo in (("epochs", self.epochs, 1), ("batch_size", self.batch_size, 1)):
             if int(v) < lo:
                 raise ValueError(f"{name}={v} should be >= {lo}")
+        yi = self._encode_labels(y, n, d)
         if not self.lr > 0 or self.weight_decay < 0:
             raise ValueError(f"lr={self.lr} should be > 0 and weight_decay={self.weight_decay} >= 0")
         if sample_weight is None:
@@ -127,9 +164,11 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
                 raise ValueError("sample_weight should be (n_samples,), finite, >= 0, not all zero")
         if self.standardize not in ("global", "feature", "none"):
             raise ValueError(f"standardize={self.standardize!r} should be 'global', 'feature' or 'none'")
+        block = max(1, _BLOCK_BYTES // (8 * d))  # float64 temporaries of row blocks, not of Z
         if self.standardize == "global":
             mean = Z.mean(0, dtype=np.float64)
-            std = np.full(d, max(float(np.sqrt(((Z - mean) ** 2).sum(1).mean() / d)), 1e-12))
+            sq = np.concatenate([((Z[s:s + block] - mean) ** 2).sum(1) for s in range(0, n, block)])
+            std = np.full(d, max(float(np.sqrt(sq.mean() / d)), 1e-12))
         elif self.standardize == "feature":
             mean = Z.mean(0, dtype=np.float64)
             std = Z.std(0, dtype=np.float64)
@@ -142,7 +181,10 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             torch.set_num_threads(int(self.num_threads))
         try:
             g = torch.Generator().manual_seed(int(self.seed))
-            Zt = torch.from_numpy(((Z - mean) / std).astype(np.float32))
+            Zs = np.empty((n, d), np.float32)
+            for s in range(0, n, block):
+                Zs[s:s + block] = (Z[s:s + block] - mean) / std
+            Zt = torch.from_numpy(Zs)
             yt, wt = torch.from_numpy(yi), torch.from_numpy(w)
             W = torch.zeros(k, d, requires_grad=True)
             b = torch.zeros(k, requires_grad=True)
@@ -177,25 +219,65 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         return self
 
     # ------------------------------------------------------------------ prediction (numpy)
-    def decision_function(self, Z: Any) -> np.ndarray:
-        """Logits ``Z @ coef_.T + intercept_`` as float32 (n, n_classes)."""
+    def _checked_input(self, Z: Any) -> np.ndarray:
         check_is_fitted(self, "coef_")
         Z = _as_2d_float32(Z)
         if Z.shape[1] != self.n_features_in_:
             raise ValueError(f"Z has {Z.shape[1]} features, but LinearProbe is expecting "
                              f"{self.n_features_in_} features as input.")
+        return Z
+
+    def _blocks(self, n: int):
+        """Row ranges whose (rows, n_classes) float32 logits stay within _BLOCK_BYTES (one
+        block for ordinary inputs, so results equal the unblocked computation there)."""
+        rows = max(1, _BLOCK_BYTES // (16 * max(1, len(self.classes_))))
+        return [(s, min(n, s + rows)) for s in range(0, n, rows)] or [(0, 0)]
+
+    def _logits(self, Z: np.ndarray) -> np.ndarray:
         return Z @ self.coef_.T + self.intercept_
 
-    def predict_proba(self, Z: Any) -> np.ndarray:
-        """Softmax of the logits, (n, n_classes)."""
-        s = self.decision_function(Z)
+    @staticmethod
+    def _softmax(s: np.ndarray) -> np.ndarray:
         s = s - s.max(1, keepdims=True)
         e = np.exp(s)
         return e / e.sum(1, keepdims=True)
 
+    def _check_output(self, n: int, what: str) -> None:
+        _check_memory(4.0 * n * len(self.classes_) * 3, f"LinearProbe.{what}: {n} rows x "
+                      f"{len(self.classes_)} classes of float32 (and its temporaries)", self.memory_limit,
+                      "use predict (it works in row blocks) or pass fewer rows at a time")
+
+    def decision_function(self, Z: Any) -> np.ndarray:
+        """Logits ``Z @ coef_.T + intercept_`` as float32 (n, n_classes)."""
+        Z = self._checked_input(Z)
+        self._check_output(len(Z), "decision_function")
+        return self._logits(Z)
+
+    def predict_proba(self, Z: Any) -> np.ndarray:
+        """Softmax of the logits, (n, n_classes)."""
+        Z = self._checked_input(Z)
+        self._check_output(len(Z), "predict_proba")
+        return self._softmax(self._logits(Z))
+
+    def _max_proba(self, Z: np.ndarray) -> np.ndarray:
+        """``predict_proba(Z).max(1)`` in row blocks."""
+        Z = self._checked_input(Z)
+        return np.concatenate([self._softmax(self._logits(Z[a:b])).max(1) for a, b in self._blocks(len(Z))])
+
     def predict(self, Z: Any) -> np.ndarray:
-        """The class with the largest logit (ties: the first)."""
-        return self.classes_[np.argmax(self.decision_function(Z), axis=1)]
+        """The class with the largest logit (ties: the first); works in row blocks."""
+        Z = self._checked_input(Z)
+        idx = np.concatenate([np.argmax(self._logits(Z[a:b]), axis=1) for a, b in self._blocks(len(Z))])
+        return self.classes_[idx]
+
+    def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        """Mean accuracy of ``predict(X)`` against ``y`` (any label values, floats included,
+        which scikit-learn's accuracy_score would take for a regression target)."""
+        y = np.asarray(y)
+        pred = self.predict(X)
+        if y.shape != pred.shape:
+            raise ValueError(f"y should have shape {pred.shape}, got {y.shape}")
+        return float(np.average(pred == y, weights=sample_weight))
 
     # ------------------------------------------------------------------ export
     def to_arrays(self) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
@@ -256,6 +338,7 @@ def center_margins(Z: Any, labels: Any, centers: Any, *, chunk: int = 65536) -> 
     own = np.full(len(Z), np.nan)
     margin = np.full(len(Z), np.nan)
     c2 = (C * C).sum(1)
+    chunk = max(1, min(int(chunk), _BLOCK_BYTES // (24 * max(1, k))))  # ~3 float64 (rows, k) blocks
     for s in range(0, len(Z), chunk):
         z = Z[s:s + chunk]
         lab = labels[s:s + chunk]
@@ -271,13 +354,17 @@ def center_margins(Z: Any, labels: Any, centers: Any, *, chunk: int = 65536) -> 
 
 def _top_fraction_per_group(groups: np.ndarray, keys: Tuple[np.ndarray, ...], fraction: float) -> np.ndarray:
     """Mask of the first ``ceil(fraction * size)`` rows of each group (label >= 0) when sorted by
-    ``keys`` (np.lexsort order: the last key is primary; ties fall to the row index)."""
+    ``keys`` (np.lexsort order: the last key is primary; ties fall to the row index).
+    One sort with the group as the primary key: O(n log n) for any number of groups."""
     mask = np.zeros(len(groups), bool)
-    order = np.lexsort((np.arange(len(groups)), *keys))
+    order = np.lexsort((np.arange(len(groups)), *keys, groups))
     g_sorted = groups[order]
-    for g in np.unique(groups[groups >= 0]):
-        rows = order[g_sorted == g]
-        mask[rows[: max(1, math.ceil(fraction * len(rows)))]] = True
+    starts = np.flatnonzero(np.r_[True, g_sorted[1:] != g_sorted[:-1]]) if len(order) else np.zeros(0, np.int64)
+    sizes = np.diff(np.r_[starts, len(order)])
+    take = np.maximum(1, np.ceil(fraction * sizes)).astype(np.int64)
+    rank = np.arange(len(order)) - np.repeat(starts, sizes)
+    keep = (rank < np.repeat(take, sizes)) & (g_sorted >= 0)
+    mask[order[keep]] = True
     return mask
 
 
@@ -309,12 +396,20 @@ def select_confident(Z: Any, labels: Any, centers: Any, *, fraction: Optional[fl
 def _soft_weights(groups: np.ndarray, score: np.ndarray, fraction: float) -> np.ndarray:
     """Per row ``clip(score / q, 0, 1)``, with ``q`` the ``1 - fraction`` quantile of the score in
     the row's group: the top ``fraction`` of each group weighs 1, the rest in proportion to
-    their score. Rows with a negative group (noise) weigh 0."""
+    their score. Rows with a negative group (noise) weigh 0. Groups are slices of one stable
+    sort, so the work is O(n log n) for any number of groups."""
     w = np.zeros(len(groups))
-    for g in np.unique(groups[groups >= 0]):
-        rows = groups == g
-        q = np.quantile(score[rows], 1.0 - fraction)
-        w[rows] = np.clip(score[rows] / q, 0.0, 1.0) if q > 0 else (score[rows] > 0)
+    order = np.argsort(groups, kind="stable")
+    g_sorted = groups[order]
+    starts = np.flatnonzero(np.r_[True, g_sorted[1:] != g_sorted[:-1]]) if len(order) else []
+    ends = list(starts[1:]) + [len(order)] if len(order) else []
+    for a, b in zip(starts, ends):
+        if g_sorted[a] < 0:
+            continue
+        rows = order[a:b]  # ascending row order, as a boolean mask would give
+        sc = score[rows]
+        q = np.quantile(sc, 1.0 - fraction)
+        w[rows] = np.clip(sc / q, 0.0, 1.0) if q > 0 else (sc > 0)
     return w
 
 
@@ -395,7 +490,7 @@ def self_label(Z: Any, cluster_labels: Any, centers: Any, *, n_rounds: int = 1,
     history = [labels.copy(), probe.predict(Z)]
     for _ in range(int(n_rounds) - 1):
         pseudo = history[-1]
-        conf = probe.predict_proba(Z).max(1).astype(np.float64)
+        conf = probe._max_proba(Z).astype(np.float64)
         probe = fit(pseudo, conf, np.zeros(len(Z)))
         history.append(probe.predict(Z))
     return probe, history

@@ -325,3 +325,19 @@ def test_oracle_values_and_decisions_equal_exact_rational_arithmetic(metric):
                 s = sum(Fraction(float(a)) * Fraction(float(b)) for a, b in zip(x, y))
                 want = s > 0 and s * s >= c * c * nx[i] * ny[j]  # cos >= 1 - lim
                 assert got[j] == want
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+@pytest.mark.parametrize("d", [3, 97, 384])
+def test_oracle_error_bound_holds(metric, d):
+    """approx_values' err bounds the distance from the BLAS value to the exact one (what lets
+    the oracle decide only the near cases exactly), on wide-ranged data and near-duplicates."""
+    rng = np.random.default_rng(d)
+    X = (rng.standard_normal((300, d)) * np.exp(rng.uniform(-6, 6, (300, 1)))).astype(np.float32)
+    X[150:] = X[:150] + (1e-4 * np.abs(X[:150]) * rng.standard_normal((150, d))).astype(np.float32)
+    Q = X[::7]
+    v, err = approx_values(X, Q, metric)
+    rows = np.repeat(np.arange(len(Q)), len(X))
+    exact = pair_values(X, Q, rows, np.tile(np.arange(len(X)), len(Q)), metric).reshape(v.shape)
+    slack = 8 * np.spacing(np.abs(exact)) if metric == "cosine" else 0.0  # cosine's own rounding
+    assert (np.abs(v - exact) <= err[:, None] + slack).all()

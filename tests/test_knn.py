@@ -63,8 +63,9 @@ def test_symmetric_self_join_equals_one_sided_scan(kernel_set, metric, exclude_s
     np.testing.assert_array_equal(a_d, b_d)
     ref_v, ref = brute_knn(X, X, 7, metric, exclude_self=exclude_self)
     if data == "grid" and metric == "cosine":
-        # Real-number ties of 1 - cos are broken by float64 rounding, differently by numpy:
-        # compare the distances instead (L2 and dot products of half-integers are exact).
+        # Parallel grid rows tie exactly in 1 - cos; the engine's float64 values (a rounded
+        # square root) break those ties by rounding, the exact oracle by index: compare the
+        # distances instead (L2 and dot products of half-integers are exact in both).
         np.testing.assert_allclose(a_d, ref_v, rtol=0, atol=1e-6)
     else:
         np.testing.assert_array_equal(a_i, ref)

@@ -15,9 +15,7 @@ a crash (each kind runs in a child process: a segfault fails the test and names 
 an allocation beyond an address-space limit set in the child (RLIMIT_AS: what is in use + 3 GiB),
 which turns an unchecked allocation from a header into a MemoryError without the file's name.
 
-Kinds read by embedcluster._io (safetensors, JSON) or pipeline.py belong to other owners: their
-failures are reported (case, mutation, input, traceback) through ``pytest.xfail`` so that the
-run names them without hiding the loaders' own failures, which fail the test.
+Kinds read by embedcluster._io (safetensors, JSON) and pipeline.py are held to the same rule.
 
 Reproduce one case: ``python tests/test_loader_fuzz.py KIND CASE`` prints its outcome and
 traceback (KIND from KINDS below).
@@ -399,16 +397,12 @@ def test_loaders_survive_mutated_files(kind):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", [k for k, (_, owner) in KINDS.items() if owner != "loaders"])
-def test_other_owners_loaders_survive_mutated_files(kind):
-    """Failures here are in _io.py or pipeline.py, owned by the lead: reported as xfail with
-    the cases, inputs and tracebacks, so that they stay visible until fixed there."""
-    n, owner = KINDS[kind]
+def test_safe_files_and_pipelines_survive_mutated_files(kind):
+    """safetensors / JSON (embedcluster._io) and saved pipelines (pipeline.py)."""
+    n, _ = KINDS[kind]
     recs = _run_child(kind, n)
-    hangs = [r for r in recs if r["outcome"] == "hang"]
-    assert not hangs, _describe(hangs)
-    bad = [r for r in recs if r["outcome"] == "unexpected"]
-    if bad:
-        pytest.xfail(f"{owner} ({kind}): {_describe(bad)}")
+    bad = [r for r in recs if r["outcome"] in ("unexpected", "hang")]
+    assert not bad, _describe(bad)
 
 
 if __name__ == "__main__":

@@ -108,13 +108,18 @@ def _check_config(cfg: Any, where: str) -> Dict[str, Any]:
         pw = where + " probe"
         if not isinstance(probe, dict):
             raise ValueError(f"{pw}: expected an object or null, got {type(probe).__name__}")
+        from .probe import PROBE_KIND, PROBE_VERSION, LinearProbe
+
+        _field(probe, "kind", pw, lambda v: v == PROBE_KIND, repr(PROBE_KIND))
+        _field(probe, "version", pw, lambda v: _is_int(v) and v == PROBE_VERSION, str(PROBE_VERSION))
+        known_probe = {"kind", "version", "classes", "n_features", "params"}
+        if set(probe) - known_probe:
+            raise ValueError(f"{pw}: unknown fields {sorted(set(probe) - known_probe)}")
         _field(probe, "classes", pw, lambda v: isinstance(v, list) and 1 <= len(v) <= 1 << 24
                and all(_is_int(c) for c in v) and len(set(v)) == len(v), "a list of distinct integers")
         _field(probe, "n_features", pw, lambda v: v == cfg["n_features"], f"{cfg['n_features']} (the pipeline's)")
         _field(probe, "params", pw, lambda v: isinstance(v, dict) and all(
             x is None or isinstance(x, (bool, int, float, str)) for x in v.values()), "an object of plain values")
-        from .probe import LinearProbe
-
         unknown = set(probe["params"]) - set(LinearProbe().get_params())
         if unknown:
             raise ValueError(f"{pw}: unknown parameters {sorted(unknown)}")

@@ -38,6 +38,8 @@ CALLS = {
     "kmeans_fit": lambda lim: _core.kmeans_fit(X, 20, memory_limit=lim),
     "kmeans_fit_parallel": lambda lim: _core.kmeans_fit(X, 20, init="k-means||", memory_limit=lim),
     "dbscan_fit": lambda lim: _core.dbscan_fit(X, 1.5, memory_limit=lim),
+    "kmeans_init": lambda lim: _core.kmeans_init(X, 20, memory_limit=lim),
+    "kmeans_assign": lambda lim: _core.kmeans_assign(X[:20], X, memory_limit=lim),
 }
 
 
@@ -61,6 +63,31 @@ def test_estimators_raise_memory_error():
         nn.kneighbors()
     with pytest.raises(MemoryError, match="needs about"):
         nn.radius_neighbors(radius=1.0)
+
+
+def test_estimator_outputs_are_bounded_too():
+    """predict / score (native assignment), transform (an n x k matrix built in numpy),
+    kneighbors_graph and radius_neighbors' per-query objects are checked against memory_limit
+    before they allocate; with room, the results are those without a limit."""
+    km = ec.KMeans(20, random_state=0).fit(X)
+    free = (km.predict(X), km.transform(X))
+    km.set_params(memory_limit=TINY)
+    for call in (lambda: km.predict(X), lambda: km.score(X), lambda: km.transform(X)):
+        with pytest.raises(MemoryError, match="needs about"):
+            call()
+    km.set_params(memory_limit=64 << 20)
+    np.testing.assert_array_equal(km.predict(X), free[0])
+    np.testing.assert_array_equal(km.transform(X), free[1])
+    nn = ec.NearestNeighbors(n_neighbors=3).fit(X)
+    graph = nn.kneighbors_graph().toarray()
+    nn.set_params(memory_limit=len(X) * 3 * 20)  # the kNN outputs fit, the graph beside them not
+    with pytest.raises(MemoryError, match="kneighbors_graph"):
+        nn.kneighbors_graph()
+    nn.set_params(memory_limit=len(X) * 2000)
+    with pytest.raises(MemoryError, match="radius_neighbors"):
+        nn.radius_neighbors(np.repeat(X, 20, axis=0), radius=0.5)
+    nn.set_params(memory_limit=64 << 20)
+    np.testing.assert_array_equal(nn.kneighbors_graph().toarray(), graph)
 
 
 def test_impossible_request_fails_before_allocating():
@@ -168,9 +195,9 @@ def test_radius_results_are_charged_against_the_limit():
     np.testing.assert_array_equal(_core.radius_count(db, q, radius, memory_limit=base), within.sum(1))
 
 
-def _run_limited(script: str) -> subprocess.CompletedProcess:
+def _run_limited(script: str, **env_extra: str) -> subprocess.CompletedProcess:
     """Runs `script` in a fresh interpreter (bounded); the script sets its own RLIMIT_AS."""
-    env = dict(os.environ, OMP_NUM_THREADS="2")
+    env = dict(os.environ, OMP_NUM_THREADS="2", **env_extra)
     return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
                           timeout=300, env=env)
 
@@ -246,3 +273,47 @@ def test_default_limit_honours_rlimit_as():
     assert "default below room: True True" in r.stdout, out
     assert r.stdout.count("limit: ") == 3 and "needs about" in r.stdout, out
     assert "works: (1000, 3)" in r.stdout, out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc/self/statm")
+def test_allocation_failures_anywhere_raise_memory_error():
+    """With no memory_limit, an allocation that fails (here: the address space runs out, at
+    a sweep of points in every operation, inside parallel regions and out) raises MemoryError;
+    the process never aborts and goes on working."""
+    r = _run_limited(LIMITED_PRELUDE + """
+    X = np.random.default_rng(1).standard_normal((30000, 64)).astype(np.float32)
+    B = np.random.default_rng(2).standard_normal((150000, 64)).astype(np.float32)
+    ops = {  # radius last: its many small freed lists leave heap space that later calls would reuse
+        "kmeans": lambda: _core.kmeans_fit(B, 300, max_iter=2, init="k-means||", memory_limit=0),
+        "kmeans_assign": lambda: _core.kmeans_assign(X[:300], B, memory_limit=0),
+        "dbscan": lambda: _core.dbscan_fit(X, 9.0, memory_limit=0),
+        "knn": lambda: _core.knn_search(X, X[:5000], 50, self_join=False, memory_limit=0),
+        "knn_self_join": lambda: _core.knn_search(X, X, 20, memory_limit=0),
+        "radius": lambda: _core.radius_search(X, X[:3000], 100.0, memory_limit=0),
+    }
+    limit_address_space(1 << 40)  # warm-up of threads and arenas at this thread count
+    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+    outcomes = {}
+    for name, op in ops.items():
+        for room_mib in (1, 3, 6, 10, 16, 24, 40, 64, 100, 160):
+            resource.setrlimit(resource.RLIMIT_AS, (vsize() + (room_mib << 20), hard))
+            try:
+                op()
+                outcome = "ok"
+            except MemoryError:
+                outcome = "MemoryError"
+            finally:
+                resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+            outcomes.setdefault(name, set()).add(outcome)
+    print("outcomes:", sorted((k, sorted(v)) for k, v in outcomes.items()))
+    print("works:", _core.knn_search(X[:1000], X[:1000], 3)[1].shape)
+    """, MALLOC_ARENA_MAX="1", MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0", MALLOC_TOP_PAD_="0")
+    # (glibc: one arena, and blocks above 64 KiB mapped and unmapped one by one, so that each
+    # allocation needs fresh address space instead of reusing what an earlier one freed)
+    out = r.stdout + r.stderr
+    print(out)
+    assert r.returncode == 0, out
+    assert "terminate" not in r.stderr and "FATAL" not in r.stderr, out
+    assert "works: (1000, 3)" in r.stdout, out
+    for name in ("knn", "knn_self_join", "radius", "kmeans", "kmeans_assign", "dbscan"):
+        assert f"('{name}', ['MemoryError'" in r.stdout, out  # the sweep reached failing allocations

@@ -370,11 +370,14 @@ py::dict kmeans_fit(const py::array& x, int k, int max_iter, double tol, int n_i
 }
 
 py::array_t<float> kmeans_init(const py::array& x, int k, const std::string& metric, const std::string& init,
-                               std::uint64_t seed, const py::object& sample_weight, int n_local_trials, int n_threads) {
+                               std::uint64_t seed, const py::object& sample_weight, int n_local_trials, int n_threads,
+                               const py::object& memory_limit) {
   const Mat X = as_matrix(x, "X", false);  // finiteness: checked by the k-means pass over the data
   std::vector<float> given;
-  const auto p = kmeans_params(X, k, 1, 0.0, 1, metric, py::str(init), seed, n_local_trials, n_threads, given);
+  auto p = kmeans_params(X, k, 1, 0.0, 1, metric, py::str(init), seed, n_local_trials, n_threads, given);
+  p.memory_limit = memory_limit_of(memory_limit);
   const float* w = weights_of(sample_weight, X.rows);
+  if (k > 0 && X.rows > 0) ec::kmeans_check_memory(p, X.rows, X.cols);  // before the output is allocated
   py::array_t<float> out({static_cast<py::ssize_t>(k), static_cast<py::ssize_t>(X.cols)});
   float* op = out.mutable_data();
   run_native([&](ec::Cancel& c) { ec::kmeans_init(p, X.data, X.rows, X.cols, w, seed, op, c); });
@@ -382,12 +385,14 @@ py::array_t<float> kmeans_init(const py::array& x, int k, const std::string& met
 }
 
 py::tuple kmeans_assign(const py::array& centers, const py::array& x, const std::string& metric, int n_threads,
-                        const std::string& precision) {
+                        const std::string& precision, const py::object& memory_limit) {
   const Mat C = as_matrix(centers, "centers"), X = as_matrix(x, "X", false);  // finiteness: checked as in kmeans_fit
   if (C.cols != X.cols)
     throw std::invalid_argument("X has " + std::to_string(X.cols) + " features but the centres have " +
                                 std::to_string(C.cols));
   const ec::Metric m = parse_metric(metric);
+  ec::kmeans_assign_check_memory(C.rows, X.rows, X.cols, n_threads, parse_precision(precision),
+                                 memory_limit_of(memory_limit));  // before the outputs are allocated
   py::array_t<idx_t> labels({static_cast<py::ssize_t>(X.rows)});
   py::array_t<float> dist({static_cast<py::ssize_t>(X.rows)});
   idx_t* lp = labels.mutable_data();
@@ -510,9 +515,11 @@ PYBIND11_MODULE(_core, m) {
         "pass, 0 turns that stage off, m > 0 always takes the m centres that moved most (for tests).");
   m.def("kmeans_init", &kmeans_init, py::arg("X"), py::arg("n_clusters"), py::arg("metric") = "l2",
         py::arg("init") = "k-means++", py::arg("seed") = 0, py::arg("sample_weight") = py::none(),
-        py::arg("n_local_trials") = 0, py::arg("n_threads") = 0, "Initial centres only (k-means++ or random).");
+        py::arg("n_local_trials") = 0, py::arg("n_threads") = 0, py::arg("memory_limit") = py::none(),
+        "Initial centres only (k-means++, k-means|| or random).");
   m.def("kmeans_assign", &kmeans_assign, py::arg("centers"), py::arg("X"), py::arg("metric") = "l2",
-        py::arg("n_threads") = 0, py::arg("precision") = "auto", "Nearest centre (exact) and its distance (l2: squared; cosine: 1 - cos).");
+        py::arg("n_threads") = 0, py::arg("precision") = "auto", py::arg("memory_limit") = py::none(),
+        "Nearest centre (exact) and its distance (l2: squared; cosine: 1 - cos).");
   m.def("dbscan_fit", &dbscan_fit, py::arg("X"), py::arg("eps"), py::arg("min_samples") = 5,
         py::arg("metric") = "l2", py::arg("prune") = true, py::arg("n_threads") = 0, py::arg("memory_limit") = py::none(),
         "DBSCAN; returns dict(labels, is_core, counts, n_clusters, tile statistics). l2 eps is a Euclidean distance.");

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstring>
 #include <numeric>
+#include <sstream>
 #include <string>
 
 #include "dbscan_bounds.hpp"
@@ -93,8 +94,7 @@ Layout make_layout(const DbscanParams& p, const float* x, idx_t n, idx_t d,
   L.center.assign(static_cast<std::size_t>(L.ntiles * d), 0.0);
   L.radius.assign(static_cast<std::size_t>(L.ntiles), 0.0);
   const bool cos = p.metric == Metric::Cosine;
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 4)
-  for (idx_t t = 0; t < L.ntiles; ++t) {
+  parallel_for(threads, L.ntiles, [&](idx_t t) {
     double* c = L.center.data() + t * d;
     for (idx_t s = 0; s < L.count[t]; ++s) {
       const idx_t r = L.slot_rows[t * kTile + s];
@@ -114,7 +114,7 @@ Layout make_layout(const DbscanParams& p, const float* x, idx_t n, idx_t d,
       rad = std::max(rad, std::sqrt(dd));
     }
     L.radius[t] = rad;
-  }
+  }, 4);
   return L;
 }
 
@@ -228,11 +228,10 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   check_memory(base, p.memory_limit, "DBSCAN on " + std::to_string(n) + " x " + std::to_string(d));
 
   std::vector<double> xsq(static_cast<std::size_t>(n)), xnorm(static_cast<std::size_t>(n));
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (idx_t i = 0; i < n; ++i) {
+  parallel_for(threads, n, [&](idx_t i) {
     xsq[i] = sqnorm(x + i * d, d);
     xnorm[i] = std::sqrt(xsq[i]);
-  }
+  });
   check_sqnorms(xsq, "data");
   if (cos)
     for (idx_t i = 0; i < n; ++i)
@@ -276,8 +275,7 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
       for (idx_t t = 0; t < T; ++t)
         for (idx_t i = 0; i < L.count[t]; ++i) xerr[L.slot_rows[t * kTile + i]] = set.in_err[t * kTile + i];
     } else {
-#pragma omp parallel for num_threads(threads) schedule(static)
-      for (idx_t i = 0; i < n; ++i) xerr[i] = static_cast<float>(input_error(kt, x + i * d, d) * (1.0 + 1e-6));
+      parallel_for(threads, n, [&](idx_t i) { xerr[i] = static_cast<float>(input_error(kt, x + i * d, d) * (1.0 + 1e-6)); });
     }
   }
   // Ball centres packed for fp32 products (a tile's rows with its partners' centres: the
@@ -325,9 +323,10 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
                          (p.memory_limit <= 0.0 || base + (project ? table : 0.0) + words_copy <= p.memory_limit);
   if (rows_copy) {
     xw_bf.resize(static_cast<std::size_t>(n * kt.depth(d)));
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (idx_t i0 = 0; i0 < n; i0 += 256)
+    parallel_for(threads, (n + 255) / 256, [&](idx_t b) {
+      const idx_t i0 = b * 256;
       kt.pack_rows(x + i0 * d, std::min<idx_t>(256, n - i0), d, xw_bf.data() + i0 * kt.depth(d));
+    });
   }
   // The product of rows `rows[0..m)` with the packed panels `b` (n_pad columns) into c.
   auto gather_gemm = [&](const KernelSet& k, const idx_t* rows, idx_t m, const float* b, idx_t n_pad,
@@ -424,8 +423,14 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   auto beyond = [&](double lb2, double mag) { return lb2 > reach * reach * (1.0 + 1e-7) + 1e-7 * mag; };
 
   std::vector<std::vector<idx_t>> partners(static_cast<std::size_t>(T));
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 4)
-  for (idx_t a = 0; a < T; ++a) {
+  // The partner lists and pass 2's flags (9 bytes per tile pair) are data-dependent: `base`
+  // allows 64 pairs per tile, but with little pruning (a large eps) there are up to T^2 / 2.
+  // Pairs beyond the allowance are charged as the lists are built, so that the fit fails with
+  // MemoryLimitError instead of going past the limit.
+  const double fixed = base + (project ? table : 0.0) + (rows_copy ? words_copy : 0.0);
+  const double allowance = t_est * 64.0;
+  std::atomic<std::int64_t> pair_slots{0};
+  parallel_for(threads, T, [&](idx_t a) {
     for (idx_t b = a; b < T; ++b) {
       if (a != b && p.prune) {
         const double dist_ab =
@@ -445,7 +450,17 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
       }
       partners[a].push_back(b);
     }
-  }
+    const auto cap = static_cast<std::int64_t>(partners[a].capacity());
+    const double slots = static_cast<double>(pair_slots.fetch_add(cap) + cap);
+    if (p.memory_limit > 0.0 && fixed + 9.0 * std::max(0.0, slots - allowance) > p.memory_limit) {
+      std::ostringstream e;
+      e << p.eps;
+      throw MemoryLimitError("DBSCAN with eps=" + e.str() + " on " + std::to_string(n) + " rows finds more tile pairs " +
+                             "within reach than memory_limit = " + std::to_string(static_cast<long long>(p.memory_limit / 1048576.0 + 0.5)) +
+                             " MiB holds (" + std::to_string(static_cast<long long>(slots)) + " pairs of " + std::to_string(T) +
+                             " tiles so far); use a smaller eps, raise memory_limit, or cluster a sample");
+    }
+  }, 4);
 
   // The centres of tile a's partners (partners[a][0] is a itself), packed: the passes need
   // only these columns of the products, not all T.

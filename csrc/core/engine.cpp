@@ -200,21 +200,26 @@ void pack_set(PackedSet& out, const float* y, idx_t n, idx_t d, Metric m, const 
   std::vector<float> scale(static_cast<std::size_t>(m == Metric::Cosine ? n : 0));
   double max_sq = 0.0;
   idx_t zero_row = -1;
+  ExceptionSlot err;  // every parallel region is guarded, whether or not its body can throw today
 #pragma omp parallel for num_threads(threads) reduction(max : max_sq) schedule(static)
   for (idx_t i = 0; i < n; ++i) {
-    const double sq = sqnorm(out.row(i), d);
-    out.norm[i] = std::sqrt(sq);
-    max_sq = std::max(max_sq, sq);
-    if (m == Metric::Cosine) {
-      if (sq == 0.0) {
+    double sq = 0.0;
+    err.run([&] {
+      sq = sqnorm(out.row(i), d);
+      out.norm[i] = std::sqrt(sq);
+      if (m == Metric::Cosine) {
+        if (sq == 0.0) {
 #pragma omp critical
-        zero_row = zero_row < 0 ? i : std::min(zero_row, i);
-      } else {
-        scale[i] = static_cast<float>(1.0 / std::sqrt(sq));
+          zero_row = zero_row < 0 ? i : std::min(zero_row, i);
+        } else {
+          scale[i] = static_cast<float>(1.0 / std::sqrt(sq));
+        }
       }
-    }
-    out.add.data()[i] = m == Metric::L2 ? static_cast<float>(sq) : 0.0f;
+      out.add.data()[i] = m == Metric::L2 ? static_cast<float>(sq) : 0.0f;
+    });
+    max_sq = std::max(max_sq, sq);
   }
+  err.rethrow();
   if (!(max_sq <= kMaxSqNorm)) {
     std::vector<double> sq(out.norm.size());
     for (std::size_t i = 0; i < sq.size(); ++i) sq[i] = out.norm[i] * out.norm[i];
@@ -232,21 +237,27 @@ void pack_set(PackedSet& out, const float* y, idx_t n, idx_t d, Metric m, const 
     double emax = 0.0;
 #pragma omp parallel for num_threads(threads) reduction(max : emax) schedule(static)
     for (idx_t i = 0; i < n; ++i) {
-      const double e = input_error(ks, out.row(i), d, m == Metric::Cosine ? scale[i] : 1.0f);
-      out.in_err[i] = static_cast<float>(e * (1.0 + 1e-6));  // rounding to float must not shrink it
+      err.run([&] {
+        const double e = input_error(ks, out.row(i), d, m == Metric::Cosine ? scale[i] : 1.0f);
+        out.in_err[i] = static_cast<float>(e * (1.0 + 1e-6));  // rounding to float must not shrink it
+      });
       emax = std::max(emax, static_cast<double>(out.in_err[i]));
     }
+    err.rethrow();
     out.in_err_max = emax;
   }
   const idx_t panels = out.n_pad / ks.nr;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (idx_t p = 0; p < panels; ++p) {
-    const idx_t r0 = p * ks.nr;
-    const idx_t cnt = std::min<idx_t>(ks.nr, n - r0);
-    ks.pack(rows ? y : y + r0 * d, d, rows ? rows + r0 : nullptr,
-            m == Metric::Cosine ? scale.data() + r0 : nullptr, cnt, d, ks.nr,
-            out.panels.data() + r0 * ks.depth(d));
+    err.run([&] {
+      const idx_t r0 = p * ks.nr;
+      const idx_t cnt = std::min<idx_t>(ks.nr, n - r0);
+      ks.pack(rows ? y : y + r0 * d, d, rows ? rows + r0 : nullptr,
+              m == Metric::Cosine ? scale.data() + r0 : nullptr, cnt, d, ks.nr,
+              out.panels.data() + r0 * ks.depth(d));
+    });
   }
+  err.rethrow();
 }
 
 TileRate tile_product_rate(idx_t rows, idx_t cols, idx_t d, const KernelSet* kernel_set, int threads) {
@@ -268,14 +279,19 @@ TileRate tile_product_rate(idx_t rows, idx_t cols, idx_t d, const KernelSet* ker
   const idx_t depth = ks.depth(d), nblocks = (rows + kBlock - 1) / kBlock;
   auto run = [&](idx_t blocks) {
     double sink = 0.0;
+    ExceptionSlot err;
 #pragma omp parallel num_threads(threads) reduction(+ : sink)
     {
       AlignedBuffer<float> a, c;
-      a.resize(static_cast<std::size_t>(kBlock * depth));
-      c.resize(static_cast<std::size_t>(kBlock * set.n_pad));
-      std::vector<idx_t> idx(static_cast<std::size_t>(kBlock));
+      std::vector<idx_t> idx;
+      err.run([&] {
+        a.resize(static_cast<std::size_t>(kBlock * depth));
+        c.resize(static_cast<std::size_t>(kBlock * set.n_pad));
+        idx.resize(static_cast<std::size_t>(kBlock));
+      });
 #pragma omp for schedule(dynamic, 4)
       for (idx_t b = 0; b < blocks; ++b) {
+        if (err.failed()) continue;
         const idx_t r0 = b * kBlock, m = std::min(kBlock, rows - r0);
         for (idx_t i = 0; i < m; ++i) idx[i] = (r0 + i) % held;
         ks.pack(x.data(), d, idx.data(), nullptr, m, d, ks.mr, a.data());
@@ -283,6 +299,7 @@ TileRate tile_product_rate(idx_t rows, idx_t cols, idx_t d, const KernelSet* ker
         sink += c.data()[0];
       }
     }
+    err.rethrow();
     return sink;
   };
   run(std::min<idx_t>(nblocks, 4 * threads));  // warm-up: threads, caches, frequency

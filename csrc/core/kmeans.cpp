@@ -102,8 +102,7 @@ struct Accum {
   }
   /// The exact totals, converted to fp64 (one rounding each).
   void totals(std::vector<double>& sums, std::vector<double>& wsum, int threads) const {
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (idx_t c = 0; c < k; ++c) {
+    parallel_for(threads, k, [&](idx_t c) {
       for (idx_t f = 0; f < d; ++f) {
         std::uint64_t s = 0;
         for (const auto& v : t) s += v[c * d + f];
@@ -112,7 +111,7 @@ struct Accum {
       std::uint64_t w = 0;
       for (const auto& v : t) w += v[k * d + c];
       wsum[c] = static_cast<double>(static_cast<std::int64_t>(w)) / wscale;
-    }
+    });
   }
 };
 
@@ -431,13 +430,17 @@ void centre_half_gaps(const PackedSet& cs, const Data& D, std::vector<double>& o
   if (k < 2) return;
   const idx_t mc = rows_per_tile(k_pad);
   const idx_t nb = (k + mc - 1) / mc;
+  ExceptionSlot err;
 #pragma omp parallel num_threads(D.threads)
   {
     AlignedBuffer<float> a, c;
-    a.resize(static_cast<std::size_t>(mc * ks.depth(d)));
-    c.resize(static_cast<std::size_t>(mc * k_pad));
+    err.run([&] {
+      a.resize(static_cast<std::size_t>(mc * ks.depth(d)));
+      c.resize(static_cast<std::size_t>(mc * k_pad));
+    });
 #pragma omp for schedule(dynamic, 1)
     for (idx_t bi = 0; bi < nb; ++bi) {
+      if (err.failed()) continue;
       const idx_t q0 = bi * mc, qm = std::min(mc, k - q0);
       ks.pack(cs.src + q0 * d, d, nullptr, nullptr, qm, d, ks.mr, a.data());
       ks.gemm(a.data(), cs.panels.data(), round_up(qm, ks.mr), k_pad, ks.depth(d), c.data(), k_pad);
@@ -456,6 +459,7 @@ void centre_half_gaps(const PackedSet& cs, const Data& D, std::vector<double>& o
       }
     }
   }
+  err.rethrow();
 }
 
 /// Distance each centre moved (upper bound), and the two largest.
@@ -581,15 +585,14 @@ void choose_movers(const PackedSet& cs, const Data& D, const idx_t* labels, idx_
     };
     const idx_t ns = (n + stride - 1) / stride;
     std::vector<Row> rows(static_cast<std::size_t>(ns));
-#pragma omp parallel for num_threads(D.threads) schedule(static)
-    for (idx_t t = 0; t < ns; ++t) {
+    parallel_for(D.threads, ns, [&](idx_t t) {
       const idx_t i = t * stride, a = labels[i];
       double u = pr.u[i] + pr.shift[a];
       const double hg = pr.half_gap[a];
       if (!(u < std::max(std::min(pr.l[i], pr.lm[i]) - pr.max1, hg)) && (pr.shift[a] > 0.0 || !pr.tight[i]))
         u = std::min(u, dist_hi_fp32(cs, D, i, a));
       rows[t] = {u, pr.l[i], pr.lm[i], hg};
-    }
+    });
     const double k_pad = static_cast<double>(round_up(k, nr));
     double best = std::numeric_limits<double>::infinity();
     for (const Cand& g : cands) {
@@ -653,13 +656,16 @@ void prepare(Data& D, const float* x, idx_t n, idx_t d, const float* w, Metric m
   idx_t zero_row = -1, bad_row = -1;
   // One pass over the data: norms, rounding errors, the fixed-point maxima, and the finiteness
   // check (a float32 row has a finite squared norm in fp64 exactly when all its values are finite).
+  ExceptionSlot err;
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<double> mx(static_cast<std::size_t>(d), 0.0);
+    std::vector<double> mx;
+    err.run([&] { mx.assign(static_cast<std::size_t>(d), 0.0); });
     double wm = 0.0;
     idx_t zr = -1, br = -1;
 #pragma omp for schedule(static)
     for (idx_t i = 0; i < n; ++i) {
+      if (err.failed()) continue;
       const float* row = x + i * d;
       const double sq = sqnorm(row, d);
       D.xsq[i] = sq;
@@ -681,13 +687,14 @@ void prepare(Data& D, const float* x, idx_t n, idx_t d, const float* w, Metric m
       for (idx_t f = 0; f < d; ++f) mx[f] = std::max(mx[f], std::abs(static_cast<double>(row[f]) * sc));
     }
 #pragma omp critical
-    {
+    if (!err.failed()) {
       D.wmax = std::max(D.wmax, wm);
       for (idx_t f = 0; f < d; ++f) D.colmax[f] = std::max(D.colmax[f], mx[f]);
       if (zr >= 0) zero_row = zero_row < 0 ? zr : std::min(zero_row, zr);
       if (br >= 0) bad_row = bad_row < 0 ? br : std::min(bad_row, br);
     }
   }
+  err.rethrow();
   if (bad_row >= 0) {
     idx_t f = 0;
     while (f < d && std::isfinite(x[bad_row * d + f])) ++f;
@@ -763,12 +770,11 @@ void block_sums_of(const std::vector<double>& v, idx_t block, std::vector<double
   const idx_t n = static_cast<idx_t>(v.size());
   const idx_t nb = (n + block - 1) / block;
   out.assign(static_cast<std::size_t>(nb), 0.0);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (idx_t b = 0; b < nb; ++b) {
+  parallel_for(threads, nb, [&](idx_t b) {
     double s = 0.0;
     for (idx_t i = b * block; i < std::min(n, (b + 1) * block); ++i) s += v[i];
     out[b] = s;
-  }
+  });
 }
 
 void lloyd(const KMeansParams& p, const Data& D, std::vector<float>& centers, KMeansResult& res,
@@ -823,11 +829,11 @@ void seed_centers(const KMeansParams& p, const Data& D, std::uint64_t seed, floa
     // Potential of each candidate, in fixed block order so that it does not depend on threads.
     const idx_t nb = (n + kBlock - 1) / kBlock;
     std::vector<double> part(static_cast<std::size_t>(nb * trials), 0.0);
-#pragma omp parallel for num_threads(D.threads) schedule(static)
-    for (idx_t b = 0; b < nb; ++b)
+    parallel_for(D.threads, nb, [&](idx_t b) {
       for (idx_t i = b * kBlock; i < std::min(n, (b + 1) * kBlock); ++i)
         for (int t = 0; t < trials; ++t)
           part[b * trials + t] += D.weight(i) * std::min<double>(closest[i], dist[i * trials + t]);
+    });
     int best = 0;
     double best_pot = std::numeric_limits<double>::infinity();
     for (int t = 0; t < trials; ++t) {
@@ -869,8 +875,7 @@ double objective(const Data& D, const float* centers, const std::vector<idx_t>& 
   double total = 0.0;
   const idx_t nb = (n + kRangeUnit - 1) / kRangeUnit;
   std::vector<double> part(static_cast<std::size_t>(nb), 0.0);
-#pragma omp parallel for num_threads(D.threads) schedule(static)
-  for (idx_t b = 0; b < nb; ++b) {
+  parallel_for(D.threads, nb, [&](idx_t b) {
     double s = 0.0;
     for (idx_t i = b * kRangeUnit; i < std::min(n, (b + 1) * kRangeUnit); ++i) {
       const float* c = centers + labels[i] * d;
@@ -879,7 +884,7 @@ double objective(const Data& D, const float* centers, const std::vector<idx_t>& 
       s += D.weight(i) * std::max(0.0, exact_value(D.metric, D.x + i * d, c, d, xn, cnorm));
     }
     part[b] = s;
-  }
+  });
   for (double v : part) total += v;
   return total;
 }
@@ -945,11 +950,11 @@ void lloyd(const KMeansParams& p, const Data& D, std::vector<float>& centers, KM
       if (wsum[c] <= 0.0) empty.push_back(c);
     if (!empty.empty()) {
       // Exact distances of every row to the centre it was assigned to (rare: only here).
-#pragma omp parallel for num_threads(D.threads) schedule(static)
-      for (idx_t i = 0; i < n; ++i)
+      parallel_for(D.threads, n, [&](idx_t i) {
         mind[i] = static_cast<float>(std::max(0.0, exact_value(D.metric, D.x + i * d, cs.row(labels[i]), d,
                                                                D.metric == Metric::Cosine ? D.xnorm[i] : 0.0,
                                                                cs.norm[labels[i]])));
+      });
       std::vector<idx_t> order(static_cast<std::size_t>(n));
       std::iota(order.begin(), order.end(), idx_t{0});
       const std::size_t ne = std::min<std::size_t>(empty.size(), order.size());
@@ -1116,6 +1121,7 @@ void kmeans_init(const KMeansParams& p, const float* x, idx_t n, idx_t d, const 
                  std::uint64_t seed, float* out_centers, Cancel& cancel) {
   validate(p, n, d, weights);
   if (p.init == KMeansInit::Given) fail("kmeans_init needs init 'k-means++' or 'random'");
+  kmeans_check_memory(p, n, d);
   Data D;
   prepare(D, x, n, d, weights, p.metric, resolve_threads(p.n_threads), p.kernel_set);
   seed_centers(p, D, seed, out_centers, cancel);
@@ -1138,11 +1144,30 @@ double kmeans_bytes(const KMeansParams& p, idx_t n, idx_t d) {
   return dn * per_row + centres + threads * per_thread;
 }
 
+void kmeans_check_memory(const KMeansParams& p, idx_t n, idx_t d) {
+  check_memory(kmeans_bytes(p, n, d), p.memory_limit,
+               "k-means with " + std::to_string(p.k) + " clusters on " + std::to_string(n) + " x " + std::to_string(d));
+}
+
+void kmeans_assign_check_memory(idx_t k, idx_t n, idx_t d, int n_threads, const KernelSet* kernel_set,
+                                double memory_limit) {
+  const KernelSet& ks = kernel_set ? *kernel_set : kernels();
+  const double threads = resolve_threads(n_threads);
+  const double k_pad = static_cast<double>(round_up(k, ks.nr)), depth = static_cast<double>(ks.depth(d));
+  // Per row: norms (2 x 8), rounding error, outputs (label 8, distance 4); the packed centres;
+  // per thread: a tile of rows and their products, candidate buffers.
+  const double bytes = static_cast<double>(n) * (8.0 + 8.0 + 4.0 + 12.0) + static_cast<double>(d) * 8.0 +
+                       k_pad * (depth * 4.0 + 16.0) +
+                       threads * (static_cast<double>(rows_per_tile(round_up(k, ks.nr))) * (depth + 1.5 * k_pad) * 4.0 +
+                                  k_pad * 16.0);
+  check_memory(bytes, memory_limit,
+               "assigning " + std::to_string(n) + " rows to " + std::to_string(k) + " centres");
+}
+
 void kmeans_fit(const KMeansParams& p, const float* x, idx_t n, idx_t d, const float* weights,
                 const float* init_centers, KMeansResult& out, Cancel& cancel) {
   validate(p, n, d, weights);
-  check_memory(kmeans_bytes(p, n, d), p.memory_limit,
-               "k-means with " + std::to_string(p.k) + " clusters on " + std::to_string(n) + " x " + std::to_string(d));
+  kmeans_check_memory(p, n, d);
   if (p.init == KMeansInit::Given && !init_centers) fail("init='given' needs initial centres");
   Data D;
   prepare(D, x, n, d, weights, p.metric, resolve_threads(p.n_threads), p.kernel_set);

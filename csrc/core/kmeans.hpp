@@ -58,7 +58,17 @@ struct KMeansResult {
 void kmeans_fit(const KMeansParams& p, const float* x, idx_t n, idx_t d, const float* weights,
                 const float* init_centers, KMeansResult& out, Cancel& cancel);
 
-/// Only the k-means++ / random initialisation (for tests and for callers that want the seeds).
+/// Throws MemoryLimitError when kmeans_fit (or kmeans_init) would need more working memory
+/// than p.memory_limit (an over-estimate: initialisation, per-row state, centres, tiles, result).
+void kmeans_check_memory(const KMeansParams& p, idx_t n, idx_t d);
+
+/// Throws MemoryLimitError when kmeans_assign of n rows to k centres (outputs included) would
+/// need more than `memory_limit` bytes (0: no limit).
+void kmeans_assign_check_memory(idx_t k, idx_t n, idx_t d, int n_threads, const KernelSet* kernel_set,
+                                double memory_limit);
+
+/// Only the k-means++ / random initialisation (for tests and for callers that want the seeds);
+/// checks p.memory_limit first.
 void kmeans_init(const KMeansParams& p, const float* x, idx_t n, idx_t d, const float* weights,
                  std::uint64_t seed, float* out_centers, Cancel& cancel);
 

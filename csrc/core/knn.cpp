@@ -65,8 +65,7 @@ void check_common(idx_t n, idx_t nq, idx_t d) {
 /// Squared norms of the queries (fp64); cosine rejects zero rows.
 std::vector<double> query_sqnorms(const float* q, idx_t nq, idx_t d, Metric m, int threads) {
   std::vector<double> qsq(static_cast<std::size_t>(nq));
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (idx_t i = 0; i < nq; ++i) qsq[i] = sqnorm(q + i * d, d);
+  parallel_for(threads, nq, [&](idx_t i) { qsq[i] = sqnorm(q + i * d, d); });
   check_sqnorms(qsq, "query");
   if (m == Metric::Cosine)
     for (idx_t i = 0; i < nq; ++i)
@@ -79,8 +78,7 @@ std::vector<double> query_sqnorms(const float* q, idx_t nq, idx_t d, Metric m, i
 /// per query; empty for fp32 kernels.
 std::vector<double> query_errors(const PackedSet& set, const float* q, idx_t nq, int threads) {
   std::vector<double> e(set.in_err.empty() ? 0 : static_cast<std::size_t>(nq));
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (idx_t i = 0; i < static_cast<idx_t>(e.size()); ++i) e[i] = input_error(*set.ks, q + i * set.d, set.d);
+  parallel_for(threads, static_cast<idx_t>(e.size()), [&](idx_t i) { e[i] = input_error(*set.ks, q + i * set.d, set.d); });
   return e;
 }
 
@@ -212,7 +210,8 @@ void knn_self_join(const KnnParams& p, const PackedSet& set, const float* x, con
       });
     }
     std::vector<std::pair<double, idx_t>> scr;
-    std::vector<double> vals(static_cast<std::size_t>(p.k));
+    std::vector<double> vals;
+    err.run([&] { vals.resize(static_cast<std::size_t>(p.k)); });
 #pragma omp barrier
     if (!err.failed() && !cancel.stopped()) {
 #pragma omp for schedule(dynamic, 256)

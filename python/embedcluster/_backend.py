@@ -101,6 +101,21 @@ def memory_limit_arg(memory_limit: Any) -> Any:
     return int(memory_limit)
 
 
+def check_python_memory(needed: float, memory_limit: Any, what: str) -> None:
+    """Raises ``MemoryError`` (``_core.MemoryLimitError``) before a Python-side allocation of
+    about ``needed`` bytes that the estimator's ``memory_limit`` (validated, as given to the
+    estimator: None is the native default, 0 no limit) does not allow."""
+    limit = memory_limit_arg(memory_limit)
+    if _core is None:
+        return
+    limit = _core.default_memory_limit() if limit is None else float(limit)
+    if limit > 0 and needed > limit:
+        raise _core.MemoryLimitError(
+            f"{what} needs about {needed / 2**20:.0f} MiB ({int(math.ceil(needed))} bytes) of working memory, "
+            f"more than memory_limit = {limit / 2**20:.0f} MiB; raise memory_limit, free memory, or process "
+            "the data in batches")
+
+
 def _from_torch(x: Any) -> Any:
     mod = type(x).__module__
     if mod.startswith("torch") and hasattr(x, "detach"):

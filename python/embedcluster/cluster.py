@@ -15,7 +15,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 
 from . import _faiss
-from ._backend import _core, as_matrix, as_weights, memory_limit_arg, resolve_backend, seed_of, threads_arg
+from ._backend import (_core, as_matrix, as_weights, check_python_memory, memory_limit_arg, resolve_backend, seed_of,
+                       threads_arg)
 
 _KMEANS_METRICS = {"l2": "l2", "euclidean": "l2", "cosine": "cosine"}
 _DBSCAN_METRICS = {"l2": "l2", "euclidean": "l2", "cosine": "cosine"}
@@ -213,7 +214,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         metric = _KMEANS_METRICS[self.metric]
         if self.backend_ == "native":
             return _core.kmeans_assign(self.cluster_centers_, X, metric, n_threads=threads_arg(self.n_threads),
-                                       precision=self.precision)
+                                       precision=self.precision, memory_limit=memory_limit_arg(self.memory_limit))
         d, i = _faiss.knn(self.cluster_centers_, X, 1, metric, exclude_self=False)
         return i[:, 0], d[:, 0]
 
@@ -232,9 +233,14 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         X = as_matrix(X, estimator="KMeans")
         _check_features(self, X)
+        n, k, d = X.shape[0], self.cluster_centers_.shape[0], X.shape[1]
+        step = max(1, (1 << 22) // max(1, k))
+        rows = min(n, step)  # the float64 temporaries of one chunk: x, x @ C.T, d2, and C itself
+        if self.backend_ == "native":
+            check_python_memory(4.0 * n * k + 8.0 * rows * (3 * k + 2 * d) + 16.0 * k * d, self.memory_limit,
+                                f"KMeans.transform of {n} rows x {k} clusters")
         C = self.cluster_centers_.astype(np.float64)
-        out = np.empty((X.shape[0], C.shape[0]), dtype=np.float32)
-        step = max(1, (1 << 22) // max(1, C.shape[0]))
+        out = np.empty((n, k), dtype=np.float32)
         for s in range(0, X.shape[0], step):
             x = X[s:s + step].astype(np.float64)
             if _KMEANS_METRICS[self.metric] == "l2":

@@ -9,7 +9,10 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from . import _faiss
-from ._backend import _core, as_matrix, memory_limit_arg, resolve_backend, threads_arg
+from ._backend import _core, as_matrix, check_python_memory, memory_limit_arg, resolve_backend, threads_arg
+
+# Python objects per query of radius_neighbors' result: two array views and two object slots.
+_RADIUS_OBJECTS_PER_QUERY = 2 * 112 + 2 * 8
 
 # public name -> (engine metric, how engine values become reported distances)
 _METRICS = {
@@ -137,6 +140,9 @@ class NearestNeighbors(BaseEstimator):
         Q, self_join = self._queries(X)
         metric = _METRICS[self.metric]
         r_engine = r * r if self.metric in ("euclidean", "l2") else r
+        if self.backend_ == "native":  # the native call charges the neighbours; here the per-query objects
+            check_python_memory(float(Q.shape[0]) * _RADIUS_OBJECTS_PER_QUERY, self.memory_limit,
+                                f"radius_neighbors' result objects for {Q.shape[0]} queries")
         if Q.shape[0] == 0:
             ptr, ind, dist = np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
         elif self.backend_ == "native":
@@ -165,6 +171,13 @@ class NearestNeighbors(BaseEstimator):
 
         if mode not in ("connectivity", "distance"):
             raise ValueError(f"mode={mode!r} should be 'connectivity' or 'distance'")
+        check_is_fitted(self, "_fit_X")
+        if self.backend_ == "native":  # the kNN outputs, their reported copy, the graph's data and indices
+            nq = self.n_samples_fit_ if X is None else len(X)
+            k = self.n_neighbors if n_neighbors is None else n_neighbors
+            if isinstance(k, (int, np.integer)) and k > 0:
+                check_python_memory(float(nq) * k * (12 + 4 + 8 + 8) + 8.0 * (nq + 1), self.memory_limit,
+                                    f"kneighbors_graph of {nq} queries x {k} neighbours")
         dist, idx = self.kneighbors(X, n_neighbors)
         nq, k = idx.shape
         data = np.ones(nq * k) if mode == "connectivity" else dist.ravel().astype(np.float64)

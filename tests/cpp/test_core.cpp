@@ -272,6 +272,42 @@ int main() {
       }
     }
   }
+  // Exceptions never cross a parallel region: parallel_for (static and dynamic schedules)
+  // rethrows the first one after the join, and the other iterations stop early.
+  for (int chunk : {0, 3}) {
+    std::vector<int> seen(1000, 0);
+    bool caught = false;
+    try {
+      ec::parallel_for(4, 1000, [&](idx_t i) {
+        seen[i] = 1;
+        if (i == 417) throw std::bad_alloc();
+      }, chunk);
+    } catch (const std::bad_alloc&) {
+      caught = true;
+    }
+    CHECK(caught && seen[417] == 1);
+  }
+  // A radius search whose results outgrow memory_limit fails with MemoryLimitError (before
+  // exceeding it), and ensure_threads accepts what it can start.
+  {
+    const idx_t n = 3000, d = 4;
+    std::vector<float> x(n * d);
+    for (auto& v : x) v = N(gen);
+    ec::RadiusParams rp;
+    rp.radius = 1e9;  // every pair: 9e6 neighbours, ~100 MiB as lists
+    rp.memory_limit = 8.0 * 1048576.0;
+    ec::RadiusResult rr;
+    ec::Cancel cancel;
+    bool limited = false;
+    try {
+      ec::radius_search(rp, x.data(), n, x.data(), n, d, rr, cancel);
+    } catch (const ec::MemoryLimitError&) {
+      limited = true;
+    }
+    CHECK(limited);
+    ec::ensure_threads(8);
+    CHECK(ec::resolve_threads(3) == 3);
+  }
   std::printf("%s\n", failures ? "core tests FAILED" : "core tests passed");
   return failures ? 1 : 0;
 }

@@ -153,6 +153,16 @@ def test_dbscan_without_projection_table_gives_the_same_result():
     np.testing.assert_array_equal(ref.labels_, full["labels"])
 
 
+def test_dbscan_tile_pairs_are_charged_against_the_limit():
+    """With an eps that prunes nothing, the tile pairs (T^2 / 2 lists) outgrow the up-front
+    estimate: the fit fails with MemoryLimitError naming eps instead of exceeding the limit."""
+    Y = np.random.default_rng(0).standard_normal((60000, 4)).astype(np.float32)
+    with pytest.raises(MemoryError) as info:
+        _core.dbscan_fit(Y, 100.0, memory_limit=TINY)
+    with pytest.raises(_core.MemoryLimitError, match=r"DBSCAN with eps=100 .*tile pairs.*smaller eps"):
+        _core.dbscan_fit(Y, 100.0, memory_limit=_needed_bytes(info.value))
+
+
 def test_knn_self_join_under_a_tight_limit_gives_the_same_result():
     """With room for the one-sided scan only, the self-join still runs (without its per-row
     candidate lists) and returns the same neighbours."""

@@ -327,3 +327,41 @@ def test_allocation_failures_anywhere_raise_memory_error():
     assert "works: (1000, 3)" in r.stdout, out
     for name in ("knn", "knn_self_join", "radius", "kmeans", "kmeans_assign", "dbscan"):
         assert f"('{name}', ['MemoryError'" in r.stdout, out  # the sweep reached failing allocations
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_default_limit_honours_the_memory_cgroup(tmp_path, version):
+    """The default limit is at most 3/4 of what the process's memory cgroup (or an ancestor)
+    still allows. The cgroup files are faked (real limits need privileges) through two
+    test-only environment variables the core reads."""
+    used, limit = 300 << 20, 700 << 20  # 400 MiB of room in the process's own cgroup
+    if version == "v2":
+        proc = "0::/jobs/mine\n"
+        own, parent = tmp_path / "jobs" / "mine", tmp_path / "jobs"
+        files = ("memory.max", "memory.current")
+    else:
+        proc = "12:pids:/x\n4:memory:/jobs/mine\n1:cpu,cpuacct:/x\n"
+        own, parent = tmp_path / "memory" / "jobs" / "mine", tmp_path / "memory" / "jobs"
+        files = ("memory.limit_in_bytes", "memory.usage_in_bytes")
+    own.mkdir(parents=True)
+    (own / files[0]).write_text(f"{limit}\n")
+    (own / files[1]).write_text(f"{used}\n")
+    (parent / files[0]).write_text("max\n" if version == "v2" else "9223372036854771712\n")  # no limit
+    (parent / files[1]).write_text(f"{used}\n")
+    (tmp_path / "self_cgroup").write_text(proc)
+    script = "from embedcluster import _core; print(_core.default_memory_limit())"
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, EMBEDCLUSTER_TEST_PROC_CGROUP=str(tmp_path / "self_cgroup"),
+                                EMBEDCLUSTER_TEST_CGROUP_ROOT=str(tmp_path)))
+    assert r.returncode == 0, r.stderr
+    got = float(r.stdout)
+    assert 0 < got <= 0.75 * (limit - used)
+    avail = int(re.search(r"MemAvailable:\s+(\d+) kB", open("/proc/meminfo").read()).group(1)) * 1024
+    if avail > 2 * (limit - used):  # the cgroup is the tightest bound here: exactly its share
+        assert got == 0.75 * (limit - used)
+    # a tighter ancestor wins
+    (parent / files[0]).write_text(f"{used + (100 << 20)}\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, EMBEDCLUSTER_TEST_PROC_CGROUP=str(tmp_path / "self_cgroup"),
+                                EMBEDCLUSTER_TEST_CGROUP_ROOT=str(tmp_path)))
+    assert 0 < float(r.stdout) <= 0.75 * (100 << 20), r.stdout + r.stderr

@@ -35,8 +35,12 @@ double read_number(const std::string& path) {
 /// v2: memory.max - memory.current, v1: memory.limit_in_bytes - memory.usage_in_bytes), or
 /// infinity when no limit is set or none can be read.
 double cgroup_room() {
+  // For tests only: a fake /proc/self/cgroup and cgroup mount (the real ones need privileges).
+  const char* proc_env = std::getenv("EMBEDCLUSTER_TEST_PROC_CGROUP");
+  const char* root_env = std::getenv("EMBEDCLUSTER_TEST_CGROUP_ROOT");
+  const std::string root = root_env && *root_env ? root_env : "/sys/fs/cgroup";
   double room = std::numeric_limits<double>::infinity();
-  std::ifstream f("/proc/self/cgroup");
+  std::ifstream f(proc_env && *proc_env ? proc_env : "/proc/self/cgroup");
   std::string line;
   while (std::getline(f, line)) {
     // "0::/path" (v2) or "N:memory:/path" (v1; also "N:cpu,memory:/path").
@@ -46,7 +50,7 @@ double cgroup_room() {
     std::string path = line.substr(b + 1);
     const bool v2 = ctrl.empty();
     if (!v2 && ("," + ctrl + ",").find(",memory,") == std::string::npos) continue;
-    const std::string base = v2 ? "/sys/fs/cgroup" : "/sys/fs/cgroup/memory";
+    const std::string base = v2 ? root : root + "/memory";
     const char* lim_file = v2 ? "/memory.max" : "/memory.limit_in_bytes";
     const char* use_file = v2 ? "/memory.current" : "/memory.usage_in_bytes";
     // Walk from the process's cgroup up to the root; inside a cgroup namespace the mount is the

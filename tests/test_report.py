@@ -72,3 +72,20 @@ def test_report_renders_in_headless_chromium(digits_report):
     assert img.shape == (2000, 1280)
     # A rendered page: mostly white background with dark text and plots, not a blank canvas.
     assert img.std() > 20 and (img < 100).mean() > 0.005
+
+
+def test_many_classes_and_clusters_skip_the_confusion_plot(tmp_path):
+    """Thousands of labels: the report is written with metrics from the sparse table and says
+    why the confusion matrix is not drawn, instead of building a dense classes x clusters plot."""
+    rng = np.random.default_rng(0)
+    n = 3000
+    y = rng.integers(0, 1000, n)
+    pred = rng.integers(0, 1500, n)
+    emb = rng.standard_normal((n, 8)).astype(np.float32)
+    path = write_report(tmp_path / "r", pred, labels_true=y, embeddings=emb)
+    page = path.read_text()
+    assert "confusion matrix is not drawn" in page and not (tmp_path / "r" / "confusion.png").exists()
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())["metrics"]
+    from sklearn.metrics import normalized_mutual_info_score
+
+    assert m["nmi"] == pytest.approx(normalized_mutual_info_score(y, pred), abs=1e-9)

@@ -48,6 +48,9 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+_MAX_CONFUSION_SIDE = 200
+
+
 def _confusion_png(labels_true: np.ndarray, labels_pred: np.ndarray, class_names: Optional[Sequence[str]]) -> bytes:
     from . import metrics
 
@@ -229,9 +232,15 @@ def write_report(out_dir: "str | Path", labels_pred: Any, *, labels_true: Any = 
                               "n_clusters": int(len(np.unique(pred[pred >= 0]))), "n_noise": int((pred == -1).sum())}
     if comparison:
         report["comparison"] = comparison
+    notes = list(notes or [])
     if labels_true is not None:
         report["metrics"] = metrics.clustering_report(labels_true, pred)
-        pngs["confusion"] = _confusion_png(np.asarray(labels_true), pred, class_names)
+        n_classes, n_clusters = len(np.unique(np.asarray(labels_true))), len(np.unique(pred))
+        if max(n_classes, n_clusters) <= _MAX_CONFUSION_SIDE:
+            pngs["confusion"] = _confusion_png(np.asarray(labels_true), pred, class_names)
+        else:  # a dense table that size is neither readable nor cheap (classes x clusters cells)
+            notes.append(f"The confusion matrix is not drawn: {n_classes} classes x {n_clusters} clusters is more "
+                         f"than {_MAX_CONFUSION_SIDE} a side; the metrics above are computed from a sparse table.")
     pngs["sizes"] = _sizes_png(pred)
     if embeddings is not None:
         pngs["map"] = _map_png(np.asarray(embeddings), pred)
@@ -248,7 +257,7 @@ def write_report(out_dir: "str | Path", labels_pred: Any, *, labels_true: Any = 
 
     parts = [f"<h1>{html.escape(title)}</h1>",
              f'<p class="muted">{n} points, {report["n_clusters"]} clusters, {report["n_noise"]} noise points.</p>']
-    for line in notes or []:
+    for line in notes:
         parts.append(f"<p>{html.escape(line)}</p>")
     if comparison:
         parts += ["<h2>Comparison</h2>", _table(comparison)]

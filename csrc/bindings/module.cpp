@@ -497,7 +497,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("radius_search", &radius_search, py::arg("database"), py::arg("queries"), py::arg("radius"),
         py::arg("metric") = "l2", py::arg("exclude_self") = false, py::arg("n_threads") = 0,
         py::arg("precision") = "auto", py::arg("memory_limit") = py::none(),
-        "Neighbours within radius (inclusive) as CSR (indptr, indices, distances); l2 radius is on squared distance.");
+        "Neighbours within radius (inclusive) as CSR (indptr, indices, distances); l2 radius is on squared distance. "
+        "The results count against memory_limit as they grow: MemoryLimitError when they would exceed it.");
   m.def("radius_count", &radius_count, py::arg("database"), py::arg("queries"), py::arg("radius"),
         py::arg("metric") = "l2", py::arg("exclude_self") = false, py::arg("n_threads") = 0,
         py::arg("precision") = "auto", py::arg("memory_limit") = py::none(),

@@ -131,6 +131,9 @@ class NearestNeighbors(BaseEstimator):
 
         Returns object arrays of per-query arrays, like scikit-learn: ``(distances, indices)``
         or only indices. Indices are ascending unless ``sort_results=True`` (nearest first).
+        The results count against ``memory_limit`` as they are found: a radius that finds
+        more neighbours than the limit holds raises ``MemoryError`` before exceeding it (count
+        them first with ``_core.radius_count``, use a smaller radius, or query in batches).
         """
         r = self.radius if radius is None else radius
         if not np.isfinite(r) or r < 0:

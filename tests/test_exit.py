@@ -51,8 +51,8 @@ def _check_clean(r: subprocess.CompletedProcess, expected_rc: int) -> None:
     out = r.stdout + r.stderr
     assert "in flight at exit: True" in r.stdout, out  # the case really had native work running
     assert r.returncode == expected_rc, out
-    for word in ("FATAL", "terminate called", "Aborted", "Segmentation"):
-        assert word not in r.stderr, out
+    for word in ("FATAL", "terminate called", "Aborted", "Segmentation", "Exception in thread"):
+        assert word not in r.stderr, out  # the stopped worker ends quietly (SystemExit)
 
 
 @pytest.mark.parametrize("what", WHATS)

@@ -1044,7 +1044,7 @@ def test_feature_matrix_of_a_huge_memory_map_is_bounded(tmp_path):
     """A legitimate .npy larger than memory is memory-mapped (a sparse file here); the float32
     copy that as_feature_matrix would make is refused before it is allocated."""
     p = tmp_path / "huge.npy"
-    rows = data._memory_budget() // (4 << 12) + 1024  # just more than memory
+    rows = int(data._memory_budget()) // (4 << 12) + 1024  # just more than memory
     X = np.lib.format.open_memmap(p, mode="w+", dtype=np.float32, shape=(rows, 1 << 12))
     del X  # tens of GiB apparent size, a few KiB on disk
     ds = load_npy(p)

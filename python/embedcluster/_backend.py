@@ -101,18 +101,27 @@ def memory_limit_arg(memory_limit: Any) -> Any:
     return int(memory_limit)
 
 
-def check_python_memory(needed: float, memory_limit: Any, what: str) -> None:
-    """Raises ``MemoryError`` (``_core.MemoryLimitError``) before a Python-side allocation of
-    about ``needed`` bytes that the estimator's ``memory_limit`` (validated, as given to the
-    estimator: None is the native default, 0 no limit) does not allow."""
+def memory_budget(memory_limit: Any) -> float:
+    """Bytes one allocation may take: ``memory_limit`` (validated; 0 means no limit, returned as
+    infinity), else the engine's default limit (3/4 of the smallest of the available memory,
+    the RLIMIT_AS room and the memory cgroup's room; ``_core.default_memory_limit()``). The one
+    budget that the engine, the estimators, the loaders and the metrics all check against."""
     limit = memory_limit_arg(memory_limit)
-    if _core is None:
-        return
-    limit = _core.default_memory_limit() if limit is None else float(limit)
-    if limit > 0 and needed > limit:
-        raise _core.MemoryLimitError(
+    if limit is None:
+        limit = _core.default_memory_limit() if _core is not None else 0
+    return math.inf if limit <= 0 else float(limit)
+
+
+def check_python_memory(needed: float, memory_limit: Any, what: str) -> None:
+    """Raises ``MemoryError`` (``_core.MemoryLimitError`` when the engine is built) before a
+    Python-side allocation of about ``needed`` bytes that :func:`memory_budget` does not allow."""
+    limit = memory_budget(memory_limit)
+    if needed > limit:
+        error = _core.MemoryLimitError if _core is not None else MemoryError
+        source = "memory_limit" if memory_limit is not None else "the default memory limit"
+        raise error(
             f"{what} needs about {needed / 2**20:.0f} MiB ({int(math.ceil(needed))} bytes) of working memory, "
-            f"more than memory_limit = {limit / 2**20:.0f} MiB; raise memory_limit, free memory, or process "
+            f"more than {source} = {limit / 2**20:.0f} MiB; raise memory_limit, free memory, or process "
             "the data in batches")
 
 

@@ -478,44 +478,13 @@ def _file_type(mode: int) -> str:
     return "not a regular file"
 
 
-def _memory_budget(memory_limit: int | None = None) -> int:
-    """Bytes a loader may allocate: ``memory_limit`` when given, else the memory the system
-    reports as available, capped by the process's address-space limit (RLIMIT_AS)."""
-    if memory_limit is not None:
-        if isinstance(memory_limit, bool) or not isinstance(memory_limit, (int, np.integer)) \
-                or memory_limit <= 0:
-            raise ValueError(f"memory_limit={memory_limit!r} should be a positive number of bytes "
-                             "or None (the available memory)")
-        return int(memory_limit)
-    budget = None
-    try:
-        with open("/proc/meminfo", "rb") as f:
-            for line in f:
-                if line.startswith(b"MemAvailable:"):
-                    budget = int(line.split()[1]) * 1024
-                    break
-    except (OSError, ValueError, IndexError):
-        pass
-    if budget is None:
-        try:
-            budget = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            budget = 1 << 62
-    try:
-        import resource
+def _memory_budget(memory_limit: int | None = None) -> float:
+    """Bytes a loader may allocate: ``memory_limit`` when given (0: no limit), else the
+    engine's default limit (:func:`embedcluster._backend.memory_budget`: available memory,
+    RLIMIT_AS and cgroup room)."""
+    from ._backend import memory_budget
 
-        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
-        if soft != resource.RLIM_INFINITY and soft > 0:
-            used = 0
-            try:  # the address space already taken counts against the limit
-                with open("/proc/self/statm", "rb") as f:
-                    used = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-            except (OSError, ValueError, IndexError):
-                pass
-            budget = min(budget, max(0, soft - used))
-    except (ImportError, OSError, ValueError):
-        pass
-    return int(budget)
+    return memory_budget(memory_limit)
 
 
 def _check_allocation(nbytes: int, what: str, memory_limit: int | None = None,
@@ -526,7 +495,7 @@ def _check_allocation(nbytes: int, what: str, memory_limit: int | None = None,
     if nbytes > budget:
         limit = "memory_limit" if memory_limit is not None else "the available memory"
         raise MemoryError(f"{what} needs about {nbytes >> 20} MiB ({nbytes} bytes), more than "
-                          f"{limit} ({budget >> 20} MiB); "
+                          f"{limit} ({int(budget) >> 20} MiB); "
                           + (hint or "free memory, pass a larger memory_limit=, or check that "
                                      "the file is not damaged"))
 
@@ -1320,7 +1289,7 @@ def _table_rows(p: Path) -> tuple[list[tuple[str, dict]], list[str]]:
             for r in reader:
                 rows.append((f"line {reader.line_num}", r))
         except csv.Error as e:
-            hint = (f"split the text or store the table as JSON lines (.jsonl)"
+            hint = ("split the text or store the table as JSON lines (.jsonl)"
                     if "field limit" in str(e) or "larger than" in str(e) else
                     "check the quoting (a field with commas, quotes or line breaks must be "
                     "quoted, and quotes inside it doubled)")

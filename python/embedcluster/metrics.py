@@ -203,15 +203,10 @@ def _py(v: Any) -> Any:
 
 
 def _budget(memory_limit: Any) -> float:
-    """Bytes a dense result may take: ``memory_limit`` (0: no limit), else the default limit."""
-    from ._backend import memory_limit_arg
+    """Bytes a dense result may take (see :func:`embedcluster._backend.memory_budget`)."""
+    from ._backend import memory_budget
 
-    limit = memory_limit_arg(memory_limit)
-    if limit is None:
-        from . import _core
-
-        limit = _core.default_memory_limit()
-    return math.inf if limit == 0 else float(limit)
+    return memory_budget(memory_limit)
 
 
 def _gib(nbytes: float) -> str:

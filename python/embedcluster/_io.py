@@ -24,6 +24,7 @@ __all__ = [
     "check_output_path",
     "check_input_file",
     "read_bytes_bounded",
+    "safetensors_header",
     "sha256_array",
     "save_snapshot",
     "read_snapshot",
@@ -553,10 +554,17 @@ def save_safetensors(path: PathLike, tensors: Mapping[str, Any],
                       metadata=header)
 
 
-# safetensors dtype codes numpy can hold, and their item sizes.
+# safetensors dtype codes numpy can hold, those only torch can, and their item sizes.
 _NUMPY_DTYPES = {"BOOL": 1, "U8": 1, "I8": 1, "U16": 2, "I16": 2, "F16": 2, "U32": 4, "I32": 4,
                  "F32": 4, "U64": 8, "I64": 8, "F64": 8}
 _TORCH_ONLY_DTYPES = {"BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1}
+SAFETENSORS_DTYPE_SIZES = {**_NUMPY_DTYPES, **_TORCH_ONLY_DTYPES}
+
+
+def safetensors_header(p: PathLike) -> dict:
+    """The header of a safetensors file, read and checked without touching the tensor data
+    (what an allocation would be computed from): see :func:`_read_header`."""
+    return _read_header(Path(os.fspath(p)))
 
 
 def _read_header(p: Path) -> dict:
@@ -588,27 +596,25 @@ def _read_header(p: Path) -> dict:
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        try:
-            lo, hi = (int(v) for v in info["data_offsets"])
-            shape = [int(s) for s in info["shape"]]
-            dtype = info["dtype"]
-            if not isinstance(dtype, str) or isinstance(info["data_offsets"], (str, dict)) \
-                    or any(isinstance(v, (bool, float)) for v in [*info["data_offsets"], *info["shape"]]):
-                raise TypeError("bad field types")
-        except (TypeError, KeyError, ValueError) as e:
-            raise ValueError(f"{what}: entry {name!r} of its header is malformed") from e
-        if not 0 <= lo <= hi or any(s < 0 for s in shape):
-            raise ValueError(f"{what}: entry {name!r} has impossible offsets or shape")
-        itemsize = _NUMPY_DTYPES.get(dtype, _TORCH_ONLY_DTYPES.get(dtype))
+        ok = isinstance(info, dict) and isinstance(info.get("dtype"), str) \
+            and isinstance(info.get("shape"), list) and isinstance(info.get("data_offsets"), list) \
+            and len(info["data_offsets"]) == 2 \
+            and all(type(v) is int and v >= 0 for v in info["shape"] + info["data_offsets"])
+        if not ok:
+            raise ValueError(f"{what}: header entry {name!r} is malformed (it needs a dtype, a "
+                             "shape of non-negative integers and two data offsets)")
+        dtype, shape = info["dtype"], info["shape"]
+        lo, hi = info["data_offsets"]
+        itemsize = SAFETENSORS_DTYPE_SIZES.get(dtype)
         if itemsize is None:
             raise ValueError(f"{what}: entry {name!r} has dtype {dtype!r}, which embedcluster "
                              "does not know; the file is corrupt or from a newer writer")
         count = 1
         for s_ in shape:
             count *= s_
-        if count * itemsize != hi - lo:
+        if hi < lo or count * itemsize != hi - lo:
             raise ValueError(f"{what}: entry {name!r} declares shape {shape} of {dtype} "
-                             f"({count * itemsize} bytes) but spans {hi - lo} bytes; the file is corrupt")
+                             f"({count * itemsize} bytes) but spans [{lo}, {hi}); the file is corrupt")
         spans.append((lo, hi, name))
         end = max(end, hi)
     spans.sort()

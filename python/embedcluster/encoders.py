@@ -10,7 +10,6 @@ import io
 import itertools
 import json
 import math
-import struct
 import logging
 import os
 import re
@@ -816,9 +815,7 @@ def save_checkpoint(module: Any, directory: Union[str, os.PathLike], model_confi
 
 
 # safetensors dtype names and their sizes in bytes.
-_ST_DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2,
-                   "F16": 2, "BF16": 2, "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8}
-_MAX_ST_HEADER = 100 << 20
+_ST_DTYPE_SIZES = _io.SAFETENSORS_DTYPE_SIZES
 
 
 def _torch_dtype_name(dtype: Any) -> str:
@@ -835,46 +832,9 @@ def _safetensors_spec(path: Path) -> dict:
     Checks what an allocation would be computed from: entry types, non-negative integer
     shapes, known dtypes, and data offsets that hold exactly shape x dtype bytes inside the
     file. The file's content is read (and checked again) by _io.load_safetensors later."""
-    p = _existing(path, "safetensors file")
-    size = os.stat(p).st_size
-    what = f"{p} is not a valid safetensors file"
-    with open(p, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise ValueError(f"{what}: it holds only {size} bytes (truncated or empty)")
-        (n,) = struct.unpack("<Q", head)
-        if n == 0 or n > _MAX_ST_HEADER or n > size - 8:
-            raise ValueError(f"{what}: its header length field says {n} bytes but the file holds "
-                             f"{size} bytes (truncated, or not a safetensors file)")
-        raw = f.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise ValueError(f"{what}: its header is not valid JSON ({str(e)[:200]})") from e
-    if not isinstance(header, dict):
-        raise ValueError(f"{what}: its header is not a JSON object")
-    data_len = size - 8 - n
-    spec = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        ok = isinstance(info, dict) and isinstance(info.get("dtype"), str) \
-            and isinstance(info.get("shape"), list) and isinstance(info.get("data_offsets"), list) \
-            and len(info["data_offsets"]) == 2 \
-            and all(type(v) is int and v >= 0 for v in info["shape"] + info["data_offsets"])
-        if not ok:
-            raise ValueError(f"{what}: header entry {name!r} is malformed (it needs a dtype, a "
-                             "shape of non-negative integers and two data offsets)")
-        if info["dtype"] not in _ST_DTYPE_SIZES:
-            raise ValueError(f"{what}: header entry {name!r} has unknown dtype {info['dtype']!r}")
-        lo, hi = info["data_offsets"]
-        nbytes = math.prod(info["shape"]) * _ST_DTYPE_SIZES[info["dtype"]]
-        if hi < lo or hi - lo != nbytes or hi > data_len:
-            raise ValueError(f"{what}: header entry {name!r} declares shape {info['shape']} "
-                             f"{info['dtype']} ({nbytes} bytes) but data offsets [{lo}, {hi}) "
-                             f"in {data_len} bytes of data (truncated or damaged)")
-        spec[name] = (tuple(info["shape"]), info["dtype"])
-    return spec
+    header = _io.safetensors_header(_existing(path, "safetensors file"))
+    return {name: (tuple(info["shape"]), info["dtype"]) for name, info in header.items()
+            if name != "__metadata__"}
 
 
 def _spec_nbytes(spec: dict) -> int:

@@ -285,3 +285,30 @@ def gaussian_mixture(n: int, d: int, k: int, spread: float, seed: int, noise_fra
         X /= np.linalg.norm(X, axis=1, keepdims=True)
     perm = rng.permutation(n)
     return X[perm].astype(np.float32), y[perm]
+
+
+def call_bounded_on_fifo(fn, fifo, timeout: float = 30.0):
+    """Runs ``fn`` in a thread and returns its value (or raises its exception). If it blocks,
+    as a reader of the FIFO ``fifo`` would, a writer is opened to release it and the test fails
+    instead of hanging."""
+    import os
+    import threading
+
+    result: dict = {}
+
+    def run():
+        try:
+            result["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            result["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        t.join(5)
+        pytest.fail(f"{getattr(fn, '__name__', 'the call')} blocked on the FIFO {fifo}")
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")

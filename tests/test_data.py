@@ -571,7 +571,7 @@ def test_dataset_validation():
 import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import threading  # noqa: E402
+from conftest import call_bounded_on_fifo  # noqa: E402
 import zlib  # noqa: E402
 
 from PIL import Image  # noqa: E402
@@ -769,28 +769,8 @@ def test_npy_size_must_match_header(tmp_path, mmap):
     assert load_npy(good, mmap=mmap, memory_limit=480).X.shape == (10, 6)
 
 
-def _bounded(fn, fifo: Path, timeout: float = 20.0):
-    """Runs fn in a thread; if it blocks (on a FIFO), a writer is opened to release it and the
-    test fails instead of hanging."""
-    result: dict = {}
-
-    def run():
-        try:
-            result["value"] = fn()
-        except BaseException as e:  # noqa: BLE001 - handed to the caller
-            result["error"] = e
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(timeout)
-    if t.is_alive():
-        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        os.close(fd)
-        t.join(5)
-        pytest.fail(f"the loader blocked on the FIFO {fifo}")
-    if "error" in result:
-        raise result["error"]
-    return result.get("value")
+def _bounded(fn, fifo: Path):
+    return call_bounded_on_fifo(fn, fifo)
 
 
 def _fifo_cases(tmp_path: Path) -> list:

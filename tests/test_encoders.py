@@ -704,7 +704,7 @@ def test_hf_local_text_model(tmp_path):
 # Configs and file headers decide allocations: every field is checked, and the model a config
 # describes is compared with the weights' header before anything real is allocated.
 import subprocess  # noqa: E402
-import threading  # noqa: E402
+from conftest import call_bounded_on_fifo  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 models = pytest.importorskip("embedcluster.models")
@@ -903,25 +903,8 @@ def test_empty_texts_are_refused_before_embedding():
     assert calls == []
 
 
-def _bounded(fn, fifo: Path, timeout: float = 30.0):
-    result: dict = {}
-
-    def run():
-        try:
-            result["value"] = fn()
-        except BaseException as e:  # noqa: BLE001 - handed to the caller
-            result["error"] = e
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(timeout)
-    if t.is_alive():
-        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        t.join(5)
-        pytest.fail(f"load_encoder blocked on the FIFO {fifo}")
-    if "error" in result:
-        raise result["error"]
-    return result.get("value")
+def _bounded(fn, fifo: Path):
+    return call_bounded_on_fifo(fn, fifo)
 
 
 def test_fifos_in_model_paths_are_refused(tmp_path):

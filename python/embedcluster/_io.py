@@ -26,6 +26,11 @@ __all__ = [
     "read_bytes_bounded",
     "safetensors_header",
     "sha256_array",
+    "sha256_texts",
+    "hash_array_into",
+    "to_numpy",
+    "atomic_directory",
+    "dumps",
     "save_snapshot",
     "read_snapshot",
     "atomic_path",
@@ -181,6 +186,53 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     _fsync_dir(target.parent)
 
 
+def _filled_dir(path: Path, write: Callable[[Path], None]) -> None:
+    """Creates the new folder ``path``, lets ``write`` fill it and fsyncs it; on any failure
+    the folder and whatever was written into it are removed."""
+    import shutil
+
+    path.mkdir()
+    try:
+        write(path)
+        _fsync_dir(path)
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+def atomic_directory(target: PathLike, write: Callable[[Path], None]) -> Path:
+    """Replaces the directory ``target`` by one that ``write(folder)`` fills, atomically.
+
+    The files are written into a temporary folder beside ``target``, which then takes its place
+    with renames: a reader sees the old directory or the complete new one, never half of it. If
+    the second rename fails the old directory is put back. The caller decides whether an
+    existing ``target`` may be replaced (this function replaces it).
+    """
+    import shutil
+
+    target = Path(os.fspath(target))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+    _filled_dir(tmp, write)
+    try:
+        if target.exists():
+            old = target.with_name(f".{target.name}.{secrets.token_hex(6)}.old")
+            os.replace(target, old)
+            try:
+                os.replace(tmp, target)
+            except BaseException:
+                os.replace(old, target)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
 def atomic_write_bytes(path: PathLike, data: Union[bytes, bytearray, memoryview]) -> None:
     """Writes ``data`` to ``path`` atomically (see :func:`atomic_path`)."""
     with atomic_path(path) as tmp:
@@ -198,13 +250,70 @@ def sha256_file(path: PathLike) -> str:
     return h.hexdigest()
 
 
-def sha256_array(a: np.ndarray) -> str:
-    """Hex SHA-256 of an array's dtype, shape and C-order bytes: equal arrays, equal digests,
-    whatever their memory layout."""
-    a = np.ascontiguousarray(a)
-    h = hashlib.sha256(f"{a.dtype.str}|{tuple(int(s) for s in a.shape)}|".encode())
-    h.update(memoryview(a.reshape(-1).view(np.uint8)) if a.size else b"")
+# Arrays are hashed in row blocks of about this many bytes, so a memory map larger than RAM is
+# never loaded at once.
+HASH_CHUNK_BYTES = 64 << 20
+
+
+def hash_array_into(h: Any, X: Any, chunk_bytes: int = HASH_CHUNK_BYTES) -> None:
+    """Feeds ``X``'s shape, little-endian dtype and C-order bytes to the hash object ``h``.
+
+    ``X`` may be a numpy array, a memory map or a lazy array-like with ``shape``, ``dtype`` and
+    row slicing (sharded stores); rows are read in blocks of about ``chunk_bytes``. Equal values
+    give equal bytes whatever the memory layout, byte order or block size.
+    """
+    shape = tuple(int(s) for s in X.shape)
+    dtype = np.dtype(X.dtype)
+    if dtype.hasobject:
+        raise TypeError("cannot fingerprint an object array; convert it to a numeric dtype")
+    le = dtype.newbyteorder("<") if dtype.byteorder in "<>=" else dtype
+    h.update(f"array|{shape}|{le.str}|".encode())
+    if not shape:
+        h.update(np.ascontiguousarray(X, dtype=le).reshape(-1).view(np.uint8))
+        return
+    row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
+    step = max(1, int(chunk_bytes) // row_bytes)
+    for a in range(0, shape[0], step):
+        chunk = np.ascontiguousarray(X[a:a + step])
+        if chunk.dtype != le:
+            chunk = chunk.astype(le)
+        if chunk.size:
+            h.update(chunk.reshape(-1).view(np.uint8))
+
+
+def sha256_array(X: Any, chunk_bytes: int = HASH_CHUNK_BYTES) -> str:
+    """Hex SHA-256 of an array's shape, dtype and bytes (see :func:`hash_array_into`): the one
+    content hash of arrays (embedding-cache keys, Dataset fingerprints, pipeline checksums)."""
+    h = hashlib.sha256()
+    hash_array_into(h, X, chunk_bytes)
     return h.hexdigest()
+
+
+def sha256_texts(texts: Any) -> str:
+    """Hex SHA-256 of a sequence of strings, each prefixed with its UTF-8 length, so that
+    ``["a b", "c"]`` and ``["a", "b c"]`` differ."""
+    h = hashlib.sha256(f"texts|{len(texts)}|".encode())
+    for t in texts:
+        b = t.encode("utf-8", "surrogatepass")
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- torch -> numpy
+def to_numpy(x: Any) -> Any:
+    """A torch tensor as a numpy array on the host; anything else is returned as it is.
+
+    Tensors are detached and copied from their device (a GPU encoder's output, labels kept on a
+    GPU); bfloat16, which numpy has no type for, becomes float32. Tensors are recognised by
+    their module, so torch is never imported here.
+    """
+    if not (type(x).__module__.split(".")[0] == "torch" and hasattr(x, "detach")):
+        return x
+    t = x.detach()
+    if str(getattr(t, "dtype", "")) == "torch.bfloat16":
+        t = t.float()
+    return t.cpu().numpy()
 
 
 # --------------------------------------------------------------------------- snapshot directories
@@ -379,9 +488,8 @@ def save_snapshot(target: PathLike, fmt: str, write: Callable[[Path], None]) -> 
         _clean(root, keep={cur, current.get("previous") if current else None})
         name = f"v-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(6)}"
         snap = root / name
-        snap.mkdir()
+        _filled_dir(snap, write)
         try:
-            write(snap)
             files = _manifest(snap)
         except BaseException:
             import shutil
@@ -450,7 +558,9 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable: {obj!r:.80}")
 
 
-def _dumps(obj: Any, *, allow_nan: bool, indent: Union[int, None]) -> str:
+def dumps(obj: Any, *, allow_nan: bool = False, indent: Union[int, None] = 2) -> str:
+    """The one JSON encoder: sorted keys, numpy scalars and arrays and paths as plain JSON,
+    anything else a TypeError; NaN and infinity only with ``allow_nan``."""
     try:
         return json.dumps(obj, indent=indent, sort_keys=True, allow_nan=allow_nan,
                           default=_json_default, ensure_ascii=False)
@@ -469,7 +579,7 @@ def save_json(path: PathLike, obj: Any, *, allow_nan: bool = False, indent: int 
     numpy scalars and arrays and paths are converted; NaN / infinity raise ValueError unless
     ``allow_nan=True`` (strict JSON has no such values and browsers refuse them).
     """
-    text = _dumps(obj, allow_nan=allow_nan, indent=indent) + "\n"
+    text = dumps(obj, allow_nan=allow_nan, indent=indent) + "\n"
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
@@ -541,7 +651,7 @@ def save_safetensors(path: PathLike, tensors: Mapping[str, Any],
         if not (isinstance(value, np.ndarray) or _is_torch_tensor(value)):
             raise TypeError(f"tensor {name!r} is a {type(value).__name__}; expected a numpy "
                             "array or a torch tensor")
-    header = {METADATA_KEY: _dumps(dict(metadata or {}), allow_nan=False, indent=None)}
+    header = {METADATA_KEY: dumps(dict(metadata or {}), allow_nan=False, indent=None)}
     with atomic_path(path) as tmp:
         if any(_is_torch_tensor(v) for v in tensors.values()):
             from safetensors.torch import save_file

@@ -94,7 +94,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     info = build_info()
     if args.json:
-        print(json.dumps(info, indent=2, default=str))
+        from ._io import dumps
+
+        print(dumps(info, allow_nan=True))
         return 0
     b = info["build"]
     print(f"embedcluster {info['version']}  (Python {info['python']}, {info['platform']})")
@@ -117,21 +119,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _emit(args: argparse.Namespace, result: Dict[str, Any], lines: List[str]) -> int:
     """Prints the result as JSON (--json) or as human lines."""
     if getattr(args, "json", False):
-        print(json.dumps(result, indent=2, default=_json_default))
+        from ._io import dumps
+
+        print(dumps(result, allow_nan=True))
     else:
         for line in lines:
             print(line)
     return 0
-
-
-def _json_default(o: Any) -> Any:
-    import numpy as np
-
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 def _load_npy(path: str, what: str):
@@ -466,7 +460,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     result = {"rows": rows, "pretrain_seconds": pre_s, "total_seconds": time.perf_counter() - t0,
               "report": str(report), "pipeline": str(out / "pipeline"), "encoder": str(ckpt)}
     if args.json:
-        print(json.dumps(result, indent=2))
+        from ._io import dumps
+
+        print(dumps(result, allow_nan=True))
         return 0
     print("embedcluster demo: scikit-learn digits. Source task: digits 0-4 with labels (an MLP is trained);")
     print("target: digits 5-9, never seen by the encoder, clustered without labels (k=5).")

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import gzip
-import hashlib
 import io
 import json
 import logging
@@ -43,6 +42,8 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence, Union
 
 import numpy as np
+
+from . import _io
 
 __all__ = [
     "Dataset",
@@ -86,9 +87,9 @@ _FASHION_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 
-# Hashing reads arrays in blocks of about this many bytes, so a memory map of many GB is
-# never resident at once.
-_HASH_CHUNK_BYTES = 64 << 20
+# Hashing and conversion read arrays in blocks of about this many bytes, so a memory map of
+# many GB is never resident at once.
+_HASH_CHUNK_BYTES = _io.HASH_CHUNK_BYTES
 
 _ACCEPTED_SPECS = (
     "a numpy array or CPU torch tensor; a list of strings; "
@@ -335,10 +336,10 @@ class Dataset:
     def fingerprint(self) -> str:
         """A stable SHA-256 hex digest of the samples, for use as an embedding-cache key.
 
-        Arrays are hashed from their shape, dtype (little-endian) and bytes in blocks of about
-        64 MiB, so a memory map larger than RAM is never loaded at once; equal content gives
-        the same digest whatever file, shard layout or array type holds it. Texts are hashed
-        one by one, each prefixed with its length. Labels, class names and ``source`` are not
+        The digest is :func:`embedcluster._io.sha256_array` of the samples (or
+        :func:`~embedcluster._io.sha256_texts` of the texts), the same that
+        ``embedcluster.encoders.data_fingerprint`` gives a bare array: equal content gives the
+        same digest whatever file, shard layout, byte order or array type holds it. Labels, class names and ``source`` are not
         part of the digest: they do not change an embedding.
 
         Returns
@@ -346,29 +347,9 @@ class Dataset:
         str
             64 hexadecimal characters.
         """
-        h = hashlib.sha256(b"embedcluster.Dataset v1\0")
-        h.update(self.kind.encode() + b"\0")
         if self.kind == "texts":
-            h.update(len(self.texts).to_bytes(8, "little"))  # type: ignore[arg-type]
-            for t in self.texts:  # type: ignore[union-attr]
-                b = t.encode("utf-8", "surrogatepass")
-                h.update(len(b).to_bytes(8, "little"))
-                h.update(b)
-            return h.hexdigest()
-        X = self.X
-        shape = tuple(int(s) for s in X.shape)
-        dtype = np.dtype(X.dtype)
-        le = dtype.newbyteorder("<")  # one byte order, so equal values hash equal anywhere
-        h.update(f"{shape}|{le.str}\0".encode())
-        n = shape[0]
-        row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
-        step = max(1, _HASH_CHUNK_BYTES // row_bytes)
-        for a in range(0, n, step):
-            chunk = np.ascontiguousarray(X[a:a + step])
-            if chunk.dtype != le:
-                chunk = chunk.astype(le)
-            h.update(chunk.reshape(-1).view(np.uint8))
-        return h.hexdigest()
+            return _io.sha256_texts(self.texts)
+        return _io.sha256_array(self.X, _HASH_CHUNK_BYTES)
 
     def subset(self, mask_or_indices: Any) -> Dataset:
         """A new Dataset with the samples chosen by a boolean mask or integer indices.
@@ -500,17 +481,11 @@ def _check_allocation(nbytes: int, what: str, memory_limit: int | None = None,
                                      "the file is not damaged"))
 
 
-def _to_numpy(a: Any, name: str) -> Any:
-    """numpy arrays pass through (memmaps stay memmaps); CPU torch tensors become arrays."""
+def _to_numpy(a: Any) -> Any:
+    """numpy arrays pass through (memmaps stay memmaps); torch tensors become host arrays."""
     if isinstance(a, (np.ndarray, ShardedArray)):
         return a
-    if type(a).__module__.split(".")[0] == "torch":
-        device = getattr(a, "device", None)
-        if device is not None and getattr(device, "type", "cpu") != "cpu":
-            raise ValueError(f"{name} is a torch tensor on {device}; move it to the CPU first "
-                             f"({name}.cpu())")
-        return a.detach().numpy()
-    return np.asarray(a)
+    return np.asarray(_io.to_numpy(a))
 
 
 def _sorted_unique(values: Sequence[Any]) -> list:
@@ -536,7 +511,7 @@ def _encode_labels(y: Any, n: int, name: str = "y") -> tuple[np.ndarray | None, 
     """Labels -> (int64 array, class names or None). Strings map to sorted unique names."""
     if y is None:
         return None, None
-    y = np.asarray(_to_numpy(y, name))
+    y = np.asarray(_to_numpy(y))
     if y.ndim != 1 or y.shape[0] != n:
         raise ValueError(f"{name} has shape {y.shape}; it must be ({n},), one label per sample")
     if y.dtype.kind in "US":
@@ -590,7 +565,7 @@ def load_array(X: Any, y: Any = None, *, kind: str | None = None,
     -------
     Dataset
     """
-    X = _to_numpy(X, "X")
+    X = _to_numpy(X)
     if X.dtype == object:
         raise ValueError("X has dtype object; pass a numeric array (texts go through "
                          "load_texts or load([...strings]))")

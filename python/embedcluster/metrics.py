@@ -16,9 +16,9 @@ conventions as :mod:`sklearn.metrics`.
 
 Input conventions
 -----------------
-* Label arrays may be Python sequences, NumPy arrays or CPU PyTorch tensors
-  (tensors are converted with ``.detach().cpu().numpy()``; torch is never imported
-  by this module).
+* Label arrays may be Python sequences, NumPy arrays or PyTorch tensors
+  (tensors are copied to the host by :func:`embedcluster._io.to_numpy`; torch is never
+  imported by this module).
 * Labels must be 1-D, non-empty and of equal length.  ``labels_true`` may hold
   integers or strings (strings are encoded via :func:`numpy.unique`);
   ``labels_pred`` must hold integer-like cluster ids.  Floats are accepted when
@@ -64,6 +64,8 @@ from typing import Any, Dict, Optional, Tuple, Union
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ._io import to_numpy
+
 __all__ = [
     "confusion_matrix",
     "match_clusters",
@@ -95,9 +97,7 @@ Label = Union[int, str]
 # --------------------------------------------------------------------------- #
 def _as_numpy(x: Any) -> np.ndarray:
     """Convert list / ndarray / torch tensor to an ndarray without importing torch."""
-    if type(x).__module__.startswith("torch"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
+    return np.asarray(to_numpy(x))
 
 
 def _check_labels(x: Any, name: str, allow_strings: bool) -> np.ndarray:

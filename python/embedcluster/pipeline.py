@@ -20,7 +20,7 @@ import numpy as np
 
 from . import metrics
 from ._io import (POINTER_NAME, load_json, load_safetensors, read_snapshot, save_json, save_safetensors,
-                  save_snapshot, sha256_array)
+                  save_snapshot, sha256_array, to_numpy)
 
 logger = logging.getLogger("embedcluster")
 
@@ -514,11 +514,11 @@ def _quantize_module(model: Any, path: Path):
             tensors[f"{name}.weight_scale"] = np.array([w.q_scale()], np.float32)
             tensors[f"{name}.weight_zero_point"] = np.array([w.q_zero_point()], np.int64)
             if bias is not None:
-                tensors[f"{name}.bias"] = bias.detach().numpy().astype(np.float32)
+                tensors[f"{name}.bias"] = to_numpy(bias).astype(np.float32)
     quantized_params = {f"{n}.{p}" for n in linear_names for p in ("weight", "bias")}
     for key, val in float_model.state_dict().items():
         if key not in quantized_params:
-            tensors[f"float.{key}"] = val.detach().cpu().numpy()
+            tensors[f"float.{key}"] = to_numpy(val)
     config = getattr(model, "config", None) or getattr(getattr(model, "encoder", None), "config", None)
     layer = getattr(model, "layer", None)  # embedcluster.models.LayerSelect
     save_safetensors(path, tensors, {"format": "embedcluster-int8-encoder", "linear": linear_names,

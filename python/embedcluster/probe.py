@@ -15,6 +15,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
+from ._io import to_numpy
+
 PROBE_KIND = "linear_probe"
 PROBE_VERSION = 1
 
@@ -211,9 +213,9 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
                 self.loss_curve_.append(total / n)
         finally:
             torch.set_num_threads(prev_threads)
-        Wn = W.detach().numpy().astype(np.float64) / std[None, :]
+        Wn = to_numpy(W).astype(np.float64) / std[None, :]
         self.coef_ = Wn.astype(np.float32)
-        self.intercept_ = (b.detach().numpy().astype(np.float64) - Wn @ mean).astype(np.float32)
+        self.intercept_ = (to_numpy(b).astype(np.float64) - Wn @ mean).astype(np.float32)
         self.n_features_in_ = d
         self.n_iter_ = int(self.epochs)
         return self

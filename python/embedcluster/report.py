@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import logging
 import re
 from collections import Counter
@@ -20,7 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ._io import atomic_write_bytes
+from ._io import atomic_write_bytes, dumps
 
 logger = logging.getLogger("embedcluster")
 
@@ -253,7 +252,7 @@ def write_report(out_dir: "str | Path", labels_pred: Any, *, labels_true: Any = 
 
     for name, data in pngs.items():
         atomic_write_bytes(out / f"{name}.png", data)
-    atomic_write_bytes(out / "metrics.json", json.dumps(report, indent=2, default=float).encode())
+    atomic_write_bytes(out / "metrics.json", dumps(report, allow_nan=True).encode())
 
     parts = [f"<h1>{html.escape(title)}</h1>",
              f'<p class="muted">{n} points, {report["n_clusters"]} clusters, {report["n_noise"]} noise points.</p>']

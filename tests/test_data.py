@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedcluster import data
+from embedcluster.data import _common
 from embedcluster.data import (
     Dataset, ShardedArray, as_feature_matrix, load, load_array, load_digits_dataset,
     load_fashion_mnist, load_idx, load_image_folder, load_npy, load_npy_shards, load_table,
@@ -280,7 +280,7 @@ def test_fingerprint(tmp_path, monkeypatch):
     assert load_npy_shards(tmp_path / "s").fingerprint() == fa  # other layout
     assert load_array(X, np.arange(40)).fingerprint() == fa  # labels are not part of it
     assert load_array(X.astype(">f4")).fingerprint() == fa  # byte order is not either
-    monkeypatch.setattr(data, "_HASH_CHUNK_BYTES", 64)  # many small chunks: same digest
+    monkeypatch.setattr(_common, "_HASH_CHUNK_BYTES", 64)  # many small chunks: same digest
     assert load_npy(tmp_path / "a.npy").fingerprint() == fa
     assert load_npy_shards(tmp_path / "s").fingerprint() == fa
     Y = X.copy()
@@ -503,7 +503,7 @@ def test_as_feature_matrix():
 
 
 def test_as_feature_matrix_chunks(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_HASH_CHUNK_BYTES", 100)
+    monkeypatch.setattr(_common, "_HASH_CHUNK_BYTES", 100)
     parts = [np.full((n, 2, 2), n, np.uint8) for n in (3, 7, 1)]
     _write_shards(tmp_path / "s", parts)
     F = as_feature_matrix(load(tmp_path / "s"))
@@ -1024,7 +1024,7 @@ def test_feature_matrix_of_a_huge_memory_map_is_bounded(tmp_path):
     """A legitimate .npy larger than memory is memory-mapped (a sparse file here); the float32
     copy that as_feature_matrix would make is refused before it is allocated."""
     p = tmp_path / "huge.npy"
-    rows = int(data._memory_budget()) // (4 << 12) + 1024  # just more than memory
+    rows = int(_common._memory_budget()) // (4 << 12) + 1024  # just more than memory
     X = np.lib.format.open_memmap(p, mode="w+", dtype=np.float32, shape=(rows, 1 << 12))
     del X  # tens of GiB apparent size, a few KiB on disk
     ds = load_npy(p)

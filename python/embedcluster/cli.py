@@ -133,7 +133,7 @@ def _load_npy(path: str, what: str):
     against the file before anything is read (embedcluster.data)."""
     import numpy as np
 
-    from .data import _load_npy_file
+    from .data.arrays import _load_npy_file
 
     if what == "embeddings":
         arr = _load_npy_file(Path(path), mmap=True)

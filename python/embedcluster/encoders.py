@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 
 from . import _io
-from .data import _check_allocation, _existing
+from .data._common import _check_allocation, _existing
 
 logger = logging.getLogger(__name__)
 

@@ -372,7 +372,7 @@ def model_from_config(config: Dict[str, Any], *, memory_limit: int | None = None
     """
     full = normalize_config(copy.deepcopy(config))
     if torch.get_default_device().type != "meta":
-        from .data import _check_allocation
+        from .data._common import _check_allocation
 
         _check_allocation(config_nbytes(full), f"an {full['arch']!r} encoder with config {full}",
                           memory_limit, "choose smaller layers, free memory, or pass a larger "

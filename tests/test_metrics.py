@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from embedcluster import metrics
+from embedcluster.metrics import internal, matching
 from embedcluster.metrics import (
     ari,
     cluster_accuracy,
@@ -360,7 +361,7 @@ def test_silhouette_chunking_does_not_change_result(monkeypatch):
     rng = np.random.default_rng(2)
     X, y = _blobs(rng, 50, [[0, 0], [2, 2], [4, 0]], scale=1.0)
     full = silhouette_sampled(X, y)
-    monkeypatch.setattr(metrics, "_CHUNK_BYTES", 8 * 7 * len(X))  # 7-row chunks
+    monkeypatch.setattr(internal, "_CHUNK_BYTES", 8 * 7 * len(X))  # 7-row chunks
     for metric in ("euclidean", "manhattan"):
         assert silhouette_sampled(X, y, metric=metric) == pytest.approx(
             skm.silhouette_score(X, y, metric=metric), abs=1e-10
@@ -392,7 +393,7 @@ def test_davies_bouldin_matches_sklearn(seed, monkeypatch):
     y[rng.random(len(y)) < 0.05] = -1
     expected = skm.davies_bouldin_score(X, y)
     assert davies_bouldin(X, y) == pytest.approx(expected, rel=1e-9)
-    monkeypatch.setattr(metrics, "_CHUNK_BYTES", 8 * 8 * 3)  # tiny chunks
+    monkeypatch.setattr(internal, "_CHUNK_BYTES", 8 * 8 * 3)  # tiny chunks
     assert davies_bouldin(X, y) == pytest.approx(expected, rel=1e-9)
     assert davies_bouldin(X, y.astype(str)) == pytest.approx(expected, rel=1e-9)
 
@@ -567,7 +568,7 @@ def test_sparse_matching_finds_the_dense_optimum(monkeypatch, k_true, k_pred, se
     yp = np.where(rng.random(700) < 0.7, rng.integers(0, k_pred, 700), rng.integers(-1, 3, 700))
     dense_acc = cluster_accuracy(yt, yp)
     dense_rep = per_class_report(yt, yp)
-    monkeypatch.setattr(metrics, "_DENSE_MATCH_CELLS", 0)
+    monkeypatch.setattr(matching, "_DENSE_MATCH_CELLS", 0)
     assert cluster_accuracy(yt, yp) == dense_acc
     rep = per_class_report(yt, yp)
     assert sum(r["recall"] * r["support"] for r in rep.values()) == \

@@ -1,0 +1,59 @@
+"""clustering_report: every external metric from one contingency table, as JSON-ready values."""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from ._validation import _check_pair
+from .contingency import _contingency
+from .information import _ari, _nmi, _v_measure
+from .matching import _accuracy, _match, _per_class, _purity
+
+
+def clustering_report(labels_true: ArrayLike, labels_pred: ArrayLike) -> Dict[str, Any]:
+    """All external metrics at once, as JSON-serialisable plain Python types.
+
+    Parameters
+    ----------
+    labels_true : array-like of shape (n_samples,)
+        Ground-truth class labels (integers or strings).
+    labels_pred : array-like of shape (n_samples,)
+        Predicted cluster ids (``-1`` is treated as its own cluster by every
+        metric).
+
+    Returns
+    -------
+    dict
+        ``accuracy``, ``nmi`` (arithmetic), ``ari``, ``v_measure`` (beta=1),
+        ``purity`` (floats); ``n_clusters`` (number of distinct predicted clusters
+        *excluding* the noise label ``-1``), ``n_noise`` (number of samples labelled
+        ``-1``), ``n_classes``, ``n_samples`` (ints); and ``per_class``, the output
+        of :func:`per_class_report`.  Class keys of ``per_class`` are ints or
+        strings (``json.dumps`` turns int keys into strings).
+
+    Raises
+    ------
+    ValueError, TypeError
+        On invalid inputs, see :func:`confusion_matrix`.
+    """
+    lt, lp = _check_pair(labels_true, labels_pred)
+    ct = _contingency(lt, lp)
+    clusters = ct["clusters"]
+    has_noise = bool(np.any(clusters == -1))
+    n_noise = int(ct["col_sums"][np.flatnonzero(clusters == -1)[0]]) if has_noise else 0
+    match = _match(ct)
+    return {
+        "accuracy": _accuracy(ct, match),
+        "nmi": _nmi(ct, "arithmetic"),
+        "ari": _ari(ct),
+        "v_measure": _v_measure(ct, 1.0),
+        "purity": _purity(ct),
+        "n_clusters": int(clusters.shape[0] - int(has_noise)),
+        "n_noise": n_noise,
+        "n_classes": int(ct["classes"].shape[0]),
+        "n_samples": int(lt.shape[0]),
+        "per_class": _per_class(ct, match),
+    }

@@ -1,0 +1,88 @@
+"""Batches to model inputs: pixel scaling and ImageNet-style image preprocessing."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+
+from ._common import IMAGENET_MEAN, IMAGENET_STD, _torch
+
+
+def _default_preprocess(batch: Any) -> Any:
+    """uint8 is taken to be pixel intensities and scaled to [0, 1]; everything else becomes
+    float32 (a visible float64 -> float32 conversion, once per batch)."""
+    if isinstance(batch, list):
+        return batch
+    batch = np.asarray(batch)
+    if batch.dtype == np.uint8:
+        return np.multiply(batch, np.float32(1.0 / 255.0), dtype=np.float32)
+    return batch.astype(np.float32, copy=False)
+
+
+_MAX_IMAGE_SIDE = 8192
+
+
+def _floats(values: Any, name: str, positive: bool) -> tuple:
+    """1 to 4 finite floats (per-channel mean or std)."""
+    try:
+        out = tuple(float(v) for v in values) if not isinstance(values, (str, bytes)) else ()
+    except (TypeError, ValueError):
+        out = ()
+    if not 1 <= len(out) <= 4 or not all(np.isfinite(out)) or (positive and min(out) <= 0):
+        raise ValueError(f"image {name}={str(values)[:80]} should be 1 to 4 finite numbers"
+                         + (" > 0" if positive else "") + " (one per channel)")
+    return out
+
+
+class ImagePreprocess:
+    """Images -> normalised float NCHW tensors for torchvision / timm / Hugging Face vision models.
+
+    Accepts (n, H, W) grey, (n, H, W, C) or (n, C, H, W) batches, uint8 (scaled to [0, 1]) or
+    float; grey becomes 3 channels, an alpha channel is dropped, ``size`` resizes (bilinear,
+    antialiased), then ``(x - mean) / std`` per channel.
+    """
+
+    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 size: Optional[Union[int, Sequence[int]]] = None) -> None:
+        # These often come from a model's preprocessor_config.json: checked, since the size
+        # decides how large every resized batch is.
+        self.mean = _floats(mean, "mean", positive=False)
+        self.std = _floats(std, "std", positive=True)
+        if size is not None:
+            sizes = [size, size] if np.isscalar(size) else list(size) \
+                if isinstance(size, (list, tuple)) else None
+            if sizes is None or len(sizes) != 2 or not all(
+                    isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                    and 1 <= v <= _MAX_IMAGE_SIDE for v in sizes):
+                raise ValueError(f"image size={str(size)[:80]} should be an integer or a "
+                                 f"(height, width) pair of integers from 1 to {_MAX_IMAGE_SIDE}")
+            size = tuple(int(v) for v in sizes)
+        self.size = size
+        self.fingerprint = f"ImagePreprocess(mean={self.mean}, std={self.std}, size={self.size})"
+
+    def __repr__(self) -> str:
+        return self.fingerprint
+
+    def __call__(self, batch: Any) -> Any:
+        torch = _torch()
+        x = _default_preprocess(batch)
+        if x.ndim == 3:
+            x = x[:, None]
+        elif x.ndim == 4:
+            if x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3):
+                x = x.transpose(0, 3, 1, 2)
+        else:
+            raise ValueError(f"image models take (n, H, W) or (n, H, W, C) images; got shape "
+                             f"{x.shape} (reshape flat vectors into images first)")
+        t = torch.from_numpy(np.ascontiguousarray(x))
+        if t.shape[1] == 4:
+            t = t[:, :3]
+        if t.shape[1] == 1:
+            t = t.expand(-1, 3, -1, -1)
+        if self.size is not None and tuple(t.shape[-2:]) != self.size:
+            t = torch.nn.functional.interpolate(t, size=self.size, mode="bilinear",
+                                                align_corners=False, antialias=True)
+        mean = torch.tensor(self.mean, dtype=t.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=t.dtype).view(1, -1, 1, 1)
+        return (t - mean) / std

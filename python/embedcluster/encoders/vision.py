@@ -1,0 +1,122 @@
+"""torchvision and timm image models with weights from a local file."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import zipfile
+from pathlib import Path
+from typing import Any, Union
+
+from .. import _io
+from ..data._common import _check_allocation, _existing
+from ._common import IMAGENET_MEAN, IMAGENET_STD, _sha, _torch
+from .checkpoint import _compare_spec, _load_state_strict, _safetensors_spec, _state_spec
+from .encoder import Encoder
+from .preprocess import ImagePreprocess
+
+logger = logging.getLogger(__name__)
+
+
+def _load_state_file(path: Union[str, os.PathLike], model: Any = None) -> dict:
+    """A state dict from .safetensors, or from a PyTorch file read with weights_only=True.
+
+    For safetensors the header is compared with ``model``'s state dict (names, shapes) before
+    any tensor is read; the bytes read are bounded by the file size, checked against memory."""
+    p = _existing(Path(os.fspath(path)).expanduser(), "weights file")
+    _check_allocation(2 * os.stat(p).st_size, f"weights file {p}")
+    if p.suffix == ".safetensors":
+        if model is not None:
+            _compare_spec(_state_spec(model.state_dict()), _safetensors_spec(p), p,
+                          type(model).__name__, dtypes=False)
+        state, _ = _io.load_safetensors(p, framework="pt")
+        return state
+    torch = _torch()
+    try:
+        # mmap: tensors stay in the file until load_state_dict copies them (zip format only).
+        obj = torch.load(p, map_location="cpu", weights_only=True,
+                         mmap=zipfile.is_zipfile(p))
+    except MemoryError:
+        raise
+    except Exception as e:
+        text = str(e)
+        if "weights_only" in text.lower() or "Unsupported global" in text:
+            raise ValueError(f"{p} holds pickled Python objects besides tensors ({text[:300]}), "
+                             "which embedcluster refuses to load because unpickling can run "
+                             "code; save only the state dict, or convert the weights to "
+                             ".safetensors") from e
+        raise ValueError(f"{p} could not be read as a PyTorch weights file ({type(e).__name__}: "
+                         f"{text[:300]}); the file is damaged, truncated or not a torch.save "
+                         "file: get a fresh copy, or convert the weights to .safetensors") from e
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{p} does not hold a state dict of tensors")
+    if obj and all(k.startswith("module.") for k in obj):  # saved from DataParallel
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def _strip_head(model: Any) -> None:
+    """Replaces a torchvision classifier's last Linear by Identity: the embedding is what the
+    classifier would have read."""
+    torch = _torch()
+    nn = torch.nn
+    for attr in ("fc", "head", "heads", "classifier"):
+        sub = getattr(model, attr, None)
+        if isinstance(sub, nn.Linear):
+            setattr(model, attr, nn.Identity())
+            return
+        if isinstance(sub, nn.Sequential) and len(sub) and isinstance(sub[-1], nn.Linear):
+            sub[-1] = nn.Identity()
+            return
+    logger.info("no classifier head found on %s; using its full output", type(model).__name__)
+
+
+def _need_weights(kind: str, name: str, weights: Any) -> Path:
+    if weights is None:
+        raise FileNotFoundError(
+            f"{kind}:{name} needs local weights, and nothing is downloaded at run time: pass "
+            f"load_encoder('{kind}:{name}', weights='/path/to/weights.safetensors' or '.pth'); "
+            "fetch the file on a machine with internet access and copy it here")
+    return _existing(Path(os.fspath(weights)).expanduser(), f"weights file for {kind}:{name}")
+
+
+def _load_torchvision(name: str, *, weights: Any = None, image_size: Any = None,
+                      **kw: Any) -> Encoder:
+    if importlib.util.find_spec("torchvision") is None:
+        raise ImportError(f"torchvision:{name} needs torchvision: pip install torchvision "
+                          "(the build that matches your torch)")
+    path = _need_weights("torchvision", name, weights)
+    import torchvision
+
+    model = torchvision.models.get_model(name, weights=None)
+    _load_state_strict(model, _load_state_file(path, model), path)
+    if not kw.get("embedding_layer"):
+        _strip_head(model)
+    kw.setdefault("preprocess", ImagePreprocess(size=image_size))
+    kw.setdefault("name", f"torchvision:{name}")
+    fp = _sha("torchvision", name, _io.sha256_file(path))
+    return Encoder(model, fingerprint=fp, **kw)
+
+
+def _load_timm(name: str, *, weights: Any = None, image_size: Any = None, **kw: Any) -> Encoder:
+    if importlib.util.find_spec("timm") is None:
+        raise ImportError(f"timm:{name} needs timm: pip install timm")
+    path = _need_weights("timm", name, weights)
+    import timm
+
+    model = timm.create_model(name, pretrained=False)
+    _load_state_strict(model, _load_state_file(path, model), path)
+    if not kw.get("embedding_layer"):
+        model.reset_classifier(0)
+    cfg = dict(getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", {}) or {})
+    size = image_size or (tuple(cfg["input_size"][-2:]) if "input_size" in cfg else None)
+    kw.setdefault("preprocess", ImagePreprocess(cfg.get("mean", IMAGENET_MEAN),
+                                                cfg.get("std", IMAGENET_STD), size))
+    kw.setdefault("name", f"timm:{name}")
+    fp = _sha("timm", name, _io.sha256_file(path))
+    return Encoder(model, fingerprint=fp, **kw)

@@ -932,8 +932,10 @@ def measure_peaks(results: Dict[str, CaseResult], eng: Engines) -> Dict[str, Any
     for name, res in results.items():
         p = res.params
         rows, cols = (p["n"], p["k"]) if name.startswith("kmeans") else (min(p["n"], 100_000), 1024)
-        rates = {prec: core.tile_rate(rows, cols, p["d"], precision=prec, n_threads=eng.threads)
-                 for prec in ("auto", "fp32")}
+        rates = {}
+        for prec in ("auto", "fp32"):
+            r = core.tile_rate(rows, cols, p["d"], precision=prec, n_threads=eng.threads)
+            rates[prec] = {"seconds": r.seconds, "gflops": r.gflops, "kernels": r.kernels}
         peaks["cases"][name] = {"rows": rows, "cols": cols, "d": p["d"],
                                 "tiles_bf16_or_auto": rates["auto"], "tiles_fp32": rates["fp32"]}
         log(f"{name}: tile products {rates['auto']['gflops']:.0f} GFLOP/s ({rates['auto']['kernels']}), "

@@ -95,17 +95,17 @@ def test_pruning_does_not_change_the_result(metric, eps, noise):
                             unit=metric == "cosine")
     a = _core.dbscan_fit(X, eps, 6, metric, prune=True)
     b = _core.dbscan_fit(X, eps, 6, metric, prune=False)
-    np.testing.assert_array_equal(a["labels"], b["labels"])
-    np.testing.assert_array_equal(a["counts"], b["counts"])
-    assert a["n_clusters"] >= 2
-    assert a["pairs_computed_pass1"] < a["tile_pairs"] / 2  # pruning skipped work on clustered data
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.counts, b.counts)
+    assert a.n_clusters >= 2
+    assert a.pairs_computed_pass1 < a.tile_pairs / 2  # pruning skipped work on clustered data
 
 
 def test_counts_equal_brute_force():
     X, _ = gaussian_mixture(800, 5, 4, 1.0, seed=9, noise_frac=0.1)
     r = _core.dbscan_fit(X, 1.5, 5, "l2")
     ref = brute_within(X, X, 1.5 * 1.5, "l2").sum(1)
-    np.testing.assert_array_equal(r["counts"], ref)
+    np.testing.assert_array_equal(r.counts, ref)
 
 
 @pytest.mark.parametrize("metric", ["l2", "cosine"])
@@ -132,7 +132,7 @@ def test_counts_near_eps_equal_brute_force(kernel_set, metric):
     r = _core.dbscan_fit(X, eps, 3, metric)
     limit = eps * eps if metric == "l2" else eps
     ref = brute_within(X, X, limit, metric).sum(1)
-    np.testing.assert_array_equal(r["counts"], ref)
+    np.testing.assert_array_equal(r.counts, ref)
     assert (np.abs(approx_values(X, X[:6], metric)[0] - limit) < 1e-5 * limit).sum() > 100  # really near eps
 
 
@@ -188,13 +188,13 @@ def test_rows_counted_without_products_equal_brute_force(kernel_set, metric):
     X, _ = gaussian_mixture(3000, 16, 2, spread=0.05, seed=17, noise_frac=0.02, unit=True)
     eps = 0.6 if metric == "l2" else 0.2
     r = _core.dbscan_fit(X, eps, 5, metric)
-    assert r["rows_all_neighbours_pass1"] > 0  # the shortcut ran
+    assert r.rows_all_neighbours_pass1 > 0  # the shortcut ran
     limit = eps * eps if metric == "l2" else eps
     ref = brute_within(X, X, limit, metric).sum(1)
-    np.testing.assert_array_equal(r["counts"], ref)
+    np.testing.assert_array_equal(r.counts, ref)
     sk = SkDBSCAN(eps=eps, min_samples=5, metric="euclidean" if metric == "l2" else "cosine").fit(X)
     sk_core = np.isin(np.arange(len(X)), sk.core_sample_indices_)
-    assert near_eps_rows(X, limit, metric)[sk_core != (r["is_core"] == 1)].all()  # rounding of eps only
+    assert near_eps_rows(X, limit, metric)[sk_core != (r.is_core == 1)].all()  # rounding of eps only
 
 
 @pytest.mark.parametrize("min_samples", [4, 9])
@@ -241,12 +241,12 @@ def test_inner_product_bounds_on_the_sphere_equal_brute_force(kernel_set, metric
     X = sphere_mixture(4000, 48, 8, 0.09, 0.25, seed=31)
     eps = eps_l2 if metric == "l2" else eps_l2 ** 2 / 2  # the same neighbourhoods on the sphere
     r = _core.dbscan_fit(X, eps, 12, metric)
-    assert r["rows_pruned_inner_product_pass1"] > 0  # the bounds ran
+    assert r.rows_pruned_inner_product_pass1 > 0  # the bounds ran
     limit = eps * eps if metric == "l2" else eps
-    np.testing.assert_array_equal(r["counts"], brute_within(X, X, limit, metric).sum(1))
+    np.testing.assert_array_equal(r.counts, brute_within(X, X, limit, metric).sum(1))
     plain = _core.dbscan_fit(X, eps, 12, metric, prune=False)
-    np.testing.assert_array_equal(r["labels"], plain["labels"])
-    np.testing.assert_array_equal(r["is_core"], plain["is_core"])
+    np.testing.assert_array_equal(r.labels, plain.labels)
+    np.testing.assert_array_equal(r.is_core, plain.is_core)
 
 
 @pytest.mark.parametrize("metric", ["l2", "cosine"])
@@ -266,7 +266,7 @@ def test_values_rounded_the_most_by_bf16_equal_brute_force(kernel_set, metric):
     limit = eps * eps if metric == "l2" else eps
     ref = brute_within(X, X, limit, metric).sum(1)
     assert (ref >= 2).sum() > 20  # the duplicates are neighbours
-    np.testing.assert_array_equal(r["counts"], ref)
+    np.testing.assert_array_equal(r.counts, ref)
     sk = SkDBSCAN(eps=eps, min_samples=2, metric="euclidean" if metric == "l2" else "cosine").fit(X)
     sk_core = np.isin(np.arange(len(X)), sk.core_sample_indices_)
-    assert near_eps_rows(X, limit, metric)[sk_core != (r["is_core"] == 1)].all()  # rounding of eps only
+    assert near_eps_rows(X, limit, metric)[sk_core != (r.is_core == 1)].all()  # rounding of eps only

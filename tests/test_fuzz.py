@@ -71,11 +71,11 @@ def test_core_knn_never_crashes(X, Q, k, metric):
 def test_core_dbscan_and_kmeans_never_crash(X, eps, ms, metric):
     try:
         r = _core.dbscan_fit(X, eps, ms, metric)
-        assert r["labels"].shape == (X.shape[0],) and r["labels"].max() < X.shape[0]
+        assert r.labels.shape == (X.shape[0],) and r.labels.max() < X.shape[0]
     except ValueError:
         pass
     try:
         r = _core.kmeans_fit(X, max(ms, 1), max_iter=5, metric=metric)
-        assert np.isfinite(r["centers"]).all() and r["labels"].shape == (X.shape[0],)
+        assert np.isfinite(r.centers).all() and r.labels.shape == (X.shape[0],)
     except ValueError:
         pass

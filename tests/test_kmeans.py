@@ -271,17 +271,17 @@ def test_pruning_is_bit_identical_to_plain_lloyd(kernel_set, metric, data, k, mo
         C0[1] = C0[0]  # identical centres: one of them loses every row and is repaired
         C0[2] = C0[0]
     a, b = _fit_both(X, k, C0, movers=movers, max_iter=40, metric=metric, sample_weight=w)
-    np.testing.assert_array_equal(a["labels"], b["labels"])
-    np.testing.assert_array_equal(a["centers"], b["centers"])
-    assert a["inertia"] == b["inertia"] and a["n_iter"] == b["n_iter"]
-    assert a["computed_fraction"] == 1.0
-    assert b["computed_fraction"] < 0.9, b["computed_fraction"]  # the bounds did skip rows
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.centers, b.centers)
+    assert a.inertia == b.inertia and a.n_iter == b.n_iter
+    assert a.computed_fraction == 1.0
+    assert b.computed_fraction < 0.9, b.computed_fraction  # the bounds did skip rows
     if data == "empty":
-        assert a["n_empty_repaired"] >= 1 and a["n_empty_repaired"] == b["n_empty_repaired"]
+        assert a.n_empty_repaired >= 1 and a.n_empty_repaired == b.n_empty_repaired
     if movers == 0:
-        assert b["mover_fraction"] == 0.0
+        assert b.mover_fraction == 0.0
     if movers == 3 and data != "ties":
-        assert b["mover_fraction"] > 0.0  # the mover stage ran
+        assert b.mover_fraction > 0.0  # the mover stage ran
 
 
 def _sphere_mixture(n, d, k, noise, seed):
@@ -301,15 +301,15 @@ def test_mobile_group_is_exact_where_the_cost_model_picks_it(kernel_set, metric)
     k = 100
     C0 = X[np.random.default_rng(0).choice(len(X), k, replace=False)].copy()
     plain, pruned = _fit_both(X, k, C0, max_iter=20, metric=metric)
-    assert pruned["mover_fraction"] > 0.05, pruned["mover_fraction"]
+    assert pruned.mover_fraction > 0.05, pruned.mover_fraction
     off = _core.kmeans_fit(X, k, init=C0, tol=0.0, max_iter=20, metric=metric, movers=0)
     for other in (pruned, off):
-        np.testing.assert_array_equal(plain["labels"], other["labels"])
-        np.testing.assert_array_equal(plain["centers"], other["centers"])
-    assert pruned["computed_fraction"] < off["computed_fraction"]
+        np.testing.assert_array_equal(plain.labels, other.labels)
+        np.testing.assert_array_equal(plain.centers, other.centers)
+    assert pruned.computed_fraction < off.computed_fraction
     C_ref, lab_ref = numpy_lloyd(X, C0, 20, spherical=metric == "cosine")
-    np.testing.assert_array_equal(pruned["labels"], lab_ref)
-    np.testing.assert_allclose(pruned["centers"], C_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(pruned.labels, lab_ref)
+    np.testing.assert_allclose(pruned.centers, C_ref, rtol=1e-5, atol=1e-5)
 
 
 def test_movers_argument_is_checked():
@@ -323,9 +323,9 @@ def test_pruned_lloyd_equals_numpy_reference():
     C0 = X[np.random.default_rng(0).choice(len(X), 24, replace=False)].copy()
     r = _core.kmeans_fit(X, 24, init=C0, max_iter=15, tol=0.0, prune=True)
     C_ref, lab_ref = numpy_lloyd(X, C0, 15)
-    np.testing.assert_allclose(r["centers"], C_ref, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(r["labels"], lab_ref)
-    assert r["computed_fraction"] < 1.0
+    np.testing.assert_allclose(r.centers, C_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(r.labels, lab_ref)
+    assert r.computed_fraction < 1.0
 
 
 def test_prune_argument_is_checked():
@@ -369,9 +369,9 @@ def test_tile_rate_helper_reports_a_rate_for_each_precision():
     kernel set named, flops = 2 rows cols d, and bad shapes rejected."""
     for prec in ("auto", "fp32"):
         r = _core.tile_rate(300, 70, 33, precision=prec)
-        assert r["seconds"] > 0 and r["kernels"] in _core.build_info()["kernels_available"]
-        assert r["gflops"] == pytest.approx(2 * 300 * 70 * 33 / r["seconds"] / 1e9)
-    assert _core.tile_rate(300, 70, 33, precision="fp32")["kernels"] != "avx512bf16"
+        assert r.seconds > 0 and r.kernels in _core.build_info()["kernels_available"]
+        assert r.gflops == pytest.approx(2 * 300 * 70 * 33 / r.seconds / 1e9)
+    assert _core.tile_rate(300, 70, 33, precision="fp32").kernels != "avx512bf16"
     with pytest.raises(ValueError, match="rows, cols and d"):
         _core.tile_rate(0, 70, 33)
     with pytest.raises(ValueError, match="precision"):

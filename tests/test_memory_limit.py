@@ -144,13 +144,13 @@ def test_dbscan_without_projection_table_gives_the_same_result():
         _core.dbscan_fit(X, 1.5, memory_limit=TINY)
     base = _needed_bytes(info.value)
     tight = _core.dbscan_fit(X, 1.5, min_samples=5, memory_limit=base)  # room for the base only
-    assert full["projection_bounds"] and not tight["projection_bounds"]
+    assert full.projection_bounds and not tight.projection_bounds
     # the bf16 copy of the rows, where the kernels use bf16 words, is optional too
-    assert full["rows_copy"] == (_core.active_kernels() == "avx512bf16") and not tight["rows_copy"]
-    np.testing.assert_array_equal(full["labels"], tight["labels"])
-    np.testing.assert_array_equal(full["counts"], tight["counts"])
+    assert full.rows_copy == (_core.active_kernels() == "avx512bf16") and not tight.rows_copy
+    np.testing.assert_array_equal(full.labels, tight.labels)
+    np.testing.assert_array_equal(full.counts, tight.counts)
     ref = ec.DBSCAN(1.5, min_samples=5).fit(X)
-    np.testing.assert_array_equal(ref.labels_, full["labels"])
+    np.testing.assert_array_equal(ref.labels_, full.labels)
 
 
 def test_dbscan_tile_pairs_are_charged_against_the_limit():

@@ -26,6 +26,37 @@ except ImportError as exc:  # pragma: no cover - only without a build
 
 BACKENDS = ("auto", "native", "faiss")
 
+# The one table of metric names: public name -> (the engine's metric, whether the distances
+# reported to the user are the square roots of the engine's values). The engine computes
+# squared Euclidean distances for "l2". Each estimator accepts the subset it supports.
+METRICS = {
+    "euclidean": ("l2", True),
+    "l2": ("l2", True),
+    "sqeuclidean": ("l2", False),
+    "cosine": ("cosine", False),
+    "inner_product": ("ip", False),
+}
+PRECISIONS = ("auto", "fp32")
+
+
+def engine_metric(metric: str) -> str:
+    """The engine's name ("l2", "ip" or "cosine") of a public metric name (validated before)."""
+    return METRICS[metric][0]
+
+
+def reports_sqrt(metric: str) -> bool:
+    """True when the user sees the square root of the engine's value (Euclidean metrics)."""
+    return METRICS[metric][1]
+
+
+def threads_constraint() -> list:
+    """The ``n_threads`` constraint shared by the estimators: None, -1 or an integer >= 1."""
+    from numbers import Integral
+
+    from sklearn.utils._param_validation import Interval, Options
+
+    return [None, Interval(Integral, 1, None, closed="left"), Options(Integral, {-1})]
+
 
 def faiss_available() -> bool:
     """True when the ``faiss`` module (faiss-cpu) can be imported."""

@@ -7,19 +7,22 @@ when asked (``backend="faiss"``). Input is converted to float32 once (see ``as_m
 from __future__ import annotations
 
 import warnings
+from numbers import Integral, Real
 from typing import Any, Optional
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from . import _faiss
-from ._backend import (_core, as_matrix, as_weights, check_python_memory, memory_limit_arg, resolve_backend, seed_of,
-                       threads_arg)
+from ._backend import (BACKENDS, PRECISIONS, _core, as_matrix, as_weights, check_python_memory, engine_metric,
+                       memory_limit_arg, resolve_backend, seed_of, threads_arg, threads_constraint)
 
-_KMEANS_METRICS = {"l2": "l2", "euclidean": "l2", "cosine": "cosine"}
-_DBSCAN_METRICS = {"l2": "l2", "euclidean": "l2", "cosine": "cosine"}
+# Public metric names each estimator accepts (their meaning: _backend.METRICS).
+_CLUSTER_METRICS = {"l2", "euclidean", "cosine"}
+_KMEANS_INITS = {"auto", "k-means++", "k-means||", "random"}
 
 
 def _check_features(est: BaseEstimator, X: np.ndarray) -> None:
@@ -28,17 +31,6 @@ def _check_features(est: BaseEstimator, X: np.ndarray) -> None:
             f"X has {X.shape[1]} features, but {type(est).__name__} is expecting "
             f"{est.n_features_in_} features as input."
         )
-
-
-def _check_precision(precision: str) -> None:
-    if precision not in ("auto", "fp32"):
-        raise ValueError(f"precision={precision!r} should be 'auto' or 'fp32'")
-
-
-def _metric(name: str, table: dict, what: str) -> str:
-    if name not in table:
-        raise ValueError(f"metric={name!r} is not supported by {what}; use one of {sorted(table)}")
-    return table[name]
 
 
 class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
@@ -131,21 +123,29 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.prune = prune
         self.memory_limit = memory_limit
 
-    def _validate_params(self) -> None:
-        _check_precision(self.precision)
-        if not (self.prune == "auto" or isinstance(self.prune, (bool, np.bool_))):
-            raise ValueError(f"prune={self.prune!r} should be 'auto', True or False")
-        for name in ("n_clusters", "n_init", "max_iter"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name}={v!r} should be an integer >= 1")
-        if not isinstance(self.tol, (int, float, np.floating)) or not np.isfinite(self.tol) or self.tol < 0:
-            raise ValueError(f"tol={self.tol!r} should be a finite number >= 0")
+    # Every parameter's rule, checked by fit (scikit-learn's declarative validation); the engine
+    # asserts its own invariants again for direct callers, the bindings only convert types.
+    # memory_limit's rule (0 or >= 1 byte, not bools) is memory_limit_arg's, which names the value.
+    _parameter_constraints: dict = {
+        "n_clusters": [Interval(Integral, 1, None, closed="left")],
+        "init": [StrOptions(_KMEANS_INITS), "array-like"],
+        "n_init": [Interval(Integral, 1, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, np.inf, closed="left")],
+        "metric": [StrOptions(_CLUSTER_METRICS)],
+        "random_state": [None, Integral, np.random.RandomState, np.random.Generator],
+        "backend": [StrOptions(set(BACKENDS))],
+        "n_threads": threads_constraint(),
+        "precision": [StrOptions(set(PRECISIONS))],
+        "prune": [StrOptions({"auto"}), "boolean"],
+        "memory_limit": "no_validation",
+    }
 
     def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> "KMeans":
         """Computes the clustering. ``y`` is ignored; ``sample_weight`` weights each row."""
         self._validate_params()
-        metric = _metric(self.metric, _KMEANS_METRICS, "KMeans")
+        memory_limit = memory_limit_arg(self.memory_limit)
+        metric = engine_metric(self.metric)
         backend = resolve_backend(self.backend, "k-means")
         # The native fit checks NaN / infinity in its first pass over the data.
         X = as_matrix(X, estimator="KMeans", check_finite=backend != "native")
@@ -155,9 +155,6 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         w = as_weights(sample_weight, n)
         init: Any = self.init
         if isinstance(init, str):
-            if init not in ("auto", "k-means++", "k-means||", "random"):
-                raise ValueError(f"init={init!r} should be 'auto', 'k-means++', 'k-means||', 'random' or an array "
-                                 "of centres")
             if init == "auto":
                 init = "k-means||" if n * self.n_clusters >= 2**22 else "k-means++"
         else:
@@ -172,10 +169,9 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                                  n_init=int(self.n_init), metric=metric, init=init, seed=seed,
                                  sample_weight=w, n_threads=threads_arg(self.n_threads), precision=self.precision,
                                  prune=self.prune if isinstance(self.prune, str) else bool(self.prune),
-                                 memory_limit=memory_limit_arg(self.memory_limit))
-            centers, labels, inertia, n_iter = r["centers"], r["labels"], r["inertia"], r["n_iter"]
-            computed = float(r["computed_fraction"])
-            movers = float(r["mover_fraction"])
+                                 memory_limit=memory_limit)
+            centers, labels, inertia, n_iter = r.centers, r.labels, r.inertia, r.n_iter
+            computed, movers = r.computed_fraction, r.mover_fraction
         else:
             init_arr = None if isinstance(init, str) else init
             centers, labels, inertia, n_iter = _faiss.kmeans(X, int(self.n_clusters), int(self.max_iter),
@@ -211,7 +207,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         X = as_matrix(X, estimator="KMeans")
         _check_features(self, X)
-        metric = _KMEANS_METRICS[self.metric]
+        metric = engine_metric(self.metric)
         if self.backend_ == "native":
             return _core.kmeans_assign(self.cluster_centers_, X, metric, n_threads=threads_arg(self.n_threads),
                                        precision=self.precision, memory_limit=memory_limit_arg(self.memory_limit))
@@ -243,7 +239,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         out = np.empty((n, k), dtype=np.float32)
         for s in range(0, X.shape[0], step):
             x = X[s:s + step].astype(np.float64)
-            if _KMEANS_METRICS[self.metric] == "l2":
+            if engine_metric(self.metric) == "l2":
                 d2 = (x * x).sum(1)[:, None] + (C * C).sum(1)[None, :] - 2.0 * x @ C.T
                 out[s:s + step] = np.sqrt(np.maximum(d2, 0.0))
             else:
@@ -313,22 +309,28 @@ class DBSCAN(ClusterMixin, BaseEstimator):
         self.n_threads = n_threads
         self.memory_limit = memory_limit
 
+    # See KMeans._parameter_constraints.
+    _parameter_constraints: dict = {
+        "eps": [Interval(Real, 0, np.inf, closed="neither")],
+        "min_samples": [Interval(Integral, 1, None, closed="left")],
+        "metric": [StrOptions(_CLUSTER_METRICS)],
+        "backend": [StrOptions(set(BACKENDS))],
+        "n_threads": threads_constraint(),
+        "memory_limit": "no_validation",
+    }
+
     def fit(self, X: Any, y: Any = None) -> "DBSCAN":
         """Finds clusters and noise. ``y`` is ignored."""
-        if not isinstance(self.eps, (int, float, np.number)) or not np.isfinite(self.eps) or self.eps <= 0:
-            raise ValueError(f"eps={self.eps!r} should be a finite number > 0")
-        if not isinstance(self.min_samples, (int, np.integer)) or isinstance(self.min_samples, bool) \
-                or self.min_samples < 1:
-            raise ValueError(f"min_samples={self.min_samples!r} should be an integer >= 1")
-        metric = _metric(self.metric, _DBSCAN_METRICS, "DBSCAN")
+        self._validate_params()
+        metric = engine_metric(self.metric)
         memory_limit = memory_limit_arg(self.memory_limit)
         X = as_matrix(X, estimator="DBSCAN")
         backend = resolve_backend(self.backend, "DBSCAN")
         if backend == "native":
             r = _core.dbscan_fit(X, float(self.eps), int(self.min_samples), metric,
                                  n_threads=threads_arg(self.n_threads), memory_limit=memory_limit)
-            labels, is_core = r["labels"], r["is_core"]
-            self.stats_ = {k: int(r[k]) for k in ("tile_pairs", "pairs_computed_pass1", "pairs_computed_pass2")}
+            labels, is_core = r.labels, r.is_core
+            self.stats_ = {k: int(getattr(r, k)) for k in ("tile_pairs", "pairs_computed_pass1", "pairs_computed_pass2")}
         else:
             labels, is_core, _ = _faiss.dbscan(X, float(self.eps), int(self.min_samples), metric)
             self.stats_ = {}
@@ -351,7 +353,7 @@ class DBSCAN(ClusterMixin, BaseEstimator):
         _check_features(self, X)
         if len(self.core_sample_indices_) == 0:
             return np.full(X.shape[0], -1, dtype=np.int64)
-        metric = _DBSCAN_METRICS[self.metric]
+        metric = engine_metric(self.metric)
         if self.backend_ == "native":
             dist, idx = _core.knn_search(self.components_, X, 1, metric, n_threads=threads_arg(self.n_threads),
                                          memory_limit=memory_limit_arg(self.memory_limit))

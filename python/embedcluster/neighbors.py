@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
+from numbers import Integral, Real
 from typing import Any, Optional
 
 import numpy as np
 from sklearn.base import BaseEstimator
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from . import _faiss
-from ._backend import _core, as_matrix, check_python_memory, memory_limit_arg, resolve_backend, threads_arg
+from ._backend import (BACKENDS, METRICS, PRECISIONS, _core, as_matrix, check_python_memory, engine_metric,
+                       memory_limit_arg, reports_sqrt, resolve_backend, threads_arg, threads_constraint)
 
 # Python objects per query of radius_neighbors' result: two array views and two object slots.
 _RADIUS_OBJECTS_PER_QUERY = 2 * 112 + 2 * 8
 
-# public name -> (engine metric, how engine values become reported distances)
-_METRICS = {
-    "euclidean": "l2",
-    "l2": "l2",
-    "sqeuclidean": "l2",
-    "cosine": "cosine",
-    "inner_product": "ip",
-}
 
 
 class NearestNeighbors(BaseEstimator):
@@ -67,12 +62,20 @@ class NearestNeighbors(BaseEstimator):
         self.precision = precision
         self.memory_limit = memory_limit
 
+    # See embedcluster.KMeans._parameter_constraints.
+    _parameter_constraints: dict = {
+        "n_neighbors": [Interval(Integral, 1, None, closed="left")],
+        "radius": [Interval(Real, 0, np.inf, closed="left")],
+        "metric": [StrOptions(set(METRICS))],
+        "backend": [StrOptions(set(BACKENDS))],
+        "n_threads": threads_constraint(),
+        "precision": [StrOptions(set(PRECISIONS))],
+        "memory_limit": "no_validation",
+    }
+
     def fit(self, X: Any, y: Any = None) -> "NearestNeighbors":
         """Stores the database rows (float32; no copy when X already is float32 C-contiguous)."""
-        if self.metric not in _METRICS:
-            raise ValueError(f"metric={self.metric!r} is not supported; use one of {sorted(_METRICS)}")
-        if self.precision not in ("auto", "fp32"):
-            raise ValueError(f"precision={self.precision!r} should be 'auto' or 'fp32'")
+        self._validate_params()
         memory_limit_arg(self.memory_limit)
         X = as_matrix(X, estimator="NearestNeighbors")
         if self.metric == "cosine" and (np.einsum("ij,ij->i", X, X) == 0).any():
@@ -95,7 +98,7 @@ class NearestNeighbors(BaseEstimator):
         return Q, False
 
     def _report(self, values: np.ndarray) -> np.ndarray:
-        if self.metric in ("euclidean", "l2"):
+        if reports_sqrt(self.metric):
             return np.sqrt(np.maximum(values, 0.0))
         return values
 
@@ -115,7 +118,7 @@ class NearestNeighbors(BaseEstimator):
                 f"Expected n_neighbors <= n_samples_fit, but n_neighbors = {k}, n_samples_fit = "
                 f"{self.n_samples_fit_}, n_samples = {Q.shape[0]}"
             )
-        metric = _METRICS[self.metric]
+        metric = engine_metric(self.metric)
         if Q.shape[0] == 0:
             dist, idx = np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
         elif self.backend_ == "native":
@@ -141,8 +144,8 @@ class NearestNeighbors(BaseEstimator):
         if self.metric == "inner_product":
             raise ValueError("radius queries need a distance metric, not 'inner_product'")
         Q, self_join = self._queries(X)
-        metric = _METRICS[self.metric]
-        r_engine = r * r if self.metric in ("euclidean", "l2") else r
+        metric = engine_metric(self.metric)
+        r_engine = r * r if reports_sqrt(self.metric) else r
         if self.backend_ == "native":  # the native call charges the neighbours; here the per-query objects
             check_python_memory(float(Q.shape[0]) * _RADIUS_OBJECTS_PER_QUERY, self.memory_limit,
                                 f"radius_neighbors' result objects for {Q.shape[0]} queries")

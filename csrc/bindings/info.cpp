@@ -1,0 +1,97 @@
+// Bindings that describe and steer this build: build information, kernel sets, tile rates.
+#include <pybind11/stl.h>
+
+#include "../core/engine.hpp"
+#include "common.hpp"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#ifndef EMBEDCLUSTER_VERSION
+#define EMBEDCLUSTER_VERSION "0.0.0"
+#endif
+
+namespace ecpy {
+namespace {
+
+/// A JSON-ready dict (the CLI prints it): the keys are listed in _core.pyi's BuildInfo.
+py::dict build_info() {
+  py::dict d;
+  d["version"] = EMBEDCLUSTER_VERSION;
+#ifdef _OPENMP
+  d["openmp"] = true;
+  d["openmp_version"] = _OPENMP;
+  d["max_threads"] = omp_get_max_threads();
+#else
+  d["openmp"] = false;
+  d["max_threads"] = 1;
+#endif
+#ifdef EMBEDCLUSTER_WITH_CUDA
+  d["cuda_compiled"] = true;
+#else
+  d["cuda_compiled"] = false;
+#endif
+#ifdef EMBEDCLUSTER_BUILD_FLAGS
+  d["build_flags"] = EMBEDCLUSTER_BUILD_FLAGS;
+#endif
+#ifdef EMBEDCLUSTER_NATIVE_ARCH
+  d["march_native"] = true;
+#else
+  d["march_native"] = false;
+#endif
+#if defined(__clang__)
+  d["compiler"] = std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+  d["compiler"] = std::string("gcc ") + __VERSION__;
+#endif
+  d["kernels_available"] = ec::available_kernels();
+  d["kernels_active"] = std::string(ec::kernels().name);
+  py::list feats;
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("sse4.2")) feats.append("sse4.2");
+  if (__builtin_cpu_supports("avx")) feats.append("avx");
+  if (__builtin_cpu_supports("avx2")) feats.append("avx2");
+  if (__builtin_cpu_supports("fma")) feats.append("fma");
+  if (__builtin_cpu_supports("avx512f")) feats.append("avx512f");
+  if (__builtin_cpu_supports("avx512bw")) feats.append("avx512bw");
+  if (__builtin_cpu_supports("avx512vl")) feats.append("avx512vl");
+  if (__builtin_cpu_supports("avx512bf16")) feats.append("avx512bf16");
+  if (__builtin_cpu_supports("amx-tile")) feats.append("amx-tile");
+  if (__builtin_cpu_supports("amx-bf16")) feats.append("amx-bf16");
+#endif
+  d["cpu_features"] = feats;
+  return d;
+}
+
+ec::TileRate tile_rate(long long rows, long long cols, long long d, const std::string& precision, int n_threads) {
+  const ec::KernelSet* ks = kernels_of(precision);
+  ec::TileRate r;
+  run_native([&](ec::Cancel&) { r = ec::tile_product_rate(rows, cols, d, ks, ec::resolve_threads(n_threads)); });
+  return r;
+}
+
+}  // namespace
+
+void bind_info(py::module_& m) {
+  m.def("build_info", &build_info, "Version, compiler, OpenMP, CUDA and kernel sets of this build (a dict).");
+  py::class_<ec::TileRate>(m, "TileRate", "What tile_rate returns.")
+      .def_readonly("seconds", &ec::TileRate::seconds, "time of the fastest of 3 runs")
+      .def_readonly("gflops", &ec::TileRate::gflops, "2 * rows * cols * d / seconds, in GFLOP/s")
+      .def_readonly("kernels", &ec::TileRate::kernels, "the kernel set that ran")
+      .def("__repr__", [](const ec::TileRate& r) {
+        return "TileRate(seconds=" + std::string(py::repr(py::float_(r.seconds))) + ", gflops=" +
+               std::string(py::repr(py::float_(r.gflops))) + ", kernels='" + r.kernels + "')";
+      });
+  m.def("tile_rate", &tile_rate, py::arg("rows"), py::arg("cols"), py::arg("d"), py::arg("precision") = "auto",
+        py::arg("n_threads") = 0,
+        "Benchmark helper: GFLOP/s of the tile products alone (pack + multiply, no epilogue) for rows x cols "
+        "products of dimension d on random data; returns a TileRate.");
+  m.def("select_kernels", [](const std::string& name) { ec::select_kernels(name); }, py::arg("name"),
+        "Force a kernel set for this process: 'generic', 'avx2', 'avx512' or 'auto'.");
+  m.def("active_kernels", [] { return std::string(ec::kernels().name); }, "Name of the kernel set in use.");
+  m.attr("__version__") = EMBEDCLUSTER_VERSION;
+}
+
+}  // namespace ecpy

@@ -9,10 +9,12 @@ Two families of metrics are provided:
 * **Internal (label-free) metrics** score a clustering from the data alone:
   :func:`silhouette_sampled` and :func:`davies_bouldin`.
 
-Everything is implemented with NumPy (plus :func:`scipy.optimize.linear_sum_assignment`
-for the Hungarian matching); scikit-learn is *not* needed at runtime.  NMI, ARI,
-V-measure, silhouette and Davies-Bouldin follow the same definitions and edge-case
-conventions as :mod:`sklearn.metrics`.
+NMI, ARI and V-measure are scikit-learn's, called after this package's label checks.
+Matching (Hungarian, through :func:`scipy.optimize.linear_sum_assignment`, or a sparse
+matching when the dense table would not fit), accuracy, purity and per-class reports are
+this package's own, as are silhouette and Davies-Bouldin: they follow
+:mod:`sklearn.metrics`' definitions and edge cases, and size every temporary from the one
+memory budget (``memory_limit``) that the rest of the package obeys.
 
 Input conventions
 -----------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Dict
 
 import numpy as np
@@ -41,27 +40,3 @@ def _dense(ct: Dict[str, np.ndarray], memory_limit: Any = None, what: str = "con
     mat = np.zeros((kt, kp), dtype=np.int64)
     mat[ct["rows"], ct["cols"]] = ct["counts"]
     return mat
-
-
-def _entropy(counts: np.ndarray) -> float:
-    counts = counts[counts > 0].astype(np.float64)
-    if counts.shape[0] <= 1:
-        return 0.0
-    total = counts.sum()
-    return float(-np.sum((counts / total) * (np.log(counts) - math.log(total))))
-
-
-def _mutual_info(ct: Dict[str, np.ndarray]) -> float:
-    a, b = ct["row_sums"], ct["col_sums"]
-    if a.shape[0] == 1 or b.shape[0] == 1:
-        return 0.0
-    nij = ct["counts"].astype(np.float64)
-    n = float(nij.sum())
-    terms = (nij / n) * (
-        np.log(nij)
-        + math.log(n)
-        - np.log(a[ct["rows"]].astype(np.float64))
-        - np.log(b[ct["cols"]].astype(np.float64))
-    )
-    terms = np.where(np.abs(terms) < np.finfo(np.float64).eps, 0.0, terms)
-    return float(max(terms.sum(), 0.0))

@@ -47,9 +47,9 @@ def clustering_report(labels_true: ArrayLike, labels_pred: ArrayLike) -> Dict[st
     match = _match(ct)
     return {
         "accuracy": _accuracy(ct, match),
-        "nmi": _nmi(ct, "arithmetic"),
-        "ari": _ari(ct),
-        "v_measure": _v_measure(ct, 1.0),
+        "nmi": _nmi(lt, lp, "arithmetic"),
+        "ari": _ari(lt, lp),
+        "v_measure": _v_measure(lt, lp, 1.0),
         "purity": _purity(ct),
         "n_clusters": int(clusters.shape[0] - int(has_noise)),
         "n_noise": n_noise,

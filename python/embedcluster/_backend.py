@@ -103,12 +103,9 @@ def resolve_backend(backend: str, capability: str) -> str:
 
 
 def threads_arg(n_threads: Optional[int]) -> int:
-    """Maps the estimators' ``n_threads`` (None or -1: all cores) to the core's convention (0)."""
-    if n_threads is None or n_threads == -1:
-        return 0
-    if not isinstance(n_threads, (int, np.integer)) or n_threads < 1:
-        raise ValueError(f"n_threads={n_threads!r} should be None, -1 or a positive integer")
-    return int(n_threads)
+    """Maps the estimators' ``n_threads`` (None or -1: all cores; validated by their
+    ``threads_constraint``) to the core's convention (0)."""
+    return 0 if n_threads is None or n_threads == -1 else int(n_threads)
 
 
 def memory_limit_arg(memory_limit: Any) -> Any:

@@ -37,10 +37,10 @@ class Metric:
     def value(self) -> int: ...
 
 # A metric: the enum or its name.
-MetricLike = Union[Metric, Literal["l2", "ip", "cosine"]]
-Precision = Literal["auto", "fp32"]
+_MetricLike = Union[Metric, Literal["l2", "ip", "cosine"]]
+_Precision = Literal["auto", "fp32"]
 # None: default_memory_limit() when the call starts; 0: no limit; else bytes >= 1.
-MemoryLimit = Union[None, int, float]
+_MemoryLimit = Union[None, int, float]
 
 class KMeansResult:
     """What kmeans_fit returns."""
@@ -100,7 +100,7 @@ class TileRate:
     @property
     def kernels(self) -> str: ...
 
-class BuildInfo(TypedDict, total=False):
+class _BuildInfo(TypedDict, total=False):
     """What build_info returns (a dict, printed as JSON by `embedcluster info`)."""
 
     version: str
@@ -119,32 +119,32 @@ def knn_search(
     database: _F32,
     queries: _F32,
     k: int,
-    metric: MetricLike = "l2",
+    metric: _MetricLike = "l2",
     exclude_self: bool = False,
     n_threads: int = 0,
-    precision: Precision = "auto",
-    memory_limit: MemoryLimit = None,
+    precision: _Precision = "auto",
+    memory_limit: _MemoryLimit = None,
     self_join: bool = True,
 ) -> tuple[_F32, _I64]: ...
 def radius_search(
     database: _F32,
     queries: _F32,
     radius: float,
-    metric: MetricLike = "l2",
+    metric: _MetricLike = "l2",
     exclude_self: bool = False,
     n_threads: int = 0,
-    precision: Precision = "auto",
-    memory_limit: MemoryLimit = None,
+    precision: _Precision = "auto",
+    memory_limit: _MemoryLimit = None,
 ) -> tuple[_I64, _I64, _F32]: ...
 def radius_count(
     database: _F32,
     queries: _F32,
     radius: float,
-    metric: MetricLike = "l2",
+    metric: _MetricLike = "l2",
     exclude_self: bool = False,
     n_threads: int = 0,
-    precision: Precision = "auto",
-    memory_limit: MemoryLimit = None,
+    precision: _Precision = "auto",
+    memory_limit: _MemoryLimit = None,
 ) -> _I64: ...
 def kmeans_fit(
     X: _F32,
@@ -152,48 +152,48 @@ def kmeans_fit(
     max_iter: int = 300,
     tol: float = 1e-4,
     n_init: int = 1,
-    metric: MetricLike = "l2",
+    metric: _MetricLike = "l2",
     init: Union[Literal["k-means++", "k-means||", "random"], _F32] = "k-means++",
     seed: int = 0,
     sample_weight: Union[_F32, None] = None,
     n_local_trials: int = 0,
     n_threads: int = 0,
-    precision: Precision = "auto",
+    precision: _Precision = "auto",
     prune: Union[Literal["auto"], bool] = "auto",
-    memory_limit: MemoryLimit = None,
+    memory_limit: _MemoryLimit = None,
     movers: int = -1,
 ) -> KMeansResult: ...
 def kmeans_init(
     X: _F32,
     n_clusters: int,
-    metric: MetricLike = "l2",
+    metric: _MetricLike = "l2",
     init: Literal["k-means++", "k-means||", "random"] = "k-means++",
     seed: int = 0,
     sample_weight: Union[_F32, None] = None,
     n_local_trials: int = 0,
     n_threads: int = 0,
-    memory_limit: MemoryLimit = None,
+    memory_limit: _MemoryLimit = None,
 ) -> _F32: ...
 def kmeans_assign(
     centers: _F32,
     X: _F32,
-    metric: MetricLike = "l2",
+    metric: _MetricLike = "l2",
     n_threads: int = 0,
-    precision: Precision = "auto",
-    memory_limit: MemoryLimit = None,
+    precision: _Precision = "auto",
+    memory_limit: _MemoryLimit = None,
 ) -> tuple[_I64, _F32]: ...
 def dbscan_fit(
     X: _F32,
     eps: float,
     min_samples: int = 5,
-    metric: MetricLike = "l2",
+    metric: _MetricLike = "l2",
     prune: bool = True,
     n_threads: int = 0,
-    memory_limit: MemoryLimit = None,
+    memory_limit: _MemoryLimit = None,
 ) -> DbscanResult: ...
 def default_memory_limit() -> float: ...
-def build_info() -> BuildInfo: ...
-def tile_rate(rows: int, cols: int, d: int, precision: Precision = "auto", n_threads: int = 0) -> TileRate: ...
+def build_info() -> _BuildInfo: ...
+def tile_rate(rows: int, cols: int, d: int, precision: _Precision = "auto", n_threads: int = 0) -> TileRate: ...
 def select_kernels(name: str) -> None: ...
 def active_kernels() -> str: ...
 def _stop_native_work_at_exit() -> int: ...

@@ -73,13 +73,12 @@ def native_available() -> bool:
 
 
 def resolve_backend(backend: str, capability: str) -> str:
-    """Returns ``"native"`` or ``"faiss"`` for the requested backend.
+    """Returns ``"native"`` or ``"faiss"`` for the requested backend (one of ``BACKENDS``, as the
+    estimators' parameter constraints check).
 
     ``auto`` uses the native engine and falls back to FAISS, logging the reason, when the
     native build is missing (``capability`` names what was needed, for the message).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r} is not one of {BACKENDS}")
     if backend == "native":
         if _core is None:
             raise ImportError(

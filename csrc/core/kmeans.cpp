@@ -11,6 +11,7 @@
 #include <string>
 
 #include "engine.hpp"
+#include "tile_driver.hpp"
 
 namespace ec {
 namespace {
@@ -422,44 +423,48 @@ idx_t assign_pass(const PackedSet& cs, const Data& D, idx_t* labels, float* mind
 }
 
 /// Half the distance from each centre to its nearest other centre, a lower bound (from the
-/// tile engine with its error bound).
-void centre_half_gaps(const PackedSet& cs, const Data& D, std::vector<double>& out) {
-  const KernelSet& ks = *D.ks;
-  const idx_t k = cs.n, d = D.d, k_pad = cs.n_pad;
-  out.assign(static_cast<std::size_t>(k), std::numeric_limits<double>::infinity());
-  if (k < 2) return;
-  const idx_t mc = rows_per_tile(k_pad);
-  const idx_t nb = (k + mc - 1) / mc;
-  ExceptionSlot err;
-#pragma omp parallel num_threads(D.threads)
-  {
-    AlignedBuffer<float> a, c;
-    err.run([&] {
-      a.resize(static_cast<std::size_t>(mc * ks.depth(d)));
-      c.resize(static_cast<std::size_t>(mc * k_pad));
-    });
-#pragma omp for schedule(dynamic, 1)
-    for (idx_t bi = 0; bi < nb; ++bi) {
-      if (err.failed()) continue;
-      const idx_t q0 = bi * mc, qm = std::min(mc, k - q0);
-      ks.pack(cs.src + q0 * d, d, nullptr, nullptr, qm, d, ks.mr, a.data());
-      ks.gemm(a.data(), cs.panels.data(), round_up(qm, ks.mr), k_pad, ks.depth(d), c.data(), k_pad);
-      for (idx_t i = 0; i < qm; ++i) {
-        const idx_t ca = q0 + i;
-        const double xn = cs.norm[ca], xsq = xn * xn;
-        const double b = f_err_of_tile(
-            D.metric, row_bound_in(cs, xsq, cs.in_err.empty() ? 0.0 : input_error(ks, cs.src + ca * d, d)), xn);
-        double best = std::numeric_limits<double>::infinity();
-        for (idx_t j = 0; j < k; ++j) {
-          if (j == ca) continue;
-          const float v = cs.add.data()[j] + cs.mul * c.data()[i * k_pad + j];
-          best = std::min(best, f_of_tile(D.metric, v, xsq, xn) - b);
-        }
-        out[ca] = 0.5 * dist_lo(D.metric, best, d);
+/// tile engine with its error bound): a top-1 over the other centres, each row's own excluded.
+class HalfGapHandler {
+ public:
+  struct Local {};
+  HalfGapHandler(const PackedSet& cs, Metric metric, std::vector<double>& out) : cs_(cs), metric_(metric), out_(out) {}
+  void init(Local&) const {}
+  void begin(Local&, idx_t, idx_t) const {}
+  void tile(Local&, idx_t q0, idx_t qm, const float* c, idx_t ldc, idx_t b0, idx_t bm) const {
+    const KernelSet& ks = *cs_.ks;
+    const idx_t d = cs_.d;
+    for (idx_t i = 0; i < qm; ++i) {
+      const idx_t ca = q0 + i;
+      const double xn = cs_.norm[ca], xsq = xn * xn;
+      const double b = f_err_of_tile(
+          metric_, row_bound_in(cs_, xsq, cs_.in_err.empty() ? 0.0 : input_error(ks, cs_.src + ca * d, d)), xn);
+      double best = std::numeric_limits<double>::infinity();
+      for (idx_t j = 0; j < bm; ++j) {
+        if (b0 + j == ca) continue;
+        const float v = cs_.add.data()[b0 + j] + cs_.mul * c[i * ldc + j];
+        best = std::min(best, f_of_tile(metric_, v, xsq, xn) - b);
       }
+      out_[ca] = 0.5 * dist_lo(metric_, best, d);
     }
   }
-  err.rethrow();
+  void end(Local&, idx_t, idx_t) const {}
+  void finish(Local&) const {}
+
+ private:
+  const PackedSet& cs_;
+  const Metric metric_;
+  std::vector<double>& out_;
+};
+
+void centre_half_gaps(const PackedSet& cs, const Data& D, std::vector<double>& out) {
+  const idx_t k = cs.n;
+  out.assign(static_cast<std::size_t>(k), std::numeric_limits<double>::infinity());
+  if (k < 2) return;
+  ScanShape shape;
+  shape.query_block = rows_per_tile(cs.n_pad);
+  HalfGapHandler h(cs, D.metric, out);
+  Cancel no_cancel;  // short (k rows): not worth polling
+  scan_tiles(cs, cs.src, k, shape, D.threads, no_cancel, h);
 }
 
 /// Distance each centre moved (upper bound), and the two largest.
@@ -708,41 +713,42 @@ void prepare(Data& D, const float* x, idx_t n, idx_t d, const float* w, Metric m
          " has zero norm; spherical (cosine) k-means needs non-zero rows (drop them or use metric='l2')");
 }
 
+/// Every row's metric value to each centre of a small set, from the tiles (k-means++ trials).
+class AllDistancesHandler {
+ public:
+  struct Local {};
+  AllDistancesHandler(const Data& D, const PackedSet& cs, float* out) : D_(D), cs_(cs), out_(out) {}
+  void init(Local&) const {}
+  void begin(Local&, idx_t, idx_t) const {}
+  void tile(Local&, idx_t q0, idx_t qm, const float* c, idx_t ldc, idx_t b0, idx_t bm) const {
+    const idx_t t = cs_.n;
+    for (idx_t i = 0; i < qm; ++i)
+      for (idx_t j = 0; j < bm; ++j) {
+        const double v = cs_.add.data()[b0 + j] + cs_.mul * static_cast<double>(c[i * ldc + j]);
+        const double dist = D_.metric == Metric::L2 ? D_.xsq[q0 + i] + v : 1.0 + v / D_.xnorm[q0 + i];
+        out_[(q0 + i) * t + b0 + j] = static_cast<float>(std::max(0.0, dist));
+      }
+  }
+  void end(Local&, idx_t, idx_t) const {}
+  void finish(Local&) const {}
+
+ private:
+  const Data& D_;
+  const PackedSet& cs_;
+  float* out_;
+};
+
 /// Distance from every row to one candidate centre set (t centres), exact metric values from
 /// the tile engine; used by k-means++. out is n * t.
 void distances_to(const Data& D, const float* cand, idx_t t, std::vector<float>& out, Cancel& cancel) {
   PackedSet cs;
   pack_set(cs, cand, t, D.d, D.metric, nullptr, 1, D.ks);
-  const KernelSet& ks = *D.ks;
-  const idx_t d = D.d, t_pad = cs.n_pad, mc = 144;
-  const idx_t nblocks = (D.n + mc - 1) / mc;
   out.resize(static_cast<std::size_t>(D.n * t));
-  ExceptionSlot err;
-#pragma omp parallel num_threads(D.threads)
-  {
-    TileScratch s;
-    err.run([&] {
-      s.a.resize(static_cast<std::size_t>(mc * ks.depth(d)));
-      s.c.resize(static_cast<std::size_t>(mc * t_pad));
-    });
-#pragma omp for schedule(dynamic, 4)
-    for (idx_t blk = 0; blk < nblocks; ++blk) {
-      if (err.failed() || cancel.poll()) continue;
-      err.run([&] {
-        const idx_t q0 = blk * mc, qm = std::min(mc, D.n - q0);
-        ks.pack(D.x + q0 * d, d, nullptr, nullptr, qm, d, ks.mr, s.a.data());
-        ks.gemm(s.a.data(), cs.panels.data(), round_up(qm, ks.mr), t_pad, ks.depth(d), s.c.data(), t_pad);
-        for (idx_t i = 0; i < qm; ++i)
-          for (idx_t j = 0; j < t; ++j) {
-            const double v = cs.add.data()[j] + cs.mul * static_cast<double>(s.c.data()[i * t_pad + j]);
-            const double dist = D.metric == Metric::L2 ? D.xsq[q0 + i] + v : 1.0 + v / D.xnorm[q0 + i];
-            out[(q0 + i) * t + j] = static_cast<float>(std::max(0.0, dist));
-          }
-      });
-    }
-  }
-  err.rethrow();
-  cancel.throw_if_stopped();
+  ScanShape shape;
+  shape.query_block = 144;
+  shape.chunk = 4;
+  AllDistancesHandler h(D, cs, out.data());
+  scan_tiles(cs, D.x, D.n, shape, D.threads, cancel, h);
 }
 
 /// Index i such that prefix(i) <= r < prefix(i+1) over weights v (fp64 prefix sums in row order).

@@ -9,50 +9,13 @@
 #include <string>
 
 #include "engine.hpp"
+#include "tile_driver.hpp"
 
 namespace ec {
 namespace {
 
 constexpr idx_t kQueryBlock = 144;  // rows of queries per tile (a multiple of every mr)
 constexpr idx_t kDbBlock = 256;     // database rows per tile (a multiple of every nr)
-
-/// Streams query blocks in parallel; for each block packs the queries and calls
-/// on_tile(q0, qm, c, ldc, b0, bm) for every database block, then on_done(q0, qm).
-template <class OnTile, class OnDone>
-void stream_tiles(const PackedSet& set, const float* q, idx_t nq, int threads, Cancel& cancel,
-                  OnTile on_tile, OnDone on_done) {
-  const KernelSet& ks = *set.ks;
-  const idx_t d = set.d;
-  const idx_t nblocks = (nq + kQueryBlock - 1) / kQueryBlock;
-  ExceptionSlot err;
-#pragma omp parallel num_threads(threads)
-  {
-    TileScratch s;
-    err.run([&] {
-      s.a.resize(static_cast<std::size_t>(kQueryBlock * ks.depth(d)));
-      s.c.resize(static_cast<std::size_t>(kQueryBlock * kDbBlock));
-    });
-#pragma omp for schedule(dynamic, 1)
-    for (idx_t blk = 0; blk < nblocks; ++blk) {
-      if (err.failed() || cancel.poll()) continue;
-      err.run([&] {
-        const idx_t q0 = blk * kQueryBlock;
-        const idx_t qm = std::min(kQueryBlock, nq - q0);
-        const idx_t qm_pad = round_up(qm, ks.mr);
-        ks.pack(q + q0 * d, d, nullptr, nullptr, qm, d, ks.mr, s.a.data());
-        for (idx_t b0 = 0; b0 < set.n; b0 += kDbBlock) {
-          const idx_t bm = std::min(kDbBlock, set.n - b0);
-          ks.gemm(s.a.data(), set.panels.data() + b0 * ks.depth(d), qm_pad, round_up(bm, ks.nr), ks.depth(d),
-                  s.c.data(), kDbBlock);
-          on_tile(q0, qm, s.c.data(), kDbBlock, b0, bm, s);
-        }
-        on_done(q0, qm);
-      });
-    }
-  }
-  err.rethrow();
-  cancel.throw_if_stopped();
-}
 
 void check_common(idx_t n, idx_t nq, idx_t d) {
   if (n <= 0) fail("the database is empty; fit on at least one row");
@@ -143,90 +106,164 @@ double self_join_bytes(idx_t n, int k) {
 /// symmetric, so every row keeps exactly the candidates the one-sided scan would keep, and the
 /// fp64 selection gives the same result with half the products. Per-row candidate lists live
 /// for the whole call (guarded per block; a thread never holds two locks).
+/// The self-join's handler: the tile of block I against block J >= I feeds the rows of I (row by
+/// row) and the rows of J (its transpose) into per-row candidate lists that live for the whole
+/// call (guarded per block; a thread never holds two locks).
+class SelfJoinHandler {
+ public:
+  struct Local {
+    AlignedBuffer<float> transposed;
+    std::vector<std::int32_t> idx;
+    std::vector<float> val;
+  };
+  SelfJoinHandler(const PackedSet& set, std::vector<RowCands>& cands, bool exclude_self)
+      : set_(set), cands_(cands), exclude_self_(exclude_self),
+        locks_(new std::mutex[static_cast<std::size_t>((set.n + kSelfBlock - 1) / kSelfBlock)]) {}
+  void init(Local& l) const {
+    l.transposed.resize(static_cast<std::size_t>(kSelfBlock * kSelfBlock));
+    l.idx.resize(kSelfBlock);
+    l.val.resize(kSelfBlock);
+  }
+  void begin(Local&, idx_t, idx_t) const {}
+  void tile(Local& l, idx_t q0, idx_t qm, const float* c, idx_t ldc, idx_t b0, idx_t bm) {
+    {
+      std::lock_guard<std::mutex> g(locks_[q0 / kSelfBlock]);
+      feed(l, c, ldc, q0, qm, b0, bm, b0 == q0);
+    }
+    if (b0 != q0) {
+      float* t = l.transposed.data();
+      for (idx_t i = 0; i < qm; ++i)
+        for (idx_t j = 0; j < bm; ++j) t[j * kSelfBlock + i] = c[i * ldc + j];
+      std::lock_guard<std::mutex> g(locks_[b0 / kSelfBlock]);
+      feed(l, t, kSelfBlock, b0, bm, q0, qm, false);
+    }
+  }
+  void end(Local&, idx_t, idx_t) const {}
+  void finish(Local&) const {}
+
+ private:
+  /// Rows r0 .. r0 + rm of a tile (row i at tile + i * ld) against candidates j0 .. j0 + cm.
+  void feed(Local& l, const float* tile, idx_t ld, idx_t r0, idx_t rm, idx_t j0, idx_t cm, bool diagonal) {
+    const KernelSet& ks = *set_.ks;
+    for (idx_t i = 0; i < rm; ++i) {
+      RowCands& r = cands_[r0 + i];
+      const idx_t cnt = ks.row_filter(tile + i * ld, set_.add.data() + j0, set_.mul, cm, r.threshold(),
+                                      l.idx.data(), l.val.data());
+      for (idx_t u = 0; u < cnt; ++u) {
+        const idx_t j = j0 + l.idx[u];
+        if (diagonal && exclude_self_ && j == r0 + i) continue;
+        r.add(l.val[u], j);
+      }
+    }
+  }
+  const PackedSet& set_;
+  std::vector<RowCands>& cands_;
+  const bool exclude_self_;
+  std::unique_ptr<std::mutex[]> locks_;
+};
+
+/// The fp64 selection of every row's k best from its candidate lists, rows in blocks of 256.
+void select_all(const KnnParams& p, const PackedSet& set, const float* q, const std::vector<double>& qsq,
+                std::vector<RowCands>& cands, int threads, float* out_dist, idx_t* out_idx, Cancel& cancel) {
+  constexpr idx_t kRows = 256;
+  const idx_t n = static_cast<idx_t>(cands.size()), d = set.d;
+  struct Local {
+    std::vector<std::pair<double, idx_t>> scratch;
+    std::vector<double> vals;
+  };
+  for_each_block<Local>(
+      threads, (n + kRows - 1) / kRows, 1, cancel, [&](Local& l) { l.vals.resize(static_cast<std::size_t>(p.k)); },
+      [&](Local& l, idx_t blk, const StopCheck&) {
+        for (idx_t i = blk * kRows; i < std::min(n, (blk + 1) * kRows); ++i) {
+          select_exact(cands[i], p.k, q + i * d, std::sqrt(qsq[i]), set, l.scratch, l.vals.data(), out_idx + i * p.k);
+          for (int u = 0; u < p.k; ++u) out_dist[i * p.k + u] = reported(p.metric, l.vals[u]);
+          std::vector<RowCands::Cand>().swap(cands[i].cands());  // free as we go
+        }
+      });
+}
+
+/// The self-join (queries = database) computing each pair of blocks once. A product
+/// x_i . x_j is the same number in both roles and the error bound of a tile value is
+/// symmetric, so every row keeps exactly the candidates the one-sided scan would keep, and the
+/// fp64 selection gives the same result with half the products.
 void knn_self_join(const KnnParams& p, const PackedSet& set, const float* x, const std::vector<double>& xsq,
                    int threads, float* out_dist, idx_t* out_idx, Cancel& cancel) {
-  const KernelSet& ks = *set.ks;
-  const idx_t n = set.n, d = set.d, depth = ks.depth(d);
-  const idx_t nb = (n + kSelfBlock - 1) / kSelfBlock;
+  const idx_t n = set.n;
   const bool cos = p.metric == Metric::Cosine;
   // Cosine: the blocks are packed as unit rows, exactly as the database panels are (same float
   // scale), so the products are symmetric and every row's bound is that of a unit vector.
   std::vector<float> scale(cos ? static_cast<std::size_t>(n) : 0);
   for (idx_t i = 0; i < static_cast<idx_t>(scale.size()); ++i) scale[i] = static_cast<float>(1.0 / std::sqrt(xsq[i]));
-  std::vector<RowCands> rc(static_cast<std::size_t>(n));
+  std::vector<RowCands> cands(static_cast<std::size_t>(n));
   // Both sides are the set's own packed rows: their rounding errors are the set's.
   for (idx_t i = 0; i < n; ++i)
-    rc[i].reset(p.k, 2.0f * row_bound_in(set, cos ? 1.0 : xsq[i], set.in_err.empty() ? 0.0 : set.in_err[i]),
-                kSelfSlack);
-  std::unique_ptr<std::mutex[]> lock(new std::mutex[static_cast<std::size_t>(nb)]);
-  ExceptionSlot err;
-#pragma omp parallel num_threads(threads)
-  {
-    AlignedBuffer<float> a, c, t;
+    cands[i].reset(p.k, 2.0f * row_bound_in(set, cos ? 1.0 : xsq[i], set.in_err.empty() ? 0.0 : set.in_err[i]),
+                   kSelfSlack);
+  ScanShape shape;
+  shape.query_block = shape.set_block = kSelfBlock;
+  shape.upper = true;
+  shape.query_scale = cos ? scale.data() : nullptr;
+  SelfJoinHandler h(set, cands, p.exclude_self);
+  scan_tiles(set, x, n, shape, threads, cancel, h);
+  select_all(p, set, x, xsq, cands, threads, out_dist, out_idx, cancel);
+}
+
+/// Top-k of each query: candidates within the error window of the running k-th best, selected
+/// exactly in fp64 when the block's last tile was seen.
+class TopKHandler {
+ public:
+  struct Local {
+    std::vector<RowCands> cands;
     std::vector<std::int32_t> idx;
     std::vector<float> val;
-    err.run([&] {
-      a.resize(static_cast<std::size_t>(kSelfBlock * depth));
-      c.resize(static_cast<std::size_t>(kSelfBlock * kSelfBlock));
-      t.resize(static_cast<std::size_t>(kSelfBlock * kSelfBlock));
-      idx.resize(kSelfBlock);
-      val.resize(kSelfBlock);
-    });
-    // Rows r0.. of a tile (values at c + i * ld) against candidates j0..j0+cm: add to rc.
-    auto feed = [&](const float* tile, idx_t r0, idx_t rm, idx_t j0, idx_t cm, bool diag) {
-      for (idx_t i = 0; i < rm; ++i) {
-        RowCands& r = rc[r0 + i];
-        const idx_t cnt = ks.row_filter(tile + i * kSelfBlock, set.add.data() + j0, set.mul, cm, r.threshold(),
-                                        idx.data(), val.data());
-        for (idx_t u = 0; u < cnt; ++u) {
-          const idx_t j = j0 + idx[u];
-          if (diag && p.exclude_self && j == r0 + i) continue;
-          r.add(val[u], j);
-        }
-      }
-    };
-#pragma omp for schedule(dynamic, 1)
-    for (idx_t bi = 0; bi < nb; ++bi) {
-      if (err.failed() || cancel.poll()) continue;
-      err.run([&] {
-        const idx_t i0 = bi * kSelfBlock, im = std::min(kSelfBlock, n - i0);
-        ks.pack(x + i0 * d, d, nullptr, cos ? scale.data() + i0 : nullptr, im, d, ks.mr, a.data());
-        for (idx_t bj = bi; bj < nb; ++bj) {
-          if (err.failed() || cancel.poll()) return;
-          const idx_t j0 = bj * kSelfBlock, jm = std::min(kSelfBlock, n - j0);
-          ks.gemm(a.data(), set.panels.data() + j0 * depth, round_up(im, ks.mr), round_up(jm, ks.nr), depth,
-                  c.data(), kSelfBlock);
-          {
-            std::lock_guard<std::mutex> g(lock[bi]);
-            feed(c.data(), i0, im, j0, jm, bj == bi);
-          }
-          if (bj != bi) {
-            for (idx_t i = 0; i < im; ++i)
-              for (idx_t j = 0; j < jm; ++j) t.data()[j * kSelfBlock + i] = c.data()[i * kSelfBlock + j];
-            std::lock_guard<std::mutex> g(lock[bj]);
-            feed(t.data(), j0, jm, i0, im, false);
-          }
-        }
-      });
-    }
-    std::vector<std::pair<double, idx_t>> scr;
+    std::vector<std::pair<double, idx_t>> scratch;
     std::vector<double> vals;
-    err.run([&] { vals.resize(static_cast<std::size_t>(p.k)); });
-#pragma omp barrier
-    if (!err.failed() && !cancel.stopped()) {
-#pragma omp for schedule(dynamic, 256)
-      for (idx_t i = 0; i < n; ++i) {
-        err.run([&] {
-          select_exact(rc[i], p.k, x + i * d, std::sqrt(xsq[i]), set, scr, vals.data(), out_idx + i * p.k);
-          for (int u = 0; u < p.k; ++u) out_dist[i * p.k + u] = reported(p.metric, vals[u]);
-          std::vector<RowCands::Cand>().swap(rc[i].cands());  // free as we go
-        });
+  };
+  TopKHandler(const KnnParams& p, const PackedSet& set, const float* q, const std::vector<double>& qsq,
+              const std::vector<double>& qerr, float* out_dist, idx_t* out_idx)
+      : p_(p), set_(set), q_(q), qsq_(qsq), qerr_(qerr), out_dist_(out_dist), out_idx_(out_idx) {}
+  void init(Local& l) const {
+    l.idx.resize(kDbBlock);
+    l.val.resize(kDbBlock);
+    l.vals.resize(static_cast<std::size_t>(p_.k));
+  }
+  void begin(Local& l, idx_t q0, idx_t qm) const {
+    l.cands.resize(static_cast<std::size_t>(qm));
+    for (idx_t i = 0; i < qm; ++i)
+      l.cands[i].reset(p_.k, 2.0f * row_bound_in(set_, qsq_[q0 + i], qerr_.empty() ? 0.0 : qerr_[q0 + i]));
+  }
+  void tile(Local& l, idx_t q0, idx_t qm, const float* c, idx_t ldc, idx_t b0, idx_t bm) const {
+    const KernelSet& ks = *set_.ks;
+    for (idx_t i = 0; i < qm; ++i) {
+      RowCands& rc = l.cands[i];
+      const idx_t cnt =
+          ks.row_filter(c + i * ldc, set_.add.data() + b0, set_.mul, bm, rc.threshold(), l.idx.data(), l.val.data());
+      for (idx_t t = 0; t < cnt; ++t) {
+        const idx_t j = b0 + l.idx[t];
+        if (p_.exclude_self && j == q0 + i) continue;
+        rc.add(l.val[t], j);
       }
     }
   }
-  err.rethrow();
-  cancel.throw_if_stopped();
-}
+  void end(Local& l, idx_t q0, idx_t qm) const {
+    for (idx_t i = 0; i < qm; ++i) {
+      const idx_t qi = q0 + i;
+      select_exact(l.cands[i], p_.k, q_ + qi * set_.d, std::sqrt(qsq_[qi]), set_, l.scratch, l.vals.data(),
+                   out_idx_ + qi * p_.k);
+      for (int t = 0; t < p_.k; ++t) out_dist_[qi * p_.k + t] = reported(p_.metric, l.vals[t]);
+    }
+  }
+  void finish(Local&) const {}
+
+ private:
+  const KnnParams& p_;
+  const PackedSet& set_;
+  const float* q_;
+  const std::vector<double>& qsq_;
+  const std::vector<double>& qerr_;
+  float* out_dist_;
+  idx_t* out_idx_;
+};
 
 }  // namespace
 
@@ -253,58 +290,72 @@ void knn_search(const KnnParams& p, const float* db, idx_t n, const float* q, id
     return;
   }
 
-  const int nthreads = threads;
-  std::vector<std::vector<RowCands>> cands(static_cast<std::size_t>(nthreads));
-  std::vector<std::vector<std::pair<double, idx_t>>> scratch(static_cast<std::size_t>(nthreads));
-  auto tid = [] {
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-  };
   const std::vector<double> qerr = query_errors(set, q, nq, threads);
-  stream_tiles(
-      set, q, nq, threads, cancel,
-      [&](idx_t q0, idx_t qm, const float* c, idx_t ldc, idx_t b0, idx_t bm, TileScratch& s) {
-        auto& rcs = cands[tid()];
-        if (b0 == 0) {
-          rcs.resize(static_cast<std::size_t>(qm));
-          for (idx_t i = 0; i < qm; ++i) {
-            rcs[i].reset(p.k, 2.0f * row_bound_in(set, qsq[q0 + i], qerr.empty() ? 0.0 : qerr[q0 + i]));
-          }
-        }
-        s.idx.resize(static_cast<std::size_t>(bm));
-        s.val.resize(static_cast<std::size_t>(bm));
-        const KernelSet& ks = *set.ks;
-        for (idx_t i = 0; i < qm; ++i) {
-          RowCands& rc = rcs[i];
-          const idx_t cnt = ks.row_filter(c + i * ldc, set.add.data() + b0, set.mul, bm,
-                                          rc.threshold(), s.idx.data(), s.val.data());
-          for (idx_t t = 0; t < cnt; ++t) {
-            const idx_t j = b0 + s.idx[t];
-            if (p.exclude_self && j == q0 + i) continue;
-            rc.add(s.val[t], j);
-          }
-        }
-      },
-      [&](idx_t q0, idx_t qm) {
-        auto& rcs = cands[tid()];
-        auto& scr = scratch[tid()];
-        std::vector<double> vals(static_cast<std::size_t>(p.k));
-        for (idx_t i = 0; i < qm; ++i) {
-          const idx_t qi = q0 + i;
-          select_exact(rcs[i], p.k, q + qi * d, std::sqrt(qsq[qi]), set, scr, vals.data(),
-                       out_idx + qi * p.k);
-          for (int t = 0; t < p.k; ++t) out_dist[qi * p.k + t] = reported(p.metric, vals[t]);
-        }
-      });
+  ScanShape shape;
+  shape.query_block = kQueryBlock;
+  shape.set_block = kDbBlock;
+  TopKHandler h(p, set, q, qsq, qerr, out_dist, out_idx);
+  scan_tiles(set, q, nq, shape, threads, cancel, h);
 }
 
 namespace {
 
-/// Shared body of radius search and radius count: calls emit(query, j, exact_value) for every
-/// database row within the radius, in ascending j per query.
+/// Range search: every set row within the radius of a query goes to emit(query, j, exact
+/// value) in ascending j per query. Values beyond the error band on the near side are certain
+/// without fp64 (emit gets 0 for them unless `need_value`).
+template <class Emit>
+class RangeHandler {
+ public:
+  struct Local {
+    std::vector<std::int32_t> idx;
+    std::vector<float> val;
+  };
+  RangeHandler(const RadiusParams& p, const PackedSet& set, const float* q, const std::vector<double>& qsq,
+               const std::vector<double>& qerr, bool need_value, Emit& emit)
+      : p_(p), set_(set), q_(q), qsq_(qsq), qerr_(qerr), need_value_(need_value), emit_(emit) {}
+  void init(Local& l) const {
+    l.idx.resize(kDbBlock);
+    l.val.resize(kDbBlock);
+  }
+  void begin(Local&, idx_t, idx_t) const {}
+  void tile(Local& l, idx_t q0, idx_t qm, const float* c, idx_t ldc, idx_t b0, idx_t bm) const {
+    const KernelSet& ks = *set_.ks;
+    const idx_t d = set_.d;
+    for (idx_t i = 0; i < qm; ++i) {
+      const idx_t qi = q0 + i;
+      const double xn = std::sqrt(qsq_[qi]);
+      // The radius in tile-value units, and the band where a decision needs fp64.
+      const double thr = p_.metric == Metric::L2 ? p_.radius - qsq_[qi] : -(1.0 - p_.radius) * xn;
+      const float bnd = row_bound_in(set_, qsq_[qi], qerr_.empty() ? 0.0 : qerr_[qi]);
+      const idx_t cnt = ks.row_filter(c + i * ldc, set_.add.data() + b0, set_.mul, bm, static_cast<float>(thr) + bnd,
+                                      l.idx.data(), l.val.data());
+      for (idx_t t = 0; t < cnt; ++t) {
+        const idx_t j = b0 + l.idx[t];
+        if (p_.exclude_self && j == qi) continue;
+        const bool sure = l.val[t] < static_cast<float>(thr) - bnd;
+        if (sure && !need_value_) {
+          emit_(qi, j, 0.0);
+          continue;
+        }
+        const double v = exact_value(p_.metric, q_ + qi * d, set_.row(j), d, xn, set_.norm[j]);
+        if (v <= p_.radius) emit_(qi, j, v);
+      }
+    }
+  }
+  void end(Local&, idx_t, idx_t) const {}
+  void finish(Local&) const {}
+
+ private:
+  const RadiusParams& p_;
+  const PackedSet& set_;
+  const float* q_;
+  const std::vector<double>& qsq_;
+  const std::vector<double>& qerr_;
+  const bool need_value_;
+  Emit& emit_;
+};
+
+/// Shared body of radius search and radius count: checks, packs, and scans with a RangeHandler.
 template <class Emit>
 void radius_scan(const RadiusParams& p, const float* db, idx_t n, const float* q, idx_t nq,
                  idx_t d, bool need_value, Cancel& cancel, Emit emit) {
@@ -319,34 +370,11 @@ void radius_scan(const RadiusParams& p, const float* db, idx_t n, const float* q
   pack_set(set, db, n, d, p.metric, nullptr, threads, p.kernel_set);
   const std::vector<double> qsq = query_sqnorms(q, nq, d, p.metric, threads);
   const std::vector<double> qerr = query_errors(set, q, nq, threads);
-  stream_tiles(
-      set, q, nq, threads, cancel,
-      [&](idx_t q0, idx_t qm, const float* c, idx_t ldc, idx_t b0, idx_t bm, TileScratch& s) {
-        s.idx.resize(static_cast<std::size_t>(bm));
-        s.val.resize(static_cast<std::size_t>(bm));
-        const KernelSet& ks = *set.ks;
-        for (idx_t i = 0; i < qm; ++i) {
-          const idx_t qi = q0 + i;
-          const double xn = std::sqrt(qsq[qi]);
-          // The radius in tile-value units, and the band where a decision needs fp64.
-          const double thr = p.metric == Metric::L2 ? p.radius - qsq[qi] : -(1.0 - p.radius) * xn;
-          const float bnd = row_bound_in(set, qsq[qi], qerr.empty() ? 0.0 : qerr[qi]);
-          const idx_t cnt = ks.row_filter(c + i * ldc, set.add.data() + b0, set.mul, bm,
-                                          static_cast<float>(thr) + bnd, s.idx.data(), s.val.data());
-          for (idx_t t = 0; t < cnt; ++t) {
-            const idx_t j = b0 + s.idx[t];
-            if (p.exclude_self && j == qi) continue;
-            const bool sure = s.val[t] < static_cast<float>(thr) - bnd;
-            if (sure && !need_value) {
-              emit(qi, j, 0.0);
-              continue;
-            }
-            const double v = exact_value(p.metric, q + qi * d, set.row(j), d, xn, set.norm[j]);
-            if (v <= p.radius) emit(qi, j, v);
-          }
-        }
-      },
-      [](idx_t, idx_t) {});
+  ScanShape shape;
+  shape.query_block = kQueryBlock;
+  shape.set_block = kDbBlock;
+  RangeHandler<Emit> h(p, set, q, qsq, qerr, need_value, emit);
+  scan_tiles(set, q, nq, shape, threads, cancel, h);
 }
 
 }  // namespace

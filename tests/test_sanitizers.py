@@ -1,5 +1,7 @@
 """The C++ core's own tests (tests/cpp) built with AddressSanitizer + UndefinedBehaviorSanitizer
-and run on every kernel set this CPU supports. Needs the source tree, CMake and a C++ compiler."""
+and run on every kernel set this CPU supports. Needs the source tree, CMake and a C++ compiler.
+
+Slow tier: the instrumented build of the whole core takes minutes."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import pytest
 from embedcluster import _core
 
 ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

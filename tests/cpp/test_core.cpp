@@ -1,5 +1,6 @@
 // C++ tests of the core without Python: kNN, radius counts, k-means assignment and DBSCAN counts
-// against brute force. Built with -DEMBEDCLUSTER_BUILD_TESTS=ON (also under the sanitizers).
+// against brute force, and the kernels' building blocks against their definitions. Built with
+// -DEMBEDCLUSTER_BUILD_TESTS=ON (also under the sanitizers); ctest runs each TEST_CASE on its own.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -14,17 +15,9 @@
 #include "core/kernels.hpp"
 #include "core/kmeans.hpp"
 #include "core/knn.hpp"
+#include "check.hpp"
 
 using ec::idx_t;
-
-static int failures = 0;
-#define CHECK(cond)                                                   \
-  do {                                                                \
-    if (!(cond)) {                                                    \
-      std::fprintf(stderr, "FAILED %s:%d: %s\n", __FILE__, __LINE__, #cond); \
-      ++failures;                                                     \
-    }                                                                 \
-  } while (0)
 
 static double l2(const float* a, const float* b, idx_t d) {
   double s = 0;
@@ -32,248 +25,305 @@ static double l2(const float* a, const float* b, idx_t d) {
   return s;
 }
 
-int main() {
-  std::mt19937 gen(7);
+// Random database and query rows (standard normal) for the brute-force comparisons.
+struct Sets {
+  std::vector<float> db, q;
+};
+static Sets random_sets(std::mt19937& gen, idx_t n, idx_t nq, idx_t d) {
   std::normal_distribution<float> N(0.0f, 1.0f);
+  Sets s{std::vector<float>(n * d), std::vector<float>(nq * d)};
+  for (auto& v : s.db) v = N(gen);
+  for (auto& v : s.q) v = N(gen);
+  return s;
+}
+static const idx_t kN = 500, kNq = 60;
+
+// Exact k nearest neighbours: the indices of a sorted brute force.
+TEST_CASE(knn_search_matches_brute_force) {
+  std::mt19937 gen(7);
   for (idx_t d : {1, 3, 97}) {
-    const idx_t n = 500, nq = 60;
+    const Sets s = random_sets(gen, kN, kNq, d);
     const int k = 7;
-    std::vector<float> db(n * d), q(nq * d);
-    for (auto& v : db) v = N(gen);
-    for (auto& v : q) v = N(gen);
-    std::vector<float> dist(nq * k);
-    std::vector<idx_t> idx(nq * k);
+    std::vector<float> dist(kNq * k);
+    std::vector<idx_t> idx(kNq * k);
     ec::Cancel cancel;
     ec::KnnParams p;
     p.k = k;
-    ec::knn_search(p, db.data(), n, q.data(), nq, d, dist.data(), idx.data(), cancel);
-    for (idx_t i = 0; i < nq; ++i) {
+    ec::knn_search(p, s.db.data(), kN, s.q.data(), kNq, d, dist.data(), idx.data(), cancel);
+    for (idx_t i = 0; i < kNq; ++i) {
       std::vector<std::pair<double, idx_t>> all;
-      for (idx_t j = 0; j < n; ++j) all.emplace_back(l2(q.data() + i * d, db.data() + j * d, d), j);
+      for (idx_t j = 0; j < kN; ++j) all.emplace_back(l2(s.q.data() + i * d, s.db.data() + j * d, d), j);
       std::sort(all.begin(), all.end());
       for (int t = 0; t < k; ++t) CHECK(idx[i * k + t] == all[t].second);
     }
+  }
+}
+
+// Radius counts (the radius is a squared distance, inclusive) against brute force.
+TEST_CASE(radius_count_matches_brute_force) {
+  std::mt19937 gen(7);
+  for (idx_t d : {1, 3, 97}) {
+    const Sets s = random_sets(gen, kN, kNq, d);
+    ec::Cancel cancel;
     ec::RadiusParams rp;
     rp.radius = d;  // about half the pairs
-    std::vector<idx_t> counts(nq);
-    ec::radius_count(rp, db.data(), n, q.data(), nq, d, counts.data(), cancel);
-    for (idx_t i = 0; i < nq; ++i) {
+    std::vector<idx_t> counts(kNq);
+    ec::radius_count(rp, s.db.data(), kN, s.q.data(), kNq, d, counts.data(), cancel);
+    for (idx_t i = 0; i < kNq; ++i) {
       idx_t c = 0;
-      for (idx_t j = 0; j < n; ++j) c += l2(q.data() + i * d, db.data() + j * d, d) <= rp.radius;
+      for (idx_t j = 0; j < kN; ++j) c += l2(s.q.data() + i * d, s.db.data() + j * d, d) <= rp.radius;
       CHECK(counts[i] == c);
     }
-    std::vector<idx_t> lab(n);
-    std::vector<float> md(n);
-    ec::kmeans_assign(ec::Metric::L2, q.data(), 10, db.data(), n, d, lab.data(), md.data(), 0, cancel);
-    for (idx_t i = 0; i < n; ++i) {
+  }
+}
+
+// k-means assignment: each row's nearest of 10 centres, ties to the lower index.
+TEST_CASE(kmeans_assign_matches_brute_force) {
+  std::mt19937 gen(7);
+  for (idx_t d : {1, 3, 97}) {
+    const Sets s = random_sets(gen, kN, kNq, d);
+    ec::Cancel cancel;
+    std::vector<idx_t> lab(kN);
+    std::vector<float> md(kN);
+    ec::kmeans_assign(ec::Metric::L2, s.q.data(), 10, s.db.data(), kN, d, lab.data(), md.data(), 0, cancel);
+    for (idx_t i = 0; i < kN; ++i) {
       idx_t best = 0;
       for (idx_t c = 1; c < 10; ++c)
-        if (l2(db.data() + i * d, q.data() + c * d, d) < l2(db.data() + i * d, q.data() + best * d, d)) best = c;
+        if (l2(s.db.data() + i * d, s.q.data() + c * d, d) < l2(s.db.data() + i * d, s.q.data() + best * d, d)) best = c;
       CHECK(lab[i] == best);
     }
+  }
+}
+
+// DBSCAN's neighbour counts within eps (inclusive, the point itself counted).
+TEST_CASE(dbscan_counts_match_brute_force) {
+  std::mt19937 gen(7);
+  for (idx_t d : {1, 3, 97}) {
+    const Sets s = random_sets(gen, kN, kNq, d);
+    ec::Cancel cancel;
     ec::DbscanParams dp;
     dp.eps = std::sqrt(double(d));
     dp.min_samples = 5;
     ec::DbscanResult dr;
-    ec::dbscan_fit(dp, db.data(), n, d, dr, cancel);
-    for (idx_t i = 0; i < n; ++i) {
+    ec::dbscan_fit(dp, s.db.data(), kN, d, dr, cancel);
+    for (idx_t i = 0; i < kN; ++i) {
       idx_t c = 0;
-      for (idx_t j = 0; j < n; ++j) c += l2(db.data() + i * d, db.data() + j * d, d) <= dp.eps * dp.eps;
+      for (idx_t j = 0; j < kN; ++j) c += l2(s.db.data() + i * d, s.db.data() + j * d, d) <= dp.eps * dp.eps;
       CHECK(dr.counts[i] == c);
     }
   }
-  // Tile epilogue primitives of the kernel set in use (EMBEDCLUSTER_ISA picks it), against
-  // plain loops: row_min2 (minimum, an index of it, second smallest with repeats) and the
-  // fixed-point accumulation, on rows with repeated values and every tail length.
-  {
-    const ec::KernelSet& ks = ec::kernels();
-    std::uniform_int_distribution<int> small(-4, 4);
-    for (idx_t n = 1; n <= 140; ++n) {
-      std::vector<float> c(n), add(n);
-      for (idx_t j = 0; j < n; ++j) {
-        c[j] = float(small(gen));
-        add[j] = float(small(gen));
-      }
-      idx_t arg = -1;
-      float second = 0.0f;
-      const float m = ks.row_min2(c.data(), add.data(), -2.0f, n, &arg, &second);
-      std::vector<float> v(n);
-      for (idx_t j = 0; j < n; ++j) v[j] = add[j] - 2.0f * c[j];
-      std::vector<float> sorted = v;
-      std::sort(sorted.begin(), sorted.end());
-      CHECK(m == sorted[0]);
-      CHECK(arg >= 0 && arg < n && v[arg] == m);
-      CHECK(second == (n > 1 ? sorted[1] : std::numeric_limits<float>::infinity()));
+}
+
+// Tile epilogue primitives of the kernel set in use (EMBEDCLUSTER_ISA picks it), against
+// plain loops: row_min2 (minimum, an index of it, second smallest with repeats) and the
+// fixed-point accumulation, on rows with repeated values and every tail length.
+TEST_CASE(tile_epilogue_primitives) {
+  std::mt19937 gen(7);
+  std::normal_distribution<float> N(0.0f, 1.0f);
+  const ec::KernelSet& ks = ec::kernels();
+  std::uniform_int_distribution<int> small(-4, 4);
+  for (idx_t n = 1; n <= 140; ++n) {
+    std::vector<float> c(n), add(n);
+    for (idx_t j = 0; j < n; ++j) {
+      c[j] = float(small(gen));
+      add[j] = float(small(gen));
     }
-    for (idx_t d : {1, 7, 8, 9, 33}) {
+    idx_t arg = -1;
+    float second = 0.0f;
+    const float m = ks.row_min2(c.data(), add.data(), -2.0f, n, &arg, &second);
+    std::vector<float> v(n);
+    for (idx_t j = 0; j < n; ++j) v[j] = add[j] - 2.0f * c[j];
+    std::vector<float> sorted = v;
+    std::sort(sorted.begin(), sorted.end());
+    CHECK(m == sorted[0]);
+    CHECK(arg >= 0 && arg < n && v[arg] == m);
+    CHECK(second == (n > 1 ? sorted[1] : std::numeric_limits<float>::infinity()));
+  }
+  for (idx_t d : {1, 7, 8, 9, 33}) {
+    std::vector<float> x(d);
+    std::vector<double> qs(d);
+    for (idx_t f = 0; f < d; ++f) {
+      x[f] = N(gen);
+      qs[f] = std::ldexp(1.0, 40 + int(f % 5));
+    }
+    std::vector<std::uint64_t> a(d, 5), b(d, 5);
+    ks.accum(x.data(), d, 0.75, qs.data(), false, a.data());
+    ec::accum_generic(x.data(), d, 0.75, qs.data(), false, b.data());
+    CHECK(a == b);
+    ks.accum(x.data(), d, 0.75, qs.data(), true, a.data());
+    for (idx_t f = 0; f < d; ++f) CHECK(a[f] == 5);
+  }
+}
+
+// DBSCAN's inner-product bounds never exceed the true smallest squared distance to a tile,
+// and equal it where Cauchy-Schwarz is tight (so a bound too strong by any factor fails):
+//  - tile-centre bound: the tile holds y0 = c - r c/||c||, its shortest row, and x = -s c/||c||
+//    points along y0 - c;
+//  - own-centre bound: x = c_a + y_top, where y_top has the largest y . c_a in the tile, so
+//    x - c_a is parallel to y_top and as long as it.
+TEST_CASE(dbscan_inner_product_bounds) {
+  std::mt19937 gen(7);
+  std::normal_distribution<float> N(0.0f, 1.0f);
+  std::uniform_real_distribution<double> U(0.2, 2.0);
+  auto dot = [](const std::vector<double>& a, const std::vector<double>& b) {
+    double s = 0;
+    for (std::size_t k = 0; k < a.size(); ++k) s += a[k] * b[k];
+    return s;
+  };
+  auto sqdist = [](const std::vector<double>& a, const std::vector<double>& b) {
+    double s = 0;
+    for (std::size_t k = 0; k < a.size(); ++k) s += (a[k] - b[k]) * (a[k] - b[k]);
+    return s;
+  };
+  for (int trial = 0; trial < 300; ++trial) {
+    const idx_t d = trial % 3 == 0 ? 2 : (trial % 3 == 1 ? 8 : 64);
+    const bool tight = trial % 2 == 0;
+    std::vector<double> c(d), ca(d);
+    for (auto& v : c) v = N(gen);
+    for (auto& v : ca) v = N(gen) * 0.5;
+    const double cn = std::sqrt(dot(c, c)), r = cn * U(gen) / 2.5;  // r < ||c||
+    std::vector<std::vector<double>> ys;
+    for (int j = 0; j < 20; ++j) {
+      std::vector<double> v(d);
+      for (auto& e : v) e = N(gen);
+      const double vn = std::sqrt(dot(v, v));
+      std::vector<double> y(d);
+      for (idx_t k = 0; k < d; ++k) y[k] = c[k] + r * v[k] / vn * (j % 2 ? 1.0 : U(gen) / 2.0);
+      ys.push_back(y);
+    }
+    std::vector<double> y0(d), x(d);
+    for (idx_t k = 0; k < d; ++k) y0[k] = c[k] - r * c[k] / cn;
+    ys.push_back(y0);
+    double r_tile = 0, y_min = 1e300, y_max = 0, hi = -1e300;
+    std::size_t top = 0;
+    for (std::size_t j = 0; j < ys.size(); ++j) {
+      r_tile = std::max(r_tile, std::sqrt(sqdist(ys[j], c)));
+      y_min = std::min(y_min, std::sqrt(dot(ys[j], ys[j])));
+      y_max = std::max(y_max, std::sqrt(dot(ys[j], ys[j])));
+      if (dot(ys[j], ca) > hi) hi = dot(ys[j], ca), top = j;
+    }
+    auto true_min = [&](const std::vector<double>& xv) {
+      double best = 1e300;
+      for (const auto& y : ys) best = std::min(best, sqdist(xv, y));
+      return best;
+    };
+    const double s = U(gen);
+    for (idx_t k = 0; k < d; ++k) x[k] = tight ? -s * c[k] / cn : c[k] + N(gen);
+    const double lb1 = ec::sq_lower_by_tile_centre(dot(x, x), std::sqrt(dot(x, x)), dot(x, c), r_tile, y_min);
+    const double t1 = true_min(x);
+    CHECK(lb1 <= t1 + 1e-9 * (1 + dot(x, x)));
+    if (tight) CHECK(std::fabs(lb1 - t1) <= 1e-9 * (1 + dot(x, x)));
+    for (idx_t k = 0; k < d; ++k) x[k] = tight ? ca[k] + ys[top][k] : ca[k] + N(gen) * 0.4;
+    const double lb2 = ec::sq_lower_by_own_centre(dot(x, x), std::sqrt(sqdist(x, ca)), y_min, y_max, hi);
+    const double t2 = true_min(x);
+    CHECK(lb2 <= t2 + 1e-9 * (1 + dot(x, x)));
+    if (tight) CHECK(std::fabs(lb2 - t2) <= 1e-9 * (1 + dot(x, x)));
+  }
+}
+
+// input_error_sq of a set that rounds its inputs against the portable loop (same squares,
+// sums in another order), with and without a scale, on every tail length; and zero for
+// values bf16 holds exactly.
+TEST_CASE(input_error_sq) {
+  std::mt19937 gen(7);
+  std::normal_distribution<float> N(0.0f, 1.0f);
+  const ec::KernelSet& ks = ec::kernels();
+  if (ks.input_error_sq) {
+    for (idx_t d : {1, 7, 15, 16, 17, 33, 384}) {
       std::vector<float> x(d);
-      std::vector<double> qs(d);
-      for (idx_t f = 0; f < d; ++f) {
-        x[f] = N(gen);
-        qs[f] = std::ldexp(1.0, 40 + int(f % 5));
+      for (auto& v : x) v = N(gen);
+      for (float sc : {1.0f, 0.37f}) {
+        const double a = ks.input_error_sq(x.data(), d, sc), b = ec::input_error_sq_generic(x.data(), d, sc);
+        CHECK(std::fabs(a - b) <= 1e-12 * b);
+        CHECK(b > 0.0);
       }
-      std::vector<std::uint64_t> a(d, 5), b(d, 5);
-      ks.accum(x.data(), d, 0.75, qs.data(), false, a.data());
-      ec::accum_generic(x.data(), d, 0.75, qs.data(), false, b.data());
-      CHECK(a == b);
-      ks.accum(x.data(), d, 0.75, qs.data(), true, a.data());
-      for (idx_t f = 0; f < d; ++f) CHECK(a[f] == 5);
+      std::vector<float> exact(d, 1.5f);
+      CHECK(ks.input_error_sq(exact.data(), d, 1.0f) == 0.0);
     }
   }
-  // DBSCAN's inner-product bounds never exceed the true smallest squared distance to a tile,
-  // and equal it where Cauchy-Schwarz is tight (so a bound too strong by any factor fails):
-  //  - tile-centre bound: the tile holds y0 = c - r c/||c||, its shortest row, and x = -s c/||c||
-  //    points along y0 - c;
-  //  - own-centre bound: x = c_a + y_top, where y_top has the largest y . c_a in the tile, so
-  //    x - c_a is parallel to y_top and as long as it.
-  {
-    std::uniform_real_distribution<double> U(0.2, 2.0);
-    auto dot = [](const std::vector<double>& a, const std::vector<double>& b) {
-      double s = 0;
-      for (std::size_t k = 0; k < a.size(); ++k) s += a[k] * b[k];
-      return s;
-    };
-    auto sqdist = [](const std::vector<double>& a, const std::vector<double>& b) {
-      double s = 0;
-      for (std::size_t k = 0; k < a.size(); ++k) s += (a[k] - b[k]) * (a[k] - b[k]);
-      return s;
-    };
-    for (int trial = 0; trial < 300; ++trial) {
-      const idx_t d = trial % 3 == 0 ? 2 : (trial % 3 == 1 ? 8 : 64);
-      const bool tight = trial % 2 == 0;
-      std::vector<double> c(d), ca(d);
-      for (auto& v : c) v = N(gen);
-      for (auto& v : ca) v = N(gen) * 0.5;
-      const double cn = std::sqrt(dot(c, c)), r = cn * U(gen) / 2.5;  // r < ||c||
-      std::vector<std::vector<double>> ys;
-      for (int j = 0; j < 20; ++j) {
-        std::vector<double> v(d);
-        for (auto& e : v) e = N(gen);
-        const double vn = std::sqrt(dot(v, v));
-        std::vector<double> y(d);
-        for (idx_t k = 0; k < d; ++k) y[k] = c[k] + r * v[k] / vn * (j % 2 ? 1.0 : U(gen) / 2.0);
-        ys.push_back(y);
-      }
-      std::vector<double> y0(d), x(d);
-      for (idx_t k = 0; k < d; ++k) y0[k] = c[k] - r * c[k] / cn;
-      ys.push_back(y0);
-      double r_tile = 0, y_min = 1e300, y_max = 0, hi = -1e300;
-      std::size_t top = 0;
-      for (std::size_t j = 0; j < ys.size(); ++j) {
-        r_tile = std::max(r_tile, std::sqrt(sqdist(ys[j], c)));
-        y_min = std::min(y_min, std::sqrt(dot(ys[j], ys[j])));
-        y_max = std::max(y_max, std::sqrt(dot(ys[j], ys[j])));
-        if (dot(ys[j], ca) > hi) hi = dot(ys[j], ca), top = j;
-      }
-      auto true_min = [&](const std::vector<double>& xv) {
-        double best = 1e300;
-        for (const auto& y : ys) best = std::min(best, sqdist(xv, y));
-        return best;
-      };
-      const double s = U(gen);
-      for (idx_t k = 0; k < d; ++k) x[k] = tight ? -s * c[k] / cn : c[k] + N(gen);
-      const double lb1 = ec::sq_lower_by_tile_centre(dot(x, x), std::sqrt(dot(x, x)), dot(x, c), r_tile, y_min);
-      const double t1 = true_min(x);
-      CHECK(lb1 <= t1 + 1e-9 * (1 + dot(x, x)));
-      if (tight) CHECK(std::fabs(lb1 - t1) <= 1e-9 * (1 + dot(x, x)));
-      for (idx_t k = 0; k < d; ++k) x[k] = tight ? ca[k] + ys[top][k] : ca[k] + N(gen) * 0.4;
-      const double lb2 = ec::sq_lower_by_own_centre(dot(x, x), std::sqrt(sqdist(x, ca)), y_min, y_max, hi);
-      const double t2 = true_min(x);
-      CHECK(lb2 <= t2 + 1e-9 * (1 + dot(x, x)));
-      if (tight) CHECK(std::fabs(lb2 - t2) <= 1e-9 * (1 + dot(x, x)));
-    }
-  }
-  // input_error_sq of a set that rounds its inputs against the portable loop (same squares,
-  // sums in another order), with and without a scale, on every tail length; and zero for
-  // values bf16 holds exactly.
-  {
-    const ec::KernelSet& ks = ec::kernels();
-    if (ks.input_error_sq) {
-      for (idx_t d : {1, 7, 15, 16, 17, 33, 384}) {
-        std::vector<float> x(d);
-        for (auto& v : x) v = N(gen);
-        for (float sc : {1.0f, 0.37f}) {
-          const double a = ks.input_error_sq(x.data(), d, sc), b = ec::input_error_sq_generic(x.data(), d, sc);
-          CHECK(std::fabs(a - b) <= 1e-12 * b);
-          CHECK(b > 0.0);
-        }
-        std::vector<float> exact(d, 1.5f);
-        CHECK(ks.input_error_sq(exact.data(), d, 1.0f) == 0.0);
-      }
-    }
-  }
-  // gemm_rows (A from row pointers, no packing) against pack + gemm: bit-identical products,
-  // with gathered and repeated rows, partial micro-tiles and depths past one cache block; and
-  // pack_rows against a one-row-wide pack.
-  {
-    const ec::KernelSet& ks = ec::kernels();
-    if (ks.gemm_rows) {
-      std::uniform_int_distribution<idx_t> pick(0, 59);
-      for (idx_t d : {1, 7, 33, 384, 1100}) {
-        const idx_t depth = ks.depth(d);
-        std::vector<float> src(60 * d);
-        for (auto& v : src) v = N(gen);
-        std::vector<float> words(ks.per_word == 1 ? 0 : 60 * depth);
-        if (ks.per_word != 1) {
-          ks.pack_rows(src.data(), 60, d, words.data());
-          ec::AlignedBuffer<float> one(static_cast<std::size_t>(60 * depth));
-          ks.pack(src.data(), d, nullptr, nullptr, 60, d, 1, one.data());
-          for (idx_t i = 0; i < 60 * depth; ++i) CHECK(std::memcmp(&words[i], one.data() + i, 4) == 0);
-        }
-        const float* base = ks.per_word == 1 ? src.data() : words.data();
-        for (idx_t m : {1, 5, 12, 13, 40}) {
-          for (idx_t nb : {3, 32, 70}) {
-            const idx_t n_pad = ec::round_up(nb, ks.nr), m_pad = ec::round_up(m, ks.mr);
-            std::vector<idx_t> rows(m), brows(nb);
-            for (auto& r : rows) r = pick(gen);
-            for (auto& r : brows) r = pick(gen);
-            ec::AlignedBuffer<float> a(static_cast<std::size_t>(m_pad * depth)), b(static_cast<std::size_t>(n_pad * depth));
-            ks.pack(src.data(), d, rows.data(), nullptr, m, d, ks.mr, a.data());
-            ks.pack(src.data(), d, brows.data(), nullptr, nb, d, ks.nr, b.data());
-            std::vector<float> c1(m_pad * n_pad), c2(m_pad * n_pad);
-            ks.gemm(a.data(), b.data(), m_pad, n_pad, depth, c1.data(), n_pad);
-            std::vector<const float*> ptrs(m_pad);
-            for (idx_t i = 0; i < m_pad; ++i) ptrs[i] = base + rows[std::min(i, m - 1)] * depth;
-            ks.gemm_rows(ptrs.data(), b.data(), m_pad, n_pad, depth, c2.data(), n_pad);
-            for (idx_t i = 0; i < m; ++i)
-              for (idx_t j = 0; j < n_pad; ++j) CHECK(std::memcmp(&c1[i * n_pad + j], &c2[i * n_pad + j], 4) == 0);
-          }
-        }
-      }
-    }
-  }
-  // pack against its definition (a one-row-wide pack gives each row's words in order): panel
-  // widths of the A and B sides and others, gathered rows, full and partial panels, depths with
-  // and without a tail.
-  {
-    const ec::KernelSet& ks = ec::kernels();
-    std::uniform_int_distribution<idx_t> pick(0, 99);
-    for (idx_t d : {1, 16, 17, 32, 46, 384}) {
+}
+
+// gemm_rows (A from row pointers, no packing) against pack + gemm: bit-identical products,
+// with gathered and repeated rows, partial micro-tiles and depths past one cache block; and
+// pack_rows against a one-row-wide pack.
+TEST_CASE(gemm_rows_equals_pack_and_gemm) {
+  std::mt19937 gen(7);
+  std::normal_distribution<float> N(0.0f, 1.0f);
+  const ec::KernelSet& ks = ec::kernels();
+  if (ks.gemm_rows) {
+    std::uniform_int_distribution<idx_t> pick(0, 59);
+    for (idx_t d : {1, 7, 33, 384, 1100}) {
       const idx_t depth = ks.depth(d);
-      std::vector<float> src(100 * d);
+      std::vector<float> src(60 * d);
       for (auto& v : src) v = N(gen);
-      ec::AlignedBuffer<float> one(static_cast<std::size_t>(100 * depth));
-      ks.pack(src.data(), d, nullptr, nullptr, 100, d, 1, one.data());
-      for (int width : {4, 8, 12, 16, 32, 6}) {
-        for (idx_t m : {4, 12, 37, 64}) {
-          std::vector<idx_t> rows(m);
+      std::vector<float> words(ks.per_word == 1 ? 0 : 60 * depth);
+      if (ks.per_word != 1) {
+        ks.pack_rows(src.data(), 60, d, words.data());
+        ec::AlignedBuffer<float> one(static_cast<std::size_t>(60 * depth));
+        ks.pack(src.data(), d, nullptr, nullptr, 60, d, 1, one.data());
+        for (idx_t i = 0; i < 60 * depth; ++i) CHECK(std::memcmp(&words[i], one.data() + i, 4) == 0);
+      }
+      const float* base = ks.per_word == 1 ? src.data() : words.data();
+      for (idx_t m : {1, 5, 12, 13, 40}) {
+        for (idx_t nb : {3, 32, 70}) {
+          const idx_t n_pad = ec::round_up(nb, ks.nr), m_pad = ec::round_up(m, ks.mr);
+          std::vector<idx_t> rows(m), brows(nb);
           for (auto& r : rows) r = pick(gen);
-          const idx_t m_pad = ec::round_up(m, width);
-          ec::AlignedBuffer<float> a(static_cast<std::size_t>(m_pad * depth));
-          ks.pack(src.data(), d, rows.data(), nullptr, m, d, width, a.data());
-          for (idx_t i = 0; i < m_pad; ++i)
-            for (idx_t q = 0; q < depth; ++q) {
-              const float* got = a.data() + (i / width) * depth * width + q * width + i % width;
-              const std::uint32_t zero = 0;
-              const void* want = i < m ? static_cast<const void*>(one.data() + rows[i] * depth + q) : &zero;
-              CHECK(std::memcmp(got, want, 4) == 0);
-            }
+          for (auto& r : brows) r = pick(gen);
+          ec::AlignedBuffer<float> a(static_cast<std::size_t>(m_pad * depth)), b(static_cast<std::size_t>(n_pad * depth));
+          ks.pack(src.data(), d, rows.data(), nullptr, m, d, ks.mr, a.data());
+          ks.pack(src.data(), d, brows.data(), nullptr, nb, d, ks.nr, b.data());
+          std::vector<float> c1(m_pad * n_pad), c2(m_pad * n_pad);
+          ks.gemm(a.data(), b.data(), m_pad, n_pad, depth, c1.data(), n_pad);
+          std::vector<const float*> ptrs(m_pad);
+          for (idx_t i = 0; i < m_pad; ++i) ptrs[i] = base + rows[std::min(i, m - 1)] * depth;
+          ks.gemm_rows(ptrs.data(), b.data(), m_pad, n_pad, depth, c2.data(), n_pad);
+          for (idx_t i = 0; i < m; ++i)
+            for (idx_t j = 0; j < n_pad; ++j) CHECK(std::memcmp(&c1[i * n_pad + j], &c2[i * n_pad + j], 4) == 0);
         }
       }
     }
   }
-  // Exceptions never cross a parallel region: parallel_for (static and dynamic schedules)
-  // rethrows the first one after the join, and the other iterations stop early.
+}
+
+// pack against its definition (a one-row-wide pack gives each row's words in order): panel
+// widths of the A and B sides and others, gathered rows, full and partial panels, depths with
+// and without a tail.
+TEST_CASE(pack_matches_its_definition) {
+  std::mt19937 gen(7);
+  std::normal_distribution<float> N(0.0f, 1.0f);
+  const ec::KernelSet& ks = ec::kernels();
+  std::uniform_int_distribution<idx_t> pick(0, 99);
+  for (idx_t d : {1, 16, 17, 32, 46, 384}) {
+    const idx_t depth = ks.depth(d);
+    std::vector<float> src(100 * d);
+    for (auto& v : src) v = N(gen);
+    ec::AlignedBuffer<float> one(static_cast<std::size_t>(100 * depth));
+    ks.pack(src.data(), d, nullptr, nullptr, 100, d, 1, one.data());
+    for (int width : {4, 8, 12, 16, 32, 6}) {
+      for (idx_t m : {4, 12, 37, 64}) {
+        std::vector<idx_t> rows(m);
+        for (auto& r : rows) r = pick(gen);
+        const idx_t m_pad = ec::round_up(m, width);
+        ec::AlignedBuffer<float> a(static_cast<std::size_t>(m_pad * depth));
+        ks.pack(src.data(), d, rows.data(), nullptr, m, d, width, a.data());
+        for (idx_t i = 0; i < m_pad; ++i)
+          for (idx_t q = 0; q < depth; ++q) {
+            const float* got = a.data() + (i / width) * depth * width + q * width + i % width;
+            const std::uint32_t zero = 0;
+            const void* want = i < m ? static_cast<const void*>(one.data() + rows[i] * depth + q) : &zero;
+            CHECK(std::memcmp(got, want, 4) == 0);
+          }
+      }
+    }
+  }
+}
+
+// Exceptions never cross a parallel region: parallel_for (static and dynamic schedules)
+// rethrows the first one after the join, and the other iterations stop early.
+TEST_CASE(parallel_for_rethrows_after_the_join) {
+  std::mt19937 gen(7);
+  std::normal_distribution<float> N(0.0f, 1.0f);
   for (int chunk : {0, 3}) {
     std::vector<int> seen(1000, 0);
     bool caught = false;
@@ -287,27 +337,29 @@ int main() {
     }
     CHECK(caught && seen[417] == 1);
   }
-  // A radius search whose results outgrow memory_limit fails with MemoryLimitError (before
-  // exceeding it), and ensure_threads accepts what it can start.
-  {
-    const idx_t n = 3000, d = 4;
-    std::vector<float> x(n * d);
-    for (auto& v : x) v = N(gen);
-    ec::RadiusParams rp;
-    rp.radius = 1e9;  // every pair: 9e6 neighbours, ~100 MiB as lists
-    rp.memory_limit = 8.0 * 1048576.0;
-    ec::RadiusResult rr;
-    ec::Cancel cancel;
-    bool limited = false;
-    try {
-      ec::radius_search(rp, x.data(), n, x.data(), n, d, rr, cancel);
-    } catch (const ec::MemoryLimitError&) {
-      limited = true;
-    }
-    CHECK(limited);
-    ec::ensure_threads(8);
-    CHECK(ec::resolve_threads(3) == 3);
-  }
-  std::printf("%s\n", failures ? "core tests FAILED" : "core tests passed");
-  return failures ? 1 : 0;
 }
+
+// A radius search whose results outgrow memory_limit fails with MemoryLimitError (before
+// exceeding it), and ensure_threads accepts what it can start.
+TEST_CASE(radius_results_are_bounded_and_threads_checked) {
+  std::mt19937 gen(7);
+  std::normal_distribution<float> N(0.0f, 1.0f);
+  const idx_t n = 3000, d = 4;
+  std::vector<float> x(n * d);
+  for (auto& v : x) v = N(gen);
+  ec::RadiusParams rp;
+  rp.radius = 1e9;  // every pair: 9e6 neighbours, ~100 MiB as lists
+  rp.memory_limit = 8.0 * 1048576.0;
+  ec::RadiusResult rr;
+  ec::Cancel cancel;
+  bool limited = false;
+  try {
+    ec::radius_search(rp, x.data(), n, x.data(), n, d, rr, cancel);
+  } catch (const ec::MemoryLimitError&) {
+    limited = true;
+  }
+  CHECK(limited);
+  ec::ensure_threads(8);
+  CHECK(ec::resolve_threads(3) == 3);
+}
+int main(int argc, char** argv) { return ec_test_main(argc, argv); }

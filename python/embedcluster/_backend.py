@@ -10,18 +10,18 @@ import logging
 import math
 import numbers
 import os
-from typing import Any, Optional
+from typing import Any, Dict, Literal, Optional, Tuple, cast
 
 import numpy as np
 
 logger = logging.getLogger("embedcluster")
 
 try:  # the compiled engine; a source tree without a build falls back to FAISS
-    from . import _core  # type: ignore[attr-defined]
+    from . import _core
 
     _CORE_ERROR: Optional[str] = None
 except ImportError as exc:  # pragma: no cover - only without a build
-    _core = None
+    _core = None  # type: ignore[assignment]
     _CORE_ERROR = str(exc)
 
 BACKENDS = ("auto", "native", "faiss")
@@ -29,7 +29,9 @@ BACKENDS = ("auto", "native", "faiss")
 # The one table of metric names: public name -> (the engine's metric, whether the distances
 # reported to the user are the square roots of the engine's values). The engine computes
 # squared Euclidean distances for "l2". Each estimator accepts the subset it supports.
-METRICS = {
+EngineMetric = Literal["l2", "ip", "cosine"]
+Precision = Literal["auto", "fp32"]
+METRICS: Dict[str, Tuple[EngineMetric, bool]] = {
     "euclidean": ("l2", True),
     "l2": ("l2", True),
     "sqeuclidean": ("l2", False),
@@ -39,7 +41,7 @@ METRICS = {
 PRECISIONS = ("auto", "fp32")
 
 
-def engine_metric(metric: str) -> str:
+def engine_metric(metric: str) -> EngineMetric:
     """The engine's name ("l2", "ip" or "cosine") of a public metric name (validated before)."""
     return METRICS[metric][0]
 
@@ -47,6 +49,11 @@ def engine_metric(metric: str) -> str:
 def reports_sqrt(metric: str) -> bool:
     """True when the user sees the square root of the engine's value (Euclidean metrics)."""
     return METRICS[metric][1]
+
+
+def precision_arg(precision: str) -> Precision:
+    """An estimator's ``precision`` (validated before) in the engine's type."""
+    return cast(Precision, precision)
 
 
 def threads_constraint() -> list:
@@ -125,7 +132,7 @@ def memory_limit_arg(memory_limit: Any) -> Any:
         value = math.inf
     if not math.isfinite(value) or not (value == 0 or value >= 1):
         raise bad
-    return int(memory_limit)
+    return math.floor(memory_limit)
 
 
 def memory_budget(memory_limit: Any) -> float:

@@ -18,7 +18,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import _faiss
 from ._backend import (BACKENDS, PRECISIONS, _core, as_matrix, as_weights, check_python_memory, engine_metric,
-                       memory_limit_arg, resolve_backend, seed_of, threads_arg, threads_constraint)
+                       memory_limit_arg, precision_arg, resolve_backend, seed_of, threads_arg, threads_constraint)
 
 # Public metric names each estimator accepts (their meaning: _backend.METRICS).
 _CLUSTER_METRICS = {"l2", "euclidean", "cosine"}
@@ -164,11 +164,14 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                     f"init has shape {init.shape} but should be (n_clusters, n_features) = ({self.n_clusters}, {d})"
                 )
         seed = seed_of(self.random_state)
+        computed: Optional[float] = None
+        movers: Optional[float] = None
         if backend == "native":
             r = _core.kmeans_fit(X, int(self.n_clusters), max_iter=int(self.max_iter), tol=float(self.tol),
                                  n_init=int(self.n_init), metric=metric, init=init, seed=seed,
-                                 sample_weight=w, n_threads=threads_arg(self.n_threads), precision=self.precision,
-                                 prune=self.prune if isinstance(self.prune, str) else bool(self.prune),
+                                 sample_weight=w, n_threads=threads_arg(self.n_threads),
+                                 precision=precision_arg(self.precision),
+                                 prune="auto" if isinstance(self.prune, str) else bool(self.prune),
                                  memory_limit=memory_limit)
             centers, labels, inertia, n_iter = r.centers, r.labels, r.inertia, r.n_iter
             computed, movers = r.computed_fraction, r.mover_fraction
@@ -176,7 +179,6 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             init_arr = None if isinstance(init, str) else init
             centers, labels, inertia, n_iter = _faiss.kmeans(X, int(self.n_clusters), int(self.max_iter),
                                                              metric, init_arr, seed, w)
-            computed = movers = None
         distinct = len(np.unique(labels))
         if distinct < self.n_clusters:
             warnings.warn(
@@ -210,7 +212,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         metric = engine_metric(self.metric)
         if self.backend_ == "native":
             return _core.kmeans_assign(self.cluster_centers_, X, metric, n_threads=threads_arg(self.n_threads),
-                                       precision=self.precision, memory_limit=memory_limit_arg(self.memory_limit))
+                                       precision=precision_arg(self.precision),
+                                       memory_limit=memory_limit_arg(self.memory_limit))
         d, i = _faiss.knn(self.cluster_centers_, X, 1, metric, exclude_self=False)
         return i[:, 0], d[:, 0]
 

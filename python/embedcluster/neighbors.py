@@ -12,7 +12,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import _faiss
 from ._backend import (BACKENDS, METRICS, PRECISIONS, _core, as_matrix, check_python_memory, engine_metric,
-                       memory_limit_arg, reports_sqrt, resolve_backend, threads_arg, threads_constraint)
+                       memory_limit_arg, precision_arg, reports_sqrt, resolve_backend, threads_arg, threads_constraint)
 
 # Python objects per query of radius_neighbors' result: two array views and two object slots.
 _RADIUS_OBJECTS_PER_QUERY = 2 * 112 + 2 * 8
@@ -123,7 +123,7 @@ class NearestNeighbors(BaseEstimator):
             dist, idx = np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
         elif self.backend_ == "native":
             dist, idx = _core.knn_search(self._fit_X, Q, int(k), metric, self_join, threads_arg(self.n_threads),
-                                         self.precision, memory_limit_arg(self.memory_limit))
+                                         precision_arg(self.precision), memory_limit_arg(self.memory_limit))
         else:
             dist, idx = _faiss.knn(self._fit_X, Q, int(k), metric, self_join)
         return (self._report(dist), idx) if return_distance else idx
@@ -153,7 +153,7 @@ class NearestNeighbors(BaseEstimator):
             ptr, ind, dist = np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
         elif self.backend_ == "native":
             ptr, ind, dist = _core.radius_search(self._fit_X, Q, float(r_engine), metric, self_join,
-                                                 threads_arg(self.n_threads), self.precision,
+                                                 threads_arg(self.n_threads), precision_arg(self.precision),
                                                  memory_limit_arg(self.memory_limit))
         else:
             ptr, ind, dist = _faiss.radius(self._fit_X, Q, float(r_engine), metric, self_join)

@@ -54,11 +54,6 @@ def _is_module(x: Any) -> bool:
     return torch is not None and isinstance(x, torch.nn.Module)
 
 
-def _is_tensor(x: Any) -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(x, torch.Tensor)
-
-
 def _is_sentence_transformer(x: Any) -> bool:
     st = sys.modules.get("sentence_transformers")
     return st is not None and isinstance(x, st.SentenceTransformer)

@@ -11,7 +11,8 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 
 from .. import _io
-from ._common import _is_module, _is_sentence_transformer, _is_tensor, _sha, _torch, best_device
+from .._io import _is_torch_tensor as _is_tensor
+from ._common import _is_module, _is_sentence_transformer, _sha, _torch, best_device
 from .cache import cache_path, read_cache, write_cache
 from .fingerprint import _array_of, _callable_identity, _module_digest, _texts_of, data_fingerprint
 from .preprocess import _default_preprocess

@@ -13,7 +13,8 @@ from typing import Any, Optional
 import numpy as np
 
 from .. import _io
-from ._common import _is_module, _is_tensor, _is_text_list, _sha, _torch
+from .._io import _is_torch_tensor as _is_tensor
+from ._common import _is_module, _is_text_list, _sha, _torch
 
 
 def _code_digest(code: types.CodeType, h: Any) -> None:

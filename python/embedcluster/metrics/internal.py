@@ -249,12 +249,12 @@ def davies_bouldin(X: ArrayLike, labels: ArrayLike, *, memory_limit: Any = None)
     # n); each row's worst ratio is kept, and whether every distance is ~0 (sklearn's rule).
     scores = np.empty(k, dtype=np.float64)
     max_cdist = 0.0
-    rows_per_block = max(1, _CHUNK_BYTES // (8 * k * (d + 4)))  # diff, then ~4 row x k temporaries
+    c_sq = np.einsum("ij,ij->i", centroids, centroids)
+    rows_per_block = max(1, _CHUNK_BYTES // (8 * k * 4))  # ~4 row x k temporaries
     for i0 in range(0, k, rows_per_block):
         blk = centroids[i0 : i0 + rows_per_block]
-        diff = blk[:, None, :] - centroids[None, :, :]
-        cd = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
-        del diff
+        cd = _distances(blk, centroids, "euclidean", c_sq)
+        cd[np.arange(blk.shape[0]), np.arange(i0, i0 + blk.shape[0])] = 0.0  # exact, as sklearn's
         max_cdist = max(max_cdist, float(np.abs(cd).max()))
         cd[cd == 0] = np.inf
         scores[i0 : i0 + blk.shape[0]] = np.max((intra[i0 : i0 + blk.shape[0], None] + intra[None, :]) / cd, axis=1)

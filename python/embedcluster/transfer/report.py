@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from .._io import atomic_write_bytes, dumps
+from ..metrics.internal import _distances
 
 logger = logging.getLogger("embedcluster")
 
@@ -132,7 +133,8 @@ def _representatives(labels_pred: np.ndarray, Z: Optional[np.ndarray], per_clust
         idx = np.flatnonzero(labels_pred == c)
         if Z is not None:
             zc = np.asarray(Z[idx], dtype=np.float64).reshape(len(idx), -1)
-            d = ((zc - zc.mean(0)) ** 2).sum(1)
+            mean = zc.mean(0, keepdims=True)
+            d = _distances(zc, mean, "sqeuclidean", np.einsum("ij,ij->i", mean, mean))[:, 0]
             idx = idx[np.argsort(d, kind="stable")]
         out[int(c)] = idx[:per_cluster]
     return out

@@ -1,0 +1,208 @@
+// The parts of k-means that its rooms share (internal to csrc/core/kmeans): the prepared data,
+// work ranges, fixed-point centre sums, pruning bounds, and the functions one room calls in another.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "../engine.hpp"
+#include "../kmeans.hpp"
+
+namespace ec {
+namespace kmeans_impl {
+
+constexpr idx_t kRangeUnit = 4096;          // rows per work range (at least)
+constexpr int kMaxRanges = 64;              // ranges at most (load balance for many threads)
+
+/// Query rows per tile for k centres: the tile of products (rows x k) stays within ~256 KiB.
+inline idx_t rows_per_tile(idx_t k_pad) {
+  idx_t r = (256 * 1024 / 4) / k_pad;
+  r = r / 12 * 12;
+  return std::max<idx_t>(12, std::min<idx_t>(144, r));
+}
+
+/// Rows [r0, r1): one unit of parallel work of a pass.
+struct Range {
+  idx_t r0, r1;
+};
+
+/// The rows of a fit and what every pass needs about them (prepare fills it).
+struct Data {
+  const float* x;
+  idx_t n, d;
+  const float* w;             // may be null
+  std::vector<double> xsq;    // ||x_i||^2
+  std::vector<double> xnorm;  // ||x_i|| (cosine)
+  std::vector<float> xerr;    // bf16 kernels: each row's rounding error (input_error), else empty
+  // x itself for fp32 sets with KernelSet::gemm_rows (gathered rows need no packing); null:
+  // pack them. (A bf16 copy for bf16 sets cost more to write than the packing it saved:
+  // 200k x 384 k=256, 0.68 s -> 0.76 s.)
+  const float* words = nullptr;
+  std::vector<double> colmax;  // per feature: max_i |x_if| * row scale (Accum's fixed-point scales)
+  double wmax = 0.0;           // max_i w_i
+  Metric metric;
+  int threads;
+  const KernelSet* ks;        // the tile kernels for this fit
+  double weight(idx_t i) const { return w ? static_cast<double>(w[i]) : 1.0; }
+};
+
+/// Centre sums in fixed point. Row i adds q_if = round(w_i' x_if * qscale_f) to its cluster's
+/// sum (w_i' = w_i, or w_i / ||x_i|| for cosine), qscale_f = 2^e_f chosen so that
+/// n * max_i |w_i' x_if| * qscale_f < 2^61: every partial sum, in any order, fits in an int64,
+/// and the rounding error of a sum is at most n * 2^-62 * max |w' x_f| (far below the float32
+/// rounding of the final centres). Weights are accumulated the same way (counts when
+/// unweighted). Each thread owns its accumulators (mod 2^64); their sum is exact.
+struct Accum {
+  idx_t k = 0, d = 0;
+  std::vector<double> qscale;   // d
+  double wscale = 1.0;
+  std::vector<std::vector<std::uint64_t>> t;  // per thread: k * d sums, then k weights
+
+  void init(const Data& D, idx_t kk) {
+    k = kk;
+    d = D.d;
+    const std::vector<double>& mx = D.colmax;  // maxima do not depend on the order
+    const double wmax = D.wmax;
+    auto pow2_below = [&](double m) {  // 2^e with static_cast<double>(n) * m * 2^e < 2^61
+      if (!(m > 0.0)) return 1.0;
+      int e = 0;
+      std::frexp(static_cast<double>(D.n) * m, &e);  // n * m < 2^e
+      return std::ldexp(1.0, std::max(-1000, std::min(1000, 61 - e)));
+    };
+    qscale.resize(static_cast<std::size_t>(d));
+    for (idx_t f = 0; f < d; ++f) qscale[f] = pow2_below(mx[f]);
+    wscale = D.w ? pow2_below(wmax) : 1.0;
+    t.assign(static_cast<std::size_t>(D.threads), std::vector<std::uint64_t>(static_cast<std::size_t>(k * d + k)));
+  }
+  static double row_scale(const Data& D, idx_t i) {
+    const double w = D.weight(i);
+    return D.metric == Metric::Cosine ? w / D.xnorm[i] : w;
+  }
+  void clear() {
+    for (auto& v : t) std::fill(v.begin(), v.end(), 0);
+  }
+  /// Adds (or removes) row i to (from) cluster c in thread tid's accumulators.
+  void add(const Data& D, const KernelSet& ks, int tid, idx_t i, idx_t c, bool subtract) {
+    std::uint64_t* a = t[static_cast<std::size_t>(tid)].data();
+    ks.accum(D.x + i * d, d, row_scale(D, i), qscale.data(), subtract, a + c * d);
+    const auto wq = static_cast<std::uint64_t>(D.w ? std::llrint(D.weight(i) * wscale) : 1);
+    a[k * d + c] = subtract ? a[k * d + c] - wq : a[k * d + c] + wq;
+  }
+  /// The exact totals, converted to fp64 (one rounding each).
+  void totals(std::vector<double>& sums, std::vector<double>& wsum, int threads) const {
+    parallel_for(threads, k, [&](idx_t c) {
+      for (idx_t f = 0; f < d; ++f) {
+        std::uint64_t s = 0;
+        for (const auto& v : t) s += v[c * d + f];
+        sums[c * d + f] = static_cast<double>(static_cast<std::int64_t>(s)) / qscale[f];
+      }
+      std::uint64_t w = 0;
+      for (const auto& v : t) w += v[k * d + c];
+      wsum[c] = static_cast<double>(static_cast<std::int64_t>(w)) / wscale;
+    });
+  }
+};
+
+/// Bounds for exact pruning of the assignment (Hamerly 2010, "Making k-means even faster"),
+/// kept in Euclidean distance: L2 uses ||x - c||, cosine the distance between the unit vectors
+/// x/||x|| and c/||c|| (so 1 - cos = D^2 / 2). Per row, u >= D(x, own centre) and l <= D(x, c_j)
+/// for every other centre j (with a mobile group: l for the stable centres, lm for the mobile
+/// ones, see below). When centres move by shift_j, u grows by the row's own centre's shift and
+/// l shrinks by the largest other shift (triangle inequality). A row whose
+/// u < max(min(l, lm), half_gap[own]) keeps its centre: every other centre is strictly farther
+/// (half_gap[a] = half the distance from centre a to its nearest other centre). Every bound
+/// carries a relative margin of 1e-9 (far above the fp64 rounding of the exact values, which
+/// is below d * 2^-53), so a row is skipped only when the exact fp64 argmin of the full pass
+/// would return the same centre: pruned and unpruned fits are bit-identical.
+struct Prune {
+  std::vector<double> u, l;      ///< per row
+  std::vector<double> shift;     ///< per centre: distance moved by the last update (upper bound)
+  std::vector<double> half_gap;  ///< per centre: lower bound of half the gap to its nearest other centre
+  double max1 = 0.0, max2 = 0.0; ///< largest and second largest shift
+  idx_t arg1 = -1;               ///< the centre with the largest shift
+  bool valid = false;            ///< u and l hold bounds (false before the first full pass)
+  idx_t rows_computed = 0;       ///< rows whose full distance row was computed (all passes)
+  // Mobile group (Yinyang with two groups, Ding et al. 2015, chosen per pass): the centres
+  // that keep moving far (a cluster split, or a centre drifting between two groups), while most
+  // have settled. l bounds the distances to the other stable centres, lm those to the other
+  // mobile ones; each shrinks by its own group's largest shift, so one centre's jump no longer
+  // defeats the test of every row. A row that fails only on lm gets its products against the
+  // mobile centres (the mover stage), which renews lm. See choose_movers.
+  std::vector<double> lm;             ///< per row: lower bound over the mobile centres (+inf: none)
+  std::vector<char> tight;            ///< per row: u comes from a product with the own centre as it is now
+  std::vector<idx_t> movers;          ///< the mobile centres this pass, ascending; empty: none
+  std::vector<std::int32_t> slot;     ///< per centre: its index in movers, or -1
+  PackedSet mv;                       ///< the mobile centres, packed (same kernel set as the centres)
+  double rest1 = 0.0, rest2 = 0.0;    ///< largest and second largest shift of a stable centre
+  idx_t rest_arg1 = -1;
+  double mob1 = 0.0, mob2 = 0.0;      ///< the same among the mobile centres
+  idx_t mob_arg1 = -1;
+  bool merge_l = false;               ///< centres left the mobile group: l = min(l, lm) first
+  bool merge_lm = false;              ///< centres joined it: lm = min(lm, l) (after merge_l)
+  int force_movers = -1;              ///< KMeansParams::movers
+  idx_t rows_movers = 0;              ///< rows whose mover products were computed (all passes)
+};
+
+constexpr double kBoundRel = 1e-9;
+
+/// fp64 rounding of a cosine value 1 - s / (||x|| ||c||) is absolute (cancellation near 1):
+/// at most about d * 2^-53; this is a generous allowance for it.
+inline double cos_abs_err(idx_t d) { return 4e-16 * static_cast<double>(d) + 1e-15; }
+
+/// Upper and lower bounds of the Euclidean distance behind a metric value f (exact fp64 value
+/// or a lower bound of it).
+inline double dist_hi(Metric m, double f, idx_t d) {
+  if (m == Metric::L2) return std::sqrt(std::max(0.0, f) * (1.0 + kBoundRel));
+  return std::sqrt(2.0 * (std::max(0.0, f) + cos_abs_err(d)) * (1.0 + kBoundRel));
+}
+inline double dist_lo(Metric m, double f, idx_t d) {
+  if (m == Metric::L2) return std::sqrt(std::max(0.0, f * (1.0 - kBoundRel)));
+  return std::sqrt(std::max(0.0, 2.0 * (f - cos_abs_err(d)) * (1.0 - kBoundRel)));
+}
+
+/// Metric value f implied by a tile value v of a row (squared norm xsq, norm xn) and the
+/// bound of its error: L2 f = v + ||x||^2; cosine f = 1 + v / ||x|| (packed centres are unit).
+inline double f_of_tile(Metric m, double v, double xsq, double xn) {
+  return m == Metric::L2 ? v + xsq : 1.0 + v / xn;
+}
+inline double f_err_of_tile(Metric m, double b, double xn) { return m == Metric::L2 ? b : b / xn; }
+
+/// Upper bound of the distance from a row to centre j, from an fp32 product and its error bound.
+inline double dist_hi_fp32(const PackedSet& cs, const Data& D, idx_t row, idx_t j) {
+  const double xn = D.metric == Metric::Cosine ? D.xnorm[row] : 0.0;
+  const double f_hi = f_of_tile(D.metric, fp32_value(cs, D.x + row * D.d, j), D.xsq[row], xn) +
+                      f_err_of_tile(D.metric, row_bound_eps(cs, D.xsq[row], eps_rel_fp32(D.d)), xn);
+  return dist_hi(D.metric, f_hi, D.d);
+}
+
+/// Splits n rows into work ranges of at least kRangeUnit rows, kMaxRanges at most.
+std::vector<Range> make_ranges(idx_t n);
+
+/// Norms, rounding errors and fixed-point maxima of the rows, with the finiteness and zero-row
+/// checks (data.cpp).
+void prepare(Data& D, const float* x, idx_t n, idx_t d, const float* w, Metric m, int threads,
+             const KernelSet* ks = nullptr);
+/// Mean per-feature variance (tol's unit) and the exact objective of labels (data.cpp).
+double mean_variance(const Data& D);
+double objective(const Data& D, const float* centers, const std::vector<idx_t>& labels);
+
+/// One assignment pass (assign.cpp); returns how many labels changed.
+idx_t assign_pass(const PackedSet& cs, const Data& D, idx_t* labels, float* mind, Accum* acc, bool acc_full,
+                  const std::vector<Range>& ranges, Cancel& cancel, Prune* pr = nullptr);
+
+/// Pruning state between passes (prune.cpp).
+void centre_half_gaps(const PackedSet& cs, const Data& D, std::vector<double>& out);
+void centre_shifts(const Data& D, const std::vector<float>& oldc, const std::vector<float>& newc, idx_t k, Prune& pr);
+void choose_movers(const PackedSet& cs, const Data& D, const idx_t* labels, idx_t k, Prune& pr);
+
+/// Initial centres: k-means++, random rows or k-means|| (init.cpp).
+void seed_centers(const KMeansParams& p, const Data& D, std::uint64_t seed, float* out, Cancel& cancel);
+
+/// One full k-means run from the given initial centres (lloyd.cpp).
+void lloyd(const KMeansParams& p, const Data& D, std::vector<float>& centers, KMeansResult& res, Cancel& cancel);
+
+}  // namespace kmeans_impl
+}  // namespace ec

@@ -1,0 +1,166 @@
+// Lloyd iterations: fused assignment and fixed-point accumulation, empty-cluster repair, convergence.
+#include "internal.hpp"
+
+#include <cstring>
+#include <numeric>
+
+namespace ec {
+namespace kmeans_impl {
+namespace {
+
+/// Empty clusters take the rows farthest from their centres (ties: lower index), which are
+/// moved out of their old clusters' sums, as scikit-learn does; labels follow at the next
+/// assignment. Returns how many clusters were repaired.
+int repair_empty_clusters(const Data& D, const PackedSet& cs, const std::vector<idx_t>& labels,
+                          std::vector<float>& mind, std::vector<double>& sums, std::vector<double>& wsum, idx_t k) {
+  const idx_t n = D.n, d = D.d;
+  int repaired = 0;
+  std::vector<idx_t> empty;
+  for (idx_t c = 0; c < k; ++c)
+    if (wsum[c] <= 0.0) empty.push_back(c);
+  if (!empty.empty()) {
+    // Exact distances of every row to the centre it was assigned to (rare: only here).
+    parallel_for(D.threads, n, [&](idx_t i) {
+      mind[i] = static_cast<float>(std::max(0.0, exact_value(D.metric, D.x + i * d, cs.row(labels[i]), d,
+                                                             D.metric == Metric::Cosine ? D.xnorm[i] : 0.0,
+                                                             cs.norm[labels[i]])));
+    });
+    std::vector<idx_t> order(static_cast<std::size_t>(n));
+    std::iota(order.begin(), order.end(), idx_t{0});
+    const std::size_t ne = std::min<std::size_t>(empty.size(), order.size());
+    std::partial_sort(order.begin(), order.begin() + ne, order.end(), [&](idx_t a, idx_t b) {
+      return mind[a] != mind[b] ? mind[a] > mind[b] : a < b;
+    });
+    for (std::size_t e = 0; e < ne; ++e) {
+      const idx_t row = order[e], to = empty[e], from = labels[row];
+      const double wi = D.weight(row);
+      if (wi <= 0.0) continue;
+      const double sc = D.metric == Metric::Cosine ? wi / D.xnorm[row] : wi;
+      for (idx_t f = 0; f < d; ++f) {
+        const double v = sc * D.x[row * d + f];
+        sums[from * d + f] -= v;
+        sums[to * d + f] = v;
+      }
+      wsum[from] -= wi;
+      wsum[to] = wi;
+      ++repaired;
+    }
+  }
+  return repaired;
+}
+
+/// The new centres from the sums (cosine: the sums' directions); a cluster still empty keeps
+/// its centre. Returns the total squared shift.
+double update_centres(const Data& D, const std::vector<float>& centers, const std::vector<double>& sums,
+                      const std::vector<double>& wsum, std::vector<float>& next, idx_t k) {
+  const idx_t d = D.d;
+  double shift = 0.0;
+  for (idx_t c = 0; c < k; ++c) {
+    float* nc = next.data() + c * d;
+    if (wsum[c] <= 0.0) {  // still empty (all weights zero): keep the old centre
+      std::memcpy(nc, centers.data() + c * d, sizeof(float) * d);
+      continue;
+    }
+    if (D.metric == Metric::Cosine) {
+      double nn = 0.0;
+      for (idx_t f = 0; f < d; ++f) nn += sums[c * d + f] * sums[c * d + f];
+      nn = std::sqrt(nn);
+      for (idx_t f = 0; f < d; ++f)
+        nc[f] = nn > 0.0 ? static_cast<float>(sums[c * d + f] / nn) : centers[c * d + f];
+    } else {
+      for (idx_t f = 0; f < d; ++f) nc[f] = static_cast<float>(sums[c * d + f] / wsum[c]);
+    }
+    for (idx_t f = 0; f < d; ++f) {
+      const double t = static_cast<double>(nc[f]) - centers[c * d + f];
+      shift += t * t;
+    }
+  }
+  return shift;
+}
+
+}  // namespace
+
+/// One full k-means run from the given initial centres.
+void lloyd(const KMeansParams& p, const Data& D, std::vector<float>& centers, KMeansResult& res,
+           Cancel& cancel) {
+  const idx_t n = D.n, d = D.d, k = p.k;
+  const auto ranges = make_ranges(n);
+  Accum acc;
+  acc.init(D, k);
+  const double tol_abs = p.tol > 0.0 ? p.tol * mean_variance(D) : 0.0;
+  std::vector<idx_t> labels(static_cast<std::size_t>(n), -1);
+  idx_t changed = n;  // labels changed by the last pass
+  std::vector<float> mind(static_cast<std::size_t>(n));
+  std::vector<double> sums(static_cast<std::size_t>(k * d)), wsum(static_cast<std::size_t>(k));
+  std::vector<float> next(static_cast<std::size_t>(k * d));
+  PackedSet cs;
+  bool strict = false;
+  int it = 0;
+  int repaired = 0;
+  int passes = 0;
+  const bool use_prune = p.prune == 1 || (p.prune < 0 && k >= kPruneMinK);
+  Prune pr;
+  if (use_prune) {
+    pr.force_movers = p.movers;
+    pr.u.resize(static_cast<std::size_t>(n));
+    pr.l.resize(static_cast<std::size_t>(n));
+    pr.lm.resize(static_cast<std::size_t>(n));
+    pr.tight.assign(static_cast<std::size_t>(n), 0);
+  }
+  auto pass = [&](bool accumulate) {
+    pack_set(cs, centers.data(), k, d, D.metric, nullptr, D.threads, D.ks);
+    if (use_prune && pr.valid) {
+      centre_half_gaps(cs, D, pr.half_gap);
+      choose_movers(cs, D, labels.data(), k, pr);
+      if (!pr.movers.empty())
+        pack_set(pr.mv, centers.data(), static_cast<idx_t>(pr.movers.size()), d, D.metric, pr.movers.data(),
+                 D.threads, D.ks);
+    }
+    const bool full = !use_prune || !pr.valid;  // pruned passes update the sums of moved rows only
+    if (accumulate && full) acc.clear();
+    // A final pass without accumulation may change labels; its sums are not used afterwards.
+    changed = assign_pass(cs, D, labels.data(), nullptr, accumulate ? &acc : nullptr, full, ranges, cancel,
+                use_prune ? &pr : nullptr);
+    ++passes;
+  };
+  if (D.metric == Metric::Cosine) {
+    for (idx_t c = 0; c < k; ++c) {
+      const double nn = std::sqrt(sqnorm(centers.data() + c * d, d));
+      if (nn == 0.0) fail("initial centre " + std::to_string(c) + " has zero norm (cosine metric)");
+      for (idx_t f = 0; f < d; ++f) centers[c * d + f] = static_cast<float>(centers[c * d + f] / nn);
+    }
+  }
+  for (it = 0; it < p.max_iter; ++it) {
+    pass(true);
+    acc.totals(sums, wsum, D.threads);
+    repaired += repair_empty_clusters(D, cs, labels, mind, sums, wsum, k);
+    const double shift = update_centres(D, centers, sums, wsum, next, k);
+    if (use_prune) centre_shifts(D, centers, next, k, pr);
+    centers.swap(next);
+    if (changed == 0) {
+      strict = true;
+      ++it;
+      break;
+    }
+    if (shift <= tol_abs) {
+      ++it;
+      break;
+    }
+  }
+  if (!strict) {
+    // Labels must match the final centres: one more assignment without an update.
+    pass(false);
+  }
+  res.centers = centers;
+  res.labels = std::move(labels);
+  res.inertia = objective(D, res.centers.data(), res.labels);
+  res.n_iter = std::min(it, p.max_iter);
+  res.n_empty_repaired = repaired;
+  res.computed_fraction =
+      use_prune ? static_cast<double>(pr.rows_computed) / (static_cast<double>(n) * std::max(1, passes)) : 1.0;
+  res.mover_fraction =
+      use_prune ? static_cast<double>(pr.rows_movers) / (static_cast<double>(n) * std::max(1, passes)) : 0.0;
+}
+
+}  // namespace kmeans_impl
+}  // namespace ec

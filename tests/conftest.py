@@ -26,6 +26,30 @@ from embedcluster import _core
 
 METRICS = ("l2", "ip", "cosine")
 
+# ----------------------------------------------------------------------------- speed tiers
+# The default run (pyproject's addopts: -m "not slow") is the fast tier; `-m slow` runs the rest.
+# A test file marks its own slow tests with @pytest.mark.slow. The tests below live in files
+# whose owners keep them as they are; they join the slow tier here, by node id (parameters
+# included or not), each with the reason.
+SLOW_TESTS = {
+    # Seven CLI processes in a row (embed, cluster, evaluate, probe, run, predict), each starting
+    # Python with torch: the whole transfer chain end to end. The CLI contract (errors, help,
+    # config checks) stays in the fast tier.
+    "tests/test_cli.py::test_cli_chain_embed_cluster_evaluate_probe_run_predict":
+        "the whole CLI chain in subprocesses",
+    # Pretrains an encoder, fits two pipelines and writes the HTML report: the full demo.
+    "tests/test_cli.py::test_demo_transfer_story": "the full demo in a subprocess",
+    # A full `embedcluster run` from a config file (embedding, clustering, probe, save).
+    "tests/test_cli.py::test_cli_run_from_config_file": "a full run in a subprocess",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before the -m selection reads the markers
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid in SLOW_TESTS or item.nodeid.split("[")[0] in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(params=_core.build_info()["kernels_available"])
 def kernel_set(request):

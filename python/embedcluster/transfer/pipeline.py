@@ -25,7 +25,8 @@ from .._io import (POINTER_NAME, load_json, load_safetensors, read_snapshot, sav
 logger = logging.getLogger("embedcluster")
 
 FORMAT = "embedcluster-pipeline"
-VERSION = 2
+# 3: array checksums are _io.sha256_array's ("array|shape|dtype|" and little-endian bytes).
+VERSION = 3
 PathLike = Union[str, os.PathLike]
 
 

@@ -284,15 +284,15 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   std::vector<float> centre_f(static_cast<std::size_t>(T * d));
   for (idx_t i = 0; i < T * d; ++i) centre_f[i] = static_cast<float>(L.center[i]);
   pack_set(centres, centre_f.data(), T, d, Metric::L2, nullptr, threads, &ks);
-  const double slack_rel = 4.0 * centres.eps + 1e-6;
+  const double slack_rel = 4.0 * centres.rel_err + 1e-6;
   double xmax = 1.0;
   if (!cos) xmax = *std::max_element(xnorm.begin(), xnorm.end());
-  // Rounding of one product x . c_J, taken twice as a margin: fp32, at most eps ||x|| ||c_J||
-  // (engine.hpp; for cosine the product of unit x, whose extra rounding the eps margin
+  // Rounding of one product x . c_J, taken twice as a margin: fp32, at most rel_err ||x|| ||c_J||
+  // (engine.hpp; for cosine the product of unit x, whose extra rounding the rel_err margin
   // covers); bf16, from the actual rounding errors as in row_bound_in (for cosine relative to
   // ||x||, as the products are divided by it).
   const double cmax = std::sqrt(centres.max_sqnorm);
-  const double slack_s = 2.0 * centres.eps * xmax * cmax + 1e-30;  // fp32 products
+  const double slack_s = 2.0 * centres.rel_err * xmax * cmax + 1e-30;  // fp32 products
   double slack_t = slack_s;                                           // table products
   bool table_bf16 = false;
   if (kt.input_rel > 0.0) {
@@ -301,7 +301,7 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
     for (idx_t i = 0; i < n; ++i) rmax = std::max(rmax, cos ? xerr[i] / xnorm[i] : static_cast<double>(xerr[i]));
     const double grow = 1.0 + 0x1p-8;
     const double slack_bf = 2.0 * ((rmax * cmax + xmax * tcentres.in_err_max) * grow * (1.0 + 1e-6) +
-                                   eps_rel_fp32(d) * xmax * cmax) + 1e-30;
+                                   fp32_rel_err(d) * xmax * cmax) + 1e-30;
     // The table takes the kernels' own (bf16) products where their rounding is small next to
     // eps (twice as fast; 100k x 384: table 0.12 s -> 0.05 s), else fp32 (data far from the
     // origin, where the rounding of x . c grows).
@@ -545,7 +545,7 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
         const idx_t ri = s.rows[i];
         const double thr = cos ? -(1.0 - p.eps) * xnorm[ri] : r_metric - xsq[ri];
         const float bnd = row_bound_in(set, xsq[ri], xerr.empty() ? 0.0 : xerr[ri]);
-        const double bnd32 = narrow ? row_bound_eps(set, xsq[ri], eps_rel_fp32(d)) : 0.0;
+        const double bnd32 = narrow ? row_bound_rel(set, xsq[ri], fp32_rel_err(d)) : 0.0;
         const idx_t cnt = kt.row_filter(s.c.data() + (i - i0) * kTile, set.add.data() + b * kTile, set.mul,
                                         kTile, static_cast<float>(thr) + bnd, s.idx.data(), s.val.data());
         for (idx_t t = 0; t < cnt; ++t) {

@@ -197,7 +197,7 @@ void pack_set(PackedSet& out, const float* y, idx_t n, idx_t d, Metric m, const 
   out.rows = rows;
   out.mul = m == Metric::L2 ? -2.0f : -1.0f;
   out.panels.resize(static_cast<std::size_t>(out.n_pad * ks.depth(d)));
-  out.eps = eps_rel(d, ks);
+  out.rel_err = tile_rel_err(d, ks);
   out.ks = &ks;
   out.add.resize(static_cast<std::size_t>(out.n_pad));
   out.norm.assign(static_cast<std::size_t>(n), 0.0);

@@ -9,18 +9,18 @@
 // <= gamma_{2d} ||x|| ||y||, gamma_m = m u / (1 - m u), u = 2^-24. Since 2||x|| ||y|| <=
 // ||x||^2 + ||y||^2 and the norms and the final multiply-add each add at most a few units of
 // roundoff relative to ||x||^2 + ||y||^2:
-//     |v - v_exact| <= B(x) = eps_rel(d) * (||x||^2 + max_j ||y_j||^2),
-//     eps_rel(d) = (4 d + 32) u       (a safe over-estimate of gamma_{2d} + 8u).
-// For the inner product (mul = -1, add = 0) |v - v_exact| <= eps_rel ||x|| max_j ||y_j||, and
-// for cosine the packed rows are unit vectors, so the bound is eps_rel ||x|| (1 + 4u).
+//     |v - v_exact| <= B(x) = rel_err(d) * (||x||^2 + max_j ||y_j||^2),
+//     rel_err(d) = (4 d + 32) u       (a safe over-estimate of gamma_{2d} + 8u).
+// For the inner product (mul = -1, add = 0) |v - v_exact| <= rel_err ||x|| max_j ||y_j||, and
+// for cosine the packed rows are unit vectors, so the bound is rel_err ||x|| (1 + 4u).
 // A kernel that rounds its inputs (bf16) adds 2 * input_rel * ||x|| ||y|| to the dot product's
-// error, which eps_rel(d, kernels) includes.
+// error, which tile_rel_err(d, kernels) includes.
 // Hence a decision can differ from the exact one only for candidates whose approximate values
 // lie within 2B of the decision threshold (the best value for argmin, the k-th best for top-k,
 // the radius for eps); exactly those candidates are re-evaluated in fp64 from the original
 // float32 inputs. Results are therefore those of an fp64 brute force on the fp32 data (ties
 // broken by the lower index), whatever kernel computed the tiles. A kernel with a larger error
-// (bf16) only changes eps_rel.
+// (bf16) only changes rel_err.
 #pragma once
 
 #include <algorithm>
@@ -36,7 +36,7 @@
 namespace ec {
 
 /// Relative error bound of a tile value for vectors of dimension d (see the file comment).
-inline double eps_rel(idx_t d, const KernelSet& ks) {
+inline double tile_rel_err(idx_t d, const KernelSet& ks) {
   // fp32 accumulation of d products, plus the rounding of both inputs when the kernel packs
   // them in a narrower type (bf16 keeps 8 significant bits: each value within a relative
   // 2^-8, so each product within 2 * 2^-8 + 2^-16 of the exact one).
@@ -107,7 +107,7 @@ struct PackedSet {
   AlignedBuffer<float> panels;  ///< n_pad * depth(d) words, panels of kernels().nr rows
   AlignedBuffer<float> add;     ///< per row: ||y||^2 (L2) or 0; +inf for padding rows
   float mul = -2.0f;            ///< multiplier of the dot product in a tile value
-  double eps = 0.0;             ///< eps_rel of the kernel set that packed it
+  double rel_err = 0.0;         ///< relative error bound of its tile values (tile_rel_err of the kernel set that packed it)
   const KernelSet* ks = nullptr;  ///< the kernel set that packed it (products must use the same)
   double max_sqnorm = 0.0;      ///< max ||y||^2 over packed rows (1 for cosine)
   std::vector<double> norm;     ///< ||y|| of the original rows, fp64 (for exact re-checks)
@@ -175,8 +175,8 @@ void select_exact(RowCands& rc, int k, const float* x, double xnorm, const Packe
                   std::vector<std::pair<double, idx_t>>& scratch, double* out_val, idx_t* out_idx);
 
 /// Window half-width B(x) for a query row with squared norm xsq against `set`, for products
-/// with relative error bound e (set.eps for the set's tiles).
-inline float row_bound_eps(const PackedSet& set, double xsq, double e) {
+/// with relative error bound e (set.rel_err for the set's tiles).
+inline float row_bound_rel(const PackedSet& set, double xsq, double e) {
   double b;
   if (set.metric == Metric::L2)
     b = e * (xsq + set.max_sqnorm);
@@ -189,10 +189,10 @@ inline float row_bound_eps(const PackedSet& set, double xsq, double e) {
 }
 
 /// Window half-width B(x) of the set's tile values.
-inline float row_bound(const PackedSet& set, double xsq) { return row_bound_eps(set, xsq, set.eps); }
+inline float row_bound(const PackedSet& set, double xsq) { return row_bound_rel(set, xsq, set.rel_err); }
 
 /// The relative error bound of an fp32 product of length d (KernelSet::dot or fp32 tiles).
-inline double eps_rel_fp32(idx_t d) { return (4.0 * static_cast<double>(d) + 32.0) * 0x1p-24; }
+inline double fp32_rel_err(idx_t d) { return (4.0 * static_cast<double>(d) + 32.0) * 0x1p-24; }
 
 /// ||x' - round(x')|| for x' = x * scale (float products, as the packers compute them) and
 /// round the rounding of the kernel set `ks` (bf16), in fp64 and rounded up: the rounding error
@@ -217,11 +217,11 @@ inline float row_bound_in(const PackedSet& set, double xsq, double e_x) {
   const double m = std::sqrt(set.max_sqnorm) * grow;
   const double in = e_x * m + std::sqrt(xsq) * grow * set.in_err_max;
   const double c = set.metric == Metric::L2 ? 2.0 : 1.0;
-  return row_bound_eps(set, xsq, eps_rel_fp32(set.d)) + static_cast<float>(c * in * (1.0 + 1e-6));
+  return row_bound_rel(set, xsq, fp32_rel_err(set.d)) + static_cast<float>(c * in * (1.0 + 1e-6));
 }
 
 /// The tile-form value (add[j] + mul * x.y_j) of row j of `set` from an fp32 product
-/// (KernelSet::dot) instead of the packed tile; its error is within row_bound_eps(.., eps_rel_fp32).
+/// (KernelSet::dot) instead of the packed tile; its error is within row_bound_rel(.., fp32_rel_err).
 inline double fp32_value(const PackedSet& set, const float* x, idx_t j) {
   const double dt = set.ks->dot(x, set.row(j), set.d);
   return set.metric == Metric::L2       ? static_cast<double>(set.add.data()[j]) - 2.0 * dt
@@ -235,7 +235,7 @@ inline double fp32_value(const PackedSet& set, const float* x, idx_t j) {
 /// best survives (same argument as for the tiles). Returns the new count.
 inline idx_t narrow_fp32(const PackedSet& set, const float* x, double xsq, std::int32_t* idx, idx_t cnt,
                          double* scratch) {
-  const double b32 = row_bound_eps(set, xsq, eps_rel_fp32(set.d));
+  const double b32 = row_bound_rel(set, xsq, fp32_rel_err(set.d));
   double best = std::numeric_limits<double>::infinity();
   for (idx_t t = 0; t < cnt; ++t) {
     const double v = fp32_value(set, x, idx[t]);

@@ -174,7 +174,7 @@ inline double f_err_of_tile(Metric m, double b, double xn) { return m == Metric:
 inline double dist_hi_fp32(const PackedSet& cs, const Data& D, idx_t row, idx_t j) {
   const double xn = D.metric == Metric::Cosine ? D.xnorm[row] : 0.0;
   const double f_hi = f_of_tile(D.metric, fp32_value(cs, D.x + row * D.d, j), D.xsq[row], xn) +
-                      f_err_of_tile(D.metric, row_bound_eps(cs, D.xsq[row], eps_rel_fp32(D.d)), xn);
+                      f_err_of_tile(D.metric, row_bound_rel(cs, D.xsq[row], fp32_rel_err(D.d)), xn);
   return dist_hi(D.metric, f_hi, D.d);
 }
 

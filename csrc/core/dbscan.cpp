@@ -214,17 +214,17 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   // bf16's wider error they pruned far less (eps=1.1 on 50k x 384: 65% of tile pairs computed
   // instead of 16%). The pair tiles use the process's kernels (bf16 where available); their
   // wider eps band is narrowed with fp32 products before the fp64 re-check.
-  const KernelSet& ks = fp32_variant(kernels());  // bounds
-  const KernelSet& kt = kernels();                // pair tiles
+  const KernelSet& bound_kernels = fp32_variant(kernels());  // bounds
+  const KernelSet& pair_kernels = kernels();                // pair tiles
   const bool cos = p.metric == Metric::Cosine;
   // Working memory without the optional projection table: per row (norms, partition, layout,
   // counts, flags, union-find, labels), the packed copies, the tiles' balls and partner lists,
   // and per-thread tiles. Tiles are estimated as 1.25 n / kTile plus one per coarse cluster.
   const double t_est = 1.25 * static_cast<double>(n) / kTile + std::min(4096.0, static_cast<double>(n) / (2 * kTile)) + 1.0;
   const double base = 100.0 * static_cast<double>(n) +
-                      t_est * kTile * (static_cast<double>(kt.depth(d)) * 4.0 + 16.0) +
+                      t_est * kTile * (static_cast<double>(pair_kernels.depth(d)) * 4.0 + 16.0) +
                       t_est * (static_cast<double>(d) * 16.0 + 24.0 + 64.0 * 9.0) +
-                      threads * static_cast<double>(kTile) * (static_cast<double>(ks.depth(d)) + kTile + t_est) * 4.0;
+                      threads * static_cast<double>(kTile) * (static_cast<double>(bound_kernels.depth(d)) + kTile + t_est) * 4.0;
   check_memory(base, p.memory_limit, "DBSCAN on " + std::to_string(n) + " x " + std::to_string(d));
 
   std::vector<double> xsq(static_cast<std::size_t>(n)), xnorm(static_cast<std::size_t>(n));
@@ -239,11 +239,11 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
         fail("row " + std::to_string(i) + " has zero norm; the cosine metric is undefined for it");
 
   std::vector<float> cdist;
-  const auto lab = coarse_labels(p, x, n, d, threads, cdist, kt, cancel);  // exact on any kernels
+  const auto lab = coarse_labels(p, x, n, d, threads, cdist, pair_kernels, cancel);  // exact on any kernels
   const Layout L = make_layout(p, x, n, d, lab, cdist, xnorm, threads);
   const idx_t T = L.ntiles;
   PackedSet set;
-  pack_set(set, x, T * kTile, d, p.metric, L.slot_rows.data(), threads, &kt);
+  pack_set(set, x, T * kTile, d, p.metric, L.slot_rows.data(), threads, &pair_kernels);
   for (idx_t t = 0; t < T; ++t)
     for (idx_t s = L.count[t]; s < kTile; ++s)
       set.add.data()[t * kTile + s] = std::numeric_limits<float>::infinity();
@@ -269,13 +269,13 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   // Each row's bf16 rounding error, for the per-row bounds of bf16 products (row_bound_in):
   // the packed set's own for L2 (its slots are the rows, unscaled), recomputed for cosine
   // (the set holds unit rows, the products take the rows as they are).
-  std::vector<float> xerr(kt.input_rel > 0.0 ? static_cast<std::size_t>(n) : 0);
+  std::vector<float> xerr(pair_kernels.input_rel > 0.0 ? static_cast<std::size_t>(n) : 0);
   if (!xerr.empty()) {
     if (!cos) {
       for (idx_t t = 0; t < T; ++t)
         for (idx_t i = 0; i < L.count[t]; ++i) xerr[L.slot_rows[t * kTile + i]] = set.in_err[t * kTile + i];
     } else {
-      parallel_for(threads, n, [&](idx_t i) { xerr[i] = static_cast<float>(input_error(kt, x + i * d, d) * (1.0 + 1e-6)); });
+      parallel_for(threads, n, [&](idx_t i) { xerr[i] = static_cast<float>(input_error(pair_kernels, x + i * d, d) * (1.0 + 1e-6)); });
     }
   }
   // Ball centres packed for fp32 products (a tile's rows with its partners' centres: the
@@ -283,7 +283,7 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   PackedSet centres, tcentres;
   std::vector<float> centre_f(static_cast<std::size_t>(T * d));
   for (idx_t i = 0; i < T * d; ++i) centre_f[i] = static_cast<float>(L.center[i]);
-  pack_set(centres, centre_f.data(), T, d, Metric::L2, nullptr, threads, &ks);
+  pack_set(centres, centre_f.data(), T, d, Metric::L2, nullptr, threads, &bound_kernels);
   const double slack_rel = 4.0 * centres.rel_err + 1e-6;
   double xmax = 1.0;
   if (!cos) xmax = *std::max_element(xnorm.begin(), xnorm.end());
@@ -295,8 +295,8 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   const double slack_s = 2.0 * centres.rel_err * xmax * cmax + 1e-30;  // fp32 products
   double slack_t = slack_s;                                           // table products
   bool table_bf16 = false;
-  if (kt.input_rel > 0.0) {
-    pack_set(tcentres, centre_f.data(), T, d, Metric::L2, nullptr, threads, &kt);
+  if (pair_kernels.input_rel > 0.0) {
+    pack_set(tcentres, centre_f.data(), T, d, Metric::L2, nullptr, threads, &pair_kernels);
     double rmax = 0.0;
     for (idx_t i = 0; i < n; ++i) rmax = std::max(rmax, cos ? xerr[i] / xnorm[i] : static_cast<double>(xerr[i]));
     const double grow = 1.0 + 0x1p-8;
@@ -308,8 +308,8 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
     table_bf16 = 4.0 * slack_bf <= 0.05 * reach * reach;
     if (table_bf16) slack_t = slack_bf;
   }
-  const PackedSet& tc = table_bf16 ? tcentres : centres;
-  const KernelSet& tk = table_bf16 ? kt : ks;
+  const PackedSet& table_centres = table_bf16 ? tcentres : centres;
+  const KernelSet& table_kernels = table_bf16 ? pair_kernels : bound_kernels;
   // The projection table (lo, hi, sep below: 16 bytes per pair of tiles), skipped if too large.
   const double table = static_cast<double>(T) * T * 16.0;
   const bool project = p.prune && table <= 1024.0e6 && (p.memory_limit <= 0.0 || base + table <= p.memory_limit);
@@ -318,21 +318,21 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   // Optional, like the projection table: dropped (rows packed per product instead) when it
   // would not fit the memory limit.
   std::vector<float> xw_bf;
-  const double words_copy = static_cast<double>(n) * kt.depth(d) * 4.0;  // bf16: half the input
-  const bool rows_copy = kt.gemm_rows && kt.per_word != 1 &&
+  const double words_copy = static_cast<double>(n) * pair_kernels.depth(d) * 4.0;  // bf16: half the input
+  const bool rows_copy = pair_kernels.gemm_rows && pair_kernels.per_word != 1 &&
                          (p.memory_limit <= 0.0 || base + (project ? table : 0.0) + words_copy <= p.memory_limit);
   if (rows_copy) {
-    xw_bf.resize(static_cast<std::size_t>(n * kt.depth(d)));
+    xw_bf.resize(static_cast<std::size_t>(n * pair_kernels.depth(d)));
     parallel_for(threads, (n + 255) / 256, [&](idx_t b) {
       const idx_t i0 = b * 256;
-      kt.pack_rows(x + i0 * d, std::min<idx_t>(256, n - i0), d, xw_bf.data() + i0 * kt.depth(d));
+      pair_kernels.pack_rows(x + i0 * d, std::min<idx_t>(256, n - i0), d, xw_bf.data() + i0 * pair_kernels.depth(d));
     });
   }
   // The product of rows `rows[0..m)` with the packed panels `b` (n_pad columns) into c.
   auto gather_gemm = [&](const KernelSet& k, const idx_t* rows, idx_t m, const float* b, idx_t n_pad,
                          TileScratch& s, float* c, idx_t ldc) {
     const idx_t m_pad = round_up(m, k.mr);
-    if (k.gemm_rows && (k.per_word == 1 || (&k == &kt && rows_copy))) {
+    if (k.gemm_rows && (k.per_word == 1 || (&k == &pair_kernels && rows_copy))) {
       const float* base = k.per_word == 1 ? x : xw_bf.data();
       const idx_t stride = k.depth(d);
       for (idx_t i = 0; i < m_pad; ++i) s.ptrs[i] = base + rows[std::min(i, m - 1)] * stride;
@@ -344,7 +344,7 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   };
   auto init_scratch = [&](TileScratch& s) {
     s.ptrs.resize(kTile);
-    s.a.resize(static_cast<std::size_t>(kTile * std::max(ks.depth(d), kt.depth(d))));
+    s.a.resize(static_cast<std::size_t>(kTile * std::max(bound_kernels.depth(d), pair_kernels.depth(d))));
     s.c.resize(static_cast<std::size_t>(kTile * kTile));
     s.p.resize(static_cast<std::size_t>(kTile * std::max(centres.n_pad, tcentres.n_pad)));
     s.idx.resize(kTile);
@@ -376,13 +376,13 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
       for (idx_t t = 0; t < T; ++t) {
         if (err.failed() || cancel.poll()) continue;
         err.run([&] {
-          centre_products(t, tc, s, tk);
+          centre_products(t, table_centres, s, table_kernels);
           float* lo_t = lo.data() + t * T;
           float* hi_t = hi.data() + t * T;
           std::fill(lo_t, lo_t + T, std::numeric_limits<float>::infinity());
           std::fill(hi_t, hi_t + T, -std::numeric_limits<float>::infinity());
           for (idx_t i = 0; i < L.count[t]; ++i) {  // row by row: contiguous, vectorised
-            const float* v = s.p.data() + i * tc.n_pad;
+            const float* v = s.p.data() + i * table_centres.n_pad;
             for (idx_t j = 0; j < T; ++j) {
               lo_t[j] = std::min(lo_t[j], v[j]);
               hi_t[j] = std::max(hi_t[j], v[j]);
@@ -465,8 +465,8 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   // The centres of tile a's partners (partners[a][0] is a itself), packed: the passes need
   // only these columns of the products, not all T.
   auto partner_products = [&](idx_t a, PackedSet& cs, TileScratch& s) {
-    pack_set(cs, centre_f.data(), static_cast<idx_t>(partners[a].size()), d, Metric::L2, partners[a].data(), 1, &ks);
-    centre_products(a, cs, s, ks);
+    pack_set(cs, centre_f.data(), static_cast<idx_t>(partners[a].size()), d, Metric::L2, partners[a].data(), 1, &bound_kernels);
+    centre_products(a, cs, s, bound_kernels);
   };
 
   // Rows of tile a that may have a neighbour in tile b (the bounds above, per row). cdots:
@@ -534,19 +534,19 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
                          auto&& on_pair, auto&& stop) {
     const idx_t na = static_cast<idx_t>(act.size());
     for (idx_t i = 0; i < na; ++i) s.rows[i] = L.slot_rows[a * kTile + act[i]];
-    const bool narrow = kt.input_rel > 0.0;
+    const bool narrow = pair_kernels.input_rel > 0.0;
     const idx_t step = chunk > 0 ? chunk : na;
     for (idx_t i0 = 0; i0 < na; i0 += step) {
       if (i0 > 0 && stop()) return;
       const idx_t m = std::min(step, na - i0);
-      gather_gemm(kt, s.rows.data() + i0, m, set.panels.data() + b * kTile * kt.depth(d), kTile, s, s.c.data(),
+      gather_gemm(pair_kernels, s.rows.data() + i0, m, set.panels.data() + b * kTile * pair_kernels.depth(d), kTile, s, s.c.data(),
                   kTile);
       for (idx_t i = i0; i < i0 + m; ++i) {
         const idx_t ri = s.rows[i];
         const double thr = cos ? -(1.0 - p.eps) * xnorm[ri] : r_metric - xsq[ri];
         const float bnd = row_bound_in(set, xsq[ri], xerr.empty() ? 0.0 : xerr[ri]);
         const double bnd32 = narrow ? row_bound_rel(set, xsq[ri], fp32_rel_err(d)) : 0.0;
-        const idx_t cnt = kt.row_filter(s.c.data() + (i - i0) * kTile, set.add.data() + b * kTile, set.mul,
+        const idx_t cnt = pair_kernels.row_filter(s.c.data() + (i - i0) * kTile, set.add.data() + b * kTile, set.mul,
                                         kTile, static_cast<float>(thr) + bnd, s.idx.data(), s.val.data());
         for (idx_t t = 0; t < cnt; ++t) {
           const idx_t jj = s.idx[t];

@@ -11,11 +11,13 @@
 #include <cmath>
 #include <cstring>
 #include <numeric>
+#include <optional>
 #include <sstream>
 #include <string>
 
 #include "dbscan_bounds.hpp"
 #include "engine.hpp"
+#include "tile_driver.hpp"
 #include "kmeans.hpp"
 #include "union_find.hpp"
 
@@ -366,38 +368,26 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   // lo/hi[t * T + J]: range of x . c_J over the rows x of tile t (see above).
   std::vector<float> lo(project ? static_cast<std::size_t>(T * T) : 0), hi(lo.size());
   std::vector<double> sep(project ? static_cast<std::size_t>(T * T) : 0);  // ||c_a - c_b||
-  ExceptionSlot err;
   if (project) {
-#pragma omp parallel num_threads(threads)
-    {
-      TileScratch s;
-      err.run([&] { init_scratch(s); });
-#pragma omp for schedule(dynamic, 1)
-      for (idx_t t = 0; t < T; ++t) {
-        if (err.failed() || cancel.poll()) continue;
-        err.run([&] {
-          centre_products(t, table_centres, s, table_kernels);
-          float* lo_t = lo.data() + t * T;
-          float* hi_t = hi.data() + t * T;
-          std::fill(lo_t, lo_t + T, std::numeric_limits<float>::infinity());
-          std::fill(hi_t, hi_t + T, -std::numeric_limits<float>::infinity());
-          for (idx_t i = 0; i < L.count[t]; ++i) {  // row by row: contiguous, vectorised
-            const float* v = s.p.data() + i * table_centres.n_pad;
-            for (idx_t j = 0; j < T; ++j) {
-              lo_t[j] = std::min(lo_t[j], v[j]);
-              hi_t[j] = std::max(hi_t[j], v[j]);
-            }
-          }
-          for (idx_t j = t; j < T; ++j) {  // symmetric: computed once
-            const double s = std::sqrt(sqdist64(L.center.data() + t * d, L.center.data() + j * d, d));
-            sep[t * T + j] = s;
-            sep[j * T + t] = s;
-          }
-        });
+    for_each_block<TileScratch>(threads, T, 1, cancel, init_scratch, [&](TileScratch& s, idx_t t, const StopCheck&) {
+      centre_products(t, table_centres, s, table_kernels);
+      float* lo_t = lo.data() + t * T;
+      float* hi_t = hi.data() + t * T;
+      std::fill(lo_t, lo_t + T, std::numeric_limits<float>::infinity());
+      std::fill(hi_t, hi_t + T, -std::numeric_limits<float>::infinity());
+      for (idx_t i = 0; i < L.count[t]; ++i) {  // row by row: contiguous, vectorised
+        const float* v = s.p.data() + i * table_centres.n_pad;
+        for (idx_t j = 0; j < T; ++j) {
+          lo_t[j] = std::min(lo_t[j], v[j]);
+          hi_t[j] = std::max(hi_t[j], v[j]);
+        }
       }
-    }
-    err.rethrow();
-    cancel.throw_if_stopped();
+      for (idx_t j = t; j < T; ++j) {  // symmetric: computed once
+        const double s = std::sqrt(sqdist64(L.center.data() + t * d, L.center.data() + j * d, d));
+        sep[t * T + j] = s;
+        sep[j * T + t] = s;
+      }
+    });
   }
   // Range of s(y) = y . (c_a - c_b) over the rows of tile t.
   auto s_range = [&](idx_t t, idx_t a, idx_t b) {
@@ -580,58 +570,56 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   // Which tile pairs held at least one neighbour pair: pass 2 visits only those.
   std::vector<std::vector<std::uint8_t>> linked(static_cast<std::size_t>(T));
   for (idx_t a = 0; a < T; ++a) linked[a].assign(partners[a].size(), 0);
-#pragma omp parallel num_threads(threads)
-  {
+  struct Pass1Scratch {
     TileScratch s;
     PackedSet pc;  // tile a's partner centres
     std::vector<idx_t> act, full;
-    idx_t local[2 * kTile];
-    err.run([&] { init_scratch(s); });
-#pragma omp for schedule(dynamic, 1)
-    for (idx_t a = 0; a < T; ++a) {
-      if (err.failed() || cancel.poll()) continue;
-      err.run([&] {
-        if (p.prune) partner_products(a, pc, s);  // s.p holds them; visit_pairs does not touch s.p
-        for (std::size_t pi = 0; pi < partners[a].size(); ++pi) {
-          const idx_t b = partners[a][pi];
-          full.clear();
-          idx_t ipr = 0;
-          active_rows(a, b, pi, s.p.data(), pc.n_pad, act, a != b && p.prune ? &full : nullptr, &ipr);
-          if (ipr) ipruned1.fetch_add(ipr, std::memory_order_relaxed);
-          if (act.empty() && full.empty()) continue;
-          // Counted per slot first: one atomic add per row and tile pair, not per neighbour pair.
-          std::fill(local, local + 2 * kTile, 0);
-          idx_t* lb = a == b ? local : local + kTile;
-          bool any = false;
-          if (!full.empty()) {  // every row of b is a neighbour of these rows: no products
-            for (const idx_t i : full) local[i] += L.count[b];
-            const idx_t nf = static_cast<idx_t>(full.size());
-            for (idx_t t = 0; t < L.count[b]; ++t) lb[t] += nf;
-            any = true;
-            full1.fetch_add(nf, std::memory_order_relaxed);
-          }
-          if (!act.empty()) {
-            computed1.fetch_add(1, std::memory_order_relaxed);
-            rows1.fetch_add(static_cast<idx_t>(act.size()), std::memory_order_relaxed);
-            visit_pairs(a, b, act, s, 0, [&](idx_t, idx_t, double, idx_t si, idx_t sj) {
-              ++local[si];
-              ++lb[sj];
-              any = true;
-            }, never);
-          }
-          if (!any) continue;
-          linked[a][pi] = 1;
-          for (idx_t t = 0; t < L.count[a]; ++t)
-            if (local[t]) counts[L.slot_rows[a * kTile + t]].fetch_add(local[t], std::memory_order_relaxed);
-          if (a != b)
-            for (idx_t t = 0; t < L.count[b]; ++t)
-              if (lb[t]) counts[L.slot_rows[b * kTile + t]].fetch_add(lb[t], std::memory_order_relaxed);
-        }
-      });
+    idx_t local[2 * kTile];  // neighbours found per slot of the pair's two tiles
+  };
+  for_each_block<Pass1Scratch>(threads, T, 1, cancel, [&](Pass1Scratch& l) { init_scratch(l.s); },
+                               [&](Pass1Scratch& l, idx_t a, const StopCheck&) {
+    TileScratch& s = l.s;
+    PackedSet& pc = l.pc;
+    std::vector<idx_t>& act = l.act;
+    std::vector<idx_t>& full = l.full;
+    idx_t* const local = l.local;
+    if (p.prune) partner_products(a, pc, s);  // s.p holds them; visit_pairs does not touch s.p
+    for (std::size_t pi = 0; pi < partners[a].size(); ++pi) {
+      const idx_t b = partners[a][pi];
+      full.clear();
+      idx_t ipr = 0;
+      active_rows(a, b, pi, s.p.data(), pc.n_pad, act, a != b && p.prune ? &full : nullptr, &ipr);
+      if (ipr) ipruned1.fetch_add(ipr, std::memory_order_relaxed);
+      if (act.empty() && full.empty()) continue;
+      // Counted per slot first: one atomic add per row and tile pair, not per neighbour pair.
+      std::fill(local, local + 2 * kTile, 0);
+      idx_t* lb = a == b ? local : local + kTile;
+      bool any = false;
+      if (!full.empty()) {  // every row of b is a neighbour of these rows: no products
+        for (const idx_t i : full) local[i] += L.count[b];
+        const idx_t nf = static_cast<idx_t>(full.size());
+        for (idx_t t = 0; t < L.count[b]; ++t) lb[t] += nf;
+        any = true;
+        full1.fetch_add(nf, std::memory_order_relaxed);
+      }
+      if (!act.empty()) {
+        computed1.fetch_add(1, std::memory_order_relaxed);
+        rows1.fetch_add(static_cast<idx_t>(act.size()), std::memory_order_relaxed);
+        visit_pairs(a, b, act, s, 0, [&](idx_t, idx_t, double, idx_t si, idx_t sj) {
+          ++local[si];
+          ++lb[sj];
+          any = true;
+        }, never);
+      }
+      if (!any) continue;
+      linked[a][pi] = 1;
+      for (idx_t t = 0; t < L.count[a]; ++t)
+        if (local[t]) counts[L.slot_rows[a * kTile + t]].fetch_add(local[t], std::memory_order_relaxed);
+      if (a != b)
+        for (idx_t t = 0; t < L.count[b]; ++t)
+          if (lb[t]) counts[L.slot_rows[b * kTile + t]].fetch_add(lb[t], std::memory_order_relaxed);
     }
-  }
-  err.rethrow();
-  cancel.throw_if_stopped();
+  });
 
   out.counts.resize(static_cast<std::size_t>(n));
   out.is_core.assign(static_cast<std::size_t>(n), 0);
@@ -674,54 +662,55 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
     return true;
   };
   for (int phase = 0; phase < 2; ++phase) {
-#pragma omp parallel num_threads(threads)
-    {
+    struct Pass2Scratch {
       TileScratch s;
       PackedSet pc;  // tile a's partner centres
       std::vector<idx_t> act;
-      SlotUnion su(L, out.is_core, uf);
-      err.run([&] { init_scratch(s); });
-#pragma omp for schedule(dynamic, 1)
-      for (idx_t a = 0; a < T; ++a) {
-        if (err.failed() || cancel.poll()) continue;
-        err.run([&] {
-          bool have_products = false;
-          for (std::size_t pi = 0; pi < partners[a].size(); ++pi) {
-            const idx_t b = partners[a][pi];
-            if (!linked[a][pi]) continue;  // no neighbour pair at all between a and b
-            if ((phase == 0) != (a == b)) continue;
-            if (!has_core[a] && !has_core[b]) continue;
-            if (!has_border[a] && !has_border[b] && (!has_core[a] || !has_core[b])) continue;
-            if (!has_border[a] && !has_border[b] && tile_merged(a) && tile_merged(b) &&
-                uf.same(first_core[a], first_core[b]))
-              continue;
-            if (!have_products && p.prune) {
-              partner_products(a, pc, s);
-              have_products = true;
-            }
-            active_rows(a, b, pi, s.p.data(), pc.n_pad, act, nullptr);
-            if (act.empty()) continue;
-            su.seed(a, b);
-            const bool borders = has_border[a] || has_border[b];
-            const auto done = [&] { return su.groups <= 1 && !borders; };
-            if (done()) continue;  // every core point of both tiles already in one cluster
-            computed2.fetch_add(1, std::memory_order_relaxed);
-            visit_pairs(a, b, act, s, kPass2Chunk, [&](idx_t ri, idx_t rj, double ex, idx_t si, idx_t sj) {
-              const bool ci = out.is_core[ri], cj = out.is_core[rj];
-              if (ci && cj) {
-                if (su.unite(si, a == b ? sj : kTile + sj)) uf.unite(ri, rj);
-              } else if (ci != cj) {
-                const idx_t core = ci ? ri : rj, bp = ci ? rj : ri;
-                if (ex < 0.0) ex = exact_value(p.metric, x + bp * d, x + core * d, d, xnorm[bp], xnorm[core]);
-                atomic_min(border[bp], border_key(static_cast<float>(std::max(0.0, ex)), core));
-              }
-            }, done);
+      std::optional<SlotUnion> su;
+    };
+    for_each_block<Pass2Scratch>(threads, T, 1, cancel,
+                                 [&](Pass2Scratch& l) {
+                                   init_scratch(l.s);
+                                   l.su.emplace(L, out.is_core, uf);
+                                 },
+                                 [&](Pass2Scratch& l, idx_t a, const StopCheck&) {
+      TileScratch& s = l.s;
+      PackedSet& pc = l.pc;
+      std::vector<idx_t>& act = l.act;
+      SlotUnion& su = *l.su;
+      bool have_products = false;
+      for (std::size_t pi = 0; pi < partners[a].size(); ++pi) {
+        const idx_t b = partners[a][pi];
+        if (!linked[a][pi]) continue;  // no neighbour pair at all between a and b
+        if ((phase == 0) != (a == b)) continue;
+        if (!has_core[a] && !has_core[b]) continue;
+        if (!has_border[a] && !has_border[b] && (!has_core[a] || !has_core[b])) continue;
+        if (!has_border[a] && !has_border[b] && tile_merged(a) && tile_merged(b) &&
+            uf.same(first_core[a], first_core[b]))
+          continue;
+        if (!have_products && p.prune) {
+          partner_products(a, pc, s);
+          have_products = true;
+        }
+        active_rows(a, b, pi, s.p.data(), pc.n_pad, act, nullptr);
+        if (act.empty()) continue;
+        su.seed(a, b);
+        const bool borders = has_border[a] || has_border[b];
+        const auto done = [&] { return su.groups <= 1 && !borders; };
+        if (done()) continue;  // every core point of both tiles already in one cluster
+        computed2.fetch_add(1, std::memory_order_relaxed);
+        visit_pairs(a, b, act, s, kPass2Chunk, [&](idx_t ri, idx_t rj, double ex, idx_t si, idx_t sj) {
+          const bool ci = out.is_core[ri], cj = out.is_core[rj];
+          if (ci && cj) {
+            if (su.unite(si, a == b ? sj : kTile + sj)) uf.unite(ri, rj);
+          } else if (ci != cj) {
+            const idx_t core = ci ? ri : rj, bp = ci ? rj : ri;
+            if (ex < 0.0) ex = exact_value(p.metric, x + bp * d, x + core * d, d, xnorm[bp], xnorm[core]);
+            atomic_min(border[bp], border_key(static_cast<float>(std::max(0.0, ex)), core));
           }
-        });
+        }, done);
       }
-    }
-    err.rethrow();
-    cancel.throw_if_stopped();
+    });
   }
 
   // Labels: clusters numbered in the order of their lowest core row.

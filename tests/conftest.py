@@ -41,6 +41,10 @@ SLOW_TESTS = {
     "tests/test_cli.py::test_demo_transfer_story": "the full demo in a subprocess",
     # A full `embedcluster run` from a config file (embedding, clustering, probe, save).
     "tests/test_cli.py::test_cli_run_from_config_file": "a full run in a subprocess",
+    # Fault injection: the address space runs out at a sweep of points in every operation,
+    # each a native call on 30k-150k rows in a limited subprocess.
+    "tests/test_memory_limit.py::test_allocation_failures_anywhere_raise_memory_error":
+        "a sweep of injected allocation failures",
 }
 
 

@@ -403,3 +403,25 @@ def test_a_kill_at_any_step_of_a_save_leaves_a_loadable_pipeline(tmp_path, digit
     old.save(target)  # cleans up
     names = sorted(p.name for p in target.iterdir())
     assert names[:2] == [".embedcluster", "CURRENT"] and len(names) == 4  # marker, pointer, 2 snapshots
+
+
+def test_a_reader_slower_than_two_saves_starts_again_on_the_new_snapshot(tmp_path, digits, fitted):
+    """Saves keep one previous snapshot; a reader overtaken by two saves finds its files gone
+    and reads the new snapshot instead of failing (deterministic: the saves run inside the read)."""
+    other = TransferClustering(n_clusters=3, normalize=False, progress=False, probe_epochs=3, seed=0).fit(digits)
+    fitted.save(tmp_path / "p")
+    calls = []
+
+    def read(snap):
+        calls.append(snap.name)
+        if len(calls) == 1:
+            other.save(tmp_path / "p")
+            other.save(tmp_path / "p")  # the snapshot being read is removed now
+        return _io.load_safetensors(snap / "arrays.safetensors")[0]["centers"]
+
+    centers = _io.read_snapshot_with(tmp_path / "p", "embedcluster-pipeline", read)
+    assert len(calls) == 2 and calls[0] != calls[1]
+    np.testing.assert_array_equal(centers, other.centers_)
+    # A failure that is not caused by a moving pointer is raised as it is.
+    with pytest.raises(KeyError):
+        _io.read_snapshot_with(tmp_path / "p", "embedcluster-pipeline", lambda snap: {}["x"])

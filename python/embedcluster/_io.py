@@ -33,6 +33,7 @@ __all__ = [
     "dumps",
     "save_snapshot",
     "read_snapshot",
+    "read_snapshot_with",
     "atomic_path",
     "atomic_write_bytes",
     "save_safetensors",
@@ -500,6 +501,29 @@ def save_snapshot(target: PathLike, fmt: str, write: Callable[[Path], None]) -> 
         save_json(root / POINTER_NAME, {**ptr, "sha256": _pointer_digest(ptr)})
         _clean(root, keep={name, cur})
     return snap
+
+
+def read_snapshot_with(target: PathLike, fmt: str, read: Callable[[Path], Any]) -> Any:
+    """Verifies the current snapshot (:func:`read_snapshot`) and returns ``read(folder)``.
+
+    Saves keep the snapshot before the current one, so a reader is safe for one concurrent
+    save; a reader slower than two saves may find its files removed. Then, and only if the
+    pointer has moved on meanwhile, the whole read starts again on the new snapshot (bounded);
+    any other failure is raised as it is.
+    """
+    root = Path(os.fspath(target))
+    for attempt in range(8):
+        snap = read_snapshot(root, fmt)
+        try:
+            return read(snap)
+        except Exception:
+            try:
+                now = _read_pointer(root, fmt)
+            except (OSError, ValueError):
+                now = None
+            if attempt == 7 or now is None or now["snapshot"] == snap.name:
+                raise
+    raise AssertionError("unreachable")
 
 
 def read_snapshot(target: PathLike, fmt: str) -> Path:

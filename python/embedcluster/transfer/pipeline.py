@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional, Union
 import numpy as np
 
 from .. import metrics
-from .._io import (POINTER_NAME, load_json, load_safetensors, read_snapshot, save_json, save_safetensors,
+from .._io import (POINTER_NAME, load_json, load_safetensors, read_snapshot_with, save_json, save_safetensors,
                   save_snapshot, sha256_array, to_numpy)
 
 logger = logging.getLogger("embedcluster")
@@ -378,14 +378,18 @@ class TransferClustering:
         naming the file or field. ``encoder`` is needed only when it was an in-memory model or
         callable (kind "external"); its fingerprint must match the saved one.
         """
-        from ..encoders import load_encoder
-        from .probe import LinearProbe
-
         root = Path(directory)
         if root.is_dir() and not (root / POINTER_NAME).exists() and (root / "pipeline.json").is_file():
             raise ValueError(f"{root} was saved by an older embedcluster (pipeline format 1, without "
                              "checksums); fit it again and save it with this version")
-        snap = read_snapshot(root, FORMAT)
+        return read_snapshot_with(root, FORMAT, lambda snap: cls._from_snapshot(root, snap, encoder))
+
+    @classmethod
+    def _from_snapshot(cls, root: Path, snap: Path, encoder: Any) -> "TransferClustering":
+        """Builds the pipeline from a verified snapshot folder (see :meth:`load`)."""
+        from ..encoders import load_encoder
+        from .probe import LinearProbe
+
         where = f"{snap / 'pipeline.json'}"
         cfg = _check_config(load_json(snap / "pipeline.json"), where)
         arrays, _ = load_safetensors(snap / "arrays.safetensors")

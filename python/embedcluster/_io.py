@@ -205,8 +205,10 @@ def atomic_directory(target: PathLike, write: Callable[[Path], None]) -> Path:
     """Replaces the directory ``target`` by one that ``write(folder)`` fills, atomically.
 
     The files are written into a temporary folder beside ``target``, which then takes its place
-    with renames: a reader sees the old directory or the complete new one, never half of it. If
-    the second rename fails the old directory is put back. The caller decides whether an
+    with two renames: a reader never sees half a directory, but between the renames (or after a
+    crash there) ``target`` is absent and the old one lies beside it as ``.NAME.*.old``. If the
+    second rename fails the old directory is put back. Pipelines use :func:`save_snapshot`, which
+    has no such window. The caller decides whether an
     existing ``target`` may be replaced (this function replaces it).
     """
     import shutil

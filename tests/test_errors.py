@@ -156,3 +156,23 @@ def test_values_too_large_for_float_tiles_are_rejected(make):
         est = make().fit(X)
         if isinstance(est, ec.NearestNeighbors):
             est.kneighbors()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("call", ["knn", "radius", "radius_count", "dbscan", "kmeans", "assign"])
+def test_direct_core_calls_name_nan_or_infinity(call, bad):
+    """The engine's own check (the bindings only convert types) names the cause and the row."""
+    from embedcluster import _core
+
+    X = np.random.default_rng(0).standard_normal((40, 5)).astype(np.float32)
+    X[7, 2] = bad
+    calls = {
+        "knn": lambda: _core.knn_search(X, X, 3),
+        "radius": lambda: _core.radius_search(X, X, 1.0),
+        "radius_count": lambda: _core.radius_count(X, X, 1.0),
+        "dbscan": lambda: _core.dbscan_fit(X, 1.0),
+        "kmeans": lambda: _core.kmeans_fit(X, 3),
+        "assign": lambda: _core.kmeans_assign(X[:3] if np.isfinite(X[:3]).all() else X[10:13], X),
+    }
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        calls[call]()

@@ -72,6 +72,10 @@ constexpr double kMaxSqNorm = 1e36;
 
 /// Fails with a clear message when a squared norm is too large for the float tiles.
 inline void check_sqnorm(double sq, idx_t row, const char* what) {
+  // A float32 row's fp64 squared norm is finite exactly when all its values are.
+  if (!std::isfinite(sq))
+    fail(std::string(what) + " row " + std::to_string(row) +
+         " contains NaN or infinity; remove or impute those values");
   if (!(sq <= kMaxSqNorm))
     fail(std::string(what) + " row " + std::to_string(row) + " has norm " + std::to_string(std::sqrt(sq)) +
          ", too large for float32 arithmetic (limit 1e18); rescale the data, e.g. divide by its largest value");

@@ -232,9 +232,9 @@ def test_missing_optional_dependencies_are_reported_before_the_work(tmp_path, ar
     code = ("import sys, importlib.abc\n"  # a finder that makes `import module` fail, as if not installed
             "class Block(importlib.abc.MetaPathFinder):\n"
             "    def find_spec(self, name, path, target=None):\n"
-            "        if name.split('.')[0] == %r: raise ImportError('No module named ' + name)\n"
+            f"        if name.split('.')[0] == {module!r}: raise ImportError('No module named ' + name)\n"
             "sys.meta_path.insert(0, Block())\n"
-            "from embedcluster.cli import main; sys.exit(main(%r))" % (module, argv))
+            f"from embedcluster.cli import main; sys.exit(main({argv!r}))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     _one_line_error(r.returncode, r.stderr, module, "pip install")
     assert not (tmp_path / "o").exists()
@@ -242,11 +242,12 @@ def test_missing_optional_dependencies_are_reported_before_the_work(tmp_path, ar
 
 def test_unexpected_exceptions_are_one_line_exit_2(monkeypatch, capsys, tmp_path):
     import embedcluster.cli as cli
+    import embedcluster.cli.steps as steps
 
     def boom(args):
         raise RuntimeError("something broke\non two lines")
 
-    monkeypatch.setattr(cli, "_cmd_evaluate", boom)
+    monkeypatch.setattr(steps, "_cmd_evaluate", boom)
     code = cli.main(["evaluate", "--labels", "a.npy", "--truth", "b.npy"])
     _one_line_error(code, capsys.readouterr().err, "RuntimeError: something broke on two lines")
 

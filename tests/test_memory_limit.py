@@ -224,6 +224,15 @@ LIMITED_PRELUDE = """
     def limit_address_space(room):
         _core.knn_search(np.ones((500, 8), np.float32), np.ones((50, 8), np.float32), 3)  # threads, arenas
         resource.setrlimit(resource.RLIMIT_AS, (vsize() + room, resource.getrlimit(resource.RLIMIT_AS)[1]))
+
+    def print_limit_errors(*calls):
+        for call in calls:
+            try:
+                call()
+            except _core.MemoryLimitError as exc:
+                print("limit:", exc)
+            else:
+                print("no error")
 """
 
 
@@ -237,14 +246,8 @@ def test_radius_search_stays_within_the_limit_under_rlimit_as():
     small = _core.radius_search(X[:2000], X[:300], 20.0)
     limit = 200 << 20
     limit_address_space(limit + (96 << 20))
-    for call in (lambda: _core.radius_search(X, X, 1e9, memory_limit=limit),  # 4e8 pairs: 4.8 GB as CSR
-                 lambda: ec.NearestNeighbors(radius=1e4, memory_limit=limit).fit(X).radius_neighbors()):
-        try:
-            call()
-        except _core.MemoryLimitError as exc:
-            print("limit:", exc)
-        else:
-            print("no error")
+    print_limit_errors(lambda: _core.radius_search(X, X, 1e9, memory_limit=limit),  # 4e8 pairs: 4.8 GB as CSR
+                       lambda: ec.NearestNeighbors(radius=1e4, memory_limit=limit).fit(X).radius_neighbors())
     again = _core.radius_search(X[:2000], X[:300], 20.0, memory_limit=limit)
     print("same:", all(np.array_equal(a, b) for a, b in zip(small, again)))
     """)
@@ -267,15 +270,9 @@ def test_default_limit_honours_rlimit_as():
     default = _core.default_memory_limit()
     print("default below room:", 0 < default < room, default < before, default, room)
     X = np.random.default_rng(0).standard_normal((20000, 8)).astype(np.float32)
-    for call in (lambda: _core.knn_search(X, X, 5000),  # outputs alone: 1.2 GB
-                 lambda: ec.NearestNeighbors(n_neighbors=5000).fit(X).kneighbors(),
-                 lambda: _core.radius_search(X, X, 1e9)):  # 4e8 pairs: fails as its results grow
-        try:
-            call()
-        except _core.MemoryLimitError as exc:
-            print("limit:", exc)
-        else:
-            print("no error")
+    print_limit_errors(lambda: _core.knn_search(X, X, 5000),  # outputs alone: 1.2 GB
+                       lambda: ec.NearestNeighbors(n_neighbors=5000).fit(X).kneighbors(),
+                       lambda: _core.radius_search(X, X, 1e9))  # 4e8 pairs: fails as its results grow
     print("works:", _core.knn_search(X[:1000], X[:1000], 3)[1].shape)
     """)
     out = r.stdout + r.stderr

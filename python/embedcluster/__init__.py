@@ -4,8 +4,7 @@ fast native clustering engine (exact k-means, DBSCAN and nearest-neighbour searc
 from __future__ import annotations
 
 from ._version import __version__
-from .cluster import DBSCAN, KMeans
+from .cluster import DBSCAN, KMeans, NearestNeighbors
 from .info import build_info
-from .neighbors import NearestNeighbors
 
 __all__ = ["KMeans", "DBSCAN", "NearestNeighbors", "build_info", "__version__"]

@@ -195,7 +195,8 @@ def as_matrix(X: Any, name: str = "X", *, estimator: str = "", allow_empty: bool
                 f"{name}{where} has dtype {arr.dtype} with non-numeric entries ({exc}); pass numbers"
             ) from None
     if arr.dtype.kind == "c":
-        raise ValueError(f"Complex data not supported: {name}{where} is complex; pass real numbers (X.real or np.abs(X))")
+        raise ValueError(f"Complex data not supported: {name}{where} is complex; "
+                         "pass real numbers (X.real or np.abs(X))")
     if arr.dtype.kind == "b":
         raise TypeError(f"{name}{where} is boolean; convert it explicitly, e.g. X.astype(np.float32)")
     if arr.dtype.kind not in "fiu":

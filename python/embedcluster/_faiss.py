@@ -76,7 +76,10 @@ def radius(db: np.ndarray, q: np.ndarray, r: float, metric: str, exclude_self: b
         out_idx.append(ii[order])
         out_d.append(dd[order])
         out_ptr.append(out_ptr[-1] + len(ii))
-    cat = (lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt))
+
+    def cat(parts, dt):
+        return np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt)
+
     return np.asarray(out_ptr, np.int64), cat(out_idx, np.int64), cat(out_d, np.float32)
 
 

@@ -680,9 +680,9 @@ def save_safetensors(path: PathLike, tensors: Mapping[str, Any],
     header = {METADATA_KEY: dumps(dict(metadata or {}), allow_nan=False, indent=None)}
     with atomic_path(path) as tmp:
         if any(_is_torch_tensor(v) for v in tensors.values()):
-            from safetensors.torch import save_file
+            from safetensors.torch import save_file as save_torch_file
 
-            save_file(_torch_tensors_for_save(tensors), os.fspath(tmp), metadata=header)
+            save_torch_file(_torch_tensors_for_save(tensors), os.fspath(tmp), metadata=header)
         else:
             from safetensors.numpy import save_file
 
@@ -754,7 +754,7 @@ def _read_header(p: Path) -> dict:
         spans.append((lo, hi, name))
         end = max(end, hi)
     spans.sort()
-    for (lo0, hi0, a), (lo1, hi1, b) in zip(spans, spans[1:]):
+    for (_, hi0, a), (lo1, _, b) in zip(spans, spans[1:]):
         if lo1 < hi0:
             raise ValueError(f"{what}: entries {a!r} and {b!r} overlap; the file is corrupt")
     if end > data_len:

@@ -124,7 +124,7 @@ def _npy_header(f: Any, version: tuple) -> tuple:
     if impl is None:  # numpy >= 2 keeps it in the private module
         from numpy.lib import _format_impl
 
-        impl = _format_impl._read_array_header
+        impl = _format_impl._read_array_header  # type: ignore[attr-defined]  # absent from numpy's stubs
     return impl(f, version)
 
 

@@ -84,8 +84,8 @@ class Dataset:
         The digest is :func:`embedcluster._io.sha256_array` of the samples (or
         :func:`~embedcluster._io.sha256_texts` of the texts), the same that
         ``embedcluster.encoders.data_fingerprint`` gives a bare array: equal content gives the
-        same digest whatever file, shard layout, byte order or array type holds it. Labels, class names and ``source`` are not
-        part of the digest: they do not change an embedding.
+        same digest whatever file, shard layout, byte order or array type holds it. Labels, class
+        names and ``source`` are not part of the digest: they do not change an embedding.
 
         Returns
         -------

@@ -11,7 +11,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Dict, Iterator, Sequence
 
 import numpy as np
 
@@ -22,7 +22,7 @@ from .dataset import Dataset
 logger = logging.getLogger(__name__)
 
 
-_IDX_TYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
+_IDX_TYPES: Dict[int, np.dtype] = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
               0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
@@ -126,7 +126,7 @@ def _read_idx_data(h: _IdxHeader) -> np.ndarray:
     chunks; the stream must hold exactly the declared bytes."""
     p = h.path
     buf = np.empty(h.nbytes, dtype=np.uint8)
-    view = memoryview(buf)
+    view = buf.data
     pos = 0
     try:
         with _idx_stream(p) as (stream, _):

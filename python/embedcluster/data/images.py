@@ -64,7 +64,7 @@ def _decode_image(im: Any, f: Path, target: tuple[int, int], grayscale: bool,
     """
     from PIL import Image
 
-    resample = getattr(getattr(Image, "Resampling", Image), "BILINEAR")
+    resample = getattr(Image, "Resampling", Image).BILINEAR
     size = (target[1], target[0])
     channels = 1 if grayscale else 3
     if im.mode in _HIGH_BIT_MODES:

@@ -30,7 +30,7 @@ def write_cache(path: Path, emb: np.ndarray, name: str, efp: str, dfp: str, norm
     _io.save_safetensors(path, {"embeddings": emb}, {
         "format": _CACHE_FORMAT, "encoder_name": name, "encoder_fingerprint": efp,
         "data_fingerprint": dfp, "normalize": normalize, "shape": list(emb.shape),
-        "sha256": hashlib.sha256(memoryview(emb).cast("B")).hexdigest(),
+        "sha256": hashlib.sha256(emb.data.cast("B")).hexdigest(),
     })
 
 
@@ -51,7 +51,7 @@ def read_cache(path: Path, efp: str, dfp: str, n: int, normalize: bool) -> Optio
         if emb.dtype != np.float32 or emb.ndim != 2 or emb.shape[0] != n \
                 or list(emb.shape) != meta.get("shape"):
             problems.append(f"shape {emb.shape} / dtype {emb.dtype} do not match")
-        elif hashlib.sha256(memoryview(np.ascontiguousarray(emb)).cast("B")).hexdigest() \
+        elif hashlib.sha256(np.ascontiguousarray(emb).data.cast("B")).hexdigest() \
                 != meta.get("sha256"):
             problems.append("the embeddings do not match their checksum")
         if problems:

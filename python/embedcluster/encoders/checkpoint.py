@@ -124,19 +124,27 @@ def _compare_spec(expected: dict, found: dict, source: Any, model_name: str,
             f"missing tensors {missing[:10]}{' ...' if len(missing) > 10 else ''}, unexpected "
             f"tensors {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''} (were they saved "
             "from another architecture or model config?)")
-    bad = [(k, found[k][0], v[0]) for k, v in expected.items() if tuple(found[k][0]) != v[0]]
-    if bad:
-        desc = ", ".join(f"{k}: file {a} vs model {b}" for k, a, b in bad[:10])
-        raise ValueError(f"the weights in {source} have the wrong shapes for {model_name} "
-                         f"(first differing key {bad[0][0]!r}): {desc}; the config and the "
-                         "weights do not belong together")
+    _check_field(expected, found, 0, source, model_name, "model",
+                 "the config and the weights do not belong together")
     if dtypes:
-        bad = [(k, found[k][1], v[1]) for k, v in expected.items() if found[k][1] != v[1]]
-        if bad:
-            desc = ", ".join(f"{k}: file {a} vs model {b}" for k, a, b in bad[:10])
-            raise ValueError(f"the weights in {source} have the wrong dtypes for {model_name} "
-                             f"(first differing key {bad[0][0]!r}): {desc}; save the checkpoint "
-                             "again from the model")
+        _check_field(expected, found, 1, source, model_name, "model", "save the checkpoint again from the model")
+
+
+def _check_field(expected: dict, found: dict, field: int, source: Any, model_name: str, against: str,
+                 advice: str) -> None:
+    """ValueError naming the first key of ``expected`` whose shape (``field`` 0) or dtype
+    (``field`` 1) differs in ``found`` (every key of ``expected`` is in ``found``), with the
+    first ten differences; ``against`` names where the expected values come from."""
+    bad = [(k, found[k][field], v[field]) for k, v in expected.items() if _spec_value(found[k], field) != v[field]]
+    if bad:
+        desc = ", ".join(f"{k}: file {a} vs {against} {b}" for k, a, b in bad[:10])
+        raise ValueError(f"the weights in {source} have the wrong {('shapes', 'dtypes')[field]} for {model_name} "
+                         f"(first differing key {bad[0][0]!r}): {desc}; {advice}")
+
+
+def _spec_value(entry: tuple, field: int) -> Any:
+    """A spec entry's shape as a tuple (a header may hold lists), or its dtype name."""
+    return tuple(entry[0]) if field == 0 else entry[1]
 
 
 def _load_state_strict(module: Any, state: dict, source: Any) -> None:

@@ -141,7 +141,7 @@ class Encoder:
             raise ValueError("embedding_layer is not supported for TorchScript modules (they take "
                              "no hooks); script a model whose forward returns that layer")
         names = [n for n, _ in self.model.named_modules() if n]
-        for layer in self.embedding_layer:
+        for layer in self.embedding_layer or []:
             if layer not in names:
                 raise ValueError(f"embedding_layer={layer!r} is not a submodule of "
                                  f"{type(self.model).__name__}; its submodules are: "
@@ -151,7 +151,7 @@ class Encoder:
     def _forward_layers(self, x: Any) -> Any:
         torch = _torch()
         captured: dict = {}
-        wanted = self.embedding_layer
+        wanted = self.embedding_layer or []
 
         def hook_for(layer: str):
             def hook(_mod, _inp, out):

@@ -95,7 +95,8 @@ def _callable_identity(fn: Any) -> str:
     func = getattr(fn, "__func__", fn)
     code = getattr(func, "__code__", None)
     if code is None:
-        code = getattr(getattr(type(fn), "__call__", None), "__code__", None)
+        # The class's __call__ method itself (for its __code__), not a test of callability.
+        code = getattr(getattr(type(fn), "__call__", None), "__code__", None)  # noqa: B004
     if code is None:
         return f"{mod}.{qual}{suffix}"
     h = hashlib.sha256()

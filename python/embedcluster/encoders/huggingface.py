@@ -7,14 +7,14 @@ import importlib.util
 import logging
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from ..data._common import _check_allocation
 from ._common import (
     CONFIG_NAME, IMAGENET_MEAN, IMAGENET_STD, MINILM_NAME, MINILM_PACKAGE, _check_model_tree,
     _read_config, _set_offline, _sha, _torch, best_device,
 )
-from .checkpoint import _safetensors_spec, _spec_nbytes, _state_spec
+from .checkpoint import _check_field, _safetensors_spec, _spec_nbytes, _state_spec
 from .encoder import Encoder
 from .fingerprint import _dir_digest
 from .preprocess import ImagePreprocess
@@ -106,12 +106,8 @@ def _check_transformers_dir(directory: Path) -> None:
         found = _safetensors_spec(weights)
         prefix = getattr(model, "base_model_prefix", "") or ""
         renamed = _match_weight_names(expected, found, prefix)
-        bad = [(k, found[k][0], v[0]) for k, v in renamed.items() if found[k][0] != v[0]]
-        if bad:
-            desc = ", ".join(f"{k}: file {a} vs config {b}" for k, a, b in bad[:5])
-            raise ValueError(f"the weights in {weights} do not fit the model {cfg_path} describes "
-                             f"(first differing key {bad[0][0]!r}): {desc}; the config and the "
-                             "weights do not belong together")
+        _check_field(renamed, found, 0, weights, f"the model {cfg_path} describes", "config",
+                     "the config and the weights do not belong together")
 
 
 def _check_sentence_transformers_dir(directory: Path) -> None:
@@ -138,7 +134,7 @@ def _check_sentence_transformers_dir(directory: Path) -> None:
             _check_transformers_dir(sub)
         elif kind.endswith(".Dense") and (sub / CONFIG_NAME).is_file():
             cfg = _read_config(sub / CONFIG_NAME, "Dense config")
-            dims = [cfg.get(k) for k in ("in_features", "out_features")] \
+            dims: List[Any] = [cfg.get(k) for k in ("in_features", "out_features")] \
                 if isinstance(cfg, dict) else [None]
             if not all(type(v) is int and 1 <= v <= 1 << 20 for v in dims):
                 raise ValueError(f"{sub / CONFIG_NAME}: in_features / out_features should be "
@@ -186,8 +182,9 @@ def _minilm_dir() -> Path:
 
 def _hf_modules():
     torch = _torch()
+    Module: Any = torch.nn.Module  # torch is imported on use, so its classes are not types here
 
-    class HFTextEmbedder(torch.nn.Module):
+    class HFTextEmbedder(Module):
         """Mean of the last hidden states over real (unpadded) tokens."""
 
         def __init__(self, model: Any, tokenizer: Any, max_length: int) -> None:
@@ -202,7 +199,7 @@ def _hf_modules():
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
-    class HFArrayEmbedder(torch.nn.Module):
+    class HFArrayEmbedder(Module):
         """pooler_output when the model has one, else the mean of the last hidden states."""
 
         def __init__(self, model: Any) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from typing import Any, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -50,7 +50,7 @@ class ImagePreprocess:
         self.mean = _floats(mean, "mean", positive=False)
         self.std = _floats(std, "std", positive=True)
         if size is not None:
-            sizes = [size, size] if np.isscalar(size) else list(size) \
+            sizes: Optional[List[Any]] = [size, size] if np.isscalar(size) else list(size) \
                 if isinstance(size, (list, tuple)) else None
             if sizes is None or len(sizes) != 2 or not all(
                     isinstance(v, (int, np.integer)) and not isinstance(v, bool)

@@ -138,5 +138,6 @@ def _check_dense(nbytes: float, what: str, memory_limit: Any, hint: str) -> None
     """MemoryError before allocating ``nbytes`` when they exceed the budget."""
     budget = _budget(memory_limit)
     if nbytes > budget:
-        source = "memory_limit" if memory_limit is not None else "the default memory limit (3/4 of the available memory)"
+        source = ("memory_limit" if memory_limit is not None
+                  else "the default memory limit (3/4 of the available memory)")
         raise MemoryError(f"{what} needs {_gib(nbytes)}, more than {source} ({_gib(budget)}); {hint}")

@@ -28,6 +28,7 @@ _SILHOUETTE_METRICS = ("euclidean", "sqeuclidean", "cosine", "manhattan")
 def _distances(A: np.ndarray, B: np.ndarray, metric: str, b_sq: Optional[np.ndarray]) -> np.ndarray:
     """Distance block between rows of A and rows of B (both float64)."""
     if metric in ("euclidean", "sqeuclidean"):
+        assert b_sq is not None, "Euclidean blocks take the squared norms of B"
         a_sq = np.einsum("ij,ij->i", A, A)
         D = A @ B.T
         D *= -2.0

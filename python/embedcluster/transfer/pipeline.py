@@ -14,13 +14,16 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, Optional, Union
 
 import numpy as np
 
 from .. import metrics
 from .._io import (POINTER_NAME, load_json, load_safetensors, read_snapshot_with, save_json, save_safetensors,
                   save_snapshot, sha256_array, to_numpy)
+
+if TYPE_CHECKING:  # for annotations only: the pipeline imports the encoders package where it uses it
+    from ..encoders import Encoder
 
 logger = logging.getLogger("embedcluster")
 
@@ -201,7 +204,7 @@ class TransferClustering:
         self.cache_dir = cache_dir
         self.progress = progress
         self.seed = seed
-        self._encoder_obj = None
+        self._encoder_obj: Optional[Encoder] = None
         self.encoder_spec_: Optional[Dict[str, Any]] = None
 
     # ------------------------------------------------------------------ embedding
@@ -237,7 +240,7 @@ class TransferClustering:
         return Z
 
     # ------------------------------------------------------------------ fit / predict
-    def fit(self, data: Any, Z: Optional[np.ndarray] = None) -> "TransferClustering":
+    def fit(self, data: Any, Z: Optional[np.ndarray] = None) -> TransferClustering:
         """Embeds ``data`` (or takes precomputed embeddings ``Z``, normalised like embed()'s output
         when ``normalize`` is set), clusters, trains the probe."""
         from ..cluster import KMeans
@@ -330,7 +333,8 @@ class TransferClustering:
                 name = "encoder" + "".join(c for c in src.suffix if c.isalnum() or c == ".")[:16]
                 shutil.copyfile(src, root / name)
                 rec.update(kind="local", path=name)
-        elif model is not None and hasattr(model, "config") and type(model).__module__.startswith("embedcluster.models"):
+        elif (model is not None and hasattr(model, "config")
+              and type(model).__module__.startswith("embedcluster.models")):
             save_checkpoint(model, root / "encoder", model.config)
             rec.update(kind="local", path="encoder")
         elif spec is not None:
@@ -370,7 +374,7 @@ class TransferClustering:
         return final
 
     @classmethod
-    def load(cls, directory: PathLike, encoder: Any = None) -> "TransferClustering":
+    def load(cls, directory: PathLike, encoder: Any = None) -> TransferClustering:
         """Loads a saved pipeline, verifying it first.
 
         Every file's sha256, every array's sha256, every config field (type and range) and the
@@ -385,7 +389,7 @@ class TransferClustering:
         return read_snapshot_with(root, FORMAT, lambda snap: cls._from_snapshot(root, snap, encoder))
 
     @classmethod
-    def _from_snapshot(cls, root: Path, snap: Path, encoder: Any) -> "TransferClustering":
+    def _from_snapshot(cls, root: Path, snap: Path, encoder: Any) -> TransferClustering:
         """Builds the pipeline from a verified snapshot folder (see :meth:`load`)."""
         from ..encoders import load_encoder
         from .probe import LinearProbe
@@ -407,7 +411,7 @@ class TransferClustering:
                              "pass it again: TransferClustering.load(path, encoder=...)")
         else:
             enc = load_encoder(encoder)
-        if kind in ("spec", "external") and enc.fingerprint != rec["fingerprint"]:
+        if kind in ("spec", "external") and enc is not None and enc.fingerprint != rec["fingerprint"]:
             raise ValueError(f"the encoder {rec.get('spec', rec['name'])!r} differs from the one the pipeline "
                              f"in {root} was fitted with (fingerprints do not match); pass the same encoder")
         self = cls(encoder=enc, normalize=cfg["normalize"], unknown_quantile=cfg["unknown_quantile"], seed=cfg["seed"])
@@ -557,7 +561,8 @@ def load_int8_encoder(path: PathLike):
     res = model.load_state_dict(floats, strict=False)
     linear_keys = {f"{n}.{p}" for n in meta["linear"] for p in ("weight", "bias")}
     if res.unexpected_keys or set(res.missing_keys) - linear_keys:
-        raise ValueError(f"{path} does not match its model config (missing {sorted(set(res.missing_keys) - linear_keys)}, "
+        missing = sorted(set(res.missing_keys) - linear_keys)
+        raise ValueError(f"{path} does not match its model config (missing {missing}, "
                          f"unexpected {sorted(res.unexpected_keys)})")
     model.eval()
     qmodel = _quantize_dynamic(model)

@@ -105,7 +105,10 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="epoch", leave=False)
 
 
-def _check_common(epochs: int, batch_size: int, lr: float, time_budget_s: Optional[float]) -> None:
+def _training_input(X: ArrayLike, model_config: Dict[str, Any], epochs: int, batch_size: int, lr: float,
+                    time_budget_s: Optional[float]) -> Tuple[Dict[str, Any], torch.Tensor]:
+    """The training settings every pretraining shares checked, then the model config
+    normalised and the input as a tensor of its ``in_shape`` (at least two rows)."""
     if int(epochs) < 1:
         raise ValueError(f"epochs={epochs} should be >= 1")
     if int(batch_size) < 2:
@@ -114,6 +117,11 @@ def _check_common(epochs: int, batch_size: int, lr: float, time_budget_s: Option
         raise ValueError(f"lr={lr} should be > 0")
     if time_budget_s is not None and not time_budget_s > 0:
         raise ValueError(f"time_budget_s={time_budget_s} should be > 0 or None")
+    config = normalize_config(model_config)
+    Xt = as_input_tensor(X, config["in_shape"])
+    if len(Xt) < 2:
+        raise ValueError(f"n_samples={len(Xt)} should be >= 2")
+    return config, Xt
 
 
 def _train_loop(
@@ -141,7 +149,8 @@ def _train_loop(
         for epoch in range(int(epochs)):
             for m in modules:
                 m.train()
-            total, count, extras_sum = 0.0, 0, {}
+            total, count = 0.0, 0
+            extras_sum: Dict[str, float] = {}
             for idx in _batches(n, int(batch_size), g):
                 loss, extras = step(idx)
                 opt.zero_grad(set_to_none=True)
@@ -231,12 +240,8 @@ def pretrain_supervised(
     classes; for transfer to other classes also try ``features(x, "penultimate")`` or
     ``"concat"`` (see :mod:`embedcluster.models`).
     """
-    _check_common(epochs, batch_size, lr, time_budget_s)
-    config = normalize_config(model_config)
-    Xt = as_input_tensor(X, config["in_shape"])
+    config, Xt = _training_input(X, model_config, epochs, batch_size, lr, time_budget_s)
     yt, classes = _labels_to_index(y, len(Xt))
-    if len(Xt) < 2:
-        raise ValueError(f"n_samples={len(Xt)} should be >= 2")
     dev = _device(device)
     with _run_context(seed, num_threads) as g:
         encoder = model_from_config(config).to(dev)
@@ -390,13 +395,9 @@ def pretrain_self_supervised(
     """
     if method not in ("autoencoder", "contrastive"):
         raise ValueError(f"method={method!r} should be 'autoencoder' or 'contrastive'")
-    _check_common(epochs, batch_size, lr, time_budget_s)
     if method == "contrastive" and not temperature > 0:
         raise ValueError(f"temperature={temperature} should be > 0")
-    config = normalize_config(model_config)
-    Xt = as_input_tensor(X, config["in_shape"])
-    if len(Xt) < 2:
-        raise ValueError(f"n_samples={len(Xt)} should be >= 2")
+    config, Xt = _training_input(X, model_config, epochs, batch_size, lr, time_budget_s)
     n_in = math.prod(config["in_shape"])
     shape = list(image_shape) if image_shape is not None else (
         config["in_shape"] if len(config["in_shape"]) > 1 else None)
@@ -478,7 +479,8 @@ def encode(
     finally:
         net.train(was_training)
     if not outs:
-        return np.zeros((0, module.layer_dim(layer or "embedding")), np.float32)
+        encoder: Any = module  # an embedcluster encoder (it has a config), so it has layer_dim
+        return np.zeros((0, encoder.layer_dim(layer or "embedding")), np.float32)
     return torch.cat(outs).numpy()
 
 

@@ -142,7 +142,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
                       "pass n_classes=None so that classes are the distinct labels, encode the labels "
                       "as 0..k-1, or pass memory_limit= in bytes (0: no limit)")
 
-    def fit(self, Z: Any, y: Any, sample_weight: Any = None) -> "LinearProbe":
+    def fit(self, Z: Any, y: Any, sample_weight: Any = None) -> LinearProbe:
         """Trains on embeddings ``Z`` (n, d) and labels ``y``; ``sample_weight`` (n,) weighs
         each row's loss. Returns self."""
         import torch
@@ -295,7 +295,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         return {"weight": self.coef_.copy(), "bias": self.intercept_.copy()}, config
 
     @classmethod
-    def from_arrays(cls, arrays: Dict[str, np.ndarray], config: Dict[str, Any]) -> "LinearProbe":
+    def from_arrays(cls, arrays: Dict[str, np.ndarray], config: Dict[str, Any]) -> LinearProbe:
         """Rebuilds a fitted probe from :meth:`to_arrays` output (no training, no torch)."""
         if config.get("kind") != PROBE_KIND or config.get("version") != PROBE_VERSION:
             raise ValueError(f"config is not a {PROBE_KIND!r} version {PROBE_VERSION} export "
@@ -403,8 +403,8 @@ def _soft_weights(groups: np.ndarray, score: np.ndarray, fraction: float) -> np.
     w = np.zeros(len(groups))
     order = np.argsort(groups, kind="stable")
     g_sorted = groups[order]
-    starts = np.flatnonzero(np.r_[True, g_sorted[1:] != g_sorted[:-1]]) if len(order) else []
-    ends = list(starts[1:]) + [len(order)] if len(order) else []
+    starts: List[int] = list(np.flatnonzero(np.r_[True, g_sorted[1:] != g_sorted[:-1]])) if len(order) else []
+    ends = starts[1:] + [len(order)] if len(order) else []
     for a, b in zip(starts, ends):
         if g_sorted[a] < 0:
             continue

@@ -57,9 +57,10 @@ def _confusion_png(labels_true: np.ndarray, labels_pred: np.ndarray, class_names
     mat, classes, clusters = metrics.confusion_matrix(labels_true, labels_pred)
     match = metrics.match_clusters(labels_true, labels_pred)
     # Columns in matched order so a good clustering shows a bright diagonal.
+    cluster_ids = clusters.tolist()
     order = sorted(range(len(clusters)), key=lambda j: (
-        list(classes).index(match[clusters[j]]) if match.get(clusters[j], -1) in list(classes) else len(classes),
-        clusters[j]))
+        list(classes).index(match[cluster_ids[j]]) if match.get(cluster_ids[j], -1) in list(classes) else len(classes),
+        cluster_ids[j]))
     mat = mat[:, order]
     plt = _plt()
     fig, ax = plt.subplots(figsize=(1.0 + 0.45 * len(order), 1.0 + 0.4 * len(classes)))
@@ -200,7 +201,7 @@ text-align:right}th{background:#f3f5f8}td:first-child,th:first-child{text-align:
 .muted{color:#777;font-size:.9em}li{margin:.15em 0}"""
 
 
-def write_report(out_dir: "str | Path", labels_pred: Any, *, labels_true: Any = None, embeddings: Any = None,
+def write_report(out_dir: str | Path, labels_pred: Any, *, labels_true: Any = None, embeddings: Any = None,
                  images: Any = None, texts: Optional[Sequence[str]] = None,
                  class_names: Optional[Sequence[str]] = None, comparison: Optional[List[Dict[str, Any]]] = None,
                  title: str = "embedcluster report", notes: Optional[List[str]] = None,

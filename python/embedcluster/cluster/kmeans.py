@@ -1,7 +1,7 @@
-"""Clustering estimators with scikit-learn conventions: :class:`KMeans` and :class:`DBSCAN`.
+"""k-means with scikit-learn conventions: :class:`KMeans`.
 
-Both run on the native engine by default (``backend="native"`` or ``"auto"``) and on FAISS
-when asked (``backend="faiss"``). Input is converted to float32 once (see ``as_matrix``).
+Runs on the native engine by default (``backend="native"`` or ``"auto"``) and on FAISS when
+asked (``backend="faiss"``). Input is converted to float32 once (see ``as_matrix``).
 """
 
 from __future__ import annotations
@@ -16,21 +16,12 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from . import _faiss
-from ._backend import (BACKENDS, PRECISIONS, _core, as_matrix, as_weights, check_python_memory, engine_metric,
-                       memory_limit_arg, precision_arg, resolve_backend, seed_of, threads_arg, threads_constraint)
+from .. import _faiss
+from .._backend import (PRECISIONS, _core, as_matrix, as_weights, check_python_memory, engine_metric, memory_limit_arg,
+                        precision_arg, resolve_backend, seed_of, threads_arg)
+from ._common import CLUSTER_METRICS, check_features, engine_constraints, store_params
 
-# Public metric names each estimator accepts (their meaning: _backend.METRICS).
-_CLUSTER_METRICS = {"l2", "euclidean", "cosine"}
 _KMEANS_INITS = {"auto", "k-means++", "k-means||", "random"}
-
-
-def _check_features(est: BaseEstimator, X: np.ndarray) -> None:
-    if X.shape[1] != est.n_features_in_:
-        raise ValueError(
-            f"X has {X.shape[1]} features, but {type(est).__name__} is expecting "
-            f"{est.n_features_in_} features as input."
-        )
 
 
 class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
@@ -110,38 +101,24 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                  max_iter: int = 300, tol: float = 1e-4, metric: str = "l2",
                  random_state: Any = None, backend: str = "auto", n_threads: Optional[int] = None,
                  precision: str = "auto", prune: Any = "auto", memory_limit: Optional[int] = None):
-        self.n_clusters = n_clusters
-        self.init = init
-        self.n_init = n_init
-        self.max_iter = max_iter
-        self.tol = tol
-        self.metric = metric
-        self.random_state = random_state
-        self.backend = backend
-        self.n_threads = n_threads
-        self.precision = precision
-        self.prune = prune
-        self.memory_limit = memory_limit
+        store_params(self, locals())
 
     # Every parameter's rule, checked by fit (scikit-learn's declarative validation); the engine
     # asserts its own invariants again for direct callers, the bindings only convert types.
-    # memory_limit's rule (0 or >= 1 byte, not bools) is memory_limit_arg's, which names the value.
     _parameter_constraints: dict = {
+        **engine_constraints(),
         "n_clusters": [Interval(Integral, 1, None, closed="left")],
         "init": [StrOptions(_KMEANS_INITS), "array-like"],
         "n_init": [Interval(Integral, 1, None, closed="left")],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, np.inf, closed="left")],
-        "metric": [StrOptions(_CLUSTER_METRICS)],
+        "metric": [StrOptions(CLUSTER_METRICS)],
         "random_state": [None, Integral, np.random.RandomState, np.random.Generator],
-        "backend": [StrOptions(set(BACKENDS))],
-        "n_threads": threads_constraint(),
         "precision": [StrOptions(set(PRECISIONS))],
         "prune": [StrOptions({"auto"}), "boolean"],
-        "memory_limit": "no_validation",
     }
 
-    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> "KMeans":
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> KMeans:
         """Computes the clustering. ``y`` is ignored; ``sample_weight`` weights each row."""
         self._validate_params()
         memory_limit = memory_limit_arg(self.memory_limit)
@@ -208,7 +185,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     def _assign(self, X: Any):
         check_is_fitted(self)
         X = as_matrix(X, estimator="KMeans")
-        _check_features(self, X)
+        check_features(self, X)
         metric = engine_metric(self.metric)
         if self.backend_ == "native":
             return _core.kmeans_assign(self.cluster_centers_, X, metric, n_threads=threads_arg(self.n_threads),
@@ -231,7 +208,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self)
         X = as_matrix(X, estimator="KMeans")
-        _check_features(self, X)
+        check_features(self, X)
         n, k, d = X.shape[0], self.cluster_centers_.shape[0], X.shape[1]
         step = max(1, (1 << 22) // max(1, k))
         rows = min(n, step)  # the float64 temporaries of one chunk: x, x @ C.T, d2, and C itself
@@ -259,109 +236,3 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.transformer_tags.preserves_dtype = ["float32"]
         return tags
-
-
-class DBSCAN(ClusterMixin, BaseEstimator):
-    """DBSCAN on the native engine, in O(n) memory beyond the data.
-
-    Parameters
-    ----------
-    eps : float, default=0.5
-        Neighbourhood radius (inclusive): a Euclidean distance for "euclidean", a cosine
-        distance 1 - cos for "cosine".
-    min_samples : int, default=5
-        Neighbours within eps, the point itself included, that make a core point (as
-        scikit-learn).
-    metric : {"euclidean", "l2", "cosine"}, default="euclidean"
-    backend : {"auto", "native", "faiss"}, default="auto"
-        "faiss" builds the neighbourhood graph with a FAISS range search (more memory).
-    n_threads : int or None, default=None
-    memory_limit : int or None, default=None
-        Bytes of working memory the fit may use (see ``embedcluster.NearestNeighbors``).
-        When the optional projection bounds (16 bytes per pair of 192-row tiles) do not fit,
-        they are left out: the same result, with less pruning. So is the bf16 copy of the
-        rows (half the input) that bf16 kernels read gathered rows from: the same result,
-        with rows packed per product instead.
-
-    Attributes
-    ----------
-    labels_ : ndarray (n_samples,), int64
-        Cluster of each row, -1 for noise. Clusters are numbered in the order of their
-        lowest-index core point.
-    core_sample_indices_ : ndarray of core-point indices (ascending)
-    components_ : ndarray (n_core, n_features), float32, the core points
-    n_clusters_ : int
-    n_features_in_ : int
-
-    Notes
-    -----
-    Core points and the partition of core points are those of the DBSCAN definition and
-    equal scikit-learn's. A border point (not core, within eps of a core point) joins the
-    cluster of its nearest core point (ties: lower index), which makes the result independent
-    of visiting order; scikit-learn instead gives it the first cluster that reaches it.
-    Every eps decision is exact: the fast tiles (bf16 where the CPU has AVX-512 BF16, else
-    float32) are narrowed with float32 products and re-checked in float64 near eps.
-    """
-
-    def __init__(self, eps: float = 0.5, *, min_samples: int = 5, metric: str = "euclidean",
-                 backend: str = "auto", n_threads: Optional[int] = None, memory_limit: Optional[int] = None):
-        self.eps = eps
-        self.min_samples = min_samples
-        self.metric = metric
-        self.backend = backend
-        self.n_threads = n_threads
-        self.memory_limit = memory_limit
-
-    # See KMeans._parameter_constraints.
-    _parameter_constraints: dict = {
-        "eps": [Interval(Real, 0, np.inf, closed="neither")],
-        "min_samples": [Interval(Integral, 1, None, closed="left")],
-        "metric": [StrOptions(_CLUSTER_METRICS)],
-        "backend": [StrOptions(set(BACKENDS))],
-        "n_threads": threads_constraint(),
-        "memory_limit": "no_validation",
-    }
-
-    def fit(self, X: Any, y: Any = None) -> "DBSCAN":
-        """Finds clusters and noise. ``y`` is ignored."""
-        self._validate_params()
-        metric = engine_metric(self.metric)
-        memory_limit = memory_limit_arg(self.memory_limit)
-        X = as_matrix(X, estimator="DBSCAN")
-        backend = resolve_backend(self.backend, "DBSCAN")
-        if backend == "native":
-            r = _core.dbscan_fit(X, float(self.eps), int(self.min_samples), metric,
-                                 n_threads=threads_arg(self.n_threads), memory_limit=memory_limit)
-            labels, is_core = r.labels, r.is_core
-            self.stats_ = {k: int(getattr(r, k)) for k in ("tile_pairs", "pairs_computed_pass1", "pairs_computed_pass2")}
-        else:
-            labels, is_core, _ = _faiss.dbscan(X, float(self.eps), int(self.min_samples), metric)
-            self.stats_ = {}
-        self.labels_ = np.asarray(labels, dtype=np.int64)
-        self.core_sample_indices_ = np.flatnonzero(np.asarray(is_core, dtype=bool))
-        self.components_ = X[self.core_sample_indices_]  # fancy indexing copies already
-        self.n_clusters_ = int(self.labels_.max() + 1) if len(self.labels_) else 0
-        self.n_features_in_ = X.shape[1]
-        self.backend_ = backend
-        return self
-
-    def fit_predict(self, X: Any, y: Any = None) -> np.ndarray:
-        """Fits and returns ``labels_``."""
-        return self.fit(X).labels_
-
-    def predict(self, X: Any) -> np.ndarray:
-        """Cluster of each new row: that of its nearest core point when within eps, else -1."""
-        check_is_fitted(self)
-        X = as_matrix(X, estimator="DBSCAN")
-        _check_features(self, X)
-        if len(self.core_sample_indices_) == 0:
-            return np.full(X.shape[0], -1, dtype=np.int64)
-        metric = engine_metric(self.metric)
-        if self.backend_ == "native":
-            dist, idx = _core.knn_search(self.components_, X, 1, metric, n_threads=threads_arg(self.n_threads),
-                                         memory_limit=memory_limit_arg(self.memory_limit))
-        else:
-            dist, idx = _faiss.knn(self.components_, X, 1, metric, exclude_self=False)
-        limit = self.eps * self.eps if metric == "l2" else self.eps
-        core_labels = self.labels_[self.core_sample_indices_]
-        return np.where(dist[:, 0] <= limit, core_labels[idx[:, 0]], -1).astype(np.int64)

@@ -1,0 +1,7 @@
+"""``python -m embedcluster.cli``: the ``embedcluster`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

@@ -1,0 +1,161 @@
+"""What the commands share: argument types, the checks of output paths and optional
+dependencies made before any work, .npy input and output, and the printing of results."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error contract: one line on stderr, exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
+def int_at_least(lo: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"{v} should be >= {lo}")
+        return v
+    return parse
+
+
+def real_in(lo: float, hi: float = math.inf, lo_open: bool = True) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(v) or (v <= lo if lo_open else v < lo) or v > hi:
+            rng = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi == math.inf else ']'}"
+            raise argparse.ArgumentTypeError(f"{text} should be a finite number in {rng}")
+        return v
+    return parse
+
+
+POSITIVE = int_at_least(1)
+
+
+def require(modules: List[str], why: str) -> None:
+    """Fails before any work when an optional dependency is missing."""
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            pip = {"matplotlib": "matplotlib", "torch": "torch==2.13.0", "safetensors": "safetensors",
+                   "PIL": "pillow", "tqdm": "tqdm"}.get(name, name)
+            raise ImportError(f"{why} needs {name}, which is not installed ({e}); install it with "
+                              f"pip install {pip}, or pip install 'embedcluster[transfer]'") from None
+
+
+def check_output_file(path: Optional[str], what: str) -> None:
+    """Checks an output file path before any work: its folder exists, and the path is absent
+    or a regular file (a directory, link, device or FIFO is never replaced)."""
+    if path is None:
+        return
+    from .._io import check_output_path
+
+    p = check_output_path(path)
+    if not p.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {what} {p}: folder {p.parent} does not exist; create it first")
+
+
+def check_output_dir(path: Optional[str], what: str) -> None:
+    """An output folder must be absent or a real directory (not a file, link or device)."""
+    if path is None:
+        return
+    import stat
+
+    from .._io import UnsafePathError
+
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafePathError(f"{what} {path} exists and is not a directory; give a folder path")
+
+
+def emit(args: argparse.Namespace, result: Dict[str, Any], lines: List[str]) -> int:
+    """Prints the result as JSON (--json) or as human lines."""
+    if getattr(args, "json", False):
+        from .._io import dumps
+
+        print(dumps(result, allow_nan=True))
+    else:
+        for line in lines:
+            print(line)
+    return 0
+
+
+def load_npy(path: str, what: str):
+    """Embeddings (2-D, memory-mapped) or labels (1-D integers), with the .npy header checked
+    against the file before anything is read (embedcluster.data)."""
+    import numpy as np
+
+    from ..data.arrays import _load_npy_file
+
+    if what == "embeddings":
+        arr = _load_npy_file(Path(path), mmap=True)
+        if arr.ndim != 2 or arr.shape[0] == 0:
+            raise ValueError(f"embeddings file {path} should hold a non-empty 2-D array (n, d), got shape {arr.shape}")
+        return arr
+    arr = _load_npy_file(Path(path), mmap=False, labels=True)
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{what} file {path} should hold a 1-D integer array, got {arr.dtype} of shape {arr.shape}")
+    return arr
+
+
+def save_npy(path: str, arr) -> None:
+    import io
+
+    import numpy as np
+
+    from .._io import atomic_write_bytes
+
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def metric_line(name: str, rep: Dict[str, Any]) -> str:
+    return f"{name:44s} ACC {rep['accuracy']:.3f}  NMI {rep['nmi']:.3f}  ARI {rep['ari']:.3f}"
+
+
+def check_same_length(a, b, name_a: str, name_b: str) -> None:
+    if len(a) != len(b):
+        raise ValueError(f"{name_a} has {len(a)} entries but {name_b} has {len(b)}; they must describe the same points")
+
+
+def load_truth(spec: str):
+    if spec.endswith(".npy"):
+        return load_npy(spec, "labels")
+    from ..data import load
+
+    y = load(spec).y
+    if y is None:
+        raise ValueError(f"{spec} has no labels to evaluate against")
+    return y
+
+
+def data_help(what: str) -> str:
+    """The help text of an argument that names a data set."""
+    return (f"{what}: a .npy file, a folder of .npy shards or images, IDX files, a .txt / .csv / .jsonl file, "
+            "'digits' or 'fashion-mnist[:train|test]'")
+
+
+def set_command(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int], json_help: str) -> None:
+    """Adds the --json flag every command has and the function that runs the command."""
+    parser.add_argument("--json", action="store_true", help=json_help)
+    parser.set_defaults(func=run)

@@ -1,0 +1,155 @@
+"""`embedcluster run`: the whole chain, with its settings from flags and a JSON config file
+(the schema of that file: _RUN_KEYS)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict
+
+from ._common import (POSITIVE, check_output_dir, data_help, emit, int_at_least, metric_line, real_in, require,
+                      set_command)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# Every key a run config may hold: (check, the rule as the message states it).
+_RUN_KEYS: Dict[str, Any] = {
+    "data": (lambda v: isinstance(v, str) and v != "", "a data path or name (string)"),
+    "encoder": (lambda v: v is None or (isinstance(v, str) and v != ""), "an encoder spec (string) or null"),
+    "n_clusters": (lambda v: v is None or (_is_int(v) and v >= 1), "an integer >= 1 (or null: the number of classes)"),
+    "algorithm": (lambda v: v in ("kmeans", "dbscan"), "'kmeans' or 'dbscan'"),
+    "eps": (lambda v: _is_real(v) and v > 0, "a finite number > 0"),
+    "min_samples": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "normalize": (lambda v: isinstance(v, bool), "true or false"),
+    "probe": (lambda v: isinstance(v, bool), "true or false"),
+    "probe_rounds": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "out": (lambda v: isinstance(v, str) and v != "", "an output folder (string)"),
+    "cache_dir": (lambda v: v is None or (isinstance(v, str) and v != ""), "a folder (string) or null"),
+    "seed": (lambda v: _is_int(v) and 0 <= v < 2 ** 32, "an integer in [0, 2^32)"),
+    "report": (lambda v: isinstance(v, bool), "true or false"),
+    "batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+}
+
+
+def _check_run_config(cfg: Any, source: str) -> Dict[str, Any]:
+    """Every key known and every value of the right type and range, before any work."""
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{source} should hold a JSON object of settings, got {type(cfg).__name__}")
+    unknown = sorted(set(cfg) - set(_RUN_KEYS))
+    if unknown:
+        raise ValueError(f"unknown keys in {source}: {unknown}; known: {sorted(_RUN_KEYS)}")
+    for key, value in cfg.items():
+        check, rule = _RUN_KEYS[key]
+        if not check(value):
+            raise ValueError(f"{source}: {key!r} is {json.dumps(value)}; it should be {rule}")
+    return cfg
+
+
+def _run_config(args: argparse.Namespace) -> Dict[str, Any]:
+    """Flags on top of a JSON config file when one is given (flags win); validated whole."""
+    cfg: Dict[str, Any] = {}
+    if args.config:
+        from .._io import load_json
+
+        cfg = dict(_check_run_config(load_json(args.config), args.config))
+    for k in ("data", "encoder", "n_clusters", "algorithm", "eps", "min_samples", "out", "cache_dir", "seed",
+              "batch_size", "probe_rounds"):
+        v = getattr(args, k)
+        if v is not None:
+            cfg[k] = v
+    if args.no_normalize:
+        cfg["normalize"] = False
+    if args.no_probe:
+        cfg["probe"] = False
+    if args.no_report:
+        cfg["report"] = False
+    for need in ("data", "out"):
+        if need not in cfg:
+            raise ValueError(f"run needs {need}: pass {'DATA' if need == 'data' else '--out'} or put "
+                             f"{need!r} in the config file")
+    if cfg.get("algorithm", "kmeans") != "dbscan" and ("eps" in cfg or "min_samples" in cfg):
+        raise ValueError("eps and min_samples are DBSCAN settings; add algorithm 'dbscan' (--algorithm dbscan) "
+                         "or remove them")
+    _check_run_config(cfg, "the run settings")
+    check_output_dir(cfg["out"], "--out")
+    needs = (["torch"] if cfg.get("encoder") or cfg.get("probe", True) else []) + \
+        (["matplotlib"] if cfg.get("report", True) else [])
+    require(needs, "this run (encoder, probe or report)")
+    return cfg
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    cfg = _run_config(args)  # validated, optional dependencies present, before any work
+    from ..cluster import DBSCAN, KMeans
+    from ..data import load
+    from ..transfer.pipeline import TransferClustering
+    from ..transfer.report import write_report
+
+    ds = load(cfg["data"])
+    k = cfg.get("n_clusters") or (len(ds.class_names) if ds.class_names else 8)
+    seed = cfg.get("seed", 0)
+    clusterer = (DBSCAN(eps=cfg.get("eps", 0.5), min_samples=cfg.get("min_samples", 5))
+                 if cfg.get("algorithm", "kmeans") == "dbscan" else KMeans(k, n_init=10, random_state=seed))
+    tc = TransferClustering(encoder=cfg.get("encoder"), clusterer=clusterer, probe=cfg.get("probe", True),
+                            normalize=cfg.get("normalize", True), probe_rounds=cfg.get("probe_rounds", 1),
+                            cache_dir=cfg.get("cache_dir"), batch_size=cfg.get("batch_size", 256),
+                            progress=not args.no_progress, seed=seed)
+    tc.fit(ds)
+    out = Path(cfg["out"])
+    tc.save(out / "pipeline")
+    res: Dict[str, Any] = {"data": ds.source, "n_points": len(ds), "n_clusters": int(tc.centers_.shape[0]),
+                           "pipeline": str(out / "pipeline")}
+    lines = [f"{len(ds)} items from {ds.source}: {res['n_clusters']} clusters; pipeline saved to {out / 'pipeline'}"]
+    if ds.y is not None:
+        ev = tc.evaluate(y=ds.y)
+        res.update(ev)
+        lines.append(metric_line("clusters", ev["clusters"]))
+        if "probe" in ev:
+            lines.append(metric_line("probe on pseudo-labels", ev["probe"]))
+    if cfg.get("report", True):
+        path = write_report(out / "report", tc.labels_, labels_true=ds.y, embeddings=tc.embeddings_,
+                            images=ds.X if ds.kind == "images" else None, texts=ds.texts,
+                            class_names=ds.class_names, title=f"embedcluster run: {ds.source}")
+        res["report"] = str(path)
+        lines.append(f"report: {path}")
+    from .._io import save_json
+
+    save_json(out / "metrics.json", res)
+    return emit(args, res, lines)
+
+
+def add_parser(sub: Any) -> None:
+    """The sub-command run."""
+    pr = sub.add_parser("run", help="the whole chain: embed, cluster, probe, evaluate, save, report",
+                        description="Embed DATA, cluster, train the probe, evaluate when labels exist, save the "
+                                    "pipeline (OUT/pipeline), the metrics (OUT/metrics.json) and the HTML report "
+                                    "(OUT/report). Settings come from flags and/or a JSON config file (--config) "
+                                    "with the same names (flags win).")
+    pr.add_argument("data", nargs="?", help=data_help("DATA"))
+    pr.add_argument("--config", help="JSON file with any of: data, encoder, n_clusters, algorithm, eps, "
+                    "min_samples, normalize, probe, probe_rounds, out, cache_dir, seed, report, batch_size")
+    pr.add_argument("--encoder", help="encoder spec (see `embedcluster embed --help`); none: raw features")
+    pr.add_argument("--n-clusters", type=POSITIVE, help="k (default: the number of classes when known, else 8)")
+    pr.add_argument("--algorithm", choices=["kmeans", "dbscan"], help="default kmeans")
+    pr.add_argument("--eps", type=real_in(0.0), help="DBSCAN radius")
+    pr.add_argument("--min-samples", type=POSITIVE, help="DBSCAN core threshold")
+    pr.add_argument("--probe-rounds", type=POSITIVE, help="self-labeling rounds (default 1)")
+    pr.add_argument("--no-normalize", action="store_true", help="do not L2-normalise embeddings")
+    pr.add_argument("--no-probe", action="store_true", help="no linear probe")
+    pr.add_argument("--no-report", action="store_true", help="no HTML report")
+    pr.add_argument("--cache-dir", help="embedding cache folder")
+    pr.add_argument("--batch-size", type=POSITIVE, help="items per forward pass (default 256)")
+    pr.add_argument("--seed", type=int_at_least(0), help="random seed (default 0)")
+    pr.add_argument("--out", help="output folder")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    set_command(pr, _cmd_run, "print the results as JSON")
+

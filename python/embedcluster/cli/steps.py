@@ -1,0 +1,99 @@
+"""The single steps of the chain on .npy files: `embedcluster embed`, `cluster` and `evaluate`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ._common import (POSITIVE, check_output_file, check_same_length, data_help, emit, int_at_least, load_npy,
+                      load_truth, metric_line, real_in, require, save_npy, set_command)
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from ..data import load
+    from ..transfer.pipeline import TransferClustering
+
+    check_output_file(args.out, "embeddings")
+    check_output_file(args.labels_out, "labels")
+    if args.encoder:
+        require(["torch"], "an encoder")
+    ds = load(args.data)
+    tc = TransferClustering(encoder=args.encoder, normalize=args.normalize, batch_size=args.batch_size,
+                            cache_dir=args.cache_dir, progress=not args.no_progress)
+    Z = tc.embed(ds)
+    save_npy(args.out, Z)
+    if ds.y is not None and args.labels_out:
+        save_npy(args.labels_out, ds.y)
+    return emit(args, {"out": args.out, "shape": list(Z.shape), "source": ds.source},
+                 [f"embedded {len(Z)} items from {ds.source} -> {args.out} {tuple(Z.shape)}"])
+
+
+def _cmd_cluster(args: argparse.Namespace) -> int:
+    from ..cluster import DBSCAN, KMeans
+
+    check_output_file(args.out, "labels")
+    Z = load_npy(args.embeddings, "embeddings")
+    if args.algorithm == "kmeans":
+        est = KMeans(args.n_clusters, n_init=args.n_init, metric=args.metric, random_state=args.seed)
+    else:
+        est = DBSCAN(eps=args.eps, min_samples=args.min_samples,
+                     metric="euclidean" if args.metric == "l2" else args.metric)
+    labels = est.fit(Z).labels_
+    save_npy(args.out, labels)
+    res = {"out": args.out, "n_points": int(len(labels)), "n_clusters": int(len(set(labels.tolist()) - {-1})),
+           "n_noise": int((labels == -1).sum())}
+    if args.algorithm == "kmeans":
+        res["inertia"] = est.inertia_
+        res["n_iter"] = est.n_iter_
+    return emit(args, res, [f"{res['n_clusters']} clusters, {res['n_noise']} noise points -> {args.out}"])
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .. import metrics
+
+    pred = load_npy(args.labels, "labels")
+    truth = load_truth(args.truth)
+    check_same_length(pred, truth, args.labels, args.truth)
+    rep = metrics.clustering_report(truth, pred)
+    lines = [metric_line("clusters", rep), f"  purity {rep['purity']:.3f}  V-measure {rep['v_measure']:.3f}"]
+    return emit(args, rep, lines)
+
+
+def add_parsers(sub: Any) -> None:
+    """The sub-commands embed, cluster and evaluate."""
+    pe = sub.add_parser("embed", help="embed a data set with an encoder", description="Embed DATA with ENCODER and "
+                        "save the embeddings as a .npy file (float32). Embeddings are cached on disk with --cache-dir.")
+    pe.add_argument("data", help=data_help("DATA"))
+    pe.add_argument("--encoder", help="TorchScript file, embedcluster checkpoint folder, sentence-transformers "
+                    "folder, 'all-MiniLM-L6-v2', 'torchvision:NAME' / 'timm:NAME' with local weights; "
+                    "none: raw features")
+    pe.add_argument("--out", required=True, help="where to write the embeddings (.npy)")
+    pe.add_argument("--labels-out", help="also write the data's true labels here (.npy), when it has them")
+    pe.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings")
+    pe.add_argument("--batch-size", type=POSITIVE, default=256, help="items per forward pass (default 256)")
+    pe.add_argument("--cache-dir",
+                    help="embedding cache folder: a second run with the same encoder and data is instant")
+    pe.add_argument("--no-progress", action="store_true", help="no progress bar")
+    set_command(pe, _cmd_embed, "print the result as JSON")
+
+    pc = sub.add_parser("cluster", help="cluster embeddings (k-means or DBSCAN)",
+                        description="Cluster the rows of EMBEDDINGS (.npy) and write the labels (.npy, -1 = noise).")
+    pc.add_argument("embeddings", help="embeddings (.npy, n x d)")
+    pc.add_argument("--algorithm", choices=["kmeans", "dbscan"], default="kmeans", help="default kmeans")
+    pc.add_argument("--n-clusters", type=POSITIVE, default=8, help="k for k-means (default 8)")
+    pc.add_argument("--n-init", type=POSITIVE, default=10,
+                    help="k-means restarts, the lowest inertia wins (default 10)")
+    pc.add_argument("--eps", type=real_in(0.0), default=0.5, help="DBSCAN radius (default 0.5)")
+    pc.add_argument("--min-samples", type=POSITIVE, default=5, help="DBSCAN core threshold (default 5)")
+    pc.add_argument("--metric", choices=["l2", "cosine"], default="l2", help="default l2")
+    pc.add_argument("--seed", type=int_at_least(0), default=0, help="random seed (default 0)")
+    pc.add_argument("--out", required=True, help="where to write the labels (.npy)")
+    set_command(pc, _cmd_cluster, "print the result as JSON")
+
+    pv = sub.add_parser("evaluate", help="score cluster labels against true labels",
+                        description="Accuracy after Hungarian matching, NMI, ARI, V-measure, purity and per-class "
+                                    "precision / recall / F1 of LABELS against TRUTH.")
+    pv.add_argument("--labels", required=True, help="predicted cluster labels (.npy)")
+    pv.add_argument("--truth", required=True, help="true labels (.npy) or " + data_help("a data set with labels"))
+    set_command(pv, _cmd_evaluate, "print the full report as JSON")
+

@@ -1,0 +1,179 @@
+"""Exact nearest-neighbour search with scikit-learn conventions: :class:`NearestNeighbors`."""
+
+from __future__ import annotations
+
+from numbers import Integral, Real
+from typing import Any, Optional
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from .. import _faiss
+from .._backend import (METRICS, PRECISIONS, _core, as_matrix, check_python_memory, engine_metric, memory_limit_arg,
+                        precision_arg, reports_sqrt, resolve_backend, threads_arg)
+from ._common import check_features, engine_constraints, store_params
+
+# Python objects per query of radius_neighbors' result: two array views and two object slots.
+_RADIUS_OBJECTS_PER_QUERY = 2 * 112 + 2 * 8
+
+
+class NearestNeighbors(BaseEstimator):
+    """Exact k-nearest-neighbour and radius search (brute force on fast tiles, exact results).
+
+    Parameters
+    ----------
+    n_neighbors : int, default=5
+        Neighbours returned by :meth:`kneighbors` when none is given.
+    radius : float, default=1.0
+        Radius of :meth:`radius_neighbors` when none is given, in the metric's units.
+    metric : {"euclidean", "l2", "sqeuclidean", "cosine", "inner_product"}, default="euclidean"
+        "inner_product" ranks by the dot product, largest first, and reports the dot products.
+    backend : {"auto", "native", "faiss"}, default="auto"
+    n_threads : int or None, default=None
+    precision : {"auto", "fp32"}, default="auto"
+        "auto" uses bf16 tile products where the CPU has AVX-512 BF16, "fp32" the fp32 ones;
+        results are identical (float64 re-check within the error bound).
+    memory_limit : int or None, default=None
+        Bytes of working memory one native call may use (its outputs included, the input data
+        not). None: ``embedcluster._core.default_memory_limit()`` when the call starts (3/4 of
+        the least of the available memory, the room RLIMIT_AS leaves and the room the memory
+        cgroup leaves); 0: no limit; a value between 0 and 1 is an error.
+        A call that would need more raises ``MemoryError`` (``_core.MemoryLimitError``) naming
+        the size it needed, before allocating it. The faiss backend ignores it.
+
+    Notes
+    -----
+    Results are those of a float64 brute force on the float32 data: neighbours within the
+    float32 tiles' error bound of the k-th are re-checked in float64; ties go to the lower
+    index. ``kneighbors()`` with no X is the self-join that leaves each point out, as in
+    scikit-learn.
+    """
+
+    def __init__(self, n_neighbors: int = 5, *, radius: float = 1.0, metric: str = "euclidean",
+                 backend: str = "auto", n_threads: Optional[int] = None, precision: str = "auto",
+                 memory_limit: Optional[int] = None):
+        store_params(self, locals())
+
+    # See embedcluster.KMeans._parameter_constraints.
+    _parameter_constraints: dict = {
+        **engine_constraints(),
+        "n_neighbors": [Interval(Integral, 1, None, closed="left")],
+        "radius": [Interval(Real, 0, np.inf, closed="left")],
+        "metric": [StrOptions(set(METRICS))],
+        "precision": [StrOptions(set(PRECISIONS))],
+    }
+
+    def fit(self, X: Any, y: Any = None) -> NearestNeighbors:
+        """Stores the database rows (float32; no copy when X already is float32 C-contiguous)."""
+        self._validate_params()
+        memory_limit_arg(self.memory_limit)
+        X = as_matrix(X, estimator="NearestNeighbors")
+        if self.metric == "cosine" and (np.einsum("ij,ij->i", X, X) == 0).any():
+            raise ValueError("X has zero-norm rows; the cosine metric is undefined for them")
+        self._fit_X = X
+        self.n_samples_fit_ = X.shape[0]
+        self.n_features_in_ = X.shape[1]
+        self.backend_ = resolve_backend(self.backend, "nearest neighbours")
+        return self
+
+    def _queries(self, X: Any):
+        check_is_fitted(self, "_fit_X")
+        if X is None:
+            return self._fit_X, True
+        Q = as_matrix(X, "X", estimator="NearestNeighbors", allow_empty=True)
+        check_features(self, Q)
+        return Q, False
+
+    def _report(self, values: np.ndarray) -> np.ndarray:
+        if reports_sqrt(self.metric):
+            return np.sqrt(np.maximum(values, 0.0))
+        return values
+
+    def kneighbors(self, X: Any = None, n_neighbors: Optional[int] = None, return_distance: bool = True):
+        """The k nearest fitted rows of each query, nearest first.
+
+        Returns ``(distances, indices)`` of shape (n_queries, k), or only indices when
+        ``return_distance=False``. X=None queries the fitted rows, each leaving itself out.
+        """
+        k = self.n_neighbors if n_neighbors is None else n_neighbors
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"Expected n_neighbors > 0. Got {k!r}")
+        Q, self_join = self._queries(X)
+        avail = self.n_samples_fit_ - (1 if self_join else 0)
+        if k > avail:
+            raise ValueError(
+                f"Expected n_neighbors <= n_samples_fit, but n_neighbors = {k}, n_samples_fit = "
+                f"{self.n_samples_fit_}, n_samples = {Q.shape[0]}"
+            )
+        metric = engine_metric(self.metric)
+        if Q.shape[0] == 0:
+            dist, idx = np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+        elif self.backend_ == "native":
+            dist, idx = _core.knn_search(self._fit_X, Q, int(k), metric, self_join, threads_arg(self.n_threads),
+                                         precision_arg(self.precision), memory_limit_arg(self.memory_limit))
+        else:
+            dist, idx = _faiss.knn(self._fit_X, Q, int(k), metric, self_join)
+        return (self._report(dist), idx) if return_distance else idx
+
+    def radius_neighbors(self, X: Any = None, radius: Optional[float] = None, return_distance: bool = True,
+                         sort_results: bool = False):
+        """Fitted rows within ``radius`` (inclusive) of each query.
+
+        Returns object arrays of per-query arrays, like scikit-learn: ``(distances, indices)``
+        or only indices. Indices are ascending unless ``sort_results=True`` (nearest first).
+        The results count against ``memory_limit`` as they are found: a radius that finds
+        more neighbours than the limit holds raises ``MemoryError`` before exceeding it (count
+        them first with ``_core.radius_count``, use a smaller radius, or query in batches).
+        """
+        r = self.radius if radius is None else radius
+        if not np.isfinite(r) or r < 0:
+            raise ValueError(f"radius={r!r} should be a finite number >= 0")
+        if self.metric == "inner_product":
+            raise ValueError("radius queries need a distance metric, not 'inner_product'")
+        Q, self_join = self._queries(X)
+        metric = engine_metric(self.metric)
+        r_engine = r * r if reports_sqrt(self.metric) else r
+        if self.backend_ == "native":  # the native call charges the neighbours; here the per-query objects
+            check_python_memory(float(Q.shape[0]) * _RADIUS_OBJECTS_PER_QUERY, self.memory_limit,
+                                f"radius_neighbors' result objects for {Q.shape[0]} queries")
+        if Q.shape[0] == 0:
+            ptr, ind, dist = np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+        elif self.backend_ == "native":
+            ptr, ind, dist = _core.radius_search(self._fit_X, Q, float(r_engine), metric, self_join,
+                                                 threads_arg(self.n_threads), precision_arg(self.precision),
+                                                 memory_limit_arg(self.memory_limit))
+        else:
+            ptr, ind, dist = _faiss.radius(self._fit_X, Q, float(r_engine), metric, self_join)
+        dist = self._report(dist)
+        out_i = np.empty(Q.shape[0], dtype=object)
+        out_d = np.empty(Q.shape[0], dtype=object)
+        for q in range(Q.shape[0]):
+            ii, dd = ind[ptr[q]:ptr[q + 1]], dist[ptr[q]:ptr[q + 1]]
+            if sort_results:
+                o = np.lexsort((ii, dd))
+                ii, dd = ii[o], dd[o]
+            out_i[q], out_d[q] = ii, dd
+        return (out_d, out_i) if return_distance else out_i
+
+    def kneighbors_graph(self, X: Any = None, n_neighbors: Optional[int] = None, mode: str = "connectivity"):
+        """Sparse CSR graph (n_queries, n_samples_fit) of the k nearest neighbours.
+
+        ``mode="connectivity"`` stores ones, ``mode="distance"`` the distances.
+        """
+        from scipy.sparse import csr_matrix
+
+        if mode not in ("connectivity", "distance"):
+            raise ValueError(f"mode={mode!r} should be 'connectivity' or 'distance'")
+        check_is_fitted(self, "_fit_X")
+        if self.backend_ == "native":  # the kNN outputs, their reported copy, the graph's data and indices
+            nq = self.n_samples_fit_ if X is None else len(X)
+            k = self.n_neighbors if n_neighbors is None else n_neighbors
+            if isinstance(k, (int, np.integer)) and k > 0:
+                check_python_memory(float(nq) * k * (12 + 4 + 8 + 8) + 8.0 * (nq + 1), self.memory_limit,
+                                    f"kneighbors_graph of {nq} queries x {k} neighbours")
+        dist, idx = self.kneighbors(X, n_neighbors)
+        nq, k = idx.shape
+        data = np.ones(nq * k) if mode == "connectivity" else dist.ravel().astype(np.float64)
+        return csr_matrix((data, idx.ravel(), np.arange(0, nq * k + 1, k)), shape=(nq, self.n_samples_fit_))

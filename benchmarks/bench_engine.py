@@ -205,7 +205,7 @@ def timed(fit: Callable[[], Any], repeats: int) -> Callable[[], Timed]:
     return lambda: time_repeats(fit, repeats)
 
 
-def run_engines(result: CaseResult, eng: "Engines", runners: Dict[str, Callable[[], Timed]]) -> Dict[str, Any]:
+def run_engines(result: CaseResult, eng: Engines, runners: Dict[str, Callable[[], Timed]]) -> Dict[str, Any]:
     """Runs each engine's runner, records an :class:`EngineRun` per engine, returns the outputs.
 
     A runner returns ``(times, output)``. Engines that are not installed, or whose runner
@@ -320,30 +320,30 @@ def exact_knn_f64(X: np.ndarray, queries: np.ndarray, k: int, block: int = 64) -
     return out
 
 
-def drop_self(D: np.ndarray, I: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def drop_self(D: np.ndarray, ids: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Removes each query's own index from a (k+1)-NN self-join (else its last column)."""
-    n, k1 = I.shape
-    keep = I != np.arange(n)[:, None]
+    n, k1 = ids.shape
+    keep = ids != np.arange(n)[:, None]
     keep[keep.all(axis=1), -1] = False
-    return D[keep].reshape(n, k1 - 1), I[keep].reshape(n, k1 - 1)
+    return D[keep].reshape(n, k1 - 1), ids[keep].reshape(n, k1 - 1)
 
 
-def knn_agreement(D: np.ndarray, I: np.ndarray, D_ref: np.ndarray, I_ref: np.ndarray,
+def knn_agreement(D: np.ndarray, ids: np.ndarray, D_ref: np.ndarray, ids_ref: np.ndarray,
                   rtol: float = 1e-4) -> Dict[str, float]:
     """Fractions of queries whose neighbour lists match the reference (Euclidean distances)."""
     a = np.sort(np.asarray(D, np.float64), axis=1)
     b = np.sort(np.asarray(D_ref, np.float64), axis=1)
     close = np.abs(a - b) <= rtol * np.maximum(np.abs(a), np.abs(b)) + 1e-7
     return {
-        "ids_identical": float((I == I_ref).all(axis=1).mean()),
-        "ids_same_set": float((np.sort(I, axis=1) == np.sort(I_ref, axis=1)).all(axis=1).mean()),
+        "ids_identical": float((ids == ids_ref).all(axis=1).mean()),
+        "ids_same_set": float((np.sort(ids, axis=1) == np.sort(ids_ref, axis=1)).all(axis=1).mean()),
         "dists_agree_rtol_1e-4": float(close.all(axis=1).mean()),
     }
 
 
-def recall(I: np.ndarray, I_true: np.ndarray) -> float:
+def recall(ids: np.ndarray, ids_true: np.ndarray) -> float:
     """Mean fraction of the true neighbours found."""
-    return float((I[:, :, None] == I_true[:, None, :]).any(axis=2).mean())
+    return float((ids[:, :, None] == ids_true[:, None, :]).any(axis=2).mean())
 
 
 # --------------------------------------------------------------------------------------------
@@ -465,11 +465,11 @@ class Engines:
     threads: int
 
     @classmethod
-    def load(cls, threads: int) -> "Engines":
+    def load(cls, threads: int) -> Engines:
         try:
             import embedcluster
         except ImportError as exc:
-            raise SystemExit(f"embedcluster is not importable ({exc}); run `pip install .` in the repo first")
+            raise SystemExit(f"embedcluster is not importable ({exc}); run `pip install .` in the repo first") from exc
 
         missing: Dict[str, str] = {}
         try:
@@ -650,8 +650,8 @@ def bench_knn(cfg: KnnCase, eng: Engines, args: argparse.Namespace) -> CaseResul
     def fit_faiss() -> Tuple[np.ndarray, np.ndarray]:
         index = eng.faiss.IndexFlatL2(cfg.d)
         index.add(X)
-        D, I = drop_self(*index.search(X, cfg.k + 1))
-        return np.sqrt(np.maximum(D, 0.0)), I
+        D, ids = drop_self(*index.search(X, cfg.k + 1))
+        return np.sqrt(np.maximum(D, 0.0)), ids
 
     def fit_sklearn() -> Tuple[np.ndarray, np.ndarray]:
         from sklearn.neighbors import NearestNeighbors
@@ -669,13 +669,13 @@ def bench_knn(cfg: KnnCase, eng: Engines, args: argparse.Namespace) -> CaseResul
     sample = np.sort(rng.choice(cfg.n, min(cfg.recall_queries, cfg.n), replace=False))
     truth = exact_knn_f64(X, sample, cfg.k) if outputs else None
     ref = outputs.get(FAISS)
-    for engine, (D, I) in outputs.items():
+    for engine, (D, ids) in outputs.items():
         run = result.runs[engine]
         run.flop = 2.0 * cfg.n * cfg.n * cfg.d
-        run.quality[f"recall_at_{cfg.k}_vs_f64"] = recall(I[sample], truth)
+        run.quality[f"recall_at_{cfg.k}_vs_f64"] = recall(ids[sample], truth)
         run.summary = f"recall {run.quality[f'recall_at_{cfg.k}_vs_f64']:.4f}"
         if ref is not None and engine != FAISS:
-            agree = knn_agreement(D, I, *ref)
+            agree = knn_agreement(D, ids, *ref)
             run.quality["vs_faiss"] = agree
             run.summary += (f"; = faiss: ids {fmt_pct(agree['ids_identical'])}, "
                             f"dists {fmt_pct(agree['dists_agree_rtol_1e-4'])}")
@@ -911,7 +911,7 @@ def _torch_matmul_gflops(threads: int) -> Dict[str, Optional[float]]:
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         a = torch.randn(4096, 4096).to(dtype)
         a @ a
-        best = min(_seconds(lambda: a @ a) for _ in range(3))
+        best = min(_seconds(lambda a=a: a @ a) for _ in range(3))
         out[name] = 2.0 * 4096 ** 3 / best / 1e9
     return out
 

@@ -878,7 +878,7 @@ def test_damaged_torchscript_is_a_value_error(tmp_path, damage):
     _script_and_save(mlp(), path)
     raw = path.read_bytes()
     rng = np.random.default_rng(1)
-    for i in range(12):
+    for _ in range(12):
         bad = bytearray(raw)
         if damage == "truncate":
             bad = bad[: int(rng.integers(1, len(raw)))]

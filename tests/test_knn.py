@@ -3,8 +3,6 @@ tests of that oracle itself: its ties and boundaries must not depend on the BLAS
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
@@ -311,8 +309,9 @@ def test_oracle_values_and_decisions_equal_exact_rational_arithmetic(metric):
     np.testing.assert_array_equal(idx, ref_idx)
     np.testing.assert_array_equal(brute_argmin(X, Q, metric), ref_idx[:, 0])
     if metric != "cosine":
-        vals = pair_values(X, Q, np.repeat(np.arange(len(Q)), 9), idx.ravel(), metric)
-        np.testing.assert_array_equal(vals, [float(E[i][j]) for i, j in zip(np.repeat(np.arange(len(Q)), 9), idx.ravel())])
+        rows = np.repeat(np.arange(len(Q)), 9)
+        vals = pair_values(X, Q, rows, idx.ravel(), metric)
+        np.testing.assert_array_equal(vals, [float(E[i][j]) for i, j in zip(rows, idx.ravel())])
         lim = float(E[0][int(idx[0, 4])])  # a limit that real pairs lie exactly on
         np.testing.assert_array_equal(brute_within(X, Q, lim, metric), [[e <= lim for e in row] for row in E])
     else:

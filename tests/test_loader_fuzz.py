@@ -68,7 +68,7 @@ def mutate_bytes(data: bytes, rng: random.Random) -> tuple[bytes, str]:
     for _ in range(rng.randint(1, 3)):
         n = len(b)
 
-        def pos() -> int:
+        def pos(n: int = n) -> int:
             hi = min(n, 128) if rng.random() < 0.5 else n
             return rng.randrange(max(hi, 1))
 

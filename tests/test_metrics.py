@@ -171,7 +171,8 @@ def test_string_true_labels_and_input_types():
     mapping = match_clusters(y_str, p)
     assert mapping[2] == "cat" and isinstance(mapping[2], str)
     # numpy arrays, integer-valued floats and tuples are all accepted
-    assert cluster_accuracy(np.array(y_int, dtype=np.int32), np.array(p, dtype=np.float64)) == cluster_accuracy(y_int, p)
+    assert (cluster_accuracy(np.array(y_int, dtype=np.int32), np.array(p, dtype=np.float64))
+            == cluster_accuracy(y_int, p))
     assert ari(tuple(y_int), np.array(p, dtype=np.uint8)) == ari(y_int, p)
 
 

@@ -254,12 +254,14 @@ def test_malformed_json_structure_gives_a_clear_error(tmp_path, fitted, text):
         TransferClustering.load(tmp_path / "p")
 
 
-@pytest.mark.parametrize("pointer", [{"format": "embedcluster-pipeline", "snapshot": "../../etc", "files": {"a": "0" * 64}},
-                                     {"format": "embedcluster-pipeline", "snapshot": "/etc", "files": {"a": "0" * 64}},
-                                     {"format": "embedcluster-pipeline", "snapshot": None, "files": {}},
-                                     {"format": "x"}, [], {"format": "embedcluster-pipeline",
-                                                          "snapshot": "v-20260101T000000-0123456789ab",
-                                                          "files": {"../x": "0" * 64}}])
+@pytest.mark.parametrize("pointer", [
+    {"format": "embedcluster-pipeline", "snapshot": "../../etc", "files": {"a": "0" * 64}},
+    {"format": "embedcluster-pipeline", "snapshot": "/etc", "files": {"a": "0" * 64}},
+    {"format": "embedcluster-pipeline", "snapshot": None, "files": {}},
+    {"format": "x"},
+    [],
+    {"format": "embedcluster-pipeline", "snapshot": "v-20260101T000000-0123456789ab", "files": {"../x": "0" * 64}},
+])
 def test_a_damaged_pointer_is_refused(tmp_path, fitted, pointer):
     """Even with a matching self-checksum, a pointer naming anything but a snapshot folder of
     the directory is refused."""

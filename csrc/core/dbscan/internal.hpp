@@ -8,6 +8,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <utility>
 #include <vector>
@@ -47,7 +48,7 @@ struct Fit {
   bool cosine;
   int threads;
   Cancel& cancel;
-  // The pruning bounds (coarse partition, ball centres, projections) use fp32 products: with
+  // The pruning bounds (ball centres, projections) use fp32 products: with
   // bf16's wider error they pruned far less (eps=1.1 on 50k x 384: 65% of tile pairs computed
   // instead of 16%). The pair tiles use the process's kernels (bf16 where available); their
   // wider error band is narrowed with fp32 products before the fp64 re-check.

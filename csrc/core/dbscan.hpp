@@ -1,6 +1,7 @@
 // DBSCAN over the tile engine: neighbour counts, core points, a concurrent union-find over
 // core-core pairs and border points joined to their nearest core point. Memory is O(n) plus a
 // permuted, packed copy of the data and tile buffers; the neighbourhood graph is never stored.
+// The implementation is in csrc/core/dbscan/ (internal.hpp names its rooms).
 #pragma once
 
 #include <cstdint>

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "core/dbscan.hpp"
-#include "core/dbscan_bounds.hpp"
+#include "core/dbscan/bounds.hpp"
 #include "core/kernels.hpp"
 #include "core/kmeans.hpp"
 #include "core/knn.hpp"

@@ -81,6 +81,28 @@ double update_centres(const Data& D, const std::vector<float>& centers, const st
 }  // namespace
 
 /// One full k-means run from the given initial centres.
+namespace {
+
+/// Pruning's per-row state for n rows (bounds not yet valid).
+void start_pruning(const KMeansParams& p, idx_t n, Prune& pr) {
+  pr.force_movers = p.movers;
+  pr.u.resize(static_cast<std::size_t>(n));
+  pr.l.resize(static_cast<std::size_t>(n));
+  pr.lm.resize(static_cast<std::size_t>(n));
+  pr.tight.assign(static_cast<std::size_t>(n), 0);
+}
+
+/// Spherical k-means starts from unit centres; a zero centre has no direction.
+void normalise_initial_centres(std::vector<float>& centers, idx_t k, idx_t d) {
+  for (idx_t c = 0; c < k; ++c) {
+    const double nn = std::sqrt(sqnorm(centers.data() + c * d, d));
+    if (nn == 0.0) fail("initial centre " + std::to_string(c) + " has zero norm (cosine metric)");
+    for (idx_t f = 0; f < d; ++f) centers[c * d + f] = static_cast<float>(centers[c * d + f] / nn);
+  }
+}
+
+}  // namespace
+
 void lloyd(const KMeansParams& p, const Data& D, std::vector<float>& centers, KMeansResult& res,
            Cancel& cancel) {
   const idx_t n = D.n, d = D.d, k = p.k;
@@ -100,13 +122,7 @@ void lloyd(const KMeansParams& p, const Data& D, std::vector<float>& centers, KM
   int passes = 0;
   const bool use_prune = p.prune == 1 || (p.prune < 0 && k >= kPruneMinK);
   Prune pr;
-  if (use_prune) {
-    pr.force_movers = p.movers;
-    pr.u.resize(static_cast<std::size_t>(n));
-    pr.l.resize(static_cast<std::size_t>(n));
-    pr.lm.resize(static_cast<std::size_t>(n));
-    pr.tight.assign(static_cast<std::size_t>(n), 0);
-  }
+  if (use_prune) start_pruning(p, n, pr);
   auto pass = [&](bool accumulate) {
     pack_set(cs, centers.data(), k, d, D.metric, nullptr, D.threads, D.ks);
     if (use_prune && pr.valid) {
@@ -123,13 +139,7 @@ void lloyd(const KMeansParams& p, const Data& D, std::vector<float>& centers, KM
                 use_prune ? &pr : nullptr);
     ++passes;
   };
-  if (D.metric == Metric::Cosine) {
-    for (idx_t c = 0; c < k; ++c) {
-      const double nn = std::sqrt(sqnorm(centers.data() + c * d, d));
-      if (nn == 0.0) fail("initial centre " + std::to_string(c) + " has zero norm (cosine metric)");
-      for (idx_t f = 0; f < d; ++f) centers[c * d + f] = static_cast<float>(centers[c * d + f] / nn);
-    }
-  }
+  if (D.metric == Metric::Cosine) normalise_initial_centres(centers, k, d);
   for (it = 0; it < p.max_iter; ++it) {
     pass(true);
     acc.totals(sums, wsum, D.threads);

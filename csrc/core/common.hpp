@@ -161,22 +161,6 @@ class ExceptionSlot {
   std::atomic<bool> failed_{false};
 };
 
-/// Runs f(i) for i in [0, n) on `threads` threads, schedule(static) (chunk = 0) or
-/// schedule(dynamic, chunk); an exception from any f(i) stops the rest and is rethrown after
-/// the region, never across it.
-template <class F>
-void parallel_for(int threads, idx_t n, F&& f, int chunk = 0) {
-  ExceptionSlot err;
-  if (chunk <= 0) {
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (idx_t i = 0; i < n; ++i) err.run([&] { f(i); });
-  } else {
-#pragma omp parallel for num_threads(threads) schedule(dynamic, chunk)
-    for (idx_t i = 0; i < n; ++i) err.run([&] { f(i); });
-  }
-  err.rethrow();
-}
-
 /// 64-byte aligned float buffer (RAII); the tile kernels rely on the alignment.
 template <class T>
 class AlignedBuffer {

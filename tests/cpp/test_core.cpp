@@ -17,6 +17,7 @@
 #include "core/kernels.hpp"
 #include "core/kmeans.hpp"
 #include "core/knn.hpp"
+#include "core/tile_driver.hpp"
 #include "check.hpp"
 
 using ec::idx_t;
@@ -363,7 +364,7 @@ TEST_CASE(pack_matches_its_definition) {
   }
 }
 
-// Exceptions never cross a parallel region: parallel_for (static and dynamic schedules)
+// Exceptions never cross a parallel region: parallel_for (even blocks and fixed chunks)
 // rethrows the first one after the join, and the other iterations stop early.
 TEST_CASE(parallel_for_rethrows_after_the_join) {
   std::mt19937 gen(7);

@@ -92,6 +92,17 @@ void start_pruning(const KMeansParams& p, idx_t n, Prune& pr) {
   pr.tight.assign(static_cast<std::size_t>(n), 0);
 }
 
+/// Pruning's state for a pass with valid bounds: the centres' half gaps and the mobile group
+/// (packed when it is not empty).
+void update_pruning(const PackedSet& cs, const Data& D, const std::vector<float>& centers,
+                    const std::vector<idx_t>& labels, Prune& pr) {
+  centre_half_gaps(cs, D, pr.half_gap);
+  choose_movers(cs, D, labels.data(), cs.n, pr);
+  if (!pr.movers.empty())
+    pack_set(pr.mv, centers.data(), static_cast<idx_t>(pr.movers.size()), D.d, D.metric, pr.movers.data(),
+             D.threads, D.ks);
+}
+
 /// Spherical k-means starts from unit centres; a zero centre has no direction.
 void normalise_initial_centres(std::vector<float>& centers, idx_t k, idx_t d) {
   for (idx_t c = 0; c < k; ++c) {
@@ -125,13 +136,7 @@ void lloyd(const KMeansParams& p, const Data& D, std::vector<float>& centers, KM
   if (use_prune) start_pruning(p, n, pr);
   auto pass = [&](bool accumulate) {
     pack_set(cs, centers.data(), k, d, D.metric, nullptr, D.threads, D.ks);
-    if (use_prune && pr.valid) {
-      centre_half_gaps(cs, D, pr.half_gap);
-      choose_movers(cs, D, labels.data(), k, pr);
-      if (!pr.movers.empty())
-        pack_set(pr.mv, centers.data(), static_cast<idx_t>(pr.movers.size()), d, D.metric, pr.movers.data(),
-                 D.threads, D.ks);
-    }
+    if (use_prune && pr.valid) update_pruning(cs, D, centers, labels, pr);
     const bool full = !use_prune || !pr.valid;  // pruned passes update the sums of moved rows only
     if (accumulate && full) acc.clear();
     // A final pass without accumulation may change labels; its sums are not used afterwards.
@@ -166,10 +171,14 @@ void lloyd(const KMeansParams& p, const Data& D, std::vector<float>& centers, KM
   res.inertia = objective(D, res.centers.data(), res.labels);
   res.n_iter = std::min(it, p.max_iter);
   res.n_empty_repaired = repaired;
-  res.computed_fraction =
-      use_prune ? static_cast<double>(pr.rows_computed) / (static_cast<double>(n) * std::max(1, passes)) : 1.0;
-  res.mover_fraction =
-      use_prune ? static_cast<double>(pr.rows_movers) / (static_cast<double>(n) * std::max(1, passes)) : 0.0;
+  if (use_prune) {
+    const double row_passes = static_cast<double>(n) * std::max(1, passes);
+    res.computed_fraction = static_cast<double>(pr.rows_computed) / row_passes;
+    res.mover_fraction = static_cast<double>(pr.rows_movers) / row_passes;
+  } else {
+    res.computed_fraction = 1.0;
+    res.mover_fraction = 0.0;
+  }
 }
 
 }  // namespace kmeans_impl

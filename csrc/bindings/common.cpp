@@ -145,16 +145,18 @@ double memory_limit_of(const py::object& v) {
   static const py::object real = py::module_::import("numbers").attr("Real");
   static const py::object np_bool = py::module_::import("numpy").attr("bool_");
   const std::string shown = py::repr(v);
+  // Type conversion: a real number that is not a bool, as a double.
   if (py::isinstance<py::bool_>(v) || py::isinstance(v, np_bool) || !py::isinstance(v, real))
-    throw std::invalid_argument("memory_limit=" + shown + " should be None, 0 (no limit) or a number of bytes >= 1");
+    throw ec::bad_memory_limit(shown);
   double b = std::numeric_limits<double>::infinity();
   try {
     b = py::float_(v).cast<double>();
   } catch (const py::error_already_set& e) {
-    if (!e.matches(PyExc_OverflowError)) throw;  // an int beyond float range: rejected below
+    if (!e.matches(PyExc_OverflowError)) throw;  // an int beyond float range: the core rejects it
   }
-  if (!std::isfinite(b) || !(b == 0.0 || b >= 1.0))
-    throw std::invalid_argument("memory_limit=" + shown + " should be None, 0 (no limit) or a number of bytes >= 1");
+  // The value's rule is the core's (check_memory asserts it on every call); asked here only so
+  // that the error spells the value as Python does (np.float64(nan), an int beyond float range).
+  ec::check_memory_limit(b, shown);
   return b;
 }
 

@@ -110,9 +110,10 @@ ec::Metric metric_of(const py::object& metric);
 /// the fp32 kernels of the same family. Results are the same; only speed differs.
 const ec::KernelSet* kernels_of(const std::string& precision);
 
-/// memory_limit argument: None = the default (ec::default_memory_limit), exactly 0 = no limit,
-/// else a number of bytes >= 1 (ints, floats and numpy numbers; not bools, strings, NaN or
-/// infinity). A fraction of a byte would otherwise truncate to 0, which means no limit at all.
+/// memory_limit argument: None = the default (ec::default_memory_limit), else a real number
+/// (ints, floats and numpy numbers; not bools or strings) as a double. The value's rule (0 or
+/// bytes >= 1) is the core's invariant (ec::check_memory_limit); its error names the value as
+/// Python spells it.
 double memory_limit_of(const py::object& v);
 
 /// Hands a vector to numpy without a copy.

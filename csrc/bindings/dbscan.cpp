@@ -33,6 +33,12 @@ DbscanFit dbscan_fit(const py::array& x, double eps, int min_samples, const py::
   return out;
 }
 
+/// The getter of a read-only property: one scalar field of the fit's statistics.
+template <class T>
+auto stat(T ec::DbscanResult::*field) {
+  return [field](const DbscanFit& f) { return f.stats.*field; };
+}
+
 }  // namespace
 
 void bind_dbscan(py::module_& m) {
@@ -41,26 +47,26 @@ void bind_dbscan(py::module_& m) {
                                                   "their lowest core row")
       .def_readonly("is_core", &DbscanFit::is_core, "uint8 (n,): 1 for core points")
       .def_readonly("counts", &DbscanFit::counts, "int64 (n,): neighbours within eps, the point itself included")
-      .def_property_readonly("n_clusters", [](const DbscanFit& f) { return f.stats.n_clusters; })
-      .def_property_readonly("tile_pairs", [](const DbscanFit& f) { return f.stats.tile_pairs; },
+      .def_property_readonly("n_clusters", stat(&ec::DbscanResult::n_clusters))
+      .def_property_readonly("tile_pairs", stat(&ec::DbscanResult::tile_pairs),
                              "tile pairs (i <= j) in one pass")
-      .def_property_readonly("pairs_computed_pass1", [](const DbscanFit& f) { return f.stats.pairs_computed_pass1; },
+      .def_property_readonly("pairs_computed_pass1", stat(&ec::DbscanResult::pairs_computed_pass1),
                              "tile pairs whose products were computed in pass 1")
-      .def_property_readonly("pairs_computed_pass2", [](const DbscanFit& f) { return f.stats.pairs_computed_pass2; },
+      .def_property_readonly("pairs_computed_pass2", stat(&ec::DbscanResult::pairs_computed_pass2),
                              "tile pairs whose products were computed in pass 2")
-      .def_property_readonly("pairs_after_bounds", [](const DbscanFit& f) { return f.stats.pairs_after_bounds; },
+      .def_property_readonly("pairs_after_bounds", stat(&ec::DbscanResult::pairs_after_bounds),
                              "tile pairs left by the tile-level bounds (balls, projections)")
-      .def_property_readonly("projection_bounds", [](const DbscanFit& f) { return f.stats.projection_bounds; },
+      .def_property_readonly("projection_bounds", stat(&ec::DbscanResult::projection_bounds),
                              "the projection table was used (memory_limit allowing)")
-      .def_property_readonly("rows_copy", [](const DbscanFit& f) { return f.stats.rows_copy; },
+      .def_property_readonly("rows_copy", stat(&ec::DbscanResult::rows_copy),
                              "rows were read from a copy in the kernels' bf16 words (memory_limit allowing)")
-      .def_property_readonly("rows_computed_pass1", [](const DbscanFit& f) { return f.stats.rows_computed_pass1; },
+      .def_property_readonly("rows_computed_pass1", stat(&ec::DbscanResult::rows_computed_pass1),
                              "query rows in pass 1's products")
       .def_property_readonly("rows_all_neighbours_pass1",
-                             [](const DbscanFit& f) { return f.stats.rows_all_neighbours_pass1; },
+                             stat(&ec::DbscanResult::rows_all_neighbours_pass1),
                              "(row, tile) pairs counted without products: the tile's ball lies within eps")
       .def_property_readonly("rows_pruned_inner_product_pass1",
-                             [](const DbscanFit& f) { return f.stats.rows_pruned_inner_product_pass1; },
+                             stat(&ec::DbscanResult::rows_pruned_inner_product_pass1),
                              "(row, tile) pairs left out by the inner-product bounds")
       .def("__repr__", [](const DbscanFit& f) {
         return "DbscanResult(n=" + std::to_string(f.labels.size()) + ", n_clusters=" +

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <atomic>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -40,9 +41,31 @@ struct MemoryLimitError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+/// The invariant of every memory_limit the engine is given: 0 (no limit) or a finite number of
+/// bytes >= 1. A fraction of a byte is an error: truncated, it would read as "no limit".
+inline bool valid_memory_limit(double limit) { return limit == 0.0 || (std::isfinite(limit) && limit >= 1.0); }
+
+/// The error for a memory_limit that breaks the invariant (or is not a number at all);
+/// `shown` spells the value as the caller wrote it.
+inline std::invalid_argument bad_memory_limit(const std::string& shown) {
+  return std::invalid_argument("memory_limit=" + shown + " should be None, 0 (no limit) or a number of bytes >= 1");
+}
+
+/// Asserts the memory_limit invariant. `shown` spells the value as the caller wrote it (the
+/// bindings pass Python's repr); empty: the shortest decimal that reads back as `limit`.
+inline void check_memory_limit(double limit, const std::string& shown = {}) {
+  if (valid_memory_limit(limit)) return;
+  if (!shown.empty()) throw bad_memory_limit(shown);
+  char buf[32];
+  const auto res = std::to_chars(buf, buf + sizeof buf, limit);
+  throw bad_memory_limit(std::string(buf, res.ptr));
+}
+
 /// Fails with MemoryLimitError, naming the size needed, when an up-front estimate of a call's
-/// peak extra memory (`needed` bytes) exceeds `limit` bytes (0: no limit).
+/// peak extra memory (`needed` bytes) exceeds `limit` bytes (0: no limit); first asserts the
+/// limit's invariant (check_memory_limit), so every entry point that estimates its memory does.
 inline void check_memory(double needed, double limit, const std::string& what) {
+  check_memory_limit(limit);
   if (limit > 0.0 && needed > limit) {
     auto mib = [](double b) { return std::to_string(static_cast<long long>(b / 1048576.0 + 0.5)) + " MiB"; };
     throw MemoryLimitError(what + " needs about " + mib(needed) + " (" +
@@ -137,22 +160,6 @@ class ExceptionSlot {
   std::exception_ptr ptr_;
   std::atomic<bool> failed_{false};
 };
-
-/// Runs f(i) for i in [0, n) on `threads` threads, schedule(static) (chunk = 0) or
-/// schedule(dynamic, chunk); an exception from any f(i) stops the rest and is rethrown after
-/// the region, never across it.
-template <class F>
-void parallel_for(int threads, idx_t n, F&& f, int chunk = 0) {
-  ExceptionSlot err;
-  if (chunk <= 0) {
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (idx_t i = 0; i < n; ++i) err.run([&] { f(i); });
-  } else {
-#pragma omp parallel for num_threads(threads) schedule(dynamic, chunk)
-    for (idx_t i = 0; i < n; ++i) err.run([&] { f(i); });
-  }
-  err.rethrow();
-}
 
 /// 64-byte aligned float buffer (RAII); the tile kernels rely on the alignment.
 template <class T>

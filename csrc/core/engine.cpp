@@ -1,5 +1,6 @@
 // Packing of point sets and the exact final selection shared by kNN, k-means and DBSCAN.
 #include "engine.hpp"
+#include "tile_driver.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -186,6 +187,56 @@ double default_memory_limit() {
   return std::max(1.0, 0.75 * room);
 }
 
+namespace {
+
+/// What pack_set's blocks find about their rows: the largest squared norm, the first zero row
+/// (cosine), the largest input rounding error. Each thread keeps its own; max and min do not
+/// depend on the order in which the threads' values are combined.
+struct PackFindings {
+  double max_sq = 0.0;
+  idx_t zero_row = -1;
+  double in_err_max = 0.0;
+
+  void merge(const PackFindings& o) {
+    max_sq = std::max(max_sq, o.max_sq);
+    if (o.zero_row >= 0) zero_row = zero_row < 0 ? o.zero_row : std::min(zero_row, o.zero_row);
+    in_err_max = std::max(in_err_max, o.in_err_max);
+  }
+};
+
+/// Rows [r0, r0 + cnt) of a set being packed: their norms, tile offsets, cosine scales and input
+/// errors, then their panel (r0 a multiple of nr, cnt <= nr).
+void pack_panel(PackedSet& out, const KernelSet& ks, idx_t r0, idx_t cnt, float* scale, PackFindings& found) {
+  const idx_t d = out.d;
+  const Metric m = out.metric;
+  for (idx_t i = r0; i < r0 + cnt; ++i) {
+    const double sq = sqnorm(out.row(i), d);
+    out.norm[i] = std::sqrt(sq);
+    if (m == Metric::Cosine) {
+      if (sq == 0.0)
+        found.zero_row = found.zero_row < 0 ? i : std::min(found.zero_row, i);
+      else
+        scale[i] = static_cast<float>(1.0 / std::sqrt(sq));
+    }
+    out.add.data()[i] = m == Metric::L2 ? static_cast<float>(sq) : 0.0f;
+    found.max_sq = std::max(found.max_sq, sq);
+  }
+  if (ks.input_rel > 0.0) {
+    for (idx_t i = r0; i < r0 + cnt; ++i) {
+      const double e = input_error(ks, out.row(i), d, m == Metric::Cosine ? scale[i] : 1.0f);
+      out.in_err[i] = static_cast<float>(e * (1.0 + 1e-6));  // rounding to float must not shrink it
+      found.in_err_max = std::max(found.in_err_max, static_cast<double>(out.in_err[i]));
+    }
+  }
+  ks.pack(out.rows ? out.src : out.src + r0 * d, d, out.rows ? out.rows + r0 : nullptr,
+          m == Metric::Cosine ? scale + r0 : nullptr, cnt, d, ks.nr, out.panels.data() + r0 * ks.depth(d));
+}
+
+/// Panels per block of pack_set's parallel loop (a few hundred rows).
+idx_t panels_per_block(const KernelSet& ks) { return std::max<idx_t>(1, 256 / ks.nr); }
+
+}  // namespace
+
 void pack_set(PackedSet& out, const float* y, idx_t n, idx_t d, Metric m, const idx_t* rows,
               int threads, const KernelSet* kernel_set) {
   const KernelSet& ks = kernel_set ? *kernel_set : kernels();
@@ -201,67 +252,31 @@ void pack_set(PackedSet& out, const float* y, idx_t n, idx_t d, Metric m, const 
   out.ks = &ks;
   out.add.resize(static_cast<std::size_t>(out.n_pad));
   out.norm.assign(static_cast<std::size_t>(n), 0.0);
+  out.in_err.assign(static_cast<std::size_t>(ks.input_rel > 0.0 ? n : 0), 0.0f);
   std::vector<float> scale(static_cast<std::size_t>(m == Metric::Cosine ? n : 0));
-  double max_sq = 0.0;
-  idx_t zero_row = -1;
-  ExceptionSlot err;  // every parallel region is guarded, whether or not its body can throw today
-#pragma omp parallel for num_threads(threads) reduction(max : max_sq) schedule(static)
-  for (idx_t i = 0; i < n; ++i) {
-    double sq = 0.0;
-    err.run([&] {
-      sq = sqnorm(out.row(i), d);
-      out.norm[i] = std::sqrt(sq);
-      if (m == Metric::Cosine) {
-        if (sq == 0.0) {
-#pragma omp critical
-          zero_row = zero_row < 0 ? i : std::min(zero_row, i);
-        } else {
-          scale[i] = static_cast<float>(1.0 / std::sqrt(sq));
-        }
-      }
-      out.add.data()[i] = m == Metric::L2 ? static_cast<float>(sq) : 0.0f;
-    });
-    max_sq = std::max(max_sq, sq);
-  }
-  err.rethrow();
-  if (!(max_sq <= kMaxSqNorm)) {
+  // One pass over the rows, a block of panels at a time: every row is read while it is in cache.
+  PackFindings found;
+  const idx_t block_rows = panels_per_block(ks) * ks.nr;
+  Cancel no_cancel;  // bounded work (one read of the rows): not worth polling
+  for_each_block<PackFindings>(
+      threads, (n + block_rows - 1) / block_rows, 1, no_cancel, [](PackFindings&) {},
+      [&](PackFindings& local, idx_t blk, const StopCheck&) {
+        const idx_t end = std::min(n, (blk + 1) * block_rows);
+        for (idx_t r0 = blk * block_rows; r0 < end; r0 += ks.nr)
+          pack_panel(out, ks, r0, std::min<idx_t>(ks.nr, n - r0), scale.data(), local);
+      },
+      [&](PackFindings& local) { found.merge(local); });
+  if (!(found.max_sq <= kMaxSqNorm)) {
     std::vector<double> sq(out.norm.size());
     for (std::size_t i = 0; i < sq.size(); ++i) sq[i] = out.norm[i] * out.norm[i];
     check_sqnorms(sq, "data", rows);
   }
-  if (zero_row >= 0)
-    fail("row " + std::to_string(rows ? rows[zero_row] : zero_row) +
+  if (found.zero_row >= 0)
+    fail("row " + std::to_string(rows ? rows[found.zero_row] : found.zero_row) +
          " has zero norm; the cosine metric is undefined for it (drop zero rows or use metric='l2')");
   for (idx_t i = n; i < out.n_pad; ++i) out.add.data()[i] = std::numeric_limits<float>::infinity();
-  out.max_sqnorm = m == Metric::Cosine ? 1.0 : max_sq;
-  out.in_err.clear();
-  out.in_err_max = 0.0;
-  if (ks.input_rel > 0.0) {
-    out.in_err.resize(static_cast<std::size_t>(n));
-    double emax = 0.0;
-#pragma omp parallel for num_threads(threads) reduction(max : emax) schedule(static)
-    for (idx_t i = 0; i < n; ++i) {
-      err.run([&] {
-        const double e = input_error(ks, out.row(i), d, m == Metric::Cosine ? scale[i] : 1.0f);
-        out.in_err[i] = static_cast<float>(e * (1.0 + 1e-6));  // rounding to float must not shrink it
-      });
-      emax = std::max(emax, static_cast<double>(out.in_err[i]));
-    }
-    err.rethrow();
-    out.in_err_max = emax;
-  }
-  const idx_t panels = out.n_pad / ks.nr;
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (idx_t p = 0; p < panels; ++p) {
-    err.run([&] {
-      const idx_t r0 = p * ks.nr;
-      const idx_t cnt = std::min<idx_t>(ks.nr, n - r0);
-      ks.pack(rows ? y : y + r0 * d, d, rows ? rows + r0 : nullptr,
-              m == Metric::Cosine ? scale.data() + r0 : nullptr, cnt, d, ks.nr,
-              out.panels.data() + r0 * ks.depth(d));
-    });
-  }
-  err.rethrow();
+  out.max_sqnorm = m == Metric::Cosine ? 1.0 : found.max_sq;
+  out.in_err_max = found.in_err_max;
 }
 
 TileRate tile_product_rate(idx_t rows, idx_t cols, idx_t d, const KernelSet* kernel_set, int threads) {
@@ -281,29 +296,29 @@ TileRate tile_product_rate(idx_t rows, idx_t cols, idx_t d, const KernelSet* ker
   pack_set(set, y.data(), cols, d, Metric::L2, nullptr, threads, &ks);
   constexpr idx_t kBlock = 144;  // the k-means query tile
   const idx_t depth = ks.depth(d), nblocks = (rows + kBlock - 1) / kBlock;
+  struct Local {
+    AlignedBuffer<float> a, c;
+    std::vector<idx_t> idx;
+    double sink = 0.0;  // keeps the products observable
+  };
   auto run = [&](idx_t blocks) {
     double sink = 0.0;
-    ExceptionSlot err;
-#pragma omp parallel num_threads(threads) reduction(+ : sink)
-    {
-      AlignedBuffer<float> a, c;
-      std::vector<idx_t> idx;
-      err.run([&] {
-        a.resize(static_cast<std::size_t>(kBlock * depth));
-        c.resize(static_cast<std::size_t>(kBlock * set.n_pad));
-        idx.resize(static_cast<std::size_t>(kBlock));
-      });
-#pragma omp for schedule(dynamic, 4)
-      for (idx_t b = 0; b < blocks; ++b) {
-        if (err.failed()) continue;
-        const idx_t r0 = b * kBlock, m = std::min(kBlock, rows - r0);
-        for (idx_t i = 0; i < m; ++i) idx[i] = (r0 + i) % held;
-        ks.pack(x.data(), d, idx.data(), nullptr, m, d, ks.mr, a.data());
-        ks.gemm(a.data(), set.panels.data(), round_up(m, ks.mr), set.n_pad, depth, c.data(), set.n_pad);
-        sink += c.data()[0];
-      }
-    }
-    err.rethrow();
+    Cancel no_cancel;  // a short measurement: not worth polling
+    for_each_block<Local>(
+        threads, blocks, 4, no_cancel,
+        [&](Local& l) {
+          l.a.resize(static_cast<std::size_t>(kBlock * depth));
+          l.c.resize(static_cast<std::size_t>(kBlock * set.n_pad));
+          l.idx.resize(static_cast<std::size_t>(kBlock));
+        },
+        [&](Local& l, idx_t b, const StopCheck&) {
+          const idx_t r0 = b * kBlock, m = std::min(kBlock, rows - r0);
+          for (idx_t i = 0; i < m; ++i) l.idx[i] = (r0 + i) % held;
+          ks.pack(x.data(), d, l.idx.data(), nullptr, m, d, ks.mr, l.a.data());
+          ks.gemm(l.a.data(), set.panels.data(), round_up(m, ks.mr), set.n_pad, depth, l.c.data(), set.n_pad);
+          l.sink += l.c.data()[0];
+        },
+        [&](Local& l) { sink += l.sink; });
     return sink;
   };
   run(std::min<idx_t>(nblocks, 4 * threads));  // warm-up: threads, caches, frequency

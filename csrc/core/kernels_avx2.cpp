@@ -6,6 +6,7 @@
 
 #include "kernels.hpp"
 #include "kernels_blocking.hpp"
+#include "kernels_portable.hpp"
 
 namespace ec {
 namespace {
@@ -66,11 +67,7 @@ float row_min_avx2(const float* c, const float* add, float mul, idx_t n) {
   _mm256_store_ps(lanes, best);
   float out = lanes[0];
   for (int l = 1; l < 8; ++l) out = lanes[l] < out ? lanes[l] : out;
-  for (; j < n; ++j) {
-    const float v = add[j] + mul * c[j];
-    out = v < out ? v : out;
-  }
-  return out;
+  return row_min_scalar(c, add, mul, j, n, out);
 }
 
 idx_t row_filter_avx2(const float* c, const float* add, float mul, idx_t n, float thr,
@@ -94,15 +91,7 @@ idx_t row_filter_avx2(const float* c, const float* add, float mul, idx_t n, floa
       }
     }
   }
-  for (; j < n; ++j) {
-    const float v = add[j] + mul * c[j];
-    if (v <= thr) {
-      idx[cnt] = static_cast<std::int32_t>(j);
-      val[cnt] = v;
-      ++cnt;
-    }
-  }
-  return cnt;
+  return row_filter_scalar(c, add, mul, j, n, thr, idx, val, cnt);
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "kernels.hpp"
+#include "kernels_portable.hpp"
 #include "kernels_avx512_tile.hpp"
 
 namespace ec {
@@ -92,6 +93,50 @@ inline void put4x8(const float* const* x, std::uint32_t* dst, int width) {
   }
 }
 
+/// A full panel of unscaled rows (width a multiple of 4, at most 64): 8 (or 4) rows at a time,
+/// their words transposed in registers, so each store writes consecutive words of the panel;
+/// the rest of each row word by word.
+void pack_bf16_full_panel(const float* src, idx_t ld, const idx_t* rows, idx_t p, idx_t d, idx_t depth, int width,
+                          std::uint32_t* dst) {
+  const float* x[64];
+  for (int r = 0; r < width; ++r) x[r] = src + (rows ? rows[p * width + r] : p * width + r) * ld;
+  idx_t q = 0;
+  for (; 2 * q + 16 <= d; q += 8) {
+    int r = 0;
+    for (; r + 8 <= width; r += 8) put8x8(x + r, dst + q * width + r, width);
+    if (r < width) put4x8(x + r, dst + q * width + r, width);
+    for (int t = 0; t < width; ++t) x[t] += 16;
+  }
+  for (int r = 0; r < width; ++r)
+    for (idx_t qq = q; qq < depth; ++qq) {
+      const float* row = x[r] - 2 * q;
+      const float lo = row[2 * qq];
+      const float hi = 2 * qq + 1 < d ? row[2 * qq + 1] : 0.0f;
+      dst[qq * width + r] = bf16_bits(lo) | (bf16_bits(hi) << 16);
+    }
+}
+
+/// One row (scaled by s when `scaled`) into slot r of a panel: without a scale 16 values (8 words)
+/// at a time, with the same integer rounding as bf16_bits, then word by word.
+void pack_bf16_row(const float* row, float s, bool scaled, idx_t d, idx_t depth, int width, int r,
+                   std::uint32_t* dst) {
+  idx_t q = 0;
+  if (!scaled) {
+    alignas(32) std::uint32_t w8[8];
+    for (; 2 * q + 16 <= d; q += 8) {
+      const __m512i u = _mm512_castps_si512(_mm512_loadu_ps(row + 2 * q));
+      const __m512i r16 = _mm512_srli_epi32(bf16_round_vec(u), 16);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(w8), _mm512_cvtepi32_epi16(r16));
+      for (int t = 0; t < 8; ++t) dst[(q + t) * width + r] = w8[t];
+    }
+  }
+  for (; q < depth; ++q) {
+    const float lo = row[2 * q] * s;
+    const float hi = 2 * q + 1 < d ? row[2 * q + 1] * s : 0.0f;
+    dst[q * width + r] = bf16_bits(lo) | (bf16_bits(hi) << 16);
+  }
+}
+
 /// Layout: out[p * depth * width + q * width + r] = bf16(v[r][2q]) | bf16(v[r][2q + 1]) << 16,
 /// depth = ceil(d / 2); missing values (odd d, padding rows) are zero.
 void pack_bf16(const float* src, idx_t ld, const idx_t* rows, const float* scale, idx_t m, idx_t d,
@@ -102,51 +147,12 @@ void pack_bf16(const float* src, idx_t ld, const idx_t* rows, const float* scale
   for (idx_t p = 0; p < panels; ++p) {
     std::uint32_t* dst = o + p * depth * width;
     if (!scale && width % 4 == 0 && width <= 64 && (p + 1) * width <= m) {
-      // A full panel: 8 (or 4) rows at a time, their words transposed in registers, so each
-      // store writes consecutive words of the panel; the rest of each row as below.
-      const float* x[64];
-      for (int r = 0; r < width; ++r) x[r] = src + (rows ? rows[p * width + r] : p * width + r) * ld;
-      idx_t q = 0;
-      for (; 2 * q + 16 <= d; q += 8) {
-        int r = 0;
-        for (; r + 8 <= width; r += 8) put8x8(x + r, dst + q * width + r, width);
-        if (r < width) put4x8(x + r, dst + q * width + r, width);
-        for (int t = 0; t < width; ++t) x[t] += 16;
-      }
-      for (int r = 0; r < width; ++r)
-        for (idx_t qq = q; qq < depth; ++qq) {
-          const float* row = x[r] - 2 * q;
-          const float lo = row[2 * qq];
-          const float hi = 2 * qq + 1 < d ? row[2 * qq + 1] : 0.0f;
-          dst[qq * width + r] = bf16_bits(lo) | (bf16_bits(hi) << 16);
-        }
+      pack_bf16_full_panel(src, ld, rows, p, d, depth, width, dst);
       continue;
     }
-    for (int r = 0; r < width; ++r) {
-      const idx_t i = p * width + r;
-      if (i >= m) {
-        for (idx_t q = 0; q < depth; ++q) dst[q * width + r] = 0;
-        continue;
-      }
-      const float* row = src + (rows ? rows[i] : i) * ld;
-      const float s = scale ? scale[i] : 1.0f;
-      idx_t q = 0;
-      if (!scale) {
-        // 16 values (8 words) at a time; the same integer rounding as bf16_bits.
-        alignas(32) std::uint32_t w8[8];
-        for (; 2 * q + 16 <= d; q += 8) {
-          const __m512i u = _mm512_castps_si512(_mm512_loadu_ps(row + 2 * q));
-          const __m512i r16 = _mm512_srli_epi32(bf16_round_vec(u), 16);
-          _mm256_store_si256(reinterpret_cast<__m256i*>(w8), _mm512_cvtepi32_epi16(r16));
-          for (int t = 0; t < 8; ++t) dst[(q + t) * width + r] = w8[t];
-        }
-      }
-      for (; q < depth; ++q) {
-        const float lo = row[2 * q] * s;
-        const float hi = 2 * q + 1 < d ? row[2 * q + 1] * s : 0.0f;
-        dst[q * width + r] = bf16_bits(lo) | (bf16_bits(hi) << 16);
-      }
-    }
+    fill_panel_slots(dst, p, width, m, depth, src, ld, rows, scale, [&](int r, const float* row, float s) {
+      pack_bf16_row(row, s, scale != nullptr, d, depth, width, r, dst);
+    });
   }
 }
 

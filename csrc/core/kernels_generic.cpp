@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "kernels.hpp"
+#include "kernels_portable.hpp"
 
 namespace ec {
 
@@ -12,20 +13,13 @@ void pack_panels(const float* src, idx_t ld, const idx_t* rows, const float* sca
   const idx_t panels = (m + width - 1) / width;
   for (idx_t p = 0; p < panels; ++p) {
     float* dst = out + p * d * width;
-    for (int r = 0; r < width; ++r) {
-      const idx_t i = p * width + r;
-      if (i >= m) {
-        for (idx_t k = 0; k < d; ++k) dst[k * width + r] = 0.0f;
-        continue;
-      }
-      const float* row = src + (rows ? rows[i] : i) * ld;
-      const float s = scale ? scale[i] : 1.0f;
+    fill_panel_slots(dst, p, width, m, d, src, ld, rows, scale, [&](int r, const float* row, float s) {
       if (scale) {
         for (idx_t k = 0; k < d; ++k) dst[k * width + r] = row[k] * s;
       } else {
         for (idx_t k = 0; k < d; ++k) dst[k * width + r] = row[k];
       }
-    }
+    });
   }
 }
 
@@ -53,26 +47,12 @@ void gemm_generic(const float* a, const float* b, idx_t m_pad, idx_t n_pad, idx_
 }
 
 float row_min_generic(const float* c, const float* add, float mul, idx_t n) {
-  float best = std::numeric_limits<float>::infinity();
-  for (idx_t j = 0; j < n; ++j) {
-    const float v = add[j] + mul * c[j];
-    best = v < best ? v : best;
-  }
-  return best;
+  return row_min_scalar(c, add, mul, 0, n, std::numeric_limits<float>::infinity());
 }
 
 idx_t row_filter_generic(const float* c, const float* add, float mul, idx_t n, float thr,
                          std::int32_t* idx, float* val) {
-  idx_t cnt = 0;
-  for (idx_t j = 0; j < n; ++j) {
-    const float v = add[j] + mul * c[j];
-    if (v <= thr) {
-      idx[cnt] = static_cast<std::int32_t>(j);
-      val[cnt] = v;
-      ++cnt;
-    }
-  }
-  return cnt;
+  return row_filter_scalar(c, add, mul, 0, n, thr, idx, val, 0);
 }
 
 float dot_generic(const float* a, const float* b, idx_t d) {

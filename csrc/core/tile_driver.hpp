@@ -8,7 +8,8 @@
 // query blocks, so each thread keeps its own handler state (Handler::Local).
 //
 // Three layers, each usable alone:
-//   for_each_block  threads + per-thread state + exception capture + cancellation;
+//   for_each_block  threads + per-thread state + exception capture + cancellation (and
+//                   parallel_for, an index loop on it);
 //   BlockProducts   the pack-or-gather step and the product of one query block with a set;
 //   scan_tiles      the dense blocked search over contiguous query rows (one-sided or the
 //                   upper triangle of a self-join), built on the two above.
@@ -70,6 +71,22 @@ template <class Local, class Init, class Body>
 void for_each_block(int threads, idx_t nblocks, int chunk, Cancel& cancel, Init&& init, Body&& body) {
   for_each_block<Local>(threads, nblocks, chunk, cancel, std::forward<Init>(init), std::forward<Body>(body),
                         [](Local&) {});
+}
+
+/// Runs f(i) for i in [0, n) on `threads` threads (for_each_block over blocks of consecutive
+/// indices: `chunk` each, or with chunk <= 0 about a quarter of an even share per thread, the
+/// static split). Each index is handled once, on any thread; the first exception stops the
+/// remaining blocks and is rethrown after the join.
+template <class F>
+void parallel_for(int threads, idx_t n, F&& f, int chunk = 0) {
+  struct NoState {};
+  const idx_t share = (n + 4 * std::max(1, threads) - 1) / (4 * std::max(1, threads));
+  const idx_t block = chunk > 0 ? chunk : std::max<idx_t>(1, share);
+  Cancel no_cancel;  // the callers' loops are short and not cancellable
+  for_each_block<NoState>(threads, (n + block - 1) / block, 1, no_cancel, [](NoState&) {},
+                          [&](NoState&, idx_t b, const StopCheck&) {
+                            for (idx_t i = b * block; i < std::min(n, (b + 1) * block); ++i) f(i);
+                          });
 }
 
 /// Where the query rows of a block come from: float32 rows of `x` (stride d), and optionally

@@ -8,6 +8,8 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "core/dbscan.hpp"
@@ -15,6 +17,7 @@
 #include "core/kernels.hpp"
 #include "core/kmeans.hpp"
 #include "core/knn.hpp"
+#include "core/tile_driver.hpp"
 #include "check.hpp"
 
 using ec::idx_t;
@@ -38,15 +41,24 @@ static Sets random_sets(std::mt19937& gen, idx_t n, idx_t nq, idx_t d) {
 }
 static const idx_t kN = 500, kNq = 60;
 
-// Exact k nearest neighbours: the indices of a sorted brute force.
-TEST_CASE(knn_search_matches_brute_force) {
+// Runs check(s, d, cancel) on random database and query sets of dimensions 1, 3 and 97 (the
+// same seed for every case).
+template <class Check>
+static void for_each_random_set(Check&& check) {
   std::mt19937 gen(7);
   for (idx_t d : {1, 3, 97}) {
     const Sets s = random_sets(gen, kN, kNq, d);
+    ec::Cancel cancel;
+    check(s, d, cancel);
+  }
+}
+
+// Exact k nearest neighbours: the indices of a sorted brute force.
+TEST_CASE(knn_search_matches_brute_force) {
+  for_each_random_set([](const Sets& s, idx_t d, ec::Cancel& cancel) {
     const int k = 7;
     std::vector<float> dist(kNq * k);
     std::vector<idx_t> idx(kNq * k);
-    ec::Cancel cancel;
     ec::KnnParams p;
     p.k = k;
     ec::knn_search(p, s.db.data(), kN, s.q.data(), kNq, d, dist.data(), idx.data(), cancel);
@@ -56,15 +68,12 @@ TEST_CASE(knn_search_matches_brute_force) {
       std::sort(all.begin(), all.end());
       for (int t = 0; t < k; ++t) CHECK(idx[i * k + t] == all[t].second);
     }
-  }
+  });
 }
 
 // Radius counts (the radius is a squared distance, inclusive) against brute force.
 TEST_CASE(radius_count_matches_brute_force) {
-  std::mt19937 gen(7);
-  for (idx_t d : {1, 3, 97}) {
-    const Sets s = random_sets(gen, kN, kNq, d);
-    ec::Cancel cancel;
+  for_each_random_set([](const Sets& s, idx_t d, ec::Cancel& cancel) {
     ec::RadiusParams rp;
     rp.radius = d;  // about half the pairs
     std::vector<idx_t> counts(kNq);
@@ -74,15 +83,12 @@ TEST_CASE(radius_count_matches_brute_force) {
       for (idx_t j = 0; j < kN; ++j) c += l2(s.q.data() + i * d, s.db.data() + j * d, d) <= rp.radius;
       CHECK(counts[i] == c);
     }
-  }
+  });
 }
 
 // k-means assignment: each row's nearest of 10 centres, ties to the lower index.
 TEST_CASE(kmeans_assign_matches_brute_force) {
-  std::mt19937 gen(7);
-  for (idx_t d : {1, 3, 97}) {
-    const Sets s = random_sets(gen, kN, kNq, d);
-    ec::Cancel cancel;
+  for_each_random_set([](const Sets& s, idx_t d, ec::Cancel& cancel) {
     std::vector<idx_t> lab(kN);
     std::vector<float> md(kN);
     ec::kmeans_assign(ec::Metric::L2, s.q.data(), 10, s.db.data(), kN, d, lab.data(), md.data(), 0, cancel);
@@ -92,15 +98,12 @@ TEST_CASE(kmeans_assign_matches_brute_force) {
         if (l2(s.db.data() + i * d, s.q.data() + c * d, d) < l2(s.db.data() + i * d, s.q.data() + best * d, d)) best = c;
       CHECK(lab[i] == best);
     }
-  }
+  });
 }
 
 // DBSCAN's neighbour counts within eps (inclusive, the point itself counted).
 TEST_CASE(dbscan_counts_match_brute_force) {
-  std::mt19937 gen(7);
-  for (idx_t d : {1, 3, 97}) {
-    const Sets s = random_sets(gen, kN, kNq, d);
-    ec::Cancel cancel;
+  for_each_random_set([](const Sets& s, idx_t d, ec::Cancel& cancel) {
     ec::DbscanParams dp;
     dp.eps = std::sqrt(double(d));
     dp.min_samples = 5;
@@ -111,7 +114,49 @@ TEST_CASE(dbscan_counts_match_brute_force) {
       for (idx_t j = 0; j < kN; ++j) c += l2(s.db.data() + i * d, s.db.data() + j * d, d) <= dp.eps * dp.eps;
       CHECK(dr.counts[i] == c);
     }
+  });
+}
+
+// memory_limit's invariant (0, or a finite number of bytes >= 1) is asserted by the core on every
+// entry point, naming the value; a fraction of a byte is not "no limit".
+TEST_CASE(memory_limit_invariant_is_asserted_by_the_core) {
+  std::mt19937 gen(7);
+  const Sets s = random_sets(gen, kN, kNq, 3);
+  for (double bad : {0.5, -1.0, std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity()}) {
+    ec::Cancel cancel;
+    std::vector<float> dist(kNq);
+    std::vector<idx_t> idx(kNq);
+    ec::KnnParams p;
+    p.k = 1;
+    p.memory_limit = bad;
+    std::string message;
+    try {
+      ec::knn_search(p, s.db.data(), kN, s.q.data(), kNq, 3, dist.data(), idx.data(), cancel);
+    } catch (const std::invalid_argument& e) {
+      message = e.what();
+    }
+    CHECK(message.rfind("memory_limit=", 0) == 0 && message.find("should be None, 0 (no limit)") != std::string::npos);
+    ec::DbscanParams dp;
+    dp.eps = 1.0;
+    dp.memory_limit = bad;
+    ec::DbscanResult dr;
+    bool dbscan_rejects = false;
+    try {
+      ec::dbscan_fit(dp, s.db.data(), kN, 3, dr, cancel);
+    } catch (const std::invalid_argument&) {
+      dbscan_rejects = true;
+    }
+    CHECK(dbscan_rejects);
   }
+  std::string half;
+  try {
+    ec::check_memory_limit(0.5);
+  } catch (const std::invalid_argument& e) {
+    half = e.what();
+  }
+  CHECK(half == "memory_limit=0.5 should be None, 0 (no limit) or a number of bytes >= 1");
+  ec::check_memory_limit(0.0);  // no limit
+  ec::check_memory_limit(1.0);
 }
 
 // Tile epilogue primitives of the kernel set in use (EMBEDCLUSTER_ISA picks it), against
@@ -319,7 +364,7 @@ TEST_CASE(pack_matches_its_definition) {
   }
 }
 
-// Exceptions never cross a parallel region: parallel_for (static and dynamic schedules)
+// Exceptions never cross a parallel region: parallel_for (even blocks and fixed chunks)
 // rethrows the first one after the join, and the other iterations stop early.
 TEST_CASE(parallel_for_rethrows_after_the_join) {
   std::mt19937 gen(7);

@@ -186,8 +186,6 @@ class AssignPass {
   /// The exact nearest centre of one row from its tile of products (crow), with the fp32 and
   /// fp64 re-checks of near-ties; then its label, sums, distance and bounds.
   void resolve_row(Local& l, idx_t row, const float* crow) const {
-    const Metric metric = D_.metric;
-    const idx_t d = D_.d;
     idx_t arg = 0;
     float second = 0.0f;
     const float m = ks_.row_min2(crow, cs_.add.data(), cs_.mul, k_, &arg, &second);
@@ -197,29 +195,40 @@ class AssignPass {
       l.idx[0] = static_cast<std::int32_t>(arg);
     else
       cnt = ks_.row_filter(crow, cs_.add.data(), cs_.mul, k_, m + 2.0f * b, l.idx.data(), l.val.data());
-    idx_t lab;
     double dist = -1.0;
-    const double xn = metric == Metric::Cosine ? D_.xnorm[row] : 0.0;
+    const double xn = D_.metric == Metric::Cosine ? D_.xnorm[row] : 0.0;
     idx_t ncand = cnt;
     if (cnt == 0) {  // cannot happen with checked norms; never index an empty list
       for (idx_t j = 0; j < k_; ++j) l.idx[j] = static_cast<std::int32_t>(j);
       ncand = k_;
     }
+    const idx_t lab = nearest_candidate(l, row, ncand, xn, dist);
+    record_label(l, row, lab, xn, dist);
+    if (pr_) store_bounds(row, lab, dist, cnt, arg, m, second, b);
+  }
+
+  /// The nearest of the row's candidate centres l.idx[0 .. ncand): narrowed by fp32 products
+  /// first (kernels that round their inputs), then by exact fp64 values, lower index on ties.
+  /// dist gets the exact distance when it was computed (else it is left as it is).
+  idx_t nearest_candidate(Local& l, idx_t row, idx_t ncand, double xn, double& dist) const {
+    const idx_t d = D_.d;
     if (ncand > 1 && ks_.input_rel > 0.0) {
       l.dval.resize(static_cast<std::size_t>(ncand));
       ncand = narrow_fp32(cs_, D_.x + row * d, D_.xsq[row], l.idx.data(), ncand, l.dval.data());
     }
-    if (ncand == 1) {
-      lab = l.idx[0];
-    } else {
-      l.exact.clear();
-      for (idx_t t = 0; t < ncand; ++t)
-        l.exact.emplace_back(exact_value(metric, D_.x + row * d, cs_.row(l.idx[t]), d, xn, cs_.norm[l.idx[t]]),
-                             l.idx[t]);
-      const auto best = *std::min_element(l.exact.begin(), l.exact.end());
-      lab = best.second;
-      dist = std::max(0.0, best.first);
-    }
+    if (ncand == 1) return l.idx[0];
+    l.exact.clear();
+    for (idx_t t = 0; t < ncand; ++t)
+      l.exact.emplace_back(exact_value(D_.metric, D_.x + row * d, cs_.row(l.idx[t]), d, xn, cs_.norm[l.idx[t]]),
+                           l.idx[t]);
+    const auto best = *std::min_element(l.exact.begin(), l.exact.end());
+    dist = std::max(0.0, best.first);
+    return best.second;
+  }
+
+  /// The row's new label lab: the sums of a pruned pass follow a row that moved; the change
+  /// count, the label, and the exact distance (computed here when the choice did not need it).
+  void record_label(Local& l, idx_t row, idx_t lab, double xn, double& dist) const {
     if (acc_ && !acc_full_ && labels_[row] != lab) {
       acc_->add(D_, ks_, l.tid, row, labels_[row], true);
       acc_->add(D_, ks_, l.tid, row, lab, false);
@@ -227,9 +236,8 @@ class AssignPass {
     l.changed += labels_[row] != lab;
     labels_[row] = lab;
     if (mind_ && dist < 0.0)  // exact, whichever kernel made the tile
-      dist = std::max(0.0, exact_value(metric, D_.x + row * d, cs_.row(lab), d, xn, cs_.norm[lab]));
+      dist = std::max(0.0, exact_value(D_.metric, D_.x + row * D_.d, cs_.row(lab), D_.d, xn, cs_.norm[lab]));
     if (mind_) mind_[row] = static_cast<float>(dist);
-    if (pr_) store_bounds(row, lab, dist, cnt, arg, m, second, b);
   }
 
   /// The row's bounds after its products: u from the exact distance when known; else, when the

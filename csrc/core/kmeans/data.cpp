@@ -1,5 +1,6 @@
 // What k-means knows about its rows: norms, rounding errors, fixed-point scales, work ranges, variance and objective.
 #include "internal.hpp"
+#include "../tile_driver.hpp"
 
 namespace ec {
 namespace kmeans_impl {
@@ -13,6 +14,54 @@ std::vector<Range> make_ranges(idx_t n) {
   return rs;
 }
 
+namespace {
+
+/// What one thread's rows of prepare's scan found: the fixed-point maxima, the largest weight,
+/// the first zero row (cosine) and the first row that is not finite. Maxima and minima do not
+/// depend on the order in which the threads' findings are merged.
+struct RowFindings {
+  std::vector<double> colmax;
+  double wmax = 0.0;
+  idx_t zero_row = -1, bad_row = -1;
+
+  static void first(idx_t& slot, idx_t i) { slot = slot < 0 ? i : std::min(slot, i); }
+  void merge_into(Data& D, idx_t& zero, idx_t& bad) const {
+    D.wmax = std::max(D.wmax, wmax);
+    for (std::size_t f = 0; f < colmax.size(); ++f) D.colmax[f] = std::max(D.colmax[f], colmax[f]);
+    if (zero_row >= 0) first(zero, zero_row);
+    if (bad_row >= 0) first(bad, bad_row);
+  }
+};
+
+/// Row i's norm, rounding error and contribution to the fixed-point maxima.
+void scan_row(Data& D, idx_t i, RowFindings& found) {
+  const idx_t d = D.d;
+  const float* row = D.x + i * d;
+  const double sq = sqnorm(row, d);
+  D.xsq[i] = sq;
+  if (!std::isfinite(sq)) {
+    RowFindings::first(found.bad_row, i);
+    return;
+  }
+  if (D.metric == Metric::Cosine) {
+    D.xnorm[i] = std::sqrt(sq);
+    if (sq == 0.0) {
+      RowFindings::first(found.zero_row, i);
+      return;
+    }
+  }
+  if (!D.xerr.empty()) D.xerr[i] = static_cast<float>(input_error(*D.ks, row, d) * (1.0 + 1e-6));
+  const double wi = D.weight(i);
+  found.wmax = std::max(found.wmax, wi);
+  const double sc = D.metric == Metric::Cosine ? wi / D.xnorm[i] : wi;
+  for (idx_t f = 0; f < d; ++f)
+    found.colmax[f] = std::max(found.colmax[f], std::abs(static_cast<double>(row[f]) * sc));
+}
+
+constexpr idx_t kScanBlock = 1024;  // rows per block of prepare's scan
+
+}  // namespace
+
 void prepare(Data& D, const float* x, idx_t n, idx_t d, const float* w, Metric m, int threads,
              const KernelSet* ks) {
   D.ks = ks ? ks : &kernels();
@@ -24,52 +73,20 @@ void prepare(Data& D, const float* x, idx_t n, idx_t d, const float* w, Metric m
   D.threads = threads;
   D.xsq.resize(static_cast<std::size_t>(n));
   if (m == Metric::Cosine) D.xnorm.resize(static_cast<std::size_t>(n));
-  const bool rounds = D.ks->input_rel > 0.0;
-  D.xerr.assign(rounds ? static_cast<std::size_t>(n) : 0, 0.0f);
+  D.xerr.assign(D.ks->input_rel > 0.0 ? static_cast<std::size_t>(n) : 0, 0.0f);
   D.colmax.assign(static_cast<std::size_t>(d), 0.0);
   D.wmax = 0.0;
   idx_t zero_row = -1, bad_row = -1;
   // One pass over the data: norms, rounding errors, the fixed-point maxima, and the finiteness
   // check (a float32 row has a finite squared norm in fp64 exactly when all its values are finite).
-  ExceptionSlot err;
-#pragma omp parallel num_threads(threads)
-  {
-    std::vector<double> mx;
-    err.run([&] { mx.assign(static_cast<std::size_t>(d), 0.0); });
-    double wm = 0.0;
-    idx_t zr = -1, br = -1;
-#pragma omp for schedule(static)
-    for (idx_t i = 0; i < n; ++i) {
-      if (err.failed()) continue;
-      const float* row = x + i * d;
-      const double sq = sqnorm(row, d);
-      D.xsq[i] = sq;
-      if (!std::isfinite(sq)) {
-        if (br < 0) br = i;
-        continue;
-      }
-      if (m == Metric::Cosine) {
-        D.xnorm[i] = std::sqrt(sq);
-        if (sq == 0.0) {
-          if (zr < 0) zr = i;
-          continue;
-        }
-      }
-      if (rounds) D.xerr[i] = static_cast<float>(input_error(*D.ks, row, d) * (1.0 + 1e-6));
-      const double wi = D.weight(i);
-      wm = std::max(wm, wi);
-      const double sc = m == Metric::Cosine ? wi / D.xnorm[i] : wi;
-      for (idx_t f = 0; f < d; ++f) mx[f] = std::max(mx[f], std::abs(static_cast<double>(row[f]) * sc));
-    }
-#pragma omp critical
-    if (!err.failed()) {
-      D.wmax = std::max(D.wmax, wm);
-      for (idx_t f = 0; f < d; ++f) D.colmax[f] = std::max(D.colmax[f], mx[f]);
-      if (zr >= 0) zero_row = zero_row < 0 ? zr : std::min(zero_row, zr);
-      if (br >= 0) bad_row = bad_row < 0 ? br : std::min(bad_row, br);
-    }
-  }
-  err.rethrow();
+  Cancel no_cancel;  // one read of the rows: not worth polling
+  for_each_block<RowFindings>(
+      threads, (n + kScanBlock - 1) / kScanBlock, 1, no_cancel,
+      [d](RowFindings& found) { found.colmax.assign(static_cast<std::size_t>(d), 0.0); },
+      [&](RowFindings& found, idx_t blk, const StopCheck&) {
+        for (idx_t i = blk * kScanBlock; i < std::min(n, (blk + 1) * kScanBlock); ++i) scan_row(D, i, found);
+      },
+      [&](RowFindings& found) { found.merge_into(D, zero_row, bad_row); });
   if (bad_row >= 0) {
     idx_t f = 0;
     while (f < d && std::isfinite(x[bad_row * d + f])) ++f;

@@ -153,34 +153,58 @@ void seed_parallel(const KMeansParams& p, const Data& D, std::uint64_t seed, flo
 
 }  // namespace
 
-void seed_centers(const KMeansParams& p, const Data& D, std::uint64_t seed, float* out,
-                  Cancel& cancel) {
-  const idx_t n = D.n, d = D.d, k = p.k;
-  if (p.init == KMeansInit::Parallel) {
-    seed_parallel(p, D, seed, out, cancel);
-    return;
+namespace {
+
+/// k distinct rows chosen uniformly: a partial Fisher-Yates over the indices.
+void seed_random(const Data& D, idx_t k, Rng& rng, float* out) {
+  const idx_t n = D.n, d = D.d;
+  std::vector<idx_t> perm(static_cast<std::size_t>(n));
+  std::iota(perm.begin(), perm.end(), idx_t{0});
+  for (idx_t c = 0; c < k; ++c) {
+    const idx_t j = c + rng.below(n - c);
+    std::swap(perm[c], perm[j]);
+    std::memcpy(out + c * d, D.x + perm[c] * d, sizeof(float) * d);
   }
-  Rng rng(seed);
-  if (p.init == KMeansInit::Random) {
-    // Partial Fisher-Yates over the indices: k distinct rows.
-    std::vector<idx_t> perm(static_cast<std::size_t>(n));
-    std::iota(perm.begin(), perm.end(), idx_t{0});
-    for (idx_t c = 0; c < k; ++c) {
-      const idx_t j = c + rng.below(n - c);
-      std::swap(perm[c], perm[j]);
-      std::memcpy(out + c * d, D.x + perm[c] * d, sizeof(float) * d);
+}
+
+constexpr idx_t kSeedBlock = 4096;  // rows per block of k-means++'s sums (a fixed order)
+
+/// The candidate (of `trials`, distances dist[i * trials + t]) that leaves the least potential
+/// sum_i w_i min(closest_i, dist_it), summed in fixed block order so that the choice does not
+/// depend on the thread count.
+int least_potential_candidate(const Data& D, const std::vector<double>& closest, const std::vector<float>& dist,
+                              int trials) {
+  const idx_t n = D.n;
+  const idx_t nb = (n + kSeedBlock - 1) / kSeedBlock;
+  std::vector<double> part(static_cast<std::size_t>(nb * trials), 0.0);
+  parallel_for(D.threads, nb, [&](idx_t b) {
+    for (idx_t i = b * kSeedBlock; i < std::min(n, (b + 1) * kSeedBlock); ++i)
+      for (int t = 0; t < trials; ++t)
+        part[b * trials + t] += D.weight(i) * std::min<double>(closest[i], dist[i * trials + t]);
+  });
+  int best = 0;
+  double best_pot = std::numeric_limits<double>::infinity();
+  for (int t = 0; t < trials; ++t) {
+    double s = 0.0;
+    for (idx_t b = 0; b < nb; ++b) s += part[b * trials + t];
+    if (s < best_pot) {
+      best_pot = s;
+      best = t;
     }
-    return;
   }
-  // Greedy k-means++ (Arthur & Vassilvitskii 2007, with local trials as in scikit-learn).
+  return best;
+}
+
+/// Greedy k-means++ (Arthur & Vassilvitskii 2007, with local trials as in scikit-learn).
+void seed_plus_plus(const KMeansParams& p, const Data& D, Rng& rng, float* out, Cancel& cancel) {
+  const idx_t n = D.n, d = D.d, k = p.k;
   const int trials = p.n_local_trials > 0 ? p.n_local_trials
                                           : 2 + static_cast<int>(std::log(static_cast<double>(k)));
-  constexpr idx_t kBlock = 4096;
   std::vector<double> wv(static_cast<std::size_t>(n)), bs;
   for (idx_t i = 0; i < n; ++i) wv[i] = D.weight(i);
-  block_sums_of(wv, kBlock, bs, D.threads);
+  block_sums_of(wv, kSeedBlock, bs, D.threads);
   double total = std::accumulate(bs.begin(), bs.end(), 0.0);
-  const idx_t first = sample_index(bs, kBlock, wv, rng.uniform() * total);
+  const idx_t first = sample_index(bs, kSeedBlock, wv, rng.uniform() * total);
   std::memcpy(out, D.x + first * d, sizeof(float) * d);
   std::vector<float> dist;
   distances_to(D, out, 1, dist, cancel);
@@ -190,35 +214,32 @@ void seed_centers(const KMeansParams& p, const Data& D, std::uint64_t seed, floa
   std::vector<idx_t> cand_idx(static_cast<std::size_t>(trials));
   for (idx_t c = 1; c < k; ++c) {
     for (idx_t i = 0; i < n; ++i) pot_v[i] = D.weight(i) * closest[i];
-    block_sums_of(pot_v, kBlock, bs, D.threads);
+    block_sums_of(pot_v, kSeedBlock, bs, D.threads);
     const double pot = std::accumulate(bs.begin(), bs.end(), 0.0);
     for (int t = 0; t < trials; ++t) {
       // With zero potential (fewer distinct points than k) any row serves; pick uniformly.
-      cand_idx[t] = pot > 0.0 ? sample_index(bs, kBlock, pot_v, rng.uniform() * pot) : rng.below(n);
+      cand_idx[t] = pot > 0.0 ? sample_index(bs, kSeedBlock, pot_v, rng.uniform() * pot) : rng.below(n);
       std::memcpy(cand.data() + t * d, D.x + cand_idx[t] * d, sizeof(float) * d);
     }
     distances_to(D, cand.data(), trials, dist, cancel);
-    // Potential of each candidate, in fixed block order so that it does not depend on threads.
-    const idx_t nb = (n + kBlock - 1) / kBlock;
-    std::vector<double> part(static_cast<std::size_t>(nb * trials), 0.0);
-    parallel_for(D.threads, nb, [&](idx_t b) {
-      for (idx_t i = b * kBlock; i < std::min(n, (b + 1) * kBlock); ++i)
-        for (int t = 0; t < trials; ++t)
-          part[b * trials + t] += D.weight(i) * std::min<double>(closest[i], dist[i * trials + t]);
-    });
-    int best = 0;
-    double best_pot = std::numeric_limits<double>::infinity();
-    for (int t = 0; t < trials; ++t) {
-      double s = 0.0;
-      for (idx_t b = 0; b < nb; ++b) s += part[b * trials + t];
-      if (s < best_pot) {
-        best_pot = s;
-        best = t;
-      }
-    }
+    const int best = least_potential_candidate(D, closest, dist, trials);
     for (idx_t i = 0; i < n; ++i) closest[i] = std::min<double>(closest[i], dist[i * trials + best]);
     std::memcpy(out + c * d, D.x + cand_idx[best] * d, sizeof(float) * d);
   }
+}
+
+}  // namespace
+
+void seed_centers(const KMeansParams& p, const Data& D, std::uint64_t seed, float* out, Cancel& cancel) {
+  if (p.init == KMeansInit::Parallel) {
+    seed_parallel(p, D, seed, out, cancel);
+    return;
+  }
+  Rng rng(seed);
+  if (p.init == KMeansInit::Random)
+    seed_random(D, p.k, rng, out);
+  else
+    seed_plus_plus(p, D, rng, out, cancel);
 }
 
 }  // namespace kmeans_impl

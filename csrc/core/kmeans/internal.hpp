@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "../engine.hpp"
+#include "../tile_driver.hpp"
 #include "../kmeans.hpp"
 
 namespace ec {

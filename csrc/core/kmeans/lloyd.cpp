@@ -81,6 +81,39 @@ double update_centres(const Data& D, const std::vector<float>& centers, const st
 }  // namespace
 
 /// One full k-means run from the given initial centres.
+namespace {
+
+/// Pruning's per-row state for n rows (bounds not yet valid).
+void start_pruning(const KMeansParams& p, idx_t n, Prune& pr) {
+  pr.force_movers = p.movers;
+  pr.u.resize(static_cast<std::size_t>(n));
+  pr.l.resize(static_cast<std::size_t>(n));
+  pr.lm.resize(static_cast<std::size_t>(n));
+  pr.tight.assign(static_cast<std::size_t>(n), 0);
+}
+
+/// Pruning's state for a pass with valid bounds: the centres' half gaps and the mobile group
+/// (packed when it is not empty).
+void update_pruning(const PackedSet& cs, const Data& D, const std::vector<float>& centers,
+                    const std::vector<idx_t>& labels, Prune& pr) {
+  centre_half_gaps(cs, D, pr.half_gap);
+  choose_movers(cs, D, labels.data(), cs.n, pr);
+  if (!pr.movers.empty())
+    pack_set(pr.mv, centers.data(), static_cast<idx_t>(pr.movers.size()), D.d, D.metric, pr.movers.data(),
+             D.threads, D.ks);
+}
+
+/// Spherical k-means starts from unit centres; a zero centre has no direction.
+void normalise_initial_centres(std::vector<float>& centers, idx_t k, idx_t d) {
+  for (idx_t c = 0; c < k; ++c) {
+    const double nn = std::sqrt(sqnorm(centers.data() + c * d, d));
+    if (nn == 0.0) fail("initial centre " + std::to_string(c) + " has zero norm (cosine metric)");
+    for (idx_t f = 0; f < d; ++f) centers[c * d + f] = static_cast<float>(centers[c * d + f] / nn);
+  }
+}
+
+}  // namespace
+
 void lloyd(const KMeansParams& p, const Data& D, std::vector<float>& centers, KMeansResult& res,
            Cancel& cancel) {
   const idx_t n = D.n, d = D.d, k = p.k;
@@ -100,22 +133,10 @@ void lloyd(const KMeansParams& p, const Data& D, std::vector<float>& centers, KM
   int passes = 0;
   const bool use_prune = p.prune == 1 || (p.prune < 0 && k >= kPruneMinK);
   Prune pr;
-  if (use_prune) {
-    pr.force_movers = p.movers;
-    pr.u.resize(static_cast<std::size_t>(n));
-    pr.l.resize(static_cast<std::size_t>(n));
-    pr.lm.resize(static_cast<std::size_t>(n));
-    pr.tight.assign(static_cast<std::size_t>(n), 0);
-  }
+  if (use_prune) start_pruning(p, n, pr);
   auto pass = [&](bool accumulate) {
     pack_set(cs, centers.data(), k, d, D.metric, nullptr, D.threads, D.ks);
-    if (use_prune && pr.valid) {
-      centre_half_gaps(cs, D, pr.half_gap);
-      choose_movers(cs, D, labels.data(), k, pr);
-      if (!pr.movers.empty())
-        pack_set(pr.mv, centers.data(), static_cast<idx_t>(pr.movers.size()), d, D.metric, pr.movers.data(),
-                 D.threads, D.ks);
-    }
+    if (use_prune && pr.valid) update_pruning(cs, D, centers, labels, pr);
     const bool full = !use_prune || !pr.valid;  // pruned passes update the sums of moved rows only
     if (accumulate && full) acc.clear();
     // A final pass without accumulation may change labels; its sums are not used afterwards.
@@ -123,13 +144,7 @@ void lloyd(const KMeansParams& p, const Data& D, std::vector<float>& centers, KM
                 use_prune ? &pr : nullptr);
     ++passes;
   };
-  if (D.metric == Metric::Cosine) {
-    for (idx_t c = 0; c < k; ++c) {
-      const double nn = std::sqrt(sqnorm(centers.data() + c * d, d));
-      if (nn == 0.0) fail("initial centre " + std::to_string(c) + " has zero norm (cosine metric)");
-      for (idx_t f = 0; f < d; ++f) centers[c * d + f] = static_cast<float>(centers[c * d + f] / nn);
-    }
-  }
+  if (D.metric == Metric::Cosine) normalise_initial_centres(centers, k, d);
   for (it = 0; it < p.max_iter; ++it) {
     pass(true);
     acc.totals(sums, wsum, D.threads);
@@ -156,10 +171,14 @@ void lloyd(const KMeansParams& p, const Data& D, std::vector<float>& centers, KM
   res.inertia = objective(D, res.centers.data(), res.labels);
   res.n_iter = std::min(it, p.max_iter);
   res.n_empty_repaired = repaired;
-  res.computed_fraction =
-      use_prune ? static_cast<double>(pr.rows_computed) / (static_cast<double>(n) * std::max(1, passes)) : 1.0;
-  res.mover_fraction =
-      use_prune ? static_cast<double>(pr.rows_movers) / (static_cast<double>(n) * std::max(1, passes)) : 0.0;
+  if (use_prune) {
+    const double row_passes = static_cast<double>(n) * std::max(1, passes);
+    res.computed_fraction = static_cast<double>(pr.rows_computed) / row_passes;
+    res.mover_fraction = static_cast<double>(pr.rows_movers) / row_passes;
+  } else {
+    res.computed_fraction = 1.0;
+    res.mover_fraction = 0.0;
+  }
 }
 
 }  // namespace kmeans_impl

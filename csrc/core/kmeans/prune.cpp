@@ -95,140 +95,209 @@ void centre_shifts(const Data& D, const std::vector<float>& oldc, const std::vec
 /// the row's minimum over the mobile centres, its bounds).
 constexpr double kMoverRowCost = 16.0;
 
-/// Chooses the mobile group for the next pass (see Prune): either the current group extended
-/// by the c stable centres that moved farthest, or (a reset) the c centres that moved farthest,
-/// c a multiple of the kernels' panel width (products cost the same up to it) on a grid about
-/// 25% apart beyond 8 widths, the group at most k / 2. The choice minimises the estimated work on a sample of rows: a row costs nothing when
-/// its bounds (u tightened as in the pass) prove it, (|group| + kMoverRowCost) / k_pad of a full
-/// row when only lm fails (its mobile products are assumed to prove it), and a full row when l
-/// fails. `force_movers` > 0 always resets to the min(force_movers, k - 1) farthest (tests).
-/// Sets movers, slot, the groups' largest shifts and the merge flags.
-void choose_movers(const PackedSet& cs, const Data& D, const idx_t* labels, idx_t k, Prune& pr) {
-  const std::vector<idx_t> old = pr.movers;
-  std::vector<char> was(static_cast<std::size_t>(k), 0);
-  for (idx_t c : old) was[c] = 1;
-  const idx_t n = D.n, nr = D.ks->nr;
-  const idx_t cap = pr.force_movers > 0 ? std::min<idx_t>(pr.force_movers, k - 1) : k / 2;
-  auto farther = [&](idx_t a, idx_t b) { return pr.shift[a] != pr.shift[b] ? pr.shift[a] > pr.shift[b] : a < b; };
-  std::vector<idx_t> all(static_cast<std::size_t>(k));  // every centre, farthest first
-  std::iota(all.begin(), all.end(), idx_t{0});
-  std::sort(all.begin(), all.end(), farther);
-  std::vector<idx_t> stable;  // the stable centres, farthest first
-  for (idx_t c : all)
-    if (!was[c]) stable.push_back(c);
-  // Candidate groups: (reset, c). A group is the first c of `all` (reset) or old + the first c of `stable`.
-  struct Cand {
-    bool reset;
-    idx_t c;
-  };
-  std::vector<Cand> cands;
+namespace {
+
+/// The centres ordered for choosing a group: `all` farthest-moved first, `stable` the same
+/// order restricted to the centres outside the current mobile group (`was` marks its members).
+struct ShiftOrder {
+  std::vector<idx_t> old;     ///< the current mobile group
+  std::vector<char> was;      ///< per centre: in the current group
+  std::vector<idx_t> all;     ///< every centre, farthest first
+  std::vector<idx_t> stable;  ///< the centres outside the current group, farthest first
+
+  ShiftOrder(const Prune& pr, idx_t k) : old(pr.movers), was(static_cast<std::size_t>(k), 0) {
+    for (idx_t c : old) was[c] = 1;
+    auto farther = [&](idx_t a, idx_t b) { return pr.shift[a] != pr.shift[b] ? pr.shift[a] > pr.shift[b] : a < b; };
+    all.resize(static_cast<std::size_t>(k));
+    std::iota(all.begin(), all.end(), idx_t{0});
+    std::sort(all.begin(), all.end(), farther);
+    for (idx_t c : all)
+      if (!was[c]) stable.push_back(c);
+  }
+};
+
+/// A candidate group: the first `c` of ShiftOrder::all (reset), or the current group plus the
+/// first `c` of ShiftOrder::stable.
+struct Candidate {
+  bool reset;
+  idx_t c;
+};
+
+/// The candidate groups: one forced reset (force_movers > 0), none when the bounds are not yet
+/// valid, else resets and extensions whose sizes are multiples of nr about 25% apart beyond
+/// 8 nr (a few dozen for any k), at most `cap` centres.
+std::vector<Candidate> candidate_groups(const Prune& pr, const ShiftOrder& order, idx_t k, idx_t nr, idx_t cap) {
+  std::vector<Candidate> cands;
   if (pr.force_movers > 0) {
     cands.push_back({true, cap});
   } else if (pr.force_movers < 0 && pr.valid && k >= 2) {
-    // Sizes: multiples of nr, about 25% apart beyond 8 nr (a few dozen candidates for any k).
     auto next = [nr](idx_t c) { return c + std::max(nr, c / 4 / nr * nr); };
     cands.push_back({true, 0});
     for (idx_t c = nr; c <= cap; c = next(c)) cands.push_back({true, c});
-    if (!old.empty())
-      for (idx_t c = 0; static_cast<idx_t>(old.size()) + c <= cap && c <= static_cast<idx_t>(stable.size());
-           c = c == 0 ? nr : next(c))
-        cands.push_back({false, c});
+    const auto n_old = static_cast<idx_t>(order.old.size());
+    const auto n_stable = static_cast<idx_t>(order.stable.size());
+    if (n_old > 0)
+      for (idx_t c = 0; n_old + c <= cap && c <= n_stable; c = c == 0 ? nr : next(c)) cands.push_back({false, c});
   }
-  std::vector<char> in(static_cast<std::size_t>(k));
-  auto group_of = [&](const Cand& g) {
-    std::fill(in.begin(), in.end(), 0);
+  return cands;
+}
+
+/// The largest two shifts and the centre with the largest.
+struct TopShifts {
+  double s1 = 0.0, s2 = 0.0;
+  idx_t arg1 = -1;
+};
+
+/// One candidate group as a membership mask, and what the pass needs to know about it.
+class GroupMask {
+ public:
+  GroupMask(const ShiftOrder& order, idx_t k) : order_(order), in_(static_cast<std::size_t>(k)) {}
+
+  void set(const Candidate& g) {
+    std::fill(in_.begin(), in_.end(), 0);
     if (!g.reset)
-      for (idx_t c : old) in[c] = 1;
-    const std::vector<idx_t>& src = g.reset ? all : stable;
-    for (idx_t t = 0; t < g.c; ++t) in[src[t]] = 1;
-  };
-  // Whether the group in `in` drops centres of the old one, adds centres to it, and its size.
-  auto changes = [&](bool& removed, bool& added, idx_t& size) {
+      for (idx_t c : order_.old) in_[c] = 1;
+    const std::vector<idx_t>& src = g.reset ? order_.all : order_.stable;
+    for (idx_t t = 0; t < g.c; ++t) in_[src[t]] = 1;
+  }
+  /// Whether the group drops centres of the current one, adds centres to it, and its size.
+  void changes(bool& removed, bool& added, idx_t& size) const {
     removed = added = false;
     size = 0;
-    for (idx_t c = 0; c < k; ++c) {
-      removed |= was[c] && !in[c];
-      added |= !was[c] && in[c];
-      size += in[c];
-    }
-  };
-  // Largest two shifts (and the argmax) of the centres with in[c] == want.
-  auto top2 = [&](char want, double& s1, double& s2, idx_t& a1) {
-    s1 = s2 = 0.0;
-    a1 = -1;
-    for (idx_t c = 0; c < k; ++c) {
-      if (in[c] != want) continue;
-      if (pr.shift[c] > s1) {
-        s2 = s1;
-        s1 = pr.shift[c];
-        a1 = c;
-      } else if (pr.shift[c] > s2) {
-        s2 = pr.shift[c];
-      }
-    }
-  };
-  Cand pick{true, 0};
-  if (cands.size() == 1) {
-    pick = cands[0];
-  } else if (cands.size() > 1) {
-    // The sample: u tightened as the pass would, l and lm as stored.
-    const idx_t stride = std::max<idx_t>(1, n / 8192);
-    struct Row {
-      double u, l, lm, hg;
-    };
-    const idx_t ns = (n + stride - 1) / stride;
-    std::vector<Row> rows(static_cast<std::size_t>(ns));
-    parallel_for(D.threads, ns, [&](idx_t t) {
-      const idx_t i = t * stride, a = labels[i];
-      double u = pr.u[i] + pr.shift[a];
-      const double hg = pr.half_gap[a];
-      if (!(u < std::max(std::min(pr.l[i], pr.lm[i]) - pr.max1, hg)) && (pr.shift[a] > 0.0 || !pr.tight[i]))
-        u = std::min(u, dist_hi_fp32(cs, D, i, a));
-      rows[t] = {u, pr.l[i], pr.lm[i], hg};
-    });
-    const double k_pad = static_cast<double>(round_up(k, nr));
-    double best = std::numeric_limits<double>::infinity();
-    for (const Cand& g : cands) {
-      group_of(g);
-      bool removed, added;
-      idx_t size;
-      changes(removed, added, size);
-      double r1, r2, m1, m2;
-      idx_t ra, ma;
-      top2(0, r1, r2, ra);
-      top2(1, m1, m2, ma);
-      const double mover_cost = (static_cast<double>(size) + kMoverRowCost) / k_pad;
-      double cost = 0.0;
-      for (const Row& r : rows) {
-        double l = r.l, lm = r.lm;
-        if (size == 0) {
-          l = std::min(l, lm) - pr.max1;
-          lm = std::numeric_limits<double>::infinity();
-        } else {
-          if (removed) l = std::min(l, lm);
-          if (added) lm = std::min(lm, l);
-          l -= r1;
-          lm -= m1;
-        }
-        if (r.u < std::max(std::min(l, lm), r.hg)) continue;
-        cost += r.u < std::max(l, r.hg) ? mover_cost : 1.0;
-      }
-      if (cost < best * 0.97) {  // a larger group only for a clear gain
-        best = cost;
-        pick = g;
-      }
+    for (std::size_t c = 0; c < in_.size(); ++c) {
+      removed |= order_.was[c] && !in_[c];
+      added |= !order_.was[c] && in_[c];
+      size += in_[c];
     }
   }
-  group_of(pick);
+  /// Largest two shifts of the centres outside the group (member = false) or in it (true).
+  TopShifts top_shifts(const std::vector<double>& shift, bool member) const {
+    TopShifts t;
+    for (std::size_t c = 0; c < in_.size(); ++c) {
+      if ((in_[c] != 0) != member) continue;
+      if (shift[c] > t.s1) {
+        t.s2 = t.s1;
+        t.s1 = shift[c];
+        t.arg1 = static_cast<idx_t>(c);
+      } else if (shift[c] > t.s2) {
+        t.s2 = shift[c];
+      }
+    }
+    return t;
+  }
+  bool contains(idx_t c) const { return in_[c] != 0; }
+
+ private:
+  const ShiftOrder& order_;
+  std::vector<char> in_;
+};
+
+/// A sampled row's bounds: u tightened as the pass would, l and lm as stored, its centre's half gap.
+struct SampledBounds {
+  double u, l, lm, hg;
+};
+
+/// Every (n / 8192)-th row's bounds, for the cost model.
+std::vector<SampledBounds> sample_bounds(const PackedSet& cs, const Data& D, const idx_t* labels, const Prune& pr) {
+  const idx_t n = D.n;
+  const idx_t stride = std::max<idx_t>(1, n / 8192);
+  const idx_t ns = (n + stride - 1) / stride;
+  std::vector<SampledBounds> rows(static_cast<std::size_t>(ns));
+  parallel_for(D.threads, ns, [&](idx_t t) {
+    const idx_t i = t * stride, a = labels[i];
+    double u = pr.u[i] + pr.shift[a];
+    const double hg = pr.half_gap[a];
+    if (!(u < std::max(std::min(pr.l[i], pr.lm[i]) - pr.max1, hg)) && (pr.shift[a] > 0.0 || !pr.tight[i]))
+      u = std::min(u, dist_hi_fp32(cs, D, i, a));
+    rows[t] = {u, pr.l[i], pr.lm[i], hg};
+  });
+  return rows;
+}
+
+/// Estimated work of a pass with the group in `group` over the sampled rows, in full rows: a
+/// row costs nothing when its bounds prove it, (|group| + kMoverRowCost) / k_pad when only lm
+/// fails, 1 when l fails.
+double estimated_cost(const std::vector<SampledBounds>& rows, const GroupMask& group, const Prune& pr,
+                      double k_pad) {
+  bool removed, added;
   idx_t size;
-  changes(pr.merge_l, pr.merge_lm, size);
-  top2(0, pr.rest1, pr.rest2, pr.rest_arg1);
-  top2(1, pr.mob1, pr.mob2, pr.mob_arg1);
+  group.changes(removed, added, size);
+  const double rest_max = group.top_shifts(pr.shift, false).s1;
+  const double mobile_max = group.top_shifts(pr.shift, true).s1;
+  const double mover_cost = (static_cast<double>(size) + kMoverRowCost) / k_pad;
+  double cost = 0.0;
+  for (const SampledBounds& r : rows) {
+    double l = r.l, lm = r.lm;
+    if (size == 0) {
+      l = std::min(l, lm) - pr.max1;
+      lm = std::numeric_limits<double>::infinity();
+    } else {
+      if (removed) l = std::min(l, lm);
+      if (added) lm = std::min(lm, l);
+      l -= rest_max;
+      lm -= mobile_max;
+    }
+    if (r.u < std::max(std::min(l, lm), r.hg)) continue;
+    cost += r.u < std::max(l, r.hg) ? mover_cost : 1.0;
+  }
+  return cost;
+}
+
+/// The candidate of least estimated cost (a larger group only for a clear gain); the empty
+/// reset when there is none, the only one when there is one.
+Candidate cheapest_group(const PackedSet& cs, const Data& D, const idx_t* labels, idx_t k, const Prune& pr,
+                         const std::vector<Candidate>& cands, GroupMask& group) {
+  if (cands.empty()) return {true, 0};
+  if (cands.size() == 1) return cands[0];
+  const std::vector<SampledBounds> rows = sample_bounds(cs, D, labels, pr);
+  const double k_pad = static_cast<double>(round_up(k, D.ks->nr));
+  Candidate pick{true, 0};
+  double best = std::numeric_limits<double>::infinity();
+  for (const Candidate& g : cands) {
+    group.set(g);
+    const double cost = estimated_cost(rows, group, pr, k_pad);
+    if (cost < best * 0.97) {
+      best = cost;
+      pick = g;
+    }
+  }
+  return pick;
+}
+
+/// Stores the chosen group in pr: movers, slot, the groups' largest shifts and the merge flags.
+void store_group(const GroupMask& group, idx_t k, Prune& pr) {
+  idx_t size;
+  group.changes(pr.merge_l, pr.merge_lm, size);
+  const TopShifts rest = group.top_shifts(pr.shift, false), mobile = group.top_shifts(pr.shift, true);
+  pr.rest1 = rest.s1;
+  pr.rest2 = rest.s2;
+  pr.rest_arg1 = rest.arg1;
+  pr.mob1 = mobile.s1;
+  pr.mob2 = mobile.s2;
+  pr.mob_arg1 = mobile.arg1;
   pr.movers.clear();
   for (idx_t c = 0; c < k; ++c)
-    if (in[c]) pr.movers.push_back(c);
+    if (group.contains(c)) pr.movers.push_back(c);
   pr.slot.assign(static_cast<std::size_t>(k), -1);
   for (std::size_t t = 0; t < pr.movers.size(); ++t) pr.slot[pr.movers[t]] = static_cast<std::int32_t>(t);
+}
+
+}  // namespace
+
+/// Chooses the mobile group for the next pass (see Prune): either the current group extended
+/// by the c stable centres that moved farthest, or (a reset) the c centres that moved farthest,
+/// c a multiple of the kernels' panel width (products cost the same up to it) on a grid about
+/// 25% apart beyond 8 widths, the group at most k / 2. The choice minimises the estimated work
+/// on a sample of rows (estimated_cost). `force_movers` > 0 always resets to the
+/// min(force_movers, k - 1) farthest (tests). Sets movers, slot, the groups' largest shifts and
+/// the merge flags.
+void choose_movers(const PackedSet& cs, const Data& D, const idx_t* labels, idx_t k, Prune& pr) {
+  const ShiftOrder order(pr, k);
+  const idx_t cap = pr.force_movers > 0 ? std::min<idx_t>(pr.force_movers, k - 1) : k / 2;
+  const std::vector<Candidate> cands = candidate_groups(pr, order, k, D.ks->nr, cap);
+  GroupMask group(order, k);
+  group.set(cheapest_group(cs, D, labels, k, pr, cands, group));
+  store_group(group, k, pr);
 }
 
 }  // namespace kmeans_impl

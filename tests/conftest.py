@@ -55,6 +55,23 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch intra-op thread for a module's in-process training (probes, small encoders).
+    Their tensors are tiny: with two threads on a 2-core machine, thread hand-offs, and torch's
+    threads contending with the engine's OpenMP threads, take most of the time (a pipeline fit
+    of the digits: ~10x slower under load). No-op without torch; the count is restored."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(params=_core.build_info()["kernels_available"])
 def kernel_set(request):
     """Runs a test once per kernel set this CPU supports (generic, avx2, avx512)."""

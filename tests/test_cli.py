@@ -131,10 +131,35 @@ def test_cli_errors_are_one_line_and_nonzero(args, message):
     assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1
 
 
-@pytest.mark.parametrize("cmd", ["demo", "embed", "cluster", "evaluate", "probe", "run", "predict", "info"])
-def test_every_command_has_help(cmd):
-    r = run(cmd, "--help")
-    assert r.returncode == 0 and r.stdout.startswith("usage: embedcluster " + cmd) and len(r.stdout) > 200
+COMMANDS = ["demo", "embed", "cluster", "evaluate", "probe", "run", "predict", "info"]
+
+
+@pytest.fixture(scope="module")
+def help_of_every_command():
+    """{command: (exit status, stdout)} of `python -m embedcluster.cli COMMAND --help`, each run as
+    `python -m` runs it (the package's __main__ with that argv), all in one fresh interpreter:
+    one start-up instead of one per command."""
+    code = ("import contextlib, io, json, runpy, sys\n"
+            "out = {}\n"
+            f"for cmd in {COMMANDS!r}:\n"
+            "    sys.argv, buf = ['embedcluster', cmd, '--help'], io.StringIO()\n"
+            "    with contextlib.redirect_stdout(buf):\n"
+            "        try:\n"
+            "            runpy.run_module('embedcluster.cli', run_name='__main__', alter_sys=True)\n"
+            "            status = 0\n"
+            "        except SystemExit as e:\n"
+            "            status = e.code or 0\n"
+            "    out[cmd] = (status, buf.getvalue())\n"
+            "print(json.dumps(out))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_every_command_has_help(cmd, help_of_every_command):
+    status, stdout = help_of_every_command[cmd]
+    assert status == 0 and stdout.startswith("usage: embedcluster " + cmd) and len(stdout) > 200, (cmd, stdout)
 
 
 # --------------------------------------------------------------------------- the error contract

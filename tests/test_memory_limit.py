@@ -119,14 +119,24 @@ def test_bad_memory_limit_is_rejected(bad):
             est.fit(X)
 
 
+# Whether a limit is accepted does not depend on the size of the search: a third of X.
+X_SMALL = X[:2000]
+
+
+@pytest.fixture(scope="module")
+def unlimited_knn3():
+    """The reference for every accepted limit: the same search without a limit (computed once)."""
+    return _core.knn_search(X_SMALL, X_SMALL, 3, memory_limit=0)
+
+
 @pytest.mark.parametrize("good", [0, 0.0, 1 << 40, float(1 << 40), np.int64(1 << 40), np.float32(2.0 ** 40),
                                   np.uint64(1 << 40)])
-def test_memory_limit_accepts_numbers_of_bytes(good):
-    ref = _core.knn_search(X, X, 3, memory_limit=0)
-    got = _core.knn_search(X, X, 3, memory_limit=good)
+def test_memory_limit_accepts_numbers_of_bytes(good, unlimited_knn3):
+    ref = unlimited_knn3
+    got = _core.knn_search(X_SMALL, X_SMALL, 3, memory_limit=good)
     np.testing.assert_array_equal(got[1], ref[1])
-    nn = ec.NearestNeighbors(n_neighbors=3, memory_limit=good).fit(X)
-    np.testing.assert_array_equal(nn.kneighbors(X)[1], ref[1])
+    nn = ec.NearestNeighbors(n_neighbors=3, memory_limit=good).fit(X_SMALL)
+    np.testing.assert_array_equal(nn.kneighbors(X_SMALL)[1], ref[1])
 
 
 def test_one_byte_is_a_limit_not_no_limit():
@@ -326,6 +336,21 @@ def test_allocation_failures_anywhere_raise_memory_error():
         assert f"('{name}', ['MemoryError'" in r.stdout, out  # the sweep reached failing allocations
 
 
+def _default_limit_in_child(fake_root) -> subprocess.CompletedProcess:
+    """A fresh process's _core.default_memory_limit() under the faked cgroup files in fake_root.
+    The child loads the engine's extension module by its path, without the package's Python
+    layer (scikit-learn, scipy), which the limit does not depend on: a start in a fraction of a
+    second instead of seconds."""
+    script = ("import importlib.util\n"
+              f"spec = importlib.util.spec_from_file_location('embedcluster._core', {_core.__file__!r})\n"
+              "core = importlib.util.module_from_spec(spec)\n"
+              "spec.loader.exec_module(core)\n"
+              "print(core.default_memory_limit())")
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, EMBEDCLUSTER_TEST_PROC_CGROUP=str(fake_root / "self_cgroup"),
+                                   EMBEDCLUSTER_TEST_CGROUP_ROOT=str(fake_root)))
+
+
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_default_limit_honours_the_memory_cgroup(tmp_path, version):
     """The default limit is at most 3/4 of what the process's memory cgroup (or an ancestor)
@@ -346,10 +371,7 @@ def test_default_limit_honours_the_memory_cgroup(tmp_path, version):
     (parent / files[0]).write_text("max\n" if version == "v2" else "9223372036854771712\n")  # no limit
     (parent / files[1]).write_text(f"{used}\n")
     (tmp_path / "self_cgroup").write_text(proc)
-    script = "from embedcluster import _core; print(_core.default_memory_limit())"
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                       env=dict(os.environ, EMBEDCLUSTER_TEST_PROC_CGROUP=str(tmp_path / "self_cgroup"),
-                                EMBEDCLUSTER_TEST_CGROUP_ROOT=str(tmp_path)))
+    r = _default_limit_in_child(tmp_path)
     assert r.returncode == 0, r.stderr
     got = float(r.stdout)
     assert 0 < got <= 0.75 * (limit - used)
@@ -358,7 +380,5 @@ def test_default_limit_honours_the_memory_cgroup(tmp_path, version):
         assert got == 0.75 * (limit - used)
     # a tighter ancestor wins
     (parent / files[0]).write_text(f"{used + (100 << 20)}\n")
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                       env=dict(os.environ, EMBEDCLUSTER_TEST_PROC_CGROUP=str(tmp_path / "self_cgroup"),
-                                EMBEDCLUSTER_TEST_CGROUP_ROOT=str(tmp_path)))
+    r = _default_limit_in_child(tmp_path)
     assert 0 < float(r.stdout) <= 0.75 * (100 << 20), r.stdout + r.stderr

@@ -15,6 +15,9 @@ from embedcluster import metrics
 from embedcluster.data import load_digits_dataset
 from embedcluster.pipeline import TransferClustering, int8_logits
 
+# Probes and small encoders train in this process: one torch thread (see conftest).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture(scope="module")
 def digits():

@@ -40,14 +40,8 @@ MLP = {"arch": "mlp", "in_shape": [64], "hidden": [128, 64], "embed_dim": 32}
 CNN_DIGITS = {"arch": "cnn", "in_shape": [1, 8, 8], "channels": [8, 16], "embed_dim": 16}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These models are tiny: one intra-op thread is ~10x faster than two on a busy 2-core
-    machine (thread hand-offs dominate), and it keeps runs comparable."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# These models are tiny: one intra-op thread (see conftest), which also keeps runs comparable.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ example through the CLI with all-MiniLM-L6-v2."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -168,8 +169,10 @@ def test_text_example_through_the_cli(tmp_path):
     corpus.write_text("\n".join(json.dumps({"text": r["text"], "label": r["topic"]}) for r in rows))
     cfg = tmp_path / "run.json"
     cfg.write_text(json.dumps({"data": str(corpus), "encoder": "all-MiniLM-L6-v2", "out": str(tmp_path / "out")}))
+    # 24 texts: one thread for torch (the encoder, the probe's steps) and the engine in the child,
+    # where two threads only hand tiny pieces of work back and forth.
     r = subprocess.run([sys.executable, "-m", "embedcluster.cli", "run", "--config", str(cfg), "--no-progress",
-                        "--json"], capture_output=True, text=True)
+                        "--json"], capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["n_clusters"] == 3

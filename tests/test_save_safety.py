@@ -20,6 +20,9 @@ from embedcluster import _io
 from embedcluster.data import load_digits_dataset
 from embedcluster.pipeline import TransferClustering
 
+# The pipelines' probes train in this process: one torch thread (see conftest).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture(scope="module")
 def digits():

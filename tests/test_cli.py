@@ -37,8 +37,9 @@ def test_info_text(capsys):
 
 
 def test_help_and_unknown_command():
-    assert run("--help").returncode == 0
-    assert "info" in run("--help").stdout
+    r = run("--help")
+    assert r.returncode == 0
+    assert "info" in r.stdout
     r = run("nope")
     assert r.returncode != 0 and "invalid choice" in r.stderr
 

@@ -130,6 +130,7 @@ py::array_t<T> to_array(std::vector<T>&& v) {
 void bind_common(py::module_& m);
 void bind_knn(py::module_& m);
 void bind_kmeans(py::module_& m);
+void bind_kmeans_chunk(py::module_& m);
 void bind_dbscan(py::module_& m);
 void bind_info(py::module_& m);
 

@@ -3,6 +3,7 @@
 // and the client's exact reductions.
 #include <pybind11/stl.h>
 
+#include "../core/kmeans.hpp"
 #include "../core/kmeans_chunk.hpp"
 #include "common.hpp"
 
@@ -230,7 +231,9 @@ void bind_kmeans_chunk(py::module_& m) {
       .def_readonly("valid", &ec::KMeansChunkState::valid, "whether a pass has run")
       .def_readonly("rows_computed", &ec::KMeansChunkState::rows_computed,
                     "rows whose distances to every centre were computed, over all passes")
+      .def("copy", [](const ec::KMeansChunkState& s) { return ec::KMeansChunkState(s); }, "An independent copy.")
       .def(py::pickle(&state_getstate, &state_setstate));
+  m.attr("KMEANS_PRUNE_MIN_K") = ec::kPruneMinK;
   m.def("kmeans_chunk_stats", &chunk_stats, py::arg("X"), py::arg("metric") = "l2",
         py::arg("sample_weight") = py::none(), py::arg("row_offset") = 0, py::arg("n_threads") = 0,
         "Checks a chunk's rows and measures them (KMeansChunkStats); errors count rows from row_offset.");

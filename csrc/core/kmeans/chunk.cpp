@@ -86,6 +86,13 @@ double update_centres(Metric m, idx_t d, const std::vector<float>& centers, cons
   return shift;
 }
 
+std::vector<idx_t> empty_clusters(const std::vector<double>& wsum) {
+  std::vector<idx_t> empty;
+  for (std::size_t c = 0; c < wsum.size(); ++c)
+    if (wsum[c] <= 0.0) empty.push_back(static_cast<idx_t>(c));
+  return empty;
+}
+
 /// Per feature: max |s x_f|, s = 1 or 1 / ||x|| (cosine); rows of norm zero count as zero.
 std::vector<double> abs_maxima(const Data& D) {
   const idx_t d = D.d;
@@ -220,7 +227,9 @@ void start_centres(Metric m, float* centers, idx_t k, idx_t d) {
 
 using kmeans_impl::Data;
 
-void kmeans_start_centres(Metric m, float* centers, idx_t k, idx_t d) { kmeans_impl::start_centres(m, centers, k, d); }
+void kmeans_start_centres(Metric m, float* centers, idx_t k, idx_t d) {
+  kmeans_impl::start_centres(m, centers, k, d);
+}
 
 double kmeans_objective_scale(Metric m, idx_t n_total, const double* absmax, idx_t d, double wmax,
                               const float* centers, idx_t k) {
@@ -285,11 +294,7 @@ idx_t kmeans_chunk_pass(Metric m, const float* centers, idx_t k, const float* x,
   Data D;
   kmeans_impl::prepare(D, x, n, d, w, m, resolve_threads(threads), kernel_set);
   kmeans_impl::Accum acc;
-  acc.k = k;
-  acc.d = d;
-  acc.qscale.assign(qscale, qscale + d);
-  acc.wscale = wscale;
-  acc.t.assign(static_cast<std::size_t>(D.threads), std::vector<std::uint64_t>(static_cast<std::size_t>(k * d + k)));
+  acc.init(k, d, qscale, wscale, D.threads);
   const bool incremental = prune && st.valid;
   if (!st.valid) {
     st.k = k;
@@ -337,9 +342,7 @@ idx_t kmeans_chunk_pass(Metric m, const float* centers, idx_t k, const float* x,
   } else {
     st.rows_computed += n;
   }
-  st.sums.assign(static_cast<std::size_t>(k * d + k), 0);
-  for (const auto& t : acc.t)
-    for (std::size_t j = 0; j < t.size(); ++j) st.sums[j] += t[j];
+  st.sums = acc.combined();
   st.centers.swap(cvec);
   st.valid = true;
   return changed;
@@ -373,9 +376,7 @@ double kmeans_update_centres(Metric m, const float* centers, idx_t k, idx_t d, c
                              const idx_t* repair_labels, idx_t n_repair, float* next, std::vector<idx_t>& empty) {
   std::vector<double> s, wsum;
   kmeans_impl::sums_to_double(sums, k, d, qscale, wscale, s, wsum);
-  empty.clear();
-  for (idx_t c = 0; c < k; ++c)
-    if (wsum[c] <= 0.0) empty.push_back(c);
+  empty = kmeans_impl::empty_clusters(wsum);
   for (idx_t e = 0; e < n_repair; ++e)
     if (repair_labels[e] < 0 || repair_labels[e] >= k) fail("repair row " + std::to_string(e) + " has no valid label");
   kmeans_impl::apply_repair(m, d, empty, repair_x, repair_w, repair_labels, n_repair, s, wsum);

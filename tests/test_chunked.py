@@ -123,3 +123,66 @@ def test_too_few_rows_and_zero_weights():
     with pytest.raises(ValueError, match="sum to zero"):
         lloyd_over_chunks(LocalChunks(X, 4, sample_weight=np.zeros(10, np.float32)), X[:2].copy(),
                           FitParams(2, weighted=True))
+
+
+# ---- k-means|| over chunks: the oracle is the single-array seeding (_core.kmeans_init / kmeans_fit).
+
+from embedcluster._chunked import seed_over_chunks  # noqa: E402
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("block", [6000, 1777, 4096, 97])
+def test_kmeans_parallel_seeding_over_any_chunking(metric, weighted, block):
+    X = blobs()
+    w = np.random.default_rng(5).uniform(0, 3, len(X)).astype(np.float32) if weighted else None
+    if w is not None:
+        w[::11] = 0.0
+    for k, seed in ((7, 0), (30, 12345)):
+        ref = _core.kmeans_init(X, k, metric=metric, init="k-means||", seed=seed, sample_weight=w)
+        got = seed_over_chunks(LocalChunks(X, block, sample_weight=w), seed,
+                               FitParams(k, metric=metric, weighted=weighted))
+        np.testing.assert_array_equal(got, ref)
+
+
+def test_kmeans_parallel_seeding_with_tiny_and_uneven_chunks():
+    X = blobs(400, 6, seed=7)
+
+    class Uneven(LocalChunks):  # chunks of 1, 2, 3, ... rows
+        def __init__(self, X_):
+            super().__init__(X_, 1)
+            cuts = np.cumsum(np.arange(1, 40))
+            cuts = [0] + [int(c) for c in cuts if c < len(X_)] + [len(X_)]
+            self.bounds = list(zip(cuts[:-1], cuts[1:]))
+            self.reset()
+
+    for runner in (LocalChunks(X, 1), Uneven(X)):
+        ref = _core.kmeans_init(X, 5, init="k-means||", seed=3)
+        np.testing.assert_array_equal(seed_over_chunks(runner, 3, FitParams(5)), ref)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_kmeans_parallel_fit_over_chunks_is_the_single_array_fit(metric):
+    X = blobs(5000, 12, seed=8)
+    ref = _core.kmeans_fit(X, 16, init="k-means||", seed=99, max_iter=40, metric=metric)
+    runner = LocalChunks(X, 1300)
+    p = FitParams(16, metric=metric, max_iter=40)
+    assert_same_fit(lloyd_over_chunks(runner, seed_over_chunks(runner, 99, p), p), ref)
+
+
+def test_kmeans_parallel_over_chunks_refuses_too_few_candidates():
+    X = blobs(20, 4)  # as many clusters as rows: at most n_clusters candidates
+    with pytest.raises(ValueError, match="pass init as an array"):
+        seed_over_chunks(LocalChunks(X, 7), 0, FitParams(20))
+    # the single-array seeding falls back to k-means++ here
+    assert _core.kmeans_init(X, 20, init="k-means||", seed=0).shape == (20, 4)
+
+
+def test_seed_state_pickles():
+    X = blobs(500, 4)
+    st = _core.KMeansSeedState()
+    _core.kmeans_seed_nearer(st, X[:2].copy(), X, 1.0)
+    other = pickle.loads(pickle.dumps(st))
+    np.testing.assert_array_equal(other.closest, st.closest)
+    a = _core.kmeans_seed_sample(st, X, 10.0, 3, 7, 0)
+    np.testing.assert_array_equal(_core.kmeans_seed_sample(other, X, 10.0, 3, 7, 0), a)

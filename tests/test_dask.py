@@ -113,9 +113,40 @@ def test_errors(client):
     X = da.from_array(blobs(100, 4), chunks=50)
     with pytest.raises(ValueError, match="needs init as an array"):
         ecd.KMeans(3, client=client).fit(X)
+    with pytest.raises(ValueError, match=r"or init='k-means\|\|', not 'k-means\+\+'"):
+        ecd.KMeans(3, init="k-means++", client=client).fit(X)
     with pytest.raises(ValueError, match=r"init has shape \(2, 4\)"):
         ecd.KMeans(3, init=np.zeros((2, 4), np.float32), client=client).fit(X)
     with pytest.raises(ValueError, match="n_clusters"):
         ecd.KMeans(0, init=np.zeros((0, 4), np.float32), client=client).fit(X)
     with pytest.raises(ValueError, match="n_samples=100 should be >= n_clusters=101"):
         ecd.KMeans(101, init=np.zeros((101, 4), np.float32), client=client).fit(X)
+
+
+@pytest.mark.parametrize("chunks", [(6000,), (5, 2990, 3005), 777])
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_kmeans_parallel_init_gives_the_single_machine_fit(client, chunks, metric):
+    X = blobs(6000, 16, seed=6)
+    ref = embedcluster.KMeans(12, init="k-means||", random_state=7, metric=metric, max_iter=30).fit(X)
+    km = ecd.KMeans(12, init="k-means||", random_state=7, metric=metric, max_iter=30, client=client)
+    km.fit(da.from_array(X, chunks=(chunks, 16)))
+    assert_same(km, ref)
+
+
+def test_kmeans_parallel_init_weighted_and_n_init(client):
+    X = blobs(3000, 8, seed=9)
+    w = np.random.default_rng(4).uniform(0, 2, len(X)).astype(np.float32)
+    ref = embedcluster.KMeans(6, init="k-means||", n_init=3, random_state=11, max_iter=20).fit(X, sample_weight=w)
+    km = ecd.KMeans(6, init="k-means||", n_init=3, random_state=11, max_iter=20, client=client)
+    km.fit(da.from_array(X, chunks=1100), sample_weight=da.from_array(w, chunks=700))
+    assert_same(km, ref)
+
+
+def test_kmeans_parallel_seeding_on_dask_matches_kmeans_init(client):
+    from embedcluster import _core
+    from embedcluster._chunked import FitParams, seed_over_chunks
+
+    X = blobs(2500, 8, seed=10)
+    runner = ecd.DaskChunks(client, da.from_array(X, chunks=((1, 999, 1500), 8)))
+    got = seed_over_chunks(runner, 5, FitParams(9, metric="cosine"))
+    np.testing.assert_array_equal(got, _core.kmeans_init(X, 9, metric="cosine", init="k-means||", seed=5))

@@ -17,6 +17,10 @@
 #endif
 
 #include "../core/common.hpp"
+
+namespace ec {
+struct KMeansParams;
+}
 #include "../core/kernels.hpp"
 
 namespace ecpy {
@@ -133,5 +137,9 @@ void bind_kmeans(py::module_& m);
 void bind_kmeans_chunk(py::module_& m);
 void bind_dbscan(py::module_& m);
 void bind_info(py::module_& m);
+
+/// k-means parameters from the arguments the k-means bindings share (kmeans.cpp).
+ec::KMeansParams kmeans_params(int k, const py::object& metric, std::uint64_t seed, int n_local_trials,
+                               int n_threads, const py::object& memory_limit);
 
 }  // namespace ecpy

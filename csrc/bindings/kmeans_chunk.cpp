@@ -213,6 +213,132 @@ ec::KMeansChunkState state_setstate(const py::tuple& t) {
   return s;
 }
 
+std::uint64_t seed_units(const py::array& x, double wscale, const py::object& sample_weight) {
+  const Mat X = as_matrix(x, "X");
+  return ec::kmeans_seed_units(as_weights(sample_weight, X.rows), X.rows, wscale);
+}
+
+idx_t seed_pick(const py::array& x, std::uint64_t target, double wscale, const py::object& sample_weight) {
+  const Mat X = as_matrix(x, "X");
+  const float* w = as_weights(sample_weight, X.rows);
+  idx_t row = 0;
+  run_native([&](ec::Cancel&) { row = ec::kmeans_seed_pick(w, X.rows, wscale, target); });
+  return row;
+}
+
+double seed_potential_scale(idx_t n_total, const py::array& absmax, double wmax, const py::object& metric) {
+  const auto d = static_cast<idx_t>(absmax.size());
+  return ec::kmeans_seed_potential_scale(metric_of(metric), n_total, vec_of<double>(absmax, d, "absmax"), d, wmax);
+}
+
+py::tuple seed_draws(std::uint64_t seed, std::uint64_t total_units) {
+  std::uint64_t target = 0, finish_seed = 0;
+  run_native([&](ec::Cancel&) { ec::kmeans_seed_draws(seed, total_units, &target, &finish_seed); });
+  return py::make_tuple(target, finish_seed);
+}
+
+py::array_t<std::uint64_t> seed_nearer(ec::KMeansSeedState& st, const py::array& batch, const py::array& x,
+                                       double pscale, const py::object& metric, const py::object& sample_weight,
+                                       int n_threads, const std::string& precision) {
+  const Mat X = as_matrix(x, "X");
+  const Mat B = centres_for(batch, X);
+  const float* w = as_weights(sample_weight, X.rows);
+  const ec::Metric m = metric_of(metric);
+  const ec::KernelSet* ks = kernels_of(precision);
+  py::array_t<std::uint64_t> out({py::ssize_t{4}});
+  std::uint64_t* op = out.mutable_data();
+  run_native([&](ec::Cancel& c) {
+    ec::kmeans_seed_nearer(m, B.data, B.rows, X.data, X.rows, X.cols, w, pscale, st, n_threads, c, ks, op);
+  });
+  return out;
+}
+
+py::array_t<float> seed_sample(const ec::KMeansSeedState& st, const py::array& x, double pot, idx_t k,
+                               std::uint64_t seed, int round, idx_t row_offset, const py::object& sample_weight) {
+  const Mat X = as_matrix(x, "X");
+  const float* w = as_weights(sample_weight, X.rows);
+  std::vector<float> batch;
+  run_native([&](ec::Cancel&) {
+    ec::kmeans_seed_sample(X.data, X.rows, X.cols, w, st, pot, k, seed, round, row_offset, batch);
+  });
+  const auto rows = static_cast<py::ssize_t>(batch.size() / static_cast<std::size_t>(X.cols));
+  return to_array(std::move(batch)).reshape({rows, static_cast<py::ssize_t>(X.cols)});
+}
+
+py::array_t<std::uint64_t> seed_candidate_units(const py::array& candidates, const py::array& x, double wscale,
+                                                const py::object& metric, const py::object& sample_weight,
+                                                int n_threads, const std::string& precision) {
+  const Mat X = as_matrix(x, "X");
+  const Mat C = centres_for(candidates, X);
+  const float* w = as_weights(sample_weight, X.rows);
+  const ec::Metric m = metric_of(metric);
+  const ec::KernelSet* ks = kernels_of(precision);
+  py::array_t<std::uint64_t> out({static_cast<py::ssize_t>(C.rows)});
+  std::uint64_t* op = out.mutable_data();
+  run_native([&](ec::Cancel& c) {
+    ec::kmeans_seed_candidate_units(m, C.data, C.rows, X.data, X.rows, X.cols, w, wscale, n_threads, c, ks, op);
+  });
+  return out;
+}
+
+py::array_t<float> parallel_finish(const py::array& candidates, const py::array& units, double wscale, int k,
+                                   std::uint64_t finish_seed, const py::object& metric, double tol,
+                                   int n_local_trials, int n_threads, const std::string& precision) {
+  const Mat C = as_matrix(candidates, "candidates");
+  const std::uint64_t* u = vec_of<std::uint64_t>(units, C.rows, "units");
+  ec::KMeansParams p = kmeans_params(k, metric, finish_seed, n_local_trials, n_threads, py::none());
+  p.tol = tol;
+  p.kernel_set = kernels_of(precision);
+  if (k <= 0) throw std::invalid_argument("n_clusters=" + std::to_string(k) + " should be >= 1");
+  py::array_t<float> out({static_cast<py::ssize_t>(k), static_cast<py::ssize_t>(C.cols)});
+  float* op = out.mutable_data();
+  run_native([&](ec::Cancel& c) { ec::kmeans_parallel_finish(p, C.data, C.rows, C.cols, u, wscale, finish_seed, op, c); });
+  return out;
+}
+
+py::tuple seed_state_getstate(const ec::KMeansSeedState& s) { return py::make_tuple(1, copy_of(s.closest), s.rounds); }
+
+ec::KMeansSeedState seed_state_setstate(const py::tuple& t) {
+  if (t.size() != 3 || t[0].cast<int>() != 1) throw std::invalid_argument("KMeansSeedState: unknown pickled state");
+  ec::KMeansSeedState s;
+  s.closest = vector_of<float>(t[1]);
+  s.rounds = t[2].cast<int>();
+  return s;
+}
+
+void bind_seed(py::module_& m) {
+  py::class_<ec::KMeansSeedState>(m, "KMeansSeedState",
+                                  "A chunk's distances to the nearest k-means|| candidate so far.")
+      .def(py::init<>())
+      .def_property_readonly("closest", [](const ec::KMeansSeedState& s) { return copy_of(s.closest); },
+                             "float32 (n,): each row's distance to its nearest candidate (a copy)")
+      .def("copy", [](const ec::KMeansSeedState& s) { return ec::KMeansSeedState(s); }, "An independent copy.")
+      .def(py::pickle(&seed_state_getstate, &seed_state_setstate));
+  m.attr("KMEANS_PARALLEL_ROUNDS") = ec::kKMeansParallelRounds;
+  m.def("kmeans_seed_units", &seed_units, py::arg("X"), py::arg("wscale"), py::arg("sample_weight") = py::none(),
+        "The chunk's total weight in fixed-point units (k-means|| first row).");
+  m.def("kmeans_seed_pick", &seed_pick, py::arg("X"), py::arg("target"), py::arg("wscale"),
+        py::arg("sample_weight") = py::none(), "The chunk's local row whose weight units hold target.");
+  m.def("kmeans_seed_potential_scale", &seed_potential_scale, py::arg("n_total"), py::arg("absmax"), py::arg("wmax"),
+        py::arg("metric") = "l2", "Fixed-point scale of the k-means|| potential.");
+  m.def("kmeans_seed_draws", &seed_draws, py::arg("seed"), py::arg("total_units"),
+        "(first row's target unit, finish seed): the random numbers of k-means|| outside the rounds.");
+  m.def("kmeans_seed_nearer", &seed_nearer, py::arg("state"), py::arg("batch"), py::arg("X"), py::arg("pscale"),
+        py::arg("metric") = "l2", py::arg("sample_weight") = py::none(), py::arg("n_threads") = 0,
+        py::arg("precision") = "auto",
+        "Takes a batch of candidates into the chunk's state; uint64 (4,): the chunk's potential limbs.");
+  m.def("kmeans_seed_sample", &seed_sample, py::arg("state"), py::arg("X"), py::arg("pot"), py::arg("n_clusters"),
+        py::arg("seed"), py::arg("round"), py::arg("row_offset") = 0, py::arg("sample_weight") = py::none(),
+        "float32 (t, d): the chunk's rows sampled in a k-means|| round, in row order.");
+  m.def("kmeans_seed_candidate_units", &seed_candidate_units, py::arg("candidates"), py::arg("X"), py::arg("wscale"),
+        py::arg("metric") = "l2", py::arg("sample_weight") = py::none(), py::arg("n_threads") = 0,
+        py::arg("precision") = "auto", "uint64 (m,): weight units of the chunk's rows nearest each candidate.");
+  m.def("kmeans_parallel_finish", &parallel_finish, py::arg("candidates"), py::arg("units"), py::arg("wscale"),
+        py::arg("n_clusters"), py::arg("seed"), py::arg("metric") = "l2", py::arg("tol") = 1e-4,
+        py::arg("n_local_trials") = 0, py::arg("n_threads") = 0, py::arg("precision") = "auto",
+        "float32 (n_clusters, d): k-means|| centres from the weighted candidates (needs more than n_clusters).");
+}
+
 }  // namespace
 
 void bind_kmeans_chunk(py::module_& m) {
@@ -234,6 +360,7 @@ void bind_kmeans_chunk(py::module_& m) {
       .def("copy", [](const ec::KMeansChunkState& s) { return ec::KMeansChunkState(s); }, "An independent copy.")
       .def(py::pickle(&state_getstate, &state_setstate));
   m.attr("KMEANS_PRUNE_MIN_K") = ec::kPruneMinK;
+  bind_seed(m);
   m.def("kmeans_chunk_stats", &chunk_stats, py::arg("X"), py::arg("metric") = "l2",
         py::arg("sample_weight") = py::none(), py::arg("row_offset") = 0, py::arg("n_threads") = 0,
         "Checks a chunk's rows and measures them (KMeansChunkStats); errors count rows from row_offset.");

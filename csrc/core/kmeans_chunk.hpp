@@ -21,6 +21,7 @@
 
 #include "common.hpp"
 #include "kernels.hpp"
+#include "kmeans.hpp"
 
 namespace ec {
 
@@ -106,5 +107,62 @@ void kmeans_chunk_objective(Metric m, const float* centers, idx_t k, const float
 
 /// The objective from the summed limbs.
 double kmeans_objective_total(const std::uint64_t* limbs, double scale);
+
+// k-means|| seeding over chunks (kmeans_init's init="k-means||" is this on one chunk):
+//   1. stats and kmeans_fixed_scales as for a fit (wscale); kmeans_seed_units per chunk, summed;
+//      kmeans_seed_draws gives the first row's target unit and the finish's seed; the chunk whose
+//      unit interval holds the target gives its row (kmeans_seed_pick with the local target).
+//   2. kmeans_seed_nearer per chunk with the first row (pscale from kmeans_seed_potential_scale):
+//      each chunk's state keeps its rows' distances to the candidates; limbs summed give the
+//      potential (kmeans_objective_total(limbs, pscale)).
+//   3. kKMeansParallelRounds rounds: stop when the potential is not > 0; kmeans_seed_sample per
+//      chunk (rows in chunk order make the round's batch); an empty batch skips the round; else
+//      the batch joins the candidates and kmeans_seed_nearer per chunk gives the next potential.
+//   4. more candidates than clusters: kmeans_seed_candidate_units per chunk, summed;
+//      kmeans_parallel_finish. (kmeans_init falls back to k-means++ on all rows otherwise.)
+
+/// Rounds of k-means|| sampling.
+constexpr int kKMeansParallelRounds = 5;
+
+/// A chunk's distances to the nearest k-means|| candidate so far (float32 per row).
+struct KMeansSeedState {
+  std::vector<float> closest;
+  int rounds = 0;  ///< kmeans_seed_nearer calls so far
+};
+
+/// The chunk's total weight in fixed-point units (round(w_i * wscale), or 1 per row unweighted).
+std::uint64_t kmeans_seed_units(const float* w, idx_t n, double wscale);
+
+/// The chunk's row whose unit interval holds `target` (0 <= target < the chunk's units).
+idx_t kmeans_seed_pick(const float* w, idx_t n, double wscale, std::uint64_t target);
+
+/// Fixed-point scale of the k-means|| potential (sum of w_i * distance to the nearest candidate)
+/// of n_total rows: from a bound of any row's distance to any other (merged absmax) and wmax.
+double kmeans_seed_potential_scale(Metric m, idx_t n_total, const double* absmax, idx_t d, double wmax);
+
+/// The seed's draws: the first row's target unit (of total_units) and the finish's seed.
+void kmeans_seed_draws(std::uint64_t seed, std::uint64_t total_units, std::uint64_t* target,
+                       std::uint64_t* finish_seed);
+
+/// Distances of the chunk's rows to a batch of t candidates taken into the state (minimum); the
+/// chunk's potential in fixed point under pscale: four 32-bit limbs, one per uint64.
+void kmeans_seed_nearer(Metric m, const float* batch, idx_t t, const float* x, idx_t n, idx_t d, const float* w,
+                        double pscale, KMeansSeedState& st, int threads, Cancel& cancel, const KernelSet* kernel_set,
+                        std::uint64_t* limbs);
+
+/// The chunk's rows sampled in round `round` (row i with probability 2k w_i closest_i / pot, its
+/// draw seeded by the global row row_offset + i), appended to batch in row order.
+void kmeans_seed_sample(const float* x, idx_t n, idx_t d, const float* w, const KMeansSeedState& st, double pot,
+                        idx_t k, std::uint64_t seed, int round, idx_t row_offset, std::vector<float>& batch);
+
+/// Per candidate (mc of them): the weight units of the chunk's rows nearest to it.
+void kmeans_seed_candidate_units(Metric m, const float* cand, idx_t mc, const float* x, idx_t n, idx_t d,
+                                 const float* w, double wscale, int threads, Cancel& cancel,
+                                 const KernelSet* kernel_set, std::uint64_t* units);
+
+/// The k centres from the mc > p.k weighted candidates: k-means++ (seed finish_seed) and at most
+/// 5 Lloyd iterations (p.tol) on the candidates, weights units / wscale as float32.
+void kmeans_parallel_finish(const KMeansParams& p, const float* cand, idx_t mc, idx_t d, const std::uint64_t* units,
+                            double wscale, std::uint64_t finish_seed, float* out, Cancel& cancel);
 
 }  // namespace ec

@@ -62,6 +62,7 @@ class FitParams:
     tol: float = 1e-4
     prune: bool = True
     weighted: bool = False
+    n_local_trials: int = 0  # k-means|| finish: k-means++ trials per step (0: 2 + ln k)
 
 
 class ChunkRunner(Protocol):
@@ -79,6 +80,13 @@ class ChunkRunner(Protocol):
     def rows(self, rows: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray], np.ndarray]: ...
     def objective(self, centers: np.ndarray, scale: float, metric: str) -> list[np.ndarray]: ...
     def labels(self) -> np.ndarray: ...
+    # k-means|| seeding (see seed_over_chunks); the runner keeps each chunk's KMeansSeedState.
+    def seed_units(self, wscale: float) -> list[int]: ...
+    def seed_pick(self, chunk: int, target: int, wscale: float) -> np.ndarray: ...
+    def seed_nearer(self, batch: np.ndarray, pscale: float, metric: str) -> list[np.ndarray]: ...
+    def seed_sample(self, pot: float, n_clusters: int, seed: int, round_: int) -> list[np.ndarray]: ...
+    def seed_candidate_units(self, candidates: np.ndarray, wscale: float, metric: str) -> list[np.ndarray]: ...
+    def reset(self) -> None: ...
 
 
 @dataclass
@@ -112,18 +120,67 @@ def _repair_rows(runner: ChunkRunner, centers: np.ndarray, count: int, metric: s
     return runner.rows(rows_all[order])
 
 
+def checked_stats(runner: ChunkRunner, p: FitParams) -> ChunkStats:
+    """The merged chunk statistics, with kmeans_fit's checks of the row count and weights."""
+    stats = ChunkStats.merge(runner.stats(p.metric))
+    if stats.n < p.n_clusters:
+        raise ValueError(f"n_samples={stats.n} should be >= n_clusters={p.n_clusters}")
+    if p.weighted and not stats.wmax > 0:
+        raise ValueError("sample weights sum to zero; at least one must be positive")
+    return stats
+
+
+def seed_over_chunks(runner: ChunkRunner, seed: int, p: FitParams, stats: Optional[ChunkStats] = None,
+                     n_threads: int = 0, precision: str = "auto") -> np.ndarray:
+    """k-means|| initial centres over the runner's chunks: bit-identical to
+    ``_core.kmeans_init(X, k, init="k-means||", seed=seed)`` on the concatenated rows (with
+    ``tol=p.tol``, as ``kmeans_fit`` seeds its run), for any chunking. The chunks must be in row
+    order (their batches concatenate into the single array's batch).
+
+    The single-array seeding falls back to k-means++ on all rows when the rounds find no more
+    candidates than clusters (data with few distinct rows); over chunks that raises ValueError:
+    pass the initial centres as an array then.
+    """
+    stats = stats if stats is not None else checked_stats(runner, p)
+    k = p.n_clusters
+    _, wscale = _core.kmeans_fixed_scales(stats.n, stats.colmax, stats.wmax, p.weighted)
+    pscale = _core.kmeans_seed_potential_scale(stats.n, stats.absmax, stats.wmax, p.metric)
+    units = [int(u) for u in runner.seed_units(wscale)]
+    target, finish_seed = _core.kmeans_seed_draws(seed & 0xFFFFFFFFFFFFFFFF, sum(units))
+    below = np.cumsum([0] + units)  # Python ints: exact
+    chunk = next(c for c in range(len(units)) if below[c] <= target < below[c + 1])
+    first = np.ascontiguousarray(runner.seed_pick(chunk, int(target - below[chunk]), wscale), dtype=np.float32)
+    candidates = [first.reshape(1, -1)]
+    limbs = _sum_uint64(runner.seed_nearer(candidates[0], pscale, p.metric))
+    for r in range(_core.KMEANS_PARALLEL_ROUNDS):
+        pot = _core.kmeans_objective_total(limbs, pscale)
+        if not pot > 0:
+            break  # every row sits on a candidate
+        batch = np.concatenate([np.asarray(b, np.float32).reshape(-1, first.size)
+                                for b in runner.seed_sample(pot, k, seed & 0xFFFFFFFFFFFFFFFF, r)])
+        if len(batch) == 0:
+            continue
+        candidates.append(np.ascontiguousarray(batch))
+        limbs = _sum_uint64(runner.seed_nearer(candidates[-1], pscale, p.metric))
+    cand = np.ascontiguousarray(np.concatenate(candidates))
+    if len(cand) <= k:
+        raise ValueError(f"k-means|| over chunks found only {len(cand)} candidate rows for n_clusters={k} (the "
+                         "data has few distinct rows); pass init as an array of initial centres instead")
+    wc = _sum_uint64(runner.seed_candidate_units(cand, wscale, p.metric))
+    return _core.kmeans_parallel_finish(cand, wc, wscale, k, finish_seed, p.metric, p.tol, p.n_local_trials,
+                                        n_threads, precision)
+
+
 def lloyd_over_chunks(runner: ChunkRunner, init: np.ndarray, p: FitParams,
-                      progress: Optional[Callable[[int, int, float], None]] = None) -> ChunkedFit:
+                      progress: Optional[Callable[[int, int, float], None]] = None,
+                      stats: Optional[ChunkStats] = None) -> ChunkedFit:
     """k-means from the centres `init` over the runner's chunks; the loop of ``kmeans_fit``.
 
     progress(iteration, labels_changed, shift), when given, is called after every iteration.
+    stats: the runner's checked_stats when the caller has them already.
     """
-    stats = ChunkStats.merge(runner.stats(p.metric))
+    stats = stats if stats is not None else checked_stats(runner, p)
     k = p.n_clusters
-    if stats.n < k:
-        raise ValueError(f"n_samples={stats.n} should be >= n_clusters={k}")
-    if p.weighted and not stats.wmax > 0:
-        raise ValueError("sample weights sum to zero; at least one must be positive")
     qscale, wscale = _core.kmeans_fixed_scales(stats.n, stats.colmax, stats.wmax, p.weighted)
     tol_abs = 0.0
     if p.tol > 0:
@@ -178,8 +235,13 @@ class LocalChunks:
             raise ValueError(f"block_rows={block_rows} should be >= 1")
         self.X, self.n, self.w = X, n, sample_weight
         self.bounds = [(a, min(n, a + block_rows)) for a in range(0, n, block_rows)] or [(0, 0)]
-        self.states = [_core.KMeansChunkState() for _ in self.bounds]
         self.n_threads, self.precision = n_threads, precision
+        self.reset()
+
+    def reset(self):
+        """Fresh per-chunk states (a new run of the fit or of the seeding)."""
+        self.states = [_core.KMeansChunkState() for _ in self.bounds]
+        self.seed_states = [_core.KMeansSeedState() for _ in self.bounds]
 
     def _block(self, a: int, b: int) -> np.ndarray:
         return np.ascontiguousarray(self.X[a:b], dtype=np.float32)
@@ -229,3 +291,25 @@ class LocalChunks:
 
     def labels(self):
         return np.concatenate([st.labels for st in self.states]) if self.n else np.empty(0, np.int64)
+
+    def seed_units(self, wscale):
+        return [_core.kmeans_seed_units(self._block(a, b), wscale, self._weights(a, b)) for a, b in self.bounds]
+
+    def seed_pick(self, chunk, target, wscale):
+        a, b = self.bounds[chunk]
+        block = self._block(a, b)
+        return block[_core.kmeans_seed_pick(block, target, wscale, self._weights(a, b))]
+
+    def seed_nearer(self, batch, pscale, metric):
+        return [_core.kmeans_seed_nearer(st, batch, self._block(a, b), pscale, metric, self._weights(a, b),
+                                         self.n_threads, self.precision)
+                for (a, b), st in zip(self.bounds, self.seed_states)]
+
+    def seed_sample(self, pot, n_clusters, seed, round_):
+        return [_core.kmeans_seed_sample(st, self._block(a, b), pot, n_clusters, seed, round_, a, self._weights(a, b))
+                for (a, b), st in zip(self.bounds, self.seed_states)]
+
+    def seed_candidate_units(self, candidates, wscale, metric):
+        return [_core.kmeans_seed_candidate_units(candidates, self._block(a, b), wscale, metric, self._weights(a, b),
+                                                  self.n_threads, self.precision)
+                for a, b in self.bounds]

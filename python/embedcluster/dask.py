@@ -4,8 +4,9 @@
 chunk calls as tasks: every chunk stays on its worker with its labels and pruning bounds, and
 only fixed-point centre sums (integers, added exactly in any order) travel to the client. The
 centres, labels, inertia and iteration count are bit-identical to
-:class:`embedcluster.KMeans` on the same rows from the same initial centres, for any chunking
-and any number of workers.
+:class:`embedcluster.KMeans` on the same rows from the same initial centres (given, or seeded
+by k-means|| over the chunks with the same integer ``random_state``), for any chunking and any
+number of workers.
 
 Needs ``dask[array]`` and ``distributed`` (``pip install embedcluster[dask]``) on the client
 and on every worker, with the same embedcluster version.
@@ -23,7 +24,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _core
-from ._chunked import FitParams, lloyd_over_chunks
+from ._chunked import FitParams, checked_stats, lloyd_over_chunks, seed_over_chunks
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,29 @@ def _labels_task(state):
     return state.labels
 
 
+def _seed_units_task(block, w, wscale):
+    return _core.kmeans_seed_units(block, wscale, _weights_f32(w))
+
+
+def _seed_pick_task(block, w, target, wscale):
+    return block[_core.kmeans_seed_pick(block, target, wscale, _weights_f32(w))]
+
+
+def _seed_nearer_task(state, block, w, batch, pscale, metric, n_threads, precision):
+    # A new state each call, as _pass_task: a task run twice gives the same result.
+    st = _core.KMeansSeedState() if state is None else state.copy()
+    limbs = _core.kmeans_seed_nearer(st, batch, block, pscale, metric, _weights_f32(w), n_threads, precision)
+    return st, limbs
+
+
+def _seed_sample_task(state, block, w, pot, n_clusters, seed, round_, offset):
+    return _core.kmeans_seed_sample(state, block, pot, n_clusters, seed, round_, offset, _weights_f32(w))
+
+
+def _seed_units_of_candidates_task(block, w, candidates, wscale, metric, n_threads, precision):
+    return _core.kmeans_seed_candidate_units(candidates, block, wscale, metric, _weights_f32(w), n_threads, precision)
+
+
 class DaskChunks:
     """A :class:`~embedcluster._chunked.ChunkRunner` whose chunks are the blocks of a Dask array,
     kept in the workers' memory for the whole fit.
@@ -123,8 +147,8 @@ class DaskChunks:
             self.weights = client.compute(w.to_delayed().ravel().tolist())
         else:
             self.weights = [None] * len(self.blocks)
-        self.states: list = [None] * len(self.blocks)
         self.n_threads, self.precision = n_threads, precision
+        self.reset()
         self.bytes_received = 0
         self._waiting: list = []  # the futures the client waits on now (for cancel)
 
@@ -135,14 +159,20 @@ class DaskChunks:
         self.bytes_received += sum(_nbytes(o) for o in out)
         return out
 
+    def reset(self) -> None:
+        """Fresh per-chunk states (a new run of the fit or of the seeding)."""
+        self.states: list = [None] * len(self.blocks)
+        self.seed_states: list = [None] * len(self.blocks)
+
     def cancel(self) -> None:
         """Cancels the fit's work in flight and what it holds on the workers (Ctrl-C)."""
-        held = self._waiting + [s for s in self.states if s is not None] + list(self.blocks)
+        held = self._waiting + [s for s in self.states + self.seed_states if s is not None] + list(self.blocks)
         self.client.cancel(held + [w for w in self.weights if w is not None])
 
     def release(self) -> None:
         """Drops the client's references, so the workers free the blocks and states."""
         self.blocks, self.states, self.weights, self._waiting = [], [], [], []
+        self.seed_states = []
 
     def stats(self, metric):
         futs = [self.client.submit(_stats_task, b, w, metric, int(o), self.n_threads)
@@ -193,6 +223,36 @@ class DaskChunks:
         return np.concatenate(parts)
 
 
+    def seed_units(self, wscale):
+        return self._gather([self.client.submit(_seed_units_task, b, w, wscale)
+                             for b, w in zip(self.blocks, self.weights)])
+
+    def seed_pick(self, chunk, target, wscale):
+        return self._gather([self.client.submit(_seed_pick_task, self.blocks[chunk], self.weights[chunk], target,
+                                                wscale)])[0]
+
+    def seed_nearer(self, batch, pscale, metric):
+        calls = [self.client.submit(_seed_nearer_task, s, b, w, batch, pscale, metric, self.n_threads, self.precision)
+                 for s, b, w in zip(self.seed_states, self.blocks, self.weights)]
+        self.seed_states = [self.client.submit(_state_task, c) for c in calls]
+        return self._gather([self.client.submit(_second_task, c) for c in calls])
+
+    def seed_sample(self, pot, n_clusters, seed, round_):
+        futs = [self.client.submit(_seed_sample_task, s, b, w, pot, n_clusters, seed, round_, int(o))
+                for s, b, w, o in zip(self.seed_states, self.blocks, self.weights, self.offsets)]
+        return self._gather(futs)
+
+    def seed_candidate_units(self, candidates, wscale, metric):
+        futs = [self.client.submit(_seed_units_of_candidates_task, b, w, candidates, wscale, metric, self.n_threads,
+                                   self.precision)
+                for b, w in zip(self.blocks, self.weights)]
+        return self._gather(futs)
+
+
+def _second_task(result):
+    return result[1]
+
+
 class _Stats:
     def __init__(self, n, colmax, absmax, wmax):
         self.n, self.colmax, self.absmax, self.wmax = n, colmax, absmax, wmax
@@ -212,9 +272,18 @@ class KMeans:
     Parameters
     ----------
     n_clusters : int, default=8
-    init : array (n_clusters, n_features), default=None
-        The initial centres (required: pass the same array to :class:`embedcluster.KMeans` to
-        get the same fit on one machine).
+    init : "k-means||" or array (n_clusters, n_features), default=None
+        The initial centres (pass the same array to :class:`embedcluster.KMeans` to get the same
+        fit on one machine), or "k-means||": seeded over the chunks, bit-identical to
+        :class:`embedcluster.KMeans` with ``init="k-means||"`` and the same integer
+        ``random_state`` for any chunking. When the rounds of k-means|| find no more candidate
+        rows than clusters (data with few distinct rows), the single-machine estimator falls back
+        to k-means++ on all rows; here that raises ValueError: pass init as an array then.
+    n_init : int, default=1
+        With init="k-means||": runs from seeds ``seed + r * 0x9E3779B97F4A7C15`` (r < n_init);
+        the lowest inertia wins, as :class:`embedcluster.KMeans` does.
+    random_state : int, RandomState, Generator or None, default=None
+        The seed of k-means|| (as :class:`embedcluster.KMeans`).
     max_iter, tol, metric, precision, prune
         As :class:`embedcluster.KMeans` (``prune="auto"`` prunes for ``n_clusters >= 16``).
     n_threads : int, default=0
@@ -229,15 +298,17 @@ class KMeans:
         As :class:`embedcluster.KMeans` (``labels_`` is a numpy array).
     n_empty_repaired_ : int
     iteration_seconds_ : list of float
-        Wall time of each Lloyd iteration.
+        Wall time of each Lloyd iteration (of every run when n_init > 1; a run's first iteration
+        includes its k-means|| seeding).
     bytes_received_ : int
         Bytes the client received from the workers during the fit (sums, statistics, labels).
     """
 
-    def __init__(self, n_clusters: int = 8, *, init: Any = None, max_iter: int = 300, tol: float = 1e-4,
-                 metric: str = "l2", precision: str = "auto", prune: Any = "auto", n_threads: int = 0,
-                 client: Any = None):
+    def __init__(self, n_clusters: int = 8, *, init: Any = None, n_init: int = 1, max_iter: int = 300,
+                 tol: float = 1e-4, metric: str = "l2", precision: str = "auto", prune: Any = "auto",
+                 n_threads: int = 0, random_state: Any = None, client: Any = None):
         self.n_clusters, self.init, self.max_iter, self.tol = n_clusters, init, max_iter, tol
+        self.n_init, self.random_state = n_init, random_state
         self.metric, self.precision, self.prune = metric, precision, prune
         self.n_threads, self.client = n_threads, client
 
@@ -252,19 +323,46 @@ class KMeans:
             raise ValueError(f"tol={self.tol!r} should be a number >= 0")
         if self.metric not in ("l2", "euclidean", "cosine"):
             raise ValueError(f"metric={self.metric!r} should be 'l2', 'euclidean' or 'cosine'")
+        if not (isinstance(self.n_init, (int, np.integer)) and self.n_init >= 1):
+            raise ValueError(f"n_init={self.n_init!r} should be an int >= 1")
+        prune = self.n_clusters >= _core.KMEANS_PRUNE_MIN_K if self.prune == "auto" else bool(self.prune)
+        p = FitParams(int(self.n_clusters), metric=engine_metric(self.metric), max_iter=int(self.max_iter),
+                      tol=float(self.tol), prune=prune, weighted=weighted)
+        return self._init_of(d), p
+
+    def _init_of(self, d: int) -> Any:
+        """init checked: "k-means||" or an array of n_clusters finite centres."""
+        if isinstance(self.init, str) and self.init == "k-means||":
+            return self.init
         if self.init is None or isinstance(self.init, str):
             raise ValueError("embedcluster.dask.KMeans needs init as an array of initial centres "
-                             f"(shape (n_clusters, n_features) = ({self.n_clusters}, {d}))")
+                             f"(shape (n_clusters, n_features) = ({self.n_clusters}, {d})) or init='k-means||'"
+                             + (f", not {self.init!r}" if self.init is not None else ""))
         init = np.ascontiguousarray(self.init, dtype=np.float32)
         if init.shape != (self.n_clusters, d):
             raise ValueError(f"init has shape {init.shape} but should be (n_clusters, n_features) = "
                              f"({self.n_clusters}, {d})")
         if not np.isfinite(init).all():
             raise ValueError("init contains NaN or infinity")
-        prune = self.n_clusters >= _core.KMEANS_PRUNE_MIN_K if self.prune == "auto" else bool(self.prune)
-        p = FitParams(int(self.n_clusters), metric=engine_metric(self.metric), max_iter=int(self.max_iter),
-                      tol=float(self.tol), prune=prune, weighted=weighted)
-        return init, p
+        return init
+
+    def _runs(self, runner: DaskChunks, init: Any, p: FitParams, progress) -> Any:
+        """The fit: from the given centres, or the best of n_init k-means|| runs (kmeans_fit's seeds)."""
+        from ._backend import seed_of
+
+        if not isinstance(init, str):
+            return lloyd_over_chunks(runner, init, p, progress)
+        stats = checked_stats(runner, p)
+        seed = seed_of(self.random_state)
+        best = None
+        for r in range(int(self.n_init)):
+            runner.reset()
+            run_seed = (seed + r * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+            start = seed_over_chunks(runner, run_seed, p, stats, self.n_threads, self.precision)
+            fit = lloyd_over_chunks(runner, start, p, progress, stats)
+            if best is None or fit.inertia < best.inertia:  # labels are read now: the states change next run
+                best = fit
+        return best
 
     def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> "KMeans":
         """Fits on a dask array (or anything ``dask.array.asarray`` takes). ``y`` is ignored."""
@@ -283,7 +381,7 @@ class KMeans:
             log.info("k-means iteration %d: %d labels changed, centre shift %.3g", it, changed, shift)
 
         try:
-            r = lloyd_over_chunks(runner, init, p, progress)
+            r = self._runs(runner, init, p, progress)
         except KeyboardInterrupt:
             runner.cancel()
             raise

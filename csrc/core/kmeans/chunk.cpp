@@ -115,25 +115,10 @@ std::vector<double> abs_maxima(const Data& D) {
 
 namespace {
 
-using u128 = unsigned __int128;
-
 /// Scales of the two moments of feature f: n_total values of magnitude absmax (resp. absmax^2)
 /// sum to less than 2^120 in any order.
 inline double moment_scale(idx_t n_total, double absmax, int power) {
   return pow2_scale(n_total, power == 1 ? absmax : absmax * absmax, 120);
-}
-
-/// A rounded fixed-point value as a 128-bit two's complement integer.
-inline u128 fixed(double v) {
-  const double r = std::nearbyint(v);
-  return r < 0.0 ? static_cast<u128>(0) - static_cast<u128>(static_cast<__int128>(-r)) : static_cast<u128>(static_cast<__int128>(r));
-}
-
-/// The signed value of a 128-bit sum given as four 32-bit limbs (each possibly carrying).
-inline double from_limbs(const std::uint64_t* l) {
-  u128 t = 0;
-  for (int j = 3; j >= 0; --j) t = (t << 32) + static_cast<u128>(l[j]);
-  return static_cast<double>(static_cast<__int128>(t));
 }
 
 }  // namespace
@@ -165,7 +150,7 @@ void moment_limbs(const Data& D, const double* absmax, idx_t n_total, std::uint6
         for (std::size_t j = 0; j < total.size(); ++j) total[j] += t[j];
       });
   for (idx_t j = 0; j < 2 * d; ++j)
-    for (int l = 0; l < 4; ++l) limbs[j * 4 + l] = static_cast<std::uint64_t>((total[j] >> (32 * l)) & 0xffffffffu);
+    to_limbs(total[j], limbs + j * 4);
 }
 
 double mean_variance_of(const std::uint64_t* limbs, const double* absmax, idx_t n_total, idx_t d) {
@@ -196,7 +181,7 @@ void objective_limbs(const Data& D, const float* centers, const idx_t* labels, d
         }
       },
       [&](u128& t) { total += t; });
-  for (int l = 0; l < 4; ++l) limbs[l] = static_cast<std::uint64_t>((total >> (32 * l)) & 0xffffffffu);
+  to_limbs(total, limbs);
 }
 
 double objective_scale(Metric m, idx_t n_total, const double* absmax, idx_t d, double wmax, const float* centers,

@@ -60,6 +60,29 @@ struct Data {
 /// magnitude at most m sum to less than 2^bits in any order (chunk.cpp).
 double pow2_scale(idx_t n, double m, int bits);
 
+using u128 = unsigned __int128;
+
+/// A rounded fixed-point value as a 128-bit two's complement integer (sums of these wrap
+/// mod 2^128, so they are exact in any order while the true sum fits in 127 bits).
+inline u128 fixed(double v) {
+  const double r = std::nearbyint(v);
+  return r < 0.0 ? static_cast<u128>(0) - static_cast<u128>(static_cast<__int128>(-r))
+                 : static_cast<u128>(static_cast<__int128>(r));
+}
+
+/// A 128-bit sum as four 32-bit limbs, one per uint64, so that limbs of up to 2^32 chunks add
+/// without overflow.
+inline void to_limbs(u128 t, std::uint64_t* limbs) {
+  for (int l = 0; l < 4; ++l) limbs[l] = static_cast<std::uint64_t>((t >> (32 * l)) & 0xffffffffu);
+}
+
+/// The signed value of a 128-bit sum given as four 32-bit limbs (each possibly carrying).
+inline double from_limbs(const std::uint64_t* l) {
+  u128 t = 0;
+  for (int j = 3; j >= 0; --j) t = (t << 32) + static_cast<u128>(l[j]);
+  return static_cast<double>(static_cast<__int128>(t));
+}
+
 /// The centre sums and weights (k * d + k integers mod 2^64) as fp64 values, one rounding each.
 void sums_to_double(const std::uint64_t* t, idx_t k, idx_t d, const double* qscale, double wscale,
                     std::vector<double>& sums, std::vector<double>& wsum);
@@ -230,6 +253,21 @@ void choose_movers(const PackedSet& cs, const Data& D, const idx_t* labels, idx_
 
 /// Initial centres: k-means++, random rows or k-means|| (init.cpp).
 void seed_centers(const KMeansParams& p, const Data& D, std::uint64_t seed, float* out, Cancel& cancel);
+
+/// k-means|| pieces, per chunk or on the whole array (seed_chunk.cpp; see kmeans_chunk.hpp).
+std::uint64_t seed_units_total(const float* w, idx_t n, double wscale);
+idx_t seed_pick_row(const float* w, idx_t n, double wscale, std::uint64_t target);
+double seed_potential_scale(Metric m, idx_t n_total, const double* absmax, idx_t d, double wmax);
+void seed_draws(std::uint64_t seed, std::uint64_t total, std::uint64_t* target, std::uint64_t* finish_seed);
+void seed_nearer(const Data& D, const float* batch, idx_t t, std::vector<float>& closest, double pscale,
+                 std::uint64_t* limbs, Cancel& cancel);
+void seed_sample(const float* x, idx_t n, idx_t d, const float* w, const std::vector<float>& closest, double pot,
+                 idx_t k, std::uint64_t seed, int round, idx_t row_offset, std::vector<float>& batch);
+void seed_candidate_units(const Data& D, const float* cand, idx_t m, double wscale, std::uint64_t* units,
+                          Cancel& cancel);
+void seed_finish(const KMeansParams& p, const float* cand, idx_t m, idx_t d, const std::uint64_t* units,
+                 double wscale, std::uint64_t finish_seed, int threads, const KernelSet* ks, float* out,
+                 Cancel& cancel);
 
 /// One full k-means run from the given initial centres (lloyd.cpp).
 void lloyd(const KMeansParams& p, const Data& D, std::vector<float>& centers, KMeansResult& res, Cancel& cancel);

@@ -121,6 +121,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> KMeans:
         """Computes the clustering. ``y`` is ignored; ``sample_weight`` weights each row."""
         self._validate_params()
+        for stale in ("counts_", "n_steps_"):  # partial_fit's state belongs to earlier centres
+            self.__dict__.pop(stale, None)
         memory_limit = memory_limit_arg(self.memory_limit)
         metric = engine_metric(self.metric)
         backend = resolve_backend(self.backend, "k-means")
@@ -171,6 +173,68 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.mover_fraction_ = movers
         self.n_features_in_ = d
         self.backend_ = backend
+        return self
+
+    def partial_fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> KMeans:
+        """One mini-batch step of k-means, for data that arrives as a stream (Sculley 2010, the
+        update of scikit-learn's ``MiniBatchKMeans`` without random reassignment).
+
+        The first call chooses the centres from its batch with ``init`` (which needs at least
+        ``n_clusters`` rows) unless the estimator is already fitted. Every call assigns the
+        batch's rows to their nearest centre (exact) and moves each centre to the weighted mean
+        of everything it has been given so far: ``c <- (c * n_c + sum of the batch's rows in
+        c) / (n_c + their weight)``, ``n_c`` the weight seen before (``counts_``); for
+        "cosine" the centre is then scaled to unit length. ``labels_`` are the batch's labels
+        against the centres before the step; ``n_steps_`` counts the calls.
+        """
+        first = not hasattr(self, "cluster_centers_")
+        if first:
+            self._validate_params()
+        X = as_matrix(X, estimator="KMeans")
+        w = as_weights(sample_weight, X.shape[0])
+        if first:
+            if X.shape[0] < self.n_clusters:
+                raise ValueError(f"the first batch has n_samples={X.shape[0]} but should have >= "
+                                 f"n_clusters={self.n_clusters} to choose the initial centres")
+            init = self.init
+            if isinstance(init, str) and init == "auto":
+                init = "k-means++"
+            if isinstance(init, str):
+                centers = _core.kmeans_init(X, int(self.n_clusters), metric=engine_metric(self.metric), init=init,
+                                            seed=seed_of(self.random_state), sample_weight=w,
+                                            n_threads=threads_arg(self.n_threads),
+                                            memory_limit=memory_limit_arg(self.memory_limit))
+            else:
+                centers = as_matrix(init, "init", estimator="KMeans")
+                if centers.shape != (self.n_clusters, X.shape[1]):
+                    raise ValueError(f"init has shape {centers.shape} but should be (n_clusters, n_features) = "
+                                     f"({self.n_clusters}, {X.shape[1]})")
+            self.cluster_centers_ = _core.kmeans_start_centres(centers, engine_metric(self.metric))
+            self.counts_ = np.zeros(self.n_clusters, dtype=np.float64)
+            self.n_features_in_ = X.shape[1]
+            self.n_steps_ = 0
+            self.backend_ = "native"
+        elif not hasattr(self, "counts_"):  # fitted by fit(): continue from its clusters' weights
+            labels = np.asarray(self.labels_)
+            self.counts_ = np.bincount(labels, minlength=self.n_clusters).astype(np.float64)
+            self.n_steps_ = 0
+        check_features(self, X)
+        labels, _ = self._assign(X)
+        weights = np.ones(X.shape[0]) if w is None else w.astype(np.float64)
+        sums = np.zeros((self.n_clusters, X.shape[1]))
+        np.add.at(sums, labels, X.astype(np.float64) * weights[:, None])
+        batch = np.bincount(labels, weights=weights, minlength=self.n_clusters)
+        moved = batch > 0
+        total = self.counts_[moved] + batch[moved]
+        centers = self.cluster_centers_.astype(np.float64)
+        centers[moved] = (centers[moved] * self.counts_[moved, None] + sums[moved]) / total[:, None]
+        if engine_metric(self.metric) == "cosine":
+            norms = np.linalg.norm(centers[moved], axis=1, keepdims=True)
+            centers[moved] /= np.where(norms > 0, norms, 1.0)
+        self.cluster_centers_ = centers.astype(np.float32)
+        self.counts_[moved] = total
+        self.labels_ = labels
+        self.n_steps_ += 1
         return self
 
     def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None) -> np.ndarray:

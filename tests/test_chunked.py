@@ -186,3 +186,24 @@ def test_seed_state_pickles():
     np.testing.assert_array_equal(other.closest, st.closest)
     a = _core.kmeans_seed_sample(st, X, 10.0, 3, 7, 0)
     np.testing.assert_array_equal(_core.kmeans_seed_sample(other, X, 10.0, 3, 7, 0), a)
+
+
+def test_kmeans_estimator_streams_shards_and_foreign_memory_maps(tmp_path):
+    from embedcluster import KMeans
+    from embedcluster.data import ShardedArray
+
+    X = blobs(7000, 12, seed=6)
+    init = X[:9].copy()
+    ref = KMeans(9, init=init, max_iter=30).fit(X)
+    parts = []
+    for i, (a, b) in enumerate([(0, 2500), (2500, 2501), (2501, 7000)]):
+        np.save(tmp_path / f"s{i}.npy", X[a:b])
+        parts.append(np.load(tmp_path / f"s{i}.npy", mmap_mode="r"))
+    np.save(tmp_path / "f64.npy", X.astype(np.float64))
+    for source in (ShardedArray(parts), np.load(tmp_path / "f64.npy", mmap_mode="r")):
+        km = KMeans(9, init=init, max_iter=30).fit(source)
+        np.testing.assert_array_equal(km.cluster_centers_, ref.cluster_centers_)
+        np.testing.assert_array_equal(km.labels_, ref.labels_)
+        assert km.inertia_ == ref.inertia_ and km.n_iter_ == ref.n_iter_
+    with pytest.raises(ValueError, match="pass init as an array"):
+        KMeans(9, init="k-means++").fit(ShardedArray(parts))

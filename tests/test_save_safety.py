@@ -427,3 +427,30 @@ def test_a_reader_slower_than_two_saves_starts_again_on_the_new_snapshot(tmp_pat
     # A failure that is not caused by a moving pointer is raised as it is.
     with pytest.raises(KeyError):
         _io.read_snapshot_with(tmp_path / "p", "embedcluster-pipeline", lambda snap: {}["x"])
+
+
+def test_directory_replacement_never_leaves_the_path_empty(tmp_path, monkeypatch):
+    """atomic_directory (encoder checkpoints) swaps old and new in one step where the system can:
+    no moment without a directory at the path, no leftovers; elsewhere, two renames."""
+    target = tmp_path / "ckpt"
+    _io.atomic_directory(target, lambda p: (p / "f").write_text("old"))
+    seen = []
+    real_replace = os.replace
+
+    def watching_replace(a, b):
+        seen.append(target.is_dir())
+        real_replace(a, b)
+        seen.append(target.is_dir())
+
+    monkeypatch.setattr(os, "replace", watching_replace)
+    _io.atomic_directory(target, lambda p: (p / "f").write_text("new"))
+    assert (target / "f").read_text() == "new"
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]
+    if sys.platform.startswith("linux"):
+        assert seen == [], "Linux swaps with renameat2(RENAME_EXCHANGE), not renames"
+    # Without the exchange (another system, or a file system without it): two renames, same result.
+    monkeypatch.setattr(_io, "_exchange", lambda a, b: False)
+    _io.atomic_directory(target, lambda p: (p / "f").write_text("newer"))
+    assert (target / "f").read_text() == "newer"
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]
+    assert False in seen  # the window the exchange closes

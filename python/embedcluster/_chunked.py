@@ -236,6 +236,7 @@ class LocalChunks:
         self.X, self.n, self.w = X, n, sample_weight
         self.bounds = [(a, min(n, a + block_rows)) for a in range(0, n, block_rows)] or [(0, 0)]
         self.n_threads, self.precision = n_threads, precision
+        self.passes = 0
         self.reset()
 
     def reset(self):
@@ -257,7 +258,12 @@ class LocalChunks:
         return [_core.kmeans_chunk_moments(self._block(a, b), absmax, n_total, metric, self.n_threads)
                 for a, b in self.bounds]
 
+    def rows_computed(self) -> int:
+        """Rows whose distances to every centre were computed, over all passes (pruning's work)."""
+        return int(sum(st.rows_computed for st in self.states))
+
     def assign(self, centers, qscale, wscale, metric, prune):
+        self.passes += 1
         out = []
         for (a, b), st in zip(self.bounds, self.states):
             changed = _core.kmeans_chunk_pass(st, centers, self._block(a, b), qscale, wscale, metric,
@@ -279,9 +285,10 @@ class LocalChunks:
         w = None if self.w is None else np.ascontiguousarray(np.asarray(self.w)[rows], dtype=np.float32)
         labels = np.empty(len(rows), dtype=np.int64)
         starts = np.array([a for a, _ in self.bounds])
-        for j, r in enumerate(rows):
-            c = int(np.searchsorted(starts, r, side="right") - 1)
-            labels[j] = self.states[c].labels[r - self.bounds[c][0]]
+        chunk = np.searchsorted(starts, rows, side="right") - 1
+        for c in np.unique(chunk):
+            sel = chunk == c
+            labels[sel] = self.states[c].labels[rows[sel] - starts[c]]
         return x, w, labels
 
     def objective(self, centers, scale, metric):

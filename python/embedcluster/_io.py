@@ -201,15 +201,40 @@ def _filled_dir(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swaps two existing paths in one atomic step (Linux renameat2 with RENAME_EXCHANGE).
+
+    False where the platform, C library or file system cannot (the caller falls back)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+    import errno
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), os.fspath(b))
+
+
 def atomic_directory(target: PathLike, write: Callable[[Path], None]) -> Path:
     """Replaces the directory ``target`` by one that ``write(folder)`` fills, atomically.
 
-    The files are written into a temporary folder beside ``target``, which then takes its place
-    with two renames: a reader never sees half a directory, but between the renames (or after a
-    crash there) ``target`` is absent and the old one lies beside it as ``.NAME.*.old``. If the
-    second rename fails the old directory is put back. Pipelines use :func:`save_snapshot`, which
-    has no such window. The caller decides whether an
-    existing ``target`` may be replaced (this function replaces it).
+    The files are written into a temporary folder beside ``target``, which then takes its place.
+    On Linux the two are exchanged in one step (renameat2 with RENAME_EXCHANGE), so ``target``
+    always names a whole directory, old or new. Where that is not available the swap takes two
+    renames: between them (or after a crash there) ``target`` is absent and the old one lies
+    beside it as ``.NAME.*.old``; if the second rename fails the old directory is put back.
+    Pipelines use :func:`save_snapshot`. The caller decides whether an existing ``target`` may
+    be replaced (this function replaces it).
     """
     import shutil
 
@@ -218,7 +243,9 @@ def atomic_directory(target: PathLike, write: Callable[[Path], None]) -> Path:
     tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
     _filled_dir(tmp, write)
     try:
-        if target.exists():
+        if target.exists() and _exchange(tmp, target):
+            shutil.rmtree(tmp, ignore_errors=True)  # now the old directory
+        elif target.exists():
             old = target.with_name(f".{target.name}.{secrets.token_hex(6)}.old")
             os.replace(target, old)
             try:

@@ -205,5 +205,11 @@ def test_kmeans_estimator_streams_shards_and_foreign_memory_maps(tmp_path):
         np.testing.assert_array_equal(km.cluster_centers_, ref.cluster_centers_)
         np.testing.assert_array_equal(km.labels_, ref.labels_)
         assert km.inertia_ == ref.inertia_ and km.n_iter_ == ref.n_iter_
-    with pytest.raises(ValueError, match="pass init as an array"):
+    with pytest.raises(ValueError, match="use init='k-means||'"):
         KMeans(9, init="k-means++").fit(ShardedArray(parts))
+    for init_name in ("k-means||", "auto"):  # "auto" streams with k-means||
+        ref = KMeans(9, init="k-means||", n_init=2, random_state=5, max_iter=30).fit(X)
+        km = KMeans(9, init=init_name, n_init=2, random_state=5, max_iter=30).fit(ShardedArray(parts))
+        np.testing.assert_array_equal(km.cluster_centers_, ref.cluster_centers_)
+        np.testing.assert_array_equal(km.labels_, ref.labels_)
+        assert km.inertia_ == ref.inertia_

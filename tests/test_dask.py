@@ -14,6 +14,7 @@ da = pytest.importorskip("dask.array")
 distributed = pytest.importorskip("distributed")
 
 import embedcluster  # noqa: E402
+import embedcluster._chunked as chunked  # noqa: E402
 import embedcluster.dask as ecd  # noqa: E402
 
 
@@ -91,7 +92,7 @@ def test_a_worker_killed_mid_fit_changes_nothing(client, monkeypatch):
     ref = single_machine(X, init, max_iter=12, tol=0.0)
     pids = list(client.run(os.getpid).values())
     killed = []
-    real = ecd.lloyd_over_chunks
+    real = chunked.lloyd_over_chunks
 
     def kill_at_iteration_3(runner, init_, p, progress=None):
         def report(it, changed, shift):
@@ -102,7 +103,7 @@ def test_a_worker_killed_mid_fit_changes_nothing(client, monkeypatch):
                 progress(it, changed, shift)
         return real(runner, init_, p, report)
 
-    monkeypatch.setattr(ecd, "lloyd_over_chunks", kill_at_iteration_3)
+    monkeypatch.setattr(chunked, "lloyd_over_chunks", kill_at_iteration_3)
     km = ecd.KMeans(30, init=init, max_iter=12, tol=0.0, client=client).fit(da.from_array(X, chunks=2500))
     assert killed
     assert_same(km, ref)

@@ -320,3 +320,26 @@ class LocalChunks:
         return [_core.kmeans_seed_candidate_units(candidates, self._block(a, b), wscale, metric, self._weights(a, b),
                                                   self.n_threads, self.precision)
                 for a, b in self.bounds]
+
+
+def fit_over_chunks(runner: ChunkRunner, init: Any, p: FitParams, seed: int, n_init: int = 1,
+                    progress: Optional[Callable[[int, int, float], None]] = None, n_threads: int = 0,
+                    precision: str = "auto") -> ChunkedFit:
+    """A whole fit over chunks, as ``kmeans_fit`` makes it: from the given centres (an array),
+    or (``init="k-means||"``) the best of ``n_init`` runs seeded ``seed + r * 0x9E3779B97F4A7C15``
+    (the lowest inertia; the first on ties)."""
+    if not isinstance(init, str):
+        return lloyd_over_chunks(runner, init, p, progress)
+    if init != "k-means||":
+        raise ValueError(f"init={init!r}: over chunks the initial centres come from 'k-means||' or an array")
+    stats = checked_stats(runner, p)
+    best = None
+    for r in range(n_init):
+        runner.reset()
+        run_seed = (seed + r * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+        start = seed_over_chunks(runner, run_seed, p, stats, n_threads, precision)
+        fit = lloyd_over_chunks(runner, start, p, progress, stats)
+        if best is None or fit.inertia < best.inertia:  # labels are read now: the states change next run
+            best = fit
+    assert best is not None
+    return best

@@ -24,7 +24,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _core
-from ._chunked import FitParams, checked_stats, lloyd_over_chunks, seed_over_chunks
+from ._chunked import FitParams, fit_over_chunks
 
 log = logging.getLogger(__name__)
 
@@ -346,24 +346,6 @@ class KMeans:
             raise ValueError("init contains NaN or infinity")
         return init
 
-    def _runs(self, runner: DaskChunks, init: Any, p: FitParams, progress) -> Any:
-        """The fit: from the given centres, or the best of n_init k-means|| runs (kmeans_fit's seeds)."""
-        from ._backend import seed_of
-
-        if not isinstance(init, str):
-            return lloyd_over_chunks(runner, init, p, progress)
-        stats = checked_stats(runner, p)
-        seed = seed_of(self.random_state)
-        best = None
-        for r in range(int(self.n_init)):
-            runner.reset()
-            run_seed = (seed + r * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
-            start = seed_over_chunks(runner, run_seed, p, stats, self.n_threads, self.precision)
-            fit = lloyd_over_chunks(runner, start, p, progress, stats)
-            if best is None or fit.inertia < best.inertia:  # labels are read now: the states change next run
-                best = fit
-        return best
-
     def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> "KMeans":
         """Fits on a dask array (or anything ``dask.array.asarray`` takes). ``y`` is ignored."""
         da, _, default_client = _require_dask()
@@ -381,7 +363,10 @@ class KMeans:
             log.info("k-means iteration %d: %d labels changed, centre shift %.3g", it, changed, shift)
 
         try:
-            r = self._runs(runner, init, p, progress)
+            from ._backend import seed_of
+
+            r = fit_over_chunks(runner, init, p, seed_of(self.random_state), int(self.n_init), progress,
+                                self.n_threads, self.precision)
         except KeyboardInterrupt:
             runner.cancel()
             raise

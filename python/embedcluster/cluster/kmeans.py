@@ -198,8 +198,9 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
 
     def _fit_streamed(self, X: Any, sample_weight: Any, backend: str, metric: str) -> KMeans:
         """fit on rows read block by block (shards, memory maps of another dtype): the engine's
-        chunked k-means, bit-identical to fitting the same rows as one array."""
-        from .._chunked import FitParams, LocalChunks, lloyd_over_chunks
+        chunked k-means, bit-identical to fitting the same rows as one array with the same init
+        (``init="auto"`` means k-means|| here, whatever the size)."""
+        from .._chunked import FitParams, LocalChunks, fit_over_chunks
 
         if backend != "native":
             raise ValueError("backend='faiss' needs X as one in-memory array; sharded or memory-mapped "
@@ -208,20 +209,25 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         if n < self.n_clusters:
             raise ValueError(f"n_samples={n} should be >= n_clusters={self.n_clusters}.")
         w = as_weights(sample_weight, n)
-        if isinstance(self.init, str):
-            raise ValueError(f"init={self.init!r} needs X as one in-memory array; for sharded or memory-mapped "
-                             "input pass init as an array of initial centres")
-        init = as_matrix(self.init, "init", estimator="KMeans")
-        if init.shape != (self.n_clusters, d):
-            raise ValueError(f"init has shape {init.shape} but should be (n_clusters, n_features) = "
-                             f"({self.n_clusters}, {d})")
+        init: Any = self.init
+        if isinstance(init, str):
+            if init in ("k-means++", "random"):
+                raise ValueError(f"init={init!r} needs X as one in-memory array; for sharded or memory-mapped "
+                                 "input use init='k-means||' (or 'auto') or an array of initial centres")
+            init = "k-means||"  # "auto" too: k-means++ would read the data k times
+        else:
+            init = as_matrix(init, "init", estimator="KMeans")
+            if init.shape != (self.n_clusters, d):
+                raise ValueError(f"init has shape {init.shape} but should be (n_clusters, n_features) = "
+                                 f"({self.n_clusters}, {d})")
         prune = self.n_clusters >= _core.KMEANS_PRUNE_MIN_K if isinstance(self.prune, str) else bool(self.prune)
         params = FitParams(int(self.n_clusters), metric=metric, max_iter=int(self.max_iter), tol=float(self.tol),
                            prune=prune, weighted=w is not None)
         block = max(1, STREAM_BLOCK_BYTES // (4 * d))
         runner = LocalChunks(X, block, sample_weight=w, n_threads=threads_arg(self.n_threads),
                              precision=precision_arg(self.precision))
-        r = lloyd_over_chunks(runner, init, params)
+        r = fit_over_chunks(runner, init, params, seed_of(self.random_state), int(self.n_init),
+                            n_threads=threads_arg(self.n_threads), precision=precision_arg(self.precision))
         computed = runner.rows_computed() / (float(n) * max(1, runner.passes)) if prune else 1.0
         self._store(r.centers, r.labels, r.inertia, r.n_iter, computed, 0.0, d, backend)  # no mover stage
         return self

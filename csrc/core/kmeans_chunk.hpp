@@ -67,6 +67,11 @@ struct KMeansChunkState {
   std::vector<std::uint64_t> sums;
   bool valid = false;          ///< labels and bounds hold the results of a pass
   idx_t rows_computed = 0;     ///< rows whose distances to every centre were computed (all passes)
+  // The rows' norms and rounding errors, kept from the first pass so that a pruned pass reads
+  // only the rows it computes. Not pickled (recomputed after a load); tied to a kernel set.
+  std::vector<double> xsq, xnorm;
+  std::vector<float> xerr;
+  const KernelSet* facts_ks = nullptr;
 };
 
 /// One assignment pass of a chunk against `centers` (k x d): exact nearest centre of each row,

@@ -277,7 +277,22 @@ idx_t kmeans_chunk_pass(Metric m, const float* centers, idx_t k, const float* x,
     fail("this chunk state belongs to another chunk or fit (" + std::to_string(st.labels.size()) + " rows, k=" +
          std::to_string(st.k) + ", d=" + std::to_string(st.d) + ")");
   Data D;
-  kmeans_impl::prepare(D, x, n, d, w, m, resolve_threads(threads), kernel_set);
+  const KernelSet* ks = kernel_set ? kernel_set : &kernels();
+  if (st.facts_ks == ks && static_cast<idx_t>(st.xsq.size()) == n) {
+    D.ks = ks;
+    D.x = x;
+    D.n = n;
+    D.d = d;
+    D.w = w;
+    D.metric = m;
+    D.threads = resolve_threads(threads);
+    D.xsq.swap(st.xsq);
+    D.xnorm.swap(st.xnorm);
+    D.xerr.swap(st.xerr);
+    D.set_words();
+  } else {
+    kmeans_impl::prepare(D, x, n, d, w, m, resolve_threads(threads), ks);
+  }
   kmeans_impl::Accum acc;
   acc.init(k, d, qscale, wscale, D.threads);
   const bool incremental = prune && st.valid;
@@ -329,6 +344,10 @@ idx_t kmeans_chunk_pass(Metric m, const float* centers, idx_t k, const float* x,
   }
   st.sums = acc.combined();
   st.centers.swap(cvec);
+  st.xsq.swap(D.xsq);
+  st.xnorm.swap(D.xnorm);
+  st.xerr.swap(D.xerr);
+  st.facts_ks = ks;
   st.valid = true;
   return changed;
 }

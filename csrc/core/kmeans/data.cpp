@@ -95,7 +95,7 @@ void prepare(Data& D, const float* x, idx_t n, idx_t d, const float* w, Metric m
          "); remove or impute those values");
   }
   check_sqnorms(D.xsq, "data");
-  D.words = D.ks->gemm_rows && D.ks->per_word == 1 ? x : nullptr;
+  D.set_words();
   if (zero_row >= 0)
     fail("row " + std::to_string(zero_row) +
          " has zero norm; spherical (cosine) k-means needs non-zero rows (drop them or use metric='l2')");

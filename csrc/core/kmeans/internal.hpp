@@ -42,6 +42,8 @@ struct Data {
   // pack them. (A bf16 copy for bf16 sets cost more to write than the packing it saved:
   // 200k x 384 k=256, 0.68 s -> 0.76 s.)
   const float* words = nullptr;
+  /// words for the rows x: themselves where the kernel set multiplies float32 rows in place.
+  void set_words() { words = ks->gemm_rows && ks->per_word == 1 ? x : nullptr; }
   std::vector<double> colmax;  // per feature: max_i |x_if| * row scale (Accum's fixed-point scales)
   double wmax = 0.0;           // max_i w_i
   Metric metric;

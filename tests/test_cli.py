@@ -252,7 +252,9 @@ def test_config_files_are_validated_before_any_work(tmp_path, capsys, cfg, word)
 @pytest.mark.parametrize("argv,module", [(["run", "digits", "--out", "OUT", "--no-probe"], "matplotlib"),
                                          (["demo", "--out", "OUT"], "matplotlib"),
                                          (["demo", "--out", "OUT"], "torch"),
-                                         (["run", "digits", "--out", "OUT", "--no-report"], "torch")])
+                                         (["run", "digits", "--out", "OUT", "--no-report"], "torch"),
+                                         (["cluster", "missing.npy", "--scheduler", "tcp://127.0.0.1:1", "--out",
+                                           "OUT"], "distributed")])
 def test_missing_optional_dependencies_are_reported_before_the_work(tmp_path, argv, module):
     argv = [a.replace("OUT", str(tmp_path / "o")) for a in argv]
     code = ("import sys, importlib.abc\n"  # a finder that makes `import module` fail, as if not installed
@@ -289,3 +291,78 @@ def test_probe_with_huge_label_values_allocates_by_distinct_labels(files, capsys
     assert 0.0 <= res["agreement_with_clusters"] <= 1.0
     cfg = json.loads((files / "p" / "probe.json").read_text())
     assert sorted(cfg["cluster_ids"]) == [1, 2, 4_000_000_000]
+
+
+# --------------------------------------------------------------------------- cluster on shards
+@pytest.fixture
+def shards(tmp_path):
+    """Three uneven shards of blobs in tmp_path/shards, and the rows they hold together."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    centres = rng.standard_normal((5, 6)).astype(np.float32) * 4
+    Z = (centres[rng.integers(0, 5, 3000)] + rng.standard_normal((3000, 6)).astype(np.float32))
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    for name, lo, hi in (("part-0.npy", 0, 700), ("part-1.npy", 700, 2400), ("part-2.npy", 2400, 3000)):
+        np.save(folder / name, Z[lo:hi])
+    return folder, Z
+
+
+def _kmeans_oracle(Z, k, n_init, seed):
+    """The in-memory fit with the seeding that streamed shards use."""
+    return ec.KMeans(k, init="k-means||", n_init=n_init, random_state=seed).fit(Z).labels_
+
+
+@pytest.mark.parametrize("form", ["glob", "folder"])
+def test_cluster_on_shards_equals_the_in_memory_fit(shards, capsys, form):
+    import numpy as np
+
+    folder, Z = shards
+    spec = str(folder / "part-*.npy") if form == "glob" else str(folder)
+    out = folder.parent / "labels.npy"
+    assert main(["cluster", spec, "--n-clusters", "5", "--n-init", "2", "--seed", "3", "--out", str(out),
+                 "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["n_shards"] == 3 and res["scheduler"] is None and res["n_points"] == 3000
+    np.testing.assert_array_equal(np.load(out), _kmeans_oracle(Z, 5, 2, 3))
+
+
+def test_cluster_shard_errors_are_one_line_exit_2(shards, capsys):
+    import numpy as np
+
+    folder, _ = shards
+    out = folder.parent / "labels.npy"
+    code = main(["cluster", str(folder / "nothing-*.npy"), "--out", str(out)])
+    _one_line_error(code, capsys.readouterr().err, "nothing-*.npy", "matches")
+    code = main(["cluster", str(folder), "--algorithm", "dbscan", "--out", str(out)])
+    _one_line_error(code, capsys.readouterr().err, "DBSCAN", "one .npy file")
+    code = main(["cluster", str(folder), "--algorithm", "dbscan", "--scheduler", "tcp://127.0.0.1:1",
+                 "--out", str(out)])
+    _one_line_error(code, capsys.readouterr().err, "--scheduler", "k-means")
+    np.save(folder / "part-3.npy", np.zeros((4, 7), np.float32))
+    code = main(["cluster", str(folder / "part-*.npy"), "--out", str(out)])
+    _one_line_error(code, capsys.readouterr().err, "part-3.npy", "columns")
+    np.save(folder / "part-3.npy", np.zeros((4, 6), np.float64))
+    code = main(["cluster", str(folder), "--out", str(out)])
+    _one_line_error(code, capsys.readouterr().err, "part-3.npy", "dtype")
+    assert not out.exists()
+
+
+def test_cluster_on_a_dask_scheduler_equals_the_in_process_run(shards, capsys):
+    import numpy as np
+
+    distributed = pytest.importorskip("distributed")
+    pytest.importorskip("dask.array")
+    folder, _ = shards
+    local, remote = folder.parent / "local.npy", folder.parent / "remote.npy"
+    assert main(["cluster", str(folder), "--n-clusters", "5", "--n-init", "2", "--seed", "3",
+                 "--out", str(local)]) == 0
+    capsys.readouterr()
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        assert main(["cluster", str(folder / "*.npy"), "--n-clusters", "5", "--n-init", "2", "--seed", "3",
+                     "--scheduler", cluster.scheduler_address, "--out", str(remote), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["n_shards"] == 3 and res["scheduler"] == cluster.scheduler_address
+    np.testing.assert_array_equal(np.load(remote), np.load(local))

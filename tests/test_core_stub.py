@@ -15,7 +15,7 @@ from embedcluster import _core
 
 STUB = Path(embedcluster.__file__).with_name("_core.pyi")
 # Names the stub defines for its annotations only (type aliases, the TypedDict of build_info).
-STUB_ONLY = {"_F32", "_I64", "_U8", "_MetricLike", "_Precision", "_MemoryLimit", "_BuildInfo"}
+STUB_ONLY = {"_F32", "_I64", "_U8", "_U64", "_F64", "_MetricLike", "_Precision", "_MemoryLimit", "_BuildInfo"}
 
 
 def _stub() -> ast.Module:
@@ -126,8 +126,9 @@ def test_stubtest_agrees(tmp_path):
     pytest.importorskip("mypy.stubtest", reason="pip install mypy")
     allow = tmp_path / "allowlist.txt"
     # pybind11 classes have pybind11's metaclass; results are built by the engine, not by Python.
-    allow.write_text("embedcluster._core.(DbscanResult|KMeansResult|Metric|TileRate)\n"
-                     "embedcluster._core.(DbscanResult|KMeansResult|TileRate).__init__\n")
+    allow.write_text("embedcluster._core.(DbscanResult|KMeansResult|Metric|TileRate|KMeansChunkStats|"
+                     "KMeansChunkState|KMeansSeedState)\n"
+                     "embedcluster._core.(DbscanResult|KMeansResult|TileRate|KMeansChunkStats).__init__\n")
     r = subprocess.run([sys.executable, "-m", "mypy.stubtest", "embedcluster._core", "--allowlist", str(allow)],
                        capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -17,6 +17,10 @@
 #endif
 
 #include "../core/common.hpp"
+
+namespace ec {
+struct KMeansParams;
+}
 #include "../core/kernels.hpp"
 
 namespace ecpy {
@@ -130,7 +134,12 @@ py::array_t<T> to_array(std::vector<T>&& v) {
 void bind_common(py::module_& m);
 void bind_knn(py::module_& m);
 void bind_kmeans(py::module_& m);
+void bind_kmeans_chunk(py::module_& m);
 void bind_dbscan(py::module_& m);
 void bind_info(py::module_& m);
+
+/// k-means parameters from the arguments the k-means bindings share (kmeans.cpp).
+ec::KMeansParams kmeans_params(int k, const py::object& metric, std::uint64_t seed, int n_local_trials,
+                               int n_threads, const py::object& memory_limit);
 
 }  // namespace ecpy

@@ -5,6 +5,19 @@
 #include "common.hpp"
 
 namespace ecpy {
+
+ec::KMeansParams kmeans_params(int k, const py::object& metric, std::uint64_t seed, int n_local_trials,
+                               int n_threads, const py::object& memory_limit) {
+  ec::KMeansParams p;
+  p.k = k;
+  p.metric = metric_of(metric);
+  p.seed = seed;
+  p.n_local_trials = n_local_trials;
+  p.n_threads = n_threads;
+  p.memory_limit = memory_limit_of(memory_limit);
+  return p;
+}
+
 namespace {
 
 /// ec::KMeansResult with its vectors handed to numpy.
@@ -44,17 +57,6 @@ int prune_of(const py::object& prune) {
   throw std::invalid_argument("prune=" + std::string(py::repr(prune)) + " is unknown; use 'auto', True or False");
 }
 
-ec::KMeansParams kmeans_params(int k, const py::object& metric, std::uint64_t seed, int n_local_trials,
-                               int n_threads, const py::object& memory_limit) {
-  ec::KMeansParams p;
-  p.k = k;
-  p.metric = metric_of(metric);
-  p.seed = seed;
-  p.n_local_trials = n_local_trials;
-  p.n_threads = n_threads;
-  p.memory_limit = memory_limit_of(memory_limit);
-  return p;
-}
 
 KMeansFit kmeans_fit(const py::array& x, int k, int max_iter, double tol, int n_init, const py::object& metric,
                      const py::object& init, std::uint64_t seed, const py::object& sample_weight, int n_local_trials,

@@ -10,6 +10,7 @@ PYBIND11_MODULE(_core, m) {
             "Values are not scanned for NaN / infinity here: the estimators check their input.";
   ecpy::bind_knn(m);
   ecpy::bind_kmeans(m);
+  ecpy::bind_kmeans_chunk(m);
   ecpy::bind_dbscan(m);
   ecpy::bind_info(m);
   ecpy::bind_common(m);  // last: it registers the atexit hook, once everything else is bound

@@ -1,5 +1,6 @@
 // What k-means knows about its rows: norms, rounding errors, fixed-point scales, work ranges, variance and objective.
 #include "internal.hpp"
+#include "../kmeans_chunk.hpp"
 #include "../tile_driver.hpp"
 
 namespace ec {
@@ -94,50 +95,26 @@ void prepare(Data& D, const float* x, idx_t n, idx_t d, const float* w, Metric m
          "); remove or impute those values");
   }
   check_sqnorms(D.xsq, "data");
-  D.words = D.ks->gemm_rows && D.ks->per_word == 1 ? x : nullptr;
+  D.set_words();
   if (zero_row >= 0)
     fail("row " + std::to_string(zero_row) +
          " has zero norm; spherical (cosine) k-means needs non-zero rows (drop them or use metric='l2')");
 }
 
 double mean_variance(const Data& D) {
-  const idx_t n = D.n, d = D.d;
-  std::vector<double> mean(static_cast<std::size_t>(d), 0.0), m2(static_cast<std::size_t>(d), 0.0);
-  for (idx_t i = 0; i < n; ++i) {
-    const double sc = D.metric == Metric::Cosine ? 1.0 / D.xnorm[i] : 1.0;
-    for (idx_t f = 0; f < d; ++f) mean[f] += sc * D.x[i * d + f];
-  }
-  for (idx_t f = 0; f < d; ++f) mean[f] /= static_cast<double>(n);
-  for (idx_t i = 0; i < n; ++i) {
-    const double sc = D.metric == Metric::Cosine ? 1.0 / D.xnorm[i] : 1.0;
-    for (idx_t f = 0; f < d; ++f) {
-      const double t = sc * D.x[i * d + f] - mean[f];
-      m2[f] += t * t;
-    }
-  }
-  double s = 0.0;
-  for (idx_t f = 0; f < d; ++f) s += m2[f] / static_cast<double>(n);
-  return s / static_cast<double>(d);
+  const std::vector<double> absmax = abs_maxima(D);
+  std::vector<std::uint64_t> limbs(static_cast<std::size_t>(D.d * kMomentLimbs));
+  moment_limbs(D, absmax.data(), D.n, limbs.data());
+  return mean_variance_of(limbs.data(), absmax.data(), D.n, D.d);
 }
 
-/// Exact objective of `labels` against `centers` (fp64, fixed order).
-double objective(const Data& D, const float* centers, const std::vector<idx_t>& labels) {
-  const idx_t n = D.n, d = D.d;
-  double total = 0.0;
-  const idx_t nb = (n + kRangeUnit - 1) / kRangeUnit;
-  std::vector<double> part(static_cast<std::size_t>(nb), 0.0);
-  parallel_for(D.threads, nb, [&](idx_t b) {
-    double s = 0.0;
-    for (idx_t i = b * kRangeUnit; i < std::min(n, (b + 1) * kRangeUnit); ++i) {
-      const float* c = centers + labels[i] * d;
-      const double cnorm = D.metric == Metric::Cosine ? std::sqrt(sqnorm(c, d)) : 0.0;
-      const double xn = D.metric == Metric::Cosine ? D.xnorm[i] : 0.0;
-      s += D.weight(i) * std::max(0.0, exact_value(D.metric, D.x + i * d, c, d, xn, cnorm));
-    }
-    part[b] = s;
-  });
-  for (double v : part) total += v;
-  return total;
+/// Exact objective of `labels` against `centers`.
+double objective(const Data& D, const float* centers, idx_t k, const std::vector<idx_t>& labels) {
+  const std::vector<double> absmax = abs_maxima(D);
+  const double scale = objective_scale(D.metric, D.n, absmax.data(), D.d, D.wmax, centers, k);
+  std::uint64_t limbs[4];
+  objective_limbs(D, centers, labels.data(), scale, limbs);
+  return objective_of(limbs, scale);
 }
 
 }  // namespace kmeans_impl

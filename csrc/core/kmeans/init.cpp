@@ -1,6 +1,7 @@
 // Initial k-means centres: k-means++ (greedy, with local trials), random rows, and k-means||.
 #include "internal.hpp"
 #include "../tile_driver.hpp"
+#include "../kmeans_chunk.hpp"
 
 #include <cstring>
 #include <numeric>
@@ -81,49 +82,33 @@ void block_sums_of(const std::vector<double>& v, idx_t block, std::vector<double
   });
 }
 
-/// k-means|| (Bahmani, Moseley, Vattani, Kumar, Vassilvitskii 2012). Each of `kRounds` rounds
-/// samples every row independently with probability min(1, l * w * D(x) / potential), l = 2k,
-/// and adds the sample to the candidates; candidates are then weighted by the (weighted) number
-/// of rows nearest to them, and weighted k-means++ followed by a few Lloyd iterations on the
-/// candidates gives the k centres. It reads the data about 2 * kRounds times instead of k times
-/// (k-means++). Each row's draw comes from its own generator seeded by (seed, round, row), so
-/// the result does not depend on the thread count.
+/// k-means|| (Bahmani, Moseley, Vattani, Kumar, Vassilvitskii 2012). Each of
+/// kKMeansParallelRounds rounds samples every row independently with probability
+/// min(1, l * w * D(x) / potential), l = 2k, and adds the sample to the candidates; candidates
+/// are then weighted by the (weighted) number of rows nearest to them, and weighted k-means++
+/// followed by a few Lloyd iterations on the candidates gives the k centres. It reads the data
+/// about 2 * kKMeansParallelRounds times instead of k times (k-means++). The whole array is one
+/// chunk of the chunked seeding (kmeans_chunk.hpp): weights, potentials and candidate weights
+/// are fixed-point integers and each row's draw comes from its own generator seeded by
+/// (seed, round, row), so the result depends neither on the thread count nor on a chunking.
 void seed_parallel(const KMeansParams& p, const Data& D, std::uint64_t seed, float* out, Cancel& cancel) {
-  constexpr int kRounds = 5;
   const idx_t n = D.n, d = D.d, k = p.k;
-  const double ell = 2.0 * static_cast<double>(k);
-  constexpr idx_t kBlock = 4096;
-  Rng rng(seed);
-  std::vector<double> wv(static_cast<std::size_t>(n)), bs, pot_v(static_cast<std::size_t>(n));
-  for (idx_t i = 0; i < n; ++i) wv[i] = D.weight(i);
-  block_sums_of(wv, kBlock, bs, D.threads);
-  const idx_t first = sample_index(bs, kBlock, wv, rng.uniform() * std::accumulate(bs.begin(), bs.end(), 0.0));
-  std::vector<float> cand(D.x + first * d, D.x + (first + 1) * d);
-  std::vector<double> closest(static_cast<std::size_t>(n), std::numeric_limits<double>::infinity());
-  std::vector<idx_t> lab(static_cast<std::size_t>(n));
-  std::vector<float> md(static_cast<std::size_t>(n));
-  auto nearer = [&](const float* batch, idx_t t) {  // closest = min(closest, distance to batch)
-    PackedSet cs;
-    pack_set(cs, batch, t, d, D.metric, nullptr, D.threads, D.ks);
-    assign_pass(cs, D, lab.data(), md.data(), nullptr, false, make_ranges(n), cancel);
-    for (idx_t i = 0; i < n; ++i) closest[i] = std::min<double>(closest[i], md[i]);
-  };
-  nearer(cand.data(), 1);
-  for (int r = 0; r < kRounds; ++r) {
-    for (idx_t i = 0; i < n; ++i) pot_v[i] = wv[i] * closest[i];
-    block_sums_of(pot_v, kBlock, bs, D.threads);
-    const double pot = std::accumulate(bs.begin(), bs.end(), 0.0);
+  const double wscale = D.w ? pow2_scale(n, D.wmax, 61) : 1.0;  // as kmeans_fixed_scales
+  const std::vector<double> absmax = abs_maxima(D);
+  const double pscale = seed_potential_scale(D.metric, n, absmax.data(), d, D.w ? D.wmax : 1.0);
+  std::uint64_t target = 0, finish_seed = 0, limbs[4];
+  seed_draws(seed, seed_units_total(D.w, n, wscale), &target, &finish_seed);
+  const idx_t first = seed_pick_row(D.w, n, wscale, target);
+  std::vector<float> cand(D.x + first * d, D.x + (first + 1) * d), closest, batch;
+  seed_nearer(D, cand.data(), 1, closest, pscale, limbs, cancel);
+  for (int r = 0; r < kKMeansParallelRounds; ++r) {
+    const double pot = objective_of(limbs, pscale);
     if (!(pot > 0.0)) break;  // every row sits on a candidate
-    std::vector<float> batch;
-    for (idx_t i = 0; i < n; ++i) {
-      if (pot_v[i] <= 0.0) continue;
-      Rng ri(seed ^ (0x9E3779B97F4A7C15ull * static_cast<std::uint64_t>(r + 1)) ^
-             (0xBF58476D1CE4E5B9ull * static_cast<std::uint64_t>(i + 1)));
-      if (ri.uniform() < ell * pot_v[i] / pot) batch.insert(batch.end(), D.x + i * d, D.x + (i + 1) * d);
-    }
+    batch.clear();
+    seed_sample(D.x, n, d, D.w, closest, pot, k, seed, r, 0, batch);
     if (batch.empty()) continue;
     cand.insert(cand.end(), batch.begin(), batch.end());
-    nearer(batch.data(), static_cast<idx_t>(batch.size()) / d);
+    seed_nearer(D, batch.data(), static_cast<idx_t>(batch.size()) / d, closest, pscale, limbs, cancel);
   }
   const idx_t m = static_cast<idx_t>(cand.size()) / d;
   if (m <= k) {  // too few distinct candidates: plain k-means++ on all rows
@@ -132,23 +117,9 @@ void seed_parallel(const KMeansParams& p, const Data& D, std::uint64_t seed, flo
     seed_centers(pp, D, seed, out, cancel);
     return;
   }
-  // Weight of a candidate: the weight of the rows nearest to it.
-  PackedSet cs;
-  pack_set(cs, cand.data(), m, d, D.metric, nullptr, D.threads, D.ks);
-  assign_pass(cs, D, lab.data(), md.data(), nullptr, false, make_ranges(n), cancel);
-  std::vector<double> wc(static_cast<std::size_t>(m), 0.0);
-  for (idx_t i = 0; i < n; ++i) wc[lab[i]] += wv[i];
-  std::vector<float> wcf(wc.begin(), wc.end());
-  Data Dc;
-  prepare(Dc, cand.data(), m, d, wcf.data(), D.metric, D.threads, D.ks);
-  KMeansParams pc = p;
-  pc.init = KMeansInit::KMeansPP;
-  pc.max_iter = 5;
-  std::vector<float> centers(static_cast<std::size_t>(k * d));
-  seed_centers(pc, Dc, rng.next(), centers.data(), cancel);
-  KMeansResult rc;
-  lloyd(pc, Dc, centers, rc, cancel);
-  std::copy(rc.centers.begin(), rc.centers.end(), out);
+  std::vector<std::uint64_t> units(static_cast<std::size_t>(m));
+  seed_candidate_units(D, cand.data(), m, wscale, units.data(), cancel);
+  seed_finish(p, cand.data(), m, d, units.data(), wscale, finish_seed, D.threads, D.ks, out, cancel);
 }
 
 }  // namespace

@@ -42,6 +42,8 @@ struct Data {
   // pack them. (A bf16 copy for bf16 sets cost more to write than the packing it saved:
   // 200k x 384 k=256, 0.68 s -> 0.76 s.)
   const float* words = nullptr;
+  /// words for the rows x: themselves where the kernel set multiplies float32 rows in place.
+  void set_words() { words = ks->gemm_rows && ks->per_word == 1 ? x : nullptr; }
   std::vector<double> colmax;  // per feature: max_i |x_if| * row scale (Accum's fixed-point scales)
   double wmax = 0.0;           // max_i w_i
   Metric metric;
@@ -56,27 +58,56 @@ struct Data {
 /// and the rounding error of a sum is at most n * 2^-62 * max |w' x_f| (far below the float32
 /// rounding of the final centres). Weights are accumulated the same way (counts when
 /// unweighted). Each thread owns its accumulators (mod 2^64); their sum is exact.
+/// 2^e with n * m * 2^e < 2^bits (1 when m is 0): a fixed-point scale under which n values of
+/// magnitude at most m sum to less than 2^bits in any order (chunk.cpp).
+double pow2_scale(idx_t n, double m, int bits);
+
+using u128 = unsigned __int128;
+
+/// A rounded fixed-point value as a 128-bit two's complement integer (sums of these wrap
+/// mod 2^128, so they are exact in any order while the true sum fits in 127 bits).
+inline u128 fixed(double v) {
+  const double r = std::nearbyint(v);
+  return r < 0.0 ? static_cast<u128>(0) - static_cast<u128>(static_cast<__int128>(-r))
+                 : static_cast<u128>(static_cast<__int128>(r));
+}
+
+/// A 128-bit sum as four 32-bit limbs, one per uint64, so that limbs of up to 2^32 chunks add
+/// without overflow.
+inline void to_limbs(u128 t, std::uint64_t* limbs) {
+  for (int l = 0; l < 4; ++l) limbs[l] = static_cast<std::uint64_t>((t >> (32 * l)) & 0xffffffffu);
+}
+
+/// The signed value of a 128-bit sum given as four 32-bit limbs (each possibly carrying).
+inline double from_limbs(const std::uint64_t* l) {
+  u128 t = 0;
+  for (int j = 3; j >= 0; --j) t = (t << 32) + static_cast<u128>(l[j]);
+  return static_cast<double>(static_cast<__int128>(t));
+}
+
+/// The centre sums and weights (k * d + k integers mod 2^64) as fp64 values, one rounding each.
+void sums_to_double(const std::uint64_t* t, idx_t k, idx_t d, const double* qscale, double wscale,
+                    std::vector<double>& sums, std::vector<double>& wsum);
+
 struct Accum {
   idx_t k = 0, d = 0;
   std::vector<double> qscale;   // d
   double wscale = 1.0;
   std::vector<std::vector<std::uint64_t>> t;  // per thread: k * d sums, then k weights
 
+  /// Scales for a fit over the rows of D (whose maxima do not depend on the order).
   void init(const Data& D, idx_t kk) {
+    qscale.resize(static_cast<std::size_t>(D.d));
+    for (idx_t f = 0; f < D.d; ++f) qscale[f] = pow2_scale(D.n, D.colmax[f], 61);
+    init(kk, D.d, qscale.data(), D.w ? pow2_scale(D.n, D.wmax, 61) : 1.0, D.threads);
+  }
+  /// Given scales (a chunk of a larger fit).
+  void init(idx_t kk, idx_t dd, const double* qs, double ws, int threads) {
     k = kk;
-    d = D.d;
-    const std::vector<double>& mx = D.colmax;  // maxima do not depend on the order
-    const double wmax = D.wmax;
-    auto pow2_below = [&](double m) {  // 2^e with static_cast<double>(n) * m * 2^e < 2^61
-      if (!(m > 0.0)) return 1.0;
-      int e = 0;
-      std::frexp(static_cast<double>(D.n) * m, &e);  // n * m < 2^e
-      return std::ldexp(1.0, std::max(-1000, std::min(1000, 61 - e)));
-    };
-    qscale.resize(static_cast<std::size_t>(d));
-    for (idx_t f = 0; f < d; ++f) qscale[f] = pow2_below(mx[f]);
-    wscale = D.w ? pow2_below(wmax) : 1.0;
-    t.assign(static_cast<std::size_t>(D.threads), std::vector<std::uint64_t>(static_cast<std::size_t>(k * d + k)));
+    d = dd;
+    qscale.assign(qs, qs + dd);
+    wscale = ws;
+    t.assign(static_cast<std::size_t>(threads), std::vector<std::uint64_t>(static_cast<std::size_t>(k * d + k)));
   }
   static double row_scale(const Data& D, idx_t i) {
     const double w = D.weight(i);
@@ -92,18 +123,16 @@ struct Accum {
     const auto wq = static_cast<std::uint64_t>(D.w ? std::llrint(D.weight(i) * wscale) : 1);
     a[k * d + c] = subtract ? a[k * d + c] - wq : a[k * d + c] + wq;
   }
+  /// The threads' accumulators added (mod 2^64: exact).
+  std::vector<std::uint64_t> combined() const {
+    std::vector<std::uint64_t> s(static_cast<std::size_t>(k * d + k), 0);
+    for (const auto& v : t)
+      for (std::size_t j = 0; j < s.size(); ++j) s[j] += v[j];
+    return s;
+  }
   /// The exact totals, converted to fp64 (one rounding each).
-  void totals(std::vector<double>& sums, std::vector<double>& wsum, int threads) const {
-    parallel_for(threads, k, [&](idx_t c) {
-      for (idx_t f = 0; f < d; ++f) {
-        std::uint64_t s = 0;
-        for (const auto& v : t) s += v[c * d + f];
-        sums[c * d + f] = static_cast<double>(static_cast<std::int64_t>(s)) / qscale[f];
-      }
-      std::uint64_t w = 0;
-      for (const auto& v : t) w += v[k * d + c];
-      wsum[c] = static_cast<double>(static_cast<std::int64_t>(w)) / wscale;
-    });
+  void totals(std::vector<double>& sums, std::vector<double>& wsum) const {
+    sums_to_double(combined().data(), k, d, qscale.data(), wscale, sums, wsum);
   }
 };
 
@@ -186,9 +215,34 @@ std::vector<Range> make_ranges(idx_t n);
 /// checks (data.cpp).
 void prepare(Data& D, const float* x, idx_t n, idx_t d, const float* w, Metric m, int threads,
              const KernelSet* ks = nullptr);
-/// Mean per-feature variance (tol's unit) and the exact objective of labels (data.cpp).
+/// Mean per-feature variance (tol's unit) and the exact objective of labels (data.cpp), both
+/// from fixed-point sums that do not depend on the order of the rows (chunk.cpp), so a fit over
+/// chunks gets the same values.
 double mean_variance(const Data& D);
-double objective(const Data& D, const float* centers, const std::vector<idx_t>& labels);
+double objective(const Data& D, const float* centers, idx_t k, const std::vector<idx_t>& labels);
+
+/// The pieces behind them and behind a fit over chunks (chunk.cpp).
+std::vector<double> abs_maxima(const Data& D);
+void moment_limbs(const Data& D, const double* absmax, idx_t n_total, std::uint64_t* limbs);
+double mean_variance_of(const std::uint64_t* limbs, const double* absmax, idx_t n_total, idx_t d);
+double objective_scale(Metric m, idx_t n_total, const double* absmax, idx_t d, double wmax, const float* centers,
+                       idx_t k);
+void objective_limbs(const Data& D, const float* centers, const idx_t* labels, double scale, std::uint64_t* limbs);
+double objective_of(const std::uint64_t* limbs, double scale);
+
+/// Initial centres of a run: unit length for cosine (a zero centre is an error).
+void start_centres(Metric m, float* centers, idx_t k, idx_t d);
+/// Empty clusters take the repair rows in order (rx: their values, rw: weights or null,
+/// from_labels: their clusters), each leaving its old cluster's sums; a row of weight zero
+/// leaves its cluster empty. Returns the clusters repaired.
+int apply_repair(Metric m, idx_t d, const std::vector<idx_t>& empty, const float* rx, const float* rw,
+                 const idx_t* from_labels, idx_t n_repair, std::vector<double>& sums, std::vector<double>& wsum);
+/// The new centres from the sums (cosine: their directions); a cluster still empty keeps its
+/// centre. Returns the total squared shift.
+double update_centres(Metric m, idx_t d, const std::vector<float>& centers, const std::vector<double>& sums,
+                      const std::vector<double>& wsum, std::vector<float>& next, idx_t k);
+/// Clusters with no weight.
+std::vector<idx_t> empty_clusters(const std::vector<double>& wsum);
 
 /// One assignment pass (assign.cpp); returns how many labels changed.
 idx_t assign_pass(const PackedSet& cs, const Data& D, idx_t* labels, float* mind, Accum* acc, bool acc_full,
@@ -201,6 +255,21 @@ void choose_movers(const PackedSet& cs, const Data& D, const idx_t* labels, idx_
 
 /// Initial centres: k-means++, random rows or k-means|| (init.cpp).
 void seed_centers(const KMeansParams& p, const Data& D, std::uint64_t seed, float* out, Cancel& cancel);
+
+/// k-means|| pieces, per chunk or on the whole array (seed_chunk.cpp; see kmeans_chunk.hpp).
+std::uint64_t seed_units_total(const float* w, idx_t n, double wscale);
+idx_t seed_pick_row(const float* w, idx_t n, double wscale, std::uint64_t target);
+double seed_potential_scale(Metric m, idx_t n_total, const double* absmax, idx_t d, double wmax);
+void seed_draws(std::uint64_t seed, std::uint64_t total, std::uint64_t* target, std::uint64_t* finish_seed);
+void seed_nearer(const Data& D, const float* batch, idx_t t, std::vector<float>& closest, double pscale,
+                 std::uint64_t* limbs, Cancel& cancel);
+void seed_sample(const float* x, idx_t n, idx_t d, const float* w, const std::vector<float>& closest, double pot,
+                 idx_t k, std::uint64_t seed, int round, idx_t row_offset, std::vector<float>& batch);
+void seed_candidate_units(const Data& D, const float* cand, idx_t m, double wscale, std::uint64_t* units,
+                          Cancel& cancel);
+void seed_finish(const KMeansParams& p, const float* cand, idx_t m, idx_t d, const std::uint64_t* units,
+                 double wscale, std::uint64_t finish_seed, int threads, const KernelSet* ks, float* out,
+                 Cancel& cancel);
 
 /// One full k-means run from the given initial centres (lloyd.cpp).
 void lloyd(const KMeansParams& p, const Data& D, std::vector<float>& centers, KMeansResult& res, Cancel& cancel);

@@ -12,70 +12,30 @@ namespace {
 /// moved out of their old clusters' sums, as scikit-learn does; labels follow at the next
 /// assignment. Returns how many clusters were repaired.
 int repair_empty_clusters(const Data& D, const PackedSet& cs, const std::vector<idx_t>& labels,
-                          std::vector<float>& mind, std::vector<double>& sums, std::vector<double>& wsum, idx_t k) {
+                          std::vector<float>& mind, std::vector<double>& sums, std::vector<double>& wsum) {
+  const std::vector<idx_t> empty = empty_clusters(wsum);
+  if (empty.empty()) return 0;
   const idx_t n = D.n, d = D.d;
-  int repaired = 0;
-  std::vector<idx_t> empty;
-  for (idx_t c = 0; c < k; ++c)
-    if (wsum[c] <= 0.0) empty.push_back(c);
-  if (!empty.empty()) {
-    // Exact distances of every row to the centre it was assigned to (rare: only here).
-    parallel_for(D.threads, n, [&](idx_t i) {
-      mind[i] = static_cast<float>(std::max(0.0, exact_value(D.metric, D.x + i * d, cs.row(labels[i]), d,
-                                                             D.metric == Metric::Cosine ? D.xnorm[i] : 0.0,
-                                                             cs.norm[labels[i]])));
-    });
-    std::vector<idx_t> order(static_cast<std::size_t>(n));
-    std::iota(order.begin(), order.end(), idx_t{0});
-    const std::size_t ne = std::min<std::size_t>(empty.size(), order.size());
-    std::partial_sort(order.begin(), order.begin() + ne, order.end(), [&](idx_t a, idx_t b) {
-      return mind[a] != mind[b] ? mind[a] > mind[b] : a < b;
-    });
-    for (std::size_t e = 0; e < ne; ++e) {
-      const idx_t row = order[e], to = empty[e], from = labels[row];
-      const double wi = D.weight(row);
-      if (wi <= 0.0) continue;
-      const double sc = D.metric == Metric::Cosine ? wi / D.xnorm[row] : wi;
-      for (idx_t f = 0; f < d; ++f) {
-        const double v = sc * D.x[row * d + f];
-        sums[from * d + f] -= v;
-        sums[to * d + f] = v;
-      }
-      wsum[from] -= wi;
-      wsum[to] = wi;
-      ++repaired;
-    }
+  // Exact distances of every row to the centre it was assigned to (rare: only here).
+  parallel_for(D.threads, n, [&](idx_t i) {
+    mind[i] = static_cast<float>(std::max(0.0, exact_value(D.metric, D.x + i * d, cs.row(labels[i]), d,
+                                                           D.metric == Metric::Cosine ? D.xnorm[i] : 0.0,
+                                                           cs.norm[labels[i]])));
+  });
+  std::vector<idx_t> order(static_cast<std::size_t>(n));
+  std::iota(order.begin(), order.end(), idx_t{0});
+  const std::size_t ne = std::min<std::size_t>(empty.size(), order.size());
+  std::partial_sort(order.begin(), order.begin() + ne, order.end(), [&](idx_t a, idx_t b) {
+    return mind[a] != mind[b] ? mind[a] > mind[b] : a < b;
+  });
+  std::vector<float> rx(ne * static_cast<std::size_t>(d)), rw(ne);
+  std::vector<idx_t> from(ne);
+  for (std::size_t e = 0; e < ne; ++e) {
+    std::memcpy(rx.data() + e * d, D.x + order[e] * d, sizeof(float) * d);
+    rw[e] = static_cast<float>(D.weight(order[e]));
+    from[e] = labels[order[e]];
   }
-  return repaired;
-}
-
-/// The new centres from the sums (cosine: the sums' directions); a cluster still empty keeps
-/// its centre. Returns the total squared shift.
-double update_centres(const Data& D, const std::vector<float>& centers, const std::vector<double>& sums,
-                      const std::vector<double>& wsum, std::vector<float>& next, idx_t k) {
-  const idx_t d = D.d;
-  double shift = 0.0;
-  for (idx_t c = 0; c < k; ++c) {
-    float* nc = next.data() + c * d;
-    if (wsum[c] <= 0.0) {  // still empty (all weights zero): keep the old centre
-      std::memcpy(nc, centers.data() + c * d, sizeof(float) * d);
-      continue;
-    }
-    if (D.metric == Metric::Cosine) {
-      double nn = 0.0;
-      for (idx_t f = 0; f < d; ++f) nn += sums[c * d + f] * sums[c * d + f];
-      nn = std::sqrt(nn);
-      for (idx_t f = 0; f < d; ++f)
-        nc[f] = nn > 0.0 ? static_cast<float>(sums[c * d + f] / nn) : centers[c * d + f];
-    } else {
-      for (idx_t f = 0; f < d; ++f) nc[f] = static_cast<float>(sums[c * d + f] / wsum[c]);
-    }
-    for (idx_t f = 0; f < d; ++f) {
-      const double t = static_cast<double>(nc[f]) - centers[c * d + f];
-      shift += t * t;
-    }
-  }
-  return shift;
+  return apply_repair(D.metric, d, empty, rx.data(), rw.data(), from.data(), static_cast<idx_t>(ne), sums, wsum);
 }
 
 }  // namespace
@@ -101,15 +61,6 @@ void update_pruning(const PackedSet& cs, const Data& D, const std::vector<float>
   if (!pr.movers.empty())
     pack_set(pr.mv, centers.data(), static_cast<idx_t>(pr.movers.size()), D.d, D.metric, pr.movers.data(),
              D.threads, D.ks);
-}
-
-/// Spherical k-means starts from unit centres; a zero centre has no direction.
-void normalise_initial_centres(std::vector<float>& centers, idx_t k, idx_t d) {
-  for (idx_t c = 0; c < k; ++c) {
-    const double nn = std::sqrt(sqnorm(centers.data() + c * d, d));
-    if (nn == 0.0) fail("initial centre " + std::to_string(c) + " has zero norm (cosine metric)");
-    for (idx_t f = 0; f < d; ++f) centers[c * d + f] = static_cast<float>(centers[c * d + f] / nn);
-  }
 }
 
 }  // namespace
@@ -144,12 +95,12 @@ void lloyd(const KMeansParams& p, const Data& D, std::vector<float>& centers, KM
                 use_prune ? &pr : nullptr);
     ++passes;
   };
-  if (D.metric == Metric::Cosine) normalise_initial_centres(centers, k, d);
+  start_centres(D.metric, centers.data(), k, d);
   for (it = 0; it < p.max_iter; ++it) {
     pass(true);
-    acc.totals(sums, wsum, D.threads);
-    repaired += repair_empty_clusters(D, cs, labels, mind, sums, wsum, k);
-    const double shift = update_centres(D, centers, sums, wsum, next, k);
+    acc.totals(sums, wsum);
+    repaired += repair_empty_clusters(D, cs, labels, mind, sums, wsum);
+    const double shift = update_centres(D.metric, d, centers, sums, wsum, next, k);
     if (use_prune) centre_shifts(D, centers, next, k, pr);
     centers.swap(next);
     if (changed == 0) {
@@ -168,7 +119,7 @@ void lloyd(const KMeansParams& p, const Data& D, std::vector<float>& centers, KM
   }
   res.centers = centers;
   res.labels = std::move(labels);
-  res.inertia = objective(D, res.centers.data(), res.labels);
+  res.inertia = objective(D, res.centers.data(), k, res.labels);
   res.n_iter = std::min(it, p.max_iter);
   res.n_empty_repaired = repaired;
   if (use_prune) {

@@ -45,8 +45,9 @@ def real_in(lo: float, hi: float = math.inf, lo_open: bool = True) -> Callable[[
 POSITIVE = int_at_least(1)
 
 
-def require(modules: List[str], why: str) -> None:
-    """Fails before any work when an optional dependency is missing."""
+def require(modules: List[str], why: str, extra: str = "transfer") -> None:
+    """Fails before any work when an optional dependency is missing, naming the pip package and
+    the embedcluster extra that brings it."""
     import importlib
 
     for name in modules:
@@ -54,9 +55,9 @@ def require(modules: List[str], why: str) -> None:
             importlib.import_module(name)
         except ImportError as e:
             pip = {"matplotlib": "matplotlib", "torch": "torch==2.13.0", "safetensors": "safetensors",
-                   "PIL": "pillow", "tqdm": "tqdm"}.get(name, name)
+                   "PIL": "pillow", "tqdm": "tqdm", "dask": "'dask[array]'"}.get(name, name)
             raise ImportError(f"{why} needs {name}, which is not installed ({e}); install it with "
-                              f"pip install {pip}, or pip install 'embedcluster[transfer]'") from None
+                              f"pip install {pip}, or pip install 'embedcluster[{extra}]'") from None
 
 
 def check_output_file(path: Optional[str], what: str) -> None:
@@ -115,6 +116,43 @@ def load_npy(path: str, what: str):
     if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
         raise ValueError(f"{what} file {path} should hold a 1-D integer array, got {arr.dtype} of shape {arr.shape}")
     return arr
+
+
+def embedding_files(spec: str) -> List[Path]:
+    """The .npy files that EMBEDDINGS names: one file, the .npy files of a folder (sorted by name)
+    or the files a glob pattern matches (sorted by path)."""
+    import glob
+
+    p = Path(spec)
+    if p.is_dir():
+        # Not is_file(): a FIFO named like a shard must be refused by the header check, not skipped.
+        files = sorted(f for f in p.glob("*.npy") if not f.is_dir())
+        if not files:
+            raise FileNotFoundError(f"folder {p} holds no .npy files; pass a .npy file, a folder of .npy "
+                                    "shards or a glob such as 'shards/*.npy'")
+        return files
+    if p.exists() or not glob.has_magic(spec):
+        return [p]
+    files = sorted(Path(f) for f in glob.glob(spec) if not os.path.isdir(f))
+    if not files:
+        raise FileNotFoundError(f"no file matches the pattern {spec!r}; quote the pattern so that the "
+                                "shell passes it unexpanded, and check the folder")
+    return files
+
+
+def load_embedding_shards(files: List[Path]) -> List[Any]:
+    """Each shard memory-mapped after its header check; all must be non-empty 2-D arrays with the
+    first shard's number of columns and dtype (the error names the offending file)."""
+    shards = [load_npy(str(f), "embeddings") for f in files]
+    first = shards[0]
+    for f, arr in zip(files[1:], shards[1:]):
+        if arr.shape[1] != first.shape[1]:
+            raise ValueError(f"embeddings shard {f} has {arr.shape[1]} columns but {files[0]} has "
+                             f"{first.shape[1]}; all shards must have the same number of columns")
+        if arr.dtype != first.dtype:
+            raise ValueError(f"embeddings shard {f} holds {arr.dtype} but {files[0]} holds {first.dtype}; "
+                             "all shards must share one dtype")
+    return shards
 
 
 def save_npy(path: str, arr) -> None:

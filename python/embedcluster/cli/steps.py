@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import os
+from pathlib import Path
+from typing import Any, List
 
-from ._common import (POSITIVE, check_output_file, check_same_length, data_help, emit, int_at_least, load_npy,
-                      load_truth, metric_line, real_in, require, save_npy, set_command)
+from ._common import (POSITIVE, check_output_file, check_same_length, data_help, emit, embedding_files, int_at_least,
+                      load_embedding_shards, load_npy, load_truth, metric_line, real_in, require, save_npy,
+                      set_command)
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
@@ -32,20 +35,60 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
     from ..cluster import DBSCAN, KMeans
 
     check_output_file(args.out, "labels")
-    Z = load_npy(args.embeddings, "embeddings")
-    if args.algorithm == "kmeans":
-        est = KMeans(args.n_clusters, n_init=args.n_init, metric=args.metric, random_state=args.seed)
+    if args.scheduler is not None:
+        if args.algorithm != "kmeans":
+            raise ValueError("--scheduler runs k-means only; DBSCAN runs in this process on one .npy file")
+        require(["dask", "distributed"], "--scheduler", extra="dask")
+    files = embedding_files(args.embeddings)
+    if args.algorithm == "dbscan" and len(files) > 1:
+        raise ValueError(f"DBSCAN needs the embeddings as one .npy file for now, but {args.embeddings} names "
+                         f"{len(files)} shards; concatenate them into one file or use --algorithm kmeans")
+    shards = load_embedding_shards(files)
+    if args.scheduler is not None:
+        est = _fit_on_scheduler(args, files, shards)
     else:
-        est = DBSCAN(eps=args.eps, min_samples=args.min_samples,
-                     metric="euclidean" if args.metric == "l2" else args.metric)
-    labels = est.fit(Z).labels_
+        from ..data.sharded import ShardedArray
+
+        Z = shards[0] if len(shards) == 1 else ShardedArray(shards)
+        if args.algorithm == "kmeans":
+            est = KMeans(args.n_clusters, n_init=args.n_init, metric=args.metric, random_state=args.seed)
+        else:
+            est = DBSCAN(eps=args.eps, min_samples=args.min_samples,
+                         metric="euclidean" if args.metric == "l2" else args.metric)
+        est.fit(Z)
+    labels = est.labels_
     save_npy(args.out, labels)
     res = {"out": args.out, "n_points": int(len(labels)), "n_clusters": int(len(set(labels.tolist()) - {-1})),
-           "n_noise": int((labels == -1).sum())}
+           "n_noise": int((labels == -1).sum()), "n_shards": len(files), "scheduler": args.scheduler}
     if args.algorithm == "kmeans":
         res["inertia"] = est.inertia_
         res["n_iter"] = est.n_iter_
-    return emit(args, res, [f"{res['n_clusters']} clusters, {res['n_noise']} noise points -> {args.out}"])
+    where = f" on {args.scheduler}" if args.scheduler is not None else ""
+    return emit(args, res, [f"{res['n_clusters']} clusters, {res['n_noise']} noise points from "
+                            f"{len(files)} file(s){where} -> {args.out}"])
+
+
+def _fit_on_scheduler(args: argparse.Namespace, files: List[Path], shards: List[Any]) -> Any:
+    """k-means on a Dask cluster: every worker opens its own shards from the same paths (the
+    client read only their headers), and the labels come back to the client."""
+    import dask
+    import dask.array as da
+    import numpy as np
+    from distributed import Client
+
+    from ..dask import KMeans as DaskKMeans
+
+    blocks = [da.from_delayed(dask.delayed(np.load)(os.path.abspath(f), mmap_mode="r", allow_pickle=False),
+                              shape=arr.shape, dtype=arr.dtype) for f, arr in zip(files, shards)]
+    try:
+        client = Client(args.scheduler)
+    except OSError as e:
+        raise ConnectionError(f"cannot reach the Dask scheduler at {args.scheduler} ({e}); start one with "
+                              "`dask scheduler` and workers with `dask worker ADDRESS`") from e
+    with client:
+        est = DaskKMeans(args.n_clusters, init="k-means||", n_init=args.n_init, random_state=args.seed,
+                         metric=args.metric, client=client)
+        return est.fit(da.concatenate(blocks, axis=0))
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -77,8 +120,10 @@ def add_parsers(sub: Any) -> None:
     set_command(pe, _cmd_embed, "print the result as JSON")
 
     pc = sub.add_parser("cluster", help="cluster embeddings (k-means or DBSCAN)",
-                        description="Cluster the rows of EMBEDDINGS (.npy) and write the labels (.npy, -1 = noise).")
-    pc.add_argument("embeddings", help="embeddings (.npy, n x d)")
+                        description="Cluster the rows of EMBEDDINGS (.npy) and write the labels (.npy, -1 = noise). "
+                        "Several shards are read memory-mapped, one after another, as one array (k-means only).")
+    pc.add_argument("embeddings", help="embeddings (n x d): a .npy file, a folder of .npy shards (sorted by name) "
+                    "or a quoted glob such as 'shards/*.npy' (sorted); shards share columns and dtype")
     pc.add_argument("--algorithm", choices=["kmeans", "dbscan"], default="kmeans", help="default kmeans")
     pc.add_argument("--n-clusters", type=POSITIVE, default=8, help="k for k-means (default 8)")
     pc.add_argument("--n-init", type=POSITIVE, default=10,
@@ -87,6 +132,10 @@ def add_parsers(sub: Any) -> None:
     pc.add_argument("--min-samples", type=POSITIVE, default=5, help="DBSCAN core threshold (default 5)")
     pc.add_argument("--metric", choices=["l2", "cosine"], default="l2", help="default l2")
     pc.add_argument("--seed", type=int_at_least(0), default=0, help="random seed (default 0)")
+    pc.add_argument("--scheduler", metavar="ADDRESS",
+                    help="run k-means on the Dask cluster at ADDRESS (e.g. tcp://host:8786; k-means|| seeding): "
+                    "each worker opens its own shards by path, so the EMBEDDINGS files must exist at the same "
+                    "absolute paths on every worker; needs pip install 'embedcluster[dask]'")
     pc.add_argument("--out", required=True, help="where to write the labels (.npy)")
     set_command(pc, _cmd_cluster, "print the result as JSON")
 

@@ -23,6 +23,22 @@ from ._common import CLUSTER_METRICS, check_features, engine_constraints, store_
 
 _KMEANS_INITS = {"auto", "k-means++", "k-means||", "random"}
 
+# Bytes of float32 rows converted at a time when X is streamed (shards, memory maps of another dtype).
+STREAM_BLOCK_BYTES = 64 << 20
+
+
+def streamed_rows(X: Any) -> Any:
+    """X itself when fit should stream it block by block instead of converting it whole: a
+    ShardedArray (shards are never concatenated) or a memory map that is not float32 and
+    C-contiguous (converting it would copy the file into memory). None otherwise."""
+    from ..data.sharded import ShardedArray
+
+    if isinstance(X, ShardedArray):
+        return X
+    if isinstance(X, np.memmap) and X.ndim == 2 and not (X.dtype == np.float32 and X.flags.c_contiguous):
+        return X
+    return None
+
 
 class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     """k-means clustering on the native engine (Lloyd iterations with exact assignment).
@@ -121,9 +137,13 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> KMeans:
         """Computes the clustering. ``y`` is ignored; ``sample_weight`` weights each row."""
         self._validate_params()
+        for stale in ("counts_", "n_steps_"):  # partial_fit's state belongs to earlier centres
+            self.__dict__.pop(stale, None)
         memory_limit = memory_limit_arg(self.memory_limit)
         metric = engine_metric(self.metric)
         backend = resolve_backend(self.backend, "k-means")
+        if streamed_rows(X) is not None:
+            return self._fit_streamed(streamed_rows(X), sample_weight, backend, metric)
         # The native fit checks NaN / infinity in its first pass over the data.
         X = as_matrix(X, estimator="KMeans", check_finite=backend != "native")
         n, d = X.shape
@@ -156,6 +176,10 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             init_arr = None if isinstance(init, str) else init
             centers, labels, inertia, n_iter = _faiss.kmeans(X, int(self.n_clusters), int(self.max_iter),
                                                              metric, init_arr, seed, w)
+        self._store(centers, labels, inertia, n_iter, computed, movers, d, backend)
+        return self
+
+    def _store(self, centers, labels, inertia, n_iter, computed, movers, d, backend) -> None:
         distinct = len(np.unique(labels))
         if distinct < self.n_clusters:
             warnings.warn(
@@ -171,6 +195,103 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.mover_fraction_ = movers
         self.n_features_in_ = d
         self.backend_ = backend
+
+    def _fit_streamed(self, X: Any, sample_weight: Any, backend: str, metric: str) -> KMeans:
+        """fit on rows read block by block (shards, memory maps of another dtype): the engine's
+        chunked k-means, bit-identical to fitting the same rows as one array with the same init
+        (``init="auto"`` means k-means|| here, whatever the size)."""
+        from .._chunked import FitParams, LocalChunks, fit_over_chunks
+
+        if backend != "native":
+            raise ValueError("backend='faiss' needs X as one in-memory array; sharded or memory-mapped "
+                             "input is streamed by the native engine (backend='native')")
+        n, d = int(X.shape[0]), int(X.shape[1])
+        if n < self.n_clusters:
+            raise ValueError(f"n_samples={n} should be >= n_clusters={self.n_clusters}.")
+        w = as_weights(sample_weight, n)
+        init: Any = self.init
+        if isinstance(init, str):
+            if init in ("k-means++", "random"):
+                raise ValueError(f"init={init!r} needs X as one in-memory array; for sharded or memory-mapped "
+                                 "input use init='k-means||' (or 'auto') or an array of initial centres")
+            init = "k-means||"  # "auto" too: k-means++ would read the data k times
+        else:
+            init = as_matrix(init, "init", estimator="KMeans")
+            if init.shape != (self.n_clusters, d):
+                raise ValueError(f"init has shape {init.shape} but should be (n_clusters, n_features) = "
+                                 f"({self.n_clusters}, {d})")
+        prune = self.n_clusters >= _core.KMEANS_PRUNE_MIN_K if isinstance(self.prune, str) else bool(self.prune)
+        params = FitParams(int(self.n_clusters), metric=metric, max_iter=int(self.max_iter), tol=float(self.tol),
+                           prune=prune, weighted=w is not None)
+        block = max(1, STREAM_BLOCK_BYTES // (4 * d))
+        runner = LocalChunks(X, block, sample_weight=w, n_threads=threads_arg(self.n_threads),
+                             precision=precision_arg(self.precision))
+        r = fit_over_chunks(runner, init, params, seed_of(self.random_state), int(self.n_init),
+                            n_threads=threads_arg(self.n_threads), precision=precision_arg(self.precision))
+        computed = runner.rows_computed() / (float(n) * max(1, runner.passes)) if prune else 1.0
+        self._store(r.centers, r.labels, r.inertia, r.n_iter, computed, 0.0, d, backend)  # no mover stage
+        return self
+
+    def partial_fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> KMeans:
+        """One mini-batch step of k-means, for data that arrives as a stream (Sculley 2010, the
+        update of scikit-learn's ``MiniBatchKMeans`` without random reassignment).
+
+        The first call chooses the centres from its batch with ``init`` (which needs at least
+        ``n_clusters`` rows) unless the estimator is already fitted. Every call assigns the
+        batch's rows to their nearest centre (exact) and moves each centre to the weighted mean
+        of everything it has been given so far: ``c <- (c * n_c + sum of the batch's rows in
+        c) / (n_c + their weight)``, ``n_c`` the weight seen before (``counts_``); for
+        "cosine" the centre is then scaled to unit length. ``labels_`` are the batch's labels
+        against the centres before the step; ``n_steps_`` counts the calls.
+        """
+        first = not hasattr(self, "cluster_centers_")
+        if first:
+            self._validate_params()
+        X = as_matrix(X, estimator="KMeans")
+        w = as_weights(sample_weight, X.shape[0])
+        if first:
+            if X.shape[0] < self.n_clusters:
+                raise ValueError(f"the first batch has n_samples={X.shape[0]} but should have >= "
+                                 f"n_clusters={self.n_clusters} to choose the initial centres")
+            init = self.init
+            if isinstance(init, str) and init == "auto":
+                init = "k-means++"
+            if isinstance(init, str):
+                centers = _core.kmeans_init(X, int(self.n_clusters), metric=engine_metric(self.metric), init=init,
+                                            seed=seed_of(self.random_state), sample_weight=w,
+                                            n_threads=threads_arg(self.n_threads),
+                                            memory_limit=memory_limit_arg(self.memory_limit))
+            else:
+                centers = as_matrix(init, "init", estimator="KMeans")
+                if centers.shape != (self.n_clusters, X.shape[1]):
+                    raise ValueError(f"init has shape {centers.shape} but should be (n_clusters, n_features) = "
+                                     f"({self.n_clusters}, {X.shape[1]})")
+            self.cluster_centers_ = _core.kmeans_start_centres(centers, engine_metric(self.metric))
+            self.counts_ = np.zeros(self.n_clusters, dtype=np.float64)
+            self.n_features_in_ = X.shape[1]
+            self.n_steps_ = 0
+            self.backend_ = "native"
+        elif not hasattr(self, "counts_"):  # fitted by fit(): continue from its clusters' weights
+            labels = np.asarray(self.labels_)
+            self.counts_ = np.bincount(labels, minlength=self.n_clusters).astype(np.float64)
+            self.n_steps_ = 0
+        check_features(self, X)
+        labels, _ = self._assign(X)
+        weights = np.ones(X.shape[0]) if w is None else w.astype(np.float64)
+        sums = np.zeros((self.n_clusters, X.shape[1]))
+        np.add.at(sums, labels, X.astype(np.float64) * weights[:, None])
+        batch = np.bincount(labels, weights=weights, minlength=self.n_clusters)
+        moved = batch > 0
+        total = self.counts_[moved] + batch[moved]
+        centers = self.cluster_centers_.astype(np.float64)
+        centers[moved] = (centers[moved] * self.counts_[moved, None] + sums[moved]) / total[:, None]
+        if engine_metric(self.metric) == "cosine":
+            norms = np.linalg.norm(centers[moved], axis=1, keepdims=True)
+            centers[moved] /= np.where(norms > 0, norms, 1.0)
+        self.cluster_centers_ = centers.astype(np.float32)
+        self.counts_[moved] = total
+        self.labels_ = labels
+        self.n_steps_ += 1
         return self
 
     def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None) -> np.ndarray:

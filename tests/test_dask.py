@@ -1,0 +1,153 @@
+"""embedcluster.dask on a real distributed.LocalCluster (2 worker processes, 1 thread each):
+results bit-identical to the single-machine estimator for uneven chunkings, a worker killed
+mid-fit, and the estimator's errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+da = pytest.importorskip("dask.array")
+distributed = pytest.importorskip("distributed")
+
+import embedcluster  # noqa: E402
+import embedcluster._chunked as chunked  # noqa: E402
+import embedcluster.dask as ecd  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def client():
+    # Workers inherit the environment: one OpenMP thread each, as a deployment would set it.
+    old = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                           dashboard_address=None, silence_logs=40)
+        c = distributed.Client(cluster)
+    finally:
+        if old is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = old
+    yield c
+    c.close()
+    cluster.close()
+
+
+def blobs(n=8000, d=16, centres=10, seed=0):
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(centres, d)).astype(np.float32) * 4
+    x = means[rng.integers(0, centres, n)] + rng.normal(size=(n, d)).astype(np.float32)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def single_machine(X, init, **kw):
+    return embedcluster.KMeans(len(init), init=init, **kw).fit(X)
+
+
+def assert_same(km, ref):
+    np.testing.assert_array_equal(km.cluster_centers_, ref.cluster_centers_)
+    np.testing.assert_array_equal(km.labels_, ref.labels_)
+    assert km.inertia_ == ref.inertia_
+    assert km.n_iter_ == ref.n_iter_
+
+
+@pytest.mark.parametrize("chunks", [(8000,), (1000, 3001, 3999), (5, 7990, 5), 777])
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_uneven_chunkings_give_the_single_machine_fit(client, chunks, metric):
+    X = blobs()
+    init = X[np.random.default_rng(1).choice(len(X), 20, replace=False)]
+    ref = single_machine(X, init, metric=metric, max_iter=30)
+    km = ecd.KMeans(20, init=init, metric=metric, max_iter=30, client=client)
+    km.fit(da.from_array(X, chunks=(chunks, 16)))
+    assert_same(km, ref)
+    assert len(km.iteration_seconds_) == km.n_iter_
+    assert km.bytes_received_ > 0
+
+
+def test_weights_and_column_chunks(client):
+    X = blobs(3000, 12, seed=2)
+    w = np.random.default_rng(3).uniform(0, 2, len(X)).astype(np.float32)
+    init = X[:8].copy()
+    ref = embedcluster.KMeans(8, init=init, max_iter=25).fit(X, sample_weight=w)
+    km = ecd.KMeans(8, init=init, max_iter=25, client=client)
+    km.fit(da.from_array(X, chunks=(1100, 5)), sample_weight=da.from_array(w, chunks=700))
+    assert_same(km, ref)
+
+
+def test_predict_is_lazy_and_exact(client):
+    X = blobs(2000, 8)
+    km = ecd.KMeans(5, init=X[:5].copy(), client=client).fit(da.from_array(X, chunks=600))
+    pred = km.predict(da.from_array(X, chunks=450))
+    assert isinstance(pred, da.Array)
+    np.testing.assert_array_equal(pred.compute(), km.labels_)
+
+
+def test_a_worker_killed_mid_fit_changes_nothing(client, monkeypatch):
+    X = blobs(20000, 16, seed=5)
+    init = X[:30].copy()
+    ref = single_machine(X, init, max_iter=12, tol=0.0)
+    pids = list(client.run(os.getpid).values())
+    killed = []
+    real = chunked.lloyd_over_chunks
+
+    def kill_at_iteration_3(runner, init_, p, progress=None):
+        def report(it, changed, shift):
+            if it == 3 and not killed:
+                os.kill(pids[0], signal.SIGKILL)  # the nanny starts a new worker; Dask recomputes
+                killed.append(pids[0])
+            if progress:
+                progress(it, changed, shift)
+        return real(runner, init_, p, report)
+
+    monkeypatch.setattr(chunked, "lloyd_over_chunks", kill_at_iteration_3)
+    km = ecd.KMeans(30, init=init, max_iter=12, tol=0.0, client=client).fit(da.from_array(X, chunks=2500))
+    assert killed
+    assert_same(km, ref)
+    client.wait_for_workers(2, timeout=60)
+
+
+def test_errors(client):
+    X = da.from_array(blobs(100, 4), chunks=50)
+    with pytest.raises(ValueError, match="needs init as an array"):
+        ecd.KMeans(3, client=client).fit(X)
+    with pytest.raises(ValueError, match=r"or init='k-means\|\|', not 'k-means\+\+'"):
+        ecd.KMeans(3, init="k-means++", client=client).fit(X)
+    with pytest.raises(ValueError, match=r"init has shape \(2, 4\)"):
+        ecd.KMeans(3, init=np.zeros((2, 4), np.float32), client=client).fit(X)
+    with pytest.raises(ValueError, match="n_clusters"):
+        ecd.KMeans(0, init=np.zeros((0, 4), np.float32), client=client).fit(X)
+    with pytest.raises(ValueError, match="n_samples=100 should be >= n_clusters=101"):
+        ecd.KMeans(101, init=np.zeros((101, 4), np.float32), client=client).fit(X)
+
+
+@pytest.mark.parametrize("chunks", [(6000,), (5, 2990, 3005), 777])
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_kmeans_parallel_init_gives_the_single_machine_fit(client, chunks, metric):
+    X = blobs(6000, 16, seed=6)
+    ref = embedcluster.KMeans(12, init="k-means||", random_state=7, metric=metric, max_iter=30).fit(X)
+    km = ecd.KMeans(12, init="k-means||", random_state=7, metric=metric, max_iter=30, client=client)
+    km.fit(da.from_array(X, chunks=(chunks, 16)))
+    assert_same(km, ref)
+
+
+def test_kmeans_parallel_init_weighted_and_n_init(client):
+    X = blobs(3000, 8, seed=9)
+    w = np.random.default_rng(4).uniform(0, 2, len(X)).astype(np.float32)
+    ref = embedcluster.KMeans(6, init="k-means||", n_init=3, random_state=11, max_iter=20).fit(X, sample_weight=w)
+    km = ecd.KMeans(6, init="k-means||", n_init=3, random_state=11, max_iter=20, client=client)
+    km.fit(da.from_array(X, chunks=1100), sample_weight=da.from_array(w, chunks=700))
+    assert_same(km, ref)
+
+
+def test_kmeans_parallel_seeding_on_dask_matches_kmeans_init(client):
+    from embedcluster import _core
+    from embedcluster._chunked import FitParams, seed_over_chunks
+
+    X = blobs(2500, 8, seed=10)
+    runner = ecd.DaskChunks(client, da.from_array(X, chunks=((1, 999, 1500), 8)))
+    got = seed_over_chunks(runner, 5, FitParams(9, metric="cosine"))
+    np.testing.assert_array_equal(got, _core.kmeans_init(X, 9, metric="cosine", init="k-means||", seed=5))

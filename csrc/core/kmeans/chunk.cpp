@@ -279,13 +279,7 @@ idx_t kmeans_chunk_pass(Metric m, const float* centers, idx_t k, const float* x,
   Data D;
   const KernelSet* ks = kernel_set ? kernel_set : &kernels();
   if (st.facts_ks == ks && static_cast<idx_t>(st.xsq.size()) == n) {
-    D.ks = ks;
-    D.x = x;
-    D.n = n;
-    D.d = d;
-    D.w = w;
-    D.metric = m;
-    D.threads = resolve_threads(threads);
+    D.bind(x, n, d, w, m, resolve_threads(threads), ks);
     D.xsq.swap(st.xsq);
     D.xnorm.swap(st.xnorm);
     D.xerr.swap(st.xerr);

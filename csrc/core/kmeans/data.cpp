@@ -65,13 +65,7 @@ constexpr idx_t kScanBlock = 1024;  // rows per block of prepare's scan
 
 void prepare(Data& D, const float* x, idx_t n, idx_t d, const float* w, Metric m, int threads,
              const KernelSet* ks) {
-  D.ks = ks ? ks : &kernels();
-  D.x = x;
-  D.n = n;
-  D.d = d;
-  D.w = w;
-  D.metric = m;
-  D.threads = threads;
+  D.bind(x, n, d, w, m, threads, ks);
   D.xsq.resize(static_cast<std::size_t>(n));
   if (m == Metric::Cosine) D.xnorm.resize(static_cast<std::size_t>(n));
   D.xerr.assign(D.ks->input_rel > 0.0 ? static_cast<std::size_t>(n) : 0, 0.0f);

@@ -42,6 +42,17 @@ struct Data {
   // pack them. (A bf16 copy for bf16 sets cost more to write than the packing it saved:
   // 200k x 384 k=256, 0.68 s -> 0.76 s.)
   const float* words = nullptr;
+  /// Points the fit at its rows (no per-row work: prepare or a chunk's kept facts do that).
+  void bind(const float* rows, idx_t nrows, idx_t dims, const float* weights, Metric m, int nthreads,
+            const KernelSet* set) {
+    ks = set ? set : &kernels();
+    x = rows;
+    n = nrows;
+    d = dims;
+    w = weights;
+    metric = m;
+    threads = nthreads;
+  }
   /// words for the rows x: themselves where the kernel set multiplies float32 rows in place.
   void set_words() { words = ks->gemm_rows && ks->per_word == 1 ? x : nullptr; }
   std::vector<double> colmax;  // per feature: max_i |x_if| * row scale (Accum's fixed-point scales)

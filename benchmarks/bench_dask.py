@@ -301,7 +301,8 @@ def main():
               "versions": versions(), "worker_env": client.run(_worker_env),
               "cluster": "LocalCluster(n_workers=2, threads_per_worker=1, processes=True)",
               "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "cases": []}
-    print(f"{record['machine']['cpu_model']}, {os.cpu_count()} CPUs; {record['versions']}; workers {record['worker_env']}")
+    print(f"{record['machine']['cpu_model']}, {os.cpu_count()} CPUs; {record['versions']}; "
+          f"workers {record['worker_env']}")
     try:
         warm_up(client, args)
         for n in args.sizes:

@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 import numpy as np
 
 from . import _core
+from ._backend import EngineMetric, Precision
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class ChunkStats:
     wmax: float
 
     @classmethod
-    def merge(cls, parts: Sequence[Any]) -> "ChunkStats":
+    def merge(cls, parts: Sequence[Any]) -> ChunkStats:
         parts = [p for p in parts if p.n > 0]
         if not parts:
             raise ValueError("k-means needs at least one row (every chunk is empty)")
@@ -57,7 +58,7 @@ class PassResult:
 @dataclass
 class FitParams:
     n_clusters: int
-    metric: str = "l2"
+    metric: EngineMetric = "l2"
     max_iter: int = 300
     tol: float = 1e-4
     prune: bool = True
@@ -72,20 +73,21 @@ class ChunkRunner(Protocol):
     The runner keeps each chunk's :class:`_core.KMeansChunkState` between passes.
     """
 
-    def stats(self, metric: str) -> list: ...
-    def moments(self, absmax: np.ndarray, n_total: int, metric: str) -> list: ...
-    def assign(self, centers: np.ndarray, qscale: np.ndarray, wscale: float, metric: str,
+    def stats(self, metric: EngineMetric) -> list: ...
+    def moments(self, absmax: np.ndarray, n_total: int, metric: EngineMetric) -> list: ...
+    def assign(self, centers: np.ndarray, qscale: np.ndarray, wscale: float, metric: EngineMetric,
                prune: bool) -> list[tuple[int, np.ndarray]]: ...
-    def farthest(self, centers: np.ndarray, count: int, metric: str) -> list[tuple[np.ndarray, np.ndarray]]: ...
+    def farthest(self, centers: np.ndarray, count: int,
+                 metric: EngineMetric) -> list[tuple[np.ndarray, np.ndarray]]: ...
     def rows(self, rows: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray], np.ndarray]: ...
-    def objective(self, centers: np.ndarray, scale: float, metric: str) -> list[np.ndarray]: ...
+    def objective(self, centers: np.ndarray, scale: float, metric: EngineMetric) -> list[np.ndarray]: ...
     def labels(self) -> np.ndarray: ...
     # k-means|| seeding (see seed_over_chunks); the runner keeps each chunk's KMeansSeedState.
     def seed_units(self, wscale: float) -> list[int]: ...
     def seed_pick(self, chunk: int, target: int, wscale: float) -> np.ndarray: ...
-    def seed_nearer(self, batch: np.ndarray, pscale: float, metric: str) -> list[np.ndarray]: ...
+    def seed_nearer(self, batch: np.ndarray, pscale: float, metric: EngineMetric) -> list[np.ndarray]: ...
     def seed_sample(self, pot: float, n_clusters: int, seed: int, round_: int) -> list[np.ndarray]: ...
-    def seed_candidate_units(self, candidates: np.ndarray, wscale: float, metric: str) -> list[np.ndarray]: ...
+    def seed_candidate_units(self, candidates: np.ndarray, wscale: float, metric: EngineMetric) -> list[np.ndarray]: ...
     def reset(self) -> None: ...
 
 
@@ -109,7 +111,7 @@ def _sum_uint64(parts: Sequence[np.ndarray]) -> np.ndarray:
     return total
 
 
-def _repair_rows(runner: ChunkRunner, centers: np.ndarray, count: int, metric: str):
+def _repair_rows(runner: ChunkRunner, centers: np.ndarray, count: int, metric: EngineMetric):
     """The `count` rows farthest from their centres over every chunk (distance, then global row)."""
     dist, rows = [], []
     for d, r in runner.farthest(centers, count, metric):
@@ -131,7 +133,7 @@ def checked_stats(runner: ChunkRunner, p: FitParams) -> ChunkStats:
 
 
 def seed_over_chunks(runner: ChunkRunner, seed: int, p: FitParams, stats: Optional[ChunkStats] = None,
-                     n_threads: int = 0, precision: str = "auto") -> np.ndarray:
+                     n_threads: int = 0, precision: Precision = "auto") -> np.ndarray:
     """k-means|| initial centres over the runner's chunks: bit-identical to
     ``_core.kmeans_init(X, k, init="k-means||", seed=seed)`` on the concatenated rows (with
     ``tol=p.tol``, as ``kmeans_fit`` seeds its run), for any chunking. The chunks must be in row
@@ -180,7 +182,6 @@ def lloyd_over_chunks(runner: ChunkRunner, init: np.ndarray, p: FitParams,
     stats: the runner's checked_stats when the caller has them already.
     """
     stats = stats if stats is not None else checked_stats(runner, p)
-    k = p.n_clusters
     qscale, wscale = _core.kmeans_fixed_scales(stats.n, stats.colmax, stats.wmax, p.weighted)
     tol_abs = 0.0
     if p.tol > 0:
@@ -229,7 +230,7 @@ class LocalChunks:
     """
 
     def __init__(self, X: Any, block_rows: int, sample_weight: Optional[np.ndarray] = None,
-                 n_threads: int = 0, precision: str = "auto"):
+                 n_threads: int = 0, precision: Precision = "auto"):
         n = int(X.shape[0])
         if block_rows < 1:
             raise ValueError(f"block_rows={block_rows} should be >= 1")
@@ -324,7 +325,7 @@ class LocalChunks:
 
 def fit_over_chunks(runner: ChunkRunner, init: Any, p: FitParams, seed: int, n_init: int = 1,
                     progress: Optional[Callable[[int, int, float], None]] = None, n_threads: int = 0,
-                    precision: str = "auto") -> ChunkedFit:
+                    precision: Precision = "auto") -> ChunkedFit:
     """A whole fit over chunks, as ``kmeans_fit`` makes it: from the given centres (an array),
     or (``init="k-means||"``) the best of ``n_init`` runs seeded ``seed + r * 0x9E3779B97F4A7C15``
     (the lowest inertia; the first on ties)."""

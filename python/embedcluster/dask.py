@@ -346,7 +346,7 @@ class KMeans:
             raise ValueError("init contains NaN or infinity")
         return init
 
-    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> "KMeans":
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> KMeans:
         """Fits on a dask array (or anything ``dask.array.asarray`` takes). ``y`` is ignored."""
         da, _, default_client = _require_dask()
         client = self.client or default_client()
@@ -363,10 +363,10 @@ class KMeans:
             log.info("k-means iteration %d: %d labels changed, centre shift %.3g", it, changed, shift)
 
         try:
-            from ._backend import seed_of
+            from ._backend import precision_arg, seed_of
 
             r = fit_over_chunks(runner, init, p, seed_of(self.random_state), int(self.n_init), progress,
-                                self.n_threads, self.precision)
+                                self.n_threads, precision_arg(self.precision))
         except KeyboardInterrupt:
             runner.cancel()
             raise
@@ -384,13 +384,13 @@ class KMeans:
     def predict(self, X: Any) -> Any:
         """Nearest centre of each row, as a lazy dask array (exact, ties to the lower index)."""
         da, _, _ = _require_dask()
-        from ._backend import engine_metric
+        from ._backend import engine_metric, precision_arg
 
         X = da.asarray(X)
         if len(X.chunks[1]) != 1:
             X = X.rechunk({1: -1})
         centers, metric = self.cluster_centers_, engine_metric(self.metric)
-        n_threads, precision = self.n_threads, self.precision
+        n_threads, precision = self.n_threads, precision_arg(self.precision)
 
         def assign(block):
             labels, _ = _core.kmeans_assign(centers, _block_f32(block), metric, n_threads=n_threads,

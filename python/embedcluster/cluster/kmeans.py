@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 from numbers import Integral, Real
-from typing import Any, Optional
+from typing import Any, Literal, Optional, cast
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
@@ -17,8 +17,8 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from .. import _faiss
-from .._backend import (PRECISIONS, _core, as_matrix, as_weights, check_python_memory, engine_metric, memory_limit_arg,
-                        precision_arg, resolve_backend, seed_of, threads_arg)
+from .._backend import (PRECISIONS, EngineMetric, _core, as_matrix, as_weights, check_python_memory, engine_metric,
+                        memory_limit_arg, precision_arg, resolve_backend, seed_of, threads_arg)
 from ._common import CLUSTER_METRICS, check_features, engine_constraints, store_params
 
 _KMEANS_INITS = {"auto", "k-means++", "k-means||", "random"}
@@ -196,7 +196,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.n_features_in_ = d
         self.backend_ = backend
 
-    def _fit_streamed(self, X: Any, sample_weight: Any, backend: str, metric: str) -> KMeans:
+    def _fit_streamed(self, X: Any, sample_weight: Any, backend: str, metric: EngineMetric) -> KMeans:
         """fit on rows read block by block (shards, memory maps of another dtype): the engine's
         chunked k-means, bit-identical to fitting the same rows as one array with the same init
         (``init="auto"`` means k-means|| here, whatever the size)."""
@@ -253,16 +253,15 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             if X.shape[0] < self.n_clusters:
                 raise ValueError(f"the first batch has n_samples={X.shape[0]} but should have >= "
                                  f"n_clusters={self.n_clusters} to choose the initial centres")
-            init = self.init
-            if isinstance(init, str) and init == "auto":
-                init = "k-means++"
-            if isinstance(init, str):
-                centers = _core.kmeans_init(X, int(self.n_clusters), metric=engine_metric(self.metric), init=init,
+            if isinstance(self.init, str):
+                seeding: Literal["k-means++", "k-means||", "random"] = (
+                    "k-means++" if self.init == "auto" else cast(Any, self.init))
+                centers = _core.kmeans_init(X, int(self.n_clusters), metric=engine_metric(self.metric), init=seeding,
                                             seed=seed_of(self.random_state), sample_weight=w,
                                             n_threads=threads_arg(self.n_threads),
                                             memory_limit=memory_limit_arg(self.memory_limit))
             else:
-                centers = as_matrix(init, "init", estimator="KMeans")
+                centers = as_matrix(self.init, "init", estimator="KMeans")
                 if centers.shape != (self.n_clusters, X.shape[1]):
                     raise ValueError(f"init has shape {centers.shape} but should be (n_clusters, n_features) = "
                                      f"({self.n_clusters}, {X.shape[1]})")

@@ -24,7 +24,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _core
-from ._chunked import FitParams, fit_over_chunks
+from ._chunked import ChunkStats, FitParams, fit_over_chunks
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ class DaskChunks:
     def stats(self, metric):
         futs = [self.client.submit(_stats_task, b, w, metric, int(o), self.n_threads)
                 for b, w, o in zip(self.blocks, self.weights, self.offsets)]
-        return [_Stats(*s) for s in self._gather(futs)]
+        return [ChunkStats(*s) for s in self._gather(futs)]
 
     def moments(self, absmax, n_total, metric):
         futs = [self.client.submit(_moments_task, b, absmax, n_total, metric, self.n_threads) for b in self.blocks]
@@ -251,11 +251,6 @@ class DaskChunks:
 
 def _second_task(result):
     return result[1]
-
-
-class _Stats:
-    def __init__(self, n, colmax, absmax, wmax):
-        self.n, self.colmax, self.absmax, self.wmax = n, colmax, absmax, wmax
 
 
 def _nbytes(obj: Any) -> int:

@@ -93,26 +93,6 @@ std::vector<idx_t> empty_clusters(const std::vector<double>& wsum) {
   return empty;
 }
 
-/// Per feature: max |s x_f|, s = 1 or 1 / ||x|| (cosine); rows of norm zero count as zero.
-std::vector<double> abs_maxima(const Data& D) {
-  const idx_t d = D.d;
-  std::vector<double> out(static_cast<std::size_t>(d), 0.0);
-  const idx_t nblocks = (D.n + kRangeUnit - 1) / kRangeUnit;
-  Cancel no_cancel;
-  for_each_block<std::vector<double>>(
-      D.threads, nblocks, 1, no_cancel, [&](std::vector<double>& mx) { mx.assign(static_cast<std::size_t>(d), 0.0); },
-      [&](std::vector<double>& mx, idx_t b, const StopCheck&) {
-        for (idx_t i = b * kRangeUnit; i < std::min(D.n, (b + 1) * kRangeUnit); ++i) {
-          const double s = D.metric == Metric::Cosine ? (D.xnorm[i] > 0.0 ? 1.0 / D.xnorm[i] : 0.0) : 1.0;
-          for (idx_t f = 0; f < d; ++f) mx[f] = std::max(mx[f], std::abs(static_cast<double>(D.x[i * d + f]) * s));
-        }
-      },
-      [&](std::vector<double>& mx) {
-        for (idx_t f = 0; f < d; ++f) out[f] = std::max(out[f], mx[f]);
-      });
-  return out;
-}
-
 namespace {
 
 /// Scales of the two moments of feature f: n_total values of magnitude absmax (resp. absmax^2)
@@ -212,6 +192,15 @@ void start_centres(Metric m, float* centers, idx_t k, idx_t d) {
 
 using kmeans_impl::Data;
 
+namespace {
+/// Labels a caller hands back (a chunk's state) must name centres.
+void check_labels(const idx_t* labels, idx_t n, idx_t k) {
+  for (idx_t i = 0; i < n; ++i)
+    if (labels[i] < 0 || labels[i] >= k)
+      fail("label " + std::to_string(labels[i]) + " of row " + std::to_string(i) + " is not a centre");
+}
+}  // namespace
+
 void kmeans_start_centres(Metric m, float* centers, idx_t k, idx_t d) {
   kmeans_impl::start_centres(m, centers, k, d);
 }
@@ -223,8 +212,7 @@ double kmeans_objective_scale(Metric m, idx_t n_total, const double* absmax, idx
 
 void kmeans_chunk_objective(Metric m, const float* centers, idx_t k, const float* x, idx_t n, idx_t d,
                             const float* w, const idx_t* labels, double scale, int threads, std::uint64_t* limbs) {
-  for (idx_t i = 0; i < n; ++i)
-    if (labels[i] < 0 || labels[i] >= k) fail("label " + std::to_string(labels[i]) + " of row " + std::to_string(i) + " is not a centre");
+  check_labels(labels, n, k);
   Data D;
   kmeans_impl::prepare(D, x, n, d, w, m, resolve_threads(threads));
   kmeans_impl::objective_limbs(D, centers, labels, scale, limbs);
@@ -248,7 +236,7 @@ void kmeans_chunk_stats(Metric m, const float* x, idx_t n, idx_t d, const float*
   }
   out.n = n;
   out.colmax = D.colmax;
-  out.absmax = kmeans_impl::abs_maxima(D);
+  out.absmax = D.absmax;
   out.wmax = n > 0 ? (w ? D.wmax : 1.0) : 0.0;
 }
 
@@ -349,8 +337,7 @@ idx_t kmeans_chunk_pass(Metric m, const float* centers, idx_t k, const float* x,
 void kmeans_chunk_farthest(Metric m, const float* centers, idx_t k, const float* x, idx_t n, idx_t d,
                            const idx_t* labels, idx_t count, int threads, std::vector<float>& dist,
                            std::vector<idx_t>& rows) {
-  for (idx_t i = 0; i < n; ++i)
-    if (labels[i] < 0 || labels[i] >= k) fail("label " + std::to_string(labels[i]) + " of row " + std::to_string(i) + " is not a centre");
+  check_labels(labels, n, k);
   PackedSet cs;
   pack_set(cs, centers, k, d, m, nullptr, resolve_threads(threads), nullptr);
   std::vector<float> mind(static_cast<std::size_t>(n));

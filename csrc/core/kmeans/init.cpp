@@ -94,7 +94,7 @@ void block_sums_of(const std::vector<double>& v, idx_t block, std::vector<double
 void seed_parallel(const KMeansParams& p, const Data& D, std::uint64_t seed, float* out, Cancel& cancel) {
   const idx_t n = D.n, d = D.d, k = p.k;
   const double wscale = D.w ? pow2_scale(n, D.wmax, 61) : 1.0;  // as kmeans_fixed_scales
-  const std::vector<double> absmax = abs_maxima(D);
+  const std::vector<double>& absmax = D.absmax;
   const double pscale = seed_potential_scale(D.metric, n, absmax.data(), d, D.w ? D.wmax : 1.0);
   std::uint64_t target = 0, finish_seed = 0, limbs[4];
   seed_draws(seed, seed_units_total(D.w, n, wscale), &target, &finish_seed);

@@ -56,6 +56,7 @@ struct Data {
   /// words for the rows x: themselves where the kernel set multiplies float32 rows in place.
   void set_words() { words = ks->gemm_rows && ks->per_word == 1 ? x : nullptr; }
   std::vector<double> colmax;  // per feature: max_i |x_if| * row scale (Accum's fixed-point scales)
+  std::vector<double> absmax;  // per feature: max_i |x_if| * (1, or 1 / ||x_i|| for cosine): moments, objective
   double wmax = 0.0;           // max_i w_i
   Metric metric;
   int threads;
@@ -233,7 +234,6 @@ double mean_variance(const Data& D);
 double objective(const Data& D, const float* centers, idx_t k, const std::vector<idx_t>& labels);
 
 /// The pieces behind them and behind a fit over chunks (chunk.cpp).
-std::vector<double> abs_maxima(const Data& D);
 void moment_limbs(const Data& D, const double* absmax, idx_t n_total, std::uint64_t* limbs);
 double mean_variance_of(const std::uint64_t* limbs, const double* absmax, idx_t n_total, idx_t d);
 double objective_scale(Metric m, idx_t n_total, const double* absmax, idx_t d, double wmax, const float* centers,

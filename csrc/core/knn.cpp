@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <sstream>
@@ -10,6 +11,7 @@
 
 #include "engine.hpp"
 #include "tile_driver.hpp"
+#include "union_find.hpp"
 
 namespace ec {
 namespace {
@@ -47,6 +49,18 @@ std::vector<double> query_errors(const PackedSet& set, const float* q, idx_t nq,
 
 /// Converts an exact ranking value to what the caller sees (IP is reported as the dot product).
 inline float reported(Metric m, double v) { return static_cast<float>(m == Metric::IP ? -v : v); }
+
+/// Where a top-k search writes: reported distances, indices and, optionally, the fp64 values.
+struct KnnOut {
+  float* dist;
+  idx_t* idx;
+  double* exact;  ///< may be null
+  /// Row i's k selected values (fp64 ranking values, ascending).
+  void write(const KnnParams& p, idx_t i, const double* vals) const {
+    for (int u = 0; u < p.k; ++u) dist[i * p.k + u] = reported(p.metric, vals[u]);
+    if (exact != nullptr) std::copy(vals, vals + p.k, exact + i * p.k);
+  }
+};
 
 }  // namespace
 
@@ -164,7 +178,7 @@ class SelfJoinHandler {
 
 /// The fp64 selection of every row's k best from its candidate lists, rows in blocks of 256.
 void select_all(const KnnParams& p, const PackedSet& set, const float* q, const std::vector<double>& qsq,
-                std::vector<RowCands>& cands, int threads, float* out_dist, idx_t* out_idx, Cancel& cancel) {
+                std::vector<RowCands>& cands, int threads, const KnnOut& out, Cancel& cancel) {
   constexpr idx_t kRows = 256;
   const idx_t n = static_cast<idx_t>(cands.size()), d = set.d;
   struct Local {
@@ -175,8 +189,8 @@ void select_all(const KnnParams& p, const PackedSet& set, const float* q, const 
       threads, (n + kRows - 1) / kRows, 1, cancel, [&](Local& l) { l.vals.resize(static_cast<std::size_t>(p.k)); },
       [&](Local& l, idx_t blk, const StopCheck&) {
         for (idx_t i = blk * kRows; i < std::min(n, (blk + 1) * kRows); ++i) {
-          select_exact(cands[i], p.k, q + i * d, std::sqrt(qsq[i]), set, l.scratch, l.vals.data(), out_idx + i * p.k);
-          for (int u = 0; u < p.k; ++u) out_dist[i * p.k + u] = reported(p.metric, l.vals[u]);
+          select_exact(cands[i], p.k, q + i * d, std::sqrt(qsq[i]), set, l.scratch, l.vals.data(), out.idx + i * p.k);
+          out.write(p, i, l.vals.data());
           std::vector<RowCands::Cand>().swap(cands[i].cands());  // free as we go
         }
       });
@@ -187,7 +201,7 @@ void select_all(const KnnParams& p, const PackedSet& set, const float* q, const 
 /// symmetric, so every row keeps exactly the candidates the one-sided scan would keep, and the
 /// fp64 selection gives the same result with half the products.
 void knn_self_join(const KnnParams& p, const PackedSet& set, const float* x, const std::vector<double>& xsq,
-                   int threads, float* out_dist, idx_t* out_idx, Cancel& cancel) {
+                   int threads, const KnnOut& out, Cancel& cancel) {
   const idx_t n = set.n;
   const bool cos = p.metric == Metric::Cosine;
   // Cosine: the blocks are packed as unit rows, exactly as the database panels are (same float
@@ -205,7 +219,7 @@ void knn_self_join(const KnnParams& p, const PackedSet& set, const float* x, con
   shape.query_scale = cos ? scale.data() : nullptr;
   SelfJoinHandler h(set, cands, p.exclude_self);
   scan_tiles(set, x, n, shape, threads, cancel, h);
-  select_all(p, set, x, xsq, cands, threads, out_dist, out_idx, cancel);
+  select_all(p, set, x, xsq, cands, threads, out, cancel);
 }
 
 /// Top-k of each query: candidates within the error window of the running k-th best, selected
@@ -220,8 +234,8 @@ class TopKHandler {
     std::vector<double> vals;
   };
   TopKHandler(const KnnParams& p, const PackedSet& set, const float* q, const std::vector<double>& qsq,
-              const std::vector<double>& qerr, float* out_dist, idx_t* out_idx)
-      : p_(p), set_(set), q_(q), qsq_(qsq), qerr_(qerr), out_dist_(out_dist), out_idx_(out_idx) {}
+              const std::vector<double>& qerr, const KnnOut& out)
+      : p_(p), set_(set), q_(q), qsq_(qsq), qerr_(qerr), out_(out) {}
   void init(Local& l) const {
     l.idx.resize(kDbBlock);
     l.val.resize(kDbBlock);
@@ -249,8 +263,8 @@ class TopKHandler {
     for (idx_t i = 0; i < qm; ++i) {
       const idx_t qi = q0 + i;
       select_exact(l.cands[i], p_.k, q_ + qi * set_.d, std::sqrt(qsq_[qi]), set_, l.scratch, l.vals.data(),
-                   out_idx_ + qi * p_.k);
-      for (int t = 0; t < p_.k; ++t) out_dist_[qi * p_.k + t] = reported(p_.metric, l.vals[t]);
+                   out_.idx + qi * p_.k);
+      out_.write(p_, qi, l.vals.data());
     }
   }
   void finish(Local&) const {}
@@ -261,16 +275,16 @@ class TopKHandler {
   const float* q_;
   const std::vector<double>& qsq_;
   const std::vector<double>& qerr_;
-  float* out_dist_;
-  idx_t* out_idx_;
+  const KnnOut out_;
 };
 
 }  // namespace
 
 void knn_search(const KnnParams& p, const float* db, idx_t n, const float* q, idx_t nq, idx_t d,
-                float* out_dist, idx_t* out_idx, Cancel& cancel) {
+                float* out_dist, idx_t* out_idx, Cancel& cancel, double* out_exact) {
   check_common(n, nq, d);
   knn_check_memory(p, n, nq, d);
+  const KnnOut out{out_dist, out_idx, out_exact};
   const idx_t avail = p.exclude_self ? n - 1 : n;
   if (p.k <= 0) fail("k=" + std::to_string(p.k) + " should be >= 1");
   if (p.k > avail)
@@ -286,7 +300,7 @@ void knn_search(const KnnParams& p, const float* db, idx_t n, const float* q, id
   const double sj = self_join_bytes(n, p.k);
   if (q == db && nq == n && p.self_join != 0 && sj <= 1024.0 * 1048576.0 &&
       (p.memory_limit <= 0.0 || knn_bytes(p, n, nq, d) + sj <= p.memory_limit)) {
-    knn_self_join(p, set, db, qsq, threads, out_dist, out_idx, cancel);
+    knn_self_join(p, set, db, qsq, threads, out, cancel);
     return;
   }
 
@@ -294,7 +308,7 @@ void knn_search(const KnnParams& p, const float* db, idx_t n, const float* q, id
   ScanShape shape;
   shape.query_block = kQueryBlock;
   shape.set_block = kDbBlock;
-  TopKHandler h(p, set, q, qsq, qerr, out_dist, out_idx);
+  TopKHandler h(p, set, q, qsq, qerr, out);
   scan_tiles(set, q, nq, shape, threads, cancel, h);
 }
 
@@ -302,8 +316,8 @@ namespace {
 
 /// Range search: every set row within the radius of a query goes to emit(query, j, exact
 /// value) in ascending j per query. Values beyond the error band on the near side are certain
-/// without fp64 (emit gets 0 for them unless `need_value`).
-template <class Emit>
+/// without fp64 (emit gets 0 for them unless need_value(query, j)).
+template <class Emit, class NeedValue>
 class RangeHandler {
  public:
   struct Local {
@@ -311,7 +325,7 @@ class RangeHandler {
     std::vector<float> val;
   };
   RangeHandler(const RadiusParams& p, const PackedSet& set, const float* q, const std::vector<double>& qsq,
-               const std::vector<double>& qerr, bool need_value, Emit& emit)
+               const std::vector<double>& qerr, NeedValue& need_value, Emit& emit)
       : p_(p), set_(set), q_(q), qsq_(qsq), qerr_(qerr), need_value_(need_value), emit_(emit) {}
   void init(Local& l) const {
     l.idx.resize(kDbBlock);
@@ -333,7 +347,7 @@ class RangeHandler {
         const idx_t j = b0 + l.idx[t];
         if (p_.exclude_self && j == qi) continue;
         const bool sure = l.val[t] < static_cast<float>(thr) - bnd;
-        if (sure && !need_value_) {
+        if (sure && !need_value_(qi, j)) {
           emit_(qi, j, 0.0);
           continue;
         }
@@ -351,14 +365,14 @@ class RangeHandler {
   const float* q_;
   const std::vector<double>& qsq_;
   const std::vector<double>& qerr_;
-  const bool need_value_;
+  NeedValue& need_value_;
   Emit& emit_;
 };
 
 /// Shared body of radius search and radius count: checks, packs, and scans with a RangeHandler.
-template <class Emit>
+template <class Emit, class NeedValue>
 void radius_scan(const RadiusParams& p, const float* db, idx_t n, const float* q, idx_t nq,
-                 idx_t d, bool need_value, Cancel& cancel, Emit emit) {
+                 idx_t d, NeedValue need_value, Cancel& cancel, Emit emit) {
   check_common(n, nq, d);
   if (p.metric == Metric::IP)
     fail("radius queries need metric 'l2' or 'cosine' (inner product is a similarity)");
@@ -373,7 +387,7 @@ void radius_scan(const RadiusParams& p, const float* db, idx_t n, const float* q
   ScanShape shape;
   shape.query_block = kQueryBlock;
   shape.set_block = kDbBlock;
-  RangeHandler<Emit> h(p, set, q, qsq, qerr, need_value, emit);
+  RangeHandler<Emit, NeedValue> h(p, set, q, qsq, qerr, need_value, emit);
   scan_tiles(set, q, nq, shape, threads, cancel, h);
 }
 
@@ -415,6 +429,8 @@ class ResultBudget {
 };
 
 using RadiusList = std::vector<std::pair<idx_t, float>>;
+const auto always = [](idx_t, idx_t) { return true; };
+const auto never = [](idx_t, idx_t) { return false; };
 constexpr double kListEntry = sizeof(RadiusList::value_type);  // bytes per listed neighbour
 constexpr double kCsrEntry = sizeof(idx_t) + sizeof(float);     // bytes per neighbour in the CSR
 
@@ -427,7 +443,7 @@ void radius_search(const RadiusParams& p, const float* db, idx_t n, const float*
   // CSR arrays while the lists still exist: both are charged, so the peak stays within the limit.
   ResultBudget budget(p, radius_bytes(p, n, nq, d));
   std::vector<RadiusList> per(static_cast<std::size_t>(nq > 0 ? nq : 0));
-  radius_scan(p, db, n, q, nq, d, true, cancel, [&](idx_t qi, idx_t j, double v) {
+  radius_scan(p, db, n, q, nq, d, always, cancel, [&](idx_t qi, idx_t j, double v) {
     RadiusList& l = per[qi];
     if (l.size() == l.capacity()) {
       const std::size_t cap = std::max<std::size_t>(8, 2 * l.capacity());
@@ -458,8 +474,81 @@ void radius_count(const RadiusParams& p, const float* db, idx_t n, const float* 
                   idx_t d, idx_t* out_count, Cancel& cancel) {
   radius_check_memory(p, n, nq, d);
   for (idx_t i = 0; i < nq; ++i) out_count[i] = 0;
-  radius_scan(p, db, n, q, nq, d, false, cancel,
+  radius_scan(p, db, n, q, nq, d, never, cancel,
               [&](idx_t qi, idx_t, double) { ++out_count[qi]; });
+}
+
+void radius_count_both(const RadiusParams& p, const float* db, idx_t n, const float* q, idx_t nq,
+                       idx_t d, idx_t* out_q, idx_t* out_db, Cancel& cancel) {
+  radius_check_memory(p, n, nq, d);
+  // A query's pairs come from the one thread scanning its block; a database row's from any.
+  std::unique_ptr<std::atomic<idx_t>[]> db_counts(new std::atomic<idx_t>[static_cast<std::size_t>(std::max<idx_t>(n, 1))]);
+  for (idx_t j = 0; j < n; ++j) db_counts[j].store(0, std::memory_order_relaxed);
+  for (idx_t i = 0; i < nq; ++i) out_q[i] = 0;
+  radius_scan(p, db, n, q, nq, d, never, cancel, [&](idx_t qi, idx_t j, double) {
+    ++out_q[qi];
+    db_counts[j].fetch_add(1, std::memory_order_relaxed);
+  });
+  for (idx_t j = 0; j < n; ++j) out_db[j] = db_counts[j].load(std::memory_order_relaxed);
+}
+
+namespace {
+
+/// (distance, row) packed into one word whose unsigned order is DBSCAN's border rule: the
+/// float32 distance (non-negative), then the lower row.
+inline std::uint64_t border_key(double exact, idx_t row) {
+  const float dist = static_cast<float>(std::max(0.0, exact));
+  std::uint32_t bits;
+  std::memcpy(&bits, &dist, sizeof(bits));
+  return (static_cast<std::uint64_t>(bits) << 32) | static_cast<std::uint64_t>(row);
+}
+
+inline void atomic_min(std::atomic<std::uint64_t>& a, std::uint64_t v) {
+  std::uint64_t cur = a.load(std::memory_order_relaxed);
+  while (v < cur && !a.compare_exchange_weak(cur, v, std::memory_order_relaxed)) {
+  }
+}
+
+constexpr std::uint64_t kNoBorder = ~std::uint64_t{0};
+
+/// Unpacks the nearest-core words of `count` rows into indices (-1: none) and distances.
+void unpack_borders(const std::atomic<std::uint64_t>* keys, idx_t count, std::vector<idx_t>& core,
+                    std::vector<float>& dist) {
+  core.assign(static_cast<std::size_t>(count), -1);
+  dist.assign(static_cast<std::size_t>(count), 0.0f);
+  for (idx_t i = 0; i < count; ++i) {
+    const std::uint64_t k = keys[i].load(std::memory_order_relaxed);
+    if (k == kNoBorder) continue;
+    core[i] = static_cast<idx_t>(k & 0xffffffffu);
+    const auto bits = static_cast<std::uint32_t>(k >> 32);
+    std::memcpy(&dist[i], &bits, sizeof(bits));
+  }
+}
+
+}  // namespace
+
+void radius_pair_links(const RadiusParams& p, const float* db, idx_t n, const float* q, idx_t nq, idx_t d,
+                       const std::uint8_t* q_is_core, const std::uint8_t* db_is_core, PairLinks& out,
+                       Cancel& cancel) {
+  radius_check_memory(p, n, nq, d);
+  if (n >= (idx_t{1} << 32) || nq >= (idx_t{1} << 32)) fail("radius_pair_links takes fewer than 2^32 rows per side");
+  ConcurrentUnionFind uf(nq + n);
+  std::unique_ptr<std::atomic<std::uint64_t>[]> near(new std::atomic<std::uint64_t>[static_cast<std::size_t>(nq + n)]);
+  for (idx_t i = 0; i < nq + n; ++i) near[i].store(kNoBorder, std::memory_order_relaxed);
+  const auto mixed = [&](idx_t qi, idx_t j) { return q_is_core[qi] != db_is_core[j]; };
+  radius_scan(p, db, n, q, nq, d, mixed, cancel, [&](idx_t qi, idx_t j, double v) {
+    if (q_is_core[qi] && db_is_core[j])
+      uf.unite(qi, nq + j);
+    else if (db_is_core[j])
+      atomic_min(near[qi], border_key(v, j));
+    else if (q_is_core[qi])
+      atomic_min(near[nq + j], border_key(v, qi));
+  });
+  out.component.assign(static_cast<std::size_t>(nq + n), -1);
+  for (idx_t i = 0; i < nq + n; ++i)
+    if (i < nq ? q_is_core[i] : db_is_core[i - nq]) out.component[i] = uf.find(i);
+  unpack_borders(near.get(), nq, out.q_core, out.q_dist);
+  unpack_borders(near.get() + nq, n, out.db_core, out.db_dist);
 }
 
 }  // namespace ec

@@ -125,7 +125,8 @@ def knn_search(
     precision: _Precision = "auto",
     memory_limit: _MemoryLimit = None,
     self_join: bool = True,
-) -> tuple[_F32, _I64]: ...
+    exact_values: bool = False,
+) -> tuple[Union[_F32, _F64], _I64]: ...
 def radius_search(
     database: _F32,
     queries: _F32,
@@ -146,6 +147,26 @@ def radius_count(
     precision: _Precision = "auto",
     memory_limit: _MemoryLimit = None,
 ) -> _I64: ...
+def radius_count_both(
+    database: _F32,
+    queries: _F32,
+    radius: float,
+    metric: _MetricLike = "l2",
+    n_threads: int = 0,
+    precision: _Precision = "auto",
+    memory_limit: _MemoryLimit = None,
+) -> tuple[_I64, _I64]: ...
+def radius_pair_links(
+    database: _F32,
+    queries: _F32,
+    radius: float,
+    queries_core: npt.ArrayLike,
+    database_core: npt.ArrayLike,
+    metric: _MetricLike = "l2",
+    n_threads: int = 0,
+    precision: _Precision = "auto",
+    memory_limit: _MemoryLimit = None,
+) -> tuple[_I64, _I64, _F32, _I64, _F32]: ...
 def kmeans_fit(
     X: _F32,
     n_clusters: int,

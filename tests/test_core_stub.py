@@ -26,7 +26,7 @@ def _top_level(tree: ast.Module) -> dict:
     out = {}
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-            out[node.name] = node
+            out.setdefault(node.name, node)  # an @overload'ed function: its first form spells every parameter
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             out[node.target.id] = node
         elif isinstance(node, ast.Assign):

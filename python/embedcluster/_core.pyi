@@ -1,6 +1,6 @@
 # Type stub of embedcluster._core, the native engine's bindings (csrc/bindings). Keep it equal to
 # what the module exposes: tests/test_core_stub.py compares names, members and parameters.
-from typing import ClassVar, Literal, TypedDict, Union
+from typing import ClassVar, Literal, TypedDict, Union, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -115,6 +115,7 @@ class _BuildInfo(TypedDict, total=False):
     kernels_active: str
     cpu_features: list[str]
 
+@overload
 def knn_search(
     database: _F32,
     queries: _F32,
@@ -125,8 +126,22 @@ def knn_search(
     precision: _Precision = "auto",
     memory_limit: _MemoryLimit = None,
     self_join: bool = True,
-    exact_values: bool = False,
-) -> tuple[Union[_F32, _F64], _I64]: ...
+    exact_values: Literal[False] = False,
+) -> tuple[_F32, _I64]: ...
+@overload
+def knn_search(
+    database: _F32,
+    queries: _F32,
+    k: int,
+    metric: _MetricLike = "l2",
+    exclude_self: bool = False,
+    n_threads: int = 0,
+    precision: _Precision = "auto",
+    memory_limit: _MemoryLimit = None,
+    self_join: bool = True,
+    *,
+    exact_values: Literal[True],
+) -> tuple[_F64, _I64]: ...
 def radius_search(
     database: _F32,
     queries: _F32,

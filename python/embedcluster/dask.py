@@ -394,3 +394,70 @@ class KMeans:
 
         return X.map_blocks(assign, dtype=np.int64, drop_axis=1)
 
+
+
+class DBSCAN:
+    """Exact DBSCAN on a Dask cluster: labels and core points identical to :class:`embedcluster.DBSCAN`.
+
+    The rows are split into groups of nearby rows (centres fitted on a sample, every row to
+    its nearest centre; the groups move between workers once), and each pair of groups whose
+    bounding balls come within ``eps`` is a task on the engine's exact calls: neighbour counts
+    (core points), then the core-core components and each border point's nearest core point.
+    The client unions the components and numbers the clusters as :class:`embedcluster.DBSCAN`
+    does. The grouping only decides which pairs are skipped (a skipped pair provably holds no
+    neighbours), so the result does not depend on it, on the chunking or on the worker count.
+
+    Parameters
+    ----------
+    eps, min_samples, metric
+        As :class:`embedcluster.DBSCAN` (same checks, same messages).
+    n_threads : int, default=0
+        Threads of each task on its worker (0: the worker's OpenMP default).
+    client : distributed.Client or None
+        The cluster to run on; None uses the current default client.
+
+    Attributes
+    ----------
+    labels_ : ndarray (n_samples,), int64
+    core_sample_indices_ : ndarray, int64
+    components_ : dask array (n_core, n_features), float32, the core rows (lazy)
+    n_clusters_, n_features_in_ : int
+    n_groups_, n_pairs_ : int
+        Groups of rows, and pairs of groups whose balls came within eps (the count tasks).
+    seconds_ : float
+        Wall time of the fit.
+    bytes_received_ : int
+        Bytes the client received from the workers (sample, group summaries, links, flags).
+    """
+
+    def __init__(self, eps: float = 0.5, *, min_samples: int = 5, metric: str = "euclidean", n_threads: int = 0,
+                 client: Any = None):
+        self.eps, self.min_samples, self.metric = eps, min_samples, metric
+        self.n_threads, self.client = n_threads, client
+
+    def fit(self, X: Any, y: Any = None) -> DBSCAN:
+        """Finds clusters and noise in a dask array (any chunking along rows). ``y`` is ignored."""
+        da, _, default_client = _require_dask()
+        from ._backend import engine_metric
+        from ._dask_dbscan import fit_on_dask
+        from .cluster.dbscan import DBSCAN as LocalDBSCAN
+
+        LocalDBSCAN(eps=self.eps, min_samples=self.min_samples, metric=self.metric)._validate_params()
+        X = da.asarray(X)
+        if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
+            raise ValueError(f"X must be a non-empty 2-D array (n_samples, n_features), got shape {X.shape}")
+        client = self.client or default_client()
+        r, ex, seconds = fit_on_dask(client, X, float(self.eps), int(self.min_samples), engine_metric(self.metric),
+                                     int(self.n_threads))
+        self.labels_ = r.labels
+        self.core_sample_indices_ = np.flatnonzero(r.is_core)
+        self.components_ = X[self.core_sample_indices_]
+        self.n_clusters_ = int(r.labels.max() + 1) if len(r.labels) else 0
+        self.n_features_in_ = int(X.shape[1])
+        self.n_groups_, self.n_pairs_ = int(ex.n_groups), int(r.pairs)
+        self.seconds_, self.bytes_received_ = seconds, int(ex.bytes_received)
+        return self
+
+    def fit_predict(self, X: Any, y: Any = None) -> np.ndarray:
+        """Fits and returns ``labels_``."""
+        return self.fit(X).labels_

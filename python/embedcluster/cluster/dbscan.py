@@ -6,8 +6,13 @@ asked (``backend="faiss"``). Input is converted to float32 once (see ``as_matrix
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
 from numbers import Integral, Real
-from typing import Any, Optional
+from os import PathLike
+from typing import Any, Iterator, Optional
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin
@@ -15,8 +20,40 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from .. import _faiss
-from .._backend import _core, as_matrix, engine_metric, memory_limit_arg, resolve_backend, threads_arg
+from .._backend import (EngineMetric, _core, as_matrix, engine_metric, memory_budget, memory_limit_arg, resolve_backend,
+                        threads_arg)
 from ._common import CLUSTER_METRICS, check_features, engine_constraints, store_params
+
+# Core rows a streamed fit's predict reads at a time.
+STREAM_ROWS = 1 << 16
+
+
+def _streams(X: Any, memory_limit: Any) -> bool:
+    """True for a memory map or ShardedArray whose in-memory fit (its rows in float32 and the
+    engine's packed copy of them) would not fit the memory budget."""
+    from ..data.sharded import ShardedArray
+
+    if not isinstance(X, (np.memmap, ShardedArray)) or len(X.shape) != 2:
+        return False
+    return 8.0 * X.shape[0] * X.shape[1] > memory_budget(memory_limit)
+
+
+@contextmanager
+def scratch_folder(parent: Any, needed: float) -> Iterator[str]:
+    """A new folder under `parent` (default: the temporary folder) with room for `needed`
+    bytes, removed with everything in it afterwards."""
+    base = tempfile.gettempdir() if parent is None else os.fspath(parent)
+    if not os.path.isdir(base):
+        raise ValueError(f"scratch_dir={base!r} is not a folder")
+    free = shutil.disk_usage(base).free
+    if free < needed + (64 << 20):
+        raise OSError(f"DBSCAN on streamed input writes a reordered copy of the rows ({needed / 2**30:.2f} GiB) "
+                      f"but {base!r} has {free / 2**30:.2f} GiB free; pass scratch_dir= a folder with room")
+    path = tempfile.mkdtemp(prefix="embedcluster-dbscan-", dir=base)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class DBSCAN(ClusterMixin, BaseEstimator):
@@ -40,6 +77,11 @@ class DBSCAN(ClusterMixin, BaseEstimator):
         they are left out: the same result, with less pruning. So is the bf16 copy of the
         rows (half the input) that bf16 kernels read gathered rows from: the same result,
         with rows packed per product instead.
+    scratch_dir : str, path or None, default=None
+        Where a fit on data streamed from disk (a memory map or ShardedArray too large for
+        memory: see Notes) writes its reordered copy of the rows (as many bytes as the rows in
+        float32), in a new folder of its own that it removes afterwards. None: the system's
+        temporary folder.
 
     Attributes
     ----------
@@ -47,7 +89,8 @@ class DBSCAN(ClusterMixin, BaseEstimator):
         Cluster of each row, -1 for noise. Clusters are numbered in the order of their
         lowest-index core point.
     core_sample_indices_ : ndarray of core-point indices (ascending)
-    components_ : ndarray (n_core, n_features), float32, the core points
+    components_ : ndarray (n_core, n_features), float32, the core points (for a streamed fit
+        whose core rows would not fit in memory, a view that reads them from X when sliced)
     n_clusters_ : int
     n_features_in_ : int
 
@@ -59,10 +102,18 @@ class DBSCAN(ClusterMixin, BaseEstimator):
     of visiting order; scikit-learn instead gives it the first cluster that reaches it.
     Every eps decision is exact: the fast tiles (bf16 where the CPU has AVX-512 BF16, else
     float32) are narrowed with float32 products and re-checked in float64 near eps.
+
+    A memory map (``np.load(path, mmap_mode="r")``) or a ``ShardedArray`` whose in-memory fit
+    would need more than the memory budget (twice its rows in float32 against ``memory_limit``
+    or the default limit) is streamed: its rows are grouped by a k-means of a sample into a
+    scratch copy (``scratch_dir``) and every pair of groups whose bounding balls come within
+    eps is compared with the engine's exact calls. The labels and core points are the same;
+    private memory stays about 60 bytes per row plus the tiles.
     """
 
     def __init__(self, eps: float = 0.5, *, min_samples: int = 5, metric: str = "euclidean",
-                 backend: str = "auto", n_threads: Optional[int] = None, memory_limit: Optional[int] = None):
+                 backend: str = "auto", n_threads: Optional[int] = None, memory_limit: Optional[int] = None,
+                 scratch_dir: Any = None):
         store_params(self, locals())
 
     # See embedcluster.KMeans._parameter_constraints.
@@ -71,6 +122,7 @@ class DBSCAN(ClusterMixin, BaseEstimator):
         "eps": [Interval(Real, 0, np.inf, closed="neither")],
         "min_samples": [Interval(Integral, 1, None, closed="left")],
         "metric": [StrOptions(CLUSTER_METRICS)],
+        "scratch_dir": [str, PathLike, None],
     }
 
     def fit(self, X: Any, y: Any = None) -> DBSCAN:
@@ -78,6 +130,8 @@ class DBSCAN(ClusterMixin, BaseEstimator):
         self._validate_params()
         metric = engine_metric(self.metric)
         memory_limit = memory_limit_arg(self.memory_limit)
+        if _streams(X, self.memory_limit):
+            return self._fit_streamed(X, metric)
         X = as_matrix(X, estimator="DBSCAN")
         backend = resolve_backend(self.backend, "DBSCAN")
         if backend == "native":
@@ -97,6 +151,29 @@ class DBSCAN(ClusterMixin, BaseEstimator):
         self.backend_ = backend
         return self
 
+    def _fit_streamed(self, X: Any, metric: EngineMetric) -> DBSCAN:
+        from .._dbscan_groups import RowSelection, fit_streamed
+
+        if resolve_backend(self.backend, "DBSCAN") != "native":
+            raise ValueError("backend='faiss' needs X as one in-memory array; memory-mapped or sharded input "
+                             "too large for memory is streamed by the native engine (backend='native')")
+        if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
+            raise ValueError(f"X must be a non-empty 2-D array (n_samples, n_features), got shape {X.shape}")
+        n, d = int(X.shape[0]), int(X.shape[1])
+        with scratch_folder(self.scratch_dir, 4.0 * n * d) as scratch:
+            r = fit_streamed(X, float(self.eps), int(self.min_samples), metric, scratch, threads_arg(self.n_threads))
+        self.labels_ = r.labels
+        self.core_sample_indices_ = np.flatnonzero(r.is_core)
+        core_bytes = 4.0 * len(self.core_sample_indices_) * d
+        self.components_ = (np.ascontiguousarray(X[self.core_sample_indices_], dtype=np.float32)
+                            if core_bytes <= memory_budget(self.memory_limit) / 4 else
+                            RowSelection(X, self.core_sample_indices_))
+        self.n_clusters_ = int(r.labels.max() + 1) if n else 0
+        self.n_features_in_ = d
+        self.backend_ = "native"
+        self.stats_ = {"groups_pairs": r.pairs, "groups_pairs_linked": r.pairs_linked}
+        return self
+
     def fit_predict(self, X: Any, y: Any = None) -> np.ndarray:
         """Fits and returns ``labels_``."""
         return self.fit(X).labels_
@@ -109,7 +186,12 @@ class DBSCAN(ClusterMixin, BaseEstimator):
         if len(self.core_sample_indices_) == 0:
             return np.full(X.shape[0], -1, dtype=np.int64)
         metric = engine_metric(self.metric)
-        if self.backend_ == "native":
+        if not isinstance(self.components_, np.ndarray):  # a streamed fit's core rows, read in blocks
+            from .._dbscan_groups import nearest_over_blocks
+
+            d0, i0 = nearest_over_blocks(self.components_, X, metric, STREAM_ROWS, threads_arg(self.n_threads))
+            dist, idx = d0[:, None], i0[:, None]
+        elif self.backend_ == "native":
             dist, idx = _core.knn_search(self.components_, X, 1, metric, n_threads=threads_arg(self.n_threads),
                                          memory_limit=memory_limit_arg(self.memory_limit))
         else:

@@ -1,0 +1,142 @@
+"""DBSCAN on a Dask cluster: the grouped DBSCAN of :mod:`embedcluster._dbscan_groups` with its
+groups and pair tasks on the workers (``embedcluster.dask.DBSCAN`` is the public face)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ._backend import EngineMetric
+from ._dbscan_groups import (Executor, Geometry, assign_groups, dbscan_over_groups, group_centres, partner_pairs,
+                             sample_positions)
+
+
+def _block_f32(block: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(block, dtype=np.float32)
+
+
+def _take_task(block: np.ndarray, local: np.ndarray) -> np.ndarray:
+    return block[local]
+
+
+def _split_task(block: np.ndarray, offset: int, centres: np.ndarray, geo: Geometry, n_threads: int):
+    """A chunk's rows split by group: (per-group row counts, per-group largest distance from the
+    centre, {group: (global ids, rows)})."""
+    labels, dist = assign_groups(block, centres, geo, n_threads)
+    G = len(centres)
+    hist = np.bincount(labels, minlength=G)
+    rmax = np.zeros(G)
+    np.maximum.at(rmax, labels, dist)
+    order = np.argsort(labels, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(hist)])
+    pieces = {int(g): (offset + order[bounds[g]:bounds[g + 1]], block[order[bounds[g]:bounds[g + 1]]])
+              for g in np.flatnonzero(hist)}
+    return hist, rmax, pieces
+
+
+def _summary_task(split):
+    return split[0], split[1]
+
+
+def _group_task(g: int, *splits):
+    """Group g's (global ids ascending, rows), from the chunks that hold some of it, in chunk order."""
+    parts = [s[2][g] for s in splits]
+    return np.concatenate([p[0] for p in parts]), np.ascontiguousarray(np.concatenate([p[1] for p in parts]))
+
+
+def _first(r):
+    return r[0]
+
+
+def _second(r):
+    return r[1]
+
+
+def nbytes(obj: Any) -> int:
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
+    if isinstance(obj, (tuple, list)):
+        return sum(nbytes(o) for o in obj)
+    return 8
+
+
+class DaskGroups(Executor):
+    """The groups as futures on the workers: built from the chunks of a dask array by one split
+    task per chunk and one gather task per group (the rows move between workers once)."""
+
+    def __init__(self, client: Any, X: Any, geo: Geometry, n_threads: int):
+        self.client, self.n_threads = client, n_threads
+        self.held: list = []
+        self.bytes_received = 0
+        if len(X.chunks[1]) != 1:
+            X = X.rechunk({1: -1})  # a chunk holds whole rows
+        sizes = [int(c) for c in X.chunks[0]]
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        blocks = self._hold(client.compute(X.map_blocks(_block_f32, dtype=np.float32).to_delayed().ravel().tolist()))
+        n = int(offsets[-1])
+        pos = sample_positions(n)
+        chunk_of = np.searchsorted(offsets, pos, side="right") - 1
+        picks = [self.submit(_take_task, blocks[c], pos[chunk_of == c] - offsets[c]) for c in np.unique(chunk_of)]
+        centres = group_centres(np.concatenate(self.gather(picks)), n, geo, n_threads)
+        splits = [self.submit(_split_task, b, int(o), centres, geo, n_threads) for b, o in zip(blocks, offsets)]
+        summaries = self.gather([self.submit(_summary_task, s) for s in splits])
+        hists = np.stack([s[0] for s in summaries])
+        self.sizes = hists.sum(axis=0)
+        radii = np.max(np.stack([s[1] for s in summaries]), axis=0)
+        self.pairs = partner_pairs(centres, radii, self.sizes, geo.reach)
+        self.groups = {int(g): self.submit(_group_task, int(g), *[s for s, h in zip(splits, hists) if h[g] > 0])
+                       for g in np.flatnonzero(self.sizes)}
+        self._rows = {g: self.submit(_second, f) for g, f in self.groups.items()}
+        self._ids = {g: self.submit(_first, f) for g, f in self.groups.items()}
+        # The groups hold the rows from here on: drop the chunks and their splits.
+        self.held = list(self.groups.values()) + list(self._rows.values()) + list(self._ids.values())
+        del blocks, splits
+        self.n, self.n_groups = n, len(centres)
+
+    def _hold(self, futures: Sequence[Any]) -> list:
+        self.held.extend(futures)
+        return list(futures)
+
+    def submit(self, fn: Callable, *args: Any) -> Any:
+        return self._hold([self.client.submit(fn, *args, pure=False)])[0]
+
+    def gather(self, handles: Sequence[Any]) -> list:
+        out = self.client.gather(list(handles))
+        self.bytes_received += sum(nbytes(o) for o in out)
+        return out
+
+    def completed(self, handles: Sequence[Any]):
+        from distributed import as_completed
+
+        for _, result in as_completed(list(handles), with_results=True):
+            self.bytes_received += nbytes(result)
+            yield result
+
+    def rows(self, g: int) -> Any:
+        return self._rows[g]
+
+    def ids(self, g: int) -> Any:
+        return self._ids[g]
+
+    def cancel(self) -> None:
+        self.client.cancel(self.held)
+
+    def release(self) -> None:
+        self.held, self.groups, self._rows, self._ids = [], {}, {}, {}
+
+
+def fit_on_dask(client: Any, X: Any, eps: float, min_samples: int, metric: EngineMetric, n_threads: int):
+    """(GroupedDbscan, DaskGroups, seconds): DBSCAN of the dask array X on the client's cluster."""
+    geo = Geometry(metric, float(eps))
+    t = time.perf_counter()
+    ex = DaskGroups(client, X, geo, n_threads)
+    try:
+        r = dbscan_over_groups(ex, ex.n, ex.pairs, geo, min_samples, n_threads)
+    except BaseException:
+        ex.cancel()
+        raise
+    seconds = time.perf_counter() - t
+    ex.release()
+    return r, ex, seconds

@@ -1,0 +1,404 @@
+"""DBSCAN over groups of rows: for data that is not one in-memory array.
+
+The rows are split into groups of nearby rows (a k-means of a sample of them gives the group
+centres; every row joins its nearest centre), and each group gets a bounding ball (its centre
+and the largest distance of a member from it). Only pairs of groups whose balls come within eps
+of each other can hold neighbours, and each such pair is one task on the engine's exact calls:
+
+1. ``radius_count`` / ``radius_count_both`` count every row's neighbours within eps (the row
+   itself included); a row with at least ``min_samples`` is a core point.
+2. ``radius_pair_links`` unions the core points within eps of each other and finds each non-core
+   row's nearest core point within eps (float32 distance, then the lower row index).
+
+The driver unions the components over all pairs (the root of a component is its lowest row),
+numbers the clusters in the order of their lowest core row and gives each border point its
+nearest core point's cluster: exactly the labels of :class:`embedcluster.DBSCAN` on the same
+rows, whatever the grouping, since the grouping only decides which pairs are skipped, and a
+skipped pair provably holds no neighbours.
+
+Where the groups live is an executor's business: in this process (rows reordered into a scratch
+file when they come from disk) or on the workers of a Dask cluster (``embedcluster.dask.DBSCAN``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import numpy as np
+
+from . import _core
+from ._backend import EngineMetric
+
+GROUP_ROWS = 8192  # rows per group: the unit of a pair task
+SAMPLE_ROWS_PER_GROUP = 48  # rows of the sample the group centres are fitted on, per group
+GROUPING_ITERATIONS = 10
+# Margins of the ball test, far above fp64's rounding of the centre distances and radii.
+_REL_MARGIN = 1e-6
+_NORM_MARGIN = 1e-9
+
+
+@dataclass
+class Geometry:
+    """The metric as the grouping sees it: Euclidean distances between rows (unit rows for
+    cosine), and the reach that two rows within eps can be apart in that space."""
+
+    metric: EngineMetric  # "l2" or "cosine"
+    eps: float
+
+    @property
+    def engine_radius(self) -> float:
+        """The radius of the engine's calls: a squared distance for l2, 1 - cos for cosine."""
+        return self.eps * self.eps if self.metric == "l2" else self.eps
+
+    @property
+    def reach(self) -> float:
+        return self.eps if self.metric == "l2" else float(np.sqrt(2.0 * self.eps))
+
+    def rows64(self, block: np.ndarray) -> np.ndarray:
+        """Rows in the grouping's space, fp64 (unit rows for cosine)."""
+        x = np.asarray(block, dtype=np.float64)
+        if self.metric == "cosine":
+            x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        return x
+
+
+def sample_positions(n: int) -> np.ndarray:
+    """Evenly spaced rows the group centres are fitted on (ascending, distinct)."""
+    groups = -(-n // GROUP_ROWS)
+    size = min(n, max(groups * SAMPLE_ROWS_PER_GROUP, 1))
+    return np.unique(np.linspace(0, n - 1, size).astype(np.int64))
+
+
+def group_centres(sample: np.ndarray, n: int, geo: Geometry, n_threads: int = 0) -> np.ndarray:
+    """float32 (G, d) centres of about n / GROUP_ROWS groups, fitted on a sample of the rows.
+
+    Only the work depends on them (which pairs of groups are compared), never the result.
+    """
+    from .cluster.kmeans import KMeans
+
+    U = np.ascontiguousarray(geo.rows64(sample), dtype=np.float32)
+    groups = -(-n // GROUP_ROWS)
+    if groups > 1:
+        groups = min(groups, len(np.unique(U, axis=0)))
+    if groups <= 1:
+        return U.mean(axis=0, dtype=np.float64, keepdims=True).astype(np.float32)
+    km = KMeans(groups, init="random", n_init=1, max_iter=GROUPING_ITERATIONS, tol=0.0, random_state=0,
+                n_threads=n_threads or None)
+    return np.ascontiguousarray(km.fit(U).cluster_centers_, dtype=np.float32)
+
+
+def assign_groups(block: np.ndarray, centres: np.ndarray, geo: Geometry,
+                  n_threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's group (its nearest centre) and its fp64 distance from that centre."""
+    U = geo.rows64(block)
+    _, idx = _core.knn_search(centres, np.ascontiguousarray(U, dtype=np.float32), 1, "l2", n_threads=n_threads)
+    labels = idx[:, 0]
+    diff = U - centres[labels].astype(np.float64)
+    return labels, np.sqrt(np.einsum("ij,ij->i", diff, diff))
+
+
+def group_radii(labels: np.ndarray, dist: np.ndarray, n_groups: int) -> np.ndarray:
+    """Largest distance of a member from its group's centre (0 for empty groups)."""
+    radii = np.zeros(n_groups)
+    np.maximum.at(radii, labels, dist)
+    return radii
+
+
+def partner_pairs(centres: np.ndarray, radii: np.ndarray, sizes: np.ndarray, reach: float) -> np.ndarray:
+    """(P, 2) pairs g <= h of non-empty groups whose balls come within `reach`, sorted."""
+    C = centres.astype(np.float64)
+    sq = np.einsum("ij,ij->i", C, C)
+    live = np.flatnonzero(sizes > 0)
+    out = []
+    for a in range(0, len(live), 256):
+        ga = live[a:a + 256]
+        hb = live[live >= ga[0]]
+        d2 = sq[ga, None] + sq[None, hb] - 2.0 * (C[ga] @ C[hb].T)
+        lim = (radii[ga, None] + radii[None, hb] + reach) * (1.0 + _REL_MARGIN)
+        near = d2 <= lim * lim + _NORM_MARGIN * (sq[ga, None] + sq[None, hb]) + 1e-300
+        i, j = np.nonzero(near & (hb[None, :] >= ga[:, None]))
+        out.append(np.stack([ga[i], hb[j]], axis=1))
+    pairs = np.concatenate(out) if out else np.zeros((0, 2), np.int64)
+    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))].astype(np.int64)
+
+
+# ---- Tasks (module-level functions: Dask workers import them by name).
+
+def count_task(xa: np.ndarray, xb: Optional[np.ndarray], radius: float, metric: EngineMetric, n_threads: int):
+    """Neighbour counts within the pair: (counts of a's rows, counts of b's rows or None for a
+    group with itself, where each row counts itself)."""
+    if xb is None:
+        return _core.radius_count(xa, xa, radius, metric, n_threads=n_threads), None
+    ca, cb = _core.radius_count_both(xb, xa, radius, metric, n_threads=n_threads)
+    return ca, cb
+
+
+def link_task(xa: np.ndarray, ids_a: np.ndarray, core_a: np.ndarray, xb: Optional[np.ndarray],
+              ids_b: Optional[np.ndarray], core_b: Optional[np.ndarray], radius: float, metric: EngineMetric,
+              n_threads: int):
+    """The pair's links in global row ids: (edge_u, edge_v) joining core rows, and per non-core
+    row with a core row within eps: (rows, nearest core rows, float32 distances), one entry a row."""
+    same = xb is None
+    xb_, ids_b_, core_b_ = (xa, ids_a, core_a) if same else (xb, ids_b, core_b)
+    assert ids_b_ is not None and core_b_ is not None and xb_ is not None
+    comp, q_core, q_dist, db_core, db_dist = _core.radius_pair_links(
+        xb_, xa, radius, core_a.view(np.uint8), core_b_.view(np.uint8), metric, n_threads=n_threads)
+    nodes = np.concatenate([ids_a, ids_b_])
+    joined = np.flatnonzero((comp >= 0) & (comp != np.arange(len(comp))))
+    edge_u, edge_v = nodes[joined], nodes[comp[joined]]
+    qa, qb = np.flatnonzero(q_core >= 0), np.flatnonzero(db_core >= 0)
+    rows = np.concatenate([ids_a[qa], ids_b_[qb]])
+    cores = np.concatenate([ids_b_[q_core[qa]], ids_a[db_core[qb]]])
+    dists = np.concatenate([q_dist[qa], db_dist[qb]])
+    if same:  # a row may appear on both sides: keep its better candidate
+        rows, cores, dists = nearest_per_row(rows, cores, dists)
+    return edge_u, edge_v, rows, cores, dists
+
+
+def nearest_per_row(rows: np.ndarray, cores: np.ndarray, dists: np.ndarray):
+    """One candidate per row: the smallest distance, then the lowest core row."""
+    order = np.lexsort((cores, dists, rows))
+    rows, cores, dists = rows[order], cores[order], dists[order]
+    first = np.ones(len(rows), bool)
+    first[1:] = rows[1:] != rows[:-1]
+    return rows[first], cores[first], dists[first]
+
+
+# ---- The driver.
+
+class Executor:
+    """Runs tasks where the groups are. This one runs them at once in this process; the Dask
+    executor submits them to a cluster. ``rows(g)`` / ``ids(g)`` are whatever the tasks take."""
+
+    def submit(self, fn: Callable, *args: Any) -> Any:
+        return fn(*args)
+
+    def gather(self, handles: Sequence[Any]) -> list:
+        return list(handles)
+
+    def completed(self, handles: Sequence[Any]) -> Iterable[Any]:
+        return iter(handles)
+
+    def rows(self, g: int) -> Any:
+        raise NotImplementedError
+
+    def ids(self, g: int) -> Any:
+        raise NotImplementedError
+
+
+class ForestUnion:
+    """Union-find over n rows in numpy: every root is the lowest row of its component."""
+
+    def __init__(self, n: int):
+        self.parent = np.arange(n, dtype=np.int64)
+
+    def find(self, x: np.ndarray) -> np.ndarray:
+        p = self.parent
+        r = p[x]
+        while True:
+            rr = p[r]
+            if np.array_equal(rr, r):
+                return r
+            r = rr
+
+    def union(self, u: np.ndarray, v: np.ndarray) -> None:
+        touched = np.concatenate([u, v])
+        while len(u):
+            ru, rv = self.find(u), self.find(v)
+            apart = ru != rv
+            if not apart.any():
+                break
+            lo, hi = np.minimum(ru[apart], rv[apart]), np.maximum(ru[apart], rv[apart])
+            np.minimum.at(self.parent, hi, lo)
+            u, v = hi, lo  # an edge whose hi got another, lower root is joined on the next round
+        if len(touched):  # path compression: later finds start next to the roots
+            self.parent[touched] = self.find(touched)
+
+    def roots(self) -> np.ndarray:
+        p = self.parent
+        while True:
+            pp = p[p]
+            if np.array_equal(pp, p):
+                return p
+            p = pp
+
+
+@dataclass
+class GroupedDbscan:
+    labels: np.ndarray
+    is_core: np.ndarray
+    pairs: int
+    pairs_linked: int
+
+
+def dbscan_over_groups(ex: Executor, n: int, pairs: np.ndarray, geo: Geometry,
+                       min_samples: int, n_threads: int = 0,
+                       progress: Optional[Callable[[str, int, int], None]] = None) -> GroupedDbscan:
+    """DBSCAN's labels and core flags of n rows split into groups, from the given pairs."""
+    radius, metric = geo.engine_radius, geo.metric
+    # Each group's counts are summed as its pairs finish: a group's last pair is (g, h) with the
+    # largest h when it is the first of the pair, and pairs come sorted by (g, h).
+    counts: dict = {}
+    core: dict = {}
+    last_first = {int(g): i for i, g in enumerate(pairs[:, 0])}
+    for i, (g, h) in enumerate(pairs.tolist()):
+        r = ex.submit(count_task, ex.rows(g), None if g == h else ex.rows(h), radius, metric, n_threads)
+        for side, grp in ((_first, g), (_second, h)) if g != h else ((_first, g),):
+            part = ex.submit(side, r)
+            counts[grp] = part if grp not in counts else ex.submit(_add, counts[grp], part)
+        if last_first.get(g) == i:  # no later pair adds to g
+            core[g] = ex.submit(_at_least, counts.pop(g), min_samples)
+        if progress:
+            progress("count", i + 1, len(pairs))
+    for grp in list(counts):  # groups that are never the first of a pair after their last count
+        core[grp] = ex.submit(_at_least, counts.pop(grp), min_samples)
+    live = sorted(core)
+    has_core = dict(zip(live, ex.gather([ex.submit(np.any, core[g]) for g in live])))
+    linked = [(int(g), int(h)) for g, h in pairs if has_core[int(g)] or has_core[int(h)]]
+    links = [ex.submit(link_task, ex.rows(g), ex.ids(g), core[g], None if g == h else ex.rows(h),
+                       None if g == h else ex.ids(h), None if g == h else core[h], radius, metric, n_threads)
+             for g, h in linked]
+    forest = ForestUnion(n)
+    best_dist = np.full(n, np.inf, np.float32)
+    best_core = np.full(n, -1, np.int64)
+    for i, (edge_u, edge_v, rows, cores, dists) in enumerate(ex.completed(links)):
+        forest.union(edge_u, edge_v)
+        better = (dists < best_dist[rows]) | ((dists == best_dist[rows]) & (cores < best_core[rows]))
+        best_dist[rows[better]], best_core[rows[better]] = dists[better], cores[better]
+        if progress:
+            progress("link", i + 1, len(links))
+    is_core = np.zeros(n, bool)
+    for ids, flags in zip(ex.gather([ex.ids(g) for g in live]), ex.gather([core[g] for g in live])):
+        is_core[ids] = flags
+    return GroupedDbscan(number_clusters(forest.roots(), is_core, best_core), is_core, len(pairs), len(linked))
+
+
+def number_clusters(roots: np.ndarray, is_core: np.ndarray, nearest_core: np.ndarray) -> np.ndarray:
+    """Clusters numbered in the order of their lowest core row (each root is its component's
+    lowest row); border rows take their nearest core row's cluster; -1 for noise."""
+    labels = np.full(len(roots), -1, np.int64)
+    core_rows = np.flatnonzero(is_core)
+    _, labels[core_rows] = np.unique(roots[core_rows], return_inverse=True)
+    border = np.flatnonzero(~is_core & (nearest_core >= 0))
+    labels[border] = labels[nearest_core[border]]
+    return labels
+
+
+def _add(a, b):
+    return a + b
+
+
+def _at_least(counts, min_samples):
+    return counts >= min_samples
+
+
+def _first(r):
+    return r[0]
+
+
+def _second(r):
+    return r[1]
+
+
+# ---- In this process: rows streamed from disk, grouped into a scratch copy.
+
+class LocalGroups(Executor):
+    """The groups as consecutive rows of one array (the reordered copy); tasks run at once."""
+
+    def __init__(self, store: np.ndarray, order: np.ndarray, starts: np.ndarray):
+        self.store, self.order, self.starts = store, order, starts
+
+    def rows(self, g: int) -> np.ndarray:
+        return self.store[self.starts[g]:self.starts[g + 1]]
+
+    def ids(self, g: int) -> np.ndarray:
+        return self.order[self.starts[g]:self.starts[g + 1]]
+
+
+def read_rows(X: Any, a: int, b: int) -> np.ndarray:
+    return np.ascontiguousarray(X[a:b], dtype=np.float32)
+
+
+def write_grouped(X: Any, labels: np.ndarray, starts: np.ndarray, store: np.ndarray, block_rows: int) -> None:
+    """Copies X's rows into `store` group by group (ascending row index within a group)."""
+    cursor = starts[:-1].copy()
+    n_groups = len(cursor)
+    for a in range(0, X.shape[0], block_rows):
+        b = min(X.shape[0], a + block_rows)
+        lab = labels[a:b]
+        order = np.argsort(lab, kind="stable")
+        per = np.bincount(lab, minlength=n_groups)
+        first = np.concatenate([[0], np.cumsum(per)[:-1]])
+        sorted_lab = lab[order]
+        dest = cursor[sorted_lab] + (np.arange(b - a) - first[sorted_lab])
+        store[dest] = read_rows(X, a, b)[order]
+        cursor += per
+
+
+def fit_streamed(X: Any, eps: float, min_samples: int, metric: EngineMetric, scratch: Any, n_threads: int = 0,
+                 block_rows: int = 1 << 16) -> GroupedDbscan:
+    """DBSCAN of X (a memory map or ShardedArray) through a grouped copy in the folder `scratch`
+    (a file of X's rows as float32, which the caller removes)."""
+    from pathlib import Path
+
+    geo = Geometry(metric, float(eps))
+    n, d = int(X.shape[0]), int(X.shape[1])
+    sample = np.ascontiguousarray(X[sample_positions(n)], dtype=np.float32)
+    centres = group_centres(sample, n, geo, n_threads)
+    n_groups = len(centres)
+    labels = np.empty(n, np.int64)
+    radii = np.zeros(n_groups)
+    for a in range(0, n, block_rows):
+        b = min(n, a + block_rows)
+        lab, dist = assign_groups(read_rows(X, a, b), centres, geo, n_threads)
+        labels[a:b] = lab
+        np.maximum.at(radii, lab, dist)
+    sizes = np.bincount(labels, minlength=n_groups)
+    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    store = np.lib.format.open_memmap(Path(scratch) / "grouped_rows.npy", mode="w+", dtype=np.float32, shape=(n, d))
+    write_grouped(X, labels, starts, store, block_rows)
+    store.flush()
+    order = np.argsort(labels, kind="stable")
+    del labels
+    pairs = partner_pairs(centres, radii, sizes, geo.reach)
+    try:
+        return dbscan_over_groups(LocalGroups(store, order, starts), n, pairs, geo, min_samples, n_threads)
+    finally:
+        del store
+
+
+class RowSelection:
+    """Rows ``X[index]`` of a large input, read when asked for (the core rows of a streamed fit
+    that would not fit in memory): ``len``, ``shape``, ``dtype``, slicing (an in-memory float32
+    array of those rows) and ``np.asarray`` (all of them)."""
+
+    def __init__(self, X: Any, index: np.ndarray):
+        self._X, self.index = X, index
+        self.shape = (len(index), int(X.shape[1]))
+        self.dtype = np.dtype(np.float32)
+        self.ndim = 2
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.ascontiguousarray(self._X[self.index[key]], dtype=np.float32)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+
+def nearest_over_blocks(rows: Any, Q: np.ndarray, metric: EngineMetric, block_rows: int,
+                        n_threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The nearest of `rows` (anything sliceable by rows) to each query, read `block_rows` at a
+    time: (float32 distance as knn_search reports it, index), exactly the single call's."""
+    best_val = np.full(len(Q), np.inf)
+    best_idx = np.full(len(Q), -1, np.int64)
+    for a in range(0, len(rows), block_rows):
+        val, idx = _core.knn_search(rows[a:a + block_rows], Q, 1, metric, n_threads=n_threads, exact_values=True)
+        val, idx = val[:, 0], idx[:, 0] + a
+        better = (val < best_val) | ((val == best_val) & (idx < best_idx))
+        best_val[better], best_idx[better] = val[better], idx[better]
+    return best_val.astype(np.float32), best_idx

@@ -16,6 +16,7 @@ order (cosine), so a value depends on its two rows only, never on their position
 from __future__ import annotations
 
 import math
+import os
 from fractions import Fraction
 from operator import mul
 
@@ -357,3 +358,24 @@ def call_bounded_on_fifo(fn, fifo, timeout: float = 30.0):
     if "error" in result:
         raise result["error"]
     return result.get("value")
+
+
+@pytest.fixture(scope="session")
+def client():
+    """One distributed.LocalCluster (2 worker processes x 1 thread) for every Dask test module."""
+    distributed = pytest.importorskip("distributed")
+    # Workers inherit the environment: one OpenMP thread each, as a deployment would set it.
+    old = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                           dashboard_address=None, silence_logs=40)
+        c = distributed.Client(cluster)
+    finally:
+        if old is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = old
+    yield c
+    c.close()
+    cluster.close()

@@ -18,25 +18,6 @@ import embedcluster._chunked as chunked  # noqa: E402
 import embedcluster.dask as ecd  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def client():
-    # Workers inherit the environment: one OpenMP thread each, as a deployment would set it.
-    old = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                           dashboard_address=None, silence_logs=40)
-        c = distributed.Client(cluster)
-    finally:
-        if old is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = old
-    yield c
-    c.close()
-    cluster.close()
-
-
 def blobs(n=8000, d=16, centres=10, seed=0):
     rng = np.random.default_rng(seed)
     means = rng.normal(size=(centres, d)).astype(np.float32) * 4

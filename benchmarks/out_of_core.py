@@ -1,9 +1,14 @@
 #!/usr/bin/env python3
-"""k-means on a .npy file larger than the machine's RAM: peak private memory and time per pass
-against one sequential read of the file, measured in the same run.
+"""k-means, kNN and DBSCAN on a .npy file larger than the machine's RAM: peak private memory, and
+k-means' time per pass against one sequential read of the file, measured in the same run.
 
-    python benchmarks/out_of_core.py                  # a file 1.1x the RAM, 128 columns, k=100
+    python benchmarks/out_of_core.py                  # a file 1.1x the RAM, 128 columns, all cases
     python benchmarks/out_of_core.py --rows 2000000   # a small smoke run
+    python benchmarks/out_of_core.py --cases kmeans   # only k-means (kmeans, knn, dbscan)
+
+The rows are Gaussian clusters of about 16,384 rows each (unit spread, centres 10 apart per
+coordinate on average), so that DBSCAN has clusters to find (eps 13: tens of neighbours a row):
+its work grows with the neighbours, and a file of isotropic noise would make it a brute force.
 
 The file is generated in a scratch folder (default benchmarks/out/ooc, or --dir) and deleted
 afterwards unless --keep. It needs that much free disk. KMeans reads the file through a memory
@@ -67,9 +72,10 @@ def drop_page_cache(path: Path) -> None:
         os.close(fd)
 
 
-def generate(path: Path, n: int, d: int, seed: int, centres: int = 200) -> None:
+def generate(path: Path, n: int, d: int, seed: int, rows_per_centre: int = 16384) -> None:
     rng = np.random.default_rng(seed)
-    means = (rng.normal(size=(centres, d)) * 3).astype(np.float32)
+    centres = max(1, n // rows_per_centre)
+    means = (rng.normal(size=(centres, d)) * 10).astype(np.float32)
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, d))
     step = max(1, (256 << 20) // (4 * d))
     for a in range(0, n, step):
@@ -92,17 +98,101 @@ def sequential_read(path: Path) -> float:
     return time.perf_counter() - t
 
 
+def run_kmeans(X: np.ndarray, args, info: dict) -> None:
+    from embedcluster import KMeans
+
+    n = X.shape[0]
+    rng = np.random.default_rng(1)
+    init = np.ascontiguousarray(X[np.sort(rng.choice(n, args.k, replace=False))], dtype=np.float32)
+    drop_page_cache(Path(X.filename))
+    with PeakSampler() as mem:
+        t = time.perf_counter()
+        km = KMeans(args.k, init=init, max_iter=args.iters, tol=0.0).fit(X)
+        seconds = time.perf_counter() - t
+    # Passes over the file: the norms and checks, one per Lloyd iteration, the final
+    # assignment, and the objective's maxima and sum.
+    passes = 1 + km.n_iter_ + 1 + 2
+    r = dict(seconds=seconds, n_iter=km.n_iter_, passes=passes, seconds_per_pass=seconds / passes,
+             pass_vs_read=seconds / passes / info["sequential_read_s"],
+             seconds_per_iteration=seconds / km.n_iter_,
+             peak_private_gib=(mem.peak - mem.base) / 2**30, inertia=km.inertia_)
+    info["kmeans"] = r
+    print(f"k-means {args.iters} iterations: {seconds:.1f} s, {passes} passes, "
+          f"{r['seconds_per_pass']:.1f} s per pass = {r['pass_vs_read']:.2f}x one sequential read; "
+          f"peak private memory {r['peak_private_gib']:.2f} GiB", flush=True)
+
+
+def run_knn(X: np.ndarray, args, info: dict) -> None:
+    from embedcluster import NearestNeighbors
+
+    n = X.shape[0]
+    rng = np.random.default_rng(2)
+    Q = np.ascontiguousarray(X[np.sort(rng.choice(n, args.queries, replace=False))], dtype=np.float32)
+    Q += rng.normal(size=Q.shape).astype(np.float32) * 0.1
+    drop_page_cache(Path(X.filename))
+    with PeakSampler() as mem:
+        t = time.perf_counter()
+        dist, idx = NearestNeighbors(n_neighbors=10).fit(X).kneighbors(Q)
+        seconds = time.perf_counter() - t
+    check = np.sort(rng.choice(args.queries, 20, replace=False))
+    ok = verify_knn(X, Q[check], idx[check], dist[check])
+    info["knn"] = dict(queries=args.queries, k=10, seconds=seconds, peak_private_gib=(mem.peak - mem.base) / 2**30,
+                       spot_check_queries=len(check), spot_check_ok=ok)
+    print(f"kNN of {args.queries:,} queries, k=10: {seconds:.1f} s; peak private memory "
+          f"{info['knn']['peak_private_gib']:.2f} GiB; {len(check)} queries checked by numpy: {ok}", flush=True)
+
+
+def verify_knn(X: np.ndarray, Q: np.ndarray, idx: np.ndarray, dist: np.ndarray, block: int = 1 << 20) -> bool:
+    """The k nearest of a few queries by a float64 numpy scan of the file (an independent oracle)."""
+    best = np.full((len(Q), idx.shape[1]), np.inf)
+    best_i = np.zeros((len(Q), idx.shape[1]), np.int64)
+    Q64 = Q.astype(np.float64)
+    for a in range(0, X.shape[0], block):
+        B = np.asarray(X[a:a + block], dtype=np.float64)
+        d2 = (Q64 ** 2).sum(1)[:, None] + (B ** 2).sum(1)[None, :] - 2 * Q64 @ B.T
+        allv = np.concatenate([best, d2], 1)
+        alli = np.concatenate([best_i, np.arange(a, a + len(B))[None, :].repeat(len(Q), 0)], 1)
+        o = np.argsort(allv, axis=1, kind="stable")[:, :idx.shape[1]]
+        best, best_i = np.take_along_axis(allv, o, 1), np.take_along_axis(alli, o, 1)
+    return bool(np.allclose(np.sqrt(np.maximum(best, 0)), dist, rtol=1e-4, atol=1e-3)
+                and (np.sort(best_i, 1) == np.sort(idx, 1)).mean() > 0.99)
+
+
+def run_dbscan(X: np.ndarray, args, info: dict, scratch: Path) -> None:
+    from embedcluster import DBSCAN
+
+    drop_page_cache(Path(X.filename))
+    with PeakSampler() as mem:
+        t = time.perf_counter()
+        db = DBSCAN(eps=args.eps, min_samples=args.min_samples, scratch_dir=scratch,
+                    memory_limit=args.memory_limit).fit(X)
+        seconds = time.perf_counter() - t
+    left = list(scratch.iterdir())
+    info["dbscan"] = dict(eps=args.eps, min_samples=args.min_samples, seconds=seconds,
+                          peak_private_gib=(mem.peak - mem.base) / 2**30, n_clusters=db.n_clusters_,
+                          noise=int((db.labels_ == -1).sum()), core=len(db.core_sample_indices_),
+                          streamed="groups_pairs" in db.stats_, stats=db.stats_, scratch_left=[str(p) for p in left])
+    print(f"DBSCAN eps={args.eps} min_samples={args.min_samples}: {seconds:.1f} s, {db.n_clusters_} clusters, "
+          f"{info['dbscan']['noise']:,} noise, peak private memory {info['dbscan']['peak_private_gib']:.2f} GiB, "
+          f"{db.stats_}; scratch folder left: {left or 'nothing'}", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=0, help="rows (default: a file 1.1x the RAM)")
     ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--cases", default="kmeans,knn,dbscan")
     ap.add_argument("--k", type=int, default=100)
     ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--queries", type=int, default=10000)
+    ap.add_argument("--eps", type=float, default=13.0)
+    ap.add_argument("--memory-limit", type=int, default=None,
+                    help="DBSCAN's memory_limit (a small one streams a smaller file too)")
+    ap.add_argument("--min-samples", type=int, default=10)
     ap.add_argument("--dir", default=str(Path(__file__).parent / "out" / "ooc"))
     ap.add_argument("--keep", action="store_true", help="keep the generated file")
     args = ap.parse_args()
-    from embedcluster import KMeans
-
+    cases = args.cases.split(",")
     d = args.dim
     n = args.rows or int(1.1 * ram_bytes() / (4 * d))
     folder = Path(args.dir)
@@ -110,36 +200,28 @@ def main() -> int:
     path = folder / f"x_{n}x{d}.npy"
     info = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": n, "dim": d, "k": args.k,
             "file_gib": n * d * 4 / 2**30, "ram_gib": ram_bytes() / 2**30,
+            "private_bar_gib": (2 * 2**30 + 64 * n) / 2**30,
             "cpu": subprocess.run(["sh", "-c", "lscpu | grep 'Model name' | cut -d: -f2"], capture_output=True,
                                   text=True).stdout.strip() or platform.processor()}
-    print(f"{n:,} x {d} float32 = {info['file_gib']:.1f} GiB on a machine with {info['ram_gib']:.1f} GiB RAM",
-          flush=True)
+    print(f"{n:,} x {d} float32 = {info['file_gib']:.1f} GiB on a machine with {info['ram_gib']:.1f} GiB RAM; "
+          f"private memory bar 2 GiB + 64 B/row = {info['private_bar_gib']:.2f} GiB", flush=True)
     try:
-        t = time.perf_counter()
-        generate(path, n, d, seed=0)
-        info["generate_s"] = time.perf_counter() - t
+        if not path.exists():
+            t = time.perf_counter()
+            generate(path, n, d, seed=0)
+            info["generate_s"] = time.perf_counter() - t
         info["sequential_read_s"] = sequential_read(path)
-        print(f"generated in {info['generate_s']:.0f} s; one sequential read {info['sequential_read_s']:.1f} s",
+        print(f"generated in {info.get('generate_s', 0):.0f} s; one sequential read {info['sequential_read_s']:.1f} s",
               flush=True)
         X = np.load(path, mmap_mode="r")
-        rng = np.random.default_rng(1)
-        init = np.ascontiguousarray(X[np.sort(rng.choice(n, args.k, replace=False))], dtype=np.float32)
-        drop_page_cache(path)
-        with PeakSampler() as mem:
-            t = time.perf_counter()
-            km = KMeans(args.k, init=init, max_iter=args.iters, tol=0.0).fit(X)
-            info["kmeans_s"] = time.perf_counter() - t
-        # Passes over the file: the norms and checks, one per Lloyd iteration, the final
-        # assignment, and the objective's maxima and sum.
-        passes = 1 + km.n_iter_ + 1 + 2
-        info.update(n_iter=km.n_iter_, passes=passes, seconds_per_pass=info["kmeans_s"] / passes,
-                    pass_vs_read=info["kmeans_s"] / passes / info["sequential_read_s"],
-                    peak_private_gib=(mem.peak - mem.base) / 2**30,
-                    private_bar_gib=(2 * 2**30 + 64 * n) / 2**30, inertia=km.inertia_)
-        print(f"k-means {args.iters} iterations: {info['kmeans_s']:.1f} s, {passes} passes, "
-              f"{info['seconds_per_pass']:.1f} s per pass = {info['pass_vs_read']:.2f}x one sequential read; "
-              f"peak private memory {info['peak_private_gib']:.2f} GiB "
-              f"(bar: 2 GiB + 64 B/row = {info['private_bar_gib']:.2f} GiB)", flush=True)
+        if "kmeans" in cases:
+            run_kmeans(X, args, info)
+        if "knn" in cases:
+            run_knn(X, args, info)
+        if "dbscan" in cases:
+            scratch = folder / "scratch"
+            scratch.mkdir(exist_ok=True)
+            run_dbscan(X, args, info, scratch)
     finally:
         if not args.keep and path.exists():
             path.unlink()

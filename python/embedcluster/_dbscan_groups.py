@@ -83,7 +83,9 @@ def group_centres(sample: np.ndarray, n: int, geo: Geometry, n_threads: int = 0)
         groups = min(groups, len(np.unique(U, axis=0)))
     if groups <= 1:
         return U.mean(axis=0, dtype=np.float64, keepdims=True).astype(np.float32)
-    km = KMeans(groups, init="random", n_init=1, max_iter=GROUPING_ITERATIONS, tol=0.0, random_state=0,
+    # k-means++ (k-means|| on large samples) seeds every well-separated cluster of rows: a group
+    # spread over two clusters would have a ball that reaches far more partners.
+    km = KMeans(groups, init="auto", n_init=1, max_iter=GROUPING_ITERATIONS, tol=0.0, random_state=0,
                 n_threads=n_threads or None)
     return np.ascontiguousarray(km.fit(U).cluster_centers_, dtype=np.float32)
 

@@ -92,6 +92,7 @@ def test_uint8_images_with_a_layer_of_a_cnn(client):
     assert_bits(emb.compute(), ref)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")
 def test_torchscript_module_and_checkpoint_path(client, tmp_path):
     torch.manual_seed(5)
     X = features(300, 16, seed=6)

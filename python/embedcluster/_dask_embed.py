@@ -36,6 +36,7 @@ import sys
 import tempfile
 import threading
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -165,7 +166,10 @@ def _checkpoint_files(enc: Any) -> Optional[Dict[str, bytes]]:
     model = enc.model
     if isinstance(model, torch.jit.ScriptModule):
         buffer = io.BytesIO()
-        torch.jit.save(model, buffer)
+        with warnings.catch_warnings():
+            # PyTorch deprecates TorchScript in favour of torch.export; the archives still load.
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.save.*deprecated", category=DeprecationWarning)
+            torch.jit.save(model, buffer)
         return {"model.pt": buffer.getvalue()}
     from .encoders import save_checkpoint
     from .transfer import models
@@ -332,7 +336,8 @@ def _checked_array(X: Any, enc: Any) -> Any:
 
 
 def _probe_dim(enc: Any, sample: Any) -> int:
-    """The embedding dimension, from one item run through the encoder on the client."""
+    """The embedding dimension, from one item (of the data, or made up) run through the encoder
+    on the client."""
     out = enc.encode(sample, batch_size=max(1, len(sample)), progress=False)
     return int(out.shape[1])
 
@@ -401,7 +406,8 @@ def embed(encoder: Any, data: Any, *, batch_size: int = 256, normalize: bool = F
     else:
         X = _checked_array(data, enc)
         row_chunks = tuple(int(c) for c in X.chunks[0])
-        sample = ["embedcluster"] if recipe.modality == "text" else np.zeros((1, *X.shape[1:]), dtype=X.dtype)
+        # A row of ones, not zeros: an encoder that divides by a row's norm stays finite.
+        sample = ["embedcluster"] if recipe.modality == "text" else np.ones((1, *X.shape[1:]), dtype=X.dtype)
     recipe = dataclasses.replace(recipe, dim=_probe_dim(enc, sample))
     aligned = _batch_aligned_chunks(row_chunks, int(batch_size))
     blocks = X if X.chunks[0] == aligned else X.rechunk({0: aligned})

@@ -31,6 +31,7 @@ import dataclasses
 import hashlib
 import io
 import os
+import platform
 import shutil
 import sys
 import tempfile
@@ -80,7 +81,7 @@ def _build_encoder(recipe: _EncoderRecipe, device: str) -> Any:
     if recipe.spec is not None:
         enc = load_encoder(recipe.spec, device=device, **recipe.options)
         if enc.fingerprint != recipe.fingerprint:
-            raise ValueError(f"the encoder {recipe.spec!r} on this worker (host {os.uname().nodename}) "
+            raise ValueError(f"the encoder {recipe.spec!r} on this worker (host {platform.node()}) "
                              f"has fingerprint {enc.fingerprint[:16]}, the client's "
                              f"{str(recipe.fingerprint)[:16]}: the files differ; install the same model "
                              "files at the same path on every worker")

@@ -234,3 +234,22 @@ def test_errors(client):
     mixed = db.from_sequence([np.zeros(32, np.float32)] * 3 + [np.zeros(31, np.float32)], npartitions=2)
     with pytest.raises(ValueError, match="every item must have the same shape and dtype"):
         ecd.embed(enc, mixed).compute()
+
+
+@pytest.mark.slow
+def test_hugging_face_text_folder_on_a_bag(client, tmp_path):
+    """A path each worker loads itself (a tiny BERT saved here). Padding follows the longest
+    text of a batch, so keeping the one-process batches matters most for text models."""
+    transformers = pytest.importorskip("transformers")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "item", "a", "aa", "aaa"] + [str(i) for i in range(10)]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    torch.manual_seed(15)
+    model = transformers.BertModel(transformers.BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1,
+                                                           num_attention_heads=2, intermediate_size=32)).eval()
+    model.save_pretrained(tmp_path / "bert")
+    transformers.BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(tmp_path / "bert")
+    spec = f"hf:{tmp_path / 'bert'}"
+    texts = [f"item {i} " + " ".join(["a"] * (i % 5)) for i in range(60)]
+    ref = load_encoder(spec, device="cpu").encode(texts, batch_size=8, progress=False)
+    emb = ecd.embed(spec, db.from_sequence(texts, npartitions=7), batch_size=8)
+    assert_bits(emb.compute(), ref)

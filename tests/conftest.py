@@ -73,30 +73,6 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def client():
-    """A distributed.LocalCluster of 2 worker processes x 1 thread and its Client, one per test
-    module (tests/test_dask*.py). Workers inherit the environment: one OpenMP thread each, as a
-    deployment would set it."""
-    import os
-
-    distributed = pytest.importorskip("distributed")
-    old = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                           dashboard_address=None, silence_logs=40)
-        c = distributed.Client(cluster)
-    finally:
-        if old is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = old
-    yield c
-    c.close()
-    cluster.close()
-
-
 @pytest.fixture(params=_core.build_info()["kernels_available"])
 def kernel_set(request):
     """Runs a test once per kernel set this CPU supports (generic, avx2, avx512)."""

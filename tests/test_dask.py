@@ -1,6 +1,6 @@
 """embedcluster.dask on a real distributed.LocalCluster (2 worker processes, 1 thread each):
 results bit-identical to the single-machine estimator for uneven chunkings, a worker killed
-mid-fit, and the estimator's errors. The cluster is conftest.py's module-scoped ``client``."""
+mid-fit, and the estimator's errors."""
 
 from __future__ import annotations
 

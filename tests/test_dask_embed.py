@@ -1,4 +1,4 @@
-"""embedcluster.dask.embed on a real distributed.LocalCluster (conftest.py's module-scoped
+"""embedcluster.dask.embed on a real distributed.LocalCluster (conftest.py's session-scoped
 ``client``: 2 worker processes x 1 thread): embeddings bit-identical to Encoder.encode on the
 concatenated rows in one process (one torch thread, as on the workers) for uneven chunkings and
 bag partitions, the encoder shipped without pickled torch modules and built once per worker,

@@ -30,7 +30,7 @@ from . import _core
 from ._chunked import ChunkStats, FitParams, fit_over_chunks
 from ._dask_embed import embed
 
-__all__ = ["DaskChunks", "KMeans", "embed"]
+__all__ = ["DBSCAN", "DaskChunks", "KMeans", "embed"]
 
 log = logging.getLogger(__name__)
 

@@ -8,6 +8,9 @@ centres, labels, inertia and iteration count are bit-identical to
 by k-means|| over the chunks with the same integer ``random_state``), for any chunking and any
 number of workers.
 
+:func:`embed` embeds a dask array or bag with an encoder on the workers (see
+:mod:`embedcluster._dask_embed`); its result, a dask array, goes straight into :class:`KMeans`.
+
 Needs ``dask[array]`` and ``distributed`` (``pip install embedcluster[dask]``) on the client
 and on every worker, with the same embedcluster version.
 
@@ -25,6 +28,9 @@ import numpy as np
 
 from . import _core
 from ._chunked import ChunkStats, FitParams, fit_over_chunks
+from ._dask_embed import embed
+
+__all__ = ["DBSCAN", "DaskChunks", "KMeans", "embed"]
 
 log = logging.getLogger(__name__)
 

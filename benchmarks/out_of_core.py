@@ -7,7 +7,7 @@ k-means' time per pass against one sequential read of the file, measured in the 
     python benchmarks/out_of_core.py --cases kmeans   # only k-means (kmeans, knn, dbscan)
 
 The rows are Gaussian clusters of about 16,384 rows each (unit spread, centres 10 apart per
-coordinate on average), so that DBSCAN has clusters to find (eps 13: tens of neighbours a row):
+coordinate on average), so that DBSCAN has clusters to find (eps 13.5: tens of neighbours a row):
 its work grows with the neighbours, and a file of isotropic noise would make it a brute force.
 
 The file is generated in a scratch folder (default benchmarks/out/ooc, or --dir) and deleted
@@ -185,7 +185,7 @@ def main() -> int:
     ap.add_argument("--k", type=int, default=100)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--queries", type=int, default=10000)
-    ap.add_argument("--eps", type=float, default=13.0)
+    ap.add_argument("--eps", type=float, default=13.5)
     ap.add_argument("--memory-limit", type=int, default=None,
                     help="DBSCAN's memory_limit (a small one streams a smaller file too)")
     ap.add_argument("--min-samples", type=int, default=10)

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import numpy as np
 
 from . import _core
-from ._backend import EngineMetric
+from ._backend import EngineMetric, Precision
 
 GROUP_ROWS = 8192  # rows per group: the unit of a pair task
 SAMPLE_ROWS_PER_GROUP = 48  # rows of the sample the group centres are fitted on, per group
@@ -127,12 +127,16 @@ def partner_pairs(centres: np.ndarray, radii: np.ndarray, sizes: np.ndarray, rea
 
 # ---- Tasks (module-level functions: Dask workers import them by name).
 
+# The pair tasks use fp32 tiles: bf16's error band (a fraction 2^-8 of the squared norms) holds
+# most pairs of rows far from the origin, and each pair in the band is re-checked in fp64.
+PAIR_PRECISION: Precision = "fp32"
+
 def count_task(xa: np.ndarray, xb: Optional[np.ndarray], radius: float, metric: EngineMetric, n_threads: int):
     """Neighbour counts within the pair: (counts of a's rows, counts of b's rows or None for a
     group with itself, where each row counts itself)."""
     if xb is None:
-        return _core.radius_count(xa, xa, radius, metric, n_threads=n_threads), None
-    ca, cb = _core.radius_count_both(xb, xa, radius, metric, n_threads=n_threads)
+        return _core.radius_count(xa, xa, radius, metric, n_threads=n_threads, precision=PAIR_PRECISION), None
+    ca, cb = _core.radius_count_both(xb, xa, radius, metric, n_threads=n_threads, precision=PAIR_PRECISION)
     return ca, cb
 
 
@@ -145,7 +149,8 @@ def link_task(xa: np.ndarray, ids_a: np.ndarray, core_a: np.ndarray, xb: Optiona
     xb_, ids_b_, core_b_ = (xa, ids_a, core_a) if same else (xb, ids_b, core_b)
     assert ids_b_ is not None and core_b_ is not None and xb_ is not None
     comp, q_core, q_dist, db_core, db_dist = _core.radius_pair_links(
-        xb_, xa, radius, core_a.view(np.uint8), core_b_.view(np.uint8), metric, n_threads=n_threads)
+        xb_, xa, radius, core_a.view(np.uint8), core_b_.view(np.uint8), metric, n_threads=n_threads,
+        precision=PAIR_PRECISION)
     nodes = np.concatenate([ids_a, ids_b_])
     joined = np.flatnonzero((comp >= 0) & (comp != np.arange(len(comp))))
     edge_u, edge_v = nodes[joined], nodes[comp[joined]]

@@ -23,17 +23,23 @@ def data(n=2400, d=10, seed=3):
     return rng.permutation(X).astype(np.float32)
 
 
-@pytest.mark.parametrize("chunks,metric,eps,min_samples", [
-    ((1000, 1, 1399), "euclidean", 2.0, 6),
-    ((7, 2000, 393), "cosine", 0.015, 5),
-    ((2400,), "euclidean", 3.5, 15),
+@pytest.mark.parametrize("chunks,metric,eps,min_samples,whole_bytes", [
+    ((1000, 1, 1399), "euclidean", 2.0, 6, 0),
+    ((7, 2000, 393), "cosine", 0.015, 5, 0),
+    ((2400,), "euclidean", 3.5, 15, 0),
+    ((1000, 1, 1399), "euclidean", 2.0, 6, 2**30),
+    ((7, 2000, 393), "cosine", 0.015, 5, 300 * 10 * 4),
 ])
-def test_dask_dbscan_equals_single_machine(client, monkeypatch, chunks, metric, eps, min_samples):
+def test_dask_dbscan_equals_single_machine(client, monkeypatch, chunks, metric, eps, min_samples, whole_bytes):
     monkeypatch.setattr(groups, "GROUP_ROWS", 300)  # the grouping runs on the client
     X = data()
     ref = DBSCAN(eps=eps, min_samples=min_samples, metric=metric).fit(X)
-    got = ecd.DBSCAN(eps=eps, min_samples=min_samples, metric=metric, client=client).fit(
-        da.from_array(X, chunks=(chunks, X.shape[1])))
+    got = ecd.DBSCAN(eps=eps, min_samples=min_samples, metric=metric, max_component_bytes=whole_bytes,
+                     client=client).fit(da.from_array(X, chunks=(chunks, X.shape[1])))
+    if whole_bytes == 0:
+        assert got.n_components_ == 0  # every group through the pair tasks
+    elif whole_bytes >= 2**30:
+        assert got.n_components_ > 0
     np.testing.assert_array_equal(got.labels_, ref.labels_)
     np.testing.assert_array_equal(got.core_sample_indices_, ref.core_sample_indices_)
     np.testing.assert_array_equal(got.components_.compute(), ref.components_)

@@ -53,16 +53,25 @@ CASES = [("euclidean", 2.2, 6), ("euclidean", 4.0, 20), ("cosine", 0.015, 5), ("
 
 
 @pytest.mark.parametrize("metric,eps,min_samples", CASES)
-@pytest.mark.parametrize("kind", ["memmap", "shards"])
-def test_streamed_fit_equals_in_memory_fit(tmp_path, small_groups, metric, eps, min_samples, kind):
+@pytest.mark.parametrize("kind,path", [("memmap", "pairs"), ("shards", "pairs"), ("memmap", "whole")])
+def test_streamed_fit_equals_in_memory_fit(tmp_path, small_groups, monkeypatch, metric, eps, min_samples, kind, path):
     X = data()
     src = as_memmap(X, tmp_path / "x.npy") if kind == "memmap" else as_shards(X, tmp_path)
     ref = DBSCAN(eps=eps, min_samples=min_samples, metric=metric).fit(X)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     (scratch / "keep.txt").write_text("the user's")
-    got = DBSCAN(eps=eps, min_samples=min_samples, metric=metric, memory_limit=1000, scratch_dir=scratch).fit(src)
+    # "pairs": a memory limit too small to fit any set of groups whole; "whole": streamed, but
+    # every independent set of groups fits and is fitted in memory.
+    if path == "whole":
+        monkeypatch.setattr(dbscan_module, "_streams", lambda X, limit: True)
+    limit = 1000 if path == "pairs" else None
+    got = DBSCAN(eps=eps, min_samples=min_samples, metric=metric, memory_limit=limit, scratch_dir=scratch).fit(src)
     assert got.stats_["groups_pairs"] > 0  # it went through the groups
+    if path == "pairs":
+        assert got.stats_["groups_components_whole"] == 0
+    else:
+        assert got.stats_["groups_components_whole"] > 0 and got.stats_["groups_pairs_linked"] == 0
     np.testing.assert_array_equal(got.labels_, ref.labels_)
     np.testing.assert_array_equal(got.core_sample_indices_, ref.core_sample_indices_)
     np.testing.assert_array_equal(np.asarray(got.components_), ref.components_)

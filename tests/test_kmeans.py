@@ -284,6 +284,37 @@ def test_pruning_is_bit_identical_to_plain_lloyd(kernel_set, metric, data, k, mo
         assert b.mover_fraction > 0.0  # the mover stage ran
 
 
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+@pytest.mark.parametrize("data", ["blobs", "ties", "weighted", "empty"])
+def test_local_stage_is_bit_identical_to_plain_lloyd(kernel_set, metric, data):
+    """Several centres per cluster (k=200 over 40 clusters): a row's bounds fail on the close
+    centres of its own cluster, and the local stage picks its centre among the few that its
+    own centre's neighbour list leaves (Elkan's lemma). The fit must equal plain Lloyd bit for
+    bit, on ties and duplicates, weights and empty-cluster repairs, and the float64 numpy Lloyd
+    (independent oracle) on the blobs; there few rows need products with every centre."""
+    rng = np.random.default_rng(5)
+    k, w = 200, None
+    if data == "ties":
+        X = _grid_with_ties(rng, 3000, 5)
+    else:
+        X, _ = gaussian_mixture(4000, 16, 40, spread=1.0, seed=4)
+    C0 = X[rng.choice(len(X), k, replace=False)].copy()
+    if data == "weighted":
+        w = rng.uniform(0.0, 3.0, len(X)).astype(np.float32)
+    if data == "empty":
+        C0[1] = C0[0]
+    plain, pruned = _fit_both(X, k, C0, max_iter=20, metric=metric, sample_weight=w)
+    np.testing.assert_array_equal(plain.labels, pruned.labels)
+    np.testing.assert_array_equal(plain.centers, pruned.centers)
+    assert plain.inertia == pruned.inertia and plain.n_iter == pruned.n_iter
+    assert plain.n_empty_repaired == pruned.n_empty_repaired
+    if data == "blobs":
+        assert pruned.computed_fraction < 0.3, pruned.computed_fraction
+        C_ref, lab_ref = numpy_lloyd(X, C0, 20, spherical=metric == "cosine")
+        np.testing.assert_array_equal(pruned.labels, lab_ref)
+        np.testing.assert_allclose(pruned.centers, C_ref, rtol=1e-5, atol=1e-5)
+
+
 def _sphere_mixture(n, d, k, noise, seed):
     rng = np.random.default_rng(seed)
     C = rng.standard_normal((k, d))

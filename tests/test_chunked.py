@@ -44,6 +44,20 @@ def test_any_chunking_gives_the_single_array_fit(metric, k, tol, block):
     assert_same_fit(r, ref)
 
 
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+@pytest.mark.parametrize("block", [4000, 1777, 300])
+def test_many_centres_per_cluster_over_chunks(metric, block):
+    """k=200 over 30 clusters: each chunk's pruned passes resolve most rows among their own
+    centre's few close neighbours (the local stage), with neighbour lists built per chunk pass."""
+    X = blobs(4000, 16, centres=30, seed=6)
+    init = X[np.random.default_rng(1).choice(len(X), 200, replace=False)]
+    ref = _core.kmeans_fit(X, 200, init=init, tol=0.0, max_iter=15, metric=metric)
+    runner = LocalChunks(X, block)
+    r = lloyd_over_chunks(runner, init, FitParams(200, metric=metric, max_iter=15, tol=0.0))
+    assert_same_fit(r, ref)
+    assert runner.rows_computed() < 0.45 * len(X) * runner.passes
+
+
 @pytest.mark.parametrize("prune", [True, False])
 def test_weights_and_pruning(prune):
     X = blobs(4000, 8, seed=1)

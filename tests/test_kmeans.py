@@ -248,6 +248,19 @@ def _grid_with_ties(rng, n, d):
     return np.vstack([X, X[: n // 4]])
 
 
+def _pruning_case(rng, data, k, n_ties, mixture):
+    """Rows, k initial centres and weights for a pruning test: a small-integer grid (data
+    "ties", n_ties rows) or gaussian_mixture(**mixture), with random weights ("weighted") or
+    three identical initial centres ("empty": two of them lose every row and are repaired)."""
+    X = _grid_with_ties(rng, n_ties, 5) if data == "ties" else gaussian_mixture(**mixture)[0]
+    C0 = X[rng.choice(len(X), k, replace=False)].copy()
+    w = rng.uniform(0.0, 3.0, len(X)).astype(np.float32) if data == "weighted" else None
+    if data == "empty":
+        C0[1] = C0[0]
+        C0[2] = C0[0]
+    return X, C0, w
+
+
 @pytest.mark.parametrize("movers", [-1, 0, 3])
 @pytest.mark.parametrize("k", [17, 48])
 @pytest.mark.parametrize("metric", ["l2", "cosine"])
@@ -258,18 +271,7 @@ def test_pruning_is_bit_identical_to_plain_lloyd(kernel_set, metric, data, k, mo
     weights, and empty-cluster repairs, for two k; with the mobile group chosen by the cost
     model, off, or forced to the 3 centres that moved most in every pass (group changes each
     pass: bounds merged both ways)."""
-    rng = np.random.default_rng(7)
-    w = None
-    if data == "ties":
-        X = _grid_with_ties(rng, 1500, 5)
-    else:
-        X, _ = gaussian_mixture(3000, 24, 40, spread=3.0, seed=3)
-    C0 = X[rng.choice(len(X), k, replace=False)].copy()
-    if data == "weighted":
-        w = rng.uniform(0.0, 3.0, len(X)).astype(np.float32)
-    if data == "empty":
-        C0[1] = C0[0]  # identical centres: one of them loses every row and is repaired
-        C0[2] = C0[0]
+    X, C0, w = _pruning_case(np.random.default_rng(7), data, k, 1500, dict(n=3000, d=24, k=40, spread=3.0, seed=3))
     a, b = _fit_both(X, k, C0, movers=movers, max_iter=40, metric=metric, sample_weight=w)
     np.testing.assert_array_equal(a.labels, b.labels)
     np.testing.assert_array_equal(a.centers, b.centers)
@@ -282,6 +284,28 @@ def test_pruning_is_bit_identical_to_plain_lloyd(kernel_set, metric, data, k, mo
         assert b.mover_fraction == 0.0
     if movers == 3 and data != "ties":
         assert b.mover_fraction > 0.0  # the mover stage ran
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+@pytest.mark.parametrize("data", ["blobs", "ties", "weighted", "empty"])
+def test_local_stage_is_bit_identical_to_plain_lloyd(kernel_set, metric, data):
+    """Several centres per cluster (k=200 over 40 clusters): a row's bounds fail on the close
+    centres of its own cluster, and the local stage picks its centre among the few that its
+    own centre's neighbour list leaves (Elkan's lemma). The fit must equal plain Lloyd bit for
+    bit, on ties and duplicates, weights and empty-cluster repairs, and the float64 numpy Lloyd
+    (independent oracle) on the blobs; there few rows need products with every centre."""
+    k = 200
+    X, C0, w = _pruning_case(np.random.default_rng(5), data, k, 3000, dict(n=4000, d=16, k=40, spread=1.0, seed=4))
+    plain, pruned = _fit_both(X, k, C0, max_iter=20, metric=metric, sample_weight=w)
+    np.testing.assert_array_equal(plain.labels, pruned.labels)
+    np.testing.assert_array_equal(plain.centers, pruned.centers)
+    assert plain.inertia == pruned.inertia and plain.n_iter == pruned.n_iter
+    assert plain.n_empty_repaired == pruned.n_empty_repaired
+    if data == "blobs":
+        assert pruned.computed_fraction < 0.3, pruned.computed_fraction
+        C_ref, lab_ref = numpy_lloyd(X, C0, 20, spherical=metric == "cosine")
+        np.testing.assert_array_equal(pruned.labels, lab_ref)
+        np.testing.assert_allclose(pruned.centers, C_ref, rtol=1e-5, atol=1e-5)
 
 
 def _sphere_mixture(n, d, k, noise, seed):

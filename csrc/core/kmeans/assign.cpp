@@ -22,6 +22,7 @@ class AssignPass {
     std::vector<float> val;
     std::vector<double> dval;         ///< fp32 re-check values (narrow_fp32)
     std::vector<std::pair<double, idx_t>> exact;  ///< fp64 values of the last candidates
+    std::vector<std::int32_t> kept;   ///< local stage: the candidates its fp32 products keep
     std::vector<idx_t> rows;          ///< rows waiting for the products with every centre
     std::vector<idx_t> queue;         ///< rows waiting for the mover products
     idx_t computed = 0, mover_rows = 0, changed = 0;
@@ -32,6 +33,7 @@ class AssignPass {
       : cs_(cs), D_(D), ks_(*D.ks), labels_(labels), mind_(mind), acc_(acc), acc_full_(acc_full), pr_(pr),
         test_(pr && pr->valid), movers_(test_ && !pr->movers.empty()), k_(cs.n), k_pad_(cs.n_pad),
         mc_(rows_per_tile(cs.n_pad)), nm_(movers_ ? pr->mv.n : 0), nm_pad_(movers_ ? pr->mv.n_pad : 0),
+        max_local_(test_ ? local_limit(*pr, cs.n_pad) : 0),
         src_{D.x, D.d, D.words} {}
 
   void init(Local& l) const {
@@ -97,7 +99,7 @@ class AssignPass {
 
   /// Whether the bounds prove the row's centre (updating them as the centres moved), or only
   /// the mobile centres' bound fails (the mover stage may renew it), or the row needs every product.
-  Need bound_test(Local&, idx_t row) const {
+  Need bound_test(Local& lo, idx_t row) const {
     Prune& pr = *pr_;
     const idx_t a = labels_[row];
     const double u = pr.u[row] + pr.shift[a];
@@ -129,6 +131,7 @@ class AssignPass {
       pr.tight[row] = 1;
       if (ut < thr) return Need::None;
     }
+    if (max_local_ > 0 && local_stage(lo, row)) return Need::None;
     if (movers_ && ut < std::max(l, hg)) return Need::Movers;
     return Need::All;
   }
@@ -175,6 +178,54 @@ class AssignPass {
     return go_on;
   }
 
+  /// The local stage: when every centre but the own one a and at most max_local_ - 1 of its
+  /// listed neighbours lies beyond twice u from a (Elkan's lemma: such a centre is farther than
+  /// a), the row's nearest centre is among those few, found from their fp32 products (kept
+  /// within 2 B32 of the best, as narrow_fp32 does) and exact fp64 values; then its label and
+  /// bounds (l: the fp32 bound of the other candidates, or 2 * half - u for the unlisted).
+  /// False (nothing done) when the row needs the products with every centre.
+  bool local_stage(Local& l, idx_t row) const {
+    Prune& pr = *pr_;
+    const idx_t a = labels_[row], d = D_.d;
+    const double u = pr.u[row];
+    double far = 0.0;
+    const idx_t s = local_candidates(pr, a, u, far);
+    if (s < 0 || s >= max_local_) return false;
+    const std::int32_t* ids = pr.nb_ids.data() + a * pr.nb_len;
+    const float* x = D_.x + row * d;
+    const double xsq = D_.xsq[row], xn = D_.metric == Metric::Cosine ? D_.xnorm[row] : 0.0;
+    const double b32 = row_bound_rel(cs_, xsq, fp32_rel_err(d));
+    const idx_t cnt = s + 1;
+    l.dval.resize(static_cast<std::size_t>(cnt));
+    double best = std::numeric_limits<double>::infinity();
+    for (idx_t t = 0; t < cnt; ++t) {
+      l.idx[t] = t == 0 ? static_cast<std::int32_t>(a) : ids[t - 1];
+      l.dval[t] = fp32_value(cs_, x, l.idx[t]);
+      best = std::min(best, l.dval[t]);
+    }
+    l.kept.clear();
+    for (idx_t t = 0; t < cnt; ++t)
+      if (l.dval[t] <= best + 2.0 * b32) l.kept.push_back(l.idx[t]);
+    double dist = -1.0;
+    const idx_t lab = exact_nearest(l, row, l.kept.data(), static_cast<idx_t>(l.kept.size()), xn, dist);
+    record_label(l, row, lab, xn, dist);
+    double vlab = best, v2 = std::numeric_limits<double>::infinity();
+    for (idx_t t = 0; t < cnt; ++t) {
+      if (l.idx[t] == lab) vlab = l.dval[t];
+      else v2 = std::min(v2, l.dval[t]);
+    }
+    const Metric metric = D_.metric;
+    const double fe = f_err_of_tile(metric, b32, xn);
+    const double l_far = (2.0 * far - u) * (1.0 - kBoundRel);
+    const double l_near = v2 < std::numeric_limits<double>::infinity()
+                              ? dist_lo(metric, f_of_tile(metric, v2, xsq, xn) - fe, d)
+                              : std::numeric_limits<double>::infinity();
+    pr.u[row] = dist >= 0.0 ? dist_hi(metric, dist, d) : dist_hi(metric, f_of_tile(metric, vlab, xsq, xn) + fe, d);
+    pr.l[row] = pr.lm[row] = std::min(l_near, l_far);
+    pr.tight[row] = 1;
+    return true;
+  }
+
   /// Resolves rows[0..qm): their products against every centre, exact nearest centre,
   /// bounds and moved sums.
   void resolve(Local& l, const idx_t* rows, idx_t qm) const {
@@ -216,11 +267,18 @@ class AssignPass {
       l.dval.resize(static_cast<std::size_t>(ncand));
       ncand = narrow_fp32(cs_, D_.x + row * d, D_.xsq[row], l.idx.data(), ncand, l.dval.data());
     }
-    if (ncand == 1) return l.idx[0];
+    return exact_nearest(l, row, l.idx.data(), ncand, xn, dist);
+  }
+
+  /// The candidate cand[0 .. ncand) of least exact fp64 value, lower index on ties (dist: its
+  /// value); the only one, without computing it, when ncand is 1.
+  idx_t exact_nearest(Local& l, idx_t row, const std::int32_t* cand, idx_t ncand, double xn, double& dist) const {
+    if (ncand == 1) return cand[0];
+    const idx_t d = D_.d;
     l.exact.clear();
     for (idx_t t = 0; t < ncand; ++t)
-      l.exact.emplace_back(exact_value(D_.metric, D_.x + row * d, cs_.row(l.idx[t]), d, xn, cs_.norm[l.idx[t]]),
-                           l.idx[t]);
+      l.exact.emplace_back(exact_value(D_.metric, D_.x + row * d, cs_.row(cand[t]), d, xn, cs_.norm[cand[t]]),
+                           cand[t]);
     const auto best = *std::min_element(l.exact.begin(), l.exact.end());
     dist = std::max(0.0, best.first);
     return best.second;
@@ -272,6 +330,7 @@ class AssignPass {
   Prune* pr_;
   const bool test_, movers_;
   const idx_t k_, k_pad_, mc_, nm_, nm_pad_;
+  const idx_t max_local_;  ///< most candidates of the local stage (0: off)
   const RowSource src_;
 };
 

@@ -303,7 +303,7 @@ idx_t kmeans_chunk_pass(Metric m, const float* centers, idx_t k, const float* x,
     pr.valid = st.valid;
     if (st.valid) {
       kmeans_impl::centre_shifts(D, st.centers, cvec, k, pr);
-      kmeans_impl::centre_half_gaps(cs, D, pr.half_gap);
+      kmeans_impl::centre_half_gaps(cs, D, pr);
     }
   }
   const auto ranges = kmeans_impl::make_ranges(n);

@@ -186,7 +186,38 @@ struct Prune {
   bool merge_lm = false;              ///< centres joined it: lm = min(lm, l) (after merge_l)
   int force_movers = -1;              ///< KMeansParams::movers
   idx_t rows_movers = 0;              ///< rows whose mover products were computed (all passes)
+  // Neighbour lists (Elkan's lemma per centre pair): a centre j with u < half the distance
+  // from the own centre a to j is farther from the row than a. A row whose bounds fail but
+  // whose u is below that half distance for all but a few centres (a row between a handful of
+  // close centres, far from the rest) needs products with those few only (the local stage).
+  idx_t nb_len = 0;                   ///< centres listed per centre (min(k - 1, kNeighbours))
+  std::vector<std::int32_t> nb_ids;   ///< per centre a: its nb_len nearest other centres (k * nb_len)
+  std::vector<double> nb_half;        ///< lower bounds of half their distances to a, ascending
+  std::vector<double> nb_rest;        ///< per centre: the same bound for every centre not listed
 };
+
+/// Centres listed per centre in Prune's neighbour lists.
+constexpr idx_t kNeighbours = 32;
+
+/// One fp32 product of the local stage costs about as much as this many tile columns; the
+/// stage takes rows with at most k_pad / kLocalColumns candidates.
+constexpr idx_t kLocalColumns = 32;
+
+/// Most candidates of the local stage for centres padded to k_pad (0: no lists, stage off).
+inline idx_t local_limit(const Prune& pr, idx_t k_pad) { return std::min(pr.nb_len, k_pad / kLocalColumns); }
+
+/// The local stage's candidates for a row of centre a whose distance to it is at most u: the
+/// count s of a's listed neighbours j with u >= half_j (the others, listed or not, are farther
+/// than a), and `far`, the least half distance of those left out. -1 when the list does not
+/// reach far enough (then every centre is a candidate).
+inline idx_t local_candidates(const Prune& pr, idx_t a, double u, double& far) {
+  const idx_t len = pr.nb_len;
+  const double* half = pr.nb_half.data() + a * len;
+  idx_t s = 0;
+  while (s < len && !(u < half[s])) ++s;
+  far = s < len ? half[s] : pr.nb_rest[a];
+  return u < far ? s : -1;
+}
 
 constexpr double kBoundRel = 1e-9;
 
@@ -260,7 +291,8 @@ idx_t assign_pass(const PackedSet& cs, const Data& D, idx_t* labels, float* mind
                   const std::vector<Range>& ranges, Cancel& cancel, Prune* pr = nullptr);
 
 /// Pruning state between passes (prune.cpp).
-void centre_half_gaps(const PackedSet& cs, const Data& D, std::vector<double>& out);
+/// Half gaps and neighbour lists of the centres cs (pr.half_gap, pr.nb_*).
+void centre_half_gaps(const PackedSet& cs, const Data& D, Prune& pr);
 void centre_shifts(const Data& D, const std::vector<float>& oldc, const std::vector<float>& newc, idx_t k, Prune& pr);
 void choose_movers(const PackedSet& cs, const Data& D, const idx_t* labels, idx_t k, Prune& pr);
 

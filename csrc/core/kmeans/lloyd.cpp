@@ -56,7 +56,7 @@ void start_pruning(const KMeansParams& p, idx_t n, Prune& pr) {
 /// (packed when it is not empty).
 void update_pruning(const PackedSet& cs, const Data& D, const std::vector<float>& centers,
                     const std::vector<idx_t>& labels, Prune& pr) {
-  centre_half_gaps(cs, D, pr.half_gap);
+  centre_half_gaps(cs, D, pr);
   choose_movers(cs, D, labels.data(), cs.n, pr);
   if (!pr.movers.empty())
     pack_set(pr.mv, centers.data(), static_cast<idx_t>(pr.movers.size()), D.d, D.metric, pr.movers.data(),

@@ -2,6 +2,7 @@
 #include "internal.hpp"
 #include "../tile_driver.hpp"
 
+#include <algorithm>
 #include <numeric>
 
 namespace ec {
@@ -9,14 +10,19 @@ namespace kmeans_impl {
 namespace {
 
 /// Half the distance from each centre to its nearest other centre, a lower bound (from the
-/// tile engine with its error bound): a top-1 over the other centres, each row's own excluded.
+/// tile engine with its error bound): a top-1 over the other centres, each row's own excluded;
+/// and each centre's neighbour list (the nb_len smallest such bounds, see Prune). The whole
+/// set arrives in one tile (ScanShape::set_block 0), so every list is complete after it.
 class HalfGapHandler {
  public:
-  struct Local {};
-  HalfGapHandler(const PackedSet& cs, Metric metric, std::vector<double>& out) : cs_(cs), metric_(metric), out_(out) {}
-  void init(Local&) const {}
+  struct Local {
+    std::vector<float> v;                              ///< a centre's tile values (itself: +inf)
+    std::vector<std::pair<float, std::int32_t>> near;  ///< nb_len + 1 smallest (tile value, centre)
+  };
+  HalfGapHandler(const PackedSet& cs, Metric metric, Prune& pr) : cs_(cs), metric_(metric), pr_(pr) {}
+  void init(Local& l) const { l.near.reserve(static_cast<std::size_t>(pr_.nb_len + 1)); }
   void begin(Local&, idx_t, idx_t) const {}
-  void tile(Local&, idx_t q0, idx_t qm, const float* c, idx_t ldc, idx_t b0, idx_t bm) const {
+  void tile(Local& l, idx_t q0, idx_t qm, const float* c, idx_t ldc, idx_t b0, idx_t bm) const {
     const KernelSet& ks = *cs_.ks;
     const idx_t d = cs_.d;
     for (idx_t i = 0; i < qm; ++i) {
@@ -24,33 +30,69 @@ class HalfGapHandler {
       const double xn = cs_.norm[ca], xsq = xn * xn;
       const double b = f_err_of_tile(
           metric_, row_bound_in(cs_, xsq, cs_.in_err.empty() ? 0.0 : input_error(ks, cs_.src + ca * d, d)), xn);
-      double best = std::numeric_limits<double>::infinity();
-      for (idx_t j = 0; j < bm; ++j) {
-        if (b0 + j == ca) continue;
-        const float v = cs_.add.data()[b0 + j] + cs_.mul * c[i * ldc + j];
-        best = std::min(best, f_of_tile(metric_, v, xsq, xn) - b);
+      // The bounds grow with the tile value (f_of_tile is increasing in it): select on it.
+      l.v.resize(static_cast<std::size_t>(bm));
+      for (idx_t j = 0; j < bm; ++j) l.v[j] = cs_.add.data()[b0 + j] + cs_.mul * c[i * ldc + j];
+      if (ca >= b0 && ca < b0 + bm) l.v[ca - b0] = std::numeric_limits<float>::infinity();
+      const auto cap = static_cast<std::size_t>(pr_.nb_len + 1);
+      nearest(l, b0, cap);
+      auto half = [&](float v) { return 0.5 * dist_lo(metric_, f_of_tile(metric_, v, xsq, xn) - b, d); };
+      while (static_cast<idx_t>(l.near.size()) < pr_.nb_len)  // only NaN products leave it short: no bounds
+        l.near.push_back({-std::numeric_limits<float>::infinity(), static_cast<std::int32_t>(ca)});
+      pr_.half_gap[ca] = half(l.near[0].first);
+      for (idx_t t = 0; t < pr_.nb_len; ++t) {
+        pr_.nb_half[ca * pr_.nb_len + t] = half(l.near[t].first);
+        pr_.nb_ids[ca * pr_.nb_len + t] = l.near[t].second;
       }
-      out_[ca] = 0.5 * dist_lo(metric_, best, d);
+      pr_.nb_rest[ca] = l.near.size() == cap ? half(l.near.back().first) : std::numeric_limits<double>::infinity();
     }
   }
   void end(Local&, idx_t, idx_t) const {}
   void finish(Local&) const {}
 
  private:
+  /// The cap smallest of l.v (ascending, at most cap; NaN and +inf left out) into l.near. The
+  /// cap-th smallest value is at most the largest of the minima of cap disjoint blocks (cap
+  /// distinct values), so only the values up to that are sorted.
+  static void nearest(Local& l, idx_t b0, std::size_t cap) {
+    const auto n = static_cast<idx_t>(l.v.size()), nb = static_cast<idx_t>(cap);
+    float thr = std::numeric_limits<float>::infinity();
+    if (n >= nb) {
+      thr = -std::numeric_limits<float>::infinity();
+      for (idx_t t = 0; t < nb; ++t) {
+        const idx_t lo = t * n / nb, hi = (t + 1) * n / nb;
+        float m = std::numeric_limits<float>::infinity();
+        for (idx_t j = lo; j < hi; ++j) m = std::min(m, l.v[j]);
+        thr = std::max(thr, m);
+      }
+    }
+    l.near.clear();
+    for (idx_t j = 0; j < n; ++j)
+      if (l.v[j] <= thr && l.v[j] < std::numeric_limits<float>::infinity())
+        l.near.push_back({l.v[j], static_cast<std::int32_t>(b0 + j)});
+    const std::size_t keep = std::min(cap, l.near.size());
+    std::partial_sort(l.near.begin(), l.near.begin() + static_cast<std::ptrdiff_t>(keep), l.near.end());
+    l.near.resize(keep);
+  }
+
   const PackedSet& cs_;
   const Metric metric_;
-  std::vector<double>& out_;
+  Prune& pr_;
 };
 
 }  // namespace
 
-void centre_half_gaps(const PackedSet& cs, const Data& D, std::vector<double>& out) {
+void centre_half_gaps(const PackedSet& cs, const Data& D, Prune& pr) {
   const idx_t k = cs.n;
-  out.assign(static_cast<std::size_t>(k), std::numeric_limits<double>::infinity());
+  pr.half_gap.assign(static_cast<std::size_t>(k), std::numeric_limits<double>::infinity());
+  pr.nb_len = k >= 2 ? std::min<idx_t>(k - 1, kNeighbours) : 0;
+  pr.nb_ids.resize(static_cast<std::size_t>(k * pr.nb_len));
+  pr.nb_half.resize(static_cast<std::size_t>(k * pr.nb_len));
+  pr.nb_rest.assign(static_cast<std::size_t>(k), std::numeric_limits<double>::infinity());
   if (k < 2) return;
   ScanShape shape;
   shape.query_block = rows_per_tile(cs.n_pad);
-  HalfGapHandler h(cs, D.metric, out);
+  HalfGapHandler h(cs, D.metric, pr);
   Cancel no_cancel;  // short (k rows): not worth polling
   scan_tiles(cs, cs.src, k, shape, D.threads, no_cancel, h);
 }
@@ -192,9 +234,10 @@ class GroupMask {
   std::vector<char> in_;
 };
 
-/// A sampled row's bounds: u tightened as the pass would, l and lm as stored, its centre's half gap.
+/// A sampled row's bounds: u tightened as the pass would, l and lm as stored, its centre's half
+/// gap, and the cost of the local stage when the row would take it (in full rows), else -1.
 struct SampledBounds {
-  double u, l, lm, hg;
+  double u, l, lm, hg, local;
 };
 
 /// Every (n / 8192)-th row's bounds, for the cost model.
@@ -202,6 +245,7 @@ std::vector<SampledBounds> sample_bounds(const PackedSet& cs, const Data& D, con
   const idx_t n = D.n;
   const idx_t stride = std::max<idx_t>(1, n / 8192);
   const idx_t ns = (n + stride - 1) / stride;
+  const idx_t max_local = local_limit(pr, cs.n_pad);
   std::vector<SampledBounds> rows(static_cast<std::size_t>(ns));
   parallel_for(D.threads, ns, [&](idx_t t) {
     const idx_t i = t * stride, a = labels[i];
@@ -209,14 +253,19 @@ std::vector<SampledBounds> sample_bounds(const PackedSet& cs, const Data& D, con
     const double hg = pr.half_gap[a];
     if (!(u < std::max(std::min(pr.l[i], pr.lm[i]) - pr.max1, hg)) && (pr.shift[a] > 0.0 || !pr.tight[i]))
       u = std::min(u, dist_hi_fp32(cs, D, i, a));
-    rows[t] = {u, pr.l[i], pr.lm[i], hg};
+    double far = 0.0;
+    const idx_t s = max_local > 0 ? local_candidates(pr, a, u, far) : -1;
+    const double local = s >= 0 && s < max_local
+                             ? static_cast<double>((s + 1) * kLocalColumns) / static_cast<double>(cs.n_pad)
+                             : -1.0;
+    rows[t] = {u, pr.l[i], pr.lm[i], hg, local};
   });
   return rows;
 }
 
 /// Estimated work of a pass with the group in `group` over the sampled rows, in full rows: a
-/// row costs nothing when its bounds prove it, (|group| + kMoverRowCost) / k_pad when only lm
-/// fails, 1 when l fails.
+/// row costs nothing when its bounds prove it, its local stage's cost when it takes that stage,
+/// (|group| + kMoverRowCost) / k_pad when only lm fails, 1 when l fails.
 double estimated_cost(const std::vector<SampledBounds>& rows, const GroupMask& group, const Prune& pr,
                       double k_pad) {
   bool removed, added;
@@ -238,6 +287,10 @@ double estimated_cost(const std::vector<SampledBounds>& rows, const GroupMask& g
       lm -= mobile_max;
     }
     if (r.u < std::max(std::min(l, lm), r.hg)) continue;
+    if (r.local >= 0.0) {
+      cost += r.local;
+      continue;
+    }
     cost += r.u < std::max(l, r.hg) ? mover_cost : 1.0;
   }
   return cost;

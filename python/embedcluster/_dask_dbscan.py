@@ -127,13 +127,15 @@ class DaskGroups(Executor):
         self.held, self.groups, self._rows, self._ids = [], {}, {}, {}
 
 
-def fit_on_dask(client: Any, X: Any, eps: float, min_samples: int, metric: EngineMetric, n_threads: int):
+def fit_on_dask(client: Any, X: Any, eps: float, min_samples: int, metric: EngineMetric, n_threads: int,
+                max_component_bytes: float):
     """(GroupedDbscan, DaskGroups, seconds): DBSCAN of the dask array X on the client's cluster."""
     geo = Geometry(metric, float(eps))
     t = time.perf_counter()
     ex = DaskGroups(client, X, geo, n_threads)
     try:
-        r = dbscan_over_groups(ex, ex.n, ex.pairs, geo, min_samples, n_threads)
+        max_rows = int(max_component_bytes // (4 * X.shape[1]))
+        r = dbscan_over_groups(ex, ex.n, ex.pairs, ex.sizes, geo, min_samples, n_threads, max_rows)
     except BaseException:
         ex.cancel()
         raise

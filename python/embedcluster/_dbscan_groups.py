@@ -236,13 +236,82 @@ class GroupedDbscan:
     labels: np.ndarray
     is_core: np.ndarray
     pairs: int
-    pairs_linked: int
+    pairs_linked: int  # pairs that went through the pair tasks' links
+    components: int  # sets of groups fitted whole in memory
 
 
-def dbscan_over_groups(ex: Executor, n: int, pairs: np.ndarray, geo: Geometry,
-                       min_samples: int, n_threads: int = 0,
-                       progress: Optional[Callable[[str, int, int], None]] = None) -> GroupedDbscan:
-    """DBSCAN's labels and core flags of n rows split into groups, from the given pairs."""
+def dbscan_over_groups(ex: Executor, n: int, pairs: np.ndarray, sizes: np.ndarray, geo: Geometry,
+                       min_samples: int, n_threads: int = 0, max_component_rows: int = 0) -> GroupedDbscan:
+    """DBSCAN's labels and core flags of n rows split into groups (`sizes` rows each), from
+    the pairs of groups that may hold neighbours.
+
+    Groups that no pair links to the rest form independent DBSCAN problems: each such set of
+    at most `max_component_rows` rows is one in-memory ``dbscan_fit`` (its neighbours are all
+    inside it); the other groups go through the pair tasks.
+    """
+    forest = ForestUnion(n)
+    is_core = np.zeros(n, bool)
+    best_core = np.full(n, -1, np.int64)
+    whole, split = partner_components(pairs, sizes, max_component_rows)
+    tasks = [ex.submit(component_task, geo, min_samples, n_threads, len(c), *[ex.rows(g) for g in c],
+                       *[ex.ids(g) for g in c]) for c in whole]
+    for ids, core, labels in ex.completed(tasks):
+        join_component(forest, is_core, best_core, ids, core, labels)
+    in_split = np.zeros(len(sizes), bool)
+    in_split[[g for c in split for g in c]] = True
+    linked = link_pairs(ex, forest, is_core, best_core, pairs[in_split[pairs[:, 0]]], geo, min_samples, n_threads)
+    return GroupedDbscan(number_clusters(forest.roots(), is_core, best_core), is_core, len(pairs), linked,
+                         len(whole))
+
+
+def partner_components(pairs: np.ndarray, sizes: np.ndarray, max_rows: int) -> tuple[list, list]:
+    """The non-empty groups in sets that no pair connects (each sorted): those of at most
+    max_rows rows, and the others."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    G = len(sizes)
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(G, G))
+    _, comp = connected_components(graph, directed=False)
+    live = np.flatnonzero(sizes > 0)
+    sets: dict = {}
+    for g in live:
+        sets.setdefault(int(comp[g]), []).append(int(g))
+    whole = [c for c in sets.values() if sizes[c].sum() <= max_rows]
+    split = [c for c in sets.values() if sizes[c].sum() > max_rows]
+    return whole, split
+
+
+def component_task(geo: Geometry, min_samples: int, n_threads: int, count: int, *parts):
+    """The in-memory DBSCAN of a set of groups with no neighbours outside it: (global ids
+    ascending, core flags, labels numbered within the set). Rows are put in global order so
+    that the fit's ties (the lower row) are the global fit's."""
+    ids = np.concatenate(parts[count:])
+    order = np.argsort(ids, kind="stable")
+    X = np.ascontiguousarray(np.concatenate(parts[:count])[order], dtype=np.float32)
+    r = _core.dbscan_fit(X, geo.eps, min_samples, geo.metric, n_threads=n_threads)
+    return ids[order], np.asarray(r.is_core, dtype=bool), np.asarray(r.labels, dtype=np.int64)
+
+
+def join_component(forest: ForestUnion, is_core: np.ndarray, best_core: np.ndarray, ids: np.ndarray,
+                   core: np.ndarray, labels: np.ndarray) -> None:
+    """Records a set's own DBSCAN: its cores joined to their cluster's lowest core row, its
+    border rows pointed at that row."""
+    is_core[ids] = core
+    if not core.any():
+        return
+    first_core = np.full(labels.max() + 1, np.iinfo(np.int64).max, np.int64)
+    core_pos = np.flatnonzero(core)
+    np.minimum.at(first_core, labels[core_pos], ids[core_pos])
+    forest.union(ids[core_pos], first_core[labels[core_pos]])
+    border = np.flatnonzero(~core & (labels >= 0))
+    best_core[ids[border]] = first_core[labels[border]]
+
+
+def link_pairs(ex: Executor, forest: ForestUnion, is_core: np.ndarray, best_core: np.ndarray, pairs: np.ndarray,
+               geo: Geometry, min_samples: int, n_threads: int) -> int:
+    """The pair tasks over `pairs` (sorted by (g, h)): counts, core flags, then links into the
+    forest and the border candidates. Returns the pairs linked."""
     radius, metric = geo.engine_radius, geo.metric
     # Each group's counts are summed as its pairs finish: a group's last pair is (g, h) with the
     # largest h when it is the first of the pair, and pairs come sorted by (g, h).
@@ -256,8 +325,6 @@ def dbscan_over_groups(ex: Executor, n: int, pairs: np.ndarray, geo: Geometry,
             counts[grp] = part if grp not in counts else ex.submit(_add, counts[grp], part)
         if last_first.get(g) == i:  # no later pair adds to g
             core[g] = ex.submit(_at_least, counts.pop(g), min_samples)
-        if progress:
-            progress("count", i + 1, len(pairs))
     for grp in list(counts):  # groups that are never the first of a pair after their last count
         core[grp] = ex.submit(_at_least, counts.pop(grp), min_samples)
     live = sorted(core)
@@ -266,19 +333,14 @@ def dbscan_over_groups(ex: Executor, n: int, pairs: np.ndarray, geo: Geometry,
     links = [ex.submit(link_task, ex.rows(g), ex.ids(g), core[g], None if g == h else ex.rows(h),
                        None if g == h else ex.ids(h), None if g == h else core[h], radius, metric, n_threads)
              for g, h in linked]
-    forest = ForestUnion(n)
-    best_dist = np.full(n, np.inf, np.float32)
-    best_core = np.full(n, -1, np.int64)
-    for i, (edge_u, edge_v, rows, cores, dists) in enumerate(ex.completed(links)):
+    best_dist = np.full(len(best_core), np.inf, np.float32)
+    for edge_u, edge_v, rows, cores, dists in ex.completed(links):
         forest.union(edge_u, edge_v)
         better = (dists < best_dist[rows]) | ((dists == best_dist[rows]) & (cores < best_core[rows]))
         best_dist[rows[better]], best_core[rows[better]] = dists[better], cores[better]
-        if progress:
-            progress("link", i + 1, len(links))
-    is_core = np.zeros(n, bool)
     for ids, flags in zip(ex.gather([ex.ids(g) for g in live]), ex.gather([core[g] for g in live])):
         is_core[ids] = flags
-    return GroupedDbscan(number_clusters(forest.roots(), is_core, best_core), is_core, len(pairs), len(linked))
+    return len(linked)
 
 
 def number_clusters(roots: np.ndarray, is_core: np.ndarray, nearest_core: np.ndarray) -> np.ndarray:
@@ -344,7 +406,7 @@ def write_grouped(X: Any, labels: np.ndarray, starts: np.ndarray, store: np.ndar
 
 
 def fit_streamed(X: Any, eps: float, min_samples: int, metric: EngineMetric, scratch: Any, n_threads: int = 0,
-                 block_rows: int = 1 << 16) -> GroupedDbscan:
+                 block_rows: int = 1 << 16, max_component_rows: int = 0) -> GroupedDbscan:
     """DBSCAN of X (a memory map or ShardedArray) through a grouped copy in the folder `scratch`
     (a file of X's rows as float32, which the caller removes)."""
     from pathlib import Path
@@ -370,7 +432,8 @@ def fit_streamed(X: Any, eps: float, min_samples: int, metric: EngineMetric, scr
     del labels
     pairs = partner_pairs(centres, radii, sizes, geo.reach)
     try:
-        return dbscan_over_groups(LocalGroups(store, order, starts), n, pairs, geo, min_samples, n_threads)
+        return dbscan_over_groups(LocalGroups(store, order, starts), n, pairs, sizes, geo, min_samples, n_threads,
+                                  max_component_rows)
     finally:
         del store
 

@@ -419,6 +419,10 @@ class DBSCAN:
         As :class:`embedcluster.DBSCAN` (same checks, same messages).
     n_threads : int, default=0
         Threads of each task on its worker (0: the worker's OpenMP default).
+    max_component_bytes : int, default=2**30
+        Groups that no pair links to the rest are an independent DBSCAN: one whose rows take at
+        most this many bytes (float32) is fitted whole on one worker (the in-memory engine,
+        with all its pruning); larger ones go through the pair tasks.
     client : distributed.Client or None
         The cluster to run on; None uses the current default client.
 
@@ -428,8 +432,9 @@ class DBSCAN:
     core_sample_indices_ : ndarray, int64
     components_ : dask array (n_core, n_features), float32, the core rows (lazy)
     n_clusters_, n_features_in_ : int
-    n_groups_, n_pairs_ : int
-        Groups of rows, and pairs of groups whose balls came within eps (the count tasks).
+    n_groups_, n_pairs_, n_components_ : int
+        Groups of rows, pairs of groups whose balls came within eps, and independent sets of
+        groups fitted whole on one worker.
     seconds_ : float
         Wall time of the fit.
     bytes_received_ : int
@@ -437,9 +442,9 @@ class DBSCAN:
     """
 
     def __init__(self, eps: float = 0.5, *, min_samples: int = 5, metric: str = "euclidean", n_threads: int = 0,
-                 client: Any = None):
+                 max_component_bytes: float = 2**30, client: Any = None):
         self.eps, self.min_samples, self.metric = eps, min_samples, metric
-        self.n_threads, self.client = n_threads, client
+        self.n_threads, self.max_component_bytes, self.client = n_threads, max_component_bytes, client
 
     def fit(self, X: Any, y: Any = None) -> DBSCAN:
         """Finds clusters and noise in a dask array (any chunking along rows). ``y`` is ignored."""
@@ -454,13 +459,13 @@ class DBSCAN:
             raise ValueError(f"X must be a non-empty 2-D array (n_samples, n_features), got shape {X.shape}")
         client = self.client or default_client()
         r, ex, seconds = fit_on_dask(client, X, float(self.eps), int(self.min_samples), engine_metric(self.metric),
-                                     int(self.n_threads))
+                                     int(self.n_threads), float(self.max_component_bytes))
         self.labels_ = r.labels
         self.core_sample_indices_ = np.flatnonzero(r.is_core)
         self.components_ = X[self.core_sample_indices_]
         self.n_clusters_ = int(r.labels.max() + 1) if len(r.labels) else 0
         self.n_features_in_ = int(X.shape[1])
-        self.n_groups_, self.n_pairs_ = int(ex.n_groups), int(r.pairs)
+        self.n_groups_, self.n_pairs_, self.n_components_ = int(ex.n_groups), int(r.pairs), int(r.components)
         self.seconds_, self.bytes_received_ = seconds, int(ex.bytes_received)
         return self
 

@@ -161,7 +161,11 @@ class DBSCAN(ClusterMixin, BaseEstimator):
             raise ValueError(f"X must be a non-empty 2-D array (n_samples, n_features), got shape {X.shape}")
         n, d = int(X.shape[0]), int(X.shape[1])
         with scratch_folder(self.scratch_dir, 4.0 * n * d) as scratch:
-            r = fit_streamed(X, float(self.eps), int(self.min_samples), metric, scratch, threads_arg(self.n_threads))
+            # A set of groups with no neighbours outside it is fitted whole when its rows, their
+            # packed copy and the engine's per-row state fit the budget (about 14 bytes a value).
+            whole_rows = int(min(memory_budget(self.memory_limit) / (14.0 * d), 2**40))
+            r = fit_streamed(X, float(self.eps), int(self.min_samples), metric, scratch, threads_arg(self.n_threads),
+                             max_component_rows=whole_rows)
         self.labels_ = r.labels
         self.core_sample_indices_ = np.flatnonzero(r.is_core)
         core_bytes = 4.0 * len(self.core_sample_indices_) * d
@@ -171,7 +175,8 @@ class DBSCAN(ClusterMixin, BaseEstimator):
         self.n_clusters_ = int(r.labels.max() + 1) if n else 0
         self.n_features_in_ = d
         self.backend_ = "native"
-        self.stats_ = {"groups_pairs": r.pairs, "groups_pairs_linked": r.pairs_linked}
+        self.stats_ = {"groups_pairs": r.pairs, "groups_pairs_linked": r.pairs_linked,
+                       "groups_components_whole": r.components}
         return self
 
     def fit_predict(self, X: Any, y: Any = None) -> np.ndarray:

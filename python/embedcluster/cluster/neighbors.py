@@ -65,6 +65,15 @@ def check_stream_header(X: Any, name: str = "X", allow_empty: bool = False) -> N
               check_finite=False)
 
 
+def knn_graph(dist: np.ndarray, idx: np.ndarray, n_samples_fit: int, mode: str) -> Any:
+    """The CSR graph (n_queries, n_samples_fit) of kneighbors' output: ones or distances."""
+    from scipy.sparse import csr_matrix
+
+    nq, k = idx.shape
+    data = np.ones(nq * k) if mode == "connectivity" else dist.ravel().astype(np.float64)
+    return csr_matrix((data, idx.ravel(), np.arange(0, nq * k + 1, k)), shape=(nq, n_samples_fit))
+
+
 def check_n_neighbors(k: Any) -> int:
     """n_neighbors of a query: an int >= 1 (the message of scikit-learn)."""
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
@@ -291,8 +300,6 @@ class NearestNeighbors(BaseEstimator):
 
         ``mode="connectivity"`` stores ones, ``mode="distance"`` the distances.
         """
-        from scipy.sparse import csr_matrix
-
         if mode not in ("connectivity", "distance"):
             raise ValueError(f"mode={mode!r} should be 'connectivity' or 'distance'")
         check_is_fitted(self, "_fit_X")
@@ -303,6 +310,4 @@ class NearestNeighbors(BaseEstimator):
                 check_python_memory(float(nq) * k * (12 + 4 + 8 + 8) + 8.0 * (nq + 1), self.memory_limit,
                                     f"kneighbors_graph of {nq} queries x {k} neighbours")
         dist, idx = self.kneighbors(X, n_neighbors)
-        nq, k = idx.shape
-        data = np.ones(nq * k) if mode == "connectivity" else dist.ravel().astype(np.float64)
-        return csr_matrix((data, idx.ravel(), np.arange(0, nq * k + 1, k)), shape=(nq, self.n_samples_fit_))
+        return knn_graph(dist, idx, self.n_samples_fit_, mode)

@@ -87,11 +87,9 @@ class NearestNeighbors:
     n_neighbors, radius, metric, precision, memory_limit
         As :class:`embedcluster.NearestNeighbors` (the same validation and messages);
         ``memory_limit`` applies to each task on its worker. Only the native backend runs here.
-    n_threads : int, default=0
-        Threads of each task on its worker (0: the worker's OpenMP default; start workers with
-        ``OMP_NUM_THREADS`` equal to their threads' share of the cores).
-    client : distributed.Client or None
-        The cluster to run on; None uses the current default client.
+    n_threads, client
+        As :class:`embedcluster.dask.KMeans` (threads of each task, default 0: the worker's
+        OpenMP default; the cluster, default the current client).
 
     Attributes
     ----------
@@ -199,7 +197,7 @@ class NearestNeighbors:
         check_k_available(k, self.n_samples_fit_, self_join, nq)
         plan = blocks.PairPlan(q_bounds, self._fit_bounds, self_join)
         args, sqrt = self._args(), reports_sqrt(self.metric)
-        submitted: list = []
+        submitted: list = [] if X is None else list(q_futs)  # cancelled on Ctrl-C
         finals = []
 
         def merge(a: Any, b: Any) -> Any:

@@ -199,3 +199,19 @@ def test_knn_graph_files_and_errors(client, tmp_path):
     zero[40] = 0
     with pytest.raises(ValueError, match="zero-norm rows"):
         ecd.NearestNeighbors(metric="cosine", client=client).fit(da.from_array(zero, chunks=200))
+
+
+def test_knn_ctrl_c_cancels_the_futures(client, monkeypatch):
+    X = knn_data(300, 4, seed=14)
+    nn = ecd.NearestNeighbors(n_neighbors=3, client=client).fit(da.from_array(X, chunks=100))
+    cancelled: list = []
+
+    def interrupted(futures, *a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(client, "gather", interrupted)
+    monkeypatch.setattr(client, "cancel", lambda futures, *a, **kw: cancelled.extend(futures))
+    with pytest.raises(KeyboardInterrupt):
+        nn.kneighbors()
+    # 3 x 3 pair tasks, 2 x 3 merges and 3 final tasks, all cancelled
+    assert len({f.key for f in cancelled}) == 9 + 6 + 3

@@ -229,6 +229,7 @@ def main() -> int:
         if not args.keep and path.exists():
             path.unlink()
     out = Path(__file__).parent / "out" / f"out_of_core_{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(info, indent=1))
     print(f"wrote {out}")
     return 0

@@ -8,6 +8,11 @@ before any timing; the single-machine fit runs on the same rows gathered into th
     python benchmarks/bench_dask.py --quick                 # 200k rows, k=100 (smoke)
     python benchmarks/bench_dask.py                         # 2M x 128, k=100 and k=1000
     python benchmarks/bench_dask.py --ks 1000 --daskml-iters 5
+    python benchmarks/bench_dask.py --case knn              # kNN self-join, 200k x 128, k=10
+
+The kNN case times embedcluster.dask.NearestNeighbors().fit(X).kneighbors() (the self-join)
+against the single-machine NearestNeighbors on the same rows with --single-threads threads, checks
+that indices and distances are identical, and reports bytes to the client and worker peaks.
 
 Every inertia is recomputed here, once, in float64 from each engine's returned centres and
 labels (dask-ml's own inertia_ is reported beside it; after max_iter it is the sum of
@@ -49,6 +54,11 @@ def parse_args():
     ap.add_argument("--single-threads", type=int, default=2, help="threads of the single-machine fit")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=OUT_DIR)
+    ap.add_argument("--case", choices=["kmeans", "knn", "all"], default="kmeans")
+    ap.add_argument("--knn-rows", type=int, default=200_000)
+    ap.add_argument("--knn-k", type=int, default=10)
+    ap.add_argument("--knn-chunk-rows", type=int, default=50_000)
+    ap.add_argument("--knn-repeats", type=int, default=1, help="timed runs of each kNN self-join (median)")
     a = ap.parse_args()
     a.sizes = [int(s) for s in a.sizes.split(",")] if a.sizes else ([200_000] if a.quick else [2_000_000])
     a.ks = [int(k) for k in a.ks.split(",")] if a.ks else ([100] if a.quick else [100, 1000])
@@ -251,6 +261,45 @@ def run_case(client, X, X_np, n, k, args):
     return case
 
 
+def run_knn_case(client, args):
+    """The kNN self-join on both engines; returns the case record."""
+    import embedcluster
+    import embedcluster.dask as ecd
+
+    X = make_data(client, args.knn_rows, args.dim, args.knn_chunk_rows, args.seed)
+    X_np = X.compute()
+    k = args.knn_k
+    single_t, ref = [], None
+    for _ in range(args.knn_repeats):
+        t0 = time.perf_counter()
+        ref = embedcluster.NearestNeighbors(n_neighbors=k, n_threads=args.single_threads).fit(X_np).kneighbors()
+        single_t.append(time.perf_counter() - t0)
+    dask_t, got, mem, received = [], None, None, 0
+    for _ in range(args.knn_repeats):
+        client.run(_reset_peak_rss)
+        before = client.run(_rss_status)
+        t0 = time.perf_counter()
+        model = ecd.NearestNeighbors(n_neighbors=k, client=client).fit(X)
+        got = model.kneighbors()
+        dask_t.append(time.perf_counter() - t0)
+        mem, received = worker_memory(client, before), int(model.bytes_received_)
+    assert ref is not None and got is not None
+    same = bool(np.array_equal(got[1], ref[1]) and np.array_equal(got[0].view(np.int32), ref[0].view(np.int32)))
+    single_s, dask_s = statistics.median(single_t), statistics.median(dask_t)
+    return {"case": "knn", "n": args.knn_rows, "d": args.dim, "k": k, "chunks": len(X.chunks[0]),
+            "single_s": single_s, "single_times_s": single_t, "dask_s": dask_s, "dask_times_s": dask_t,
+            "ratio_dask_vs_single": dask_s / single_s, "identical": same, "bytes_received": received,
+            "worker_memory": mem}
+
+
+def knn_table(c) -> str:
+    peak = " / ".join(f"{m['peak_extra_mib']:.0f}" for m in c["worker_memory"].values())
+    return ("| n x d | k | chunks | single-machine (s) | embedcluster.dask (s) | dask / single | identical "
+            "| bytes to client | worker peak extra (MiB) |\n|---|---|---|---|---|---|---|---|---|\n"
+            f"| {c['n']:,} x {c['d']} | {c['k']} | {c['chunks']} | {c['single_s']:.2f} | {c['dask_s']:.2f} | "
+            f"{c['ratio_dask_vs_single']:.2f}x | {c['identical']} | {c['bytes_received']:,} | {peak} |")
+
+
 # ---- Output.
 
 def table(cases) -> str:
@@ -305,7 +354,11 @@ def main():
           f"workers {record['worker_env']}")
     try:
         warm_up(client, args)
-        for n in args.sizes:
+        if args.case in ("knn", "all"):
+            print(f"kNN self-join n={args.knn_rows:,} d={args.dim} k={args.knn_k} ...", flush=True)
+            record["knn"] = run_knn_case(client, args)
+            print(knn_table(record["knn"]), flush=True)
+        for n in (args.sizes if args.case in ("kmeans", "all") else []):
             X = make_data(client, n, args.dim, args.chunk_rows, args.seed)
             X_np = X.compute()
             for k in args.ks:
@@ -319,7 +372,8 @@ def main():
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"dask_{datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.json"
     path.write_text(json.dumps(record, indent=1))
-    print("\n" + table(record["cases"]))
+    if record["cases"]:
+        print("\n" + table(record["cases"]))
     print(f"\nwrote {path}")
 
 

@@ -132,3 +132,86 @@ def test_kmeans_parallel_seeding_on_dask_matches_kmeans_init(client):
     runner = ecd.DaskChunks(client, da.from_array(X, chunks=((1, 999, 1500), 8)))
     got = seed_over_chunks(runner, 5, FitParams(9, metric="cosine"))
     np.testing.assert_array_equal(got, _core.kmeans_init(X, 9, metric="cosine", init="k-means||", seed=5))
+
+
+# ---- NearestNeighbors: block-pair tasks merged on the workers
+
+KNN_METRICS = ["euclidean", "cosine", "inner_product"]
+
+
+def knn_data(n=900, d=10, seed=12):
+    X = blobs(n, d, seed=seed)
+    X[100:105] = X[7]  # exact duplicates: ties
+    return X
+
+
+def assert_same_knn(got, ref):
+    np.testing.assert_array_equal(got[1], ref[1])
+    np.testing.assert_array_equal(got[0].view(np.int32), ref[0].view(np.int32))
+
+
+@pytest.mark.parametrize("chunks", [(900,), (3, 440, 457), (0, 300, 1, 599), 250])
+@pytest.mark.parametrize("metric", KNN_METRICS)
+def test_knn_self_join_and_queries_give_the_single_machine_result(client, chunks, metric):
+    from conftest import brute_knn
+
+    X = knn_data()
+    ref = embedcluster.NearestNeighbors(n_neighbors=6, metric=metric).fit(X)
+    nn = ecd.NearestNeighbors(n_neighbors=6, metric=metric, client=client).fit(da.from_array(X, chunks=(chunks, 10)))
+    got = nn.kneighbors()
+    assert_same_knn(got, ref.kneighbors())
+    _, oracle = brute_knn(X, X, 6, {"euclidean": "l2", "inner_product": "ip"}.get(metric, metric), exclude_self=True)
+    np.testing.assert_array_equal(got[1], oracle)
+    assert nn.bytes_received_ == X.shape[0] * 6 * (4 + 8)  # the final arrays only
+    Q = X[::7] + np.float32(0.5)
+    assert_same_knn(nn.kneighbors(da.from_array(Q, chunks=((20, 109), 10)), n_neighbors=9),
+                    ref.kneighbors(Q, n_neighbors=9))
+    np.testing.assert_array_equal(nn.kneighbors(Q, return_distance=False), ref.kneighbors(Q, return_distance=False))
+
+
+def test_knn_graph_files_and_errors(client, tmp_path):
+    from embedcluster.data import ShardedArray
+
+    X = knn_data(500, 6, seed=13)
+    np.save(tmp_path / "a.npy", X[:123].astype(np.float64))
+    np.save(tmp_path / "b.npy", X[123:].astype(np.float64))
+    sharded = ShardedArray([np.load(tmp_path / f, mmap_mode="r") for f in ("a.npy", "b.npy")])
+    ref = embedcluster.NearestNeighbors(n_neighbors=4).fit(X)
+    nn = ecd.NearestNeighbors(n_neighbors=4, client=client).fit(sharded)
+    for mode in ("connectivity", "distance"):
+        g, r = nn.kneighbors_graph(mode=mode), ref.kneighbors_graph(mode=mode)
+        for attr in ("indptr", "indices", "data"):
+            np.testing.assert_array_equal(getattr(g, attr), getattr(r, attr))
+    assert_same_knn(ecd.NearestNeighbors(n_neighbors=4, client=client).fit(X).kneighbors(sharded), ref.kneighbors(X))
+    with pytest.raises(ValueError, match="Expected n_neighbors <= n_samples_fit"):
+        nn.kneighbors(n_neighbors=500)
+    with pytest.raises(ValueError, match="Expected n_neighbors > 0"):
+        nn.kneighbors(n_neighbors=0)
+    with pytest.raises(ValueError, match="X has 3 features, but NearestNeighbors is expecting 6"):
+        nn.kneighbors(np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError, match="metric"):
+        ecd.NearestNeighbors(metric="manhattan", client=client).fit(X)
+    bad = X.copy()
+    bad[321, 2] = np.nan
+    with pytest.raises(ValueError, match=r"contains NaN or infinity \(first at row 321, column 2\)"):
+        ecd.NearestNeighbors(client=client).fit(da.from_array(bad, chunks=200))
+    zero = X.copy()
+    zero[40] = 0
+    with pytest.raises(ValueError, match="zero-norm rows"):
+        ecd.NearestNeighbors(metric="cosine", client=client).fit(da.from_array(zero, chunks=200))
+
+
+def test_knn_ctrl_c_cancels_the_futures(client, monkeypatch):
+    X = knn_data(300, 4, seed=14)
+    nn = ecd.NearestNeighbors(n_neighbors=3, client=client).fit(da.from_array(X, chunks=100))
+    cancelled: list = []
+
+    def interrupted(futures, *a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(client, "gather", interrupted)
+    monkeypatch.setattr(client, "cancel", lambda futures, *a, **kw: cancelled.extend(futures))
+    with pytest.raises(KeyboardInterrupt):
+        nn.kneighbors()
+    # 3 x 3 pair tasks, 2 x 3 merges and 3 final tasks, all cancelled
+    assert len({f.key for f in cancelled}) == 9 + 6 + 3

@@ -171,7 +171,7 @@ def _from_torch(x: Any) -> Any:
 
 
 def as_matrix(X: Any, name: str = "X", *, estimator: str = "", allow_empty: bool = False,
-              check_finite: bool = True) -> np.ndarray:
+              check_finite: bool = True, row_offset: int = 0) -> np.ndarray:
     """Validates ``X`` and returns it as a float32, C-contiguous 2-D array.
 
     Accepts numpy arrays, array-likes and CPU torch tensors. float32 C-contiguous input is
@@ -180,7 +180,8 @@ def as_matrix(X: Any, name: str = "X", *, estimator: str = "", allow_empty: bool
     TypeError for bool and non-numeric data and ValueError for complex data, NaN / infinity,
     values that overflow float32, empty input and anything that is not 2-D.
     ``check_finite=False`` leaves the NaN / infinity check to a native call that makes it
-    in its own pass over the data (k-means), saving a pass here.
+    in its own pass over the data (k-means), saving a pass here. ``row_offset``: X is a block of
+    rows of a larger array starting at that row (messages name rows of the larger array).
     """
     X = _from_torch(X)
     if hasattr(X, "toarray") and hasattr(X, "nnz"):
@@ -225,7 +226,7 @@ def as_matrix(X: Any, name: str = "X", *, estimator: str = "", allow_empty: bool
     if check_finite and not np.isfinite(arr).all():
         bad = np.argwhere(~np.isfinite(arr))[0]
         raise ValueError(
-            f"Input {name}{where} contains NaN or infinity (first at row {bad[0]}, column {bad[1]}); "
+            f"Input {name}{where} contains NaN or infinity (first at row {bad[0] + row_offset}, column {bad[1]}); "
             "remove or impute those values"
         )
     return arr

@@ -16,6 +16,9 @@ and on every worker, with the same embedcluster version.
 
 Faults: a task lost with its worker is recomputed by Dask from its inputs (every task is
 deterministic), so the result does not change. Ctrl-C on the client cancels the fit's futures.
+
+:class:`NearestNeighbors` (kneighbors / kneighbors_graph by block-pair tasks merged on the
+workers, identical to :class:`embedcluster.NearestNeighbors`) lives in ``_dask_knn``.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from . import _core
 from ._chunked import ChunkStats, FitParams, fit_over_chunks
 from ._dask_embed import embed
 
-__all__ = ["DBSCAN", "DaskChunks", "KMeans", "embed"]
+__all__ = ["DBSCAN", "DaskChunks", "KMeans", "NearestNeighbors", "embed"]
 
 log = logging.getLogger(__name__)
 
@@ -472,3 +475,6 @@ class DBSCAN:
     def fit_predict(self, X: Any, y: Any = None) -> np.ndarray:
         """Fits and returns ``labels_``."""
         return self.fit(X).labels_
+
+
+from ._dask_knn import NearestNeighbors  # noqa: E402  (it imports this module's helpers lazily)

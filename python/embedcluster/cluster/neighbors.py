@@ -11,12 +11,83 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from .. import _faiss
-from .._backend import (METRICS, PRECISIONS, _core, as_matrix, check_python_memory, engine_metric, memory_limit_arg,
-                        precision_arg, reports_sqrt, resolve_backend, threads_arg)
+from .. import _knn_blocks as blocks
+from .._backend import (METRICS, PRECISIONS, _core, as_matrix, check_python_memory, engine_metric, memory_budget,
+                        memory_limit_arg, precision_arg, reports_sqrt, resolve_backend, threads_arg)
 from ._common import check_features, engine_constraints, store_params
+from .kmeans import streamed_rows
 
 # Python objects per query of radius_neighbors' result: two array views and two object slots.
 _RADIUS_OBJECTS_PER_QUERY = 2 * 112 + 2 * 8
+
+# Bytes of float32 rows per block when rows are streamed (the most; a small memory budget cuts it,
+# see stream_block_rows). Each engine call packs a private copy of its database block.
+STREAM_BLOCK_BYTES = 64 << 20
+
+# A float32 C-contiguous memory map is searched in place by one engine call when this many times its
+# size fits in the memory budget (the call packs a private copy of all rows); else it is streamed.
+SINGLE_CALL_FACTOR = 2
+
+
+def stream_source(X: Any, memory_limit: Any) -> Any:
+    """X itself when its rows should be streamed block by block instead of used as one array: a
+    ShardedArray, a memory map that is not float32 and C-contiguous (see ``KMeans``), or a
+    float32 C-contiguous memory map too large for one call (SINGLE_CALL_FACTOR times its size
+    beyond the memory budget: ``memory_limit``, or ``_core.default_memory_limit()``). None else."""
+    if streamed_rows(X) is not None:
+        return X
+    if isinstance(X, np.memmap) and X.ndim == 2 and SINGLE_CALL_FACTOR * float(X.nbytes) > memory_budget(memory_limit):
+        return X
+    return None
+
+
+def stream_block_rows(d: int, memory_limit: Any) -> int:
+    """Rows per streamed block: STREAM_BLOCK_BYTES of float32 rows, or a sixteenth of the memory
+    budget when that is smaller (a query block, a database block, its packed copy and the
+    engine's buffers stay well within the budget)."""
+    budget = memory_budget(memory_limit)
+    return max(1, int(min(float(STREAM_BLOCK_BYTES), budget / 16)) // (4 * d))
+
+
+def read_block(X: Any, a: int, b: int, name: str = "X", check_finite: bool = True) -> np.ndarray:
+    """Rows a..b of a streamed source as float32 C-contiguous (a view when they already are),
+    checked as ``as_matrix`` checks a whole array (messages name rows of X)."""
+    return as_matrix(X[a:b], name, estimator="NearestNeighbors", allow_empty=True, check_finite=check_finite,
+                     row_offset=a)
+
+
+def check_stream_header(X: Any, name: str = "X", allow_empty: bool = False) -> None:
+    """The checks of ``as_matrix`` that need no rows (dimensions, dtype, features, emptiness), made
+    on the first row only."""
+    if X.ndim != 2:
+        as_matrix(X[:1], name, estimator="NearestNeighbors")  # raises as for an in-memory array
+    as_matrix(X[:min(1, int(X.shape[0]))], name, estimator="NearestNeighbors", allow_empty=allow_empty,
+              check_finite=False)
+
+
+def knn_graph(dist: np.ndarray, idx: np.ndarray, n_samples_fit: int, mode: str) -> Any:
+    """The CSR graph (n_queries, n_samples_fit) of kneighbors' output: ones or distances."""
+    from scipy.sparse import csr_matrix
+
+    nq, k = idx.shape
+    data = np.ones(nq * k) if mode == "connectivity" else dist.ravel().astype(np.float64)
+    return csr_matrix((data, idx.ravel(), np.arange(0, nq * k + 1, k)), shape=(nq, n_samples_fit))
+
+
+def check_n_neighbors(k: Any) -> int:
+    """n_neighbors of a query: an int >= 1 (the message of scikit-learn)."""
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"Expected n_neighbors > 0. Got {k!r}")
+    return int(k)
+
+
+def check_k_available(k: int, n_samples_fit: int, self_join: bool, n_queries: int) -> None:
+    """k must not exceed the fitted rows (one fewer in the self-join, which leaves each row out)."""
+    if k > n_samples_fit - (1 if self_join else 0):
+        raise ValueError(
+            f"Expected n_neighbors <= n_samples_fit, but n_neighbors = {k}, n_samples_fit = "
+            f"{n_samples_fit}, n_samples = {n_queries}"
+        )
 
 
 class NearestNeighbors(BaseEstimator):
@@ -37,9 +108,10 @@ class NearestNeighbors(BaseEstimator):
         results are identical (float64 re-check within the error bound).
     memory_limit : int or None, default=None
         Bytes of working memory one native call may use (its outputs included, the input data
-        not). None: ``embedcluster._core.default_memory_limit()`` when the call starts (3/4 of
-        the least of the available memory, the room RLIMIT_AS leaves and the room the memory
-        cgroup leaves); 0: no limit; a value between 0 and 1 is an error.
+        not); also the budget that sizes streamed blocks (see Notes). None:
+        ``embedcluster._core.default_memory_limit()`` when the call starts (3/4 of the least
+        of the available memory, the room RLIMIT_AS leaves and the room the memory cgroup
+        leaves); 0: no limit; a value between 0 and 1 is an error.
         A call that would need more raises ``MemoryError`` (``_core.MemoryLimitError``) naming
         the size it needed, before allocating it. The faiss backend ignores it.
 
@@ -49,6 +121,20 @@ class NearestNeighbors(BaseEstimator):
     float32 tiles' error bound of the k-th are re-checked in float64; ties go to the lower
     index. ``kneighbors()`` with no X is the self-join that leaves each point out, as in
     scikit-learn.
+
+    Data bigger than memory: ``fit`` takes a memory-mapped ``.npy`` (``np.load(path,
+    mmap_mode="r")``) or a :class:`~embedcluster.data.ShardedArray` without loading it. A
+    ShardedArray, a memory map that is not float32 C-contiguous, and a float32 C-contiguous
+    memory map whose size, doubled, exceeds the memory budget (``memory_limit``, else
+    ``_core.default_memory_limit()``) are streamed: :meth:`kneighbors`, :meth:`kneighbors_graph`
+    and :meth:`radius_neighbors` read the fitted rows in blocks (at most 64 MiB of float32 rows,
+    or a sixteenth of the budget), search each block with the engine and merge the blocks' exact
+    results, bit-identical to the in-memory search. Queries given as such an array are streamed
+    too (``kneighbors()`` on a streamed fit is the self-join by query blocks x database blocks).
+    Private memory: the outputs (n_queries x k), a query block, a database block and the
+    engine's buffers, whatever the file size. A smaller memory map is searched in place by one
+    engine call (faster). ``fit`` reads a streamed X once to check it (finite values; nonzero
+    rows for cosine). Streaming needs the native backend.
     """
 
     def __init__(self, n_neighbors: int = 5, *, radius: float = 1.0, metric: str = "euclidean",
@@ -66,25 +152,78 @@ class NearestNeighbors(BaseEstimator):
     }
 
     def fit(self, X: Any, y: Any = None) -> NearestNeighbors:
-        """Stores the database rows (float32; no copy when X already is float32 C-contiguous)."""
+        """Stores the database rows (float32; no copy when X already is float32 C-contiguous), or a
+        reference to a streamed X (a memory map or ShardedArray; see the class notes)."""
         self._validate_params()
         memory_limit_arg(self.memory_limit)
+        streamed = stream_source(X, self.memory_limit)
+        if streamed is not None:
+            return self._fit_streamed(streamed)
         X = as_matrix(X, estimator="NearestNeighbors")
         if self.metric == "cosine" and (np.einsum("ij,ij->i", X, X) == 0).any():
             raise ValueError("X has zero-norm rows; the cosine metric is undefined for them")
         self._fit_X = X
+        self._streamed = False
         self.n_samples_fit_ = X.shape[0]
         self.n_features_in_ = X.shape[1]
         self.backend_ = resolve_backend(self.backend, "nearest neighbours")
         return self
 
+    def _fit_streamed(self, X: Any) -> NearestNeighbors:
+        backend = resolve_backend(self.backend, "nearest neighbours")
+        if backend != "native":
+            raise ValueError("backend='faiss' needs X as one in-memory array; sharded or memory-mapped "
+                             "input is streamed by the native engine (backend='native')")
+        check_stream_header(X)
+        n, d = int(X.shape[0]), int(X.shape[1])
+        step = stream_block_rows(d, self.memory_limit)
+        for a, b in blocks.block_bounds(n, step):  # one pass: the checks as_matrix makes in memory
+            block = read_block(X, a, b)
+            if self.metric == "cosine" and (np.einsum("ij,ij->i", block, block) == 0).any():
+                raise ValueError("X has zero-norm rows; the cosine metric is undefined for them")
+        self._fit_X = X
+        self._streamed = True
+        self.n_samples_fit_ = n
+        self.n_features_in_ = d
+        self.backend_ = backend
+        return self
+
     def _queries(self, X: Any):
+        """(queries, self_join, streamed): an in-memory float32 array, or a streamed source
+        (checked here up to its values, which are checked as its blocks are read); streamed
+        when the queries or the fitted rows are read by blocks."""
         check_is_fitted(self, "_fit_X")
         if X is None:
-            return self._fit_X, True
+            return self._fit_X, True, getattr(self, "_streamed", False)
+        if stream_source(X, self.memory_limit) is not None:
+            check_stream_header(X, allow_empty=True)
+            check_features(self, X)
+            return X, False, True
         Q = as_matrix(X, "X", estimator="NearestNeighbors", allow_empty=True)
         check_features(self, Q)
-        return Q, False
+        return Q, False, getattr(self, "_streamed", False)
+
+    def _plan(self, Q: Any, self_join: bool):
+        """Blocks of the queries and of the fitted rows, and how to read them: a streamed source
+        block by block (checked as it is read), an in-memory array by views."""
+        step = stream_block_rows(self.n_features_in_, self.memory_limit)
+        n_db, nq = self.n_samples_fit_, int(Q.shape[0])
+        db_bounds = blocks.block_bounds(n_db, step) if getattr(self, "_streamed", False) else [(0, n_db)]
+        q_bounds = db_bounds if self_join else blocks.block_bounds(nq, step)
+        plan = blocks.PairPlan(q_bounds, db_bounds, self_join)
+
+        def query_block(i: int) -> np.ndarray:
+            a, b = q_bounds[i]
+            return read_block(Q, a, b)
+
+        def db_block(j: int) -> np.ndarray:
+            a, b = db_bounds[j]
+            return read_block(self._fit_X, a, b, check_finite=False)  # checked by fit
+
+        limit = memory_limit_arg(self.memory_limit)  # the default limit read once, not per block
+        args = blocks.EngineArgs(engine_metric(self.metric), threads_arg(self.n_threads), precision_arg(self.precision),
+                                 _core.default_memory_limit() if limit is None else limit)
+        return plan, query_block, db_block, args
 
     def _report(self, values: np.ndarray) -> np.ndarray:
         if reports_sqrt(self.metric):
@@ -97,21 +236,17 @@ class NearestNeighbors(BaseEstimator):
         Returns ``(distances, indices)`` of shape (n_queries, k), or only indices when
         ``return_distance=False``. X=None queries the fitted rows, each leaving itself out.
         """
-        k = self.n_neighbors if n_neighbors is None else n_neighbors
-        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-            raise ValueError(f"Expected n_neighbors > 0. Got {k!r}")
-        Q, self_join = self._queries(X)
-        avail = self.n_samples_fit_ - (1 if self_join else 0)
-        if k > avail:
-            raise ValueError(
-                f"Expected n_neighbors <= n_samples_fit, but n_neighbors = {k}, n_samples_fit = "
-                f"{self.n_samples_fit_}, n_samples = {Q.shape[0]}"
-            )
+        k = check_n_neighbors(self.n_neighbors if n_neighbors is None else n_neighbors)
+        Q, self_join, streamed = self._queries(X)
+        check_k_available(k, self.n_samples_fit_, self_join, int(Q.shape[0]))
         metric = engine_metric(self.metric)
         if Q.shape[0] == 0:
             dist, idx = np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+        elif streamed:
+            plan, query_block, db_block, args = self._plan(Q, self_join)
+            dist, idx = blocks.knn_over_blocks(plan, query_block, db_block, k, args)
         elif self.backend_ == "native":
-            dist, idx = _core.knn_search(self._fit_X, Q, int(k), metric, self_join, threads_arg(self.n_threads),
+            dist, idx = _core.knn_search(self._fit_X, Q, k, metric, self_join, threads_arg(self.n_threads),
                                          precision_arg(self.precision), memory_limit_arg(self.memory_limit))
         else:
             dist, idx = _faiss.knn(self._fit_X, Q, int(k), metric, self_join)
@@ -132,7 +267,7 @@ class NearestNeighbors(BaseEstimator):
             raise ValueError(f"radius={r!r} should be a finite number >= 0")
         if self.metric == "inner_product":
             raise ValueError("radius queries need a distance metric, not 'inner_product'")
-        Q, self_join = self._queries(X)
+        Q, self_join, streamed = self._queries(X)
         metric = engine_metric(self.metric)
         r_engine = r * r if reports_sqrt(self.metric) else r
         if self.backend_ == "native":  # the native call charges the neighbours; here the per-query objects
@@ -140,6 +275,9 @@ class NearestNeighbors(BaseEstimator):
                                 f"radius_neighbors' result objects for {Q.shape[0]} queries")
         if Q.shape[0] == 0:
             ptr, ind, dist = np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+        elif streamed:
+            plan, query_block, db_block, args = self._plan(Q, self_join)
+            ptr, ind, dist = blocks.radius_over_blocks(plan, query_block, db_block, float(r_engine), args)
         elif self.backend_ == "native":
             ptr, ind, dist = _core.radius_search(self._fit_X, Q, float(r_engine), metric, self_join,
                                                  threads_arg(self.n_threads), precision_arg(self.precision),
@@ -162,8 +300,6 @@ class NearestNeighbors(BaseEstimator):
 
         ``mode="connectivity"`` stores ones, ``mode="distance"`` the distances.
         """
-        from scipy.sparse import csr_matrix
-
         if mode not in ("connectivity", "distance"):
             raise ValueError(f"mode={mode!r} should be 'connectivity' or 'distance'")
         check_is_fitted(self, "_fit_X")
@@ -174,6 +310,4 @@ class NearestNeighbors(BaseEstimator):
                 check_python_memory(float(nq) * k * (12 + 4 + 8 + 8) + 8.0 * (nq + 1), self.memory_limit,
                                     f"kneighbors_graph of {nq} queries x {k} neighbours")
         dist, idx = self.kneighbors(X, n_neighbors)
-        nq, k = idx.shape
-        data = np.ones(nq * k) if mode == "connectivity" else dist.ravel().astype(np.float64)
-        return csr_matrix((data, idx.ravel(), np.arange(0, nq * k + 1, k)), shape=(nq, self.n_samples_fit_))
+        return knn_graph(dist, idx, self.n_samples_fit_, mode)

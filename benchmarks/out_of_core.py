@@ -6,15 +6,11 @@ k-means' time per pass against one sequential read of the file, measured in the 
     python benchmarks/out_of_core.py --rows 2000000   # a small smoke run
     python benchmarks/out_of_core.py --cases kmeans   # only k-means (kmeans, knn, dbscan)
 
-The rows are Gaussian clusters of about 16,384 rows each (unit spread, centres 10 apart per
-coordinate on average), so that DBSCAN has clusters to find (eps 13.5: tens of neighbours a row):
-its work grows with the neighbours, and a file of isotropic noise would make it a brute force.
-
-The file is generated in a scratch folder (default benchmarks/out/ooc, or --dir) and deleted
-afterwards unless --keep. It needs that much free disk. KMeans reads the file through a memory
-map, so its pages belong to the page cache, not to the process: "private" memory here is the
-process's anonymous resident memory (RssAnon), sampled every 0.1 s; its peak is what the fit
-itself holds (per-row state, tiles), whatever the file size.
+The rows are unit vectors in clusters of about 4,096 rows (as normalised embeddings are): a
+random unit centre plus Gaussian noise of norm about 0.3, normalised; DBSCAN runs with the
+cosine metric (eps 0.072: a median of about 75 neighbours a row at 384 columns) on groups of
+4,096 rows (GROUP_ROWS, set here to the cluster size). DBSCAN's work grows with the
+neighbours, and a file of isotropic noise would make it a brute force.
 """
 
 from __future__ import annotations
@@ -72,16 +68,21 @@ def drop_page_cache(path: Path) -> None:
         os.close(fd)
 
 
-def generate(path: Path, n: int, d: int, seed: int, rows_per_centre: int = 16384) -> None:
+ROWS_PER_CLUSTER = 4096
+
+
+def generate(path: Path, n: int, d: int, seed: int, rows_per_centre: int = ROWS_PER_CLUSTER) -> None:
     rng = np.random.default_rng(seed)
     centres = max(1, n // rows_per_centre)
-    means = (rng.normal(size=(centres, d)) * 10).astype(np.float32)
+    means = rng.normal(size=(centres, d))
+    means = (means / np.linalg.norm(means, axis=1, keepdims=True)).astype(np.float32)
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, d))
     step = max(1, (256 << 20) // (4 * d))
     for a in range(0, n, step):
         b = min(n, a + step)
-        block = rng.standard_normal((b - a, d), dtype=np.float32)
+        block = rng.standard_normal((b - a, d), dtype=np.float32) * np.float32(0.3 / np.sqrt(d))
         block += means[rng.integers(0, centres, b - a)]
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
         out[a:b] = block
     out.flush()
     del out
@@ -167,7 +168,10 @@ def run_dbscan(X: np.ndarray, args, info: dict, scratch: Path) -> None:
     drop_page_cache(Path(X.filename))
     with PeakSampler() as mem:
         t = time.perf_counter()
-        db = DBSCAN(eps=args.eps, min_samples=args.min_samples, scratch_dir=scratch,
+        import embedcluster._dbscan_groups as grouping
+
+        grouping.GROUP_ROWS = ROWS_PER_CLUSTER
+        db = DBSCAN(eps=args.eps, min_samples=args.min_samples, metric="cosine", scratch_dir=scratch,
                     memory_limit=args.memory_limit).fit(X)
         seconds = time.perf_counter() - t
     left = list(scratch.iterdir())
@@ -175,7 +179,7 @@ def run_dbscan(X: np.ndarray, args, info: dict, scratch: Path) -> None:
                           peak_private_gib=(mem.peak - mem.base) / 2**30, n_clusters=db.n_clusters_,
                           noise=int((db.labels_ == -1).sum()), core=len(db.core_sample_indices_),
                           streamed="groups_pairs" in db.stats_, stats=db.stats_, scratch_left=[str(p) for p in left])
-    print(f"DBSCAN eps={args.eps} min_samples={args.min_samples}: {seconds:.1f} s, {db.n_clusters_} clusters, "
+    print(f"DBSCAN (cosine) eps={args.eps} min_samples={args.min_samples}: {seconds:.1f} s, {db.n_clusters_} clusters, "
           f"{info['dbscan']['noise']:,} noise, peak private memory {info['dbscan']['peak_private_gib']:.2f} GiB, "
           f"{db.stats_}; scratch folder left: {left or 'nothing'}", flush=True)
 
@@ -183,12 +187,12 @@ def run_dbscan(X: np.ndarray, args, info: dict, scratch: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=0, help="rows (default: a file 1.1x the RAM)")
-    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--cases", default="kmeans,knn,dbscan")
     ap.add_argument("--k", type=int, default=100)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--queries", type=int, default=10000)
-    ap.add_argument("--eps", type=float, default=13.5)
+    ap.add_argument("--eps", type=float, default=0.072)
     ap.add_argument("--memory-limit", type=int, default=None,
                     help="DBSCAN's and NearestNeighbors' memory_limit (a small one streams a smaller file too)")
     ap.add_argument("--min-samples", type=int, default=10)

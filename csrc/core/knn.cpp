@@ -9,6 +9,7 @@
 #include <sstream>
 #include <string>
 
+#include "border_key.hpp"
 #include "engine.hpp"
 #include "tile_driver.hpp"
 #include "union_find.hpp"
@@ -493,23 +494,6 @@ void radius_count_both(const RadiusParams& p, const float* db, idx_t n, const fl
 }
 
 namespace {
-
-/// (distance, row) packed into one word whose unsigned order is DBSCAN's border rule: the
-/// float32 distance (non-negative), then the lower row.
-inline std::uint64_t border_key(double exact, idx_t row) {
-  const float dist = static_cast<float>(std::max(0.0, exact));
-  std::uint32_t bits;
-  std::memcpy(&bits, &dist, sizeof(bits));
-  return (static_cast<std::uint64_t>(bits) << 32) | static_cast<std::uint64_t>(row);
-}
-
-inline void atomic_min(std::atomic<std::uint64_t>& a, std::uint64_t v) {
-  std::uint64_t cur = a.load(std::memory_order_relaxed);
-  while (v < cur && !a.compare_exchange_weak(cur, v, std::memory_order_relaxed)) {
-  }
-}
-
-constexpr std::uint64_t kNoBorder = ~std::uint64_t{0};
 
 /// Unpacks the nearest-core words of `count` rows into indices (-1: none) and distances.
 void unpack_borders(const std::atomic<std::uint64_t>* keys, idx_t count, std::vector<idx_t>& core,

@@ -9,6 +9,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ._backend import EngineMetric
+from .dask import _nbytes
 from ._dbscan_groups import (Executor, Geometry, assign_groups, dbscan_over_groups, group_centres, partner_pairs,
                              sample_positions)
 
@@ -54,14 +55,6 @@ def _second(r):
     return r[1]
 
 
-def nbytes(obj: Any) -> int:
-    if isinstance(obj, np.ndarray):
-        return obj.nbytes
-    if isinstance(obj, (tuple, list)):
-        return sum(nbytes(o) for o in obj)
-    return 8
-
-
 class DaskGroups(Executor):
     """The groups as futures on the workers: built from the chunks of a dask array by one split
     task per chunk and one gather task per group (the rows move between workers once)."""
@@ -104,14 +97,14 @@ class DaskGroups(Executor):
 
     def gather(self, handles: Sequence[Any]) -> list:
         out = self.client.gather(list(handles))
-        self.bytes_received += sum(nbytes(o) for o in out)
+        self.bytes_received += sum(_nbytes(o) for o in out)
         return out
 
     def completed(self, handles: Sequence[Any]):
         from distributed import as_completed
 
         for _, result in as_completed(list(handles), with_results=True):
-            self.bytes_received += nbytes(result)
+            self.bytes_received += _nbytes(result)
             yield result
 
     def rows(self, g: int) -> Any:

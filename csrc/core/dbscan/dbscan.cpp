@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 
+#include "../border_key.hpp"
 #include "internal.hpp"
 
 namespace ec {
@@ -109,7 +110,7 @@ void number_clusters(const Fit& F, ConcurrentUnionFind& uf, const std::atomic<st
   for (idx_t i = 0; i < n; ++i) {
     if (out.is_core[i]) continue;
     const std::uint64_t key = nearest_core[i].load(std::memory_order_relaxed);
-    if (key != ~std::uint64_t{0}) out.labels[i] = out.labels[static_cast<idx_t>(key & 0xFFFFFFFFull)];
+    if (key != kNoBorder) out.labels[i] = out.labels[static_cast<idx_t>(key & 0xFFFFFFFFull)];
   }
   out.n_clusters = next;
 }
@@ -153,7 +154,7 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   const CountResult counted = count_neighbours(F, L, set, B, out);
   ConcurrentUnionFind uf(n);
   std::unique_ptr<std::atomic<std::uint64_t>[]> nearest_core(new std::atomic<std::uint64_t>[static_cast<std::size_t>(n)]);
-  for (idx_t i = 0; i < n; ++i) nearest_core[i].store(~std::uint64_t{0}, std::memory_order_relaxed);
+  for (idx_t i = 0; i < n; ++i) nearest_core[i].store(kNoBorder, std::memory_order_relaxed);
   out.pairs_computed_pass2 = join_clusters(F, L, set, B, counted, out, uf, nearest_core.get());
   number_clusters(F, uf, nearest_core.get(), out);
 

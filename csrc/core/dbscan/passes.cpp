@@ -10,25 +10,12 @@
 #include <memory>
 #include <optional>
 
+#include "../border_key.hpp"
 #include "internal.hpp"
 
 namespace ec {
 namespace dbscan_impl {
 namespace {
-
-/// Packs border-candidate (distance, core row) into one word so that an atomic minimum picks
-/// the nearest core point, ties to the lower row.
-inline std::uint64_t border_key(float dist, idx_t core) {
-  std::uint32_t bits;
-  std::memcpy(&bits, &dist, sizeof(bits));
-  return (static_cast<std::uint64_t>(bits) << 32) | static_cast<std::uint64_t>(core);
-}
-
-inline void atomic_min(std::atomic<std::uint64_t>& a, std::uint64_t v) {
-  std::uint64_t cur = a.load(std::memory_order_relaxed);
-  while (v < cur && !a.compare_exchange_weak(cur, v, std::memory_order_relaxed)) {
-  }
-}
 
 /// One thread's buffers for a pass over tile pairs.
 struct PassScratch {
@@ -369,7 +356,7 @@ class JoinPass {
         const idx_t core = ci ? ri : rj, bp = ci ? rj : ri;
         if (exact < 0.0)
           exact = exact_value(F_.p.metric, F_.x + bp * F_.d, F_.x + core * F_.d, F_.d, F_.xnorm[bp], F_.xnorm[core]);
-        atomic_min(nearest_core_[bp], border_key(static_cast<float>(std::max(0.0, exact)), core));
+        atomic_min(nearest_core_[bp], border_key(exact, core));
       }
     }, done);
   }

@@ -100,13 +100,6 @@ def assign_groups(block: np.ndarray, centres: np.ndarray, geo: Geometry,
     return labels, np.sqrt(np.einsum("ij,ij->i", diff, diff))
 
 
-def group_radii(labels: np.ndarray, dist: np.ndarray, n_groups: int) -> np.ndarray:
-    """Largest distance of a member from its group's centre (0 for empty groups)."""
-    radii = np.zeros(n_groups)
-    np.maximum.at(radii, labels, dist)
-    return radii
-
-
 def partner_pairs(centres: np.ndarray, radii: np.ndarray, sizes: np.ndarray, reach: float) -> np.ndarray:
     """(P, 2) pairs g <= h of non-empty groups whose balls come within `reach`, sorted."""
     C = centres.astype(np.float64)

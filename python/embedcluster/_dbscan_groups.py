@@ -92,12 +92,15 @@ def group_centres(sample: np.ndarray, n: int, geo: Geometry, n_threads: int = 0)
 
 def assign_groups(block: np.ndarray, centres: np.ndarray, geo: Geometry,
                   n_threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's group (its nearest centre) and its fp64 distance from that centre."""
-    U = geo.rows64(block)
-    _, idx = _core.knn_search(centres, np.ascontiguousarray(U, dtype=np.float32), 1, "l2", n_threads=n_threads)
-    labels = idx[:, 0]
-    diff = U - centres[labels].astype(np.float64)
-    return labels, np.sqrt(np.einsum("ij,ij->i", diff, diff))
+    """Each row's group (its nearest centre) and an upper bound on its distance from that
+    centre: the engine's fp64 value for the float32 row (l2), or for its float32 unit row plus
+    that rounding's bound (cosine: ||u - float32(u)|| <= 2^-24 for a unit u; twice that here)."""
+    if geo.metric == "l2":
+        U, slack = np.ascontiguousarray(block, dtype=np.float32), 0.0
+    else:
+        U, slack = np.ascontiguousarray(geo.rows64(block), dtype=np.float32), 2.0**-23
+    d2, idx = _core.knn_search(centres, U, 1, "l2", n_threads=n_threads, exact_values=True)
+    return idx[:, 0], np.sqrt(np.maximum(d2[:, 0], 0.0)) + slack
 
 
 def partner_pairs(centres: np.ndarray, radii: np.ndarray, sizes: np.ndarray, reach: float) -> np.ndarray:

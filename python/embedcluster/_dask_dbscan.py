@@ -9,13 +9,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ._backend import EngineMetric
-from .dask import _nbytes
-from ._dbscan_groups import (Executor, Geometry, assign_groups, dbscan_over_groups, group_centres, partner_pairs,
-                             sample_positions)
-
-
-def _block_f32(block: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(block, dtype=np.float32)
+from ._dbscan_groups import (Executor, Geometry, _first, _second, assign_groups, dbscan_over_groups, group_centres,
+                             partner_pairs, sample_positions)
+from .dask import _block_f32, _nbytes
 
 
 def _take_task(block: np.ndarray, local: np.ndarray) -> np.ndarray:
@@ -45,14 +41,6 @@ def _group_task(g: int, *splits):
     """Group g's (global ids ascending, rows), from the chunks that hold some of it, in chunk order."""
     parts = [s[2][g] for s in splits]
     return np.concatenate([p[0] for p in parts]), np.ascontiguousarray(np.concatenate([p[1] for p in parts]))
-
-
-def _first(r):
-    return r[0]
-
-
-def _second(r):
-    return r[1]
 
 
 class DaskGroups(Executor):

@@ -18,6 +18,8 @@ from embedcluster.data.sharded import ShardedArray
 @pytest.fixture
 def small_groups(monkeypatch):
     monkeypatch.setattr(groups, "GROUP_ROWS", 250)  # many groups on small data
+    monkeypatch.setattr(groups, "SPAN_BYTES", 40_000)  # and the scratch copy written in several spans
+    monkeypatch.setattr(groups, "MIN_SPAN_ROWS", 500)
 
 
 def data(n=3000, d=12, seed=0):
@@ -85,6 +87,22 @@ def test_streamed_fit_equals_in_memory_fit(tmp_path, small_groups, monkeypatch, 
     np.testing.assert_array_equal(got.labels_ == -1, sk.labels_ == -1)
     Q = X[::5] + np.float32(0.3)
     np.testing.assert_array_equal(got.predict(Q), ref.predict(Q))
+
+
+@pytest.mark.parametrize("span_rows", [1, 7, 1000, 5000])
+def test_scratch_copy_holds_each_group_in_row_order(tmp_path, span_rows):
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(2100, 5))  # float64: the copy is float32
+    labels = rng.integers(0, 9, len(X))
+    labels[labels == 4] = 5  # an empty group
+    order, offsets, runs = groups.write_spans(X, labels, 10, tmp_path / "g.npy", span_rows, block_rows=64)
+    store = np.load(tmp_path / "g.npy", mmap_mode="r")
+    np.testing.assert_array_equal(store, X[order].astype(np.float32))
+    assert sorted(order) == list(range(len(X)))
+    ex = groups.SpanGroups(store, order, offsets, runs)
+    for g in range(10):
+        np.testing.assert_array_equal(ex.ids(g), np.flatnonzero(labels == g))
+        np.testing.assert_array_equal(ex.rows(g), X[labels == g].astype(np.float32))
 
 
 def test_well_separated_groups_skip_pairs(tmp_path, small_groups):

@@ -368,47 +368,76 @@ def _second(r):
 
 # ---- In this process: rows streamed from disk, grouped into a scratch copy.
 
-class LocalGroups(Executor):
-    """The groups as consecutive rows of one array (the reordered copy); tasks run at once."""
+# Rows of X held and sorted in memory at a time when writing the scratch copy: a quarter of the
+# memory budget, at most SPAN_BYTES, at least MIN_SPAN_ROWS rows.
+SPAN_BYTES = 1 << 29
+MIN_SPAN_ROWS = 4096
 
-    def __init__(self, store: np.ndarray, order: np.ndarray, starts: np.ndarray):
-        self.store, self.order, self.starts = store, order, starts
+
+def span_rows_for(d: int, budget: float) -> int:
+    return max(MIN_SPAN_ROWS, int(min(budget / 4, SPAN_BYTES) // (4 * d)))
+
+
+class SpanGroups(Executor):
+    """The groups in the scratch copy: X was read one span of rows at a time and each span was
+    written out sorted by group, so group g is one run of rows per span (runs[s, g] rows at
+    offsets[s, g]); its rows are those runs read back in span order, ascending row index. Tasks
+    run at once."""
+
+    def __init__(self, store: np.ndarray, order: np.ndarray, offsets: np.ndarray, runs: np.ndarray):
+        self.store, self.order, self.offsets, self.runs = store, order, offsets, runs
+
+    def _gather(self, source: np.ndarray, g: int) -> np.ndarray:
+        spans = np.flatnonzero(self.runs[:, g])
+        parts = [source[self.offsets[s, g]:self.offsets[s, g] + self.runs[s, g]] for s in spans]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else source[:0]
 
     def rows(self, g: int) -> np.ndarray:
-        return self.store[self.starts[g]:self.starts[g + 1]]
+        return self._gather(self.store, g)
 
     def ids(self, g: int) -> np.ndarray:
-        return self.order[self.starts[g]:self.starts[g + 1]]
+        return self._gather(self.order, g)
 
 
 def read_rows(X: Any, a: int, b: int) -> np.ndarray:
     return np.ascontiguousarray(X[a:b], dtype=np.float32)
 
 
-def write_grouped(X: Any, labels: np.ndarray, starts: np.ndarray, store: np.ndarray, block_rows: int) -> None:
-    """Copies X's rows into `store` group by group (ascending row index within a group)."""
-    cursor = starts[:-1].copy()
-    n_groups = len(cursor)
-    for a in range(0, X.shape[0], block_rows):
-        b = min(X.shape[0], a + block_rows)
-        lab = labels[a:b]
-        order = np.argsort(lab, kind="stable")
-        per = np.bincount(lab, minlength=n_groups)
-        first = np.concatenate([[0], np.cumsum(per)[:-1]])
-        sorted_lab = lab[order]
-        dest = cursor[sorted_lab] + (np.arange(b - a) - first[sorted_lab])
-        store[dest] = read_rows(X, a, b)[order]
-        cursor += per
+def write_spans(X: Any, labels: np.ndarray, n_groups: int, path: Any, span_rows: int,
+                block_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Writes X's rows as float32 to the .npy file `path`, span by span, each span's rows sorted
+    by group (stable): every write appends, so the copy goes at the disk's sequential speed.
+    Returns (the row index at each position of the copy, offsets, runs) as SpanGroups takes."""
+    n, d = int(X.shape[0]), int(X.shape[1])
+    n_spans = max(1, -(-n // span_rows))
+    offsets = np.zeros((n_spans, n_groups), np.int64)
+    runs = np.zeros((n_spans, n_groups), np.int64)
+    order = np.empty(n, np.int64)
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (n, d)})
+        for s, a in enumerate(range(0, n, span_rows)):
+            b = min(n, a + span_rows)
+            perm = np.argsort(labels[a:b], kind="stable")
+            runs[s] = np.bincount(labels[a:b], minlength=n_groups)
+            offsets[s] = a + np.concatenate([[0], np.cumsum(runs[s])[:-1]])
+            order[a:b] = a + perm
+            span = read_rows(X, a, b)
+            for c in range(0, b - a, block_rows):  # the sorted rows written a block at a time
+                f.write(span[perm[c:c + block_rows]].tobytes())
+            del span
+    return order, offsets, runs
 
 
 def fit_streamed(X: Any, eps: float, min_samples: int, metric: EngineMetric, scratch: Any, n_threads: int = 0,
-                 block_rows: int = 1 << 16, max_component_rows: int = 0) -> GroupedDbscan:
+                 block_rows: int = 1 << 16, max_component_rows: int = 0,
+                 span_rows: int = 1 << 18) -> GroupedDbscan:
     """DBSCAN of X (a memory map or ShardedArray) through a grouped copy in the folder `scratch`
-    (a file of X's rows as float32, which the caller removes)."""
+    (a file of X's rows as float32, which the caller removes); `span_rows` rows of X are held
+    and sorted in memory at a time to write it."""
     from pathlib import Path
 
     geo = Geometry(metric, float(eps))
-    n, d = int(X.shape[0]), int(X.shape[1])
+    n = int(X.shape[0])
     sample = np.ascontiguousarray(X[sample_positions(n)], dtype=np.float32)
     centres = group_centres(sample, n, geo, n_threads)
     n_groups = len(centres)
@@ -420,16 +449,14 @@ def fit_streamed(X: Any, eps: float, min_samples: int, metric: EngineMetric, scr
         labels[a:b] = lab
         np.maximum.at(radii, lab, dist)
     sizes = np.bincount(labels, minlength=n_groups)
-    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    store = np.lib.format.open_memmap(Path(scratch) / "grouped_rows.npy", mode="w+", dtype=np.float32, shape=(n, d))
-    write_grouped(X, labels, starts, store, block_rows)
-    store.flush()
-    order = np.argsort(labels, kind="stable")
+    path = Path(scratch) / "grouped_rows.npy"
+    order, offsets, runs = write_spans(X, labels, n_groups, path, max(1, span_rows), block_rows)
     del labels
+    store = np.load(path, mmap_mode="r")
     pairs = partner_pairs(centres, radii, sizes, geo.reach)
     try:
-        return dbscan_over_groups(LocalGroups(store, order, starts), n, pairs, sizes, geo, min_samples, n_threads,
-                                  max_component_rows)
+        return dbscan_over_groups(SpanGroups(store, order, offsets, runs), n, pairs, sizes, geo, min_samples,
+                                  n_threads, max_component_rows)
     finally:
         del store
 

@@ -152,7 +152,7 @@ class DBSCAN(ClusterMixin, BaseEstimator):
         return self
 
     def _fit_streamed(self, X: Any, metric: EngineMetric) -> DBSCAN:
-        from .._dbscan_groups import RowSelection, fit_streamed
+        from .._dbscan_groups import RowSelection, fit_streamed, span_rows_for
 
         if resolve_backend(self.backend, "DBSCAN") != "native":
             raise ValueError("backend='faiss' needs X as one in-memory array; memory-mapped or sharded input "
@@ -163,9 +163,10 @@ class DBSCAN(ClusterMixin, BaseEstimator):
         with scratch_folder(self.scratch_dir, 4.0 * n * d) as scratch:
             # A set of groups with no neighbours outside it is fitted whole when its rows, their
             # packed copy and the engine's per-row state fit the budget (about 14 bytes a value).
-            whole_rows = int(min(memory_budget(self.memory_limit) / (14.0 * d), 2**40))
+            budget = memory_budget(self.memory_limit)
+            whole_rows = int(min(budget / (14.0 * d), 2**40))
             r = fit_streamed(X, float(self.eps), int(self.min_samples), metric, scratch, threads_arg(self.n_threads),
-                             max_component_rows=whole_rows)
+                             max_component_rows=whole_rows, span_rows=span_rows_for(d, budget))
         self.labels_ = r.labels
         self.core_sample_indices_ = np.flatnonzero(r.is_core)
         core_bytes = 4.0 * len(self.core_sample_indices_) * d

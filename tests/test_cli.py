@@ -335,11 +335,13 @@ def test_cluster_shard_errors_are_one_line_exit_2(shards, capsys):
     out = folder.parent / "labels.npy"
     code = main(["cluster", str(folder / "nothing-*.npy"), "--out", str(out)])
     _one_line_error(code, capsys.readouterr().err, "nothing-*.npy", "matches")
-    code = main(["cluster", str(folder), "--algorithm", "dbscan", "--out", str(out)])
-    _one_line_error(code, capsys.readouterr().err, "DBSCAN", "one .npy file")
-    code = main(["cluster", str(folder), "--algorithm", "dbscan", "--scheduler", "tcp://127.0.0.1:1",
+    code = main(["cluster", str(folder), "--algorithm", "dbscan", "--scratch-dir", str(folder / "missing"),
                  "--out", str(out)])
-    _one_line_error(code, capsys.readouterr().err, "--scheduler", "k-means")
+    assert code == 0  # small enough for memory: no scratch copy, so the folder is not needed
+    out.unlink()
+    code = main(["cluster", str(folder), "--algorithm", "dbscan", "--scheduler", "tcp://127.0.0.1:1",
+                 "--scratch-dir", str(folder), "--out", str(out)])
+    _one_line_error(code, capsys.readouterr().err, "--scratch-dir", "--scheduler")
     np.save(folder / "part-3.npy", np.zeros((4, 7), np.float32))
     code = main(["cluster", str(folder / "part-*.npy"), "--out", str(out)])
     _one_line_error(code, capsys.readouterr().err, "part-3.npy", "columns")
@@ -347,6 +349,44 @@ def test_cluster_shard_errors_are_one_line_exit_2(shards, capsys):
     code = main(["cluster", str(folder), "--out", str(out)])
     _one_line_error(code, capsys.readouterr().err, "part-3.npy", "dtype")
     assert not out.exists()
+
+
+def test_dbscan_on_shards_equals_the_in_memory_fit(shards, capsys, tmp_path, monkeypatch):
+    import numpy as np
+
+    import embedcluster.cluster.dbscan as dbscan_module
+
+    folder, Z = shards
+    ref = ec.DBSCAN(eps=1.2, min_samples=6).fit(Z).labels_
+    out = tmp_path / "labels.npy"
+    assert main(["cluster", str(folder), "--algorithm", "dbscan", "--eps", "1.2", "--min-samples", "6",
+                 "--out", str(out), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["n_shards"] == 3 and res["n_clusters"] == ref.max() + 1 and "inertia" not in res
+    np.testing.assert_array_equal(np.load(out), ref)
+    # too large for memory: streamed through a scratch copy in the folder given, which is left as it was
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(dbscan_module, "_streams", lambda X, limit: True)
+    out2 = tmp_path / "labels2.npy"
+    assert main(["cluster", str(folder / "*.npy"), "--algorithm", "dbscan", "--eps", "1.2", "--min-samples", "6",
+                 "--scratch-dir", str(scratch), "--out", str(out2)]) == 0
+    np.testing.assert_array_equal(np.load(out2), ref)
+    assert list(scratch.iterdir()) == []
+
+
+def test_dbscan_on_a_dask_scheduler_equals_the_in_process_run(shards, capsys, client, tmp_path):
+    import numpy as np
+
+    folder, Z = shards
+    out = tmp_path / "labels.npy"
+    assert main(["cluster", str(folder), "--algorithm", "dbscan", "--eps", "0.01", "--min-samples", "6",
+                 "--metric", "cosine", "--scheduler", client.scheduler.address, "--out", str(out), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["scheduler"] == client.scheduler.address
+    ref = ec.DBSCAN(eps=0.01, min_samples=6, metric="cosine").fit(Z).labels_
+    np.testing.assert_array_equal(np.load(out), ref)
+    assert res["n_clusters"] == ref.max() + 1 > 1 and 0 < res["n_noise"] < len(Z)
 
 
 def test_cluster_on_a_dask_scheduler_equals_the_in_process_run(shards, capsys):

@@ -36,13 +36,11 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
 
     check_output_file(args.out, "labels")
     if args.scheduler is not None:
-        if args.algorithm != "kmeans":
-            raise ValueError("--scheduler runs k-means only; DBSCAN runs in this process on one .npy file")
+        if args.scratch_dir is not None:
+            raise ValueError("--scratch-dir is for DBSCAN in this process; with --scheduler the workers hold "
+                             "the rows in memory, so leave it out")
         require(["dask", "distributed"], "--scheduler", extra="dask")
     files = embedding_files(args.embeddings)
-    if args.algorithm == "dbscan" and len(files) > 1:
-        raise ValueError(f"DBSCAN needs the embeddings as one .npy file for now, but {args.embeddings} names "
-                         f"{len(files)} shards; concatenate them into one file or use --algorithm kmeans")
     shards = load_embedding_shards(files)
     if args.scheduler is not None:
         est = _fit_on_scheduler(args, files, shards)
@@ -50,11 +48,7 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
         from ..data.sharded import ShardedArray
 
         Z = shards[0] if len(shards) == 1 else ShardedArray(shards)
-        if args.algorithm == "kmeans":
-            est = KMeans(args.n_clusters, n_init=args.n_init, metric=args.metric, random_state=args.seed)
-        else:
-            est = DBSCAN(eps=args.eps, min_samples=args.min_samples,
-                         metric="euclidean" if args.metric == "l2" else args.metric)
+        est = _estimator(args, KMeans, DBSCAN)
         est.fit(Z)
     labels = est.labels_
     save_npy(args.out, labels)
@@ -68,14 +62,25 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
                             f"{len(files)} file(s){where} -> {args.out}"])
 
 
+def _estimator(args: argparse.Namespace, kmeans: Any, dbscan: Any, **kw: Any) -> Any:
+    """The k-means or DBSCAN estimator (this process's or the Dask one) the arguments ask for."""
+    if args.algorithm == "kmeans":
+        return kmeans(args.n_clusters, n_init=args.n_init, metric=args.metric, random_state=args.seed, **kw)
+    metric = "euclidean" if args.metric == "l2" else args.metric
+    if args.scratch_dir is not None and "client" not in kw:
+        kw["scratch_dir"] = args.scratch_dir
+    return dbscan(eps=args.eps, min_samples=args.min_samples, metric=metric, **kw)
+
+
 def _fit_on_scheduler(args: argparse.Namespace, files: List[Path], shards: List[Any]) -> Any:
-    """k-means on a Dask cluster: every worker opens its own shards from the same paths (the
-    client read only their headers), and the labels come back to the client."""
+    """k-means or DBSCAN on a Dask cluster: every worker opens its own shards from the same
+    paths (the client read only their headers), and the labels come back to the client."""
     import dask
     import dask.array as da
     import numpy as np
     from distributed import Client
 
+    from ..dask import DBSCAN as DaskDBSCAN
     from ..dask import KMeans as DaskKMeans
 
     blocks = [da.from_delayed(dask.delayed(np.load)(os.path.abspath(f), mmap_mode="r", allow_pickle=False),
@@ -86,9 +91,8 @@ def _fit_on_scheduler(args: argparse.Namespace, files: List[Path], shards: List[
         raise ConnectionError(f"cannot reach the Dask scheduler at {args.scheduler} ({e}); start one with "
                               "`dask scheduler` and workers with `dask worker ADDRESS`") from e
     with client:
-        est = DaskKMeans(args.n_clusters, init="k-means||", n_init=args.n_init, random_state=args.seed,
-                         metric=args.metric, client=client)
-        return est.fit(da.concatenate(blocks, axis=0))
+        kw = {"init": "k-means||"} if args.algorithm == "kmeans" else {}
+        return _estimator(args, DaskKMeans, DaskDBSCAN, client=client, **kw).fit(da.concatenate(blocks, axis=0))
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -121,7 +125,8 @@ def add_parsers(sub: Any) -> None:
 
     pc = sub.add_parser("cluster", help="cluster embeddings (k-means or DBSCAN)",
                         description="Cluster the rows of EMBEDDINGS (.npy) and write the labels (.npy, -1 = noise). "
-                        "Several shards are read memory-mapped, one after another, as one array (k-means only).")
+                        "Several shards are read memory-mapped, one after another, as one array; DBSCAN on data "
+                        "too large for memory writes a reordered copy to --scratch-dir and removes it.")
     pc.add_argument("embeddings", help="embeddings (n x d): a .npy file, a folder of .npy shards (sorted by name) "
                     "or a quoted glob such as 'shards/*.npy' (sorted); shards share columns and dtype")
     pc.add_argument("--algorithm", choices=["kmeans", "dbscan"], default="kmeans", help="default kmeans")
@@ -132,8 +137,11 @@ def add_parsers(sub: Any) -> None:
     pc.add_argument("--min-samples", type=POSITIVE, default=5, help="DBSCAN core threshold (default 5)")
     pc.add_argument("--metric", choices=["l2", "cosine"], default="l2", help="default l2")
     pc.add_argument("--seed", type=int_at_least(0), default=0, help="random seed (default 0)")
+    pc.add_argument("--scratch-dir", metavar="FOLDER",
+                    help="DBSCAN on embeddings too large for memory: where its temporary reordered copy goes "
+                    "(default: the temporary folder; it needs room for the rows as float32)")
     pc.add_argument("--scheduler", metavar="ADDRESS",
-                    help="run k-means on the Dask cluster at ADDRESS (e.g. tcp://host:8786; k-means|| seeding): "
+                    help="run on the Dask cluster at ADDRESS (e.g. tcp://host:8786; k-means uses k-means|| seeding): "
                     "each worker opens its own shards by path, so the EMBEDDINGS files must exist at the same "
                     "absolute paths on every worker; needs pip install 'embedcluster[dask]'")
     pc.add_argument("--out", required=True, help="where to write the labels (.npy)")

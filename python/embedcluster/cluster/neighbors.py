@@ -81,6 +81,28 @@ def check_n_neighbors(k: Any) -> int:
     return int(k)
 
 
+# Bytes compared per step when queries may be the fitted rows (the comparison stops at the first
+# block that differs).
+_SAME_ROWS_BLOCK_BYTES = 4 << 20
+
+
+def same_rows(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when ``a`` and ``b`` hold the same rows bit for bit: the same object or buffer, or
+    C-contiguous arrays of the same shape and dtype with the same bytes (compared block by
+    block, stopping at the first difference; nothing is read unless shape and dtype match).
+    Arrays that are not C-contiguous compare False (the estimator's arrays always are)."""
+    if a is b:
+        return True
+    if a.shape != b.shape or a.dtype != b.dtype or not (a.flags.c_contiguous and b.flags.c_contiguous):
+        return False
+    if a.__array_interface__["data"][0] == b.__array_interface__["data"][0]:
+        return True
+    # Raw bytes, so that -0.0 and 0.0 differ as they do in the rows.
+    flat_a, flat_b = a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8)
+    step = _SAME_ROWS_BLOCK_BYTES
+    return all(np.array_equal(flat_a[s:s + step], flat_b[s:s + step]) for s in range(0, flat_a.size, step))
+
+
 def check_k_available(k: int, n_samples_fit: int, self_join: bool, n_queries: int) -> None:
     """k must not exceed the fitted rows (one fewer in the self-join, which leaves each row out)."""
     if k > n_samples_fit - (1 if self_join else 0):
@@ -120,7 +142,9 @@ class NearestNeighbors(BaseEstimator):
     Results are those of a float64 brute force on the float32 data: neighbours within the
     float32 tiles' error bound of the k-th are re-checked in float64; ties go to the lower
     index. ``kneighbors()`` with no X is the self-join that leaves each point out, as in
-    scikit-learn.
+    scikit-learn; ``kneighbors(X)`` with the fitted rows again (the same array or the same bytes;
+    checked cheaply, an in-memory fit only) runs the same symmetric self-join keeping each point,
+    with results bit-identical to the one-sided scan of other queries.
 
     Data bigger than memory: ``fit`` takes a memory-mapped ``.npy`` (``np.load(path,
     mmap_mode="r")``) or a :class:`~embedcluster.data.ShardedArray` without loading it. A
@@ -201,7 +225,13 @@ class NearestNeighbors(BaseEstimator):
             return X, False, True
         Q = as_matrix(X, "X", estimator="NearestNeighbors", allow_empty=True)
         check_features(self, Q)
-        return Q, False, getattr(self, "_streamed", False)
+        streamed = getattr(self, "_streamed", False)
+        if not streamed and same_rows(Q, self._fit_X):
+            # The fitted rows themselves: the engine sees queries that are its database and runs
+            # the symmetric self-join (each point among its own neighbours), whose results are
+            # those of the one-sided scan bit for bit.
+            Q = self._fit_X
+        return Q, False, streamed
 
     def _plan(self, Q: Any, self_join: bool):
         """Blocks of the queries and of the fitted rows, and how to read them: a streamed source
@@ -235,6 +265,9 @@ class NearestNeighbors(BaseEstimator):
 
         Returns ``(distances, indices)`` of shape (n_queries, k), or only indices when
         ``return_distance=False``. X=None queries the fitted rows, each leaving itself out.
+        X holding the fitted rows (the fitted array, or any array whose float32 form has the same
+        bytes) runs the symmetric self-join with each point among its own neighbours, as
+        scikit-learn does when X is passed: half the products, the one-sided scan's results.
         """
         k = check_n_neighbors(self.n_neighbors if n_neighbors is None else n_neighbors)
         Q, self_join, streamed = self._queries(X)

@@ -36,7 +36,6 @@ import gc
 import json
 import os
 import platform
-import re
 import resource
 import statistics
 import subprocess
@@ -46,9 +45,13 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
+
+from embedcluster.bench import (blas_libraries, cpu_info, drop_self, exact_knn_f64, fastest_openblas_core,
+                                inertia_f64, json_default, knn_agreement, make_sphere_mixture, narrow_blas,
+                                recall, time_repeats, usable_cores)
 
 SCRIPT = Path(__file__).resolve()
 DEFAULT_OUT = SCRIPT.parent / "out"
@@ -180,26 +183,6 @@ def log(msg: str) -> None:
     print(f"[{time.perf_counter() - _T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def time_repeats(fn: Callable[[], T], repeats: int) -> Tuple[List[float], T]:
-    """Runs ``fn`` ``repeats`` times; returns the wall times and the last output."""
-    times: List[float] = []
-    out: Any = None
-    for _ in range(max(1, repeats)):
-        out = None  # free the previous output before the next run
-        gc.collect()
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return times, out
-
-
 def timed(fit: Callable[[], Any], repeats: int) -> Callable[[], Timed]:
     """A runner that times ``repeats`` in-process calls of ``fit``."""
     return lambda: time_repeats(fit, repeats)
@@ -233,168 +216,15 @@ def fmt_pct(x: float) -> str:
     return f"{100.0 * x:.2f}%"
 
 
-def json_default(obj: Any) -> Any:
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
 # --------------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------------
-def noise_std_for(intra_dist: np.ndarray, d: int) -> np.ndarray:
-    """Per-dimension noise std giving ``intra_dist`` between two points of one component.
-
-    A point is ``(c + e) / |c + e|`` with unit ``c`` and ``e ~ N(0, s^2 I_d)``; in high
-    dimension two such points are at distance ``sqrt(2 s^2 d / (1 + s^2 d))`` almost surely.
-    """
-    t = np.asarray(intra_dist, dtype=np.float64) ** 2
-    return np.sqrt(t / ((2.0 - t) * d))
-
-
-def make_sphere_mixture(n: int, d: int, n_centers: int, intra_dist: Union[float, Tuple[float, float]],
-                        *, noise_frac: float = 0.0, seed: int = 0,
-                        chunk: int = 16384) -> Tuple[np.ndarray, np.ndarray]:
-    """Unit-norm float32 Gaussian mixture on the sphere, shuffled, and its true labels.
-
-    ``n_centers`` random unit centres; component sizes vary (Dirichlet weights); each point is
-    centre + Gaussian noise, renormalised. ``intra_dist`` (a value or a (low, high) range,
-    drawn per component) sets the typical distance between two points of one component,
-    while distinct components and noise are ~sqrt(2) apart. A ``noise_frac`` of the rows is
-    uniform on the sphere (label -1). Built in chunks to bound memory.
-    """
-    rng = np.random.default_rng(seed)
-    centers = rng.standard_normal((n_centers, d)).astype(np.float32)
-    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
-    lo, hi = (intra_dist, intra_dist) if np.isscalar(intra_dist) else intra_dist
-    stds = noise_std_for(rng.uniform(lo, hi, n_centers), d).astype(np.float32)
-    n_noise = int(round(noise_frac * n))
-    weights = rng.dirichlet(np.full(n_centers, 5.0))
-    labels = np.concatenate([rng.choice(n_centers, n - n_noise, p=weights),
-                             np.full(n_noise, -1)])[rng.permutation(n)]
-    X = np.empty((n, d), dtype=np.float32)
-    for i in range(0, n, chunk):
-        lab = labels[i:i + chunk]
-        block = rng.standard_normal((len(lab), d), dtype=np.float32)
-        member = lab >= 0
-        block[member] = centers[lab[member]] + stds[lab[member], None] * block[member]
-        block /= np.linalg.norm(block, axis=1, keepdims=True)
-        X[i:i + chunk] = block
-    return X, labels.astype(np.int64)
-
-
 # --------------------------------------------------------------------------------------------
 # Quality measures (computed identically for every engine)
 # --------------------------------------------------------------------------------------------
-def inertia_f64(X: np.ndarray, centers: np.ndarray, block_bytes: int = 2**25) -> float:
-    """Sum over rows of the squared distance to the nearest centre, in float64, chunked."""
-    C = np.asarray(centers, dtype=np.float64)
-    cc = np.einsum("ij,ij->i", C, C)
-    rows = max(1, block_bytes // (8 * max(len(C), X.shape[1])))
-    total = 0.0
-    for i in range(0, len(X), rows):
-        B = X[i:i + rows].astype(np.float64)
-        d2 = np.einsum("ij,ij->i", B, B)[:, None] - 2.0 * (B @ C.T) + cc[None, :]
-        total += float(np.maximum(d2.min(axis=1), 0.0).sum())
-    return total
-
-
-def exact_knn_f64(X: np.ndarray, queries: np.ndarray, k: int, block: int = 64) -> np.ndarray:
-    """Indices of the k nearest rows (self excluded) of ``X[queries]`` by float64 brute force."""
-    X64 = X.astype(np.float64)
-    xx = np.einsum("ij,ij->i", X64, X64)
-    out = np.empty((len(queries), k), dtype=np.int64)
-    for s in range(0, len(queries), block):
-        q = queries[s:s + block]
-        d2 = xx[q, None] - 2.0 * (X64[q] @ X64.T) + xx[None, :]
-        d2[np.arange(len(q)), q] = np.inf
-        part = np.argpartition(d2, k, axis=1)[:, :k]
-        order = np.argsort(np.take_along_axis(d2, part, axis=1), axis=1, kind="stable")
-        out[s:s + block] = np.take_along_axis(part, order, axis=1)
-    return out
-
-
-def drop_self(D: np.ndarray, ids: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Removes each query's own index from a (k+1)-NN self-join (else its last column)."""
-    n, k1 = ids.shape
-    keep = ids != np.arange(n)[:, None]
-    keep[keep.all(axis=1), -1] = False
-    return D[keep].reshape(n, k1 - 1), ids[keep].reshape(n, k1 - 1)
-
-
-def knn_agreement(D: np.ndarray, ids: np.ndarray, D_ref: np.ndarray, ids_ref: np.ndarray,
-                  rtol: float = 1e-4) -> Dict[str, float]:
-    """Fractions of queries whose neighbour lists match the reference (Euclidean distances)."""
-    a = np.sort(np.asarray(D, np.float64), axis=1)
-    b = np.sort(np.asarray(D_ref, np.float64), axis=1)
-    close = np.abs(a - b) <= rtol * np.maximum(np.abs(a), np.abs(b)) + 1e-7
-    return {
-        "ids_identical": float((ids == ids_ref).all(axis=1).mean()),
-        "ids_same_set": float((np.sort(ids, axis=1) == np.sort(ids_ref, axis=1)).all(axis=1).mean()),
-        "dists_agree_rtol_1e-4": float(close.all(axis=1).mean()),
-    }
-
-
-def recall(ids: np.ndarray, ids_true: np.ndarray) -> float:
-    """Mean fraction of the true neighbours found."""
-    return float((ids[:, :, None] == ids_true[:, None, :]).any(axis=2).mean())
-
-
 # --------------------------------------------------------------------------------------------
 # Environment
 # --------------------------------------------------------------------------------------------
-_SIMD_LEVEL = {"sse": 0, "avx": 1, "avx2": 2, "avx512": 3}
-_OPENBLAS_CORE_SIMD = {  # OpenBLAS core names (lower case) -> widest SIMD their kernels use
-    "skylakex": "avx512", "cooperlake": "avx512", "sapphirerapids": "avx512",
-    "haswell": "avx2", "zen": "avx2", "excavator": "avx2",
-    "sandybridge": "avx", "bulldozer": "avx", "piledriver": "avx", "steamroller": "avx",
-}
-
-
-def cpu_info() -> Dict[str, Any]:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = re.search(r"^model name\s*:\s*(.*)$", text, re.M)
-    flags_m = re.search(r"^flags\s*:\s*(.*)$", text, re.M)
-    flags = set(flags_m.group(1).split()) if flags_m else set()
-    simd = ("avx512" if "avx512f" in flags else "avx2" if {"avx2", "fma"} <= flags
-            else "avx" if "avx" in flags else "sse")
-    mem = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").exists() else ""
-    ram = re.search(r"^MemTotal:\s*(\d+)\s*kB", mem, re.M)
-    return {
-        "model": model.group(1).strip() if model else platform.processor(),
-        "simd": simd,
-        "flags": sorted(f for f in flags if f.startswith(("avx", "fma", "amx")) or f in ("sse4_2", "f16c")),
-        "logical_cpus": os.cpu_count(),
-        "usable_cpus": usable_cores(),
-        "ram_gib": round(int(ram.group(1)) / 2**20, 1) if ram else None,
-        "platform": platform.platform(),
-    }
-
-
-def blas_libraries() -> List[Dict[str, Any]]:
-    """threadpoolctl's view of the loaded BLAS/OpenMP libraries (call after all imports)."""
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return [{"error": "threadpoolctl not installed"}]
-    keys = ("user_api", "internal_api", "prefix", "version", "architecture", "threading_layer",
-            "num_threads", "filepath")
-    libs = []
-    for info in threadpool_info():
-        lib = {k: info.get(k) for k in keys}
-        path = str(info.get("filepath", ""))
-        lib["owner"] = next((o for o in ("faiss", "numpy", "scipy", "sklearn", "scikit_learn",
-                                          "embedcluster", "torch") if o in path), "system")
-        libs.append(lib)
-    return libs
-
-
 def blas_warnings(cpu: Dict[str, Any], libs: Sequence[Dict[str, Any]]) -> List[str]:
     """Loud warnings: OPENBLAS_* set, or a BLAS running kernels narrower than the CPU allows."""
     out = []
@@ -412,16 +242,12 @@ def blas_warnings(cpu: Dict[str, Any], libs: Sequence[Dict[str, Any]]) -> List[s
                 " reference setting run `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python"
                 " benchmarks/bench_engine.py` (or pass --openblas-coretype unset)."
             )
-    slow = []
-    for lib in libs:
-        core = str(lib.get("architecture") or "")
-        level = _OPENBLAS_CORE_SIMD.get(core.lower(), "sse")
-        if lib.get("user_api") == "blas" and core and _SIMD_LEVEL[level] < _SIMD_LEVEL[cpu["simd"]]:
-            slow.append(f"{lib['owner']} (OpenBLAS {lib.get('version')}, core '{core}': {level})")
+    slow = [f"{lib['owner']} (OpenBLAS {lib.get('version')}, core '{lib['architecture']}': {lib['simd']})"
+            for lib in narrow_blas(cpu, libs)]
     if slow:
         why = ("OPENBLAS_CORETYPE forces it" if "OPENBLAS_CORETYPE" in os.environ else
                "an OpenBLAS older than the CPU falls back to older kernels")
-        suggest = "SkylakeX" if cpu["simd"] == "avx512" else "Haswell"
+        suggest = fastest_openblas_core(cpu)
         out.append(
             f"BLAS kernels narrower than this {cpu['simd']} CPU allows ({why}): " + "; ".join(slow)
             + f". Those libraries are NOT at their fastest setting; re-run with --openblas-coretype "

@@ -1,8 +1,8 @@
-"""Command line of embedcluster: demo, embed, cluster, evaluate, probe, run, predict, info.
+"""Command line of embedcluster: demo, embed, cluster, evaluate, probe, run, predict, info, bench.
 
 One module a command group: :mod:`.info`, :mod:`.demo`, :mod:`.steps` (embed, cluster,
 evaluate), :mod:`.probe`, :mod:`.run` (with the schema of its config file) and :mod:`.predict`;
-:mod:`._common` holds what they share. Every module imports its heavy dependencies when its
+:mod:`.bench`; :mod:`._common` holds what they share. Every module imports its heavy dependencies when its
 command runs, so ``embedcluster --help`` stays fast.
 """
 
@@ -13,7 +13,7 @@ import logging
 import sys
 from typing import List, Optional
 
-from . import demo, info, predict, probe, run, steps
+from . import bench, demo, info, predict, probe, run, steps
 from ._common import Parser
 
 
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_parser(sub)
     run.add_parser(sub)
     predict.add_parser(sub)
+    bench.add_parser(sub)
     return p
 
 

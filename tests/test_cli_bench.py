@@ -144,6 +144,20 @@ def test_faiss_in_a_child_process_with_another_openblas_core():
     assert child["kmeans"]["output"].shape == (4, 8) and len(child["kmeans"]["times"]) == 1
 
 
+def test_faiss_shown_both_ways_when_its_openblas_does_not_know_the_cpu(tmp_path, capsys, monkeypatch):
+    _needs("faiss")
+    fake = {"owner": "faiss", "user_api": "blas", "version": "0.3.15", "architecture": "Zen", "simd": "sse"}
+    monkeypatch.setattr(bench, "narrow_blas", lambda cpu, libs: [fake])
+    out = tmp_path / "bench.json"
+    code = main([*TINY[:-1], "--cases", "knn,dbscan", "--out", str(out)])
+    rep = json.loads(out.read_text())
+    assert code == 0, capsys.readouterr().err
+    assert any("does not recognise this CPU" in w for w in rep["warnings"])
+    tuned = [name for name in rep["cases"]["knn"]["engines"] if name.startswith("faiss (OPENBLAS_CORETYPE=")]
+    assert len(tuned) == 1 and rep["cases"]["knn"]["engines"][tuned[0]]["agrees"] is True
+    assert "faiss" not in rep["cases"]["dbscan"]["engines"]
+
+
 @pytest.mark.parametrize("argv,word", [
     (["bench", "--cases", "kmeans,svm"], "svm"),
     (["bench", "--cases", ""], "--cases"),

@@ -275,14 +275,15 @@ def fastest_openblas_core(cpu: Dict[str, Any]) -> str:
 
 
 def kernel_report() -> Dict[str, Any]:
-    """embedcluster's kernel sets: those built and supported here, and each choice call of
-    ``_core`` that this engine has (KERNEL_CALLS)."""
+    """embedcluster's kernel sets: those built and supported here, the CPU features the engine
+    sees, and each choice call of ``_core`` that this engine has (KERNEL_CALLS)."""
     from ._backend import _core
 
     if _core is None:
         return {"available": [], "error": "the native engine is not importable"}
     build = _core.build_info()
-    out: Dict[str, Any] = {"available": list(build.get("kernels_available", []))}
+    out: Dict[str, Any] = {"available": list(build.get("kernels_available", [])),
+                           "cpu_features_seen": list(build.get("cpu_features", []))}
     for name, call in KERNEL_CALLS.items():
         with contextlib.suppress(AttributeError):
             out[name] = call(_core)

@@ -29,7 +29,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_engine import _peak_rss_kib, _status_kib, cpu_info, make_sphere_mixture  # noqa: E402
+from bench_engine import _peak_rss_kib, _status_kib  # noqa: E402
+
+from embedcluster.bench import cpu_info, make_sphere_mixture  # noqa: E402
 
 TARGET_MIB = 2048.0
 

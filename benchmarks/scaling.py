@@ -23,10 +23,8 @@ from typing import Callable, Dict, List
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engine import make_sphere_mixture  # noqa: E402  (same data as the main benchmark)
-
-import embedcluster as ec  # noqa: E402
+import embedcluster as ec
+from embedcluster.bench import make_sphere_mixture  # the data of the main benchmark
 
 
 def timed(fn: Callable[[], object]) -> float:

@@ -42,7 +42,7 @@ class _Recorder:
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine", "inner_product"])
-@pytest.mark.parametrize("k", [1, 5, 11])
+@pytest.mark.parametrize("k", [1, 11])
 def test_fitted_queries_equal_one_sided_scan_and_brute_force(kernel_set, metric, k):
     X = _rows_with_duplicates()
     est = ec.NearestNeighbors(n_neighbors=k, metric=metric).fit(X)

@@ -146,7 +146,8 @@ void bind_info(py::module_& m) {
         "Benchmark helper: GFLOP/s of the tile products alone (pack + multiply, no epilogue) for rows x cols "
         "products of dimension d on random data; returns a TileRate.");
   m.def("select_kernels", [](const std::string& name) { ec::select_kernels(name); }, py::arg("name"),
-        "Force a kernel set for this process: 'generic', 'avx2', 'avx512' or 'auto'.");
+        "Force a kernel set for this process: one of build_info()['kernels_available'], 'amx' (CPUs with AMX; "
+        "never chosen automatically), 'amx-model' (a slow scalar model of the AMX set, for tests) or 'auto'.");
   m.def("active_kernels", [] { return std::string(ec::kernels().name); }, "Name of the kernel set in use.");
   m.def("_kernel_product", &kernel_product, py::arg("name"), py::arg("a"), py::arg("b"), py::arg("gathered") = false,
         "Test hook: a @ b.T (float32 2-D arrays) by the named kernel set's packing and tile product "

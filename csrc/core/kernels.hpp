@@ -97,7 +97,8 @@ void pack_panels(const float* src, idx_t ld, const idx_t* rows, const float* sca
 inline idx_t round_up(idx_t v, idx_t m) { return (v + m - 1) / m * m; }
 
 /// The kernel set in use: the best one this CPU supports, or the one named by the environment
-/// variable EMBEDCLUSTER_ISA (generic | avx2 | avx512 | avx512bf16) when it is set and supported.
+/// variable EMBEDCLUSTER_ISA (generic | avx2 | avx512 | avx512bf16 | amx | amx-model) when it is set
+/// and supported; amx and amx-model are used only when named.
 const KernelSet& kernels();
 
 /// The fp32 kernel set of the same instruction family (itself when it already is fp32): for

@@ -364,10 +364,9 @@ TEST_CASE(pack_matches_its_definition) {
   }
 }
 
-// The AMX set's pieces that run without AMX: its A-panel transpose (AVX-512) against its
-// definition, on depths with and without a 16-word tail; and the portable bf16 packing of the
-// AMX model against the avx512bf16 packing that the real AMX set uses (same words).
-TEST_CASE(amx_pieces_without_amx) {
+// The AMX set's A-panel transpose (AVX-512 only, so it runs without AMX) against its
+// definition, on depths with and without a 16-word tail.
+TEST_CASE(amx_transpose_matches_its_definition) {
   std::mt19937 gen(11);
   std::uniform_int_distribution<std::uint32_t> bits;
 #if defined(EC_HAVE_AMX_KERNELS) && (defined(__x86_64__) || defined(__i386__))
@@ -382,6 +381,12 @@ TEST_CASE(amx_pieces_without_amx) {
     }
   }
 #endif
+}
+
+// The portable bf16 packing of the AMX model against the avx512bf16 packing that the real AMX
+// set uses: the same words, gathered, scaled or not, panels and row-major rows.
+TEST_CASE(amx_model_packs_like_avx512bf16) {
+  std::mt19937 gen(11);
 #if defined(EC_HAVE_AVX512BF16_KERNELS) && (defined(__x86_64__) || defined(__i386__))
   if (__builtin_cpu_supports("avx512bf16")) {
     std::normal_distribution<float> N(0.0f, 1.0f);

@@ -1,6 +1,9 @@
 // Bindings that describe and steer this build: build information, kernel sets, tile rates.
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <stdexcept>
+
 #include "../core/engine.hpp"
 #include "common.hpp"
 
@@ -72,6 +75,60 @@ ec::TileRate tile_rate(long long rows, long long cols, long long d, const std::s
   return r;
 }
 
+/// The products C = A . B^T of one kernel set, named (test hook): B packed in the set's panels,
+/// A packed (gemm) or, with `gathered`, given as row pointers (gemm_rows; pack_rows words for
+/// bf16 sets). Selecting by name and back is how a set is found, so do not call this while
+/// another thread starts engine work.
+std::vector<float> kernel_product_of(const ec::KernelSet& ks, const Mat& a, const Mat& b, bool gathered) {
+  const idx_t m = a.rows, n = b.rows, d = a.cols, depth = ks.depth(d);
+  const idx_t m_pad = ec::round_up(m, ks.mr), n_pad = ec::round_up(n, ks.nr);
+  ec::AlignedBuffer<float> ap(static_cast<std::size_t>(m_pad * depth)), bp(static_cast<std::size_t>(n_pad * depth));
+  std::vector<float> c(static_cast<std::size_t>(m_pad * n_pad)), out(static_cast<std::size_t>(m * n));
+  ks.pack(b.data, d, nullptr, nullptr, n, d, ks.nr, bp.data());
+  if (gathered) {
+    if (ks.per_word != 1) ks.pack_rows(a.data, m, d, ap.data());
+    const float* words = ks.per_word == 1 ? a.data : ap.data();
+    std::vector<const float*> ptrs(static_cast<std::size_t>(m_pad));
+    for (idx_t i = 0; i < m_pad; ++i) ptrs[i] = words + std::min(i, m - 1) * depth;
+    ks.gemm_rows(ptrs.data(), bp.data(), m_pad, n_pad, depth, c.data(), n_pad);
+  } else {
+    ks.pack(a.data, d, nullptr, nullptr, m, d, ks.mr, ap.data());
+    ks.gemm(ap.data(), bp.data(), m_pad, n_pad, depth, c.data(), n_pad);
+  }
+  for (idx_t i = 0; i < m; ++i) std::copy(c.begin() + i * n_pad, c.begin() + i * n_pad + n, out.begin() + i * n);
+  return out;
+}
+
+py::array_t<float> kernel_product(const std::string& name, const py::array& a_in, const py::array& b_in, bool gathered) {
+  const Mat a = as_matrix(a_in, "a"), b = as_matrix(b_in, "b");
+  same_features(b, a);
+  if (a.rows < 1 || b.rows < 1 || a.cols < 1) throw std::invalid_argument("a and b need at least one row and column");
+  const std::string before = ec::kernels().name;
+  ec::select_kernels(name);
+  const ec::KernelSet& ks = ec::kernels();
+  ec::select_kernels(before);
+  if (gathered && !ks.gemm_rows)
+    throw std::invalid_argument("kernel set '" + name + "' has no gemm_rows (gathered=True)");
+  std::vector<float> c;
+  without_gil([&] { c = kernel_product_of(ks, a, b, gathered); });
+  return to_array(std::move(c)).reshape({static_cast<py::ssize_t>(a.rows), static_cast<py::ssize_t>(b.rows)});
+}
+
+/// One core's AMX tdpbf16ps rate (GFLOP/s); raises where the build or the CPU has no AMX.
+double amx_tile_peak(long long iterations) {
+  if (iterations < 1) throw std::invalid_argument("iterations must be >= 1");
+#if defined(EC_HAVE_AMX_KERNELS) && (defined(__x86_64__) || defined(__i386__))
+  __builtin_cpu_init();
+  if (!__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-bf16"))
+    throw std::runtime_error("this CPU has no AMX (lscpu: amx_tile, amx_bf16)");
+  double r = 0.0;
+  without_gil([&] { r = ec::amx_tile_peak_gflops(iterations); });
+  return r;
+#else
+  throw std::runtime_error("this build has no AMX kernels (the compiler refused -mamx-tile -mamx-bf16)");
+#endif
+}
+
 }  // namespace
 
 void bind_info(py::module_& m) {
@@ -89,8 +146,15 @@ void bind_info(py::module_& m) {
         "Benchmark helper: GFLOP/s of the tile products alone (pack + multiply, no epilogue) for rows x cols "
         "products of dimension d on random data; returns a TileRate.");
   m.def("select_kernels", [](const std::string& name) { ec::select_kernels(name); }, py::arg("name"),
-        "Force a kernel set for this process: 'generic', 'avx2', 'avx512' or 'auto'.");
+        "Force a kernel set for this process: one of build_info()['kernels_available'], 'amx' (CPUs with AMX; "
+        "never chosen automatically), 'amx-model' (a slow scalar model of the AMX set, for tests) or 'auto'.");
   m.def("active_kernels", [] { return std::string(ec::kernels().name); }, "Name of the kernel set in use.");
+  m.def("_kernel_product", &kernel_product, py::arg("name"), py::arg("a"), py::arg("b"), py::arg("gathered") = false,
+        "Test hook: a @ b.T (float32 2-D arrays) by the named kernel set's packing and tile product "
+        "(gathered=True: gemm_rows on row pointers). Not thread-safe against engine calls starting meanwhile.");
+  m.def("_amx_tile_peak", &amx_tile_peak, py::arg("iterations"),
+        "Benchmark helper: one core's AMX tdpbf16ps rate in GFLOP/s (4 x iterations tile products); raises "
+        "RuntimeError without AMX.");
   m.attr("__version__") = EMBEDCLUSTER_VERSION;
 }
 

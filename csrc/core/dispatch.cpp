@@ -17,6 +17,9 @@ bool cpu_has(const std::string& name) {
                       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
     return name == "avx512" ? base : base && __builtin_cpu_supports("avx512bf16");
   }
+  // AMX tiles for the products, AVX-512 BF16 for the packing and the epilogues.
+  if (name == "amx")
+    return cpu_has("avx512bf16") && __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16");
 #endif
   return name == "generic";
 }
@@ -32,7 +35,23 @@ const KernelSet* find(const std::string& name) {
 #if defined(EC_HAVE_AVX512BF16_KERNELS)
   if (name == "avx512bf16" && cpu_has("avx512bf16")) return &avx512bf16_kernels();
 #endif
+  // AMX and its scalar model: by name only, never in available_kernels() (the automatic choice).
+#if defined(EC_HAVE_AMX_KERNELS) && defined(EC_HAVE_AVX512BF16_KERNELS)
+  if (name == "amx" && cpu_has("amx")) return &amx_kernels();
+#endif
+  if (name == "amx-model") return &amx_model_kernels();
   return nullptr;
+}
+
+/// Why `name` cannot run here, for the error messages ("" when nothing more specific is known).
+std::string unavailable_reason(const std::string& name) {
+  if (name != "amx") return "";
+#if defined(EC_HAVE_AMX_KERNELS) && defined(EC_HAVE_AVX512BF16_KERNELS)
+  return " (this CPU has no AMX: it needs AMX-TILE, AMX-BF16 and AVX-512 BF16, lscpu flags amx_tile amx_bf16 "
+         "avx512_bf16)";
+#else
+  return " (this build has no AMX kernels: the compiler refused -mamx-tile -mamx-bf16)";
+#endif
 }
 
 const KernelSet* best() {
@@ -72,8 +91,8 @@ void select_kernels(const std::string& name) {
   if (!ks) {
     std::string avail;
     for (const auto& n : available_kernels()) avail += (avail.empty() ? "" : ", ") + n;
-    fail("kernel set '" + name + "' is not available on this CPU or build; available: " + avail +
-         " (or 'auto')");
+    fail("kernel set '" + name + "' is not available on this CPU or build" + unavailable_reason(name) +
+         "; available: " + avail + " (or 'auto')");
   }
   std::lock_guard<std::mutex> lock(g_mu);
   g_active = ks;
@@ -86,8 +105,8 @@ const KernelSet& kernels() {
     if (env && *env) {
       g_active = env == std::string("auto") ? best() : find(env);
       if (!g_active)
-        fail(std::string("EMBEDCLUSTER_ISA=") + env +
-             " names a kernel set this CPU or build cannot run; unset it or use generic");
+        fail(std::string("EMBEDCLUSTER_ISA=") + env + " names a kernel set this CPU or build cannot run" +
+             unavailable_reason(env) + "; unset it or use generic");
     } else {
       g_active = best();
     }

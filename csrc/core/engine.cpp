@@ -307,8 +307,8 @@ TileRate tile_product_rate(idx_t rows, idx_t cols, idx_t d, const KernelSet* ker
     for_each_block<Local>(
         threads, blocks, 4, no_cancel,
         [&](Local& l) {
-          l.a.resize(static_cast<std::size_t>(kBlock * depth));
-          l.c.resize(static_cast<std::size_t>(kBlock * set.n_pad));
+          l.a.resize(static_cast<std::size_t>(round_up(kBlock, ks.mr) * depth));  // whole micro-tiles
+          l.c.resize(static_cast<std::size_t>(round_up(kBlock, ks.mr) * set.n_pad));
           l.idx.resize(static_cast<std::size_t>(kBlock));
         },
         [&](Local& l, idx_t b, const StopCheck&) {

@@ -14,7 +14,7 @@
 namespace ec {
 
 struct KernelSet {
-  const char* name;  ///< "generic", "avx2", "avx512", "avx512bf16"
+  const char* name;  ///< "generic", "avx2", "avx512", "avx512bf16", "amx" (or the test model "amx-model")
   int mr;            ///< rows of A per micro-tile (A is packed in panels of mr rows)
   int nr;            ///< rows of B per micro-tile (B is packed in panels of nr rows)
   int per_word;      ///< values per packed 32-bit word: 1 (fp32) or 2 (a bf16 pair k, k+1)
@@ -97,7 +97,8 @@ void pack_panels(const float* src, idx_t ld, const idx_t* rows, const float* sca
 inline idx_t round_up(idx_t v, idx_t m) { return (v + m - 1) / m * m; }
 
 /// The kernel set in use: the best one this CPU supports, or the one named by the environment
-/// variable EMBEDCLUSTER_ISA (generic | avx2 | avx512 | avx512bf16) when it is set and supported.
+/// variable EMBEDCLUSTER_ISA (generic | avx2 | avx512 | avx512bf16 | amx | amx-model) when it is set
+/// and supported; amx and amx-model are used only when named.
 const KernelSet& kernels();
 
 /// The fp32 kernel set of the same instruction family (itself when it already is fp32): for
@@ -124,6 +125,19 @@ void accum_avx512(const float* x, idx_t d, double sc, const double* qscale, bool
 #endif
 #if defined(EC_HAVE_AVX512BF16_KERNELS)
 const KernelSet& avx512bf16_kernels();
+#endif
+/// The AMX set's tile loops on a scalar model of the AMX instructions (kernels_amx_model.cpp):
+/// portable and slow, selected by name only, so tests cover the AMX loops on every machine.
+const KernelSet& amx_model_kernels();
+#if defined(EC_HAVE_AMX_KERNELS)
+/// The AMX set; the first call asks Linux for the tile data state and throws std::runtime_error
+/// when it is refused. Only for CPUs with AMX-TILE, AMX-BF16 and AVX-512 BF16.
+const KernelSet& amx_kernels();
+/// One core's tdpbf16ps rate in GFLOP/s: `iterations` rounds of 4 independent tile products.
+double amx_tile_peak_gflops(long long iterations);
+/// The AMX gemm's A transpose (AVX-512 only, so testable without AMX): out[r * kd + q] =
+/// panel[q * 32 + r] for r < 32, q < depth; zero for depth <= q < kd.
+void amx_transpose_panel(const std::uint32_t* panel, idx_t depth, std::uint32_t* out, idx_t kd);
 #endif
 
 }  // namespace ec

@@ -364,6 +364,59 @@ TEST_CASE(pack_matches_its_definition) {
   }
 }
 
+// The AMX set's A-panel transpose (AVX-512 only, so it runs without AMX) against its
+// definition, on depths with and without a 16-word tail.
+TEST_CASE(amx_transpose_matches_its_definition) {
+  std::mt19937 gen(11);
+  std::uniform_int_distribution<std::uint32_t> bits;
+#if defined(EC_HAVE_AMX_KERNELS) && (defined(__x86_64__) || defined(__i386__))
+  if (__builtin_cpu_supports("avx512f")) {
+    for (idx_t depth : {1, 15, 16, 17, 48, 192, 550}) {
+      const idx_t kd = ec::round_up(depth, 16);
+      std::vector<std::uint32_t> panel(32 * depth), out(32 * kd, 0xDEADBEEFu);
+      for (auto& w : panel) w = bits(gen);
+      ec::amx_transpose_panel(panel.data(), depth, out.data(), kd);
+      for (idx_t r = 0; r < 32; ++r)
+        for (idx_t q = 0; q < kd; ++q) CHECK(out[r * kd + q] == (q < depth ? panel[q * 32 + r] : 0u));
+    }
+  }
+#endif
+}
+
+// The portable bf16 packing of the AMX model against the avx512bf16 packing that the real AMX
+// set uses: the same words, gathered, scaled or not, panels and row-major rows.
+TEST_CASE(amx_model_packs_like_avx512bf16) {
+  std::mt19937 gen(11);
+#if defined(EC_HAVE_AVX512BF16_KERNELS) && (defined(__x86_64__) || defined(__i386__))
+  if (__builtin_cpu_supports("avx512bf16")) {
+    std::normal_distribution<float> N(0.0f, 1.0f);
+    const ec::KernelSet& model = ec::amx_model_kernels();
+    const ec::KernelSet& bf = ec::avx512bf16_kernels();
+    for (idx_t d : {1, 16, 17, 33, 384}) {
+      const idx_t depth = (d + 1) / 2;
+      std::vector<float> src(70 * d), scale(70);
+      for (auto& v : src) v = N(gen);
+      for (auto& v : scale) v = 0.5f + std::fabs(N(gen));
+      std::vector<idx_t> rows(70);
+      for (idx_t i = 0; i < 70; ++i) rows[i] = (i * 37) % 70;
+      for (bool scaled : {false, true})
+        for (int width : {1, 32}) {
+          const idx_t words = ec::round_up(70, width) * depth;
+          ec::AlignedBuffer<float> x(static_cast<std::size_t>(words)), y(static_cast<std::size_t>(words));
+          const float* sc = scaled ? scale.data() : nullptr;
+          model.pack(src.data(), d, rows.data(), sc, 70, d, width, x.data());
+          bf.pack(src.data(), d, rows.data(), sc, 70, d, width, y.data());
+          CHECK(std::memcmp(x.data(), y.data(), static_cast<std::size_t>(words) * 4) == 0);
+        }
+      ec::AlignedBuffer<float> x(static_cast<std::size_t>(70 * depth)), y(static_cast<std::size_t>(70 * depth));
+      model.pack_rows(src.data(), 70, d, x.data());
+      bf.pack_rows(src.data(), 70, d, y.data());
+      CHECK(std::memcmp(x.data(), y.data(), static_cast<std::size_t>(70 * depth) * 4) == 0);
+    }
+  }
+#endif
+}
+
 // Exceptions never cross a parallel region: parallel_for (even blocks and fixed chunks)
 // rethrows the first one after the join, and the other iterations stop early.
 TEST_CASE(parallel_for_rethrows_after_the_join) {

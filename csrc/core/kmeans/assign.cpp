@@ -41,7 +41,7 @@ class AssignPass {
     l.tid = omp_get_thread_num();
 #endif
     l.prod.init(ks_, D_.d, mc_);
-    l.c.resize(static_cast<std::size_t>(mc_ * k_pad_));
+    l.c.resize(static_cast<std::size_t>(round_up(mc_, ks_.mr) * k_pad_));  // the product writes whole micro-tiles
     l.idx.resize(static_cast<std::size_t>(k_pad_));
     l.val.resize(static_cast<std::size_t>(k_pad_));
     if (movers_) {

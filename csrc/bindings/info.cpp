@@ -2,6 +2,7 @@
 #include <pybind11/stl.h>
 
 #include "../core/engine.hpp"
+#include "../core/kernel_choice.hpp"
 #include "common.hpp"
 
 #ifdef _OPENMP
@@ -72,6 +73,49 @@ ec::TileRate tile_rate(long long rows, long long cols, long long d, const std::s
   return r;
 }
 
+/// The self-tests and the choices by measurement (after measuring every family at `d` when d > 0).
+py::dict kernel_choice(long long d) {
+  if (d < 0) throw std::invalid_argument("d=" + std::to_string(d) + " should be >= 0");
+  py::dict out;
+  run_native([&](ec::Cancel&) {
+    if (d > 0 && !ec::forced_kernels())
+      for (auto f : {ec::KernelFamily::kmeans, ec::KernelFamily::knn, ec::KernelFamily::dbscan}) ec::kernels_for(f, d);
+  });
+  const ec::KernelSet* forced = ec::forced_kernels();
+  out["forced"] = forced ? py::object(py::str(forced->name)) : py::object(py::none());
+  out["manual_only"] = ec::manual_only_kernels();
+  py::list tests;
+  for (const auto& t : ec::kernel_self_tests()) {
+    py::dict e;
+    e["name"] = t.name;
+    e["passed"] = t.passed;
+    e["worst_error_ratio"] = t.worst_ratio;
+    e["failure"] = t.failure;
+    tests.append(e);
+  }
+  out["self_tests"] = tests;
+  py::list families;
+  for (const auto& c : ec::kernel_choices()) {
+    py::dict e;
+    e["family"] = c.family;
+    e["d"] = c.d;
+    e["tile"] = py::make_tuple(c.rows, c.cols);
+    e["chosen"] = c.chosen;
+    py::list rates;
+    for (const auto& r : c.rates) {
+      py::dict q;
+      q["name"] = r.name;
+      q["ns_per_tile"] = r.ns_per_tile;
+      q["gflops"] = r.gflops;
+      rates.append(q);
+    }
+    e["rates"] = rates;
+    families.append(e);
+  }
+  out["families"] = families;
+  return out;
+}
+
 }  // namespace
 
 void bind_info(py::module_& m) {
@@ -89,8 +133,17 @@ void bind_info(py::module_& m) {
         "Benchmark helper: GFLOP/s of the tile products alone (pack + multiply, no epilogue) for rows x cols "
         "products of dimension d on random data; returns a TileRate.");
   m.def("select_kernels", [](const std::string& name) { ec::select_kernels(name); }, py::arg("name"),
-        "Force a kernel set for this process: 'generic', 'avx2', 'avx512' or 'auto'.");
-  m.def("active_kernels", [] { return std::string(ec::kernels().name); }, "Name of the kernel set in use.");
+        "Force a kernel set for this process (a name from build_info()['kernels_available']), or 'auto': "
+        "each operation family uses the admitted set measured fastest.");
+  m.def("kernel_choice", &kernel_choice, py::arg("d") = 0,
+        "The kernel sets' self-tests and the choice by measurement per operation family (a dict; keys in "
+        "_core.pyi's KernelChoice). d > 0 first measures the k-means, kNN and DBSCAN tiles at depth d "
+        "(unless a set is forced).");
+  m.def("kernel_warnings", [] { return ec::kernel_warnings(); },
+        "One message per kernel set that failed its self-test and is disabled (empty when all passed).");
+  m.def("active_kernels", [] { return std::string(ec::kernels().name); },
+        "Name of the kernel set in use: the forced one, else the one measured fastest for plain tile products "
+        "at d=384 (each family's own choice: kernel_choice()).");
   m.attr("__version__") = EMBEDCLUSTER_VERSION;
 }
 

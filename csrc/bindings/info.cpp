@@ -107,6 +107,7 @@ py::dict kernel_choice(long long d) {
       q["name"] = r.name;
       q["ns_per_tile"] = r.ns_per_tile;
       q["gflops"] = r.gflops;
+      q["from_strip"] = r.from_strip;
       rates.append(q);
     }
     e["rates"] = rates;

@@ -217,9 +217,9 @@ FamilyTile tile_of(KernelFamily family) {
 
 /// Fastest of a few runs of one family's tile with set `ks`, in ns: pack the query rows in the
 /// set's format (bf16 sets round them), the product, the family's epilogue per row, and for sets
-/// that round their inputs the fp32 dot that narrows each row's wider window. Stops early once a
-/// run is over `give_up_ns` (a set far slower than one already measured).
-double time_tile_ns(const KernelSet& ks, KernelFamily family, idx_t d, const FamilyTile& ft, double give_up_ns) {
+/// that round their inputs the fp32 dot that narrows each row's wider window. Returns an estimate
+/// from a strip of rows when that already exceeds `give_up_ns` (a set far slower than one measured).
+double time_tile_ns(const KernelSet& ks, KernelFamily family, idx_t d, FamilyTile ft, double give_up_ns, bool& from_strip) {
   const idx_t depth = ks.depth(d), m_pad = round_up(ft.rows, ks.mr), n_pad = round_up(ft.cols, ks.nr);
   const std::vector<float> x = pseudo_random(ft.rows * d, 0x2545F4914F6CDD1Dull),
                            y = pseudo_random(ft.cols * d, 0x9E3779B97F4A7C15ull);
@@ -232,7 +232,7 @@ double time_tile_ns(const KernelSet& ks, KernelFamily family, idx_t d, const Fam
   auto once = [&] {
     const auto t0 = std::chrono::steady_clock::now();
     ks.pack(x.data(), d, nullptr, nullptr, ft.rows, d, ks.mr, pa.data());
-    ks.gemm(pa.data(), pb.data(), m_pad, n_pad, depth, c.data(), n_pad);
+    ks.gemm(pa.data(), pb.data(), round_up(ft.rows, ks.mr), n_pad, depth, c.data(), n_pad);
     float acc = 0.0f;
     for (idx_t i = 0; i < ft.rows; ++i) {
       const float* ci = c.data() + i * n_pad;
@@ -248,9 +248,16 @@ double time_tile_ns(const KernelSet& ks, KernelFamily family, idx_t d, const Fam
     sink = sink + acc;
     return static_cast<double>(std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count());
   };
-  double best = once();  // warm-up (caches, clock), kept only when it already says "too slow"
-  if (best > give_up_ns) return best;
-  best = INFINITY;
+  if (std::isfinite(give_up_ns)) {  // a strip of rows first: a far slower set costs little to rule out
+    const idx_t full = ft.rows;
+    ft.rows = std::min(full, round_up(full / 8, ks.mr));
+    const double strip = once() * static_cast<double>(full) / static_cast<double>(ft.rows);
+    ft.rows = full;
+    from_strip = strip > give_up_ns;
+    if (from_strip) return strip;
+  }
+  once();  // warm-up: caches, clock
+  double best = INFINITY;
   for (int rep = 0; rep < 5; ++rep) best = std::min(best, once());
   return best;
 }
@@ -295,8 +302,9 @@ const KernelSet& measured_choice(KernelFamily family, idx_t d, bool fp32_only) {
   choice.report.cols = ft.cols;
   double best = INFINITY;
   for (const KernelSet* ks : candidates) {
-    const double ns = time_tile_ns(*ks, family, depth, ft, 3.0 * best);
-    choice.report.rates.push_back({ks->name, ns, 2.0 * static_cast<double>(ft.rows * ft.cols * depth) / ns});
+    bool from_strip = false;
+    const double ns = time_tile_ns(*ks, family, depth, ft, 3.0 * best, from_strip);
+    choice.report.rates.push_back({ks->name, ns, 2.0 * static_cast<double>(ft.rows * ft.cols * depth) / ns, from_strip});
     if (ns < best) best = ns, choice.ks = ks;
   }
   std::sort(choice.report.rates.begin(), choice.report.rates.end(),

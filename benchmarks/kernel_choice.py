@@ -114,6 +114,13 @@ def report_case(title: str, times: Dict[str, List[float]], digests: Dict[str, st
     return row
 
 
+def cpu_model() -> str:
+    """The CPU's model name (lscpu's "Model name")."""
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.exists() else []
+    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), platform.processor())
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes (k-means 40k k=128, kNN 10k, DBSCAN 10k)")
@@ -141,8 +148,7 @@ def main() -> int:
     sets = a.sets.split(",") if a.sets else [s for s in available if s != "generic" or len(available) == 1]
     main_set = [s for s in available if s not in _core.kernel_choice()["manual_only"]][-1]
     modes = sets + [AUTO] if main_set in sets else sets + [main_set, AUTO]
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    cpu = cpu_model()
     print(f"CPU: {cpu}; threads: {_core.build_info()['max_threads']}; modes: {', '.join(modes)}")
 
     builders = {"kmeans": lambda: kmeans_case(kmeans_n, kmeans_k, a.iters, a.d, a.seed),

@@ -14,15 +14,18 @@ def _kernel_lines(kernels: Dict[str, Any], warnings: List[str]) -> List[str]:
     lines = [f"  self-test     : {tests}"]
     lines += [f"  WARNING       : {w}" for w in warnings]
     if kernels.get("forced"):
-        lines.append(f"  kernel choice : {kernels['forced']} forced for every family (EMBEDCLUSTER_ISA or select_kernels)")
+        lines.append(f"  kernel choice : {kernels['forced']} forced for every family "
+                     "(EMBEDCLUSTER_ISA or select_kernels)")
         return lines
-    lines.append("  kernel choice : per family, the set measured fastest (GFLOP/s on the family's tile; ~ a strip's estimate)")
+    lines.append("  kernel choice : per family, the set measured fastest "
+                 "(GFLOP/s on the family's tile; ~ a strip's estimate)")
     for f in kernels.get("families", []):
-        rates = ", ".join(f"{r['name']} {'~' if r['from_strip'] else ''}{r['gflops']:.1f}" for r in f["rates"])
+        rates = ", ".join(f"{r['name']} {'~' * r['from_strip']}{r['gflops']:.1f}" for r in f["rates"])
         rows, cols = f["tile"]
         lines.append(f"    {f['family']:<7} d={f['d']:<5} {rows}x{cols}: {f['chosen']:<11} ({rates})")
     if kernels.get("manual_only"):
-        lines.append(f"    never chosen automatically (force with EMBEDCLUSTER_ISA): {', '.join(kernels['manual_only'])}")
+        manual = ", ".join(kernels["manual_only"])
+        lines.append(f"    never chosen automatically (force with EMBEDCLUSTER_ISA): {manual}")
     return lines
 
 

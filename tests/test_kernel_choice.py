@@ -25,6 +25,13 @@ def _python(code: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full)
 
 
+def _python_json(code: str, **env: str):
+    """Runs `code` in a fresh interpreter with `env`; the JSON its last output line holds."""
+    r = _python(code, **env)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 def _available() -> list:
     return list(_core.build_info()["kernels_available"])
 
@@ -87,9 +94,7 @@ def test_environment_forces_one_set_for_everything():
             "x = np.random.default_rng(0).standard_normal((300, 40)).astype(np.float32)\n"
             "ec.KMeans(3, random_state=0).fit(x); ec.NearestNeighbors(n_neighbors=2).fit(x).kneighbors()\n"
             "print(json.dumps(_core.kernel_choice(40)))")
-    r = _python(code, EMBEDCLUSTER_ISA=forced)
-    assert r.returncode == 0, r.stderr
-    report = json.loads(r.stdout.strip().splitlines()[-1])
+    report = _python_json(code, EMBEDCLUSTER_ISA=forced)
     assert report["forced"] == forced
     assert report["families"] == []  # nothing measured: the forced set runs everywhere
 
@@ -122,9 +127,7 @@ def test_simulated_self_test_failure_disables_the_set_with_a_warning():
             "labels = ec.KMeans(4, random_state=0).fit(x).labels_.tolist()\n"
             "print(json.dumps({'warnings': msgs, 'error': err, 'available': _core.build_info()['kernels_available'],"
             " 'choice': _core.kernel_choice(24), 'kernel_warnings': _core.kernel_warnings(), 'labels': labels}))")
-    r = _python(code, EMBEDCLUSTER_SELFTEST_FAIL=victim)
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout.strip().splitlines()[-1])
+    out = _python_json(code, EMBEDCLUSTER_SELFTEST_FAIL=victim)
     assert len(out["warnings"]) == 1 and victim in out["warnings"][0] and "self-test" in out["warnings"][0]
     assert out["kernel_warnings"] and victim in out["kernel_warnings"][0]
     assert victim not in out["available"]

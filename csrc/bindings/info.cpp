@@ -73,6 +73,43 @@ ec::TileRate tile_rate(long long rows, long long cols, long long d, const std::s
   return r;
 }
 
+py::dict to_dict(const ec::SelfTestResult& t) {
+  py::dict e;
+  e["name"] = t.name;
+  e["passed"] = t.passed;
+  e["worst_error_ratio"] = t.worst_ratio;
+  e["failure"] = t.failure;
+  return e;
+}
+
+py::dict to_dict(const ec::KernelRate& r) {
+  py::dict e;
+  e["name"] = r.name;
+  e["ns_per_tile"] = r.ns_per_tile;
+  e["gflops"] = r.gflops;
+  e["from_strip"] = r.from_strip;
+  return e;
+}
+
+py::dict to_dict(const ec::KernelChoiceReport& c);
+
+template <class T>
+py::list dicts(const std::vector<T>& items) {
+  py::list out;
+  for (const auto& item : items) out.append(to_dict(item));
+  return out;
+}
+
+py::dict to_dict(const ec::KernelChoiceReport& c) {
+  py::dict e;
+  e["family"] = c.family;
+  e["d"] = c.d;
+  e["tile"] = py::make_tuple(c.rows, c.cols);
+  e["chosen"] = c.chosen;
+  e["rates"] = dicts(c.rates);
+  return e;
+}
+
 /// The self-tests and the choices by measurement (after measuring every family at `d` when d > 0).
 py::dict kernel_choice(long long d) {
   if (d < 0) throw std::invalid_argument("d=" + std::to_string(d) + " should be >= 0");
@@ -84,36 +121,8 @@ py::dict kernel_choice(long long d) {
   const ec::KernelSet* forced = ec::forced_kernels();
   out["forced"] = forced ? py::object(py::str(forced->name)) : py::object(py::none());
   out["manual_only"] = ec::manual_only_kernels();
-  py::list tests;
-  for (const auto& t : ec::kernel_self_tests()) {
-    py::dict e;
-    e["name"] = t.name;
-    e["passed"] = t.passed;
-    e["worst_error_ratio"] = t.worst_ratio;
-    e["failure"] = t.failure;
-    tests.append(e);
-  }
-  out["self_tests"] = tests;
-  py::list families;
-  for (const auto& c : ec::kernel_choices()) {
-    py::dict e;
-    e["family"] = c.family;
-    e["d"] = c.d;
-    e["tile"] = py::make_tuple(c.rows, c.cols);
-    e["chosen"] = c.chosen;
-    py::list rates;
-    for (const auto& r : c.rates) {
-      py::dict q;
-      q["name"] = r.name;
-      q["ns_per_tile"] = r.ns_per_tile;
-      q["gflops"] = r.gflops;
-      q["from_strip"] = r.from_strip;
-      rates.append(q);
-    }
-    e["rates"] = rates;
-    families.append(e);
-  }
-  out["families"] = families;
+  out["self_tests"] = dicts(ec::kernel_self_tests());
+  out["families"] = dicts(ec::kernel_choices());
   return out;
 }
 

@@ -96,7 +96,7 @@ const KernelSet* forced_kernels() {
   if (!g_forced_read) {
     const char* env = std::getenv("EMBEDCLUSTER_ISA");
     if (env && *env && env != std::string("auto"))
-      g_forced = &admitted_or_fail(env, std::string("EMBEDCLUSTER_ISA=") + env);  // unset it or use generic
+      g_forced = &admitted_or_fail(env, std::string("EMBEDCLUSTER_ISA=") + env);
     g_forced_read = true;
   }
   return g_forced;

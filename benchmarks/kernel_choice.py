@@ -96,20 +96,30 @@ def time_modes(run: Callable[[], str], modes: List[str], repeats: int) -> Tuple[
     return times, digests
 
 
-def report_case(title: str, times: Dict[str, List[float]], digests: Dict[str, str], main_set: str) -> Dict[str, Any]:
+def auto_sets(family: str, d: int) -> List[str]:
+    """The sets the automatic choice picked for `family` (measured at d's bucket)."""
+    bucket = max(4, (d - 1).bit_length())
+    return [f["chosen"] for f in _core.kernel_choice()["families"]
+            if f["family"] == family and max(4, (f["d"] - 1).bit_length()) == bucket]
+
+
+def report_case(title: str, times: Dict[str, List[float]], digests: Dict[str, str], main_set: str,
+                chosen: List[str]) -> Dict[str, Any]:
     med = {m: statistics.median(t) for m, t in times.items()}
     forced = {m: v for m, v in med.items() if m != AUTO}
     best = min(forced, key=lambda m: forced[m])
     identical = len(set(digests.values())) == 1
     row = {"case": title, "median_s": med, "best_forced": best, "auto_over_best": med[AUTO] / forced[best],
            "main_set": main_set, "auto_over_main": med[AUTO] / forced[main_set], "identical": identical,
-           "times_s": times}
+           "times_s": times, "auto_chose": chosen}
     print(f"\n{title}")
     for m in sorted(med, key=lambda m: med[m]):
         spread = f"{min(times[m]):.3f}-{max(times[m]):.3f}"
         print(f"  {m:<11} median {med[m]:8.3f} s  (range {spread})")
     print(f"  auto / best forced ({best}) = {row['auto_over_best']:.3f}   [bar: <= 1.05]")
     print(f"  auto / main (last available set, {main_set}) = {row['auto_over_main']:.3f}   [bar: no case slower]")
+    same = " (main's set: the same work, the ratio is noise)" if chosen == [main_set] else ""
+    print(f"  auto chose: {', '.join(chosen)}{same}")
     print(f"  results bit-identical across modes: {identical}")
     return row
 
@@ -158,11 +168,11 @@ def main() -> int:
     for name in a.cases.split(","):
         title, run = builders[name]()
         times, digests = time_modes(run, modes, a.repeats)
-        rows.append(report_case(title, times, digests, main_set))
+        rows.append(report_case(title, times, digests, main_set, auto_sets(name, a.d)))
     choice = _core.kernel_choice()
-    print("\nautomatic choice per family (GFLOP/s on the family's tile):")
+    print("\nautomatic choice per family (GFLOP/s on the family's tile; ~ a strip's estimate):")
     for f in choice["families"]:
-        rates = ", ".join(f"{r['name']} {r['gflops']:.1f}" for r in f["rates"])
+        rates = ", ".join(f"{r['name']} {'~' * r['from_strip']}{r['gflops']:.1f}" for r in f["rates"])
         print(f"  {f['family']:<7} d={f['d']:<5} {f['chosen']:<11} ({rates})")
     ok = all(r["identical"] and r["auto_over_best"] <= 1.05 and r["auto_over_main"] <= 1.0 for r in rows)
     print(f"\nall bars met: {ok} (noise on a busy machine can exceed a few per cent either way)")

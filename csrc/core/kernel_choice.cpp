@@ -218,7 +218,8 @@ FamilyTile tile_of(KernelFamily family) {
 /// Fastest of a few runs of one family's tile with set `ks`, in ns: pack the query rows in the
 /// set's format (bf16 sets round them), the product, the family's epilogue per row, and for sets
 /// that round their inputs the fp32 dot that narrows each row's wider window. Returns an estimate
-/// from a strip of rows when that already exceeds `give_up_ns` (a set far slower than one measured).
+/// from a (warm) strip of rows when that already exceeds `give_up_ns` (a set far slower than one
+/// measured).
 double time_tile_ns(const KernelSet& ks, KernelFamily family, idx_t d, FamilyTile ft, double give_up_ns, bool& from_strip) {
   const idx_t depth = ks.depth(d), m_pad = round_up(ft.rows, ks.mr), n_pad = round_up(ft.cols, ks.nr);
   const std::vector<float> x = pseudo_random(ft.rows * d, 0x2545F4914F6CDD1Dull),
@@ -251,7 +252,9 @@ double time_tile_ns(const KernelSet& ks, KernelFamily family, idx_t d, FamilyTil
   if (std::isfinite(give_up_ns)) {  // a strip of rows first: a far slower set costs little to rule out
     const idx_t full = ft.rows;
     ft.rows = std::min(full, round_up(full / 8, ks.mr));
-    const double strip = once() * static_cast<double>(full) / static_cast<double>(ft.rows);
+    once();  // the first run pays for cold buffers and caches, which would rule out a fast set
+    // The faster of two runs: one preempted run must not rule out a competitive set.
+    const double strip = std::min(once(), once()) * static_cast<double>(full) / static_cast<double>(ft.rows);
     ft.rows = full;
     from_strip = strip > give_up_ns;
     if (from_strip) return strip;

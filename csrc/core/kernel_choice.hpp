@@ -23,7 +23,7 @@ struct KernelRate {
   std::string name;
   double ns_per_tile = 0.0;  ///< fastest of a few runs: pack the query rows, product, epilogue
   double gflops = 0.0;       ///< 2 * rows * cols * d / ns_per_tile
-  bool from_strip = false;   ///< extrapolated from one cold run on a strip of rows (a set ruled out early)
+  bool from_strip = false;   ///< extrapolated from a run on a strip of rows (a set ruled out early)
 };
 
 /// The choice for one (family, depth bucket).

@@ -129,7 +129,7 @@ class _KernelRate(TypedDict):
     name: str
     ns_per_tile: float
     gflops: float
-    from_strip: bool  # extrapolated from one cold run on a strip of rows (a set ruled out early)
+    from_strip: bool  # extrapolated from a run on a strip of rows (a set ruled out early)
 
 class _KernelFamilyChoice(TypedDict):
     """The kernel set chosen for one operation family at one depth bucket."""

@@ -110,7 +110,7 @@ def test_amx_is_never_chosen_automatically():
 
 @pytest.mark.skipif(HAS_AMX, reason="checks the error on a CPU without AMX")
 def test_forcing_amx_without_amx_is_a_clear_error():
-    with pytest.raises(ValueError, match="kernel set 'amx' is not available.*no AMX"):
+    with pytest.raises(ValueError, match="kernel set 'amx', which this CPU or build cannot run.*no AMX"):
         _core.select_kernels("amx")
     with pytest.raises(RuntimeError, match="no AMX"):
         _core._amx_tile_peak(10)
@@ -139,3 +139,13 @@ def test_engine_through_amx_is_bit_identical_to_fp32():
 @needs_amx
 def test_amx_tile_peak_runs():
     assert _core._amx_tile_peak(1000) > 0.0
+
+
+def test_a_set_used_only_when_named_is_self_tested_when_named():
+    _core.select_kernels("amx-model")
+    try:
+        tests = {t["name"]: t for t in _core.kernel_choice()["self_tests"]}
+    finally:
+        _core.select_kernels("auto")
+    assert tests["amx-model"]["passed"] is True and 0.0 <= tests["amx-model"]["worst_error_ratio"] < 1.0
+    assert "amx-model" not in _core.build_info()["kernels_available"]

@@ -136,7 +136,7 @@ ec::Metric metric_of(const py::object& metric) {
 
 const ec::KernelSet* kernels_of(const std::string& precision) {
   if (precision == "auto") return nullptr;
-  if (precision == "fp32") return &ec::fp32_variant(ec::kernels());
+  if (precision == "fp32") return &ec::fp32_kernels();
   throw std::invalid_argument("precision='" + precision + "' is unknown; use 'auto' or 'fp32'");
 }
 

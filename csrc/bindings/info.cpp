@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "../core/engine.hpp"
+#include "../core/kernel_choice.hpp"
 #include "common.hpp"
 
 #ifdef _OPENMP
@@ -77,8 +78,7 @@ ec::TileRate tile_rate(long long rows, long long cols, long long d, const std::s
 
 /// The products C = A . B^T of one kernel set, named (test hook): B packed in the set's panels,
 /// A packed (gemm) or, with `gathered`, given as row pointers (gemm_rows; pack_rows words for
-/// bf16 sets). Selecting by name and back is how a set is found, so do not call this while
-/// another thread starts engine work.
+/// bf16 sets).
 std::vector<float> kernel_product_of(const ec::KernelSet& ks, const Mat& a, const Mat& b, bool gathered) {
   const idx_t m = a.rows, n = b.rows, d = a.cols, depth = ks.depth(d);
   const idx_t m_pad = ec::round_up(m, ks.mr), n_pad = ec::round_up(n, ks.nr);
@@ -103,10 +103,7 @@ py::array_t<float> kernel_product(const std::string& name, const py::array& a_in
   const Mat a = as_matrix(a_in, "a"), b = as_matrix(b_in, "b");
   same_features(b, a);
   if (a.rows < 1 || b.rows < 1 || a.cols < 1) throw std::invalid_argument("a and b need at least one row and column");
-  const std::string before = ec::kernels().name;
-  ec::select_kernels(name);
-  const ec::KernelSet& ks = ec::kernels();
-  ec::select_kernels(before);
+  const ec::KernelSet& ks = ec::admitted_kernel(name, "_kernel_product");
   if (gathered && !ks.gemm_rows)
     throw std::invalid_argument("kernel set '" + name + "' has no gemm_rows (gathered=True)");
   std::vector<float> c;
@@ -129,6 +126,59 @@ double amx_tile_peak(long long iterations) {
 #endif
 }
 
+py::dict to_dict(const ec::SelfTestResult& t) {
+  py::dict e;
+  e["name"] = t.name;
+  e["passed"] = t.passed;
+  e["worst_error_ratio"] = t.worst_ratio;
+  e["failure"] = t.failure;
+  return e;
+}
+
+py::dict to_dict(const ec::KernelRate& r) {
+  py::dict e;
+  e["name"] = r.name;
+  e["ns_per_tile"] = r.ns_per_tile;
+  e["gflops"] = r.gflops;
+  e["from_strip"] = r.from_strip;
+  return e;
+}
+
+py::dict to_dict(const ec::KernelChoiceReport& c);
+
+template <class T>
+py::list dicts(const std::vector<T>& items) {
+  py::list out;
+  for (const auto& item : items) out.append(to_dict(item));
+  return out;
+}
+
+py::dict to_dict(const ec::KernelChoiceReport& c) {
+  py::dict e;
+  e["family"] = c.family;
+  e["d"] = c.d;
+  e["tile"] = py::make_tuple(c.rows, c.cols);
+  e["chosen"] = c.chosen;
+  e["rates"] = dicts(c.rates);
+  return e;
+}
+
+/// The self-tests and the choices by measurement (after measuring every family at `d` when d > 0).
+py::dict kernel_choice(long long d) {
+  if (d < 0) throw std::invalid_argument("d=" + std::to_string(d) + " should be >= 0");
+  py::dict out;
+  run_native([&](ec::Cancel&) {
+    if (d > 0 && !ec::forced_kernels())
+      for (auto f : {ec::KernelFamily::kmeans, ec::KernelFamily::knn, ec::KernelFamily::dbscan}) ec::kernels_for(f, d);
+  });
+  const ec::KernelSet* forced = ec::forced_kernels();
+  out["forced"] = forced ? py::object(py::str(forced->name)) : py::object(py::none());
+  out["manual_only"] = ec::manual_only_kernels();
+  out["self_tests"] = dicts(ec::kernel_self_tests());
+  out["families"] = dicts(ec::kernel_choices());
+  return out;
+}
+
 }  // namespace
 
 void bind_info(py::module_& m) {
@@ -146,12 +196,21 @@ void bind_info(py::module_& m) {
         "Benchmark helper: GFLOP/s of the tile products alone (pack + multiply, no epilogue) for rows x cols "
         "products of dimension d on random data; returns a TileRate.");
   m.def("select_kernels", [](const std::string& name) { ec::select_kernels(name); }, py::arg("name"),
-        "Force a kernel set for this process: one of build_info()['kernels_available'], 'amx' (CPUs with AMX; "
-        "never chosen automatically), 'amx-model' (a slow scalar model of the AMX set, for tests) or 'auto'.");
-  m.def("active_kernels", [] { return std::string(ec::kernels().name); }, "Name of the kernel set in use.");
+        "Force a kernel set for this process: a name from build_info()['kernels_available'], 'amx' (CPUs with "
+        "AMX; never chosen automatically), 'amx-model' (a slow scalar model of the AMX set, for tests), or 'auto': "
+        "each operation family uses the admitted set measured fastest.");
+  m.def("kernel_choice", &kernel_choice, py::arg("d") = 0,
+        "The kernel sets' self-tests and the choice by measurement per operation family (a dict; keys in "
+        "_core.pyi's KernelChoice). d > 0 first measures the k-means, kNN and DBSCAN tiles at depth d "
+        "(unless a set is forced).");
+  m.def("kernel_warnings", [] { return ec::kernel_warnings(); },
+        "One message per kernel set that failed its self-test and is disabled (empty when all passed).");
+  m.def("active_kernels", [] { return std::string(ec::kernels().name); },
+        "Name of the kernel set in use: the forced one, else the one measured fastest for plain tile products "
+        "at d=384 (each family's own choice: kernel_choice()).");
   m.def("_kernel_product", &kernel_product, py::arg("name"), py::arg("a"), py::arg("b"), py::arg("gathered") = false,
         "Test hook: a @ b.T (float32 2-D arrays) by the named kernel set's packing and tile product "
-        "(gathered=True: gemm_rows on row pointers). Not thread-safe against engine calls starting meanwhile.");
+        "(gathered=True: gemm_rows on row pointers).");
   m.def("_amx_tile_peak", &amx_tile_peak, py::arg("iterations"),
         "Benchmark helper: one core's AMX tdpbf16ps rate in GFLOP/s (4 x iterations tile products); raises "
         "RuntimeError without AMX.");

@@ -1,4 +1,6 @@
-// Run-time choice of the tile kernels: one portable build, the best instruction set at run time.
+// The registry of kernel sets (what this CPU and build can run) and the forced choice
+// (EMBEDCLUSTER_ISA, select_kernels); the self-test and the choice by measurement are in
+// kernel_choice.cpp.
 #include <cstdlib>
 #include <mutex>
 #include <string>
@@ -54,64 +56,73 @@ std::string unavailable_reason(const std::string& name) {
 #endif
 }
 
-const KernelSet* best() {
-  const auto names = available_kernels();
-  return find(names.back());
-}
+std::mutex g_mu;
+const KernelSet* g_forced = nullptr;  // null: each family's set is chosen by measurement
+bool g_forced_read = false;           // EMBEDCLUSTER_ISA read (or overridden by select_kernels)
 
-const KernelSet* best_fp32() {
-  const KernelSet* out = &generic_kernels();
-  for (const auto& n : available_kernels())
-    if (find(n)->per_word == 1) out = find(n);
+std::string joined_available() {
+  std::string out;
+  for (const auto& n : available_kernels()) out += (out.empty() ? "" : ", ") + n;
   return out;
 }
 
-std::mutex g_mu;
-const KernelSet* g_active = nullptr;
-
 }  // namespace
 
-std::vector<std::string> available_kernels() {
+const KernelSet& admitted_kernel(const std::string& name, const std::string& who) {
+  const KernelSet* ks = find(name);
+  if (ks && kernel_admitted(*ks)) return *ks;
+  if (ks)
+    fail(who + " names kernel set '" + name + "', which failed its self-test on this CPU and is disabled (" +
+         kernel_self_test_failure(name) + "); available: " + joined_available());
+  fail(who + " names kernel set '" + name + "', which this CPU or build cannot run" + unavailable_reason(name) +
+       "; available: " + joined_available() + " (or 'auto')");
+}
+
+const KernelSet* supported_kernel(const std::string& name) { return find(name); }
+
+std::vector<std::string> supported_kernels() {
   std::vector<std::string> out{"generic"};
   for (const char* n : {"avx2", "avx512", "avx512bf16"})
     if (find(n)) out.emplace_back(n);
   return out;
 }
 
+std::vector<std::string> available_kernels() {
+  std::vector<std::string> out;
+  for (const auto& n : supported_kernels())
+    if (kernel_admitted(*find(n))) out.push_back(n);
+  return out;
+}
+
 const KernelSet& fp32_variant(const KernelSet& ks) {
   if (ks.per_word == 1) return ks;
 #if defined(EC_HAVE_AVX512_KERNELS)
-  if (cpu_has("avx512")) return avx512_kernels();
+  if (const KernelSet* same = find("avx512"); same && kernel_admitted(*same)) return *same;
 #endif
-  return *best_fp32();
+  return fastest_fp32_kernels();
 }
 
 void select_kernels(const std::string& name) {
-  const KernelSet* ks = name == "auto" ? best() : find(name);
-  if (!ks) {
-    std::string avail;
-    for (const auto& n : available_kernels()) avail += (avail.empty() ? "" : ", ") + n;
-    fail("kernel set '" + name + "' is not available on this CPU or build" + unavailable_reason(name) +
-         "; available: " + avail + " (or 'auto')");
-  }
+  const KernelSet* ks = name == "auto" ? nullptr : &admitted_kernel(name, "select_kernels");
   std::lock_guard<std::mutex> lock(g_mu);
-  g_active = ks;
+  g_forced = ks;
+  g_forced_read = true;
+}
+
+const KernelSet* forced_kernels() {
+  std::lock_guard<std::mutex> lock(g_mu);
+  if (!g_forced_read) {
+    const char* env = std::getenv("EMBEDCLUSTER_ISA");
+    if (env && *env && env != std::string("auto"))
+      g_forced = &admitted_kernel(env, std::string("EMBEDCLUSTER_ISA=") + env);
+    g_forced_read = true;
+  }
+  return g_forced;
 }
 
 const KernelSet& kernels() {
-  std::lock_guard<std::mutex> lock(g_mu);
-  if (!g_active) {
-    const char* env = std::getenv("EMBEDCLUSTER_ISA");
-    if (env && *env) {
-      g_active = env == std::string("auto") ? best() : find(env);
-      if (!g_active)
-        fail(std::string("EMBEDCLUSTER_ISA=") + env + " names a kernel set this CPU or build cannot run" +
-             unavailable_reason(env) + "; unset it or use generic");
-    } else {
-      g_active = best();
-    }
-  }
-  return *g_active;
+  const KernelSet* forced = forced_kernels();
+  return forced ? *forced : kernels_for(KernelFamily::tile, 384);
 }
 
 }  // namespace ec

@@ -96,21 +96,57 @@ void pack_panels(const float* src, idx_t ld, const idx_t* rows, const float* sca
 
 inline idx_t round_up(idx_t v, idx_t m) { return (v + m - 1) / m * m; }
 
-/// The kernel set in use: the best one this CPU supports, or the one named by the environment
-/// variable EMBEDCLUSTER_ISA (generic | avx2 | avx512 | avx512bf16 | amx | amx-model) when it is set
-/// and supported; amx and amx-model are used only when named.
+/// The operation families whose kernel set is chosen by measurement (kernel_choice.cpp): each
+/// consumes its tiles differently, so the fastest set can differ between them.
+enum class KernelFamily { tile, kmeans, knn, dbscan };
+
+/// The kernel set forced for this process (EMBEDCLUSTER_ISA = generic | avx2 | avx512 |
+/// avx512bf16 | amx | amx-model, or select_kernels with a name other than "auto"), or the one
+/// measured fastest for plain tile products at d = 384; amx and amx-model are used only when named.
 const KernelSet& kernels();
+
+/// The kernel set for one operation family at depth d: the forced set when there is one, else
+/// the admitted set measured fastest on a tile of that family's shape (kernel_choice.cpp).
+const KernelSet& kernels_for(KernelFamily family, idx_t d);
+
+/// The kernel set of precision="fp32": the fp32 variant of a forced set, else the admitted fp32
+/// set measured fastest for tile products.
+const KernelSet& fp32_kernels();
+
+/// The admitted fp32 set measured fastest for tile products (whatever is forced).
+const KernelSet& fastest_fp32_kernels();
 
 /// The fp32 kernel set of the same instruction family (itself when it already is fp32): for
 /// work where a wider error band costs more than the faster product saves.
 const KernelSet& fp32_variant(const KernelSet& ks);
 
-/// Selects a kernel set by name for this process (tests use it to exercise every path).
-/// Throws std::invalid_argument when the name is unknown or this CPU lacks the instructions.
+/// Selects a kernel set by name for this process (tests use it to exercise every path); "auto"
+/// returns to the choice by measurement. Throws std::invalid_argument when the name is unknown,
+/// this CPU lacks the instructions, or the set failed its self-test.
 void select_kernels(const std::string& name);
 
-/// Names of the kernel sets this CPU can run, best last.
+/// The forced kernel set (see kernels()), or null when the choice is by measurement.
+const KernelSet* forced_kernels();
+
+/// Names of the kernel sets this CPU and build can run that passed their self-test.
 std::vector<std::string> available_kernels();
+
+/// Names of the kernel sets this CPU and build can run, self-tested or not.
+std::vector<std::string> supported_kernels();
+
+/// The kernel set `name` when this CPU and build can run it, else null (no self-test).
+const KernelSet* supported_kernel(const std::string& name);
+
+/// The set `name` when this CPU and build can run it and it passed its self-test; otherwise
+/// fails (std::invalid_argument) naming `who` (the caller's words) and why.
+const KernelSet& admitted_kernel(const std::string& name, const std::string& who);
+
+/// Whether `ks` passed its self-test (kernel_choice.cpp; run for every supported set at first
+/// call, and for a set used only when named, such as amx, when it is first named).
+bool kernel_admitted(const KernelSet& ks);
+
+/// Why the set `name` failed its self-test ("" when it passed or was not tested).
+std::string kernel_self_test_failure(const std::string& name);
 
 // Kernel sets, defined in files compiled with their instruction-set flags.
 const KernelSet& generic_kernels();

@@ -68,7 +68,7 @@ struct KnnOut {
 namespace {
 /// Packed database copy, query norms and per-thread tiles, in bytes.
 double scan_bytes(const KernelSet* kset, idx_t n, idx_t nq, idx_t d, int threads) {
-  const KernelSet& ks = kset ? *kset : kernels();
+  const KernelSet& ks = kset ? *kset : kernels_for(KernelFamily::knn, d);
   const double n_pad = static_cast<double>(round_up(n, ks.nr));
   return n_pad * (static_cast<double>(ks.depth(d)) * 4.0 + 4.0) + (ks.input_rel > 0.0 ? 12.0 : 8.0) * static_cast<double>(n) +
          (ks.input_rel > 0.0 ? 16.0 : 8.0) * static_cast<double>(nq) +
@@ -294,7 +294,7 @@ void knn_search(const KnnParams& p, const float* db, idx_t n, const float* q, id
   if (p.exclude_self && nq != n) fail("exclude_self needs the queries to be the database rows");
   const int threads = resolve_threads(p.n_threads);
   PackedSet set;
-  pack_set(set, db, n, d, p.metric, nullptr, threads, p.kernel_set);
+  pack_set(set, db, n, d, p.metric, nullptr, threads, p.kernel_set ? p.kernel_set : &kernels_for(KernelFamily::knn, d));
   const std::vector<double> qsq = query_sqnorms(q, nq, d, p.metric, threads);
   // Queries that are the database: the symmetric self-join (half the products) when its
   // per-row candidate lists fit in a quarter of the memory limit and 1 GiB.
@@ -382,7 +382,7 @@ void radius_scan(const RadiusParams& p, const float* db, idx_t n, const float* q
   if (p.exclude_self && nq != n) fail("exclude_self needs the queries to be the database rows");
   const int threads = resolve_threads(p.n_threads);
   PackedSet set;
-  pack_set(set, db, n, d, p.metric, nullptr, threads, p.kernel_set);
+  pack_set(set, db, n, d, p.metric, nullptr, threads, p.kernel_set ? p.kernel_set : &kernels_for(KernelFamily::knn, d));
   const std::vector<double> qsq = query_sqnorms(q, nq, d, p.metric, threads);
   const std::vector<double> qerr = query_errors(set, q, nq, threads);
   ScanShape shape;

@@ -10,6 +10,7 @@ import logging
 import math
 import numbers
 import os
+import warnings
 from typing import Any, Dict, Literal, Optional, Tuple, cast
 
 import numpy as np
@@ -20,6 +21,9 @@ try:  # the compiled engine; a source tree without a build falls back to FAISS
     from . import _core
 
     _CORE_ERROR: Optional[str] = None
+    # A kernel set that failed its self-test at load time is disabled; say so once per process.
+    for _message in _core.kernel_warnings():
+        warnings.warn(f"embedcluster: {_message}", RuntimeWarning, stacklevel=2)
 except ImportError as exc:  # pragma: no cover - only without a build
     _core = None  # type: ignore[assignment]
     _CORE_ERROR = str(exc)

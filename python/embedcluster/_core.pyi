@@ -115,6 +115,39 @@ class _BuildInfo(TypedDict, total=False):
     kernels_active: str
     cpu_features: list[str]
 
+class _KernelSelfTest(TypedDict):
+    """One kernel set's self-test (a tile and the epilogue primitives against fp64)."""
+
+    name: str
+    passed: bool
+    worst_error_ratio: float  # largest |tile error| / proven bound; < 1 when it passed
+    failure: str  # what disagreed, "" when it passed
+
+class _KernelRate(TypedDict):
+    """One kernel set measured on a family's tile."""
+
+    name: str
+    ns_per_tile: float
+    gflops: float
+    from_strip: bool  # extrapolated from a run on a strip of rows (a set ruled out early)
+
+class _KernelFamilyChoice(TypedDict):
+    """The kernel set chosen for one operation family at one depth bucket."""
+
+    family: str  # "tile", "kmeans", "knn", "dbscan", or "fp32" (precision="fp32")
+    d: int  # the depth measured at
+    tile: tuple[int, int]  # rows x cols of the tile measured
+    chosen: str
+    rates: list[_KernelRate]  # fastest first
+
+class _KernelChoice(TypedDict):
+    """What kernel_choice returns."""
+
+    forced: str | None  # the set forced by EMBEDCLUSTER_ISA or select_kernels, else None
+    manual_only: list[str]  # sets never chosen automatically (only when forced)
+    self_tests: list[_KernelSelfTest]
+    families: list[_KernelFamilyChoice]  # the choices measured so far, in order
+
 @overload
 def knn_search(
     database: _F32,
@@ -322,6 +355,8 @@ def default_memory_limit() -> float: ...
 def build_info() -> _BuildInfo: ...
 def tile_rate(rows: int, cols: int, d: int, precision: _Precision = "auto", n_threads: int = 0) -> TileRate: ...
 def select_kernels(name: str) -> None: ...
+def kernel_choice(d: int = 0) -> _KernelChoice: ...
+def kernel_warnings() -> list[str]: ...
 def active_kernels() -> str: ...
 def _kernel_product(name: str, a: _F32, b: _F32, gathered: bool = False) -> _F32: ...
 def _amx_tile_peak(iterations: int) -> float: ...

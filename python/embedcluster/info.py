@@ -10,13 +10,18 @@ from ._backend import _CORE_ERROR, _core, faiss_available
 from ._version import __version__
 
 
-def build_info() -> Dict[str, Any]:
+def build_info(d: int = 384) -> Dict[str, Any]:
     """A dict describing the installation (also printed by ``embedcluster info``).
 
     Keys: version, python, platform, native (bool), native_error, build (the engine's own
     report: compiler, flags, OpenMP, CUDA, kernel sets available and active, CPU features),
-    backends (available backend names), cpu_count.
+    kernels (``_core.kernel_choice(d)``: each kernel set's self-test and, per operation family,
+    the set chosen and the rates measured at depth ``d``; empty without the engine),
+    kernel_warnings (kernel sets disabled by their self-test), backends (available backend
+    names), cpu_count, environment.
     """
+    if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+        raise ValueError(f"d={d!r} should be an integer >= 1 (the depth to measure the kernel sets at)")
     info: Dict[str, Any] = {
         "version": __version__,
         "python": platform.python_version(),
@@ -25,6 +30,8 @@ def build_info() -> Dict[str, Any]:
         "native": _core is not None,
         "native_error": _CORE_ERROR,
         "build": _core.build_info() if _core is not None else {},
+        "kernels": dict(_core.kernel_choice(d)) if _core is not None else {},
+        "kernel_warnings": _core.kernel_warnings() if _core is not None else [],
     }
     backends = (["native"] if _core is not None else []) + (["faiss"] if faiss_available() else [])
     info["backends"] = backends

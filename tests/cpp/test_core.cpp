@@ -14,6 +14,7 @@
 
 #include "core/dbscan.hpp"
 #include "core/dbscan/bounds.hpp"
+#include "core/kernel_choice.hpp"
 #include "core/kernels.hpp"
 #include "core/kmeans.hpp"
 #include "core/knn.hpp"
@@ -461,3 +462,25 @@ TEST_CASE(radius_results_are_bounded_and_threads_checked) {
   CHECK(ec::resolve_threads(3) == 3);
 }
 int main(int argc, char** argv) { return ec_test_main(argc, argv); }
+
+// Every supported kernel set passes its self-test (a tile and the epilogue primitives against
+// fp64), and each family's choice by measurement is an admitted set that may be chosen
+// automatically (never a manual-only one such as amx).
+TEST_CASE(kernel_sets_pass_the_self_test_and_the_choice_is_admitted) {
+  const auto tests = ec::kernel_self_tests();
+  CHECK(tests.size() == ec::supported_kernels().size());
+  for (const auto& t : tests) {
+    CHECK(t.passed);
+    CHECK(t.failure.empty());
+    CHECK(t.worst_ratio < 1.0);
+  }
+  CHECK(ec::kernel_warnings().empty());
+  CHECK(ec::available_kernels() == ec::supported_kernels());
+  const auto& manual = ec::manual_only_kernels();
+  for (auto family : {ec::KernelFamily::kmeans, ec::KernelFamily::knn, ec::KernelFamily::dbscan}) {
+    const ec::KernelSet& ks = ec::kernels_for(family, 96);
+    CHECK(ec::kernel_admitted(ks));
+    if (!ec::forced_kernels()) CHECK(std::find(manual.begin(), manual.end(), std::string(ks.name)) == manual.end());
+  }
+  CHECK(ec::fp32_kernels().per_word == 1);
+}

@@ -52,8 +52,8 @@ struct Fit {
   // bf16's wider error they pruned far less (eps=1.1 on 50k x 384: 65% of tile pairs computed
   // instead of 16%). The pair tiles use the process's kernels (bf16 where available); their
   // wider error band is narrowed with fp32 products before the fp64 re-check.
-  const KernelSet& bound_kernels = fp32_variant(kernels());
-  const KernelSet& pair_kernels = kernels();
+  const KernelSet& pair_kernels = kernels_for(KernelFamily::dbscan, d);
+  const KernelSet& bound_kernels = fp32_variant(pair_kernels);
   std::vector<double> xsq, xnorm;  ///< ||x_i||^2, ||x_i||
   /// bf16 pair kernels: each row's rounding error against the pair tiles (row_bound_in), else empty.
   std::vector<float> xerr;

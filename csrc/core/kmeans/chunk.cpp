@@ -265,7 +265,7 @@ idx_t kmeans_chunk_pass(Metric m, const float* centers, idx_t k, const float* x,
     fail("this chunk state belongs to another chunk or fit (" + std::to_string(st.labels.size()) + " rows, k=" +
          std::to_string(st.k) + ", d=" + std::to_string(st.d) + ")");
   Data D;
-  const KernelSet* ks = kernel_set ? kernel_set : &kernels();
+  const KernelSet* ks = kernel_set ? kernel_set : &kernels_for(KernelFamily::kmeans, d);
   if (st.facts_ks == ks && static_cast<idx_t>(st.xsq.size()) == n) {
     D.bind(x, n, d, w, m, resolve_threads(threads), ks);
     D.xsq.swap(st.xsq);
@@ -339,7 +339,7 @@ void kmeans_chunk_farthest(Metric m, const float* centers, idx_t k, const float*
                            std::vector<idx_t>& rows) {
   check_labels(labels, n, k);
   PackedSet cs;
-  pack_set(cs, centers, k, d, m, nullptr, resolve_threads(threads), nullptr);
+  pack_set(cs, centers, k, d, m, nullptr, resolve_threads(threads), &kernels_for(KernelFamily::kmeans, d));
   std::vector<float> mind(static_cast<std::size_t>(n));
   parallel_for(resolve_threads(threads), n, [&](idx_t i) {
     const float* row = x + i * d;

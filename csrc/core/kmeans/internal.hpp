@@ -45,7 +45,7 @@ struct Data {
   /// Points the fit at its rows (no per-row work: prepare or a chunk's kept facts do that).
   void bind(const float* rows, idx_t nrows, idx_t dims, const float* weights, Metric m, int nthreads,
             const KernelSet* set) {
-    ks = set ? set : &kernels();
+    ks = set ? set : &kernels_for(KernelFamily::kmeans, dims);
     x = rows;
     n = nrows;
     d = dims;

@@ -50,7 +50,7 @@ void kmeans_init(const KMeansParams& p, const float* x, idx_t n, idx_t d, const 
 /// Working memory of kmeans_fit, bytes (an over-estimate: per-row state, initialisation,
 /// centres, per-thread accumulators and tiles, result).
 double kmeans_bytes(const KMeansParams& p, idx_t n, idx_t d) {
-  const KernelSet& ks = p.kernel_set ? *p.kernel_set : kernels();
+  const KernelSet& ks = p.kernel_set ? *p.kernel_set : kernels_for(KernelFamily::kmeans, d);
   const double threads = resolve_threads(p.n_threads);
   const double k = p.k, dn = static_cast<double>(n), dd = static_cast<double>(d);
   const double k_pad = static_cast<double>(round_up(p.k, ks.nr)), depth = static_cast<double>(ks.depth(d));
@@ -71,7 +71,7 @@ void kmeans_check_memory(const KMeansParams& p, idx_t n, idx_t d) {
 
 void kmeans_assign_check_memory(idx_t k, idx_t n, idx_t d, int n_threads, const KernelSet* kernel_set,
                                 double memory_limit) {
-  const KernelSet& ks = kernel_set ? *kernel_set : kernels();
+  const KernelSet& ks = kernel_set ? *kernel_set : kernels_for(KernelFamily::kmeans, d);
   const double threads = resolve_threads(n_threads);
   const double k_pad = static_cast<double>(round_up(k, ks.nr)), depth = static_cast<double>(ks.depth(d));
   // Per row: norms (2 x 8), rounding error, outputs (label 8, distance 4); the packed centres;

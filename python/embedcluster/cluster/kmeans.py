@@ -71,9 +71,11 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     n_threads : int or None, default=None
         Worker threads; None or -1 uses all cores.
     precision : {"auto", "fp32"}, default="auto"
-        Tile arithmetic: "auto" uses bf16 products where the CPU has AVX-512 BF16 (about twice
-        the fp32 rate), "fp32" the fp32 kernels. Results are identical either way: decisions
-        within the kernel's error bound are re-checked in float64.
+        Tile arithmetic: "auto" uses the kernel set measured fastest on this CPU at first use
+        (bf16 products where AVX-512 BF16 runs at about twice the fp32 rate, as on AMD Zen 5;
+        fp32 where it does not; ``embedcluster info`` shows the choice), "fp32" the fastest
+        fp32 kernels. Results are identical either way: decisions within the kernel's error
+        bound are re-checked in float64.
     prune : {"auto", True, False}, default="auto"
         Bound-based pruning of the assignment (Hamerly's bounds with the centre-gap test):
         each row keeps an upper bound on its distance to its centre and a lower bound to every

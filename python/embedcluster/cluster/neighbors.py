@@ -126,8 +126,9 @@ class NearestNeighbors(BaseEstimator):
     backend : {"auto", "native", "faiss"}, default="auto"
     n_threads : int or None, default=None
     precision : {"auto", "fp32"}, default="auto"
-        "auto" uses bf16 tile products where the CPU has AVX-512 BF16, "fp32" the fp32 ones;
-        results are identical (float64 re-check within the error bound).
+        "auto" uses the kernel set measured fastest on this CPU at first use (bf16 tile products
+        where they beat fp32; ``embedcluster info`` shows the choice), "fp32" the fastest fp32
+        kernels; results are identical (float64 re-check within the error bound).
     memory_limit : int or None, default=None
         Bytes of working memory one native call may use (its outputs included, the input data
         not); also the budget that sizes streamed blocks (see Notes). None:

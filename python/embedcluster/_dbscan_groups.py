@@ -33,6 +33,9 @@ from ._backend import EngineMetric, Precision
 GROUP_ROWS = 8192  # rows per group: the unit of a pair task
 SAMPLE_ROWS_PER_GROUP = 48  # rows of the sample the group centres are fitted on, per group
 GROUPING_ITERATIONS = 10
+# A group wider on the sample than SPLIT_FACTOR times the median group is split, SPLIT_ROUNDS times at most.
+SPLIT_FACTOR = 1.5
+SPLIT_ROUNDS = 3
 # Margins of the ball test, far above fp64's rounding of the centre distances and radii.
 _REL_MARGIN = 1e-6
 _NORM_MARGIN = 1e-9
@@ -87,7 +90,44 @@ def group_centres(sample: np.ndarray, n: int, geo: Geometry, n_threads: int = 0)
     # spread over two clusters would have a ball that reaches far more partners.
     km = KMeans(groups, init="auto", n_init=1, max_iter=GROUPING_ITERATIONS, tol=0.0, random_state=0,
                 n_threads=n_threads or None)
-    return np.ascontiguousarray(km.fit(U).cluster_centers_, dtype=np.float32)
+    centres = np.ascontiguousarray(km.fit(U).cluster_centers_, dtype=np.float32)
+    return split_wide_groups(U, centres, n_threads)
+
+
+def split_wide_groups(U: np.ndarray, centres: np.ndarray, n_threads: int = 0) -> np.ndarray:
+    """The centres with every group much wider on the sample than the typical group split in two.
+
+    k-means can leave one centre between two clusters of rows; that group's ball then reaches
+    nearly every other group's, and each of those pairs costs a full pair task. Splitting it on
+    the sample (a 2-means of its sample rows) gives two tight groups instead.
+    """
+    from .cluster.kmeans import KMeans
+
+    for _ in range(SPLIT_ROUNDS):
+        d2, idx = _core.knn_search(centres, U, 1, "l2", n_threads=n_threads, exact_values=True)
+        lab, dist = idx[:, 0], np.sqrt(np.maximum(d2[:, 0], 0.0))
+        width = np.zeros(len(centres))
+        np.maximum.at(width, lab, dist)
+        counts = np.bincount(lab, minlength=len(centres))
+        if not (counts > 0).any():
+            break
+        typical = float(np.median(width[counts > 0]))
+        wide = np.flatnonzero((width > SPLIT_FACTOR * typical) & (counts >= 2))
+        if len(wide) == 0:
+            break
+        extra = []
+        for g in wide.tolist():
+            rows = U[lab == g]
+            if len(np.unique(rows, axis=0)) < 2:
+                continue
+            two = KMeans(2, n_init=1, max_iter=GROUPING_ITERATIONS, random_state=0,
+                         n_threads=n_threads or None).fit(rows).cluster_centers_
+            centres[g] = two[0]
+            extra.append(two[1])
+        if not extra:
+            break
+        centres = np.ascontiguousarray(np.vstack([centres, np.asarray(extra, np.float32)]), dtype=np.float32)
+    return centres
 
 
 def assign_groups(block: np.ndarray, centres: np.ndarray, geo: Geometry,

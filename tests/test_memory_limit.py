@@ -156,7 +156,11 @@ def test_dbscan_without_projection_table_gives_the_same_result():
     tight = _core.dbscan_fit(X, 1.5, min_samples=5, memory_limit=base)  # room for the base only
     assert full.projection_bounds and not tight.projection_bounds
     # the bf16 copy of the rows, where the kernels use bf16 words, is optional too
-    assert full.rows_copy == (_core.active_kernels() == "avx512bf16") and not tight.rows_copy
+    d, report = X.shape[1], _core.kernel_choice(X.shape[1])
+    chosen = [report["forced"]] if report["forced"] else [
+        f["chosen"] for f in report["families"]
+        if f["family"] == "dbscan" and max(4, (f["d"] - 1).bit_length()) == max(4, (d - 1).bit_length())]
+    assert full.rows_copy == (chosen[0] == "avx512bf16") and not tight.rows_copy
     np.testing.assert_array_equal(full.labels, tight.labels)
     np.testing.assert_array_equal(full.counts, tight.counts)
     ref = ec.DBSCAN(1.5, min_samples=5).fit(X)

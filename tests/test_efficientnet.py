@@ -286,3 +286,13 @@ def test_packaged_lite0_recognises_a_photo():
         X, progress=False)
     military_uniform = 652  # ImageNet-1k class index
     assert int(np.argmax(logits[0])) == military_uniform
+
+
+def test_dask_asks_for_the_name_instead_of_shipping_the_module(lite0_file):
+    pytest.importorskip("dask")
+    from embedcluster._dask_embed import _recipe
+
+    _, path = lite0_file
+    enc = load_encoder("efficientnet-lite0", weights=path, device="cpu", embedding_layer=TAPS)
+    with pytest.raises(TypeError, match="pass the path it was loaded from"):
+        _recipe(enc, None)

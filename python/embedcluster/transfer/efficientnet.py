@@ -24,7 +24,6 @@ per row, scaled by ``1/sqrt(n_parts)`` and concatenated (the rule of
 
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, List, Mapping, Sequence
 
 import torch
@@ -216,10 +215,7 @@ class EfficientNetLite(_Encoder):
                 got[name] = h.mean(dim=(2, 3))
         if "logits" in parts:
             got["logits"] = self._fc(h.mean(dim=(2, 3)))
-        if len(parts) == 1:
-            return got[parts[0]]
-        scale = 1.0 / math.sqrt(len(parts))
-        return torch.cat([F.normalize(got[p], dim=1) * scale for p in parts], dim=1)
+        return self._combine(parts, got)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x, "logits")

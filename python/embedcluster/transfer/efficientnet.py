@@ -168,8 +168,8 @@ class EfficientNetLite(_Encoder):
         self._conv_head = nn.Conv2d(last, spec["head"], 1, bias=False)
         self._bn1 = _bn(spec["head"])
         self._fc = nn.Linear(spec["head"], spec["classes"])
-        # Channels-last activations run the depthwise and 1x1 convolutions several times faster
-        # on CPUs than NCHW; the weights follow so that no layer converts back and forth.
+        # oneDNN runs the depthwise and 1x1 convolutions faster on channels-last activations
+        # than on NCHW; the weights follow so that no layer converts back and forth.
         for param in self.parameters():
             if param.dim() == 4:
                 param.data = param.data.contiguous(memory_format=torch.channels_last)

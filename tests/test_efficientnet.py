@@ -242,7 +242,7 @@ def test_grey_images_are_repeated_to_three_channels_and_invert_is_one_minus_x(li
 def test_auto_image_size_enlarges_small_and_reduces_large_images(lite0_file):
     _, path = lite0_file
     pre = load_encoder("efficientnet-lite0", weights=path, device="cpu").preprocess
-    assert tuple(pre(np.zeros((1, 28, 28), np.uint8)).shape) == (1, 3, 64, 64)
+    assert tuple(pre(np.zeros((1, 28, 28), np.uint8)).shape) == (1, 3, 96, 96)
     assert tuple(pre(np.zeros((1, 100, 300, 3), np.uint8)).shape) == (1, 3, 100, 224)
     fixed = load_encoder("efficientnet-lite0", weights=path, device="cpu", image_size=48)
     assert tuple(fixed.preprocess(np.zeros((1, 28, 28), np.uint8)).shape) == (1, 3, 48, 48)

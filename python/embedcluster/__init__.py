@@ -6,5 +6,6 @@ from __future__ import annotations
 from ._version import __version__
 from .cluster import DBSCAN, KMeans, NearestNeighbors
 from .info import build_info
+from .transfer.heads import ClusterHead
 
-__all__ = ["KMeans", "DBSCAN", "NearestNeighbors", "build_info", "__version__"]
+__all__ = ["KMeans", "DBSCAN", "NearestNeighbors", "ClusterHead", "build_info", "__version__"]

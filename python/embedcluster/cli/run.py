@@ -27,6 +27,8 @@ _RUN_KEYS: Dict[str, Any] = {
     "encoder": (lambda v: v is None or (isinstance(v, str) and v != ""), "an encoder spec (string) or null"),
     "n_clusters": (lambda v: v is None or (_is_int(v) and v >= 1), "an integer >= 1 (or null: the number of classes)"),
     "algorithm": (lambda v: v in ("kmeans", "dbscan"), "'kmeans' or 'dbscan'"),
+    "head": (lambda v: v is None or v in ("scan", "temi"), "'scan', 'temi' or null (a clustering head instead of "
+             "the algorithm)"),
     "eps": (lambda v: _is_real(v) and v > 0, "a finite number > 0"),
     "min_samples": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "normalize": (lambda v: isinstance(v, bool), "true or false"),
@@ -62,7 +64,7 @@ def _run_config(args: argparse.Namespace) -> Dict[str, Any]:
 
         cfg = dict(_check_run_config(load_json(args.config), args.config))
     for k in ("data", "encoder", "n_clusters", "algorithm", "eps", "min_samples", "out", "cache_dir", "seed",
-              "batch_size", "probe_rounds"):
+              "batch_size", "probe_rounds", "head"):
         v = getattr(args, k)
         if v is not None:
             cfg[k] = v
@@ -79,9 +81,12 @@ def _run_config(args: argparse.Namespace) -> Dict[str, Any]:
     if cfg.get("algorithm", "kmeans") != "dbscan" and ("eps" in cfg or "min_samples" in cfg):
         raise ValueError("eps and min_samples are DBSCAN settings; add algorithm 'dbscan' (--algorithm dbscan) "
                          "or remove them")
+    if cfg.get("head") is not None and cfg.get("algorithm", "kmeans") != "kmeans":
+        raise ValueError(f"head {cfg['head']!r} replaces the algorithm; remove algorithm {cfg['algorithm']!r} "
+                         "(--algorithm) or the head (--head)")
     _check_run_config(cfg, "the run settings")
     check_output_dir(cfg["out"], "--out")
-    needs = (["torch"] if cfg.get("encoder") or cfg.get("probe", True) else []) + \
+    needs = (["torch"] if cfg.get("encoder") or cfg.get("probe", True) or cfg.get("head") else []) + \
         (["matplotlib"] if cfg.get("report", True) else [])
     require(needs, "this run (encoder, probe or report)")
     return cfg
@@ -91,14 +96,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = _run_config(args)  # validated, optional dependencies present, before any work
     from ..cluster import DBSCAN, KMeans
     from ..data import load
+    from ..transfer.heads import ClusterHead
     from ..transfer.pipeline import TransferClustering
     from ..transfer.report import write_report
 
     ds = load(cfg["data"])
     k = cfg.get("n_clusters") or (len(ds.class_names) if ds.class_names else 8)
     seed = cfg.get("seed", 0)
-    clusterer = (DBSCAN(eps=cfg.get("eps", 0.5), min_samples=cfg.get("min_samples", 5))
-                 if cfg.get("algorithm", "kmeans") == "dbscan" else KMeans(k, n_init=10, random_state=seed))
+    if cfg.get("head") is not None:
+        if k < 2:
+            raise ValueError(f"a clustering head needs n_clusters >= 2, got {k}")
+        clusterer: Any = ClusterHead(k, cfg["head"], random_state=seed)
+    elif cfg.get("algorithm", "kmeans") == "dbscan":
+        clusterer = DBSCAN(eps=cfg.get("eps", 0.5), min_samples=cfg.get("min_samples", 5))
+    else:
+        clusterer = KMeans(k, n_init=10, random_state=seed)
     tc = TransferClustering(encoder=cfg.get("encoder"), clusterer=clusterer, probe=cfg.get("probe", True),
                             normalize=cfg.get("normalize", True), probe_rounds=cfg.get("probe_rounds", 1),
                             cache_dir=cfg.get("cache_dir"), batch_size=cfg.get("batch_size", 256),
@@ -135,11 +147,14 @@ def add_parser(sub: Any) -> None:
                                     "(OUT/report). Settings come from flags and/or a JSON config file (--config) "
                                     "with the same names (flags win).")
     pr.add_argument("data", nargs="?", help=data_help("DATA"))
-    pr.add_argument("--config", help="JSON file with any of: data, encoder, n_clusters, algorithm, eps, "
+    pr.add_argument("--config", help="JSON file with any of: data, encoder, n_clusters, algorithm, head, eps, "
                     "min_samples, normalize, probe, probe_rounds, out, cache_dir, seed, report, batch_size")
     pr.add_argument("--encoder", help="encoder spec (see `embedcluster embed --help`); none: raw features")
     pr.add_argument("--n-clusters", type=POSITIVE, help="k (default: the number of classes when known, else 8)")
     pr.add_argument("--algorithm", choices=["kmeans", "dbscan"], help="default kmeans")
+    pr.add_argument("--head", choices=["scan", "temi"],
+                    help="cluster with a neighbour-consistency head (SCAN or TEMI) on the embeddings' exact cosine "
+                    "20 nearest neighbours instead of k-means; the probe is then trained on the head's clusters")
     pr.add_argument("--eps", type=real_in(0.0), help="DBSCAN radius")
     pr.add_argument("--min-samples", type=POSITIVE, help="DBSCAN core threshold")
     pr.add_argument("--probe-rounds", type=POSITIVE, help="self-labeling rounds (default 1)")

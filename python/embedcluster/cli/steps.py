@@ -40,9 +40,18 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
             raise ValueError("--scratch-dir is for DBSCAN in this process; with --scheduler the workers hold "
                              "the rows in memory, so leave it out")
         require(["dask", "distributed"], "--scheduler", extra="dask")
+    _check_head_args(args)
     files = embedding_files(args.embeddings)
     shards = load_embedding_shards(files)
-    if args.scheduler is not None:
+    if args.head is not None:
+        import numpy as np
+
+        from ..transfer.heads import ClusterHead
+
+        require(["torch"], "--head")
+        est: Any = ClusterHead(args.n_clusters, args.head, n_neighbors=args.n_neighbors, random_state=args.seed)
+        est.fit(np.concatenate([np.asarray(s) for s in shards]))
+    elif args.scheduler is not None:
         est = _fit_on_scheduler(args, files, shards)
     else:
         from ..data.sharded import ShardedArray
@@ -54,12 +63,34 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
     save_npy(args.out, labels)
     res = {"out": args.out, "n_points": int(len(labels)), "n_clusters": int(len(set(labels.tolist()) - {-1})),
            "n_noise": int((labels == -1).sum()), "n_shards": len(files), "scheduler": args.scheduler}
-    if args.algorithm == "kmeans":
+    if args.head is not None:
+        res.update(head=args.head, n_confident=est.n_confident_, fit_time_s=est.fit_time_)
+    elif args.algorithm == "kmeans":
         res["inertia"] = est.inertia_
         res["n_iter"] = est.n_iter_
     where = f" on {args.scheduler}" if args.scheduler is not None else ""
     return emit(args, res, [f"{res['n_clusters']} clusters, {res['n_noise']} noise points from "
                             f"{len(files)} file(s){where} -> {args.out}"])
+
+
+def _check_head_args(args: argparse.Namespace) -> None:
+    """--head replaces k-means / DBSCAN in this process; the options it cannot honour are refused."""
+    if args.head is None:
+        if args.n_neighbors is not None:
+            raise ValueError("--n-neighbors is a setting of the clustering head; add --head scan|temi")
+        args.metric = args.metric or "l2"
+        return
+    clash = [flag for flag, given in (("--algorithm dbscan", args.algorithm == "dbscan"),
+                                      ("--scheduler", args.scheduler is not None),
+                                      ("--scratch-dir", args.scratch_dir is not None),
+                                      ("--metric l2", args.metric == "l2")) if given]
+    if clash:
+        raise ValueError(f"--head trains a clustering head on cosine neighbours in this process; it does not "
+                         f"combine with {', '.join(clash)}")
+    if args.n_clusters < 2:
+        raise ValueError(f"--head needs --n-clusters >= 2, got {args.n_clusters}")
+    if args.n_neighbors is None:
+        args.n_neighbors = 20
 
 
 def _estimator(args: argparse.Namespace, kmeans: Any, dbscan: Any, **kw: Any) -> Any:
@@ -136,7 +167,11 @@ def add_parsers(sub: Any) -> None:
                     help="k-means restarts, the lowest inertia wins (default 10)")
     pc.add_argument("--eps", type=real_in(0.0), default=0.5, help="DBSCAN radius (default 0.5)")
     pc.add_argument("--min-samples", type=POSITIVE, default=5, help="DBSCAN core threshold (default 5)")
-    pc.add_argument("--metric", choices=["l2", "cosine"], default="l2", help="default l2")
+    pc.add_argument("--metric", choices=["l2", "cosine"], help="default l2 (cosine with --head)")
+    pc.add_argument("--head", choices=["scan", "temi"],
+                    help="instead of k-means: train a neighbour-consistency clustering head (SCAN or TEMI) on "
+                    "the exact cosine neighbours of the rows (embedcluster.ClusterHead; needs torch)")
+    pc.add_argument("--n-neighbors", type=POSITIVE, help="neighbours per point for --head (default 20)")
     pc.add_argument("--seed", type=int_at_least(0), default=0, help="random seed (default 0)")
     pc.add_argument("--scratch-dir", metavar="FOLDER",
                     help="DBSCAN on embeddings too large for memory: where its temporary reordered copy goes "

@@ -76,7 +76,7 @@ def _check_config(cfg: Any, where: str) -> Dict[str, Any]:
     _field(cfg, "format", where, lambda v: v == FORMAT, repr(FORMAT))
     _field(cfg, "version", where, lambda v: _is_int(v) and v == VERSION, f"{VERSION} (this version of embedcluster)")
     known = {"format", "version", "encoder", "normalize", "unknown_threshold", "unknown_quantile", "n_features",
-             "probe", "seed", "arrays"}
+             "probe", "seed", "arrays", "head"}
     if set(cfg) - known:
         raise ValueError(f"{where}: unknown fields {sorted(set(cfg) - known)}")
     _field(cfg, "normalize", where, lambda v: isinstance(v, bool), "true or false")
@@ -133,6 +133,12 @@ def _check_config(cfg: Any, where: str) -> Dict[str, Any]:
 def _check_arrays(arrays: Dict[str, np.ndarray], cfg: Dict[str, Any], where: str) -> None:
     """Names, checksums, dtypes, shapes and finiteness of a loaded pipeline's arrays."""
     expected = {"centers"} | ({"probe.weight", "probe.bias"} if cfg["probe"] is not None else set())
+    if cfg.get("head") is not None:
+        head = cfg["head"]
+        n_params = head.get("n_params") if isinstance(head, dict) else None
+        if n_params not in (2, 4):
+            raise ValueError(f"{where}: field 'head' should describe a cluster head with 2 or 4 parameter arrays")
+        expected |= {"head.input_mean"} | {f"head.param{i}" for i in range(n_params)}
     if set(arrays) != expected or set(cfg["arrays"]) != expected:
         raise ValueError(f"{where}: holds arrays {sorted(arrays)}, its config lists {sorted(cfg['arrays'])}; "
                          f"expected {sorted(expected)}")
@@ -164,6 +170,9 @@ class TransferClustering:
         :func:`embedcluster.encoders.load_encoder`.
     clusterer : an embedcluster estimator with ``fit`` and ``labels_`` (default:
         ``KMeans(n_clusters, n_init=10)``). DBSCAN works too: its noise is left out of the probe.
+        ``"scan"`` or ``"temi"``: a :class:`embedcluster.ClusterHead` of that method with
+        ``n_clusters`` clusters and ``seed``; a fitted ClusterHead is saved with the pipeline
+        and ``predict`` uses it when there is no probe.
     probe : train the linear probe (True) or predict by the nearest centre only (False).
     n_clusters : clusters of the default k-means.
     normalize : L2-normalise embeddings before clustering (cosine geometry).
@@ -180,7 +189,8 @@ class TransferClustering:
     Attributes (after fit)
     ----------------------
     embeddings_, labels_ (cluster of each training point), centers_, probe_ (or None),
-    unknown_threshold_, n_features_in_ (embedding dimension).
+    unknown_threshold_, n_features_in_ (embedding dimension), clusterer_ (the fitted clusterer),
+    head_clusters_ (the outputs of a clustering head that some point took, in cluster order).
     """
 
     def __init__(self, encoder: Any = None, clusterer: Any = None, probe: bool = True, *,
@@ -247,13 +257,14 @@ class TransferClustering:
         from .probe import self_label
 
         Z = self.embed(data) if Z is None else self._given(Z)
-        clusterer = self.clusterer if self.clusterer is not None else KMeans(
-            self.n_clusters, n_init=10, random_state=self.seed)
+        clusterer = self._make_clusterer(KMeans)
         labels = np.asarray(clusterer.fit(Z).labels_)
+        self.clusterer_ = clusterer
         ids = np.unique(labels[labels >= 0])
         if len(ids) == 0:
             raise ValueError("the clusterer found no cluster (all points are noise); loosen its parameters")
-        # Centres: the estimator's own, else the mean of each cluster's points (DBSCAN).
+        self.head_clusters_ = ids.astype(np.int64)  # the head's outputs in use (for a ClusterHead)
+        # Centres: the estimator's own, else the mean of each cluster's points (DBSCAN, heads).
         centers = getattr(clusterer, "cluster_centers_", None)
         if centers is None:
             remap = {int(c): i for i, c in enumerate(ids)}
@@ -271,6 +282,26 @@ class TransferClustering:
                                         epochs=self.probe_epochs, seed=self.seed)
         return self
 
+    def _make_clusterer(self, kmeans: Any) -> Any:
+        """The clusterer to fit: the one given, a ClusterHead for "scan" / "temi", else k-means."""
+        from .heads import METHODS, ClusterHead
+
+        if self.clusterer is None:
+            return kmeans(self.n_clusters, n_init=10, random_state=self.seed)
+        if isinstance(self.clusterer, str):
+            if self.clusterer not in METHODS:
+                raise ValueError(f"clusterer={self.clusterer!r}: a name should be one of {METHODS} (clustering "
+                                 "heads); pass an estimator object for anything else")
+            return ClusterHead(self.n_clusters, self.clusterer, random_state=self.seed)
+        return self.clusterer
+
+    def _head(self) -> Any:
+        """The fitted clustering head, when the clusterer is one."""
+        from .heads import ClusterHead
+
+        fitted = getattr(self, "clusterer_", None)
+        return fitted if isinstance(fitted, ClusterHead) and hasattr(fitted, "_params") else None
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "centers_"):
             raise ValueError("this TransferClustering is not fitted yet; call fit or load first")
@@ -287,7 +318,13 @@ class TransferClustering:
             raise ValueError(f"embeddings have {Z.shape[1]} features but the pipeline was fitted on "
                              f"{self.n_features_in_}")
         near, dist = _nearest(Z, self.centers_)
-        pred = self.probe_.predict(Z).astype(np.int64) if self.probe_ is not None else near.astype(np.int64)
+        head = self._head()
+        if self.probe_ is not None:
+            pred = self.probe_.predict(Z).astype(np.int64)
+        elif head is not None:
+            pred = self._head_clusters(head.predict(Z))
+        else:
+            pred = near.astype(np.int64)
         if flag_unknown:
             pred = np.where(dist > self.unknown_threshold_, -1, pred)
         return pred
@@ -311,6 +348,13 @@ class TransferClustering:
         if self.probe_ is not None:
             out["probe"] = metrics.clustering_report(y, self.probe_.predict(Z))
         return out
+
+    def _head_clusters(self, head_labels: np.ndarray) -> np.ndarray:
+        """The head's outputs in the pipeline's cluster numbering (the head's clusters in use,
+        renumbered 0.. in order); an output no training point took maps to -1."""
+        remap = np.full(int(self.clusterer_.n_clusters), -1, np.int64)
+        remap[self.head_clusters_] = np.arange(len(self.head_clusters_))
+        return remap[head_labels]
 
     # ------------------------------------------------------------------ save / load
     def _encoder_record(self, root: Path) -> Dict[str, Any]:
@@ -361,12 +405,17 @@ class TransferClustering:
             if self.probe_ is not None:
                 pa, probe_cfg = self.probe_.to_arrays()
                 arrays.update({f"probe.{k}": v for k, v in pa.items()})
+            head_cfg = None
+            if self._head() is not None:
+                ha, head_cfg = self._head().to_arrays()
+                head_cfg["clusters"] = [int(c) for c in self.head_clusters_]
+                arrays.update({f"head.{k}": v for k, v in ha.items()})
             arrays = {k: np.ascontiguousarray(v, np.float32) for k, v in arrays.items()}
             save_safetensors(snap / "arrays.safetensors", arrays, {"format": FORMAT})
             cfg = {"format": FORMAT, "version": VERSION, "encoder": self._encoder_record(snap),
                    "normalize": bool(self.normalize), "unknown_threshold": float(self.unknown_threshold_),
                    "unknown_quantile": float(self.unknown_quantile), "n_features": int(self.n_features_in_),
-                   "probe": probe_cfg, "seed": int(self.seed),
+                   "probe": probe_cfg, "seed": int(self.seed), "head": head_cfg,
                    "arrays": {k: sha256_array(v) for k, v in arrays.items()}}
             save_json(snap / "pipeline.json", cfg)
 
@@ -423,7 +472,25 @@ class TransferClustering:
         if cfg["probe"] is not None:
             self.probe_ = LinearProbe.from_arrays({"weight": arrays["probe.weight"], "bias": arrays["probe.bias"]},
                                                   cfg["probe"])
+        if cfg.get("head") is not None:
+            self._load_head(cfg["head"], arrays, where)
         return self
+
+    def _load_head(self, head_cfg: Dict[str, Any], arrays: Dict[str, np.ndarray], where: str) -> None:
+        """Restores the clustering head saved with the pipeline (checked like the rest)."""
+        from .heads import ClusterHead
+
+        head_cfg = dict(head_cfg)
+        clusters = head_cfg.pop("clusters", None)
+        head = ClusterHead.from_arrays({k[len("head."):]: v for k, v in arrays.items() if k.startswith("head.")},
+                                       head_cfg, where + " head")
+        k = int(head.n_clusters)
+        if not isinstance(clusters, list) or not all(_is_int(c) and 0 <= c < k for c in clusters) \
+                or len(set(clusters)) != len(clusters) or len(clusters) != self.centers_.shape[0]:
+            raise ValueError(f"{where} head: field 'clusters' should list {self.centers_.shape[0]} distinct "
+                             f"outputs of the head in [0, {k})")
+        self.clusterer = self.clusterer_ = head
+        self.head_clusters_ = np.asarray(clusters, np.int64)
 
     # ------------------------------------------------------------------ deployment
     def export_quantized(self, directory: PathLike, data: Any = None, y: Any = None, *,

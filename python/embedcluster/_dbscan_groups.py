@@ -424,13 +424,23 @@ class SpanGroups(Executor):
     offsets[s, g]); its rows are those runs read back in span order, ascending row index. Tasks
     run at once."""
 
+    RECENT = 4  # gathered groups kept: pairs come sorted by their first group, which repeats
+
     def __init__(self, store: np.ndarray, order: np.ndarray, offsets: np.ndarray, runs: np.ndarray):
         self.store, self.order, self.offsets, self.runs = store, order, offsets, runs
+        self._recent: dict = {}
 
     def _gather(self, source: np.ndarray, g: int) -> np.ndarray:
+        key = (source is self.store, g)
+        if key in self._recent:
+            return self._recent[key]
         spans = np.flatnonzero(self.runs[:, g])
         parts = [source[self.offsets[s, g]:self.offsets[s, g] + self.runs[s, g]] for s in spans]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else source[:0]
+        out = parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else source[:0]
+        if len(self._recent) >= self.RECENT:
+            self._recent.pop(next(iter(self._recent)))
+        self._recent[key] = out
+        return out
 
     def rows(self, g: int) -> np.ndarray:
         return self._gather(self.store, g)

@@ -2,6 +2,7 @@
 // algorithm (knn, kmeans, dbscan), the build's description (info) and the shared conversions
 // and GIL handling (common); python/embedcluster/_core.pyi lists everything bound here.
 #include "common.hpp"
+#include "../cuda/gpu_bindings.hpp"
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "embedcluster native engine (float32, C-contiguous arrays in, numpy arrays and result objects out). "
@@ -13,5 +14,8 @@ PYBIND11_MODULE(_core, m) {
   ecpy::bind_kmeans_chunk(m);
   ecpy::bind_dbscan(m);
   ecpy::bind_info(m);
+  // The GPU engine's host model: the CPU tests check its logic against this engine.
+  auto model = m.def_submodule("cuda_model", "Host model of the CUDA engine (same algorithms, loops instead of GPU threads).");
+  ecgpu::bind_gpu_backend(model, ec::gpu::model_backend(), false);
   ecpy::bind_common(m);  // last: it registers the atexit hook, once everything else is bound
 }

@@ -1,5 +1,6 @@
 # Type stub of embedcluster._core, the native engine's bindings (csrc/bindings). Keep it equal to
 # what the module exposes: tests/test_core_stub.py compares names, members and parameters.
+from types import ModuleType as _ModuleType
 from typing import ClassVar, Literal, TypedDict, Union, overload
 
 import numpy as np
@@ -362,3 +363,6 @@ def _kernel_product(name: str, a: _F32, b: _F32, gathered: bool = False) -> _F32
 def _amx_tile_peak(iterations: int) -> float: ...
 def _stop_native_work_at_exit() -> int: ...
 def _set_exit_wait(seconds: float) -> None: ...
+
+# The host model of the CUDA engine (csrc/cuda; embedcluster.cuda with engine="model").
+cuda_model: _ModuleType

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <functional>
@@ -23,6 +24,15 @@
 namespace ec {
 
 using idx_t = std::int64_t;  // every size and index is 64-bit: n*n and n*d overflow int32 early
+
+/// A double as text ("%.*g"), without iostreams: a C++ stream's number facets crashed inside this
+/// module on one machine (Python 3.12 with GCC 13's libstdc++), so the core reads and writes
+/// numbers with the C library only.
+inline std::string format_number(double v, int precision = 6) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%.*g", precision, v);
+  return buf;
+}
 
 /// Distance or similarity used by an operation.
 enum class Metric : int {

@@ -10,8 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
-#include <fstream>
-#include <sstream>
+#include <cstdio>
 #include <string>
 #include <thread>
 #include <vector>
@@ -24,12 +23,34 @@ namespace ec {
 
 namespace {
 
+/// The lines of a text file (none when it cannot be read), with the C library (see
+/// format_number for why not iostreams).
+std::vector<std::string> read_lines(const std::string& path) {
+  std::vector<std::string> lines;
+  std::FILE* f = std::fopen(path.c_str(), "r");
+  if (!f) return lines;
+  std::string line;
+  char buf[512];
+  while (std::fgets(buf, sizeof(buf), f)) {
+    line += buf;
+    if (!line.empty() && line.back() == '\n') {
+      line.pop_back();
+      lines.push_back(line);
+      line.clear();
+    }
+  }
+  if (!line.empty()) lines.push_back(line);
+  std::fclose(f);
+  return lines;
+}
+
 /// First number in a file (0 when absent or unreadable; "max" reads as 0 too).
 double read_number(const std::string& path) {
-  std::ifstream f(path);
-  double v = 0.0;
-  if (!(f >> v)) return 0.0;
-  return v;
+  const std::vector<std::string> lines = read_lines(path);
+  if (lines.empty()) return 0.0;
+  char* end = nullptr;
+  const double v = std::strtod(lines[0].c_str(), &end);
+  return end == lines[0].c_str() ? 0.0 : v;
 }
 
 /// Bytes the process's memory cgroups still allow (the least over the cgroup and its ancestors;
@@ -41,9 +62,7 @@ double cgroup_room() {
   const char* root_env = std::getenv("EMBEDCLUSTER_TEST_CGROUP_ROOT");
   const std::string root = root_env && *root_env ? root_env : "/sys/fs/cgroup";
   double room = std::numeric_limits<double>::infinity();
-  std::ifstream f(proc_env && *proc_env ? proc_env : "/proc/self/cgroup");
-  std::string line;
-  while (std::getline(f, line)) {
+  for (const std::string& line : read_lines(proc_env && *proc_env ? proc_env : "/proc/self/cgroup")) {
     // "0::/path" (v2) or "N:memory:/path" (v1; also "N:cpu,memory:/path").
     const auto a = line.find(':'), b = line.find(':', a + 1);
     if (a == std::string::npos || b == std::string::npos) continue;
@@ -165,13 +184,9 @@ void ensure_threads(int n) {
 
 double default_memory_limit() {
   double avail = 0.0;
-  std::ifstream f("/proc/meminfo");
-  std::string line;
-  while (std::getline(f, line)) {
+  for (const std::string& line : read_lines("/proc/meminfo")) {
     if (line.rfind("MemAvailable:", 0) == 0) {
-      std::istringstream in(line.substr(13));
-      double kib = 0.0;
-      in >> kib;
+      const double kib = std::strtod(line.c_str() + 13, nullptr);
       avail = kib * 1024.0;
       break;
     }

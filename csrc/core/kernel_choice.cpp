@@ -13,7 +13,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
-#include <sstream>
 
 #include "engine.hpp"
 
@@ -39,18 +38,13 @@ std::vector<float> pseudo_random(idx_t count, std::uint64_t state) {
 bool corruption_requested(const char* name) {
   const char* env = std::getenv("EMBEDCLUSTER_SELFTEST_FAIL");
   if (!env) return false;
-  std::stringstream names(env);
-  std::string item;
-  while (std::getline(names, item, ','))
-    if (item == name) return true;
-  return false;
+  const std::string names = std::string(",") + env + ",";
+  return names.find(std::string(",") + name + ",") != std::string::npos;
 }
 
 std::string describe(const char* what, idx_t i, idx_t j, double got, double want, double bound) {
-  std::ostringstream out;
-  out.precision(9);
-  out << what << " [" << i << ", " << j << "] = " << got << ", reference " << want << ", allowed error " << bound;
-  return out.str();
+  return std::string(what) + " [" + std::to_string(i) + ", " + std::to_string(j) + "] = " + format_number(got, 9) +
+         ", reference " + format_number(want, 9) + ", allowed error " + format_number(bound, 9);
 }
 
 struct TestTile {

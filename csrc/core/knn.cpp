@@ -6,7 +6,6 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
-#include <sstream>
 #include <string>
 
 #include "border_key.hpp"
@@ -416,10 +415,8 @@ class ResultBudget {
  private:
   [[noreturn]] void fail_now(double needed) const {
     auto mib = [](double v) { return std::to_string(static_cast<long long>(v / 1048576.0 + 0.5)) + " MiB"; };
-    std::ostringstream r;
-    r << p_.radius;
     throw MemoryLimitError(
-        "radius search with radius=" + r.str() + (p_.metric == Metric::L2 ? " (a squared distance)" : "") +
+        "radius search with radius=" + format_number(p_.radius) + (p_.metric == Metric::L2 ? " (a squared distance)" : "") +
         " finds more neighbours than memory_limit = " + mib(p_.memory_limit) + " holds (it needed more than " +
         mib(needed) + " before finishing); use a smaller radius, count the neighbours first with radius_count, "
         "query fewer rows at a time, or raise memory_limit");

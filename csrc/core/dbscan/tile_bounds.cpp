@@ -5,7 +5,6 @@
 #include <atomic>
 #include <cmath>
 #include <limits>
-#include <sstream>
 #include <string>
 
 #include "bounds.hpp"
@@ -156,9 +155,7 @@ void TileBounds::build_partners(double fixed_bytes, double allowance) {
       const auto cap = static_cast<std::int64_t>(partners_[a].capacity());
       const double slots = static_cast<double>(pair_slots.fetch_add(cap) + cap);
       if (limit > 0.0 && fixed_bytes + 9.0 * std::max(0.0, slots - allowance) > limit) {
-        std::ostringstream eps;
-        eps << F_.p.eps;
-        throw MemoryLimitError("DBSCAN with eps=" + eps.str() + " on " + std::to_string(F_.n) +
+        throw MemoryLimitError("DBSCAN with eps=" + format_number(F_.p.eps) + " on " + std::to_string(F_.n) +
                                " rows finds more tile pairs within reach than memory_limit = " +
                                std::to_string(static_cast<long long>(limit / 1048576.0 + 0.5)) + " MiB holds (" +
                                std::to_string(static_cast<long long>(slots)) + " pairs of " + std::to_string(T) +

@@ -174,3 +174,72 @@ def test_model_band_covers_tf32_rounding():
     exact = _brute(X, X, "l2")
     np.fill_diagonal(exact, np.inf)
     np.testing.assert_array_equal(dist, np.sort(exact, axis=1)[:, :5].astype(np.float32))
+
+
+# ---- The estimators' backend="cuda", run on the host model (EMBEDCLUSTER_CUDA_ENGINE=model).
+
+@pytest.fixture
+def model_engine(monkeypatch):
+    monkeypatch.setenv("EMBEDCLUSTER_CUDA_ENGINE", "model")
+
+
+def test_kmeans_estimator_cuda_backend_equals_native(model_engine):
+    from embedcluster import KMeans
+
+    X = _blobs(500, 7, 6, 12, noise=0.3)
+    init = X[:6].copy()
+    gpu = KMeans(6, init=init, max_iter=30, backend="cuda").fit(X)
+    cpu = KMeans(6, init=init, max_iter=30, backend="native").fit(X)
+    assert gpu.backend_ == "cuda"
+    np.testing.assert_array_equal(gpu.labels_, cpu.labels_)
+    np.testing.assert_array_equal(gpu.cluster_centers_, cpu.cluster_centers_)
+    assert gpu.inertia_ == cpu.inertia_ and gpu.n_iter_ == cpu.n_iter_
+    np.testing.assert_array_equal(gpu.predict(X[:50]), cpu.predict(X[:50]))
+    gpu_par = KMeans(6, init="k-means||", random_state=3, backend="cuda").fit(X)
+    cpu_par = KMeans(6, init="k-means||", random_state=3, backend="native").fit(X)
+    np.testing.assert_array_equal(gpu_par.labels_, cpu_par.labels_)
+    with pytest.raises(ValueError, match="not available on the CUDA backend"):
+        KMeans(6, init="k-means++", backend="cuda").fit(X)
+
+
+def test_dbscan_estimator_cuda_backend_equals_native(model_engine):
+    from embedcluster import DBSCAN
+
+    X = _blobs(400, 5, 5, 13, noise=0.1)
+    gpu = DBSCAN(eps=0.3, min_samples=4, backend="cuda").fit(X)
+    cpu = DBSCAN(eps=0.3, min_samples=4, backend="native").fit(X)
+    np.testing.assert_array_equal(gpu.labels_, cpu.labels_)
+    np.testing.assert_array_equal(gpu.core_sample_indices_, cpu.core_sample_indices_)
+    np.testing.assert_array_equal(gpu.components_, cpu.components_)
+    assert gpu.n_clusters_ == cpu.n_clusters_
+    np.testing.assert_array_equal(gpu.predict(X[::7] + 0.01), cpu.predict(X[::7] + 0.01))
+
+
+def test_neighbors_estimator_cuda_backend_equals_native(model_engine):
+    from embedcluster import NearestNeighbors
+
+    X = _ties(300, 6, 14)
+    for metric in ("euclidean", "sqeuclidean", "cosine"):
+        Xm = X.copy()
+        if metric == "cosine":
+            Xm[np.linalg.norm(Xm, axis=1) == 0] = 1.0
+        gpu = NearestNeighbors(n_neighbors=5, metric=metric, backend="cuda").fit(Xm)
+        cpu = NearestNeighbors(n_neighbors=5, metric=metric, backend="native").fit(Xm)
+        for q in (None, Xm[::4]):
+            gd, gi = gpu.kneighbors(q)
+            cd, ci = cpu.kneighbors(q)
+            np.testing.assert_array_equal(gi, ci)
+            np.testing.assert_array_equal(gd, cd)
+        gr = gpu.radius_neighbors(Xm[:10], radius=1.5)
+        cr = cpu.radius_neighbors(Xm[:10], radius=1.5)
+        for a, b in zip(gr[1], cr[1]):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(_ok, reason="a usable CUDA engine is present here")
+def test_cuda_backend_says_why_it_cannot_run(monkeypatch):
+    from embedcluster import KMeans
+
+    monkeypatch.delenv("EMBEDCLUSTER_CUDA_ENGINE", raising=False)
+    with pytest.raises(RuntimeError, match="backend='cuda'.*backend='native'"):
+        KMeans(3, backend="cuda").fit(_blobs(50, 3, 3, 0))

@@ -28,7 +28,7 @@ except ImportError as exc:  # pragma: no cover - only without a build
     _core = None  # type: ignore[assignment]
     _CORE_ERROR = str(exc)
 
-BACKENDS = ("auto", "native", "faiss")
+BACKENDS = ("auto", "native", "faiss", "cuda")
 
 # The one table of metric names: public name -> (the engine's metric, whether the distances
 # reported to the user are the square roots of the engine's values). The engine computes
@@ -83,13 +83,40 @@ def native_available() -> bool:
     return _core is not None
 
 
-def resolve_backend(backend: str, capability: str) -> str:
-    """Returns ``"native"`` or ``"faiss"`` for the requested backend (one of ``BACKENDS``, as the
-    estimators' parameter constraints check).
+def cuda_engine() -> str:
+    """The engine behind ``backend="cuda"``: the GPU, or (``EMBEDCLUSTER_CUDA_ENGINE=model``, for
+    tests on machines without one) the host model of the same algorithms."""
+    return "model" if os.environ.get("EMBEDCLUSTER_CUDA_ENGINE") == "model" else "cuda"
 
-    ``auto`` uses the native engine and falls back to FAISS, logging the reason, when the
-    native build is missing (``capability`` names what was needed, for the message).
+
+def _cuda_or_raise(capability: str, why_here: str = "") -> str:
+    from . import cuda
+
+    if cuda_engine() == "model":
+        return "cuda"
+    ok, why = cuda.available()
+    if not ok:
+        raise RuntimeError(f"backend='cuda' for {capability}: the CUDA engine cannot run here ({why}){why_here}; "
+                           "use backend='native' (the CPU engine gives the same results)")
+    return "cuda"
+
+
+def resolve_backend(backend: str, capability: str, X: Any = None) -> str:
+    """Returns ``"native"``, ``"faiss"`` or ``"cuda"`` for the requested backend (one of
+    ``BACKENDS``, as the estimators' parameter constraints check).
+
+    ``auto`` uses the CUDA engine for data already on a GPU (``X`` with
+    ``__cuda_array_interface__``), else the native engine, falling back to FAISS, logging the
+    reason, when the native build is missing (``capability`` names what was needed, for the
+    message).
     """
+    from .cuda import is_device_array
+
+    if backend == "cuda":
+        return _cuda_or_raise(capability)
+    if backend == "auto" and X is not None and is_device_array(X):
+        return _cuda_or_raise(capability, "; X is on a GPU: move it to the host (e.g. X.cpu().numpy()) for the "
+                                          "CPU engine")
     if backend == "native":
         if _core is None:
             raise ImportError(

@@ -59,6 +59,18 @@ def available() -> Tuple[bool, str]:
     return bool(ok), str(why)
 
 
+def to_host(X: Any) -> np.ndarray:
+    """A host (numpy) copy of an array: numpy as is, a device array copied back."""
+    if not is_device_array(X):
+        return np.asarray(X)
+    mod = type(X).__module__
+    if mod.startswith("torch"):
+        return X.detach().cpu().numpy()
+    if mod.startswith("cupy"):
+        return X.get()
+    return np.asarray(X)
+
+
 def is_device_array(X: Any) -> bool:
     """True for arrays in GPU memory (``__cuda_array_interface__``: PyTorch CUDA tensors, CuPy)."""
     try:
@@ -248,12 +260,13 @@ class _Stats:
 
 def kmeans(X: Any, n_clusters: int, init: Any = "k-means||", *, max_iter: int = 300, tol: float = 1e-4,
            metric: EngineMetric = "l2", seed: int = 0, n_init: int = 1, sample_weight: Optional[np.ndarray] = None,
-           engine: str = "cuda") -> Any:
+           engine: str = "cuda", device_labels: bool = True) -> Any:
     """k-means on the GPU: the CPU engine's ``kmeans_fit`` (same init, same Lloyd loop, same
     fixed-point sums), so the result (centres, labels, inertia, iterations) is bit-identical to
     ``embedcluster.KMeans`` on the CPU from the same initial centres. ``init``: an array of initial
     centres or ``"k-means||"`` (seeded on the CPU engine). Returns the fields of
-    :class:`embedcluster._chunked.ChunkedFit`; ``labels`` is in the input's framework."""
+    :class:`embedcluster._chunked.ChunkedFit`; ``labels`` is in the input's framework (numpy with
+    ``device_labels=False``)."""
     from ._chunked import FitParams, fit_over_chunks
 
     if metric not in ("l2", "cosine"):
@@ -264,6 +277,6 @@ def kmeans(X: Any, n_clusters: int, init: Any = "k-means||", *, max_iter: int = 
     if not isinstance(init, str):
         init = np.ascontiguousarray(init, dtype=np.float32)
     fit = fit_over_chunks(runner, init, params, int(seed), int(n_init))
-    if runner.x.framework != "numpy":
+    if device_labels and runner.x.framework != "numpy":
         fit.labels = runner.x.output(runner.mod.DeviceArray.from_numpy(np.ascontiguousarray(fit.labels)))
     return fit

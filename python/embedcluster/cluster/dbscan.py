@@ -68,7 +68,7 @@ class DBSCAN(ClusterMixin, BaseEstimator):
         Neighbours within eps, the point itself included, that make a core point (as
         scikit-learn).
     metric : {"euclidean", "l2", "cosine"}, default="euclidean"
-    backend : {"auto", "native", "faiss"}, default="auto"
+    backend : {"auto", "native", "faiss", "cuda"}, default="auto"
         "faiss" builds the neighbourhood graph with a FAISS range search (more memory).
     n_threads : int or None, default=None
     memory_limit : int or None, default=None
@@ -130,10 +130,12 @@ class DBSCAN(ClusterMixin, BaseEstimator):
         self._validate_params()
         metric = engine_metric(self.metric)
         memory_limit = memory_limit_arg(self.memory_limit)
+        backend = resolve_backend(self.backend, "DBSCAN", X)
+        if backend == "cuda":
+            return self._fit_cuda(X, metric)
         if _streams(X, self.memory_limit):
             return self._fit_streamed(X, metric)
         X = as_matrix(X, estimator="DBSCAN")
-        backend = resolve_backend(self.backend, "DBSCAN")
         if backend == "native":
             r = _core.dbscan_fit(X, float(self.eps), int(self.min_samples), metric,
                                  n_threads=threads_arg(self.n_threads), memory_limit=memory_limit)
@@ -149,6 +151,24 @@ class DBSCAN(ClusterMixin, BaseEstimator):
         self.n_clusters_ = int(self.labels_.max() + 1) if len(self.labels_) else 0
         self.n_features_in_ = X.shape[1]
         self.backend_ = backend
+        return self
+
+    def _fit_cuda(self, X: Any, metric: EngineMetric) -> DBSCAN:
+        """fit on the CUDA engine (embedcluster.cuda.dbscan): the CPU engine's labels."""
+        from .. import cuda
+        from .._backend import cuda_engine
+
+        if not cuda.is_device_array(X):
+            X = as_matrix(X, estimator="DBSCAN")
+        labels, is_core, _, n_clusters = cuda.dbscan(X, float(self.eps), int(self.min_samples), metric,
+                                                     engine=cuda_engine())
+        self.labels_ = np.asarray(cuda.to_host(labels), dtype=np.int64)
+        self.core_sample_indices_ = np.flatnonzero(np.asarray(is_core, dtype=bool))
+        self.components_ = np.ascontiguousarray(cuda.to_host(X)[self.core_sample_indices_], dtype=np.float32)
+        self.n_clusters_ = int(n_clusters)
+        self.n_features_in_ = int(X.shape[1])
+        self.stats_ = {}
+        self.backend_ = "cuda"
         return self
 
     def _fit_streamed(self, X: Any, metric: EngineMetric) -> DBSCAN:
@@ -197,7 +217,7 @@ class DBSCAN(ClusterMixin, BaseEstimator):
 
             d0, i0 = nearest_over_blocks(self.components_, X, metric, STREAM_ROWS, threads_arg(self.n_threads))
             dist, idx = d0[:, None], i0[:, None]
-        elif self.backend_ == "native":
+        elif self.backend_ in ("native", "cuda"):  # after a GPU fit, new rows are placed on the CPU
             dist, idx = _core.knn_search(self.components_, X, 1, metric, n_threads=threads_arg(self.n_threads),
                                          memory_limit=memory_limit_arg(self.memory_limit))
         else:

@@ -65,7 +65,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     random_state : int, RandomState, Generator or None, default=None
         Seed for the initialisation. The same seed gives bit-identical results for any
         number of threads.
-    backend : {"auto", "native", "faiss"}, default="auto"
+    backend : {"auto", "native", "faiss", "cuda"}, default="auto"
         Engine. "faiss" uses faiss.Kmeans on all points (no sample weights beyond FAISS's
         support, no tol).
     n_threads : int or None, default=None
@@ -143,7 +143,9 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             self.__dict__.pop(stale, None)
         memory_limit = memory_limit_arg(self.memory_limit)
         metric = engine_metric(self.metric)
-        backend = resolve_backend(self.backend, "k-means")
+        backend = resolve_backend(self.backend, "k-means", X)
+        if backend == "cuda":
+            return self._fit_cuda(X, sample_weight, metric)
         if streamed_rows(X) is not None:
             return self._fit_streamed(streamed_rows(X), sample_weight, backend, metric)
         # The native fit checks NaN / infinity in its first pass over the data.
@@ -197,6 +199,35 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.mover_fraction_ = movers
         self.n_features_in_ = d
         self.backend_ = backend
+
+    def _fit_cuda(self, X: Any, sample_weight: Any, metric: EngineMetric) -> KMeans:
+        """fit on the CUDA engine (embedcluster.cuda.kmeans): the same Lloyd loop and fixed-point
+        sums as the CPU engine, so the same initial centres give the same result."""
+        from .. import cuda
+        from .._backend import cuda_engine
+
+        if not cuda.is_device_array(X):
+            X = as_matrix(X, estimator="KMeans")
+        n, d = int(X.shape[0]), int(X.shape[1])
+        if n < self.n_clusters:
+            raise ValueError(f"n_samples={n} should be >= n_clusters={self.n_clusters}.")
+        w = as_weights(sample_weight, n)
+        init: Any = self.init
+        if isinstance(init, str):
+            if init not in ("auto", "k-means||"):
+                raise ValueError(f"init={init!r} is not available on the CUDA backend; use init='k-means||' "
+                                 "(or 'auto') or an array of initial centres")
+            init = "k-means||"
+        else:
+            init = as_matrix(init, "init", estimator="KMeans")
+            if init.shape != (self.n_clusters, d):
+                raise ValueError(f"init has shape {init.shape} but should be (n_clusters, n_features) = "
+                                 f"({self.n_clusters}, {d})")
+        r = cuda.kmeans(X, int(self.n_clusters), init, max_iter=int(self.max_iter), tol=float(self.tol), metric=metric,
+                        seed=seed_of(self.random_state), n_init=int(self.n_init), sample_weight=w,
+                        engine=cuda_engine(), device_labels=False)
+        self._store(r.centers, r.labels, r.inertia, r.n_iter, None, None, d, "cuda")
+        return self
 
     def _fit_streamed(self, X: Any, sample_weight: Any, backend: str, metric: EngineMetric) -> KMeans:
         """fit on rows read block by block (shards, memory maps of another dtype): the engine's
@@ -309,7 +340,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         X = as_matrix(X, estimator="KMeans")
         check_features(self, X)
         metric = engine_metric(self.metric)
-        if self.backend_ == "native":
+        if self.backend_ in ("native", "cuda"):  # after a GPU fit, new rows are assigned on the CPU (same results)
             return _core.kmeans_assign(self.cluster_centers_, X, metric, n_threads=threads_arg(self.n_threads),
                                        precision=precision_arg(self.precision),
                                        memory_limit=memory_limit_arg(self.memory_limit))

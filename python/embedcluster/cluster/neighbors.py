@@ -112,6 +112,13 @@ def check_k_available(k: int, n_samples_fit: int, self_join: bool, n_queries: in
         )
 
 
+def _host_rows(X: Any) -> Any:
+    """Device arrays copied to the host; anything else as it is."""
+    from .. import cuda
+
+    return cuda.to_host(X) if cuda.is_device_array(X) else X
+
+
 class NearestNeighbors(BaseEstimator):
     """Exact k-nearest-neighbour and radius search (brute force on fast tiles, exact results).
 
@@ -123,7 +130,7 @@ class NearestNeighbors(BaseEstimator):
         Radius of :meth:`radius_neighbors` when none is given, in the metric's units.
     metric : {"euclidean", "l2", "sqeuclidean", "cosine", "inner_product"}, default="euclidean"
         "inner_product" ranks by the dot product, largest first, and reports the dot products.
-    backend : {"auto", "native", "faiss"}, default="auto"
+    backend : {"auto", "native", "faiss", "cuda"}, default="auto"
     n_threads : int or None, default=None
     precision : {"auto", "fp32"}, default="auto"
         "auto" uses the kernel set measured fastest on this CPU at first use (bf16 tile products
@@ -181,6 +188,8 @@ class NearestNeighbors(BaseEstimator):
         reference to a streamed X (a memory map or ShardedArray; see the class notes)."""
         self._validate_params()
         memory_limit_arg(self.memory_limit)
+        if resolve_backend(self.backend, "nearest neighbours", X) == "cuda":
+            return self._fit_cuda(X)
         streamed = stream_source(X, self.memory_limit)
         if streamed is not None:
             return self._fit_streamed(streamed)
@@ -193,6 +202,40 @@ class NearestNeighbors(BaseEstimator):
         self.n_features_in_ = X.shape[1]
         self.backend_ = resolve_backend(self.backend, "nearest neighbours")
         return self
+
+    def _fit_cuda(self, X: Any) -> NearestNeighbors:
+        """Keeps X (a device array as it is, anything else as float32) for the CUDA engine's
+        kneighbors; radius queries and graphs run on the CPU engine from a host copy."""
+        from .. import cuda
+
+        if not cuda.is_device_array(X):
+            X = as_matrix(X, estimator="NearestNeighbors")
+        self._fit_X = X
+        self._streamed = False
+        self.n_samples_fit_ = int(X.shape[0])
+        self.n_features_in_ = int(X.shape[1])
+        self.backend_ = "cuda"
+        return self
+
+    def _host_twin(self) -> NearestNeighbors:
+        """The same estimator fitted on the CPU engine with a host copy of the rows (radius queries)."""
+        twin = getattr(self, "_twin", None)
+        if twin is None:
+            params = {**self.get_params(), "backend": "native"}
+            twin = self._twin = NearestNeighbors(**params).fit(_host_rows(self._fit_X))
+        return twin
+
+    def _kneighbors_cuda(self, X: Any, k: int):
+        from .. import cuda
+        from .._backend import cuda_engine
+
+        self_join = X is None
+        if not self_join and not cuda.is_device_array(X):
+            X = as_matrix(X, estimator="NearestNeighbors")
+            check_features(self, X)
+        check_k_available(k, self.n_samples_fit_, self_join, self.n_samples_fit_ if self_join else int(X.shape[0]))
+        dist, idx = cuda.kneighbors(self._fit_X, X, k, engine_metric(self.metric), engine=cuda_engine())
+        return cuda.to_host(dist), np.asarray(cuda.to_host(idx), dtype=np.int64)
 
     def _fit_streamed(self, X: Any) -> NearestNeighbors:
         backend = resolve_backend(self.backend, "nearest neighbours")
@@ -271,6 +314,9 @@ class NearestNeighbors(BaseEstimator):
         scikit-learn does when X is passed: half the products, the one-sided scan's results.
         """
         k = check_n_neighbors(self.n_neighbors if n_neighbors is None else n_neighbors)
+        if getattr(self, "backend_", None) == "cuda":
+            dist, idx = self._kneighbors_cuda(X, k)
+            return (self._report(dist), idx) if return_distance else idx
         Q, self_join, streamed = self._queries(X)
         check_k_available(k, self.n_samples_fit_, self_join, int(Q.shape[0]))
         metric = engine_metric(self.metric)
@@ -301,6 +347,9 @@ class NearestNeighbors(BaseEstimator):
             raise ValueError(f"radius={r!r} should be a finite number >= 0")
         if self.metric == "inner_product":
             raise ValueError("radius queries need a distance metric, not 'inner_product'")
+        if getattr(self, "backend_", None) == "cuda":  # the CUDA engine has no radius search yet
+            return self._host_twin().radius_neighbors(None if X is None else _host_rows(X), r, return_distance,
+                                                      sort_results)
         Q, self_join, streamed = self._queries(X)
         metric = engine_metric(self.metric)
         r_engine = r * r if reports_sqrt(self.metric) else r

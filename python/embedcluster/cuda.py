@@ -49,6 +49,23 @@ def _module(engine: str) -> Any:
     return _cuda
 
 
+def compiled() -> bool:
+    """Whether this installation has the CUDA engine (built where CMake found a CUDA compiler)."""
+    try:
+        importlib.import_module("embedcluster._cuda")
+    except ImportError:
+        return False
+    return True
+
+
+def device_summary() -> str:
+    """The first CUDA device in words ('' when there is none or no CUDA engine)."""
+    try:
+        return str(importlib.import_module("embedcluster._cuda").device_summary())
+    except ImportError:
+        return ""
+
+
 def available() -> Tuple[bool, str]:
     """Whether the CUDA engine can run here, and why not (``(True, "")`` when it can)."""
     try:

@@ -48,9 +48,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(f"  kernels       : {b.get('kernels_active')} (available: {', '.join(b.get('kernels_available', []))})")
         print("\n".join(_kernel_lines(info["kernels"], info["kernel_warnings"])))
         print(f"  -march=native : {'yes' if b.get('march_native') else 'no (portable build, run-time dispatch)'}")
-        print(f"  CUDA          : {'compiled' if b.get('cuda_compiled') else 'not compiled'}")
     else:
         print(f"  native engine : NOT AVAILABLE ({info['native_error']})")
+    c = info["cuda"]
+    cuda_line = ("not compiled (no CUDA compiler at build time)" if not c["compiled"]
+                 else f"available: {c['device']}" if c["available"] else f"compiled, cannot run here: {c['why_not']}")
+    print(f"  CUDA engine   : {cuda_line}")
     print(f"  backends      : {', '.join(info['backends']) or 'none'}")
     for k, v in sorted(info["environment"].items()):
         print(f"  env {k}={v}")

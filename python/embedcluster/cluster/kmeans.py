@@ -200,6 +200,27 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.n_features_in_ = d
         self.backend_ = backend
 
+    def _over_chunks_init(self, X: Any, sample_weight: Any, refusal: str):
+        """(d, weights, init) for a fit over chunks (streamed or on the GPU): init "k-means||"
+        ("auto" too: k-means++ and random read the data once per centre, so they are refused
+        with `refusal`) or an array of initial centres."""
+        n, d = int(X.shape[0]), int(X.shape[1])
+        if n < self.n_clusters:
+            raise ValueError(f"n_samples={n} should be >= n_clusters={self.n_clusters}.")
+        w = as_weights(sample_weight, n)
+        init: Any = self.init
+        if isinstance(init, str):
+            if init in ("k-means++", "random"):
+                raise ValueError(f"init={init!r} {refusal}: use init='k-means||' (or 'auto') or an array of "
+                                 "initial centres")
+            init = "k-means||"
+        else:
+            init = as_matrix(init, "init", estimator="KMeans")
+            if init.shape != (self.n_clusters, d):
+                raise ValueError(f"init has shape {init.shape} but should be (n_clusters, n_features) = "
+                                 f"({self.n_clusters}, {d})")
+        return d, w, init
+
     def _fit_cuda(self, X: Any, sample_weight: Any, metric: EngineMetric) -> KMeans:
         """fit on the CUDA engine (embedcluster.cuda.kmeans): the same Lloyd loop and fixed-point
         sums as the CPU engine, so the same initial centres give the same result."""
@@ -208,21 +229,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
 
         if not cuda.is_device_array(X):
             X = as_matrix(X, estimator="KMeans")
-        n, d = int(X.shape[0]), int(X.shape[1])
-        if n < self.n_clusters:
-            raise ValueError(f"n_samples={n} should be >= n_clusters={self.n_clusters}.")
-        w = as_weights(sample_weight, n)
-        init: Any = self.init
-        if isinstance(init, str):
-            if init not in ("auto", "k-means||"):
-                raise ValueError(f"init={init!r} is not available on the CUDA backend; use init='k-means||' "
-                                 "(or 'auto') or an array of initial centres")
-            init = "k-means||"
-        else:
-            init = as_matrix(init, "init", estimator="KMeans")
-            if init.shape != (self.n_clusters, d):
-                raise ValueError(f"init has shape {init.shape} but should be (n_clusters, n_features) = "
-                                 f"({self.n_clusters}, {d})")
+        d, w, init = self._over_chunks_init(X, sample_weight, "is not available on the CUDA backend")
         r = cuda.kmeans(X, int(self.n_clusters), init, max_iter=int(self.max_iter), tol=float(self.tol), metric=metric,
                         seed=seed_of(self.random_state), n_init=int(self.n_init), sample_weight=w,
                         engine=cuda_engine(), device_labels=False)
@@ -238,21 +245,9 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         if backend != "native":
             raise ValueError("backend='faiss' needs X as one in-memory array; sharded or memory-mapped "
                              "input is streamed by the native engine (backend='native')")
-        n, d = int(X.shape[0]), int(X.shape[1])
-        if n < self.n_clusters:
-            raise ValueError(f"n_samples={n} should be >= n_clusters={self.n_clusters}.")
-        w = as_weights(sample_weight, n)
-        init: Any = self.init
-        if isinstance(init, str):
-            if init in ("k-means++", "random"):
-                raise ValueError(f"init={init!r} needs X as one in-memory array; for sharded or memory-mapped "
-                                 "input use init='k-means||' (or 'auto') or an array of initial centres")
-            init = "k-means||"  # "auto" too: k-means++ would read the data k times
-        else:
-            init = as_matrix(init, "init", estimator="KMeans")
-            if init.shape != (self.n_clusters, d):
-                raise ValueError(f"init has shape {init.shape} but should be (n_clusters, n_features) = "
-                                 f"({self.n_clusters}, {d})")
+        n = int(X.shape[0])
+        d, w, init = self._over_chunks_init(X, sample_weight, "needs X as one in-memory array; for sharded or "
+                                                              "memory-mapped input")
         prune = self.n_clusters >= _core.KMEANS_PRUNE_MIN_K if isinstance(self.prune, str) else bool(self.prune)
         params = FitParams(int(self.n_clusters), metric=metric, max_iter=int(self.max_iter), tol=float(self.tol),
                            prune=prune, weighted=w is not None)

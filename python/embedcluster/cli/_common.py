@@ -193,6 +193,58 @@ def data_help(what: str) -> str:
             "'digits' or 'fashion-mnist[:train|test]'")
 
 
+def image_size(text: str) -> Any:
+    """--image-size: 'auto', a side in pixels, or HEIGHTxWIDTH."""
+    if text == "auto":
+        return text
+    parts = text.lower().split("x")
+    try:
+        sides = [int(p) for p in parts]
+    except ValueError:
+        sides = []
+    if len(sides) not in (1, 2) or min(sides) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} should be 'auto', a side in pixels (e.g. 96) or "
+                                         "HEIGHTxWIDTH (e.g. 64x96)")
+    return sides[0] if len(sides) == 1 else sides
+
+
+def layer_list(text: str) -> Any:
+    """--layer: one layer name, or several separated by commas (concatenated)."""
+    names = [p.strip() for p in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"{text!r} should be a layer name or names separated by commas "
+                                         "(e.g. block10,block14,head)")
+    return names[0] if len(names) == 1 else names
+
+
+def add_encoder_options(parser: argparse.ArgumentParser) -> None:
+    """The flags that shape a pretrained image encoder (--image-size, --invert, --layer)."""
+    parser.add_argument("--image-size", type=image_size, metavar="SIZE",
+                        help="with --encoder: the side images are resized to before the network, 'auto' "
+                        "(EfficientNet-Lite's default: small images enlarged to 96 px, large ones reduced to the "
+                        "weights' resolution), a side such as 32 or HEIGHTxWIDTH; smaller is faster")
+    parser.add_argument("--invert", action="store_true",
+                        help="with --encoder: invert images (1 - x) before the network, for dark-on-white "
+                        "images such as Fashion-MNIST's")
+    parser.add_argument("--layer", type=layer_list, metavar="NAME[,NAME...]",
+                        help="with --encoder: the layer(s) whose pooled activations are the embedding (taps), "
+                        "e.g. block6,block7,block8 or head (EfficientNet-Lite: stem, block0..block15 for Lite0 / "
+                        "block20 for Lite1-2, head, logits); several are each L2-normalised and concatenated")
+
+
+def encoder_options(settings: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The load_encoder keywords that image_size / invert / layer settings ask for (None when none
+    is set); they need an encoder."""
+    opts = {key: settings[name] for name, key in (("image_size", "image_size"), ("layer", "embedding_layer"))
+            if settings.get(name) is not None}
+    if settings.get("invert"):
+        opts["invert"] = True
+    if opts and not settings.get("encoder"):
+        flags = ", ".join("--" + n.replace("_", "-") for n in ("image_size", "invert", "layer") if settings.get(n))
+        raise ValueError(f"{flags} shape a pretrained encoder; add --encoder (e.g. --encoder efficientnet-lite0)")
+    return opts or None
+
+
 def set_command(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int], json_help: str) -> None:
     """Adds the --json flag every command has and the function that runs the command."""
     parser.add_argument("--json", action="store_true", help=json_help)

@@ -9,8 +9,8 @@ import math
 from pathlib import Path
 from typing import Any, Dict
 
-from ._common import (POSITIVE, check_output_dir, data_help, emit, int_at_least, metric_line, real_in, require,
-                      set_command)
+from ._common import (POSITIVE, add_encoder_options, check_output_dir, data_help, emit, encoder_options, int_at_least,
+                      metric_line, real_in, require, set_command)
 
 
 def _is_int(v: Any) -> bool:
@@ -39,6 +39,13 @@ _RUN_KEYS: Dict[str, Any] = {
     "seed": (lambda v: _is_int(v) and 0 <= v < 2 ** 32, "an integer in [0, 2^32)"),
     "report": (lambda v: isinstance(v, bool), "true or false"),
     "batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "image_size": (lambda v: v == "auto" or (_is_int(v) and v >= 1) or (
+        isinstance(v, list) and len(v) == 2 and all(_is_int(s) and s >= 1 for s in v)),
+        "'auto', an integer >= 1 or a [height, width] pair"),
+    "invert": (lambda v: isinstance(v, bool), "true or false"),
+    "layer": (lambda v: (isinstance(v, str) and v != "") or (
+        isinstance(v, list) and len(v) > 0 and all(isinstance(s, str) and s for s in v)),
+        "a layer name or a list of layer names"),
 }
 
 
@@ -64,7 +71,7 @@ def _run_config(args: argparse.Namespace) -> Dict[str, Any]:
 
         cfg = dict(_check_run_config(load_json(args.config), args.config))
     for k in ("data", "encoder", "n_clusters", "algorithm", "eps", "min_samples", "out", "cache_dir", "seed",
-              "batch_size", "probe_rounds", "head"):
+              "batch_size", "probe_rounds", "head", "image_size", "layer"):
         v = getattr(args, k)
         if v is not None:
             cfg[k] = v
@@ -74,6 +81,8 @@ def _run_config(args: argparse.Namespace) -> Dict[str, Any]:
         cfg["probe"] = False
     if args.no_report:
         cfg["report"] = False
+    if args.invert:
+        cfg["invert"] = True
     for need in ("data", "out"):
         if need not in cfg:
             raise ValueError(f"run needs {need}: pass {'DATA' if need == 'data' else '--out'} or put "
@@ -85,6 +94,7 @@ def _run_config(args: argparse.Namespace) -> Dict[str, Any]:
         raise ValueError(f"head {cfg['head']!r} replaces the algorithm; remove algorithm {cfg['algorithm']!r} "
                          "(--algorithm) or the head (--head)")
     _check_run_config(cfg, "the run settings")
+    encoder_options(cfg)  # image_size / invert / layer need an encoder
     check_output_dir(cfg["out"], "--out")
     needs = (["torch"] if cfg.get("encoder") or cfg.get("probe", True) or cfg.get("head") else []) + \
         (["matplotlib"] if cfg.get("report", True) else [])
@@ -114,7 +124,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     tc = TransferClustering(encoder=cfg.get("encoder"), clusterer=clusterer, probe=cfg.get("probe", True),
                             normalize=cfg.get("normalize", True), probe_rounds=cfg.get("probe_rounds", 1),
                             cache_dir=cfg.get("cache_dir"), batch_size=cfg.get("batch_size", 256),
-                            progress=not args.no_progress, seed=seed)
+                            progress=not args.no_progress, seed=seed, encoder_options=encoder_options(cfg))
     tc.fit(ds)
     out = Path(cfg["out"])
     tc.save(out / "pipeline")
@@ -148,8 +158,10 @@ def add_parser(sub: Any) -> None:
                                     "with the same names (flags win).")
     pr.add_argument("data", nargs="?", help=data_help("DATA"))
     pr.add_argument("--config", help="JSON file with any of: data, encoder, n_clusters, algorithm, head, eps, "
-                    "min_samples, normalize, probe, probe_rounds, out, cache_dir, seed, report, batch_size")
+                    "min_samples, normalize, probe, probe_rounds, out, cache_dir, seed, report, batch_size, "
+                    "image_size, invert, layer")
     pr.add_argument("--encoder", help="encoder spec (see `embedcluster embed --help`); none: raw features")
+    add_encoder_options(pr)
     pr.add_argument("--n-clusters", type=POSITIVE, help="k (default: the number of classes when known, else 8)")
     pr.add_argument("--algorithm", choices=["kmeans", "dbscan"], help="default kmeans")
     pr.add_argument("--head", choices=["scan", "temi"],

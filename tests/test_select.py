@@ -45,8 +45,10 @@ def test_structure_beats_noise_and_the_true_k_is_found():
     sel = select_clustering({"noise": noise, "blobs": X}, [2, 3, 4, 5, 6], seed=0)
     assert sel.choice["representation"] == "blobs" and sel.choice["k"] == 4, sel.table()
     assert oracle_accuracy(y, sel.labels) == 1.0
-    assert [r["score"] for r in sel.rows] == sorted((r["score"] for r in sel.rows), reverse=True)
     assert sum(r["chosen"] for r in sel.rows) == 1 and sel.rows[0]["chosen"]
+    # At k=4 the noise cannot separate the points half as well as the blobs: it is not eligible.
+    noise4 = next(r for r in sel.rows if r["representation"] == "noise" and r["k"] == 4)
+    assert not noise4["eligible"] and "below the floor" in sel.table()
     assert len(sel.rows) == 10 and "blobs" in sel.reason and "* blobs" in sel.table()
 
 

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List
 
+from ..transfer.pipeline import valid_image_size, valid_layer
 from ._common import (POSITIVE, add_encoder_options, check_output_dir, data_help, emit, encoder_options, int_at_least,
                       metric_line, real_in, require, set_command)
 
@@ -39,9 +40,8 @@ _RUN_KEYS: Dict[str, Any] = {
     "seed": (lambda v: _is_int(v) and 0 <= v < 2 ** 32, "an integer in [0, 2^32)"),
     "report": (lambda v: isinstance(v, bool), "true or false"),
     "batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    "image_size": (lambda v: v == "auto" or (_is_int(v) and v >= 1) or (
-        isinstance(v, list) and len(v) == 2 and all(_is_int(s) and s >= 1 for s in v)),
-        "'auto', an integer >= 1 or a [height, width] pair"),
+    "image_size": (lambda v: not isinstance(v, tuple) and valid_image_size(v),
+                   "'auto', an integer >= 1 or a [height, width] pair"),
     "invert": (lambda v: isinstance(v, bool), "true or false"),
     "select": (lambda v: v in ("auto", "off"), "'auto' or 'off'"),
     "select_k": (lambda v: isinstance(v, list) and len(v) > 0 and all(_is_int(k) and k >= 2 for k in v),
@@ -49,9 +49,7 @@ _RUN_KEYS: Dict[str, Any] = {
     "select_methods": (lambda v: isinstance(v, list) and len(v) > 0 and all(m in ("kmeans", "scan", "temi")
                                                                             for m in v),
                        "a list of 'kmeans', 'scan', 'temi'"),
-    "layer": (lambda v: (isinstance(v, str) and v != "") or (
-        isinstance(v, list) and len(v) > 0 and all(isinstance(s, str) and s for s in v)),
-        "a layer name or a list of layer names"),
+    "layer": (lambda v: not isinstance(v, tuple) and valid_layer(v), "a layer name or a list of layer names"),
 }
 
 

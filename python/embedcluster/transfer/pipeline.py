@@ -137,6 +137,18 @@ def _check_config(cfg: Any, where: str) -> Dict[str, Any]:
 ENCODER_OPTIONS = ("image_size", "invert", "embedding_layer")
 
 
+def valid_image_size(size: Any) -> bool:
+    """An image size load_encoder takes: 'auto', a side >= 1 or a (height, width) pair."""
+    return size == "auto" or (_is_int(size) and size >= 1) or (
+        isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_int(v) and v >= 1 for v in size))
+
+
+def valid_layer(layer: Any) -> bool:
+    """A layer selection: a non-empty name or a non-empty list of non-empty names."""
+    return (isinstance(layer, str) and layer != "") or (
+        isinstance(layer, (list, tuple)) and len(layer) > 0 and all(isinstance(v, str) and v for v in layer))
+
+
 def _check_encoder_options(options: Any, where: str) -> Dict[str, Any]:
     """``encoder_options`` (or the saved copy): known keys with JSON-plain values."""
     if not isinstance(options, dict):
@@ -145,15 +157,13 @@ def _check_encoder_options(options: Any, where: str) -> Dict[str, Any]:
     if unknown:
         raise ValueError(f"{where}: unknown encoder options {unknown}; known: {list(ENCODER_OPTIONS)}")
     size = options.get("image_size", "auto")
-    if not (size == "auto" or (_is_int(size) and size >= 1) or (
-            isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_int(v) and v >= 1 for v in size))):
+    if not valid_image_size(size):
         raise ValueError(f"{where}: image_size is {size!r:.80}; it should be 'auto', an integer >= 1 or a "
                          "(height, width) pair")
     if not isinstance(options.get("invert", False), bool):
         raise ValueError(f"{where}: invert is {options['invert']!r:.80}; it should be true or false")
     layer = options.get("embedding_layer", "head")
-    if not ((isinstance(layer, str) and layer) or (isinstance(layer, (list, tuple)) and layer and all(
-            isinstance(v, str) and v for v in layer))):
+    if not valid_layer(layer):
         raise ValueError(f"{where}: embedding_layer is {layer!r:.80}; it should be a layer name or a list of "
                          "layer names")
     return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}

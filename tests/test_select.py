@@ -220,3 +220,13 @@ def test_select_flags_are_checked_before_any_work(tmp_path, capsys, argv, word):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and word in err, err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow  # three head trainings of at least 300 steps each
+def test_a_clustering_head_is_a_candidate_method():
+    pytest.importorskip("torch")
+    X, y = blobs(n_per=40, k=3)
+    sel = select_clustering({"x": X}, 3, ["kmeans", "scan"], n_runs=2)
+    assert {r["method"] for r in sel.rows} == {"kmeans", "scan"}
+    assert oracle_accuracy(y, sel.all_labels[("x", 3, "scan")]) == 1.0  # well-separated blobs
+    assert oracle_accuracy(y, sel.labels) == 1.0

@@ -230,3 +230,14 @@ def test_a_clustering_head_is_a_candidate_method():
     assert {r["method"] for r in sel.rows} == {"kmeans", "scan"}
     assert oracle_accuracy(y, sel.all_labels[("x", 3, "scan")]) == 1.0  # well-separated blobs
     assert oracle_accuracy(y, sel.labels) == 1.0
+
+
+def test_float_images_beyond_one_are_flagged(caplog):
+    lite0_or_skip()
+    from embedcluster.data import Dataset, load_digits_dataset
+
+    d = load_digits_dataset()  # float32 images with values 0..16
+    small = Dataset(X=d.X[:12], y=d.y[:12], kind="images")
+    with caplog.at_level("WARNING", logger="embedcluster"):
+        candidate_representations(small, "efficientnet-lite0", encoder_options={"image_size": 32})
+    assert "values up to 16" in caplog.text

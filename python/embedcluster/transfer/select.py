@@ -36,11 +36,14 @@ step), given as ``{"name": callable}``.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
+
+logger = logging.getLogger("embedcluster")
 
 MethodSpec = Union[str, Callable[[np.ndarray, int, int], Any]]
 
@@ -325,6 +328,10 @@ def candidate_representations(data: Any, encoder: Optional[str] = None, *, raw: 
         if not out:
             raise ValueError("texts have no raw features: pass an encoder (e.g. 'all-MiniLM-L6-v2')")
         return out
+    if ds.kind == "images" and np.asarray(ds.X).dtype != np.uint8 and float(np.max(ds.X)) > 1.0:
+        logger.warning("the images are %s with values up to %g; image encoders read uint8 0..255 or floats in "
+                       "[0, 1], so the encoder's candidates see them saturated: scale them first",
+                       np.asarray(ds.X).dtype, float(np.max(ds.X)))
     options = {k: v for k, v in (encoder_options or {}).items() if k != "embedding_layer"}
     taps = default_taps(load_encoder(encoder, **options))
     if taps is None:

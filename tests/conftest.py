@@ -38,7 +38,8 @@ SLOW_TESTS = {
     # config checks) stays in the fast tier.
     "tests/test_cli.py::test_cli_chain_embed_cluster_evaluate_probe_run_predict":
         "the whole CLI chain in subprocesses",
-    # Pretrains an encoder, fits two pipelines and writes the HTML report: the full demo.
+    # Embeds the 1797 digits with EfficientNet-Lite0, fits two pipelines with probes and writes
+    # the HTML report: the full demo.
     "tests/test_cli.py::test_demo_transfer_story": "the full demo in a subprocess",
     # A full `embedcluster run` from a config file (embedding, clustering, probe, save).
     "tests/test_cli.py::test_cli_run_from_config_file": "a full run in a subprocess",

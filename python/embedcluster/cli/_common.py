@@ -55,7 +55,7 @@ def require(modules: List[str], why: str, extra: str = "transfer") -> None:
             importlib.import_module(name)
         except ImportError as e:
             pip = {"matplotlib": "matplotlib", "torch": "torch==2.13.0", "safetensors": "safetensors",
-                   "PIL": "pillow", "tqdm": "tqdm", "dask": "'dask[array]'"}.get(name, name)
+                   "PIL": "pillow", "tqdm": "tqdm", "dask": "'dask[array]'"}.get(name, name.replace("_", "-"))
             raise ImportError(f"{why} needs {name}, which is not installed ({e}); install it with "
                               f"pip install {pip}, or pip install 'embedcluster[{extra}]'") from None
 
@@ -191,6 +191,58 @@ def data_help(what: str) -> str:
     """The help text of an argument that names a data set."""
     return (f"{what}: a .npy file, a folder of .npy shards or images, IDX files, a .txt / .csv / .jsonl file, "
             "'digits' or 'fashion-mnist[:train|test]'")
+
+
+def image_size(text: str) -> Any:
+    """--image-size: 'auto', a side in pixels, or HEIGHTxWIDTH."""
+    if text == "auto":
+        return text
+    parts = text.lower().split("x")
+    try:
+        sides = [int(p) for p in parts]
+    except ValueError:
+        sides = []
+    if len(sides) not in (1, 2) or min(sides) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} should be 'auto', a side in pixels (e.g. 96) or "
+                                         "HEIGHTxWIDTH (e.g. 64x96)")
+    return sides[0] if len(sides) == 1 else sides
+
+
+def layer_list(text: str) -> Any:
+    """--layer: one layer name, or several separated by commas (concatenated)."""
+    names = [p.strip() for p in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"{text!r} should be a layer name or names separated by commas "
+                                         "(e.g. block10,block14,head)")
+    return names[0] if len(names) == 1 else names
+
+
+def add_encoder_options(parser: argparse.ArgumentParser) -> None:
+    """The flags that shape a pretrained image encoder (--image-size, --invert, --layer)."""
+    parser.add_argument("--image-size", type=image_size, metavar="SIZE",
+                        help="with --encoder: the side images are resized to before the network, 'auto' "
+                        "(EfficientNet-Lite's default: small images enlarged to 96 px, large ones reduced to the "
+                        "weights' resolution), a side such as 32 or HEIGHTxWIDTH; smaller is faster")
+    parser.add_argument("--invert", action="store_true",
+                        help="with --encoder: invert images (1 - x) before the network, for dark-on-white "
+                        "images such as Fashion-MNIST's")
+    parser.add_argument("--layer", type=layer_list, metavar="NAME[,NAME...]",
+                        help="with --encoder: the layer(s) whose pooled activations are the embedding (taps), "
+                        "e.g. block6,block7,block8 or head (EfficientNet-Lite: stem, block0..block15 for Lite0 / "
+                        "block20 for Lite1-2, head, logits); several are each L2-normalised and concatenated")
+
+
+def encoder_options(settings: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The load_encoder keywords that image_size / invert / layer settings ask for (None when none
+    is set); they need an encoder."""
+    opts = {key: settings[name] for name, key in (("image_size", "image_size"), ("layer", "embedding_layer"))
+            if settings.get(name) is not None}
+    if settings.get("invert"):
+        opts["invert"] = True
+    if opts and not settings.get("encoder"):
+        flags = ", ".join("--" + n.replace("_", "-") for n in ("image_size", "invert", "layer") if settings.get(n))
+        raise ValueError(f"{flags} shape a pretrained encoder; add --encoder (e.g. --encoder efficientnet-lite0)")
+    return opts or None
 
 
 def set_command(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int], json_help: str) -> None:

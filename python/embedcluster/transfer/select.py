@@ -1,0 +1,349 @@
+"""Label-free choices: which representation, which k and which clustering method.
+
+A user without labels has several candidate representations of the same points (raw
+features, each layer tap of each encoder), perhaps several values of k, and several methods
+(k-means, a SCAN / TEMI head, or any callable). :func:`select_clustering` clusters every
+combination and scores it without labels on two counts:
+
+* **stability**: the method is run ``n_runs`` times, each on a different random subsample
+  (``subsample`` of the points) with a different seed; stability is the mean adjusted Rand
+  index between every two runs on the points they share. A partition that reflects structure
+  in the data comes back; one that cuts a blob arbitrarily does not.
+* **separation in a common space**: the silhouette of the candidate's partition (of all points)
+  in one space that every candidate shares: the concatenation of all the representations,
+  each row-wise L2-normalised and weighted by ``1/sqrt(m)`` for ``m`` representations. The
+  silhouette of each representation's own space would not compare across spaces (raw pixels
+  and a 1280-d head have different geometries); in the shared space a partition scores well
+  when it separates points that most representations agree are apart.
+
+The choice is made in two steps. At each k, the candidates whose separation is at least
+``separation_floor`` (0.8) of the best separation at that k are eligible, and the most
+stable of them wins: stability compares partitions, so it compares across representations and
+methods, and the floor keeps out partitions that are stable only because they cut smooth
+low-level features (brightness, ink area) the same way every time: on Fashion-MNIST the first
+blocks of an ImageNet network gave the most stable and the least accurate partitions.
+Stability alone favours small k (two halves of anything come back), so across k the winners
+are compared by ``score = max(separation, 0) * stability``.
+
+Labels, when a caller has them, only ever score the candidates afterwards (the tests check that the choice is close
+to the best candidate by accuracy); they never enter the choice.
+
+A method is ``"kmeans"`` (the native k-means on L2-normalised rows, the pipeline's default
+geometry), ``"scan"`` / ``"temi"`` (:class:`embedcluster.ClusterHead`) or a callable
+``method(Z, k, seed) -> labels``: the hook for methods that live elsewhere (e.g. a UMAP + k-means
+step), given as ``{"name": callable}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+logger = logging.getLogger("embedcluster")
+
+MethodSpec = Union[str, Callable[[np.ndarray, int, int], Any]]
+
+#: Methods known by name.
+METHOD_NAMES = ("kmeans", "scan", "temi")
+
+
+@dataclass
+class Selection:
+    """What :func:`select_clustering` returns.
+
+    Attributes
+    ----------
+    rows : one dict per candidate (representation, k, method) with ``stability``,
+        ``separation``, ``score``, ``eligible`` (separation above the floor), ``seconds`` and
+        ``chosen``; the choice first, then by k and by stability.
+    choice : the chosen row.
+    labels : the chosen candidate's clusters of all points, (n,) int64.
+    all_labels : every candidate's clusters of all points, by ``(representation, k, method)``.
+    reason : one sentence: why the choice won.
+    """
+
+    rows: List[Dict[str, Any]]
+    choice: Dict[str, Any]
+    labels: np.ndarray
+    all_labels: Dict[tuple, np.ndarray] = field(repr=False)
+    reason: str = ""
+
+    def table(self) -> str:
+        """The candidates as a text table, best first, the choice marked with ``*``."""
+        head = (f"  {'representation':32s} {'k':>4s} {'method':10s} {'stability':>9s} {'separation':>10s} "
+                f"{'score':>7s}")
+        lines = [head]
+        for r in self.rows:
+            mark = "*" if r["chosen"] else " "
+            note = "" if r["eligible"] else "  (separation below the floor)"
+            lines.append(f"{mark} {r['representation'][:32]:32s} {r['k']:4d} {r['method'][:10]:10s} "
+                         f"{r['stability']:9.3f} {r['separation']:10.3f} {r['score']:7.3f}{note}")
+        return "\n".join(lines)
+
+
+def common_space_distances(representations: Mapping[str, Any], rows: np.ndarray) -> np.ndarray:
+    """Euclidean distances between ``rows`` of the points in the common space (module notes):
+    each representation L2-normalised per row, weighted by ``1/sqrt(m)``, concatenated. The
+    squared distance is the mean over representations of ``2 - 2 cos``; float64, (s, s)."""
+    d2 = np.zeros((len(rows), len(rows)))
+    for Z in representations.values():
+        Zs = _unit_rows(np.asarray(Z)[rows]).astype(np.float64)
+        d2 += 2.0 - 2.0 * (Zs @ Zs.T)
+    d2 /= len(representations)
+    np.fill_diagonal(d2, 0.0)
+    return np.sqrt(np.maximum(d2, 0.0))
+
+
+def _unit_rows(Z: np.ndarray) -> np.ndarray:
+    Z = np.asarray(Z, np.float32).reshape(len(Z), -1)
+    norms = np.linalg.norm(Z, axis=1, keepdims=True)
+    return np.ascontiguousarray(Z / np.where(norms > 0, norms, 1.0), np.float32)
+
+
+def _fit_labels(method: MethodSpec, Z: np.ndarray, k: int, seed: int, n_init: int) -> np.ndarray:
+    """One clustering of the (unit) rows ``Z`` into ``k`` clusters."""
+    if callable(method):
+        labels = np.asarray(method(Z, k, seed)).astype(np.int64).ravel()
+        if labels.shape != (len(Z),):
+            raise ValueError(f"a method callable returned {labels.shape[0]} labels for {len(Z)} points")
+        return labels
+    if method == "kmeans":
+        from ..cluster import KMeans
+
+        return np.asarray(KMeans(k, n_init=n_init, random_state=seed).fit(Z).labels_, np.int64)
+    from .heads import ClusterHead
+
+    return np.asarray(ClusterHead(k, method, random_state=seed, n_neighbors=min(20, len(Z) - 1)).fit(Z).labels_,
+                      np.int64)
+
+
+def _stability(method: MethodSpec, Z: np.ndarray, k: int, n_runs: int, subsample: float, seed: int) -> float:
+    """Mean pairwise adjusted Rand index of ``n_runs`` fits on seeded random subsamples, each
+    pair compared on the points both runs saw."""
+    from ..metrics import ari
+
+    rng = np.random.default_rng(seed)
+    n = len(Z)
+    m = max(k + 1, int(round(subsample * n)))
+    runs = []
+    for r in range(n_runs):
+        idx = np.sort(rng.choice(n, size=min(m, n), replace=False))
+        lab = np.full(n, -1, np.int64)
+        lab[idx] = _fit_labels(method, Z[idx], k, seed + 1 + r, n_init=3)
+        runs.append(lab)
+    scores = []
+    for i in range(n_runs):
+        for j in range(i + 1, n_runs):
+            both = (runs[i] >= 0) & (runs[j] >= 0)
+            scores.append(ari(runs[i][both], runs[j][both]))
+    return float(np.mean(scores))
+
+
+def _check_inputs(representations: Mapping[str, Any], ks: List[int], methods: Dict[str, MethodSpec],
+                  n_runs: int, subsample: float, separation_floor: float) -> int:
+    """Validates the arguments of :func:`select_clustering`; returns the number of points."""
+    if not isinstance(representations, Mapping) or not representations:
+        raise ValueError("representations should be a non-empty dict of name -> (n, d) array")
+    sizes = {name: len(Z) for name, Z in representations.items()}
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"every representation must describe the same points; row counts: {sizes}")
+    n = next(iter(sizes.values()))
+    for name, Z in representations.items():
+        arr = np.asarray(Z)
+        if arr.ndim < 2 or arr.shape[0] == 0 or not np.issubdtype(arr.dtype, np.number) \
+                or not np.isfinite(arr).all():
+            raise ValueError(f"representation {name!r} should be a finite numeric (n, d) array with n >= 1, "
+                             f"got shape {arr.shape} and dtype {arr.dtype}")
+    if not ks or not all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) and 2 <= k < n
+                         for k in ks):
+        raise ValueError(f"n_clusters={ks} should be integers from 2 to n - 1 = {n - 1}")
+    for name, method in methods.items():
+        if not callable(method) and method not in METHOD_NAMES:
+            raise ValueError(f"method {name!r}: {method!r} should be one of {METHOD_NAMES} or a callable "
+                             "(Z, k, seed) -> labels")
+    if not isinstance(n_runs, int) or n_runs < 2:
+        raise ValueError(f"n_runs={n_runs!r} should be an integer >= 2 (stability compares runs)")
+    if not (isinstance(subsample, float) and 0.0 < subsample <= 1.0):
+        raise ValueError(f"subsample={subsample!r} should be a float in (0, 1]")
+    if not (isinstance(separation_floor, (int, float)) and 0.0 <= separation_floor <= 1.0):
+        raise ValueError(f"separation_floor={separation_floor!r} should be a number in [0, 1]")
+    return n
+
+
+def _as_methods(methods: Union[Sequence[MethodSpec], Mapping[str, MethodSpec]]) -> Dict[str, MethodSpec]:
+    if isinstance(methods, Mapping):
+        return dict(methods)
+    if isinstance(methods, str) or callable(methods):
+        methods = [methods]
+    return {(m if isinstance(m, str) else getattr(m, "__name__", "custom")): m for m in methods}
+
+
+def _choose(rows: List[Dict[str, Any]], ks: List[int], floor: float) -> Any:
+    """The two-step choice of the module notes; marks ``eligible`` and ``chosen`` on the rows,
+    orders them (the choice first, then by k and stability) and returns (choice, reason)."""
+    winners = []
+    for k in ks:
+        at_k = [r for r in rows if r["k"] == k]
+        top = max(r["separation"] for r in at_k)
+        for r in at_k:
+            r["eligible"] = top > 0 and r["separation"] >= floor * top
+        pool = [r for r in at_k if r["eligible"]] or at_k
+        winners.append(max(pool, key=lambda r: (r["stability"], r["separation"])))
+    best = max(winners, key=lambda r: (r["score"], r["stability"]))
+    best["chosen"] = True
+    top = max(r["separation"] for r in rows if r["k"] == best["k"])
+    reason = (f"{best['representation']} with {best['method']}, k={best['k']}: the most stable "
+              f"({best['stability']:.3f}) of the candidates at k={best['k']} whose separation is at least "
+              f"{floor:g} of the best ({best['separation']:.3f} vs {top:.3f})")
+    if len(ks) > 1:
+        others = ", ".join(f"k={w['k']} {w['score']:.3f}" for w in winners if w is not best)
+        reason += (f"; k={best['k']} has the highest separation x stability, {best['score']:.3f} (the other "
+                   f"values' winners: {others})")
+    if top <= 0:
+        reason += " (no candidate separates the points in the common space: the choice is weak)"
+    rows.sort(key=lambda r: (not r["chosen"], ks.index(r["k"]), -r["stability"], r["representation"], r["method"]))
+    return best, reason
+
+
+def select_clustering(representations: Mapping[str, Any], n_clusters: Union[int, Sequence[int]],
+                      methods: Union[Sequence[MethodSpec], Mapping[str, MethodSpec]] = ("kmeans",), *,
+                      n_runs: int = 4, subsample: float = 0.8, sample_size: int = 2000,
+                      separation_floor: float = 0.8, seed: int = 0) -> Selection:
+    """Chooses a representation, k and a method without labels (module notes).
+
+    Parameters
+    ----------
+    representations : name -> (n, d) array, every one describing the same n points (e.g.
+        ``{"raw": pixels, "efficientnet-lite0 block6": ..., ...}``).
+    n_clusters : k, or several values of k to choose among (when k is unknown).
+    methods : names (``"kmeans"``, ``"scan"``, ``"temi"``), callables ``(Z, k, seed) ->
+        labels`` (the hook for other methods), or a dict name -> either. Every method sees the
+        rows L2-normalised.
+    n_runs, subsample : stability runs per candidate and the fraction of points in each.
+    sample_size : points whose common-space silhouette is computed (a seeded sample when n is
+        larger; the distances between them are held in memory, ``8 * sample_size**2`` bytes).
+    separation_floor : fraction of the best separation at a k that a candidate needs to be
+        eligible (module notes).
+    seed : seeds the subsamples, the fits and the silhouette sample.
+
+    Returns
+    -------
+    Selection
+        every candidate's scores (best first), the choice, its labels and why it won.
+    """
+    from sklearn.metrics import silhouette_score
+
+    ks = [int(n_clusters)] if isinstance(n_clusters, (int, np.integer)) else [int(k) for k in n_clusters]
+    method_map = _as_methods(methods)
+    n = _check_inputs(representations, ks, method_map, n_runs, subsample, separation_floor)
+    units = {name: _unit_rows(np.asarray(Z)) for name, Z in representations.items()}
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(n, size=sample_size, replace=False)) if n > sample_size else np.arange(n)
+    D = common_space_distances(units, sample)
+    rows: List[Dict[str, Any]] = []
+    all_labels: Dict[tuple, np.ndarray] = {}
+    for rep, Z in units.items():
+        for k in ks:
+            for mname, method in method_map.items():
+                start = time.perf_counter()
+                labels = _fit_labels(method, Z, k, seed, n_init=10)
+                stability = _stability(method, Z, k, n_runs, subsample, seed)
+                sub = labels[sample]
+                separation = float(silhouette_score(D, sub, metric="precomputed")) \
+                    if 2 <= len(np.unique(sub)) < len(sub) else -1.0
+                rows.append({"representation": rep, "k": k, "method": mname, "stability": stability,
+                             "separation": separation, "score": max(separation, 0.0) * stability,
+                             "n_clusters_found": int(len(np.unique(labels))),
+                             "seconds": time.perf_counter() - start, "chosen": False})
+                all_labels[(rep, k, mname)] = labels
+    best, reason = _choose(rows, ks, separation_floor)
+    return Selection(rows=rows, choice=best, labels=all_labels[(best["representation"], best["k"], best["method"])],
+                     all_labels=all_labels, reason=reason)
+
+
+def encoder_taps(encoder: Any, data: Any, layers: Sequence[str], *, batch_size: int = 64,
+                 progress: bool = False) -> Dict[str, np.ndarray]:
+    """Each of ``layers`` of an embedcluster encoder model (EfficientNet-Lite, MLP / CNN
+    encoders) as its own representation, from one forward pass: ``encoder`` is an
+    :class:`embedcluster.encoders.Encoder` whose ``embedding_layer`` is ``layers`` (e.g.
+    ``load_encoder("efficientnet-lite0", embedding_layer=[...])``). Its output concatenates the
+    layers, each L2-normalised and scaled by ``1/sqrt(len(layers))``; the parts are split by the
+    layers' widths and returned L2-normalised, keyed by layer name."""
+    model = getattr(encoder, "model", None)
+    inner: Any = getattr(model, "encoder", model)
+    if not hasattr(inner, "layer_dim"):
+        raise ValueError(f"encoder_taps needs an embedcluster encoder model with named layers, got "
+                         f"{type(inner).__name__}")
+    widths = [int(inner.layer_dim(name)) for name in layers]
+    Z = np.asarray(encoder.encode(data, batch_size=batch_size, progress=progress), np.float32)
+    if Z.shape[1] != sum(widths):
+        raise ValueError(f"the encoder gave {Z.shape[1]} columns; layers {list(layers)} have {sum(widths)}: load "
+                         f"it with embedding_layer={list(layers)}")
+    bounds = np.cumsum([0, *widths])
+    return {name: _unit_rows(Z[:, bounds[i]:bounds[i + 1]]) for i, name in enumerate(layers)}
+
+
+def default_taps(encoder: Any) -> Optional[List[str]]:
+    """The layers whose taps :func:`candidate_representations` offers for an encoder: for
+    EfficientNet-Lite the last block of each stage and the pooled head (a stage ends where the
+    next block changes width); for embedcluster's MLP / CNN encoders every named layer but the
+    logits; None for any other model (its output is the one candidate)."""
+    model = getattr(encoder, "model", None)
+    inner = getattr(model, "encoder", model)
+    config = getattr(inner, "config", None)
+    names = getattr(inner, "layer_names", None)
+    if not isinstance(config, dict) or not names:
+        return None
+    blocks = config.get("blocks")
+    if config.get("arch") == "efficientnet-lite" and isinstance(blocks, list):
+        ends = [f"block{i}" for i in range(len(blocks))
+                if i == len(blocks) - 1 or blocks[i + 1]["out"] != blocks[i]["out"]]
+        return ends + ["head"]
+    return [name for name in names if name != "logits"]
+
+
+def candidate_representations(data: Any, encoder: Optional[str] = None, *, raw: bool = True,
+                              encoder_options: Optional[Dict[str, Any]] = None, batch_size: int = 64,
+                              progress: bool = False) -> Dict[str, Any]:
+    """The representations :func:`select_clustering` compares for a data set: the raw features
+    (flattened pixels or vectors; not for texts) and, with ``encoder`` (a name or path for
+    :func:`embedcluster.encoders.load_encoder`), each tap of :func:`default_taps` from one
+    forward pass, or the encoder's output when it has no taps.
+
+    Returns name -> ``(Z, options)``: ``options`` are the ``encoder_options`` of a
+    :class:`~embedcluster.transfer.pipeline.TransferClustering` that embeds the same way (None
+    for the raw features), so that the chosen candidate becomes a pipeline."""
+    from ..data import Dataset, as_feature_matrix, load
+    from ..encoders import load_encoder
+
+    ds = data if isinstance(data, Dataset) else load(data)
+    out: Dict[str, Any] = {}
+    if raw and ds.kind != "texts":
+        out["raw"] = (np.asarray(as_feature_matrix(ds), np.float32), None)
+    if encoder is None:
+        if not out:
+            raise ValueError("texts have no raw features: pass an encoder (e.g. 'all-MiniLM-L6-v2')")
+        return out
+    if ds.kind == "images" and np.asarray(ds.X).dtype != np.uint8 and float(np.max(ds.X)) > 1.0:
+        logger.warning("the images are %s with values up to %g; image encoders read uint8 0..255 or floats in "
+                       "[0, 1], so the encoder's candidates see them saturated: scale them first",
+                       np.asarray(ds.X).dtype, float(np.max(ds.X)))
+    options = {k: v for k, v in (encoder_options or {}).items() if k != "embedding_layer"}
+    taps = default_taps(load_encoder(encoder, **options))
+    if taps is None:
+        enc = load_encoder(encoder, **(encoder_options or {}))
+        Z = np.asarray(enc.encode(ds, batch_size=batch_size, progress=progress), np.float32)
+        out[str(encoder)] = (Z, dict(encoder_options) if encoder_options else None)
+        return out
+    enc = load_encoder(encoder, **options, embedding_layer=taps)
+    for layer, Z in encoder_taps(enc, ds, taps, batch_size=batch_size, progress=progress).items():
+        out[f"{encoder} {layer}"] = (Z, {**options, "embedding_layer": layer})
+    return out
+
+
+__all__ = ["METHOD_NAMES", "Selection", "candidate_representations", "common_space_distances", "default_taps",
+           "encoder_taps", "select_clustering"]

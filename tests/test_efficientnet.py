@@ -200,6 +200,23 @@ def test_folded_inference_and_the_batch_norm_path_both_equal_the_reference(lite0
     np.testing.assert_allclose(got.numpy(), want["head"].numpy(), rtol=1e-4, atol=1e-5)
 
 
+def test_bf16_precision_is_close_to_the_reference_and_has_its_own_fingerprint(lite0_file):
+    sd, path = lite0_file
+    X = images(n=6, size=64)
+    with torch.no_grad():
+        want = reference(sd, normalised(X))["head"].numpy()
+    fp32 = load_encoder("efficientnet-lite0", weights=path, device="cpu", image_size=64)
+    bf16 = load_encoder("efficientnet-lite0", weights=path, device="cpu", image_size=64, precision="bf16")
+    got = bf16.encode(X, progress=False)
+    assert got.dtype == np.float32
+    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cos.min() > 0.99  # bfloat16 keeps 8 bits of each activation
+    assert not np.allclose(got, want, rtol=1e-4, atol=1e-5)  # it did run in bfloat16
+    assert bf16.fingerprint != fp32.fingerprint
+    with pytest.raises(ValueError, match="precision='fp16' should be one of"):
+        load_encoder("efficientnet-lite0", weights=path, precision="fp16")
+
+
 @pytest.mark.parametrize("change", ["missing", "extra", "shape"])
 def test_strict_key_check_names_what_differs(tmp_path, change):
     sd = random_state()

@@ -81,6 +81,21 @@ def test_umap_receives_the_exact_graph_and_its_parameters(monkeypatch):
     assert set(model.times_) == {"knn", "umap", "cluster"}
 
 
+def test_a_given_graph_is_used_as_is_and_checked(monkeypatch):
+    monkeypatch.setattr(manifold, "_umap_class", lambda: _RecordingUMAP)
+    X, _ = blobs()
+    graph = brute_force_knn(X, 7, "cosine")
+    _RecordingUMAP.calls = []
+    model = UMAPClustering(3, n_components=8, n_neighbors=7).fit(X, knn=graph)
+    np.testing.assert_array_equal(_RecordingUMAP.calls[0]["precomputed_knn"][0], graph[0])
+    np.testing.assert_array_equal(model.knn_indices_, graph[0])
+    with pytest.raises(ValueError, match="shapes"):
+        UMAPClustering(3, n_neighbors=8).fit(X, knn=graph)
+    shuffled = (graph[0][:, ::-1].copy(), graph[1])
+    with pytest.raises(ValueError, match="own index first"):
+        UMAPClustering(3, n_neighbors=7).fit(X, knn=shuffled)
+
+
 def test_missing_umap_names_the_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "umap", None)  # makes `import umap` raise ImportError
     X, _ = blobs()

@@ -93,6 +93,10 @@ def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> _Folded:
         return weight.to(dtype).contiguous(memory_format=torch.channels_last), bias.to(dtype)
 
 
+def _cast(pairs: Sequence[_Folded], dtype: torch.dtype) -> List[_Folded]:
+    return [(w.to(dtype), b.to(dtype)) for w, b in pairs]
+
+
 def _relu6_(x: torch.Tensor) -> torch.Tensor:
     return F.hardtanh_(x, 0.0, 6.0)
 
@@ -214,6 +218,10 @@ class EfficientNetLite(_Encoder):
             if param.dim() == 4:
                 param.data = param.data.contiguous(memory_format=torch.channels_last)
         self._folded: Optional[Tuple[tuple, List[Any]]] = None
+        #: dtype of the folded inference path (:meth:`features` without gradients); the
+        #: weights stay float32 and are folded in float32 before the cast. torch.bfloat16
+        #: runs about twice as fast on CPUs with AVX-512 BF16 and rounds activations to 8 bits.
+        self.compute_dtype = torch.float32
 
     @property
     def layer_names(self) -> List[str]:
@@ -242,12 +250,13 @@ class EfficientNetLite(_Encoder):
         """Every convolution with its batch norm folded in: [stem, block 0, ..., head], cached
         until a parameter or buffer changes (in place, or by moving the model)."""
         tensors = [*self.parameters(), *self.buffers()]
-        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+        key = (self.compute_dtype, *((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors))
         if self._folded is None or self._folded[0] != key:
+            dtype = self.compute_dtype
             with torch.inference_mode(False):
-                folded = [fold_batchnorm(self._conv_stem, self._bn0),
-                          *(block.folded() for block in self._mbconvs()),
-                          fold_batchnorm(self._conv_head, self._bn1)]
+                folded = [_cast([fold_batchnorm(self._conv_stem, self._bn0)], dtype)[0],
+                          *(_cast(block.folded(), dtype) for block in self._mbconvs()),
+                          _cast([fold_batchnorm(self._conv_head, self._bn1)], dtype)[0]]
             self._folded = (key, folded)
         return self._folded[1]
 
@@ -257,7 +266,8 @@ class EfficientNetLite(_Encoder):
 
         In eval mode without gradients (``torch.inference_mode`` or ``torch.no_grad``, as
         when embedding) each batch norm is folded into its convolution and the activations
-        are computed in place: the same function with fewer passes over memory."""
+        are computed in place, in :attr:`compute_dtype`: the same function with fewer passes
+        over memory. The pooled outputs are float32."""
         parts = self._resolve(layer)
         names = self.layer_names
         last = max(names.index(p) for p in parts)
@@ -266,6 +276,8 @@ class EfficientNetLite(_Encoder):
             x = x.contiguous(memory_format=torch.channels_last)
         folded = self._folded_weights() if not (self.training or torch.is_grad_enabled()) else None
         blocks = self._mbconvs()
+        if folded:
+            x = x.to(self.compute_dtype)
         h = _relu6_(self._conv_stem.forward_with(x, *folded[0])) if folded else \
             F.relu6(self._bn0(self._conv_stem(x)))
         for i, name in enumerate(names[:-1]):
@@ -278,9 +290,9 @@ class EfficientNetLite(_Encoder):
                 h = _relu6_(F.conv2d(h, *folded[-1])) if folded else \
                     F.relu6(self._bn1(self._conv_head(h)))
             if name in parts:
-                got[name] = h.mean(dim=(2, 3))
+                got[name] = h.mean(dim=(2, 3), dtype=torch.float32)
         if "logits" in parts:
-            got["logits"] = self._fc(h.mean(dim=(2, 3)))
+            got["logits"] = self._fc(h.mean(dim=(2, 3), dtype=self._fc.weight.dtype))
         return self._combine(parts, got)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -135,16 +135,20 @@ class UMAPClustering:
         if self.random_state is not None and not is_int(self.random_state):
             raise ValueError(f"random_state={self.random_state!r} should be None or an integer")
 
-    def fit(self, Z: Any, y: Any = None) -> UMAPClustering:
+    def fit(self, Z: Any, y: Any = None, knn: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> UMAPClustering:
         """Builds the exact kNN graph of ``Z`` (n, d), embeds it with UMAP, clusters the
-        embedding; sets ``labels_``. ``y`` is ignored."""
+        embedding; sets ``labels_``. ``y`` is ignored.
+
+        ``knn``: the graph of these rows from :func:`exact_knn_graph` with this ``n_neighbors``
+        and ``metric``, to reuse it (across seeds, for example) instead of computing it again."""
         Z = _checked_rows(Z)
         self._check_params(Z.shape[0])
         UMAP = _umap_class()
         times: Dict[str, float] = {}
         start = time.perf_counter()
-        self.knn_indices_, self.knn_distances_ = exact_knn_graph(Z, self.n_neighbors, self.metric,
-                                                                 self.n_threads)
+        if knn is None:
+            knn = exact_knn_graph(Z, self.n_neighbors, self.metric, self.n_threads)
+        self.knn_indices_, self.knn_distances_ = self._checked_graph(knn, Z.shape[0])
         times["knn"] = time.perf_counter() - start
         reducer = UMAP(n_neighbors=int(self.n_neighbors), n_components=int(self.n_components),
                        min_dist=float(self.min_dist), metric=self.metric, n_epochs=self.n_epochs,
@@ -164,6 +168,21 @@ class UMAPClustering:
         times["cluster"] = time.perf_counter() - start
         self.times_, self.n_features_in_ = times, Z.shape[1]
         return self
+
+    def _checked_graph(self, knn: Any, n: int) -> Tuple[np.ndarray, np.ndarray]:
+        try:
+            indices, distances = (np.asarray(a) for a in knn)
+        except (TypeError, ValueError):
+            raise ValueError("knn should be the (indices, distances) pair of exact_knn_graph") from None
+        shape = (n, self.n_neighbors)
+        if indices.shape != shape or distances.shape != shape:
+            raise ValueError(f"knn arrays have shapes {indices.shape} and {distances.shape}; these {n} rows "
+                             f"with n_neighbors={self.n_neighbors} need {shape} (exact_knn_graph's layout)")
+        if not np.issubdtype(indices.dtype, np.integer) or (indices[:, 0] != np.arange(n)).any() \
+                or indices.min() < 0 or indices.max() >= n or not np.isfinite(distances).all():
+            raise ValueError("knn does not have exact_knn_graph's layout: integer indices within the rows, "
+                             "each row's own index first, finite distances")
+        return np.ascontiguousarray(indices, np.int64), np.ascontiguousarray(distances, np.float32)
 
     def _cluster(self, E: np.ndarray) -> np.ndarray:
         seed = 0 if self.random_state is None else int(self.random_state)

@@ -101,6 +101,11 @@ def _relu6_(x: torch.Tensor) -> torch.Tensor:
     return F.hardtanh_(x, 0.0, 6.0)
 
 
+def _pool(h: torch.Tensor) -> torch.Tensor:
+    """Global average pool; bfloat16 activations are summed and returned in float32."""
+    return h.mean(dim=(2, 3), dtype=torch.float32 if h.dtype == torch.bfloat16 else h.dtype)
+
+
 class _MBConv(nn.Module):
     """Inverted residual block without squeeze-excitation: optional 1x1 expansion, depthwise
     k x k, 1x1 projection; identity shortcut when the shape is kept."""
@@ -290,9 +295,9 @@ class EfficientNetLite(_Encoder):
                 h = _relu6_(F.conv2d(h, *folded[-1])) if folded else \
                     F.relu6(self._bn1(self._conv_head(h)))
             if name in parts:
-                got[name] = h.mean(dim=(2, 3), dtype=torch.float32)
+                got[name] = _pool(h)
         if "logits" in parts:
-            got["logits"] = self._fc(h.mean(dim=(2, 3), dtype=self._fc.weight.dtype))
+            got["logits"] = self._fc(_pool(h).to(self._fc.weight.dtype))
         return self._combine(parts, got)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

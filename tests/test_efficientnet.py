@@ -171,6 +171,52 @@ def test_taps_are_pooled_normalised_and_concatenated(lite0_file):
     assert enc.model.encoder.layer_dim(list(TAPS)) == got.shape[1]
 
 
+def test_folded_inference_and_the_batch_norm_path_both_equal_the_reference(lite0_file):
+    """Embedding (inference mode) folds each batch norm into its convolution; with gradients
+    on, the modules' own batch norms run. Both must equal the functional reference, and the
+    folded weights must follow a change of the parameters."""
+    sd, path = lite0_file
+    model = load_encoder("efficientnet-lite0", weights=path, device="cpu").model.encoder
+    x = normalised(images(size=48))
+    with torch.no_grad():
+        want = reference(sd, x)
+    with torch.inference_mode():
+        folded = model.features(x, ["block3", "head"])
+    plain = model.features(x, ["block3", "head"]).detach()  # eval mode, gradients on: no folding
+    for got in (folded, plain):
+        np.testing.assert_allclose(got[:, :40].numpy() * math.sqrt(2),
+                                   F.normalize(want["block3"], dim=1).numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(got[:, 40:].numpy() * math.sqrt(2),
+                                   F.normalize(want["head"], dim=1).numpy(), rtol=1e-4, atol=1e-5)
+    changed = {k: v.clone() for k, v in sd.items()}
+    changed["_blocks.2._bn1.weight"] *= 1.5
+    changed["_conv_head.weight"] *= -1.0
+    with torch.no_grad():
+        model._blocks[2]._bn1.weight.mul_(1.5)
+        model._conv_head.weight.mul_(-1.0)
+        want = reference(changed, x)
+    with torch.inference_mode():
+        got = model.features(x, "head")
+    np.testing.assert_allclose(got.numpy(), want["head"].numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_precision_is_close_to_the_reference_and_has_its_own_fingerprint(lite0_file):
+    sd, path = lite0_file
+    X = images(n=6, size=64)
+    with torch.no_grad():
+        want = reference(sd, normalised(X))["head"].numpy()
+    fp32 = load_encoder("efficientnet-lite0", weights=path, device="cpu", image_size=64)
+    bf16 = load_encoder("efficientnet-lite0", weights=path, device="cpu", image_size=64, precision="bf16")
+    got = bf16.encode(X, progress=False)
+    assert got.dtype == np.float32
+    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cos.min() > 0.99  # bfloat16 keeps 8 bits of each activation
+    assert not np.allclose(got, want, rtol=1e-4, atol=1e-5)  # it did run in bfloat16
+    assert bf16.fingerprint != fp32.fingerprint
+    with pytest.raises(ValueError, match="precision='fp16' should be one of"):
+        load_encoder("efficientnet-lite0", weights=path, precision="fp16")
+
+
 @pytest.mark.parametrize("change", ["missing", "extra", "shape"])
 def test_strict_key_check_names_what_differs(tmp_path, change):
     sd = random_state()

@@ -7,5 +7,6 @@ from ._version import __version__
 from .cluster import DBSCAN, KMeans, NearestNeighbors
 from .info import build_info
 from .transfer.heads import ClusterHead
+from .transfer.manifold import UMAPClustering
 
-__all__ = ["KMeans", "DBSCAN", "NearestNeighbors", "ClusterHead", "build_info", "__version__"]
+__all__ = ["KMeans", "DBSCAN", "NearestNeighbors", "ClusterHead", "UMAPClustering", "build_info", "__version__"]

@@ -58,9 +58,12 @@ def load_encoder(spec: Any, **kw: Any) -> Encoder:
           ``"block10"`` or ``"logits"``, or a list such as ``("block10", "block14",
           "block15", "head")``: each part pooled, L2-normalised and concatenated; submodule
           names such as ``"_blocks.10"`` are hooked as for any module, unpooled), ``weights``
-          (a local file in the same key names instead of the package's). Grey images are
-          repeated to 3 channels. On CPUs, ``encode(..., batch_size=64)`` ran faster than
-          larger batches.
+          (a local file in the same key names instead of the package's), ``precision``
+          (``"fp32"``, default, or ``"bf16"``: inference in bfloat16, about twice as fast on
+          CPUs with AVX-512 BF16). Grey images are repeated to 3 channels. On CPUs,
+          ``encode(..., batch_size=64)`` ran faster than larger batches; on shared cores, set
+          ``OMP_WAIT_POLICY=PASSIVE`` before torch is imported (OpenMP's default spin-wait
+          made two threads 5-30x slower there).
         - ``"torchvision:<name>"`` / ``"timm:<name>"`` with ``weights=<local .safetensors or
           .pth>``; ``"hf:<local directory>"`` (a Hugging Face ``save_pretrained`` directory;
           texts when it has a tokenizer, images otherwise).

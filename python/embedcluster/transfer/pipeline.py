@@ -211,7 +211,10 @@ class TransferClustering:
         ``KMeans(n_clusters, n_init=10)``). DBSCAN works too: its noise is left out of the probe.
         ``"scan"`` or ``"temi"``: a :class:`embedcluster.ClusterHead` of that method with
         ``n_clusters`` clusters and ``seed``; a fitted ClusterHead is saved with the pipeline
-        and ``predict`` uses it when there is no probe.
+        and ``predict`` uses it when there is no probe. ``"umap"``: a
+        :class:`embedcluster.transfer.manifold.UMAPClustering` (exact kNN graph, UMAP, k-means;
+        needs umap-learn) with ``n_clusters`` and ``seed``; new points are predicted by the
+        probe or the nearest centre (the mean embedding of each cluster), not by UMAP.
     probe : train the linear probe (True) or predict by the nearest centre only (False).
     n_clusters : clusters of the default k-means.
     normalize : L2-normalise embeddings before clustering (cosine geometry).
@@ -339,9 +342,13 @@ class TransferClustering:
         if self.clusterer is None:
             return kmeans(self.n_clusters, n_init=10, random_state=self.seed)
         if isinstance(self.clusterer, str):
+            if self.clusterer == "umap":
+                from .manifold import UMAPClustering
+
+                return UMAPClustering(self.n_clusters, random_state=self.seed)
             if self.clusterer not in METHODS:
-                raise ValueError(f"clusterer={self.clusterer!r}: a name should be one of {METHODS} (clustering "
-                                 "heads); pass an estimator object for anything else")
+                raise ValueError(f"clusterer={self.clusterer!r}: a name should be one of {(*METHODS, 'umap')} "
+                                 "(clustering heads, UMAP + k-means); pass an estimator object for anything else")
             return ClusterHead(self.n_clusters, self.clusterer, random_state=self.seed)
         return self.clusterer
 

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List
 
-from ..transfer.pipeline import valid_image_size, valid_layer
+from ..transfer.pipeline import check_known_keys, valid_image_size, valid_layer
 from ._common import (POSITIVE, add_encoder_options, check_output_dir, data_help, emit, encoder_options, int_at_least,
                       metric_line, real_in, require, set_command)
 
@@ -55,11 +55,7 @@ _RUN_KEYS: Dict[str, Any] = {
 
 def _check_run_config(cfg: Any, source: str) -> Dict[str, Any]:
     """Every key known and every value of the right type and range, before any work."""
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{source} should hold a JSON object of settings, got {type(cfg).__name__}")
-    unknown = sorted(set(cfg) - set(_RUN_KEYS))
-    if unknown:
-        raise ValueError(f"unknown keys in {source}: {unknown}; known: {sorted(_RUN_KEYS)}")
+    check_known_keys(cfg, _RUN_KEYS, source, "the settings", item="keys")
     for key, value in cfg.items():
         check, rule = _RUN_KEYS[key]
         if not check(value):

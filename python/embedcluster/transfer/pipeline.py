@@ -149,13 +149,20 @@ def valid_layer(layer: Any) -> bool:
         isinstance(layer, (list, tuple)) and len(layer) > 0 and all(isinstance(v, str) and v for v in layer))
 
 
+def check_known_keys(settings: Any, known: Any, where: str, what: str, item: str = "") -> None:
+    """A dict of settings whose keys are all in `known` (ValueError naming `where`, `what` the
+    settings are, e.g. "encoder options", and `item` their keys, default `what`, otherwise);
+    the values are the caller's to check."""
+    if not isinstance(settings, dict):
+        raise ValueError(f"{where}: {what} should be a JSON object (a dict), got {type(settings).__name__}")
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: unknown {item or what} {unknown}; known: {sorted(known)}")
+
+
 def _check_encoder_options(options: Any, where: str) -> Dict[str, Any]:
     """``encoder_options`` (or the saved copy): known keys with JSON-plain values."""
-    if not isinstance(options, dict):
-        raise ValueError(f"{where}: encoder options should be a dict, got {type(options).__name__}")
-    unknown = sorted(set(options) - set(ENCODER_OPTIONS))
-    if unknown:
-        raise ValueError(f"{where}: unknown encoder options {unknown}; known: {list(ENCODER_OPTIONS)}")
+    check_known_keys(options, ENCODER_OPTIONS, where, "encoder options")
     size = options.get("image_size", "auto")
     if not valid_image_size(size):
         raise ValueError(f"{where}: image_size is {size!r:.80}; it should be 'auto', an integer >= 1 or a "

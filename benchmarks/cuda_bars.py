@@ -128,19 +128,8 @@ def main() -> int:
     ap.add_argument("--cpu-threads", type=int, default=max(1, (os.cpu_count() or 2) // 3))
     ap.add_argument("--scratch", default="/tmp/cuda_bars")
     ap.add_argument("--out", default=None)
-    ap.add_argument("--cpu-smoke", action="store_true", help="only run the CPU engine's calls on small data")
     ap.add_argument("--no-cpu", action="store_true", help="skip the CPU engine's identity references")
     a = ap.parse_args()
-    if a.cpu_smoke:
-        Xs = make_data(3000, 13, 7, 0)
-        print(_core.kernel_choice(13).get("families", "forced"), flush=True)
-        for metric in ("l2", "ip", "cosine"):
-            _core.knn_search(Xs, Xs[::3].copy(), 9, metric)
-            _core.knn_search(Xs, Xs, 9, metric, exclude_self=True)
-        _core.kmeans_fit(Xs, 7, max_iter=5, init=Xs[:7].copy())
-        _core.dbscan_fit(Xs, 1.0, 5)
-        print("cpu smoke ok")
-        return 0
     ok, why = cuda.available()
     if not ok:
         print(f"cuda_bars: the CUDA engine cannot run here ({why})")

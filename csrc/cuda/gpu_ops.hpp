@@ -173,19 +173,6 @@ EC_HD inline float row_band(int metric, double xsq, idx_t d, double max_norm) {
   return static_cast<float>(b * (1.0 + 1e-6)) + FLT_MIN;
 }
 
-/// The exact value of a row/column pair, in the same form as a tile value plus the row's
-/// constant removed: L2 the squared distance, IP -x.y, Cosine 1 - cos.
-EC_HD inline double exact_pair(int metric, const float* x, const float* y, idx_t d, double xnorm, double ynorm) {
-  return exact_value(metric, x, y, d, xnorm, ynorm);
-}
-
-/// A tile value's counterpart in exact units: L2 v + ||x||^2; IP v; Cosine 1 + v / ||x||.
-EC_HD inline double to_exact_units(int metric, double v, double xsq, double xnorm) {
-  if (metric == kL2) return v + xsq;
-  if (metric == kIP) return v;
-  return 1.0 + v / xnorm;
-}
-
 // ---- Fixed point (kmeans_impl::Accum, fixed, to_limbs).
 
 /// round((x * sc) * qscale) as a 64-bit two's complement integer (Accum's centre sums).

@@ -248,10 +248,6 @@ class DeviceChunks:
     def labels(self):
         return self.state.labels.numpy()
 
-    def device_labels(self):
-        """The labels in the input's framework (on the device for device inputs)."""
-        return self.x.output(self.state.labels)
-
     def seed_units(self, wscale):
         return self._host_chunks().seed_units(wscale)
 

@@ -107,20 +107,6 @@ def test_the_method_is_chosen_by_neighbour_consistency_not_stability_or_silhouet
     assert "consistency" in sel.table() and "single keeps the most" in sel.reason
 
 
-def test_umap_is_a_named_method_and_follows_the_moons():
-    """The N2D step by name: UMAP on the exact kNN graph keeps each moon whole (every neighbour
-    pair together), k-means cuts them across; neighbour consistency picks UMAP."""
-    pytest.importorskip("umap", reason="pip install umap-learn")
-    from sklearn.datasets import make_moons
-
-    X, y = make_moons(300, noise=0.05, random_state=0)
-    Z = np.c_[X, np.full(len(X), 10.0)]
-    sel = select_clustering({"moons": Z}, 2, ["kmeans", "umap"], n_runs=2)
-    rows = {r["method"]: r for r in sel.rows}
-    assert rows["umap"]["consistency"] > rows["kmeans"]["consistency"], sel.table()
-    assert sel.choice["method"] == "umap" and oracle_accuracy(y, sel.labels) == 1.0, sel.table()
-
-
 def test_a_callable_method_is_a_candidate():
     X, y = blobs(k=3)
     calls = []

@@ -55,8 +55,7 @@ def require(modules: List[str], why: str, extra: str = "transfer") -> None:
             importlib.import_module(name)
         except ImportError as e:
             pip = {"matplotlib": "matplotlib", "torch": "torch==2.13.0", "safetensors": "safetensors",
-                   "PIL": "pillow", "tqdm": "tqdm", "dask": "'dask[array]'",
-                   "umap": "umap-learn"}.get(name, name.replace("_", "-"))
+                   "PIL": "pillow", "tqdm": "tqdm", "dask": "'dask[array]'"}.get(name, name.replace("_", "-"))
             raise ImportError(f"{why} needs {name}, which is not installed ({e}); install it with "
                               f"pip install {pip}, or pip install 'embedcluster[{extra}]'") from None
 

@@ -13,9 +13,6 @@ from ..transfer.pipeline import check_known_keys, valid_image_size, valid_layer
 from ._common import (POSITIVE, add_encoder_options, check_output_dir, data_help, emit, encoder_options, int_at_least,
                       metric_line, real_in, require, set_command)
 
-#: The methods --select-methods compares (embedcluster.transfer.select.METHOD_NAMES).
-SELECT_METHODS = ("kmeans", "scan", "temi", "umap")
-
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
@@ -49,9 +46,9 @@ _RUN_KEYS: Dict[str, Any] = {
     "select": (lambda v: v in ("auto", "off"), "'auto' or 'off'"),
     "select_k": (lambda v: isinstance(v, list) and len(v) > 0 and all(_is_int(k) and k >= 2 for k in v),
                  "a list of integers >= 2"),
-    "select_methods": (lambda v: isinstance(v, list) and len(v) > 0 and all(m in SELECT_METHODS
+    "select_methods": (lambda v: isinstance(v, list) and len(v) > 0 and all(m in ("kmeans", "scan", "temi")
                                                                             for m in v),
-                       "a list of 'kmeans', 'scan', 'temi', 'umap'"),
+                       "a list of 'kmeans', 'scan', 'temi'"),
     "layer": (lambda v: not isinstance(v, tuple) and valid_layer(v), "a layer name or a list of layer names"),
 }
 
@@ -78,11 +75,10 @@ def k_list(text: str) -> List[int]:
 
 
 def method_list(text: str) -> List[str]:
-    """--select-methods: names from kmeans, scan, temi, umap separated by commas."""
+    """--select-methods: names from kmeans, scan, temi separated by commas."""
     names = [p.strip() for p in text.split(",")]
-    if not all(n in SELECT_METHODS for n in names):
-        raise argparse.ArgumentTypeError(f"{text!r} should name methods from {', '.join(SELECT_METHODS)} separated "
-                                         "by commas")
+    if not all(n in ("kmeans", "scan", "temi") for n in names):
+        raise argparse.ArgumentTypeError(f"{text!r} should name methods from kmeans, scan, temi separated by commas")
     return names
 
 
@@ -123,8 +119,6 @@ def _run_config(args: argparse.Namespace) -> Dict[str, Any]:
     needs = (["torch"] if cfg.get("encoder") or cfg.get("probe", True) or cfg.get("head") else []) + \
         (["matplotlib"] if cfg.get("report", True) else [])
     require(needs, "this run (encoder, probe or report)")
-    if "umap" in cfg.get("select_methods", []):
-        require(["umap"], "--select-methods umap", extra="umap")
     return cfg
 
 
@@ -195,23 +189,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ..cluster import DBSCAN, KMeans
     from ..data import load
     from ..transfer.heads import ClusterHead
-    from ..transfer.manifold import UMAPClustering
     from ..transfer.pipeline import TransferClustering
     from ..transfer.report import write_report
 
     ds = load(cfg["data"])
     k = cfg.get("n_clusters") or (len(ds.class_names) if ds.class_names else 8)
     seed = cfg.get("seed", 0)
-    encoder, options, Z, selection, method = cfg.get("encoder"), encoder_options(cfg), None, None, None
+    encoder, options, Z, selection = cfg.get("encoder"), encoder_options(cfg), None, None
     if cfg.get("select") == "auto":
         encoder, options, k, method, Z, selection = _select_auto(cfg, ds, not args.no_progress)
-        cfg["head"] = None if method in ("kmeans", "umap") else method
+        cfg["head"] = None if method == "kmeans" else method
     if cfg.get("head") is not None:
         if k < 2:
             raise ValueError(f"a clustering head needs n_clusters >= 2, got {k}")
         clusterer: Any = ClusterHead(k, cfg["head"], random_state=seed)
-    elif method == "umap":
-        clusterer = UMAPClustering(k, random_state=seed)
     elif cfg.get("algorithm", "kmeans") == "dbscan":
         clusterer = DBSCAN(eps=cfg.get("eps", 0.5), min_samples=cfg.get("min_samples", 5))
     else:
@@ -273,9 +264,8 @@ def add_parser(sub: Any) -> None:
                     help=f"with --select auto and no --n-clusters: the values of k to compare (default "
                     f"{','.join(map(str, DEFAULT_SELECT_K))})")
     pr.add_argument("--select-methods", type=method_list, metavar="M[,M...]",
-                    help="with --select auto: the methods to compare, from kmeans, scan, temi, umap (default kmeans; "
-                    "each head is trained 5 times per candidate, minutes on 10k points; umap: exact cosine 20-NN "
-                    "graph, UMAP to 10-d, k-means, the N2D recipe; needs umap-learn)")
+                    help="with --select auto: the methods to compare, from kmeans, scan, temi (default kmeans; "
+                    "each head is trained 5 times per candidate, minutes on 10k points)")
     pr.add_argument("--n-clusters", type=POSITIVE, help="k (default: the number of classes when known, else 8)")
     pr.add_argument("--algorithm", choices=["kmeans", "dbscan"], help="default kmeans")
     pr.add_argument("--head", choices=["scan", "temi"],

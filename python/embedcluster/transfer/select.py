@@ -39,10 +39,9 @@ Labels, when a caller has them, only ever score the candidates afterwards (the t
 to the best candidate by accuracy); they never enter the choice.
 
 A method is ``"kmeans"`` (the native k-means on L2-normalised rows, the pipeline's default
-geometry), ``"scan"`` / ``"temi"`` (:class:`embedcluster.ClusterHead`), ``"umap"`` (the N2D
-recipe: :class:`embedcluster.transfer.manifold.UMAPClustering` with its defaults, exact cosine
-20-NN graph, 10-d layout, k-means; needs umap-learn) or a callable ``method(Z, k, seed) ->
-labels``: the hook for methods that live elsewhere, given as ``{"name": callable}``.
+geometry), ``"scan"`` / ``"temi"`` (:class:`embedcluster.ClusterHead`) or a callable
+``method(Z, k, seed) -> labels``: the hook for methods that live elsewhere (e.g. a UMAP + k-means
+step), given as ``{"name": callable}``.
 """
 
 from __future__ import annotations
@@ -59,7 +58,7 @@ logger = logging.getLogger("embedcluster")
 MethodSpec = Union[str, Callable[[np.ndarray, int, int], Any]]
 
 #: Methods known by name.
-METHOD_NAMES = ("kmeans", "scan", "temi", "umap")
+METHOD_NAMES = ("kmeans", "scan", "temi")
 
 
 @dataclass
@@ -167,11 +166,6 @@ def _fit_labels(method: MethodSpec, Z: np.ndarray, k: int, seed: int, n_init: in
         from ..cluster import KMeans
 
         return np.asarray(KMeans(k, n_init=n_init, random_state=seed).fit(Z).labels_, np.int64)
-    if method == "umap":
-        from .manifold import UMAPClustering
-
-        return np.asarray(UMAPClustering(k, n_neighbors=min(20, len(Z)), n_init=n_init, random_state=seed)
-                          .fit(Z).labels_, np.int64)
     from .heads import ClusterHead
 
     return np.asarray(ClusterHead(k, method, random_state=seed, n_neighbors=min(20, len(Z) - 1)).fit(Z).labels_,
@@ -222,10 +216,6 @@ def _check_inputs(representations: Mapping[str, Any], ks: List[int], methods: Di
         if not callable(method) and method not in METHOD_NAMES:
             raise ValueError(f"method {name!r}: {method!r} should be one of {METHOD_NAMES} or a callable "
                              "(Z, k, seed) -> labels")
-        if method == "umap":
-            from .manifold import _umap_class
-
-            _umap_class()  # umap-learn missing: the error names the pip package, before any work
     if not isinstance(n_runs, int) or n_runs < 2:
         raise ValueError(f"n_runs={n_runs!r} should be an integer >= 2 (stability compares runs)")
     if not (isinstance(subsample, float) and 0.0 < subsample <= 1.0):

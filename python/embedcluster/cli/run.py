@@ -11,7 +11,8 @@ from typing import Any, Dict, List
 
 from ..transfer.pipeline import check_known_keys, valid_image_size, valid_layer
 from ._common import (POSITIVE, add_encoder_options, check_output_dir, data_help, emit, encoder_options, int_at_least,
-                      metric_line, real_in, require, set_command)
+                      metric_line, require, set_command)
+from .steps import EPS_HELP, dbscan_eps, eps_advice_in_flags, eps_arg
 
 
 def _is_int(v: Any) -> bool:
@@ -30,7 +31,7 @@ _RUN_KEYS: Dict[str, Any] = {
     "algorithm": (lambda v: v in ("kmeans", "dbscan"), "'kmeans' or 'dbscan'"),
     "head": (lambda v: v is None or v in ("scan", "temi"), "'scan', 'temi' or null (a clustering head instead of "
              "the algorithm)"),
-    "eps": (lambda v: _is_real(v) and v > 0, "a finite number > 0"),
+    "eps": (lambda v: v == "auto" or (_is_real(v) and v > 0), "'auto' or a finite number > 0"),
     "min_samples": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "normalize": (lambda v: isinstance(v, bool), "true or false"),
     "probe": (lambda v: isinstance(v, bool), "true or false"),
@@ -204,14 +205,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise ValueError(f"a clustering head needs n_clusters >= 2, got {k}")
         clusterer: Any = ClusterHead(k, cfg["head"], random_state=seed)
     elif cfg.get("algorithm", "kmeans") == "dbscan":
-        clusterer = DBSCAN(eps=cfg.get("eps", 0.5), min_samples=cfg.get("min_samples", 5))
+        clusterer = DBSCAN(eps=cfg.get("eps", "auto"), min_samples=cfg.get("min_samples", 5))
     else:
         clusterer = KMeans(k, n_init=10, random_state=seed)
     tc = TransferClustering(encoder=encoder, clusterer=clusterer, probe=cfg.get("probe", True),
                             normalize=cfg.get("normalize", True), probe_rounds=cfg.get("probe_rounds", 1),
                             cache_dir=cfg.get("cache_dir"), batch_size=cfg.get("batch_size", 256),
                             progress=not args.no_progress, seed=seed, encoder_options=options)
-    tc.fit(ds, Z=Z)
+    with eps_advice_in_flags(clusterer):
+        tc.fit(ds, Z=Z)
     out = Path(cfg["out"])
     tc.save(out / "pipeline")
     res: Dict[str, Any] = {"data": ds.source, "n_points": len(ds), "n_clusters": int(tc.centers_.shape[0]),
@@ -220,6 +222,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if selection is not None:
         res["selection"] = {"choice": selection.choice, "reason": selection.reason,
                             "table": str(out / "selection.txt")}
+    if isinstance(clusterer, DBSCAN):
+        res.update(dbscan_eps(clusterer))
+        lines.append(res.pop("eps_line"))
     lines.append(f"{len(ds)} items from {ds.source}: {res['n_clusters']} clusters; pipeline saved to "
                  f"{out / 'pipeline'}")
     if ds.y is not None:
@@ -271,7 +276,7 @@ def add_parser(sub: Any) -> None:
     pr.add_argument("--head", choices=["scan", "temi"],
                     help="cluster with a neighbour-consistency head (SCAN or TEMI) on the embeddings' exact cosine "
                     "20 nearest neighbours instead of k-means; the probe is then trained on the head's clusters")
-    pr.add_argument("--eps", type=real_in(0.0), help="DBSCAN radius")
+    pr.add_argument("--eps", type=eps_arg, help=EPS_HELP + " (default auto)")
     pr.add_argument("--min-samples", type=POSITIVE, help="DBSCAN core threshold")
     pr.add_argument("--probe-rounds", type=POSITIVE, help="self-labeling rounds (default 1)")
     pr.add_argument("--no-normalize", action="store_true", help="do not L2-normalise embeddings")

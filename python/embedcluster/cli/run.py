@@ -40,6 +40,7 @@ _RUN_KEYS: Dict[str, Any] = {
     "cache_dir": (lambda v: v is None or (isinstance(v, str) and v != ""), "a folder (string) or null"),
     "seed": (lambda v: _is_int(v) and 0 <= v < 2 ** 32, "an integer in [0, 2^32)"),
     "report": (lambda v: isinstance(v, bool), "true or false"),
+    "map": (lambda v: v in ("auto", "umap", "pca"), "'auto', 'umap' or 'pca'"),
     "batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "image_size": (lambda v: not isinstance(v, tuple) and valid_image_size(v),
                    "'auto', an integer >= 1 or a [height, width] pair"),
@@ -91,7 +92,8 @@ def _run_config(args: argparse.Namespace) -> Dict[str, Any]:
 
         cfg = dict(_check_run_config(load_json(args.config), args.config))
     for k in ("data", "encoder", "n_clusters", "algorithm", "eps", "min_samples", "out", "cache_dir", "seed",
-              "batch_size", "probe_rounds", "head", "image_size", "layer", "select", "select_k", "select_methods"):
+              "batch_size", "probe_rounds", "head", "image_size", "layer", "select", "select_k", "select_methods",
+              "map"):
         v = getattr(args, k)
         if v is not None:
             cfg[k] = v
@@ -120,6 +122,8 @@ def _run_config(args: argparse.Namespace) -> Dict[str, Any]:
     needs = (["torch"] if cfg.get("encoder") or cfg.get("probe", True) or cfg.get("head") else []) + \
         (["matplotlib"] if cfg.get("report", True) else [])
     require(needs, "this run (encoder, probe or report)")
+    if cfg.get("map") == "umap" and cfg.get("report", True):
+        require(["umap"], "--map umap", extra="umap")
     return cfg
 
 
@@ -228,7 +232,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     lines.append(f"{len(ds)} items from {ds.source}: {res['n_clusters']} clusters; pipeline saved to "
                  f"{out / 'pipeline'}")
     if ds.y is not None:
+        from .. import metrics
+
         ev = tc.evaluate(y=ds.y)
+        for part in ev.values():  # per-class results keyed by class name, as in the report
+            part["per_class"] = metrics.name_classes(part["per_class"], ds.class_names)
         res.update(ev)
         lines.append(metric_line("clusters", ev["clusters"]))
         if "probe" in ev:
@@ -236,7 +244,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if cfg.get("report", True):
         path = write_report(out / "report", tc.labels_, labels_true=ds.y, embeddings=tc.embeddings_,
                             images=ds.X if ds.kind == "images" else None, texts=ds.texts,
-                            class_names=ds.class_names, title=f"embedcluster run: {ds.source}")
+                            class_names=ds.class_names, title=f"embedcluster run: {ds.source}",
+                            representation=None if selection is None else selection.choice["representation"],
+                            map_method=cfg.get("map", "auto"))
         res["report"] = str(path)
         lines.append(f"report: {path}")
     from .._io import save_json
@@ -254,7 +264,7 @@ def add_parser(sub: Any) -> None:
                                     "with the same names (flags win).")
     pr.add_argument("data", nargs="?", help=data_help("DATA"))
     pr.add_argument("--config", help="JSON file with any of: data, encoder, n_clusters, algorithm, head, eps, "
-                    "min_samples, normalize, probe, probe_rounds, out, cache_dir, seed, report, batch_size, "
+                    "min_samples, normalize, probe, probe_rounds, out, cache_dir, seed, report, map, batch_size, "
                     "image_size, invert, layer, select, select_k, select_methods")
     pr.add_argument("--encoder", help="encoder spec (see `embedcluster embed --help`); none: raw features")
     add_encoder_options(pr)
@@ -282,6 +292,9 @@ def add_parser(sub: Any) -> None:
     pr.add_argument("--no-normalize", action="store_true", help="do not L2-normalise embeddings")
     pr.add_argument("--no-probe", action="store_true", help="no linear probe")
     pr.add_argument("--no-report", action="store_true", help="no HTML report")
+    pr.add_argument("--map", choices=["auto", "umap", "pca"],
+                    help="the report's 2-D map: auto (UMAP when umap-learn is installed, else PCA; the default), umap "
+                    "or pca (seconds instead of UMAP's tens of seconds to minutes on large data)")
     pr.add_argument("--cache-dir", help="embedding cache folder")
     pr.add_argument("--batch-size", type=POSITIVE, help="items per forward pass (default 256)")
     pr.add_argument("--seed", type=int_at_least(0), help="random seed (default 0)")

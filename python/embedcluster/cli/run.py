@@ -12,7 +12,7 @@ from typing import Any, Dict, List
 from ..transfer.pipeline import check_known_keys, valid_image_size, valid_layer
 from ._common import (POSITIVE, add_encoder_options, check_output_dir, data_help, emit, encoder_options, int_at_least,
                       metric_line, require, set_command)
-from .steps import EPS_HELP, dbscan_eps, eps_advice_in_flags, eps_arg
+from .steps import EPS_AUTO_HELP, dbscan_eps, eps_advice_in_flags, eps_arg
 
 
 def _is_int(v: Any) -> bool:
@@ -286,7 +286,8 @@ def add_parser(sub: Any) -> None:
     pr.add_argument("--head", choices=["scan", "temi"],
                     help="cluster with a neighbour-consistency head (SCAN or TEMI) on the embeddings' exact cosine "
                     "20 nearest neighbours instead of k-means; the probe is then trained on the head's clusters")
-    pr.add_argument("--eps", type=eps_arg, help=EPS_HELP + " (default auto)")
+    pr.add_argument("--eps", type=eps_arg, help="DBSCAN radius (Euclidean distance between the embeddings, "
+                    "L2-normalised unless --no-normalize), " + EPS_AUTO_HELP)
     pr.add_argument("--min-samples", type=POSITIVE, help="DBSCAN core threshold")
     pr.add_argument("--probe-rounds", type=POSITIVE, help="self-labeling rounds (default 1)")
     pr.add_argument("--no-normalize", action="store_true", help="do not L2-normalise embeddings")

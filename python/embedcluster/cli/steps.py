@@ -96,9 +96,9 @@ def eps_arg(text: str) -> Union[float, str]:
 CLI_NAMES = {"eps": "--eps", "auto": "--eps auto", "min_samples": "--min-samples", "kmeans": "--algorithm kmeans"}
 
 
-EPS_HELP = ("DBSCAN radius (Euclidean distance, or 1 - cos with --metric cosine), or 'auto': the knee of the "
-            "sorted k-distance curve (each point's distance to its (min-samples - 1)-th nearest neighbour, exact "
-            "kNN), printed with the result")
+#: What --eps 'auto' does (the end of the --eps help of cluster and run).
+EPS_AUTO_HELP = ("or 'auto': the knee of the sorted k-distance curve (each point's distance to its "
+                 "(min-samples - 1)-th nearest neighbour, exact kNN), printed with the result (default auto)")
 
 
 @contextlib.contextmanager
@@ -235,7 +235,8 @@ def add_parsers(sub: Any) -> None:
     pc.add_argument("--n-clusters", type=POSITIVE, default=8, help="k for k-means (default 8)")
     pc.add_argument("--n-init", type=POSITIVE, default=10,
                     help="k-means restarts, the lowest inertia wins (default 10)")
-    pc.add_argument("--eps", type=eps_arg, default="auto", help=EPS_HELP + " (default auto)")
+    pc.add_argument("--eps", type=eps_arg, default="auto",
+                    help="DBSCAN radius (Euclidean distance, or 1 - cos with --metric cosine), " + EPS_AUTO_HELP)
     pc.add_argument("--min-samples", type=POSITIVE, default=5, help="DBSCAN core threshold (default 5)")
     pc.add_argument("--metric", choices=["l2", "cosine"], help="default l2 (cosine with --head)")
     pc.add_argument("--head", choices=["scan", "temi"],

@@ -154,11 +154,11 @@ class DBSCAN(ClusterMixin, BaseEstimator):
         memory_limit = memory_limit_arg(self.memory_limit)
         backend = resolve_backend(self.backend, "DBSCAN", X)
         if backend == "cuda":
-            self._choose_eps(X, "cuda")
-            return self._warn_on_eps(self._fit_cuda(X, metric))
+            self._fit_cuda(X, metric)
+            return self._warn_on_eps()
         if _streams(X, self.memory_limit):
-            self._choose_eps(X, "native")
-            return self._warn_on_eps(self._fit_streamed(X, metric))
+            self._fit_streamed(X, metric)
+            return self._warn_on_eps()
         X = as_matrix(X, estimator="DBSCAN")
         self._choose_eps(X, "native")
         if backend == "native":
@@ -176,7 +176,7 @@ class DBSCAN(ClusterMixin, BaseEstimator):
         self.n_clusters_ = int(self.labels_.max() + 1) if len(self.labels_) else 0
         self.n_features_in_ = X.shape[1]
         self.backend_ = backend
-        return self._warn_on_eps(self)
+        return self._warn_on_eps()
 
     def _choose_eps(self, X: Any, backend: str) -> None:
         """Sets eps_: eps as given, or for "auto" the knee of the sorted core distances of X
@@ -195,12 +195,13 @@ class DBSCAN(ClusterMixin, BaseEstimator):
         self.k_distances_ = core_distances(X, int(self.min_samples), exact_knn)
         self.eps_ = auto_eps(self.k_distances_)
 
-    def _warn_on_eps(self, fitted: DBSCAN) -> DBSCAN:
-        """Warns (EpsWarning) when the fit labelled nearly everything noise or one cluster."""
+    def _warn_on_eps(self) -> DBSCAN:
+        """Warns (EpsWarning) when the fit labelled nearly everything noise or one cluster;
+        returns the estimator."""
         message = eps_advice(self.labels_, self.eps_, k_distances=self.k_distances_)
         if message is not None:
             warnings.warn(message, EpsWarning, stacklevel=3)
-        return fitted
+        return self
 
     def _fit_cuda(self, X: Any, metric: EngineMetric) -> DBSCAN:
         """fit on the CUDA engine (embedcluster.cuda.dbscan): the CPU engine's labels."""
@@ -209,6 +210,7 @@ class DBSCAN(ClusterMixin, BaseEstimator):
 
         if not cuda.is_device_array(X):
             X = as_matrix(X, estimator="DBSCAN")
+        self._choose_eps(X, "cuda")
         labels, is_core, _, n_clusters = cuda.dbscan(X, self.eps_, int(self.min_samples), metric,
                                                      engine=cuda_engine())
         self.labels_ = np.asarray(cuda.to_host(labels), dtype=np.int64)
@@ -229,6 +231,7 @@ class DBSCAN(ClusterMixin, BaseEstimator):
         if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
             raise ValueError(f"X must be a non-empty 2-D array (n_samples, n_features), got shape {X.shape}")
         n, d = int(X.shape[0]), int(X.shape[1])
+        self._choose_eps(X, "native")
         with scratch_folder(self.scratch_dir, 4.0 * n * d) as scratch:
             # A set of groups with no neighbours outside it is fitted whole when its rows, their
             # packed copy and the engine's per-row state fit the budget (about 14 bytes a value).

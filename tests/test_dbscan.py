@@ -409,3 +409,27 @@ def test_auto_eps_on_a_sample_of_queries_is_the_brute_force_curve_of_those_rows(
     dist, _ = SkNN(n_neighbors=5).fit(X.astype(np.float64)).kneighbors()  # each row left out
     rows = np.sort(np.random.default_rng(0).choice(900, 300, replace=False))
     np.testing.assert_allclose(est.k_distances_, np.sort(dist[rows, -1]), rtol=1e-5, atol=1e-6)
+
+
+def test_run_with_dbscan_prints_eps_and_the_warning_in_flags(tmp_path, capsys):
+    import json
+
+    from embedcluster.cli import main
+
+    X, _ = blobs_and_uniform_noise(400, 8, 4, 0.1, seed=3)
+    np.save(tmp_path / "x.npy", X)
+    args = ["run", str(tmp_path / "x.npy"), "--algorithm", "dbscan", "--no-probe", "--no-report", "--no-normalize",
+            "--no-progress"]
+    assert main(args + ["--out", str(tmp_path / "a"), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    ref = ec.DBSCAN(eps="auto").fit(X)
+    assert res["eps_auto"] is True and res["eps"] == ref.eps_ and res["n_clusters"] == ref.n_clusters_ == 4
+    assert main(args + ["--eps", "1000", "--out", str(tmp_path / "b")]) == 0
+    cap = capsys.readouterr()
+    assert "DBSCAN eps 1000, min-samples 5" in cap.out
+    assert cap.err.startswith("warning: DBSCAN put 400 of 400 points (100%) in one cluster at --eps=1000")
+    assert "lower --eps" in cap.err and "--eps auto" in cap.err
+    # Everything noise: the pipeline has no cluster to train on; the error says which way to move eps.
+    assert main(args + ["--eps", "0.001", "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert "400 of 400 points noise" in err and "raise --eps" in err and "--eps auto" in err

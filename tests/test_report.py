@@ -191,3 +191,32 @@ def test_umap_map_when_installed(tmp_path):
     m = json.loads((tmp_path / "metrics.json").read_text())["map"]
     assert m["method"] == "umap" and m["panels"] == ["cluster", "true class"]
     assert "UMAP" in (tmp_path / "report.html").read_text()
+
+
+def test_run_keys_per_class_results_by_class_name(tmp_path, capsys):
+    """`embedcluster run` on a folder of images with one sub-folder per class: OUT/metrics.json
+    and the report's metrics.json key the per-class results by folder name, and the report's
+    tables name the classes."""
+    from PIL import Image
+
+    from embedcluster.cli import main
+
+    rng = np.random.default_rng(0)
+    for name, level in (("dark", 40), ("mid", 128), ("light", 215)):
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        for i in range(20):
+            pixels = np.clip(level + rng.normal(0, 10, (8, 8)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "imgs" / name / f"{i:02d}.png")
+    out = tmp_path / "out"
+    assert main(["run", str(tmp_path / "imgs"), "--n-clusters", "3", "--no-probe", "--no-normalize", "--map", "pca",
+                 "--no-progress", "--out", str(out)]) == 0
+    capsys.readouterr()
+    run_metrics = json.loads((out / "metrics.json").read_text())
+    assert sorted(run_metrics["clusters"]["per_class"]) == ["dark", "light", "mid"]
+    assert run_metrics["clusters"]["accuracy"] == 1.0  # three grey levels: an easy, exact check of the keys
+    report_metrics = json.loads((out / "report" / "metrics.json").read_text())
+    assert report_metrics["metrics"]["per_class"] == run_metrics["clusters"]["per_class"]
+    assert report_metrics["map"] == {"method": "pca", "representation": None, "n_points": 60,
+                                     "panels": ["cluster", "true class"]}
+    page = (out / "report" / "report.html").read_text()
+    assert all(f"<td>{name}</td>" in page for name in ("dark", "mid", "light"))

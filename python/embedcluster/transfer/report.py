@@ -118,9 +118,9 @@ MAP_METHODS = ("auto", "umap", "pca")
 def map_2d(Z: np.ndarray, method: str = "auto", max_points: int = 5000, seed: int = 0):
     """The 2-D map of the embeddings: (coords, rows, method used, axis names).
 
-    ``method``: "umap" (umap-learn, cosine neighbours, seeded), "pca" (:func:`project_2d`) or
-    "auto" (UMAP when umap-learn is installed, else PCA). At most `max_points` rows (a fixed
-    random sample) are mapped."""
+    ``method``: "umap" (umap-learn, cosine neighbours or Euclidean when a row is zero, seeded),
+    "pca" (:func:`project_2d`) or "auto" (UMAP when umap-learn is installed, else PCA). At most
+    `max_points` rows (a fixed random sample) are mapped."""
     import importlib.util
 
     if method not in MAP_METHODS:
@@ -132,13 +132,18 @@ def map_2d(Z: np.ndarray, method: str = "auto", max_points: int = 5000, seed: in
         xy, rows = project_2d(Z, max_points, seed)
         return xy, rows, "pca", ("PC 1", "PC 2")
     try:
-        import umap
+        with warnings.catch_warnings():  # umap-learn warns on import that TensorFlow (ParametricUMAP) is absent
+            warnings.simplefilter("ignore", ImportWarning)
+            import umap
     except ImportError as e:
         raise ImportError("map_method='umap' needs umap-learn (pip install umap-learn, or pip install "
                           "'embedcluster[umap]'); map_method='pca' does without it") from e
     rows = _map_rows(len(Z), max_points, seed)
     logger.info("report: UMAP map of %d points", len(rows))
-    reducer = umap.UMAP(n_components=2, n_neighbors=min(15, len(rows) - 1), metric="cosine", random_state=seed)
+    # Cosine neighbours, as the clusterings of embeddings use; a zero row has no direction, so
+    # data with one (a blank image's pixels) is mapped by Euclidean neighbours.
+    metric = "cosine" if (np.linalg.norm(Z[rows], axis=1) > 0).all() else "euclidean"
+    reducer = umap.UMAP(n_components=2, n_neighbors=min(15, len(rows) - 1), metric=metric, random_state=seed)
     with warnings.catch_warnings():  # a seed makes UMAP single-threaded, which it announces each time
         warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)
         xy = np.asarray(reducer.fit_transform(Z[rows]))
@@ -345,7 +350,7 @@ def _plots(pngs: Dict[str, bytes], pred: np.ndarray, labels_true: Optional[np.nd
 
 def _map_caption(facts: Dict[str, Any]) -> str:
     """What the map shows, in words (its method, points and panels)."""
-    how = ("UMAP (umap-learn, cosine neighbours)" if facts["method"] == "umap" else
+    how = ("UMAP (umap-learn)" if facts["method"] == "umap" else
            "PCA, the first two principal components (install umap-learn for a UMAP map)")
     what = f" of the {facts['representation']} embeddings" if facts["representation"] else ""
     panels = ("Left: coloured by cluster; right: by true class, each class in the colour of the cluster matched "

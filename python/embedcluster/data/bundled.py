@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._interface import advice
 from ._common import PathLike
 from .dataset import Dataset
 from .idx import load_idx
@@ -61,10 +62,11 @@ def load_fashion_mnist(split: str = "test", root: PathLike | None = None, *,
         if found is None:
             raise FileNotFoundError(
                 f"Fashion-MNIST file {stem}.gz not found in {folder}; install it with "
-                "`apt-get install dataset-fashion-mnist` (Debian/Ubuntu) or pass root= a folder "
-                "with the four IDX files (train-images-idx3-ubyte.gz, "
-                "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
-                "t10k-labels-idx1-ubyte.gz)")
+                "`apt-get install dataset-fashion-mnist` (Debian/Ubuntu) or "
+                + advice("pass root= a folder with the four IDX files (train-images-idx3-ubyte.gz, "
+                         "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz)",
+                         "pass the images' IDX file as DATA (e.g. t10k-images-idx3-ubyte.gz, with "
+                         "t10k-labels-idx1-ubyte.gz beside it)"))
         paths.append(found)
     ds = load_idx(paths[0], paths[1], class_names=FASHION_MNIST_CLASSES,
                   memory_limit=memory_limit)

@@ -397,7 +397,8 @@ def load_data(settings: Dict[str, Any], notes: List[str]) -> Any:
     is_table = isinstance(data, str) and Path(data).suffix.lower() in _TABLES and os.path.isfile(data)
     if (text_col or label_col) and not is_table:
         flags = " and ".join(f for f, v in (("--text-column", text_col), ("--label-column", label_col)) if v)
-        raise ValueError(f"{flags} name columns of a .csv / .tsv / .jsonl / .json table, and {data} is not one")
+        raise ValueError(f"{flags} {'name columns' if text_col and label_col else 'names a column'} of a .csv / "
+                         f".tsv / .jsonl / .json table, and {data} is not one")
     kw: Dict[str, Any] = {}
     size = settings.get("image_size")
     if size is not None and size != "auto" and _image_folder(data):
@@ -417,6 +418,9 @@ def _note_columns(data: str, text_col: str, label: Any, ds: Any, notes: List[str
     if ds.y is not None:
         notes.append(f"texts from column {text_col!r}, true labels from column "
                      f"{label if label != 'auto' else 'label'!r} ({len(ds.class_names or [])} classes)")
+        return
+    if label is None:
+        notes.append(f"texts from column {text_col!r}")
         return
     others = [c for c in table_columns(data) if c != text_col]
     hint = ""
@@ -473,3 +477,19 @@ def score_lines(truth: Any, labels: Any, what: str = "clusters") -> Any:
 
     rep = metrics.clustering_report(truth, labels)
     return rep, [metric_line(what, rep)]
+
+
+def save_labels(path: str, labels: Any, ds: Any = None, truth: Any = None, truth_names: Any = None) -> None:
+    """Labels to PATH: a CSV (see :func:`write_labels_csv`) when it ends in .csv, else a .npy array."""
+    if path.lower().endswith(".csv"):
+        write_labels_csv(path, labels, ds, truth, truth_names)
+    else:
+        save_npy(path, labels)
+
+
+def add_truth_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """--truth FILE: true labels in the order of the rows, to score the clusters."""
+    parser.add_argument("--truth", metavar="FILE",
+                        help=f"true labels of the {what}, in their order, to score the clusters (ACC, NMI, ARI): a "
+                        "text file with one label per line, a .npy array, TABLE.csv:COLUMN, or a data set with "
+                        "labels")

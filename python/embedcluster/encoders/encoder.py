@@ -206,8 +206,8 @@ class Encoder:
         if self.modality == "text":
             texts = _texts_of(data)
             if texts is None:
-                raise ValueError(f"encoder {self.name!r} embeds texts, but the data is a "
-                                 f"{type(data).__name__} without texts; "
+                raise ValueError(f"encoder {self.name!r} embeds texts, but the data is "
+                                 f"{getattr(data, 'kind', type(data).__name__)} without texts; "
                                  + advice("pass a list of strings or a Dataset with .texts",
                                           "pass a .txt, .csv or .jsonl file of texts as DATA, or an image "
                                           "encoder such as --encoder efficientnet-lite0"))

@@ -339,7 +339,9 @@ class TransferClustering:
         self.clusterer_ = clusterer
         ids = np.unique(labels[labels >= 0])
         if len(ids) == 0:
-            raise ValueError("the clusterer found no cluster (all points are noise); loosen its parameters")
+            raise ValueError("the clusterer found no cluster (all points are noise); "
+                             + advice("loosen its parameters (DBSCAN: a larger eps or a smaller min_samples)",
+                                      "with --algorithm dbscan raise --eps or lower --min-samples"))
         self.head_clusters_ = ids.astype(np.int64)  # the head's outputs in use (for a ClusterHead)
         # Centres: the estimator's own, else the mean of each cluster's points (DBSCAN, heads).
         centers = getattr(clusterer, "cluster_centers_", None)

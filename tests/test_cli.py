@@ -697,9 +697,9 @@ def test_table_columns_chosen_by_flags_and_truth_column(package_table, capsys, o
 def test_every_embedding_command_has_image_size_device_and_columns(cmd, capsys):
     assert main([cmd, "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
-    for flag in ("--image-size", "--device", "--text-column", "--label-column"):
+    for flag in ("--image-size", "--device", "--text-column") + (("--label-column",) if cmd != "predict" else ()):
         assert flag in text, flag
-    assert "default: text" in text and "default: label" in text
+    assert "default: text" in text and ("default: label" in text or cmd == "predict")
 
 
 def test_image_size_resizes_a_mixed_folder_for_raw_features(tmp_path, capsys):
@@ -749,6 +749,10 @@ BAD_INPUTS = [
     (["cluster", "{png_npy}", "--out", "{o}.npy"], "looks like a PNG image"),
     (["embed", "{png_csv}", "--out", "{o}.npy"], "looks like a PNG image"),
     (["run", "{x}", "--label-column", "y", "--out", "{o}"], "--label-column"),
+    (["run", "{o}-missing", "--out", "{o}"], "does not exist"),
+    (["run", "{vec}", "--no-probe", "--no-report", "--out", "{o}"], "2-D array"),
+    (["embed", "{csv}", "--text-column", "description", "--encoder", "efficientnet-lite0", "--out", "{o}.npy"],
+     "--encoder all-MiniLM-L6-v2"),
 ]
 
 
@@ -764,7 +768,9 @@ def bad_files(tmp_path):
     np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((40, 3)).astype(np.float32))
     Image.new("RGB", (3, 3)).save(tmp_path / "img.npy", format="PNG")
     Image.new("RGB", (3, 3)).save(tmp_path / "img.csv", format="PNG")
+    np.save(tmp_path / "vec.npy", np.zeros(7, np.float32))
     return {"mixed": tmp_path / "mixed", "csv": tmp_path / "t.csv", "x": tmp_path / "x.npy",
+            "vec": tmp_path / "vec.npy",
             "png_npy": tmp_path / "img.npy", "png_csv": tmp_path / "img.csv", "o": tmp_path / "out"}
 
 

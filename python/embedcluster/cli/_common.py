@@ -370,13 +370,14 @@ def check_device(device: Optional[str]) -> None:
         resolve_device(device)
 
 
-def add_table_options(parser: argparse.ArgumentParser) -> None:
-    """--text-column / --label-column: the columns of a CSV, TSV, JSON-lines or JSON table."""
+def add_table_options(parser: argparse.ArgumentParser, labels: bool = True) -> None:
+    """--text-column (and --label-column): the columns of a CSV, TSV, JSON-lines or JSON table."""
     parser.add_argument("--text-column", metavar="NAME",
                         help="for a .csv / .tsv / .jsonl / .json table: the column with the texts (default: text)")
-    parser.add_argument("--label-column", metavar="NAME",
-                        help="for a table: the column with true labels, used only to score the clusters (default: "
-                        "label when the table has it; none: read no labels)")
+    if labels:
+        parser.add_argument("--label-column", metavar="NAME",
+                            help="for a table: the column with true labels, used only to score the clusters "
+                            "(default: label when the table has it; none: read no labels)")
 
 
 def _image_folder(data: Any) -> bool:

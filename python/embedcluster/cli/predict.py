@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any, Dict, List
 
 from ._common import (add_device_option, add_table_options, check_device, check_output_file, data_help, emit,
@@ -17,7 +18,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     tc = TransferClustering.load(args.pipeline, device=args.device)
     tc.progress = not args.no_progress
     notes: List[str] = []
-    ds = load_data({**vars(args), "label_column": args.label_column or "none"}, notes)
+    is_table = Path(args.data).suffix.lower() in (".csv", ".tsv", ".jsonl", ".json")
+    ds = load_data({**vars(args), "label_column": "none" if is_table else None}, notes)
     pred = tc.predict(ds, flag_unknown=args.flag_unknown)
     if args.out:
         save_labels(args.out, pred, ds)
@@ -43,7 +45,7 @@ def add_parser(sub: Any) -> None:
     pq.add_argument("--image-size", type=image_size, metavar="SIZE",
                     help="resize a folder of images to SIZE (a side or HEIGHTxWIDTH) as it loads, as at fitting; "
                     "the encoder's own input size is saved with the pipeline")
-    add_table_options(pq)
+    add_table_options(pq, labels=False)
     add_device_option(pq)
     pq.add_argument("--flag-unknown", action="store_true", help="label items far from every cluster -1")
     pq.add_argument("--no-progress", action="store_true", help="no progress bar")

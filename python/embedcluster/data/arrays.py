@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import _io
+from .._interface import advice
 from ._common import PathLike, _check_allocation, _existing, _sorted_unique, describe_bytes
 from .dataset import Dataset
 from .sharded import ShardedArray
@@ -55,7 +56,8 @@ def _kind_of(X: Any) -> str:
     if nd in (3, 4):
         return "images"
     raise ValueError(f"X has shape {tuple(X.shape)}; expected (n, d) vectors or (n, H, W) / "
-                     "(n, H, W, C) images (for a single feature use X.reshape(-1, 1))")
+                     "(n, H, W, C) images " + advice("(for a single feature use X.reshape(-1, 1))",
+                                                     "(save a single feature as a 2-D array of shape (n, 1))"))
 
 
 def load_array(X: Any, y: Any = None, *, kind: str | None = None,
@@ -161,8 +163,8 @@ def _load_npy_file(path: Path, mmap: bool, memory_limit: int | None = None,
                          f"declares (shape {shape}, {dtype}); the file is damaged")
     if not mmap:
         _check_allocation(nbytes, f"{p} (shape {shape}, {dtype})", memory_limit,
-                          "pass mmap=True to read it from disk on demand, free memory, or "
-                          "pass a larger memory_limit=")
+                          advice("pass mmap=True to read it from disk on demand, free memory, or "
+                                 "pass a larger memory_limit=", "free memory, or check that the file is not damaged"))
     try:
         arr = np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:

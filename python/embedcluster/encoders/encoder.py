@@ -223,7 +223,8 @@ class Encoder:
         if X is None:
             raise ValueError(f"encoder {self.name!r} takes arrays (images or vectors), but the data "
                              "holds texts; use a text encoder such as "
-                             + advice("load_encoder('all-MiniLM-L6-v2')", "--encoder all-MiniLM-L6-v2"))
+                             + advice("load_encoder('all-MiniLM-L6-v2')",
+                                      "all-MiniLM-L6-v2 (--encoder all-MiniLM-L6-v2 in run and embed)"))
         if len(X.shape) < 2:
             raise ValueError(f"data of shape {tuple(X.shape)}: expected vectors (n, d) or images "
                              "(n, H, W) / (n, H, W, C)")

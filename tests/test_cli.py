@@ -280,7 +280,9 @@ BAD_CONFIGS = [({"algorithm": "hdbscan"}, "algorithm"), ({"probe": "no"}, "probe
                ("not json", "not valid JSON"), ({"encoder": "efficientnet-lite0", "image_size": 0}, "image_size"),
                ({"encoder": "efficientnet-lite0", "invert": 1}, "invert"),
                ({"encoder": "efficientnet-lite0", "layer": []}, "layer"),
-               ({"image_size": 32}, "--encoder"), ({"layer": "head"}, "--encoder")]
+               ({"image_size": 32}, "--encoder"), ({"layer": "head"}, "--encoder"),
+               ({"device": "gpu"}, "device"), ({"text_column": ""}, "text_column"), ({"truth": 3}, "truth"),
+               ({"label_column": "section"}, "--label-column")]
 
 
 @pytest.mark.parametrize("cfg,word", BAD_CONFIGS, ids=[str(c) for c, _ in BAD_CONFIGS])
@@ -820,3 +822,17 @@ def test_output_folders_respect_the_umask(tmp_path, umask, dir_mode, file_mode):
         assert os.stat(dirpath).st_mode & 0o777 == dir_mode, dirpath
         for name in filenames:
             assert os.stat(os.path.join(dirpath, name)).st_mode & 0o777 == file_mode, name
+
+
+def test_config_file_takes_the_new_settings(tmp_path, grey_pngs, capsys):
+    import numpy as np
+    from sklearn.metrics import normalized_mutual_info_score
+
+    folder, truth, _, y = grey_pngs
+    cfg = tmp_path / "run.json"
+    cfg.write_text(json.dumps({"data": str(folder), "out": str(tmp_path / "o"), "truth": str(truth), "device": "cpu",
+                               "n_clusters": 3, "probe": False, "report": False}))
+    assert main(["run", "--config", str(cfg), "--no-progress", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    labels = np.load(tmp_path / "o" / "labels.npy")
+    assert res["clusters"]["nmi"] == pytest.approx(normalized_mutual_info_score(y, labels))

@@ -62,7 +62,8 @@ def add_parser(sub: Any) -> None:
     pp.add_argument("embeddings", help="embeddings (.npy)")
     pp.add_argument("--labels", required=True, help="cluster labels (.npy); -1 (noise) is not trained on")
     pp.add_argument("--out", required=True, help="output folder for probe.safetensors + probe.json")
-    pp.add_argument("--truth", help="true labels (.npy or a data set) to score clusters and probe")
+    pp.add_argument("--truth", metavar="FILE", help="true labels to score clusters and probe: a text file with one "
+                    "label per line, a .npy array, TABLE.csv:COLUMN, or a data set with labels")
     pp.add_argument("--rounds", type=POSITIVE, default=1, help="self-labeling rounds (default 1)")
     pp.add_argument("--fraction", type=real_in(0.0, 1.0), default=0.5, help="confident share per cluster (default 0.5)")
     pp.add_argument("--weighting", choices=["margin", "select"], default="margin",

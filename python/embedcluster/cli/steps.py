@@ -211,6 +211,8 @@ def add_parsers(sub: Any) -> None:
                         description="Accuracy after Hungarian matching, NMI, ARI, V-measure, purity and per-class "
                                     "precision / recall / F1 of LABELS against TRUTH.")
     pv.add_argument("--labels", required=True, help="predicted cluster labels (.npy)")
-    pv.add_argument("--truth", required=True, help="true labels (.npy) or " + data_help("a data set with labels"))
+    pv.add_argument("--truth", required=True, metavar="FILE",
+                    help="true labels in the order of LABELS: a text file with one label per line, a .npy array, "
+                    "TABLE.csv:COLUMN, or " + data_help("a data set with labels"))
     set_command(pv, _cmd_evaluate, "print the full report as JSON")
 

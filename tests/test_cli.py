@@ -836,3 +836,21 @@ def test_config_file_takes_the_new_settings(tmp_path, grey_pngs, capsys):
     res = json.loads(capsys.readouterr().out)
     labels = np.load(tmp_path / "o" / "labels.npy")
     assert res["clusters"]["nmi"] == pytest.approx(normalized_mutual_info_score(y, labels))
+
+
+def test_truth_table_keyed_by_file_name_is_matched_in_any_order(tmp_path, grey_pngs, capsys):
+    import numpy as np
+    from sklearn.metrics import normalized_mutual_info_score
+
+    folder, _, _, y = grey_pngs
+    order = np.random.default_rng(3).permutation(60)  # rows shuffled, paths longer than the folder's names
+    (tmp_path / "classes.csv").write_text("path,class\n" + "".join(
+        f"/data/shoot1/img{i:03d}.png,{FASHION_NAMES[y[i]]}\n" for i in order))
+    assert main(["run", str(folder), "--truth", str(tmp_path / "classes.csv"), "--n-clusters", "3", "--no-probe",
+                 "--no-report", "--no-progress", "--json", "--out", str(tmp_path / "o")]) == 0
+    res = json.loads(capsys.readouterr().out)
+    labels = np.load(tmp_path / "o" / "labels.npy")
+    assert res["clusters"]["nmi"] == pytest.approx(normalized_mutual_info_score(y, labels))
+    assert any("matched to the items by its column 'path'" in n for n in res["notes"])
+    rows = _read_labels_csv(tmp_path / "o" / "labels.csv")
+    assert [r["truth"] for r in rows] == [FASHION_NAMES[c] for c in y]

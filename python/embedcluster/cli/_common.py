@@ -208,34 +208,61 @@ def _labels_of_lines(path: Path):
     return lines
 
 
-def _labels_of_table(path: Path, column: Any):
-    """The labels in one column of a table: the column named, the only column, or 'label'."""
+def _key_column(rows: List[Any], columns: List[str], ids: Optional[List[str]]) -> Any:
+    """(column, {item id: row}) when a column of the table names every item of the data: an image's
+    path relative to its folder, or a longer path that ends in it; else (None, None)."""
+    if not ids:
+        return None, None
+    for col in columns:
+        tails: Dict[str, Any] = {}  # every trailing run of path parts of a key -> its row (None: ambiguous)
+        for _, r in rows:
+            parts = str(r.get(col, "")).strip().replace("\\", "/").split("/")
+            for start in range(len(parts)):
+                tail = "/".join(parts[start:])
+                tails[tail] = None if tail in tails and tails[tail] is not r else r
+        found = [tails.get(i) for i in ids]
+        if all(row is not None for row in found):
+            return col, dict(zip(ids, found))
+    return None, None
+
+
+def _labels_of_table(path: Path, column: Any, ids: Optional[List[str]] = None):
+    """(labels, key column or None) from one column of a table: the column named, the only column,
+    'label', or the column beside the one that names the data's files. When a column names every
+    item (see :func:`_key_column`) the labels come in the data's order, else in the table's."""
     from ..data.text import _table_rows
 
     rows, columns = _table_rows(path)
+    key, by_id = _key_column(rows, columns, ids)
     if column is None:
-        column = columns[0] if len(columns) == 1 else "label" if "label" in columns else None
+        rest = [c for c in columns if c != key]
+        column = rest[0] if len(rest) == 1 else "label" if "label" in rest else None
         if column is None:
             raise ValueError(f"--truth {path} has columns {', '.join(map(repr, columns))}; name the one with "
                              f"the labels: --truth {path}:COLUMN (e.g. {path}:{columns[-1]})")
     if column not in columns:
         raise ValueError(f"--truth {path}: no column {column!r}; its columns are {', '.join(map(repr, columns))}")
+    if key == column:
+        key, by_id = None, None
+    ordered = [(f"row for {i}", by_id[i]) for i in ids] if by_id is not None and ids is not None else rows
     values = []
-    for where, r in rows:
+    for where, r in ordered:
         v = r.get(column)
         if v is None or (isinstance(v, str) and not v.strip()):
             raise ValueError(f"--truth {path} {where} has no label in column {column!r}")
         values.append(v.strip() if isinstance(v, str) else v)
-    return values
+    return values, key
 
 
-def read_truth(spec: str, n: Optional[int] = None):
+def read_truth(spec: str, n: Optional[int] = None, ids: Optional[List[str]] = None):
     """True labels kept apart from the data: (labels as int64, class names or None, description).
 
     SPEC is a .npy file (integers or strings), a text file with one label per line, a table
     (.csv / .tsv / .jsonl / .json: its only column, its 'label' column, or FILE:COLUMN), or a
     data set with labels ('digits', IDX files, a folder of class sub-folders). With ``n`` the
-    number of labels must match.
+    number of labels must match. With ``ids`` (the data's image paths), a table with a column
+    that names every image is matched to them by name, in any row order (the description says
+    by which column).
     """
     import numpy as np
 
@@ -251,7 +278,10 @@ def read_truth(spec: str, n: Optional[int] = None):
         if raw.ndim != 1:
             raise ValueError(f"--truth {spec} holds an array of shape {raw.shape}; labels are 1-D, one per item")
     elif path.is_file() and ext in _TABLES:
-        raw = np.array([str(v) for v in _labels_of_table(path, column)])
+        values, key = _labels_of_table(path, column, ids)
+        raw = np.array([str(v) for v in values])
+        if key is not None:
+            spec = f"{spec} (matched to the items by its column {key!r})"
     elif path.is_file() and (ext in (".txt", ".labels", "") and not _looks_like_idx(path)):
         raw = np.array(_labels_of_lines(path))
     else:

@@ -224,7 +224,9 @@ def _load_run_data(cfg: Dict[str, Any], notes: List[str]) -> Any:
     ds = load_data(cfg, notes)
     if cfg.get("truth") is None:
         return ds, ds.y, ds.class_names
-    y, names, _ = read_truth(cfg["truth"], len(ds))
+    y, names, what = read_truth(cfg["truth"], len(ds), ds.ids)
+    if what != cfg["truth"]:
+        notes.append(f"true labels from {what}")
     if ds.y is not None:
         notes.append(f"scoring against --truth {cfg['truth']}, not the labels DATA carries")
     return ds, y, names

@@ -854,3 +854,17 @@ def test_truth_table_keyed_by_file_name_is_matched_in_any_order(tmp_path, grey_p
     assert any("matched to the items by its column 'path'" in n for n in res["notes"])
     rows = _read_labels_csv(tmp_path / "o" / "labels.csv")
     assert [r["truth"] for r in rows] == [FASHION_NAMES[c] for c in y]
+
+
+def test_evaluate_and_probe_read_the_labels_csv_that_run_writes(tmp_path, grey_pngs, capsys):
+    import numpy as np
+    from sklearn.metrics import adjusted_rand_score
+
+    folder, truth, _, y = grey_pngs
+    out = tmp_path / "o"
+    assert main(["run", str(folder), "--n-clusters", "3", "--no-probe", "--no-report", "--no-progress",
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--labels", str(out / "labels.csv"), "--truth", str(truth), "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["ari"] == pytest.approx(adjusted_rand_score(y, np.load(out / "labels.npy")))

@@ -524,3 +524,17 @@ def add_truth_option(parser: argparse.ArgumentParser, what: str) -> None:
                         help=f"true labels of the {what}, in their order, to score the clusters (ACC, NMI, ARI): a "
                         "text file with one label per line, a .npy array, TABLE.csv:COLUMN, or a data set with "
                         "labels")
+
+
+def load_cluster_labels(path: str):
+    """Cluster labels written by `run` or `cluster`: a .npy array, or the 'cluster' column of a
+    labels .csv file (int64, -1 = noise)."""
+    import numpy as np
+
+    if not path.lower().endswith(".csv"):
+        return load_npy(path, "labels")
+    values, _ = _labels_of_table(Path(path), "cluster")
+    try:
+        return np.array([int(v) for v in values], dtype=np.int64)
+    except ValueError:
+        raise ValueError(f"{path}: column 'cluster' should hold integers (as run and cluster write it)") from None

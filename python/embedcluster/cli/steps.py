@@ -9,9 +9,9 @@ from typing import Any, List
 
 from ._common import (POSITIVE, add_device_option, add_encoder_options, add_table_options, add_truth_option,
                       check_device, check_output_file, check_same_length, cluster_summary, data_help, emit,
-                      embedding_files, encoder_options, int_at_least, load_data, load_embedding_shards, load_npy,
-                      load_truth, metric_line, read_truth, real_in, require, save_labels, save_npy, score_lines,
-                      set_command, summary_lines)
+                      embedding_files, encoder_options, int_at_least, load_cluster_labels, load_data,
+                      load_embedding_shards, load_truth, metric_line, read_truth, real_in, require, save_labels,
+                      save_npy, score_lines, set_command, summary_lines)
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
@@ -145,7 +145,7 @@ def _fit_on_scheduler(args: argparse.Namespace, files: List[Path], shards: List[
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .. import metrics
 
-    pred = load_npy(args.labels, "labels")
+    pred = load_cluster_labels(args.labels)
     truth = load_truth(args.truth)
     check_same_length(pred, truth, args.labels, args.truth)
     rep = metrics.clustering_report(truth, pred)
@@ -210,7 +210,8 @@ def add_parsers(sub: Any) -> None:
     pv = sub.add_parser("evaluate", help="score cluster labels against true labels",
                         description="Accuracy after Hungarian matching, NMI, ARI, V-measure, purity and per-class "
                                     "precision / recall / F1 of LABELS against TRUTH.")
-    pv.add_argument("--labels", required=True, help="predicted cluster labels (.npy)")
+    pv.add_argument("--labels", required=True, help="predicted cluster labels: a .npy array, or the labels.csv that "
+                    "run and cluster write")
     pv.add_argument("--truth", required=True, metavar="FILE",
                     help="true labels in the order of LABELS: a text file with one label per line, a .npy array, "
                     "TABLE.csv:COLUMN, or " + data_help("a data set with labels"))

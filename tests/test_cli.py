@@ -755,6 +755,10 @@ BAD_INPUTS = [
     (["run", "{vec}", "--no-probe", "--no-report", "--out", "{o}"], "2-D array"),
     (["embed", "{csv}", "--text-column", "description", "--encoder", "efficientnet-lite0", "--out", "{o}.npy"],
      "--encoder all-MiniLM-L6-v2"),
+    (["embed", "{x}", "--encoder", "nosuch", "--out", "{o}.npy"], "'all-MiniLM-L6-v2'"),
+    (["run", "fashion-mnist:val", "--out", "{o}"], "fashion-mnist:test"),
+    (["run", "{x}", "--head", "scan", "--n-clusters", "1", "--out", "{o}"], "--n-clusters 2"),
+    (["embed", "{x}", "--encoder", "efficientnet-lite0", "--out", "{o}.npy"], "without --encoder"),
 ]
 
 

@@ -239,7 +239,7 @@ def _make_clusterer(cfg: Dict[str, Any], k: int, seed: int) -> Any:
 
     if cfg.get("head") is not None:
         if k < 2:
-            raise ValueError(f"a clustering head needs n_clusters >= 2, got {k}")
+            raise ValueError(f"a clustering head (--head) needs --n-clusters 2 or more, got {k}")
         return ClusterHead(k, cfg["head"], random_state=seed)
     if cfg.get("algorithm", "kmeans") == "dbscan":
         return DBSCAN(eps=cfg.get("eps", 0.5), min_samples=cfg.get("min_samples", 5))
@@ -361,7 +361,8 @@ def add_parser(sub: Any) -> None:
     pr.add_argument("--truth", metavar="FILE|COLUMN",
                     help="true labels kept apart from DATA, to score the clusters (ACC, NMI, ARI in the output and "
                     "OUT/metrics.json): a text file with one label per line in DATA's order, a .npy array, "
-                    "TABLE.csv:COLUMN, or the name of a column of a DATA table")
+                    "TABLE.csv:COLUMN (for a folder of images the rows may come in any order when another column "
+                    "names the image files), or the name of a column of a DATA table")
     add_device_option(pr)
     pr.add_argument("--out", help="output folder (required): OUT/labels.csv (index, item: the image path or the "
                     "text, cluster, truth), OUT/labels.npy, OUT/embeddings.npy, OUT/metrics.json, OUT/pipeline, "

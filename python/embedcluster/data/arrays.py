@@ -55,9 +55,10 @@ def _kind_of(X: Any) -> str:
         return "vectors"
     if nd in (3, 4):
         return "images"
+    hint = "" if nd != 1 else " " + advice("(for a single feature use X.reshape(-1, 1))",
+                                           "(save a single feature as a 2-D array of shape (n, 1))")
     raise ValueError(f"X has shape {tuple(X.shape)}; expected (n, d) vectors or (n, H, W) / "
-                     "(n, H, W, C) images " + advice("(for a single feature use X.reshape(-1, 1))",
-                                                     "(save a single feature as a 2-D array of shape (n, 1))"))
+                     f"(n, H, W, C) images{hint}")
 
 
 def load_array(X: Any, y: Any = None, *, kind: str | None = None,

@@ -52,7 +52,8 @@ def load_fashion_mnist(split: str = "test", root: PathLike | None = None, *,
         ``X`` uint8 ``(n, 28, 28)``, ``y`` in 0..9, ``class_names`` = :data:`FASHION_MNIST_CLASSES`.
     """
     if split not in _FASHION_FILES:
-        raise ValueError(f"split={split!r} should be 'test' or 'train'")
+        raise ValueError(advice(f"split={split!r} should be 'test' or 'train'",
+                                f"fashion-mnist:{split} names no split; use fashion-mnist:test or fashion-mnist:train"))
     folder = Path(root if root is not None else FASHION_MNIST_ROOT).expanduser()
     paths = []
     for stem in _FASHION_FILES[split]:

@@ -238,3 +238,15 @@ def test_cuda_index_beyond_the_gpus_is_refused():
     assert resolve_device(f"cuda:{n - 1}") == f"cuda:{n - 1}"
     with pytest.raises(ValueError, match=f"GPU {n}, but torch sees {n}"):
         resolve_device(f"cuda:{n}")
+
+
+def test_selection_candidates_take_the_device():
+    torch = pytest.importorskip("torch")
+    from embedcluster.transfer.select import candidate_representations
+
+    X = np.random.default_rng(0).random((10, 4, 4)).astype(np.float32)
+    out = candidate_representations(X, torch.nn.Flatten(), device="cpu")
+    np.testing.assert_allclose(out["Flatten(start_dim=1, end_dim=-1)"][0], X.reshape(10, -1))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device='cuda' asks for a GPU"):
+            candidate_representations(X, torch.nn.Flatten(), device="cuda")

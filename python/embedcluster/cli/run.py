@@ -177,7 +177,8 @@ def _select_auto(cfg: Dict[str, Any], ds: Any, progress: bool) -> Any:
 
     encoder = cfg.get("encoder") or _default_select_encoder(ds)
     candidates = candidate_representations(ds, encoder, encoder_options=encoder_options(cfg),
-                                           batch_size=min(cfg.get("batch_size", 64), 64), progress=progress)
+                                           batch_size=min(cfg.get("batch_size", 64), 64), progress=progress,
+                                           device=cfg.get("device"))
     ks = [cfg["n_clusters"]] if cfg.get("n_clusters") else cfg.get("select_k", DEFAULT_SELECT_K)
     sel = select_clustering({name: Z for name, (Z, _) in candidates.items()}, ks,
                             cfg.get("select_methods", ["kmeans"]), seed=cfg.get("seed", 0))

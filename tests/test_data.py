@@ -1146,3 +1146,14 @@ def test_describe_bytes_on_known_signatures():
     assert describe_bytes(b"caf\xc3") == "UTF-8 text"  # a character cut by the end of the sample
     assert describe_bytes(b"\x80\x04\x95") == "a Python pickle"
     assert describe_bytes(b"\xde\xad\xbe\xef\x00") == "a file starting with bytes deadbeef00"
+
+
+def test_table_without_a_label_column_says_so_in_the_log(tmp_path, caplog):
+    import logging
+
+    p = tmp_path / "t.csv"
+    p.write_text("text,section\nsome text,libs\n")
+    with caplog.at_level(logging.INFO, logger="embedcluster"):
+        ds = load(p)
+    assert ds.y is None
+    assert "no column 'label'" in caplog.text and "text, section" in caplog.text and "label_column=" in caplog.text

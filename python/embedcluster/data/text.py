@@ -187,6 +187,9 @@ def load_table(path: PathLike, text_column: str = "text",
     rows, columns = _table_rows(p)
     if label_column == "auto":
         label_column = "label" if "label" in columns else None
+        if label_column is None:
+            logger.info("%s has no column 'label', so no labels were read (columns: %s); %s", p, ", ".join(columns),
+                        advice("pass label_column= to read one", "pass --label-column NAME to read one"))
     for col, what, flag in ((text_column, "text_column", "--text-column"),
                             (label_column, "label_column", "--label-column")):
         if col is not None and col not in columns:

@@ -106,6 +106,39 @@ def _decode_image(im: Any, f: Path, target: tuple[int, int], grayscale: bool,
     return a.astype(np.float32) / np.float32(255.0) if as_float else a
 
 
+def _scan_headers(files: list[Path], target: tuple[int, int] | None) -> tuple:
+    """(target size, any 16-bit image, every image grey, bytes of the largest decoded image) from
+    the image headers alone: a size mismatch, a damaged file or a size that cannot fit in memory
+    is reported before anything is decoded."""
+    sizes: dict = {}
+    high_bit = False
+    all_grey = True
+    largest = 0
+    for f in files:
+        _existing(f, "image")  # a FIFO named .png would block Image.open
+        try:
+            with _open_image(f) as im:
+                sizes.setdefault(im.size, f)
+                high_bit |= im.mode in _HIGH_BIT_MODES
+                all_grey = all_grey and _is_grey(im)
+                largest = max(largest, im.size[0] * im.size[1] * 4 * max(1, len(im.getbands())))
+        except Exception as e:  # PIL raises many types for broken files
+            raise ValueError(f"cannot read image {f}: {e}; the file is damaged or not an "
+                             "image (remove or replace it)") from e
+        if target is None and len(sizes) > 1:
+            (w0, h0), f0 = next(iter(sizes.items()))
+            (w1, h1), f1 = list(sizes.items())[1]
+            raise ValueError(f"images differ in size ({f0.name} is {h0}x{w0}, {f1.name} is "
+                             f"{h1}x{w1} height x width); "
+                             + advice("pass size= (an int or (height, width)) to resize them all",
+                                      "pass --image-size (a side such as 64, or HEIGHTxWIDTH) to resize "
+                                      "them all"))
+    if target is None:
+        (w, h), _ = next(iter(sizes.items()))
+        target = (h, w)
+    return target, high_bit, all_grey, largest
+
+
 def load_image_folder(path: PathLike, size: int | tuple[int, int] | None = None,
                       grayscale: bool | None = None, *, memory_limit: int | None = None) -> Dataset:
     """Load a folder of images with PIL.
@@ -169,35 +202,7 @@ def load_image_folder(path: PathLike, size: int | tuple[int, int] | None = None,
         raise FileNotFoundError(f"no images ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}) "
                                 f"found in {root} or its sub-folders")
 
-    target = _hw(size) if size is not None else None
-    # Read only the headers first: a size mismatch, a bit depth, a damaged file or a size that
-    # cannot fit in memory is reported before anything is decoded.
-    sizes: dict = {}
-    high_bit = False
-    all_grey = True
-    largest = 0
-    for f in files:
-        _existing(f, "image")  # a FIFO named .png would block Image.open
-        try:
-            with _open_image(f) as im:
-                sizes.setdefault(im.size, f)
-                high_bit |= im.mode in _HIGH_BIT_MODES
-                all_grey = all_grey and _is_grey(im)
-                largest = max(largest, im.size[0] * im.size[1] * 4 * max(1, len(im.getbands())))
-        except Exception as e:  # PIL raises many types for broken files
-            raise ValueError(f"cannot read image {f}: {e}; the file is damaged or not an "
-                             "image (remove or replace it)") from e
-        if target is None and len(sizes) > 1:
-            (w0, h0), f0 = next(iter(sizes.items()))
-            (w1, h1), f1 = list(sizes.items())[1]
-            raise ValueError(f"images differ in size ({f0.name} is {h0}x{w0}, {f1.name} is "
-                             f"{h1}x{w1} height x width); "
-                             + advice("pass size= (an int or (height, width)) to resize them all",
-                                      "pass --image-size (a side such as 64, or HEIGHTxWIDTH) to resize "
-                                      "them all"))
-    if target is None:
-        (w, h), _ = next(iter(sizes.items()))
-        target = (h, w)
+    target, high_bit, all_grey, largest = _scan_headers(files, _hw(size) if size is not None else None)
     squeeze = grayscale is None and all_grey
     grey = bool(grayscale) or squeeze
     channels = 1 if grey else 3

@@ -872,3 +872,10 @@ def test_evaluate_and_probe_read_the_labels_csv_that_run_writes(tmp_path, grey_p
     assert main(["evaluate", "--labels", str(out / "labels.csv"), "--truth", str(truth), "--json"]) == 0
     ev = json.loads(capsys.readouterr().out)
     assert ev["ari"] == pytest.approx(adjusted_rand_score(y, np.load(out / "labels.npy")))
+
+
+def test_labels_csv_without_a_cluster_column_names_the_labels_flag(tmp_path, capsys):
+    (tmp_path / "l.csv").write_text("index,group\n0,1\n")
+    (tmp_path / "t.txt").write_text("a\n")
+    code = main(["evaluate", "--labels", str(tmp_path / "l.csv"), "--truth", str(tmp_path / "t.txt")])
+    _one_line_error(code, capsys.readouterr().err, "--labels", "no column 'cluster'", "'index', 'group'")

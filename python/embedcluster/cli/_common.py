@@ -226,7 +226,7 @@ def _key_column(rows: List[Any], columns: List[str], ids: Optional[List[str]]) -
     return None, None
 
 
-def _labels_of_table(path: Path, column: Any, ids: Optional[List[str]] = None):
+def _labels_of_table(path: Path, column: Any, ids: Optional[List[str]] = None, flag: str = "--truth"):
     """(labels, key column or None) from one column of a table: the column named, the only column,
     'label', or the column beside the one that names the data's files. When a column names every
     item (see :func:`_key_column`) the labels come in the data's order, else in the table's."""
@@ -238,10 +238,10 @@ def _labels_of_table(path: Path, column: Any, ids: Optional[List[str]] = None):
         rest = [c for c in columns if c != key]
         column = rest[0] if len(rest) == 1 else "label" if "label" in rest else None
         if column is None:
-            raise ValueError(f"--truth {path} has columns {', '.join(map(repr, columns))}; name the one with "
-                             f"the labels: --truth {path}:COLUMN (e.g. {path}:{columns[-1]})")
+            raise ValueError(f"{flag} {path} has columns {', '.join(map(repr, columns))}; name the one with "
+                             f"the labels: {flag} {path}:COLUMN (e.g. {path}:{columns[-1]})")
     if column not in columns:
-        raise ValueError(f"--truth {path}: no column {column!r}; its columns are {', '.join(map(repr, columns))}")
+        raise ValueError(f"{flag} {path}: no column {column!r}; its columns are {', '.join(map(repr, columns))}")
     if key == column:
         key, by_id = None, None
     ordered = [(f"row for {i}", by_id[i]) for i in ids] if by_id is not None and ids is not None else rows
@@ -249,7 +249,7 @@ def _labels_of_table(path: Path, column: Any, ids: Optional[List[str]] = None):
     for where, r in ordered:
         v = r.get(column)
         if v is None or (isinstance(v, str) and not v.strip()):
-            raise ValueError(f"--truth {path} {where} has no label in column {column!r}")
+            raise ValueError(f"{flag} {path} {where} has no label in column {column!r}")
         values.append(v.strip() if isinstance(v, str) else v)
     return values, key
 
@@ -533,7 +533,7 @@ def load_cluster_labels(path: str):
 
     if not path.lower().endswith(".csv"):
         return load_npy(path, "labels")
-    values, _ = _labels_of_table(Path(path), "cluster")
+    values, _ = _labels_of_table(Path(path), "cluster", flag="--labels")
     try:
         return np.array([int(v) for v in values], dtype=np.int64)
     except ValueError:

@@ -13,6 +13,7 @@ import logging
 import sys
 from typing import List, Optional
 
+from .._progress import scope as progress_scope
 from . import bench, demo, info, predict, probe, run, steps
 from ._common import Parser
 
@@ -41,7 +42,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SystemExit as e:  # --help (0) or a usage error (2, one line already printed)
         return int(e.code or 0)
     try:
-        return int(args.func(args) or 0)
+        with progress_scope(not getattr(args, "quiet", False)):  # estimators with verbose=None follow it
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print(f"embedcluster {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Dict
 
-from ._common import check_output_file, data_help, emit, save_npy, set_command
+from ._common import add_quiet, check_output_file, data_help, emit, save_npy, set_command
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -14,7 +14,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     check_output_file(args.out, "labels")
     tc = TransferClustering.load(args.pipeline)
-    tc.progress = not args.no_progress
+    tc.progress = not args.quiet
     ds = load(args.data)
     pred = tc.predict(ds, flag_unknown=args.flag_unknown)
     if args.out:
@@ -38,5 +38,5 @@ def add_parser(sub: Any) -> None:
     pq.add_argument("data", help=data_help("DATA"))
     pq.add_argument("--out", help="write the labels here (.npy); otherwise they are printed")
     pq.add_argument("--flag-unknown", action="store_true", help="label items far from every cluster -1")
-    pq.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_quiet(pq)
     set_command(pq, _cmd_predict, "print the result as JSON")

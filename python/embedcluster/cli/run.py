@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from ..transfer.pipeline import check_known_keys, valid_image_size, valid_layer
-from ._common import (POSITIVE, add_encoder_options, check_output_dir, data_help, emit, encoder_options, int_at_least,
-                      metric_line, real_in, require, set_command)
+from ._common import (POSITIVE, add_encoder_options, add_quiet, check_output_dir, data_help, emit, encoder_options,
+                      int_at_least, metric_line, real_in, require, set_command)
 
 
 def _is_int(v: Any) -> bool:
@@ -197,7 +197,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     seed = cfg.get("seed", 0)
     encoder, options, Z, selection = cfg.get("encoder"), encoder_options(cfg), None, None
     if cfg.get("select") == "auto":
-        encoder, options, k, method, Z, selection = _select_auto(cfg, ds, not args.no_progress)
+        encoder, options, k, method, Z, selection = _select_auto(cfg, ds, not args.quiet)
         cfg["head"] = None if method == "kmeans" else method
     if cfg.get("head") is not None:
         if k < 2:
@@ -210,7 +210,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     tc = TransferClustering(encoder=encoder, clusterer=clusterer, probe=cfg.get("probe", True),
                             normalize=cfg.get("normalize", True), probe_rounds=cfg.get("probe_rounds", 1),
                             cache_dir=cfg.get("cache_dir"), batch_size=cfg.get("batch_size", 256),
-                            progress=not args.no_progress, seed=seed, encoder_options=options)
+                            progress=not args.quiet, seed=seed, encoder_options=options)
     tc.fit(ds, Z=Z)
     out = Path(cfg["out"])
     tc.save(out / "pipeline")
@@ -281,6 +281,6 @@ def add_parser(sub: Any) -> None:
     pr.add_argument("--batch-size", type=POSITIVE, help="items per forward pass (default 256)")
     pr.add_argument("--seed", type=int_at_least(0), help="random seed (default 0)")
     pr.add_argument("--out", help="output folder")
-    pr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_quiet(pr)
     set_command(pr, _cmd_run, "print the results as JSON")
 

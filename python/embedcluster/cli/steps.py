@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, List
 
-from ._common import (POSITIVE, add_encoder_options, check_output_file, check_same_length, data_help, emit,
+from ._common import (POSITIVE, add_encoder_options, add_quiet, check_output_file, check_same_length, data_help, emit,
                       embedding_files, encoder_options, int_at_least, load_embedding_shards, load_npy, load_truth,
                       metric_line, real_in, require, save_npy, set_command)
 
@@ -24,7 +24,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     ds = load(args.data)
     options = encoder_options(vars(args))
     tc = TransferClustering(encoder=args.encoder, normalize=args.normalize, batch_size=args.batch_size,
-                            cache_dir=args.cache_dir, progress=not args.no_progress, encoder_options=options)
+                            cache_dir=args.cache_dir, progress=not args.quiet, encoder_options=options)
     Z = tc.embed(ds)
     save_npy(args.out, Z)
     if ds.y is not None and args.labels_out:
@@ -156,7 +156,7 @@ def add_parsers(sub: Any) -> None:
     pe.add_argument("--batch-size", type=POSITIVE, default=256, help="items per forward pass (default 256)")
     pe.add_argument("--cache-dir",
                     help="embedding cache folder: a second run with the same encoder and data is instant")
-    pe.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_quiet(pe)
     set_command(pe, _cmd_embed, "print the result as JSON")
 
     pc = sub.add_parser("cluster", help="cluster embeddings (k-means or DBSCAN)",
@@ -185,6 +185,7 @@ def add_parsers(sub: Any) -> None:
                     "each worker opens its own shards by path, so the EMBEDDINGS files must exist at the same "
                     "absolute paths on every worker; needs pip install 'embedcluster[dask]'")
     pc.add_argument("--out", required=True, help="where to write the labels (.npy)")
+    add_quiet(pc)
     set_command(pc, _cmd_cluster, "print the result as JSON")
 
     pv = sub.add_parser("evaluate", help="score cluster labels against true labels",

@@ -22,6 +22,7 @@ from sklearn.utils.validation import check_is_fitted
 from .. import _faiss
 from .._backend import (EngineMetric, _core, as_matrix, engine_metric, memory_budget, memory_limit_arg, resolve_backend,
                         threads_arg)
+from .._progress import Progress
 from ._common import CLUSTER_METRICS, check_features, engine_constraints, store_params
 
 # Core rows a streamed fit's predict reads at a time.
@@ -82,6 +83,10 @@ class DBSCAN(ClusterMixin, BaseEstimator):
         memory: see Notes) writes its reordered copy of the rows (as many bytes as the rows in
         float32), in a new folder of its own that it removes afterwards. None: the system's
         temporary folder.
+    verbose : bool, int or None, default=None
+        Progress of ``fit`` (its four steps: layout, tile bounds, neighbour counts, clusters),
+        as ``embedcluster.KMeans``'s ``verbose``: 0 / False silent, 1 / True shown, None shown
+        only inside a caller that shows progress (the command line, ``TransferClustering``).
 
     Attributes
     ----------
@@ -113,7 +118,7 @@ class DBSCAN(ClusterMixin, BaseEstimator):
 
     def __init__(self, eps: float = 0.5, *, min_samples: int = 5, metric: str = "euclidean",
                  backend: str = "auto", n_threads: Optional[int] = None, memory_limit: Optional[int] = None,
-                 scratch_dir: Any = None):
+                 scratch_dir: Any = None, verbose: Any = None):
         store_params(self, locals())
 
     # See embedcluster.KMeans._parameter_constraints.
@@ -137,8 +142,10 @@ class DBSCAN(ClusterMixin, BaseEstimator):
             return self._fit_streamed(X, metric)
         X = as_matrix(X, estimator="DBSCAN")
         if backend == "native":
-            r = _core.dbscan_fit(X, float(self.eps), int(self.min_samples), metric,
-                                 n_threads=threads_arg(self.n_threads), memory_limit=memory_limit)
+            with Progress("DBSCAN", verbose=self.verbose) as shown:
+                r = _core.dbscan_fit(X, float(self.eps), int(self.min_samples), metric,
+                                     n_threads=threads_arg(self.n_threads), memory_limit=memory_limit,
+                                     progress=shown.callback())
             labels, is_core = r.labels, r.is_core
             self.stats_ = {k: int(getattr(r, k))
                            for k in ("tile_pairs", "pairs_computed_pass1", "pairs_computed_pass2")}

@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from .._io import atomic_write_bytes, dumps
+from .._progress import Progress
 from ..metrics.internal import _distances
 
 logger = logging.getLogger("embedcluster")
@@ -229,6 +230,8 @@ def write_report(out_dir: str | Path, labels_pred: Any, *, labels_true: Any = No
     for name, arr in (("labels_true", labels_true), ("embeddings", embeddings), ("images", images), ("texts", texts)):
         if arr is not None and len(arr) != n:
             raise ValueError(f"{name} has {len(arr)} rows but labels_pred has {n}")
+    shown = Progress("report", total=5, unit="step")  # as the caller shows progress
+    shown.begin("metrics")
     pngs: Dict[str, bytes] = {}
     report: Dict[str, Any] = {"title": title, "n_points": n,
                               "n_clusters": int(len(np.unique(pred[pred >= 0]))), "n_noise": int((pred == -1).sum())}
@@ -243,15 +246,19 @@ def write_report(out_dir: str | Path, labels_pred: Any, *, labels_true: Any = No
         else:  # a dense table that size is neither readable nor cheap (classes x clusters cells)
             notes.append(f"The confusion matrix is not drawn: {n_classes} classes x {n_clusters} clusters is more "
                          f"than {_MAX_CONFUSION_SIDE} a side; the metrics above are computed from a sparse table.")
+    shown.begin("plots")
     pngs["sizes"] = _sizes_png(pred)
+    shown.begin("2-D map")
     if embeddings is not None:
         pngs["map"] = _map_png(np.asarray(embeddings), pred)
+    shown.begin("samples")
     reps = _representatives(pred, None if embeddings is None else np.asarray(embeddings), samples_per_cluster)
     if images is not None:
         pngs["samples"] = _samples_png(np.asarray(images), reps)
     terms = top_terms(texts, pred) if texts is not None else {}
     if terms:
         report["top_terms"] = {str(k): v for k, v in terms.items()}
+    shown.begin("writing")
 
     for name, data in pngs.items():
         atomic_write_bytes(out / f"{name}.png", data)
@@ -292,5 +299,7 @@ def write_report(out_dir: str | Path, labels_pred: Any, *, labels_true: Any = No
            f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
     path = out / "report.html"
     atomic_write_bytes(path, doc.encode("utf-8"))
+    shown.update(1)
+    shown.close()
     logger.info("report written to %s", path)
     return path

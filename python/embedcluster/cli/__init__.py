@@ -42,7 +42,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SystemExit as e:  # --help (0) or a usage error (2, one line already printed)
         return int(e.code or 0)
     try:
-        with progress_scope(not getattr(args, "quiet", False)):  # estimators with verbose=None follow it
+        # Commands with long steps (those that take --quiet) show progress unless quiet; estimators
+        # with verbose=None follow. The others (info, demo, evaluate, bench) stay silent.
+        with progress_scope(not args.quiet if hasattr(args, "quiet") else False):
             return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print(f"embedcluster {args.command}: interrupted", file=sys.stderr)

@@ -57,3 +57,19 @@ def test_dask_dbscan_parameter_errors_match_single_machine(client):
         assert str(remote.value) == str(local.value)
     with pytest.raises(ValueError, match="2-D"):
         ecd.DBSCAN(client=client).fit(da.zeros((10,), chunks=5))
+
+
+def test_dask_dbscan_auto_eps_equals_single_machine(client):
+    """eps="auto": the k-distance curve from the exact kNN on the cluster, so the same eps_ and
+    labels as embedcluster.DBSCAN; the same warning when nearly everything is noise."""
+    X = data(n=1200)
+    ref = DBSCAN(eps="auto", min_samples=6).fit(X)
+    got = ecd.DBSCAN(eps="auto", min_samples=6, client=client).fit(da.from_array(X, chunks=(500, X.shape[1])))
+    assert got.eps_ == ref.eps_
+    np.testing.assert_array_equal(got.k_distances_, ref.k_distances_)
+    np.testing.assert_array_equal(got.labels_, ref.labels_)
+    with pytest.warns(UserWarning, match="raise eps") as remote:
+        ecd.DBSCAN(eps=0.01, client=client).fit(da.from_array(X, chunks=(500, X.shape[1])))
+    with pytest.warns(UserWarning, match="raise eps") as local:
+        DBSCAN(eps=0.01).fit(X)
+    assert str(remote[0].message) == str(local[0].message)

@@ -270,3 +270,166 @@ def test_values_rounded_the_most_by_bf16_equal_brute_force(kernel_set, metric):
     sk = SkDBSCAN(eps=eps, min_samples=2, metric="euclidean" if metric == "l2" else "cosine").fit(X)
     sk_core = np.isin(np.arange(len(X)), sk.core_sample_indices_)
     assert near_eps_rows(X, limit, metric)[sk_core != (r.is_core == 1)].all()  # rounding of eps only
+
+
+# ---------------------------------------------------------------- eps="auto" and the eps warning
+
+def blobs_and_uniform_noise(n, d, k, noise_frac, seed):
+    """Well-separated Gaussian blobs (standard deviation 0.5; centres farther apart than a blob's
+    diameter, 2 x 0.5 x sqrt(d), plus 4) plus uniform noise over a box around them:
+    (X float32, blob label or -1 for a noise row)."""
+    rng = np.random.default_rng(seed)
+    while True:
+        centres = rng.uniform(-10, 10, (k, d))
+        gaps = np.linalg.norm(centres[:, None] - centres[None], axis=2)[np.triu_indices(k, 1)]
+        if gaps.min() > np.sqrt(d) + 4:
+            break
+    n_noise = int(n * noise_frac)
+    y = rng.integers(0, k, n - n_noise)
+    X = np.vstack([centres[y] + 0.5 * rng.standard_normal((n - n_noise, d)), rng.uniform(-12, 12, (n_noise, d))])
+    return X.astype(np.float32), np.r_[y, -np.ones(n_noise, np.int64)]
+
+
+@pytest.mark.parametrize("d,k,noise_frac,min_samples,metric", [
+    (2, 5, 0.1, 5, "euclidean"), (2, 4, 0.3, 10, "euclidean"), (16, 5, 0.1, 5, "euclidean"),
+    (64, 8, 0.2, 8, "euclidean"), (32, 6, 0.15, 5, "cosine")])
+def test_auto_eps_recovers_blobs_in_uniform_noise(d, k, noise_frac, min_samples, metric):
+    from sklearn.metrics import adjusted_rand_score
+
+    X, y = blobs_and_uniform_noise(1500, d, k, noise_frac, seed=d + k)
+    if metric == "cosine":  # the same blobs on the unit sphere (their centres point apart)
+        X /= np.linalg.norm(X, axis=1, keepdims=True)
+    est = ec.DBSCAN(eps="auto", min_samples=min_samples, metric=metric).fit(X)
+    blob = y >= 0
+    assert est.n_clusters_ == k
+    assert adjusted_rand_score(y[blob], est.labels_[blob]) > 0.95
+    assert (est.labels_[~blob] == -1).mean() > 0.8  # the uniform rows stay noise
+    # The same eps in scikit-learn gives the same clustering (an independent DBSCAN).
+    sk = SkDBSCAN(eps=est.eps_, min_samples=min_samples, metric=metric, algorithm="brute").fit(X.astype(np.float64))
+    assert adjusted_rand_score(sk.labels_, est.labels_) > 0.99
+
+
+@pytest.mark.parametrize("metric,min_samples", [("euclidean", 5), ("cosine", 7), ("euclidean", 1)])
+def test_auto_eps_curve_is_the_brute_force_k_distance(metric, min_samples):
+    from sklearn.neighbors import NearestNeighbors as SkNN
+
+    X, _ = gaussian_mixture(600, 12, 4, 1.0, seed=5, noise_frac=0.1)
+    est = ec.DBSCAN(eps="auto", min_samples=min_samples, metric=metric).fit(X)
+    k = max(min_samples - 1, 1)  # the point itself counts towards min_samples
+    dist, _ = SkNN(n_neighbors=k, metric=metric, algorithm="brute").fit(X.astype(np.float64)).kneighbors()
+    np.testing.assert_allclose(est.k_distances_, np.sort(dist[:, -1]), rtol=1e-5, atol=1e-6)  # each point left out
+    assert np.abs(est.k_distances_ - est.eps_).min() <= 1e-5 * est.eps_  # eps_ is a value of the curve
+    if min_samples > 1:  # at eps_ the points whose k-distance is <= eps_ are core (what the curve means)
+        assert len(est.core_sample_indices_) == int((est.k_distances_ <= est.eps_).sum())
+
+
+def test_knee_of_a_hand_made_curve():
+    from embedcluster.cluster._eps import auto_eps, knee_of_sorted
+
+    # 80 points rising by 0.01, then 20 rising by 1.0: the corner is the 80th point (index 79).
+    curve = np.r_[0.01 * np.arange(80), 0.79 + np.arange(1, 21, dtype=float)]
+    assert knee_of_sorted(curve) == 79 and auto_eps(curve) == pytest.approx(0.79)
+    assert knee_of_sorted(np.ones(10)) == 9  # flat: no knee, the whole curve
+    assert auto_eps(np.zeros(10)) > 0  # all duplicates: a positive eps that still joins them
+
+
+def test_numeric_eps_is_kept_and_predict_uses_eps_():
+    X, _ = gaussian_mixture(400, 4, 3, 0.5, seed=2)
+    est = ec.DBSCAN(eps=1.0, min_samples=5).fit(X)
+    assert est.eps_ == 1.0 and est.k_distances_ is None
+    auto = ec.DBSCAN(min_samples=5).fit(X)  # the default is "auto"
+    assert auto.get_params()["eps"] == "auto" and auto.k_distances_ is not None
+    np.testing.assert_array_equal(auto.predict(X)[auto.core_sample_indices_], auto.labels_[auto.core_sample_indices_])
+
+
+def test_auto_eps_needs_more_rows_than_min_samples():
+    with pytest.raises(ValueError, match="n_samples=4"):
+        ec.DBSCAN(eps="auto", min_samples=5).fit(np.eye(4, dtype=np.float32))
+    with pytest.raises(ValueError, match="eps"):
+        ec.DBSCAN(eps="big").fit(np.eye(40, dtype=np.float32))
+
+
+def test_eps_warning_says_which_way_to_move_eps():
+    import warnings
+
+    X, y = blobs_and_uniform_noise(600, 8, 4, 0.1, seed=1)
+    with pytest.warns(ec.cluster.EpsWarning, match=r"noise \(100%\) at eps=0.01.*raise eps.*eps='auto'"):
+        ec.DBSCAN(eps=0.01).fit(X)
+    with pytest.warns(ec.cluster.EpsWarning, match=r"in one cluster at eps=1000.*lower eps.*eps='auto'"):
+        ec.DBSCAN(eps=1000.0).fit(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ec.cluster.EpsWarning)
+        ec.DBSCAN(eps="auto").fit(X)  # the blobs: no warning
+        ec.DBSCAN(eps=0.01).fit(X[:19])  # too few points to judge
+    # eps="auto" on data with no density gap (one Gaussian): the advice gives an eps to try.
+    one = np.random.default_rng(0).standard_normal((500, 8)).astype(np.float32)
+    with pytest.warns(ec.cluster.EpsWarning, match=r"knee of the k-distance curve \(eps='auto'\).*at eps=\S+ half "
+                      r"the points are core.*min_samples.*embedcluster.KMeans"):
+        est = ec.DBSCAN().fit(one)
+    with pytest.warns(ec.cluster.EpsWarning, match=f"at eps={np.median(est.k_distances_):.4g} half the points"):
+        ec.DBSCAN().fit(one)
+
+
+def test_cli_eps_auto_and_the_warning_in_flags(tmp_path, capsys):
+    import json
+
+    from embedcluster.cli import main
+
+    X, _ = blobs_and_uniform_noise(600, 8, 4, 0.1, seed=1)
+    np.save(tmp_path / "z.npy", X)
+    out = str(tmp_path / "labels.npy")
+    assert main(["cluster", str(tmp_path / "z.npy"), "--algorithm", "dbscan", "--out", out, "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    ref = ec.DBSCAN(eps="auto").fit(X)
+    assert res["eps_auto"] is True and res["eps"] == ref.eps_ and res["n_clusters"] == 4
+    np.testing.assert_array_equal(np.load(out), ref.labels_)
+    assert main(["cluster", str(tmp_path / "z.npy"), "--algorithm", "dbscan", "--eps", "auto", "--out", out]) == 0
+    cap = capsys.readouterr()
+    assert f"DBSCAN eps {ref.eps_:.4g} (--eps auto" in cap.out and cap.err == ""
+    assert main(["cluster", str(tmp_path / "z.npy"), "--algorithm", "dbscan", "--eps", "0.01", "--out", out]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("warning: DBSCAN labelled 600 of 600 points noise") and "raise --eps" in err
+    assert "--eps auto" in err and "eps=" not in err.replace("--eps=", "")
+    assert main(["cluster", str(tmp_path / "z.npy"), "--algorithm", "dbscan", "--eps", "big", "--out", out]) == 2
+    assert "'big' should be 'auto' or a finite number > 0" in capsys.readouterr().err
+
+
+def test_auto_eps_on_a_sample_of_queries_is_the_brute_force_curve_of_those_rows(monkeypatch):
+    """Above AUTO_EPS_QUERIES rows the curve is that of a sample of rows, each searched against
+    all rows: those rows' brute-force k-distances."""
+    import embedcluster.cluster._eps as eps_module
+    from sklearn.neighbors import NearestNeighbors as SkNN
+
+    X, _ = gaussian_mixture(900, 6, 3, 0.7, seed=9, noise_frac=0.1)
+    X[10:13] = X[20]  # duplicates: a query's own row may tie with them at 0
+    monkeypatch.setattr(eps_module, "AUTO_EPS_QUERIES", 300)
+    monkeypatch.setattr(eps_module.core_distances, "__defaults__", (300,))
+    est = ec.DBSCAN(eps="auto", min_samples=6).fit(X)
+    assert est.k_distances_.shape == (300,)
+    dist, _ = SkNN(n_neighbors=5).fit(X.astype(np.float64)).kneighbors()  # each row left out
+    rows = np.sort(np.random.default_rng(0).choice(900, 300, replace=False))
+    np.testing.assert_allclose(est.k_distances_, np.sort(dist[rows, -1]), rtol=1e-5, atol=1e-6)
+
+
+def test_run_with_dbscan_prints_eps_and_the_warning_in_flags(tmp_path, capsys):
+    import json
+
+    from embedcluster.cli import main
+
+    X, _ = blobs_and_uniform_noise(400, 8, 4, 0.1, seed=3)
+    np.save(tmp_path / "x.npy", X)
+    args = ["run", str(tmp_path / "x.npy"), "--algorithm", "dbscan", "--no-probe", "--no-report", "--no-normalize",
+            "--no-progress"]
+    assert main(args + ["--out", str(tmp_path / "a"), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    ref = ec.DBSCAN(eps="auto").fit(X)
+    assert res["eps_auto"] is True and res["eps"] == ref.eps_ and res["n_clusters"] == ref.n_clusters_ == 4
+    assert main(args + ["--eps", "1000", "--out", str(tmp_path / "b")]) == 0
+    cap = capsys.readouterr()
+    assert "DBSCAN eps 1000, min-samples 5" in cap.out
+    assert cap.err.startswith("warning: DBSCAN put 400 of 400 points (100%) in one cluster at --eps=1000")
+    assert "lower --eps" in cap.err and "--eps auto" in cap.err
+    # Everything noise: the pipeline has no cluster to train on; the error says which way to move eps.
+    assert main(args + ["--eps", "0.001", "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert "400 of 400 points noise" in err and "raise --eps" in err and "--eps auto" in err

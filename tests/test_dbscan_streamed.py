@@ -165,3 +165,17 @@ def test_forest_union_matches_connected_components():
     for i in range(n):
         lowest.setdefault(lab[i], i)
     np.testing.assert_array_equal(roots, [lowest[lab[i]] for i in range(n)])
+
+
+@pytest.mark.parametrize("kind", ["memmap", "shards"])
+def test_streamed_auto_eps_equals_in_memory(tmp_path, small_groups, monkeypatch, kind):
+    """eps="auto" on streamed input: the k-distance curve from the streamed exact kNN, so the
+    same eps_ and labels as the in-memory fit."""
+    X = data(n=1500)
+    src = as_memmap(X, tmp_path / "x.npy") if kind == "memmap" else as_shards(X, tmp_path)
+    ref = DBSCAN(eps="auto", min_samples=6).fit(X)
+    monkeypatch.setattr(dbscan_module, "_streams", lambda X, limit: True)
+    got = DBSCAN(eps="auto", min_samples=6, memory_limit=1 << 22, scratch_dir=tmp_path).fit(src)
+    assert got.stats_["groups_pairs"] > 0  # it went through the groups
+    assert got.eps_ == ref.eps_
+    np.testing.assert_array_equal(got.labels_, ref.labels_)

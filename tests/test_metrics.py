@@ -43,7 +43,7 @@ def _blobs(rng, n_per, centers, scale=0.5):
 def test_public_api_is_exported():
     expected = {
         "confusion_matrix", "match_clusters", "cluster_accuracy", "nmi", "ari",
-        "v_measure", "purity", "per_class_report", "clustering_report",
+        "v_measure", "purity", "per_class_report", "clustering_report", "name_classes",
         "silhouette_sampled", "davies_bouldin",
     }
     assert set(metrics.__all__) == expected

@@ -22,8 +22,9 @@ def digits_report(tmp_path_factory):
     km = ec.KMeans(10, n_init=4, random_state=0).fit(X)
     out = tmp_path_factory.mktemp("report")
     path = write_report(out, km.labels_, labels_true=d.target, embeddings=X, images=d.images,
-                        class_names=[str(i) for i in range(10)],
-                        comparison=[{"features": "raw pixels", "accuracy": 0.79}], title="digits test")
+                        class_names=[f"digit {i}" for i in range(10)],
+                        comparison=[{"features": "raw pixels", "accuracy": 0.79, "nmi": 0.7, "ari": 0.6,
+                                     "seconds": 1.5}], title="digits test", map_method="pca")
     return out, path, km
 
 
@@ -82,10 +83,140 @@ def test_many_classes_and_clusters_skip_the_confusion_plot(tmp_path):
     y = rng.integers(0, 250, n)
     pred = rng.integers(0, 300, n)
     emb = rng.standard_normal((n, 8)).astype(np.float32)
-    path = write_report(tmp_path / "r", pred, labels_true=y, embeddings=emb)
+    path = write_report(tmp_path / "r", pred, labels_true=y, embeddings=emb, map_method="pca")
     page = path.read_text()
     assert "confusion matrix is not drawn" in page and not (tmp_path / "r" / "confusion.png").exists()
     m = json.loads((tmp_path / "r" / "metrics.json").read_text())["metrics"]
     from sklearn.metrics import normalized_mutual_info_score
 
     assert m["nmi"] == pytest.approx(normalized_mutual_info_score(y, pred), abs=1e-9)
+
+
+def test_pca_map_equals_sklearn_pca_up_to_sign():
+    from sklearn.decomposition import PCA
+
+    from embedcluster.report import map_2d
+
+    X = load_digits().data.astype(np.float32)
+    xy, rows, method, axes = map_2d(X, "pca")
+    assert method == "pca" and axes == ("PC 1", "PC 2") and np.array_equal(rows, np.arange(len(X)))
+    ref = PCA(n_components=2).fit_transform(X.astype(np.float64))
+    for j in range(2):
+        sign = np.sign(ref[:, j] @ xy[:, j])
+        np.testing.assert_allclose(sign * xy[:, j], ref[:, j], atol=1e-6 * np.abs(ref).max())
+    xy, rows, _, _ = map_2d(X, "pca", max_points=500)  # a fixed sample of rows, mapped by their own PCA
+    assert len(rows) == 500 and np.all(np.diff(rows) > 0)
+    ref = PCA(n_components=2).fit_transform(X[rows].astype(np.float64))
+    np.testing.assert_allclose(np.abs(xy), np.abs(ref), atol=1e-6 * np.abs(ref).max())
+
+
+def test_true_class_panel_only_with_labels(digits_report, tmp_path):
+    from PIL import Image
+
+    out, _, km = digits_report
+    X = load_digits().data.astype(np.float32)
+    write_report(tmp_path, km.labels_, embeddings=X, map_method="pca")
+    without = json.loads((tmp_path / "metrics.json").read_text())["map"]
+    with_labels = json.loads((out / "metrics.json").read_text())["map"]
+    assert without["panels"] == ["cluster"] and with_labels["panels"] == ["cluster", "true class"]
+    assert without["method"] == with_labels["method"] == "pca"
+    # Side by side: the map with labels is about twice as wide as the one without.
+    w1, w2 = Image.open(tmp_path / "map.png").size[0], Image.open(out / "map.png").size[0]
+    assert 1.7 < w2 / w1 < 2.3
+    assert "by true class" not in (tmp_path / "report.html").read_text()
+    assert "right: by true class" in (out / "report.html").read_text()
+
+
+def test_class_names_in_tables_and_metrics_json(digits_report):
+    out, path, km = digits_report
+    from sklearn.metrics import f1_score
+
+    per = json.loads((out / "metrics.json").read_text())["metrics"]["per_class"]
+    assert sorted(per) == sorted(f"digit {i}" for i in range(10))
+    # The entry named "digit 3" is class 3's: its F1 against its matched cluster, by scikit-learn.
+    y = load_digits().target
+    matched = per["digit 3"]["matched_cluster"]
+    assert per["digit 3"]["f1"] == pytest.approx(f1_score(y == 3, km.labels_ == matched))
+    doc = path.read_text()
+    assert all(f"<td>digit {i}</td>" in doc for i in range(10))
+
+
+def test_headers_have_one_spelling(digits_report):
+    import re
+
+    _, path, _ = digits_report
+    headers = re.findall(r"<th>([^<]*)</th>", path.read_text())
+    assert headers.count("ACC") == 2 and headers.count("NMI") == 2 and headers.count("ARI") == 2  # both tables
+    assert "time (s)" in headers
+    assert not set(headers) & {"accuracy", "nmi", "ari", "seconds", "accuracy (Hungarian)", "f1"}
+
+
+def test_name_classes():
+    from embedcluster.metrics import clustering_report, name_classes
+
+    y, pred = np.array([0, 0, 1, 1, 2]), np.array([1, 1, 0, 0, 0])
+    rep = clustering_report(y, pred, class_names=["cat", "dog", "eel"])
+    assert list(rep["per_class"]) == ["cat", "dog", "eel"]
+    assert rep["per_class"]["cat"] == clustering_report(y, pred)["per_class"][0]
+    assert list(name_classes({0: 1, 5: 2}, ["a"])) == ["a", 5]  # an index without a name stays
+    assert name_classes({"x": 1}, ["a"]) == {"x": 1}  # names already
+    with pytest.raises(ValueError, match="same name"):
+        name_classes({0: 1, 1: 2}, ["a", "a"])
+
+
+def test_bad_map_method_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="map_method='tsne'"):
+        write_report(tmp_path, [0, 1], map_method="tsne")
+
+
+def test_pipeline_times_the_probe(one_torch_thread):
+    """The demo's probe rows show fit_seconds_["probe"] (they showed 0.000: the probe trained
+    inside fit and its time was not measured)."""
+    pytest.importorskip("torch")
+    from embedcluster.transfer.pipeline import TransferClustering
+
+    Z = load_digits().data.astype(np.float32)[:300]
+    tc = TransferClustering(n_clusters=5, progress=False, probe_epochs=5).fit(None, Z=Z)
+    assert tc.fit_seconds_["probe"] > 0 and tc.fit_seconds_["cluster"] > 0
+    no_probe = TransferClustering(n_clusters=5, probe=False, progress=False).fit(None, Z=Z)
+    assert no_probe.fit_seconds_["probe"] == 0.0
+
+
+@pytest.mark.slow
+def test_umap_map_when_installed(tmp_path):
+    pytest.importorskip("umap")
+    d = load_digits()
+    X = d.data.astype(np.float32)
+    write_report(tmp_path, d.target, labels_true=d.target, embeddings=X)  # map_method="auto"
+    m = json.loads((tmp_path / "metrics.json").read_text())["map"]
+    assert m["method"] == "umap" and m["panels"] == ["cluster", "true class"]
+    assert "UMAP" in (tmp_path / "report.html").read_text()
+
+
+def test_run_keys_per_class_results_by_class_name(tmp_path, capsys):
+    """`embedcluster run` on a folder of images with one sub-folder per class: OUT/metrics.json
+    and the report's metrics.json key the per-class results by folder name, and the report's
+    tables name the classes."""
+    from PIL import Image
+
+    from embedcluster.cli import main
+
+    rng = np.random.default_rng(0)
+    for name, level in (("dark", 40), ("mid", 128), ("light", 215)):
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        for i in range(20):
+            pixels = np.clip(level + rng.normal(0, 10, (8, 8)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "imgs" / name / f"{i:02d}.png")
+    out = tmp_path / "out"
+    assert main(["run", str(tmp_path / "imgs"), "--n-clusters", "3", "--no-probe", "--no-normalize", "--map", "pca",
+                 "--no-progress", "--out", str(out)]) == 0
+    capsys.readouterr()
+    run_metrics = json.loads((out / "metrics.json").read_text())
+    assert sorted(run_metrics["clusters"]["per_class"]) == ["dark", "light", "mid"]
+    assert run_metrics["clusters"]["accuracy"] == 1.0  # three grey levels: an easy, exact check of the keys
+    report_metrics = json.loads((out / "report" / "metrics.json").read_text())
+    assert report_metrics["metrics"]["per_class"] == run_metrics["clusters"]["per_class"]
+    assert report_metrics["map"] == {"method": "pca", "representation": None, "n_points": 60,
+                                     "panels": ["cluster", "true class"]}
+    page = (out / "report" / "report.html").read_text()
+    assert all(f"<td>{name}</td>" in page for name in ("dark", "mid", "light"))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from typing import Any, Optional
 
 import numpy as np
@@ -32,6 +33,7 @@ import numpy as np
 from . import _core
 from ._chunked import ChunkStats, FitParams, fit_over_chunks
 from ._dask_embed import embed
+from .cluster._eps import EpsWarning, auto_eps, core_distances, eps_advice
 
 __all__ = ["DBSCAN", "DaskChunks", "KMeans", "NearestNeighbors", "embed"]
 
@@ -419,7 +421,11 @@ class DBSCAN:
     Parameters
     ----------
     eps, min_samples, metric
-        As :class:`embedcluster.DBSCAN` (same checks, same messages).
+        As :class:`embedcluster.DBSCAN` (same checks, same messages). ``eps="auto"`` (the
+        default) takes eps from the knee of the sorted k-distance curve, whose exact kNN runs on
+        the cluster (:class:`embedcluster.dask.NearestNeighbors`); the value is ``eps_``. A fit
+        that labels more than 90% of the points noise or puts them in one cluster warns
+        (``EpsWarning``), as the single-machine estimator does.
     n_threads : int, default=0
         Threads of each task on its worker (0: the worker's OpenMP default).
     max_component_bytes : int, default=2**30
@@ -431,6 +437,10 @@ class DBSCAN:
 
     Attributes
     ----------
+    eps_ : float
+        The eps the fit used (``eps``, or the one "auto" chose).
+    k_distances_ : ndarray or None
+        As :class:`embedcluster.DBSCAN`'s (the sorted k-distance curve of eps="auto").
     labels_ : ndarray (n_samples,), int64
     core_sample_indices_ : ndarray, int64
     components_ : dask array (n_core, n_features), float32, the core rows (lazy)
@@ -444,7 +454,7 @@ class DBSCAN:
         Bytes the client received from the workers (sample, group summaries, links, flags).
     """
 
-    def __init__(self, eps: float = 0.5, *, min_samples: int = 5, metric: str = "euclidean", n_threads: int = 0,
+    def __init__(self, eps: Any = "auto", *, min_samples: int = 5, metric: str = "euclidean", n_threads: int = 0,
                  max_component_bytes: float = 2**30, client: Any = None):
         self.eps, self.min_samples, self.metric = eps, min_samples, metric
         self.n_threads, self.max_component_bytes, self.client = n_threads, max_component_bytes, client
@@ -461,8 +471,12 @@ class DBSCAN:
         if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
             raise ValueError(f"X must be a non-empty 2-D array (n_samples, n_features), got shape {X.shape}")
         client = self.client or default_client()
-        r, ex, seconds = fit_on_dask(client, X, float(self.eps), int(self.min_samples), engine_metric(self.metric),
+        t = time.perf_counter()
+        self.k_distances_ = self._k_distances(client, X) if isinstance(self.eps, str) else None
+        self.eps_ = float(self.eps) if self.k_distances_ is None else auto_eps(self.k_distances_)
+        r, ex, seconds = fit_on_dask(client, X, self.eps_, int(self.min_samples), engine_metric(self.metric),
                                      int(self.n_threads), float(self.max_component_bytes))
+        seconds = time.perf_counter() - t
         self.labels_ = r.labels
         self.core_sample_indices_ = np.flatnonzero(r.is_core)
         self.components_ = X[self.core_sample_indices_]
@@ -470,7 +484,17 @@ class DBSCAN:
         self.n_features_in_ = int(X.shape[1])
         self.n_groups_, self.n_pairs_, self.n_components_ = int(ex.n_groups), int(r.pairs), int(r.components)
         self.seconds_, self.bytes_received_ = seconds, int(ex.bytes_received)
+        advice = eps_advice(self.labels_, self.eps_, k_distances=self.k_distances_)
+        if advice is not None:
+            warnings.warn(advice, EpsWarning, stacklevel=2)
         return self
+
+    def _k_distances(self, client: Any, X: Any) -> np.ndarray:
+        """eps="auto": the sorted k-distance curve, from the exact kNN on the cluster."""
+        def exact_knn(k: int) -> NearestNeighbors:
+            return NearestNeighbors(k, metric=self.metric, n_threads=self.n_threads, client=client)
+
+        return core_distances(X, int(self.min_samples), exact_knn)
 
     def fit_predict(self, X: Any, y: Any = None) -> np.ndarray:
         """Fits and returns ``labels_``."""

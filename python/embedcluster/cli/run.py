@@ -11,7 +11,8 @@ from typing import Any, Dict, List
 
 from ..transfer.pipeline import check_known_keys, valid_image_size, valid_layer
 from ._common import (POSITIVE, add_encoder_options, add_quiet, check_output_dir, data_help, emit, encoder_options,
-                      int_at_least, metric_line, real_in, require, set_command)
+                      int_at_least, metric_line, require, set_command)
+from .steps import EPS_AUTO_HELP, dbscan_eps, eps_advice_in_flags, eps_arg
 
 
 def _is_int(v: Any) -> bool:
@@ -30,7 +31,7 @@ _RUN_KEYS: Dict[str, Any] = {
     "algorithm": (lambda v: v in ("kmeans", "dbscan"), "'kmeans' or 'dbscan'"),
     "head": (lambda v: v is None or v in ("scan", "temi"), "'scan', 'temi' or null (a clustering head instead of "
              "the algorithm)"),
-    "eps": (lambda v: _is_real(v) and v > 0, "a finite number > 0"),
+    "eps": (lambda v: v == "auto" or (_is_real(v) and v > 0), "'auto' or a finite number > 0"),
     "min_samples": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "normalize": (lambda v: isinstance(v, bool), "true or false"),
     "probe": (lambda v: isinstance(v, bool), "true or false"),
@@ -39,6 +40,7 @@ _RUN_KEYS: Dict[str, Any] = {
     "cache_dir": (lambda v: v is None or (isinstance(v, str) and v != ""), "a folder (string) or null"),
     "seed": (lambda v: _is_int(v) and 0 <= v < 2 ** 32, "an integer in [0, 2^32)"),
     "report": (lambda v: isinstance(v, bool), "true or false"),
+    "map": (lambda v: v in ("auto", "umap", "pca"), "'auto', 'umap' or 'pca'"),
     "batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "image_size": (lambda v: not isinstance(v, tuple) and valid_image_size(v),
                    "'auto', an integer >= 1 or a [height, width] pair"),
@@ -90,7 +92,8 @@ def _run_config(args: argparse.Namespace) -> Dict[str, Any]:
 
         cfg = dict(_check_run_config(load_json(args.config), args.config))
     for k in ("data", "encoder", "n_clusters", "algorithm", "eps", "min_samples", "out", "cache_dir", "seed",
-              "batch_size", "probe_rounds", "head", "image_size", "layer", "select", "select_k", "select_methods"):
+              "batch_size", "probe_rounds", "head", "image_size", "layer", "select", "select_k", "select_methods",
+              "map"):
         v = getattr(args, k)
         if v is not None:
             cfg[k] = v
@@ -119,6 +122,8 @@ def _run_config(args: argparse.Namespace) -> Dict[str, Any]:
     needs = (["torch"] if cfg.get("encoder") or cfg.get("probe", True) or cfg.get("head") else []) + \
         (["matplotlib"] if cfg.get("report", True) else [])
     require(needs, "this run (encoder, probe or report)")
+    if cfg.get("map") == "umap" and cfg.get("report", True):
+        require(["umap"], "--map umap", extra="umap")
     return cfg
 
 
@@ -204,14 +209,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise ValueError(f"a clustering head needs n_clusters >= 2, got {k}")
         clusterer: Any = ClusterHead(k, cfg["head"], random_state=seed)
     elif cfg.get("algorithm", "kmeans") == "dbscan":
-        clusterer = DBSCAN(eps=cfg.get("eps", 0.5), min_samples=cfg.get("min_samples", 5))
+        clusterer = DBSCAN(eps=cfg.get("eps", "auto"), min_samples=cfg.get("min_samples", 5))
     else:
         clusterer = KMeans(k, n_init=10, random_state=seed)
     tc = TransferClustering(encoder=encoder, clusterer=clusterer, probe=cfg.get("probe", True),
                             normalize=cfg.get("normalize", True), probe_rounds=cfg.get("probe_rounds", 1),
                             cache_dir=cfg.get("cache_dir"), batch_size=cfg.get("batch_size", 256),
                             progress=not args.quiet, seed=seed, encoder_options=options)
-    tc.fit(ds, Z=Z)
+    with eps_advice_in_flags(clusterer):
+        tc.fit(ds, Z=Z)
     out = Path(cfg["out"])
     tc.save(out / "pipeline")
     res: Dict[str, Any] = {"data": ds.source, "n_points": len(ds), "n_clusters": int(tc.centers_.shape[0]),
@@ -220,10 +226,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if selection is not None:
         res["selection"] = {"choice": selection.choice, "reason": selection.reason,
                             "table": str(out / "selection.txt")}
+    if isinstance(clusterer, DBSCAN):
+        res.update(dbscan_eps(clusterer))
+        lines.append(res.pop("eps_line"))
     lines.append(f"{len(ds)} items from {ds.source}: {res['n_clusters']} clusters; pipeline saved to "
                  f"{out / 'pipeline'}")
     if ds.y is not None:
+        from .. import metrics
+
         ev = tc.evaluate(y=ds.y)
+        for part in ev.values():  # per-class results keyed by class name, as in the report
+            part["per_class"] = metrics.name_classes(part["per_class"], ds.class_names)
         res.update(ev)
         lines.append(metric_line("clusters", ev["clusters"]))
         if "probe" in ev:
@@ -231,7 +244,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if cfg.get("report", True):
         path = write_report(out / "report", tc.labels_, labels_true=ds.y, embeddings=tc.embeddings_,
                             images=ds.X if ds.kind == "images" else None, texts=ds.texts,
-                            class_names=ds.class_names, title=f"embedcluster run: {ds.source}")
+                            class_names=ds.class_names, title=f"embedcluster run: {ds.source}",
+                            representation=None if selection is None else selection.choice["representation"],
+                            map_method=cfg.get("map", "auto"))
         res["report"] = str(path)
         lines.append(f"report: {path}")
     from .._io import save_json
@@ -249,7 +264,7 @@ def add_parser(sub: Any) -> None:
                                     "with the same names (flags win).")
     pr.add_argument("data", nargs="?", help=data_help("DATA"))
     pr.add_argument("--config", help="JSON file with any of: data, encoder, n_clusters, algorithm, head, eps, "
-                    "min_samples, normalize, probe, probe_rounds, out, cache_dir, seed, report, batch_size, "
+                    "min_samples, normalize, probe, probe_rounds, out, cache_dir, seed, report, map, batch_size, "
                     "image_size, invert, layer, select, select_k, select_methods")
     pr.add_argument("--encoder", help="encoder spec (see `embedcluster embed --help`); none: raw features")
     add_encoder_options(pr)
@@ -271,12 +286,16 @@ def add_parser(sub: Any) -> None:
     pr.add_argument("--head", choices=["scan", "temi"],
                     help="cluster with a neighbour-consistency head (SCAN or TEMI) on the embeddings' exact cosine "
                     "20 nearest neighbours instead of k-means; the probe is then trained on the head's clusters")
-    pr.add_argument("--eps", type=real_in(0.0), help="DBSCAN radius")
+    pr.add_argument("--eps", type=eps_arg, help="DBSCAN radius (Euclidean distance between the embeddings, "
+                    "L2-normalised unless --no-normalize), " + EPS_AUTO_HELP)
     pr.add_argument("--min-samples", type=POSITIVE, help="DBSCAN core threshold")
     pr.add_argument("--probe-rounds", type=POSITIVE, help="self-labeling rounds (default 1)")
     pr.add_argument("--no-normalize", action="store_true", help="do not L2-normalise embeddings")
     pr.add_argument("--no-probe", action="store_true", help="no linear probe")
     pr.add_argument("--no-report", action="store_true", help="no HTML report")
+    pr.add_argument("--map", choices=["auto", "umap", "pca"],
+                    help="the report's 2-D map: auto (UMAP when umap-learn is installed, else PCA; the default), umap "
+                    "or pca (seconds instead of UMAP's tens of seconds to minutes on large data)")
     pr.add_argument("--cache-dir", help="embedding cache folder")
     pr.add_argument("--batch-size", type=POSITIVE, help="items per forward pass (default 256)")
     pr.add_argument("--seed", type=int_at_least(0), help="random seed (default 0)")

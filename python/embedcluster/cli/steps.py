@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import sys
 from pathlib import Path
-from typing import Any, List
+from typing import Any, Dict, Iterator, List, Union
 
 from ._common import (POSITIVE, add_encoder_options, add_quiet, check_output_file, check_same_length, data_help, emit,
                       embedding_files, encoder_options, int_at_least, load_embedding_shards, load_npy, load_truth,
@@ -60,19 +62,81 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
 
         Z = shards[0] if len(shards) == 1 else ShardedArray(shards)
         est = _estimator(args, KMeans, DBSCAN)
-        est.fit(Z)
+        with eps_advice_in_flags(est):
+            est.fit(Z)
     labels = est.labels_
     save_npy(args.out, labels)
     res = {"out": args.out, "n_points": int(len(labels)), "n_clusters": int(len(set(labels.tolist()) - {-1})),
            "n_noise": int((labels == -1).sum()), "n_shards": len(files), "scheduler": args.scheduler}
+    lines = []
     if args.head is not None:
         res.update(head=args.head, n_confident=est.n_confident_, fit_time_s=est.fit_time_)
     elif args.algorithm == "kmeans":
         res["inertia"] = est.inertia_
         res["n_iter"] = est.n_iter_
+    else:
+        res.update(dbscan_eps(est))
+        lines.append(res.pop("eps_line"))
     where = f" on {args.scheduler}" if args.scheduler is not None else ""
-    return emit(args, res, [f"{res['n_clusters']} clusters, {res['n_noise']} noise points from "
-                            f"{len(files)} file(s){where} -> {args.out}"])
+    return emit(args, res, lines + [f"{res['n_clusters']} clusters, {res['n_noise']} noise points from "
+                                    f"{len(files)} file(s){where} -> {args.out}"])
+
+
+def eps_arg(text: str) -> Union[float, str]:
+    """--eps: 'auto' or a finite number > 0."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return real_in(0.0)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} should be 'auto' or a finite number > 0") from None
+
+
+#: The settings eps_advice names, as flags.
+CLI_NAMES = {"eps": "--eps", "auto": "--eps auto", "min_samples": "--min-samples", "kmeans": "--algorithm kmeans"}
+
+
+#: What --eps 'auto' does (the end of the --eps help of cluster and run).
+EPS_AUTO_HELP = ("or 'auto': the knee of the sorted k-distance curve (each point's distance to its "
+                 "(min-samples - 1)-th nearest neighbour, exact kNN), printed with the result (default auto)")
+
+
+@contextlib.contextmanager
+def eps_advice_in_flags(dbscan: Any) -> Iterator[None]:
+    """Runs a fit of `dbscan` (a DBSCAN estimator, or anything else: then nothing changes) with
+    its EpsWarning (nearly all noise / one cluster) said in the command line's words (--eps,
+    --eps auto) on stderr. A fit that fails after DBSCAN found no cluster (the pipeline refuses
+    all-noise labels) fails with that advice instead."""
+    import warnings
+
+    from ..cluster._eps import EpsWarning, eps_advice
+
+    def advice() -> Any:
+        if not hasattr(dbscan, "eps_") or not hasattr(dbscan, "labels_"):
+            return None
+        return eps_advice(dbscan.labels_, dbscan.eps_, names=CLI_NAMES,
+                          k_distances=getattr(dbscan, "k_distances_", None))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EpsWarning)
+        try:
+            yield
+        except ValueError as exc:
+            message = advice()
+            if message is None:
+                raise
+            raise ValueError(message) from exc
+    message = advice()
+    if message is not None:
+        print(f"warning: {message}", file=sys.stderr)
+
+
+def dbscan_eps(est: Any) -> Dict[str, Any]:
+    """The eps a fitted DBSCAN used, for the result (``eps``, ``eps_auto``) and a line to print."""
+    auto = isinstance(est.eps, str)
+    how = " (--eps auto: the knee of the sorted k-distance curve)" if auto else ""
+    return {"eps": est.eps_, "eps_auto": auto, "eps_line": f"DBSCAN eps {est.eps_:.4g}{how}, min-samples "
+            f"{est.min_samples}"}
 
 
 def _check_head_args(args: argparse.Namespace) -> None:
@@ -125,7 +189,9 @@ def _fit_on_scheduler(args: argparse.Namespace, files: List[Path], shards: List[
                               "`dask scheduler` and workers with `dask worker ADDRESS`") from e
     with client:
         kw = {"init": "k-means||"} if args.algorithm == "kmeans" else {}
-        return _estimator(args, DaskKMeans, DaskDBSCAN, client=client, **kw).fit(da.concatenate(blocks, axis=0))
+        est = _estimator(args, DaskKMeans, DaskDBSCAN, client=client, **kw)
+        with eps_advice_in_flags(est):
+            return est.fit(da.concatenate(blocks, axis=0))
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -169,7 +235,8 @@ def add_parsers(sub: Any) -> None:
     pc.add_argument("--n-clusters", type=POSITIVE, default=8, help="k for k-means (default 8)")
     pc.add_argument("--n-init", type=POSITIVE, default=10,
                     help="k-means restarts, the lowest inertia wins (default 10)")
-    pc.add_argument("--eps", type=real_in(0.0), default=0.5, help="DBSCAN radius (default 0.5)")
+    pc.add_argument("--eps", type=eps_arg, default="auto",
+                    help="DBSCAN radius (Euclidean distance, or 1 - cos with --metric cosine), " + EPS_AUTO_HELP)
     pc.add_argument("--min-samples", type=POSITIVE, default=5, help="DBSCAN core threshold (default 5)")
     pc.add_argument("--metric", choices=["l2", "cosine"], help="default l2 (cosine with --head)")
     pc.add_argument("--head", choices=["scan", "temi"],

@@ -7,8 +7,9 @@ holds what they share. Input is converted to float32 once (see ``_backend.as_mat
 
 from __future__ import annotations
 
+from ._eps import EpsWarning
 from .dbscan import DBSCAN
 from .kmeans import KMeans
 from .neighbors import NearestNeighbors
 
-__all__ = ["KMeans", "DBSCAN", "NearestNeighbors"]
+__all__ = ["KMeans", "DBSCAN", "NearestNeighbors", "EpsWarning"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 from contextlib import contextmanager
 from numbers import Integral, Real
 from os import PathLike
@@ -24,6 +25,7 @@ from .._backend import (EngineMetric, _core, as_matrix, engine_metric, memory_bu
                         threads_arg)
 from .._progress import Progress
 from ._common import CLUSTER_METRICS, check_features, engine_constraints, store_params
+from ._eps import EpsWarning, auto_eps, core_distances, eps_advice
 
 # Core rows a streamed fit's predict reads at a time.
 STREAM_ROWS = 1 << 16
@@ -62,9 +64,16 @@ class DBSCAN(ClusterMixin, BaseEstimator):
 
     Parameters
     ----------
-    eps : float, default=0.5
+    eps : float or "auto", default="auto"
         Neighbourhood radius (inclusive): a Euclidean distance for "euclidean", a cosine
-        distance 1 - cos for "cosine".
+        distance 1 - cos for "cosine". "auto": the knee of the sorted k-distance curve (each
+        point's distance to its (min_samples - 1)-th nearest other point, the smallest eps
+        that makes it core), from the engine's exact kNN; the value is ``eps_``. The knee is
+        the point of the curve farthest below the chord from its first to its last point, both
+        axes scaled to [0, 1] (Kneedle): where the flat part (points inside clusters) turns
+        into the steep tail (noise). It costs one exact kNN search (k = min_samples - 1) of
+        every row, or above 20,000 rows of a fixed random sample of 20,000 rows against all
+        rows (a uniform sample's sorted curve has the full curve's quantiles).
     min_samples : int, default=5
         Neighbours within eps, the point itself included, that make a core point (as
         scikit-learn).
@@ -84,12 +93,20 @@ class DBSCAN(ClusterMixin, BaseEstimator):
         float32), in a new folder of its own that it removes afterwards. None: the system's
         temporary folder.
     verbose : bool, int or None, default=None
-        Progress of ``fit`` (its four steps: layout, tile bounds, neighbour counts, clusters),
+        Progress of ``fit`` (with ``eps="auto"`` the kNN search first, then the four steps:
+        layout, tile bounds, neighbour counts, clusters),
         as ``embedcluster.KMeans``'s ``verbose``: 0 / False silent, 1 / True shown, None shown
         only inside a caller that shows progress (the command line, ``TransferClustering``).
 
     Attributes
     ----------
+    eps_ : float
+        The eps the fit used: ``eps`` as given, or the one "auto" chose.
+    k_distances_ : ndarray float64 or None
+        With ``eps="auto"``: the sorted k-distance curve the knee was read from (each point's
+        distance to its (min_samples - 1)-th nearest other point, ascending; of a fixed random
+        sample of 20,000 points above that size), to plot or to pick another eps from; None
+        when eps was given.
     labels_ : ndarray (n_samples,), int64
         Cluster of each row, -1 for noise. Clusters are numbered in the order of their
         lowest-index core point.
@@ -98,6 +115,12 @@ class DBSCAN(ClusterMixin, BaseEstimator):
         whose core rows would not fit in memory, a view that reads them from X when sliced)
     n_clusters_ : int
     n_features_in_ : int
+
+    Warns
+    -----
+    EpsWarning (a UserWarning)
+        When more than 90% of the points (of at least 20) end up noise (eps too small) or in one
+        cluster (eps too large); the message says which way to move eps.
 
     Notes
     -----
@@ -116,7 +139,7 @@ class DBSCAN(ClusterMixin, BaseEstimator):
     private memory stays about 60 bytes per row plus the tiles.
     """
 
-    def __init__(self, eps: float = 0.5, *, min_samples: int = 5, metric: str = "euclidean",
+    def __init__(self, eps: Any = "auto", *, min_samples: int = 5, metric: str = "euclidean",
                  backend: str = "auto", n_threads: Optional[int] = None, memory_limit: Optional[int] = None,
                  scratch_dir: Any = None, verbose: Any = None):
         store_params(self, locals())
@@ -124,7 +147,7 @@ class DBSCAN(ClusterMixin, BaseEstimator):
     # See embedcluster.KMeans._parameter_constraints.
     _parameter_constraints: dict = {
         **engine_constraints(),
-        "eps": [Interval(Real, 0, np.inf, closed="neither")],
+        "eps": [Interval(Real, 0, np.inf, closed="neither"), StrOptions({"auto"})],
         "min_samples": [Interval(Integral, 1, None, closed="left")],
         "metric": [StrOptions(CLUSTER_METRICS)],
         "scratch_dir": [str, PathLike, None],
@@ -137,20 +160,23 @@ class DBSCAN(ClusterMixin, BaseEstimator):
         memory_limit = memory_limit_arg(self.memory_limit)
         backend = resolve_backend(self.backend, "DBSCAN", X)
         if backend == "cuda":
-            return self._fit_cuda(X, metric)
+            self._fit_cuda(X, metric)
+            return self._warn_on_eps()
         if _streams(X, self.memory_limit):
-            return self._fit_streamed(X, metric)
+            self._fit_streamed(X, metric)
+            return self._warn_on_eps()
         X = as_matrix(X, estimator="DBSCAN")
+        self._choose_eps(X, "native")
         if backend == "native":
             with Progress("DBSCAN", verbose=self.verbose) as shown:
-                r = _core.dbscan_fit(X, float(self.eps), int(self.min_samples), metric,
+                r = _core.dbscan_fit(X, self.eps_, int(self.min_samples), metric,
                                      n_threads=threads_arg(self.n_threads), memory_limit=memory_limit,
                                      progress=shown.callback())
             labels, is_core = r.labels, r.is_core
             self.stats_ = {k: int(getattr(r, k))
                            for k in ("tile_pairs", "pairs_computed_pass1", "pairs_computed_pass2")}
         else:
-            labels, is_core, _ = _faiss.dbscan(X, float(self.eps), int(self.min_samples), metric)
+            labels, is_core, _ = _faiss.dbscan(X, self.eps_, int(self.min_samples), metric)
             self.stats_ = {}
         self.labels_ = np.asarray(labels, dtype=np.int64)
         self.core_sample_indices_ = np.flatnonzero(np.asarray(is_core, dtype=bool))
@@ -158,6 +184,31 @@ class DBSCAN(ClusterMixin, BaseEstimator):
         self.n_clusters_ = int(self.labels_.max() + 1) if len(self.labels_) else 0
         self.n_features_in_ = X.shape[1]
         self.backend_ = backend
+        return self._warn_on_eps()
+
+    def _choose_eps(self, X: Any, backend: str) -> None:
+        """Sets eps_: eps as given, or for "auto" the knee of the sorted core distances of X
+        (the engine's exact kNN on `backend`)."""
+        if not isinstance(self.eps, str):
+            self.eps_, self.k_distances_ = float(self.eps), None
+            return
+        if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
+            raise ValueError(f"X must be a non-empty 2-D array (n_samples, n_features), got shape {X.shape}")
+        from .neighbors import NearestNeighbors
+
+        def exact_knn(k: int) -> NearestNeighbors:
+            return NearestNeighbors(k, metric=self.metric, backend=backend, n_threads=self.n_threads,
+                                    memory_limit=self.memory_limit, verbose=self.verbose)
+
+        self.k_distances_ = core_distances(X, int(self.min_samples), exact_knn)
+        self.eps_ = auto_eps(self.k_distances_)
+
+    def _warn_on_eps(self) -> DBSCAN:
+        """Warns (EpsWarning) when the fit labelled nearly everything noise or one cluster;
+        returns the estimator."""
+        message = eps_advice(self.labels_, self.eps_, k_distances=self.k_distances_)
+        if message is not None:
+            warnings.warn(message, EpsWarning, stacklevel=3)
         return self
 
     def _fit_cuda(self, X: Any, metric: EngineMetric) -> DBSCAN:
@@ -167,7 +218,8 @@ class DBSCAN(ClusterMixin, BaseEstimator):
 
         if not cuda.is_device_array(X):
             X = as_matrix(X, estimator="DBSCAN")
-        labels, is_core, _, n_clusters = cuda.dbscan(X, float(self.eps), int(self.min_samples), metric,
+        self._choose_eps(X, "cuda")
+        labels, is_core, _, n_clusters = cuda.dbscan(X, self.eps_, int(self.min_samples), metric,
                                                      engine=cuda_engine())
         self.labels_ = np.asarray(cuda.to_host(labels), dtype=np.int64)
         self.core_sample_indices_ = np.flatnonzero(np.asarray(is_core, dtype=bool))
@@ -187,12 +239,13 @@ class DBSCAN(ClusterMixin, BaseEstimator):
         if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
             raise ValueError(f"X must be a non-empty 2-D array (n_samples, n_features), got shape {X.shape}")
         n, d = int(X.shape[0]), int(X.shape[1])
+        self._choose_eps(X, "native")
         with scratch_folder(self.scratch_dir, 4.0 * n * d) as scratch:
             # A set of groups with no neighbours outside it is fitted whole when its rows, their
             # packed copy and the engine's per-row state fit the budget (about 14 bytes a value).
             budget = memory_budget(self.memory_limit)
             whole_rows = int(min(budget / (14.0 * d), 2**40))
-            r = fit_streamed(X, float(self.eps), int(self.min_samples), metric, scratch, threads_arg(self.n_threads),
+            r = fit_streamed(X, self.eps_, int(self.min_samples), metric, scratch, threads_arg(self.n_threads),
                              max_component_rows=whole_rows, span_rows=span_rows_for(d, budget))
         self.labels_ = r.labels
         self.core_sample_indices_ = np.flatnonzero(r.is_core)
@@ -213,7 +266,9 @@ class DBSCAN(ClusterMixin, BaseEstimator):
 
     def predict(self, X: Any) -> np.ndarray:
         """Cluster of each new row: that of its nearest core point when within eps, else -1."""
-        check_is_fitted(self)
+        # components_, not any attribute: fit sets eps_ before its native call, so an
+        # interrupted fit must still read as unfitted.
+        check_is_fitted(self, "components_")
         X = as_matrix(X, estimator="DBSCAN")
         check_features(self, X)
         if len(self.core_sample_indices_) == 0:
@@ -229,6 +284,6 @@ class DBSCAN(ClusterMixin, BaseEstimator):
                                          memory_limit=memory_limit_arg(self.memory_limit))
         else:
             dist, idx = _faiss.knn(self.components_, X, 1, metric, exclude_self=False)
-        limit = self.eps * self.eps if metric == "l2" else self.eps
+        limit = self.eps_ * self.eps_ if metric == "l2" else self.eps_
         core_labels = self.labels_[self.core_sample_indices_]
         return np.where(dist[:, 0] <= limit, core_labels[idx[:, 0]], -1).astype(np.int64)

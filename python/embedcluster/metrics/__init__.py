@@ -5,7 +5,8 @@ Two families of metrics are provided:
 * **External metrics** compare a predicted clustering with ground-truth
   classes: :func:`confusion_matrix`, :func:`match_clusters`,
   :func:`cluster_accuracy`, :func:`nmi`, :func:`ari`, :func:`v_measure`,
-  :func:`purity`, :func:`per_class_report` and :func:`clustering_report`.
+  :func:`purity`, :func:`per_class_report` and :func:`clustering_report`
+  (:func:`name_classes` keys per-class results by class name).
 * **Internal (label-free) metrics** score a clustering from the data alone:
   :func:`silhouette_sampled` and :func:`davies_bouldin`.
 
@@ -65,7 +66,7 @@ from __future__ import annotations
 from .information import ari, nmi, v_measure
 from .internal import davies_bouldin, silhouette_sampled
 from .matching import cluster_accuracy, confusion_matrix, match_clusters, per_class_report, purity
-from .summary import clustering_report
+from .summary import clustering_report, name_classes
 
 __all__ = [
     "confusion_matrix",
@@ -77,6 +78,7 @@ __all__ = [
     "purity",
     "per_class_report",
     "clustering_report",
+    "name_classes",
     "silhouette_sampled",
     "davies_bouldin",
 ]

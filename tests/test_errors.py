@@ -176,3 +176,77 @@ def test_direct_core_calls_name_nan_or_infinity(call, bad):
     }
     with pytest.raises(ValueError, match="NaN or infinity"):
         calls[call]()
+
+
+# --------------------------------------------------------------------------- issue 16: messages per interface, devices
+def test_too_many_clusters_names_the_keyword_in_python_and_the_flag_in_the_cli():
+    from embedcluster._interface import command_line
+
+    with pytest.raises(ValueError, match=r"n_samples=20 should be >= n_clusters=30"):
+        ec.KMeans(30).fit(X_OK)
+    with command_line(), pytest.raises(ValueError, match=r"--n-clusters 30 .* 20 points; choose --n-clusters 20"):
+        ec.KMeans(30).fit(X_OK)
+
+
+def test_interface_is_python_outside_the_command_line():
+    from embedcluster._interface import advice, command_line, in_command_line
+
+    assert not in_command_line() and advice("kw=", "--flag") == "kw="
+    with command_line():
+        assert in_command_line() and advice("kw=", "--flag") == "--flag"
+    assert not in_command_line()
+
+
+def test_transfer_clustering_takes_a_device_keyword():
+    pytest.importorskip("torch")
+    from embedcluster.transfer.pipeline import TransferClustering
+
+    tc = TransferClustering(n_clusters=2, probe=False, device="cpu", progress=False).fit(X_OK)
+    assert tc.device == "cpu" and tc.labels_.shape == (20,)
+    with pytest.raises(ValueError, match="'auto', 'cpu', 'cuda' or 'cuda:N'"):
+        TransferClustering(device="gpu0")
+
+
+def test_cuda_device_without_cuda_is_one_clear_valueerror():
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this torch sees a GPU")
+    from embedcluster._interface import command_line
+    from embedcluster.encoders import Encoder, resolve_device
+    from embedcluster.transfer.pipeline import TransferClustering
+
+    for call in (lambda: resolve_device("cuda"), lambda: resolve_device("cuda:1"),
+                 lambda: TransferClustering(device="cuda"),
+                 lambda: Encoder(torch.nn.Linear(3, 2), device="cuda")):
+        with pytest.raises(ValueError) as e:
+            call()
+        msg = str(e.value)
+        assert "device='cuda" in msg and "device='cpu'" in msg, msg
+        assert ("without CUDA" in msg) == (torch.version.cuda is None), msg
+    with command_line(), pytest.raises(ValueError, match="--device cuda asks for a GPU.*--device cpu"):
+        resolve_device("cuda")
+    assert resolve_device("cpu") == "cpu" and resolve_device("auto") == resolve_device(None) == "cpu"
+
+
+def test_cuda_index_beyond_the_gpus_is_refused():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a GPU")
+    from embedcluster.encoders import resolve_device
+
+    n = torch.cuda.device_count()
+    assert resolve_device(f"cuda:{n - 1}") == f"cuda:{n - 1}"
+    with pytest.raises(ValueError, match=f"GPU {n}, but torch sees {n}"):
+        resolve_device(f"cuda:{n}")
+
+
+def test_selection_candidates_take_the_device():
+    torch = pytest.importorskip("torch")
+    from embedcluster.transfer.select import candidate_representations
+
+    X = np.random.default_rng(0).random((10, 4, 4)).astype(np.float32)
+    out = candidate_representations(X, torch.nn.Flatten(), device="cpu")
+    np.testing.assert_allclose(out["Flatten(start_dim=1, end_dim=-1)"][0], X.reshape(10, -1))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device='cuda' asks for a GPU"):
+            candidate_representations(X, torch.nn.Flatten(), device="cuda")

@@ -177,14 +177,133 @@ def check_same_length(a, b, name_a: str, name_b: str) -> None:
 
 
 def load_truth(spec: str):
-    if spec.endswith(".npy"):
-        return load_npy(spec, "labels")
-    from ..data import load
+    """True labels for `evaluate` and `probe --truth` (see :func:`read_truth`)."""
+    return read_truth(spec)[0]
 
-    y = load(spec).y
-    if y is None:
-        raise ValueError(f"{spec} has no labels to evaluate against")
-    return y
+
+_TABLES = (".csv", ".tsv", ".jsonl", ".json")
+
+
+def _split_column(spec: str):
+    """'FILE:COLUMN' -> (FILE, COLUMN) when FILE is a table that exists; else (spec, None)."""
+    if not os.path.exists(spec) and ":" in spec:
+        path, column = spec.rsplit(":", 1)
+        if column and os.path.isfile(path) and Path(path).suffix.lower() in _TABLES:
+            return path, column
+    return spec, None
+
+
+def _labels_of_lines(path: Path):
+    """One label per line of a text file (trailing blank lines ignored, a blank line inside refused)."""
+    from ..data.text import _read_text
+
+    lines = [line.strip() for line in _read_text(path).splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    blank = [i for i, line in enumerate(lines, 1) if not line]
+    if blank:
+        raise ValueError(f"--truth {path}: line {blank[0]} is empty; write one label per line")
+    if not lines:
+        raise ValueError(f"--truth {path} holds no labels; write one label per line")
+    return lines
+
+
+def _key_column(rows: List[Any], columns: List[str], ids: Optional[List[str]]) -> Any:
+    """(column, {item id: row}) when a column of the table names every item of the data: an image's
+    path relative to its folder, or a longer path that ends in it; else (None, None)."""
+    if not ids:
+        return None, None
+    for col in columns:
+        tails: Dict[str, Any] = {}  # every trailing run of path parts of a key -> its row (None: ambiguous)
+        for _, r in rows:
+            parts = str(r.get(col, "")).strip().replace("\\", "/").split("/")
+            for start in range(len(parts)):
+                tail = "/".join(parts[start:])
+                tails[tail] = None if tail in tails and tails[tail] is not r else r
+        found = [tails.get(i) for i in ids]
+        if all(row is not None for row in found):
+            return col, dict(zip(ids, found))
+    return None, None
+
+
+def _labels_of_table(path: Path, column: Any, ids: Optional[List[str]] = None, flag: str = "--truth"):
+    """(labels, key column or None) from one column of a table: the column named, the only column,
+    'label', or the column beside the one that names the data's files. When a column names every
+    item (see :func:`_key_column`) the labels come in the data's order, else in the table's."""
+    from ..data.text import _table_rows
+
+    rows, columns = _table_rows(path)
+    key, by_id = _key_column(rows, columns, ids)
+    if column is None:
+        rest = [c for c in columns if c != key]
+        column = rest[0] if len(rest) == 1 else "label" if "label" in rest else None
+        if column is None:
+            raise ValueError(f"{flag} {path} has columns {', '.join(map(repr, columns))}; name the one with "
+                             f"the labels: {flag} {path}:COLUMN (e.g. {path}:{columns[-1]})")
+    if column not in columns:
+        raise ValueError(f"{flag} {path}: no column {column!r}; its columns are {', '.join(map(repr, columns))}")
+    if key == column:
+        key, by_id = None, None
+    ordered = [(f"row for {i}", by_id[i]) for i in ids] if by_id is not None and ids is not None else rows
+    values = []
+    for where, r in ordered:
+        v = r.get(column)
+        if v is None or (isinstance(v, str) and not v.strip()):
+            raise ValueError(f"{flag} {path} {where} has no label in column {column!r}")
+        values.append(v.strip() if isinstance(v, str) else v)
+    return values, key
+
+
+def read_truth(spec: str, n: Optional[int] = None, ids: Optional[List[str]] = None):
+    """True labels kept apart from the data: (labels as int64, class names or None, description).
+
+    SPEC is a .npy file (integers or strings), a text file with one label per line, a table
+    (.csv / .tsv / .jsonl / .json: its only column, its 'label' column, or FILE:COLUMN), or a
+    data set with labels ('digits', IDX files, a folder of class sub-folders). With ``n`` the
+    number of labels must match. With ``ids`` (the data's image paths), a table with a column
+    that names every image is matched to them by name, in any row order (the description says
+    by which column).
+    """
+    import numpy as np
+
+    from ..data.arrays import _encode_labels
+
+    path_text, column = _split_column(spec)
+    path = Path(path_text).expanduser()
+    ext = path.suffix.lower()
+    if ext == ".npy":
+        from ..data.arrays import _load_npy_file
+
+        raw: Any = _load_npy_file(path, mmap=False, labels=True)
+        if raw.ndim != 1:
+            raise ValueError(f"--truth {spec} holds an array of shape {raw.shape}; labels are 1-D, one per item")
+    elif path.is_file() and ext in _TABLES:
+        values, key = _labels_of_table(path, column, ids)
+        raw = np.array([str(v) for v in values])
+        if key is not None:
+            spec = f"{spec} (matched to the items by its column {key!r})"
+    elif path.is_file() and (ext in (".txt", ".labels", "") and not _looks_like_idx(path)):
+        raw = np.array(_labels_of_lines(path))
+    else:
+        from ..data import load
+
+        ds = load(spec)
+        if ds.y is None:
+            raise ValueError(f"--truth {spec} has no labels; give a file with one label per line, a .npy "
+                             "array of labels, TABLE.csv:COLUMN, or a column name of DATA")
+        raw = ds.y if not ds.class_names else np.array([ds.class_names[i] for i in ds.y])
+    if n is not None and len(raw) != n:
+        raise ValueError(f"--truth {spec} has {len(raw)} labels but the data has {n} items; give one label "
+                         "per item, in the data's order")
+    y, names = _encode_labels(np.asarray(raw), len(raw), name=f"--truth {spec}")
+    assert y is not None
+    return y, names, spec
+
+
+def _looks_like_idx(path: Path) -> bool:
+    from ..data.idx import _looks_idx
+
+    return _looks_idx(path)
 
 
 def data_help(what: str) -> str:
@@ -222,7 +341,9 @@ def add_encoder_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=image_size, metavar="SIZE",
                         help="with --encoder: the side images are resized to before the network, 'auto' "
                         "(EfficientNet-Lite's default: small images enlarged to 96 px, large ones reduced to the "
-                        "weights' resolution), a side such as 32 or HEIGHTxWIDTH; smaller is faster")
+                        "weights' resolution), a side such as 32 or HEIGHTxWIDTH; smaller is faster. A folder of "
+                        "images is resized to it as it loads (needed when its images differ in size; without "
+                        "--encoder it sets the size of the raw pixel features)")
     parser.add_argument("--invert", action="store_true",
                         help="with --encoder: invert images (1 - x) before the network, for dark-on-white "
                         "images such as Fashion-MNIST's")
@@ -240,8 +361,12 @@ def encoder_options(settings: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     if settings.get("invert"):
         opts["invert"] = True
     if opts and not settings.get("encoder"):
+        if set(opts) == {"image_size"} and opts["image_size"] != "auto" and _image_folder(settings.get("data")):
+            return None  # without an encoder, --image-size only resizes the image folder as it loads
         flags = ", ".join("--" + n.replace("_", "-") for n in ("image_size", "invert", "layer") if settings.get(n))
-        raise ValueError(f"{flags} shape a pretrained encoder; add --encoder (e.g. --encoder efficientnet-lite0)")
+        raise ValueError(f"{flags} shape a pretrained encoder; add --encoder (e.g. --encoder efficientnet-lite0)"
+                         + ("; without one, --image-size resizes only a folder of images" if "image_size" in opts
+                            else ""))
     return opts or None
 
 
@@ -256,3 +381,167 @@ def set_command(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespa
     """Adds the --json flag every command has and the function that runs the command."""
     parser.add_argument("--json", action="store_true", help=json_help)
     parser.set_defaults(func=run)
+
+
+def device_name(text: str) -> str:
+    """--device: auto, cpu, cuda or cuda:N (whether torch can use it is checked before any work)."""
+    import re
+
+    if text in ("auto", "cpu") or re.fullmatch(r"cuda(:\d+)?", text):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} should be auto, cpu, cuda or cuda:N (e.g. cuda:1)")
+
+
+def add_device_option(parser: argparse.ArgumentParser) -> None:
+    """--device: where the encoder runs."""
+    parser.add_argument("--device", type=device_name, metavar="DEVICE",
+                        help="where the encoder runs: auto (a CUDA GPU when torch sees one, else the CPU; the "
+                        "default), cpu, cuda or cuda:N")
+
+
+def check_device(device: Optional[str]) -> None:
+    """A --device that the installed torch cannot use fails before any work, in one sentence."""
+    if device is not None and device != "auto":
+        from ..encoders import resolve_device
+
+        resolve_device(device)
+
+
+def add_table_options(parser: argparse.ArgumentParser, labels: bool = True) -> None:
+    """--text-column (and --label-column): the columns of a CSV, TSV, JSON-lines or JSON table."""
+    parser.add_argument("--text-column", metavar="NAME",
+                        help="for a .csv / .tsv / .jsonl / .json table: the column with the texts (default: text)")
+    if labels:
+        parser.add_argument("--label-column", metavar="NAME",
+                            help="for a table: the column with true labels, used only to score the clusters "
+                            "(default: label when the table has it; none: read no labels)")
+
+
+def _image_folder(data: Any) -> bool:
+    """DATA names a folder that load() reads as images (no .npy shards in it)."""
+    if not isinstance(data, str):
+        return False
+    p = Path(data).expanduser()
+    return p.is_dir() and not any(f.suffix.lower() == ".npy" for f in p.iterdir())
+
+
+def load_data(settings: Dict[str, Any], notes: List[str]) -> Any:
+    """The data set of settings['data'], with the table columns and the load-time image size the
+    flags ask for; `notes` gets a line saying which table columns were used."""
+    from ..data import load
+
+    data = settings["data"]
+    text_col, label_col = settings.get("text_column"), settings.get("label_column")
+    is_table = isinstance(data, str) and Path(data).suffix.lower() in _TABLES and os.path.isfile(data)
+    if (text_col or label_col) and not is_table:
+        flags = " and ".join(f for f, v in (("--text-column", text_col), ("--label-column", label_col)) if v)
+        raise ValueError(f"{flags} {'name columns' if text_col and label_col else 'names a column'} of a .csv / "
+                         f".tsv / .jsonl / .json table, and {data} is not one")
+    kw: Dict[str, Any] = {}
+    size = settings.get("image_size")
+    if size is not None and size != "auto" and _image_folder(data):
+        kw["size"] = tuple(size) if isinstance(size, list) else size
+    if not is_table:
+        return load(data, **kw)
+    label = "auto" if label_col is None else None if label_col == "none" else label_col
+    ds = load(data, text_column=text_col or "text", label_column=label)
+    _note_columns(data, text_col or "text", label, ds, notes)
+    return ds
+
+
+def _note_columns(data: str, text_col: str, label: Any, ds: Any, notes: List[str]) -> None:
+    """Says which columns of a table were read, and when no label column was found, which others exist."""
+    from ..data.text import table_columns
+
+    if ds.y is not None:
+        notes.append(f"texts from column {text_col!r}, true labels from column "
+                     f"{label if label != 'auto' else 'label'!r} ({len(ds.class_names or [])} classes)")
+        return
+    if label is None:
+        notes.append(f"texts from column {text_col!r}")
+        return
+    others = [c for c in table_columns(data) if c != text_col]
+    hint = ""
+    if label == "auto" and others:
+        hint = (f"; to score the clusters, name the label column: --label-column {others[0]} "
+                f"(columns besides the texts: {', '.join(others)})")
+    notes.append(f"texts from column {text_col!r}; no true labels read"
+                 + (" (no column named 'label')" if label == "auto" else "") + hint)
+
+
+def cluster_summary(labels: Any) -> Dict[str, Any]:
+    """n_points, n_clusters, n_noise and the size of every cluster (by cluster id) of a labelling."""
+    import numpy as np
+
+    ids, counts = np.unique(np.asarray(labels), return_counts=True)
+    sizes = {int(i): int(c) for i, c in zip(ids, counts) if i >= 0}
+    return {"n_points": int(len(labels)), "n_clusters": len(sizes), "n_noise": int(counts[ids == -1].sum()),
+            "cluster_sizes": sizes}
+
+
+def summary_lines(summary: Dict[str, Any], source: str) -> List[str]:
+    """The human lines of :func:`cluster_summary`: counts, then the sizes (the first 30 clusters)."""
+    sizes = summary["cluster_sizes"]
+    shown = " ".join(f"{c}:{n}" for c, n in list(sizes.items())[:30]) + (" ..." if len(sizes) > 30 else "")
+    return [f"{summary['n_points']} points from {source}: {summary['n_clusters']} clusters, "
+            f"{summary['n_noise']} noise points (-1)", f"cluster sizes (cluster:points): {shown}"]
+
+
+def write_labels_csv(path: Any, labels: Any, ds: Any = None, truth: Any = None, truth_names: Any = None) -> None:
+    """A CSV to join back to the user's files: index (position in the data, from 0), item (the image's
+    path relative to its folder, or the text; only when the data has them), cluster (-1 = noise),
+    truth (the true label, when known)."""
+    import csv
+    import io
+
+    from .._io import atomic_write_bytes
+
+    items = None if ds is None else ds.ids if ds.ids is not None else ds.texts
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["index"] + (["item"] if items is not None else []) + ["cluster"]
+               + (["truth"] if truth is not None else []))
+    for i, c in enumerate(labels.tolist()):
+        row = [i] + ([items[i]] if items is not None else []) + [c]
+        if truth is not None:
+            row.append(truth_names[truth[i]] if truth_names else int(truth[i]))
+        w.writerow(row)
+    atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
+
+
+def score_lines(truth: Any, labels: Any, what: str = "clusters") -> Any:
+    """(report, lines) of the labels against the truth: ACC / NMI / ARI on one line."""
+    from .. import metrics
+
+    rep = metrics.clustering_report(truth, labels)
+    return rep, [metric_line(what, rep)]
+
+
+def save_labels(path: str, labels: Any, ds: Any = None, truth: Any = None, truth_names: Any = None) -> None:
+    """Labels to PATH: a CSV (see :func:`write_labels_csv`) when it ends in .csv, else a .npy array."""
+    if path.lower().endswith(".csv"):
+        write_labels_csv(path, labels, ds, truth, truth_names)
+    else:
+        save_npy(path, labels)
+
+
+def add_truth_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """--truth FILE: true labels in the order of the rows, to score the clusters."""
+    parser.add_argument("--truth", metavar="FILE",
+                        help=f"true labels of the {what}, in their order, to score the clusters (ACC, NMI, ARI): a "
+                        "text file with one label per line, a .npy array, TABLE.csv:COLUMN, or a data set with "
+                        "labels")
+
+
+def load_cluster_labels(path: str):
+    """Cluster labels written by `run` or `cluster`: a .npy array, or the 'cluster' column of a
+    labels .csv file (int64, -1 = noise)."""
+    import numpy as np
+
+    if not path.lower().endswith(".csv"):
+        return load_npy(path, "labels")
+    values, _ = _labels_of_table(Path(path), "cluster", flag="--labels")
+    try:
+        return np.array([int(v) for v in values], dtype=np.int64)
+    except ValueError:
+        raise ValueError(f"{path}: column 'cluster' should hold integers (as run and cluster write it)") from None

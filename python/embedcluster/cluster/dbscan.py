@@ -21,6 +21,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from .. import _faiss
+from .._interface import advice
 from .._backend import (EngineMetric, _core, as_matrix, engine_metric, memory_budget, memory_limit_arg, resolve_backend,
                         threads_arg)
 from .._progress import Progress
@@ -47,11 +48,12 @@ def scratch_folder(parent: Any, needed: float) -> Iterator[str]:
     bytes, removed with everything in it afterwards."""
     base = tempfile.gettempdir() if parent is None else os.fspath(parent)
     if not os.path.isdir(base):
-        raise ValueError(f"scratch_dir={base!r} is not a folder")
+        raise ValueError(advice(f"scratch_dir={base!r} is not a folder", f"--scratch-dir {base} is not a folder"))
     free = shutil.disk_usage(base).free
     if free < needed + (64 << 20):
         raise OSError(f"DBSCAN on streamed input writes a reordered copy of the rows ({needed / 2**30:.2f} GiB) "
-                      f"but {base!r} has {free / 2**30:.2f} GiB free; pass scratch_dir= a folder with room")
+                      f"but {base!r} has {free / 2**30:.2f} GiB free; "
+                      + advice("pass scratch_dir= a folder with room", "pass --scratch-dir a folder with room"))
     path = tempfile.mkdtemp(prefix="embedcluster-dbscan-", dir=base)
     try:
         yield path

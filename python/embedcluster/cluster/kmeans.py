@@ -17,6 +17,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from .. import _faiss
+from .._interface import advice
 from .._backend import (PRECISIONS, EngineMetric, _core, as_matrix, as_weights, check_python_memory, engine_metric,
                         memory_limit_arg, precision_arg, resolve_backend, seed_of, threads_arg)
 from .._progress import Progress
@@ -40,6 +41,11 @@ def streamed_rows(X: Any) -> Any:
         return X
     return None
 
+
+
+def _too_few_points(n: int, k: int) -> str:
+    return advice(f"n_samples={n} should be >= n_clusters={k}.",
+                  f"--n-clusters {k} asks for more clusters than the {n} points; choose --n-clusters {n} or fewer")
 
 class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     """k-means clustering on the native engine (Lloyd iterations with exact assignment).
@@ -160,7 +166,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         X = as_matrix(X, estimator="KMeans", check_finite=backend != "native")
         n, d = X.shape
         if n < self.n_clusters:
-            raise ValueError(f"n_samples={n} should be >= n_clusters={self.n_clusters}.")
+            raise ValueError(_too_few_points(n, self.n_clusters))
         w = as_weights(sample_weight, n)
         init: Any = self.init
         if isinstance(init, str):
@@ -217,7 +223,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         with `refusal`) or an array of initial centres."""
         n, d = int(X.shape[0]), int(X.shape[1])
         if n < self.n_clusters:
-            raise ValueError(f"n_samples={n} should be >= n_clusters={self.n_clusters}.")
+            raise ValueError(_too_few_points(n, self.n_clusters))
         w = as_weights(sample_weight, n)
         init: Any = self.init
         if isinstance(init, str):

@@ -12,6 +12,7 @@ from typing import Any, Sequence, Union
 import numpy as np
 
 from .. import _io
+from .._interface import advice
 
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -73,6 +74,45 @@ def _file_type(mode: int) -> str:
     return "not a regular file"
 
 
+# First bytes of files that are often passed under the wrong name, for a message that says what
+# the file looks like instead of blaming its format (or suggesting an unsafe way to read it).
+_SIGNATURES = ((b"\x93NUMPY", "a .npy array (np.save)"), (b"\x89PNG", "a PNG image"),
+               (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+               (b"PK\x03\x04", "a zip archive (an .npz file, a torch.save file or a .zip)"),
+               (b"\x1f\x8b", "a gzip file"), (b"BZh", "a bzip2 file"), (b"\xfd7zXZ", "an xz file"),
+               (b"\x28\xb5\x2f\xfd", "a zstd file"), (b"7z\xbc\xaf", "a 7-zip archive"),
+               (b"\x80\x02", "a Python pickle"), (b"\x80\x03", "a Python pickle"),
+               (b"\x80\x04", "a Python pickle"), (b"\x80\x05", "a Python pickle"),
+               (b"BM", "a BMP image"), (b"RIFF", "a RIFF (WebP / WAV) file"), (b"%PDF", "a PDF document"),
+               (b"SQLite format 3", "an SQLite database"), (b"\x7fELF", "an executable (ELF)"),
+               (b"\x00\x00\x08", "an IDX file"), (b"\xff\xfe", "UTF-16 text"), (b"\xfe\xff", "UTF-16 text"))
+
+
+def describe_bytes(head: bytes) -> str:
+    """What a file that starts with ``head`` (its first 16 bytes or more) looks like: "a PNG
+    image", "a gzip file", "JSON text", "UTF-8 text", ..., or its first bytes in hex."""
+    for sig, name in _SIGNATURES:
+        if head.startswith(sig):
+            return name
+    if head[:1] in (b"{", b"["):
+        return "JSON text"
+    if head and b"\0" not in head:
+        try:
+            head.decode("utf-8")
+            return "UTF-8 text"
+        except UnicodeDecodeError as e:
+            if e.start >= len(head) - 3:  # a character cut by the end of the sample
+                return "UTF-8 text"
+    return f"a file starting with bytes {head[:8].hex()}"
+
+
+def file_looks_like(path: PathLike) -> str:
+    """:func:`describe_bytes` of the file's first 64 bytes ("an empty file" when it has none)."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    return describe_bytes(head) if head else "an empty file"
+
+
 def _memory_budget(memory_limit: int | None = None) -> float:
     """Bytes a loader may allocate: ``memory_limit`` when given (0: no limit), else the
     engine's default limit (:func:`embedcluster._backend.memory_budget`: available memory,
@@ -91,8 +131,9 @@ def _check_allocation(nbytes: int, what: str, memory_limit: int | None = None,
         limit = "memory_limit" if memory_limit is not None else "the available memory"
         raise MemoryError(f"{what} needs about {nbytes >> 20} MiB ({nbytes} bytes), more than "
                           f"{limit} ({int(budget) >> 20} MiB); "
-                          + (hint or "free memory, pass a larger memory_limit=, or check that "
-                                     "the file is not damaged"))
+                          + (hint or advice("free memory, pass a larger memory_limit=, or check that "
+                                            "the file is not damaged",
+                                            "free memory, or check that the file is not damaged")))
 
 
 def _sorted_unique(values: Sequence[Any]) -> list:

@@ -12,7 +12,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import _io
-from ._common import PathLike, _check_allocation, _existing, _sorted_unique
+from .._interface import advice
+from ._common import PathLike, _check_allocation, _existing, _sorted_unique, describe_bytes
 from .dataset import Dataset
 from .sharded import ShardedArray
 
@@ -54,8 +55,10 @@ def _kind_of(X: Any) -> str:
         return "vectors"
     if nd in (3, 4):
         return "images"
+    hint = "" if nd != 1 else " " + advice("(for a single feature use X.reshape(-1, 1))",
+                                           "(save a single feature as a 2-D array of shape (n, 1))")
     raise ValueError(f"X has shape {tuple(X.shape)}; expected (n, d) vectors or (n, H, W) / "
-                     "(n, H, W, C) images (for a single feature use X.reshape(-1, 1))")
+                     f"(n, H, W, C) images{hint}")
 
 
 def load_array(X: Any, y: Any = None, *, kind: str | None = None,
@@ -94,24 +97,6 @@ def load_array(X: Any, y: Any = None, *, kind: str | None = None,
 _NPY_MAGIC = b"\x93NUMPY"
 
 
-# First bytes of files that are often renamed .npy by mistake, for a message that says what
-# the file is instead of blaming pickle.
-_SIGNATURES = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
-               (b"GIF8", "a GIF image"), (b"PK\x03\x04", "a zip archive (.npz?)"),
-               (b"\x1f\x8b", "a gzip file"), (b"\x80", "a Python pickle"),
-               (b"BM", "a BMP image"), (b"RIFF", "a RIFF (WebP / WAV) file"),
-               (b"%PDF", "a PDF document"), (b"\x00\x00\x08", "an IDX file"))
-
-
-def _describe_bytes(head: bytes) -> str:
-    for sig, name in _SIGNATURES:
-        if head.startswith(sig):
-            return name
-    if head[:1] in (b"{", b"["):
-        return "JSON text"
-    return f"a file starting with bytes {head[:8].hex()}"
-
-
 def _npy_header(f: Any, version: tuple) -> tuple:
     """(shape, fortran_order, dtype) from numpy's own header parser (which evaluates the
     header with ast.literal_eval only, never pickle)."""
@@ -138,14 +123,14 @@ def _load_npy_file(path: Path, mmap: bool, memory_limit: int | None = None,
     size = os.stat(p).st_size
     try:
         with open(p, "rb") as f:
-            head = f.read(len(_NPY_MAGIC))
-            if head != _NPY_MAGIC:
+            head = f.read(64)
+            if head[:len(_NPY_MAGIC)] != _NPY_MAGIC:
                 if head.startswith(b"PK\x03\x04"):
-                    raise ValueError(f"{p} is an .npz archive, not a .npy file; save one of its "
-                                     "arrays with np.save and pass that")
-                raise ValueError(f"{p} is not a .npy file: it looks like {_describe_bytes(head)} "
-                                 "(a .npy file starts with \\x93NUMPY); pass an array written "
-                                 "by np.save")
+                    raise ValueError(f"{p} is a zip archive (an .npz file or a torch.save file), not a "
+                                     ".npy file; save the array alone with np.save and pass that")
+                looks = describe_bytes(head) if head else "an empty file"
+                raise ValueError(f"{p} is not a .npy file: it looks like {looks} (a .npy file starts "
+                                 "with \\x93NUMPY); pass an array written by np.save")
             f.seek(0)
             version = np.lib.format.read_magic(f)
             if version not in ((1, 0), (2, 0), (3, 0)):
@@ -179,8 +164,8 @@ def _load_npy_file(path: Path, mmap: bool, memory_limit: int | None = None,
                          f"declares (shape {shape}, {dtype}); the file is damaged")
     if not mmap:
         _check_allocation(nbytes, f"{p} (shape {shape}, {dtype})", memory_limit,
-                          "pass mmap=True to read it from disk on demand, free memory, or "
-                          "pass a larger memory_limit=")
+                          advice("pass mmap=True to read it from disk on demand, free memory, or "
+                                 "pass a larger memory_limit=", "free memory, or check that the file is not damaged"))
     try:
         arr = np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._interface import advice
 from ._common import PathLike
 from .dataset import Dataset
 from .idx import load_idx
@@ -51,7 +52,8 @@ def load_fashion_mnist(split: str = "test", root: PathLike | None = None, *,
         ``X`` uint8 ``(n, 28, 28)``, ``y`` in 0..9, ``class_names`` = :data:`FASHION_MNIST_CLASSES`.
     """
     if split not in _FASHION_FILES:
-        raise ValueError(f"split={split!r} should be 'test' or 'train'")
+        raise ValueError(advice(f"split={split!r} should be 'test' or 'train'",
+                                f"fashion-mnist:{split} names no split; use fashion-mnist:test or fashion-mnist:train"))
     folder = Path(root if root is not None else FASHION_MNIST_ROOT).expanduser()
     paths = []
     for stem in _FASHION_FILES[split]:
@@ -61,10 +63,11 @@ def load_fashion_mnist(split: str = "test", root: PathLike | None = None, *,
         if found is None:
             raise FileNotFoundError(
                 f"Fashion-MNIST file {stem}.gz not found in {folder}; install it with "
-                "`apt-get install dataset-fashion-mnist` (Debian/Ubuntu) or pass root= a folder "
-                "with the four IDX files (train-images-idx3-ubyte.gz, "
-                "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
-                "t10k-labels-idx1-ubyte.gz)")
+                "`apt-get install dataset-fashion-mnist` (Debian/Ubuntu) or "
+                + advice("pass root= a folder with the four IDX files (train-images-idx3-ubyte.gz, "
+                         "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz)",
+                         "pass the images' IDX file as DATA (e.g. t10k-images-idx3-ubyte.gz, with "
+                         "t10k-labels-idx1-ubyte.gz beside it)"))
         paths.append(found)
     ds = load_idx(paths[0], paths[1], class_names=FASHION_MNIST_CLASSES,
                   memory_limit=memory_limit)

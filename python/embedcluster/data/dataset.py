@@ -32,6 +32,9 @@ class Dataset:
         Name of each label value (index = label).
     source : str
         Human-readable description of where the data came from.
+    ids : list of str or None
+        A name for each sample that finds it in its source: for an image folder, each image's
+        path relative to the folder. None when the position (0, 1, ...) is the only name.
     """
 
     X: Any = None
@@ -40,6 +43,7 @@ class Dataset:
     texts: list[str] | None = None
     class_names: list[str] | None = None
     source: str = ""
+    ids: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -65,6 +69,10 @@ class Dataset:
             self.y = y.astype(np.int64, copy=False)
         if self.class_names is not None:
             self.class_names = [str(c) for c in self.class_names]
+        if self.ids is not None:
+            self.ids = [str(i) for i in self.ids]
+            if len(self.ids) != len(self):
+                raise ValueError(f"ids has {len(self.ids)} entries; it must have {len(self)}, one per sample")
 
     def __len__(self) -> int:
         if self.kind == "texts":
@@ -116,7 +124,8 @@ class Dataset:
         else:
             X = self.X[sel]
         y = None if self.y is None else self.y[sel]
-        return replace(self, X=X, y=y, texts=texts,
+        ids = None if self.ids is None else [self.ids[i] for i in sel]
+        return replace(self, X=X, y=y, texts=texts, ids=ids,
                        class_names=None if self.class_names is None else list(self.class_names),
                        source=f"{self.source} [subset of {len(sel)}]")
 

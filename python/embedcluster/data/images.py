@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from .._interface import advice
 from ._common import PathLike, _check_allocation, _existing
 from .dataset import Dataset
 
@@ -40,6 +41,21 @@ def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
     if h <= 0 or w <= 0:
         raise ValueError(f"size={size!r} should be positive")
     return h, w
+
+
+# Pillow modes that hold no colour: a folder of only these loads as one channel by default.
+_GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "F", "I;16", "I;16B", "I;16L", "I;16N"})
+
+
+def _is_grey(im: Any) -> bool:
+    """True when the image holds no colour (a palette image counts when every entry is grey)."""
+    if im.mode in _GREY_MODES:
+        return True
+    if im.mode in ("P", "PA"):
+        palette = im.getpalette() or []
+        rgb = [palette[i:i + 3] for i in range(0, len(palette) - 2, 3)]
+        return bool(rgb) and all(r == g == b for r, g, b in rgb)
+    return False
 
 
 # Modes with more than 8 bits per sample, and the value that maps to 1.0 (PNG stores 16-bit
@@ -90,8 +106,41 @@ def _decode_image(im: Any, f: Path, target: tuple[int, int], grayscale: bool,
     return a.astype(np.float32) / np.float32(255.0) if as_float else a
 
 
+def _scan_headers(files: list[Path], target: tuple[int, int] | None) -> tuple:
+    """(target size, any 16-bit image, every image grey, bytes of the largest decoded image) from
+    the image headers alone: a size mismatch, a damaged file or a size that cannot fit in memory
+    is reported before anything is decoded."""
+    sizes: dict = {}
+    high_bit = False
+    all_grey = True
+    largest = 0
+    for f in files:
+        _existing(f, "image")  # a FIFO named .png would block Image.open
+        try:
+            with _open_image(f) as im:
+                sizes.setdefault(im.size, f)
+                high_bit |= im.mode in _HIGH_BIT_MODES
+                all_grey = all_grey and _is_grey(im)
+                largest = max(largest, im.size[0] * im.size[1] * 4 * max(1, len(im.getbands())))
+        except Exception as e:  # PIL raises many types for broken files
+            raise ValueError(f"cannot read image {f}: {e}; the file is damaged or not an "
+                             "image (remove or replace it)") from e
+        if target is None and len(sizes) > 1:
+            (w0, h0), f0 = next(iter(sizes.items()))
+            (w1, h1), f1 = list(sizes.items())[1]
+            raise ValueError(f"images differ in size ({f0.name} is {h0}x{w0}, {f1.name} is "
+                             f"{h1}x{w1} height x width); "
+                             + advice("pass size= (an int or (height, width)) to resize them all",
+                                      "pass --image-size (a side such as 64, or HEIGHTxWIDTH) to resize "
+                                      "them all"))
+    if target is None:
+        (w, h), _ = next(iter(sizes.items()))
+        target = (h, w)
+    return target, high_bit, all_grey, largest
+
+
 def load_image_folder(path: PathLike, size: int | tuple[int, int] | None = None,
-                      grayscale: bool = False, *, memory_limit: int | None = None) -> Dataset:
+                      grayscale: bool | None = None, *, memory_limit: int | None = None) -> Dataset:
     """Load a folder of images with PIL.
 
     Two layouts are understood: one sub-folder per class (``root/cat/001.png``; labels follow
@@ -105,8 +154,12 @@ def load_image_folder(path: PathLike, size: int | tuple[int, int] | None = None,
         The folder.
     size : int or (height, width), optional
         Resize every image to this size (bilinear). Required when the images differ in size.
-    grayscale : bool, default False
-        Convert to one channel (``C=1``) instead of RGB (``C=3``).
+    grayscale : bool or None, default None
+        None: one channel when every image is grey (modes 1, L, LA, I;16, I, F, or a palette of
+        greys), returned as ``(n, H, W)`` like Fashion-MNIST's IDX files, so that raw features
+        have ``H * W`` columns; RGB ``(n, H, W, 3)`` as soon as one image has colour. True:
+        convert every image to one channel, ``(n, H, W, 1)``. False: RGB. Encoders that want
+        three channels (EfficientNet-Lite, torchvision, timm) repeat a grey channel themselves.
     memory_limit : int, optional
         Most bytes the image array (and one decoded image) may take; default the memory the
         system reports as available. Checked from the image headers before decoding.
@@ -114,8 +167,9 @@ def load_image_folder(path: PathLike, size: int | tuple[int, int] | None = None,
     Returns
     -------
     Dataset
-        ``kind="images"``, ``X`` of shape ``(n, H, W, C)``: uint8 when every image has 8 bits
-        per sample; float32 in [0, 1] when any image has 16 bits (PNG ``I;16``), with 8-bit
+        ``kind="images"``, ``ids`` the image paths relative to the folder, ``X`` of shape
+        ``(n, H, W, C)`` (``(n, H, W)`` for an all-grey folder with ``grayscale=None``): uint8
+        when every image has 8 bits per sample; float32 in [0, 1] when any image has 16 bits (PNG ``I;16``), with 8-bit
         images divided by 255 and 16-bit ones by 65535, so both share one scale.
 
     Raises
@@ -148,49 +202,31 @@ def load_image_folder(path: PathLike, size: int | tuple[int, int] | None = None,
         raise FileNotFoundError(f"no images ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}) "
                                 f"found in {root} or its sub-folders")
 
-    target = _hw(size) if size is not None else None
-    # Read only the headers first: a size mismatch, a bit depth, a damaged file or a size that
-    # cannot fit in memory is reported before anything is decoded.
-    sizes: dict = {}
-    high_bit = False
-    largest = 0
-    for f in files:
-        _existing(f, "image")  # a FIFO named .png would block Image.open
-        try:
-            with _open_image(f) as im:
-                sizes.setdefault(im.size, f)
-                high_bit |= im.mode in _HIGH_BIT_MODES
-                largest = max(largest, im.size[0] * im.size[1] * 4 * max(1, len(im.getbands())))
-        except Exception as e:  # PIL raises many types for broken files
-            raise ValueError(f"cannot read image {f}: {e}; the file is damaged or not an "
-                             "image (remove or replace it)") from e
-        if target is None and len(sizes) > 1:
-            (w0, h0), f0 = next(iter(sizes.items()))
-            (w1, h1), f1 = list(sizes.items())[1]
-            raise ValueError(f"images differ in size ({f0.name} is {h0}x{w0}, {f1.name} is "
-                             f"{h1}x{w1} height x width); pass size= (an int or "
-                             "(height, width)) to resize them all")
-    if target is None:
-        (w, h), _ = next(iter(sizes.items()))
-        target = (h, w)
-    channels = 1 if grayscale else 3
+    target, high_bit, all_grey, largest = _scan_headers(files, _hw(size) if size is not None else None)
+    squeeze = grayscale is None and all_grey
+    grey = bool(grayscale) or squeeze
+    channels = 1 if grey else 3
     dtype = np.dtype(np.float32 if high_bit else np.uint8)
     need = len(files) * target[0] * target[1] * channels * dtype.itemsize
     _check_allocation(need + largest, f"{len(files)} images of {target[0]}x{target[1]}x"
                       f"{channels} ({dtype}) in {root}", memory_limit,
-                      "pass a smaller size=, load fewer images, or pass a larger memory_limit=")
+                      advice("pass a smaller size=, load fewer images, or pass a larger memory_limit=",
+                             "pass a smaller --image-size, or load fewer images"))
     X = np.empty((len(files), target[0], target[1], channels), dtype=dtype)
     for i, f in enumerate(files):
         _existing(f, "image")
         try:
             with _open_image(f) as im:
                 im.load()
-                X[i] = _decode_image(im, f, target, grayscale, high_bit)
+                X[i] = _decode_image(im, f, target, grey, high_bit)
         except MemoryError:
             raise
         except Exception as e:
             raise ValueError(f"cannot read image {f}: {e}; the file is damaged or not an "
                              "image (remove or replace it)") from e
+    if squeeze:
+        X = X[..., 0]
     logger.info("loaded %d images %s %s from %s%s", len(files), X.shape[1:], X.dtype, root,
                 f" in {len(class_names)} classes" if class_names else "")
-    return Dataset(X=X, y=y, kind="images", class_names=class_names, source=str(root))
+    return Dataset(X=X, y=y, kind="images", class_names=class_names, source=str(root),
+                   ids=[f.relative_to(root).as_posix() for f in files])

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from .._interface import advice
 from .arrays import _encode_labels, load_array, load_npy, load_npy_shards
 from .bundled import load_digits_dataset, load_fashion_mnist
 from .dataset import Dataset
@@ -18,13 +19,18 @@ from .sharded import ShardedArray
 from .text import load_table, load_texts
 
 
-_ACCEPTED_SPECS = (
-    "a numpy array or CPU torch tensor; a list of strings; "
+_PYTHON_SPECS = "a numpy array or CPU torch tensor; a list of strings; "
+_FILE_SPECS = (
     "'digits'; 'fashion-mnist', 'fashion-mnist:train' or 'fashion-mnist:test'; "
     "a folder of .npy shards; a folder of images (one sub-folder per class, or flat); "
     "a .npy file; an IDX file (.idx, .gz, *-ubyte); a .txt file (one text per line); "
     "a .csv, .tsv, .jsonl or .json table"
 )
+
+
+def _accepted() -> str:
+    """What load() accepts, as the user can pass it (on the command line only names and paths)."""
+    return advice(_PYTHON_SPECS + _FILE_SPECS, _FILE_SPECS)
 
 
 def load(spec: Any, **kw: Any) -> Dataset:
@@ -73,7 +79,7 @@ def load(spec: Any, **kw: Any) -> Dataset:
             type(spec).__module__.split(".")[0] == "torch":
         return load_array(spec, **kw)
     if not isinstance(spec, (str, os.PathLike)):
-        raise ValueError(f"cannot load a {type(spec).__name__}; accepted: {_ACCEPTED_SPECS}")
+        raise ValueError(f"cannot load a {type(spec).__name__}; accepted: {_accepted()}")
     name = os.fspath(spec)
     key = name.strip().lower().replace("_", "-")
     if key == "digits":
@@ -84,14 +90,14 @@ def load(spec: Any, **kw: Any) -> Dataset:
         return load_fashion_mnist(split=split, **kw)
     p = Path(name).expanduser()
     if not p.exists():
-        raise FileNotFoundError(f"{p} does not exist (accepted: {_ACCEPTED_SPECS})")
+        raise FileNotFoundError(f"{p} does not exist (accepted: {_accepted()})")
     if p.is_dir():
         if any(f.suffix.lower() == ".npy" and f.is_file() for f in p.iterdir()):
             return load_npy_shards(p, **kw)
         if _image_files(p, recursive=True):
             return load_image_folder(p, **kw)
         raise ValueError(f"folder {p} holds neither .npy shards nor images "
-                         f"({', '.join(IMAGE_EXTENSIONS)}); accepted: {_ACCEPTED_SPECS}")
+                         f"({', '.join(IMAGE_EXTENSIONS)}); accepted: {_accepted()}")
     ext = p.suffix.lower()
     if ext == ".npy":
         return load_npy(p, **kw)
@@ -102,4 +108,4 @@ def load(spec: Any, **kw: Any) -> Dataset:
     if _looks_idx(p):
         return load_idx(p, **kw)
     raise ValueError(f"don't know how to load {p} (extension {ext or 'none'!r}); accepted: "
-                     f"{_ACCEPTED_SPECS}")
+                     f"{_accepted()}")

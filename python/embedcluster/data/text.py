@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from ._common import PathLike, _check_allocation, _existing, _sorted_unique
+from .._interface import advice
+from ._common import PathLike, _check_allocation, _existing, _sorted_unique, describe_bytes
 from .dataset import Dataset
 
 logger = logging.getLogger(__name__)
@@ -22,6 +23,10 @@ def _read_text(p: Path, memory_limit: int | None = None) -> str:
     # A str takes up to 4 bytes per character, plus the bytes read: bound both up front.
     _check_allocation(5 * os.stat(p).st_size, f"text file {p}", memory_limit)
     raw = p.read_bytes()
+    looks = describe_bytes(raw[:64])
+    if looks not in ("UTF-8 text", "JSON text", "UTF-16 text") and not looks.startswith("a file starting"):
+        raise ValueError(f"{p} is not a text file: it looks like {looks}; pass a UTF-8 text file "
+                         "(one text per line, or a CSV / JSON-lines table)")
     nul = raw.find(b"\0")
     if nul >= 0:
         line = raw[:nul].count(b"\n") + 1
@@ -130,6 +135,31 @@ def _table_rows(p: Path) -> tuple[list[tuple[str, dict]], list[str]]:
     raise ValueError(f"{p}: unknown table extension {ext!r}; use .csv, .tsv, .jsonl or .json")
 
 
+def _likely_text_column(rows: list, columns: list[str]) -> str | None:
+    """The column whose values are longest on average over the first rows (the texts, most
+    likely), for the message about a missing text column."""
+    best, best_len = None, 0.0
+    sample = rows[:200]
+    for col in columns:
+        values = [r.get(col) for _, r in sample]
+        if not values or not all(isinstance(v, str) for v in values):
+            continue
+        mean = sum(len(v) for v in values) / len(values)
+        if mean > best_len:
+            best, best_len = col, mean
+    return best
+
+
+def table_columns(path: PathLike) -> list[str]:
+    """The column names of a CSV / TSV / JSON-lines / JSON table, in their order (for a CSV or
+    TSV file only its header row is read)."""
+    p = _existing(path, "table file")
+    if p.suffix.lower() in (".csv", ".tsv"):
+        with open(p, encoding="utf-8-sig", newline="") as f:
+            return next(csv.reader(f, delimiter="\t" if p.suffix.lower() == ".tsv" else ","), [])
+    return _table_rows(p)[1]
+
+
 def load_table(path: PathLike, text_column: str = "text",
                label_column: str | None = "auto") -> Dataset:
     """Load texts (and optional labels) from a CSV, TSV, JSON-lines or JSON file.
@@ -157,10 +187,18 @@ def load_table(path: PathLike, text_column: str = "text",
     rows, columns = _table_rows(p)
     if label_column == "auto":
         label_column = "label" if "label" in columns else None
-    for col, what in ((text_column, "text_column"), (label_column, "label_column")):
+        if label_column is None:
+            logger.info("%s has no column 'label', so no labels were read (columns: %s); %s", p, ", ".join(columns),
+                        advice("pass label_column= to read one", "pass --label-column NAME to read one"))
+    for col, what, flag in ((text_column, "text_column", "--text-column"),
+                            (label_column, "label_column", "--label-column")):
         if col is not None and col not in columns:
-            raise ValueError(f"{what}={col!r} is not a column of {p}; available columns: "
-                             f"{columns}")
+            guess = _likely_text_column(rows, columns) if what == "text_column" else None
+            hint = f" (the texts look to be in {guess!r})" if guess else ""
+            raise ValueError(advice(f"{what}={col!r} is not a column of {p}; available columns: {columns}{hint}; "
+                                    f"pass {what}= one of them",
+                                    f"{p} has no column {col!r}; its columns are {', '.join(map(repr, columns))}"
+                                    f"{hint}: choose one with {flag} NAME"))
     texts: list[str] = []
     raw_labels: list = []
     empty: list[int] = []

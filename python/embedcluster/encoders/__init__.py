@@ -9,7 +9,7 @@ with :mod:`.loader` (``load_encoder``) choosing among them.
 
 from __future__ import annotations
 
-from ._common import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, best_device
+from ._common import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, best_device, resolve_device
 from .checkpoint import save_checkpoint
 from .encoder import Encoder
 from .fingerprint import data_fingerprint
@@ -24,6 +24,7 @@ __all__ = [
     "save_checkpoint",
     "data_fingerprint",
     "best_device",
+    "resolve_device",
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
 ]

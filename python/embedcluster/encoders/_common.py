@@ -67,6 +67,45 @@ def best_device() -> str:
     return "cuda" if torch is not None and torch.cuda.is_available() else "cpu"
 
 
+def resolve_device(device: Any) -> str:
+    """The torch device an encoder runs on, checked before any model is moved there.
+
+    ``None`` or ``"auto"``: :func:`best_device`. ``"cpu"``. ``"cuda"`` / ``"cuda:N"``: refused
+    with one clear sentence when the installed torch has no CUDA or sees fewer GPUs (torch's
+    own failure is an AssertionError deep inside ``Module.to``). Any other name torch parses
+    (``"mps"``, ``"xpu"``, a ``torch.device``) is passed through.
+    """
+    import re
+
+    from .._interface import advice
+
+    if device is None or (isinstance(device, str) and device == "auto"):
+        return best_device()
+    text = str(device)
+    if text == "cpu":
+        return text
+    named = advice(f"device={text!r}", f"--device {text}")
+    other = advice("device='cpu' (or 'auto': a GPU when there is one)", "--device cpu (or --device auto)")
+    match = re.fullmatch(r"cuda(?::(\d+))?", text)
+    torch = _torch()
+    if match is None:
+        try:
+            torch.device(text)
+        except (RuntimeError, ValueError, TypeError):
+            raise ValueError(f"{named} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+        return text
+    if not torch.cuda.is_available():
+        why = (f"the installed torch {torch.__version__} was built without CUDA" if torch.version.cuda is None
+               else f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU: check the driver "
+               "and CUDA_VISIBLE_DEVICES")
+        raise ValueError(f"{named} asks for a GPU, but {why}; use {other}")
+    index, count = int(match.group(1) or 0), torch.cuda.device_count()
+    if index >= count:
+        raise ValueError(f"{named} asks for GPU {index}, but torch sees {count} GPU(s) (cuda:0 to "
+                         f"cuda:{count - 1}); use one of those or {other}")
+    return text
+
+
 def _sha(*parts: str) -> str:
     h = hashlib.sha256()
     for part in parts:

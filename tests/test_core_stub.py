@@ -15,8 +15,8 @@ from embedcluster import _core
 
 STUB = Path(embedcluster.__file__).with_name("_core.pyi")
 # Names the stub defines for its annotations only (type aliases, the TypedDict of build_info).
-STUB_ONLY = {"_F32", "_I64", "_U8", "_U64", "_F64", "_MetricLike", "_Precision", "_MemoryLimit", "_BuildInfo",
-             "_KernelSelfTest", "_KernelRate", "_KernelFamilyChoice", "_KernelChoice"}
+STUB_ONLY = {"_F32", "_I64", "_U8", "_U64", "_F64", "_MetricLike", "_Precision", "_MemoryLimit", "_Progress",
+             "_BuildInfo", "_KernelSelfTest", "_KernelRate", "_KernelFamilyChoice", "_KernelChoice"}
 
 
 def _stub() -> ast.Module:

@@ -87,6 +87,18 @@ void raise_interrupted(bool main) {
   throw py::error_already_set();
 }
 
+bool report_progress(const py::object& progress, const ec::ProgressState& s) noexcept {
+  try {
+    progress(py::str(s.step), s.index, s.count, s.done, s.total);
+    return false;
+  } catch (py::error_already_set& e) {
+    e.restore();
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+  }
+  return true;
+}
+
 // ---- Conversions.
 
 Mat as_matrix(const py::array& a, const char* name) {
@@ -176,6 +188,15 @@ void bind_common(py::module_& m) {
         "waits a few seconds for them. Returns the number still running.");
   m.def("_set_exit_wait", [](double s) { g_exit_wait_s = s; }, py::arg("seconds"),
         "For tests: how long the atexit hook waits for native calls in flight (default 5 s).");
+  m.def("_set_poll_interval",
+        [](double s) {
+          if (!(s >= 0.0 && s <= 3600.0)) throw std::invalid_argument("seconds should be in [0, 3600]");
+          const auto old = ec::poll_interval_us().exchange(static_cast<std::int64_t>(s * 1e6));
+          return static_cast<double>(old) / 1e6;
+        },
+        py::arg("seconds"),
+        "For tests: how often native work checks for Ctrl-C and reports progress (default 0.05 s; 0: at every "
+        "poll). Returns the previous value.");
   g_main_ident = py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
   py::module_::import("atexit").attr("register")(m.attr("_stop_native_work_at_exit"));
 }

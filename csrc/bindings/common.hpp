@@ -71,21 +71,32 @@ void without_gil(F&& f) {
 /// core stopped on a cancel request.
 [[noreturn]] void raise_interrupted(bool main);
 
+/// Calls progress(step, index, count, done, total) with the GIL held. Returns true (stop) when
+/// it raised, leaving its exception pending for raise_interrupted; never throws.
+bool report_progress(const py::object& progress, const ec::ProgressState& s) noexcept;
+
 /// Runs native work with the GIL released; Ctrl-C stops it and raises KeyboardInterrupt; on a
 /// thread other than the main thread, interpreter exit stops it and raises SystemExit.
+/// `progress` (None or a callable): on the main thread, the poll that checks for Ctrl-C also
+/// hands it the work's ProgressState (at most every 50 ms); on every thread it gets the final
+/// state once the work returns. Other threads get no calls during the work: they never take
+/// the GIL inside native work (see common.cpp).
 template <class F>
-void run_native(F&& f) {
+void run_native(F&& f, const py::object& progress = py::none()) {
   const bool main = on_main_thread();
-  ec::Cancel cancel([main] {
+  const bool report = !progress.is_none();
+  ec::Cancel cancel(ec::Cancel::Check([main, report, &progress](const ec::ProgressState& s) {
     if (!main) return g_exiting.load();  // signals are handled on the main thread only
     py::gil_scoped_acquire gil;
-    return PyErr_CheckSignals() != 0;
-  });
+    if (PyErr_CheckSignals() != 0) return true;
+    return report && report_progress(progress, s);
+  }));
   try {
     without_gil([&] { f(cancel); });
   } catch (const ec::Interrupted&) {
     raise_interrupted(main);
   }
+  if (report && report_progress(progress, cancel.state())) throw py::error_already_set();
 }
 
 // ---- Conversions.

@@ -16,7 +16,7 @@ struct DbscanFit {
 };
 
 DbscanFit dbscan_fit(const py::array& x, double eps, int min_samples, const py::object& metric, bool prune,
-                     int n_threads, const py::object& memory_limit) {
+                     int n_threads, const py::object& memory_limit, const py::object& progress) {
   const Mat X = as_matrix(x, "X");
   ec::DbscanParams p;
   p.eps = eps;
@@ -26,7 +26,7 @@ DbscanFit dbscan_fit(const py::array& x, double eps, int min_samples, const py::
   p.n_threads = n_threads;
   p.memory_limit = memory_limit_of(memory_limit);
   DbscanFit out;
-  run_native([&](ec::Cancel& c) { ec::dbscan_fit(p, X.data, X.rows, X.cols, out.stats, c); });
+  run_native([&](ec::Cancel& c) { ec::dbscan_fit(p, X.data, X.rows, X.cols, out.stats, c); }, progress);
   out.labels = to_array(std::move(out.stats.labels));
   out.is_core = to_array(std::move(out.stats.is_core));
   out.counts = to_array(std::move(out.stats.counts));
@@ -74,8 +74,10 @@ void bind_dbscan(py::module_& m) {
       });
   m.def("dbscan_fit", &dbscan_fit, py::arg("X"), py::arg("eps"), py::arg("min_samples") = 5,
         py::arg("metric") = "l2", py::arg("prune") = true, py::arg("n_threads") = 0, py::arg("memory_limit") = py::none(),
+        py::arg("progress") = py::none(),
         "DBSCAN; returns a DbscanResult (labels, is_core, counts, n_clusters, tile statistics). l2 eps is a "
-        "Euclidean distance.");
+        "Euclidean distance. progress: as for knn_search (steps 'DBSCAN layout', 'DBSCAN tile bounds', "
+        "'DBSCAN neighbour counts', 'DBSCAN clusters', numbered 1 to 4).");
 }
 
 }  // namespace ecpy

@@ -61,7 +61,7 @@ int prune_of(const py::object& prune) {
 KMeansFit kmeans_fit(const py::array& x, int k, int max_iter, double tol, int n_init, const py::object& metric,
                      const py::object& init, std::uint64_t seed, const py::object& sample_weight, int n_local_trials,
                      int n_threads, const std::string& precision, const py::object& prune,
-                     const py::object& memory_limit, int movers) {
+                     const py::object& memory_limit, int movers, const py::object& progress) {
   const Mat X = as_matrix(x, "X");
   auto p = kmeans_params(k, metric, seed, n_local_trials, n_threads, memory_limit);
   std::vector<float> given;
@@ -77,7 +77,7 @@ KMeansFit kmeans_fit(const py::array& x, int k, int max_iter, double tol, int n_
   ec::KMeansResult r;
   run_native([&](ec::Cancel& c) {
     ec::kmeans_fit(p, X.data, X.rows, X.cols, w, given.empty() ? nullptr : given.data(), r, c);
-  });
+  }, progress);
   KMeansFit out;
   out.centers = to_array(std::move(r.centers)).reshape({static_cast<py::ssize_t>(k), static_cast<py::ssize_t>(X.cols)});
   out.labels = to_array(std::move(r.labels));
@@ -91,7 +91,7 @@ KMeansFit kmeans_fit(const py::array& x, int k, int max_iter, double tol, int n_
 
 py::array_t<float> kmeans_init(const py::array& x, int k, const py::object& metric, const std::string& init,
                                std::uint64_t seed, const py::object& sample_weight, int n_local_trials, int n_threads,
-                               const py::object& memory_limit) {
+                               const py::object& memory_limit, const py::object& progress) {
   const Mat X = as_matrix(x, "X");
   auto p = kmeans_params(k, metric, seed, n_local_trials, n_threads, memory_limit);
   std::vector<float> given;
@@ -100,12 +100,13 @@ py::array_t<float> kmeans_init(const py::array& x, int k, const py::object& metr
   if (k > 0 && X.rows > 0) ec::kmeans_check_memory(p, X.rows, X.cols);  // before the output is allocated
   py::array_t<float> out({static_cast<py::ssize_t>(std::max(k, 0)), static_cast<py::ssize_t>(X.cols)});
   float* op = out.mutable_data();
-  run_native([&](ec::Cancel& c) { ec::kmeans_init(p, X.data, X.rows, X.cols, w, seed, op, c); });
+  run_native([&](ec::Cancel& c) { ec::kmeans_init(p, X.data, X.rows, X.cols, w, seed, op, c); }, progress);
   return out;
 }
 
 py::tuple kmeans_assign(const py::array& centers, const py::array& x, const py::object& metric, int n_threads,
-                        const std::string& precision, const py::object& memory_limit) {
+                        const std::string& precision, const py::object& memory_limit,
+                        const py::object& progress) {
   const Mat C = as_matrix(centers, "centers"), X = as_matrix(x, "X");
   if (C.cols != X.cols)
     throw std::invalid_argument("X has " + std::to_string(X.cols) + " features but the centres have " +
@@ -118,7 +119,8 @@ py::tuple kmeans_assign(const py::array& centers, const py::array& x, const py::
   py::array_t<float> dist({static_cast<py::ssize_t>(X.rows)});
   idx_t* lp = labels.mutable_data();
   float* dp = dist.mutable_data();
-  run_native([&](ec::Cancel& c) { ec::kmeans_assign(m, C.data, C.rows, X.data, X.rows, X.cols, lp, dp, n_threads, c, ks); });
+  run_native([&](ec::Cancel& c) { ec::kmeans_assign(m, C.data, C.rows, X.data, X.rows, X.cols, lp, dp, n_threads, c, ks); },
+             progress);
   return py::make_tuple(labels, dist);
 }
 
@@ -145,18 +147,22 @@ void bind_kmeans(py::module_& m) {
         py::arg("tol") = 1e-4, py::arg("n_init") = 1, py::arg("metric") = "l2", py::arg("init") = "k-means++",
         py::arg("seed") = 0, py::arg("sample_weight") = py::none(), py::arg("n_local_trials") = 0,
         py::arg("n_threads") = 0, py::arg("precision") = "auto", py::arg("prune") = "auto",
-        py::arg("memory_limit") = py::none(), py::arg("movers") = -1,
+        py::arg("memory_limit") = py::none(), py::arg("movers") = -1, py::arg("progress") = py::none(),
         "k-means; returns a KMeansResult. prune ('auto', True, False) switches the exact bound-based pruning of "
         "the assignment (identical results either way; auto: on for n_clusters >= 16). movers: -1 chooses the "
         "centres that moved most per pass, 0 turns that stage off, m > 0 always takes m of them (for tests). "
-        "X is read as it is: its NaN / infinity check is the k-means pass over the data.");
+        "X is read as it is: its NaN / infinity check is the k-means pass over the data. "
+        "progress: as for knn_search (steps 'k-means++ seeding' or 'k-means|| seeding', 'k-means iteration' i of "
+        "max_iter, 'k-means final assignment'; the steps restart for each of the n_init runs).");
   m.def("kmeans_init", &kmeans_init, py::arg("X"), py::arg("n_clusters"), py::arg("metric") = "l2",
         py::arg("init") = "k-means++", py::arg("seed") = 0, py::arg("sample_weight") = py::none(),
         py::arg("n_local_trials") = 0, py::arg("n_threads") = 0, py::arg("memory_limit") = py::none(),
-        "Initial centres only (k-means++, k-means|| or random).");
+        py::arg("progress") = py::none(),
+        "Initial centres only (k-means++, k-means|| or random). progress: as for knn_search.");
   m.def("kmeans_assign", &kmeans_assign, py::arg("centers"), py::arg("X"), py::arg("metric") = "l2",
         py::arg("n_threads") = 0, py::arg("precision") = "auto", py::arg("memory_limit") = py::none(),
-        "Nearest centre (exact) and its distance (l2: squared; cosine: 1 - cos).");
+        py::arg("progress") = py::none(),
+        "Nearest centre (exact) and its distance (l2: squared; cosine: 1 - cos). progress: as for knn_search.");
 }
 
 }  // namespace ecpy

@@ -11,7 +11,7 @@ namespace {
 
 py::tuple knn_search(const py::array& db, const py::array& q, int k, const py::object& metric, bool exclude_self,
                      int n_threads, const std::string& precision, const py::object& memory_limit, bool self_join,
-                     bool exact_values) {
+                     bool exact_values, const py::object& progress) {
   const Mat D = as_matrix(db, "database"), Q = as_matrix(q, "queries");
   same_features(D, Q);
   ec::KnnParams p;
@@ -32,7 +32,8 @@ py::tuple knn_search(const py::array& db, const py::array& q, int k, const py::o
   float* dp = dist.mutable_data();
   idx_t* ip = idx.mutable_data();
   double* ep = exact_values ? exact.mutable_data() : nullptr;
-  run_native([&](ec::Cancel& c) { ec::knn_search(p, D.data, D.rows, Q.data, Q.rows, D.cols, dp, ip, c, ep); });
+  run_native([&](ec::Cancel& c) { ec::knn_search(p, D.data, D.rows, Q.data, Q.rows, D.cols, dp, ip, c, ep); },
+             progress);
   if (exact_values) return py::make_tuple(exact, idx);
   return py::make_tuple(dist, idx);
 }
@@ -51,12 +52,12 @@ ec::RadiusParams radius_params(double radius, const py::object& metric, bool exc
 
 py::tuple radius_search(const py::array& db, const py::array& q, double radius, const py::object& metric,
                         bool exclude_self, int n_threads, const std::string& precision,
-                        const py::object& memory_limit) {
+                        const py::object& memory_limit, const py::object& progress) {
   const Mat D = as_matrix(db, "database"), Q = as_matrix(q, "queries");
   same_features(D, Q);
   const auto p = radius_params(radius, metric, exclude_self, n_threads, precision, memory_limit);
   ec::RadiusResult r;
-  run_native([&](ec::Cancel& c) { ec::radius_search(p, D.data, D.rows, Q.data, Q.rows, D.cols, r, c); });
+  run_native([&](ec::Cancel& c) { ec::radius_search(p, D.data, D.rows, Q.data, Q.rows, D.cols, r, c); }, progress);
   return py::make_tuple(to_array(std::move(r.indptr)), to_array(std::move(r.indices)), to_array(std::move(r.dist)));
 }
 
@@ -113,16 +114,22 @@ void bind_knn(py::module_& m) {
   m.def("knn_search", &knn_search, py::arg("database"), py::arg("queries"), py::arg("k"), py::arg("metric") = "l2",
         py::arg("exclude_self") = false, py::arg("n_threads") = 0, py::arg("precision") = "auto",
         py::arg("memory_limit") = py::none(), py::arg("self_join") = true, py::arg("exact_values") = false,
+        py::arg("progress") = py::none(),
         "Exact k nearest neighbours: (distances float32 (nq, k), indices int64 (nq, k)). "
         "l2 gives squared distances, ip dot products, cosine 1 - cos. When queries is database (the same "
         "array), each pair is computed once (self_join=False forces the one-sided scan; results are identical). "
         "exact_values=True returns the fp64 ranking values instead of the float32 distances (ascending; the "
-        "negated dot product for ip): results of database blocks merge exactly by (value, index).");
+        "negated dot product for ip): results of database blocks merge exactly by (value, index). "
+        "progress(step, index, count, done, total), when given, follows the work: the step (here 'kNN search'), "
+        "its number index of count (0 of 0 when the steps are not numbered) and the tile-driver blocks done of "
+        "total started in the step; called on the main thread with the Ctrl-C check (at most every 50 ms) and "
+        "once when the work returns (on any thread). An exception it raises stops the work and propagates.");
   m.def("radius_search", &radius_search, py::arg("database"), py::arg("queries"), py::arg("radius"),
         py::arg("metric") = "l2", py::arg("exclude_self") = false, py::arg("n_threads") = 0,
-        py::arg("precision") = "auto", py::arg("memory_limit") = py::none(),
+        py::arg("precision") = "auto", py::arg("memory_limit") = py::none(), py::arg("progress") = py::none(),
         "Neighbours within radius (inclusive) as CSR (indptr, indices, distances); l2 radius is on squared distance. "
-        "The results count against memory_limit as they grow: MemoryLimitError when they would exceed it.");
+        "The results count against memory_limit as they grow: MemoryLimitError when they would exceed it. "
+        "progress: as for knn_search.");
   m.def("radius_count", &radius_count, py::arg("database"), py::arg("queries"), py::arg("radius"),
         py::arg("metric") = "l2", py::arg("exclude_self") = false, py::arg("n_threads") = 0,
         py::arg("precision") = "auto", py::arg("memory_limit") = py::none(),

@@ -91,12 +91,37 @@ inline void check_memory(double needed, double limit, const std::string& what) {
 /// none can be read. At least 1 byte when something was read (a full machine is not "no limit").
 double default_memory_limit();
 
-/// Polled by long loops so that Ctrl-C stops native work within a fraction of a second.
-/// Only the thread that entered the engine calls `poll`; workers read `stopped`.
+/// How often Cancel::poll calls its callback, in microseconds (50 ms; tests set 0 to see every
+/// poll). One value for the process.
+inline std::atomic<std::int64_t>& poll_interval_us() {
+  static std::atomic<std::int64_t> us{50000};
+  return us;
+}
+
+/// Where a native call is: the step the algorithm named (a static string: "k-means iteration",
+/// "kNN search", ...), its number `index` of `count` when the steps are numbered (iterations;
+/// 0 of 0 otherwise), and within the step the tile-driver blocks `done` of the `total` started.
+struct ProgressState {
+  const char* step = "";
+  int index = 0, count = 0;
+  idx_t done = 0, total = 0;
+};
+
+/// Polled by long loops so that Ctrl-C stops native work within a fraction of a second, and
+/// the channel through which the work reports its progress: the same callback, at the same
+/// pace, sees the ProgressState and answers whether to stop.
+/// Only the thread that entered the engine calls `poll` and `step`; workers read `stopped` and
+/// count finished blocks (`work_done`, one relaxed atomic add per block of the tile driver).
 class Cancel {
  public:
-  explicit Cancel(std::function<bool()> check = {}) : check_(std::move(check)) {}
-  /// Returns true when work should stop. Cheap: calls the callback at most every 50 ms.
+  using Check = std::function<bool(const ProgressState&)>;
+  Cancel() = default;
+  explicit Cancel(Check check) : check_(std::move(check)) {}
+  /// A check that does not look at the progress.
+  explicit Cancel(std::function<bool()> check)
+      : Cancel(check ? Check([c = std::move(check)](const ProgressState&) { return c(); }) : Check()) {}
+  /// Returns true when work should stop. Cheap: calls the callback at most every
+  /// poll_interval_us (50 ms).
   bool poll() {
     if (stop_.load(std::memory_order_relaxed)) return true;
     if (!check_) return false;
@@ -104,9 +129,9 @@ class Cancel {
     if (omp_get_thread_num() != 0) return false;
 #endif
     const auto now = std::chrono::steady_clock::now();
-    if (now - last_ < std::chrono::milliseconds(50)) return false;
+    if (now - last_ < std::chrono::microseconds(poll_interval_us().load(std::memory_order_relaxed))) return false;
     last_ = now;
-    if (check_()) stop_.store(true);
+    if (check_(state())) stop_.store(true);
     return stop_.load();
   }
   bool stopped() const { return stop_.load(std::memory_order_relaxed); }
@@ -114,10 +139,51 @@ class Cancel {
     if (stopped()) throw Interrupted();
   }
 
+  /// Starts a step (outside parallel regions): `name` must outlive the call (a literal);
+  /// done and total restart at 0.
+  void step(const char* name, int index = 0, int count = 0) {
+    if (hold_) return;
+    step_ = name;
+    index_ = index;
+    count_ = count;
+    done_.store(0, std::memory_order_relaxed);
+    total_.store(0, std::memory_order_relaxed);
+  }
+  /// While held, step() keeps the current step: an algorithm run as a part of another's step
+  /// (DBSCAN's coarse k-means) counts its blocks into that step instead of naming its own.
+  /// HoldSteps holds for a scope.
+  void hold_steps(bool hold) { hold_ = hold; }
+  bool holding_steps() const { return hold_; }
+  /// The tile driver: a pass of `blocks` more blocks begins within the current step.
+  void add_work(idx_t blocks) { total_.fetch_add(blocks, std::memory_order_relaxed); }
+  /// The tile driver: one block finished (any thread).
+  void work_done() { done_.fetch_add(1, std::memory_order_relaxed); }
+  ProgressState state() const {
+    return {step_, index_, count_, done_.load(std::memory_order_relaxed), total_.load(std::memory_order_relaxed)};
+  }
+
  private:
-  std::function<bool()> check_;
+  Check check_;
   std::atomic<bool> stop_{false};
   std::chrono::steady_clock::time_point last_{};
+  const char* step_ = "";
+  int index_ = 0, count_ = 0;
+  bool hold_ = false;
+  std::atomic<idx_t> done_{0}, total_{0};
+};
+
+/// Holds a cancel's current step for its lifetime (Cancel::hold_steps), restoring the hold
+/// that was in place before, so holds nest.
+class HoldSteps {
+ public:
+  explicit HoldSteps(Cancel& cancel) : cancel_(cancel), was_(cancel.holding_steps()) { cancel.hold_steps(true); }
+  ~HoldSteps() { cancel_.hold_steps(was_); }
+  HoldSteps(const HoldSteps&) = delete;
+  HoldSteps& operator=(const HoldSteps&) = delete;
+
+ private:
+  Cancel& cancel_;
+  bool was_;
 };
 
 /// The threads an operation asked for cannot be started (the bindings raise MemoryError).

@@ -292,6 +292,7 @@ void knn_search(const KnnParams& p, const float* db, idx_t n, const float* q, id
          std::to_string(avail) + (p.exclude_self ? " excluding the query itself)" : ")"));
   if (p.exclude_self && nq != n) fail("exclude_self needs the queries to be the database rows");
   const int threads = resolve_threads(p.n_threads);
+  cancel.step("kNN search");
   PackedSet set;
   pack_set(set, db, n, d, p.metric, nullptr, threads, p.kernel_set ? p.kernel_set : &kernels_for(KernelFamily::knn, d));
   const std::vector<double> qsq = query_sqnorms(q, nq, d, p.metric, threads);
@@ -388,6 +389,7 @@ void radius_scan(const RadiusParams& p, const float* db, idx_t n, const float* q
   shape.query_block = kQueryBlock;
   shape.set_block = kDbBlock;
   RangeHandler<Emit, NeedValue> h(p, set, q, qsq, qerr, need_value, emit);
+  cancel.step("radius search");
   scan_tiles(set, q, nq, shape, threads, cancel, h);
 }
 

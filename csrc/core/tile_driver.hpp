@@ -41,13 +41,15 @@ class StopCheck {
 /// init(local) inside the region, where allocation failures are caught too) and hands it to
 /// finish(local) after its last block, one thread at a time (reductions). The first exception
 /// from init, body or finish stops the remaining blocks and is rethrown after the join; a
-/// cancelled call throws Interrupted after it. Nothing escapes the parallel region.
+/// cancelled call throws Interrupted after it. Nothing escapes the parallel region. The blocks
+/// are counted into the cancel's progress (added to its step's total, each finished one to done).
 template <class Local, class Init, class Body, class Finish>
 void for_each_block(int threads, idx_t nblocks, int chunk, Cancel& cancel, Init&& init, Body&& body,
                     Finish&& finish) {
   ExceptionSlot err;
   std::mutex finish_mu;
   const StopCheck stop(err, cancel);
+  cancel.add_work(nblocks);
 #pragma omp parallel num_threads(threads)
   {
     Local local;
@@ -56,6 +58,7 @@ void for_each_block(int threads, idx_t nblocks, int chunk, Cancel& cancel, Init&
     for (idx_t b = 0; b < nblocks; ++b) {
       if (stop()) continue;
       err.run([&] { body(local, b, stop); });
+      cancel.work_done();
     }
     if (!err.failed() && !cancel.stopped()) {
       std::lock_guard<std::mutex> g(finish_mu);

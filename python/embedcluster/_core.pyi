@@ -1,7 +1,7 @@
 # Type stub of embedcluster._core, the native engine's bindings (csrc/bindings). Keep it equal to
 # what the module exposes: tests/test_core_stub.py compares names, members and parameters.
 from types import ModuleType as _ModuleType
-from typing import ClassVar, Literal, TypedDict, Union, overload
+from typing import Callable, ClassVar, Literal, TypedDict, Union, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -9,6 +9,11 @@ import numpy.typing as npt
 _F32 = npt.NDArray[np.float32]
 _I64 = npt.NDArray[np.int64]
 _U8 = npt.NDArray[np.uint8]
+# progress(step, index, count, done, total) of the long calls: the step the work is in ("kNN search",
+# "k-means iteration", ...), its number index of count (0 of 0 when not numbered), and the tile-driver
+# blocks done of total started in the step. Called with the Ctrl-C check (main thread, at most every
+# 50 ms) and once when the work returns; an exception it raises stops the work and propagates.
+_Progress = Union[Callable[[str, int, int, int, int], object], None]
 
 __version__: str
 
@@ -161,6 +166,7 @@ def knn_search(
     memory_limit: _MemoryLimit = None,
     self_join: bool = True,
     exact_values: Literal[False] = False,
+    progress: _Progress = None,
 ) -> tuple[_F32, _I64]: ...
 @overload
 def knn_search(
@@ -175,6 +181,7 @@ def knn_search(
     self_join: bool = True,
     *,
     exact_values: Literal[True],
+    progress: _Progress = None,
 ) -> tuple[_F64, _I64]: ...
 def radius_search(
     database: _F32,
@@ -185,6 +192,7 @@ def radius_search(
     n_threads: int = 0,
     precision: _Precision = "auto",
     memory_limit: _MemoryLimit = None,
+    progress: _Progress = None,
 ) -> tuple[_I64, _I64, _F32]: ...
 def radius_count(
     database: _F32,
@@ -232,6 +240,7 @@ def kmeans_fit(
     prune: Union[Literal["auto"], bool] = "auto",
     memory_limit: _MemoryLimit = None,
     movers: int = -1,
+    progress: _Progress = None,
 ) -> KMeansResult: ...
 def kmeans_init(
     X: _F32,
@@ -243,6 +252,7 @@ def kmeans_init(
     n_local_trials: int = 0,
     n_threads: int = 0,
     memory_limit: _MemoryLimit = None,
+    progress: _Progress = None,
 ) -> _F32: ...
 def kmeans_assign(
     centers: _F32,
@@ -251,6 +261,7 @@ def kmeans_assign(
     n_threads: int = 0,
     precision: _Precision = "auto",
     memory_limit: _MemoryLimit = None,
+    progress: _Progress = None,
 ) -> tuple[_I64, _F32]: ...
 # ---- k-means over chunks (csrc/core/kmeans_chunk.hpp): per-chunk calls and exact reductions.
 _U64 = npt.NDArray[np.uint64]
@@ -351,6 +362,7 @@ def dbscan_fit(
     prune: bool = True,
     n_threads: int = 0,
     memory_limit: _MemoryLimit = None,
+    progress: _Progress = None,
 ) -> DbscanResult: ...
 def default_memory_limit() -> float: ...
 def build_info() -> _BuildInfo: ...
@@ -363,6 +375,7 @@ def _kernel_product(name: str, a: _F32, b: _F32, gathered: bool = False) -> _F32
 def _amx_tile_peak(iterations: int) -> float: ...
 def _stop_native_work_at_exit() -> int: ...
 def _set_exit_wait(seconds: float) -> None: ...
+def _set_poll_interval(seconds: float) -> float: ...
 
 # The host model of the CUDA engine (csrc/cuda; embedcluster.cuda with engine="model").
 cuda_model: _ModuleType

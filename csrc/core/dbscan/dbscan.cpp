@@ -124,10 +124,15 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   Fit F(p, x, n, d, cancel);
   const MemoryPlan mem(F);
   check_memory(mem.base, p.memory_limit, "DBSCAN on " + std::to_string(n) + " x " + std::to_string(d));
+  // Four steps for the progress report; the coarse k-means counts into the first.
+  cancel.step("DBSCAN layout", 1, 4);
   row_norms(F);
 
   std::vector<float> coarse_dist;
-  const auto coarse = coarse_labels(F, coarse_dist);
+  const auto coarse = [&] {
+    const HoldSteps hold(cancel);
+    return coarse_labels(F, coarse_dist);
+  }();
   const Layout L = make_layout(F, coarse, coarse_dist);
   const idx_t T = L.ntiles;
   PackedSet set;
@@ -137,6 +142,7 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   F.reach_in = reach_eps * (1.0 - 1e-7);
   row_errors(F, L, set);
 
+  cancel.step("DBSCAN tile bounds", 2, 4);
   TileBounds B(F, L);
   B.pack_centres();
   // The optional parts, each dropped when it would not fit the memory limit: the projection
@@ -151,10 +157,12 @@ void dbscan_fit(const DbscanParams& p, const float* x, idx_t n, idx_t d, DbscanR
   B.build_table(project);
   B.build_partners(mem.base + (project ? table : 0.0) + (F.rows_copy ? words_copy : 0.0), mem.pair_allowance());
 
+  cancel.step("DBSCAN neighbour counts", 3, 4);
   const CountResult counted = count_neighbours(F, L, set, B, out);
   ConcurrentUnionFind uf(n);
   std::unique_ptr<std::atomic<std::uint64_t>[]> nearest_core(new std::atomic<std::uint64_t>[static_cast<std::size_t>(n)]);
   for (idx_t i = 0; i < n; ++i) nearest_core[i].store(kNoBorder, std::memory_order_relaxed);
+  cancel.step("DBSCAN clusters", 4, 4);
   out.pairs_computed_pass2 = join_clusters(F, L, set, B, counted, out, uf, nearest_core.get());
   number_clusters(F, uf, nearest_core.get(), out);
 

@@ -100,8 +100,10 @@ void seed_parallel(const KMeansParams& p, const Data& D, std::uint64_t seed, flo
   seed_draws(seed, seed_units_total(D.w, n, wscale), &target, &finish_seed);
   const idx_t first = seed_pick_row(D.w, n, wscale, target);
   std::vector<float> cand(D.x + first * d, D.x + (first + 1) * d), closest, batch;
+  cancel.step("k-means|| seeding", 1, kKMeansParallelRounds + 2);
   seed_nearer(D, cand.data(), 1, closest, pscale, limbs, cancel);
   for (int r = 0; r < kKMeansParallelRounds; ++r) {
+    cancel.step("k-means|| seeding", r + 2, kKMeansParallelRounds + 2);
     const double pot = objective_of(limbs, pscale);
     if (!(pot > 0.0)) break;  // every row sits on a candidate
     batch.clear();
@@ -118,6 +120,7 @@ void seed_parallel(const KMeansParams& p, const Data& D, std::uint64_t seed, flo
     return;
   }
   std::vector<std::uint64_t> units(static_cast<std::size_t>(m));
+  cancel.step("k-means|| seeding", kKMeansParallelRounds + 2, kKMeansParallelRounds + 2);
   seed_candidate_units(D, cand.data(), m, wscale, units.data(), cancel);
   seed_finish(p, cand.data(), m, d, units.data(), wscale, finish_seed, D.threads, D.ks, out, cancel);
 }
@@ -176,6 +179,7 @@ void seed_plus_plus(const KMeansParams& p, const Data& D, Rng& rng, float* out, 
   block_sums_of(wv, kSeedBlock, bs, D.threads);
   double total = std::accumulate(bs.begin(), bs.end(), 0.0);
   const idx_t first = sample_index(bs, kSeedBlock, wv, rng.uniform() * total);
+  cancel.step("k-means++ seeding", 1, static_cast<int>(k));
   std::memcpy(out, D.x + first * d, sizeof(float) * d);
   std::vector<float> dist;
   distances_to(D, out, 1, dist, cancel);
@@ -184,6 +188,7 @@ void seed_plus_plus(const KMeansParams& p, const Data& D, Rng& rng, float* out, 
   std::vector<float> cand(static_cast<std::size_t>(trials * d));
   std::vector<idx_t> cand_idx(static_cast<std::size_t>(trials));
   for (idx_t c = 1; c < k; ++c) {
+    cancel.step("k-means++ seeding", static_cast<int>(c + 1), static_cast<int>(k));
     for (idx_t i = 0; i < n; ++i) pot_v[i] = D.weight(i) * closest[i];
     block_sums_of(pot_v, kSeedBlock, bs, D.threads);
     const double pot = std::accumulate(bs.begin(), bs.end(), 0.0);

@@ -120,6 +120,7 @@ void kmeans_assign(Metric m, const float* centers, idx_t k, const float* x, idx_
   PackedSet cs;
   pack_set(cs, centers, k, d, m, nullptr, D.threads, D.ks);
   const auto ranges = kmeans_impl::make_ranges(n);
+  cancel.step("k-means assignment");
   kmeans_impl::assign_pass(cs, D, labels, dist, nullptr, false, ranges, cancel);
 }
 

@@ -97,6 +97,7 @@ void lloyd(const KMeansParams& p, const Data& D, std::vector<float>& centers, KM
   };
   start_centres(D.metric, centers.data(), k, d);
   for (it = 0; it < p.max_iter; ++it) {
+    cancel.step("k-means iteration", it + 1, p.max_iter);
     pass(true);
     acc.totals(sums, wsum);
     repaired += repair_empty_clusters(D, cs, labels, mind, sums, wsum);
@@ -115,6 +116,7 @@ void lloyd(const KMeansParams& p, const Data& D, std::vector<float>& centers, KM
   }
   if (!strict) {
     // Labels must match the final centres: one more assignment without an update.
+    cancel.step("k-means final assignment");
     pass(false);
   }
   res.centers = centers;

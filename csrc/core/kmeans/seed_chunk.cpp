@@ -131,6 +131,7 @@ void seed_finish(const KMeansParams& p, const float* cand, idx_t m, idx_t d, con
   pc.init = KMeansInit::KMeansPP;
   pc.max_iter = 5;
   std::vector<float> centers(static_cast<std::size_t>(p.k * d));
+  const HoldSteps hold(cancel);  // part of the caller's seeding step
   seed_centers(pc, Dc, finish_seed, centers.data(), cancel);
   KMeansResult rc;
   lloyd(pc, Dc, centers, rc, cancel);

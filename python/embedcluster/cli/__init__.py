@@ -14,6 +14,7 @@ import sys
 from typing import List, Optional
 
 from .._interface import command_line
+from .._progress import scope as progress_scope
 from . import bench, demo, info, predict, probe, run, steps
 from ._common import Parser
 
@@ -42,7 +43,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SystemExit as e:  # --help (0) or a usage error (2, one line already printed)
         return int(e.code or 0)
     try:
-        with command_line():  # messages name flags, not Python keywords
+        # Messages name flags, not Python keywords. Commands with long steps (those that take
+        # --quiet) show progress unless quiet; estimators with verbose=None follow. The others
+        # (info, demo, evaluate, bench) stay silent.
+        with command_line(), progress_scope(not args.quiet if hasattr(args, "quiet") else False):
             return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print(f"embedcluster {args.command}: interrupted", file=sys.stderr)

@@ -370,6 +370,13 @@ def encoder_options(settings: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     return opts or None
 
 
+def add_quiet(parser: argparse.ArgumentParser) -> None:
+    """--quiet (alias --no-progress) for a command with long steps, which show progress by default."""
+    parser.add_argument("-q", "--quiet", "--no-progress", dest="quiet", action="store_true",
+                        help="show no progress on stderr (by default long steps show a bar in a terminal, else a "
+                        "line every ~10 s or tenth of the work); the results are printed either way")
+
+
 def set_command(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int], json_help: str) -> None:
     """Adds the --json flag every command has and the function that runs the command."""
     parser.add_argument("--json", action="store_true", help=json_help)

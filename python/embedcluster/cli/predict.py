@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any, Dict, List
 
-from ._common import (add_device_option, add_table_options, check_device, check_output_file, data_help, emit,
+from ._common import (add_device_option, add_quiet, add_table_options, check_device, check_output_file, data_help, emit,
                       image_size, load_data, save_labels, set_command)
 
 
@@ -16,7 +16,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     check_output_file(args.out, "labels")
     check_device(args.device)
     tc = TransferClustering.load(args.pipeline, device=args.device)
-    tc.progress = not args.no_progress
+    tc.progress = not args.quiet
     notes: List[str] = []
     is_table = Path(args.data).suffix.lower() in (".csv", ".tsv", ".jsonl", ".json")
     ds = load_data({**vars(args), "label_column": "none" if is_table else None}, notes)
@@ -48,5 +48,5 @@ def add_parser(sub: Any) -> None:
     add_table_options(pq, labels=False)
     add_device_option(pq)
     pq.add_argument("--flag-unknown", action="store_true", help="label items far from every cluster -1")
-    pq.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_quiet(pq)
     set_command(pq, _cmd_predict, "print the result as JSON")

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any, Dict
 
-from ._common import (POSITIVE, check_output_dir, check_same_length, emit, int_at_least, load_cluster_labels, load_npy,
+from ._common import (POSITIVE, add_quiet, check_output_dir, check_same_length, emit, int_at_least,
+                      load_cluster_labels, load_npy,
                       load_truth, metric_line, real_in, require, set_command)
 
 
@@ -71,5 +72,6 @@ def add_parser(sub: Any) -> None:
                     help="margin: every point weighted by confidence (default); select: confident points only")
     pp.add_argument("--epochs", type=POSITIVE, default=100, help="probe training epochs (default 100)")
     pp.add_argument("--seed", type=int_at_least(0), default=0, help="random seed (default 0)")
+    add_quiet(pp)
     set_command(pp, _cmd_probe, "print the result as JSON")
 

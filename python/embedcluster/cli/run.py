@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from ..transfer.pipeline import check_known_keys, valid_image_size, valid_layer
-from ._common import (POSITIVE, add_device_option, add_encoder_options, add_table_options, check_device,
+from ._common import (POSITIVE, add_device_option, add_quiet, add_encoder_options, add_table_options, check_device,
                       check_output_dir, cluster_summary, data_help, device_name, emit, encoder_options, int_at_least,
                       load_data, metric_line, read_truth, require, save_npy, set_command, summary_lines,
                       write_labels_csv)
@@ -280,13 +280,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     seed = cfg.get("seed", 0)
     encoder, options, Z, selection = cfg.get("encoder"), encoder_options(cfg), None, None
     if cfg.get("select") == "auto":
-        encoder, options, k, method, Z, selection = _select_auto(cfg, ds, not args.no_progress)
+        encoder, options, k, method, Z, selection = _select_auto(cfg, ds, not args.quiet)
         cfg["head"] = None if method == "kmeans" else method
     clusterer = _make_clusterer(cfg, k, seed)
     tc = TransferClustering(encoder=encoder, clusterer=clusterer, probe=cfg.get("probe", True),
                             normalize=cfg.get("normalize", True), probe_rounds=cfg.get("probe_rounds", 1),
                             cache_dir=cfg.get("cache_dir"), batch_size=cfg.get("batch_size", 256),
-                            progress=not args.no_progress, seed=seed, encoder_options=options,
+                            progress=not args.quiet, seed=seed, encoder_options=options,
                             device=cfg.get("device"))
     with eps_advice_in_flags(clusterer):
         tc.fit(ds, Z=Z)
@@ -387,6 +387,6 @@ def add_parser(sub: Any) -> None:
     pr.add_argument("--out", help="output folder (required): OUT/labels.csv (index, item: the image path or the "
                     "text, cluster, truth), OUT/labels.npy, OUT/embeddings.npy, OUT/metrics.json, OUT/pipeline, "
                     "OUT/report")
-    pr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_quiet(pr)
     set_command(pr, _cmd_run, "print the results as JSON")
 

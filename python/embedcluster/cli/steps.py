@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Union
 
-from ._common import (POSITIVE, add_device_option, add_encoder_options, add_table_options, add_truth_option,
+from ._common import (POSITIVE, add_device_option, add_encoder_options, add_quiet, add_table_options, add_truth_option,
                       check_device, check_output_file, check_same_length, cluster_summary, data_help, emit,
                       embedding_files, encoder_options, int_at_least, load_cluster_labels, load_data,
                       load_embedding_shards, load_truth, metric_line, read_truth, real_in, require, save_labels,
@@ -29,7 +29,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     ds = load_data(vars(args), notes)
     options = encoder_options(vars(args))
     tc = TransferClustering(encoder=args.encoder, normalize=args.normalize, batch_size=args.batch_size,
-                            cache_dir=args.cache_dir, progress=not args.no_progress, encoder_options=options,
+                            cache_dir=args.cache_dir, progress=not args.quiet, encoder_options=options,
                             device=args.device)
     Z = tc.embed(ds)
     save_npy(args.out, Z)
@@ -239,7 +239,7 @@ def add_parsers(sub: Any) -> None:
     pe.add_argument("--batch-size", type=POSITIVE, default=256, help="items per forward pass (default 256)")
     pe.add_argument("--cache-dir",
                     help="embedding cache folder: a second run with the same encoder and data is instant")
-    pe.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_quiet(pe)
     set_command(pe, _cmd_embed, "print the result as JSON")
 
     pc = sub.add_parser("cluster", help="cluster embeddings (k-means or DBSCAN)",
@@ -272,6 +272,7 @@ def add_parsers(sub: Any) -> None:
     pc.add_argument("--out", required=True, help="where to write the labels: a .npy array (int64, -1 = noise), or "
                     "a .csv file with columns index (the row, from 0), cluster (and truth with --truth)")
     add_truth_option(pc, "rows")
+    add_quiet(pc)
     set_command(pc, _cmd_cluster, "print the result as JSON")
 
     pv = sub.add_parser("evaluate", help="score cluster labels against true labels",

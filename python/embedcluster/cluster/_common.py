@@ -23,6 +23,7 @@ def engine_constraints() -> Dict[str, Any]:
         "backend": [StrOptions(set(BACKENDS))],
         "n_threads": threads_constraint(),
         "memory_limit": "no_validation",
+        "verbose": ["verbose", None],
     }
 
 

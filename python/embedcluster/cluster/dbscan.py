@@ -24,6 +24,7 @@ from .. import _faiss
 from .._interface import advice
 from .._backend import (EngineMetric, _core, as_matrix, engine_metric, memory_budget, memory_limit_arg, resolve_backend,
                         threads_arg)
+from .._progress import Progress
 from ._common import CLUSTER_METRICS, check_features, engine_constraints, store_params
 from ._eps import EpsWarning, auto_eps, core_distances, eps_advice
 
@@ -93,6 +94,11 @@ class DBSCAN(ClusterMixin, BaseEstimator):
         memory: see Notes) writes its reordered copy of the rows (as many bytes as the rows in
         float32), in a new folder of its own that it removes afterwards. None: the system's
         temporary folder.
+    verbose : bool, int or None, default=None
+        Progress of ``fit`` (with ``eps="auto"`` the kNN search first, then the four steps:
+        layout, tile bounds, neighbour counts, clusters),
+        as ``embedcluster.KMeans``'s ``verbose``: 0 / False silent, 1 / True shown, None shown
+        only inside a caller that shows progress (the command line, ``TransferClustering``).
 
     Attributes
     ----------
@@ -137,7 +143,7 @@ class DBSCAN(ClusterMixin, BaseEstimator):
 
     def __init__(self, eps: Any = "auto", *, min_samples: int = 5, metric: str = "euclidean",
                  backend: str = "auto", n_threads: Optional[int] = None, memory_limit: Optional[int] = None,
-                 scratch_dir: Any = None):
+                 scratch_dir: Any = None, verbose: Any = None):
         store_params(self, locals())
 
     # See embedcluster.KMeans._parameter_constraints.
@@ -164,8 +170,10 @@ class DBSCAN(ClusterMixin, BaseEstimator):
         X = as_matrix(X, estimator="DBSCAN")
         self._choose_eps(X, "native")
         if backend == "native":
-            r = _core.dbscan_fit(X, self.eps_, int(self.min_samples), metric,
-                                 n_threads=threads_arg(self.n_threads), memory_limit=memory_limit)
+            with Progress("DBSCAN", verbose=self.verbose) as shown:
+                r = _core.dbscan_fit(X, self.eps_, int(self.min_samples), metric,
+                                     n_threads=threads_arg(self.n_threads), memory_limit=memory_limit,
+                                     progress=shown.callback())
             labels, is_core = r.labels, r.is_core
             self.stats_ = {k: int(getattr(r, k))
                            for k in ("tile_pairs", "pairs_computed_pass1", "pairs_computed_pass2")}
@@ -192,7 +200,7 @@ class DBSCAN(ClusterMixin, BaseEstimator):
 
         def exact_knn(k: int) -> NearestNeighbors:
             return NearestNeighbors(k, metric=self.metric, backend=backend, n_threads=self.n_threads,
-                                    memory_limit=self.memory_limit)
+                                    memory_limit=self.memory_limit, verbose=self.verbose)
 
         self.k_distances_ = core_distances(X, int(self.min_samples), exact_knn)
         self.eps_ = auto_eps(self.k_distances_)
@@ -260,7 +268,9 @@ class DBSCAN(ClusterMixin, BaseEstimator):
 
     def predict(self, X: Any) -> np.ndarray:
         """Cluster of each new row: that of its nearest core point when within eps, else -1."""
-        check_is_fitted(self)
+        # components_, not any attribute: fit sets eps_ before its native call, so an
+        # interrupted fit must still read as unfitted.
+        check_is_fitted(self, "components_")
         X = as_matrix(X, estimator="DBSCAN")
         check_features(self, X)
         if len(self.core_sample_indices_) == 0:

@@ -20,6 +20,7 @@ from .. import _faiss
 from .._interface import advice
 from .._backend import (PRECISIONS, EngineMetric, _core, as_matrix, as_weights, check_python_memory, engine_metric,
                         memory_limit_arg, precision_arg, resolve_backend, seed_of, threads_arg)
+from .._progress import Progress
 from ._common import CLUSTER_METRICS, check_features, engine_constraints, store_params
 
 _KMEANS_INITS = {"auto", "k-means++", "k-means||", "random"}
@@ -93,6 +94,12 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         ``computed_fraction_`` and ``mover_fraction_`` report how much work remained.
     memory_limit : int or None, default=None
         Bytes of working memory a fit may use (see ``embedcluster.NearestNeighbors``).
+    verbose : bool, int or None, default=None
+        Progress of ``fit`` (seeding, then each iteration against ``max_iter``): a bar on a
+        terminal, else a log line every ~10 s or tenth of the work (see ``embedcluster._progress``).
+        0 / False: silent; 1 / True: shown; None: shown only inside a caller that shows
+        progress (the command line, ``TransferClustering(progress=True)``), so a plain library
+        call stays silent, as scikit-learn's estimators do. Results do not depend on it.
 
     Attributes
     ----------
@@ -124,7 +131,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     def __init__(self, n_clusters: int = 8, *, init: Any = "auto", n_init: int = 1,
                  max_iter: int = 300, tol: float = 1e-4, metric: str = "l2",
                  random_state: Any = None, backend: str = "auto", n_threads: Optional[int] = None,
-                 precision: str = "auto", prune: Any = "auto", memory_limit: Optional[int] = None):
+                 precision: str = "auto", prune: Any = "auto", memory_limit: Optional[int] = None,
+                 verbose: Any = None):
         store_params(self, locals())
 
     # Every parameter's rule, checked by fit (scikit-learn's declarative validation); the engine
@@ -174,12 +182,15 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         computed: Optional[float] = None
         movers: Optional[float] = None
         if backend == "native":
-            r = _core.kmeans_fit(X, int(self.n_clusters), max_iter=int(self.max_iter), tol=float(self.tol),
-                                 n_init=int(self.n_init), metric=metric, init=init, seed=seed,
-                                 sample_weight=w, n_threads=threads_arg(self.n_threads),
-                                 precision=precision_arg(self.precision),
-                                 prune="auto" if isinstance(self.prune, str) else bool(self.prune),
-                                 memory_limit=memory_limit)
+            with Progress("k-means", verbose=self.verbose, rounds=int(self.n_init) if isinstance(init, str) else 1
+                          ) as shown:
+                r = _core.kmeans_fit(X, int(self.n_clusters), max_iter=int(self.max_iter), tol=float(self.tol),
+                                     n_init=int(self.n_init), metric=metric, init=init, seed=seed,
+                                     sample_weight=w, n_threads=threads_arg(self.n_threads),
+                                     precision=precision_arg(self.precision),
+                                     prune="auto" if isinstance(self.prune, str) else bool(self.prune),
+                                     memory_limit=memory_limit, progress=shown.callback())
+                shown.close(f"{r.n_iter} iterations")
             centers, labels, inertia, n_iter = r.centers, r.labels, r.inertia, r.n_iter
             computed, movers = r.computed_fraction, r.mover_fraction
         else:
@@ -260,8 +271,11 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         block = max(1, STREAM_BLOCK_BYTES // (4 * d))
         runner = LocalChunks(X, block, sample_weight=w, n_threads=threads_arg(self.n_threads),
                              precision=precision_arg(self.precision))
-        r = fit_over_chunks(runner, init, params, seed_of(self.random_state), int(self.n_init),
-                            n_threads=threads_arg(self.n_threads), precision=precision_arg(self.precision))
+        with Progress("k-means", total=int(self.max_iter) * int(self.n_init), verbose=self.verbose,
+                      unit="iteration") as shown:
+            r = fit_over_chunks(runner, init, params, seed_of(self.random_state), int(self.n_init),
+                                progress=lambda it, changed, shift: shown.update(1),
+                                n_threads=threads_arg(self.n_threads), precision=precision_arg(self.precision))
         computed = runner.rows_computed() / (float(n) * max(1, runner.passes)) if prune else 1.0
         self._store(r.centers, r.labels, r.inertia, r.n_iter, computed, 0.0, d, backend)  # no mover stage
         return self

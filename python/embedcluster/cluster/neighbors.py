@@ -14,6 +14,7 @@ from .. import _faiss
 from .. import _knn_blocks as blocks
 from .._backend import (METRICS, PRECISIONS, _core, as_matrix, check_python_memory, engine_metric, memory_budget,
                         memory_limit_arg, precision_arg, reports_sqrt, resolve_backend, threads_arg)
+from .._progress import Progress
 from ._common import check_features, engine_constraints, store_params
 from .kmeans import streamed_rows
 
@@ -144,6 +145,10 @@ class NearestNeighbors(BaseEstimator):
         leaves); 0: no limit; a value between 0 and 1 is an error.
         A call that would need more raises ``MemoryError`` (``_core.MemoryLimitError``) naming
         the size it needed, before allocating it. The faiss backend ignores it.
+    verbose : bool, int or None, default=None
+        Progress of :meth:`kneighbors` and :meth:`radius_neighbors` (query blocks searched), as
+        ``embedcluster.KMeans``'s ``verbose``: 0 / False silent, 1 / True shown, None shown
+        only inside a caller that shows progress (the command line, ``TransferClustering``).
 
     Notes
     -----
@@ -171,7 +176,7 @@ class NearestNeighbors(BaseEstimator):
 
     def __init__(self, n_neighbors: int = 5, *, radius: float = 1.0, metric: str = "euclidean",
                  backend: str = "auto", n_threads: Optional[int] = None, precision: str = "auto",
-                 memory_limit: Optional[int] = None):
+                 memory_limit: Optional[int] = None, verbose: Any = None):
         store_params(self, locals())
 
     # See embedcluster.KMeans._parameter_constraints.
@@ -324,10 +329,14 @@ class NearestNeighbors(BaseEstimator):
             dist, idx = np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
         elif streamed:
             plan, query_block, db_block, args = self._plan(Q, self_join)
-            dist, idx = blocks.knn_over_blocks(plan, query_block, db_block, k, args)
+            with Progress("kNN search", total=len(plan.query_bounds), verbose=self.verbose, unit="block") as shown:
+                dist, idx = blocks.knn_over_blocks(plan, query_block, db_block, k, args,
+                                                   progress=lambda done, total: shown.update(1))
         elif self.backend_ == "native":
-            dist, idx = _core.knn_search(self._fit_X, Q, k, metric, self_join, threads_arg(self.n_threads),
-                                         precision_arg(self.precision), memory_limit_arg(self.memory_limit))
+            with Progress("kNN search", verbose=self.verbose) as shown:
+                dist, idx = _core.knn_search(self._fit_X, Q, k, metric, self_join, threads_arg(self.n_threads),
+                                             precision_arg(self.precision), memory_limit_arg(self.memory_limit),
+                                             progress=shown.callback())
         else:
             dist, idx = _faiss.knn(self._fit_X, Q, int(k), metric, self_join)
         return (self._report(dist), idx) if return_distance else idx
@@ -362,9 +371,10 @@ class NearestNeighbors(BaseEstimator):
             plan, query_block, db_block, args = self._plan(Q, self_join)
             ptr, ind, dist = blocks.radius_over_blocks(plan, query_block, db_block, float(r_engine), args)
         elif self.backend_ == "native":
-            ptr, ind, dist = _core.radius_search(self._fit_X, Q, float(r_engine), metric, self_join,
-                                                 threads_arg(self.n_threads), precision_arg(self.precision),
-                                                 memory_limit_arg(self.memory_limit))
+            with Progress("radius search", verbose=self.verbose) as shown:
+                ptr, ind, dist = _core.radius_search(self._fit_X, Q, float(r_engine), metric, self_join,
+                                                     threads_arg(self.n_threads), precision_arg(self.precision),
+                                                     memory_limit_arg(self.memory_limit), progress=shown.callback())
         else:
             ptr, ind, dist = _faiss.radius(self._fit_X, Q, float(r_engine), metric, self_join)
         dist = self._report(dist)

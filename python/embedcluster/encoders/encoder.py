@@ -13,6 +13,7 @@ import numpy as np
 from .. import _io
 from .._io import _is_torch_tensor as _is_tensor
 from .._interface import advice
+from .._progress import Progress
 from ._common import _is_module, _is_sentence_transformer, _sha, _torch, resolve_device
 from .cache import cache_path, read_cache, write_cache
 from .fingerprint import _array_of, _callable_identity, _module_digest, _texts_of, data_fingerprint
@@ -234,9 +235,7 @@ class Encoder:
                             "or float vectors")
         return X
 
-    def _embed_all(self, items: Any, batch_size: int, progress: bool) -> np.ndarray:
-        from tqdm.auto import tqdm
-
+    def _embed_all(self, items: Any, batch_size: int, progress: Any) -> np.ndarray:
         n = len(items)
         out: Optional[np.ndarray] = None
         torch = sys.modules.get("torch")
@@ -248,8 +247,7 @@ class Encoder:
             self.model.eval()
             self._input_dtype = next((p.dtype for p in self.model.parameters()
                                       if p.is_floating_point()), None)
-        bar = tqdm(total=n, desc=f"embedding ({self.name})", unit="row", file=sys.stderr,
-                   disable=None if progress else True, dynamic_ncols=True)
+        bar = Progress(f"embedding ({self.name})", total=n, verbose=progress, unit="row")
         try:
             with grad_off:
                 for i in range(0, n, batch_size):
@@ -277,7 +275,7 @@ class Encoder:
         return out
 
     def encode(self, data: Any, batch_size: int = 256, normalize: bool = False,
-               progress: bool = True, cache_dir: Optional[Union[str, os.PathLike]] = None
+               progress: Any = True, cache_dir: Optional[Union[str, os.PathLike]] = None
                ) -> np.ndarray:
         """Embeds ``data``; returns a float32 array of shape (n, d).
 
@@ -287,7 +285,9 @@ class Encoder:
             (n, d); a list of strings (text encoders); or a Dataset with ``.X`` / ``.texts``.
         batch_size : rows per forward pass.
         normalize : scale every row to unit L2 norm (zero rows stay zero).
-        progress : show a progress bar on stderr (only when stderr is a terminal).
+        progress : show progress on stderr: a bar in a terminal, else a log line every ~10 s
+            or tenth of the rows (see ``embedcluster._progress``); False: silent; None: as the
+            caller (the command line, ``TransferClustering``) shows progress.
         cache_dir : if given, embeddings are stored there as
             ``<encoder fingerprint[:16]>-<data fingerprint[:16]>-<normalize>.safetensors`` and
             loaded instead of embedding again; a damaged cache file is logged and rewritten.

@@ -42,6 +42,7 @@ import numpy as np
 
 from .._io import load_json, load_safetensors, read_snapshot_with, save_json, save_safetensors, save_snapshot, \
     sha256_array, to_numpy
+from .._progress import shown_range
 
 logger = logging.getLogger("embedcluster")
 
@@ -80,12 +81,13 @@ def _normalised_rows(Z: Any, name: str = "Z") -> np.ndarray:
     return np.ascontiguousarray(Z / norms[:, None], np.float32)
 
 
-def mine_neighbors(Zn: np.ndarray, n_neighbors: int, n_threads: Optional[int] = None) -> np.ndarray:
+def mine_neighbors(Zn: np.ndarray, n_neighbors: int, n_threads: Optional[int] = None,
+                   verbose: Any = None) -> np.ndarray:
     """Exact cosine k nearest neighbours of every row among the others (native engine self-join),
     as an (n, n_neighbors) int64 index array."""
     from ..cluster import NearestNeighbors
 
-    nn = NearestNeighbors(n_neighbors=n_neighbors, metric="cosine", n_threads=n_threads).fit(Zn)
+    nn = NearestNeighbors(n_neighbors=n_neighbors, metric="cosine", n_threads=n_threads, verbose=verbose).fit(Zn)
     return np.asarray(nn.kneighbors(return_distance=False), np.int64)
 
 
@@ -165,6 +167,10 @@ class ClusterHead:
     random_state : seed of the initialisation, the neighbour sampling and the batches.
     device : torch device ("cpu"; results are deterministic there).
     n_threads : torch and engine threads while fitting (None: leave torch's setting).
+    verbose : progress of ``fit`` (the neighbour search, then the training epochs), as
+        ``embedcluster.KMeans``'s ``verbose``: 0 / False silent, 1 / True shown, None (default)
+        shown only inside a caller that shows progress (the command line, ``TransferClustering``).
+        Not saved with the head.
 
     Attributes (after fit)
     ----------------------
@@ -181,7 +187,8 @@ class ClusterHead:
                  momentum: float = 0.99, marginal_momentum: float = 0.9, student_temperature: float = 0.2,
                  teacher_temperature: float = 0.1, self_label: bool = True, confidence: float = 0.99,
                  self_label_epochs: int = 10, view_dropout: float = 0.1, view_noise: float = 0.1,
-                 random_state: int = 0, device: str = "cpu", n_threads: Optional[int] = None):
+                 random_state: int = 0, device: str = "cpu", n_threads: Optional[int] = None,
+                 verbose: Any = None):
         self.n_clusters = n_clusters
         self.method = method
         self.n_neighbors = n_neighbors
@@ -206,6 +213,7 @@ class ClusterHead:
         self.random_state = random_state
         self.device = device
         self.n_threads = n_threads
+        self.verbose = verbose
 
     # ------------------------------------------------------------------ parameters
     def get_params(self, deep: bool = True) -> Dict[str, Any]:
@@ -272,7 +280,7 @@ class ClusterHead:
         if self.n_threads is not None:
             torch.set_num_threads(int(self.n_threads))
         try:
-            self.neighbors_ = mine_neighbors(Zn, int(self.n_neighbors), self.n_threads)
+            self.neighbors_ = mine_neighbors(Zn, int(self.n_neighbors), self.n_threads, self.verbose)
             logger.info("ClusterHead: %d exact cosine neighbours of %d points in %.1f s", self.n_neighbors, n,
                         time.perf_counter() - start)
             self.input_mean_ = Zn.mean(0, dtype=np.float64).astype(np.float32)
@@ -348,7 +356,7 @@ class ClusterHead:
         n = X.shape[0]
         passes, steps = self._passes(n, self.epochs, _MIN_STEPS)
         opt, sched = self._optimizer(head.params, steps)
-        for epoch in range(passes):
+        for epoch in shown_range(passes, "ClusterHead scan training", verbose=self.verbose, unit="epoch"):
             per_head = torch.zeros(head.n_heads)
             for a, b in self._pairs(n, nbr, gen):
                 pa = torch.softmax(head.logits(X[a]), -1)
@@ -387,7 +395,7 @@ class ClusterHead:
         passes, steps = self._passes(n, self.epochs, _MIN_STEPS)
         opt, sched = self._optimizer(student.params, steps)
         ts, tt, m = float(self.student_temperature), float(self.teacher_temperature), float(self.momentum)
-        for epoch in range(passes):
+        for epoch in shown_range(passes, "ClusterHead temi training", verbose=self.verbose, unit="epoch"):
             per_head = torch.zeros(student.n_heads)
             for a, b in self._pairs(n, nbr, gen):
                 with torch.no_grad():
@@ -422,7 +430,7 @@ class ClusterHead:
         passes, steps = self._passes(n, self.self_label_epochs, _MIN_SELF_LABEL_STEPS)
         opt, sched = self._optimizer(head.params, steps)
         keep = 1.0 - float(self.view_dropout)
-        for epoch in range(passes):
+        for epoch in shown_range(passes, "ClusterHead self-labeling", verbose=self.verbose, unit="epoch"):
             with torch.no_grad():
                 probs = torch.cat([torch.softmax(head.logits(X[s:s + _PREDICT_BLOCK])[:, 0], 1)
                                    for s in range(0, n, _PREDICT_BLOCK)])
@@ -488,7 +496,7 @@ class ClusterHead:
         self._check_fitted()
         arrays = {f"param{i}": np.ascontiguousarray(p, np.float32) for i, p in enumerate(self._params)}
         arrays["input_mean"] = np.ascontiguousarray(self.input_mean_, np.float32)
-        params = {k: v for k, v in self.get_params().items()}
+        params = {k: v for k, v in self.get_params().items() if k != "verbose"}  # display, not the model
         config = {"kind": HEAD_FORMAT, "version": HEAD_VERSION, "params": params,
                   "input_scale": float(self.input_scale_), "n_features": int(self.n_features_in_),
                   "n_params": len(self._params), "cosine": bool(self.cosine_),

@@ -23,6 +23,7 @@ from .. import metrics
 from .._interface import advice
 from .._io import (POINTER_NAME, load_json, load_safetensors, read_snapshot_with, save_json, save_safetensors,
                   save_snapshot, sha256_array, to_numpy)
+from .._progress import scope as progress_scope
 
 if TYPE_CHECKING:  # for annotations only: the pipeline imports the encoders package where it uses it
     from ..encoders import Encoder
@@ -234,7 +235,13 @@ class TransferClustering:
         sample of the k-means decision and tends to reinforce its errors.
     unknown_quantile : new points farther from every centre than this quantile of the training
         points' distances are flagged unknown (label -1) by ``predict(..., flag_unknown=True)``.
-    batch_size, cache_dir, progress : passed to the encoder (embedding cache, progress bar).
+    batch_size, cache_dir : passed to the encoder (rows per forward pass, embedding cache).
+    progress : show the progress of ``fit``, ``predict`` and ``evaluate`` (embedding, the
+        clusterer, the probe): a bar in a terminal, else a log line every ~10 s or tenth of the
+        work (see ``embedcluster._progress``). Estimators inside (the default k-means, a
+        ``clusterer`` whose ``verbose`` is None) follow it; an explicit ``verbose`` of theirs wins.
+    verbose : the same switch under the name the estimators use (0 / False: silent, 1 / True:
+        shown); None (default) leaves it to ``progress``.
     seed : seeds the clusterer and the probe.
     device : where the encoder runs: None or ``"auto"`` (a CUDA GPU when torch sees one, else the
         CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; a GPU the installed torch cannot use raises
@@ -259,7 +266,7 @@ class TransferClustering:
                  confident_fraction: float = 0.5, probe_weighting: str = "margin", probe_epochs: int = 100,
                  unknown_quantile: float = 0.99, batch_size: int = 256, cache_dir: Optional[PathLike] = None,
                  progress: bool = True, seed: int = 0, encoder_options: Optional[Dict[str, Any]] = None,
-                 device: Optional[str] = None):
+                 device: Optional[str] = None, verbose: Any = None):
         if not 0.0 < unknown_quantile <= 1.0:
             raise ValueError(f"unknown_quantile={unknown_quantile} should be in (0, 1]")
         if encoder_options:
@@ -281,6 +288,7 @@ class TransferClustering:
         self.batch_size = batch_size
         self.cache_dir = cache_dir
         self.progress = progress
+        self.verbose = verbose
         self.seed = seed
         if device is not None:
             from ..encoders import resolve_device
@@ -318,8 +326,11 @@ class TransferClustering:
                                         "text data needs an encoder: add --encoder all-MiniLM-L6-v2"))
             return self._given(as_feature_matrix(ds))
         src = data if isinstance(data, (list, np.ndarray)) else _dataset(data)
-        return enc.encode(src, batch_size=self.batch_size, normalize=self.normalize, progress=self.progress,
+        return enc.encode(src, batch_size=self.batch_size, normalize=self.normalize, progress=self._shows_progress(),
                           cache_dir=self.cache_dir)
+
+    def _shows_progress(self) -> bool:
+        return bool(self.progress if self.verbose is None else self.verbose)
 
     def _given(self, Z: np.ndarray) -> np.ndarray:
         """Precomputed embeddings, treated exactly like embed()'s output (normalised when asked)."""
@@ -333,6 +344,10 @@ class TransferClustering:
     def fit(self, data: Any, Z: Optional[np.ndarray] = None) -> TransferClustering:
         """Embeds ``data`` (or takes precomputed embeddings ``Z``, normalised like embed()'s output
         when ``normalize`` is set), clusters, trains the probe."""
+        with progress_scope(self._shows_progress()):
+            return self._fit(data, Z)
+
+    def _fit(self, data: Any, Z: Optional[np.ndarray]) -> TransferClustering:
         from ..cluster import KMeans
         from .probe import self_label
 

@@ -16,6 +16,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from .._io import to_numpy
+from .._progress import shown_range
 
 PROBE_KIND = "linear_probe"
 PROBE_VERSION = 1
@@ -197,7 +198,8 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             sched = torch.optim.lr_scheduler.LambdaLR(
                 opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
             self.loss_curve_: List[float] = []
-            for _ in range(int(self.epochs)):
+            # Progress as the caller shows it (TransferClustering, the command line).
+            for _ in shown_range(int(self.epochs), "probe training", unit="epoch"):
                 perm = torch.randperm(n, generator=g)
                 total = 0.0
                 for idx in torch.split(perm, bs):

@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from .._io import atomic_write_bytes, dumps
+from .._progress import Progress
 from ..metrics.internal import _distances
 
 logger = logging.getLogger("embedcluster")
@@ -397,6 +398,8 @@ def write_report(out_dir: str | Path, labels_pred: Any, *, labels_true: Any = No
         if arr is not None and len(arr) != n:
             raise ValueError(f"{name} has {len(arr)} rows but labels_pred has {n}")
     truth = None if labels_true is None else np.asarray(labels_true)
+    shown = Progress("report", total=4, unit="step")  # as the caller shows progress
+    shown.begin("metrics")
     pngs: Dict[str, bytes] = {}
     report: Dict[str, Any] = {"title": title, "n_points": n,
                               "n_clusters": int(len(np.unique(pred[pred >= 0]))), "n_noise": int((pred == -1).sum())}
@@ -405,7 +408,9 @@ def write_report(out_dir: str | Path, labels_pred: Any, *, labels_true: Any = No
     notes = list(notes or [])
     if truth is not None:
         report["metrics"] = metrics.clustering_report(truth, pred, class_names=class_names)
+    shown.begin("plots and 2-D map")
     _plots(pngs, pred, truth, embeddings, class_names, map_method, representation, report, notes)
+    shown.begin("samples")
     reps = _representatives(pred, None if embeddings is None else np.asarray(embeddings), samples_per_cluster)
     if images is not None:
         sizes = {c: int((pred == c).sum()) for c in reps}
@@ -413,6 +418,7 @@ def write_report(out_dir: str | Path, labels_pred: Any, *, labels_true: Any = No
     terms = top_terms(texts, pred) if texts is not None else {}
     if terms:
         report["top_terms"] = {str(k): v for k, v in terms.items()}
+    shown.begin("writing")
 
     for name, data in pngs.items():
         atomic_write_bytes(out / f"{name}.png", data)
@@ -440,5 +446,7 @@ def write_report(out_dir: str | Path, labels_pred: Any, *, labels_true: Any = No
            f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
     path = out / "report.html"
     atomic_write_bytes(path, doc.encode("utf-8"))
+    shown.update(1)
+    shown.close()
     logger.info("report written to %s", path)
     return path

@@ -53,6 +53,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from .._progress import Progress
+
 logger = logging.getLogger("embedcluster")
 
 MethodSpec = Union[str, Callable[[np.ndarray, int, int], Any]]
@@ -156,7 +158,8 @@ def _unit_rows(Z: np.ndarray) -> np.ndarray:
 
 
 def _fit_labels(method: MethodSpec, Z: np.ndarray, k: int, seed: int, n_init: int) -> np.ndarray:
-    """One clustering of the (unit) rows ``Z`` into ``k`` clusters."""
+    """One clustering of the (unit) rows ``Z`` into ``k`` clusters (silent: select_clustering
+    reports progress by candidate)."""
     if callable(method):
         labels = np.asarray(method(Z, k, seed)).astype(np.int64).ravel()
         if labels.shape != (len(Z),):
@@ -165,11 +168,11 @@ def _fit_labels(method: MethodSpec, Z: np.ndarray, k: int, seed: int, n_init: in
     if method == "kmeans":
         from ..cluster import KMeans
 
-        return np.asarray(KMeans(k, n_init=n_init, random_state=seed).fit(Z).labels_, np.int64)
+        return np.asarray(KMeans(k, n_init=n_init, random_state=seed, verbose=0).fit(Z).labels_, np.int64)
     from .heads import ClusterHead
 
-    return np.asarray(ClusterHead(k, method, random_state=seed, n_neighbors=min(20, len(Z) - 1)).fit(Z).labels_,
-                      np.int64)
+    return np.asarray(ClusterHead(k, method, random_state=seed, n_neighbors=min(20, len(Z) - 1), verbose=0
+                                  ).fit(Z).labels_, np.int64)
 
 
 def _stability(method: MethodSpec, Z: np.ndarray, k: int, n_runs: int, subsample: float, seed: int) -> float:
@@ -305,9 +308,12 @@ def select_clustering(representations: Mapping[str, Any], n_clusters: Union[int,
     neighbours = common_space_neighbours(units, sample, min(n_neighbors, n - 1))
     rows: List[Dict[str, Any]] = []
     all_labels: Dict[tuple, np.ndarray] = {}
+    # Progress as the caller shows it (the command line's run --select auto).
+    shown = Progress("label-free selection", total=len(units) * len(ks) * len(method_map), unit="candidate")
     for rep, Z in units.items():
         for k in ks:
             for mname, method in method_map.items():
+                shown.begin(f"{rep}, k={k}, {mname}")
                 start = time.perf_counter()
                 labels = _fit_labels(method, Z, k, seed, n_init=10)
                 stability = _stability(method, Z, k, n_runs, subsample, seed)
@@ -321,6 +327,8 @@ def select_clustering(representations: Mapping[str, Any], n_clusters: Union[int,
                              "n_clusters_found": int(len(np.unique(labels))),
                              "seconds": time.perf_counter() - start, "chosen": False})
                 all_labels[(rep, k, mname)] = labels
+    shown.update(1)
+    shown.close()
     best, reason = _choose(rows, ks, separation_floor)
     return Selection(rows=rows, choice=best, labels=all_labels[(best["representation"], best["k"], best["method"])],
                      all_labels=all_labels, reason=reason)

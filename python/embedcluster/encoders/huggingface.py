@@ -3,11 +3,12 @@ included), offline."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Iterator, List, Optional
 
 from ..data._common import _check_allocation
 from ._common import (
@@ -110,6 +111,25 @@ def _check_transformers_dir(directory: Path) -> None:
                      "the config and the weights do not belong together")
 
 
+@contextlib.contextmanager
+def _no_loading_bars() -> Iterator[None]:
+    """transformers draws a "Loading weights" bar of its own, in no terminal too and whatever the
+    caller's progress setting: a sub-second step with nothing to follow. Off while loading,
+    restored after."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        yield
+        return
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def _check_sentence_transformers_dir(directory: Path) -> None:
     """modules.json and every module folder it names: paths inside the directory, the
     transformer's config (see _check_transformers_dir), Dense layers' sizes against their
@@ -160,7 +180,8 @@ def _load_sentence_transformers(path: Path, *, name: Optional[str] = None,
                           "pip install sentence-transformers") from e
     _check_sentence_transformers_dir(path)
     device = resolve_device(device)
-    model = SentenceTransformer(os.fspath(path), device=device, local_files_only=True)
+    with _no_loading_bars():
+        model = SentenceTransformer(os.fspath(path), device=device, local_files_only=True)
     fp = _sha("sentence-transformers", _dir_digest(path))
     return Encoder(model, name=name or path.name, device=device, fingerprint=fp,
                    modality="text", **kw)

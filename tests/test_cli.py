@@ -874,6 +874,15 @@ def test_evaluate_and_probe_read_the_labels_csv_that_run_writes(tmp_path, grey_p
     assert ev["ari"] == pytest.approx(adjusted_rand_score(y, np.load(out / "labels.npy")))
 
 
+def test_evaluate_keys_per_class_results_by_class_name(tmp_path, capsys):
+    (tmp_path / "l.csv").write_text("index,cluster\n0,0\n1,0\n2,1\n3,1\n")
+    (tmp_path / "t.txt").write_text("cat\ncat\ndog\ncat\n")
+    assert main(["evaluate", "--labels", str(tmp_path / "l.csv"), "--truth", str(tmp_path / "t.txt"), "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert set(ev["per_class"]) == {"cat", "dog"} and ev["per_class"]["dog"]["support"] == 1
+    assert ev["per_class"]["cat"]["recall"] == pytest.approx(2 / 3)  # cat -> cluster 0 holds 2 of its 3
+
+
 def test_labels_csv_without_a_cluster_column_names_the_labels_flag(tmp_path, capsys):
     (tmp_path / "l.csv").write_text("index,group\n0,1\n")
     (tmp_path / "t.txt").write_text("a\n")

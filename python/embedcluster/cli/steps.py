@@ -12,7 +12,7 @@ from typing import Any, Dict, Iterator, List, Union
 from ._common import (POSITIVE, add_device_option, add_encoder_options, add_quiet, add_table_options, add_truth_option,
                       check_device, check_output_file, check_same_length, cluster_summary, data_help, emit,
                       embedding_files, encoder_options, int_at_least, load_cluster_labels, load_data,
-                      load_embedding_shards, load_truth, metric_line, read_truth, real_in, require, save_labels,
+                      load_embedding_shards, metric_line, read_truth, real_in, require, save_labels,
                       save_npy, score_lines, set_command, summary_lines)
 
 
@@ -212,9 +212,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .. import metrics
 
     pred = load_cluster_labels(args.labels)
-    truth = load_truth(args.truth)
+    truth, names, _ = read_truth(args.truth)
     check_same_length(pred, truth, args.labels, args.truth)
-    rep = metrics.clustering_report(truth, pred)
+    rep = metrics.clustering_report(truth, pred, class_names=names)
     lines = [metric_line("clusters", rep), f"  purity {rep['purity']:.3f}  V-measure {rep['v_measure']:.3f}"]
     return emit(args, rep, lines)
 

@@ -60,7 +60,9 @@ def test_choice_per_family_is_an_admitted_measured_set():
     report = _core.kernel_choice(1000)
     assert report["forced"] is None
     available = _available()
-    at_1000 = [f for f in report["families"] if f["d"] == 1000]
+    # Depths share a choice per power-of-two bucket (513..1024 here): a family an earlier call in
+    # this process measured at another depth of the bucket (784-d image rows) reports that depth.
+    at_1000 = [f for f in report["families"] if 512 < f["d"] <= 1024 and f["family"] != "fp32"]
     assert {f["family"] for f in at_1000} == FAMILIES
     for f in at_1000:
         assert f["chosen"] in available and f["chosen"] not in report["manual_only"]

@@ -816,7 +816,7 @@ def test_output_folders_respect_the_umask(tmp_path, umask, dir_mode, file_mode):
 
     np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((30, 4)).astype(np.float32))
     code = (f"import os, sys; os.umask({umask}); from embedcluster.cli import main; "
-            f"sys.exit(main(['run', {str(tmp_path / 'x.npy')!r}, '--n-clusters', '2', '--no-report', "
+            f"sys.exit(main(['run', {str(tmp_path / 'x.npy')!r}, '--n-clusters', '2', '--no-report', '--no-probe', "
             f"'--out', {str(tmp_path / 'o')!r}]))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -168,7 +168,9 @@ def test_text_example_through_the_cli(tmp_path):
     corpus = tmp_path / "corpus.jsonl"  # a "label" column is read as the true classes
     corpus.write_text("\n".join(json.dumps({"text": r["text"], "label": r["topic"]}) for r in rows))
     cfg = tmp_path / "run.json"
-    cfg.write_text(json.dumps({"data": str(corpus), "encoder": "all-MiniLM-L6-v2", "out": str(tmp_path / "out")}))
+    # The report's map by PCA: UMAP's first use compiles for ~15 s in the child (test_report checks the UMAP map).
+    cfg.write_text(json.dumps({"data": str(corpus), "encoder": "all-MiniLM-L6-v2", "out": str(tmp_path / "out"),
+                               "map": "pca"}))
     # 24 texts: one thread for torch (the encoder, the probe's steps) and the engine in the child,
     # where two threads only hand tiny pieces of work back and forth.
     r = subprocess.run([sys.executable, "-m", "embedcluster.cli", "run", "--config", str(cfg), "--no-progress",

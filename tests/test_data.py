@@ -437,9 +437,11 @@ def test_digits():
     from sklearn.datasets import load_digits
     ref = load_digits()
     ds = load_digits_dataset()
-    assert ds.kind == "images" and ds.X.shape == (1797, 8, 8) and ds.X.dtype == np.float32
-    assert ds.X.min() == 0 and ds.X.max() == 16
-    np.testing.assert_array_equal(ds.X.reshape(1797, 64), ref.data)
+    assert ds.kind == "images" and ds.X.shape == (1797, 8, 8) and ds.X.dtype == np.uint8
+    assert ds.X.min() == 0 and ds.X.max() == 255
+    # scikit-learn's 17 grey levels 0..16, each scaled to 0..255 and rounded: still 17 levels.
+    np.testing.assert_array_equal(ds.X.reshape(1797, 64), np.rint(ref.data * 255 / 16))
+    assert len(np.unique(ds.X)) == 17
     np.testing.assert_array_equal(ds.y, ref.target)
     assert ds.y.dtype == np.int64 and ds.class_names == [str(i) for i in range(10)]
     assert load("digits").fingerprint() == ds.fingerprint()
@@ -494,8 +496,8 @@ def test_as_feature_matrix():
     assert F.dtype == np.float32 and F.shape == (5, 18)
     np.testing.assert_allclose(F, u8.reshape(5, 18) / 255.0, rtol=1e-6)
     assert F.max() <= 1.0
-    digits = as_feature_matrix(load_digits_dataset())
-    assert digits.shape == (1797, 64) and digits.max() == 16.0  # only uint8 is rescaled
+    digits = as_feature_matrix(load_digits_dataset())  # uint8 images: rescaled to [0, 1] like any
+    assert digits.shape == (1797, 64) and digits.max() == 1.0
     v = np.arange(6, dtype=np.float64).reshape(3, 2)
     np.testing.assert_array_equal(as_feature_matrix(load_array(v)), v.astype(np.float32))
     with pytest.raises(ValueError, match="encoder"):

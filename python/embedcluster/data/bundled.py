@@ -76,16 +76,21 @@ def load_fashion_mnist(split: str = "test", root: PathLike | None = None, *,
 
 
 def load_digits_dataset() -> Dataset:
-    """scikit-learn's 1,797 handwritten digits as 8x8 float32 images (values 0..16), labelled.
+    """scikit-learn's 1,797 handwritten digits as 8x8 uint8 images, labelled.
+
+    scikit-learn stores 17 grey levels (0..16); they are scaled to 0..255 (rounded), the range of
+    every other image loader here and the one image encoders read, so that an encoder given
+    ``load("digits")`` sees the strokes as ink rather than saturated.
 
     Returns
     -------
     Dataset
-        ``X`` float32 ``(1797, 8, 8)``, ``y`` in 0..9, ``class_names`` "0".."9".
+        ``X`` uint8 ``(1797, 8, 8)``, ``y`` in 0..9, ``class_names`` "0".."9".
     """
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    return Dataset(X=d.images.astype(np.float32), y=d.target.astype(np.int64), kind="images",
+    images = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)
+    return Dataset(X=images, y=d.target.astype(np.int64), kind="images",
                    class_names=[str(i) for i in range(10)],
                    source="scikit-learn load_digits (1797 8x8 images)")

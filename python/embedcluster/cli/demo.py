@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
@@ -60,17 +61,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         rows.append({"method": name, "features": features, "accuracy": rep["accuracy"], "nmi": rep["nmi"],
                      "ari": rep["ari"], "seconds": seconds})
 
+    def step(text: str) -> None:  # a line per step on stderr, so that no stretch of the demo is silent
+        if not args.json:
+            print(f"embedcluster demo: {text} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+
+    step(f"embedding {len(ds)} digits with {DEMO_ENCODER} (ImageNet weights, {DEMO_OPTIONS['image_size']} px)")
     t = time.perf_counter()
     tc = TransferClustering(encoder=DEMO_ENCODER, encoder_options=DEMO_OPTIONS, n_clusters=k, progress=False,
                             seed=args.seed)
     Z = tc.embed(ds)  # the network uses every torch thread
     embed_s = time.perf_counter() - t
     with _one_torch_thread():
+        step("k-means and a linear probe on the raw pixels")
         t = time.perf_counter()
         raw = TransferClustering(n_clusters=k, normalize=False, progress=False, seed=args.seed).fit(ds)
         raw_embed_s = time.perf_counter() - t - sum(raw.fit_seconds_.values())  # reading the pixels
         score("k-means on raw pixels", "raw", raw.labels_, raw_embed_s + raw.fit_seconds_["cluster"])
         _score_probe(score, "raw", raw)
+        step("k-means and a linear probe on the network's features")
         tc.fit(ds, Z=Z)
         score("k-means on EfficientNet-Lite0 features (ImageNet)", "transfer", tc.labels_,
               embed_s + tc.fit_seconds_["cluster"])
@@ -81,6 +89,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     tr_best = max(r["accuracy"] for r in rows if r["features"] == "transfer")
     # The report maps the representation that scored higher (the story's claim is checked, not assumed).
     winner, shown = ("transferred", tc) if tr_best >= raw_best else ("raw pixel", raw)
+    step("writing the report")
     report = write_report(out / "report", shown.labels_, labels_true=truth, embeddings=shown.embeddings_,
                           images=ds.X, class_names=ds.class_names, comparison=rows, representation=winner.capitalize(),
                           title="embedcluster demo: ImageNet features cluster handwritten digits",

@@ -31,7 +31,8 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _core
-from ._chunked import ChunkStats, FitParams, fit_over_chunks
+from ._chunked import ChunkStats, FitParams, fit_over_chunks, iteration_progress
+from ._progress import check_verbose
 from ._dask_embed import embed
 from .cluster._eps import EpsWarning, auto_eps, core_distances, eps_advice
 
@@ -297,6 +298,10 @@ class KMeans:
         ``OMP_NUM_THREADS`` equal to their threads' share of the cores).
     client : distributed.Client or None
         The cluster to run on; None uses the current default client.
+    verbose : None, bool or int, default=None
+        Progress on the client, as :class:`embedcluster.KMeans`'s: the k-means|| rounds, then
+        the iterations as their sums arrive (None: as the caller shows progress, e.g. on in the
+        command line; silent in plain library calls; see ``embedcluster._progress``).
 
     Attributes
     ----------
@@ -312,8 +317,9 @@ class KMeans:
 
     def __init__(self, n_clusters: int = 8, *, init: Any = None, n_init: int = 1, max_iter: int = 300,
                  tol: float = 1e-4, metric: str = "l2", precision: str = "auto", prune: Any = "auto",
-                 n_threads: int = 0, random_state: Any = None, client: Any = None):
+                 n_threads: int = 0, random_state: Any = None, client: Any = None, verbose: Any = None):
         self.n_clusters, self.init, self.max_iter, self.tol = n_clusters, init, max_iter, tol
+        self.verbose = verbose
         self.n_init, self.random_state = n_init, random_state
         self.metric, self.precision, self.prune = metric, precision, prune
         self.n_threads, self.client = n_threads, client
@@ -358,21 +364,23 @@ class KMeans:
         client = self.client or default_client()
         X = da.asarray(X)
         init, p = self._params(int(X.shape[1]), sample_weight is not None)
+        check_verbose(self.verbose, "embedcluster.dask.KMeans")
         runner = DaskChunks(client, X, sample_weight, self.n_threads, self.precision)
         times: list = []
         last = [time.perf_counter()]
 
-        def progress(it: int, changed: int, shift: float) -> None:
+        def timed(it: int, changed: int, shift: float) -> None:
             now = time.perf_counter()
             times.append(now - last[0])
             last[0] = now
-            log.info("k-means iteration %d: %d labels changed, centre shift %.3g", it, changed, shift)
+            log.debug("k-means iteration %d: %d labels changed, centre shift %.3g", it, changed, shift)
 
         try:
             from ._backend import precision_arg, seed_of
 
-            r = fit_over_chunks(runner, init, p, seed_of(self.random_state), int(self.n_init), progress,
-                                self.n_threads, precision_arg(self.precision))
+            with iteration_progress(p.max_iter, int(self.n_init), self.verbose, timed) as progress:
+                r = fit_over_chunks(runner, init, p, seed_of(self.random_state), int(self.n_init), progress,
+                                    self.n_threads, precision_arg(self.precision), self.verbose)
         except KeyboardInterrupt:
             runner.cancel()
             raise
@@ -434,6 +442,10 @@ class DBSCAN:
         with all its pruning); larger ones go through the pair tasks.
     client : distributed.Client or None
         The cluster to run on; None uses the current default client.
+    verbose : None, bool or int, default=None
+        Progress on the client as the tasks finish: the kNN of eps="auto", the grouping of the
+        chunks, the whole components and the group pairs (None: as the caller shows progress,
+        e.g. on in the command line; silent in plain library calls).
 
     Attributes
     ----------
@@ -455,8 +467,9 @@ class DBSCAN:
     """
 
     def __init__(self, eps: Any = "auto", *, min_samples: int = 5, metric: str = "euclidean", n_threads: int = 0,
-                 max_component_bytes: float = 2**30, client: Any = None):
+                 max_component_bytes: float = 2**30, client: Any = None, verbose: Any = None):
         self.eps, self.min_samples, self.metric = eps, min_samples, metric
+        self.verbose = verbose
         self.n_threads, self.max_component_bytes, self.client = n_threads, max_component_bytes, client
 
     def fit(self, X: Any, y: Any = None) -> DBSCAN:
@@ -467,6 +480,7 @@ class DBSCAN:
         from .cluster.dbscan import DBSCAN as LocalDBSCAN
 
         LocalDBSCAN(eps=self.eps, min_samples=self.min_samples, metric=self.metric)._validate_params()
+        check_verbose(self.verbose, "embedcluster.dask.DBSCAN")
         X = da.asarray(X)
         if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
             raise ValueError(f"X must be a non-empty 2-D array (n_samples, n_features), got shape {X.shape}")
@@ -475,7 +489,7 @@ class DBSCAN:
         self.k_distances_ = self._k_distances(client, X) if isinstance(self.eps, str) else None
         self.eps_ = float(self.eps) if self.k_distances_ is None else auto_eps(self.k_distances_)
         r, ex, seconds = fit_on_dask(client, X, self.eps_, int(self.min_samples), engine_metric(self.metric),
-                                     int(self.n_threads), float(self.max_component_bytes))
+                                     int(self.n_threads), float(self.max_component_bytes), self.verbose)
         seconds = time.perf_counter() - t
         self.labels_ = r.labels
         self.core_sample_indices_ = np.flatnonzero(r.is_core)
@@ -492,7 +506,8 @@ class DBSCAN:
     def _k_distances(self, client: Any, X: Any) -> np.ndarray:
         """eps="auto": the sorted k-distance curve, from the exact kNN on the cluster."""
         def exact_knn(k: int) -> NearestNeighbors:
-            return NearestNeighbors(k, metric=self.metric, n_threads=self.n_threads, client=client)
+            return NearestNeighbors(k, metric=self.metric, n_threads=self.n_threads, client=client,
+                                    verbose=self.verbose)
 
         return core_distances(X, int(self.min_samples), exact_knn)
 

@@ -446,3 +446,28 @@ def test_dask_estimators_report_as_results_arrive(client, capsys, caplog, log_at
     sk = SkDBSCAN(eps=2.5, min_samples=5).fit(X)
     assert np.array_equal(db1.core_sample_indices_, sk.core_sample_indices_)
     assert np.array_equal(db1.labels_ == -1, sk.labels_ == -1)
+
+
+def test_waits_on_dask_tasks_tick_until_a_result_comes(client):
+    """While a Dask step waits and no task finishes, the wait calls its tick (the progress
+    heartbeat); here the task waits for an event that only the tick sets."""
+    distributed = pytest.importorskip("distributed")
+    import embedcluster.dask as ecd
+
+    def wait_then_answer(name):
+        from distributed import Event
+
+        Event(name).wait()
+        return 7
+
+    event = distributed.Event("test-progress-tick", client=client)
+    future = client.submit(wait_then_answer, "test-progress-tick", pure=False)
+    ticks: list = []
+
+    def tick():
+        ticks.append(1)
+        event.set()
+
+    got = list(ecd.finished([future], tick, with_results=True))
+    assert ticks and [r for _, r in got] == [7]
+    assert [f.result() for f in ecd.finished([client.submit(abs, -3)])] == [3]  # no tick: no polling

@@ -4,7 +4,7 @@ groups and pair tasks on the workers (``embedcluster.dask.DBSCAN`` is the public
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -12,7 +12,7 @@ from ._backend import EngineMetric
 from ._dbscan_groups import (Executor, Geometry, _first, _second, assign_groups, dbscan_over_groups, group_centres,
                              partner_pairs, sample_positions)
 from ._progress import Progress
-from .dask import _block_f32, _nbytes
+from .dask import _block_f32, _nbytes, finished
 
 
 def _take_task(block: np.ndarray, local: np.ndarray) -> np.ndarray:
@@ -66,7 +66,7 @@ class DaskGroups(Executor):
         centres = group_centres(np.concatenate(self.gather(picks)), n, geo, n_threads)
         splits = [self.submit(_split_task, b, int(o), centres, geo, n_threads) for b, o in zip(blocks, offsets)]
         with Progress("DBSCAN grouping rows", total=len(splits), verbose=verbose, unit="block") as shown:
-            for _ in self.finished(splits):
+            for _ in self.finished(splits, shown.ticker()):
                 shown.update(1)
         summaries = self.gather([self.submit(_summary_task, s) for s in splits])
         hists = np.stack([s[0] for s in summaries])
@@ -94,17 +94,13 @@ class DaskGroups(Executor):
         self.bytes_received += sum(_nbytes(o) for o in out)
         return out
 
-    def completed(self, handles: Iterable[Any]):
-        from distributed import as_completed
-
-        for _, result in as_completed(list(handles), with_results=True):
+    def completed(self, handles: Iterable[Any], tick: Optional[Callable[[], None]] = None):
+        for _, result in finished(list(handles), tick, with_results=True):
             self.bytes_received += _nbytes(result)
             yield result
 
-    def finished(self, handles: Sequence[Any]) -> Iterable[Any]:
-        from distributed import as_completed
-
-        return as_completed(list(handles))
+    def finished(self, handles: Sequence[Any], tick: Optional[Callable[[], None]] = None) -> Iterable[Any]:
+        return finished(handles, tick)
 
     def rows(self, g: int) -> Any:
         return self._rows[g]

@@ -188,7 +188,7 @@ class NearestNeighbors:
             from sklearn.exceptions import NotFittedError
 
             raise NotFittedError("This NearestNeighbors instance is not fitted yet. Call 'fit' first.")
-        from distributed import as_completed
+        from .dask import finished
 
         k = check_n_neighbors(self.n_neighbors if n_neighbors is None else n_neighbors)
         check_verbose(self.verbose, "embedcluster.dask.NearestNeighbors")
@@ -219,7 +219,7 @@ class NearestNeighbors:
                 merged = blocks.tree_merge(parts, merge)
                 finals.append(_track(submitted, client.submit(_report_task, merged, args.metric, sqrt)))
             with Progress("kNN search", total=len(finals), verbose=self.verbose, unit="query block") as shown:
-                for _ in as_completed(finals):
+                for _ in finished(finals, shown.ticker()):
                     shown.update(1)
             out = self._gather(client, finals)
         except KeyboardInterrupt:

@@ -221,16 +221,18 @@ class Executor:
     def gather(self, handles: Sequence[Any]) -> list:
         return list(handles)
 
-    def completed(self, handles: Iterable[Any]) -> Iterable[Any]:
+    def completed(self, handles: Iterable[Any], tick: Optional[Callable[[], None]] = None) -> Iterable[Any]:
         """The tasks' results as they finish (any order). Local tasks run as the iterable is
-        consumed, so passing a generator of submits runs them one at a time."""
+        consumed, so passing a generator of submits runs them one at a time. ``tick()``: called
+        now and then while tasks elsewhere run and none finishes (progress that says so)."""
         return iter(handles)
 
     #: Tasks run inside :meth:`submit` (done when it returns), rather than somewhere else later.
     runs_at_submit = True
 
-    def finished(self, handles: Sequence[Any]) -> Iterable[Any]:
-        """Each handle once its task has finished (any order), without fetching its result."""
+    def finished(self, handles: Sequence[Any], tick: Optional[Callable[[], None]] = None) -> Iterable[Any]:
+        """Each handle once its task has finished (any order), without fetching its result
+        (``tick`` as in :meth:`completed`)."""
         return iter(handles)
 
     def rows(self, g: int) -> Any:
@@ -304,7 +306,7 @@ def dbscan_over_groups(ex: Executor, n: int, pairs: np.ndarray, sizes: np.ndarra
     tasks = (ex.submit(component_task, geo, min_samples, n_threads, len(c), *[ex.rows(g) for g in c],
                        *[ex.ids(g) for g in c]) for c in whole)
     with Progress("DBSCAN whole components", total=len(whole), verbose=verbose, unit="component") as shown:
-        for ids, core, labels in ex.completed(tasks):
+        for ids, core, labels in ex.completed(tasks, shown.ticker()):
             join_component(forest, is_core, best_core, ids, core, labels)
             shown.update(1)
     in_split = np.zeros(len(sizes), bool)
@@ -382,7 +384,7 @@ def core_flags(ex: Executor, pairs: np.ndarray, radius: float, metric: EngineMet
         for grp in list(counts):  # groups that are never the first of a pair after their last count
             core[grp] = ex.submit(_at_least, counts.pop(grp), min_samples)
         if not ex.runs_at_submit:
-            for _ in ex.finished(count_tasks):
+            for _ in ex.finished(count_tasks, shown.ticker()):
                 shown.update(1)
     return core
 
@@ -401,7 +403,7 @@ def link_pairs(ex: Executor, forest: ForestUnion, is_core: np.ndarray, best_core
              for g, h in linked)
     best_dist = np.full(len(best_core), np.inf, np.float32)
     with Progress("DBSCAN group pairs: links", total=len(linked), verbose=verbose, unit="pair") as shown:
-        for edge_u, edge_v, rows, cores, dists in ex.completed(links):
+        for edge_u, edge_v, rows, cores, dists in ex.completed(links, shown.ticker()):
             forest.union(edge_u, edge_v)
             better = (dists < best_dist[rows]) | ((dists == best_dist[rows]) & (cores < best_core[rows]))
             best_dist[rows[better]], best_core[rows[better]] = dists[better], cores[better]

@@ -130,6 +130,12 @@ class Progress:
         """The ``progress`` argument for a ``_core`` function: None when not shown (no calls)."""
         return self.native if self.on else None
 
+    def ticker(self) -> Optional[Callable[[], None]]:
+        """A call for waits on work elsewhere (Dask tasks) while nothing finishes: it lets the
+        log lines say the step goes on (every ``LOG_EVERY_S``) and a bar's clock run. None when
+        not shown (the wait then needs no polling)."""
+        return (lambda: self.update(0)) if self.on else None
+
     def native(self, step: str, index: int, count: int, done: int, total: int) -> None:
         """Takes one report of native work (see the module docstring)."""
         if step:

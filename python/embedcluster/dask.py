@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -263,6 +263,29 @@ class DaskChunks:
 
 def _second_task(result):
     return result[1]
+
+
+#: While no task finishes, finished() calls its ``tick`` this often (so progress can say the
+#: work goes on: a log line every ``_progress.LOG_EVERY_S``, a bar's elapsed time).
+TICK_S = 0.02
+
+
+def finished(futures: Sequence[Any], tick: Optional[Callable[[], None]] = None,
+             with_results: bool = False) -> Iterator[Any]:
+    """Each future once it has finished (any order; with ``with_results``, its result), as
+    ``distributed.as_completed``; ``tick()`` is called every ``TICK_S`` while none finishes."""
+    from distributed import as_completed
+
+    done = as_completed(list(futures), with_results=with_results)
+    if tick is None:
+        yield from done
+        return
+    while not done.is_empty():
+        if done.has_ready():
+            yield from done.next_batch(block=False)
+        else:
+            tick()
+            time.sleep(TICK_S)
 
 
 def _nbytes(obj: Any) -> int:

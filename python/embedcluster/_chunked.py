@@ -358,11 +358,13 @@ IterationCallback = Callable[[int, int, float], None]
 
 @contextlib.contextmanager
 def iteration_progress(max_iter: int, n_init: int, verbose: Any,
-                       also: Optional[IterationCallback] = None) -> Iterator[IterationCallback]:
+                       also: Optional[IterationCallback] = None) -> Iterator[tuple]:
     """The ``progress`` callback of :func:`fit_over_chunks` shown as "k-means" progress over
     ``max_iter * n_init`` iterations (``also``, when given, is called too). A run that stops
     before ``max_iter`` counts its remaining iterations as done when the next run starts or the
-    fit ends, so the count ends at its total; the last line says how many ran."""
+    fit ends, so the count ends at its total; the last line says how many ran. Yields (that
+    callback, the step's :meth:`~embedcluster._progress.Progress.ticker` for waits on work
+    elsewhere)."""
     total = int(max_iter) * int(n_init)
     ran = [0, 0, 0]  # iterations run, the current run's last iteration, runs begun
     with Progress("k-means", total=total, verbose=verbose, unit="iteration") as shown:
@@ -376,7 +378,7 @@ def iteration_progress(max_iter: int, n_init: int, verbose: Any,
             if also is not None:
                 also(it, changed, shift)
 
-        yield report
+        yield report, shown.ticker()
         if shown.done < total:
             shown.update(total - shown.done)
         shown.close(f"{ran[0]} iterations")

@@ -163,9 +163,13 @@ class DaskChunks:
         self.reset()
         self.bytes_received = 0
         self._waiting: list = []  # the futures the client waits on now (for cancel)
+        self.tick: Optional[Callable[[], None]] = None  # called while a wait goes on (progress)
 
     def _gather(self, futures):
         self._waiting = list(futures)
+        if self.tick is not None:
+            for _ in finished(self._waiting, self.tick):
+                pass
         out = self.client.gather(futures)
         self._waiting = []
         self.bytes_received += sum(_nbytes(o) for o in out)
@@ -401,7 +405,7 @@ class KMeans:
         try:
             from ._backend import precision_arg, seed_of
 
-            with iteration_progress(p.max_iter, int(self.n_init), self.verbose, timed) as progress:
+            with iteration_progress(p.max_iter, int(self.n_init), self.verbose, timed) as (progress, runner.tick):
                 r = fit_over_chunks(runner, init, p, seed_of(self.random_state), int(self.n_init), progress,
                                     self.n_threads, precision_arg(self.precision), self.verbose)
         except KeyboardInterrupt:

@@ -368,14 +368,17 @@ def test_streamed_dbscan_reports_its_passes_pairs_and_components(tmp_path, capsy
         quiet = ec.DBSCAN(**kw, verbose=0).fit(src)
     _no_lines(capsys.readouterr().err, caplog)
     shown = ec.DBSCAN(**kw, verbose=1).fit(src)
-    steps = _counted_steps(capsys.readouterr().err)
+    err = capsys.readouterr().err
+    steps = _counted_steps(err)
     phases = ["DBSCAN grouping rows", "DBSCAN writing the grouped copy"]
     phases += ["DBSCAN whole components"] if whole else ["DBSCAN group pairs: neighbour counts",
                                                          "DBSCAN group pairs: links"]
     _check_counts(steps, phases)
     assert steps["DBSCAN grouping rows"] == [[(a, 3000) for a in range(3000, 3001)]]  # one block of rows
     if whole:
-        assert steps["DBSCAN whole components"][0][-1][1] == shown.stats_["groups_components_whole"]
+        n_whole = shown.stats_["groups_components_whole"]
+        assert steps["DBSCAN whole components"][0][-1][1] == n_whole
+        assert f"embedcluster: DBSCAN whole component {n_whole}/{n_whole}: DBSCAN clusters 4/4, 100%" in err
     else:
         assert steps["DBSCAN group pairs: neighbour counts"][0][-1][1] == shown.stats_["groups_pairs"]
         assert steps["DBSCAN group pairs: links"][0][-1][1] == shown.stats_["groups_pairs_linked"]

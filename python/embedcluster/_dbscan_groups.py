@@ -23,12 +23,12 @@ file when they come from disk) or on the workers of a Dask cluster (``embedclust
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
 from . import _core
-from ._progress import Progress
+from ._progress import NativeCallback, Progress
 from ._backend import EngineMetric, Precision
 
 GROUP_ROWS = 8192  # rows per group: the unit of a pair task
@@ -303,8 +303,7 @@ def dbscan_over_groups(ex: Executor, n: int, pairs: np.ndarray, sizes: np.ndarra
     is_core = np.zeros(n, bool)
     best_core = np.full(n, -1, np.int64)
     whole, split = partner_components(pairs, sizes, max_component_rows)
-    tasks = (ex.submit(component_task, geo, min_samples, n_threads, len(c), *[ex.rows(g) for g in c],
-                       *[ex.ids(g) for g in c]) for c in whole)
+    tasks = component_tasks(ex, whole, geo, min_samples, n_threads, verbose)
     with Progress("DBSCAN whole components", total=len(whole), verbose=verbose, unit="component") as shown:
         for ids, core, labels in ex.completed(tasks, shown.ticker()):
             join_component(forest, is_core, best_core, ids, core, labels)
@@ -335,14 +334,28 @@ def partner_components(pairs: np.ndarray, sizes: np.ndarray, max_rows: int) -> t
     return whole, split
 
 
-def component_task(geo: Geometry, min_samples: int, n_threads: int, count: int, *parts):
+def component_tasks(ex: Executor, whole: list, geo: Geometry, min_samples: int, n_threads: int,
+                    verbose: Any) -> Iterator[Any]:
+    """The component task of each set in `whole`, submitted one at a time as the caller asks.
+    Tasks in this process show the engine's progress of their fit (a large set can take a
+    while); elsewhere the caller's wait shows that work goes on."""
+    for i, c in enumerate(whole, 1):
+        shown = verbose if ex.runs_at_submit else False
+        with Progress(f"DBSCAN whole component {i}/{len(whole)}", verbose=shown) as inner:
+            yield ex.submit(component_task, geo, min_samples, n_threads, inner.callback(), len(c),
+                            *[ex.rows(g) for g in c], *[ex.ids(g) for g in c])
+
+
+def component_task(geo: Geometry, min_samples: int, n_threads: int, progress: Optional[NativeCallback], count: int,
+                   *parts):
     """The in-memory DBSCAN of a set of groups with no neighbours outside it: (global ids
     ascending, core flags, labels numbered within the set). Rows are put in global order so
-    that the fit's ties (the lower row) are the global fit's."""
+    that the fit's ties (the lower row) are the global fit's. ``progress``: the engine's
+    callback (None: none)."""
     ids = np.concatenate(parts[count:])
     order = np.argsort(ids, kind="stable")
     X = np.ascontiguousarray(np.concatenate(parts[:count])[order], dtype=np.float32)
-    r = _core.dbscan_fit(X, geo.eps, min_samples, geo.metric, n_threads=n_threads)
+    r = _core.dbscan_fit(X, geo.eps, min_samples, geo.metric, n_threads=n_threads, progress=progress)
     return ids[order], np.asarray(r.is_core, dtype=bool), np.asarray(r.labels, dtype=np.int64)
 
 

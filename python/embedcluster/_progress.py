@@ -150,6 +150,8 @@ class Progress:
         text = step or self.desc
         if count > 0:
             text += f" {index}/{count}"
+        if step and not step.startswith(self.desc) and self.rounds == 1:
+            text = f"{self.desc}: {text}"  # the caller's context (e.g. which component)
         if self.rounds > 1:
             text = f"{self.desc} run {min(self._round, self.rounds)}/{self.rounds}: {text}"
         self.text = text

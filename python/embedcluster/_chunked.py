@@ -244,6 +244,7 @@ class LocalChunks:
         self.bounds = [(a, min(n, a + block_rows)) for a in range(0, n, block_rows)] or [(0, 0)]
         self.n_threads, self.precision = n_threads, precision
         self.passes = 0
+        self.tick: Optional[Callable[[], None]] = None  # called after each chunk of a pass (progress)
         self.reset()
 
     def reset(self):
@@ -276,6 +277,8 @@ class LocalChunks:
             changed = _core.kmeans_chunk_pass(st, centers, self._block(a, b), qscale, wscale, metric,
                                               self._weights(a, b), prune, self.n_threads, self.precision)
             out.append((changed, st.sums))
+            if self.tick is not None:
+                self.tick()
         return out
 
     def farthest(self, centers, count, metric):

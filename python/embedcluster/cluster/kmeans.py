@@ -271,7 +271,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         block = max(1, STREAM_BLOCK_BYTES // (4 * d))
         runner = LocalChunks(X, block, sample_weight=w, n_threads=threads_arg(self.n_threads),
                              precision=precision_arg(self.precision))
-        with iteration_progress(int(self.max_iter), int(self.n_init), self.verbose) as (report, _):
+        with iteration_progress(int(self.max_iter), int(self.n_init), self.verbose) as (report, runner.tick):
             r = fit_over_chunks(runner, init, params, seed_of(self.random_state), int(self.n_init), progress=report,
                                 n_threads=threads_arg(self.n_threads), precision=precision_arg(self.precision),
                                 verbose=self.verbose)

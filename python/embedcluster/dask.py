@@ -271,7 +271,7 @@ def _second_task(result):
 
 #: While no task finishes, finished() calls its ``tick`` this often (so progress can say the
 #: work goes on: a log line every ``_progress.LOG_EVERY_S``, a bar's elapsed time).
-TICK_S = 0.02
+TICK_S = 0.5
 
 
 def finished(futures: Sequence[Any], tick: Optional[Callable[[], None]] = None,
@@ -284,12 +284,21 @@ def finished(futures: Sequence[Any], tick: Optional[Callable[[], None]] = None,
     if tick is None:
         yield from done
         return
+    # as_completed notifies this condition after queueing each finished future: checking the
+    # queue while holding it cannot miss a wake-up, so a result is taken as soon as it comes.
+    woken = getattr(done, "thread_condition", None)
     while not done.is_empty():
-        if done.has_ready():
-            yield from done.next_batch(block=False)
+        if woken is not None:
+            with woken:
+                if not done.has_ready():
+                    woken.wait(timeout=TICK_S)
+        elif not done.has_ready():
+            time.sleep(0.01)
+        batch = done.next_batch(block=False)
+        if batch:
+            yield from batch
         else:
             tick()
-            time.sleep(TICK_S)
 
 
 def _nbytes(obj: Any) -> int:

@@ -28,8 +28,8 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from . import _core
-from ._progress import NativeCallback, Progress
 from ._backend import EngineMetric, Precision
+from ._progress import NativeCallback, Progress
 
 GROUP_ROWS = 8192  # rows per group: the unit of a pair task
 SAMPLE_ROWS_PER_GROUP = 48  # rows of the sample the group centres are fitted on, per group

@@ -455,6 +455,40 @@ def test_cluster_on_a_dask_scheduler_equals_the_in_process_run(shards, capsys):
     np.testing.assert_array_equal(np.load(remote), np.load(local))
 
 
+def _shows_dask_progress(lines, algorithm):
+    """The log lines of a cluster command on a Dask scheduler: k-means' seeding rounds and
+    iterations, or DBSCAN's grouping of the 3 shards and a finished pair or component step."""
+    if algorithm == "kmeans":
+        return (any(line.startswith("embedcluster: k-means|| seeding 5/5 rounds") for line in lines)
+                and any(line.startswith("embedcluster: k-means (run 1/10) 1/3000 iterations") for line in lines))
+    return (any(line.startswith("embedcluster: DBSCAN grouping rows 3/3 blocks") for line in lines)
+            and any(line.startswith(("embedcluster: DBSCAN whole components", "embedcluster: DBSCAN group pairs"))
+                    and line.endswith(", 100%") for line in lines))
+
+
+@pytest.mark.parametrize("algorithm", ["kmeans", "dbscan"])
+def test_a_dask_scheduler_shows_progress_unless_quiet(shards, capsys, client, tmp_path, monkeypatch, algorithm):
+    import numpy as np
+
+    from embedcluster import _progress
+
+    for name in ("LOG_AFTER_S", "LOG_MIN_GAP_S", "LOG_EVERY_S"):  # the log lines without waiting
+        monkeypatch.setattr(_progress, name, 0.0)
+    folder, Z = shards
+    args = ["--n-clusters", "5", "--seed", "3"] if algorithm == "kmeans" else ["--eps", "1.2", "--min-samples", "6"]
+    outs = {}
+    for flag in (None, "-q"):
+        outs[flag] = tmp_path / f"labels{flag or ''}.npy"
+        assert main(["cluster", str(folder), "--algorithm", algorithm, *args, "--scheduler", client.scheduler.address,
+                     "--out", str(outs[flag])] + ([flag] if flag else [])) == 0
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("embedcluster:")]
+        assert lines == [] if flag else _shows_dask_progress(lines, algorithm), lines
+    np.testing.assert_array_equal(np.load(outs[None]), np.load(outs["-q"]))
+    ref = (ec.KMeans(5, init="k-means||", n_init=10, random_state=3) if algorithm == "kmeans"
+           else ec.DBSCAN(eps=1.2, min_samples=6)).fit(Z).labels_
+    np.testing.assert_array_equal(np.load(outs[None]), ref)
+
+
 @pytest.mark.parametrize("cmd", ["run", "embed"])
 def test_encoder_flags_are_documented(cmd, capsys):
     assert main([cmd, "--help"]) == 0

@@ -6,6 +6,7 @@ force and scikit-learn."""
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -303,3 +304,184 @@ def test_transfer_clustering_progress_reaches_its_clusterer_and_probe(capsys, lo
     assert capsys.readouterr().err == ""
     assert np.array_equal(tc.labels_, quiet.labels_)
     assert np.array_equal(tc.predict(Z=Z), quiet.predict(Z=Z))
+
+
+# ---- Work over chunks: streamed DBSCAN and k-means (memory maps, shards) and the Dask estimators.
+
+_COUNTED = re.compile(r"^embedcluster: (.*) (\d+)/(\d+) ([a-z ]+), \d+%$")
+
+
+def _counted_steps(err: str) -> dict:
+    """The (done, total) reports of each counted step, keyed by its name (a k-means run number
+    left out: the runs of one fit are one count): one list per time the step ran (its
+    "... done in" line ends it)."""
+    steps: dict = {}
+    ended: set = set()
+    for line in err.splitlines():
+        m = _COUNTED.match(line)
+        if m:
+            name = re.sub(r" \(run \d+/\d+\)$", "", m.group(1))
+            runs = steps.setdefault(name, [])
+            if not runs or name in ended:
+                runs.append([])
+                ended.discard(name)
+            runs[-1].append((int(m.group(2)), int(m.group(3))))
+        elif line.startswith("embedcluster: ") and " done in " in line:
+            ended.add(line[len("embedcluster: "):line.index(" done in ")])
+    return steps
+
+
+def _check_counts(steps: dict, names: list) -> None:
+    """The named steps reported, each time with done counts that never go down, one total,
+    and a last report at its total."""
+    for name in names:
+        assert name in steps, (name, sorted(steps))
+        for reports in steps[name]:
+            dones = [d for d, _ in reports]
+            assert dones == sorted(dones), (name, reports)
+            assert len({t for _, t in reports}) == 1 and reports[-1][0] == reports[-1][1] > 0, (name, reports)
+
+
+def _no_lines(err: str, caplog) -> None:
+    assert not [line for line in err.splitlines() if line.startswith("embedcluster:")], err
+    assert not [r for r in caplog.records if r.name == "embedcluster"]
+
+
+@pytest.fixture
+def small_groups(monkeypatch):
+    from embedcluster import _dbscan_groups
+
+    monkeypatch.setattr(_dbscan_groups, "GROUP_ROWS", 250)  # many groups and pairs on small data
+
+
+@pytest.mark.parametrize("whole", [False, True])
+def test_streamed_dbscan_reports_its_passes_pairs_and_components(tmp_path, capsys, caplog, log_at_once, small_groups,
+                                                                 monkeypatch, whole):
+    import embedcluster.cluster.dbscan as dbscan_module
+
+    X = _blobs(3000, 8, 5, seed=7)
+    np.save(tmp_path / "x.npy", X)
+    src = np.load(tmp_path / "x.npy", mmap_mode="r")
+    monkeypatch.setattr(dbscan_module, "_streams", lambda X, limit: True)  # streamed although small
+    kw = dict(eps=2.5, min_samples=5, memory_limit=None if whole else 1000, scratch_dir=tmp_path)
+    with caplog.at_level(logging.INFO, logger="embedcluster"):
+        quiet = ec.DBSCAN(**kw, verbose=0).fit(src)
+    _no_lines(capsys.readouterr().err, caplog)
+    shown = ec.DBSCAN(**kw, verbose=1).fit(src)
+    err = capsys.readouterr().err
+    steps = _counted_steps(err)
+    phases = ["DBSCAN grouping rows", "DBSCAN writing the grouped copy"]
+    phases += ["DBSCAN whole components"] if whole else ["DBSCAN group pairs: neighbour counts",
+                                                         "DBSCAN group pairs: links"]
+    _check_counts(steps, phases)
+    assert steps["DBSCAN grouping rows"] == [[(a, 3000) for a in range(3000, 3001)]]  # one block of rows
+    if whole:
+        n_whole = shown.stats_["groups_components_whole"]
+        assert steps["DBSCAN whole components"][0][-1][1] == n_whole
+        assert f"embedcluster: DBSCAN whole component {n_whole}/{n_whole}: DBSCAN clusters 4/4, 100%" in err
+    else:
+        assert steps["DBSCAN group pairs: neighbour counts"][0][-1][1] == shown.stats_["groups_pairs"]
+        assert steps["DBSCAN group pairs: links"][0][-1][1] == shown.stats_["groups_pairs_linked"]
+    assert np.array_equal(shown.labels_, quiet.labels_)
+    sk = SkDBSCAN(eps=2.5, min_samples=5).fit(X)
+    assert np.array_equal(shown.core_sample_indices_, sk.core_sample_indices_)
+    assert np.array_equal(shown.labels_ == -1, sk.labels_ == -1)
+
+
+def test_streamed_kmeans_reports_seeding_rounds_and_iterations(tmp_path, capsys, caplog, log_at_once, monkeypatch):
+    import embedcluster._chunked as chunked
+    from embedcluster.data.sharded import ShardedArray
+
+    X = _blobs(2000, 8, 4, seed=8)
+    for i, (a, b) in enumerate([(0, 700), (700, 2000)]):
+        np.save(tmp_path / f"s{i}.npy", X[a:b])
+    shards = ShardedArray([np.load(tmp_path / f"s{i}.npy", mmap_mode="r") for i in range(2)])
+    kw = dict(n_init=2, max_iter=40, random_state=3)
+    with caplog.at_level(logging.INFO, logger="embedcluster"):
+        quiet = ec.KMeans(4, **kw, verbose=0).fit(shards)
+    _no_lines(capsys.readouterr().err, caplog)
+    iterations: list = []  # counted where the loop reports them
+    real = chunked.lloyd_over_chunks
+
+    def counting(runner, init, p, progress=None, stats=None):
+        def report(it, changed, shift):
+            iterations.append(it)
+            progress(it, changed, shift)
+
+        return real(runner, init, p, report, stats)
+
+    monkeypatch.setattr(chunked, "lloyd_over_chunks", counting)
+    shown = ec.KMeans(4, **kw, verbose=1).fit(shards)
+    err = capsys.readouterr().err
+    steps = _counted_steps(err)
+    _check_counts(steps, ["k-means|| seeding", "k-means"])
+    assert len(steps["k-means|| seeding"]) == 2  # once a run
+    assert steps["k-means"] == [steps["k-means"][0]] and steps["k-means"][0][-1] == (80, 80) and "(run 2/2)" in err
+    assert iterations.count(1) == 2 and err.splitlines()[-1].endswith(f"({len(iterations)} iterations)")
+    assert np.array_equal(shown.labels_, quiet.labels_)
+    assert np.array_equal(shown.cluster_centers_, quiet.cluster_centers_)
+    plain = ec.KMeans(4, init="k-means||", **kw).fit(X)  # the in-memory fit, same seeding
+    assert np.array_equal(shown.labels_, plain.labels_)
+    d2 = ((X[:, None, :].astype(np.float64) - shown.cluster_centers_[None].astype(np.float64)) ** 2).sum(-1)
+    assert np.array_equal(shown.labels_, d2.argmin(1))
+
+
+def test_dask_estimators_report_as_results_arrive(client, capsys, caplog, log_at_once, small_groups):
+    da = pytest.importorskip("dask.array")
+    import embedcluster.dask as ecd
+
+    X = _blobs(2400, 8, 4, seed=9)
+    dX = da.from_array(X, chunks=(700, 8))
+
+    def fit_all(verbose):
+        return (ecd.KMeans(4, init="k-means||", n_init=2, max_iter=30, random_state=2, client=client,
+                           verbose=verbose).fit(dX),
+                ecd.NearestNeighbors(n_neighbors=4, client=client, verbose=verbose).fit(dX).kneighbors(),
+                ecd.DBSCAN(eps=2.5, min_samples=5, max_component_bytes=0, client=client, verbose=verbose).fit(dX))
+
+    with caplog.at_level(logging.INFO, logger="embedcluster"):
+        fits = {0: fit_all(0)}
+    _no_lines(capsys.readouterr().err, caplog)
+    fits[1] = fit_all(1)
+    steps = _counted_steps(capsys.readouterr().err)
+    _check_counts(steps, ["k-means|| seeding", "k-means", "kNN search", "DBSCAN grouping rows",
+                          "DBSCAN group pairs: neighbour counts", "DBSCAN group pairs: links"])
+    assert steps["k-means"][0][-1] == (60, 60)
+    assert steps["kNN search"][0][-1] == (4, 4) and steps["DBSCAN grouping rows"][0][-1] == (4, 4)  # 4 chunks
+    (km0, (d0, i0), db0), (km1, (d1, i1), db1) = fits[0], fits[1]
+    assert np.array_equal(km0.labels_, km1.labels_) and np.array_equal(km0.cluster_centers_, km1.cluster_centers_)
+    assert np.array_equal(d0, d1) and np.array_equal(i0, i1)
+    assert np.array_equal(db0.labels_, db1.labels_)
+    assert steps["DBSCAN group pairs: neighbour counts"][0][-1][1] == db1.n_pairs_
+    # the oracles: the in-memory fits
+    assert np.array_equal(km1.labels_, ec.KMeans(4, init="k-means||", n_init=2, max_iter=30,
+                                                 random_state=2).fit(X).labels_)
+    assert np.array_equal(i1, ec.NearestNeighbors(n_neighbors=4).fit(X).kneighbors()[1])
+    sk = SkDBSCAN(eps=2.5, min_samples=5).fit(X)
+    assert np.array_equal(db1.core_sample_indices_, sk.core_sample_indices_)
+    assert np.array_equal(db1.labels_ == -1, sk.labels_ == -1)
+
+
+def test_waits_on_dask_tasks_tick_until_a_result_comes(client):
+    """While a Dask step waits and no task finishes, the wait calls its tick (the progress
+    heartbeat); here the task waits for an event that only the tick sets."""
+    distributed = pytest.importorskip("distributed")
+    import embedcluster.dask as ecd
+
+    def wait_then_answer(name):
+        from distributed import Event
+
+        Event(name).wait()
+        return 7
+
+    event = distributed.Event("test-progress-tick", client=client)
+    future = client.submit(wait_then_answer, "test-progress-tick", pure=False)
+    ticks: list = []
+
+    def tick():
+        ticks.append(1)
+        event.set()
+
+    got = list(ecd.finished([future], tick, with_results=True))
+    assert ticks and [r for _, r in got] == [7]
+    assert [f.result() for f in ecd.finished([client.submit(abs, -3)])] == [3]  # no tick: no polling

@@ -13,14 +13,16 @@ in this process; ``embedcluster.dask`` runs the same calls as tasks next to the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Protocol, Sequence
+from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
 
 import numpy as np
 
 from . import _core
 from ._backend import EngineMetric, Precision
+from ._progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +135,7 @@ def checked_stats(runner: ChunkRunner, p: FitParams) -> ChunkStats:
 
 
 def seed_over_chunks(runner: ChunkRunner, seed: int, p: FitParams, stats: Optional[ChunkStats] = None,
-                     n_threads: int = 0, precision: Precision = "auto") -> np.ndarray:
+                     n_threads: int = 0, precision: Precision = "auto", verbose: Any = False) -> np.ndarray:
     """k-means|| initial centres over the runner's chunks: bit-identical to
     ``_core.kmeans_init(X, k, init="k-means||", seed=seed)`` on the concatenated rows (with
     ``tol=p.tol``, as ``kmeans_fit`` seeds its run), for any chunking. The chunks must be in row
@@ -141,7 +143,8 @@ def seed_over_chunks(runner: ChunkRunner, seed: int, p: FitParams, stats: Option
 
     The single-array seeding falls back to k-means++ on all rows when the rounds find no more
     candidates than clusters (data with few distinct rows); over chunks that raises ValueError:
-    pass the initial centres as an array then.
+    pass the initial centres as an array then. ``verbose``: progress of the rounds (see
+    :mod:`embedcluster._progress`).
     """
     stats = stats if stats is not None else checked_stats(runner, p)
     k = p.n_clusters
@@ -154,16 +157,19 @@ def seed_over_chunks(runner: ChunkRunner, seed: int, p: FitParams, stats: Option
     first = np.ascontiguousarray(runner.seed_pick(chunk, int(target - below[chunk]), wscale), dtype=np.float32)
     candidates = [first.reshape(1, -1)]
     limbs = _sum_uint64(runner.seed_nearer(candidates[0], pscale, p.metric))
-    for r in range(_core.KMEANS_PARALLEL_ROUNDS):
-        pot = _core.kmeans_objective_total(limbs, pscale)
-        if not pot > 0:
-            break  # every row sits on a candidate
-        batch = np.concatenate([np.asarray(b, np.float32).reshape(-1, first.size)
-                                for b in runner.seed_sample(pot, k, seed & 0xFFFFFFFFFFFFFFFF, r)])
-        if len(batch) == 0:
-            continue
-        candidates.append(np.ascontiguousarray(batch))
-        limbs = _sum_uint64(runner.seed_nearer(candidates[-1], pscale, p.metric))
+    rounds = _core.KMEANS_PARALLEL_ROUNDS
+    with Progress("k-means|| seeding", total=rounds, verbose=verbose, unit="round") as shown:
+        for r in range(rounds):
+            pot = _core.kmeans_objective_total(limbs, pscale)
+            if not pot > 0:
+                shown.update(rounds - r)  # every row sits on a candidate: no more rounds
+                break
+            batch = np.concatenate([np.asarray(b, np.float32).reshape(-1, first.size)
+                                    for b in runner.seed_sample(pot, k, seed & 0xFFFFFFFFFFFFFFFF, r)])
+            if len(batch):
+                candidates.append(np.ascontiguousarray(batch))
+                limbs = _sum_uint64(runner.seed_nearer(candidates[-1], pscale, p.metric))
+            shown.update(1)
     cand = np.ascontiguousarray(np.concatenate(candidates))
     if len(cand) <= k:
         raise ValueError(f"k-means|| over chunks found only {len(cand)} candidate rows for n_clusters={k} (the "
@@ -238,6 +244,7 @@ class LocalChunks:
         self.bounds = [(a, min(n, a + block_rows)) for a in range(0, n, block_rows)] or [(0, 0)]
         self.n_threads, self.precision = n_threads, precision
         self.passes = 0
+        self.tick: Optional[Callable[[], None]] = None  # called after each chunk of a pass (progress)
         self.reset()
 
     def reset(self):
@@ -270,6 +277,8 @@ class LocalChunks:
             changed = _core.kmeans_chunk_pass(st, centers, self._block(a, b), qscale, wscale, metric,
                                               self._weights(a, b), prune, self.n_threads, self.precision)
             out.append((changed, st.sums))
+            if self.tick is not None:
+                self.tick()
         return out
 
     def farthest(self, centers, count, metric):
@@ -325,10 +334,11 @@ class LocalChunks:
 
 def fit_over_chunks(runner: ChunkRunner, init: Any, p: FitParams, seed: int, n_init: int = 1,
                     progress: Optional[Callable[[int, int, float], None]] = None, n_threads: int = 0,
-                    precision: Precision = "auto") -> ChunkedFit:
+                    precision: Precision = "auto", verbose: Any = False) -> ChunkedFit:
     """A whole fit over chunks, as ``kmeans_fit`` makes it: from the given centres (an array),
     or (``init="k-means||"``) the best of ``n_init`` runs seeded ``seed + r * 0x9E3779B97F4A7C15``
-    (the lowest inertia; the first on ties)."""
+    (the lowest inertia; the first on ties). ``verbose``: progress of the k-means|| rounds
+    (``progress`` is the caller's per-iteration callback)."""
     if not isinstance(init, str):
         return lloyd_over_chunks(runner, init, p, progress)
     if init != "k-means||":
@@ -338,9 +348,40 @@ def fit_over_chunks(runner: ChunkRunner, init: Any, p: FitParams, seed: int, n_i
     for r in range(n_init):
         runner.reset()
         run_seed = (seed + r * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
-        start = seed_over_chunks(runner, run_seed, p, stats, n_threads, precision)
+        start = seed_over_chunks(runner, run_seed, p, stats, n_threads, precision, verbose)
         fit = lloyd_over_chunks(runner, start, p, progress, stats)
         if best is None or fit.inertia < best.inertia:  # labels are read now: the states change next run
             best = fit
     assert best is not None
     return best
+
+
+IterationCallback = Callable[[int, int, float], None]
+
+
+@contextlib.contextmanager
+def iteration_progress(max_iter: int, n_init: int, verbose: Any,
+                       also: Optional[IterationCallback] = None) -> Iterator[tuple]:
+    """The ``progress`` callback of :func:`fit_over_chunks` shown as "k-means" progress over
+    ``max_iter * n_init`` iterations (``also``, when given, is called too). A run that stops
+    before ``max_iter`` counts its remaining iterations as done when the next run starts or the
+    fit ends, so the count ends at its total; the last line says how many ran. Yields (that
+    callback, the step's :meth:`~embedcluster._progress.Progress.ticker` for waits on work
+    elsewhere)."""
+    total = int(max_iter) * int(n_init)
+    ran = [0, 0, 0]  # iterations run, the current run's last iteration, runs begun
+    with Progress("k-means", total=total, verbose=verbose, unit="iteration") as shown:
+        def report(it: int, changed: int, shift: float) -> None:
+            skipped = 0
+            if it <= ran[1] or ran[2] == 0:  # a new run begins: the last one's unrun iterations count
+                skipped = int(max_iter) - ran[1] if ran[2] else 0
+                ran[2] += 1
+            ran[0], ran[1] = ran[0] + 1, it
+            shown.update(skipped + 1, f"k-means (run {ran[2]}/{n_init})" if n_init > 1 else None)
+            if also is not None:
+                also(it, changed, shift)
+
+        yield report, shown.ticker()
+        if shown.done < total:
+            shown.update(total - shown.done)
+        shown.close(f"{ran[0]} iterations")

@@ -4,14 +4,15 @@ groups and pair tasks on the workers (``embedcluster.dask.DBSCAN`` is the public
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
 from ._backend import EngineMetric
 from ._dbscan_groups import (Executor, Geometry, _first, _second, assign_groups, dbscan_over_groups, group_centres,
                              partner_pairs, sample_positions)
-from .dask import _block_f32, _nbytes
+from ._progress import Progress
+from .dask import _block_f32, _nbytes, finished
 
 
 def _take_task(block: np.ndarray, local: np.ndarray) -> np.ndarray:
@@ -47,7 +48,9 @@ class DaskGroups(Executor):
     """The groups as futures on the workers: built from the chunks of a dask array by one split
     task per chunk and one gather task per group (the rows move between workers once)."""
 
-    def __init__(self, client: Any, X: Any, geo: Geometry, n_threads: int):
+    runs_at_submit = False
+
+    def __init__(self, client: Any, X: Any, geo: Geometry, n_threads: int, verbose: Any = None):
         self.client, self.n_threads = client, n_threads
         self.held: list = []
         self.bytes_received = 0
@@ -62,6 +65,9 @@ class DaskGroups(Executor):
         picks = [self.submit(_take_task, blocks[c], pos[chunk_of == c] - offsets[c]) for c in np.unique(chunk_of)]
         centres = group_centres(np.concatenate(self.gather(picks)), n, geo, n_threads)
         splits = [self.submit(_split_task, b, int(o), centres, geo, n_threads) for b, o in zip(blocks, offsets)]
+        with Progress("DBSCAN grouping rows", total=len(splits), verbose=verbose, unit="block") as shown:
+            for _ in self.finished(splits, shown.ticker()):
+                shown.update(1)
         summaries = self.gather([self.submit(_summary_task, s) for s in splits])
         hists = np.stack([s[0] for s in summaries])
         self.sizes = hists.sum(axis=0)
@@ -88,12 +94,13 @@ class DaskGroups(Executor):
         self.bytes_received += sum(_nbytes(o) for o in out)
         return out
 
-    def completed(self, handles: Sequence[Any]):
-        from distributed import as_completed
-
-        for _, result in as_completed(list(handles), with_results=True):
+    def completed(self, handles: Iterable[Any], tick: Optional[Callable[[], None]] = None):
+        for _, result in finished(list(handles), tick, with_results=True):
             self.bytes_received += _nbytes(result)
             yield result
+
+    def finished(self, handles: Sequence[Any], tick: Optional[Callable[[], None]] = None) -> Iterable[Any]:
+        return finished(handles, tick)
 
     def rows(self, g: int) -> Any:
         return self._rows[g]
@@ -109,14 +116,15 @@ class DaskGroups(Executor):
 
 
 def fit_on_dask(client: Any, X: Any, eps: float, min_samples: int, metric: EngineMetric, n_threads: int,
-                max_component_bytes: float):
-    """(GroupedDbscan, DaskGroups, seconds): DBSCAN of the dask array X on the client's cluster."""
+                max_component_bytes: float, verbose: Any = None):
+    """(GroupedDbscan, DaskGroups, seconds): DBSCAN of the dask array X on the client's cluster;
+    ``verbose``: progress on the client as the tasks finish (see :mod:`embedcluster._progress`)."""
     geo = Geometry(metric, float(eps))
     t = time.perf_counter()
-    ex = DaskGroups(client, X, geo, n_threads)
+    ex = DaskGroups(client, X, geo, n_threads, verbose)
     try:
         max_rows = int(max_component_bytes // (4 * X.shape[1]))
-        r = dbscan_over_groups(ex, ex.n, ex.pairs, ex.sizes, geo, min_samples, n_threads, max_rows)
+        r = dbscan_over_groups(ex, ex.n, ex.pairs, ex.sizes, geo, min_samples, n_threads, max_rows, verbose)
     except BaseException:
         ex.cancel()
         raise

@@ -9,6 +9,7 @@ import numpy as np
 
 from . import _knn_blocks as blocks
 from ._backend import as_matrix, engine_metric, memory_limit_arg, precision_arg, reports_sqrt
+from ._progress import Progress, check_verbose
 from .cluster.neighbors import NearestNeighbors as LocalNearestNeighbors
 from .cluster.neighbors import check_k_available, check_n_neighbors, knn_graph, stream_block_rows
 
@@ -90,6 +91,9 @@ class NearestNeighbors:
     n_threads, client
         As :class:`embedcluster.dask.KMeans` (threads of each task, default 0: the worker's
         OpenMP default; the cluster, default the current client).
+    verbose : None, bool or int, default=None
+        Progress of :meth:`kneighbors` on the client, one query block at a time as its result is
+        ready (None: as the caller shows progress; silent in plain library calls).
 
     Attributes
     ----------
@@ -104,8 +108,9 @@ class NearestNeighbors:
 
     def __init__(self, n_neighbors: int = 5, *, radius: float = 1.0, metric: str = "euclidean",
                  n_threads: int = 0, precision: str = "auto", memory_limit: Optional[int] = None,
-                 client: Any = None):
+                 client: Any = None, verbose: Any = None):
         self.n_neighbors, self.radius, self.metric = n_neighbors, radius, metric
+        self.verbose = verbose
         self.n_threads, self.precision, self.memory_limit, self.client = n_threads, precision, memory_limit, client
 
     def _local(self) -> LocalNearestNeighbors:
@@ -183,7 +188,10 @@ class NearestNeighbors:
             from sklearn.exceptions import NotFittedError
 
             raise NotFittedError("This NearestNeighbors instance is not fitted yet. Call 'fit' first.")
+        from .dask import finished
+
         k = check_n_neighbors(self.n_neighbors if n_neighbors is None else n_neighbors)
+        check_verbose(self.verbose, "embedcluster.dask.NearestNeighbors")
         client = self._client
         if X is None:
             q_futs, q_bounds, self_join = self._fit_blocks, self._fit_bounds, True
@@ -210,6 +218,9 @@ class NearestNeighbors:
                 submitted += parts
                 merged = blocks.tree_merge(parts, merge)
                 finals.append(_track(submitted, client.submit(_report_task, merged, args.metric, sqrt)))
+            with Progress("kNN search", total=len(finals), verbose=self.verbose, unit="query block") as shown:
+                for _ in finished(finals, shown.ticker()):
+                    shown.update(1)
             out = self._gather(client, finals)
         except KeyboardInterrupt:
             client.cancel(submitted)

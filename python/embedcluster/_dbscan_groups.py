@@ -23,12 +23,13 @@ file when they come from disk) or on the workers of a Dask cluster (``embedclust
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
 from . import _core
 from ._backend import EngineMetric, Precision
+from ._progress import NativeCallback, Progress
 
 GROUP_ROWS = 8192  # rows per group: the unit of a pair task
 SAMPLE_ROWS_PER_GROUP = 48  # rows of the sample the group centres are fitted on, per group
@@ -220,7 +221,18 @@ class Executor:
     def gather(self, handles: Sequence[Any]) -> list:
         return list(handles)
 
-    def completed(self, handles: Sequence[Any]) -> Iterable[Any]:
+    def completed(self, handles: Iterable[Any], tick: Optional[Callable[[], None]] = None) -> Iterable[Any]:
+        """The tasks' results as they finish (any order). Local tasks run as the iterable is
+        consumed, so passing a generator of submits runs them one at a time. ``tick()``: called
+        now and then while tasks elsewhere run and none finishes (progress that says so)."""
+        return iter(handles)
+
+    #: Tasks run inside :meth:`submit` (done when it returns), rather than somewhere else later.
+    runs_at_submit = True
+
+    def finished(self, handles: Sequence[Any], tick: Optional[Callable[[], None]] = None) -> Iterable[Any]:
+        """Each handle once its task has finished (any order), without fetching its result
+        (``tick`` as in :meth:`completed`)."""
         return iter(handles)
 
     def rows(self, g: int) -> Any:
@@ -277,25 +289,29 @@ class GroupedDbscan:
 
 
 def dbscan_over_groups(ex: Executor, n: int, pairs: np.ndarray, sizes: np.ndarray, geo: Geometry,
-                       min_samples: int, n_threads: int = 0, max_component_rows: int = 0) -> GroupedDbscan:
+                       min_samples: int, n_threads: int = 0, max_component_rows: int = 0,
+                       verbose: Any = None) -> GroupedDbscan:
     """DBSCAN's labels and core flags of n rows split into groups (`sizes` rows each), from
     the pairs of groups that may hold neighbours.
 
     Groups that no pair links to the rest form independent DBSCAN problems: each such set of
     at most `max_component_rows` rows is one in-memory ``dbscan_fit`` (its neighbours are all
-    inside it); the other groups go through the pair tasks.
+    inside it); the other groups go through the pair tasks. ``verbose``: progress of the
+    components and of the pairs (see :mod:`embedcluster._progress`).
     """
     forest = ForestUnion(n)
     is_core = np.zeros(n, bool)
     best_core = np.full(n, -1, np.int64)
     whole, split = partner_components(pairs, sizes, max_component_rows)
-    tasks = [ex.submit(component_task, geo, min_samples, n_threads, len(c), *[ex.rows(g) for g in c],
-                       *[ex.ids(g) for g in c]) for c in whole]
-    for ids, core, labels in ex.completed(tasks):
-        join_component(forest, is_core, best_core, ids, core, labels)
+    tasks = component_tasks(ex, whole, geo, min_samples, n_threads, verbose)
+    with Progress("DBSCAN whole components", total=len(whole), verbose=verbose, unit="component") as shown:
+        for ids, core, labels in ex.completed(tasks, shown.ticker()):
+            join_component(forest, is_core, best_core, ids, core, labels)
+            shown.update(1)
     in_split = np.zeros(len(sizes), bool)
     in_split[[g for c in split for g in c]] = True
-    linked = link_pairs(ex, forest, is_core, best_core, pairs[in_split[pairs[:, 0]]], geo, min_samples, n_threads)
+    linked = link_pairs(ex, forest, is_core, best_core, pairs[in_split[pairs[:, 0]]], geo, min_samples, n_threads,
+                        verbose)
     return GroupedDbscan(number_clusters(forest.roots(), is_core, best_core), is_core, len(pairs), linked,
                          len(whole))
 
@@ -318,14 +334,28 @@ def partner_components(pairs: np.ndarray, sizes: np.ndarray, max_rows: int) -> t
     return whole, split
 
 
-def component_task(geo: Geometry, min_samples: int, n_threads: int, count: int, *parts):
+def component_tasks(ex: Executor, whole: list, geo: Geometry, min_samples: int, n_threads: int,
+                    verbose: Any) -> Iterator[Any]:
+    """The component task of each set in `whole`, submitted one at a time as the caller asks.
+    Tasks in this process show the engine's progress of their fit (a large set can take a
+    while); elsewhere the caller's wait shows that work goes on."""
+    for i, c in enumerate(whole, 1):
+        shown = verbose if ex.runs_at_submit else False
+        with Progress(f"DBSCAN whole component {i}/{len(whole)}", verbose=shown) as inner:
+            yield ex.submit(component_task, geo, min_samples, n_threads, inner.callback(), len(c),
+                            *[ex.rows(g) for g in c], *[ex.ids(g) for g in c])
+
+
+def component_task(geo: Geometry, min_samples: int, n_threads: int, progress: Optional[NativeCallback], count: int,
+                   *parts):
     """The in-memory DBSCAN of a set of groups with no neighbours outside it: (global ids
     ascending, core flags, labels numbered within the set). Rows are put in global order so
-    that the fit's ties (the lower row) are the global fit's."""
+    that the fit's ties (the lower row) are the global fit's. ``progress``: the engine's
+    callback (None: none)."""
     ids = np.concatenate(parts[count:])
     order = np.argsort(ids, kind="stable")
     X = np.ascontiguousarray(np.concatenate(parts[:count])[order], dtype=np.float32)
-    r = _core.dbscan_fit(X, geo.eps, min_samples, geo.metric, n_threads=n_threads)
+    r = _core.dbscan_fit(X, geo.eps, min_samples, geo.metric, n_threads=n_threads, progress=progress)
     return ids[order], np.asarray(r.is_core, dtype=bool), np.asarray(r.labels, dtype=np.int64)
 
 
@@ -344,36 +374,53 @@ def join_component(forest: ForestUnion, is_core: np.ndarray, best_core: np.ndarr
     best_core[ids[border]] = first_core[labels[border]]
 
 
-def link_pairs(ex: Executor, forest: ForestUnion, is_core: np.ndarray, best_core: np.ndarray, pairs: np.ndarray,
-               geo: Geometry, min_samples: int, n_threads: int) -> int:
-    """The pair tasks over `pairs` (sorted by (g, h)): counts, core flags, then links into the
-    forest and the border candidates. Returns the pairs linked."""
-    radius, metric = geo.engine_radius, geo.metric
+def core_flags(ex: Executor, pairs: np.ndarray, radius: float, metric: EngineMetric, min_samples: int,
+               n_threads: int, verbose: Any = None) -> dict:
+    """The count tasks over `pairs` (sorted by (g, h)): {group: its rows' core flags (a handle)}."""
     # Each group's counts are summed as its pairs finish: a group's last pair is (g, h) with the
     # largest h when it is the first of the pair, and pairs come sorted by (g, h).
     counts: dict = {}
     core: dict = {}
     last_first = {int(g): i for i, g in enumerate(pairs[:, 0])}
-    for i, (g, h) in enumerate(pairs.tolist()):
-        r = ex.submit(count_task, ex.rows(g), None if g == h else ex.rows(h), radius, metric, n_threads)
-        for side, grp in ((_first, g), (_second, h)) if g != h else ((_first, g),):
-            part = ex.submit(side, r)
-            counts[grp] = part if grp not in counts else ex.submit(_add, counts[grp], part)
-        if last_first.get(g) == i:  # no later pair adds to g
-            core[g] = ex.submit(_at_least, counts.pop(g), min_samples)
-    for grp in list(counts):  # groups that are never the first of a pair after their last count
-        core[grp] = ex.submit(_at_least, counts.pop(grp), min_samples)
+    count_tasks = []
+    with Progress("DBSCAN group pairs: neighbour counts", total=len(pairs), verbose=verbose, unit="pair") as shown:
+        for i, (g, h) in enumerate(pairs.tolist()):
+            r = ex.submit(count_task, ex.rows(g), None if g == h else ex.rows(h), radius, metric, n_threads)
+            count_tasks.append(r)
+            if ex.runs_at_submit:
+                shown.update(1)
+            for side, grp in ((_first, g), (_second, h)) if g != h else ((_first, g),):
+                part = ex.submit(side, r)
+                counts[grp] = part if grp not in counts else ex.submit(_add, counts[grp], part)
+            if last_first.get(g) == i:  # no later pair adds to g
+                core[g] = ex.submit(_at_least, counts.pop(g), min_samples)
+        for grp in list(counts):  # groups that are never the first of a pair after their last count
+            core[grp] = ex.submit(_at_least, counts.pop(grp), min_samples)
+        if not ex.runs_at_submit:
+            for _ in ex.finished(count_tasks, shown.ticker()):
+                shown.update(1)
+    return core
+
+
+def link_pairs(ex: Executor, forest: ForestUnion, is_core: np.ndarray, best_core: np.ndarray, pairs: np.ndarray,
+               geo: Geometry, min_samples: int, n_threads: int, verbose: Any = None) -> int:
+    """The pair tasks over `pairs` (sorted by (g, h)): counts, core flags, then links into the
+    forest and the border candidates. Returns the pairs linked."""
+    radius, metric = geo.engine_radius, geo.metric
+    core = core_flags(ex, pairs, radius, metric, min_samples, n_threads, verbose)
     live = sorted(core)
     has_core = dict(zip(live, ex.gather([ex.submit(np.any, core[g]) for g in live])))
     linked = [(int(g), int(h)) for g, h in pairs if has_core[int(g)] or has_core[int(h)]]
-    links = [ex.submit(link_task, ex.rows(g), ex.ids(g), core[g], None if g == h else ex.rows(h),
+    links = (ex.submit(link_task, ex.rows(g), ex.ids(g), core[g], None if g == h else ex.rows(h),
                        None if g == h else ex.ids(h), None if g == h else core[h], radius, metric, n_threads)
-             for g, h in linked]
+             for g, h in linked)
     best_dist = np.full(len(best_core), np.inf, np.float32)
-    for edge_u, edge_v, rows, cores, dists in ex.completed(links):
-        forest.union(edge_u, edge_v)
-        better = (dists < best_dist[rows]) | ((dists == best_dist[rows]) & (cores < best_core[rows]))
-        best_dist[rows[better]], best_core[rows[better]] = dists[better], cores[better]
+    with Progress("DBSCAN group pairs: links", total=len(linked), verbose=verbose, unit="pair") as shown:
+        for edge_u, edge_v, rows, cores, dists in ex.completed(links, shown.ticker()):
+            forest.union(edge_u, edge_v)
+            better = (dists < best_dist[rows]) | ((dists == best_dist[rows]) & (cores < best_core[rows]))
+            best_dist[rows[better]], best_core[rows[better]] = dists[better], cores[better]
+            shown.update(1)
     for ids, flags in zip(ex.gather([ex.ids(g) for g in live]), ex.gather([core[g] for g in live])):
         is_core[ids] = flags
     return len(linked)
@@ -454,10 +501,11 @@ def read_rows(X: Any, a: int, b: int) -> np.ndarray:
 
 
 def write_spans(X: Any, labels: np.ndarray, n_groups: int, path: Any, span_rows: int,
-                block_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                block_rows: int, shown: Optional[Progress] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Writes X's rows as float32 to the .npy file `path`, span by span, each span's rows sorted
     by group (stable): every write appends, so the copy goes at the disk's sequential speed.
-    Returns (the row index at each position of the copy, offsets, runs) as SpanGroups takes."""
+    Returns (the row index at each position of the copy, offsets, runs) as SpanGroups takes;
+    ``shown`` counts the rows written."""
     n, d = int(X.shape[0]), int(X.shape[1])
     n_spans = max(1, -(-n // span_rows))
     offsets = np.zeros((n_spans, n_groups), np.int64)
@@ -475,15 +523,18 @@ def write_spans(X: Any, labels: np.ndarray, n_groups: int, path: Any, span_rows:
             for c in range(0, b - a, block_rows):  # the sorted rows written a block at a time
                 f.write(span[perm[c:c + block_rows]].tobytes())
             del span
+            if shown is not None:
+                shown.update(b - a)
     return order, offsets, runs
 
 
 def fit_streamed(X: Any, eps: float, min_samples: int, metric: EngineMetric, scratch: Any, n_threads: int = 0,
                  block_rows: int = 1 << 16, max_component_rows: int = 0,
-                 span_rows: int = 1 << 18) -> GroupedDbscan:
+                 span_rows: int = 1 << 18, verbose: Any = None) -> GroupedDbscan:
     """DBSCAN of X (a memory map or ShardedArray) through a grouped copy in the folder `scratch`
     (a file of X's rows as float32, which the caller removes); `span_rows` rows of X are held
-    and sorted in memory at a time to write it."""
+    and sorted in memory at a time to write it. ``verbose``: progress of the passes over the
+    rows, the components and the group pairs (see :mod:`embedcluster._progress`)."""
     from pathlib import Path
 
     geo = Geometry(metric, float(eps))
@@ -493,20 +544,23 @@ def fit_streamed(X: Any, eps: float, min_samples: int, metric: EngineMetric, scr
     n_groups = len(centres)
     labels = np.empty(n, np.int64)
     radii = np.zeros(n_groups)
-    for a in range(0, n, block_rows):
-        b = min(n, a + block_rows)
-        lab, dist = assign_groups(read_rows(X, a, b), centres, geo, n_threads)
-        labels[a:b] = lab
-        np.maximum.at(radii, lab, dist)
+    with Progress("DBSCAN grouping rows", total=n, verbose=verbose, unit="row") as shown:
+        for a in range(0, n, block_rows):
+            b = min(n, a + block_rows)
+            lab, dist = assign_groups(read_rows(X, a, b), centres, geo, n_threads)
+            labels[a:b] = lab
+            np.maximum.at(radii, lab, dist)
+            shown.update(b - a)
     sizes = np.bincount(labels, minlength=n_groups)
     path = Path(scratch) / "grouped_rows.npy"
-    order, offsets, runs = write_spans(X, labels, n_groups, path, max(1, span_rows), block_rows)
+    with Progress("DBSCAN writing the grouped copy", total=n, verbose=verbose, unit="row") as shown:
+        order, offsets, runs = write_spans(X, labels, n_groups, path, max(1, span_rows), block_rows, shown)
     del labels
     store = np.load(path, mmap_mode="r")
     pairs = partner_pairs(centres, radii, sizes, geo.reach)
     try:
         return dbscan_over_groups(SpanGroups(store, order, offsets, runs), n, pairs, sizes, geo, min_samples,
-                                  n_threads, max_component_rows)
+                                  n_threads, max_component_rows, verbose)
     finally:
         del store
 

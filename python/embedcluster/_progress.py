@@ -130,6 +130,12 @@ class Progress:
         """The ``progress`` argument for a ``_core`` function: None when not shown (no calls)."""
         return self.native if self.on else None
 
+    def ticker(self) -> Optional[Callable[[], None]]:
+        """A call for waits on work elsewhere (Dask tasks) while nothing finishes: it lets the
+        log lines say the step goes on (every ``LOG_EVERY_S``) and a bar's clock run. None when
+        not shown (the wait then needs no polling)."""
+        return (lambda: self.update(0)) if self.on else None
+
     def native(self, step: str, index: int, count: int, done: int, total: int) -> None:
         """Takes one report of native work (see the module docstring)."""
         if step:
@@ -144,6 +150,8 @@ class Progress:
         text = step or self.desc
         if count > 0:
             text += f" {index}/{count}"
+        if step and not step.startswith(self.desc) and self.rounds == 1:
+            text = f"{self.desc}: {text}"  # the caller's context (e.g. which component)
         if self.rounds > 1:
             text = f"{self.desc} run {min(self._round, self.rounds)}/{self.rounds}: {text}"
         self.text = text

@@ -26,12 +26,13 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
 from . import _core
-from ._chunked import ChunkStats, FitParams, fit_over_chunks
+from ._chunked import ChunkStats, FitParams, fit_over_chunks, iteration_progress
+from ._progress import check_verbose
 from ._dask_embed import embed
 from .cluster._eps import EpsWarning, auto_eps, core_distances, eps_advice
 
@@ -162,9 +163,13 @@ class DaskChunks:
         self.reset()
         self.bytes_received = 0
         self._waiting: list = []  # the futures the client waits on now (for cancel)
+        self.tick: Optional[Callable[[], None]] = None  # called while a wait goes on (progress)
 
     def _gather(self, futures):
         self._waiting = list(futures)
+        if self.tick is not None:
+            for _ in finished(self._waiting, self.tick):
+                pass
         out = self.client.gather(futures)
         self._waiting = []
         self.bytes_received += sum(_nbytes(o) for o in out)
@@ -264,6 +269,38 @@ def _second_task(result):
     return result[1]
 
 
+#: While no task finishes, finished() calls its ``tick`` this often (so progress can say the
+#: work goes on: a log line every ``_progress.LOG_EVERY_S``, a bar's elapsed time).
+TICK_S = 0.5
+
+
+def finished(futures: Sequence[Any], tick: Optional[Callable[[], None]] = None,
+             with_results: bool = False) -> Iterator[Any]:
+    """Each future once it has finished (any order; with ``with_results``, its result), as
+    ``distributed.as_completed``; ``tick()`` is called every ``TICK_S`` while none finishes."""
+    from distributed import as_completed
+
+    done = as_completed(list(futures), with_results=with_results)
+    if tick is None:
+        yield from done
+        return
+    # as_completed notifies this condition after queueing each finished future: checking the
+    # queue while holding it cannot miss a wake-up, so a result is taken as soon as it comes.
+    woken = getattr(done, "thread_condition", None)
+    while not done.is_empty():
+        if woken is not None:
+            with woken:
+                if not done.has_ready():
+                    woken.wait(timeout=TICK_S)
+        elif not done.has_ready():
+            time.sleep(0.01)
+        batch = done.next_batch(block=False)
+        if batch:
+            yield from batch
+        else:
+            tick()
+
+
 def _nbytes(obj: Any) -> int:
     if isinstance(obj, np.ndarray):
         return obj.nbytes
@@ -297,6 +334,10 @@ class KMeans:
         ``OMP_NUM_THREADS`` equal to their threads' share of the cores).
     client : distributed.Client or None
         The cluster to run on; None uses the current default client.
+    verbose : None, bool or int, default=None
+        Progress on the client, as :class:`embedcluster.KMeans`'s: the k-means|| rounds, then
+        the iterations as their sums arrive (None: as the caller shows progress, e.g. on in the
+        command line; silent in plain library calls; see ``embedcluster._progress``).
 
     Attributes
     ----------
@@ -312,8 +353,9 @@ class KMeans:
 
     def __init__(self, n_clusters: int = 8, *, init: Any = None, n_init: int = 1, max_iter: int = 300,
                  tol: float = 1e-4, metric: str = "l2", precision: str = "auto", prune: Any = "auto",
-                 n_threads: int = 0, random_state: Any = None, client: Any = None):
+                 n_threads: int = 0, random_state: Any = None, client: Any = None, verbose: Any = None):
         self.n_clusters, self.init, self.max_iter, self.tol = n_clusters, init, max_iter, tol
+        self.verbose = verbose
         self.n_init, self.random_state = n_init, random_state
         self.metric, self.precision, self.prune = metric, precision, prune
         self.n_threads, self.client = n_threads, client
@@ -358,21 +400,23 @@ class KMeans:
         client = self.client or default_client()
         X = da.asarray(X)
         init, p = self._params(int(X.shape[1]), sample_weight is not None)
+        check_verbose(self.verbose, "embedcluster.dask.KMeans")
         runner = DaskChunks(client, X, sample_weight, self.n_threads, self.precision)
         times: list = []
         last = [time.perf_counter()]
 
-        def progress(it: int, changed: int, shift: float) -> None:
+        def timed(it: int, changed: int, shift: float) -> None:
             now = time.perf_counter()
             times.append(now - last[0])
             last[0] = now
-            log.info("k-means iteration %d: %d labels changed, centre shift %.3g", it, changed, shift)
+            log.debug("k-means iteration %d: %d labels changed, centre shift %.3g", it, changed, shift)
 
         try:
             from ._backend import precision_arg, seed_of
 
-            r = fit_over_chunks(runner, init, p, seed_of(self.random_state), int(self.n_init), progress,
-                                self.n_threads, precision_arg(self.precision))
+            with iteration_progress(p.max_iter, int(self.n_init), self.verbose, timed) as (progress, runner.tick):
+                r = fit_over_chunks(runner, init, p, seed_of(self.random_state), int(self.n_init), progress,
+                                    self.n_threads, precision_arg(self.precision), self.verbose)
         except KeyboardInterrupt:
             runner.cancel()
             raise
@@ -434,6 +478,10 @@ class DBSCAN:
         with all its pruning); larger ones go through the pair tasks.
     client : distributed.Client or None
         The cluster to run on; None uses the current default client.
+    verbose : None, bool or int, default=None
+        Progress on the client as the tasks finish: the kNN of eps="auto", the grouping of the
+        chunks, the whole components and the group pairs (None: as the caller shows progress,
+        e.g. on in the command line; silent in plain library calls).
 
     Attributes
     ----------
@@ -455,8 +503,9 @@ class DBSCAN:
     """
 
     def __init__(self, eps: Any = "auto", *, min_samples: int = 5, metric: str = "euclidean", n_threads: int = 0,
-                 max_component_bytes: float = 2**30, client: Any = None):
+                 max_component_bytes: float = 2**30, client: Any = None, verbose: Any = None):
         self.eps, self.min_samples, self.metric = eps, min_samples, metric
+        self.verbose = verbose
         self.n_threads, self.max_component_bytes, self.client = n_threads, max_component_bytes, client
 
     def fit(self, X: Any, y: Any = None) -> DBSCAN:
@@ -467,6 +516,7 @@ class DBSCAN:
         from .cluster.dbscan import DBSCAN as LocalDBSCAN
 
         LocalDBSCAN(eps=self.eps, min_samples=self.min_samples, metric=self.metric)._validate_params()
+        check_verbose(self.verbose, "embedcluster.dask.DBSCAN")
         X = da.asarray(X)
         if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
             raise ValueError(f"X must be a non-empty 2-D array (n_samples, n_features), got shape {X.shape}")
@@ -475,7 +525,7 @@ class DBSCAN:
         self.k_distances_ = self._k_distances(client, X) if isinstance(self.eps, str) else None
         self.eps_ = float(self.eps) if self.k_distances_ is None else auto_eps(self.k_distances_)
         r, ex, seconds = fit_on_dask(client, X, self.eps_, int(self.min_samples), engine_metric(self.metric),
-                                     int(self.n_threads), float(self.max_component_bytes))
+                                     int(self.n_threads), float(self.max_component_bytes), self.verbose)
         seconds = time.perf_counter() - t
         self.labels_ = r.labels
         self.core_sample_indices_ = np.flatnonzero(r.is_core)
@@ -492,7 +542,8 @@ class DBSCAN:
     def _k_distances(self, client: Any, X: Any) -> np.ndarray:
         """eps="auto": the sorted k-distance curve, from the exact kNN on the cluster."""
         def exact_knn(k: int) -> NearestNeighbors:
-            return NearestNeighbors(k, metric=self.metric, n_threads=self.n_threads, client=client)
+            return NearestNeighbors(k, metric=self.metric, n_threads=self.n_threads, client=client,
+                                    verbose=self.verbose)
 
         return core_distances(X, int(self.min_samples), exact_knn)
 

@@ -248,7 +248,8 @@ class DBSCAN(ClusterMixin, BaseEstimator):
             budget = memory_budget(self.memory_limit)
             whole_rows = int(min(budget / (14.0 * d), 2**40))
             r = fit_streamed(X, self.eps_, int(self.min_samples), metric, scratch, threads_arg(self.n_threads),
-                             max_component_rows=whole_rows, span_rows=span_rows_for(d, budget))
+                             max_component_rows=whole_rows, span_rows=span_rows_for(d, budget),
+                             verbose=self.verbose)
         self.labels_ = r.labels
         self.core_sample_indices_ = np.flatnonzero(r.is_core)
         core_bytes = 4.0 * len(self.core_sample_indices_) * d

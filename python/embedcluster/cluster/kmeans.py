@@ -257,7 +257,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         """fit on rows read block by block (shards, memory maps of another dtype): the engine's
         chunked k-means, bit-identical to fitting the same rows as one array with the same init
         (``init="auto"`` means k-means|| here, whatever the size)."""
-        from .._chunked import FitParams, LocalChunks, fit_over_chunks
+        from .._chunked import FitParams, LocalChunks, fit_over_chunks, iteration_progress
 
         if backend != "native":
             raise ValueError("backend='faiss' needs X as one in-memory array; sharded or memory-mapped "
@@ -271,11 +271,10 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         block = max(1, STREAM_BLOCK_BYTES // (4 * d))
         runner = LocalChunks(X, block, sample_weight=w, n_threads=threads_arg(self.n_threads),
                              precision=precision_arg(self.precision))
-        with Progress("k-means", total=int(self.max_iter) * int(self.n_init), verbose=self.verbose,
-                      unit="iteration") as shown:
-            r = fit_over_chunks(runner, init, params, seed_of(self.random_state), int(self.n_init),
-                                progress=lambda it, changed, shift: shown.update(1),
-                                n_threads=threads_arg(self.n_threads), precision=precision_arg(self.precision))
+        with iteration_progress(int(self.max_iter), int(self.n_init), self.verbose) as (report, runner.tick):
+            r = fit_over_chunks(runner, init, params, seed_of(self.random_state), int(self.n_init), progress=report,
+                                n_threads=threads_arg(self.n_threads), precision=precision_arg(self.precision),
+                                verbose=self.verbose)
         computed = runner.rows_computed() / (float(n) * max(1, runner.passes)) if prune else 1.0
         self._store(r.centers, r.labels, r.inertia, r.n_iter, computed, 0.0, d, backend)  # no mover stage
         return self

@@ -271,6 +271,7 @@ def _write_run_outputs(out: Path, tc: Any, ds: Any, truth: Any, names: Any) -> A
 
 def _cmd_run(args: argparse.Namespace) -> int:
     cfg = _run_config(args)  # validated, optional dependencies present, before any work
+    from ..cluster import DBSCAN
     from ..transfer.pipeline import TransferClustering
     from ..transfer.report import write_report
 
@@ -299,7 +300,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                             "table": str(out / "selection.txt")}
     written, summary = _write_run_outputs(out, tc, ds, truth, names)
     res.update(written)
-    if clusterer.__class__.__name__ == "DBSCAN":
+    if isinstance(clusterer, DBSCAN):
         res.update(dbscan_eps(clusterer))
         summary.insert(0, res.pop("eps_line"))
     lines += summary + [f"pipeline: {out / 'pipeline'}  (embedcluster predict {out / 'pipeline'} DATA)"]

@@ -176,11 +176,6 @@ def check_same_length(a, b, name_a: str, name_b: str) -> None:
         raise ValueError(f"{name_a} has {len(a)} entries but {name_b} has {len(b)}; they must describe the same points")
 
 
-def load_truth(spec: str):
-    """True labels for `evaluate` and `probe --truth` (see :func:`read_truth`)."""
-    return read_truth(spec)[0]
-
-
 _TABLES = (".csv", ".tsv", ".jsonl", ".json")
 
 
@@ -267,6 +262,7 @@ def read_truth(spec: str, n: Optional[int] = None, ids: Optional[List[str]] = No
     import numpy as np
 
     from ..data.arrays import _encode_labels
+    from ..data.idx import _looks_idx
 
     path_text, column = _split_column(spec)
     path = Path(path_text).expanduser()
@@ -282,7 +278,7 @@ def read_truth(spec: str, n: Optional[int] = None, ids: Optional[List[str]] = No
         raw = np.array([str(v) for v in values])
         if key is not None:
             spec = f"{spec} (matched to the items by its column {key!r})"
-    elif path.is_file() and (ext in (".txt", ".labels", "") and not _looks_like_idx(path)):
+    elif path.is_file() and (ext in (".txt", ".labels", "") and not _looks_idx(path)):
         raw = np.array(_labels_of_lines(path))
     else:
         from ..data import load
@@ -298,12 +294,6 @@ def read_truth(spec: str, n: Optional[int] = None, ids: Optional[List[str]] = No
     y, names = _encode_labels(np.asarray(raw), len(raw), name=f"--truth {spec}")
     assert y is not None
     return y, names, spec
-
-
-def _looks_like_idx(path: Path) -> bool:
-    from ..data.idx import _looks_idx
-
-    return _looks_idx(path)
 
 
 def data_help(what: str) -> str:

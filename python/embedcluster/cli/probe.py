@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Any, Dict
 
 from ._common import (POSITIVE, add_quiet, check_output_dir, check_same_length, emit, int_at_least,
-                      load_cluster_labels, load_npy,
-                      load_truth, metric_line, real_in, require, set_command)
+                      load_cluster_labels, load_npy, metric_line, read_truth, real_in, require, set_command)
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
@@ -23,7 +22,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     Z = np.ascontiguousarray(load_npy(args.embeddings, "embeddings"), np.float32)
     labels = load_cluster_labels(args.labels).astype(np.int64)
     check_same_length(labels, Z, args.labels, args.embeddings)
-    truth = load_truth(args.truth) if args.truth else None
+    truth = read_truth(args.truth)[0] if args.truth else None
     if truth is not None:
         check_same_length(truth, Z, args.truth, args.embeddings)
     if labels.min() < -1:

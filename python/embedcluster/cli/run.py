@@ -199,7 +199,8 @@ def _write_selection(out: Path, sel: Any) -> List[str]:
     out.mkdir(parents=True, exist_ok=True)
     save_json(out / "selection.json", {"rows": sel.rows, "choice": sel.choice, "reason": sel.reason})
     lines = ["label-free selection (score = separation in the common space x stability across seeds and "
-             "subsamples; the method at the chosen representation and k by neighbour consistency):", sel.table(),
+             "subsamples; the method at the chosen representation and k: SCAN over k-means unless k-means' stability "
+             "there is below 0.6, else by neighbour consistency):", sel.table(),
              f"chosen: {sel.reason}"]
     atomic_write_bytes(out / "selection.txt", ("\n".join(lines) + "\n").encode())
     return lines
@@ -351,7 +352,8 @@ def add_parser(sub: Any) -> None:
                     help="auto: choose the representation (raw features and each tap of the encoder: --encoder, "
                     "else EfficientNet-Lite0 for images and all-MiniLM-L6-v2 for texts), k and the method without "
                     "labels, by stability across seeds and subsamples times separation (silhouette) in a space "
-                    "all candidates share, then the method by neighbour consistency in that space; prints the "
+                    "all candidates share, then the method (SCAN over k-means unless k-means is unstable there, "
+                    "else by neighbour consistency in that space); prints the "
                     "candidates and writes them to OUT/selection.txt and "
                     "OUT/selection.json (default off)")
     pr.add_argument("--select-k", type=k_list, metavar="K[,K...]",

@@ -1,0 +1,251 @@
+#!/usr/bin/env python
+"""How well the label-free choices of ``embedcluster.transfer.select`` do, on labelled sets.
+
+Parts (``--parts``):
+
+* ``method``: one representation at its true k; k-means and the SCAN head, scored as
+  ``select_clustering`` scores them (stability over 4 seeded 80% subsamples, neighbour
+  consistency on the 10-NN graph); prints each method's ACC, the old rule's pick (highest
+  consistency) and the current one's (SCAN unless k-means' stability < 0.6).
+* ``layer``: raw pixels + the 8 default EfficientNet-Lite0 taps; ``select_clustering`` with
+  k-means picks one (the current representation step) against the best layer; beside it the
+  consensus of all layers' partitions (k-means on their stacked one-hot memberships), which
+  ``select_clustering`` does not do yet.
+
+Sets: all-MiniLM-L6-v2 on the corpora of ``text_corpora.py`` (Debian package descriptions by
+section, several section lists; manual-page NAME lines), Fashion-MNIST (Debian's
+``dataset-fashion-mnist``) and scikit-learn's digits through Lite0 at several sizes, and
+class-imbalanced subsamples (sizes falling geometrically from the largest class to 1/ratio of
+it, seeded). ``--quick`` runs one set per part. Labels only score; nothing is chosen on them.
+
+Run::
+
+    python benchmarks/label_free_choice.py --parts method layer      # about 25 minutes on 2 cores
+
+Output: Markdown tables on stdout and ``<out>/label_free_choice.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # OpenMP spin-waiting stalls torch on shared cores
+
+import numpy as np  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+try:
+    import embedcluster  # noqa: F401
+except ImportError:  # running from a checkout without PYTHONPATH=python
+    sys.path.insert(0, str(REPO / "python"))
+
+from embedcluster import KMeans  # noqa: E402
+from embedcluster.metrics import cluster_accuracy  # noqa: E402
+from embedcluster.transfer.select import candidate_representations, select_clustering  # noqa: E402
+
+WEAK = 0.6
+TEXT_SECTIONS = {
+    "topical": None,  # text_corpora.PACKAGE_SECTIONS
+    "system": ("admin", "devel", "libs", "net", "utils", "web", "x11", "text", "doc", "kernel", "shells", "vcs"),
+    "languages": ("python", "perl", "java", "ruby", "javascript", "lisp", "ocaml", "haskell", "golang", "rust",
+                  "php", "gnu-r"),
+}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def imbalanced(y: np.ndarray, ratio: float, seed: int) -> np.ndarray:
+    """Row indices keeping class sizes that fall geometrically from the largest to 1/ratio."""
+    rng = np.random.default_rng(seed)
+    classes = rng.permutation(np.unique(y))
+    top = np.bincount(y).max()
+    keep: List[int] = []
+    for rank, c in enumerate(classes):
+        m = int(round(top * ratio ** (-rank / (len(classes) - 1))))
+        idx = np.flatnonzero(y == c)
+        keep.extend(rng.choice(idx, min(m, len(idx)), replace=False).tolist())
+    return np.sort(np.asarray(keep))
+
+
+def text_embeddings(corpus: str, per_class: int, seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    import text_corpora
+
+    from embedcluster.encoders import load_encoder
+
+    if corpus == "man":
+        texts, y, _ = text_corpora.man_pages(per_class=per_class, seed=seed)
+    else:
+        sections = TEXT_SECTIONS[corpus] or text_corpora.PACKAGE_SECTIONS
+        texts, y, _ = text_corpora.debian_packages(per_class=per_class, seed=seed, sections=sections)
+    Z = load_encoder("all-MiniLM-L6-v2", device="cpu").encode(texts, progress=False)
+    return np.asarray(Z, np.float32), np.unique(y, return_inverse=True)[1]
+
+
+def image_candidates(source: str, n: int, size: int, seed: int, invert: bool = False) -> Tuple[Dict[str, Any], Any]:
+    """raw + the default Lite0 taps of ``n`` seeded Fashion-MNIST images (``fashion-test`` /
+    ``fashion-train``) or of all 1,797 digits (``digits``)."""
+    from embedcluster.data import Dataset, load, load_fashion_mnist
+
+    if source == "digits":
+        ds = load("digits")
+    else:
+        fm = load_fashion_mnist(source.split("-")[1])
+        idx = np.random.default_rng(seed).choice(len(fm.y), n, replace=False)
+        ds = Dataset(X=np.asarray(fm.X)[idx], y=np.asarray(fm.y)[idx], kind="images")
+    options: Dict[str, Any] = {"image_size": size, **({"invert": True} if invert else {})}
+    cands = candidate_representations(ds, "efficientnet-lite0", encoder_options=options, progress=False)
+    return {name: Z for name, (Z, _) in cands.items()}, np.asarray(ds.y)
+
+
+def method_sets(quick: bool) -> List[Tuple[str, np.ndarray, np.ndarray]]:
+    """(description, Z, y) of the method part."""
+    out = []
+    Z, y = text_embeddings("topical", 200, 0)
+    out.append(("Debian descriptions, 12 topical sections", Z, y))
+    if quick:
+        return out
+    keep = imbalanced(y, 8.0, 1)
+    out.append(("same at 8:1", Z[keep], y[keep]))
+    for corpus, per, seed in (("topical", 150, 1), ("system", 200, 2), ("languages", 200, 3), ("man", 300, 0)):
+        Z, y = text_embeddings(corpus, per, seed)
+        out.append((f"{corpus} texts ({per} per class, seed {seed})", Z, y))
+    for source, n, size, seed, taps in (("fashion-test", 2000, 64, 0, ("head", "block14", "block10")),
+                                        ("fashion-test", 2000, 96, 0, ("head", "block15", "block10")),
+                                        ("fashion-train", 3000, 64, 5, ("head", "block14", "block10")),
+                                        ("fashion-test", 2000, 128, 7, ("head", "block15")),
+                                        ("digits", 0, 32, 0, ("raw", "block7"))):
+        reps, y = image_candidates(source, n, size, seed)
+        for tap in taps:
+            Z = reps[tap if tap == "raw" else f"efficientnet-lite0 {tap}"]
+            out.append((f"{source} {n or len(y)} at {size} px, {tap}", Z, y))
+            keep = imbalanced(y, 8.0, 1)
+            out.append(("same at 8:1", Z[keep], y[keep]))
+    return out
+
+
+def method_part(quick: bool) -> List[Dict[str, Any]]:
+    results = []
+    for desc, Z, y in method_sets(quick):
+        k = int(len(np.unique(y)))
+        start = time.perf_counter()
+        sel = select_clustering({"r": Z}, k, ["kmeans", "scan"], seed=0)
+        rows = {r["method"]: r for r in sel.rows}
+        acc = {m: float(cluster_accuracy(y, sel.all_labels[("r", k, m)])) for m in rows}
+        old = max(rows, key=lambda m: rows[m]["consistency"])
+        new = "scan" if rows["kmeans"]["stability"] >= WEAK else "kmeans"
+        results.append({"set": desc, "n": int(len(y)), "k": k, "acc": acc, "old": old, "new": new,
+                        "chosen": sel.choice["method"], "seconds": time.perf_counter() - start,
+                        **{f"{m}_{s}": float(rows[m][s]) for m in rows for s in ("stability", "consistency")}})
+        print(f"{desc}: k-means {acc['kmeans']:.3f} SCAN {acc['scan']:.3f}; old {old}, new {new}", flush=True)
+    return results
+
+
+def layer_sets(quick: bool) -> List[Tuple[str, str, int, int, int, bool]]:
+    sets = [("digits at 32 px", "digits", 0, 32, 0, False),
+            ("Fashion test 1,000 at 64 px", "fashion-test", 1000, 64, 0, False)]
+    if quick:
+        return sets[:1]
+    return sets + [("Fashion test 2,000 at 64 px", "fashion-test", 2000, 64, 0, False),
+                   ("same, inverted", "fashion-test", 2000, 64, 0, True),
+                   ("Fashion test 2,000 at 96 px", "fashion-test", 2000, 96, 0, False),
+                   ("same at 128 px", "fashion-test", 2000, 128, 0, False),
+                   ("digits at 48 px", "digits", 0, 48, 0, False), ("digits at 64 px", "digits", 0, 64, 0, False),
+                   ("Fashion test 2,000 (seed 7) at 64 px", "fashion-test", 2000, 64, 7, False),
+                   ("same at 96 px", "fashion-test", 2000, 96, 7, False),
+                   ("Fashion test 3,000 (seed 3) at 80 px", "fashion-test", 3000, 80, 3, False),
+                   ("Fashion train 2,000 (seed 11) at 64 px, inverted", "fashion-train", 2000, 64, 11, True),
+                   ("same at 96 px", "fashion-train", 2000, 96, 11, True)]
+
+
+def consensus(partitions: List[np.ndarray], k: int, seed: int) -> np.ndarray:
+    """k-means on the stacked one-hot memberships of several partitions of the same points."""
+    H = np.concatenate([np.eye(k, dtype=np.float32)[p] for p in partitions], axis=1)
+    return np.asarray(KMeans(k, n_init=10, random_state=seed, verbose=0).fit(H).labels_, np.int64)
+
+
+def layer_part(quick: bool) -> List[Dict[str, Any]]:
+    results = []
+    for desc, source, n, size, seed, invert in layer_sets(quick):
+        reps, y = image_candidates(source, n, size, seed, invert)
+        k = int(len(np.unique(y)))
+        start = time.perf_counter()
+        sel = select_clustering(reps, k, ["kmeans"], seed=0)
+        acc = {name: float(cluster_accuracy(y, sel.all_labels[(name, k, "kmeans")])) for name in reps}
+        cons = float(cluster_accuracy(y, consensus([sel.all_labels[(name, k, "kmeans")] for name in reps], k, 0)))
+        best = max(acc, key=acc.get)
+        results.append({"set": desc, "acc": acc, "best": best, "chosen": sel.choice["representation"],
+                        "consensus": cons, "seconds": time.perf_counter() - start})
+        print(f"{desc}: best {best} {acc[best]:.3f}; chosen {sel.choice['representation']} "
+              f"{acc[sel.choice['representation']]:.3f}; consensus {cons:.3f}", flush=True)
+    return results
+
+
+def tables(method: List[Dict[str, Any]], layer: List[Dict[str, Any]]) -> str:
+    lines = []
+
+    def ok(a: float, best: float) -> str:
+        return "yes" if a >= best - 0.02 else f"**no** ({a - best:+.3f})"
+
+    if method:
+        lines += ["| set | k-means ACC | SCAN ACC | consistency k-means / SCAN | stability k-means / SCAN | "
+                  "highest consistency (old) | SCAN unless k-means stability < 0.6 (now) |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in method:
+            a, best = r["acc"], max(r["acc"].values())
+            lines.append(f"| {r['set']} | {a['kmeans']:.3f} | {a['scan']:.3f} | {r['kmeans_consistency']:.3f} / "
+                         f"{r['scan_consistency']:.3f} | {r['kmeans_stability']:.3f} / {r['scan_stability']:.3f} | "
+                         f"{r['old']}: {ok(a[r['old']], best)} | {r['new']}: {ok(a[r['new']], best)} |")
+        n_old = sum(r["acc"][r["old"]] >= max(r["acc"].values()) - 0.02 for r in method)
+        n_new = sum(r["acc"][r["new"]] >= max(r["acc"].values()) - 0.02 for r in method)
+        lines += ["", f"within 0.02 of the better method: old {n_old}/{len(method)}, now {n_new}/{len(method)}", ""]
+    if layer:
+        lines += ["| set | best layer (ACC) | chosen (ACC) | consensus of all layers |", "|---|---|---|---|"]
+        for r in layer:
+            a, best = r["acc"], r["acc"][r["best"]]
+            lines.append(f"| {r['set']} | {r['best']} {best:.3f} | {r['chosen']} {ok(a[r['chosen']], best)} "
+                         f"({a[r['chosen']]:.3f}) | {r['consensus']:.3f} {ok(r['consensus'], best)} |")
+        n_c = sum(r["acc"][r["chosen"]] >= r["acc"][r["best"]] - 0.02 for r in layer)
+        n_s = sum(r["consensus"] >= r["acc"][r["best"]] - 0.02 for r in layer)
+        lines += ["", f"within 0.02 of the best layer: chosen {n_c}/{len(layer)}, consensus {n_s}/{len(layer)}"]
+    return "\n".join(lines)
+
+
+def main(argv: Any = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--parts", nargs="+", choices=["method", "layer"], default=["method", "layer"])
+    ap.add_argument("--quick", action="store_true", help="one set per part (a smoke run)")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out")
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.manual_seed(0)
+    started = time.time()
+    method = method_part(args.quick) if "method" in args.parts else []
+    layer = layer_part(args.quick) if "layer" in args.parts else []
+    print(f"\nCPU: {_cpu_model()}, {os.cpu_count()} logical CPUs; torch {torch.__version__}; "
+          f"{time.time() - started:.0f} s in all\n")
+    print(tables(method, layer))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "label_free_choice.json").write_text(json.dumps(
+        {"cpu": _cpu_model(), "method": method, "layer": layer}, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -43,17 +42,8 @@ except ImportError:  # running from a checkout without PYTHONPATH=python
 import torch  # noqa: E402
 
 from embedcluster import ClusterHead, KMeans, metrics  # noqa: E402
+from embedcluster.bench import cpu_info  # noqa: E402
 from embedcluster.transfer.heads import mine_neighbors  # noqa: E402
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _l2(Z: np.ndarray) -> np.ndarray:
@@ -151,11 +141,12 @@ def main() -> None:
         Z, y, k = fashion_set() if name == "fashion" else text_set(name)
         rows += run_set(name, Z, y, k, args.seeds, args)
     table = _table(rows)
-    print(f"\nCPU: {_cpu_model()}, torch threads {args.threads}\n")
+    print(f"\nCPU: {cpu_info()['model']}, torch threads {args.threads}\n")
     print(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "heads.json").write_text(json.dumps({"cpu": _cpu_model(), "args": vars(args), "rows": rows}, indent=2))
+    (out / "heads.json").write_text(json.dumps({"cpu": cpu_info()["model"], "args": vars(args), "rows": rows},
+                                               indent=2))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -48,6 +47,7 @@ except ImportError:  # running from a checkout without PYTHONPATH=python
     sys.path.insert(0, str(REPO / "python"))
 
 from embedcluster import KMeans  # noqa: E402
+from embedcluster.bench import cpu_info  # noqa: E402
 from embedcluster.metrics import cluster_accuracy  # noqa: E402
 from embedcluster.transfer.select import candidate_representations, select_clustering  # noqa: E402
 
@@ -58,16 +58,6 @@ TEXT_SECTIONS = {
     "languages": ("python", "perl", "java", "ruby", "javascript", "lisp", "ocaml", "haskell", "golang", "rust",
                   "php", "gnu-r"),
 }
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def imbalanced(y: np.ndarray, ratio: float, seed: int) -> np.ndarray:
@@ -238,12 +228,12 @@ def main(argv: Any = None) -> int:
     started = time.time()
     method = method_part(args.quick) if "method" in args.parts else []
     layer = layer_part(args.quick) if "layer" in args.parts else []
-    print(f"\nCPU: {_cpu_model()}, {os.cpu_count()} logical CPUs; torch {torch.__version__}; "
+    print(f"\nCPU: {cpu_info()['model']}, {os.cpu_count()} logical CPUs; torch {torch.__version__}; "
           f"{time.time() - started:.0f} s in all\n")
     print(tables(method, layer))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "label_free_choice.json").write_text(json.dumps(
-        {"cpu": _cpu_model(), "method": method, "layer": layer}, indent=1, default=float))
+        {"cpu": cpu_info()["model"], "method": method, "layer": layer}, indent=1, default=float))
     return 0
 
 

@@ -272,19 +272,62 @@ def test_run_select_auto_prints_and_writes_the_candidates(tmp_path, capsys):
                  "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     saved = json.loads((out / "selection.json").read_text())
-    assert len(saved["rows"]) == 9 * 2  # raw + 8 taps, two values of k
+    assert len(saved["rows"]) == 9 * 2 + 2  # raw + 8 taps, and their consensus, at two values of k
     choice = saved["choice"]
     assert choice == saved["rows"][0] and choice["chosen"]
+    assert choice["representation"] == "consensus"  # nine representations: their consensus is the choice
     assert (out / "selection.txt").read_text().strip() in printed.replace("\r", "")
-    assert "chosen: " + choice["representation"] in printed
+    assert "chosen: consensus" in printed
     snap = json.loads((out / "pipeline" / "CURRENT").read_text())["snapshot"]
     pipe = json.loads((out / "pipeline" / snap / "pipeline.json").read_text())
-    if choice["representation"] == "raw":
-        assert pipe["encoder"]["kind"] == "raw"
-    else:
-        layer = choice["representation"].split()[-1]
-        assert pipe["encoder"]["options"] == {"image_size": 32, "embedding_layer": layer}
+    # the deployed pipeline embeds with every tap (the raw features' partition only voted)
+    taps = [r["representation"].split()[-1] for r in saved["rows"]
+            if r["k"] == choice["k"] and r["method"] == "kmeans" and r["representation"].startswith("efficientnet")]
+    options = pipe["encoder"]["options"]
+    assert options["image_size"] == 32 and len(taps) == 8 and sorted(options["embedding_layer"]) == sorted(taps)
     assert json.loads((out / "metrics.json").read_text())["n_clusters"] == choice["k"]
+    labels = np.load(out / "labels.npy")
+    assert labels.shape == (200,) and len(np.unique(labels)) == choice["k"]
+    # the saved pipeline embeds new images exactly as the selection's taps were laid out
+    from embedcluster.pipeline import TransferClustering
+
+    loaded = TransferClustering.load(out / "pipeline")
+    np.testing.assert_allclose(loaded.embed(img), np.load(out / "embeddings.npy"), atol=2e-5)
+    assert set(np.unique(loaded.predict(img))) <= set(range(choice["k"]))
+
+
+def test_consensus_labels_follow_the_majority_of_partitions():
+    """Three partitions of 6 points into 2 groups, one of them wrong on two points: the consensus
+    keeps what two of three agree on; a point no partition saw stays -1."""
+    from embedcluster.transfer.select import consensus_labels
+
+    a = np.array([0, 0, 0, 1, 1, 1, -1])
+    b = np.array([1, 1, 1, 0, 0, 0, -1])  # the same partition, other names
+    c = np.array([0, 1, 0, 1, 0, 1, -1])  # disagrees on points 1 and 4
+    got = consensus_labels([a, b, c], 2, seed=0)
+    assert got[-1] == -1
+    assert oracle_accuracy(np.array([0, 0, 0, 1, 1, 1]), got[:6]) == 1.0
+    with pytest.raises(ValueError, match="same points"):
+        consensus_labels([a, a[:3]], 2)
+
+
+def test_the_consensus_is_chosen_with_three_or_more_representations_and_scored_like_the_others():
+    X, y = blobs(k=3, n_per=40)
+    rng = np.random.default_rng(1)
+    reps = {"x": X, "x2": X + 0.05 * rng.standard_normal(X.shape).astype(np.float32),
+            "noise": rng.standard_normal((len(X), 6)).astype(np.float32)}
+    sel = select_clustering(reps, 3, n_runs=2)
+    assert sel.choice["representation"] == "consensus" and "consensus of the 3" in sel.reason
+    assert oracle_accuracy(y, sel.labels) == 1.0  # the two good views outvote the noise
+    row = sel.choice
+    assert 0.9 <= row["stability"] <= 1.0 and row["consistency"] > 0.9
+    # two representations: no consensus; and it can be switched off
+    assert "consensus" not in {r["representation"] for r in select_clustering(dict(list(reps.items())[:2]), 3,
+                                                                              n_runs=2).rows}
+    assert "consensus" not in {r["representation"] for r in select_clustering(reps, 3, n_runs=2,
+                                                                              consensus=False).rows}
+    with pytest.raises(ValueError, match="consensus"):
+        select_clustering({**reps, "consensus": X}, 3, n_runs=2)
 
 
 @pytest.mark.parametrize("argv,word", [(["--select", "auto", "--head", "scan"], "--select-methods"),

@@ -177,7 +177,9 @@ def _default_select_encoder(ds: Any) -> Any:
 
 def _select_auto(cfg: Dict[str, Any], ds: Any, progress: bool) -> Any:
     """Runs the label-free selection: returns (encoder, encoder options, k, method, embeddings, Selection)."""
-    from ..transfer.select import candidate_representations, select_clustering
+    import numpy as np
+
+    from ..transfer.select import CONSENSUS, candidate_representations, select_clustering
 
     encoder = cfg.get("encoder") or _default_select_encoder(ds)
     candidates = candidate_representations(ds, encoder, encoder_options=encoder_options(cfg),
@@ -187,6 +189,16 @@ def _select_auto(cfg: Dict[str, Any], ds: Any, progress: bool) -> Any:
     sel = select_clustering({name: Z for name, (Z, _) in candidates.items()}, ks,
                             cfg.get("select_methods", ["kmeans"]), seed=cfg.get("seed", 0))
     name = sel.choice["representation"]
+    if name == CONSENSUS:
+        # The pipeline embeds with every tap at once (the encoder's concatenation: each tap
+        # L2-normalised, scaled by 1/sqrt(taps)) and keeps the consensus as its clusters; its probe
+        # is trained on them and predicts new points (the raw features' partition took part in
+        # the consensus but cannot be part of a deployed encoder).
+        taps = [(Z, opts) for Z, opts in candidates.values() if opts is not None and "embedding_layer" in opts]
+        base = {k: v for k, v in taps[0][1].items() if k != "embedding_layer"}
+        options = {**base, "embedding_layer": [opts["embedding_layer"] for _, opts in taps]}
+        Z = np.concatenate([Zt for Zt, _ in taps], axis=1) / np.float32(np.sqrt(len(taps)))
+        return encoder, options, sel.choice["k"], sel.choice["method"], np.ascontiguousarray(Z, np.float32), sel
     Z, options = candidates[name]
     return (None if name == "raw" else encoder), options, sel.choice["k"], sel.choice["method"], Z, sel
 
@@ -199,8 +211,8 @@ def _write_selection(out: Path, sel: Any) -> List[str]:
     out.mkdir(parents=True, exist_ok=True)
     save_json(out / "selection.json", {"rows": sel.rows, "choice": sel.choice, "reason": sel.reason})
     lines = ["label-free selection (score = separation in the common space x stability across seeds and "
-             "subsamples; the method at the chosen representation and k: SCAN over k-means unless k-means' stability "
-             "there is below 0.6, else by neighbour consistency):", sel.table(),
+             "subsamples; with 3+ representations their consensus; the method: SCAN over k-means unless k-means' "
+             "stability there is below 0.6, else by neighbour consistency):", sel.table(),
              f"chosen: {sel.reason}"]
     atomic_write_bytes(out / "selection.txt", ("\n".join(lines) + "\n").encode())
     return lines
@@ -275,6 +287,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ..cluster import DBSCAN
     from ..transfer.pipeline import TransferClustering
     from ..transfer.report import write_report
+    from ..transfer.select import CONSENSUS, GivenClusters
 
     notes: List[str] = []
     ds, truth, names = _load_run_data(cfg, notes)
@@ -284,7 +297,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if cfg.get("select") == "auto":
         encoder, options, k, method, Z, selection = _select_auto(cfg, ds, not args.quiet)
         cfg["head"] = None if method == "kmeans" else method
-    clusterer = _make_clusterer(cfg, k, seed)
+    clusterer = _make_clusterer(cfg, k, seed) if selection is None or selection.choice["representation"] != CONSENSUS \
+        else GivenClusters(selection.labels)
     tc = TransferClustering(encoder=encoder, clusterer=clusterer, probe=cfg.get("probe", True),
                             normalize=cfg.get("normalize", True), probe_rounds=cfg.get("probe_rounds", 1),
                             cache_dir=cfg.get("cache_dir"), batch_size=cfg.get("batch_size", 256),
@@ -352,8 +366,9 @@ def add_parser(sub: Any) -> None:
                     help="auto: choose the representation (raw features and each tap of the encoder: --encoder, "
                     "else EfficientNet-Lite0 for images and all-MiniLM-L6-v2 for texts), k and the method without "
                     "labels, by stability across seeds and subsamples times separation (silhouette) in a space "
-                    "all candidates share, then the method (SCAN over k-means unless k-means is unstable there, "
-                    "else by neighbour consistency in that space); prints the "
+                    "all candidates share (with 3+ representations, the consensus of their clusters; the pipeline "
+                    "then embeds with every tap), then the method (SCAN over k-means unless k-means is unstable "
+                    "there, else by neighbour consistency in that space); prints the "
                     "candidates and writes them to OUT/selection.txt and "
                     "OUT/selection.json (default off)")
     pr.add_argument("--select-k", type=k_list, metavar="K[,K...]",

@@ -311,6 +311,16 @@ def test_consensus_labels_follow_the_majority_of_partitions():
         consensus_labels([a, a[:3]], 2)
 
 
+def test_consensus_labels_checks_the_memory_budget_first(monkeypatch):
+    import embedcluster._backend as backend
+    from embedcluster.transfer.select import consensus_labels
+
+    monkeypatch.setattr(backend, "memory_budget", lambda limit: 1000.0)  # bytes
+    parts = [np.arange(200) % 5, np.arange(200) % 7]  # 200 rows x 12 columns x 4 bytes > 1000
+    with pytest.raises(MemoryError, match="consensus of 2 partitions"):
+        consensus_labels(parts, 5)
+
+
 def test_the_consensus_is_chosen_with_three_or_more_representations_and_scored_like_the_others():
     X, y = blobs(k=3, n_per=40)
     rng = np.random.default_rng(1)

@@ -234,25 +234,30 @@ def consensus_labels(partitions: Sequence[Any], k: int, seed: int = 0) -> np.nda
     together end up together (evidence accumulation, linear in n). A label of -1 (a point a
     partition did not see, or noise) adds nothing for that partition; points with -1 in every
     partition get -1. Returns (n,) int64 labels in 0..k-1 (and -1)."""
+    from .._backend import check_python_memory
     from ..cluster import KMeans
 
     parts = [np.asarray(p, np.int64).ravel() for p in partitions]
     if not parts or len({len(p) for p in parts}) != 1:
         raise ValueError("consensus_labels needs one or more partitions of the same points")
-    seen = np.zeros(len(parts[0]), bool)
-    blocks = []
-    for p in parts:
-        ids, inv = np.unique(p[p >= 0], return_inverse=True)
-        block = np.zeros((len(p), len(ids)), np.float32)
-        block[np.flatnonzero(p >= 0), inv] = 1.0
-        blocks.append(block)
-        seen |= p >= 0
-    out = np.full(len(parts[0]), -1, np.int64)
+    seen = np.logical_or.reduce([p >= 0 for p in parts])
     rows = np.flatnonzero(seen)
+    out = np.full(len(parts[0]), -1, np.int64)
     if len(rows) <= k:
         out[rows] = np.arange(len(rows))
         return out
-    H = np.ascontiguousarray(np.concatenate(blocks, axis=1)[rows], np.float32)
+    # Each partition's clusters become columns; the memberships are written straight into one
+    # (seen rows x all clusters) matrix, the only copy.
+    codes = [np.unique(p[rows], return_inverse=True) for p in parts]
+    width = sum(int((ids >= 0).sum()) for ids, _ in codes)
+    check_python_memory(4.0 * len(rows) * width, None, f"the consensus of {len(parts)} partitions")
+    H = np.zeros((len(rows), width), np.float32)
+    start = 0
+    for ids, inv in codes:
+        skip = int((ids < 0).sum())  # a -1 sorts first: its rows get no column
+        member = inv >= skip
+        H[np.flatnonzero(member), start + inv[member] - skip] = 1.0
+        start += len(ids) - skip
     out[rows] = np.asarray(KMeans(k, n_init=10, random_state=seed, verbose=0).fit(H).labels_, np.int64)
     return out
 

@@ -40,6 +40,15 @@ def chosen_vs_best(sel, y):
     return accs[(c["representation"], c["k"], c["method"])], max(accs.values())
 
 
+def mean_gap_over_seeds(representations, y, k, seeds=(0, 1, 2)):
+    """The label-free choice's ACC minus the best candidate's, averaged over selection seeds (as
+    the issue measures: a mean of 3 seeds), and the per-seed pairs for the message. One seed is
+    one draw of k-means' local optima: on these sets the best layer's ACC moves by up to 0.06
+    between seeds, so a single seed's gap says little."""
+    pairs = [chosen_vs_best(select_clustering(representations, k, seed=seed), y) for seed in seeds]
+    return float(np.mean([c - b for c, b in pairs])), pairs
+
+
 def test_structure_beats_noise_and_the_true_k_is_found():
     X, y = blobs()
     noise = np.random.default_rng(1).standard_normal(X.shape).astype(np.float32)
@@ -163,6 +172,7 @@ def test_a_callable_method_is_a_candidate():
                                          ({"methods": ["kmedoids"]}, "kmedoids"), ({"n_runs": 1}, "n_runs"),
                                          ({"subsample": 0.0}, "subsample"),
                                          ({"weak_stability": 1.5}, "weak_stability"),
+                                         ({"consensus_fits": 0}, "consensus_fits"),
                                          ({"representations": {"a": np.full((20, 2), np.nan)}}, "finite")])
 def test_bad_arguments_are_refused(kwargs, word):
     X, _ = blobs(n_per=10)
@@ -237,9 +247,8 @@ def test_digits_with_lite0_taps_choice_is_within_002_of_the_best():
     img, y = digit_images(1797)
     cands = candidate_representations(Dataset(X=img, y=y, kind="images"), "efficientnet-lite0",
                                       encoder_options={"image_size": 32})
-    sel = select_clustering({name: Z for name, (Z, _) in cands.items()}, 10, seed=0)
-    chosen, best = chosen_vs_best(sel, y)
-    assert chosen >= best - 0.02, (sel.table(), chosen, best)
+    gap, pairs = mean_gap_over_seeds({name: Z for name, (Z, _) in cands.items()}, y, 10)
+    assert gap >= -0.02, pairs
     assert load_encoder is not None
 
 
@@ -255,9 +264,8 @@ def test_fashion_mnist_subset_choice_is_within_002_of_the_best():
     idx = np.random.default_rng(0).choice(len(fm.y), 1000, replace=False)
     ds = Dataset(X=np.asarray(fm.X)[idx], y=np.asarray(fm.y)[idx], kind="images")
     cands = candidate_representations(ds, "efficientnet-lite0", encoder_options={"image_size": 64})
-    sel = select_clustering({name: Z for name, (Z, _) in cands.items()}, 10, seed=0)
-    chosen, best = chosen_vs_best(sel, ds.y)
-    assert chosen >= best - 0.02, (sel.table(), chosen, best)
+    gap, pairs = mean_gap_over_seeds({name: Z for name, (Z, _) in cands.items()}, ds.y, 10)
+    assert gap >= -0.02, pairs
 
 
 def test_run_select_auto_prints_and_writes_the_candidates(tmp_path, capsys):
@@ -338,6 +346,23 @@ def test_the_consensus_is_chosen_with_three_or_more_representations_and_scored_l
                                                                               consensus=False).rows}
     with pytest.raises(ValueError, match="consensus"):
         select_clustering({**reps, "consensus": X}, 3, n_runs=2)
+
+
+def test_progress_counts_every_candidate_and_the_consensus(monkeypatch, capsys):
+    from embedcluster import _progress
+
+    for name in ("LOG_AFTER_S", "LOG_MIN_GAP_S", "LOG_EVERY_S"):  # the log lines without waiting
+        monkeypatch.setattr(_progress, name, 0.0)
+    X, _ = blobs(k=3, n_per=30)
+    rng = np.random.default_rng(2)
+    reps = {name: X + 0.05 * rng.standard_normal(X.shape).astype(np.float32) for name in ("a", "b", "c")}
+    with _progress.scope(True):
+        select_clustering(reps, [2, 3], n_runs=2)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "label-free selection" in line]
+    # 3 representations and their consensus, at 2 values of k: 8 candidates, the consensus last
+    assert any("label-free selection: consensus of 3, k=2, kmeans 6/8 candidates" in line for line in lines), lines
+    assert "label-free selection: consensus of 3, k=3, kmeans 8/8 candidates, 100%" in lines[-2], lines
+    assert "label-free selection done" in lines[-1], lines
 
 
 @pytest.mark.parametrize("argv,word", [(["--select", "auto", "--head", "scan"], "--select-methods"),

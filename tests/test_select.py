@@ -329,6 +329,29 @@ def test_consensus_labels_checks_the_memory_budget_first(monkeypatch):
         consensus_labels(parts, 5)
 
 
+def test_the_consensus_ensemble_shrinks_to_the_memory_budget_and_fails_before_any_fit(monkeypatch, caplog):
+    import embedcluster._backend as backend
+    import embedcluster.transfer.select as select
+
+    X, y = blobs(k=3, n_per=40)
+    rng = np.random.default_rng(1)
+    reps = {name: X + 0.05 * rng.standard_normal(X.shape).astype(np.float32) for name in ("a", "b", "c")}
+    one = 4.0 * len(X) * len(reps) * 3  # bytes of one partition per representation at k = 3
+    monkeypatch.setattr(backend, "memory_budget", lambda limit: 2.5 * one)
+    with caplog.at_level("WARNING", logger="embedcluster"):
+        sel = select_clustering(reps, 3, n_runs=2, consensus_fits=3)
+    assert "holds 2 partitions per representation, not 5" in caplog.text
+    assert sel.choice["representation"] == "consensus" and oracle_accuracy(y, sel.labels) == 1.0
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("a fit ran before the memory check")
+
+    monkeypatch.setattr(backend, "memory_budget", lambda limit: 0.5 * one)
+    monkeypatch.setattr(select, "_fit_labels", no_fit)
+    with pytest.raises(MemoryError, match="consensus of 3 representations"):
+        select_clustering(reps, 3, n_runs=2)
+
+
 def test_the_consensus_is_chosen_with_three_or_more_representations_and_scored_like_the_others():
     X, y = blobs(k=3, n_per=40)
     rng = np.random.default_rng(1)

@@ -233,6 +233,24 @@ def _mean_pairwise_ari(runs: List[np.ndarray]) -> float:
     return float(np.mean(scores))
 
 
+def _consensus_ensemble_size(n: int, n_reps: int, k: int, wanted: int) -> int:
+    """How many partitions per representation the consensus can hold within the memory budget
+    (its memberships take up to ``4 n k`` bytes per partition), at most ``wanted``. Checked
+    before any fit, so that a selection too large for memory stops at once rather than after
+    its candidates: fewer than ``wanted`` logs a warning; not even one raises MemoryError."""
+    from .._backend import check_python_memory, memory_budget
+
+    one = 4.0 * n * n_reps * k
+    fits = int(min(wanted, memory_budget(None) // one)) if one > 0 else wanted
+    if fits < 1:
+        check_python_memory(one, None, f"the consensus of {n_reps} representations' partitions (consensus=False "
+                                       "chooses one representation instead)")
+    if fits < wanted:
+        logger.warning("the consensus holds %d partitions per representation, not %d: the memory budget allows "
+                       "no more (n=%d, %d representations, k up to %d)", fits, wanted, n, n_reps, k)
+    return max(fits, 1)
+
+
 def consensus_labels(partitions: Sequence[Any], k: int, seed: int = 0) -> np.ndarray:
     """One partition that agrees with several partitions of the same n points: k-means (10
     restarts) on the stacked one-hot cluster memberships, i.e. points that most partitions put
@@ -413,8 +431,10 @@ def select_clustering(representations: Mapping[str, Any], n_clusters: Union[int,
     consensus_fits : full-data fits per representation, k and method that enter the consensus
         (the candidate's own fit and ``consensus_fits - 1`` more, seeded ``seed + 100 t``),
         beside the ``n_runs`` stability runs; each extra fit costs as much as the candidate's. The
-        consensus holds ``4 n R (consensus_fits + n_runs) k`` bytes of memberships for R
-        representations, checked against the memory budget before it is built.
+        consensus holds up to ``4 n R (consensus_fits + n_runs) k`` bytes of memberships for R
+        representations; checked against the memory budget before any fit: when it does not fit,
+        fewer partitions per representation enter (stability runs first, then extra fits, with a
+        warning), and when not even one each fits, MemoryError at once.
     seed : seeds the subsamples, the fits and the silhouette sample.
 
     Returns
@@ -438,6 +458,7 @@ def select_clustering(representations: Mapping[str, Any], n_clusters: Union[int,
     if with_consensus and CONSENSUS in units:
         raise ValueError(f"a representation is named {CONSENSUS!r}, the name of the consensus candidate: rename it "
                          "or pass consensus=False")
+    per_rep = _consensus_ensemble_size(n, len(units), max(ks), consensus_fits + n_runs) if with_consensus else 0
     rows: List[Dict[str, Any]] = []
     all_labels: Dict[tuple, np.ndarray] = {}
     all_runs: Dict[tuple, List[np.ndarray]] = {}
@@ -466,7 +487,7 @@ def select_clustering(representations: Mapping[str, Any], n_clusters: Union[int,
                 stability, all_runs[(rep, k, mname)] = _stability(method, Z, k, n_runs, subsample, seed)
                 if with_consensus:
                     extra_fits[(rep, k, mname)] = [_fit_labels(method, Z, k, seed + 100 * t, n_init=10)
-                                                   for t in range(1, consensus_fits)]
+                                                   for t in range(1, min(consensus_fits, per_rep))]
                 add_row(rep, k, mname, labels, stability, start)
     if with_consensus:
         # The candidate: the consensus of every representation's full fits and stability runs (an
@@ -476,9 +497,9 @@ def select_clustering(representations: Mapping[str, Any], n_clusters: Union[int,
             for mname in method_map:
                 shown.begin(f"{CONSENSUS} of {len(units)}, k={k}, {mname}")
                 start = time.perf_counter()
-                labels = consensus_labels([part for rep in units for part in (all_labels[(rep, k, mname)],
-                                                                              *extra_fits[(rep, k, mname)],
-                                                                              *all_runs[(rep, k, mname)])], k, seed)
+                ensemble = [[all_labels[(rep, k, mname)], *extra_fits[(rep, k, mname)], *all_runs[(rep, k, mname)]]
+                            [:per_rep] for rep in units]
+                labels = consensus_labels([part for parts in ensemble for part in parts], k, seed)
                 runs = [consensus_labels([all_runs[(rep, k, mname)][r] for rep in units], k, seed + 1 + r)
                         for r in range(n_runs)]
                 add_row(CONSENSUS, k, mname, labels, _mean_pairwise_ari(runs), start)

@@ -385,7 +385,7 @@ def _choose(rows: List[Dict[str, Any]], ks: List[int], floor: float, specs: Mapp
               f"({first['stability']:.3f}) of the candidates at k={best['k']} whose separation is at least "
               f"{floor:g} of the best ({first['separation']:.3f} vs {top:.3f})")
     if pooled:
-        reason = (f"{CONSENSUS} of the {len(singles) // max(1, len(pooled) * len(ks))} representations' partitions, "
+        reason = (f"{CONSENSUS} of the {len({r['representation'] for r in singles})} representations' partitions, "
                   f"k={best['k']} (among single representations the choice is within noise; the most stable whose "
                   f"separation is at least {floor:g} of the best was {first['representation']} with "
                   f"{first['method']}, stability {first['stability']:.3f})")

@@ -11,6 +11,9 @@ Parts (``--parts``):
   and 2: what ``select_clustering`` returns (the consensus of all layers' partitions) and the
   single layer it picks with ``consensus=False``, against the best layer at the same seed; per
   seed and the mean of the seeds.
+* ``imbalance``: the ``layer`` part on the same sets subsampled to 8:1 class imbalance (class sizes
+  falling geometrically from the largest to 1/8 of it, seeded): how the layer choice holds when
+  the classes are of very different sizes.
 
 Sets: all-MiniLM-L6-v2 on the corpora of ``text_corpora.py`` (Debian package descriptions by
 section, several section lists; manual-page NAME lines), Fashion-MNIST (Debian's
@@ -21,6 +24,7 @@ it, seeded). ``--quick`` runs one set per part. Labels only score; nothing is ch
 Run::
 
     python benchmarks/label_free_choice.py --parts method layer      # about 25 minutes on 2 cores
+    python benchmarks/label_free_choice.py --parts imbalance         # about 10 minutes
 
 Output: Markdown tables on stdout and ``<out>/label_free_choice.json``.
 """
@@ -33,7 +37,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # OpenMP spin-waiting stalls torch on shared cores
 
@@ -95,7 +99,7 @@ def image_candidates(source: str, n: int, size: int, seed: int, invert: bool = F
         ds = load("digits")
     else:
         fm = load_fashion_mnist(source.split("-")[1])
-        idx = np.random.default_rng(seed).choice(len(fm.y), n, replace=False)
+        idx = np.random.default_rng(seed).choice(len(fm.X), n, replace=False)
         ds = Dataset(X=np.asarray(fm.X)[idx], y=np.asarray(fm.y)[idx], kind="images")
     options: Dict[str, Any] = {"image_size": size, **({"invert": True} if invert else {})}
     cands = candidate_representations(ds, "efficientnet-lite0", encoder_options=options, progress=False)
@@ -162,14 +166,20 @@ def layer_sets(quick: bool) -> List[Tuple[str, str, int, int, int, bool]]:
                    ("same at 96 px", "fashion-train", 2000, 96, 11, True)]
 
 
-def layer_part(quick: bool, seeds: Tuple[int, ...] = (0, 1, 2)) -> List[Dict[str, Any]]:
+def layer_part(quick: bool, seeds: Tuple[int, ...] = (0, 1, 2), ratio: Optional[float] = None
+               ) -> List[Dict[str, Any]]:
     """Per set and selection seed: every layer's k-means ACC, the consensus (the choice) and the
     single layer chosen with ``consensus=False``. A seed is one draw of k-means' local optima
     (the best layer's ACC moves by up to 0.06 between seeds), so the tables give each seed and
-    the mean of the seeds, as the issue measures."""
+    the mean of the seeds, as the issue measures. ``ratio``: each set is first subsampled to that
+    class imbalance (:func:`imbalanced`, seed 1)."""
     results = []
     for set_index, (desc, source, n, size, data_seed, invert) in enumerate(layer_sets(quick)):
         reps, y = image_candidates(source, n, size, data_seed, invert)
+        if ratio is not None:
+            keep = imbalanced(y, ratio, 1)
+            reps, y = {name: Z[keep] for name, Z in reps.items()}, y[keep]
+            desc = f"{desc}, {ratio:g}:1 ({len(y)} points)"
         k = int(len(np.unique(y)))
         for seed in seeds:
             start = time.perf_counter()
@@ -178,7 +188,7 @@ def layer_part(quick: bool, seeds: Tuple[int, ...] = (0, 1, 2)) -> List[Dict[str
             one = select_clustering(reps, k, ["kmeans"], seed=seed, consensus=False)  # choosing one layer
             acc = {name: float(cluster_accuracy(y, sel.all_labels[(name, k, "kmeans")])) for name in reps}
             cons = float(cluster_accuracy(y, sel.labels))
-            best = max(acc, key=acc.get)
+            best = max(acc, key=lambda name: acc[name])
             results.append({"set": desc, "set_index": set_index, "seed": seed, "acc": acc, "best": best,
                             "chosen": one.choice["representation"],
                             "consensus": cons, "consensus_chosen": sel.choice["representation"] == "consensus",
@@ -188,60 +198,71 @@ def layer_part(quick: bool, seeds: Tuple[int, ...] = (0, 1, 2)) -> List[Dict[str
     return results
 
 
-def tables(method: List[Dict[str, Any]], layer: List[Dict[str, Any]]) -> str:
-    lines = []
+def _ok(a: float, best: float) -> str:
+    return "yes" if a >= best - 0.02 else f"**no** ({a - best:+.3f})"
 
-    def ok(a: float, best: float) -> str:
-        return "yes" if a >= best - 0.02 else f"**no** ({a - best:+.3f})"
 
-    def mean_gap(g: float) -> str:
-        return f"{g:+.3f}" if g >= -0.02 else f"**{g:+.3f}**"
+def _mean_gap(g: float) -> str:
+    return f"{g:+.3f}" if g >= -0.02 else f"**{g:+.3f}**"
 
+
+def method_table(method: List[Dict[str, Any]]) -> List[str]:
+    lines = ["| set | k-means ACC | SCAN ACC | consistency k-means / SCAN | stability k-means / SCAN | "
+             "highest consistency (old) | SCAN unless k-means stability < 0.6 (now) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in method:
+        a, best = r["acc"], max(r["acc"].values())
+        lines.append(f"| {r['set']} | {a['kmeans']:.3f} | {a['scan']:.3f} | {r['kmeans_consistency']:.3f} / "
+                     f"{r['scan_consistency']:.3f} | {r['kmeans_stability']:.3f} / {r['scan_stability']:.3f} | "
+                     f"{r['old']}: {_ok(a[r['old']], best)} | {r['new']}: {_ok(a[r['new']], best)} |")
+    n_old = sum(r["acc"][r["old"]] >= max(r["acc"].values()) - 0.02 for r in method)
+    n_new = sum(r["acc"][r["new"]] >= max(r["acc"].values()) - 0.02 for r in method)
+    return lines + ["", f"within 0.02 of the better method: old {n_old}/{len(method)}, now {n_new}/{len(method)}", ""]
+
+
+def layer_table(layer: List[Dict[str, Any]]) -> List[str]:
+    lines = ["| set | best layer, per seed | one layer chosen (consensus=False): gap per seed, mean | "
+             "consensus of all layers (the choice): gap per seed, mean |", "|---|---|---|---|"]
+    sets: Dict[int, List[Dict[str, Any]]] = {}
+    for r in layer:
+        sets.setdefault(r["set_index"], []).append(r)
+    one_gaps, cons_gaps, one_means, cons_means = [], [], [], []
+    for rs in sets.values():
+        desc = rs[0]["set"]
+        one = [r["acc"][r["chosen"]] - r["acc"][r["best"]] for r in rs]
+        cons = [r["consensus"] - r["acc"][r["best"]] for r in rs]
+        one_gaps += one
+        cons_gaps += cons
+        one_means.append(float(np.mean(one)))
+        cons_means.append(float(np.mean(cons)))
+        bests = " / ".join(f"{r['acc'][r['best']]:.3f}" for r in rs)
+        lines.append(f"| {desc} | {bests} | "
+                     f"{' / '.join(f'{g:+.3f}' for g in one)}, mean {_mean_gap(one_means[-1])} | "
+                     f"{' / '.join(f'{g:+.3f}' for g in cons)}, mean {_mean_gap(cons_means[-1])} |")
+
+    def within(gaps: List[float]) -> str:
+        return f"{sum(g >= -0.02 for g in gaps)}/{len(gaps)}"
+
+    return lines + ["", f"within 0.02 of the best layer: single seeds: one layer {within(one_gaps)}, consensus "
+                    f"{within(cons_gaps)}; means of the seeds: one layer {within(one_means)}, consensus "
+                    f"{within(cons_means)}; worst single seed: one layer {min(one_gaps):+.3f}, consensus "
+                    f"{min(cons_gaps):+.3f}", ""]
+
+
+def tables(method: List[Dict[str, Any]], layer: List[Dict[str, Any]], imbalance: List[Dict[str, Any]]) -> str:
+    lines: List[str] = []
     if method:
-        lines += ["| set | k-means ACC | SCAN ACC | consistency k-means / SCAN | stability k-means / SCAN | "
-                  "highest consistency (old) | SCAN unless k-means stability < 0.6 (now) |",
-                  "|---|---|---|---|---|---|---|"]
-        for r in method:
-            a, best = r["acc"], max(r["acc"].values())
-            lines.append(f"| {r['set']} | {a['kmeans']:.3f} | {a['scan']:.3f} | {r['kmeans_consistency']:.3f} / "
-                         f"{r['scan_consistency']:.3f} | {r['kmeans_stability']:.3f} / {r['scan_stability']:.3f} | "
-                         f"{r['old']}: {ok(a[r['old']], best)} | {r['new']}: {ok(a[r['new']], best)} |")
-        n_old = sum(r["acc"][r["old"]] >= max(r["acc"].values()) - 0.02 for r in method)
-        n_new = sum(r["acc"][r["new"]] >= max(r["acc"].values()) - 0.02 for r in method)
-        lines += ["", f"within 0.02 of the better method: old {n_old}/{len(method)}, now {n_new}/{len(method)}", ""]
+        lines += method_table(method)
     if layer:
-        lines += ["| set | best layer, per seed | one layer chosen (consensus=False): gap per seed, mean | "
-                  "consensus of all layers (the choice): gap per seed, mean |", "|---|---|---|---|"]
-        sets: Dict[int, List[Dict[str, Any]]] = {}
-        for r in layer:
-            sets.setdefault(r["set_index"], []).append(r)
-        one_gaps, cons_gaps, one_means, cons_means = [], [], [], []
-        for rs in sets.values():
-            desc = rs[0]["set"]
-            one = [r["acc"][r["chosen"]] - r["acc"][r["best"]] for r in rs]
-            cons = [r["consensus"] - r["acc"][r["best"]] for r in rs]
-            one_gaps += one
-            cons_gaps += cons
-            one_means.append(float(np.mean(one)))
-            cons_means.append(float(np.mean(cons)))
-            bests = " / ".join(f"{r['acc'][r['best']]:.3f}" for r in rs)
-            lines.append(f"| {desc} | {bests} | "
-                         f"{' / '.join(f'{g:+.3f}' for g in one)}, mean {mean_gap(one_means[-1])} | "
-                         f"{' / '.join(f'{g:+.3f}' for g in cons)}, mean {mean_gap(cons_means[-1])} |")
-
-        def within(gaps: List[float]) -> str:
-            return f"{sum(g >= -0.02 for g in gaps)}/{len(gaps)}"
-
-        lines += ["", f"within 0.02 of the best layer: single seeds: one layer {within(one_gaps)}, consensus "
-                  f"{within(cons_gaps)}; means of the seeds: one layer {within(one_means)}, consensus "
-                  f"{within(cons_means)}; worst single seed: one layer {min(one_gaps):+.3f}, consensus "
-                  f"{min(cons_gaps):+.3f}"]
+        lines += layer_table(layer)
+    if imbalance:
+        lines += ["Classes at 8:1:", ""] + layer_table(imbalance)
     return "\n".join(lines)
 
 
 def main(argv: Any = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--parts", nargs="+", choices=["method", "layer"], default=["method", "layer"])
+    ap.add_argument("--parts", nargs="+", choices=["method", "layer", "imbalance"], default=["method", "layer"])
     ap.add_argument("--quick", action="store_true", help="one set per part (a smoke run)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out")
     args = ap.parse_args(argv)
@@ -251,12 +272,14 @@ def main(argv: Any = None) -> int:
     started = time.time()
     method = method_part(args.quick) if "method" in args.parts else []
     layer = layer_part(args.quick) if "layer" in args.parts else []
+    imbalance = layer_part(args.quick, ratio=8.0) if "imbalance" in args.parts else []
     print(f"\nCPU: {cpu_info()['model']}, {os.cpu_count()} logical CPUs; torch {torch.__version__}; "
           f"{time.time() - started:.0f} s in all\n")
-    print(tables(method, layer))
+    print(tables(method, layer, imbalance))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "label_free_choice.json").write_text(json.dumps(
-        {"cpu": cpu_info()["model"], "method": method, "layer": layer}, indent=1, default=float))
+        {"cpu": cpu_info()["model"], "method": method, "layer": layer, "imbalance": imbalance}, indent=1,
+        default=float))
     return 0
 
 

@@ -173,6 +173,8 @@ def test_a_callable_method_is_a_candidate():
                                          ({"subsample": 0.0}, "subsample"),
                                          ({"weak_stability": 1.5}, "weak_stability"),
                                          ({"consensus_fits": 0}, "consensus_fits"),
+                                         ({"consensus_keep": 0.0}, "consensus_keep"),
+                                         ({"consensus_keep": 1.5}, "consensus_keep"),
                                          ({"representations": {"a": np.full((20, 2), np.nan)}}, "finite")])
 def test_bad_arguments_are_refused(kwargs, word):
     X, _ = blobs(n_per=10)
@@ -369,6 +371,42 @@ def test_the_consensus_is_chosen_with_three_or_more_representations_and_scored_l
                                                                               consensus=False).rows}
     with pytest.raises(ValueError, match="consensus"):
         select_clustering({**reps, "consensus": X}, 3, n_runs=2)
+
+
+def test_the_consensus_leaves_out_the_representations_that_agree_least(monkeypatch):
+    """Four representations, two of them pure noise: with consensus_keep=0.75, max(3, ceil(0.75 * 4))
+    = 3 enter the consensus, and the one left out is the noise view whose partition agrees least
+    with the others' (scikit-learn's NMI as the oracle); the default (1) keeps all four."""
+    from sklearn.metrics import normalized_mutual_info_score
+
+    import embedcluster.transfer.select as select
+
+    X, y = blobs(k=3, n_per=40)
+    rng = np.random.default_rng(2)
+    reps = {"x": X, "x2": X + 0.05 * rng.standard_normal(X.shape).astype(np.float32),
+            "noise a": rng.standard_normal((len(X), 6)).astype(np.float32),
+            "noise b": rng.standard_normal((len(X), 6)).astype(np.float32)}
+    fits = []
+    real_fit = select._fit_labels
+
+    def counting_fit(method, Z, k, seed, n_init):
+        fits.append(seed)
+        return real_fit(method, Z, k, seed, n_init)
+
+    monkeypatch.setattr(select, "_fit_labels", counting_fit)
+    sel = select_clustering(reps, 3, n_runs=2, consensus_fits=3, consensus_keep=0.75)
+    row = sel.choice
+    assert row["representation"] == "consensus" and len(row["left_out"]) == 1, sel.table()
+    out = row["left_out"][0]
+    full = {name: sel.all_labels[(name, 3, "kmeans")] for name in reps}
+    agreement = {a: np.mean([normalized_mutual_info_score(full[a], full[b]) for b in reps if b != a]) for a in reps}
+    assert out == min(agreement, key=agreement.get) and out.startswith("noise")
+    assert "3 of 4 representations" in sel.reason and out in sel.reason
+    assert oracle_accuracy(y, sel.labels) == 1.0
+    # 4 representations x (1 fit + 2 stability runs) + 2 extra fits for each of the 3 kept only
+    assert len(fits) == 4 * 3 + 3 * 2
+    every = select_clustering(reps, 3, n_runs=2)
+    assert every.choice["left_out"] == [] and "consensus of the 4 representations" in every.reason
 
 
 def test_progress_counts_every_candidate_and_the_consensus(monkeypatch, capsys):

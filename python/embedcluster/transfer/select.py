@@ -115,7 +115,8 @@ class Selection:
     rows : one dict per candidate (representation, k, method; the representation
         ``"consensus"`` for the consensus candidates) with ``stability``,
         ``separation``, ``consistency``, ``score``, ``eligible`` (separation above the floor), ``seconds`` and
-        ``chosen``; the choice first, then by k and by stability.
+        ``chosen`` (the consensus rows also ``left_out``: the representations not in it, see
+        ``consensus_keep``); the choice first, then by k and by stability.
     choice : the chosen row.
     labels : the chosen candidate's clusters of all points, (n,) int64.
     all_labels : every candidate's clusters of all points, by ``(representation, k, method)``.
@@ -530,7 +531,7 @@ def select_clustering(representations: Mapping[str, Any], n_clusters: Union[int,
                 stability, all_runs[(rep, k, mname)] = _stability(method, Z, k, n_runs, subsample, seed)
                 add_row(rep, k, mname, labels, stability, start)
     if with_consensus:
-        # The candidate: the consensus of the most agreeing representations' full fits and
+        # The candidate: the consensus of the kept representations' (all by default) full fits and
         # stability runs (an ensemble of partitions: module notes). Its stability: the consensus of
         # their stability runs run by run (the runs share their subsamples across representations:
         # _stability). The extra fits are made here, for the representations kept only.

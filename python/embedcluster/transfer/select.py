@@ -275,10 +275,14 @@ def _most_agreeing(partitions: Mapping[str, np.ndarray], keep: float) -> List[st
     from ..metrics import nmi
 
     names = list(partitions)
-    n_keep = min(len(names), max(3, math.ceil(keep * len(names) - 1e-9)))
+    n_keep = min(len(names), max(3, math.ceil(keep * len(names) - 1e-9)))  # 2/3 * 9 is 6.000...1 in floats
     if n_keep == len(names):
         return names
-    agreement = {a: float(np.mean([nmi(partitions[a], partitions[b]) for b in names if b != a])) for a in names}
+    pair = np.zeros((len(names), len(names)))
+    for i in range(len(names)):  # NMI is symmetric: each pair once
+        for j in range(i + 1, len(names)):
+            pair[i, j] = pair[j, i] = nmi(partitions[names[i]], partitions[names[j]])
+    agreement = dict(zip(names, pair.sum(1) / (len(names) - 1)))
     top = set(sorted(names, key=lambda a: -agreement[a])[:n_keep])
     return [a for a in names if a in top]
 

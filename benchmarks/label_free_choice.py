@@ -24,7 +24,7 @@ it, seeded). ``--quick`` runs one set per part. Labels only score; nothing is ch
 Run::
 
     python benchmarks/label_free_choice.py --parts method layer      # about 25 minutes on 2 cores
-    python benchmarks/label_free_choice.py --parts imbalance         # about 10 minutes
+    python benchmarks/label_free_choice.py --parts imbalance         # about 8 minutes
 
 Output: Markdown tables on stdout and ``<out>/label_free_choice.json``.
 """
@@ -52,7 +52,7 @@ except ImportError:  # running from a checkout without PYTHONPATH=python
 
 from embedcluster.bench import cpu_info  # noqa: E402
 from embedcluster.metrics import cluster_accuracy  # noqa: E402
-from embedcluster.transfer.select import candidate_representations, select_clustering  # noqa: E402
+from embedcluster.transfer.select import CONSENSUS, _choose, candidate_representations, select_clustering  # noqa: E402,E501
 
 WEAK = 0.6
 TEXT_SECTIONS = {
@@ -198,18 +198,21 @@ def layer_part(quick: bool, seeds: Tuple[int, ...] = (0, 1, 2), ratio: Optional[
             sel = select_clustering(reps, k, ["kmeans"], seed=seed)  # the choice: the consensus of every layer
             seconds = time.perf_counter() - start
             kept = select_clustering(reps, k, ["kmeans"], seed=seed, consensus_keep=0.75)  # the most agreeing
-            one = select_clustering(reps, k, ["kmeans"], seed=seed, consensus=False)  # choosing one layer
+            # Choosing one layer (what consensus=False returns): the same choice on the same
+            # single-layer rows, without fitting every layer a second time.
+            one_row, _ = _choose([dict(r) for r in sel.rows if r["representation"] != CONSENSUS], [k], 0.8,
+                                 {"kmeans": "kmeans"}, 0.6)
             acc = {name: float(cluster_accuracy(y, sel.all_labels[(name, k, "kmeans")])) for name in reps}
             cons = float(cluster_accuracy(y, sel.labels))
             best = max(acc, key=lambda name: acc[name])
             results.append({"set": desc, "set_index": set_index, "seed": seed, "acc": acc, "best": best,
-                            "chosen": one.choice["representation"],
+                            "chosen": one_row["representation"],
                             "consensus": cons, "consensus_chosen": sel.choice["representation"] == "consensus",
                             "consensus_keep075": float(cluster_accuracy(y, kept.labels)),
                             "left_out": kept.choice.get("left_out", []),
                             "seconds": seconds})
-            print(f"{desc}, seed {seed}: best {best} {acc[best]:.3f}; one layer {one.choice['representation']} "
-                  f"{acc[one.choice['representation']]:.3f}; consensus {cons:.3f} ({seconds:.0f} s), of the most "
+            print(f"{desc}, seed {seed}: best {best} {acc[best]:.3f}; one layer {one_row['representation']} "
+                  f"{acc[one_row['representation']]:.3f}; consensus {cons:.3f} ({seconds:.0f} s), of the most "
                   f"agreeing 3/4 {results[-1]['consensus_keep075']:.3f}", flush=True)
     return results
 

@@ -7,10 +7,12 @@ Parts (``--parts``):
   ``select_clustering`` scores them (stability over 4 seeded 80% subsamples, neighbour
   consistency on the 10-NN graph); prints each method's ACC, the old rule's pick (highest
   consistency) and the current one's (SCAN unless k-means' stability < 0.6).
-* ``layer``: raw pixels + the 8 default EfficientNet-Lite0 taps, k-means, selection seeds 0, 1
-  and 2: what ``select_clustering`` returns (the consensus of all layers' partitions) and the
-  single layer it picks with ``consensus=False``, against the best layer at the same seed; per
-  seed and the mean of the seeds.
+* ``layer``: raw pixels + the 8 default taps of EfficientNet-Lite0 (-Lite1, -Lite2 on some
+  sets), k-means, selection seeds 0, 1 and 2: what ``select_clustering`` returns (the consensus
+  of all layers' partitions, each counted by its separation), the same consensus with equal
+  weights (``consensus_weights="equal"``, the default before) and the single layer it picks with
+  ``consensus=False``, against the best layer at the same seed; per seed and the mean of the
+  seeds.
 * ``imbalance``: the ``layer`` part on the same sets subsampled to 8:1 class imbalance (class sizes
   falling geometrically from the largest to 1/8 of it, seeded): how the layer choice holds when
   the classes are of very different sizes.
@@ -23,8 +25,8 @@ it, seeded). ``--quick`` runs one set per part. Labels only score; nothing is ch
 
 Run::
 
-    python benchmarks/label_free_choice.py --parts method layer      # about 25 minutes on 2 cores
-    python benchmarks/label_free_choice.py --parts imbalance         # about 8 minutes
+    python benchmarks/label_free_choice.py --parts method layer      # about 30 minutes on 2 cores
+    python benchmarks/label_free_choice.py --parts imbalance         # about 15 minutes
 
 Output: Markdown tables on stdout and ``<out>/label_free_choice.json``.
 """
@@ -55,6 +57,7 @@ from embedcluster.metrics import cluster_accuracy  # noqa: E402
 from embedcluster.transfer.select import CONSENSUS, _choose, candidate_representations, select_clustering  # noqa: E402,E501
 
 WEAK = 0.6
+WEIGHTING_CHOSEN_ON = 18  # layer_sets(): the consensus' weighting was chosen on the sets before this index
 TEXT_SECTIONS = {
     "topical": None,  # text_corpora.PACKAGE_SECTIONS
     "system": ("admin", "devel", "libs", "net", "utils", "web", "x11", "text", "doc", "kernel", "shells", "vcs"),
@@ -152,7 +155,8 @@ def method_part(quick: bool) -> List[Dict[str, Any]]:
 
 def layer_sets(quick: bool) -> List[Tuple[str, str, int, int, int, bool, str]]:
     """(description, source, n, image size, data seed, inverted, encoder) of the layer parts; the
-    last five (other encoders, samples, sizes) were added after the consensus' rules were set."""
+    five from "Lite1: Fashion test 2,000" were added after the consensus' rules were set, the last
+    seven after its weighting was chosen on the 18 before them."""
     lite0 = "efficientnet-lite0"
     sets = [("digits at 32 px", "digits", 0, 32, 0, False, lite0),
             ("Fashion test 1,000 at 64 px", "fashion-test", 1000, 64, 0, False, lite0)]
@@ -175,16 +179,26 @@ def layer_sets(quick: bool) -> List[Tuple[str, str, int, int, int, bool, str]]:
                    ("Lite2: Fashion train 2,000 (seed 23) at 80 px", "fashion-train", 2000, 80, 23, False,
                     "efficientnet-lite2"),
                    ("Lite2: digits at 32 px", "digits", 0, 32, 0, False, "efficientnet-lite2"),
-                   ("Fashion test 1,500 (seed 25) at 96 px, inverted", "fashion-test", 1500, 96, 25, True, lite0)]
+                   ("Fashion test 1,500 (seed 25) at 96 px, inverted", "fashion-test", 1500, 96, 25, True, lite0),
+                   ("Fashion test 2,000 (seed 31) at 72 px", "fashion-test", 2000, 72, 31, False, lite0),
+                   ("Lite1: Fashion train 2,500 (seed 33) at 64 px, inverted", "fashion-train", 2500, 64, 33, True,
+                    "efficientnet-lite1"),
+                   ("digits at 56 px", "digits", 0, 56, 0, False, lite0),
+                   ("Lite2: Fashion train 1,500 (seed 35) at 96 px", "fashion-train", 1500, 96, 35, False,
+                    "efficientnet-lite2"),
+                   ("Lite2: Fashion test 2,000 (seed 37) at 64 px, inverted", "fashion-test", 2000, 64, 37, True,
+                    "efficientnet-lite2"),
+                   ("Lite1: digits at 64 px", "digits", 0, 64, 0, False, "efficientnet-lite1"),
+                   ("Fashion test 2,500 (seed 39) at 112 px", "fashion-test", 2500, 112, 39, False, lite0)]
 
 
 def layer_part(quick: bool, seeds: Tuple[int, ...] = (0, 1, 2), ratio: Optional[float] = None
                ) -> List[Dict[str, Any]]:
-    """Per set and selection seed: every layer's k-means ACC, the consensus (the choice) and the
-    single layer chosen with ``consensus=False``. A seed is one draw of k-means' local optima
-    (the best layer's ACC moves by up to 0.06 between seeds), so the tables give each seed and
-    the mean of the seeds, as the issue measures. ``ratio``: each set is first subsampled to that
-    class imbalance (:func:`imbalanced`, seed 1)."""
+    """Per set and selection seed: every layer's k-means ACC, the consensus (the choice), the
+    consensus with equal weights and the single layer chosen with ``consensus=False``. A seed is
+    one draw of k-means' local optima (the best layer's ACC moves by up to 0.06 between seeds), so
+    the tables give each seed and the mean of the seeds, as the issue measures. ``ratio``: each set
+    is first subsampled to that class imbalance (:func:`imbalanced`, seed 1)."""
     results = []
     for set_index, (desc, source, n, size, data_seed, invert, encoder) in enumerate(layer_sets(quick)):
         reps, y = image_candidates(source, n, size, data_seed, invert, encoder)
@@ -197,7 +211,7 @@ def layer_part(quick: bool, seeds: Tuple[int, ...] = (0, 1, 2), ratio: Optional[
             start = time.perf_counter()
             sel = select_clustering(reps, k, ["kmeans"], seed=seed)  # the choice: the consensus of every layer
             seconds = time.perf_counter() - start
-            kept = select_clustering(reps, k, ["kmeans"], seed=seed, consensus_keep=0.75)  # the most agreeing
+            equal = select_clustering(reps, k, ["kmeans"], seed=seed, consensus_weights="equal")
             # Choosing one layer (what consensus=False returns): the same choice on the same
             # single-layer rows, without fitting every layer a second time.
             one_row, _ = _choose([dict(r) for r in sel.rows if r["representation"] != CONSENSUS], [k], 0.8,
@@ -208,12 +222,12 @@ def layer_part(quick: bool, seeds: Tuple[int, ...] = (0, 1, 2), ratio: Optional[
             results.append({"set": desc, "set_index": set_index, "seed": seed, "acc": acc, "best": best,
                             "chosen": one_row["representation"],
                             "consensus": cons, "consensus_chosen": sel.choice["representation"] == "consensus",
-                            "consensus_keep075": float(cluster_accuracy(y, kept.labels)),
-                            "left_out": kept.choice.get("left_out", []),
+                            "consensus_equal": float(cluster_accuracy(y, equal.labels)),
+                            "weights": sel.choice.get("weights", {}),
                             "seconds": seconds})
             print(f"{desc}, seed {seed}: best {best} {acc[best]:.3f}; one layer {one_row['representation']} "
-                  f"{acc[one_row['representation']]:.3f}; consensus {cons:.3f} ({seconds:.0f} s), of the most "
-                  f"agreeing 3/4 {results[-1]['consensus_keep075']:.3f}", flush=True)
+                  f"{acc[one_row['representation']]:.3f}; consensus {cons:.3f} ({seconds:.0f} s), with equal "
+                  f"weights {results[-1]['consensus_equal']:.3f}", flush=True)
     return results
 
 
@@ -241,17 +255,17 @@ def method_table(method: List[Dict[str, Any]]) -> List[str]:
 
 def layer_table(layer: List[Dict[str, Any]]) -> List[str]:
     lines = ["| set | best layer, per seed | one layer chosen (consensus=False): gap per seed, mean | "
-             "consensus of every layer (the choice): gap per seed, mean | "
-             "consensus of the 3/4 most agreeing layers (consensus_keep=0.75): gap per seed, mean |",
+             "consensus of every layer, weighted by separation (the choice): gap per seed, mean | "
+             "consensus of every layer, equal weights (the choice before): gap per seed, mean |",
              "|---|---|---|---|---|"]
     sets: Dict[int, List[Dict[str, Any]]] = {}
     for r in layer:
         sets.setdefault(r["set_index"], []).append(r)
-    columns: Dict[str, Tuple[List[float], List[float]]] = {c: ([], []) for c in ("one", "cons", "kept")}
+    columns: Dict[str, Tuple[List[float], List[float]]] = {c: ([], []) for c in ("one", "cons", "equal")}
     for rs in sets.values():
         cells = []
         for col, value in (("one", lambda r: r["acc"][r["chosen"]]), ("cons", lambda r: r["consensus"]),
-                           ("kept", lambda r: r["consensus_keep075"])):
+                           ("equal", lambda r: r["consensus_equal"])):
             gaps = [value(r) - r["acc"][r["best"]] for r in rs]
             columns[col][0].extend(gaps)
             columns[col][1].append(float(np.mean(gaps)))
@@ -262,10 +276,16 @@ def layer_table(layer: List[Dict[str, Any]]) -> List[str]:
     def within(gaps: List[float]) -> str:
         return f"{sum(g >= -0.02 for g in gaps)}/{len(gaps)}"
 
-    names = {"one": "one layer", "cons": "consensus of every layer (the choice)", "kept": "consensus_keep=0.75"}
+    names = {"one": "one layer", "cons": "consensus weighted by separation (the choice)",
+             "equal": "consensus, equal weights"}
     lines += ["", "within 0.02 of the best layer, single seeds / means of the seeds / mean gap / worst single seed: "
               + "; ".join(f"{names[c]} {within(g)} / {within(m)} / {np.mean(m):+.3f} / {min(g):+.3f}"
                           for c, (g, m) in columns.items()), ""]
+    late = [i for i, index in enumerate(sets) if index >= WEIGHTING_CHOSEN_ON]
+    if late:  # the sets the weighting was not chosen on
+        lines += [f"the {len(late)} sets added after the weighting was chosen, means of the seeds / mean gap: "
+                  + "; ".join(f"{names[c]} {within([m[i] for i in late])} / {np.mean([m[i] for i in late]):+.3f}"
+                              for c, (_, m) in columns.items()), ""]
     return lines
 
 

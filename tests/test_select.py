@@ -175,6 +175,7 @@ def test_a_callable_method_is_a_candidate():
                                          ({"consensus_fits": 0}, "consensus_fits"),
                                          ({"consensus_keep": 0.0}, "consensus_keep"),
                                          ({"consensus_keep": 1.5}, "consensus_keep"),
+                                         ({"consensus_weights": "size"}, "consensus_weights"),
                                          ({"representations": {"a": np.full((20, 2), np.nan)}}, "finite")])
 def test_bad_arguments_are_refused(kwargs, word):
     X, _ = blobs(n_per=10)
@@ -319,6 +320,65 @@ def test_consensus_labels_follow_the_majority_of_partitions():
     assert oracle_accuracy(np.array([0, 0, 0, 1, 1, 1]), got[:6]) == 1.0
     with pytest.raises(ValueError, match="same points"):
         consensus_labels([a, a[:3]], 2)
+
+
+def test_consensus_labels_weigh_each_partition():
+    """Two partitions agree on one split, a third on another: with equal weights the two win; with
+    the third weighted above their sum it wins; a weight of 0 is the same as leaving the partition
+    out (the oracle: the consensus of the others alone); bad weights are refused."""
+    from embedcluster.transfer.select import consensus_labels
+
+    a = np.repeat([0, 1], 20)
+    b = np.tile([0, 1], 20)
+    assert oracle_accuracy(b, consensus_labels([a, b, b], 2, seed=0)) == 1.0
+    assert oracle_accuracy(a, consensus_labels([a, b, b], 2, seed=0, weights=[3.0, 1.0, 1.0])) == 1.0
+    c = np.repeat([0, 1, 0, 1], 10)
+    np.testing.assert_array_equal(consensus_labels([a, c, b], 2, seed=0, weights=[1.0, 0.0, 1.0]),
+                                  consensus_labels([a, b], 2, seed=0))
+    for bad in ([1.0, 1.0], [1.0, -1.0, 1.0], [0.0, 0.0, 0.0], [1.0, float("nan"), 1.0]):
+        with pytest.raises(ValueError, match="weight"):
+            consensus_labels([a, b, b], 2, weights=bad)
+
+
+def test_the_consensus_counts_each_representation_by_its_separation(monkeypatch):
+    """The default weighs each representation by the square of its separation relative to the
+    best, 0 at or below 0, with the separations recomputed here by scikit-learn's silhouette on
+    the concatenated common space (the oracle); a representation of weight 0 gets no extra fits;
+    consensus_weights="equal" weighs all alike."""
+    from sklearn.metrics import silhouette_score
+
+    import embedcluster.transfer.select as select
+
+    X, y = blobs(k=3, n_per=40)
+    rng = np.random.default_rng(3)
+    reps = {"x": X, "x2": X + 0.3 * rng.standard_normal(X.shape).astype(np.float32),
+            "noise": rng.standard_normal((len(X), 40)).astype(np.float32)}
+    fits = []
+    real_fit = select._fit_labels
+
+    def counting_fit(method, Z, k, seed, n_init):
+        fits.append(seed)
+        return real_fit(method, Z, k, seed, n_init)
+
+    monkeypatch.setattr(select, "_fit_labels", counting_fit)
+    sel = select_clustering(reps, 3, n_runs=2, consensus_fits=3)
+    common = np.concatenate([Z / np.linalg.norm(Z, axis=1, keepdims=True) / np.sqrt(3) for Z in reps.values()], 1)
+    sep = {name: silhouette_score(common, sel.all_labels[(name, 3, "kmeans")]) for name in reps}
+    top = max(sep.values())
+    expected = {name: (max(s, 0.0) / top) ** 2 for name, s in sep.items()}
+    got = sel.choice["weights"]
+    assert sel.choice["representation"] == "consensus" and set(got) == set(reps)
+    for name in reps:
+        assert got[name] == pytest.approx(expected[name], abs=1e-4), (got, expected)
+    assert got["x"] == 1.0 or got["x2"] == 1.0
+    assert oracle_accuracy(y, sel.labels) == 1.0
+    # the 40-d noise view's clusters do not separate in the common space: it is not heard
+    assert sep["noise"] <= 0 and got["noise"] == 0.0
+    # 3 representations x (1 fit + 2 stability runs) + 2 extra fits for each of the 2 that count
+    assert len(fits) == 3 * 3 + 2 * 2
+    assert "relative separation (noise: 0)" in sel.reason
+    equal = select_clustering(reps, 3, n_runs=2, consensus_weights="equal")
+    assert equal.choice["weights"] == {name: 1.0 for name in reps} and "separation" not in equal.reason.split(",")[0]
 
 
 def test_consensus_labels_checks_the_memory_budget_first(monkeypatch):

@@ -38,27 +38,35 @@ fit, ``consensus_fits - 1`` more full fits of it with other seeds and its ``n_ru
 runs. It is scored like the others (its stability from the consensus of each stability run,
 whose subsamples all representations share). One seed of k-means is one draw among local optima
 whose accuracy differs by up to 0.06 on these features, and a consensus of one partition per
-representation inherits that draw; the ensemble averages over it. Measured on 18 labelled image
-sets at three selection seeds (raw + 8 taps of EfficientNet-Lite0, -Lite1 or -Lite2; the last 5
-built after these rules; ``benchmarks/label_free_choice.py``), within 0.02 of the best single
-layer: the consensus on 17 of the 18 sets' means of the seeds (mean gap +0.007; the miss: Fashion
-1,500 at 96 px inverted, -0.061) and 48 of 54 set-seeds; the single layer the steps above pick
-(``consensus=False``) on 4 of 18 (among the deep layers the stability differences are within
-their noise).
+representation inherits that draw; the ensemble averages over it.
+
+Each representation counts in the consensus by the square of its separation relative to the
+best one's (``consensus_weights="separation"``; 0 for a separation <= 0): the same score that
+keeps low-level partitions from being chosen alone keeps them from outvoting the others (with
+equal weights, block 0 of an ImageNet network, ACC 0.22-0.31 on these sets, had as much say as
+the head). Measured (``benchmarks/label_free_choice.py``, k-means, three selection seeds, raw
+pixels + 8 taps of EfficientNet-Lite0, -Lite1 or -Lite2), within 0.02 of the best single layer
+on the mean of the seeds: 18 of the 18 sets the weighting was chosen on (equal weights 17; mean
+gap +0.021 against +0.007) and 5 of 7 sets built afterwards (equal weights 4; mean gap -0.019
+against -0.020). The misses are the digits upsampled to 56 and 64 px, where raw pixels (ACC
+0.80) beat every layer of the encoder by 0.04 or more and the consensus of the layers falls
+0.08-0.16 below them: a consensus helps where several representations are about as good, not
+where one stands alone. The single layer the steps above pick (``consensus=False``) was within
+0.02 on 4 of the first 18 (among the deep layers the stability differences are within their
+noise).
 
 ``consensus_keep < 1`` leaves out of the consensus the representations whose partitions agree
 least with the others' (mean NMI of their fit to the others' fits): ``max(3, ceil(consensus_keep
-* R))`` of R enter, and the others' extra fits are not made. With 0.75 (7 of 9) the same 18 sets
-gave 18 of 18 (mean gap +0.015) and 47 of 54 set-seeds, but the digits at 32 px moved from -0.012
-to -0.019 (block 2, left out there, helped the consensus); the gain is of the size of the
-consensus' own noise between nearby ensembles (8 of 9 was below both 9 and 7 of 9), so it is not
-the default.
+* R))`` of R enter, and the others' extra fits are not made. With equal weights and 0.75 (7 of 9)
+the first 18 sets gave 18 of 18 (mean gap +0.015), but its gain was of the size of the
+consensus' own noise between nearby ensembles (8 of 9 was below both 9 and 7 of 9), so it is
+an option, not the default.
 
 Classes of very different sizes are the weak spot: on the same sets subsampled to 8:1 (class
-sizes falling geometrically), the consensus is within 0.02 of the best layer on only 3 of 18
-(mean gap -0.044; ``consensus_keep=0.75`` 4 of 18, -0.033; one layer 5 of 18, -0.053). k-means at
-the true k splits the largest classes and merges the smallest; the consensus k-means adds its
-own pull towards equal sizes. No other consensus measured closed the gap (benchmarks/RESULTS.md).
+sizes falling geometrically), the weighted consensus is within 0.02 of the best layer on 7 of 25
+(mean gap -0.031; equal weights 5 of 25, -0.044). k-means at the true k splits the largest
+classes and merges the smallest; the consensus k-means adds its own pull towards equal sizes. No
+other consensus measured closed the gap (benchmarks/RESULTS.md).
 
 Last, the method on that representation and k. When both k-means and the SCAN head are
 candidates, SCAN is chosen, unless k-means' own stability there is below ``weak_stability``
@@ -116,7 +124,8 @@ class Selection:
         ``"consensus"`` for the consensus candidates) with ``stability``,
         ``separation``, ``consistency``, ``score``, ``eligible`` (separation above the floor), ``seconds`` and
         ``chosen`` (the consensus rows also ``left_out``: the representations not in it, see
-        ``consensus_keep``); the choice first, then by k and by stability.
+        ``consensus_keep``, and ``weights``: representation -> its weight in it, see
+        ``consensus_weights``); the choice first, then by k and by stability.
     choice : the chosen row.
     labels : the chosen candidate's clusters of all points, (n,) int64.
     all_labels : every candidate's clusters of all points, by ``(representation, k, method)``.
@@ -287,18 +296,38 @@ def _most_agreeing(partitions: Mapping[str, np.ndarray], keep: float) -> List[st
     return [a for a in names if a in top]
 
 
-def consensus_labels(partitions: Sequence[Any], k: int, seed: int = 0) -> np.ndarray:
+def _consensus_weights(separation: Mapping[str, float], how: str) -> Dict[str, float]:
+    """Each representation's weight in the consensus (module notes): ``"separation"``: the square
+    of its separation relative to the highest (0 for a separation <= 0; all 1 when none is
+    above 0); ``"equal"``: all 1."""
+    top = max(separation.values())
+    if how == "equal" or top <= 0:
+        return {rep: 1.0 for rep in separation}
+    return {rep: (max(sep, 0.0) / top) ** 2 for rep, sep in separation.items()}
+
+
+def consensus_labels(partitions: Sequence[Any], k: int, seed: int = 0,
+                     weights: Optional[Sequence[float]] = None) -> np.ndarray:
     """One partition that agrees with several partitions of the same n points: k-means (10
     restarts) on the stacked one-hot cluster memberships, i.e. points that most partitions put
     together end up together (evidence accumulation, linear in n). A label of -1 (a point a
     partition did not see, or noise) adds nothing for that partition; points with -1 in every
-    partition get -1. Returns (n,) int64 labels in 0..k-1 (and -1)."""
+    partition get -1. ``weights`` (one number >= 0 per partition, default all 1): a partition
+    counts in proportion to its weight (its membership columns are scaled by the weight's square
+    root, so that it adds ``weight`` times its disagreement to the k-means objective); a
+    partition of weight 0 is left out. Returns (n,) int64 labels in 0..k-1 (and -1)."""
     from .._backend import check_python_memory
     from ..cluster import KMeans
 
     parts = [np.asarray(p, np.int64).ravel() for p in partitions]
     if not parts or len({len(p) for p in parts}) != 1:
         raise ValueError("consensus_labels needs one or more partitions of the same points")
+    w = np.ones(len(parts)) if weights is None else np.asarray(weights, np.float64).ravel()
+    if w.shape != (len(parts),) or not np.all(np.isfinite(w)) or np.any(w < 0) or not np.any(w > 0):
+        raise ValueError(f"consensus_labels needs one finite weight >= 0 per partition ({len(parts)}), not all "
+                         f"0; got {w.size} weights, from {np.min(w) if w.size else None} to "
+                         f"{np.max(w) if w.size else None}")
+    parts, scale = [p for p, wi in zip(parts, w) if wi > 0], [np.float32(np.sqrt(wi)) for wi in w if wi > 0]
     seen = np.logical_or.reduce([p >= 0 for p in parts])
     rows = np.flatnonzero(seen)
     out = np.full(len(parts[0]), -1, np.int64)
@@ -312,10 +341,10 @@ def consensus_labels(partitions: Sequence[Any], k: int, seed: int = 0) -> np.nda
     check_python_memory(4.0 * len(rows) * width, None, f"the consensus of {len(parts)} partitions")
     H = np.zeros((len(rows), width), np.float32)
     start = 0
-    for ids, inv in codes:
+    for (ids, inv), factor in zip(codes, scale):
         skip = int((ids < 0).sum())  # a -1 sorts first: its rows get no column
         member = inv >= skip
-        H[np.flatnonzero(member), start + inv[member] - skip] = 1.0
+        H[np.flatnonzero(member), start + inv[member] - skip] = factor
         start += len(ids) - skip
     out[rows] = np.asarray(KMeans(k, n_init=10, random_state=seed, verbose=0).fit(H).labels_, np.int64)
     return out
@@ -426,6 +455,11 @@ def _choose(rows: List[Dict[str, Any]], ks: List[int], floor: float, specs: Mapp
         whose = (f"{CONSENSUS} of the {n_reps} representations' partitions" if not left_out else
                  f"{CONSENSUS} of the {n_reps - len(left_out)} of {n_reps} representations whose partitions agree most "
                  f"with the others' (left out: {', '.join(left_out)})")
+        weights = best.get("weights") or {}
+        if any(w != 1.0 for w in weights.values()):
+            unheard = [rep for rep, w in weights.items() if w <= 0]
+            whose += (", each counted by the square of its relative separation"
+                      + (f" ({', '.join(unheard)}: 0)" if unheard else ""))
         reason = (f"{whose}, "
                   f"k={best['k']} (among single representations the choice is within noise; the most stable whose "
                   f"separation is at least {floor:g} of the best was {first['representation']} with "
@@ -447,7 +481,7 @@ def select_clustering(representations: Mapping[str, Any], n_clusters: Union[int,
                       n_runs: int = 4, subsample: float = 0.8, sample_size: int = 2000,
                       separation_floor: float = 0.8, n_neighbors: int = 10, weak_stability: float = 0.6,
                       consensus: bool = True, consensus_fits: int = 3, consensus_keep: float = 1.0,
-                      seed: int = 0) -> Selection:
+                      consensus_weights: str = "separation", seed: int = 0) -> Selection:
     """Chooses a representation, k and a method without labels (module notes).
 
     Parameters
@@ -481,6 +515,10 @@ def select_clustering(representations: Mapping[str, Any], n_clusters: Union[int,
         each k and method, the ``max(3, ceil(consensus_keep * R))`` whose full fits agree most with
         the other representations' (mean NMI); the rest are left out of it, and their extra fits
         are not made (module notes). 1 (the default) keeps every representation.
+    consensus_weights : ``"separation"`` (the default): each representation's partitions count in
+        the consensus in proportion to the square of its separation relative to the best at that k
+        and method (0 for a separation <= 0; its extra fits are then not made); ``"equal"``: every
+        representation counts the same (module notes).
     seed : seeds the subsamples, the fits and the silhouette sample.
 
     Returns
@@ -498,6 +536,8 @@ def select_clustering(representations: Mapping[str, Any], n_clusters: Union[int,
     if isinstance(consensus_keep, bool) or not (isinstance(consensus_keep, (int, float))
                                                 and 0.0 < consensus_keep <= 1.0):
         raise ValueError(f"consensus_keep={consensus_keep!r} should be a number in (0, 1]")
+    if consensus_weights not in ("separation", "equal"):
+        raise ValueError(f"consensus_weights={consensus_weights!r} should be 'separation' or 'equal'")
     units = {name: _unit_rows(np.asarray(Z)) for name, Z in representations.items()}
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(n, size=sample_size, replace=False)) if n > sample_size else np.arange(n)
@@ -535,6 +575,7 @@ def select_clustering(representations: Mapping[str, Any], n_clusters: Union[int,
                 stability, all_runs[(rep, k, mname)] = _stability(method, Z, k, n_runs, subsample, seed)
                 add_row(rep, k, mname, labels, stability, start)
     if with_consensus:
+        scored = {(r["representation"], r["k"], r["method"]): r for r in rows}
         # The candidate: the consensus of the kept representations' (all by default) full fits and
         # stability runs (an ensemble of partitions: module notes). Its stability: the consensus of
         # their stability runs run by run (the runs share their subsamples across representations:
@@ -544,15 +585,20 @@ def select_clustering(representations: Mapping[str, Any], n_clusters: Union[int,
                 shown.begin(f"{CONSENSUS} of {len(units)}, k={k}, {mname}")
                 start = time.perf_counter()
                 kept = _most_agreeing({rep: all_labels[(rep, k, mname)] for rep in units}, consensus_keep)
+                weight = _consensus_weights({rep: scored[(rep, k, mname)]["separation"] for rep in kept},
+                                            consensus_weights)
+                counted = [rep for rep in kept if weight[rep] > 0]
                 ensemble = [[all_labels[(rep, k, mname)],
                              *[_fit_labels(method, units[rep], k, seed + 100 * t, n_init=10)
                                for t in range(1, min(consensus_fits, per_rep))],
-                             *all_runs[(rep, k, mname)]][:per_rep] for rep in kept]
-                labels = consensus_labels([part for parts in ensemble for part in parts], k, seed)
-                runs = [consensus_labels([all_runs[(rep, k, mname)][r] for rep in kept], k, seed + 1 + r)
-                        for r in range(n_runs)]
+                             *all_runs[(rep, k, mname)]][:per_rep] for rep in counted]
+                labels = consensus_labels([part for parts in ensemble for part in parts], k, seed,
+                                          [weight[rep] for rep, parts in zip(counted, ensemble) for _ in parts])
+                runs = [consensus_labels([all_runs[(rep, k, mname)][r] for rep in counted], k, seed + 1 + r,
+                                         [weight[rep] for rep in counted]) for r in range(n_runs)]
                 add_row(CONSENSUS, k, mname, labels, _mean_pairwise_ari(runs), start)
                 rows[-1]["left_out"] = [rep for rep in units if rep not in kept]
+                rows[-1]["weights"] = weight
     shown.update(1)
     shown.close()
     best, reason = _choose(rows, ks, separation_floor, method_map, weak_stability)

@@ -322,6 +322,21 @@ def test_consensus_labels_follow_the_majority_of_partitions():
         consensus_labels([a, a[:3]], 2)
 
 
+def count_fits(monkeypatch):
+    """The seeds of every fit select_clustering makes from now on (full fits and stability runs)."""
+    import embedcluster.transfer.select as select
+
+    fits = []
+    real_fit = select._fit_labels
+
+    def counting_fit(method, Z, k, seed, n_init):
+        fits.append(seed)
+        return real_fit(method, Z, k, seed, n_init)
+
+    monkeypatch.setattr(select, "_fit_labels", counting_fit)
+    return fits
+
+
 def test_consensus_labels_weigh_each_partition():
     """Two partitions agree on one split, a third on another: with equal weights the two win; with
     the third weighted above their sum it wins; a weight of 0 is the same as leaving the partition
@@ -347,20 +362,11 @@ def test_the_consensus_counts_each_representation_by_its_separation(monkeypatch)
     consensus_weights="equal" weighs all alike."""
     from sklearn.metrics import silhouette_score
 
-    import embedcluster.transfer.select as select
-
     X, y = blobs(k=3, n_per=40)
     rng = np.random.default_rng(3)
     reps = {"x": X, "x2": X + 0.3 * rng.standard_normal(X.shape).astype(np.float32),
             "noise": rng.standard_normal((len(X), 40)).astype(np.float32)}
-    fits = []
-    real_fit = select._fit_labels
-
-    def counting_fit(method, Z, k, seed, n_init):
-        fits.append(seed)
-        return real_fit(method, Z, k, seed, n_init)
-
-    monkeypatch.setattr(select, "_fit_labels", counting_fit)
+    fits = count_fits(monkeypatch)
     sel = select_clustering(reps, 3, n_runs=2, consensus_fits=3)
     common = np.concatenate([Z / np.linalg.norm(Z, axis=1, keepdims=True) / np.sqrt(3) for Z in reps.values()], 1)
     sep = {name: silhouette_score(common, sel.all_labels[(name, 3, "kmeans")]) for name in reps}
@@ -439,21 +445,12 @@ def test_the_consensus_leaves_out_the_representations_that_agree_least(monkeypat
     with the others' (scikit-learn's NMI as the oracle); the default (1) keeps all four."""
     from sklearn.metrics import normalized_mutual_info_score
 
-    import embedcluster.transfer.select as select
-
     X, y = blobs(k=3, n_per=40)
     rng = np.random.default_rng(2)
     reps = {"x": X, "x2": X + 0.05 * rng.standard_normal(X.shape).astype(np.float32),
             "noise a": rng.standard_normal((len(X), 6)).astype(np.float32),
             "noise b": rng.standard_normal((len(X), 6)).astype(np.float32)}
-    fits = []
-    real_fit = select._fit_labels
-
-    def counting_fit(method, Z, k, seed, n_init):
-        fits.append(seed)
-        return real_fit(method, Z, k, seed, n_init)
-
-    monkeypatch.setattr(select, "_fit_labels", counting_fit)
+    fits = count_fits(monkeypatch)
     sel = select_clustering(reps, 3, n_runs=2, consensus_fits=3, consensus_keep=0.75)
     row = sel.choice
     assert row["representation"] == "consensus" and len(row["left_out"]) == 1, sel.table()

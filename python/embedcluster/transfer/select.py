@@ -43,13 +43,13 @@ representation inherits that draw; the ensemble averages over it.
 Each representation counts in the consensus by the square of its separation relative to the
 best one's (``consensus_weights="separation"``; 0 for a separation <= 0): the same score that
 keeps low-level partitions from being chosen alone keeps them from outvoting the others (with
-equal weights, block 0 of an ImageNet network, ACC 0.22-0.31 on these sets, had as much say as
+equal weights, block 0 of an ImageNet network, ACC 0.21-0.31 on these sets, had as much say as
 the head). Measured (``benchmarks/label_free_choice.py``, k-means, three selection seeds, raw
 pixels + 8 taps of EfficientNet-Lite0, -Lite1 or -Lite2), within 0.02 of the best single layer
 on the mean of the seeds: 18 of the 18 sets the weighting was chosen on (equal weights 17; mean
 gap +0.021 against +0.007) and 5 of 7 sets built afterwards (equal weights 4; mean gap -0.019
 against -0.020). The misses are the digits upsampled to 56 and 64 px, where raw pixels (ACC
-0.80) beat every layer of the encoder by 0.04 or more and the consensus of the layers falls
+0.80) beat every layer of the encoder by 0.03 or more and the consensus of the layers falls
 0.08-0.16 below them: a consensus helps where several representations are about as good, not
 where one stands alone. The single layer the steps above pick (``consensus=False``) was within
 0.02 on 4 of the first 18 (among the deep layers the stability differences are within their
@@ -64,7 +64,7 @@ an option, not the default.
 
 Classes of very different sizes are the weak spot: on the same sets subsampled to 8:1 (class
 sizes falling geometrically), the weighted consensus is within 0.02 of the best layer on 7 of 25
-(mean gap -0.031; equal weights 5 of 25, -0.044). k-means at the true k splits the largest
+(mean gap -0.032; equal weights 5 of 25, -0.044). k-means at the true k splits the largest
 classes and merges the smallest; the consensus k-means adds its own pull towards equal sizes. No
 other consensus measured closed the gap (benchmarks/RESULTS.md).
 

@@ -9,8 +9,9 @@ Parts (``--parts``):
   consistency) and the current one's (SCAN unless k-means' stability < 0.6).
 * ``layer``: raw pixels + the 8 default taps of EfficientNet-Lite0 (-Lite1, -Lite2 on some
   sets), k-means, selection seeds 0, 1 and 2: what ``select_clustering`` returns (the consensus
-  of all layers' partitions, each counted by its separation), the same consensus with equal
-  weights (``consensus_weights="equal"``, the default before) and the single layer it picks with
+  of all layers' partitions, each counted by its separation and its stability), the same
+  consensus weighted by separation only (``consensus_weights="separation"``, the default before)
+  and the single layer it picks with
   ``consensus=False``, against the best layer at the same seed; per seed and the mean of the
   seeds.
 * ``imbalance``: the ``layer`` part on the same sets subsampled to 8:1 class imbalance (class sizes
@@ -57,7 +58,8 @@ from embedcluster.metrics import cluster_accuracy  # noqa: E402
 from embedcluster.transfer.select import CONSENSUS, _choose, candidate_representations, select_clustering  # noqa: E402,E501
 
 WEAK = 0.6
-WEIGHTING_CHOSEN_ON = 18  # layer_sets(): the consensus' weighting was chosen on the sets before this index
+WEIGHTING_CHOSEN_ON = 18  # layer_sets(): the separation weighting was chosen on the sets before this index,
+STABILITY_CHOSEN_ON = 25  # and its stability factor on the sets before this one
 TEXT_SECTIONS = {
     "topical": None,  # text_corpora.PACKAGE_SECTIONS
     "system": ("admin", "devel", "libs", "net", "utils", "web", "x11", "text", "doc", "kernel", "shells", "vcs"),
@@ -155,8 +157,9 @@ def method_part(quick: bool) -> List[Dict[str, Any]]:
 
 def layer_sets(quick: bool) -> List[Tuple[str, str, int, int, int, bool, str]]:
     """(description, source, n, image size, data seed, inverted, encoder) of the layer parts; the
-    five from "Lite1: Fashion test 2,000" were added after the consensus' rules were set, the last
-    seven after its weighting was chosen on the 18 before them."""
+    five from "Lite1: Fashion test 2,000" were added after the consensus' rules were set, the seven
+    from "Fashion test 2,000 (seed 31)" after its separation weighting was chosen on the 18 before
+    them, the last six after its stability factor was chosen on the 25 before them."""
     lite0 = "efficientnet-lite0"
     sets = [("digits at 32 px", "digits", 0, 32, 0, False, lite0),
             ("Fashion test 1,000 at 64 px", "fashion-test", 1000, 64, 0, False, lite0)]
@@ -189,13 +192,21 @@ def layer_sets(quick: bool) -> List[Tuple[str, str, int, int, int, bool, str]]:
                    ("Lite2: Fashion test 2,000 (seed 37) at 64 px, inverted", "fashion-test", 2000, 64, 37, True,
                     "efficientnet-lite2"),
                    ("Lite1: digits at 64 px", "digits", 0, 64, 0, False, "efficientnet-lite1"),
-                   ("Fashion test 2,500 (seed 39) at 112 px", "fashion-test", 2500, 112, 39, False, lite0)]
+                   ("Fashion test 2,500 (seed 39) at 112 px", "fashion-test", 2500, 112, 39, False, lite0),
+                   ("digits at 40 px", "digits", 0, 40, 0, False, lite0),
+                   ("Lite2: digits at 56 px", "digits", 0, 56, 0, False, "efficientnet-lite2"),
+                   ("digits at 72 px, inverted", "digits", 0, 72, 0, True, lite0),
+                   ("Lite1: Fashion test 1,000 (seed 41) at 80 px, inverted", "fashion-test", 1000, 80, 41, True,
+                    "efficientnet-lite1"),
+                   ("Fashion train 3,000 (seed 43) at 56 px", "fashion-train", 3000, 56, 43, False, lite0),
+                   ("Lite2: Fashion test 2,500 (seed 45) at 112 px", "fashion-test", 2500, 112, 45, False,
+                    "efficientnet-lite2")]
 
 
 def layer_part(quick: bool, seeds: Tuple[int, ...] = (0, 1, 2), ratio: Optional[float] = None
                ) -> List[Dict[str, Any]]:
     """Per set and selection seed: every layer's k-means ACC, the consensus (the choice), the
-    consensus with equal weights and the single layer chosen with ``consensus=False``. A seed is
+    consensus weighted by separation only and the single layer chosen with ``consensus=False``. A seed is
     one draw of k-means' local optima (the best layer's ACC moves by up to 0.06 between seeds), so
     the tables give each seed and the mean of the seeds, as the issue measures. ``ratio``: each set
     is first subsampled to that class imbalance (:func:`imbalanced`, seed 1)."""
@@ -211,7 +222,7 @@ def layer_part(quick: bool, seeds: Tuple[int, ...] = (0, 1, 2), ratio: Optional[
             start = time.perf_counter()
             sel = select_clustering(reps, k, ["kmeans"], seed=seed)  # the choice: the consensus of every layer
             seconds = time.perf_counter() - start
-            equal = select_clustering(reps, k, ["kmeans"], seed=seed, consensus_weights="equal")
+            before = select_clustering(reps, k, ["kmeans"], seed=seed, consensus_weights="separation")
             # Choosing one layer (what consensus=False returns): the same choice on the same
             # single-layer rows, without fitting every layer a second time.
             one_row, _ = _choose([dict(r) for r in sel.rows if r["representation"] != CONSENSUS], [k], 0.8,
@@ -222,12 +233,12 @@ def layer_part(quick: bool, seeds: Tuple[int, ...] = (0, 1, 2), ratio: Optional[
             results.append({"set": desc, "set_index": set_index, "seed": seed, "acc": acc, "best": best,
                             "chosen": one_row["representation"],
                             "consensus": cons, "consensus_chosen": sel.choice["representation"] == "consensus",
-                            "consensus_equal": float(cluster_accuracy(y, equal.labels)),
+                            "consensus_separation": float(cluster_accuracy(y, before.labels)),
                             "weights": sel.choice.get("weights", {}),
                             "seconds": seconds})
             print(f"{desc}, seed {seed}: best {best} {acc[best]:.3f}; one layer {one_row['representation']} "
-                  f"{acc[one_row['representation']]:.3f}; consensus {cons:.3f} ({seconds:.0f} s), with equal "
-                  f"weights {results[-1]['consensus_equal']:.3f}", flush=True)
+                  f"{acc[one_row['representation']]:.3f}; consensus {cons:.3f} ({seconds:.0f} s), weighted by "
+                  f"separation only {results[-1]['consensus_separation']:.3f}", flush=True)
     return results
 
 
@@ -255,17 +266,17 @@ def method_table(method: List[Dict[str, Any]]) -> List[str]:
 
 def layer_table(layer: List[Dict[str, Any]]) -> List[str]:
     lines = ["| set | best layer, per seed | one layer chosen (consensus=False): gap per seed, mean | "
-             "consensus of every layer, weighted by separation (the choice): gap per seed, mean | "
-             "consensus of every layer, equal weights (the choice before): gap per seed, mean |",
+             "consensus of every layer, weighted by separation and stability (the choice): gap per seed, mean | "
+             "consensus of every layer, weighted by separation only (the choice before): gap per seed, mean |",
              "|---|---|---|---|---|"]
     sets: Dict[int, List[Dict[str, Any]]] = {}
     for r in layer:
         sets.setdefault(r["set_index"], []).append(r)
-    columns: Dict[str, Tuple[List[float], List[float]]] = {c: ([], []) for c in ("one", "cons", "equal")}
+    columns: Dict[str, Tuple[List[float], List[float]]] = {c: ([], []) for c in ("one", "cons", "before")}
     for rs in sets.values():
         cells = []
         for col, value in (("one", lambda r: r["acc"][r["chosen"]]), ("cons", lambda r: r["consensus"]),
-                           ("equal", lambda r: r["consensus_equal"])):
+                           ("before", lambda r: r["consensus_separation"])):
             gaps = [value(r) - r["acc"][r["best"]] for r in rs]
             columns[col][0].extend(gaps)
             columns[col][1].append(float(np.mean(gaps)))
@@ -276,16 +287,18 @@ def layer_table(layer: List[Dict[str, Any]]) -> List[str]:
     def within(gaps: List[float]) -> str:
         return f"{sum(g >= -0.02 for g in gaps)}/{len(gaps)}"
 
-    names = {"one": "one layer", "cons": "consensus weighted by separation (the choice)",
-             "equal": "consensus, equal weights"}
+    names = {"one": "one layer", "cons": "consensus weighted by separation and stability (the choice)",
+             "before": "consensus weighted by separation only"}
     lines += ["", "within 0.02 of the best layer, single seeds / means of the seeds / mean gap / worst single seed: "
               + "; ".join(f"{names[c]} {within(g)} / {within(m)} / {np.mean(m):+.3f} / {min(g):+.3f}"
                           for c, (g, m) in columns.items()), ""]
-    late = [i for i, index in enumerate(sets) if index >= WEIGHTING_CHOSEN_ON]
-    if late:  # the sets the weighting was not chosen on
-        lines += [f"the {len(late)} sets added after the weighting was chosen, means of the seeds / mean gap: "
-                  + "; ".join(f"{names[c]} {within([m[i] for i in late])} / {np.mean([m[i] for i in late]):+.3f}"
-                              for c, (_, m) in columns.items()), ""]
+    for since, what in ((WEIGHTING_CHOSEN_ON, "the separation weighting"),
+                        (STABILITY_CHOSEN_ON, "its stability factor")):
+        late = [i for i, index in enumerate(sets) if index >= since]
+        if late:  # the sets the weighting was not chosen on
+            lines += [f"the {len(late)} sets added after {what} was chosen, means of the seeds / mean gap: "
+                      + "; ".join(f"{names[c]} {within([m[i] for i in late])} / {np.mean([m[i] for i in late]):+.3f}"
+                                  for c, (_, m) in columns.items()), ""]
     return lines
 
 

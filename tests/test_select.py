@@ -353,36 +353,95 @@ def test_consensus_labels_weigh_each_partition():
     for bad in ([1.0, 1.0], [1.0, -1.0, 1.0], [0.0, 0.0, 0.0], [1.0, float("nan"), 1.0]):
         with pytest.raises(ValueError, match="weight"):
             consensus_labels([a, b, b], 2, weights=bad)
+    for bad_restarts in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="n_init"):
+            consensus_labels([a, b, b], 2, n_init=bad_restarts)
+    assert oracle_accuracy(b, consensus_labels([a, b, b], 2, seed=0, n_init=1)) == 1.0
 
 
-def test_the_consensus_counts_each_representation_by_its_separation(monkeypatch):
+def _recording_fits(monkeypatch):
+    """Every partition select_clustering makes from now on, as (number of columns of the
+    representation, row indices into it, labels): runs on subsamples are mapped back to the
+    rows of the full representation they came from."""
+    import embedcluster.transfer.select as select
+
+    made = []
+    real_fit = select._fit_labels
+
+    def recording_fit(method, Z, k, seed, n_init):
+        labels = real_fit(method, Z, k, seed, n_init)
+        made.append((Z.shape[1], np.ascontiguousarray(Z), labels))
+        return labels
+
+    monkeypatch.setattr(select, "_fit_labels", recording_fit)
+    return made
+
+
+def _oracle_stability(made, Z):
+    """Mean adjusted Rand index (scikit-learn's) over every two partitions of the (unit) rows of
+    ``Z`` recorded by _recording_fits, each pair compared on the rows both partitions saw."""
+    from sklearn.metrics import adjusted_rand_score
+
+    units = np.ascontiguousarray(Z / np.linalg.norm(Z, axis=1, keepdims=True), np.float32)
+    where = {row.tobytes(): i for i, row in enumerate(units)}
+    parts = []
+    for d, rows, labels in made:
+        if d == Z.shape[1]:
+            full = np.full(len(Z), -1)
+            full[[where[r.tobytes()] for r in rows]] = labels
+            parts.append(full)
+    scores = [adjusted_rand_score(parts[i][both], parts[j][both])
+              for i in range(len(parts)) for j in range(i + 1, len(parts))
+              for both in [(parts[i] >= 0) & (parts[j] >= 0)]]
+    return float(np.mean(scores)), len(parts)
+
+
+@pytest.mark.parametrize("weighting", ["separation_stability", "separation"])
+def test_the_consensus_counts_each_representation_by_its_separation_and_stability(monkeypatch, weighting):
     """The default weighs each representation by the square of its separation relative to the
-    best, 0 at or below 0, with the separations recomputed here by scikit-learn's silhouette on
-    the concatenated common space (the oracle); a representation of weight 0 gets no extra fits;
+    best (0 at or below 0) times its stability relative to the most stable's to the power 6;
+    "separation" by the first factor only. The oracles: the separations recomputed by
+    scikit-learn's silhouette on the concatenated common space, the stabilities by scikit-learn's
+    adjusted Rand index over every partition of each representation the selection made (its full
+    fits and its stability runs). A representation of weight 0 gets no extra fits;
     consensus_weights="equal" weighs all alike."""
     from sklearn.metrics import silhouette_score
 
     X, y = blobs(k=3, n_per=40)
     rng = np.random.default_rng(3)
-    reps = {"x": X, "x2": X + 0.3 * rng.standard_normal(X.shape).astype(np.float32),
+    # different widths, so that each partition made can be traced to its representation
+    x2 = X @ rng.standard_normal((X.shape[1], 9)).astype(np.float32)
+    reps = {"x": X, "x2": x2 + 0.6 * x2.std() * rng.standard_normal(x2.shape).astype(np.float32),
             "noise": rng.standard_normal((len(X), 40)).astype(np.float32)}
-    fits = count_fits(monkeypatch)
-    sel = select_clustering(reps, 3, n_runs=2, consensus_fits=3)
+    made = _recording_fits(monkeypatch)
+    sel = select_clustering(reps, 3, n_runs=3, consensus_fits=3, consensus_weights=weighting)
     common = np.concatenate([Z / np.linalg.norm(Z, axis=1, keepdims=True) / np.sqrt(3) for Z in reps.values()], 1)
     sep = {name: silhouette_score(common, sel.all_labels[(name, 3, "kmeans")]) for name in reps}
     top = max(sep.values())
     expected = {name: (max(s, 0.0) / top) ** 2 for name, s in sep.items()}
+    heard = [name for name in reps if sep[name] > 0]
+    stability = {}
+    for name in heard:
+        stability[name], n_parts = _oracle_stability(made, reps[name])
+        assert n_parts == 3 + 3  # its full fits and its stability runs
+    if weighting == "separation_stability":
+        top_stability = max(stability.values())
+        expected = {name: w * (stability.get(name, 0.0) / top_stability) ** 6 for name, w in expected.items()}
     got = sel.choice["weights"]
     assert sel.choice["representation"] == "consensus" and set(got) == set(reps)
+    assert sel.choice["weighting"] == weighting
     for name in reps:
         assert got[name] == pytest.approx(expected[name], abs=1e-4), (got, expected)
-    assert got["x"] == 1.0 or got["x2"] == 1.0
+    for name in heard:
+        assert sel.choice["ensemble_stability"][name] == pytest.approx(stability[name], abs=1e-6)
+    assert max(got.values()) == pytest.approx(1.0) or weighting == "separation_stability"
     assert oracle_accuracy(y, sel.labels) == 1.0
     # the 40-d noise view's clusters do not separate in the common space: it is not heard
-    assert sep["noise"] <= 0 and got["noise"] == 0.0
-    # 3 representations x (1 fit + 2 stability runs) + 2 extra fits for each of the 2 that count
-    assert len(fits) == 3 * 3 + 2 * 2
-    assert "relative separation (noise: 0)" in sel.reason
+    assert sep["noise"] <= 0 and got["noise"] == 0.0 and "noise" not in sel.choice["ensemble_stability"]
+    # 3 representations x (1 fit + 3 stability runs) + 2 extra fits for each of the 2 that count
+    assert len(made) == 3 * 4 + 2 * 2
+    assert "relative separation" in sel.reason and "(noise: 0)" in sel.reason
+    assert ("relative stability to the power 6" in sel.reason) == (weighting == "separation_stability")
     equal = select_clustering(reps, 3, n_runs=2, consensus_weights="equal")
     assert equal.choice["weights"] == {name: 1.0 for name in reps} and "separation" not in equal.reason.split(",")[0]
 

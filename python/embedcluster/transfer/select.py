@@ -124,8 +124,10 @@ class Selection:
         ``"consensus"`` for the consensus candidates) with ``stability``,
         ``separation``, ``consistency``, ``score``, ``eligible`` (separation above the floor), ``seconds`` and
         ``chosen`` (the consensus rows also ``left_out``: the representations not in it, see
-        ``consensus_keep``, and ``weights``: representation -> its weight in it, see
-        ``consensus_weights``); the choice first, then by k and by stability.
+        ``consensus_keep``, ``weights``: representation -> its weight in it, see
+        ``consensus_weights``, ``ensemble_stability``: representation -> the stability of its
+        partitions in it, and ``weighting``: the ``consensus_weights`` used); the choice first,
+        then by k and by stability.
     choice : the chosen row.
     labels : the chosen candidate's clusters of all points, (n,) int64.
     all_labels : every candidate's clusters of all points, by ``(representation, k, method)``.
@@ -296,21 +298,39 @@ def _most_agreeing(partitions: Mapping[str, np.ndarray], keep: float) -> List[st
     return [a for a in names if a in top]
 
 
-def _consensus_weights(separation: Mapping[str, float], how: str) -> Dict[str, float]:
+#: Powers of the relative separation and of the relative stability in a representation's weight
+#: in the consensus (module notes; chosen by measurement, benchmarks/RESULTS.md).
+SEPARATION_POWER, STABILITY_POWER = 2, 6
+CONSENSUS_WEIGHTS = ("separation_stability", "separation", "equal")
+
+
+def _consensus_weights(separation: Mapping[str, float], stability: Mapping[str, float], how: str
+                       ) -> Dict[str, float]:
     """Each representation's weight in the consensus (module notes): ``"separation"``: the square
-    of its separation relative to the highest (0 for a separation <= 0; all 1 when none is
-    above 0); ``"equal"``: all 1."""
+    of its separation relative to the highest (0 for a separation <= 0; all 1 when none is above
+    0); ``"separation_stability"``: that times the sixth power of its stability (over its
+    ensemble) relative to the highest among the representations whose separation is above 0;
+    ``"equal"``: all 1. ``stability`` is read only for the representations with a separation above
+    0 under ``"separation_stability"``."""
     top = max(separation.values())
     if how == "equal" or top <= 0:
         return {rep: 1.0 for rep in separation}
-    return {rep: (max(sep, 0.0) / top) ** 2 for rep, sep in separation.items()}
+    weight = {rep: (max(sep, 0.0) / top) ** SEPARATION_POWER for rep, sep in separation.items()}
+    if how == "separation_stability":
+        heard = [rep for rep in separation if weight[rep] > 0]
+        top_stability = max(max(stability[rep], 0.0) for rep in heard)
+        for rep in heard:
+            weight[rep] *= (max(stability[rep], 0.0) / top_stability) ** STABILITY_POWER if top_stability > 0 else 1.0
+    return weight
 
 
 def consensus_labels(partitions: Sequence[Any], k: int, seed: int = 0,
-                     weights: Optional[Sequence[float]] = None) -> np.ndarray:
-    """One partition that agrees with several partitions of the same n points: k-means (10
-    restarts) on the stacked one-hot cluster memberships, i.e. points that most partitions put
-    together end up together (evidence accumulation, linear in n). A label of -1 (a point a
+                     weights: Optional[Sequence[float]] = None, n_init: int = 50) -> np.ndarray:
+    """One partition that agrees with several partitions of the same n points: k-means (``n_init``
+    restarts, the lowest objective kept) on the stacked one-hot cluster memberships, i.e. points
+    that most partitions put together end up together (evidence accumulation, linear in n). The
+    objective has several nearby optima whose accuracy differs by up to 0.06 on the benchmark's
+    sets; with 10 restarts the one kept changed with the seed, with 50 it rarely does. A label of -1 (a point a
     partition did not see, or noise) adds nothing for that partition; points with -1 in every
     partition get -1. ``weights`` (one number >= 0 per partition, default all 1): a partition
     counts in proportion to its weight (its membership columns are scaled by the weight's square
@@ -319,6 +339,8 @@ def consensus_labels(partitions: Sequence[Any], k: int, seed: int = 0,
     from .._backend import check_python_memory
     from ..cluster import KMeans
 
+    if isinstance(n_init, bool) or not isinstance(n_init, (int, np.integer)) or n_init < 1:
+        raise ValueError(f"n_init={n_init!r} should be an integer >= 1 (k-means restarts of the consensus)")
     parts = [np.asarray(p, np.int64).ravel() for p in partitions]
     if not parts or len({len(p) for p in parts}) != 1:
         raise ValueError("consensus_labels needs one or more partitions of the same points")
@@ -346,7 +368,7 @@ def consensus_labels(partitions: Sequence[Any], k: int, seed: int = 0,
         member = inv >= skip
         H[np.flatnonzero(member), start + inv[member] - skip] = factor
         start += len(ids) - skip
-    out[rows] = np.asarray(KMeans(k, n_init=10, random_state=seed, verbose=0).fit(H).labels_, np.int64)
+    out[rows] = np.asarray(KMeans(k, n_init=n_init, random_state=seed, verbose=0).fit(H).labels_, np.int64)
     return out
 
 
@@ -458,8 +480,10 @@ def _choose(rows: List[Dict[str, Any]], ks: List[int], floor: float, specs: Mapp
         weights = best.get("weights") or {}
         if any(w != 1.0 for w in weights.values()):
             unheard = [rep for rep, w in weights.items() if w <= 0]
-            whose += (", each counted by the square of its relative separation"
-                      + (f" ({', '.join(unheard)}: 0)" if unheard else ""))
+            how = ("the square of its relative separation" if best.get("weighting") == "separation" else
+                   f"the square of its relative separation times its relative stability to the power "
+                   f"{STABILITY_POWER}")
+            whose += f", each counted by {how}" + (f" ({', '.join(unheard)}: 0)" if unheard else "")
         reason = (f"{whose}, "
                   f"k={best['k']} (among single representations the choice is within noise; the most stable whose "
                   f"separation is at least {floor:g} of the best was {first['representation']} with "
@@ -481,7 +505,7 @@ def select_clustering(representations: Mapping[str, Any], n_clusters: Union[int,
                       n_runs: int = 4, subsample: float = 0.8, sample_size: int = 2000,
                       separation_floor: float = 0.8, n_neighbors: int = 10, weak_stability: float = 0.6,
                       consensus: bool = True, consensus_fits: int = 3, consensus_keep: float = 1.0,
-                      consensus_weights: str = "separation", seed: int = 0) -> Selection:
+                      consensus_weights: str = "separation_stability", seed: int = 0) -> Selection:
     """Chooses a representation, k and a method without labels (module notes).
 
     Parameters
@@ -515,10 +539,13 @@ def select_clustering(representations: Mapping[str, Any], n_clusters: Union[int,
         each k and method, the ``max(3, ceil(consensus_keep * R))`` whose full fits agree most with
         the other representations' (mean NMI); the rest are left out of it, and their extra fits
         are not made (module notes). 1 (the default) keeps every representation.
-    consensus_weights : ``"separation"`` (the default): each representation's partitions count in
-        the consensus in proportion to the square of its separation relative to the best at that k
-        and method (0 for a separation <= 0; its extra fits are then not made); ``"equal"``: every
-        representation counts the same (module notes).
+    consensus_weights : ``"separation_stability"`` (the default): each representation's partitions
+        count in the consensus in proportion to the square of its separation relative to the best at
+        that k and method, times its stability relative to the most stable's to the power 6 (its
+        stability over all its partitions in the consensus: its full fits and its stability runs;
+        0 for a separation <= 0, and its extra fits are then not made); ``"separation"``: the square
+        of the relative separation only (the default before); ``"equal"``: every representation
+        counts the same (module notes).
     seed : seeds the subsamples, the fits and the silhouette sample.
 
     Returns
@@ -536,8 +563,8 @@ def select_clustering(representations: Mapping[str, Any], n_clusters: Union[int,
     if isinstance(consensus_keep, bool) or not (isinstance(consensus_keep, (int, float))
                                                 and 0.0 < consensus_keep <= 1.0):
         raise ValueError(f"consensus_keep={consensus_keep!r} should be a number in (0, 1]")
-    if consensus_weights not in ("separation", "equal"):
-        raise ValueError(f"consensus_weights={consensus_weights!r} should be 'separation' or 'equal'")
+    if consensus_weights not in CONSENSUS_WEIGHTS:
+        raise ValueError(f"consensus_weights={consensus_weights!r} should be one of {CONSENSUS_WEIGHTS}")
     units = {name: _unit_rows(np.asarray(Z)) for name, Z in representations.items()}
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(n, size=sample_size, replace=False)) if n > sample_size else np.arange(n)
@@ -585,13 +612,21 @@ def select_clustering(representations: Mapping[str, Any], n_clusters: Union[int,
                 shown.begin(f"{CONSENSUS} of {len(units)}, k={k}, {mname}")
                 start = time.perf_counter()
                 kept = _most_agreeing({rep: all_labels[(rep, k, mname)] for rep in units}, consensus_keep)
-                weight = _consensus_weights({rep: scored[(rep, k, mname)]["separation"] for rep in kept},
-                                            consensus_weights)
-                counted = [rep for rep in kept if weight[rep] > 0]
-                ensemble = [[all_labels[(rep, k, mname)],
-                             *[_fit_labels(method, units[rep], k, seed + 100 * t, n_init=10)
-                               for t in range(1, min(consensus_fits, per_rep))],
-                             *all_runs[(rep, k, mname)]][:per_rep] for rep in counted]
+                separation = {rep: scored[(rep, k, mname)]["separation"] for rep in kept}
+                # Every weighting but "equal" gives a separation <= 0 no say (unless none is above 0):
+                # those representations get no extra fits.
+                heard = _consensus_weights(separation, {}, "separation" if consensus_weights != "equal" else "equal")
+                ensembles = {rep: [all_labels[(rep, k, mname)],
+                                   *[_fit_labels(method, units[rep], k, seed + 100 * t, n_init=10)
+                                     for t in range(1, min(consensus_fits, per_rep))],
+                                   *all_runs[(rep, k, mname)]][:per_rep] for rep in kept if heard[rep] > 0}
+                # A representation's stability over its whole ensemble (its full fits and its
+                # stability runs; the row's own when the memory budget leaves one partition).
+                member_stability = {rep: _mean_pairwise_ari(parts) if len(parts) > 1
+                                    else scored[(rep, k, mname)]["stability"] for rep, parts in ensembles.items()}
+                weight = _consensus_weights(separation, member_stability, consensus_weights)
+                counted = [rep for rep in ensembles if weight[rep] > 0]
+                ensemble = [ensembles[rep] for rep in counted]
                 labels = consensus_labels([part for parts in ensemble for part in parts], k, seed,
                                           [weight[rep] for rep, parts in zip(counted, ensemble) for _ in parts])
                 runs = [consensus_labels([all_runs[(rep, k, mname)][r] for rep in counted], k, seed + 1 + r,
@@ -599,6 +634,8 @@ def select_clustering(representations: Mapping[str, Any], n_clusters: Union[int,
                 add_row(CONSENSUS, k, mname, labels, _mean_pairwise_ari(runs), start)
                 rows[-1]["left_out"] = [rep for rep in units if rep not in kept]
                 rows[-1]["weights"] = weight
+                rows[-1]["ensemble_stability"] = member_stability
+                rows[-1]["weighting"] = consensus_weights
     shown.update(1)
     shown.close()
     best, reason = _choose(rows, ks, separation_floor, method_map, weak_stability)

@@ -26,8 +26,8 @@ it, seeded). ``--quick`` runs one set per part. Labels only score; nothing is ch
 
 Run::
 
-    python benchmarks/label_free_choice.py --parts method layer      # about 30 minutes on 2 cores
-    python benchmarks/label_free_choice.py --parts imbalance         # about 15 minutes
+    python benchmarks/label_free_choice.py --parts method layer      # about an hour on 2 cores
+    python benchmarks/label_free_choice.py --parts imbalance         # about 20 minutes
 
 Output: Markdown tables on stdout and ``<out>/label_free_choice.json``.
 """

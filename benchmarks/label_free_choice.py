@@ -11,9 +11,8 @@ Parts (``--parts``):
   sets), k-means, selection seeds 0, 1 and 2: what ``select_clustering`` returns (the consensus
   of all layers' partitions, each counted by its separation and its stability), the same
   consensus weighted by separation only (``consensus_weights="separation"``, the default before)
-  and the single layer it picks with
-  ``consensus=False``, against the best layer at the same seed; per seed and the mean of the
-  seeds.
+  and the single layer it picks with ``consensus=False``, against the best layer at the same
+  seed; per seed and the mean of the seeds.
 * ``imbalance``: the ``layer`` part on the same sets subsampled to 8:1 class imbalance (class sizes
   falling geometrically from the largest to 1/8 of it, seeded): how the layer choice holds when
   the classes are of very different sizes.
@@ -206,9 +205,9 @@ def layer_sets(quick: bool) -> List[Tuple[str, str, int, int, int, bool, str]]:
 def layer_part(quick: bool, seeds: Tuple[int, ...] = (0, 1, 2), ratio: Optional[float] = None
                ) -> List[Dict[str, Any]]:
     """Per set and selection seed: every layer's k-means ACC, the consensus (the choice), the
-    consensus weighted by separation only and the single layer chosen with ``consensus=False``. A seed is
-    one draw of k-means' local optima (the best layer's ACC moves by up to 0.06 between seeds), so
-    the tables give each seed and the mean of the seeds, as the issue measures. ``ratio``: each set
+    consensus weighted by separation only and the single layer chosen with ``consensus=False``. A
+    seed is one draw of k-means' local optima (the best layer's ACC moves by up to 0.06 between
+    seeds), so the tables give each seed and the mean of the seeds, as the issue measures. ``ratio``: each set
     is first subsampled to that class imbalance (:func:`imbalanced`, seed 1)."""
     results = []
     for set_index, (desc, source, n, size, data_seed, invert, encoder) in enumerate(layer_sets(quick)):

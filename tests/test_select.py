@@ -322,21 +322,6 @@ def test_consensus_labels_follow_the_majority_of_partitions():
         consensus_labels([a, a[:3]], 2)
 
 
-def count_fits(monkeypatch):
-    """The seeds of every fit select_clustering makes from now on (full fits and stability runs)."""
-    import embedcluster.transfer.select as select
-
-    fits = []
-    real_fit = select._fit_labels
-
-    def counting_fit(method, Z, k, seed, n_init):
-        fits.append(seed)
-        return real_fit(method, Z, k, seed, n_init)
-
-    monkeypatch.setattr(select, "_fit_labels", counting_fit)
-    return fits
-
-
 def test_consensus_labels_weigh_each_partition():
     """Two partitions agree on one split, a third on another: with equal weights the two win; with
     the third weighted above their sum it wins; a weight of 0 is the same as leaving the partition
@@ -360,9 +345,8 @@ def test_consensus_labels_weigh_each_partition():
 
 
 def _recording_fits(monkeypatch):
-    """Every partition select_clustering makes from now on, as (number of columns of the
-    representation, row indices into it, labels): runs on subsamples are mapped back to the
-    rows of the full representation they came from."""
+    """Every fit select_clustering makes from now on (full fits and stability runs), as (number
+    of columns of the representation, the rows clustered, their labels)."""
     import embedcluster.transfer.select as select
 
     made = []
@@ -509,7 +493,7 @@ def test_the_consensus_leaves_out_the_representations_that_agree_least(monkeypat
     reps = {"x": X, "x2": X + 0.05 * rng.standard_normal(X.shape).astype(np.float32),
             "noise a": rng.standard_normal((len(X), 6)).astype(np.float32),
             "noise b": rng.standard_normal((len(X), 6)).astype(np.float32)}
-    fits = count_fits(monkeypatch)
+    fits = _recording_fits(monkeypatch)
     sel = select_clustering(reps, 3, n_runs=2, consensus_fits=3, consensus_keep=0.75)
     row = sel.choice
     assert row["representation"] == "consensus" and len(row["left_out"]) == 1, sel.table()

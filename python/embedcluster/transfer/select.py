@@ -344,12 +344,12 @@ def consensus_labels(partitions: Sequence[Any], k: int, seed: int = 0,
     restarts, the lowest objective kept) on the stacked one-hot cluster memberships, i.e. points
     that most partitions put together end up together (evidence accumulation, linear in n). The
     objective has several nearby optima whose accuracy differs by up to 0.06 on the benchmark's
-    sets; with 10 restarts the one kept changed with the seed, with 50 it rarely does. A label of
-    -1 (a point a partition did not see, or noise) adds nothing for that partition; points with
-    -1 in every partition get -1. ``weights`` (one number >= 0 per partition, default all 1): a partition
+    sets; with 10 restarts the one kept changed with the seed, with 50 it rarely does. A label of -1
+    (a point a partition did not see, or noise) adds nothing for that partition; points with -1 in
+    every partition get -1. ``weights`` (one number >= 0 per partition, default all 1): a partition
     counts in proportion to its weight (its membership columns are scaled by the weight's square
-    root, so that it adds ``weight`` times its disagreement to the k-means objective); a
-    partition of weight 0 is left out. Returns (n,) int64 labels in 0..k-1 (and -1)."""
+    root, so that it adds ``weight`` times its disagreement to the k-means objective); a partition
+    of weight 0 is left out. Returns (n,) int64 labels in 0..k-1 (and -1)."""
     from .._backend import check_python_memory
     from ..cluster import KMeans
 

@@ -9,10 +9,10 @@ Parts (``--parts``):
   consistency) and the current one's (SCAN unless k-means' stability < 0.6).
 * ``layer``: raw pixels + the 8 default taps of EfficientNet-Lite0 (-Lite1, -Lite2 on some
   sets), k-means, selection seeds 0, 1 and 2: what ``select_clustering`` returns (the consensus
-  of all layers' partitions, each counted by its separation and its stability), the same
-  consensus weighted by separation only (``consensus_weights="separation"``, the default before)
-  and the single layer it picks with ``consensus=False``, against the best layer at the same
-  seed; per seed and the mean of the seeds.
+  of all layers' partitions, each counted by its neighbour consistency), the same consensus
+  weighted by separation and stability (``consensus_weights="separation_stability"``, the default
+  before) and the single layer it picks with ``consensus=False``, against the best layer at the
+  same seed; per seed and the mean of the seeds.
 * ``imbalance``: the ``layer`` part on the same sets subsampled to 8:1 class imbalance (class sizes
   falling geometrically from the largest to 1/8 of it, seeded): how the layer choice holds when
   the classes are of very different sizes.
@@ -58,7 +58,7 @@ from embedcluster.transfer.select import CONSENSUS, _choose, candidate_represent
 
 WEAK = 0.6
 WEIGHTING_CHOSEN_ON = 18  # layer_sets(): the separation weighting was chosen on the sets before this index,
-STABILITY_CHOSEN_ON = 25  # and its stability factor on the sets before this one
+STABILITY_CHOSEN_ON = 25  # and its stability factor and the consistency weighting's power on the sets before this one
 TEXT_SECTIONS = {
     "topical": None,  # text_corpora.PACKAGE_SECTIONS
     "system": ("admin", "devel", "libs", "net", "utils", "web", "x11", "text", "doc", "kernel", "shells", "vcs"),
@@ -205,7 +205,7 @@ def layer_sets(quick: bool) -> List[Tuple[str, str, int, int, int, bool, str]]:
 def layer_part(quick: bool, seeds: Tuple[int, ...] = (0, 1, 2), ratio: Optional[float] = None
                ) -> List[Dict[str, Any]]:
     """Per set and selection seed: every layer's k-means ACC, the consensus (the choice), the
-    consensus weighted by separation only and the single layer chosen with ``consensus=False``. A
+    consensus weighted by separation and stability and the single layer chosen with ``consensus=False``. A
     seed is one draw of k-means' local optima (the best layer's ACC moves by up to 0.06 between
     seeds), so the tables give each seed and the mean of the seeds, as the issue measures. ``ratio``: each set
     is first subsampled to that class imbalance (:func:`imbalanced`, seed 1)."""
@@ -221,7 +221,7 @@ def layer_part(quick: bool, seeds: Tuple[int, ...] = (0, 1, 2), ratio: Optional[
             start = time.perf_counter()
             sel = select_clustering(reps, k, ["kmeans"], seed=seed)  # the choice: the consensus of every layer
             seconds = time.perf_counter() - start
-            before = select_clustering(reps, k, ["kmeans"], seed=seed, consensus_weights="separation")
+            before = select_clustering(reps, k, ["kmeans"], seed=seed, consensus_weights="separation_stability")
             # Choosing one layer (what consensus=False returns): the same choice on the same
             # single-layer rows, without fitting every layer a second time.
             one_row, _ = _choose([dict(r) for r in sel.rows if r["representation"] != CONSENSUS], [k], 0.8,
@@ -232,12 +232,12 @@ def layer_part(quick: bool, seeds: Tuple[int, ...] = (0, 1, 2), ratio: Optional[
             results.append({"set": desc, "set_index": set_index, "seed": seed, "acc": acc, "best": best,
                             "chosen": one_row["representation"],
                             "consensus": cons, "consensus_chosen": sel.choice["representation"] == "consensus",
-                            "consensus_separation": float(cluster_accuracy(y, before.labels)),
+                            "consensus_before": float(cluster_accuracy(y, before.labels)),
                             "weights": sel.choice.get("weights", {}),
                             "seconds": seconds})
             print(f"{desc}, seed {seed}: best {best} {acc[best]:.3f}; one layer {one_row['representation']} "
                   f"{acc[one_row['representation']]:.3f}; consensus {cons:.3f} ({seconds:.0f} s), weighted by "
-                  f"separation only {results[-1]['consensus_separation']:.3f}", flush=True)
+                  f"separation and stability {results[-1]['consensus_before']:.3f}", flush=True)
     return results
 
 
@@ -265,8 +265,9 @@ def method_table(method: List[Dict[str, Any]]) -> List[str]:
 
 def layer_table(layer: List[Dict[str, Any]]) -> List[str]:
     lines = ["| set | best layer, per seed | one layer chosen (consensus=False): gap per seed, mean | "
-             "consensus of every layer, weighted by separation and stability (the choice): gap per seed, mean | "
-             "consensus of every layer, weighted by separation only (the choice before): gap per seed, mean |",
+             "consensus of every layer, weighted by neighbour consistency (the choice): gap per seed, mean | "
+             "consensus of every layer, weighted by separation and stability (the choice before): gap per seed, "
+             "mean |",
              "|---|---|---|---|---|"]
     sets: Dict[int, List[Dict[str, Any]]] = {}
     for r in layer:
@@ -275,7 +276,7 @@ def layer_table(layer: List[Dict[str, Any]]) -> List[str]:
     for rs in sets.values():
         cells = []
         for col, value in (("one", lambda r: r["acc"][r["chosen"]]), ("cons", lambda r: r["consensus"]),
-                           ("before", lambda r: r["consensus_separation"])):
+                           ("before", lambda r: r["consensus_before"])):
             gaps = [value(r) - r["acc"][r["best"]] for r in rs]
             columns[col][0].extend(gaps)
             columns[col][1].append(float(np.mean(gaps)))
@@ -286,13 +287,13 @@ def layer_table(layer: List[Dict[str, Any]]) -> List[str]:
     def within(gaps: List[float]) -> str:
         return f"{sum(g >= -0.02 for g in gaps)}/{len(gaps)}"
 
-    names = {"one": "one layer", "cons": "consensus weighted by separation and stability (the choice)",
-             "before": "consensus weighted by separation only"}
+    names = {"one": "one layer", "cons": "consensus weighted by neighbour consistency (the choice)",
+             "before": "consensus weighted by separation and stability"}
     lines += ["", "within 0.02 of the best layer, single seeds / means of the seeds / mean gap / worst single seed: "
               + "; ".join(f"{names[c]} {within(g)} / {within(m)} / {np.mean(m):+.3f} / {min(g):+.3f}"
                           for c, (g, m) in columns.items()), ""]
     for since, what in ((WEIGHTING_CHOSEN_ON, "the separation weighting"),
-                        (STABILITY_CHOSEN_ON, "its stability factor")):
+                        (STABILITY_CHOSEN_ON, "its stability factor and the consistency weighting's power")):
         late = [i for i, index in enumerate(sets) if index >= since]
         if late:  # the sets the weighting was not chosen on
             lines += [f"the {len(late)} sets added after {what} was chosen, means of the seeds / mean gap: "

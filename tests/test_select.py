@@ -430,6 +430,55 @@ def test_the_consensus_counts_each_representation_by_its_separation_and_stabilit
     assert equal.choice["weights"] == {name: 1.0 for name in reps} and "separation" not in equal.reason.split(",")[0]
 
 
+def _oracle_consistency(labels, common, n_neighbors=10):
+    """Chance-adjusted share of the exact n_neighbors-NN pairs (numpy brute force on the common
+    space, self excluded) whose two points share a cluster."""
+    d2 = ((common[:, None, :] - common[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(d2, np.inf)
+    nn = np.argsort(d2, axis=1, kind="stable")[:, :n_neighbors]
+    observed = np.mean(labels[:, None] == labels[nn])
+    p = np.bincount(labels) / len(labels)
+    return (observed - p @ p) / (1 - p @ p)
+
+
+def test_the_consensus_counts_each_representation_by_its_neighbour_consistency(monkeypatch):
+    """consensus_weights="consistency" weighs each representation by its neighbour consistency
+    (the mean over its full fits) relative to the highest, to the power 8 (0 at or below 0).
+    The oracle: every full-data partition the selection made of each representation, scored on
+    a numpy brute-force 10-NN graph of the concatenated common space."""
+    from embedcluster.transfer.select import CONSISTENCY_POWER
+
+    X, y = blobs(k=3, n_per=40)
+    rng = np.random.default_rng(3)
+    x2 = X @ rng.standard_normal((X.shape[1], 9)).astype(np.float32)
+    reps = {"x": X, "x2": x2 + 0.6 * x2.std() * rng.standard_normal(x2.shape).astype(np.float32),
+            "noise": rng.standard_normal((len(X), 40)).astype(np.float32)}
+    made = _recording_fits(monkeypatch)
+    sel = select_clustering(reps, 3, n_runs=3, consensus_fits=3, consensus_weights="consistency")
+    common = np.concatenate([Z / np.linalg.norm(Z, axis=1, keepdims=True) / np.sqrt(3) for Z in reps.values()], 1)
+    consistency, n_full = {}, {}
+    for name, Z in reps.items():
+        full = [labels for d, rows, labels in made if d == Z.shape[1] and len(rows) == len(Z)]
+        n_full[name] = len(full)
+        consistency[name] = float(np.mean([_oracle_consistency(labels, common) for labels in full]))
+    assert CONSISTENCY_POWER == 8
+    top = max(consistency.values())
+    expected = {name: (max(c, 0.0) / top) ** 8 for name, c in consistency.items()}
+    got = sel.choice["weights"]
+    assert sel.choice["representation"] == "consensus" and sel.choice["weighting"] == "consistency"
+    for name in reps:
+        assert got[name] == pytest.approx(expected[name], abs=1e-4), (got, expected)
+    heard = [name for name in reps if n_full[name] == 3]
+    for name in heard:
+        assert sel.choice["ensemble_consistency"][name] == pytest.approx(consistency[name], abs=1e-6)
+    # a representation gets its 2 extra fits only when its first fit keeps neighbours together
+    assert {"x", "x2"} <= set(heard) and all(n in (1, 3) for n in n_full.values())
+    assert len(made) == 3 * 4 + 2 * len(heard)
+    assert got["x"] > 0.5 and got["noise"] < 1e-3
+    assert oracle_accuracy(y, sel.labels) == 1.0
+    assert "relative neighbour consistency to the power 8" in sel.reason
+
+
 def test_consensus_labels_checks_the_memory_budget_first(monkeypatch):
     import embedcluster._backend as backend
     from embedcluster.transfer.select import consensus_labels

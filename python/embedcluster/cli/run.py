@@ -211,9 +211,9 @@ def _write_selection(out: Path, sel: Any) -> List[str]:
     out.mkdir(parents=True, exist_ok=True)
     save_json(out / "selection.json", {"rows": sel.rows, "choice": sel.choice, "reason": sel.reason})
     lines = ["label-free selection (score = separation in the common space x stability across seeds and "
-             "subsamples; with 3+ representations their consensus, each counted by its separation and stability; the "
-             "method: SCAN "
-             "over k-means unless k-means' stability there is below 0.6, else by neighbour consistency):", sel.table(),
+             "subsamples; with 3+ representations their consensus, each counted by its neighbour consistency in the "
+             "common space; the method: SCAN over k-means unless k-means' stability there is below 0.6, else by "
+             "neighbour consistency):", sel.table(),
              f"chosen: {sel.reason}"]
     atomic_write_bytes(out / "selection.txt", ("\n".join(lines) + "\n").encode())
     return lines

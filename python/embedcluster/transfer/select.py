@@ -140,8 +140,9 @@ class Selection:
         ``chosen`` (the consensus rows also ``left_out``: the representations not in it, see
         ``consensus_keep``, ``weights``: representation -> its weight in it, see
         ``consensus_weights``, ``ensemble_stability``: representation -> the stability of its
-        partitions in it, and ``weighting``: the ``consensus_weights`` used); the choice first,
-        then by k and by stability.
+        partitions in it, ``ensemble_consistency``: representation -> the mean neighbour
+        consistency of its full fits in it, and ``weighting``: the ``consensus_weights`` used);
+        the choice first, then by k and by stability.
     choice : the chosen row.
     labels : the chosen candidate's clusters of all points, (n,) int64.
     all_labels : every candidate's clusters of all points, by ``(representation, k, method)``.
@@ -315,17 +316,29 @@ def _most_agreeing(partitions: Mapping[str, np.ndarray], keep: float) -> List[st
 #: Powers of the relative separation and of the relative stability in a representation's weight
 #: in the consensus (module notes; chosen by measurement, benchmarks/RESULTS.md).
 SEPARATION_POWER, STABILITY_POWER = 2, 6
-CONSENSUS_WEIGHTS = ("separation_stability", "separation", "equal")
+#: The power of the relative neighbour consistency in ``consensus_weights="consistency"``.
+CONSISTENCY_POWER = 8
+CONSENSUS_WEIGHTS = ("consistency", "separation_stability", "separation", "equal")
 
 
-def _consensus_weights(separation: Mapping[str, float], stability: Mapping[str, float], how: str
-                       ) -> Dict[str, float]:
-    """Each representation's weight in the consensus (module notes): ``"separation"``: the square
-    of its separation relative to the highest (0 for a separation <= 0; all 1 when none is above
-    0); ``"separation_stability"``: that times the sixth power of its stability (over its
-    ensemble) relative to the highest among the representations whose separation is above 0;
-    ``"equal"``: all 1. ``stability`` is read only for the representations with a separation above
-    0 under ``"separation_stability"``."""
+def _consensus_weights(separation: Mapping[str, float], stability: Mapping[str, float], how: str,
+                       consistency: Optional[Mapping[str, float]] = None) -> Dict[str, float]:
+    """Each representation's weight in the consensus (module notes): ``"consistency"``: its
+    neighbour consistency relative to the highest, to the power ``CONSISTENCY_POWER`` (0 for a
+    consistency <= 0; all 1 when none is above 0); ``"separation"``: the square of its separation
+    relative to the highest (0 for a separation <= 0; all 1 when none is above 0);
+    ``"separation_stability"``: that times the sixth power of its stability (over its ensemble)
+    relative to the highest among the representations whose separation is above 0; ``"equal"``:
+    all 1. ``stability`` is read only for the representations with a separation above 0 under
+    ``"separation_stability"``, ``consistency`` (keyed like ``separation``) only under
+    ``"consistency"``."""
+    if how == "consistency":
+        if consistency is None:
+            raise ValueError('consensus_weights="consistency" needs each representation\'s consistency')
+        top = max(consistency.values())
+        if top <= 0:
+            return {rep: 1.0 for rep in consistency}
+        return {rep: (max(c, 0.0) / top) ** CONSISTENCY_POWER for rep, c in consistency.items()}
     top = max(separation.values())
     if how == "equal" or top <= 0:
         return {rep: 1.0 for rep in separation}
@@ -494,9 +507,10 @@ def _choose(rows: List[Dict[str, Any]], ks: List[int], floor: float, specs: Mapp
         weights = best.get("weights") or {}
         if any(w != 1.0 for w in weights.values()):
             unheard = [rep for rep, w in weights.items() if w <= 0]
-            how = ("the square of its relative separation" if best.get("weighting") == "separation" else
-                   f"the square of its relative separation times its relative stability to the power "
-                   f"{STABILITY_POWER}")
+            how = {"separation": "the square of its relative separation",
+                   "consistency": f"its relative neighbour consistency to the power {CONSISTENCY_POWER}"}.get(
+                best.get("weighting", ""), f"the square of its relative separation times its relative stability to the "
+                                           f"power {STABILITY_POWER}")
             whose += f", each counted by {how}" + (f" ({', '.join(unheard)}: 0)" if unheard else "")
         reason = (f"{whose}, "
                   f"k={best['k']} (among single representations the choice is within noise; the most stable whose "
@@ -519,7 +533,7 @@ def select_clustering(representations: Mapping[str, Any], n_clusters: Union[int,
                       n_runs: int = 4, subsample: float = 0.8, sample_size: int = 2000,
                       separation_floor: float = 0.8, n_neighbors: int = 10, weak_stability: float = 0.6,
                       consensus: bool = True, consensus_fits: int = 3, consensus_keep: float = 1.0,
-                      consensus_weights: str = "separation_stability", seed: int = 0) -> Selection:
+                      consensus_weights: str = "consistency", seed: int = 0) -> Selection:
     """Chooses a representation, k and a method without labels (module notes).
 
     Parameters
@@ -553,13 +567,15 @@ def select_clustering(representations: Mapping[str, Any], n_clusters: Union[int,
         each k and method, the ``max(3, ceil(consensus_keep * R))`` whose full fits agree most with
         the other representations' (mean NMI); the rest are left out of it, and their extra fits
         are not made (module notes). 1 (the default) keeps every representation.
-    consensus_weights : ``"separation_stability"`` (the default): each representation's partitions
-        count in the consensus in proportion to the square of its separation relative to the best at
-        that k and method, times its stability relative to the most stable's to the power 6 (its
-        stability over all its partitions in the consensus: its full fits and its stability runs;
-        0 for a separation <= 0, and its extra fits are then not made); ``"separation"``: the square
-        of the relative separation only (the default before); ``"equal"``: every representation
-        counts the same (module notes).
+    consensus_weights : ``"consistency"`` (the default): each representation's partitions count
+        in the consensus in proportion to its neighbour consistency (the mean over its full fits)
+        relative to the highest at that k and method, to the power 8 (0 for a consistency <= 0
+        of its first fit, and its extra fits are then not made); ``"separation_stability"`` (the
+        default before): the square of its separation relative to the best times its stability
+        relative to the most stable's to the power 6 (its stability over all its partitions in
+        the consensus: its full fits and its stability runs; 0 for a separation <= 0, and no extra
+        fits); ``"separation"``: the square of the relative separation only; ``"equal"``: every
+        representation counts the same (module notes).
     seed : seeds the subsamples, the fits and the silhouette sample.
 
     Returns
@@ -627,9 +643,11 @@ def select_clustering(representations: Mapping[str, Any], n_clusters: Union[int,
                 start = time.perf_counter()
                 kept = _most_agreeing({rep: all_labels[(rep, k, mname)] for rep in units}, consensus_keep)
                 separation = {rep: scored[(rep, k, mname)]["separation"] for rep in kept}
-                # Every weighting but "equal" gives a separation <= 0 no say (unless none is above 0):
-                # those representations get no extra fits.
-                heard = _consensus_weights(separation, {}, "separation" if consensus_weights != "equal" else "equal")
+                consistency = {rep: scored[(rep, k, mname)]["consistency"] for rep in kept}
+                # Every weighting but "equal" gives a consistency (or separation) <= 0 no say
+                # (unless none is above 0): those representations get no extra fits.
+                first = consensus_weights if consensus_weights in ("consistency", "equal") else "separation"
+                heard = _consensus_weights(separation, {}, first, consistency)
                 ensembles = {rep: [all_labels[(rep, k, mname)],
                                    *[_fit_labels(method, units[rep], k, seed + 100 * t, n_init=10)
                                      for t in range(1, min(consensus_fits, per_rep))],
@@ -638,7 +656,13 @@ def select_clustering(representations: Mapping[str, Any], n_clusters: Union[int,
                 # stability runs; the row's own when the memory budget leaves one partition).
                 member_stability = {rep: _mean_pairwise_ari(parts) if len(parts) > 1
                                     else scored[(rep, k, mname)]["stability"] for rep, parts in ensembles.items()}
-                weight = _consensus_weights(separation, member_stability, consensus_weights)
+                # Its consistency: the mean over its full fits (the stability runs leave points out).
+                full = min(consensus_fits, per_rep)
+                member_consistency = {rep: float(np.mean([neighbour_consistency(part, sample, neighbours)
+                                                          for part in parts[:full]]))
+                                      for rep, parts in ensembles.items()}
+                weight = _consensus_weights(separation, member_stability, consensus_weights,
+                                            {**consistency, **member_consistency})
                 counted = [rep for rep in ensembles if weight[rep] > 0]
                 ensemble = [ensembles[rep] for rep in counted]
                 labels = consensus_labels([part for parts in ensemble for part in parts], k, seed,
@@ -649,6 +673,7 @@ def select_clustering(representations: Mapping[str, Any], n_clusters: Union[int,
                 rows[-1]["left_out"] = [rep for rep in units if rep not in kept]
                 rows[-1]["weights"] = weight
                 rows[-1]["ensemble_stability"] = member_stability
+                rows[-1]["ensemble_consistency"] = member_consistency
                 rows[-1]["weighting"] = consensus_weights
     shown.update(1)
     shown.close()

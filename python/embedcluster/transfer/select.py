@@ -40,30 +40,33 @@ whose subsamples all representations share). One seed of k-means is one draw amo
 whose accuracy differs by up to 0.06 on these features, and a consensus of one partition per
 representation inherits that draw; the ensemble averages over it.
 
-Each representation counts in the consensus by the square of its separation relative to the best
-one's times the sixth power of its stability relative to the most stable one's
-(``consensus_weights="separation_stability"``; 0 for a separation <= 0). That stability is over
-the representation's whole ensemble (its full fits and its stability runs: 21 pairs, where the
-candidate's own stability has 6). The separation keeps low-level partitions from outvoting the
-others (with equal weights, block 0 of an ImageNet network, ACC 0.21-0.31 on these sets, had as
-much say as the head). The stability lets a representation that stands alone be heard: where raw
-pixels of small digits upsampled to 56-72 px (ACC 0.80) beat every layer of an ImageNet network
-by 0.03 or more, raw's partitions come back (stability 0.84-0.94 over the ensemble) and the
-layers' less (0.53-0.89), and the consensus weighted by separation alone fell 0.06-0.16 below
-raw. Measured (``benchmarks/label_free_choice.py``, k-means, three selection seeds, raw pixels +
-8 taps of EfficientNet-Lite0, -Lite1 or -Lite2), within 0.02 of the best single layer on the
-mean of the seeds: 24 of the 25 sets the factor was chosen on and 5 of 6 built afterwards
-(weighted by separation alone 23 and 4; the worst single seed -0.072 against -0.197); the three
-stand-alone digit sets are met (-0.013, -0.003, +0.010 against -0.093, -0.152, -0.099). The
-misses: the digits at 72 px inverted (-0.024) and one Fashion sample through Lite2 (-0.020). The
-power 6 was chosen on the first 25 sets among 3, 4, 5, 6 and 8: all of them lift the worst
-single seed (-0.07 to -0.17 against -0.19 to -0.20), but the count of sets moves by one or two
-between neighbouring powers (5 and 8 gave 22 of 25): at this level the consensus is noisy, and
-the stability factor gives up part of the consensus' gains where several layers are about as
-good (Lite1 digits at 40 px: +0.08 weighted by separation alone, -0.004 with it) to hold the
-sets where one stands alone. The single layer the steps above pick (``consensus=False``) was
-within 0.02 on 4 of the first 18 (among the deep layers the stability differences are within
-their noise).
+Each representation counts in the consensus by its neighbour consistency relative to the
+highest, to the power 8 (``consensus_weights="consistency"``; 0 for a consistency <= 0): the mean,
+over its full fits, of the chance-adjusted share of the common space's exact ``n_neighbors``-NN
+pairs that the fit keeps in one cluster. Among the representations of one set it ranks them by
+accuracy better than the separation does: the rank correlation between a representation's
+consistency and its accuracy, averaged over 25 labelled sets x 3 seeds, is 0.87 (separation 0.79,
+stability 0.03), and on the same sets at 8:1 class imbalance 0.90 (separation 0.69). A silhouette
+favours round clusters of similar sizes around their centroids, which classes of different sizes
+are not: on Fashion-MNIST at 8:1, block 2 of an ImageNet network (ACC 0.48) had the highest
+weight by separation and stability and the best layers (0.65-0.66) about half of it; their
+consistency weights are 1 and 0.82, block 2's 0.23. The consistency also hears a representation that stands alone: raw
+pixels of the small digits upsampled to 56-64 px (ACC 0.79, every layer 0.76 or less) have the
+highest consistency (0.85-0.86), where their separation was below the deep layers' (and the
+previous default needed a stability factor to hear them). The power 8 gives low-level layers
+(block 0, consistency 0.26-0.45 against 0.8-0.9) no say. Measured (``benchmarks/label_free_choice.py``,
+k-means, three selection seeds, raw pixels + 8 taps of EfficientNet-Lite0, -Lite1 or -Lite2),
+within 0.02 of the best single layer on the mean of the seeds: 29 of 31 sets (86 of 93 single
+seeds, mean gap +0.026, worst single seed -0.070) and at 8:1 20 of 31 (mean gap -0.013, worst
+-0.080); the previous default, ``"separation_stability"`` (the square of the relative separation
+times the sixth power of the relative stability over the ensemble), 29 of 31 (77 of 93, +0.003,
+-0.072) and 12 of 31 (-0.029, -0.129). The power was chosen on the first 25 sets (both balances)
+among 2, 4 and 8 (8:1: 8, 13 and 17 of 25; balanced: 23, 24 and 24 of 25); the last six were
+built before it and not used in the choice (5 of 6, and 3 of 6 at 8:1). The misses: a Fashion
+sample at 96 px (-0.021) and the digits at 72 px inverted (-0.027). ``"separation"`` (the square
+of the relative separation) and ``"equal"`` are the consensuses before. The single layer the
+steps above pick (``consensus=False``) was within 0.02 on 8 of 31 (among the deep layers the
+stability differences are within their noise).
 
 The consensus k-means keeps the best of 50 restarts (``consensus_labels(n_init=50)``): its
 objective has nearby optima whose accuracy differs by up to 0.06, and with 10 restarts the one
@@ -76,11 +79,11 @@ the first 18 sets gave 18 of 18 (mean gap +0.015), but its gain was of the size 
 consensus' own noise between nearby ensembles (8 of 9 was below both 9 and 7 of 9), so it is
 an option, not the default.
 
-Classes of very different sizes are the weak spot: on the same sets subsampled to 8:1 (class
-sizes falling geometrically), the weighted consensus is within 0.02 of the best layer on 12 of
-31 (mean gap -0.029; weighted by separation alone 9 of 31, -0.032). k-means at the true k splits
-the largest classes and merges the smallest; the consensus k-means adds its own pull towards
-equal sizes. No other consensus measured closed the gap (benchmarks/RESULTS.md).
+Classes of very different sizes remain the weak spot: on the same sets subsampled to 8:1 (class
+sizes falling geometrically), the consensus is within 0.02 of the best layer on 20 of 31 (mean
+gap -0.013). k-means at the true k splits the largest classes and merges the smallest; the
+consensus k-means adds its own pull towards equal sizes. Consensuses by average linkage or
+spectral clustering of the co-association matrix did not close the gap (benchmarks/RESULTS.md).
 
 Last, the method on that representation and k. When both k-means and the SCAN head are
 candidates, SCAN is chosen, unless k-means' own stability there is below ``weak_stability``

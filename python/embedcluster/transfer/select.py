@@ -40,33 +40,33 @@ whose subsamples all representations share). One seed of k-means is one draw amo
 whose accuracy differs by up to 0.06 on these features, and a consensus of one partition per
 representation inherits that draw; the ensemble averages over it.
 
-Each representation counts in the consensus by its neighbour consistency relative to the
-highest, to the power 8 (``consensus_weights="consistency"``; 0 for a consistency <= 0): the mean,
-over its full fits, of the chance-adjusted share of the common space's exact ``n_neighbors``-NN
-pairs that the fit keeps in one cluster. Among the representations of one set it ranks them by
-accuracy better than the separation does: the rank correlation between a representation's
-consistency and its accuracy, averaged over 25 labelled sets x 3 seeds, is 0.87 (separation 0.79,
-stability 0.03), and on the same sets at 8:1 class imbalance 0.90 (separation 0.69). A silhouette
-favours round clusters of similar sizes around their centroids, which classes of different sizes
-are not: on Fashion-MNIST at 8:1, block 2 of an ImageNet network (ACC 0.48) had the highest
-weight by separation and stability and the best layers (0.65-0.66) about half of it; their
-consistency weights are 1 and 0.82, block 2's 0.23. The consistency also hears a representation that stands alone: raw
-pixels of the small digits upsampled to 56-64 px (ACC 0.79, every layer 0.76 or less) have the
-highest consistency (0.85-0.86), where their separation was below the deep layers' (and the
-previous default needed a stability factor to hear them). The power 8 gives low-level layers
-(block 0, consistency 0.26-0.45 against 0.8-0.9) no say. Measured (``benchmarks/label_free_choice.py``,
-k-means, three selection seeds, raw pixels + 8 taps of EfficientNet-Lite0, -Lite1 or -Lite2),
-within 0.02 of the best single layer on the mean of the seeds: 29 of 31 sets (86 of 93 single
-seeds, mean gap +0.026, worst single seed -0.070) and at 8:1 20 of 31 (mean gap -0.013, worst
--0.080); the previous default, ``"separation_stability"`` (the square of the relative separation
-times the sixth power of the relative stability over the ensemble), 29 of 31 (77 of 93, +0.003,
--0.072) and 12 of 31 (-0.029, -0.129). The power was chosen on the first 25 sets (both balances)
-among 2, 4 and 8 (8:1: 8, 13 and 17 of 25; balanced: 23, 24 and 24 of 25); the last six were
-built before it and not used in the choice (5 of 6, and 3 of 6 at 8:1). The misses: a Fashion
-sample at 96 px (-0.021) and the digits at 72 px inverted (-0.027). ``"separation"`` (the square
-of the relative separation) and ``"equal"`` are the consensuses before. The single layer the
-steps above pick (``consensus=False``) was within 0.02 on 8 of 31 (among the deep layers the
-stability differences are within their noise).
+Each representation counts in the consensus by its neighbour consistency relative to the highest,
+to the power 8 (``consensus_weights="consistency"``; 0 for a consistency <= 0): the mean, over its
+full fits, of the chance-adjusted share of the common space's exact ``n_neighbors``-NN pairs that
+the fit keeps in one cluster. Among the representations of one set it ranks them by accuracy better
+than the separation does: the rank correlation between a representation's consistency and its
+accuracy, averaged over 25 labelled sets x 3 seeds, is 0.87 (separation 0.79, stability 0.03), and
+on the same sets at 8:1 class imbalance 0.90 (separation 0.69). A silhouette favours round clusters
+of similar sizes around their centroids, which classes of different sizes are not: on Fashion-MNIST
+at 8:1, block 2 of an ImageNet network (ACC 0.48) had the highest weight by separation and
+stability and the best layers (0.65-0.66) about half of it; their consistency weights are 1 and
+0.82, block 2's 0.23. The consistency also hears a representation that stands alone: raw pixels of
+the small digits upsampled to 56-64 px (ACC 0.79, every layer 0.76 or less) have the highest
+consistency (0.85-0.86), where their separation was below the deep layers' (and the previous
+default needed a stability factor to hear them). The power 8 leaves low-level layers almost no say
+(block 0: consistency 0.26-0.45 against 0.8-0.9, weight below 0.01). Measured
+(``benchmarks/label_free_choice.py``, k-means, three selection seeds, raw pixels + 8 taps of
+EfficientNet-Lite0, -Lite1 or -Lite2), within 0.02 of the best single layer on the mean of the
+seeds: 29 of 31 sets (86 of 93 single seeds, mean gap +0.026, worst single seed -0.070) and at 8:1
+20 of 31 (mean gap -0.013, worst -0.080); the previous default, ``"separation_stability"`` (the
+square of the relative separation times the sixth power of the relative stability over the
+ensemble), 29 of 31 (77 of 93, +0.003, -0.072) and 12 of 31 (-0.029, -0.129). The power was chosen
+on the first 25 sets (both balances) among 2, 4 and 8 (8:1: 8, 13 and 17 of 25; balanced: 23, 24
+and 24 of 25); the last six were built before it and not used in the choice (5 of 6, and 3 of 6 at
+8:1). The misses: a Fashion sample at 96 px (-0.021) and the digits at 72 px inverted (-0.027).
+``"separation"`` (the square of the relative separation) and ``"equal"`` are the consensuses
+before. The single layer the steps above pick (``consensus=False``) was within 0.02 on 8 of 31
+(among the deep layers the stability differences are within their noise).
 
 The consensus k-means keeps the best of 50 restarts (``consensus_labels(n_init=50)``): its
 objective has nearby optima whose accuracy differs by up to 0.06, and with 10 restarts the one

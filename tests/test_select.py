@@ -380,6 +380,22 @@ def _oracle_stability(made, Z):
     return float(np.mean(scores)), len(parts)
 
 
+def _three_views_selection(monkeypatch, weighting):
+    """Three representations of 3 blobs (the blobs, a noisy 9-d projection of them, 40-d noise),
+    selected with every fit recorded: (reps, y, fits made, the Selection, the concatenated
+    common space)."""
+    X, y = blobs(k=3, n_per=40)
+    rng = np.random.default_rng(3)
+    # different widths, so that each partition made can be traced to its representation
+    x2 = X @ rng.standard_normal((X.shape[1], 9)).astype(np.float32)
+    reps = {"x": X, "x2": x2 + 0.6 * x2.std() * rng.standard_normal(x2.shape).astype(np.float32),
+            "noise": rng.standard_normal((len(X), 40)).astype(np.float32)}
+    made = _recording_fits(monkeypatch)
+    sel = select_clustering(reps, 3, n_runs=3, consensus_fits=3, consensus_weights=weighting)
+    common = np.concatenate([Z / np.linalg.norm(Z, axis=1, keepdims=True) / np.sqrt(3) for Z in reps.values()], 1)
+    return reps, y, made, sel, common
+
+
 @pytest.mark.parametrize("weighting", ["separation_stability", "separation"])
 def test_the_consensus_counts_each_representation_by_its_separation_and_stability(monkeypatch, weighting):
     """The default weighs each representation by the square of its separation relative to the
@@ -391,15 +407,7 @@ def test_the_consensus_counts_each_representation_by_its_separation_and_stabilit
     consensus_weights="equal" weighs all alike."""
     from sklearn.metrics import silhouette_score
 
-    X, y = blobs(k=3, n_per=40)
-    rng = np.random.default_rng(3)
-    # different widths, so that each partition made can be traced to its representation
-    x2 = X @ rng.standard_normal((X.shape[1], 9)).astype(np.float32)
-    reps = {"x": X, "x2": x2 + 0.6 * x2.std() * rng.standard_normal(x2.shape).astype(np.float32),
-            "noise": rng.standard_normal((len(X), 40)).astype(np.float32)}
-    made = _recording_fits(monkeypatch)
-    sel = select_clustering(reps, 3, n_runs=3, consensus_fits=3, consensus_weights=weighting)
-    common = np.concatenate([Z / np.linalg.norm(Z, axis=1, keepdims=True) / np.sqrt(3) for Z in reps.values()], 1)
+    reps, y, made, sel, common = _three_views_selection(monkeypatch, weighting)
     sep = {name: silhouette_score(common, sel.all_labels[(name, 3, "kmeans")]) for name in reps}
     top = max(sep.values())
     expected = {name: (max(s, 0.0) / top) ** 2 for name, s in sep.items()}
@@ -448,14 +456,7 @@ def test_the_consensus_counts_each_representation_by_its_neighbour_consistency(m
     a numpy brute-force 10-NN graph of the concatenated common space."""
     from embedcluster.transfer.select import CONSISTENCY_POWER
 
-    X, y = blobs(k=3, n_per=40)
-    rng = np.random.default_rng(3)
-    x2 = X @ rng.standard_normal((X.shape[1], 9)).astype(np.float32)
-    reps = {"x": X, "x2": x2 + 0.6 * x2.std() * rng.standard_normal(x2.shape).astype(np.float32),
-            "noise": rng.standard_normal((len(X), 40)).astype(np.float32)}
-    made = _recording_fits(monkeypatch)
-    sel = select_clustering(reps, 3, n_runs=3, consensus_fits=3, consensus_weights="consistency")
-    common = np.concatenate([Z / np.linalg.norm(Z, axis=1, keepdims=True) / np.sqrt(3) for Z in reps.values()], 1)
+    reps, y, made, sel, common = _three_views_selection(monkeypatch, "consistency")
     consistency, n_full = {}, {}
     for name, Z in reps.items():
         full = [labels for d, rows, labels in made if d == Z.shape[1] and len(rows) == len(Z)]

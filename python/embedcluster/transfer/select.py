@@ -324,8 +324,8 @@ CONSISTENCY_POWER = 8
 CONSENSUS_WEIGHTS = ("consistency", "separation_stability", "separation", "equal")
 
 
-def _consensus_weights(separation: Mapping[str, float], stability: Mapping[str, float], how: str,
-                       consistency: Optional[Mapping[str, float]] = None) -> Dict[str, float]:
+def _consensus_weights(separation: Mapping[str, float], stability: Mapping[str, float],
+                       consistency: Mapping[str, float], how: str) -> Dict[str, float]:
     """Each representation's weight in the consensus (module notes): ``"consistency"``: its
     neighbour consistency relative to the highest, to the power ``CONSISTENCY_POWER`` (0 for a
     consistency <= 0; all 1 when none is above 0); ``"separation"``: the square of its separation
@@ -336,8 +336,6 @@ def _consensus_weights(separation: Mapping[str, float], stability: Mapping[str, 
     ``"separation_stability"``, ``consistency`` (keyed like ``separation``) only under
     ``"consistency"``."""
     if how == "consistency":
-        if consistency is None:
-            raise ValueError('consensus_weights="consistency" needs each representation\'s consistency')
         top = max(consistency.values())
         if top <= 0:
             return {rep: 1.0 for rep in consistency}
@@ -510,10 +508,10 @@ def _choose(rows: List[Dict[str, Any]], ks: List[int], floor: float, specs: Mapp
         weights = best.get("weights") or {}
         if any(w != 1.0 for w in weights.values()):
             unheard = [rep for rep, w in weights.items() if w <= 0]
-            how = {"separation": "the square of its relative separation",
-                   "consistency": f"its relative neighbour consistency to the power {CONSISTENCY_POWER}"}.get(
-                best.get("weighting", ""), f"the square of its relative separation times its relative stability to the "
-                                           f"power {STABILITY_POWER}")
+            how = {"consistency": f"its relative neighbour consistency to the power {CONSISTENCY_POWER}",
+                   "separation_stability": f"the square of its relative separation times its relative stability "
+                                           f"to the power {STABILITY_POWER}",
+                   "separation": "the square of its relative separation"}[best["weighting"]]
             whose += f", each counted by {how}" + (f" ({', '.join(unheard)}: 0)" if unheard else "")
         reason = (f"{whose}, "
                   f"k={best['k']} (among single representations the choice is within noise; the most stable whose "
@@ -650,7 +648,7 @@ def select_clustering(representations: Mapping[str, Any], n_clusters: Union[int,
                 # Every weighting but "equal" gives a consistency (or separation) <= 0 no say
                 # (unless none is above 0): those representations get no extra fits.
                 first = consensus_weights if consensus_weights in ("consistency", "equal") else "separation"
-                heard = _consensus_weights(separation, {}, first, consistency)
+                heard = _consensus_weights(separation, {}, consistency, first)
                 ensembles = {rep: [all_labels[(rep, k, mname)],
                                    *[_fit_labels(method, units[rep], k, seed + 100 * t, n_init=10)
                                      for t in range(1, min(consensus_fits, per_rep))],
@@ -664,8 +662,8 @@ def select_clustering(representations: Mapping[str, Any], n_clusters: Union[int,
                 member_consistency = {rep: float(np.mean([neighbour_consistency(part, sample, neighbours)
                                                           for part in parts[:full]]))
                                       for rep, parts in ensembles.items()}
-                weight = _consensus_weights(separation, member_stability, consensus_weights,
-                                            {**consistency, **member_consistency})
+                weight = _consensus_weights(separation, member_stability, {**consistency, **member_consistency},
+                                            consensus_weights)
                 counted = [rep for rep in ensembles if weight[rep] > 0]
                 ensemble = [ensembles[rep] for rep in counted]
                 labels = consensus_labels([part for parts in ensemble for part in parts], k, seed,

@@ -9,7 +9,8 @@ Parts (``--parts``):
   consistency) and the current one's (SCAN unless k-means' stability < 0.6).
 * ``layer``: raw pixels + the 8 default taps of EfficientNet-Lite0 (-Lite1, -Lite2 on some
   sets), k-means, selection seeds 0, 1 and 2: what ``select_clustering`` returns (the consensus
-  of all layers' partitions, each counted by its neighbour consistency), the same consensus
+  of all layers' partitions, each counted by its relative neighbour consistency to the power 8 or
+  16, whichever consensus keeps more neighbours together), the same consensus
   weighted by separation and stability (``consensus_weights="separation_stability"``, the default
   before) and the single layer it picks with ``consensus=False``, against the best layer at the
   same seed; per seed and the mean of the seeds.
@@ -58,7 +59,7 @@ from embedcluster.transfer.select import CONSENSUS, _choose, candidate_represent
 
 WEAK = 0.6
 WEIGHTING_CHOSEN_ON = 18  # layer_sets(): the separation weighting was chosen on the sets before this index,
-STABILITY_CHOSEN_ON = 25  # and its stability factor and the consistency weighting's power on the sets before this one
+STABILITY_CHOSEN_ON = 25  # and its stability factor and the consistency weighting's powers on the sets before this one
 TEXT_SECTIONS = {
     "topical": None,  # text_corpora.PACKAGE_SECTIONS
     "system": ("admin", "devel", "libs", "net", "utils", "web", "x11", "text", "doc", "kernel", "shells", "vcs"),
@@ -234,10 +235,12 @@ def layer_part(quick: bool, seeds: Tuple[int, ...] = (0, 1, 2), ratio: Optional[
                             "consensus": cons, "consensus_chosen": sel.choice["representation"] == "consensus",
                             "consensus_before": float(cluster_accuracy(y, before.labels)),
                             "weights": sel.choice.get("weights", {}),
+                            "consistency_power": sel.choice.get("consistency_power"),
                             "seconds": seconds})
             print(f"{desc}, seed {seed}: best {best} {acc[best]:.3f}; one layer {one_row['representation']} "
-                  f"{acc[one_row['representation']]:.3f}; consensus {cons:.3f} ({seconds:.0f} s), weighted by "
-                  f"separation and stability {results[-1]['consensus_before']:.3f}", flush=True)
+                  f"{acc[one_row['representation']]:.3f}; consensus {cons:.3f} (power "
+                  f"{results[-1]['consistency_power']}, {seconds:.0f} s), weighted by separation and stability "
+                  f"{results[-1]['consensus_before']:.3f}", flush=True)
     return results
 
 
@@ -293,7 +296,7 @@ def layer_table(layer: List[Dict[str, Any]]) -> List[str]:
               + "; ".join(f"{names[c]} {within(g)} / {within(m)} / {np.mean(m):+.3f} / {min(g):+.3f}"
                           for c, (g, m) in columns.items()), ""]
     for since, what in ((WEIGHTING_CHOSEN_ON, "the separation weighting"),
-                        (STABILITY_CHOSEN_ON, "its stability factor and the consistency weighting's power")):
+                        (STABILITY_CHOSEN_ON, "its stability factor and the consistency weighting's powers")):
         late = [i for i, index in enumerate(sets) if index >= since]
         if late:  # the sets the weighting was not chosen on
             lines += [f"the {len(late)} sets added after {what} was chosen, means of the seeds / mean gap: "

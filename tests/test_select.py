@@ -451,24 +451,45 @@ def _oracle_consistency(labels, common, n_neighbors=10):
 
 def test_the_consensus_counts_each_representation_by_its_neighbour_consistency(monkeypatch):
     """consensus_weights="consistency" weighs each representation by its neighbour consistency
-    (the mean over its full fits) relative to the highest, to the power 8 (0 at or below 0).
-    The oracle: every full-data partition the selection made of each representation, scored on
-    a numpy brute-force 10-NN graph of the concatenated common space."""
-    from embedcluster.transfer.select import CONSISTENCY_POWER
+    (the mean over its full fits) relative to the highest, to a power (0 at or below 0); it makes
+    the consensus at each of CONSISTENCY_POWERS (8 and 16) and keeps the one that keeps the most
+    neighbours together (the first on a tie). The oracle: every full-data partition the
+    selection made of each representation, and every full-data consensus it made, scored on a
+    numpy brute-force 10-NN graph of the concatenated common space."""
+    import embedcluster.transfer.select as select
 
+    consensuses = []
+    real_consensus = select.consensus_labels
+
+    def recording_consensus(partitions, k, seed=0, weights=None, n_init=50):
+        labels = real_consensus(partitions, k, seed, weights, n_init)
+        if any((np.asarray(part) >= 0).all() for part in partitions):  # has full fits: not a stability run's
+            consensuses.append(labels)
+        return labels
+
+    monkeypatch.setattr(select, "consensus_labels", recording_consensus)
     reps, y, made, sel, common = _three_views_selection(monkeypatch, "consistency")
     consistency, n_full = {}, {}
     for name, Z in reps.items():
         full = [labels for d, rows, labels in made if d == Z.shape[1] and len(rows) == len(Z)]
         n_full[name] = len(full)
         consistency[name] = float(np.mean([_oracle_consistency(labels, common) for labels in full]))
-    assert CONSISTENCY_POWER == 8
+    assert select.CONSISTENCY_POWERS == (8, 16)
+    power = sel.choice["consistency_power"]
+    assert power in (8, 16)
     top = max(consistency.values())
-    expected = {name: (max(c, 0.0) / top) ** 8 for name, c in consistency.items()}
+    expected = {name: (max(c, 0.0) / top) ** power for name, c in consistency.items()}
     got = sel.choice["weights"]
     assert sel.choice["representation"] == "consensus" and sel.choice["weighting"] == "consistency"
     for name in reps:
         assert got[name] == pytest.approx(expected[name], abs=1e-4), (got, expected)
+    # the consensus kept is the one (of the two powers') that keeps the most neighbours together
+    assert 1 <= len(consensuses) <= 2  # one when both powers weigh alike
+    scores = [_oracle_consistency(labels, common) for labels in consensuses]
+    kept = int(np.argmax(scores))  # the first on a tie
+    assert np.array_equal(sel.labels, consensuses[kept]) and power == (8, 16)[kept]
+    assert sel.choice["power_consistency"][power] == pytest.approx(max(scores), abs=1e-9)
+    assert sel.choice["consistency"] == pytest.approx(max(scores), abs=1e-9)
     heard = [name for name in reps if n_full[name] == 3]
     for name in heard:
         assert sel.choice["ensemble_consistency"][name] == pytest.approx(consistency[name], abs=1e-6)
@@ -477,7 +498,7 @@ def test_the_consensus_counts_each_representation_by_its_neighbour_consistency(m
     assert len(made) == 3 * 4 + 2 * len(heard)
     assert got["x"] > 0.5 and got["noise"] < 1e-3
     assert oracle_accuracy(y, sel.labels) == 1.0
-    assert "relative neighbour consistency to the power 8" in sel.reason
+    assert f"relative neighbour consistency to the power {power} (of the powers 8 and 16" in sel.reason
 
 
 def test_consensus_labels_checks_the_memory_budget_first(monkeypatch):

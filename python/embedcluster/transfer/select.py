@@ -41,7 +41,7 @@ whose accuracy differs by up to 0.06 on these features, and a consensus of one p
 representation inherits that draw; the ensemble averages over it.
 
 Each representation counts in the consensus by its neighbour consistency relative to the highest,
-to the power 8 (``consensus_weights="consistency"``; 0 for a consistency <= 0): the mean, over its
+to a power (``consensus_weights="consistency"``; 0 for a consistency <= 0): the mean, over its
 full fits, of the chance-adjusted share of the common space's exact ``n_neighbors``-NN pairs that
 the fit keeps in one cluster. Among the representations of one set it ranks them by accuracy better
 than the separation does: the rank correlation between a representation's consistency and its
@@ -53,20 +53,30 @@ stability and the best layers (0.65-0.66) about half of it; their consistency we
 0.82, block 2's 0.23. The consistency also hears a representation that stands alone: raw pixels of
 the small digits upsampled to 56-64 px (ACC 0.79, every layer 0.76 or less) have the highest
 consistency (0.85-0.86), where their separation was below the deep layers' (and the previous
-default needed a stability factor to hear them). The power 8 leaves low-level layers almost no say
-(block 0: consistency 0.26-0.45 against 0.8-0.9, weight below 0.01). Measured
-(``benchmarks/label_free_choice.py``, k-means, three selection seeds, raw pixels + 8 taps of
-EfficientNet-Lite0, -Lite1 or -Lite2), within 0.02 of the best single layer on the mean of the
-seeds: 29 of 31 sets (86 of 93 single seeds, mean gap +0.026, worst single seed -0.070) and at 8:1
-20 of 31 (mean gap -0.013, worst -0.080); the previous default, ``"separation_stability"`` (the
-square of the relative separation times the sixth power of the relative stability over the
-ensemble), 29 of 31 (77 of 93, +0.003, -0.072) and 12 of 31 (-0.029, -0.129). The power was chosen
-on the first 25 sets (both balances) among 2, 4 and 8 (8:1: 8, 13 and 17 of 25; balanced: 23, 24
-and 24 of 25); the last six were built before it and not used in the choice (5 of 6, and 3 of 6 at
-8:1). The misses: a Fashion sample at 96 px (-0.021) and the digits at 72 px inverted (-0.027).
-``"separation"`` (the square of the relative separation) and ``"equal"`` are the consensuses
-before. The single layer the steps above pick (``consensus=False``) was within 0.02 on 8 of 31
-(among the deep layers the stability differences are within their noise).
+default needed a stability factor to hear them).
+
+The power sets how far the consensus spreads: at 8 it mixes several good layers (on the digits
+the mix beats every single layer by 0.06-0.10), at 16 it rests on the few most consistent ones
+(which holds more sets near the best layer when classes differ in size, and gives the digit gains
+back). Which is right depends on the data, so both consensuses are made and the one whose
+partition keeps more common-space neighbours together is kept (``CONSISTENCY_POWERS``; the power
+8 on a tie): the same neighbour consistency, applied to the result. Either power leaves low-level
+layers almost no say (block 0: consistency 0.26-0.45 against 0.8-0.9, weight below 0.01).
+Measured (``benchmarks/label_free_choice.py``, k-means, three selection seeds, raw pixels + 8
+taps of EfficientNet-Lite0, -Lite1 or -Lite2), within 0.02 of the best single layer on the mean
+of the seeds: 30 of 31 sets (88 of 93 single seeds, mean gap +0.027, worst single seed -0.070)
+and at 8:1 24 of 31 (64 of 93, mean gap -0.008, worst -0.082); the power 8 alone (the default
+before) 29 of 31 (86 of 93, +0.026) and 20 of 31 (55 of 93, -0.013); ``"separation_stability"``
+(the square of the relative separation times the sixth power of the relative stability over the
+ensemble) 29 of 31 (77 of 93, +0.003, -0.072) and 12 of 31 (-0.029, -0.129). The powers and the
+rule were chosen on the first 25 sets; on the last six, not used for the rule, 6 of 6 and 5 of 6
+at 8:1. The miss: a Fashion sample at 96 px (-0.021: one seed's best layer drew a k-means optimum
+0.06 above its other seeds'). A consensus's consistency does not rank every power by accuracy:
+with the power 32 among the candidates, its consensus (close to the single most consistent
+layer, whose consistency it inherits) was kept where the mix was better; between 8 and 16 it
+chose well. ``"separation"`` (the square of the relative separation) and ``"equal"`` are the
+consensuses before. The single layer the steps above pick (``consensus=False``) was within 0.02
+on 8 of 31 (among the deep layers the stability differences are within their noise).
 
 The consensus k-means keeps the best of 50 restarts (``consensus_labels(n_init=50)``): its
 objective has nearby optima whose accuracy differs by up to 0.06, and with 10 restarts the one
@@ -144,7 +154,9 @@ class Selection:
         ``consensus_keep``, ``weights``: representation -> its weight in it, see
         ``consensus_weights``, ``ensemble_stability``: representation -> the stability of its
         partitions in it, ``ensemble_consistency``: representation -> the mean neighbour
-        consistency of its full fits in it, and ``weighting``: the ``consensus_weights`` used);
+        consistency of its full fits in it, ``weighting``: the ``consensus_weights`` used, and
+        under ``"consistency"``, ``consistency_power``: the power kept and ``power_consistency``:
+        power -> the neighbour consistency of the consensus made with it);
         the choice first, then by k and by stability.
     choice : the chosen row.
     labels : the chosen candidate's clusters of all points, (n,) int64.
@@ -319,15 +331,17 @@ def _most_agreeing(partitions: Mapping[str, np.ndarray], keep: float) -> List[st
 #: Powers of the relative separation and of the relative stability in a representation's weight
 #: in the consensus (module notes; chosen by measurement, benchmarks/RESULTS.md).
 SEPARATION_POWER, STABILITY_POWER = 2, 6
-#: The power of the relative neighbour consistency in ``consensus_weights="consistency"``.
-CONSISTENCY_POWER = 8
+#: The powers of the relative neighbour consistency that ``consensus_weights="consistency"``
+#: tries; the consensus that keeps more common-space neighbours together is kept (module notes).
+CONSISTENCY_POWERS = (8, 16)
 CONSENSUS_WEIGHTS = ("consistency", "separation_stability", "separation", "equal")
 
 
 def _consensus_weights(separation: Mapping[str, float], stability: Mapping[str, float],
-                       consistency: Mapping[str, float], how: str) -> Dict[str, float]:
+                       consistency: Mapping[str, float], how: str,
+                       power: int = CONSISTENCY_POWERS[0]) -> Dict[str, float]:
     """Each representation's weight in the consensus (module notes): ``"consistency"``: its
-    neighbour consistency relative to the highest, to the power ``CONSISTENCY_POWER`` (0 for a
+    neighbour consistency relative to the highest, to the power ``power`` (0 for a
     consistency <= 0; all 1 when none is above 0); ``"separation"``: the square of its separation
     relative to the highest (0 for a separation <= 0; all 1 when none is above 0);
     ``"separation_stability"``: that times the sixth power of its stability (over its ensemble)
@@ -339,7 +353,7 @@ def _consensus_weights(separation: Mapping[str, float], stability: Mapping[str, 
         top = max(consistency.values())
         if top <= 0:
             return {rep: 1.0 for rep in consistency}
-        return {rep: (max(c, 0.0) / top) ** CONSISTENCY_POWER for rep, c in consistency.items()}
+        return {rep: (max(c, 0.0) / top) ** power for rep, c in consistency.items()}
     top = max(separation.values())
     if how == "equal" or top <= 0:
         return {rep: 1.0 for rep in separation}
@@ -508,7 +522,12 @@ def _choose(rows: List[Dict[str, Any]], ks: List[int], floor: float, specs: Mapp
         weights = best.get("weights") or {}
         if any(w != 1.0 for w in weights.values()):
             unheard = [rep for rep, w in weights.items() if w <= 0]
-            how = {"consistency": f"its relative neighbour consistency to the power {CONSISTENCY_POWER}",
+            tried = best.get("power_consistency") or {}
+            others = " vs ".join(f"{tried[p]:.3f} at {p}" for p in tried if p != best.get("consistency_power"))
+            how = {"consistency": f"its relative neighbour consistency to the power {best.get('consistency_power')} "
+                                  f"(of the powers {' and '.join(map(str, tried))}, the one whose consensus keeps the "
+                                  f"most common-space neighbours together: {best['consistency']:.3f}"
+                                  + (f" vs {others})" if others else ")"),
                    "separation_stability": f"the square of its relative separation times its relative stability "
                                            f"to the power {STABILITY_POWER}",
                    "separation": "the square of its relative separation"}[best["weighting"]]
@@ -570,8 +589,9 @@ def select_clustering(representations: Mapping[str, Any], n_clusters: Union[int,
         are not made (module notes). 1 (the default) keeps every representation.
     consensus_weights : ``"consistency"`` (the default): each representation's partitions count
         in the consensus in proportion to its neighbour consistency (the mean over its full fits)
-        relative to the highest at that k and method, to the power 8 (0 for a consistency <= 0
-        of its first fit, and its extra fits are then not made); ``"separation_stability"`` (the
+        relative to the highest at that k and method, to the power 8 or 16, whichever gives the
+        consensus that keeps more common-space neighbours together (0 for a consistency <= 0 of
+        its first fit, and its extra fits are then not made); ``"separation_stability"`` (the
         default before): the square of its separation relative to the best times its stability
         relative to the most stable's to the power 6 (its stability over all its partitions in
         the consensus: its full fits and its stability runs; 0 for a separation <= 0, and no extra
@@ -662,12 +682,24 @@ def select_clustering(representations: Mapping[str, Any], n_clusters: Union[int,
                 member_consistency = {rep: float(np.mean([neighbour_consistency(part, sample, neighbours)
                                                           for part in parts[:full]]))
                                       for rep, parts in ensembles.items()}
-                weight = _consensus_weights(separation, member_stability, {**consistency, **member_consistency},
-                                            consensus_weights)
+                # "consistency" tries each power and keeps the consensus that keeps more
+                # common-space neighbours together (the first power on a tie).
+                powers = CONSISTENCY_POWERS if consensus_weights == "consistency" else CONSISTENCY_POWERS[:1]
+                tried: Dict[int, Tuple[float, Dict[str, float], np.ndarray]] = {}
+                for power in powers:
+                    w = _consensus_weights(separation, member_stability, {**consistency, **member_consistency},
+                                           consensus_weights, power)
+                    same = [p for p in tried if tried[p][1] == w]  # all 1 when no consistency is above 0
+                    if same:
+                        tried[power] = tried[same[0]]
+                        continue
+                    in_it = [rep for rep in ensembles if w[rep] > 0]
+                    lab = consensus_labels([part for rep in in_it for part in ensembles[rep]], k, seed,
+                                           [w[rep] for rep in in_it for _ in ensembles[rep]])
+                    tried[power] = (neighbour_consistency(lab, sample, neighbours), w, lab)
+                power = max(powers, key=lambda p: tried[p][0])
+                _, weight, labels = tried[power]
                 counted = [rep for rep in ensembles if weight[rep] > 0]
-                ensemble = [ensembles[rep] for rep in counted]
-                labels = consensus_labels([part for parts in ensemble for part in parts], k, seed,
-                                          [weight[rep] for rep, parts in zip(counted, ensemble) for _ in parts])
                 runs = [consensus_labels([all_runs[(rep, k, mname)][r] for rep in counted], k, seed + 1 + r,
                                          [weight[rep] for rep in counted]) for r in range(n_runs)]
                 add_row(CONSENSUS, k, mname, labels, _mean_pairwise_ari(runs), start)
@@ -676,6 +708,9 @@ def select_clustering(representations: Mapping[str, Any], n_clusters: Union[int,
                 rows[-1]["ensemble_stability"] = member_stability
                 rows[-1]["ensemble_consistency"] = member_consistency
                 rows[-1]["weighting"] = consensus_weights
+                if consensus_weights == "consistency":
+                    rows[-1]["consistency_power"] = power
+                    rows[-1]["power_consistency"] = {p: tried[p][0] for p in powers}
     shown.update(1)
     shown.close()
     best, reason = _choose(rows, ks, separation_floor, method_map, weak_stability)

@@ -65,7 +65,7 @@ layers almost no say (block 0: consistency 0.26-0.45 against 0.8-0.9, weight bel
 Measured (``benchmarks/label_free_choice.py``, k-means, three selection seeds, raw pixels + 8
 taps of EfficientNet-Lite0, -Lite1 or -Lite2), within 0.02 of the best single layer on the mean
 of the seeds: 30 of 31 sets (88 of 93 single seeds, mean gap +0.027, worst single seed -0.070)
-and at 8:1 24 of 31 (64 of 93, mean gap -0.008, worst -0.082); the power 8 alone (the default
+and at 8:1 24 of 31 (65 of 93, mean gap -0.008, worst -0.082); the power 8 alone (the default
 before) 29 of 31 (86 of 93, +0.026) and 20 of 31 (55 of 93, -0.013); ``"separation_stability"``
 (the square of the relative separation times the sixth power of the relative stability over the
 ensemble) 29 of 31 (77 of 93, +0.003, -0.072) and 12 of 31 (-0.029, -0.129). The powers and the

@@ -522,15 +522,15 @@ def _choose(rows: List[Dict[str, Any]], ks: List[int], floor: float, specs: Mapp
         weights = best.get("weights") or {}
         if any(w != 1.0 for w in weights.values()):
             unheard = [rep for rep, w in weights.items() if w <= 0]
-            tried = best.get("power_consistency") or {}
-            others = " vs ".join(f"{tried[p]:.3f} at {p}" for p in tried if p != best.get("consistency_power"))
-            how = {"consistency": f"its relative neighbour consistency to the power {best.get('consistency_power')} "
-                                  f"(of the powers {' and '.join(map(str, tried))}, the one whose consensus keeps the "
-                                  f"most common-space neighbours together: {best['consistency']:.3f}"
-                                  + (f" vs {others})" if others else ")"),
+            how = {"consistency": f"its relative neighbour consistency to the power {best.get('consistency_power')}",
                    "separation_stability": f"the square of its relative separation times its relative stability "
                                            f"to the power {STABILITY_POWER}",
                    "separation": "the square of its relative separation"}[best["weighting"]]
+            tried = best.get("power_consistency") or {}
+            if len(tried) > 1:
+                others = ", ".join(f"{c:.3f} at {p}" for p, c in tried.items() if p != best["consistency_power"])
+                how += (f" (of the powers {' and '.join(map(str, tried))}, the one whose consensus keeps the most "
+                        f"common-space neighbours together: {best['consistency']:.3f} vs {others})")
             whose += f", each counted by {how}" + (f" ({', '.join(unheard)}: 0)" if unheard else "")
         reason = (f"{whose}, "
                   f"k={best['k']} (among single representations the choice is within noise; the most stable whose "

@@ -17,6 +17,11 @@ Parts (``--parts``):
 * ``imbalance``: the ``layer`` part on the same sets subsampled to 8:1 class imbalance (class sizes
   falling geometrically from the largest to 1/8 of it, seeded): how the layer choice holds when
   the classes are of very different sizes.
+* ``k``: k unknown: the ``layer`` part's representations of 12 of its sets, k among ``run
+  --select auto``'s default values (5, 8, 10, 12, 15), selection seed 0: the k and ACC chosen
+  (k where the consensus' separation x stability is highest) against the best candidate of every
+  layer and k, the consensus at the true k, and the k the rule before would have taken (where the
+  single layers' winner scores highest), computed from the same rows.
 
 Sets: all-MiniLM-L6-v2 on the corpora of ``text_corpora.py`` (Debian package descriptions by
 section, several section lists; manual-page NAME lines), Fashion-MNIST (Debian's
@@ -28,6 +33,7 @@ Run::
 
     python benchmarks/label_free_choice.py --parts method layer      # about an hour on 2 cores
     python benchmarks/label_free_choice.py --parts imbalance         # about 20 minutes
+    python benchmarks/label_free_choice.py --parts k                 # about 100 minutes
 
 Output: Markdown tables on stdout and ``<out>/label_free_choice.json``.
 """
@@ -55,11 +61,13 @@ except ImportError:  # running from a checkout without PYTHONPATH=python
 
 from embedcluster.bench import cpu_info  # noqa: E402
 from embedcluster.metrics import cluster_accuracy  # noqa: E402
+from embedcluster.cli.run import DEFAULT_SELECT_K  # noqa: E402
 from embedcluster.transfer.select import CONSENSUS, _choose, candidate_representations, select_clustering  # noqa: E402,E501
 
 WEAK = 0.6
 WEIGHTING_CHOSEN_ON = 18  # layer_sets(): the separation weighting was chosen on the sets before this index,
 STABILITY_CHOSEN_ON = 25  # and its stability factor and the consistency weighting's powers on the sets before this one
+K_SETS = (0, 2, 4, 6, 8, 11, 13, 14, 16, 20, 24, 29)  # layer_sets() indices of the k part: digits and Fashion, Lite0-2
 TEXT_SECTIONS = {
     "topical": None,  # text_corpora.PACKAGE_SECTIONS
     "system": ("admin", "devel", "libs", "net", "utils", "web", "x11", "text", "doc", "kernel", "shells", "vcs"),
@@ -244,6 +252,64 @@ def layer_part(quick: bool, seeds: Tuple[int, ...] = (0, 1, 2), ratio: Optional[
     return results
 
 
+def _k_before(rows: List[Dict[str, Any]], ks: List[int], floor: float = 0.8) -> int:
+    """The k the rule before took: at each k the most stable single representation whose separation
+    is at least ``floor`` of the best there; k where that winner's separation x stability is highest."""
+    winners = []
+    for k in ks:
+        at_k = [r for r in rows if r["k"] == k and r["representation"] != CONSENSUS]
+        top = max(r["separation"] for r in at_k)
+        pool = [r for r in at_k if top > 0 and r["separation"] >= floor * top] or at_k
+        winners.append(max(pool, key=lambda r: (r["stability"], r["separation"])))
+    return int(max(winners, key=lambda r: (r["score"], r["stability"]))["k"])
+
+
+def k_part(quick: bool) -> List[Dict[str, Any]]:
+    """Per set of ``K_SETS`` (the first with ``quick``): select_clustering over the default k values,
+    seed 0; every candidate's ACC, the choice, the best candidate and the rule before's k."""
+    results = []
+    sets = layer_sets(False)
+    for set_index in K_SETS[:1] if quick else K_SETS:
+        desc, source, n, size, data_seed, invert, encoder = sets[set_index]
+        reps, y = image_candidates(source, n, size, data_seed, invert, encoder)
+        true_k = int(len(np.unique(y)))
+        ks = list(DEFAULT_SELECT_K)
+        start = time.perf_counter()
+        sel = select_clustering(reps, ks, ["kmeans"], seed=0)
+        seconds = time.perf_counter() - start
+        acc = {f"{rep}, k={k}": float(cluster_accuracy(y, labels)) for (rep, k, _), labels in sel.all_labels.items()}
+        best = max(acc, key=lambda key: acc[key])
+        chosen = f"{sel.choice['representation']}, k={sel.choice['k']}"
+        k_before = _k_before(sel.rows, ks)
+        before = f"{CONSENSUS}, k={k_before}"
+        results.append({"set": desc, "set_index": set_index, "true_k": true_k, "acc": acc, "best": best,
+                        "chosen": chosen, "chosen_k": int(sel.choice["k"]), "before": before, "before_k": k_before,
+                        "consensus_true_k": acc.get(f"{CONSENSUS}, k={true_k}"), "seconds": seconds,
+                        "rows": [{c: r[c] for c in ("representation", "k", "stability", "separation", "consistency",
+                                                    "score")} for r in sel.rows]})
+        print(f"{desc}, k unknown: chosen {chosen} {acc[chosen]:.3f}; best {best} {acc[best]:.3f}; before {before} "
+              f"{acc[before]:.3f} ({seconds:.0f} s)", flush=True)
+    return results
+
+
+def k_table(results: List[Dict[str, Any]]) -> List[str]:
+    lines = ["| set (true k) | best candidate | the consensus at the true k | chosen: k where the consensus scores "
+             "highest (now) | chosen: k where the single layers' winner scores highest (before) |",
+             "|---|---|---|---|---|"]
+    for r in results:
+        a, best = r["acc"], r["acc"][r["best"]]
+        lines.append(f"| {r['set']} ({r['true_k']}) | {r['best']} {best:.3f} | {r['consensus_true_k']:.3f} | "
+                     f"k={r['chosen_k']} {a[r['chosen']]:.3f} {_ok(a[r['chosen']], best)} | "
+                     f"k={r['before_k']} {a[r['before']]:.3f} {_ok(a[r['before']], best)} |")
+    for col, name in (("chosen", "now"), ("before", "before")):
+        ok = sum(r["acc"][r[col]] >= r["acc"][r["best"]] - 0.02 for r in results)
+        true = sum(r[f"{col}_k"] == r["true_k"] for r in results)
+        gap = np.mean([r["acc"][r[col]] - r["acc"][r["best"]] for r in results])
+        lines.append(f"\n{name}: within 0.02 of the best candidate {ok}/{len(results)}, the true k {true}/"
+                     f"{len(results)}, mean gap {gap:+.3f}")
+    return lines + [""]
+
+
 def _ok(a: float, best: float) -> str:
     return "yes" if a >= best - 0.02 else f"**no** ({a - best:+.3f})"
 
@@ -305,7 +371,8 @@ def layer_table(layer: List[Dict[str, Any]]) -> List[str]:
     return lines
 
 
-def tables(method: List[Dict[str, Any]], layer: List[Dict[str, Any]], imbalance: List[Dict[str, Any]]) -> str:
+def tables(method: List[Dict[str, Any]], layer: List[Dict[str, Any]], imbalance: List[Dict[str, Any]],
+           k: Optional[List[Dict[str, Any]]] = None) -> str:
     lines: List[str] = []
     if method:
         lines += method_table(method)
@@ -313,12 +380,14 @@ def tables(method: List[Dict[str, Any]], layer: List[Dict[str, Any]], imbalance:
         lines += layer_table(layer)
     if imbalance:
         lines += ["Classes at 8:1:", ""] + layer_table(imbalance)
+    if k:
+        lines += ["k unknown:", ""] + k_table(k)
     return "\n".join(lines)
 
 
 def main(argv: Any = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--parts", nargs="+", choices=["method", "layer", "imbalance"], default=["method", "layer"])
+    ap.add_argument("--parts", nargs="+", choices=["method", "layer", "imbalance", "k"], default=["method", "layer"])
     ap.add_argument("--quick", action="store_true", help="one set per part (a smoke run)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out")
     args = ap.parse_args(argv)
@@ -329,12 +398,13 @@ def main(argv: Any = None) -> int:
     method = method_part(args.quick) if "method" in args.parts else []
     layer = layer_part(args.quick) if "layer" in args.parts else []
     imbalance = layer_part(args.quick, ratio=8.0) if "imbalance" in args.parts else []
+    k = k_part(args.quick) if "k" in args.parts else []
     print(f"\nCPU: {cpu_info()['model']}, {os.cpu_count()} logical CPUs; torch {torch.__version__}; "
           f"{time.time() - started:.0f} s in all\n")
-    print(tables(method, layer, imbalance))
+    print(tables(method, layer, imbalance, k))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "label_free_choice.json").write_text(json.dumps(
-        {"cpu": cpu_info()["model"], "method": method, "layer": layer, "imbalance": imbalance}, indent=1,
+        {"cpu": cpu_info()["model"], "method": method, "layer": layer, "imbalance": imbalance, "k": k}, indent=1,
         default=float))
     return 0
 

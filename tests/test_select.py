@@ -340,6 +340,37 @@ def test_run_select_auto_prints_and_writes_the_candidates(tmp_path, capsys):
     assert set(np.unique(loaded.predict(img))) <= set(range(choice["k"]))
 
 
+def test_run_select_auto_says_when_k_differs_from_the_labels_classes(tmp_path, capsys):
+    """Two far-apart groups, each of two close classes: without labels k=2 is the most separated
+    level; the run says the labels have 4 classes and how to cluster at their k."""
+    from embedcluster.cli import main
+
+    rng = np.random.default_rng(0)
+    # on the unit sphere (the selection compares L2-normalised rows): two directions 90 degrees apart,
+    # each split into two classes about 17 degrees apart
+    centres = np.array([[10, 0, 1.5, 0], [10, 0, -1.5, 0], [0, 10, 0, 1.5], [0, 10, 0, -1.5]], np.float32)
+    y = np.repeat(np.arange(4), 50)
+    X = (centres[y] + 0.3 * rng.standard_normal((200, 4))).astype(np.float32)
+    np.save(tmp_path / "x.npy", X)
+    (tmp_path / "truth.txt").write_text("\n".join(f"class{c}" for c in y) + "\n")
+    args = ["run", str(tmp_path / "x.npy"), "--truth", str(tmp_path / "truth.txt"), "--select", "auto",
+            "--no-normalize", "--no-probe", "--no-report", "--no-progress"]
+    assert main(args + ["--select-k", "2,4", "--out", str(tmp_path / "a")]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    labels = np.load(tmp_path / "a" / "labels.npy")
+    assert metrics["n_clusters"] == 2 and len(set(labels[y < 2])) == 1 and len(set(labels[y >= 2])) == 1
+    assert labels[0] != labels[-1]
+    assert "k=2 was chosen without the labels, which have 4 classes" in printed
+    assert "--n-clusters 4" in metrics["k_note"]
+    # k given, or chosen equal to the classes' number: no note
+    assert main(args + ["--n-clusters", "4", "--out", str(tmp_path / "b")]) == 0
+    assert main(args + ["--select-k", "4,5", "--out", str(tmp_path / "c")]) == 0
+    printed = capsys.readouterr().out
+    assert "was chosen without the labels" not in printed
+    assert "k_note" not in json.loads((tmp_path / "b" / "metrics.json").read_text())
+
+
 def test_consensus_labels_follow_the_majority_of_partitions():
     """Three partitions of 6 points into 2 groups, one of them wrong on two points: the consensus
     keeps what two of three agree on; a point no partition saw stays -1."""

@@ -7,7 +7,7 @@ import argparse
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from ..transfer.pipeline import check_known_keys, valid_image_size, valid_layer
 from ._common import (POSITIVE, add_device_option, add_quiet, add_encoder_options, add_table_options, check_device,
@@ -203,6 +203,20 @@ def _select_auto(cfg: Dict[str, Any], ds: Any, progress: bool) -> Any:
     return (None if name == "raw" else encoder), options, sel.choice["k"], sel.choice["method"], Z, sel
 
 
+def _k_note(k: int, truth: Any) -> Optional[str]:
+    """A line when k was chosen without labels and the labels have another number of classes
+    (those scores then compare partitions at different k), saying how to cluster at theirs."""
+    import numpy as np
+
+    codes = np.asarray(truth)
+    n_true = int(len(np.unique(codes[codes >= 0] if codes.dtype.kind in "iu" else codes)))
+    if n_true < 2 or n_true == k:
+        return None
+    return (f"note: k={k} was chosen without the labels, which have {n_true} classes (the scores above compare "
+            f"{k} clusters with {n_true} classes); k chosen this way follows the data's most separated level, "
+            f"which can be coarser or finer than the labels': pass --n-clusters {n_true} to cluster at theirs")
+
+
 def _write_selection(out: Path, sel: Any) -> List[str]:
     """OUT/selection.json (every candidate's scores, the choice, the reason) and OUT/selection.txt
     (the table); returns the lines to print."""
@@ -330,6 +344,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         lines.append(metric_line("clusters", ev["clusters"]))
         if "probe" in ev:
             lines.append(metric_line("probe on pseudo-labels", ev["probe"]))
+        if selection is not None and not cfg.get("n_clusters"):
+            note = _k_note(selection.choice["k"], truth)
+            if note:
+                res["k_note"] = note
+                lines.append(note)
     else:
         lines.append("no true labels, so no scores: pass --truth FILE (one label per line) or --truth COLUMN")
     if cfg.get("report", True):
@@ -368,13 +387,14 @@ def add_parser(sub: Any) -> None:
                     "else EfficientNet-Lite0 for images and all-MiniLM-L6-v2 for texts), k and the method without "
                     "labels, by stability across seeds and subsamples times separation (silhouette) in a space "
                     "all candidates share (with 3+ representations, the consensus of their clusters, at the k where "
-                    "it scores highest; the pipeline then embeds with every tap), then the method (SCAN over k-means unless k-means is unstable "
-                    "there, else by neighbour consistency in that space); prints the "
-                    "candidates and writes them to OUT/selection.txt and "
-                    "OUT/selection.json (default off)")
+                    "it scores highest; the pipeline then embeds with every tap), then the method (SCAN over "
+                    "k-means unless k-means is unstable there, else by neighbour consistency in that space); prints "
+                    "the candidates and writes them to OUT/selection.txt and OUT/selection.json (default off)")
     pr.add_argument("--select-k", type=k_list, metavar="K[,K...]",
                     help=f"with --select auto and no --n-clusters: the values of k to compare (default "
-                    f"{','.join(map(str, DEFAULT_SELECT_K))})")
+                    f"{','.join(map(str, DEFAULT_SELECT_K))}); the k chosen is the data's most separated level, "
+                    "which can be coarser than the classes you have in mind (Fashion-MNIST: 5 or 8 groups, not "
+                    "its 10 classes): pass --n-clusters when you know k")
     pr.add_argument("--select-methods", type=method_list, metavar="M[,M...]",
                     help="with --select auto: the methods to compare, from kmeans, scan, temi (default kmeans; "
                     "each head is trained 5 times per candidate, minutes on 10k points)")

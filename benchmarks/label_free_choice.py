@@ -19,9 +19,10 @@ Parts (``--parts``):
   the classes are of very different sizes.
 * ``k``: k unknown: the ``layer`` part's representations of 12 of its sets, k among ``run
   --select auto``'s default values (5, 8, 10, 12, 15), selection seed 0: the k and ACC chosen
-  (k where the consensus' separation x stability is highest) against the best candidate of every
-  layer and k, the consensus at the true k, and the k the rule before would have taken (where the
-  single layers' winner scores highest), computed from the same rows.
+  (the consensus at the k where the single layers' winner scores highest) against the best
+  candidate of every layer and k, the consensus at the true k, and two rules tried, computed from
+  the same rows: the k where the consensus' own separation x stability is highest, and where its
+  neighbour consistency is.
 
 Sets: all-MiniLM-L6-v2 on the corpora of ``text_corpora.py`` (Debian package descriptions by
 section, several section lists; manual-page NAME lines), Fashion-MNIST (Debian's
@@ -252,21 +253,15 @@ def layer_part(quick: bool, seeds: Tuple[int, ...] = (0, 1, 2), ratio: Optional[
     return results
 
 
-def _k_before(rows: List[Dict[str, Any]], ks: List[int], floor: float = 0.8) -> int:
-    """The k the rule before took: at each k the most stable single representation whose separation
-    is at least ``floor`` of the best there; k where that winner's separation x stability is highest."""
-    winners = []
-    for k in ks:
-        at_k = [r for r in rows if r["k"] == k and r["representation"] != CONSENSUS]
-        top = max(r["separation"] for r in at_k)
-        pool = [r for r in at_k if top > 0 and r["separation"] >= floor * top] or at_k
-        winners.append(max(pool, key=lambda r: (r["stability"], r["separation"])))
-    return int(max(winners, key=lambda r: (r["score"], r["stability"]))["k"])
+def _k_by_consensus(rows: List[Dict[str, Any]], ks: List[int], key: str) -> int:
+    """A rule tried for k: the k whose consensus row has the highest ``key`` (stability on a tie)."""
+    at = {r["k"]: r for r in rows if r["representation"] == CONSENSUS}
+    return int(max(ks, key=lambda k: (at[k][key], at[k]["stability"])))
 
 
 def k_part(quick: bool) -> List[Dict[str, Any]]:
     """Per set of ``K_SETS`` (the first with ``quick``): select_clustering over the default k values,
-    seed 0; every candidate's ACC, the choice, the best candidate and the rule before's k."""
+    seed 0; every candidate's ACC, the choice, the best candidate and the k of the rules tried."""
     results = []
     sets = layer_sets(False)
     for set_index in K_SETS[:1] if quick else K_SETS:
@@ -280,33 +275,39 @@ def k_part(quick: bool) -> List[Dict[str, Any]]:
         acc = {f"{rep}, k={k}": float(cluster_accuracy(y, labels)) for (rep, k, _), labels in sel.all_labels.items()}
         best = max(acc, key=lambda key: acc[key])
         chosen = f"{sel.choice['representation']}, k={sel.choice['k']}"
-        k_before = _k_before(sel.rows, ks)
-        before = f"{CONSENSUS}, k={k_before}"
+        tried = {"by_score": _k_by_consensus(sel.rows, ks, "score"),
+                 "by_consistency": _k_by_consensus(sel.rows, ks, "consistency")}
         results.append({"set": desc, "set_index": set_index, "true_k": true_k, "acc": acc, "best": best,
-                        "chosen": chosen, "chosen_k": int(sel.choice["k"]), "before": before, "before_k": k_before,
+                        "chosen": chosen, "chosen_k": int(sel.choice["k"]),
+                        **{col: f"{CONSENSUS}, k={k}" for col, k in tried.items()},
+                        **{f"{col}_k": k for col, k in tried.items()},
                         "consensus_true_k": acc.get(f"{CONSENSUS}, k={true_k}"), "seconds": seconds,
                         "rows": [{c: r[c] for c in ("representation", "k", "stability", "separation", "consistency",
                                                     "score")} for r in sel.rows]})
-        print(f"{desc}, k unknown: chosen {chosen} {acc[chosen]:.3f}; best {best} {acc[best]:.3f}; before {before} "
-              f"{acc[before]:.3f} ({seconds:.0f} s)", flush=True)
+        print(f"{desc}, k unknown: chosen {chosen} {acc[chosen]:.3f}; best {best} {acc[best]:.3f}; the consensus' "
+              f"highest score at k={tried['by_score']}, highest consistency at k={tried['by_consistency']} "
+              f"({seconds:.0f} s)", flush=True)
     return results
 
 
 def k_table(results: List[Dict[str, Any]]) -> List[str]:
-    lines = ["| set (true k) | best candidate | the consensus at the true k | chosen: k where the consensus scores "
-             "highest (now) | chosen: k where the single layers' winner scores highest (before) |",
-             "|---|---|---|---|---|"]
+    columns = {"chosen": "chosen: the consensus at the k where the single layers' winner scores highest",
+               "by_score": "tried: k where the consensus' separation x stability is highest",
+               "by_consistency": "tried: k where the consensus' neighbour consistency is highest"}
+    lines = ["| set (true k) | best candidate | the consensus at the true k | " + " | ".join(columns.values()) + " |",
+             "|---|---|---|" + "---|" * len(columns)]
     for r in results:
         a, best = r["acc"], r["acc"][r["best"]]
+        cells = [f"k={r[f'{col}_k']} {a[r[col]]:.3f} {_ok(a[r[col]], best)}" for col in columns]
         lines.append(f"| {r['set']} ({r['true_k']}) | {r['best']} {best:.3f} | {r['consensus_true_k']:.3f} | "
-                     f"k={r['chosen_k']} {a[r['chosen']]:.3f} {_ok(a[r['chosen']], best)} | "
-                     f"k={r['before_k']} {a[r['before']]:.3f} {_ok(a[r['before']], best)} |")
-    for col, name in (("chosen", "now"), ("before", "before")):
+                     + " | ".join(cells) + " |")
+    lines.append("")
+    for col, name in columns.items():
         ok = sum(r["acc"][r[col]] >= r["acc"][r["best"]] - 0.02 for r in results)
         true = sum(r[f"{col}_k"] == r["true_k"] for r in results)
         gap = np.mean([r["acc"][r[col]] - r["acc"][r["best"]] for r in results])
-        lines.append(f"\n{name}: within 0.02 of the best candidate {ok}/{len(results)}, the true k {true}/"
-                     f"{len(results)}, mean gap {gap:+.3f}")
+        lines.append(f"{name.split(':')[0]}, {name.split(': ')[1]}: within 0.02 of the best candidate {ok}/"
+                     f"{len(results)}, the true k {true}/{len(results)}, mean gap {gap:+.3f}")
     return lines + [""]
 
 

@@ -151,29 +151,6 @@ def test_the_preference_finds_kmeans_and_scan_under_any_name():
     assert best["method"] == "centroids"
 
 
-def k_rows(rep, scores):
-    """Rows of one representation at several k: {k: (stability, separation)}."""
-    return [{"representation": rep, "k": k, "method": "kmeans", "stability": st, "separation": se,
-             "consistency": 0.8, "score": st * se, "chosen": False} for k, (st, se) in scores.items()]
-
-
-def test_with_a_consensus_k_is_where_the_consensus_scores_highest():
-    """Digits at 48 px, k unknown, in miniature: the single layers' winners score highest at k=12,
-    the consensus (what is deployed) at k=10; k follows the consensus."""
-    singles = k_rows("a", {8: (0.93, 0.137), 10: (0.89, 0.129), 12: (0.86, 0.149)}) + \
-        k_rows("b", {8: (0.90, 0.131), 10: (0.85, 0.145), 12: (0.80, 0.146)})
-    consensus = k_rows("consensus", {8: (0.67, 0.144), 10: (0.92, 0.154), 12: (0.83, 0.157)})
-    best, reason = _choose(singles + consensus, [8, 10, 12], 0.8, {"kmeans": "kmeans"}, 0.6)
-    assert best["representation"] == "consensus" and best["k"] == 10, reason
-    assert "k=10 has the highest separation x stability (the consensus's), 0.142" in reason
-    assert "k=8 0.096, k=12 0.130" in reason
-    # the single layers alone: k by their winners (the most stable eligible one at each k)
-    best, reason = _choose(k_rows("a", {8: (0.93, 0.137), 10: (0.89, 0.129), 12: (0.86, 0.149)}) +
-                           k_rows("b", {8: (0.90, 0.131), 10: (0.85, 0.145), 12: (0.80, 0.146)}),
-                           [8, 10, 12], 0.8, {"kmeans": "kmeans"}, 0.6)
-    assert (best["representation"], best["k"]) == ("a", 12) and "(the winner's), 0.128" in reason, reason
-
-
 def test_the_consensus_finds_k_among_several():
     X, y = blobs(k=4, n_per=40)
     rng = np.random.default_rng(2)

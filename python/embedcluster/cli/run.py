@@ -386,8 +386,8 @@ def add_parser(sub: Any) -> None:
                     help="auto: choose the representation (raw features and each tap of the encoder: --encoder, "
                     "else EfficientNet-Lite0 for images and all-MiniLM-L6-v2 for texts), k and the method without "
                     "labels, by stability across seeds and subsamples times separation (silhouette) in a space "
-                    "all candidates share (with 3+ representations, the consensus of their clusters, at the k where "
-                    "it scores highest; the pipeline then embeds with every tap), then the method (SCAN over "
+                    "all candidates share (with 3+ representations, the consensus of their clusters; the pipeline "
+                    "then embeds with every tap), then the method (SCAN over "
                     "k-means unless k-means is unstable there, else by neighbour consistency in that space); prints "
                     "the candidates and writes them to OUT/selection.txt and OUT/selection.json (default off)")
     pr.add_argument("--select-k", type=k_list, metavar="K[,K...]",

@@ -29,10 +29,7 @@ low-level features (brightness, ink area) the same way every time: on Fashion-MN
 blocks of an ImageNet network gave the most stable and the least accurate partitions.
 Stability alone favours small k (two halves of anything come back), so across k the winners
 are compared by ``score = max(separation, 0) * stability``. These two steps fix k, and
-with one or two representations the representation. With three or more, the candidate deployed
-is the consensus below, and k is where the consensus' own score is highest: the single layers'
-winners change between nearby k with the noise of one stability run (on the digits at 48 px they
-scored highest at k=12, ACC 0.849, where the consensus scored highest at k=10, ACC 0.899).
+with one or two representations the representation.
 
 With three or more representations (``consensus=True``, the default) no single one is chosen:
 the candidate ``"consensus"`` is, for each k and method, the consensus (:func:`consensus_labels`:
@@ -494,17 +491,8 @@ def _choose(rows: List[Dict[str, Any]], ks: List[int], floor: float, specs: Mapp
             r["eligible"] = top > 0 and r["separation"] >= floor * top
         pool = [r for r in at_k if r["eligible"]] or at_k
         winners.append(max(pool, key=lambda r: (r["stability"], r["separation"])))
-    consensus_rows = [r for r in rows if r["representation"] == CONSENSUS]
-    if consensus_rows:
-        # The consensus is what is deployed, so k is where its own score is highest (the single
-        # representations' winners change with noise between nearby k).
-        k_rows = [max((r for r in consensus_rows if r["k"] == k), key=lambda r: (r["score"], r["stability"]))
-                  for k in ks]
-    else:
-        k_rows = winners
-    chosen_k = max(k_rows, key=lambda r: (r["score"], r["stability"]))["k"]
-    first = winners[ks.index(chosen_k)]
-    pooled = [r for r in consensus_rows if r["k"] == chosen_k]
+    first = max(winners, key=lambda r: (r["score"], r["stability"]))
+    pooled = [r for r in rows if r["representation"] == CONSENSUS and r["k"] == first["k"]]
     same = pooled or [r for r in rows if r["representation"] == first["representation"] and r["k"] == first["k"]]
     best = max(same, key=lambda r: (r["consistency"], r["stability"]))
     method_why = (f"{best['method']} keeps the most common-space neighbours together there (consistency "
@@ -550,11 +538,9 @@ def _choose(rows: List[Dict[str, Any]], ks: List[int], floor: float, specs: Mapp
                   f"separation is at least {floor:g} of the best was {first['representation']} with "
                   f"{first['method']}, stability {first['stability']:.3f})")
     if len(ks) > 1:
-        top_k = k_rows[ks.index(chosen_k)]
-        others = ", ".join(f"k={w['k']} {w['score']:.3f}" for w in k_rows if w is not top_k)
-        whose_score = f"the {CONSENSUS}'s" if pooled else "the winner's"
-        reason += (f"; k={best['k']} has the highest separation x stability ({whose_score}), {top_k['score']:.3f} "
-                   f"(at the other values: {others})")
+        others = ", ".join(f"k={w['k']} {w['score']:.3f}" for w in winners if w is not first)
+        reason += (f"; k={best['k']} has the highest separation x stability, {first['score']:.3f} (the other "
+                   f"values' winners: {others})")
     if len(same) > 1:
         reason += f"; {method_why}"
     if top <= 0:

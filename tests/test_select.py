@@ -346,6 +346,7 @@ def test_run_select_auto_says_when_k_differs_from_the_labels_classes(tmp_path, c
     printed = capsys.readouterr().out
     assert "was chosen without the labels" not in printed
     assert "k_note" not in json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert json.loads((tmp_path / "c" / "metrics.json").read_text())["n_clusters"] == 4
 
 
 def test_consensus_labels_follow_the_majority_of_partitions():

@@ -34,7 +34,7 @@ Run::
 
     python benchmarks/label_free_choice.py --parts method layer      # about an hour on 2 cores
     python benchmarks/label_free_choice.py --parts imbalance         # about 20 minutes
-    python benchmarks/label_free_choice.py --parts k                 # about 100 minutes
+    python benchmarks/label_free_choice.py --parts k                 # about a minute per digits set alone
 
 Output: Markdown tables on stdout and ``<out>/label_free_choice.json``.
 """

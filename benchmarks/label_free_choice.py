@@ -299,8 +299,8 @@ def k_table(results: List[Dict[str, Any]]) -> List[str]:
     for r in results:
         a, best = r["acc"], r["acc"][r["best"]]
         cells = [f"k={r[f'{col}_k']} {a[r[col]]:.3f} {_ok(a[r[col]], best)}" for col in columns]
-        lines.append(f"| {r['set']} ({r['true_k']}) | {r['best']} {best:.3f} | {r['consensus_true_k']:.3f} | "
-                     + " | ".join(cells) + " |")
+        at_true = "not a candidate" if r["consensus_true_k"] is None else f"{r['consensus_true_k']:.3f}"
+        lines.append(f"| {r['set']} ({r['true_k']}) | {r['best']} {best:.3f} | {at_true} | " + " | ".join(cells) + " |")
     lines.append("")
     for col, name in columns.items():
         ok = sum(r["acc"][r[col]] >= r["acc"][r["best"]] - 0.02 for r in results)

@@ -18,7 +18,7 @@ Parts (``--parts``):
   falling geometrically from the largest to 1/8 of it, seeded): how the layer choice holds when
   the classes are of very different sizes.
 * ``k``: k unknown: the ``layer`` part's representations of 12 of its sets, k among ``run
-  --select auto``'s default values (5, 8, 10, 12, 15), selection seed 0: the k and ACC chosen
+  --select auto``'s default values (5, 8, 10, 12, 15), selection seeds 0, 1 and 2: the k and ACC chosen
   (the consensus at the k where the single layers' winner scores highest) against the best
   candidate of every layer and k, the consensus at the true k, and two rules tried, computed from
   the same rows: the k where the consensus' own separation x stability is highest, and where its
@@ -34,7 +34,7 @@ Run::
 
     python benchmarks/label_free_choice.py --parts method layer      # about an hour on 2 cores
     python benchmarks/label_free_choice.py --parts imbalance         # about 20 minutes
-    python benchmarks/label_free_choice.py --parts k                 # about a minute per digits set alone
+    python benchmarks/label_free_choice.py --parts k                 # about a minute per set and seed alone
 
 Output: Markdown tables on stdout and ``<out>/label_free_choice.json``.
 """
@@ -259,9 +259,10 @@ def _k_by_consensus(rows: List[Dict[str, Any]], ks: List[int], key: str) -> int:
     return int(max(ks, key=lambda k: (at[k][key], at[k]["stability"])))
 
 
-def k_part(quick: bool) -> List[Dict[str, Any]]:
-    """Per set of ``K_SETS`` (the first with ``quick``): select_clustering over the default k values,
-    seed 0; every candidate's ACC, the choice, the best candidate and the k of the rules tried."""
+def k_part(quick: bool, seeds: Tuple[int, ...] = (0, 1, 2)) -> List[Dict[str, Any]]:
+    """Per set of ``K_SETS`` (the first with ``quick``) and selection seed:
+    select_clustering over the default k values; every candidate's ACC, the choice, the best
+    candidate and the k of the rules tried."""
     results = []
     sets = layer_sets(False)
     for set_index in K_SETS[:1] if quick else K_SETS:
@@ -269,45 +270,63 @@ def k_part(quick: bool) -> List[Dict[str, Any]]:
         reps, y = image_candidates(source, n, size, data_seed, invert, encoder)
         true_k = int(len(np.unique(y)))
         ks = list(DEFAULT_SELECT_K)
-        start = time.perf_counter()
-        sel = select_clustering(reps, ks, ["kmeans"], seed=0)
-        seconds = time.perf_counter() - start
-        acc = {f"{rep}, k={k}": float(cluster_accuracy(y, labels)) for (rep, k, _), labels in sel.all_labels.items()}
-        best = max(acc, key=lambda key: acc[key])
-        chosen = f"{sel.choice['representation']}, k={sel.choice['k']}"
-        tried = {"by_score": _k_by_consensus(sel.rows, ks, "score"),
-                 "by_consistency": _k_by_consensus(sel.rows, ks, "consistency")}
-        results.append({"set": desc, "set_index": set_index, "true_k": true_k, "acc": acc, "best": best,
-                        "chosen": chosen, "chosen_k": int(sel.choice["k"]),
-                        **{col: f"{CONSENSUS}, k={k}" for col, k in tried.items()},
-                        **{f"{col}_k": k for col, k in tried.items()},
-                        "consensus_true_k": acc.get(f"{CONSENSUS}, k={true_k}"), "seconds": seconds,
-                        "rows": [{c: r[c] for c in ("representation", "k", "stability", "separation", "consistency",
-                                                    "score")} for r in sel.rows]})
-        print(f"{desc}, k unknown: chosen {chosen} {acc[chosen]:.3f}; best {best} {acc[best]:.3f}; the consensus' "
-              f"highest score at k={tried['by_score']}, highest consistency at k={tried['by_consistency']} "
-              f"({seconds:.0f} s)", flush=True)
+        for seed in seeds:
+            start = time.perf_counter()
+            sel = select_clustering(reps, ks, ["kmeans"], seed=seed)
+            seconds = time.perf_counter() - start
+            acc = {f"{rep}, k={k}": float(cluster_accuracy(y, labels))
+                   for (rep, k, _), labels in sel.all_labels.items()}
+            best = max(acc, key=lambda key: acc[key])
+            chosen = f"{sel.choice['representation']}, k={sel.choice['k']}"
+            tried = {"by_score": _k_by_consensus(sel.rows, ks, "score"),
+                     "by_consistency": _k_by_consensus(sel.rows, ks, "consistency")}
+            results.append({"set": desc, "set_index": set_index, "seed": seed, "true_k": true_k, "acc": acc,
+                            "best": best, "chosen": chosen, "chosen_k": int(sel.choice["k"]),
+                            **{col: f"{CONSENSUS}, k={k}" for col, k in tried.items()},
+                            **{f"{col}_k": k for col, k in tried.items()},
+                            "consensus_true_k": acc.get(f"{CONSENSUS}, k={true_k}"), "seconds": seconds,
+                            "rows": [{c: r[c] for c in ("representation", "k", "stability", "separation",
+                                                        "consistency", "score")} for r in sel.rows]})
+            print(f"{desc}, k unknown, seed {seed}: chosen {chosen} {acc[chosen]:.3f}; best {best} {acc[best]:.3f}; "
+                  f"the consensus' highest score at k={tried['by_score']}, highest consistency at "
+                  f"k={tried['by_consistency']} ({seconds:.0f} s)", flush=True)
     return results
 
 
+K_COLUMNS = {"chosen": "chosen: the consensus at the k where the single layers' winner scores highest",
+             "by_score": "tried: k where the consensus' separation x stability is highest",
+             "by_consistency": "tried: k where the consensus' neighbour consistency is highest"}
+
+
 def k_table(results: List[Dict[str, Any]]) -> List[str]:
-    columns = {"chosen": "chosen: the consensus at the k where the single layers' winner scores highest",
-               "by_score": "tried: k where the consensus' separation x stability is highest",
-               "by_consistency": "tried: k where the consensus' neighbour consistency is highest"}
-    lines = ["| set (true k) | best candidate | the consensus at the true k | " + " | ".join(columns.values()) + " |",
-             "|---|---|---|" + "---|" * len(columns)]
+    """One line per set: each rule's k at each seed and its mean gap to the best candidate over the
+    seeds; then each rule's totals over single seeds and over the sets' means."""
+    by_set: Dict[str, List[Dict[str, Any]]] = {}
     for r in results:
-        a, best = r["acc"], r["acc"][r["best"]]
-        cells = [f"k={r[f'{col}_k']} {a[r[col]]:.3f} {_ok(a[r[col]], best)}" for col in columns]
-        at_true = "not a candidate" if r["consensus_true_k"] is None else f"{r['consensus_true_k']:.3f}"
-        lines.append(f"| {r['set']} ({r['true_k']}) | {r['best']} {best:.3f} | {at_true} | " + " | ".join(cells) + " |")
+        by_set.setdefault(r["set"], []).append(r)
+
+    def gaps(runs: List[Dict[str, Any]], col: str) -> List[float]:
+        return [r["acc"][r[col]] - r["acc"][r["best"]] for r in runs]
+
+    lines = ["| set (true k) | seeds | best candidate's ACC | the consensus at the true k | "
+             + " | ".join(K_COLUMNS.values()) + " |", "|---|---|---|---|" + "---|" * len(K_COLUMNS)]
+    for desc, runs in by_set.items():
+        at_true = [r["consensus_true_k"] for r in runs]
+        true_cell = ("not a candidate" if None in at_true else " / ".join(f"{a:.3f}" for a in at_true))
+        cells = [" / ".join(f"k={r[f'{col}_k']}" for r in runs)
+                 + f", mean gap {_mean_gap(float(np.mean(gaps(runs, col))))}" for col in K_COLUMNS]
+        lines.append(f"| {desc} ({runs[0]['true_k']}) | {'/'.join(str(r['seed']) for r in runs)} | "
+                     + " / ".join(f"{r['acc'][r['best']]:.3f}" for r in runs) + f" | {true_cell} | "
+                     + " | ".join(cells) + " |")
     lines.append("")
-    for col, name in columns.items():
-        ok = sum(r["acc"][r[col]] >= r["acc"][r["best"]] - 0.02 for r in results)
+    for col, name in K_COLUMNS.items():
+        single = gaps(results, col)
+        means = [float(np.mean(gaps(runs, col))) for runs in by_set.values()]
         true = sum(r[f"{col}_k"] == r["true_k"] for r in results)
-        gap = np.mean([r["acc"][r[col]] - r["acc"][r["best"]] for r in results])
-        lines.append(f"{name.split(':')[0]}, {name.split(': ')[1]}: within 0.02 of the best candidate {ok}/"
-                     f"{len(results)}, the true k {true}/{len(results)}, mean gap {gap:+.3f}")
+        lines.append(f"{name.split(':')[0]}, {name.split(': ')[1]}: within 0.02 of the best candidate on "
+                     f"{sum(g >= -0.02 for g in single)}/{len(single)} single seeds and "
+                     f"{sum(m >= -0.02 for m in means)}/{len(means)} sets' means, the true k {true}/{len(single)}, "
+                     f"mean gap {np.mean(single):+.3f}")
     return lines + [""]
 
 

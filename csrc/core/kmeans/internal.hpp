@@ -15,7 +15,9 @@
 namespace ec {
 namespace kmeans_impl {
 
-constexpr idx_t kRangeUnit = 4096;          // rows per work range (at least)
+// Rows per work range (at least): small enough that a few thousand rows (a label-free selection's
+// sets, its subsamples) still split across the cores; the fixed-point sums make the split invisible.
+constexpr idx_t kRangeUnit = 256;
 constexpr int kMaxRanges = 64;              // ranges at most (load balance for many threads)
 
 /// Query rows per tile for k centres: the tile of products (rows x k) stays within ~256 KiB.

@@ -203,13 +203,10 @@ def _select_auto(cfg: Dict[str, Any], ds: Any, progress: bool) -> Any:
     return (None if name == "raw" else encoder), options, sel.choice["k"], sel.choice["method"], Z, sel
 
 
-def _k_note(k: int, truth: Any) -> Optional[str]:
+def _k_note(k: int, n_true: int) -> Optional[str]:
     """A line when k was chosen without labels and the labels have another number of classes
-    (those scores then compare partitions at different k), saying how to cluster at theirs."""
-    import numpy as np
-
-    codes = np.asarray(truth)
-    n_true = int(len(np.unique(codes[codes >= 0] if codes.dtype.kind in "iu" else codes)))
+    (``n_true``, as the scores counted them: those scores then compare partitions at different
+    k), saying how to cluster at theirs."""
     if n_true < 2 or n_true == k:
         return None
     return (f"note: k={k} was chosen without the labels, which have {n_true} classes (the scores above compare "
@@ -345,7 +342,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if "probe" in ev:
             lines.append(metric_line("probe on pseudo-labels", ev["probe"]))
         if selection is not None and not cfg.get("n_clusters"):
-            note = _k_note(selection.choice["k"], truth)
+            note = _k_note(selection.choice["k"], ev["clusters"]["n_classes"])
             if note:
                 res["k_note"] = note
                 lines.append(note)

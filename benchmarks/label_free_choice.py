@@ -10,10 +10,10 @@ Parts (``--parts``):
 * ``layer``: raw pixels + the 8 default taps of EfficientNet-Lite0 (-Lite1, -Lite2 on some
   sets), k-means, selection seeds 0, 1 and 2: what ``select_clustering`` returns (the consensus
   of all layers' partitions, each counted by its relative neighbour consistency to the power 8 or
-  16, whichever consensus keeps more neighbours together), the same consensus
-  weighted by separation and stability (``consensus_weights="separation_stability"``, the default
-  before) and the single layer it picks with ``consensus=False``, against the best layer at the
-  same seed; per seed and the mean of the seeds.
+  16, whichever consensus keeps more neighbours together), the same with ``class_sizes="unequal"``
+  (the consensus relabelled by the partitions' vote, for classes of very different sizes) and
+  the single layer it picks with ``consensus=False``, against the best layer at the same seed;
+  per seed and the mean of the seeds.
 * ``imbalance``: the ``layer`` part on the same sets subsampled to 8:1 class imbalance (class sizes
   falling geometrically from the largest to 1/8 of it, seeded): how the layer choice holds when
   the classes are of very different sizes.
@@ -215,7 +215,7 @@ def layer_sets(quick: bool) -> List[Tuple[str, str, int, int, int, bool, str]]:
 def layer_part(quick: bool, seeds: Tuple[int, ...] = (0, 1, 2), ratio: Optional[float] = None
                ) -> List[Dict[str, Any]]:
     """Per set and selection seed: every layer's k-means ACC, the consensus (the choice), the
-    consensus weighted by separation and stability and the single layer chosen with ``consensus=False``. A
+    consensus with ``class_sizes="unequal"`` and the single layer chosen with ``consensus=False``. A
     seed is one draw of k-means' local optima (the best layer's ACC moves by up to 0.06 between
     seeds), so the tables give each seed and the mean of the seeds, as the issue measures. ``ratio``: each set
     is first subsampled to that class imbalance (:func:`imbalanced`, seed 1)."""
@@ -231,7 +231,7 @@ def layer_part(quick: bool, seeds: Tuple[int, ...] = (0, 1, 2), ratio: Optional[
             start = time.perf_counter()
             sel = select_clustering(reps, k, ["kmeans"], seed=seed)  # the choice: the consensus of every layer
             seconds = time.perf_counter() - start
-            before = select_clustering(reps, k, ["kmeans"], seed=seed, consensus_weights="separation_stability")
+            unequal = select_clustering(reps, k, ["kmeans"], seed=seed, class_sizes="unequal")
             # Choosing one layer (what consensus=False returns): the same choice on the same
             # single-layer rows, without fitting every layer a second time.
             one_row, _ = _choose([dict(r) for r in sel.rows if r["representation"] != CONSENSUS], [k], 0.8,
@@ -242,14 +242,14 @@ def layer_part(quick: bool, seeds: Tuple[int, ...] = (0, 1, 2), ratio: Optional[
             results.append({"set": desc, "set_index": set_index, "seed": seed, "acc": acc, "best": best,
                             "chosen": one_row["representation"],
                             "consensus": cons, "consensus_chosen": sel.choice["representation"] == "consensus",
-                            "consensus_before": float(cluster_accuracy(y, before.labels)),
+                            "consensus_unequal": float(cluster_accuracy(y, unequal.labels)),
                             "weights": sel.choice.get("weights", {}),
                             "consistency_power": sel.choice.get("consistency_power"),
                             "seconds": seconds})
             print(f"{desc}, seed {seed}: best {best} {acc[best]:.3f}; one layer {one_row['representation']} "
                   f"{acc[one_row['representation']]:.3f}; consensus {cons:.3f} (power "
-                  f"{results[-1]['consistency_power']}, {seconds:.0f} s), weighted by separation and stability "
-                  f"{results[-1]['consensus_before']:.3f}", flush=True)
+                  f"{results[-1]['consistency_power']}, {seconds:.0f} s), with class_sizes='unequal' "
+                  f"{results[-1]['consensus_unequal']:.3f}", flush=True)
     return results
 
 
@@ -355,17 +355,16 @@ def method_table(method: List[Dict[str, Any]]) -> List[str]:
 def layer_table(layer: List[Dict[str, Any]]) -> List[str]:
     lines = ["| set | best layer, per seed | one layer chosen (consensus=False): gap per seed, mean | "
              "consensus of every layer, weighted by neighbour consistency (the choice): gap per seed, mean | "
-             "consensus of every layer, weighted by separation and stability (the choice before): gap per seed, "
-             "mean |",
+             "the same with class_sizes='unequal' (relabelled by the partitions' vote): gap per seed, mean |",
              "|---|---|---|---|---|"]
     sets: Dict[int, List[Dict[str, Any]]] = {}
     for r in layer:
         sets.setdefault(r["set_index"], []).append(r)
-    columns: Dict[str, Tuple[List[float], List[float]]] = {c: ([], []) for c in ("one", "cons", "before")}
+    columns: Dict[str, Tuple[List[float], List[float]]] = {c: ([], []) for c in ("one", "cons", "unequal")}
     for rs in sets.values():
         cells = []
         for col, value in (("one", lambda r: r["acc"][r["chosen"]]), ("cons", lambda r: r["consensus"]),
-                           ("before", lambda r: r["consensus_before"])):
+                           ("unequal", lambda r: r["consensus_unequal"])):
             gaps = [value(r) - r["acc"][r["best"]] for r in rs]
             columns[col][0].extend(gaps)
             columns[col][1].append(float(np.mean(gaps)))
@@ -377,7 +376,7 @@ def layer_table(layer: List[Dict[str, Any]]) -> List[str]:
         return f"{sum(g >= -0.02 for g in gaps)}/{len(gaps)}"
 
     names = {"one": "one layer", "cons": "consensus weighted by neighbour consistency (the choice)",
-             "before": "consensus weighted by separation and stability"}
+             "unequal": "the same with class_sizes='unequal'"}
     lines += ["", "within 0.02 of the best layer, single seeds / means of the seeds / mean gap / worst single seed: "
               + "; ".join(f"{names[c]} {within(g)} / {within(m)} / {np.mean(m):+.3f} / {min(g):+.3f}"
                           for c, (g, m) in columns.items()), ""]

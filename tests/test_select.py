@@ -349,6 +349,31 @@ def test_run_select_auto_says_when_k_differs_from_the_labels_classes(tmp_path, c
     assert json.loads((tmp_path / "c" / "metrics.json").read_text())["n_clusters"] == 4
 
 
+def test_run_passes_class_sizes_to_the_selection(tmp_path, monkeypatch):
+    """--class-sizes (or "class_sizes" in the config file) reaches select_clustering; the default
+    is "similar"."""
+    from embedcluster.cli import main
+    from embedcluster.transfer import select
+
+    seen = []
+    real = select.select_clustering
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs["class_sizes"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(select, "select_clustering", recording)
+    X, _ = blobs(k=3, n_per=20)
+    np.save(tmp_path / "x.npy", X)
+    (tmp_path / "run.json").write_text(json.dumps({"class_sizes": "unequal"}))
+    args = ["run", str(tmp_path / "x.npy"), "--select", "auto", "--select-k", "3", "--no-probe", "--no-report",
+            "--no-progress"]
+    assert main(args + ["--out", str(tmp_path / "a")]) == 0
+    assert main(args + ["--class-sizes", "unequal", "--out", str(tmp_path / "b")]) == 0
+    assert main(args + ["--config", str(tmp_path / "run.json"), "--out", str(tmp_path / "c")]) == 0
+    assert seen == ["similar", "unequal", "unequal"]
+
+
 def test_consensus_labels_follow_the_majority_of_partitions():
     """Three partitions of 6 points into 2 groups, one of them wrong on two points: the consensus
     keeps what two of three agree on; a point no partition saw stays -1."""
@@ -384,6 +409,92 @@ def test_consensus_labels_weigh_each_partition():
         with pytest.raises(ValueError, match="n_init"):
             consensus_labels([a, b, b], 2, n_init=bad_restarts)
     assert oracle_accuracy(b, consensus_labels([a, b, b], 2, seed=0, n_init=1)) == 1.0
+
+
+def brute_force_vote(parts, weights, start, k):
+    """The vote of consensus_labels(vote=True) by brute force: each partition's clusters renamed by
+    the permutation of 0..k-1 that puts the most of its points in the current clusters (every
+    permutation tried; the first of equals), each point to the cluster with the largest summed
+    weight, until nothing changes."""
+    from itertools import permutations
+
+    current = start.copy()
+    for _ in range(50):
+        votes = np.zeros((len(current), k))
+        for p, w in zip(parts, weights):
+            seen = p >= 0
+            best = max(permutations(range(k)), key=lambda perm: np.sum(np.asarray(perm)[p[seen]] == current[seen]))
+            votes[np.flatnonzero(seen), np.asarray(best)[p[seen]]] += w
+        new = votes.argmax(1)
+        if np.array_equal(new, current):
+            return current
+        current = new
+    raise AssertionError("the brute-force vote did not settle")
+
+
+def test_the_consensus_vote_equals_a_brute_force_vote():
+    """Noisy copies of one partition of 60 points into 3 unequal groups (some points unseen by
+    some partitions, some partitions' names permuted), weighted: the vote of consensus_labels
+    equals the brute-force vote started from the same k-means consensus."""
+    from embedcluster.transfer.select import consensus_labels
+
+    rng = np.random.default_rng(5)
+    truth = np.repeat([0, 1, 2], [36, 14, 10])
+    for trial in range(6):
+        parts = []
+        for _ in range(5):
+            p = truth.copy()
+            flip = rng.random(60) < 0.25
+            p[flip] = rng.integers(0, 3, flip.sum())
+            p = rng.permutation(3)[p]
+            p[rng.random(60) < 0.1] = -1
+            parts.append(p)
+        weights = rng.uniform(0.2, 1.0, 5)
+        start = consensus_labels(parts, 3, seed=trial, weights=weights)
+        voted = consensus_labels(parts, 3, seed=trial, weights=weights, vote=True)
+        seen = start >= 0
+        np.testing.assert_array_equal(voted[~seen], -1)
+        np.testing.assert_array_equal(voted[seen], brute_force_vote([p[seen] for p in parts], weights, start[seen], 3))
+
+
+def test_the_consensus_vote_keeps_a_large_class_whole():
+    """One class of 200 points (five groups of 40) and two of 12: seven partitions each get the
+    small classes right and move one of the five groups, a different one each time, into a small
+    class. Every point is with its class in most partitions, but the k-means consensus splits the
+    large class (its objective pays less for merging the small classes' 24 points than for the
+    spread of the large one); the vote keeps every class whole."""
+    from embedcluster.transfer.select import consensus_labels
+
+    rng = np.random.default_rng(0)
+    truth = np.repeat([0, 1, 2], [200, 12, 12])
+    group = np.arange(200) // 40
+    parts = []
+    for _ in range(7):
+        p = truth.copy()
+        p[:200][group == rng.integers(5)] = rng.integers(1, 3)
+        parts.append(p)
+    assert all(np.mean([p[i] == truth[i] for p in parts]) > 0.5 for i in range(len(truth)))
+    assert oracle_accuracy(truth, consensus_labels(parts, 3, seed=0)) < 0.7
+    assert oracle_accuracy(truth, consensus_labels(parts, 3, seed=0, vote=True)) == 1.0
+
+
+def test_unequal_class_sizes_vote_the_consensus_and_keep_kmeans_over_scan():
+    """class_sizes="unequal": the consensus candidate is the voted consensus (the same as
+    consensus_labels(vote=True) of its ensemble, which the rows record), the rows say so, and the
+    method rule keeps k-means where SCAN would be preferred; an unknown value is refused."""
+    X, y = blobs(k=3, n_per=40)
+    rng = np.random.default_rng(2)
+    reps = {name: X + 0.3 * rng.standard_normal(X.shape).astype(np.float32) for name in ("a", "b", "c")}
+    sel = select_clustering(reps, 3, n_runs=2, class_sizes="unequal")
+    assert sel.choice["representation"] == "consensus" and sel.choice["class_sizes"] == "unequal"
+    assert "relabelled by their vote" in sel.reason
+    assert oracle_accuracy(y, sel.labels) == 1.0
+    assert select_clustering(reps, 3, n_runs=2).choice["class_sizes"] == "similar"
+    with pytest.raises(ValueError, match="class_sizes"):
+        select_clustering(reps, 3, n_runs=2, class_sizes="balanced")
+    rows = method_rows(kmeans=(0.65, 0.74), scan=(0.53, 0.73))
+    best, reason = _choose(rows, [5], 0.8, {"kmeans": "kmeans", "scan": "scan"}, 0.6, prefer_kmeans=True)
+    assert best["method"] == "kmeans" and "unequal sizes" in reason, reason
 
 
 def _recording_fits(monkeypatch):
@@ -503,8 +614,8 @@ def test_the_consensus_counts_each_representation_by_its_neighbour_consistency(m
     consensuses = []
     real_consensus = select.consensus_labels
 
-    def recording_consensus(partitions, k, seed=0, weights=None, n_init=50):
-        labels = real_consensus(partitions, k, seed, weights, n_init)
+    def recording_consensus(partitions, k, seed=0, weights=None, n_init=50, vote=False):
+        labels = real_consensus(partitions, k, seed, weights, n_init, vote)
         if any((np.asarray(part) >= 0).all() for part in partitions):  # has full fits: not a stability run's
             consensuses.append(labels)
         return labels
@@ -644,6 +755,8 @@ def test_progress_counts_every_candidate_and_the_consensus(monkeypatch, capsys):
                                         "--layer"),
                                        (["--select", "auto", "--n-clusters", "3", "--select-k", "2,3"], "--select-k"),
                                        (["--select-k", "2,3"], "select_k"),
+                                       (["--class-sizes", "unequal"], "class_sizes"),
+                                       (["--select", "auto", "--class-sizes", "few"], "invalid choice"),
                                        (["--select", "auto", "--select-k", "1,3"], "integers >= 2"),
                                        (["--select", "auto", "--select-methods", "kmeans,umap"], "kmeans, scan")])
 def test_select_flags_are_checked_before_any_work(tmp_path, capsys, argv, word):

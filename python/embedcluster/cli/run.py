@@ -53,6 +53,7 @@ _RUN_KEYS: Dict[str, Any] = {
     "select_methods": (lambda v: isinstance(v, list) and len(v) > 0 and all(m in ("kmeans", "scan", "temi")
                                                                             for m in v),
                        "a list of 'kmeans', 'scan', 'temi'"),
+    "class_sizes": (lambda v: v in ("similar", "unequal"), "'similar' or 'unequal'"),
     "layer": (lambda v: not isinstance(v, tuple) and valid_layer(v), "a layer name or a list of layer names"),
     "text_column": (lambda v: isinstance(v, str) and v != "", "a column name (string)"),
     "label_column": (lambda v: isinstance(v, str) and v != "", "a column name (string), or 'none'"),
@@ -107,7 +108,7 @@ def _run_config(args: argparse.Namespace) -> Dict[str, Any]:
         cfg = dict(_check_run_config(load_json(args.config), args.config))
     for k in ("data", "encoder", "n_clusters", "algorithm", "eps", "min_samples", "out", "cache_dir", "seed",
               "batch_size", "probe_rounds", "head", "image_size", "layer", "select", "select_k", "select_methods",
-              "map", "text_column", "label_column", "truth", "device"):
+              "class_sizes", "map", "text_column", "label_column", "truth", "device"):
         v = getattr(args, k)
         if v is not None:
             cfg[k] = v
@@ -149,7 +150,7 @@ DEFAULT_SELECT_K = [5, 8, 10, 12, 15]
 def _check_select(cfg: Dict[str, Any]) -> None:
     """--select auto chooses the layer, k and method itself: the settings it would override are refused."""
     if cfg.get("select", "off") != "auto":
-        extra = [key for key in ("select_k", "select_methods") if key in cfg]
+        extra = [key for key in ("select_k", "select_methods", "class_sizes") if key in cfg]
         if extra:
             raise ValueError(f"{', '.join(extra)} are settings of --select auto; add it or remove them")
         return
@@ -187,7 +188,8 @@ def _select_auto(cfg: Dict[str, Any], ds: Any, progress: bool) -> Any:
                                            device=cfg.get("device"))
     ks = [cfg["n_clusters"]] if cfg.get("n_clusters") else cfg.get("select_k", DEFAULT_SELECT_K)
     sel = select_clustering({name: Z for name, (Z, _) in candidates.items()}, ks,
-                            cfg.get("select_methods", ["kmeans"]), seed=cfg.get("seed", 0))
+                            cfg.get("select_methods", ["kmeans"]), class_sizes=cfg.get("class_sizes", "similar"),
+                            seed=cfg.get("seed", 0))
     name = sel.choice["representation"]
     if name == CONSENSUS:
         # The pipeline embeds with every tap at once (the encoder's concatenation: each tap
@@ -375,8 +377,8 @@ def add_parser(sub: Any) -> None:
     pr.add_argument("data", nargs="?", help=data_help("DATA"))
     pr.add_argument("--config", help="JSON file with any of: data, encoder, n_clusters, algorithm, head, eps, "
                     "min_samples, normalize, probe, probe_rounds, out, cache_dir, seed, report, map, batch_size, "
-                    "image_size, invert, layer, select, select_k, select_methods, text_column, label_column, "
-                    "truth, device")
+                    "image_size, invert, layer, select, select_k, select_methods, class_sizes, text_column, "
+                    "label_column, truth, device")
     pr.add_argument("--encoder", help="encoder spec (see `embedcluster embed --help`); none: raw features")
     add_encoder_options(pr)
     pr.add_argument("--select", choices=["auto", "off"],
@@ -395,6 +397,11 @@ def add_parser(sub: Any) -> None:
     pr.add_argument("--select-methods", type=method_list, metavar="M[,M...]",
                     help="with --select auto: the methods to compare, from kmeans, scan, temi (default kmeans; "
                     "each head is trained 5 times per candidate, minutes on 10k points)")
+    pr.add_argument("--class-sizes", choices=["similar", "unequal"],
+                    help="with --select auto: what you expect of the classes' sizes (default similar). unequal "
+                    "(e.g. the largest class several times the smallest): the consensus is relabelled by the "
+                    "partitions' vote and k-means is preferred over SCAN, both of which otherwise pull towards "
+                    "clusters of equal size; with classes of similar sizes it costs accuracy")
     pr.add_argument("--n-clusters", type=POSITIVE, help="k (default: the number of classes when known, else 8)")
     pr.add_argument("--algorithm", choices=["kmeans", "dbscan"], help="default kmeans")
     pr.add_argument("--head", choices=["scan", "temi"],

@@ -103,6 +103,17 @@ gap -0.008; the misses are four small digit sets, -0.030 to -0.071, and three Fa
 samples). k-means at the true k splits the largest classes and merges the smallest; the
 consensus k-means adds its own pull towards equal sizes. Consensuses by average linkage or
 spectral clustering of the co-association matrix did not close the gap (benchmarks/RESULTS.md).
+A consensus without that pull gains at 8:1 and loses with classes of similar sizes, and no
+label-free signal told the two apart (k-means' own cluster sizes are about as equal at 8:1 as
+with balanced classes; neither neighbour consistency nor agreement with the ensemble chose
+between the two consensuses), so the user says which to expect: ``class_sizes="unequal"``
+relabels the consensus by the partitions' vote (``consensus_labels(vote=True)``: each partition's
+clusters matched one to one with the consensus' on the points they share, each point to the
+cluster with the largest summed weight, until none moves) and keeps k-means over SCAN.
+Measured on the same sets (``benchmarks/label_free_choice.py``, three seeds): at 8:1 within
+0.02 of the best layer on 28 of 31 (77 of 93 single seeds, mean gap +0.000, worst -0.056; the
+default 24, 65, -0.008, -0.082), with classes as they come on 27 of 31 (81 of 93, -0.001; the
+default 30, 88, +0.027).
 
 Last, the method on that representation and k. When both k-means and the SCAN head are
 candidates, SCAN is chosen, unless k-means' own stability there is below ``weak_stability``
@@ -116,7 +127,8 @@ k-means' stability is below 0.6 (weak structure: man-page NAME lines, ACC 0.31-0
 entropy term invents k balanced groups and k-means is better. The cost is on strongly
 imbalanced classes (subsampled to 8:1): there k-means was better by more than 0.02 on 8 of 14
 and this rule picked it on 1 (7 of 14 within 0.02; the highest consistency 11), so with
-classes of very different sizes leave SCAN out of the methods. Stability does not otherwise
+classes of very different sizes pass ``class_sizes="unequal"``, which keeps k-means (11 of 14),
+or leave SCAN out of the methods. Stability does not otherwise
 choose the method: a trained head varies more between subsamples than k-means through its
 training alone, and the silhouette favours k-means' centroid-shaped clusters by construction.
 
@@ -163,9 +175,10 @@ class Selection:
         ``consensus_keep``, ``weights``: representation -> its weight in it, see
         ``consensus_weights``, ``ensemble_stability``: representation -> the stability of its
         partitions in it, ``ensemble_consistency``: representation -> the mean neighbour
-        consistency of its full fits in it, ``weighting``: the ``consensus_weights`` used, and
-        under ``"consistency"``, ``consistency_power``: the power kept and ``power_consistency``:
-        power -> the neighbour consistency of the consensus made with it);
+        consistency of its full fits in it, ``weighting``: the ``consensus_weights`` used,
+        ``class_sizes``: the ``class_sizes`` given, and under ``"consistency"``,
+        ``consistency_power``: the power kept and ``power_consistency``: power -> the neighbour
+        consistency of the consensus made with it);
         the choice first, then by k and by stability.
     choice : the chosen row.
     labels : the chosen candidate's clusters of all points, (n,) int64.
@@ -344,6 +357,8 @@ SEPARATION_POWER, STABILITY_POWER = 2, 6
 #: tries; the consensus that keeps more common-space neighbours together is kept (module notes).
 CONSISTENCY_POWERS = (8, 16)
 CONSENSUS_WEIGHTS = ("consistency", "separation_stability", "separation", "equal")
+#: ``select_clustering``'s ``class_sizes``: what a user expects of the classes' sizes.
+CLASS_SIZES = ("similar", "unequal")
 
 
 def _consensus_weights(separation: Mapping[str, float], stability: Mapping[str, float],
@@ -376,7 +391,7 @@ def _consensus_weights(separation: Mapping[str, float], stability: Mapping[str, 
 
 
 def consensus_labels(partitions: Sequence[Any], k: int, seed: int = 0,
-                     weights: Optional[Sequence[float]] = None, n_init: int = 50) -> np.ndarray:
+                     weights: Optional[Sequence[float]] = None, n_init: int = 50, vote: bool = False) -> np.ndarray:
     """One partition that agrees with several partitions of the same n points: k-means (``n_init``
     restarts, the lowest objective kept) on the stacked one-hot cluster memberships, i.e. points
     that most partitions put together end up together (evidence accumulation, linear in n). The
@@ -386,7 +401,9 @@ def consensus_labels(partitions: Sequence[Any], k: int, seed: int = 0,
     every partition get -1. ``weights`` (one number >= 0 per partition, default all 1): a partition
     counts in proportion to its weight (its membership columns are scaled by the weight's square
     root, so that it adds ``weight`` times its disagreement to the k-means objective); a partition
-    of weight 0 is left out. Returns (n,) int64 labels in 0..k-1 (and -1)."""
+    of weight 0 is left out. ``vote``: then relabel the points by the partitions' weighted vote
+    (:func:`_vote`), which drops the k-means objective's pull towards clusters of equal size (for
+    classes of very different sizes; module notes). Returns (n,) int64 labels in 0..k-1 (and -1)."""
     from .._backend import check_python_memory
     from ..cluster import KMeans
 
@@ -420,7 +437,47 @@ def consensus_labels(partitions: Sequence[Any], k: int, seed: int = 0,
         H[np.flatnonzero(member), start + inv[member] - skip] = factor
         start += len(ids) - skip
     out[rows] = np.asarray(KMeans(k, n_init=n_init, random_state=seed, verbose=0).fit(H).labels_, np.int64)
+    if vote:
+        del H
+        out[rows] = _vote([p[rows] for p in parts], [float(wi) for wi in w if wi > 0], out[rows], k)
     return out
+
+
+#: Most rounds of :func:`_vote` (on the benchmark's ensembles it settled within 10).
+VOTE_ROUNDS = 20
+
+
+def _vote(parts: Sequence[np.ndarray], weights: Sequence[float], start: np.ndarray, k: int) -> np.ndarray:
+    """Relabels the points by a weighted vote of ``parts`` (labels of the same points; -1: not
+    seen), starting from the partition ``start`` (labels in 0..k-1): each round, every partition's
+    clusters are matched one to one with the current clusters (Hungarian matching on the points
+    they share; a cluster left over when it has more than k goes to the cluster it overlaps
+    most), each point takes the current cluster with the largest sum of the weights of the
+    partitions that put it there, and the rounds stop when no point changes (at most
+    ``VOTE_ROUNDS``). Unlike the k-means consensus this adds no pull towards clusters of equal
+    size: a class that most partitions split keeps the split only where they agree on it."""
+    from scipy.optimize import linear_sum_assignment
+
+    current = np.asarray(start, np.int64).copy()
+    n = len(current)
+    coded = [np.unique(p, return_inverse=True) for p in parts]
+    for _ in range(VOTE_ROUNDS):
+        votes = np.zeros((n, k))
+        for (ids, inv), w in zip(coded, weights):
+            skip = int((ids < 0).sum())  # a -1 sorts first
+            seen = np.flatnonzero(inv >= skip)
+            own = inv[seen] - skip
+            overlap = np.zeros((len(ids) - skip, k))
+            np.add.at(overlap, (own, current[seen]), 1.0)
+            to = overlap.argmax(1)
+            matched_rows, matched_cols = linear_sum_assignment(-overlap)
+            to[matched_rows] = matched_cols
+            np.add.at(votes, (seen, to[own]), w)
+        new = votes.argmax(1)
+        if np.array_equal(new, current):
+            break
+        current = new
+    return current
 
 
 class GivenClusters:
@@ -484,10 +541,11 @@ def _as_methods(methods: Union[Sequence[MethodSpec], Mapping[str, MethodSpec]]) 
 
 
 def _choose(rows: List[Dict[str, Any]], ks: List[int], floor: float, specs: Mapping[str, MethodSpec],
-            weak_stability: float) -> Any:
+            weak_stability: float, prefer_kmeans: bool = False) -> Any:
     """The choice of the module notes; marks ``eligible`` and ``chosen`` on the rows, orders them
     (the choice first, then by k and stability) and returns (choice, reason). ``specs`` maps
-    each method's name to what it is (to find k-means and SCAN under any name)."""
+    each method's name to what it is (to find k-means and SCAN under any name); ``prefer_kmeans``
+    (``class_sizes="unequal"``) keeps k-means over SCAN."""
     winners = []
     singles = [r for r in rows if r["representation"] != CONSENSUS]
     for r in rows:
@@ -508,7 +566,11 @@ def _choose(rows: List[Dict[str, Any]], ks: List[int], floor: float, specs: Mapp
     kmeans = next((r for r in same if specs[r["method"]] == "kmeans"), None)
     scan = next((r for r in same if specs[r["method"]] == "scan"), None)
     if kmeans is not None and scan is not None and best in (kmeans, scan):
-        if kmeans["stability"] >= weak_stability:
+        if prefer_kmeans:
+            best = kmeans
+            method_why = (f"{kmeans['method']} is kept over {scan['method']} for classes of unequal sizes "
+                          "(class_sizes='unequal'): SCAN's entropy term pulls towards equal ones")
+        elif kmeans["stability"] >= weak_stability:
             best = scan
             method_why = (f"{scan['method']} is preferred over {kmeans['method']} where k-means' stability there "
                           f"({kmeans['stability']:.3f}) is at least {weak_stability:g}")
@@ -541,6 +603,8 @@ def _choose(rows: List[Dict[str, Any]], ks: List[int], floor: float, specs: Mapp
                 how += (f" (of the powers {' and '.join(map(str, tried))}, the one whose consensus keeps the most "
                         f"common-space neighbours together: {best['consistency']:.3f} vs {others})")
             whose += f", each counted by {how}" + (f" ({', '.join(unheard)}: 0)" if unheard else "")
+        if best.get("class_sizes") == "unequal":
+            whose += ", relabelled by their vote (class_sizes='unequal': no pull towards clusters of equal size)"
         reason = (f"{whose}, "
                   f"k={best['k']} (among single representations the choice is within noise; the most stable whose "
                   f"separation is at least {floor:g} of the best was {first['representation']} with "
@@ -562,7 +626,8 @@ def select_clustering(representations: Mapping[str, Any], n_clusters: Union[int,
                       n_runs: int = 4, subsample: float = 0.8, sample_size: int = 2000,
                       separation_floor: float = 0.8, n_neighbors: int = 10, weak_stability: float = 0.6,
                       consensus: bool = True, consensus_fits: int = 3, consensus_keep: float = 1.0,
-                      consensus_weights: str = "consistency", seed: int = 0) -> Selection:
+                      consensus_weights: str = "consistency", class_sizes: str = "similar",
+                      seed: int = 0) -> Selection:
     """Chooses a representation, k and a method without labels (module notes).
 
     Parameters
@@ -606,6 +671,13 @@ def select_clustering(representations: Mapping[str, Any], n_clusters: Union[int,
         the consensus: its full fits and its stability runs; 0 for a separation <= 0, and no extra
         fits); ``"separation"``: the square of the relative separation only; ``"equal"``: every
         representation counts the same (module notes).
+    class_sizes : what you expect of the classes' sizes, the one thing about them the choice
+        cannot measure without labels. ``"similar"`` (the default): the consensus is the k-means
+        consensus, and SCAN is preferred over k-means unless the structure is weak. ``"unequal"``
+        (e.g. the largest class several times the smallest): the consensus is relabelled by the
+        partitions' vote (``consensus_labels(vote=True)``), and k-means is preferred over SCAN,
+        since both the k-means consensus and SCAN's entropy term pull towards clusters of equal
+        size (module notes: better at 8:1, worse with balanced classes).
     seed : seeds the subsamples, the fits and the silhouette sample.
 
     Returns
@@ -625,6 +697,9 @@ def select_clustering(representations: Mapping[str, Any], n_clusters: Union[int,
         raise ValueError(f"consensus_keep={consensus_keep!r} should be a number in (0, 1]")
     if consensus_weights not in CONSENSUS_WEIGHTS:
         raise ValueError(f"consensus_weights={consensus_weights!r} should be one of {CONSENSUS_WEIGHTS}")
+    if class_sizes not in CLASS_SIZES:
+        raise ValueError(f"class_sizes={class_sizes!r} should be one of {CLASS_SIZES}")
+    vote = class_sizes == "unequal"
     units = {name: _unit_rows(np.asarray(Z)) for name, Z in representations.items()}
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(n, size=sample_size, replace=False)) if n > sample_size else np.arange(n)
@@ -704,25 +779,26 @@ def select_clustering(representations: Mapping[str, Any], n_clusters: Union[int,
                         continue
                     in_it = [rep for rep in ensembles if w[rep] > 0]
                     lab = consensus_labels([part for rep in in_it for part in ensembles[rep]], k, seed,
-                                           [w[rep] for rep in in_it for _ in ensembles[rep]])
+                                           [w[rep] for rep in in_it for _ in ensembles[rep]], vote=vote)
                     tried[power] = (neighbour_consistency(lab, sample, neighbours), w, lab)
                 power = max(powers, key=lambda p: tried[p][0])
                 _, weight, labels = tried[power]
                 counted = [rep for rep in ensembles if weight[rep] > 0]
                 runs = [consensus_labels([all_runs[(rep, k, mname)][r] for rep in counted], k, seed + 1 + r,
-                                         [weight[rep] for rep in counted]) for r in range(n_runs)]
+                                         [weight[rep] for rep in counted], vote=vote) for r in range(n_runs)]
                 add_row(CONSENSUS, k, mname, labels, _mean_pairwise_ari(runs), start)
                 rows[-1]["left_out"] = [rep for rep in units if rep not in kept]
                 rows[-1]["weights"] = weight
                 rows[-1]["ensemble_stability"] = member_stability
                 rows[-1]["ensemble_consistency"] = member_consistency
                 rows[-1]["weighting"] = consensus_weights
+                rows[-1]["class_sizes"] = class_sizes
                 if consensus_weights == "consistency":
                     rows[-1]["consistency_power"] = power
                     rows[-1]["power_consistency"] = {p: tried[p][0] for p in powers}
     shown.update(1)
     shown.close()
-    best, reason = _choose(rows, ks, separation_floor, method_map, weak_stability)
+    best, reason = _choose(rows, ks, separation_floor, method_map, weak_stability, prefer_kmeans=vote)
     return Selection(rows=rows, choice=best, labels=all_labels[(best["representation"], best["k"], best["method"])],
                      all_labels=all_labels, reason=reason)
 

@@ -455,7 +455,8 @@ def _vote(parts: Sequence[np.ndarray], weights: Sequence[float], start: np.ndarr
     most), each point takes the current cluster with the largest sum of the weights of the
     partitions that put it there, and the rounds stop when no point changes (at most
     ``VOTE_ROUNDS``). Unlike the k-means consensus this adds no pull towards clusters of equal
-    size: a class that most partitions split keeps the split only where they agree on it."""
+    size: a point goes where the weighted majority of the partitions puts it, however large or
+    small that cluster is. It holds an (n, k) float64 table of votes."""
     from scipy.optimize import linear_sum_assignment
 
     current = np.asarray(start, np.int64).copy()

@@ -479,9 +479,9 @@ def test_the_consensus_vote_keeps_a_large_class_whole():
 
 
 def test_unequal_class_sizes_vote_the_consensus_and_keep_kmeans_over_scan():
-    """class_sizes="unequal": the consensus candidate is the voted consensus (the same as
-    consensus_labels(vote=True) of its ensemble, which the rows record), the rows say so, and the
-    method rule keeps k-means where SCAN would be preferred; an unknown value is refused."""
+    """class_sizes="unequal": the consensus candidate is chosen and recovers separated blobs, its
+    row and the reason say it was voted, the default's row says "similar", the method rule keeps
+    k-means where SCAN would be preferred, and an unknown value is refused."""
     X, y = blobs(k=3, n_per=40)
     rng = np.random.default_rng(2)
     reps = {name: X + 0.3 * rng.standard_normal(X.shape).astype(np.float32) for name in ("a", "b", "c")}

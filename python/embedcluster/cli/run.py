@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..transfer.pipeline import check_known_keys, valid_image_size, valid_layer
+from ..transfer.select import CLASS_SIZES
 from ._common import (POSITIVE, add_device_option, add_quiet, add_encoder_options, add_table_options, check_device,
                       check_output_dir, cluster_summary, data_help, device_name, emit, encoder_options, int_at_least,
                       load_data, metric_line, read_truth, require, save_npy, set_command, summary_lines,
@@ -53,7 +54,7 @@ _RUN_KEYS: Dict[str, Any] = {
     "select_methods": (lambda v: isinstance(v, list) and len(v) > 0 and all(m in ("kmeans", "scan", "temi")
                                                                             for m in v),
                        "a list of 'kmeans', 'scan', 'temi'"),
-    "class_sizes": (lambda v: v in ("similar", "unequal"), "'similar' or 'unequal'"),
+    "class_sizes": (lambda v: v in CLASS_SIZES, " or ".join(repr(c) for c in CLASS_SIZES)),
     "layer": (lambda v: not isinstance(v, tuple) and valid_layer(v), "a layer name or a list of layer names"),
     "text_column": (lambda v: isinstance(v, str) and v != "", "a column name (string)"),
     "label_column": (lambda v: isinstance(v, str) and v != "", "a column name (string), or 'none'"),
@@ -397,7 +398,7 @@ def add_parser(sub: Any) -> None:
     pr.add_argument("--select-methods", type=method_list, metavar="M[,M...]",
                     help="with --select auto: the methods to compare, from kmeans, scan, temi (default kmeans; "
                     "each head is trained 5 times per candidate, minutes on 10k points)")
-    pr.add_argument("--class-sizes", choices=["similar", "unequal"],
+    pr.add_argument("--class-sizes", choices=list(CLASS_SIZES),
                     help="with --select auto: what you expect of the classes' sizes (default similar). unequal "
                     "(e.g. the largest class several times the smallest): the consensus is relabelled by the "
                     "partitions' vote and k-means is preferred over SCAN, both of which otherwise pull towards "

@@ -439,7 +439,7 @@ def consensus_labels(partitions: Sequence[Any], k: int, seed: int = 0,
     out[rows] = np.asarray(KMeans(k, n_init=n_init, random_state=seed, verbose=0).fit(H).labels_, np.int64)
     if vote:
         del H
-        out[rows] = _vote([p[rows] for p in parts], [float(wi) for wi in w if wi > 0], out[rows], k)
+        out[rows] = _vote(codes, [float(wi) for wi in w if wi > 0], out[rows], k)
     return out
 
 
@@ -447,33 +447,36 @@ def consensus_labels(partitions: Sequence[Any], k: int, seed: int = 0,
 VOTE_ROUNDS = 20
 
 
-def _vote(parts: Sequence[np.ndarray], weights: Sequence[float], start: np.ndarray, k: int) -> np.ndarray:
-    """Relabels the points by a weighted vote of ``parts`` (labels of the same points; -1: not
-    seen), starting from the partition ``start`` (labels in 0..k-1): each round, every partition's
-    clusters are matched one to one with the current clusters (Hungarian matching on the points
-    they share; a cluster left over when it has more than k goes to the cluster it overlaps
-    most), each point takes the current cluster with the largest sum of the weights of the
-    partitions that put it there, and the rounds stop when no point changes (at most
-    ``VOTE_ROUNDS``). Unlike the k-means consensus this adds no pull towards clusters of equal
-    size: a point goes where the weighted majority of the partitions puts it, however large or
-    small that cluster is. It holds an (n, k) float64 table of votes."""
+def _vote(codes: Sequence[Tuple[np.ndarray, np.ndarray]], weights: Sequence[float], start: np.ndarray,
+          k: int) -> np.ndarray:
+    """Relabels the points by a weighted vote of partitions of them, given as ``np.unique(labels,
+    return_inverse=True)`` pairs (a label -1: not seen), starting from the partition ``start``
+    (labels in 0..k-1): each round, every partition's clusters are matched one to one with the
+    current clusters (Hungarian matching on the points they share; a cluster left over when it
+    has more than k goes to the cluster it overlaps most), each point takes the current cluster
+    with the largest sum of the weights of the partitions that put it there, and the rounds stop
+    when no point changes (at most ``VOTE_ROUNDS``). Unlike the k-means consensus this adds no
+    pull towards clusters of equal size: a point goes where the weighted majority of the
+    partitions puts it, however large or small that cluster is. It holds an (n, k) float64 table
+    of votes."""
     from scipy.optimize import linear_sum_assignment
 
     current = np.asarray(start, np.int64).copy()
     n = len(current)
-    coded = [np.unique(p, return_inverse=True) for p in parts]
+    # Each partition's seen points and their clusters (numbered from 0), once for all rounds.
+    members = []
+    for ids, inv in codes:
+        skip = int((ids < 0).sum())  # a -1 sorts first
+        seen = np.flatnonzero(inv >= skip)
+        members.append((seen, inv[seen] - skip, len(ids) - skip))
     for _ in range(VOTE_ROUNDS):
         votes = np.zeros((n, k))
-        for (ids, inv), w in zip(coded, weights):
-            skip = int((ids < 0).sum())  # a -1 sorts first
-            seen = np.flatnonzero(inv >= skip)
-            own = inv[seen] - skip
-            overlap = np.zeros((len(ids) - skip, k))
-            np.add.at(overlap, (own, current[seen]), 1.0)
+        for (seen, own, width), w in zip(members, weights):
+            overlap = np.bincount(own * k + current[seen], minlength=width * k).reshape(width, k)
             to = overlap.argmax(1)
             matched_rows, matched_cols = linear_sum_assignment(-overlap)
             to[matched_rows] = matched_cols
-            np.add.at(votes, (seen, to[own]), w)
+            votes[seen, to[own]] += w  # each point once per partition: no repeated index
         new = votes.argmax(1)
         if np.array_equal(new, current):
             break

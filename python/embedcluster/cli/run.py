@@ -29,7 +29,9 @@ def _is_real(v: Any) -> bool:
 # Every key a run config may hold: (check, the rule as the message states it).
 _RUN_KEYS: Dict[str, Any] = {
     "data": (lambda v: isinstance(v, str) and v != "", "a data path or name (string)"),
-    "encoder": (lambda v: v is None or (isinstance(v, str) and v != ""), "an encoder spec (string) or null"),
+    "encoder": (lambda v: v is None or (isinstance(v, str) and v != "") or
+                (isinstance(v, list) and len(v) > 0 and all(isinstance(e, str) and e != "" for e in v)),
+                "an encoder spec (string), a list of them (with select 'auto') or null"),
     "n_clusters": (lambda v: v is None or (_is_int(v) and v >= 1), "an integer >= 1 (or null: the number of classes)"),
     "algorithm": (lambda v: v in ("kmeans", "dbscan"), "'kmeans' or 'dbscan'"),
     "head": (lambda v: v is None or v in ("scan", "temi"), "'scan', 'temi' or null (a clustering head instead of "
@@ -132,6 +134,7 @@ def _run_config(args: argparse.Namespace) -> Dict[str, Any]:
         raise ValueError(f"head {cfg['head']!r} replaces the algorithm; remove algorithm {cfg['algorithm']!r} "
                          "(--algorithm) or the head (--head)")
     _check_run_config(cfg, "the run settings")
+    _several_encoders(cfg)
     encoder_options(cfg)  # image_size / invert / layer need an encoder
     _check_select(cfg)
     check_output_dir(cfg["out"], "--out")
@@ -146,6 +149,24 @@ def _run_config(args: argparse.Namespace) -> Dict[str, Any]:
 
 #: The values of k that --select auto compares when neither --n-clusters nor --select-k is given.
 DEFAULT_SELECT_K = [5, 8, 10, 12, 15]
+
+
+def _several_encoders(cfg: Dict[str, Any]) -> None:
+    """--encoder a,b (or a list in the config): several encoders, whose taps --select auto compares
+    together. A spec that names an existing path is one encoder, commas and all."""
+    import os
+
+    enc = cfg.get("encoder")
+    if isinstance(enc, str) and "," in enc and not os.path.lexists(os.path.expanduser(enc)):
+        enc = [part.strip() for part in enc.split(",")]
+        if not all(enc):
+            raise ValueError(f"--encoder {cfg['encoder']!r} has an empty name between its commas")
+    if isinstance(enc, list):
+        if len(enc) > 1 and cfg.get("select", "off") != "auto":
+            raise ValueError(f"several encoders ({', '.join(enc)}) are compared only by --select auto; add it, or "
+                             f"name one encoder")
+        enc = enc[0] if len(enc) == 1 else enc
+    cfg["encoder"] = enc
 
 
 def _check_select(cfg: Dict[str, Any]) -> None:
@@ -181,7 +202,7 @@ def _select_auto(cfg: Dict[str, Any], ds: Any, progress: bool) -> Any:
     """Runs the label-free selection: returns (encoder, encoder options, k, method, embeddings, Selection)."""
     import numpy as np
 
-    from ..transfer.select import CONSENSUS, candidate_representations, select_clustering
+    from ..transfer.select import CONSENSUS, candidate_representations, encoder_of, select_clustering
 
     encoder = cfg.get("encoder") or _default_select_encoder(ds)
     candidates = candidate_representations(ds, encoder, encoder_options=encoder_options(cfg),
@@ -193,17 +214,44 @@ def _select_auto(cfg: Dict[str, Any], ds: Any, progress: bool) -> Any:
                             seed=cfg.get("seed", 0))
     name = sel.choice["representation"]
     if name == CONSENSUS:
-        # The pipeline embeds with every tap at once (the encoder's concatenation: each tap
+        # The pipeline embeds with every tap of one encoder at once (its concatenation: each tap
         # L2-normalised, scaled by 1/sqrt(taps)) and keeps the consensus as its clusters; its probe
-        # is trained on them and predicts new points (the raw features' partition took part in
-        # the consensus but cannot be part of a deployed encoder).
-        taps = [(Z, opts) for Z, opts in candidates.values() if opts is not None and "embedding_layer" in opts]
-        base = {k: v for k, v in taps[0][1].items() if k != "embedding_layer"}
-        options = {**base, "embedding_layer": [opts["embedding_layer"] for _, opts in taps]}
-        Z = np.concatenate([Zt for Zt, _ in taps], axis=1) / np.float32(np.sqrt(len(taps)))
-        return encoder, options, sel.choice["k"], sel.choice["method"], np.ascontiguousarray(Z, np.float32), sel
+        # is trained on them and predicts new points. The raw features' partition, and with several
+        # encoders the others' taps, took part in the consensus but are not part of the deployed
+        # encoder: it is the one whose candidates carry the most consensus weight.
+        groups: Dict[str, List[str]] = {}
+        for cand in candidates:
+            owner = encoder_of(cand, encoder)
+            if owner is not None:
+                groups.setdefault(owner, []).append(cand)
+        weights = sel.choice.get("weights", {})
+        deployed = max(groups, key=lambda e: sum(weights.get(c, 0.0) for c in groups[e]))  # ties: the first listed
+        parts = [candidates[c] for c in groups[deployed]]
+        if len(parts) == 1 or any(opts is None or "embedding_layer" not in opts for _, opts in parts):
+            Z, options = parts[0]
+        else:
+            base = {k: v for k, v in parts[0][1].items() if k != "embedding_layer"}
+            options = {**base, "embedding_layer": [opts["embedding_layer"] for _, opts in parts]}
+            Z = np.concatenate([Zt for Zt, _ in parts], axis=1) / np.float32(np.sqrt(len(parts)))
+        return deployed, options, sel.choice["k"], sel.choice["method"], np.ascontiguousarray(Z, np.float32), sel
     Z, options = candidates[name]
-    return (None if name == "raw" else encoder), options, sel.choice["k"], sel.choice["method"], Z, sel
+    return encoder_of(name, encoder), options, sel.choice["k"], sel.choice["method"], Z, sel
+
+
+def _deployed_note(encoders: List[str], deployed: Optional[str], sel: Any) -> str:
+    """With several encoders: which one the saved pipeline embeds new data with, and why."""
+    from ..transfer.select import CONSENSUS, encoder_of
+
+    head = f"encoders compared: {', '.join(encoders)}; "
+    if deployed is None:
+        return head + "the raw features were chosen, so the pipeline embeds with none"
+    if sel.choice["representation"] != CONSENSUS:
+        return head + f"the pipeline embeds new data with {deployed} (its {sel.choice['representation']} was chosen)"
+    weights = sel.choice.get("weights", {})
+    share = sum(w for name, w in weights.items() if encoder_of(name, encoders) == deployed) / max(
+        sum(weights.values()), 1e-300)
+    return head + (f"the clusters are the consensus of all of them; the pipeline embeds new data with {deployed}, "
+                   f"whose taps carry {share:.0%} of the consensus weight, and its probe predicts those clusters")
 
 
 def _k_note(k: int, n_true: int) -> Optional[str]:
@@ -327,7 +375,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     lines = list(notes) + (_write_selection(out, selection) if selection is not None else [])
     if selection is not None:
         res["selection"] = {"choice": selection.choice, "reason": selection.reason,
-                            "table": str(out / "selection.txt")}
+                            "table": str(out / "selection.txt"), "deployed_encoder": encoder}
+        if isinstance(cfg.get("encoder"), list):
+            res["selection"]["encoders"] = cfg["encoder"]
+            lines.append(_deployed_note(cfg["encoder"], encoder, selection))
     written, summary = _write_run_outputs(out, tc, ds, truth, names)
     res.update(written)
     if isinstance(clusterer, DBSCAN):
@@ -380,14 +431,17 @@ def add_parser(sub: Any) -> None:
                     "min_samples, normalize, probe, probe_rounds, out, cache_dir, seed, report, map, batch_size, "
                     "image_size, invert, layer, select, select_k, select_methods, class_sizes, text_column, "
                     "label_column, truth, device")
-    pr.add_argument("--encoder", help="encoder spec (see `embedcluster embed --help`); none: raw features")
+    pr.add_argument("--encoder", help="encoder spec (see `embedcluster embed --help`); none: raw features. With "
+                    "--select auto, several comma-separated (e.g. efficientnet-lite0,efficientnet-lite2): the taps "
+                    "of all are candidates")
     add_encoder_options(pr)
     pr.add_argument("--select", choices=["auto", "off"],
                     help="auto: choose the representation (raw features and each tap of the encoder: --encoder, "
                     "else EfficientNet-Lite0 for images and all-MiniLM-L6-v2 for texts), k and the method without "
                     "labels, by stability across seeds and subsamples times separation (silhouette) in a space "
                     "all candidates share (with 3+ representations, the consensus of their clusters; the pipeline "
-                    "then embeds with every tap), then the method (SCAN over "
+                    "then embeds with every tap of the encoder whose taps carry the most consensus weight), then "
+                    "the method (SCAN over "
                     "k-means unless k-means is unstable there, else by neighbour consistency in that space); prints "
                     "the candidates and writes them to OUT/selection.txt and OUT/selection.json (default off)")
     pr.add_argument("--select-k", type=k_list, metavar="K[,K...]",

@@ -848,26 +848,29 @@ def default_taps(encoder: Any) -> Optional[List[str]]:
     return [name for name in names if name != "logits"]
 
 
-def candidate_representations(data: Any, encoder: Optional[str] = None, *, raw: bool = True,
+def candidate_representations(data: Any, encoder: Union[None, str, Sequence[str]] = None, *, raw: bool = True,
                               encoder_options: Optional[Dict[str, Any]] = None, batch_size: int = 64,
                               progress: bool = False, device: Optional[str] = None) -> Dict[str, Any]:
     """The representations :func:`select_clustering` compares for a data set: the raw features
     (flattened pixels or vectors; not for texts) and, with ``encoder`` (a name or path for
     :func:`embedcluster.encoders.load_encoder`), each tap of :func:`default_taps` from one
-    forward pass, or the encoder's output when it has no taps.
+    forward pass, or the encoder's output when it has no taps. ``encoder`` may also be a list of
+    names or paths: every encoder's taps are candidates (named ``"<encoder> <layer>"``, or the
+    encoder's name when it has no taps; :func:`encoder_of` tells which encoder a name came from),
+    each encoder run with the same ``encoder_options``.
 
     Returns name -> ``(Z, options)``: ``options`` are the ``encoder_options`` of a
     :class:`~embedcluster.transfer.pipeline.TransferClustering` that embeds the same way (None
     for the raw features), so that the chosen candidate becomes a pipeline. ``device``: where the
     encoder runs (see :class:`~embedcluster.transfer.pipeline.TransferClustering`)."""
     from ..data import Dataset, as_feature_matrix, load
-    from ..encoders import load_encoder
 
+    encoders = _encoder_list(encoder)
     ds = data if isinstance(data, Dataset) else load(data)
     out: Dict[str, Any] = {}
     if raw and ds.kind != "texts":
         out["raw"] = (np.asarray(as_feature_matrix(ds), np.float32), None)
-    if encoder is None:
+    if not encoders:
         if not out:
             raise ValueError("texts have no raw features: pass an encoder (e.g. 'all-MiniLM-L6-v2')")
         return out
@@ -875,20 +878,61 @@ def candidate_representations(data: Any, encoder: Optional[str] = None, *, raw: 
         logger.warning("the images are %s with values up to %g; image encoders read uint8 0..255 or floats in "
                        "[0, 1], so the encoder's candidates see them saturated: scale them first",
                        np.asarray(ds.X).dtype, float(np.max(ds.X)))
+    for spec in encoders:
+        out.update(_encoder_candidates(ds, spec, encoder_options, batch_size, progress, device))
+    return out
+
+
+def _encoder_list(encoder: Any) -> List[Any]:
+    """``encoder`` of :func:`candidate_representations` as a list (empty for None); several must be
+    distinct names or paths, which name their candidates."""
+    if encoder is None:
+        return []
+    if isinstance(encoder, (list, tuple)):
+        specs = list(encoder)
+        if not specs:
+            raise ValueError("encoder is an empty list: name one or more encoders, or pass None for raw features")
+        if len(specs) > 1:
+            bad = [s for s in specs if not isinstance(s, str) or not s or s == "raw"]
+            if bad:
+                raise ValueError(f"several encoders are given by their names or paths (strings other than 'raw'), "
+                                 f"which name their candidates; got {bad!r}")
+            twice = sorted({s for s in specs if specs.count(s) > 1})
+            if twice:
+                raise ValueError(f"encoder {twice[0]!r} is listed twice")
+        return specs
+    return [encoder]
+
+
+def _encoder_candidates(ds: Any, encoder: Any, encoder_options: Optional[Dict[str, Any]], batch_size: int,
+                        progress: bool, device: Optional[str]) -> Dict[str, Any]:
+    """One encoder's candidates for :func:`candidate_representations`: each default tap, or its output."""
+    from ..encoders import load_encoder
+
     options = {k: v for k, v in (encoder_options or {}).items() if k != "embedding_layer"}
     at = {} if device is None else {"device": device}
     taps = default_taps(load_encoder(encoder, **options, **at))
     if taps is None:
         enc = load_encoder(encoder, **(encoder_options or {}), **at)
         Z = np.asarray(enc.encode(ds, batch_size=batch_size, progress=progress), np.float32)
-        out[str(encoder)] = (Z, dict(encoder_options) if encoder_options else None)
-        return out
+        return {str(encoder): (Z, dict(encoder_options) if encoder_options else None)}
     enc = load_encoder(encoder, **options, **at, embedding_layer=taps)
-    for layer, Z in encoder_taps(enc, ds, taps, batch_size=batch_size, progress=progress).items():
-        out[f"{encoder} {layer}"] = (Z, {**options, "embedding_layer": layer})
-    return out
+    return {f"{encoder} {layer}": (Z, {**options, "embedding_layer": layer})
+            for layer, Z in encoder_taps(enc, ds, taps, batch_size=batch_size, progress=progress).items()}
+
+
+def encoder_of(name: str, encoders: Union[None, str, Sequence[str]]) -> Optional[str]:
+    """Which of ``encoders`` (as given to :func:`candidate_representations`) the candidate
+    ``name`` came from: None for ``"raw"`` and the consensus; the longest matching name wins
+    (``"a"`` and ``"a b"`` can both be encoders)."""
+    if name in ("raw", CONSENSUS):
+        return None
+    found = [str(e) for e in _encoder_list(encoders) if name == str(e) or name.startswith(f"{e} ")]
+    if not found:
+        raise ValueError(f"candidate {name!r} comes from none of the encoders {_encoder_list(encoders)!r}")
+    return max(found, key=len)
 
 
 __all__ = ["CONSENSUS", "METHOD_NAMES", "GivenClusters", "Selection", "candidate_representations",
-           "common_space_distances", "common_space_neighbours", "consensus_labels", "default_taps", "encoder_taps",
-           "neighbour_consistency", "select_clustering"]
+           "common_space_distances", "common_space_neighbours", "consensus_labels", "default_taps", "encoder_of",
+           "encoder_taps", "neighbour_consistency", "select_clustering"]

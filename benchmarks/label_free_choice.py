@@ -321,7 +321,7 @@ def encoder_table(results: List[Dict[str, Any]]) -> List[str]:
     for r in results:
         by_set.setdefault(r["set"], []).append(r)
     lines = ["| set | encoders | best layer of any encoder, per seed | the choice over all encoders: gap per seed, "
-             "mean | each encoder's own choice: mean gap | deployed encoder (share of the consensus weight) |",
+             "mean | each encoder's own choice: mean gap | deployed encoder (share of the weight on encoder taps) |",
              "|---|---|---|---|---|---|"]
     single: List[float] = []
     means: List[float] = []

@@ -405,6 +405,21 @@ def test_several_encoders_need_select_auto(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_the_deployed_encoder_note_says_what_new_data_is_embedded_with():
+    from types import SimpleNamespace
+
+    from embedcluster.cli.run import _deployed_note
+
+    encs = ["a", "b"]
+    pooled = SimpleNamespace(choice={"representation": "consensus", "weights": {"raw": 1.0, "a x": 1.0, "b y": 2.0}})
+    assert _deployed_note(encs, "b", pooled).endswith("embeds new data with b, whose taps carry 50% of the consensus "
+                                                       "weight, and its probe predicts those clusters")
+    one = SimpleNamespace(choice={"representation": "a x"})
+    assert _deployed_note(encs, "a", one).endswith("embeds new data with a (the candidate chosen: a x)")
+    raw = SimpleNamespace(choice={"representation": "raw"})
+    assert _deployed_note(encs, None, raw).endswith("the raw features were chosen, so the pipeline embeds with none")
+
+
 @pytest.mark.slow
 def test_digits_choice_over_two_encoders_is_within_002_of_the_best_layer():
     lite_or_skip(0, 2)

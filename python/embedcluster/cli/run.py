@@ -246,7 +246,8 @@ def _deployed_note(encoders: List[str], deployed: Optional[str], sel: Any) -> st
     if deployed is None:
         return head + "the raw features were chosen, so the pipeline embeds with none"
     if sel.choice["representation"] != CONSENSUS:
-        return head + f"the pipeline embeds new data with {deployed} (its {sel.choice['representation']} was chosen)"
+        return head + f"the pipeline embeds new data with {deployed} (the candidate chosen: " \
+            f"{sel.choice['representation']})"
     weights = sel.choice.get("weights", {})
     share = sum(w for name, w in weights.items() if encoder_of(name, encoders) == deployed) / max(
         sum(weights.values()), 1e-300)

@@ -40,7 +40,7 @@ Run::
     python benchmarks/label_free_choice.py --parts method layer      # about an hour on 2 cores
     python benchmarks/label_free_choice.py --parts imbalance         # about 20 minutes
     python benchmarks/label_free_choice.py --parts k                 # about a minute per set and seed alone
-    python benchmarks/label_free_choice.py --parts encoders          # about 40 minutes
+    python benchmarks/label_free_choice.py --parts encoders          # about 20 minutes alone
 
 Output: Markdown tables on stdout and ``<out>/label_free_choice.json``.
 """
@@ -284,7 +284,7 @@ def encoder_part(quick: bool, seeds: Tuple[int, ...] = (0, 1, 2)) -> List[Dict[s
     """Per set of ``ENCODER_SETS`` (the first with ``quick``) and selection seed: every layer's
     k-means ACC, the choice over all encoders, each encoder's own choice and the deployed encoder
     (the one whose taps carry the most consensus weight, as ``run`` deploys)."""
-    from embedcluster.transfer.select import encoder_of
+    from embedcluster.transfer.select import encoder_of, encoder_weights
 
     results = []
     for desc, source, n, size, data_seed, invert, encoders in ENCODER_SETS[:1] if quick else ENCODER_SETS:
@@ -300,13 +300,12 @@ def encoder_part(quick: bool, seeds: Tuple[int, ...] = (0, 1, 2)) -> List[Dict[s
                 mine = {name: Z for name, Z in reps.items() if name == "raw" or encoder_of(name, list(encoders)) == enc}
                 own[enc] = float(cluster_accuracy(y, select_clustering(mine, k, ["kmeans"], seed=seed).labels))
             weights = sel.choice.get("weights", {})
-            share = {enc: float(sum(w for name, w in weights.items() if encoder_of(name, list(encoders)) == enc))
-                     for enc in encoders}
+            share = encoder_weights(weights, list(encoders))
             best = max(acc, key=lambda name: acc[name])
             results.append({"set": desc, "encoders": list(encoders), "seed": seed, "acc": acc, "best": best,
                             "choice": float(cluster_accuracy(y, sel.labels)),
                             "chosen": sel.choice["representation"], "own": own,
-                            "deployed": max(encoders, key=lambda e: share[e]) if weights else None,
+                            "deployed": max(share, key=lambda e: share[e]) if weights else None,
                             "weight_share": share, "seconds": seconds})
             print(f"{desc}, {'+'.join(e[-5:] for e in encoders)}, seed {seed}: best {best} {acc[best]:.3f}; "
                   f"choice over all {results[-1]['choice']:.3f} ({seconds:.0f} s); each encoder's own "
@@ -317,6 +316,12 @@ def encoder_part(quick: bool, seeds: Tuple[int, ...] = (0, 1, 2)) -> List[Dict[s
 def encoder_table(results: List[Dict[str, Any]]) -> List[str]:
     """One line per set: the best layer of any encoder, the gap of the choice over all encoders and
     of each encoder's own choice per seed and as the mean of the seeds, and the deployed encoder."""
+    def short(e: Optional[str]) -> str:
+        return (e or "none").replace("efficientnet-", "")
+
+    def share(r: Dict[str, Any]) -> float:
+        return r["weight_share"].get(r["deployed"], 0.0) / max(sum(r["weight_share"].values()), 1e-300)
+
     by_set: Dict[str, List[Dict[str, Any]]] = {}
     for r in results:
         by_set.setdefault(r["set"], []).append(r)
@@ -333,12 +338,6 @@ def encoder_table(results: List[Dict[str, Any]]) -> List[str]:
         own = {e: float(np.mean([r["own"][e] - r["acc"][r["best"]] for r in runs])) for e in runs[0]["encoders"]}
         for e, g in own.items():
             own_means.setdefault("first" if e == runs[0]["encoders"][0] else "other", []).append(g)
-        def short(e: Optional[str]) -> str:
-            return (e or "none").replace("efficientnet-", "")
-
-        def share(r: Dict[str, Any]) -> float:
-            return r["weight_share"].get(r["deployed"], 0.0) / max(sum(r["weight_share"].values()), 1e-300)
-
         encs = runs[0]["encoders"]
         bests = " / ".join(f"{r['acc'][r['best']]:.3f}" for r in runs)
         lines.append(f"| {desc} | {' + '.join(short(e) for e in encs)} | {bests} | "

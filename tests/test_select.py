@@ -325,7 +325,7 @@ def lite_or_skip(*versions):
 def test_candidates_of_several_encoders_are_each_encoders_taps():
     lite_or_skip(0, 1)
     from embedcluster.data import Dataset
-    from embedcluster.transfer.select import encoder_of
+    from embedcluster.transfer.select import encoder_of, encoder_weights
 
     img, y = digit_images(20)
     ds = Dataset(X=img, y=y, kind="images")
@@ -342,6 +342,8 @@ def test_candidates_of_several_encoders_are_each_encoders_taps():
             assert encoder_of(name, ["efficientnet-lite0", "efficientnet-lite1"]) == e
     assert encoder_of("raw", ["efficientnet-lite0"]) is None and encoder_of("consensus", ["a"]) is None
     assert encoder_of("a b block3", ["a", "a b"]) == "a b" and encoder_of("a block3", ["a", "a b"]) == "a"
+    weights = {"raw": 1.0, "a x": 1.0, "a y": 2.0, "a b z": 0.25, "consensus": 9.0}
+    assert encoder_weights(weights, ["a", "a b", "c"]) == {"a": 3.0, "a b": 0.25, "c": 0.0}
     with pytest.raises(ValueError, match="none of the encoders"):
         encoder_of("efficientnet-lite2 head", ["efficientnet-lite0", "efficientnet-lite1"])
 

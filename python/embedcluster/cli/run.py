@@ -202,7 +202,7 @@ def _select_auto(cfg: Dict[str, Any], ds: Any, progress: bool) -> Any:
     """Runs the label-free selection: returns (encoder, encoder options, k, method, embeddings, Selection)."""
     import numpy as np
 
-    from ..transfer.select import CONSENSUS, candidate_representations, encoder_of, select_clustering
+    from ..transfer.select import CONSENSUS, candidate_representations, encoder_of, encoder_weights, select_clustering
 
     encoder = cfg.get("encoder") or _default_select_encoder(ds)
     candidates = candidate_representations(ds, encoder, encoder_options=encoder_options(cfg),
@@ -219,14 +219,9 @@ def _select_auto(cfg: Dict[str, Any], ds: Any, progress: bool) -> Any:
         # is trained on them and predicts new points. The raw features' partition, and with several
         # encoders the others' taps, took part in the consensus but are not part of the deployed
         # encoder: it is the one whose candidates carry the most consensus weight.
-        groups: Dict[str, List[str]] = {}
-        for cand in candidates:
-            owner = encoder_of(cand, encoder)
-            if owner is not None:
-                groups.setdefault(owner, []).append(cand)
-        weights = sel.choice.get("weights", {})
-        deployed = max(groups, key=lambda e: sum(weights.get(c, 0.0) for c in groups[e]))  # ties: the first listed
-        parts = [candidates[c] for c in groups[deployed]]
+        share = encoder_weights(sel.choice.get("weights", {}), encoder)
+        deployed = max(share, key=lambda e: share[e])  # ties: the first listed
+        parts = [candidates[c] for c in candidates if encoder_of(c, encoder) == deployed]
         if len(parts) == 1 or any(opts is None or "embedding_layer" not in opts for _, opts in parts):
             Z, options = parts[0]
         else:
@@ -240,7 +235,7 @@ def _select_auto(cfg: Dict[str, Any], ds: Any, progress: bool) -> Any:
 
 def _deployed_note(encoders: List[str], deployed: Optional[str], sel: Any) -> str:
     """With several encoders: which one the saved pipeline embeds new data with, and why."""
-    from ..transfer.select import CONSENSUS, encoder_of
+    from ..transfer.select import CONSENSUS, encoder_weights
 
     head = f"encoders compared: {', '.join(encoders)}; "
     if deployed is None:
@@ -249,8 +244,7 @@ def _deployed_note(encoders: List[str], deployed: Optional[str], sel: Any) -> st
         return head + f"the pipeline embeds new data with {deployed} (the candidate chosen: " \
             f"{sel.choice['representation']})"
     weights = sel.choice.get("weights", {})
-    share = sum(w for name, w in weights.items() if encoder_of(name, encoders) == deployed) / max(
-        sum(weights.values()), 1e-300)
+    share = encoder_weights(weights, encoders)[deployed] / max(sum(weights.values()), 1e-300)
     return head + (f"the clusters are the consensus of all of them; the pipeline embeds new data with {deployed}, "
                    f"whose taps carry {share:.0%} of the consensus weight, and its probe predicts those clusters")
 

@@ -933,6 +933,19 @@ def encoder_of(name: str, encoders: Union[None, str, Sequence[str]]) -> Optional
     return max(found, key=len)
 
 
+def encoder_weights(weights: Mapping[str, float], encoders: Union[None, str, Sequence[str]]) -> Dict[str, float]:
+    """Each encoder's summed weight in a consensus (``weights``: its row's ``"weights"``,
+    representation -> weight), over the candidates :func:`encoder_of` gives it; in the encoders'
+    order, 0 for one without weight. ``run --select auto`` deploys the encoder with the largest
+    (the first listed on a tie)."""
+    out = {str(e): 0.0 for e in _encoder_list(encoders)}
+    for name, w in weights.items():
+        owner = encoder_of(name, encoders)
+        if owner is not None:
+            out[owner] += float(w)
+    return out
+
+
 __all__ = ["CONSENSUS", "METHOD_NAMES", "GivenClusters", "Selection", "candidate_representations",
            "common_space_distances", "common_space_neighbours", "consensus_labels", "default_taps", "encoder_of",
-           "encoder_taps", "neighbour_consistency", "select_clustering"]
+           "encoder_taps", "encoder_weights", "neighbour_consistency", "select_clustering"]

@@ -210,7 +210,7 @@ def _select_auto(cfg: Dict[str, Any], ds: Any, progress: bool) -> Any:
                                            device=cfg.get("device"))
     ks = [cfg["n_clusters"]] if cfg.get("n_clusters") else cfg.get("select_k", DEFAULT_SELECT_K)
     sel = select_clustering({name: Z for name, (Z, _) in candidates.items()}, ks,
-                            cfg.get("select_methods", ["kmeans"]), class_sizes=cfg.get("class_sizes", "similar"),
+                            cfg.get("select_methods", ["kmeans"]), class_sizes=cfg.get("class_sizes", "auto"),
                             seed=cfg.get("seed", 0))
     name = sel.choice["representation"]
     if name == CONSENSUS:
@@ -448,10 +448,11 @@ def add_parser(sub: Any) -> None:
                     help="with --select auto: the methods to compare, from kmeans, scan, temi (default kmeans; "
                     "each head is trained 5 times per candidate, minutes on 10k points)")
     pr.add_argument("--class-sizes", choices=list(CLASS_SIZES),
-                    help="with --select auto: what you expect of the classes' sizes (default similar). unequal "
-                    "(e.g. the largest class several times the smallest): the consensus is relabelled by the "
-                    "partitions' vote and k-means is preferred over SCAN, both of which otherwise pull towards "
-                    "clusters of equal size; with classes of similar sizes it costs accuracy")
+                    help="with --select auto: what you expect of the classes' sizes. auto (the default): both the "
+                    "k-means consensus and its relabelling by the partitions' vote are made, and the one with the "
+                    "higher separation x stability is kept. similar: the k-means consensus, which pulls towards "
+                    "clusters of equal size. unequal (e.g. the largest class several times the smallest): the vote, "
+                    "and k-means is preferred over SCAN, whose entropy term also pulls towards equal sizes")
     pr.add_argument("--n-clusters", type=POSITIVE, help="k (default: the number of classes when known, else 8)")
     pr.add_argument("--algorithm", choices=["kmeans", "dbscan"], help="default kmeans")
     pr.add_argument("--head", choices=["scan", "temi"],

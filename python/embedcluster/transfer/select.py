@@ -98,22 +98,30 @@ consensus' own noise between nearby ensembles (8 of 9 was below both 9 and 7 of 
 an option, not the default.
 
 Classes of very different sizes remain the weak spot: on the same sets subsampled to 8:1 (class
-sizes falling geometrically), the consensus is within 0.02 of the best layer on 24 of 31 (mean
-gap -0.008; the misses are four small digit sets, -0.030 to -0.071, and three Fashion
+sizes falling geometrically), the k-means consensus is within 0.02 of the best layer on 24 of
+31 (mean gap -0.008; the misses are four small digit sets, -0.030 to -0.071, and three Fashion
 samples). k-means at the true k splits the largest classes and merges the smallest; the
 consensus k-means adds its own pull towards equal sizes. Consensuses by average linkage or
 spectral clustering of the co-association matrix did not close the gap (benchmarks/RESULTS.md).
-A consensus without that pull gains at 8:1 and loses with classes of similar sizes, and no
-label-free signal told the two apart (k-means' own cluster sizes are about as equal at 8:1 as
-with balanced classes; neither neighbour consistency nor agreement with the ensemble chose
-between the two consensuses), so the user says which to expect: ``class_sizes="unequal"``
-relabels the consensus by the partitions' vote (``consensus_labels(vote=True)``: each partition's
-clusters matched one to one with the consensus' on the points they share, each point to the
-cluster with the largest summed weight, until none moves) and keeps k-means over SCAN.
-Measured on the same sets (``benchmarks/label_free_choice.py``, three seeds): at 8:1 within
-0.02 of the best layer on 28 of 31 (77 of 93 single seeds, mean gap +0.000, worst -0.056; the
-default 24, 65, -0.008, -0.082), with classes as they come on 27 of 31 (81 of 93, -0.001; the
-default 30, 88, +0.027).
+A consensus without that pull gains at 8:1 and loses with classes of similar sizes: the vote
+(``consensus_labels(vote=True)``: each partition's clusters matched one to one with the
+consensus' on the points they share, each point to the cluster with the largest summed weight,
+until none moves). k-means' own cluster sizes do not tell the two cases apart (they are about as
+equal at 8:1 as with balanced classes), nor do neighbour consistency or agreement with the
+ensemble. The score that compares candidates across k does, in part: with ``class_sizes="auto"``
+(the default) both consensuses are made, each with its own power and stability, and the one with
+the higher separation x stability is kept. It keeps the vote on 48% of the runs with classes as
+they come, 46% at 4:1, 68-71% at 8:1 and 96% at 16:1. Measured (``benchmarks/label_free_choice.py``,
+parts layer, imbalance and draws; sets within 0.02 of the best layer as means of the seeds):
+
+* classes as they come, 31 sets: ``"auto"`` 29, the k-means consensus (``"similar"``) 30, the vote
+  (``"unequal"``) 27; mean gaps +0.010, +0.027, -0.001;
+* 8:1, 31 sets: 26, 24, 28; another draw of 8:1, 12 sets: 11, 8, 11;
+* 4:1, 12 sets: 10, 10, 10; 16:1, 12 sets: 12, 7, 12.
+
+So ``"auto"`` is within two sets of the better of the two everywhere, and 0.017 below the k-means
+consensus on average with balanced classes; say ``class_sizes="similar"`` when you know the classes are of
+similar sizes, and ``"unequal"`` when you know they are not (it also keeps k-means over SCAN).
 
 Last, the method on that representation and k. When both k-means and the SCAN head are
 candidates, SCAN is chosen, unless k-means' own stability there is below ``weak_stability``
@@ -128,7 +136,8 @@ entropy term invents k balanced groups and k-means is better. The cost is on str
 imbalanced classes (subsampled to 8:1): there k-means was better by more than 0.02 on 8 of 14
 and this rule picked it on 1 (7 of 14 within 0.02; the highest consistency 11), so with
 classes of very different sizes pass ``class_sizes="unequal"``, which keeps k-means (11 of 14),
-or leave SCAN out of the methods. Stability does not otherwise
+or leave SCAN out of the methods (``"auto"`` keeps this rule: the method part has one
+representation, so no consensus to score). Stability does not otherwise
 choose the method: a trained head varies more between subsamples than k-means through its
 training alone, and the silhouette favours k-means' centroid-shaped clusters by construction.
 
@@ -184,12 +193,17 @@ class Selection:
     labels : the chosen candidate's clusters of all points, (n,) int64.
     all_labels : every candidate's clusters of all points, by ``(representation, k, method)``.
     reason : one sentence: why the choice won.
+    consensus_kinds : for each consensus candidate (keyed like ``all_labels``), the clusters of
+        each kind of consensus made for it: ``"similar"`` (the k-means consensus) and / or
+        ``"unequal"`` (relabelled by the partitions' vote); both under ``class_sizes="auto"``,
+        whose row keeps the one chosen (``consensus_kind``) and both kinds' scores (``kinds``).
     """
 
     rows: List[Dict[str, Any]]
     choice: Dict[str, Any]
     labels: np.ndarray
     all_labels: Dict[tuple, np.ndarray] = field(repr=False)
+    consensus_kinds: Dict[tuple, Dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
     reason: str = ""
 
     def table(self) -> str:
@@ -358,7 +372,7 @@ SEPARATION_POWER, STABILITY_POWER = 2, 6
 CONSISTENCY_POWERS = (8, 16)
 CONSENSUS_WEIGHTS = ("consistency", "separation_stability", "separation", "equal")
 #: ``select_clustering``'s ``class_sizes``: what a user expects of the classes' sizes.
-CLASS_SIZES = ("similar", "unequal")
+CLASS_SIZES = ("auto", "similar", "unequal")
 
 
 def _consensus_weights(separation: Mapping[str, float], stability: Mapping[str, float],
@@ -404,6 +418,14 @@ def consensus_labels(partitions: Sequence[Any], k: int, seed: int = 0,
     of weight 0 is left out. ``vote``: then relabel the points by the partitions' weighted vote
     (:func:`_vote`), which drops the k-means objective's pull towards clusters of equal size (for
     classes of very different sizes; module notes). Returns (n,) int64 labels in 0..k-1 (and -1)."""
+    plain, voted = _consensus(partitions, k, seed, weights, n_init, vote)
+    return voted if voted is not None else plain
+
+
+def _consensus(partitions: Sequence[Any], k: int, seed: int, weights: Optional[Sequence[float]], n_init: int,
+               vote: bool) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """:func:`consensus_labels`' work: the k-means consensus and, with ``vote``, its relabelling by
+    the vote (which starts from it), so that a caller wanting both makes the k-means consensus once."""
     from .._backend import check_python_memory
     from ..cluster import KMeans
 
@@ -423,7 +445,7 @@ def consensus_labels(partitions: Sequence[Any], k: int, seed: int = 0,
     out = np.full(len(parts[0]), -1, np.int64)
     if len(rows) <= k:
         out[rows] = np.arange(len(rows))
-        return out
+        return out, (out.copy() if vote else None)
     # Each partition's clusters become columns; the memberships are written straight into one
     # (seen rows x all clusters) matrix, the only copy.
     codes = [np.unique(p[rows], return_inverse=True) for p in parts]
@@ -437,10 +459,12 @@ def consensus_labels(partitions: Sequence[Any], k: int, seed: int = 0,
         H[np.flatnonzero(member), start + inv[member] - skip] = factor
         start += len(ids) - skip
     out[rows] = np.asarray(KMeans(k, n_init=n_init, random_state=seed, verbose=0).fit(H).labels_, np.int64)
-    if vote:
-        del H
-        out[rows] = _vote(codes, [float(wi) for wi in w if wi > 0], out[rows], k)
-    return out
+    if not vote:
+        return out, None
+    del H
+    voted = out.copy()
+    voted[rows] = _vote(codes, [float(wi) for wi in w if wi > 0], out[rows], k)
+    return out, voted
 
 
 #: Most rounds of :func:`_vote` (on the benchmark's ensembles it settled within 10).
@@ -482,6 +506,13 @@ def _vote(codes: Sequence[Tuple[np.ndarray, np.ndarray]], weights: Sequence[floa
             break
         current = new
     return current
+
+
+def _kinds(made: Tuple[np.ndarray, Optional[np.ndarray]]) -> Dict[str, np.ndarray]:
+    """:func:`_consensus`' result by ``class_sizes`` kind: ``"similar"`` the k-means consensus,
+    ``"unequal"`` its vote (when made)."""
+    plain, voted = made
+    return {"similar": plain, **({"unequal": voted} if voted is not None else {})}
 
 
 class GivenClusters:
@@ -607,7 +638,17 @@ def _choose(rows: List[Dict[str, Any]], ks: List[int], floor: float, specs: Mapp
                 how += (f" (of the powers {' and '.join(map(str, tried))}, the one whose consensus keeps the most "
                         f"common-space neighbours together: {best['consistency']:.3f} vs {others})")
             whose += f", each counted by {how}" + (f" ({', '.join(unheard)}: 0)" if unheard else "")
-        if best.get("class_sizes") == "unequal":
+        kinds = best.get("kinds") or {}
+        if kinds:
+            def score(c: str) -> float:
+                return max(kinds[c]["separation"], 0.0) * kinds[c]["stability"]
+            voted = best["consensus_kind"] == "unequal"
+            whose += (", " + ("relabelled by their vote (no pull towards clusters of equal size)" if voted
+                              else "by k-means on their memberships")
+                      + f" (class_sizes='auto': its separation x stability, {score(best['consensus_kind']):.3f}, is at "
+                      f"least that of the consensus " + ("by k-means, " if voted else "relabelled by the vote, ")
+                      + f"{score('similar' if voted else 'unequal'):.3f})")
+        elif best.get("class_sizes") == "unequal":
             whose += ", relabelled by their vote (class_sizes='unequal': no pull towards clusters of equal size)"
         reason = (f"{whose}, "
                   f"k={best['k']} (among single representations the choice is within noise; the most stable whose "
@@ -630,7 +671,7 @@ def select_clustering(representations: Mapping[str, Any], n_clusters: Union[int,
                       n_runs: int = 4, subsample: float = 0.8, sample_size: int = 2000,
                       separation_floor: float = 0.8, n_neighbors: int = 10, weak_stability: float = 0.6,
                       consensus: bool = True, consensus_fits: int = 3, consensus_keep: float = 1.0,
-                      consensus_weights: str = "consistency", class_sizes: str = "similar",
+                      consensus_weights: str = "consistency", class_sizes: str = "auto",
                       seed: int = 0) -> Selection:
     """Chooses a representation, k and a method without labels (module notes).
 
@@ -675,13 +716,15 @@ def select_clustering(representations: Mapping[str, Any], n_clusters: Union[int,
         the consensus: its full fits and its stability runs; 0 for a separation <= 0, and no extra
         fits); ``"separation"``: the square of the relative separation only; ``"equal"``: every
         representation counts the same (module notes).
-    class_sizes : what you expect of the classes' sizes, the one thing about them the choice
-        cannot measure without labels. ``"similar"`` (the default): the consensus is the k-means
-        consensus, and SCAN is preferred over k-means unless the structure is weak. ``"unequal"``
-        (e.g. the largest class several times the smallest): the consensus is relabelled by the
-        partitions' vote (``consensus_labels(vote=True)``), and k-means is preferred over SCAN,
-        since both the k-means consensus and SCAN's entropy term pull towards clusters of equal
-        size (module notes: better at 8:1, worse with balanced classes).
+    class_sizes : how the consensus treats the classes' sizes. ``"auto"`` (the default): both
+        the k-means consensus and its relabelling by the partitions' vote
+        (``consensus_labels(vote=True)``) are made, each with its own power and stability, and the
+        one with the higher separation x stability is kept (the k-means consensus on a tie);
+        the method rule is the default one. ``"similar"``: the k-means consensus, which pulls
+        towards clusters of equal size, and SCAN is preferred over k-means unless the structure is
+        weak. ``"unequal"`` (you know the largest class is several times the smallest): the vote,
+        and k-means is preferred over SCAN, whose entropy term also pulls towards equal sizes
+        (module notes: measured with classes of similar sizes and at 4:1 to 16:1).
     seed : seeds the subsamples, the fits and the silhouette sample.
 
     Returns
@@ -703,7 +746,8 @@ def select_clustering(representations: Mapping[str, Any], n_clusters: Union[int,
         raise ValueError(f"consensus_weights={consensus_weights!r} should be one of {CONSENSUS_WEIGHTS}")
     if class_sizes not in CLASS_SIZES:
         raise ValueError(f"class_sizes={class_sizes!r} should be one of {CLASS_SIZES}")
-    vote = class_sizes == "unequal"
+    kinds = ("similar", "unequal") if class_sizes == "auto" else (class_sizes,)
+    voting = "unequal" in kinds
     units = {name: _unit_rows(np.asarray(Z)) for name, Z in representations.items()}
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(n, size=sample_size, replace=False)) if n > sample_size else np.arange(n)
@@ -716,14 +760,20 @@ def select_clustering(representations: Mapping[str, Any], n_clusters: Union[int,
     per_rep = _consensus_ensemble_size(n, len(units), max(ks), consensus_fits + n_runs) if with_consensus else 0
     rows: List[Dict[str, Any]] = []
     all_labels: Dict[tuple, np.ndarray] = {}
+    consensus_kinds: Dict[tuple, Dict[str, np.ndarray]] = {}
     all_runs: Dict[tuple, List[np.ndarray]] = {}
 
-    def add_row(rep: str, k: int, mname: str, labels: np.ndarray, stability: float, start: float) -> None:
+    def scores(labels: np.ndarray) -> Tuple[float, float]:
+        """(separation, consistency) of a partition of all points, in the common space."""
         sub = labels[sample]
         separation = float(silhouette_score(D, sub, metric="precomputed")) \
             if 2 <= len(np.unique(sub[sub >= 0])) and len(np.unique(sub)) < len(sub) else -1.0
+        return separation, neighbour_consistency(labels, sample, neighbours)
+
+    def add_row(rep: str, k: int, mname: str, labels: np.ndarray, stability: float, start: float) -> None:
+        separation, consistency = scores(labels)
         rows.append({"representation": rep, "k": k, "method": mname, "stability": stability,
-                     "separation": separation, "consistency": neighbour_consistency(labels, sample, neighbours),
+                     "separation": separation, "consistency": consistency,
                      "score": max(separation, 0.0) * stability,
                      "n_clusters_found": int(len(np.unique(labels[labels >= 0]))),
                      "seconds": time.perf_counter() - start, "chosen": False})
@@ -771,40 +821,63 @@ def select_clustering(representations: Mapping[str, Any], n_clusters: Union[int,
                                                           for part in parts[:full]]))
                                       for rep, parts in ensembles.items()}
                 # "consistency" tries each power and keeps the consensus that keeps more
-                # common-space neighbours together (the first power on a tie).
+                # common-space neighbours together (the first power on a tie), for each kind of
+                # consensus asked for (both under class_sizes="auto": the vote starts from the
+                # k-means consensus, which is made once).
                 powers = CONSISTENCY_POWERS if consensus_weights == "consistency" else CONSISTENCY_POWERS[:1]
-                tried: Dict[int, Tuple[float, Dict[str, float], np.ndarray]] = {}
+                tried: Dict[str, Dict[int, Tuple[float, Dict[str, float], np.ndarray]]] = {kind: {} for kind in kinds}
                 for power in powers:
                     w = _consensus_weights(separation, member_stability, {**consistency, **member_consistency},
                                            consensus_weights, power)
-                    same = [p for p in tried if tried[p][1] == w]  # all 1 when no consistency is above 0
-                    if same:
-                        tried[power] = tried[same[0]]
-                        continue
+                    same = [p for p in tried[kinds[0]] if tried[kinds[0]][p][1] == w]  # all 1 when no consistency > 0
                     in_it = [rep for rep in ensembles if w[rep] > 0]
-                    lab = consensus_labels([part for rep in in_it for part in ensembles[rep]], k, seed,
-                                           [w[rep] for rep in in_it for _ in ensembles[rep]], vote=vote)
-                    tried[power] = (neighbour_consistency(lab, sample, neighbours), w, lab)
-                power = max(powers, key=lambda p: tried[p][0])
-                _, weight, labels = tried[power]
-                counted = [rep for rep in ensembles if weight[rep] > 0]
-                runs = [consensus_labels([all_runs[(rep, k, mname)][r] for rep in counted], k, seed + 1 + r,
-                                         [weight[rep] for rep in counted], vote=vote) for r in range(n_runs)]
-                add_row(CONSENSUS, k, mname, labels, _mean_pairwise_ari(runs), start)
+                    made = {} if same else _kinds(_consensus(
+                        [part for rep in in_it for part in ensembles[rep]], k, seed,
+                        [w[rep] for rep in in_it for _ in ensembles[rep]], 50, voting))
+                    for kind in kinds:
+                        tried[kind][power] = tried[kind][same[0]] if same else \
+                            (neighbour_consistency(made[kind], sample, neighbours), w, made[kind])
+                # Each kind: its power, its weights and its stability (the consensus of each
+                # stability run with those weights); runs with the same weights are made once.
+                made_runs: Dict[int, List[Dict[str, np.ndarray]]] = {}
+                found: Dict[str, Dict[str, Any]] = {}
+                for kind in kinds:
+                    power = max(powers, key=lambda p: tried[kind][p][0])
+                    _, weight, labels = tried[kind][power]
+                    counted = [rep for rep in ensembles if weight[rep] > 0]
+                    if power not in made_runs:
+                        made_runs[power] = [_kinds(_consensus([all_runs[(rep, k, mname)][r] for rep in counted], k,
+                                                              seed + 1 + r, [weight[rep] for rep in counted], 50,
+                                                              voting)) for r in range(n_runs)]
+                    runs = [run[kind] for run in made_runs[power]]
+                    found[kind] = {"power": power, "weights": weight, "labels": labels,
+                                   "stability": _mean_pairwise_ari(runs), **dict(zip(
+                                       ("separation", "consistency"), scores(labels)))}
+                # class_sizes="auto": the kind whose consensus scores the higher separation x
+                # stability (the score that compares candidates across k), the k-means consensus on a tie.
+                kind = max(kinds, key=lambda c: max(found[c]["separation"], 0.0) * found[c]["stability"])
+                chosen = found[kind]
+                add_row(CONSENSUS, k, mname, chosen["labels"], chosen["stability"], start)
                 rows[-1]["left_out"] = [rep for rep in units if rep not in kept]
-                rows[-1]["weights"] = weight
+                rows[-1]["weights"] = chosen["weights"]
                 rows[-1]["ensemble_stability"] = member_stability
                 rows[-1]["ensemble_consistency"] = member_consistency
                 rows[-1]["weighting"] = consensus_weights
                 rows[-1]["class_sizes"] = class_sizes
+                rows[-1]["consensus_kind"] = kind
+                if len(kinds) > 1:
+                    rows[-1]["kinds"] = {c: {key: found[c][key] for key in ("stability", "separation", "consistency")}
+                                         for c in kinds}
+                consensus_kinds[(CONSENSUS, k, mname)] = {c: found[c]["labels"] for c in kinds}
                 if consensus_weights == "consistency":
-                    rows[-1]["consistency_power"] = power
-                    rows[-1]["power_consistency"] = {p: tried[p][0] for p in powers}
+                    rows[-1]["consistency_power"] = chosen["power"]
+                    rows[-1]["power_consistency"] = {p: tried[kind][p][0] for p in powers}
     shown.update(1)
     shown.close()
-    best, reason = _choose(rows, ks, separation_floor, method_map, weak_stability, prefer_kmeans=vote)
+    best, reason = _choose(rows, ks, separation_floor, method_map, weak_stability,
+                           prefer_kmeans=class_sizes == "unequal")
     return Selection(rows=rows, choice=best, labels=all_labels[(best["representation"], best["k"], best["method"])],
-                     all_labels=all_labels, reason=reason)
+                     all_labels=all_labels, reason=reason, consensus_kinds=consensus_kinds)
 
 
 def encoder_taps(encoder: Any, data: Any, layers: Sequence[str], *, batch_size: int = 64,

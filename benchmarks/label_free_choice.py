@@ -10,13 +10,16 @@ Parts (``--parts``):
 * ``layer``: raw pixels + the 8 default taps of EfficientNet-Lite0 (-Lite1, -Lite2 on some
   sets), k-means, selection seeds 0, 1 and 2: what ``select_clustering`` returns (the consensus
   of all layers' partitions, each counted by its relative neighbour consistency to the power 8 or
-  16, whichever consensus keeps more neighbours together), the same with ``class_sizes="unequal"``
-  (the consensus relabelled by the partitions' vote, for classes of very different sizes) and
-  the single layer it picks with ``consensus=False``, against the best layer at the same seed;
-  per seed and the mean of the seeds.
+  16, whichever consensus keeps more neighbours together; with ``class_sizes="auto"``, the
+  default, the k-means consensus or its relabelling by the partitions' vote, whichever scores the
+  higher separation x stability), each of those two consensuses alone (``class_sizes="similar"``
+  and ``"unequal"``) and the single layer it picks with ``consensus=False``, against the best
+  layer at the same seed; per seed and the mean of the seeds.
 * ``imbalance``: the ``layer`` part on the same sets subsampled to 8:1 class imbalance (class sizes
   falling geometrically from the largest to 1/8 of it, seeded): how the layer choice holds when
   the classes are of very different sizes.
+* ``draws``: the same on the ``k`` part's 12 sets at other ratios and other draws (``DRAWS``: 8:1,
+  4:1 and 16:1, each with its own seeded class order and points), selection seeds 0 and 1.
 * ``k``: k unknown: the ``layer`` part's representations of 12 of its sets, k among ``run
   --select auto``'s default values (5, 8, 10, 12, 15), selection seeds 0, 1 and 2: the k and ACC chosen
   (the consensus at the k where the single layers' winner scores highest) against the best
@@ -39,6 +42,7 @@ Run::
 
     python benchmarks/label_free_choice.py --parts method layer      # about an hour on 2 cores
     python benchmarks/label_free_choice.py --parts imbalance         # about 20 minutes
+    python benchmarks/label_free_choice.py --parts draws             # about 20 minutes
     python benchmarks/label_free_choice.py --parts k                 # about a minute per set and seed alone
     python benchmarks/label_free_choice.py --parts encoders          # about 20 minutes alone
 
@@ -219,26 +223,32 @@ def layer_sets(quick: bool) -> List[Tuple[str, str, int, int, int, bool, str]]:
                     "efficientnet-lite2")]
 
 
-def layer_part(quick: bool, seeds: Tuple[int, ...] = (0, 1, 2), ratio: Optional[float] = None
-               ) -> List[Dict[str, Any]]:
-    """Per set and selection seed: every layer's k-means ACC, the consensus (the choice), the
-    consensus with ``class_sizes="unequal"`` and the single layer chosen with ``consensus=False``. A
-    seed is one draw of k-means' local optima (the best layer's ACC moves by up to 0.06 between
-    seeds), so the tables give each seed and the mean of the seeds, as the issue measures. ``ratio``: each set
-    is first subsampled to that class imbalance (:func:`imbalanced`, seed 1)."""
+def layer_part(quick: bool, seeds: Tuple[int, ...] = (0, 1, 2), ratio: Optional[float] = None,
+               draw: int = 1, set_indices: Optional[Tuple[int, ...]] = None) -> List[Dict[str, Any]]:
+    """Per set and selection seed: every layer's k-means ACC, the consensus (the choice, with
+    ``class_sizes="auto"``), the two consensuses it chose between (``"similar"``: the k-means
+    consensus; ``"unequal"``: relabelled by the vote; each as that ``class_sizes`` alone returns it)
+    and the single layer chosen with ``consensus=False``. A seed is one draw of k-means' local
+    optima (the best layer's ACC moves by up to 0.06 between seeds), so the tables give each seed
+    and the mean of the seeds, as the issue measures. ``ratio``: each set is first subsampled to
+    that class imbalance (:func:`imbalanced`, seeded ``draw``). ``set_indices``: only these of
+    :func:`layer_sets`."""
     results = []
     for set_index, (desc, source, n, size, data_seed, invert, encoder) in enumerate(layer_sets(quick)):
+        if set_indices is not None and set_index not in set_indices:
+            continue
         reps, y = image_candidates(source, n, size, data_seed, invert, encoder)
         if ratio is not None:
-            keep = imbalanced(y, ratio, 1)
+            keep = imbalanced(y, ratio, draw)
             reps, y = {name: Z[keep] for name, Z in reps.items()}, y[keep]
-            desc = f"{desc}, {ratio:g}:1 ({len(y)} points)"
+            desc = f"{desc}, {ratio:g}:1 (draw {draw}, {len(y)} points)" if draw != 1 else \
+                f"{desc}, {ratio:g}:1 ({len(y)} points)"
         k = int(len(np.unique(y)))
         for seed in seeds:
             start = time.perf_counter()
             sel = select_clustering(reps, k, ["kmeans"], seed=seed)  # the choice: the consensus of every layer
             seconds = time.perf_counter() - start
-            unequal = select_clustering(reps, k, ["kmeans"], seed=seed, class_sizes="unequal")
+            kinds = sel.consensus_kinds[(CONSENSUS, k, "kmeans")]
             # Choosing one layer (what consensus=False returns): the same choice on the same
             # single-layer rows, without fitting every layer a second time.
             one_row, _ = _choose([dict(r) for r in sel.rows if r["representation"] != CONSENSUS], [k], 0.8,
@@ -249,15 +259,23 @@ def layer_part(quick: bool, seeds: Tuple[int, ...] = (0, 1, 2), ratio: Optional[
             results.append({"set": desc, "set_index": set_index, "seed": seed, "acc": acc, "best": best,
                             "chosen": one_row["representation"],
                             "consensus": cons, "consensus_chosen": sel.choice["representation"] == "consensus",
-                            "consensus_unequal": float(cluster_accuracy(y, unequal.labels)),
+                            "consensus_kind": sel.choice.get("consensus_kind"),
+                            "consensus_similar": float(cluster_accuracy(y, kinds["similar"])),
+                            "consensus_unequal": float(cluster_accuracy(y, kinds["unequal"])),
+                            "kinds": sel.choice.get("kinds"),
                             "weights": sel.choice.get("weights", {}),
                             "consistency_power": sel.choice.get("consistency_power"),
                             "seconds": seconds})
             print(f"{desc}, seed {seed}: best {best} {acc[best]:.3f}; one layer {one_row['representation']} "
-                  f"{acc[one_row['representation']]:.3f}; consensus {cons:.3f} (power "
-                  f"{results[-1]['consistency_power']}, {seconds:.0f} s), with class_sizes='unequal' "
-                  f"{results[-1]['consensus_unequal']:.3f}", flush=True)
+                  f"{acc[one_row['representation']]:.3f}; consensus {cons:.3f} ({results[-1]['consensus_kind']}, "
+                  f"power {results[-1]['consistency_power']}, {seconds:.0f} s); k-means consensus "
+                  f"{results[-1]['consensus_similar']:.3f}, voted {results[-1]['consensus_unequal']:.3f}", flush=True)
     return results
+
+
+#: (ratio, draw) of the ``draws`` part: other imbalance ratios and other draws of the classes' order
+#: and points than the ``imbalance`` part's (8:1, draw 1), on the sets of the ``k`` part, seeds 0 and 1.
+DRAWS = ((8.0, 2), (4.0, 3), (16.0, 4))
 
 
 #: (description, source, n, image size, data seed, inverted, encoders) of the encoders part: the
@@ -453,36 +471,42 @@ def method_table(method: List[Dict[str, Any]]) -> List[str]:
 
 def layer_table(layer: List[Dict[str, Any]]) -> List[str]:
     lines = ["| set | best layer, per seed | one layer chosen (consensus=False): gap per seed, mean | "
-             "consensus of every layer, weighted by neighbour consistency (the choice): gap per seed, mean | "
-             "the same with class_sizes='unequal' (relabelled by the partitions' vote): gap per seed, mean |",
-             "|---|---|---|---|---|"]
+             "consensus of every layer, weighted by neighbour consistency (the choice, class_sizes='auto'): "
+             "gap per seed, mean | its k-means consensus (class_sizes='similar'): gap per seed, mean | "
+             "its voted consensus (class_sizes='unequal'): gap per seed, mean | voted kept |",
+             "|---|---|---|---|---|---|---|"]
     sets: Dict[int, List[Dict[str, Any]]] = {}
     for r in layer:
         sets.setdefault(r["set_index"], []).append(r)
-    columns: Dict[str, Tuple[List[float], List[float]]] = {c: ([], []) for c in ("one", "cons", "unequal")}
+    columns: Dict[str, Tuple[List[float], List[float]]] = {c: ([], []) for c in ("one", "cons", "similar",
+                                                                                "unequal")}
     for rs in sets.values():
         cells = []
         for col, value in (("one", lambda r: r["acc"][r["chosen"]]), ("cons", lambda r: r["consensus"]),
+                           ("similar", lambda r: r["consensus_similar"]),
                            ("unequal", lambda r: r["consensus_unequal"])):
             gaps = [value(r) - r["acc"][r["best"]] for r in rs]
             columns[col][0].extend(gaps)
             columns[col][1].append(float(np.mean(gaps)))
             cells.append(f"{' / '.join(f'{g:+.3f}' for g in gaps)}, mean {_mean_gap(columns[col][1][-1])}")
         bests = " / ".join(f"{r['acc'][r['best']]:.3f}" for r in rs)
-        lines.append(f"| {rs[0]['set']} | {bests} | {' | '.join(cells)} |")
+        voted = sum(r["consensus_kind"] == "unequal" for r in rs)
+        lines.append(f"| {rs[0]['set']} | {bests} | {' | '.join(cells)} | {voted}/{len(rs)} |")
 
     def within(gaps: List[float]) -> str:
         return f"{sum(g >= -0.02 for g in gaps)}/{len(gaps)}"
 
-    names = {"one": "one layer", "cons": "consensus weighted by neighbour consistency (the choice)",
-             "unequal": "the same with class_sizes='unequal'"}
+    names = {"one": "one layer", "cons": "the choice (class_sizes='auto')",
+             "similar": "class_sizes='similar'", "unequal": "class_sizes='unequal'"}
     lines += ["", "within 0.02 of the best layer, single seeds / means of the seeds / mean gap / worst single seed: "
               + "; ".join(f"{names[c]} {within(g)} / {within(m)} / {np.mean(m):+.3f} / {min(g):+.3f}"
-                          for c, (g, m) in columns.items()), ""]
+                          for c, (g, m) in columns.items()),
+              "", f"the voted consensus kept on {sum(r['consensus_kind'] == 'unequal' for r in layer)} of {len(layer)}",
+              ""]
     for since, what in ((WEIGHTING_CHOSEN_ON, "the separation weighting"),
                         (STABILITY_CHOSEN_ON, "its stability factor and the consistency weighting's powers")):
         late = [i for i, index in enumerate(sets) if index >= since]
-        if late:  # the sets the weighting was not chosen on
+        if late and len(late) < len(sets):  # the sets the weighting was not chosen on
             lines += [f"the {len(late)} sets added after {what} was chosen, means of the seeds / mean gap: "
                       + "; ".join(f"{names[c]} {within([m[i] for i in late])} / {np.mean([m[i] for i in late]):+.3f}"
                                   for c, (_, m) in columns.items()), ""]
@@ -490,7 +514,8 @@ def layer_table(layer: List[Dict[str, Any]]) -> List[str]:
 
 
 def tables(method: List[Dict[str, Any]], layer: List[Dict[str, Any]], imbalance: List[Dict[str, Any]],
-           k: Optional[List[Dict[str, Any]]] = None, encoders: Optional[List[Dict[str, Any]]] = None) -> str:
+           k: Optional[List[Dict[str, Any]]] = None, encoders: Optional[List[Dict[str, Any]]] = None,
+           draws: Optional[Dict[str, List[Dict[str, Any]]]] = None) -> str:
     lines: List[str] = []
     if method:
         lines += method_table(method)
@@ -498,6 +523,8 @@ def tables(method: List[Dict[str, Any]], layer: List[Dict[str, Any]], imbalance:
         lines += layer_table(layer)
     if imbalance:
         lines += ["Classes at 8:1:", ""] + layer_table(imbalance)
+    for name, rows in (draws or {}).items():
+        lines += [f"Classes at {name}:", ""] + layer_table(rows)
     if k:
         lines += ["k unknown:", ""] + k_table(k)
     if encoders:
@@ -507,7 +534,7 @@ def tables(method: List[Dict[str, Any]], layer: List[Dict[str, Any]], imbalance:
 
 def main(argv: Any = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--parts", nargs="+", choices=["method", "layer", "imbalance", "k", "encoders"],
+    ap.add_argument("--parts", nargs="+", choices=["method", "layer", "imbalance", "draws", "k", "encoders"],
                     default=["method", "layer"])
     ap.add_argument("--quick", action="store_true", help="one set per part (a smoke run)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out")
@@ -519,15 +546,18 @@ def main(argv: Any = None) -> int:
     method = method_part(args.quick) if "method" in args.parts else []
     layer = layer_part(args.quick) if "layer" in args.parts else []
     imbalance = layer_part(args.quick, ratio=8.0) if "imbalance" in args.parts else []
+    draws = {f"{ratio:g}:1 (draw {draw})": layer_part(args.quick, (0, 1), ratio, draw,
+                                                      None if args.quick else K_SETS)
+             for ratio, draw in (DRAWS[:1] if args.quick else DRAWS)} if "draws" in args.parts else {}
     k = k_part(args.quick) if "k" in args.parts else []
     encoders = encoder_part(args.quick) if "encoders" in args.parts else []
     print(f"\nCPU: {cpu_info()['model']}, {os.cpu_count()} logical CPUs; torch {torch.__version__}; "
           f"{time.time() - started:.0f} s in all\n")
-    print(tables(method, layer, imbalance, k, encoders))
+    print(tables(method, layer, imbalance, k, encoders, draws))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "label_free_choice.json").write_text(json.dumps(
-        {"cpu": cpu_info()["model"], "method": method, "layer": layer, "imbalance": imbalance, "k": k,
-         "encoders": encoders}, indent=1,
+        {"cpu": cpu_info()["model"], "method": method, "layer": layer, "imbalance": imbalance, "draws": draws,
+         "k": k, "encoders": encoders}, indent=1,
         default=float))
     return 0
 

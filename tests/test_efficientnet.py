@@ -197,7 +197,9 @@ def test_folded_inference_and_the_batch_norm_path_both_equal_the_reference(lite0
         want = reference(changed, x)
     with torch.inference_mode():
         got = model.features(x, "head")
-    np.testing.assert_allclose(got.numpy(), want["head"].numpy(), rtol=1e-4, atol=1e-5)
+    # Unnormalised pooled head features (up to ~3): folding changes the fp32 summation order, and
+    # oneDNN's kernels differ by CPU (1.4e-5 apart on a Sapphire Rapids), so atol as for logits.
+    np.testing.assert_allclose(got.numpy(), want["head"].numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_bf16_precision_is_close_to_the_reference_and_has_its_own_fingerprint(lite0_file):

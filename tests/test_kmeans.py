@@ -235,6 +235,36 @@ def test_every_kernel_set_gives_bit_identical_results():
             np.testing.assert_array_equal(a, b, err_msg=name)
 
 
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+@pytest.mark.parametrize("init", ["k-means++", "k-means||"])
+def test_a_seed_gives_the_same_fit_on_every_accelerated_kernel_set(metric, init):
+    """k-means++ and k-means|| draw rows with probabilities from their distances, so the bf16
+    sets' rounded products would move the draws and, through them, the local optimum (a Zen 5
+    picks bf16, a Sapphire Rapids fp32: one seed, two answers). Seeding runs on fp32 products,
+    which the AVX2 and AVX-512 sets compute bit for bit alike. On structureless data every draw
+    counts, and rows far from the origin (an offset, as in ReLU features) make the rounding
+    matter most. (The generic set rounds each product before adding it: it is not compared.)"""
+    names = [n for n in _core.build_info()["kernels_available"] if n != "generic"]
+    if {"amx-tile", "amx-bf16", "avx512bf16"} <= set(_core.build_info()["cpu_features"]):
+        names.append("amx")
+    if len(names) < 2:
+        pytest.skip(f"this CPU has one accelerated kernel set ({names}): nothing to compare")
+    X = (np.abs(np.random.default_rng(11).standard_normal((3000, 48))) + 2.0).astype(np.float32)
+    out = {}
+    try:
+        for name in names:
+            _core.select_kernels(name)
+            seeds = _core.kmeans_init(X, 24, metric=metric, init=init, seed=5)
+            km = ec.KMeans(24, init=init, metric=metric, random_state=5, n_init=2).fit(X)
+            out[name] = (seeds, km.cluster_centers_, km.labels_, km.inertia_)
+    finally:
+        _core.select_kernels("auto")
+    ref = out.pop(names[0])
+    for name, res in out.items():
+        for a, b in zip(ref, res):
+            np.testing.assert_array_equal(a, b, err_msg=f"{names[0]} vs {name}")
+
+
 def _fit_both(X, k, C0, movers=-1, **kw):
     out = {}
     for prune in (False, True):

@@ -10,7 +10,7 @@ namespace ec {
 namespace kmeans_impl {
 namespace {
 
-void seed_parallel(const KMeansParams& p, const Data& D, std::uint64_t seed, float* out, Cancel& cancel);
+void seed_parallel(const KMeansParams& p, Data& D, std::uint64_t seed, float* out, Cancel& cancel);
 
 /// Every row's metric value to each centre of a small set, from the tiles (k-means++ trials).
 class AllDistancesHandler {
@@ -91,7 +91,7 @@ void block_sums_of(const std::vector<double>& v, idx_t block, std::vector<double
 /// chunk of the chunked seeding (kmeans_chunk.hpp): weights, potentials and candidate weights
 /// are fixed-point integers and each row's draw comes from its own generator seeded by
 /// (seed, round, row), so the result depends neither on the thread count nor on a chunking.
-void seed_parallel(const KMeansParams& p, const Data& D, std::uint64_t seed, float* out, Cancel& cancel) {
+void seed_parallel(const KMeansParams& p, Data& D, std::uint64_t seed, float* out, Cancel& cancel) {
   const idx_t n = D.n, d = D.d, k = p.k;
   const double wscale = D.w ? pow2_scale(n, D.wmax, 61) : 1.0;  // as kmeans_fixed_scales
   const std::vector<double>& absmax = D.absmax;
@@ -206,7 +206,7 @@ void seed_plus_plus(const KMeansParams& p, const Data& D, Rng& rng, float* out, 
 
 }  // namespace
 
-void seed_centers(const KMeansParams& p, const Data& D, std::uint64_t seed, float* out, Cancel& cancel) {
+void seed_centers(const KMeansParams& p, Data& D, std::uint64_t seed, float* out, Cancel& cancel) {
   if (p.init == KMeansInit::Parallel) {
     seed_parallel(p, D, seed, out, cancel);
     return;
@@ -214,8 +214,10 @@ void seed_centers(const KMeansParams& p, const Data& D, std::uint64_t seed, floa
   Rng rng(seed);
   if (p.init == KMeansInit::Random)
     seed_random(D, p.k, rng, out);
-  else
+  else {
+    const Fp32Seeding fp32(D);
     seed_plus_plus(p, D, rng, out, cancel);
+  }
 }
 
 }  // namespace kmeans_impl

